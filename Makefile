@@ -1,0 +1,27 @@
+# Set-up and entry points. Needs python3.11 and a C++ compiler (g++) only;
+# everything else is installed into .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found: install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv, or pyenv install 3.11)"; exit 2; }
+	@command -v $${CXX:-g++} >/dev/null 2>&1 || { echo "make: no C++ compiler ($${CXX:-g++}) found: Theano needs one (apt-get install g++, or xcode-select --install)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,plot]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m pipeline.demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,94 @@
+"""The Theano engine: the only module that imports theano.
+
+Theano 1.0.5 reads its configuration once, at import time, so this module sets
+it before the first ``import theano`` and every other module gets Theano's
+symbols from here. Defaults:
+
+* ``floatX=float32``: the network, the weights and the pipeline are float32.
+* ``base_compiledir`` under the per-user cache folder
+  (``$XDG_CACHE_HOME/imgclass/theano``, default ``~/.cache/imgclass/theano``),
+  so compiled modules are reused across runs and never land in the project.
+* ``blas.ldflags=`` (empty): Theano then calls BLAS through NumPy's C API, so
+  matrix products run on the OpenBLAS that NumPy ships. Without this setting
+  Theano 1.0.5 reads ``numpy.distutils.__config__.blas_opt_info``, which
+  current numpy builds no longer have, and fails to link ``-lblas``.
+
+A user's own ``THEANO_FLAGS`` are appended after these defaults, and Theano
+lets the last setting of a flag win, so the user's flags always take effect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import warnings
+
+from model_store.errors import EnvironmentProblem
+
+_REQUIRED_PYTHON = (3, 11)
+
+
+def _check_environment() -> None:
+    if sys.version_info[:2] != _REQUIRED_PYTHON:
+        raise EnvironmentProblem(
+            f"imgclass needs Python 3.11 (Theano 1.0.5 is pinned to it), but this "
+            f"is Python {sys.version_info.major}.{sys.version_info.minor}: "
+            f"install python3.11 and run 'make install'")
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise EnvironmentProblem(
+            f"imgclass needs a C++ compiler for Theano and {compiler!r} was not "
+            f"found on PATH: install one (Debian/Ubuntu: 'apt-get install g++', "
+            f"macOS: 'xcode-select --install') or set CXX to its path")
+
+
+def cache_dir() -> str:
+    """The per-user cache folder of imgclass."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "imgclass")
+
+
+def _configure() -> None:
+    defaults = {
+        "floatX": "float32",
+        "base_compiledir": os.path.join(cache_dir(), "theano"),
+        "blas.ldflags": "",
+        # Theano's warnings about old bugs fixed before 0.9 are noise here.
+        "warn.ignore_bug_before": "all",
+    }
+    cxx = os.environ.get("CXX")
+    if cxx:
+        defaults["cxx"] = cxx
+    ours = ",".join(f"{key}={value}" for key, value in defaults.items())
+    user = os.environ.get("THEANO_FLAGS", "")
+    os.environ["THEANO_FLAGS"] = f"{ours},{user}" if user else ours
+
+
+_check_environment()
+_configure()
+
+with warnings.catch_warnings():
+    # Theano 1.0.5 uses APIs that newer Python and NumPy deprecate.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import logging
+
+    # "Using NumPy C-API based implementation for BLAS functions" is the
+    # intended set-up (see the module docstring), not something to warn about.
+    logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
+    import theano  # noqa: E402
+    import theano.tensor as T  # noqa: E402
+    from theano.tensor.nnet import conv2d  # noqa: E402
+    from theano.tensor.signal.pool import pool_2d  # noqa: E402
+    from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402
+
+floatX = theano.config.floatX
+shared = theano.shared
+grad = theano.grad
+function = theano.function
+
+__all__ = [
+    "T", "MRG_RandomStreams", "cache_dir", "conv2d", "floatX", "function",
+    "grad", "pool_2d", "shared", "theano",
+]

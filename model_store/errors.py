@@ -1,0 +1,43 @@
+"""The project's error types.
+
+Each is a subclass of the built-in exception a caller would expect
+(``ValueError``, ``LookupError``, ``FileNotFoundError``) so that generic code
+keeps working, and of :class:`ImgclassError` so that the command line can tell
+a user mistake (exit code 2) from a bug.
+"""
+
+
+class ImgclassError(Exception):
+    """Base class of the errors imgclass raises on purpose."""
+
+
+class EnvironmentProblem(ImgclassError, RuntimeError):
+    """The machine lacks something imgclass needs (Python 3.11, a compiler)."""
+
+
+class ConfigError(ImgclassError, ValueError):
+    """An invalid option or argument, found before any work starts."""
+
+
+class SpecError(ImgclassError, ValueError):
+    """A network spec (the JSON architecture) is invalid."""
+
+
+class UnknownModelError(ImgclassError, LookupError):
+    """No model or version of that name is in the store."""
+
+
+class ModelFileMissingError(ImgclassError, FileNotFoundError):
+    """A file a stored model needs is missing."""
+
+
+class ModelIntegrityError(ImgclassError, ValueError):
+    """A stored model's files disagree with its metadata or spec."""
+
+
+class ChecksumMismatchError(ModelIntegrityError):
+    """The weights file's sha256 differs from the one in the metadata."""
+
+
+class WeightShapeError(ModelIntegrityError):
+    """A stored weight array's shape differs from what the spec builds."""

@@ -1,0 +1,199 @@
+"""Turn the bytes of an image file into a Pillow image of one fixed mode.
+
+This module is pure Pillow and NumPy (no Beam, no Theano) so that it can be
+tested and reused on its own. :func:`decode_image` is the single entry point:
+
+* bad bytes only ever raise :class:`ImageDecodeError` (a ``ValueError``) with a
+  one-line message, so a pipeline can record the failure and move on;
+* the pixel count is checked from the header, before any pixel is decoded,
+  against the caller's ``max_pixels`` (the decompression-bomb guard);
+* large JPEGs are reduced while decoding when a target size is given;
+* the EXIF orientation is applied, animations give their first frame, and every
+  Pillow mode is converted to ``"L"`` or ``"RGB"``, with transparency
+  composited over a uniform gray background.
+
+Pillow has its own, global bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``). This
+module leaves it as it is: if it rejects an image, the image is opened again
+with that guard briefly lifted, under a lock, so that ``max_pixels`` alone
+decides (see :func:`decode_image`). Between ``MAX_IMAGE_PIXELS`` and twice that,
+Pillow only warns (``DecompressionBombWarning``); with the default
+``max_pixels`` such images are rejected by our own check anyway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+from model_store.errors import ImgclassError
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+_MODES = ("L", "RGB")
+# EXIF orientations 5-8 turn the picture by a quarter: width and height swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# Integer modes whose samples are 16-bit (0..65535). Pillow opens 16-bit PNG
+# and TIFF as "I;16"/"I;16B" (older versions: "I"), so "I" is read the same way.
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# 257 = 65535 / 255: scales full 16-bit white to full 8-bit white exactly.
+_SIXTEEN_TO_EIGHT = 257.0
+# Serialises the rare decodes that lift Pillow's global limit, so that two of
+# them cannot restore each other's saved value.
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+class ImageDecodeError(ImgclassError, ValueError):
+    """A file's bytes cannot be used as an image; the message is one line."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than the limit (decompression-bomb guard)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image and the size of its source.
+
+    Attributes:
+        image: The pixels, converted to the requested mode and fully loaded
+            (independent of the input bytes). Smaller than ``width`` x
+            ``height`` when a JPEG was reduced while decoding.
+        width: Width of the source image as displayed (EXIF orientation
+            applied), before any reduction while decoding.
+        height: Height of the source image, likewise.
+    """
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def decode_image(data: bytes, *, mode: str, target_size: tuple[int, int] | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, background: int = 0) -> DecodedImage:
+    """Decodes an image file's bytes into an upright image of mode ``mode``.
+
+    Args:
+        data: The whole file's content, in any format Pillow reads.
+        mode: ``"L"`` (8-bit gray) or ``"RGB"``.
+        target_size: ``(width, height)`` the caller will resize to. A JPEG is
+            then decoded at a reduced scale (1/2, 1/4 or 1/8) that is still at
+            least this large in both directions; other formats ignore it.
+        max_pixels: Images whose header claims more pixels are rejected
+            before their pixels are decoded.
+        background: Gray level (0..255) that transparent pixels are
+            composited over.
+
+    Returns:
+        The converted image and the source's displayed width and height.
+
+    Raises:
+        ValueError: An argument is invalid (a programming error, not bad data).
+        ImageTooLargeError: The image has more than ``max_pixels`` pixels.
+        ImageDecodeError: The bytes are not a readable image.
+    """
+    _check_arguments(mode, target_size, max_pixels, background)
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        return _decode(data, mode, target_size, max_pixels, background)
+    except Image.DecompressionBombError:
+        # Pillow's global limit fired before our own check could run. Open the
+        # image again with it lifted, so that max_pixels alone decides: our
+        # check reads the header size before decoding any pixel, so this is
+        # as safe. This only happens for images over twice Pillow's limit
+        # (about 179 million pixels by default).
+        with _PILLOW_LIMIT_LOCK:
+            saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                return _decode(data, mode, target_size, max_pixels, background)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_arguments(mode: str, target_size: tuple[int, int] | None, max_pixels: int,
+                     background: int) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, not {mode!r}")
+    if target_size is not None and not (
+            len(target_size) == 2 and all(isinstance(n, int) and n > 0 for n in target_size)):
+        raise ValueError(f"target_size must be two positive integers, not {target_size!r}")
+    if not (isinstance(max_pixels, int) and max_pixels > 0):
+        raise ValueError(f"max_pixels must be a positive integer, not {max_pixels!r}")
+    if not (isinstance(background, int) and 0 <= background <= 255):
+        raise ValueError(f"background must be a gray level from 0 to 255, not {background!r}")
+
+
+def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pixels: int,
+            background: int) -> DecodedImage:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height:,} pixels, "
+                    f"over the limit of {max_pixels:,}")
+            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+            if turned:
+                width, height = height, width
+            if target_size is not None:
+                # Only JPEG implements draft(); elsewhere it does nothing. It
+                # works on the stored pixels, before the EXIF rotation.
+                draft_width, draft_height = target_size
+                img.draft(mode, (draft_height, draft_width) if turned else target_size)
+            img.load()
+            upright = ImageOps.exif_transpose(img)  # a new image, even when not turned
+    except (ImageDecodeError, Image.DecompressionBombError, MemoryError):
+        raise
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image, or a format Pillow cannot read") from exc
+    except Exception as exc:
+        # Pillow's plugins raise all sorts of built-in exceptions on hostile or
+        # damaged input (OSError, SyntaxError, struct.error, EOFError,
+        # IndexError, zlib.error...); none of them may stop a bulk run.
+        raise ImageDecodeError(f"truncated or corrupt image data: {_one_line(exc)}") from exc
+    try:
+        image = _convert(upright, mode, background)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"cannot convert pixel mode {upright.mode} to {mode}: {_one_line(exc)}") from exc
+    return DecodedImage(image=image, width=width, height=height)
+
+
+def _convert(img: Image.Image, mode: str, background: int) -> Image.Image:
+    """Converts a loaded image of any Pillow mode to ``mode``."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # Scale, don't clip: Pillow's own conversion to "L" clips at 255,
+        # which would turn most of a 16-bit image white.
+        img = _gray(np.asarray(img, dtype=np.float64) / _SIXTEEN_TO_EIGHT)
+    elif img.mode == "F":
+        # Float samples are taken to be on the 0..255 scale (Pillow's own
+        # convention, e.g. for "L" -> "F"): clipped to it, NaN as black.
+        img = _gray(np.asarray(img, dtype=np.float64))
+    elif img.has_transparency_data:
+        # Dropping the alpha would reveal whatever colour the transparent
+        # pixels happen to hold; composite them over the background instead.
+        rgba = img.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        img = Image.alpha_composite(backdrop, rgba).convert("RGB")
+    elif img.mode not in _MODES:
+        # "1", "P", "CMYK", "YCbCr"...: through RGB, so that "L" is always
+        # Pillow's standard luma of the displayed colours.
+        img = img.convert("RGB")
+    return img.convert(mode)
+
+
+def _gray(samples: np.ndarray) -> Image.Image:
+    """Makes an "L" image from samples on the 0..255 scale, rounding and clipping."""
+    samples = np.nan_to_num(samples, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.rint(np.clip(samples, 0.0, 255.0)).astype(np.uint8))
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

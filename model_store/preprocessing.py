@@ -1,0 +1,124 @@
+"""The one preprocessing step between a decoded image and the network.
+
+Training, evaluation and the pipeline all call :class:`Preprocessing`, built
+from the model's metadata, so they cannot drift apart. It has two halves so
+that the pipeline can ship small ``uint8`` pixels between stages and
+normalise a whole batch with one vectorised NumPy expression:
+
+* :meth:`Preprocessing.to_pixels`: image -> ``uint8`` array ``(C, H, W)``,
+  resized to the model input with the model's resampling filter.
+* :meth:`Preprocessing.normalize`: ``uint8`` batch ``(N, C, H, W)`` ->
+  ``float32``, scaled to ``[0, 1]``, then ``(x - mean) / std`` per channel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from model_store.errors import ConfigError
+
+RESIZE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+COLOR_MODES = {"L": 1, "RGB": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its input.
+
+    Attributes:
+        input_shape: ``(channels, height, width)`` of one example.
+        color_mode: ``"L"`` (1 channel) or ``"RGB"`` (3 channels).
+        resize: Pillow resampling filter name, see ``RESIZE_FILTERS``.
+        mean: per-channel mean, on the ``[0, 1]`` scale.
+        std: per-channel standard deviation, on the ``[0, 1]`` scale.
+        background: gray level (0-255) that transparent pixels are composited
+            on when decoding.
+    """
+
+    input_shape: tuple[int, int, int]
+    color_mode: str
+    resize: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    background: int = 0
+
+    def __post_init__(self):
+        channels = COLOR_MODES.get(self.color_mode)
+        if channels is None:
+            raise ConfigError(f"color_mode must be one of {sorted(COLOR_MODES)}"
+                              f", got {self.color_mode!r}")
+        if self.resize not in RESIZE_FILTERS:
+            raise ConfigError(f"resize must be one of {sorted(RESIZE_FILTERS)}"
+                              f", got {self.resize!r}")
+        if len(self.input_shape) != 3 or self.input_shape[0] != channels:
+            raise ConfigError(f"input_shape {self.input_shape} does not fit "
+                              f"color_mode {self.color_mode!r} ({channels} "
+                              f"channel(s))")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != channels:
+                raise ConfigError(f"{name} needs {channels} value(s), got "
+                                  f"{getattr(self, name)}")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"std must be positive, got {self.std}")
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "Preprocessing":
+        norm = metadata["normalization"]
+        return cls(input_shape=tuple(metadata["input_shape"]),
+                   color_mode=metadata["color_mode"],
+                   resize=metadata["resize"],
+                   mean=tuple(norm["mean"]), std=tuple(norm["std"]),
+                   background=int(metadata.get("background", 0)))
+
+    def to_metadata(self) -> dict:
+        return {"input_shape": list(self.input_shape),
+                "color_mode": self.color_mode, "resize": self.resize,
+                "normalization": {"mean": list(self.mean),
+                                  "std": list(self.std)},
+                "background": self.background}
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in Pillow's order."""
+        return (self.input_shape[2], self.input_shape[1])
+
+    def to_pixels(self, image: Image.Image) -> np.ndarray:
+        """Resizes one image to the model input; ``uint8 (C, H, W)``."""
+        if image.mode != self.color_mode:
+            image = image.convert(self.color_mode)
+        if image.size != self.size:
+            image = image.resize(self.size, RESIZE_FILTERS[self.resize])
+        pixels = np.asarray(image, dtype=np.uint8)
+        if pixels.ndim == 2:
+            return pixels[np.newaxis]
+        return pixels.transpose(2, 0, 1)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Scales a ``uint8`` batch ``(N, C, H, W)`` to network input."""
+        if pixels.ndim != 4 or pixels.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"expected a batch of shape (N, "
+                             f"{', '.join(map(str, self.input_shape))}), got "
+                             f"{pixels.shape}")
+        # One fused multiply-add: (x / 255 - mean) / std.
+        scale = (1.0 / (255.0 * np.asarray(self.std, np.float32)))
+        offset = np.asarray(self.mean, np.float32) / np.asarray(self.std,
+                                                                np.float32)
+        out = pixels.astype(np.float32)
+        out *= scale.reshape(1, -1, 1, 1)
+        out -= offset.reshape(1, -1, 1, 1)
+        return out
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images -> a ``float32 (N, C, H, W)`` batch, ready to predict."""
+        return self.normalize(np.stack([self.to_pixels(i) for i in images]))

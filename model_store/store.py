@@ -1,0 +1,375 @@
+"""The versioned model store.
+
+Layout, under a root folder (by default ``model_store/models`` in this
+package; ``$IMGCLASS_MODEL_STORE`` or ``--store`` choose another, which may be
+any Beam filesystem such as ``gs://bucket/models``)::
+
+    <root>/<name>/<version>/spec.json       the architecture (see spec.py)
+    <root>/<name>/<version>/weights.npz     one array per parameter
+    <root>/<name>/<version>/metadata.json   classes, preprocessing, training,
+                                            metrics, sha256 of weights.npz
+
+Versions are positive integers; ``latest`` (or no version) is the highest.
+A model is named ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or by the path of
+a version folder. Loading always verifies the weights' checksum and shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+from model_store.errors import (ChecksumMismatchError, ImgclassError,
+                                ModelFileMissingError, ModelIntegrityError,
+                                UnknownModelError)
+from model_store.preprocessing import Preprocessing
+
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "models")
+SPEC_FILE, WEIGHTS_FILE, METADATA_FILE = ("spec.json", "weights.npz",
+                                          "metadata.json")
+FORMAT = "imgclass-model/1"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def store_root(root: str | None = None) -> str:
+    """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
+    folder shipped in this package."""
+    return root or os.environ.get("IMGCLASS_MODEL_STORE") or DEFAULT_ROOT
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """A stored version, as listed (files not read beyond the metadata)."""
+    name: str
+    version: int
+    location: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclasses.dataclass
+class StoredModel:
+    """A loaded, verified model version.
+
+    Attributes:
+        name: model name.
+        version: version number.
+        location: the version folder.
+        metadata: the parsed ``metadata.json``.
+        spec: the parsed ``spec.json``.
+        weights: arrays keyed ``<layer>.<param>``.
+    """
+    name: str
+    version: int
+    location: str
+    metadata: dict
+    spec: dict
+    weights: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.metadata["weights_sha256"]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_metadata(self.metadata)
+
+    def build(self):
+        """The network with these weights; its output layer."""
+        from model_store.spec import build_network, set_weights
+        network = build_network(self.spec)
+        set_weights(network, self.weights,
+                    source=_join(self.location, WEIGHTS_FILE))
+        return network
+
+
+# Reading and writing on local disks or any Beam filesystem --------------------
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems
+
+
+def _join(base: str, *parts: str) -> str:
+    if _is_uri(base):
+        return _filesystems().join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def _read(path: str) -> bytes:
+    try:
+        if _is_uri(path):
+            with _filesystems().open(path) as handle:
+                return handle.read()
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ModelFileMissingError(f"model file {path} is missing") from None
+    except OSError as error:
+        if _is_uri(path) and not _filesystems().exists(path):
+            raise ModelFileMissingError(
+                f"model file {path} is missing") from None
+        raise ModelFileMissingError(
+            f"model file {path} cannot be read: {error}") from None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(_read(path))
+    except json.JSONDecodeError as error:
+        raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
+            from None
+
+
+def _list_versions(root: str) -> list[tuple[str, int, str]]:
+    """(name, version, folder) of every version folder under ``root``."""
+    found = []
+    if _is_uri(root):
+        pattern = _join(root, "*", "*", METADATA_FILE)
+        result = _filesystems().match([pattern])[0]
+        for meta in result.metadata_list:
+            folder = meta.path.rsplit("/", 1)[0]
+            name, version = folder.rstrip("/").split("/")[-2:]
+            if _NAME.match(name) and version.isdigit():
+                found.append((name, int(version), folder))
+        return sorted(found)
+    if not os.path.isdir(root):
+        return []
+    for name in sorted(os.listdir(root)):
+        model_dir = os.path.join(root, name)
+        if not _NAME.match(name) or not os.path.isdir(model_dir):
+            continue
+        for version in os.listdir(model_dir):
+            if version.isdigit():
+                found.append((name, int(version),
+                              os.path.join(model_dir, version)))
+    return sorted(found)
+
+
+# Public API --------------------------------------------------------------------
+
+def list_models(root: str | None = None) -> list[ModelInfo]:
+    """Every stored version, sorted by name then version."""
+    return [ModelInfo(n, v, f) for n, v, f in _list_versions(store_root(root))]
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME[@VERSION|@latest]`` -> ``(name, version or None)``."""
+    name, _, version = ref.partition("@")
+    if not _NAME.match(name):
+        raise UnknownModelError(f"invalid model name {name!r}: use letters, "
+                                f"digits, '.', '_' or '-', e.g. digits-cnn@1")
+    if version in ("", "latest"):
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise UnknownModelError(f"invalid model version {version!r} in "
+                                f"{ref!r}: use a positive integer or 'latest'")
+    return name, int(version)
+
+
+def _looks_like_path(ref: str) -> bool:
+    return _is_uri(ref) or "/" in ref or os.sep in ref or ref.startswith(".")
+
+
+def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
+    """Finds the version folder a reference names, without loading it."""
+    if _looks_like_path(ref):
+        folder = ref.rstrip("/") if _is_uri(ref) else os.path.abspath(ref)
+        metadata = _read_json(_join(folder, METADATA_FILE))
+        return ModelInfo(metadata.get("name", os.path.basename(
+            os.path.dirname(folder))), int(metadata.get("version", 0)), folder)
+    name, version = parse_ref(ref)
+    root = store_root(root)
+    versions = [info for info in list_models(root) if info.name == name]
+    if not versions:
+        known = sorted({info.name for info in list_models(root)})
+        raise UnknownModelError(
+            f"no model named {name!r} in the store {root}; stored models: "
+            f"{', '.join(known) or 'none'} (see 'imgclass models list')")
+    if version is None:
+        return versions[-1]
+    for info in versions:
+        if info.version == version:
+            return info
+    raise UnknownModelError(
+        f"model {name!r} has no version {version} in {root}; versions: "
+        f"{', '.join(str(i.version) for i in versions)}")
+
+
+def load_model(ref: str, *, root: str | None = None) -> StoredModel:
+    """Loads and verifies a model version.
+
+    Args:
+        ref: ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or a folder path.
+        root: the store; see :func:`store_root`.
+
+    Raises:
+        UnknownModelError: no such model or version.
+        ModelFileMissingError: a file of the version is missing.
+        ChecksumMismatchError: ``weights.npz`` differs from its sha256.
+        WeightShapeError: a weight array does not fit the spec.
+    """
+    from model_store.spec import validate_spec, weights_from_bytes
+
+    info = resolve(ref, root=root)
+    metadata = _read_json(_join(info.location, METADATA_FILE))
+    spec = validate_spec(_read_json(_join(info.location, SPEC_FILE)))
+    weights_path = _join(info.location, WEIGHTS_FILE)
+    data = _read(weights_path)
+    digest = hashlib.sha256(data).hexdigest()
+    expected = metadata.get("weights_sha256")
+    if digest != expected:
+        raise ChecksumMismatchError(
+            f"model {info.ref}: {weights_path} has sha256 {digest[:12]}... "
+            f"but metadata.json records {str(expected)[:12]}...; the file "
+            f"was changed or damaged, restore it or save a new version")
+    model = StoredModel(info.name, info.version, info.location, metadata,
+                        spec, weights_from_bytes(data, source=weights_path))
+    _check_metadata(model)
+    network = model.build()  # checks every weight's shape against the spec
+    if network.output_shape[-1] != len(model.class_names):
+        raise ModelIntegrityError(
+            f"model {info.ref}: the network has {network.output_shape[-1]} "
+            f"outputs but metadata.json names {len(model.class_names)} classes")
+    return model
+
+
+def verify(ref: str | None = None, *,
+           root: str | None = None) -> list[tuple[str, ImgclassError | None]]:
+    """Verifies one model (or every stored version): ``[(ref, error)]``."""
+    if ref is not None:
+        refs = [ref]
+    else:
+        refs = [info.ref for info in list_models(root)]
+    results = []
+    for item in refs:
+        try:
+            load_model(item, root=root)
+            results.append((item, None))
+        except ImgclassError as error:
+            results.append((item, error))
+    return results
+
+
+def save_model(network, *, name: str, metadata: Mapping[str, Any],
+               root: str | None = None) -> StoredModel:
+    """Saves a network as the next version of ``name``.
+
+    Args:
+        network: output layer of the trained network.
+        name: model name.
+        metadata: everything but name, version, creation time, file names and
+            checksum, which are filled in here; must hold ``class_names``
+            and the preprocessing keys (see :class:`Preprocessing`).
+        root: the store; see :func:`store_root`.
+
+    Returns:
+        The saved version, loaded back and verified.
+    """
+    from model_store.spec import weights_to_bytes
+
+    parse_ref(name)  # validates the name
+    root = store_root(root)
+    versions = [i.version for i in list_models(root) if i.name == name]
+    version = max(versions, default=0) + 1
+    weights = weights_to_bytes(network)
+    full = dict(metadata)
+    full.update(
+        format=FORMAT, name=name, version=version,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        spec_file=SPEC_FILE, weights_file=WEIGHTS_FILE,
+        weights_sha256=hashlib.sha256(weights).hexdigest())
+    Preprocessing.from_metadata(full)  # fails early on bad preprocessing
+    files = {SPEC_FILE: _spec_of(network), WEIGHTS_FILE: weights,
+             METADATA_FILE: _json_bytes(full)}
+    folder = _join(root, name, str(version))
+    if _is_uri(root):
+        fs = _filesystems()
+        for file_name, data in files.items():  # metadata last: it marks done
+            with fs.create(_join(folder, file_name)) as handle:
+                handle.write(data)
+    else:
+        # Write in a hidden folder and rename: a version appears whole or not.
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{version}.",
+                                   dir=os.path.join(root, name))
+        try:
+            for file_name, data in files.items():
+                with open(os.path.join(staging, file_name), "wb") as handle:
+                    handle.write(data)
+            os.rename(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return load_model(f"{name}@{version}", root=root)
+
+
+def update_metadata(model: StoredModel, **updates) -> StoredModel:
+    """Adds keys (e.g. evaluation metrics) to a stored version's metadata."""
+    metadata = dict(model.metadata, **updates)
+    path = _join(model.location, METADATA_FILE)
+    if _is_uri(path):
+        with _filesystems().create(path) as handle:
+            handle.write(_json_bytes(metadata))
+    else:
+        with open(path + ".tmp", "wb") as handle:
+            handle.write(_json_bytes(metadata))
+        os.replace(path + ".tmp", path)
+    model.metadata = metadata
+    return model
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _spec_of(network) -> bytes:
+    spec = getattr(network, "spec", None)
+    if spec is None:
+        raise ValueError("save_model needs a network built by "
+                         "model_store.spec.build_network (it carries its spec)")
+    return _json_bytes(spec)
+
+
+def _check_metadata(model: StoredModel) -> None:
+    where = _join(model.location, METADATA_FILE)
+    for key in ("class_names", "input_shape", "color_mode", "resize",
+                "normalization", "weights_sha256"):
+        if key not in model.metadata:
+            raise ModelIntegrityError(f"{where}: key {key!r} is missing")
+    if list(model.metadata["input_shape"]) != list(model.spec["input_shape"]):
+        raise ModelIntegrityError(
+            f"{where}: input_shape {model.metadata['input_shape']} differs "
+            f"from the spec's {model.spec['input_shape']}")
+    try:
+        model.preprocessing
+    except ValueError as error:
+        raise ModelIntegrityError(f"{where}: {error}") from None
+    classes = model.metadata["class_names"]
+    if not isinstance(classes, list) or not all(isinstance(c, str)
+                                                for c in classes):
+        raise ModelIntegrityError(f"{where}: class_names must be a list of "
+                                  f"strings")

@@ -1,0 +1,197 @@
+"""Training a network from a spec with ``theano.grad`` and mini-batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, TextIO
+
+import numpy as np
+
+from model_store import layers as L
+from model_store.engine import T, floatX, function
+from model_store.errors import ConfigError
+from model_store.preprocessing import Preprocessing
+from model_store.spec import build_network
+from model_store.updates import OPTIMIZERS
+
+SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+DATASETS = ("digits",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; recorded in the model's metadata.
+
+    Attributes:
+        epochs: passes over the (augmented) training set.
+        batch_size: examples per update.
+        lr: learning rate.
+        seed: seeds weights, shuffling, augmentation and dropout.
+        optimizer: ``adam``, ``momentum`` or ``sgd``.
+        augment_copies: random variants made of each training image.
+    """
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.001
+    seed: int = 0
+    optimizer: str = "adam"
+    augment_copies: int = 8
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "augment_copies"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a "
+                                  f"positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer must be one of "
+                              f"{', '.join(OPTIMIZERS)}, got "
+                              f"{self.optimizer!r}")
+
+
+def load_spec(path: str) -> dict:
+    """Reads a JSON network spec."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"spec file {path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
+            from None
+
+
+def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
+        *, progress: Callable[[int, int, int, float, float], None]
+        | None = None) -> list[dict]:
+    """Trains ``network`` in place.
+
+    Args:
+        network: output layer; its output must be class probabilities.
+        inputs: ``float32 (N, C, H, W)`` preprocessed examples.
+        labels: ``int (N,)`` class ids.
+        config: the settings.
+        progress: called as ``(epoch, done, total, loss, accuracy)`` after
+            every batch.
+
+    Returns:
+        One ``{"epoch", "loss", "accuracy"}`` dict per epoch.
+    """
+    x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
+    probs = L.get_output(network, x)
+    loss = T.nnet.categorical_crossentropy(probs, y).mean()
+    accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
+    params = L.get_all_params(network, trainable=True)
+    updates = OPTIMIZERS[config.optimizer](
+        loss, params, learning_rate=np.asarray(config.lr, floatX))
+    step = function([x, y], [loss, accuracy], updates=updates)
+
+    rng = np.random.RandomState(config.seed)
+    labels = labels.astype(np.int32)
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        order = rng.permutation(len(inputs))
+        total_loss = total_correct = seen = 0.0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            batch_loss, batch_acc = step(inputs[batch], labels[batch])
+            seen += len(batch)
+            total_loss += float(batch_loss) * len(batch)
+            total_correct += float(batch_acc) * len(batch)
+            if progress:
+                progress(epoch, int(seen), len(order), total_loss / seen,
+                         total_correct / seen)
+        history.append({"epoch": epoch, "loss": round(total_loss / seen, 5),
+                        "accuracy": round(total_correct / seen, 5)})
+    return history
+
+
+class ProgressBar:
+    """A one-line progress bar with loss and accuracy, on a terminal; one line
+    per epoch otherwise (logs, CI)."""
+
+    def __init__(self, epochs: int, stream: TextIO = sys.stderr):
+        self.epochs = epochs
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, epoch, done, total, loss, accuracy):
+        width = 30
+        filled = int(width * done / total)
+        line = (f"epoch {epoch}/{self.epochs} [{'#' * filled}"
+                f"{'.' * (width - filled)}] {done}/{total} loss {loss:.4f} "
+                f"acc {accuracy:.4f} {time.monotonic() - self.started:.0f}s")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done == total else ""))
+            self.stream.flush()
+        elif done == total:
+            self.stream.write(line + "\n")
+
+
+def digits_training_set(prep: Preprocessing, config: TrainConfig):
+    """Augmented digits training set plus the pixel statistics used for
+    normalisation: ``(pixels uint8, labels, mean, std)``."""
+    from model_store.datasets import augmented_pixels, load_digits_split
+
+    split = load_digits_split()
+    pixels = augmented_pixels(split.train_images, prep,
+                              copies=config.augment_copies, seed=config.seed)
+    labels = np.tile(split.train_labels, config.augment_copies)
+    scaled = pixels.astype(np.float64) / 255.0
+    mean = scaled.mean(axis=(0, 2, 3))
+    std = scaled.std(axis=(0, 2, 3))
+    return pixels, labels, split, mean, std
+
+
+def train_model(*, dataset: str, name: str, spec_path: str,
+                config: TrainConfig, root: str | None = None,
+                stream: TextIO = sys.stderr):
+    """Trains on a named dataset, evaluates, and saves a new version.
+
+    Returns:
+        The saved :class:`~model_store.store.StoredModel`.
+    """
+    from model_store.evaluate import evaluate_on_split, record_metrics
+    from model_store.store import save_model
+
+    if dataset not in DATASETS:
+        raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, "
+                          f"got {dataset!r}")
+    spec = load_spec(spec_path)
+    network = build_network(spec, seed=config.seed)
+    channels = spec["input_shape"][0]
+    if channels != 1:
+        raise ConfigError(f"the digits dataset is grayscale; spec "
+                          f"{spec_path} takes {channels} channels")
+    # Statistics come from the augmented pixels, so build them with a neutral
+    # normalisation first, then record the measured mean and std.
+    neutral = Preprocessing(tuple(spec["input_shape"]), "L", "bilinear",
+                            (0.0,), (1.0,))
+    started = time.monotonic()
+    pixels, labels, split, mean, std = digits_training_set(neutral, config)
+    prep = dataclasses.replace(neutral, mean=(round(float(mean[0]), 6),),
+                               std=(round(float(std[0]), 6),))
+    stream.write(f"training {name} on {len(pixels)} augmented images "
+                 f"({len(split.train_images)} digits x "
+                 f"{config.augment_copies})\n")
+    history = fit(network, prep.normalize(pixels), labels, config,
+                  progress=ProgressBar(config.epochs, stream))
+    metadata = dict(prep.to_metadata(), class_names=split.class_names,
+                    description="CNN for the UCI handwritten digits: light "
+                                "strokes on a dark background",
+                    training={
+                        "dataset": dataset, "spec": os.path.basename(spec_path),
+                        "n_train": int(len(split.train_images)),
+                        "n_train_augmented": int(len(pixels)),
+                        "settings": dataclasses.asdict(config),
+                        "history": history,
+                        "seconds": round(time.monotonic() - started, 1)})
+    model = save_model(network, name=name, metadata=metadata, root=root)
+    return record_metrics(model, evaluate_on_split(model, split))

@@ -1,0 +1,318 @@
+"""The ``imgclass`` command line.
+
+Exit codes: 0 success; 1 a check failed (``models verify``) or the run
+failed; 2 a usage or configuration mistake, reported in one line before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from model_store.errors import ImgclassError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _models_list(args) -> int:
+    from model_store.store import list_models, load_model, store_root
+
+    infos = list_models(args.store)
+    if not infos:
+        print(f"no models in {store_root(args.store)}")
+        return EXIT_OK
+    print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  CREATED")
+    for info in infos:
+        try:
+            meta = load_model(info.ref, root=args.store).metadata
+            accuracy = meta.get("metrics", {}).get("accuracy")
+            accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
+            created = meta.get("created_at", "-")
+        except ImgclassError as error:
+            accuracy, created = "BROKEN", str(error).split(":")[0]
+        print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  {created}")
+    return EXIT_OK
+
+
+def _models_show(args) -> int:
+    from model_store import layers as L
+    from model_store.store import load_model
+
+    model = load_model(args.model, root=args.store)
+    network = model.build()
+    print(f"{model.ref}  ({model.location})")
+    meta = model.metadata
+    for key in ("description", "created_at", "input_shape", "color_mode",
+                "resize", "normalization", "background", "class_names",
+                "metrics", "weights_sha256"):
+        if key in meta:
+            print(f"  {key}: {json.dumps(meta[key])}")
+    training = meta.get("training", {})
+    if training:
+        print(f"  training: {json.dumps({k: v for k, v in training.items() if k != 'history'})}")
+    print("  layers:")
+    for layer in L.get_all_layers(network):
+        params = ", ".join(f"{p.name.split('.')[1]}"
+                           f"{tuple(p.get_value(borrow=True).shape)}"
+                           for p in layer.params)
+        print(f"    {layer.name:<8} {type(layer).__name__:<15} -> "
+              f"{layer.output_shape} {params}")
+    print(f"  forward pass: {L.count_flops(network) / 1e6:.2f} MFLOP per image")
+    return EXIT_OK
+
+
+def _models_verify(args) -> int:
+    from model_store.store import verify
+
+    results = verify(args.model, root=args.store)
+    if not results:
+        print("no models to verify")
+    failed = 0
+    for ref, error in results:
+        if error is None:
+            print(f"ok      {ref}")
+        else:
+            failed += 1
+            print(f"FAILED  {ref}: {error}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _train(args) -> int:
+    import os
+
+    from model_store.train import SPECS_DIR, TrainConfig, train_model
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed, optimizer=args.optimizer,
+                         augment_copies=args.augment_copies)
+    spec = args.spec or os.path.join(SPECS_DIR, "digits-cnn.json")
+    model = train_model(dataset=args.dataset, name=args.name, spec_path=spec,
+                        config=config, root=args.store)
+    print(f"saved {model.ref} to {model.location}: held-out accuracy "
+          f"{model.metadata['metrics']['accuracy']:.4f} "
+          f"(n={model.metadata['metrics']['n_test']})")
+    return EXIT_OK
+
+
+def _evaluate(args) -> int:
+    from model_store.datasets import load_digits_split
+    from model_store.evaluate import evaluate_on_split, plot_confusion
+    from model_store.store import load_model
+
+    model = load_model(args.model, root=args.store)
+    metrics = evaluate_on_split(model, load_digits_split())
+    if args.plot:
+        plot_confusion(metrics, args.plot)
+    if args.json:
+        print(json.dumps(metrics))
+        return EXIT_OK
+    print(f"{model.ref}: accuracy {metrics['accuracy']:.4f} on "
+          f"{metrics['n_test']} held-out digits")
+    print(f"{'class':>6} {'precision':>9} {'recall':>7} {'support':>7}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:>6} {row['precision']:>9.4f} {row['recall']:>7.4f} "
+              f"{row['support']:>7}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
+        print(f"{name:>6} " + " ".join(f"{c:>4}" for c in row))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return EXIT_OK
+
+
+def _classify(args) -> int:
+    from pipeline.run import ClassifyConfig, RunFailed, run_classify
+
+    config = ClassifyConfig(
+        inputs=args.input, output=args.output, model=args.model,
+        store=args.store, top_k=args.top_k, batch_size=args.batch_size,
+        max_pixels=args.max_pixels, partition_by=args.partition_by,
+        run_date=args.run_date, overwrite=args.overwrite,
+        beam_args=args.beam_args)
+    try:
+        run_classify(config)
+    except RunFailed as error:
+        print(f"imgclass: run failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgclass",
+        description="Classify image files in bulk with Apache Beam and a "
+                    "compiled Theano network; manage, train and evaluate the "
+                    "models.")
+    parser.add_argument(
+        "--store", metavar="DIR", default=None,
+        help="model store root, a local folder or any Beam filesystem path "
+             "(default: $IMGCLASS_MODEL_STORE, else the models shipped "
+             "in model_store/models)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     required=True)
+
+    models = commands.add_parser(
+        "models", help="list, show and verify stored models",
+        description="List, show and verify the models in the store.")
+    models_commands = models.add_subparsers(dest="models_command",
+                                            metavar="ACTION", required=True)
+    models_commands.add_parser(
+        "list", help="every stored model version",
+        description="List every stored model version with its accuracy."
+    ).set_defaults(func=_models_list)
+    show = models_commands.add_parser(
+        "show", help="one version's metadata and layers",
+        description="Show a model version's metadata, layers and shapes.")
+    show.add_argument("model", metavar="NAME[@VERSION]",
+                      help="e.g. digits-cnn, digits-cnn@1 or a folder path")
+    show.set_defaults(func=_models_show)
+    check = models_commands.add_parser(
+        "verify", help="check checksums and weight shapes",
+        description="Verify weights checksums and shapes against the spec. "
+                    "Exit 0 when every checked model is intact, 1 otherwise.")
+    check.add_argument("model", metavar="NAME[@VERSION]", nargs="?",
+                       help="one model (default: every stored version)")
+    check.set_defaults(func=_models_verify)
+
+    train = commands.add_parser(
+        "train", help="train a model and save a new version",
+        description="Train a network from a JSON spec with theano.grad and "
+                    "save it as a new version in the store. Deterministic "
+                    "for a given seed.")
+    train.add_argument("--dataset", required=True, choices=["digits"],
+                       help="training data: the UCI handwritten digits that "
+                            "scikit-learn ships")
+    train.add_argument("--name", required=True,
+                       help="model name; the version is the next free one")
+    train.add_argument("--spec", metavar="PATH",
+                       help="JSON network spec (default: "
+                            "model_store/specs/digits-cnn.json)")
+    train.add_argument("--epochs", type=_positive_int, default=12,
+                       help="passes over the augmented training set "
+                            "(default: %(default)s)")
+    train.add_argument("--batch-size", type=_positive_int, default=64,
+                       help="examples per update (default: %(default)s)")
+    train.add_argument("--lr", type=_positive_float, default=0.001,
+                       help="learning rate (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of weights, shuffling, augmentation and "
+                            "dropout (default: %(default)s)")
+    train.add_argument("--optimizer", choices=["adam", "momentum", "sgd"],
+                       default="adam", help="update rule (default: "
+                                            "%(default)s)")
+    train.add_argument("--augment-copies", type=_positive_int, default=8,
+                       help="random variants (size, filter, shift, JPEG) "
+                            "made of each training image (default: "
+                            "%(default)s)")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy and confusion matrix on held-out data",
+        description="Evaluate a model on the held-out 20%% of the digits: "
+                    "accuracy, per-class precision and recall, confusion "
+                    "matrix.")
+    evaluate.add_argument("--model", default="digits-cnn@latest",
+                          metavar="NAME[@VERSION]",
+                          help="model to evaluate (default: %(default)s)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object (accuracy, n_test, "
+                               "model, version, per_class, "
+                               "confusion_matrix)")
+    evaluate.add_argument("--plot", metavar="PNG",
+                          help="also write the confusion matrix as a picture")
+    evaluate.set_defaults(func=_evaluate)
+
+    classify = commands.add_parser(
+        "classify", help="classify image files into Parquet (Beam pipeline)",
+        description="Classify every image file the inputs match and write "
+                    "one Parquet row per image to OUTPUT/predictions/, and "
+                    "one per unusable file to OUTPUT/errors/, then "
+                    "OUTPUT/_manifest.json and OUTPUT/_SUCCESS. Any other "
+                    "option is a Beam pipeline option, e.g. --runner, "
+                    "--direct_running_mode=multi_processing, "
+                    "--direct_num_workers=N, --job_endpoint, "
+                    "--environment_type, --environment_config. The default "
+                    "runner is Beam's in-process FnApiRunner (no downloads).",
+        epilog="exit codes: 0 done (bad files are error rows, not failures); "
+               "1 the run failed; 2 a configuration mistake, reported "
+               "before any work.")
+    classify.add_argument(
+        "--input", action="append", required=True, metavar="PATTERN",
+        help="a file, a folder (every file below it) or a glob where ** "
+             "crosses folders, on any Beam filesystem (local, gs://, "
+             "s3://); repeat for several")
+    classify.add_argument("--output", required=True, metavar="DIR",
+                          help="output folder (local or any Beam filesystem)")
+    classify.add_argument("--model", default="digits-cnn@latest",
+                          metavar="NAME[@VERSION]|PATH",
+                          help="stored model or version folder (default: "
+                               "%(default)s)")
+    classify.add_argument("--top-k", type=_positive_int, default=5,
+                          metavar="K",
+                          help="best classes listed per row (default: "
+                               "%(default)s)")
+    classify.add_argument("--partition-by", choices=["none", "run_date"],
+                          default="none",
+                          help="Hive-style partition folders (default: "
+                               "%(default)s)")
+    classify.add_argument("--run-date", metavar="YYYY-MM-DD",
+                          help="partition value with --partition-by "
+                               "run_date (default: today, UTC)")
+    classify.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier run in OUTPUT (it is "
+                               "removed only once this run has succeeded)")
+    classify.add_argument("--batch-size", type=_positive_int, default=256,
+                          help="images per Theano call (default: "
+                               "%(default)s)")
+    classify.add_argument("--max-pixels", type=_positive_int,
+                          default=50_000_000,
+                          help="larger images become error rows, a guard "
+                               "against decompression bombs (default: "
+                               "%(default)s)")
+    classify.set_defaults(func=_classify, accepts_beam_options=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_beam_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.beam_args = extra
+    try:
+        return args.func(args)
+    except ImgclassError as error:
+        print(f"imgclass: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("imgclass: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Assembling and running the classification pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+import time
+import uuid
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (DirectOptions,
+                                                  PipelineOptions,
+                                                  StandardOptions)
+
+from model_store.errors import ConfigError, ImgclassError
+from model_store.images import DEFAULT_MAX_PIXELS
+from pipeline import outputs
+from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
+                                 DEFAULT_TOP_K, ClassifyImages)
+from transforms.decode import METRICS_NAMESPACE
+from transforms.write import WriteErrors, WritePredictions
+
+PARTITIONS = ("none", "run_date")
+# Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
+# first tries to download and start the Prism runner; this project runs the
+# in-process FnApiRunner instead, which never touches the network.
+_LOCAL_RUNNERS = {None, "DirectRunner", "direct", "directrunner",
+                  "SwitchingDirectRunner", "FnApiRunner"}
+
+
+class RunFailed(ImgclassError, RuntimeError):
+    """The pipeline ran but its result is not trustworthy (exit code 1)."""
+
+
+@dataclasses.dataclass
+class ClassifyConfig:
+    """What ``imgclass classify`` was asked to do."""
+    inputs: Sequence[str]
+    output: str
+    model: str = DEFAULT_MODEL
+    store: Optional[str] = None
+    top_k: int = DEFAULT_TOP_K
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    partition_by: str = "none"
+    run_date: Optional[str] = None
+    overwrite: bool = False
+    beam_args: Sequence[str] = ()
+
+
+def new_run_id(now: datetime.datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the command line; unknown ones are a mistake."""
+    options = PipelineOptions(list(beam_args))
+    known = options.get_all_options(retain_unknown_options=False)
+    every = options.get_all_options(retain_unknown_options=True)
+    unknown = sorted(set(every) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join('--' + u for u in unknown)}"
+                          f"; see 'imgclass classify --help' and Beam's "
+                          f"pipeline options")
+    direct = options.view_as(DirectOptions)
+    if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
+        raise ConfigError(f"--direct_num_workers must be >= 0, got "
+                          f"{direct.direct_num_workers}")
+    return options
+
+
+def make_runner(options: PipelineOptions):
+    """The runner to use: the in-process FnApiRunner for local runs (it
+    honours --direct_running_mode and --direct_num_workers), else Beam's
+    runner of that name."""
+    name = options.view_as(StandardOptions).runner
+    if name not in _LOCAL_RUNNERS:
+        return None
+    if options.view_as(StandardOptions).streaming:
+        raise ConfigError("--streaming is not supported by the local runner; "
+                          "use 'imgclass watch' for continuous runs")
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import \
+        JobServiceHandle
+
+    # As Beam's DirectRunner does when it picks the FnApiRunner: give the
+    # workers the pipeline options.
+    encoded = JobServiceHandle.encode_pipeline_options(
+        options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
+    """Every check that can fail before work starts: ``(patterns,
+    partition)``."""
+    if not config.inputs:
+        raise ConfigError("give at least one --input")
+    if config.partition_by not in PARTITIONS:
+        raise ConfigError(f"--partition-by must be one of "
+                          f"{', '.join(PARTITIONS)}, got "
+                          f"{config.partition_by!r}")
+    if config.run_date is not None:
+        try:
+            datetime.date.fromisoformat(config.run_date)
+        except ValueError:
+            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                              f"{config.run_date!r}") from None
+        if len(config.run_date) != 10:
+            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                              f"{config.run_date!r}")
+    patterns = [outputs.input_pattern(p) for p in config.inputs]
+    outputs.check_output(config.output, overwrite=config.overwrite)
+    partition = None
+    if config.partition_by == "run_date":
+        run_date = config.run_date or datetime.datetime.now(
+            datetime.timezone.utc).date().isoformat()
+        partition = f"run_date={run_date}"
+    return patterns, partition
+
+
+def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
+    """Runs the whole job; returns the manifest.
+
+    Raises:
+        ConfigError (and other ImgclassError): a mistake found before work.
+        RunFailed: the counts do not add up.
+    """
+    options = pipeline_options(config.beam_args)
+    runner = make_runner(options)
+    patterns, partition = validate(config)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    run_id = new_run_id(started)
+    paths = outputs.RunOutputs(config.output, run_id, partition)
+    classify = ClassifyImages(config.model, store=config.store,
+                              top_k=config.top_k,
+                              batch_size=config.batch_size,
+                              max_pixels=config.max_pixels, run_id=run_id)
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    results = (pipeline
+               | "Patterns" >> beam.Create(patterns)
+               | "Classify" >> classify)
+    _ = results["predictions"] | "WritePredictions" >> WritePredictions(
+        paths.staging_prefix(outputs.PREDICTIONS_DIR))
+    _ = results["errors"] | "WriteErrors" >> WriteErrors(
+        paths.staging_prefix(outputs.ERRORS_DIR))
+    model = classify.model
+    runner_name = type(runner).__name__ if runner else options.view_as(
+        StandardOptions).runner
+    print(f"imgclass: run {run_id}: classifying {', '.join(config.inputs)} "
+          f"with {model.ref} on {runner_name}", file=log)
+    clock = time.monotonic()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except BaseException:
+        paths.discard_staging()
+        raise
+    seconds = time.monotonic() - clock
+    files = paths.finalize(overwrite=config.overwrite)
+    predicted = outputs.count_rows(files[outputs.PREDICTIONS_DIR])
+    errors = outputs.read_table(files[outputs.ERRORS_DIR], ["stage"])
+    failed = errors.num_rows
+    by_stage = {}
+    for stage in errors.column("stage").to_pylist():
+        by_stage[stage] = by_stage.get(stage, 0) + 1
+    metrics = _metrics(result)
+    matched = metrics.get("files_matched", predicted + failed)
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    manifest = {
+        "run_id": run_id,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": finished.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "model": {"name": model.name, "version": str(model.version),
+                  "weights_sha256": model.weights_sha256,
+                  "location": model.location},
+        "inputs": list(config.inputs),
+        "patterns": patterns,
+        "output": config.output,
+        "partition": partition,
+        "counts": {"matched": matched, "predicted": predicted,
+                   "failed": failed, "failed_by_stage": by_stage},
+        "metrics": metrics,
+        "runner": runner_name,
+        "options": {k: v for k, v in options.get_all_options(
+            drop_default=True).items()},
+        "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
+                     "max_pixels": config.max_pixels},
+        "files": files,
+    }
+    paths.write_manifest(manifest)
+    if matched != predicted + failed:
+        raise RunFailed(
+            f"run {run_id}: {matched} files matched but {predicted} "
+            f"predicted + {failed} failed = {predicted + failed}; "
+            f"{config.output}/_SUCCESS not written, see {outputs.MANIFEST}")
+    paths.write_success()
+    rate = matched / seconds if seconds > 0 else 0.0
+    print(f"imgclass: run {run_id} done in {seconds:.1f}s: {matched} matched, "
+          f"{predicted} predicted, {failed} failed"
+          + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
+             if by_stage else "")
+          + f"; {rate:.0f} images/s; output {config.output}", file=log)
+    return manifest
+
+
+def _metrics(result) -> dict:
+    """Counters and distributions of the ``imgclass`` namespace."""
+    try:
+        query = result.metrics().query(
+            MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # noqa: BLE001 - a runner without metrics support
+        return {}
+    found = {}
+    for counter in query.get("counters", []):
+        value = counter.committed if counter.committed is not None \
+            else counter.attempted
+        name = counter.key.metric.name
+        found[name] = found.get(name, 0) + int(value or 0)
+    for dist in query.get("distributions", []):
+        value = dist.committed or dist.attempted
+        if value is not None and value.count:
+            found[dist.key.metric.name] = {
+                "count": value.count, "min": value.min, "max": value.max,
+                "mean": round(value.sum / value.count, 3)}
+    return found
+
+
+def local_worker_count(options: PipelineOptions) -> int:
+    direct = options.view_as(DirectOptions)
+    return direct.direct_num_workers or os.cpu_count() or 1

@@ -1,0 +1,402 @@
+"""Tests of model_store.images: decoding, mode conversion and the error paths.
+
+Every test builds its image with NumPy, saves it with Pillow in a real file
+format and compares the decoded pixels with values computed here, not with
+another Pillow conversion.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from model_store.errors import ImgclassError
+from model_store.images import (
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    ImageDecodeError,
+    ImageTooLargeError,
+    _convert,
+    decode_image,
+)
+
+
+def encode(img: Image.Image, fmt: str, **params) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def pixels(decoded: DecodedImage) -> np.ndarray:
+    return np.asarray(decoded.image, dtype=np.int64)
+
+
+def luma(rgb) -> np.ndarray:
+    """ITU-R 601-2 luma, the rule Pillow documents for RGB -> L."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def blend(colour, alpha, background) -> np.ndarray:
+    """A colour of the given alpha (0..255) composited over a gray background."""
+    colour = np.asarray(colour, dtype=np.float64)
+    a = np.asarray(alpha, dtype=np.float64)[..., None] / 255.0
+    return colour * a + background * (1.0 - a)
+
+
+def gray_rgb(values) -> np.ndarray:
+    return np.repeat(np.asarray(values, dtype=np.float64)[..., None], 3, axis=-1)
+
+
+def assert_close(actual, expected, tolerance) -> None:
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape
+    assert np.abs(actual - expected).max() <= tolerance, (actual, expected)
+
+
+def paletted(mode: str, indexes, colours) -> Image.Image:
+    img = Image.fromarray(np.asarray(indexes, dtype=np.uint8)).convert("L")
+    img = img.convert(mode) if mode == "PA" else Image.frombytes("P", img.size, img.tobytes())
+    img.putpalette([channel for colour in colours for channel in colour])
+    return img
+
+
+# --- mode conversion --------------------------------------------------------
+# Each case returns (file bytes, expected RGB pixels) for a background level.
+
+COLOURS = [(200, 100, 50), (10, 220, 30), (0, 0, 255)]
+ALPHAS = [0, 255, 128]
+
+
+def case_1(background):
+    bits = np.array([[False, True, True, False]])
+    return encode(Image.fromarray(bits), "PNG"), gray_rgb(bits * 255.0)
+
+
+def case_l(background):
+    values = np.array([[0, 1, 100, 254, 255]], dtype=np.uint8)
+    return encode(Image.fromarray(values), "PNG"), gray_rgb(values)
+
+
+def case_p(background):
+    img = paletted("P", [[0, 1, 2, 1]], COLOURS)
+    return encode(img, "PNG"), np.array([[COLOURS[i] for i in (0, 1, 2, 1)]], dtype=float)
+
+
+def case_p_transparency(background):
+    img = paletted("P", [[0, 1, 2]], COLOURS)
+    expected = [[COLOURS[0], COLOURS[1], (background,) * 3]]
+    return encode(img, "PNG", transparency=2), np.array(expected, dtype=float)
+
+
+def case_gif_transparency(background):
+    img = paletted("P", [[0, 1, 2]], COLOURS)
+    expected = [[(background,) * 3, COLOURS[1], COLOURS[2]]]
+    return encode(img, "GIF", transparency=0), np.array(expected, dtype=float)
+
+
+def case_rgb(background):
+    rgb = np.array([[(255, 0, 0), (0, 255, 0), (0, 0, 255), (10, 200, 30)]], dtype=np.uint8)
+    return encode(Image.fromarray(rgb), "PNG"), rgb
+
+
+def case_rgba(background):
+    rgba = np.array([[(*c, a) for c, a in zip(COLOURS, ALPHAS)]], dtype=np.uint8)
+    return encode(Image.fromarray(rgba), "PNG"), blend(rgba[..., :3], rgba[..., 3], background)
+
+
+def case_la(background):
+    la = np.array([[(200, 0), (200, 255), (200, 128), (40, 64)]], dtype=np.uint8)
+    img = Image.fromarray(la[..., 0]).convert("LA")
+    img.putalpha(Image.fromarray(la[..., 1]))
+    return encode(img, "PNG"), gray_rgb(blend(la[..., :1], la[..., 1], background)[..., 0])
+
+
+def case_pa(background):
+    img = paletted("PA", [[0, 1, 2]], COLOURS)
+    img.putalpha(Image.fromarray(np.array([ALPHAS], dtype=np.uint8)))
+    return encode(img, "TIFF"), blend([COLOURS], [ALPHAS], background)
+
+
+def case_cmyk(background):
+    cmyk = np.array([[(0, 0, 0, 0), (255, 0, 0, 0), (0, 255, 0, 0), (0, 0, 0, 255),
+                      (100, 0, 0, 0)]], dtype=np.uint8)
+    expected = [[(255, 255, 255), (0, 255, 255), (255, 0, 255), (0, 0, 0), (155, 255, 255)]]
+    return encode(Image.fromarray(cmyk, "CMYK"), "TIFF"), np.array(expected, dtype=float)
+
+
+SIXTEEN_BIT = np.array([[0, 257, 32896, 25700, 65535]], dtype=np.uint16)
+SIXTEEN_BIT_AS_8 = [[0, 1, 128, 100, 255]]
+
+
+def case_i16(background):
+    img = Image.fromarray(SIXTEEN_BIT)
+    assert img.mode == "I;16"
+    return encode(img, "PNG"), gray_rgb(SIXTEEN_BIT_AS_8)
+
+
+def case_i16b(background):
+    img = Image.fromarray(SIXTEEN_BIT.astype(">u2"))
+    assert img.mode == "I;16B"
+    return encode(img, "TIFF"), gray_rgb(SIXTEEN_BIT_AS_8)
+
+
+def case_i32(background):
+    values = np.array([[0, 32896, 65535, 70000, -10]], dtype=np.int32)
+    return encode(Image.fromarray(values), "TIFF"), gray_rgb([[0, 128, 255, 255, 0]])
+
+
+def case_f(background):
+    values = np.array([[-5.0, 0.4, 127.6, 254.5, 300.0, np.nan]], dtype=np.float32)
+    return encode(Image.fromarray(values), "TIFF"), gray_rgb([[0, 0, 128, 254, 255, 0]])
+
+
+CASES = {
+    "1": (case_1, "1"), "L": (case_l, "L"), "P": (case_p, "P"),
+    "P+tRNS": (case_p_transparency, "P"), "GIF transparency": (case_gif_transparency, "P"),
+    "RGB": (case_rgb, "RGB"), "RGBA": (case_rgba, "RGBA"), "LA": (case_la, "LA"),
+    "PA": (case_pa, "PA"), "CMYK": (case_cmyk, "CMYK"), "I;16": (case_i16, "I;16"),
+    "I;16B": (case_i16b, "I;16B"), "I": (case_i32, "I"), "F": (case_f, "F"),
+}
+
+
+@pytest.mark.parametrize("background", [0, 255, 90])
+@pytest.mark.parametrize("name", CASES)
+def test_every_source_mode_converts_to_rgb_and_l(name, background):
+    make, source_mode = CASES[name]
+    data, expected_rgb = make(background)
+    assert Image.open(io.BytesIO(data)).mode == source_mode  # the case tests what it says
+
+    rgb = decode_image(data, mode="RGB", background=background)
+    gray = decode_image(data, mode="L", background=background)
+
+    assert rgb.image.mode == "RGB" and gray.image.mode == "L"
+    assert_close(pixels(rgb), expected_rgb, tolerance=1)
+    assert_close(pixels(gray), luma(expected_rgb), tolerance=1)
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    decoded = decode_image(encode(Image.fromarray(SIXTEEN_BIT), "PNG"), mode="L")
+    assert pixels(decoded)[0, -1] == 255
+    assert abs(pixels(decoded)[0, 2] - 128) <= 1  # 32896 / 257 = 128, not clipped to 255
+
+
+def test_rgba_alpha_extremes_and_half():
+    rgba = np.array([[(200, 100, 50, 0), (200, 100, 50, 255), (200, 100, 50, 128)]], np.uint8)
+    out = pixels(decode_image(encode(Image.fromarray(rgba), "PNG"), mode="RGB", background=0))
+    assert out[0, 0].tolist() == [0, 0, 0]           # fully transparent: background only
+    assert out[0, 1].tolist() == [200, 100, 50]      # opaque: colour kept
+    assert_close(out[0, 2], [100, 50, 25], tolerance=1)  # half: blended
+
+
+def test_ycbcr_converts():
+    # No file format Pillow reads opens as YCbCr, so test the conversion step.
+    rgb = np.array([[(255, 0, 0), (0, 255, 0), (30, 60, 90), (128, 128, 128)]], np.uint8)
+    ycbcr = Image.fromarray(rgb).convert("YCbCr")
+    assert_close(np.asarray(_convert(ycbcr, "RGB", 0)), rgb, tolerance=3)
+    assert_close(np.asarray(_convert(ycbcr, "L", 0)), luma(rgb), tolerance=3)
+
+
+def test_rgb_to_l_uses_standard_luma():
+    rgb = np.array([[(255, 0, 0), (0, 255, 0), (0, 0, 255)]], dtype=np.uint8)
+    out = pixels(decode_image(encode(Image.fromarray(rgb), "PNG"), mode="L"))
+    assert_close(out, [[76, 150, 29]], tolerance=1)
+
+
+def test_cmyk_jpeg_converts():
+    cmyk = np.zeros((16, 16, 4), dtype=np.uint8)
+    cmyk[..., 0] = 255  # pure cyan
+    data = encode(Image.fromarray(cmyk, "CMYK"), "JPEG", quality=95)
+    assert_close(pixels(decode_image(data, mode="RGB")).mean(axis=(0, 1)), [0, 255, 255], 3)
+
+
+# --- formats, animation, orientation ------------------------------------------
+
+BLOCKS = np.kron(np.array([[0, 1], [2, 3]]), np.ones((16, 16), dtype=int))
+BLOCK_COLOURS = np.array([(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)], np.uint8)
+
+
+@pytest.mark.parametrize("fmt, params, tolerance", [
+    ("PNG", {}, 0), ("BMP", {}, 0), ("TIFF", {}, 0), ("GIF", {}, 0),
+    ("WEBP", {"lossless": True}, 0), ("JPEG", {"quality": 95, "subsampling": 0}, 12),
+])
+def test_formats_decode(fmt, params, tolerance):
+    rgb = BLOCK_COLOURS[BLOCKS]
+    decoded = decode_image(encode(Image.fromarray(rgb), fmt, **params), mode="RGB")
+    assert (decoded.width, decoded.height) == (32, 32)
+    assert_close(pixels(decoded), rgb, tolerance)
+    # Detached from the file: a plain, loaded image, not a lazy ImageFile.
+    assert not isinstance(decoded.image, ImageFile.ImageFile)
+
+
+@pytest.mark.parametrize("fmt, params", [
+    ("GIF", {}), ("PNG", {}), ("WEBP", {"lossless": True}),
+])
+def test_animation_gives_first_frame(fmt, params):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    frames = [Image.new("RGB", (8, 8), colour) for colour in colours]
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **params)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    assert_close(pixels(decode_image(data, mode="RGB")), np.full((8, 8, 3), [255, 0, 0]), 0)
+
+
+# What each EXIF orientation does to the stored pixels to display them.
+ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, k=-1),  # 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].T,
+    8: lambda a: np.rot90(a, k=1),   # 90 degrees counter-clockwise
+}
+
+
+def exif_with(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+@pytest.mark.parametrize("orientation", ORIENT)
+def test_exif_orientation_png(orientation):
+    stored = np.arange(6 * 4, dtype=np.uint8).reshape(4, 6) * 10  # 6 wide, 4 high
+    data = encode(Image.fromarray(stored), "PNG", exif=exif_with(orientation))
+    decoded = decode_image(data, mode="L")
+    expected = ORIENT[orientation](stored)
+    assert (decoded.width, decoded.height) == (expected.shape[1], expected.shape[0])
+    assert_close(pixels(decoded), expected, 0)
+
+
+def test_exif_orientation_6_jpeg_rotates_and_swaps_size():
+    layout = np.array([[255, 0, 0, 0], [0, 0, 120, 0]])
+    stored = np.kron(layout, np.ones((16, 16))).astype(np.uint8)
+    assert stored.shape == (32, 64)
+    data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif_with(6))
+    decoded = decode_image(data, mode="L")
+    assert (decoded.width, decoded.height) == (32, 64)
+    assert decoded.image.size == (32, 64)
+    assert_close(pixels(decoded), np.rot90(stored, k=-1), tolerance=6)
+
+
+# --- JPEG reduction while decoding -----------------------------------------------
+
+def test_draft_reduces_large_jpeg():
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).resize((2048, 2048))
+    data = encode(big, "JPEG")
+    for mode in ("L", "RGB"):
+        decoded = decode_image(data, mode=mode, target_size=(32, 32))
+        width, height = decoded.image.size
+        assert 32 <= width < 2048 and 32 <= height < 2048
+        assert (decoded.width, decoded.height) == (2048, 2048)
+        assert decoded.image.mode == mode
+    full = decode_image(data, mode="L")
+    assert full.image.size == (2048, 2048)
+
+
+def test_draft_respects_target_in_displayed_orientation():
+    # Stored 2048x256, displayed 256x2048 (orientation 6). The target is in
+    # displayed terms, so the reduction must still be at least 128 wide.
+    data = encode(Image.new("L", (2048, 256), 90), "JPEG", exif=exif_with(6))
+    decoded = decode_image(data, mode="L", target_size=(128, 32))
+    width, height = decoded.image.size
+    assert 128 <= width < 256 and 32 <= height < 2048
+    assert (decoded.width, decoded.height) == (256, 2048)
+
+
+def test_target_size_is_ignored_by_other_formats():
+    decoded = decode_image(encode(Image.new("RGB", (300, 200)), "PNG"), mode="RGB",
+                           target_size=(10, 10))
+    assert decoded.image.size == (300, 200)
+
+
+# --- decompression bombs -------------------------------------------------------
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height 1-bit pixels (no pixel data)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+            + chunk(b"IEND", b""))
+
+
+def test_bomb_is_rejected_from_the_header():
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageTooLargeError) as caught:
+        decode_image(png_header_only(20000, 20000), mode="L")
+    message = str(caught.value)
+    assert "20000x20000" in message and "400,000,000" in message
+    assert f"{DEFAULT_MAX_PIXELS:,}" in message
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's global left as it was
+
+
+def test_max_pixels_argument_is_the_limit():
+    data = encode(Image.new("L", (100, 100)), "PNG")
+    with pytest.raises(ImageTooLargeError, match=r"100x100 = 10,000 pixels.*9,999"):
+        decode_image(data, mode="L", max_pixels=9_999)
+    assert decode_image(data, mode="L", max_pixels=10_000).image.size == (100, 100)
+
+
+def test_pillow_global_limit_does_not_override_ours(monkeypatch):
+    # Pillow raises above twice its global limit; our max_pixels must decide.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    data = encode(Image.new("L", (100, 100), 7), "PNG")
+    assert pixels(decode_image(data, mode="L")).max() == 7
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    with pytest.raises(ImageTooLargeError, match="9,000"):
+        decode_image(data, mode="L", max_pixels=9_000)
+
+
+# --- bad bytes -----------------------------------------------------------------
+
+def noise_image() -> Image.Image:
+    rng = np.random.default_rng(5)
+    return Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+
+
+def halved(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"", "empty file (0 bytes)"),
+    (np.random.default_rng(0).bytes(4096), "not an image"),
+    (b"Hello,\nthis is a text file, not an image.\n" * 20, "not an image"),
+    (halved(encode(noise_image(), "JPEG")), "truncated or corrupt"),
+    (halved(encode(noise_image(), "PNG")), "truncated or corrupt"),
+    (halved(encode(noise_image(), "GIF")), "truncated or corrupt"),
+    (encode(noise_image(), "PNG")[:20], "truncated or corrupt"),
+], ids=["empty", "random", "text", "truncated-jpeg", "truncated-png", "truncated-gif",
+        "header-only"])
+def test_bad_bytes_raise_one_line_decode_error(data, expected):
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_image(data, mode="RGB")
+    assert not isinstance(caught.value, ImageTooLargeError)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, ImgclassError)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message and "\r" not in message
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"mode": "RGBA"}, "'RGBA'"),
+    ({"mode": "L", "target_size": (0, 10)}, "target_size"),
+    ({"mode": "L", "max_pixels": 0}, "max_pixels"),
+    ({"mode": "L", "background": 256}, "background"),
+])
+def test_invalid_arguments_are_value_errors(kwargs, word):
+    with pytest.raises(ValueError, match=word) as caught:
+        decode_image(encode(Image.new("L", (4, 4)), "PNG"), **kwargs)
+    assert not isinstance(caught.value, ImageDecodeError)
+    if "'RGBA'" == word:
+        assert "'L'" in str(caught.value) and "'RGB'" in str(caught.value)

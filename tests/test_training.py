@@ -1,0 +1,107 @@
+"""Update rules against NumPy references; training is deterministic."""
+
+import numpy as np
+import pytest
+
+from model_store import layers as L
+from model_store import updates
+from model_store.engine import T, floatX, function, shared
+from model_store.errors import ConfigError
+from model_store.spec import build_network
+from model_store.train import TrainConfig, fit
+
+
+def run_rule(rule, steps=5, **kwargs):
+    """Minimises sum((w - target)^2) with ``rule``; returns w after each step."""
+    target = np.array([1.0, -2.0, 3.0], dtype=floatX)
+    w = shared(np.zeros(3, dtype=floatX))
+    loss = T.sum((w - target) ** 2)
+    step = function([], loss, updates=rule(loss, [w], **kwargs))
+    values = []
+    for _ in range(steps):
+        step()
+        values.append(w.get_value().copy())
+    return target, values
+
+
+def test_sgd_matches_numpy():
+    target, values = run_rule(updates.sgd, learning_rate=0.1)
+    w = np.zeros(3)
+    for got in values:
+        w = w - 0.1 * 2 * (w - target)
+        np.testing.assert_allclose(got, w, rtol=1e-5)
+
+
+def test_momentum_is_sgd_with_apply_momentum_and_matches_numpy():
+    target, values = run_rule(updates.momentum, learning_rate=0.1,
+                              momentum=0.9)
+    w, v = np.zeros(3), np.zeros(3)
+    for got in values:
+        v = 0.9 * v - 0.1 * 2 * (w - target)
+        w = w + v
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_matches_numpy():
+    target, values = run_rule(updates.adam, learning_rate=0.01)
+    w, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+    for t, got in enumerate(values, start=1):
+        g = 2 * (w - target)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        m_hat, v_hat = m / (1 - 0.9 ** t), v / (1 - 0.999 ** t)
+        w = w - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8)
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-6)
+
+
+def test_update_rules_return_ordered_dicts_that_compose():
+    w = shared(np.ones(2, dtype=floatX))
+    loss = T.sum(w ** 2)
+    plain = updates.sgd(loss, [w], 0.1)
+    combined = updates.apply_momentum(plain, [w], momentum=0.5)
+    assert list(plain) == [w]
+    assert len(combined) == 2 and w in combined  # w and its velocity
+
+
+SPEC = {"input_shape": [1, 8, 8], "layers": [
+    {"type": "conv2d", "name": "c", "num_filters": 4, "filter_size": 3},
+    {"type": "max_pool2d", "name": "p", "pool_size": 2},
+    {"type": "dense", "name": "h", "num_units": 16},
+    {"type": "dropout", "name": "drop", "p": 0.2},
+    {"type": "dense", "name": "o", "num_units": 3,
+     "nonlinearity": "identity"},
+    {"type": "softmax", "name": "s"}]}
+
+
+def train_tiny(seed):
+    rng = np.random.RandomState(0)
+    labels = rng.randint(0, 3, size=96).astype(np.int32)
+    # Learnable: the class sets the mean brightness of the image.
+    x = (rng.rand(96, 1, 8, 8) * 0.3 + labels[:, None, None, None] * 0.3)
+    network = build_network(SPEC, seed=seed)
+    history = fit(network, x.astype(floatX), labels,
+                  TrainConfig(epochs=6, batch_size=16, lr=0.01, seed=seed))
+    return L.get_param_values(network), history
+
+
+def test_training_is_deterministic_for_a_seed_and_learns():
+    weights_a, history_a = train_tiny(seed=3)
+    weights_b, history_b = train_tiny(seed=3)
+    weights_c, _ = train_tiny(seed=4)
+    assert history_a == history_b
+    for name in weights_a:
+        np.testing.assert_array_equal(weights_a[name], weights_b[name])
+    assert any(not np.array_equal(weights_a[n], weights_c[n])
+               for n in weights_a)
+    assert history_a[-1]["loss"] < history_a[0]["loss"]
+    assert history_a[-1]["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
+    ({"lr": -1.0}, "--lr must be positive, got -1.0"),
+    ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+])
+def test_bad_training_settings(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)

@@ -1,0 +1,1 @@
+"""Beam DoFns and PTransforms: read, decode, normalise, batch, predict, write."""

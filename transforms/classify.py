@@ -1,0 +1,93 @@
+"""The whole job as one composite transform: file patterns in, prediction
+tables and error rows out."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import apache_beam as beam
+
+from model_store.errors import ConfigError
+from model_store.images import DEFAULT_MAX_PIXELS
+from transforms.decode import ERRORS, PreprocessFn, ReadAndDecodeFn
+from transforms.predict import PredictBatchesFn
+from transforms.read import MatchFiles, OpenFiles
+
+DEFAULT_MODEL = "digits-cnn@latest"
+DEFAULT_TOP_K = 5
+DEFAULT_BATCH_SIZE = 256
+
+
+def _check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ClassifyImages(beam.PTransform):
+    """Classifies every image file that the input patterns match.
+
+    Input: a ``PCollection`` of file patterns (a file, a glob where ``**``
+    crosses folders, or ``folder/**``) on any Beam filesystem. Output: a dict
+    with ``"predictions"``, a ``PCollection`` of ``pyarrow.Table`` (up to
+    ``batch_size`` rows each, schema ``transforms.schema.PREDICTIONS``), and
+    ``"errors"``, a ``PCollection`` of dicts (schema
+    ``transforms.schema.ERRORS``). Every matched file is in exactly one.
+
+    Args:
+        model: ``NAME``, ``NAME@VERSION`` or a version folder path.
+        store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
+            shipped models). Workers must see the same store.
+        top_k: how many of the best classes each row lists.
+        batch_size: images per Theano call.
+        max_pixels: images with more pixels are refused (bomb guard).
+        run_id: identifier written in every row.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *,
+                 store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
+                 batch_size: int = DEFAULT_BATCH_SIZE,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, run_id: str = ""):
+        super().__init__()
+        self._model_ref = model
+        self._store = store
+        self._top_k = _check_positive("top_k", top_k)
+        self._batch_size = _check_positive("batch_size", batch_size)
+        self._max_pixels = _check_positive("max_pixels", max_pixels)
+        self._run_id = run_id
+        self.model = None  # the StoredModel, once expanded
+
+    def expand(self, patterns):
+        from model_store.store import load_model
+
+        # Load here, in the driver: an unknown or damaged model stops the run
+        # before any work, and "latest" becomes a fixed version for workers.
+        model = self.model = load_model(self._model_ref, root=self._store)
+        classes = len(model.class_names)
+        if self._top_k > classes:
+            raise ConfigError(f"top_k {self._top_k} exceeds the "
+                              f"{classes} classes of model {model.ref}")
+        prep = model.preprocessing
+        ref = model.location if "/" in self._model_ref else model.ref
+        decoded = (patterns
+                   | "MatchFiles" >> MatchFiles()
+                   | "OpenFiles" >> OpenFiles()
+                   | "Decode" >> beam.ParDo(ReadAndDecodeFn(
+                       prep, run_id=self._run_id,
+                       max_pixels=self._max_pixels)).with_outputs(
+                           ERRORS, main="decoded"))
+        examples = decoded.decoded | "Preprocess" >> beam.ParDo(
+            PreprocessFn(prep, run_id=self._run_id)).with_outputs(
+                ERRORS, main="examples")
+        predicted = (examples.examples
+                     | "Batch" >> beam.BatchElements(
+                         min_batch_size=self._batch_size,
+                         max_batch_size=self._batch_size)
+                     | "Predict" >> beam.ParDo(PredictBatchesFn(
+                         ref, store=self._store,
+                         expected_sha256=model.weights_sha256,
+                         top_k=self._top_k, run_id=self._run_id)
+                     ).with_outputs(ERRORS, main="predictions"))
+        errors = ((decoded[ERRORS], examples[ERRORS], predicted[ERRORS])
+                  | "Errors" >> beam.Flatten())
+        return {"predictions": predicted.predictions, "errors": errors}

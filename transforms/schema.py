@@ -1,0 +1,33 @@
+"""The output contract: the Parquet schemas of predictions and errors.
+
+Other tools read these files; change them only with a new major version of
+the output contract (see README, "Output contract").
+"""
+
+import pyarrow as pa
+
+TOP_K_ENTRY = pa.struct([("label", pa.string()), ("score", pa.float32())])
+
+PREDICTIONS = pa.schema([
+    ("path", pa.string()),            # the full matched URI
+    ("label", pa.string()),           # class name of the top prediction
+    ("class_id", pa.int32()),         # its index in the model's classes
+    ("confidence", pa.float32()),     # its probability
+    ("top_k", pa.list_(TOP_K_ENTRY)), # the k best, best first
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("width", pa.int32()),            # the source image, as displayed
+    ("height", pa.int32()),
+    ("run_id", pa.string()),
+    ("processed_at", pa.timestamp("us", tz="UTC")),
+])
+
+STAGES = ("read", "decode", "preprocess", "predict")
+
+ERRORS = pa.schema([
+    ("path", pa.string()),
+    ("stage", pa.string()),           # one of STAGES
+    ("error_type", pa.string()),      # the exception class name
+    ("message", pa.string()),         # one line
+    ("run_id", pa.string()),
+])

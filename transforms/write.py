@@ -1,0 +1,50 @@
+"""Writing predictions and errors as Parquet with the explicit schemas.
+
+Beam's file sinks write each shard to a temporary folder and move it into
+place only when the whole pipeline has succeeded; the run's driver then moves
+the shards from its staging folder to where readers look (see
+``pipeline/outputs.py``).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io import parquetio
+
+from transforms import schema
+
+# Rows per Parquet row group: one predict batch (256 rows) per group would
+# make files slow to scan, so tables are concatenated up to this many batches.
+TABLES_PER_ROW_GROUP = 64
+
+
+class WritePredictions(beam.PTransform):
+    """Tables of prediction rows -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``."""
+
+    def __init__(self, file_path_prefix: str):
+        super().__init__()
+        self._prefix = file_path_prefix
+
+    def expand(self, tables):
+        return (tables
+                | "RowGroups" >> beam.BatchElements(
+                    min_batch_size=TABLES_PER_ROW_GROUP,
+                    max_batch_size=TABLES_PER_ROW_GROUP)
+                | "Concat" >> beam.Map(pa.concat_tables)
+                | "Write" >> parquetio.WriteToParquetBatched(
+                    self._prefix, schema=schema.PREDICTIONS,
+                    codec="snappy", file_name_suffix=".parquet"))
+
+
+class WriteErrors(beam.PTransform):
+    """Error rows (dicts) -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``."""
+
+    def __init__(self, file_path_prefix: str):
+        super().__init__()
+        self._prefix = file_path_prefix
+
+    def expand(self, rows):
+        return rows | "Write" >> parquetio.WriteToParquet(
+            self._prefix, schema=schema.ERRORS, codec="snappy",
+            file_name_suffix=".parquet")
