@@ -316,6 +316,7 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         os.makedirs(os.path.join(root, name), exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{version}.",
                                    dir=os.path.join(root, name))
+        os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
         try:
             for file_name, data in files.items():
                 with open(os.path.join(staging, file_name), "wb") as handle:

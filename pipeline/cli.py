@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 
-from model_store.errors import ImgclassError
+from model_store.errors import ConfigError, ImgclassError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -162,8 +164,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage mistake in one line (exit code 2), not a usage block."""
+
+    def error(self, message):
+        raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imgclass",
         description="Classify image files in bulk with Apache Beam and a "
                     "compiled Theano network; manage, train and evaluate the "
@@ -298,13 +307,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
+                                           "%(message)s"))
+    # Beam warns at import that optional Google Cloud clients are missing;
+    # they are not needed unless a gs:// path is used, where Beam says so.
+    handler.addFilter(lambda record: "apitools not found"
+                      not in record.getMessage())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    # Beam relays its workers' start-up warnings (unparsed runner flags, no
+    # semi-persistent directory) that say nothing about this job; failures
+    # still surface as exceptions. IMGCLASS_BEAM_LOG_LEVEL=INFO shows them.
+    logging.getLogger("apache_beam").setLevel(
+        os.environ.get("IMGCLASS_BEAM_LOG_LEVEL", "ERROR"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _configure_logging()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_beam_options", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.beam_args = extra
     try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "accepts_beam_options", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.beam_args = extra
         return args.func(args)
     except ImgclassError as error:
         print(f"imgclass: error: {error}", file=sys.stderr)

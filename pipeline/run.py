@@ -58,7 +58,13 @@ def new_run_id(now: datetime.datetime) -> str:
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam options from the command line; unknown ones are a mistake."""
-    options = PipelineOptions(list(beam_args))
+    beam_args = list(beam_args)
+    if not any(a.startswith("--default_sdk_harness_log_level")
+               for a in beam_args):
+        # Worker processes log every gRPC channel at INFO; keep the terminal
+        # for warnings, progress and the summary.
+        beam_args.append("--default_sdk_harness_log_level=WARNING")
+    options = PipelineOptions(beam_args)
     known = options.get_all_options(retain_unknown_options=False)
     every = options.get_all_options(retain_unknown_options=True)
     unknown = sorted(set(every) - set(known))

@@ -17,7 +17,8 @@ same compiled function.
 from __future__ import annotations
 
 import datetime
-import logging
+import os
+import sys
 import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
@@ -32,9 +33,6 @@ from apache_beam.utils import shared
 from model_store.errors import ModelIntegrityError
 from transforms import schema
 from transforms.decode import METRICS_NAMESPACE, error_row
-
-_LOGGER = logging.getLogger(__name__)
-
 
 def load_predictor(model_ref: str, store: Optional[str],
                    expected_sha256: Optional[str] = None):
@@ -53,23 +51,28 @@ def load_predictor(model_ref: str, store: Optional[str],
 
 
 class _Progress:
-    """Logs images done and images/s every few seconds, per process."""
+    """Prints images done and images/s every few seconds, per process."""
 
     def __init__(self, every_seconds: float = 10.0):
         self.every = every_seconds
         self.lock = threading.Lock()
-        self.started = self.last = time.monotonic()
+        self.started = self.last = None
         self.done = 0
 
     def add(self, count: int) -> None:
         with self.lock:
-            self.done += count
             now = time.monotonic()
+            if self.started is None:  # count from the first batch, not
+                self.started = self.last = now  # from compiling the model
+            self.done += count
             if now - self.last >= self.every:
                 self.last = now
-                _LOGGER.warning("progress: %d images classified in this "
-                                "worker, %.0f images/s", self.done,
-                                self.done / (now - self.started))
+                # print, not logging: worker processes of the local
+                # multi-processing runner share the terminal's stderr.
+                print(f"imgclass: progress: {self.done} images classified "
+                      f"by worker {os.getpid()}, "
+                      f"{self.done / (now - self.started):.0f} images/s",
+                      file=sys.stderr, flush=True)
 
 
 _PROGRESS = _Progress()

@@ -1,0 +1,123 @@
+"""Configuration mistakes stop the run before any work, with exit code 2 and
+one line that names the problem; the model commands' exit codes."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from model_store.store import DEFAULT_ROOT
+
+
+@pytest.fixture
+def images(tmp_path, split):
+    from tests.conftest import write_digits
+    folder = str(tmp_path / "images")
+    write_digits(folder, split, 4, nested=False)
+    return folder
+
+
+@pytest.fixture
+def tampered_store(tmp_path):
+    root = str(tmp_path / "store")
+    shutil.copytree(DEFAULT_ROOT, root)
+    weights = os.path.join(root, "digits-cnn", "1", "weights.npz")
+    data = bytearray(open(weights, "rb").read())
+    data[1000] ^= 0x01
+    open(weights, "wb").write(bytes(data))
+    return root
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "nope"], "no model named 'nope'"),
+    (["--model", "digits-cnn@9"], "model 'digits-cnn' has no version 9"),
+    (["--model", "digits-cnn@x"], "invalid model version 'x'"),
+    (["--top-k", "0"], "expected a positive integer, got 0"),
+    (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
+    (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
+    (["--partition-by", "hour"], "invalid choice: 'hour'"),
+    (["--batch-size", "many"], "expected a positive integer, got 'many'"),
+    (["--no_such_beam_option=1"], "unknown option(s) --no_such_beam_option"),
+    (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
+])
+def test_option_mistakes_exit_2_before_any_work(cli, images, tmp_path, args,
+                                                message):
+    output = tmp_path / "out"
+    code, _, err = cli("classify", "--input", images, "--output", output,
+                       *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) <= 2  # argparse adds a usage line
+    assert not (output / "predictions").exists()
+    assert not (output / "_staging").exists()
+
+
+def test_missing_input_exits_2(cli, tmp_path):
+    code, _, err = cli("classify", "--input", tmp_path / "missing",
+                       "--output", tmp_path / "out")
+    assert code == 2 and "does not exist" in err and "missing" in err
+    code, _, err = cli("classify", "--input", tmp_path / "gone" / "*.png",
+                       "--output", tmp_path / "out")
+    assert code == 2 and "does not exist" in err
+
+
+def test_unwritable_output_exits_2(cli, images, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = cli("classify", "--input", images, "--output",
+                       blocker / "out")
+    assert code == 2 and "cannot be created" in err
+    code, _, err = cli("classify", "--input", images, "--output", blocker)
+    assert code == 2 and "is a file" in err
+
+
+def test_model_failing_verification_exits_2(cli, images, tmp_path,
+                                            tampered_store):
+    code, _, err = cli("--store", tampered_store, "classify", "--input",
+                       images, "--output", tmp_path / "out")
+    assert code == 2
+    assert "digits-cnn@1" in err and "sha256" in err
+    assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_models_verify_exit_codes(cli, tampered_store):
+    code, out, _ = cli("models", "verify")
+    assert code == 0 and "ok      digits-cnn@1" in out
+    code, out, _ = cli("--store", tampered_store, "models", "verify")
+    assert code == 1 and "FAILED  digits-cnn@1" in out and "sha256" in out
+    code, _, err = cli("models", "show", "nope@1")
+    assert code == 2 and "no model named 'nope'" in err
+
+
+def test_models_list_and_show(cli):
+    code, out, _ = cli("models", "list")
+    assert code == 0 and "digits-cnn" in out
+    code, out, _ = cli("models", "show", "digits-cnn")
+    assert code == 0
+    assert "conv1" in out and "Conv2DLayer" in out and "(None, 10)" in out
+
+
+def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
+    plot = tmp_path / "confusion.png"
+    code, out, _ = cli("evaluate", "--model", "digits-cnn", "--json",
+                       "--plot", plot)
+    assert code == 0
+    metrics = json.loads(out)
+    assert metrics["accuracy"] >= 0.985
+    assert metrics["n_test"] == 360
+    assert (metrics["model"], metrics["version"]) == ("digits-cnn", 1)
+    confusion = metrics["confusion_matrix"]
+    assert sum(map(sum, confusion)) == 360
+    assert sum(confusion[i][i] for i in range(10)) / 360 == pytest.approx(
+        metrics["accuracy"], abs=1e-6)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_help_is_complete(cli):
+    for command in ([], ["models"], ["models", "list"], ["models", "show"],
+                    ["models", "verify"], ["train"], ["evaluate"],
+                    ["classify"]):
+        with pytest.raises(SystemExit) as done:
+            cli(*command, "--help")
+        assert done.value.code == 0
