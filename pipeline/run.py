@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
 import sys
 import time
 import uuid
@@ -165,7 +164,12 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     try:
         result = pipeline.run()
         result.wait_until_finish()
-    except BaseException:
+    except Exception as error:
+        paths.discard_staging()
+        raise RunFailed(f"run {run_id}: the pipeline failed, nothing was "
+                        f"published: {type(error).__name__}: "
+                        f"{_first_line(error)}") from error
+    except BaseException:  # Ctrl-C: leave nothing half-visible either
         paths.discard_staging()
         raise
     seconds = time.monotonic() - clock
@@ -217,6 +221,12 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     return manifest
 
 
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    # Beam wraps worker errors in long tracebacks; the last line is the cause.
+    return lines[-1].strip()[:500] if lines else ""
+
+
 def _metrics(result) -> dict:
     """Counters and distributions of the ``imgclass`` namespace."""
     try:
@@ -237,8 +247,3 @@ def _metrics(result) -> dict:
                 "count": value.count, "min": value.min, "max": value.max,
                 "mean": round(value.sum / value.count, 3)}
     return found
-
-
-def local_worker_count(options: PipelineOptions) -> int:
-    direct = options.view_as(DirectOptions)
-    return direct.direct_num_workers or os.cpu_count() or 1
