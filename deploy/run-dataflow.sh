@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Classify images on Google Cloud Dataflow with the worker image built from
+# deploy/Dockerfile. This machine is only the launcher: it checks the model,
+# submits the job, waits for it and then moves the output into place, so it
+# must stay up until the job ends. See deploy/README.md.
+#
+# Required environment:
+#   PROJECT          GCP project id
+#   REGION           Dataflow region, e.g. europe-west1
+#   TEMP_LOCATION    gs:// folder for Dataflow's temporary files
+#   IMAGE            worker image (deploy/Dockerfile), pushed to a registry
+#                    the Dataflow workers can pull from
+#   INPUT            gs:// file, folder or glob; several separated by spaces
+#   OUTPUT           gs:// output folder, one per run (see deploy/README.md)
+#   MAX_NUM_WORKERS  autoscaling ceiling (deploy/README.md, "How many workers")
+# Optional:
+#   MODEL            NAME[@VERSION] or version folder (default: digits-cnn@latest)
+#   STORE            model store, e.g. gs://bucket/models (default: the models
+#                    installed in the launcher's and the image's package)
+#   RUN_DATE         YYYY-MM-DD partition value (default: today, UTC)
+#   NUM_WORKERS      workers to start with (default: Dataflow's)
+#   MACHINE_TYPE     worker machine type, e.g. n2-standard-4 (default: Dataflow's)
+#   JOB_NAME         Dataflow job name (default: imgclass-RUN_DATE-HHMMSS)
+#   SERVICE_ACCOUNT  worker service account e-mail
+#   OVERWRITE=1      replace an earlier run in OUTPUT (after this one succeeds)
+#   IMGCLASS         the imgclass command (default: imgclass on PATH)
+#   DRY_RUN=1        print the command instead of running it
+# Arguments are passed on to imgclass as further Beam options, e.g.
+#   deploy/run-dataflow.sh --subnetwork=regions/REGION/subnetworks/NAME --no_use_public_ips
+set -euo pipefail
+
+: "${PROJECT:?set PROJECT to your GCP project id}"
+: "${REGION:?set REGION to the Dataflow region, e.g. europe-west1}"
+: "${TEMP_LOCATION:?set TEMP_LOCATION to a gs:// folder for temporary files}"
+: "${IMAGE:?set IMAGE to the worker image built from deploy/Dockerfile}"
+: "${INPUT:?set INPUT to the gs:// images to classify (file, folder or glob)}"
+: "${OUTPUT:?set OUTPUT to a gs:// output folder}"
+: "${MAX_NUM_WORKERS:?set MAX_NUM_WORKERS, the autoscaling ceiling (deploy/README.md, How many workers)}"
+
+RUN_DATE="${RUN_DATE:-$(date -u +%F)}"
+IMGCLASS="${IMGCLASS:-imgclass}"
+
+fail() { echo "run-dataflow.sh: $*" >&2; exit 2; }
+[[ "$TEMP_LOCATION" == gs://* ]] || fail "TEMP_LOCATION must be a gs:// folder, got '$TEMP_LOCATION'"
+[[ "$OUTPUT" == *://* ]] || fail "OUTPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$OUTPUT'"
+
+args=()
+# --store is an option of imgclass itself, so it goes before "classify".
+[[ -n "${STORE:-}" ]] && args+=(--store "$STORE")
+args+=(classify)
+read -r -a patterns <<< "$INPUT"
+for pattern in "${patterns[@]}"; do
+  [[ "$pattern" == *://* ]] || fail "INPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$pattern'"
+  args+=(--input "$pattern")
+done
+args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
+       --partition-by run_date --run-date "$RUN_DATE")
+[[ "${OVERWRITE:-0}" == 1 ]] && args+=(--overwrite)
+
+args+=(--runner=DataflowRunner
+       --project="$PROJECT"
+       --region="$REGION"
+       --temp_location="$TEMP_LOCATION"
+       --job_name="${JOB_NAME:-imgclass-$RUN_DATE-$(date -u +%H%M%S)}"
+       # Workers run the image as it is: imgclass, Theano, g++ and the warm
+       # compile cache are in it, so nothing is staged or pip-installed.
+       --sdk_container_image="$IMAGE"
+       --sdk_location=container
+       --experiments=use_runner_v2
+       --max_num_workers="$MAX_NUM_WORKERS")
+[[ -n "${NUM_WORKERS:-}" ]] && args+=(--num_workers="$NUM_WORKERS")
+[[ -n "${MACHINE_TYPE:-}" ]] && args+=(--machine_type="$MACHINE_TYPE")
+[[ -n "${SERVICE_ACCOUNT:-}" ]] && args+=(--service_account_email="$SERVICE_ACCOUNT")
+args+=("$@")
+
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "$IMGCLASS" "${args[@]}"; echo
+  exit 0
+fi
+command -v "$IMGCLASS" >/dev/null \
+  || fail "'$IMGCLASS' not found: install imgclass with apache-beam[gcp] (see deploy/README.md) or set IMGCLASS"
+exec "$IMGCLASS" "${args[@]}"
