@@ -132,7 +132,7 @@ def _classify(args) -> int:
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
-        beam_args=args.beam_args)
+        skip_done=args.skip_done, beam_args=args.beam_args)
     try:
         run_classify(config)
     except RunFailed as error:
@@ -295,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--overwrite", action="store_true",
                           help="replace an earlier run in OUTPUT (it is "
                                "removed only once this run has succeeded)")
+    classify.add_argument("--skip-done", action="store_true",
+                          help="add to the earlier runs in OUTPUT, "
+                               "classifying only files that no earlier run "
+                               "did with the same model version (same path, "
+                               "size and modification time)")
     classify.add_argument("--batch-size", type=_positive_int, default=256,
                           help="images per Theano call (default: "
                                "%(default)s)")

@@ -7,6 +7,10 @@ Layout of ``DIR`` (the output contract, documented in the README)::
     DIR/_manifest.json
     DIR/_SUCCESS                   written last, only when the run finished
 
+    DIR/_runs/<run_id>.json        every published run's manifest
+    DIR/_ledger/                   files each run claimed (for --skip-done)
+    DIR/_skipped/                  files --skip-done runs did not redo
+
 While the pipeline runs, everything is written below ``DIR/_staging/<run_id>``
 (Hive, Spark, Trino, DuckDB globs and Polars skip names starting with ``_``).
 Only after the pipeline succeeded are the shards moved to where readers look,
@@ -30,7 +34,13 @@ from model_store.errors import ConfigError
 from transforms import schema
 
 PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
+LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
 MANIFEST, SUCCESS, STAGING = "_manifest.json", "_SUCCESS", "_staging"
+PUBLISH = "_publish.json"
+SCHEMAS = {PREDICTIONS_DIR: schema.PREDICTIONS, ERRORS_DIR: schema.ERRORS,
+           LEDGER_DIR: schema.LEDGER, SKIPPED_DIR: schema.SKIPPED}
+# The tables readers query are partitioned; the bookkeeping is not.
+PARTITIONED = (PREDICTIONS_DIR, ERRORS_DIR)
 _GLOB_CHARS = "*?["
 
 
@@ -84,9 +94,10 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
-def check_output(output: str, *, overwrite: bool) -> None:
+def check_output(output: str, *, overwrite: bool,
+                 incremental: bool = False) -> None:
     """Fails before any work if ``output`` cannot be written, or holds an
-    earlier run and ``overwrite`` is not set."""
+    earlier run and neither ``overwrite`` nor ``incremental`` is set."""
     if not is_uri(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output!r} is a file; give a folder")
@@ -104,13 +115,22 @@ def check_output(output: str, *, overwrite: bool) -> None:
         message = getattr(error, "strerror", None) or str(error).split("\n")[0]
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
-    if not overwrite and holds_earlier_run(output):
+    if not (overwrite or incremental) and holds_earlier_run(output):
         raise ConfigError(f"output {output!r} holds an earlier run; choose "
-                          f"another folder or pass --overwrite to replace it")
+                          f"another folder, pass --skip-done to add to it, "
+                          f"or --overwrite to replace it")
 
 
 class RunOutputs:
-    """Paths of one run, and the final move from staging to the output."""
+    """Paths of one run, and publishing from staging to the output.
+
+    Publishing is a roll-forward protocol: the list of moves and the run's
+    manifest are written to ``_staging/<run_id>/_publish.json`` first, then
+    the files are moved, then the manifest and ``_SUCCESS`` are written and
+    the staging folder removed. If the process dies part way, the next run
+    on the same output (:func:`recover`) finishes the moves, so a run is
+    published whole or not at all.
+    """
 
     def __init__(self, output: str, run_id: str, partition: str | None):
         self.output = output
@@ -122,55 +142,97 @@ class RunOutputs:
         return join(self.staging, kind, f"part-{self.run_id}")
 
     def final_dir(self, kind: str) -> str:
-        parts = [kind] + ([self.partition] if self.partition else [])
+        parts = [kind] + ([self.partition] if kind in PARTITIONED
+                          and self.partition else [])
         return join(self.output, *parts)
 
-    def finalize(self, *, overwrite: bool) -> dict:
-        """Moves the staged shards into place; returns ``{kind: [paths]}``.
-
-        An output with no rows still gets one empty Parquet file with the
-        schema, so readers always find the columns.
-        """
-        if overwrite:
-            self._remove_earlier_run()
-        moved = {}
-        for kind, table_schema in ((PREDICTIONS_DIR, schema.PREDICTIONS),
-                                   (ERRORS_DIR, schema.ERRORS)):
-            staged = _list(join(self.staging, kind, "*.parquet"))
-            target = self.final_dir(kind)
-            if not is_uri(target):
-                os.makedirs(target, exist_ok=True)
-            if not staged:
+    def staged_files(self) -> dict:
+        """``{kind: [staged Parquet files]}``; the tables readers query get
+        an empty file with the schema when they have no rows."""
+        staged = {}
+        for kind, table_schema in SCHEMAS.items():
+            files = _list(join(self.staging, kind, "*.parquet"))
+            if not files and kind in PARTITIONED:
                 empty = join(self.staging, kind,
                              f"part-{self.run_id}-00000-of-00001.parquet")
                 _write_empty(empty, table_schema)
-                staged = [empty]
-            destinations = [join(target, _basename(p)) for p in staged]
-            FileSystems.rename(staged, destinations)
-            moved[kind] = destinations
-        self.discard_staging()
-        return moved
+                files = [empty]
+            staged[kind] = files
+        return staged
+
+    def destinations(self, staged: dict) -> dict:
+        return {kind: [join(self.final_dir(kind), _basename(p))
+                       for p in files] for kind, files in staged.items()}
+
+    def publish(self, staged: dict, manifest: dict, *,
+                overwrite: bool) -> None:
+        """Moves the staged files into place, then writes the manifest and
+        ``_SUCCESS``; see the class docstring for what a crash leaves."""
+        if overwrite:
+            self._remove_earlier_runs()
+        moves = [(src, dst) for kind in staged
+                 for src, dst in zip(staged[kind],
+                                     self.destinations(staged)[kind])]
+        _write_bytes(join(self.staging, PUBLISH), _json_bytes(
+            {"moves": moves, "manifest": manifest}))
+        _complete(self.output, self.staging, moves, manifest)
 
     def discard_staging(self) -> None:
-        for path in (self.staging, join(self.output, STAGING)):
-            try:
-                if is_uri(path) or os.path.exists(path):
-                    FileSystems.delete([path])
-            except Exception:  # noqa: BLE001 - leftovers are harmless ("_")
-                pass
+        _remove_staging(self.output, self.staging)
 
-    def write_manifest(self, manifest: dict) -> None:
-        _write_bytes(join(self.output, MANIFEST),
-                     (json.dumps(manifest, indent=2) + "\n").encode())
-
-    def write_success(self) -> None:
-        _write_bytes(join(self.output, SUCCESS), b"")
-
-    def _remove_earlier_run(self) -> None:
-        for name in (SUCCESS, MANIFEST, PREDICTIONS_DIR, ERRORS_DIR):
+    def _remove_earlier_runs(self) -> None:
+        for name in (SUCCESS, MANIFEST, RUNS_DIR, *SCHEMAS):
             path = join(self.output, name)
             if FileSystems.exists(path):
                 FileSystems.delete([path])
+
+
+def recover(output: str) -> list[str]:
+    """Finishes publishing runs that died while publishing, and removes the
+    staging folders of runs that died before; returns the recovered run ids.
+
+    Call it before a new run on ``output``; two runs must not write to the
+    same output at the same time.
+    """
+    recovered = []
+    for record_path in _list(join(output, STAGING, "*", PUBLISH)):
+        staging = record_path[: -len(PUBLISH) - 1]
+        with FileSystems.open(record_path) as handle:
+            record = json.loads(handle.read())
+        _complete(output, staging, record["moves"], record["manifest"])
+        recovered.append(record["manifest"]["run_id"])
+    _delete_quietly(join(output, STAGING))
+    return recovered
+
+
+def _complete(output: str, staging: str, moves, manifest: dict) -> None:
+    """Moves what is not moved yet (idempotent), then marks the run done."""
+    pending = [(src, dst) for src, dst in moves if FileSystems.exists(src)]
+    for _, dst in pending:
+        folder = dst.rsplit("/", 1)[0]
+        if not is_uri(folder):
+            os.makedirs(folder, exist_ok=True)
+    if pending:
+        _move([s for s, _ in pending], [d for _, d in pending])
+    body = _json_bytes(manifest)
+    _write_bytes(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
+    _write_bytes(join(output, MANIFEST), body)
+    _remove_staging(output, staging)
+    _write_bytes(join(output, SUCCESS), b"")
+
+
+def _remove_staging(output: str, staging: str) -> None:
+    _delete_quietly(staging)
+    if not is_uri(output):
+        try:  # only when no other run stages here
+            os.rmdir(join(output, STAGING))
+        except OSError:
+            pass
+
+
+def ledger_files(output: str) -> list[str]:
+    """Ledger files of the runs published in ``output``."""
+    return _list(join(output, LEDGER_DIR, "*.parquet"))
 
 
 def count_rows(paths: Iterable[str]) -> int:
@@ -200,6 +262,10 @@ def _list(pattern: str) -> list[str]:
                   .metadata_list)
 
 
+def _move(sources: list[str], destinations: list[str]) -> None:
+    FileSystems.rename(sources, destinations)
+
+
 def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
@@ -207,6 +273,18 @@ def _basename(path: str) -> str:
 def _write_bytes(path: str, data: bytes) -> None:
     with FileSystems.create(path) as handle:
         handle.write(data)
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode()
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        if is_uri(path) or os.path.exists(path):
+            FileSystems.delete([path])
+    except Exception:  # noqa: BLE001 - leftovers below "_" are harmless
+        pass
 
 
 def _write_empty(path: str, table_schema: pa.Schema) -> None:

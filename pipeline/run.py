@@ -18,10 +18,13 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import outputs
+from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
-                                 DEFAULT_TOP_K, ClassifyImages)
+                                 DEFAULT_TOP_K, ClassifyFiles)
 from transforms.decode import METRICS_NAMESPACE
-from transforms.write import WriteErrors, WritePredictions
+from transforms.read import MatchFiles
+from transforms.skip import NEW, SKIPPED, SkipDone, ledger_row
+from transforms.write import WritePredictions, WriteRows
 
 PARTITIONS = ("none", "run_date")
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
@@ -48,6 +51,7 @@ class ClassifyConfig:
     partition_by: str = "none"
     run_date: Optional[str] = None
     overwrite: bool = False
+    skip_done: bool = False
     beam_args: Sequence[str] = ()
 
 
@@ -121,7 +125,12 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
             raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                               f"{config.run_date!r}")
     patterns = [outputs.input_pattern(p) for p in config.inputs]
-    outputs.check_output(config.output, overwrite=config.overwrite)
+    if config.overwrite and config.skip_done:
+        raise ConfigError("--overwrite and --skip-done contradict each other: "
+                          "--skip-done adds to the earlier runs that "
+                          "--overwrite would remove")
+    outputs.check_output(config.output, overwrite=config.overwrite,
+                         incremental=config.skip_done)
     partition = None
     if config.partition_by == "run_date":
         run_date = config.run_date or datetime.datetime.now(
@@ -135,27 +144,23 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
 
     Raises:
         ConfigError (and other ImgclassError): a mistake found before work.
-        RunFailed: the counts do not add up.
+        RunFailed: the pipeline failed, or the counts do not add up.
     """
+    from model_store.store import load_model
+
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
     patterns, partition = validate(config)
+    model = load_model(config.model, root=config.store)
+    recovered = outputs.recover(config.output)
+    if recovered:
+        print(f"imgclass: finished publishing interrupted run(s) "
+              f"{', '.join(recovered)}", file=log)
     started = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(started)
     paths = outputs.RunOutputs(config.output, run_id, partition)
-    classify = ClassifyImages(config.model, store=config.store,
-                              top_k=config.top_k,
-                              batch_size=config.batch_size,
-                              max_pixels=config.max_pixels, run_id=run_id)
     pipeline = beam.Pipeline(runner=runner, options=options)
-    results = (pipeline
-               | "Patterns" >> beam.Create(patterns)
-               | "Classify" >> classify)
-    _ = results["predictions"] | "WritePredictions" >> WritePredictions(
-        paths.staging_prefix(outputs.PREDICTIONS_DIR))
-    _ = results["errors"] | "WriteErrors" >> WriteErrors(
-        paths.staging_prefix(outputs.ERRORS_DIR))
-    model = classify.model
+    _build(pipeline, config, model, patterns, paths)
     runner_name = type(runner).__name__ if runner else options.view_as(
         StandardOptions).runner
     print(f"imgclass: run {run_id}: classifying {', '.join(config.inputs)} "
@@ -173,20 +178,22 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         paths.discard_staging()
         raise
     seconds = time.monotonic() - clock
-    files = paths.finalize(overwrite=config.overwrite)
-    predicted = outputs.count_rows(files[outputs.PREDICTIONS_DIR])
-    errors = outputs.read_table(files[outputs.ERRORS_DIR], ["stage"])
-    failed = errors.num_rows
+
+    staged = paths.staged_files()
+    predicted = outputs.count_rows(staged[outputs.PREDICTIONS_DIR])
+    skipped = outputs.count_rows(staged[outputs.SKIPPED_DIR])
+    errors = outputs.read_table(staged[outputs.ERRORS_DIR], ["stage"])
     by_stage = {}
     for stage in errors.column("stage").to_pylist():
         by_stage[stage] = by_stage.get(stage, 0) + 1
+    failed = errors.num_rows
     metrics = _metrics(result)
-    matched = metrics.get("files_matched", predicted + failed)
-    finished = datetime.datetime.now(datetime.timezone.utc)
+    matched = metrics.get("files_matched", predicted + failed + skipped)
     manifest = {
         "run_id": run_id,
         "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": finished.isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "model": {"name": model.name, "version": str(model.version),
                   "weights_sha256": model.weights_sha256,
@@ -196,29 +203,60 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "output": config.output,
         "partition": partition,
         "counts": {"matched": matched, "predicted": predicted,
-                   "failed": failed, "failed_by_stage": by_stage},
+                   "failed": failed, "skipped": skipped,
+                   "failed_by_stage": by_stage,
+                   "skipped_by_reason": {"done": skipped} if skipped else {}},
+        "skip_done": config.skip_done,
         "metrics": metrics,
         "runner": runner_name,
-        "options": {k: v for k, v in options.get_all_options(
-            drop_default=True).items()},
+        "options": options.get_all_options(drop_default=True),
         "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
                      "max_pixels": config.max_pixels},
-        "files": files,
+        "files": paths.destinations(staged),
     }
-    paths.write_manifest(manifest)
-    if matched != predicted + failed:
+    if matched != predicted + failed + skipped:
+        paths.discard_staging()
         raise RunFailed(
             f"run {run_id}: {matched} files matched but {predicted} "
-            f"predicted + {failed} failed = {predicted + failed}; "
-            f"{config.output}/_SUCCESS not written, see {outputs.MANIFEST}")
-    paths.write_success()
-    rate = matched / seconds if seconds > 0 else 0.0
+            f"predicted + {failed} failed + {skipped} skipped = "
+            f"{predicted + failed + skipped}; nothing was published")
+    paths.publish(staged, manifest, overwrite=config.overwrite)
+    rate = (matched - skipped) / seconds if seconds > 0 else 0.0
     print(f"imgclass: run {run_id} done in {seconds:.1f}s: {matched} matched, "
           f"{predicted} predicted, {failed} failed"
           + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
              if by_stage else "")
+          + (f", {skipped} skipped (done before)" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
     return manifest
+
+
+def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
+    """The pipeline: match, [skip done], classify, write four tables."""
+    matched = (pipeline
+               | "Patterns" >> beam.Create(patterns)
+               | "MatchFiles" >> MatchFiles())
+    if config.skip_done:
+        parts = matched | "SkipDone" >> SkipDone(
+            outputs.ledger_files(config.output), model_name=model.name,
+            model_version=str(model.version), run_id=paths.run_id)
+        matched = parts[NEW]
+        _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
+            paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
+    _ = (matched
+         | "LedgerRows" >> beam.Map(
+             ledger_row, model_name=model.name,
+             model_version=str(model.version), run_id=paths.run_id)
+         | "WriteLedger" >> WriteRows(
+             paths.staging_prefix(outputs.LEDGER_DIR), schema.LEDGER))
+    results = matched | "Classify" >> ClassifyFiles(
+        model.location if "/" in config.model else model.ref,
+        store=config.store, top_k=config.top_k, batch_size=config.batch_size,
+        max_pixels=config.max_pixels, run_id=paths.run_id)
+    _ = results["predictions"] | "WritePredictions" >> WritePredictions(
+        paths.staging_prefix(outputs.PREDICTIONS_DIR))
+    _ = results["errors"] | "WriteErrors" >> WriteRows(
+        paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
 
 
 def _first_line(error: BaseException) -> str:

@@ -169,7 +169,8 @@ def test_empty_match_is_a_success_with_empty_outputs(tmp_path):
     assert main(["classify", "--input", str(empty), "--output", output]) == 0
     manifest = json.load(open(os.path.join(output, "_manifest.json")))
     assert manifest["counts"] == {"matched": 0, "predicted": 0, "failed": 0,
-                                  "failed_by_stage": {}}
+                                  "skipped": 0, "failed_by_stage": {},
+                                  "skipped_by_reason": {}}
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
     table = read(output, "predictions")
     assert table.num_rows == 0

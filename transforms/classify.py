@@ -24,11 +24,10 @@ def _check_positive(name: str, value) -> int:
     return value
 
 
-class ClassifyImages(beam.PTransform):
-    """Classifies every image file that the input patterns match.
+class ClassifyFiles(beam.PTransform):
+    """Classifies matched files.
 
-    Input: a ``PCollection`` of file patterns (a file, a glob where ``**``
-    crosses folders, or ``folder/**``) on any Beam filesystem. Output: a dict
+    Input: a ``PCollection`` of ``FileMetadata`` (from ``MatchFiles``). Output: a dict
     with ``"predictions"``, a ``PCollection`` of ``pyarrow.Table`` (up to
     ``batch_size`` rows each, schema ``transforms.schema.PREDICTIONS``), and
     ``"errors"``, a ``PCollection`` of dicts (schema
@@ -57,7 +56,7 @@ class ClassifyImages(beam.PTransform):
         self._run_id = run_id
         self.model = None  # the StoredModel, once expanded
 
-    def expand(self, patterns):
+    def expand(self, matched):
         from model_store.store import load_model
 
         # Load here, in the driver: an unknown or damaged model stops the run
@@ -69,8 +68,7 @@ class ClassifyImages(beam.PTransform):
                               f"{classes} classes of model {model.ref}")
         prep = model.preprocessing
         ref = model.location if "/" in self._model_ref else model.ref
-        decoded = (patterns
-                   | "MatchFiles" >> MatchFiles()
+        decoded = (matched
                    | "OpenFiles" >> OpenFiles()
                    | "Decode" >> beam.ParDo(ReadAndDecodeFn(
                        prep, run_id=self._run_id,
@@ -91,3 +89,25 @@ class ClassifyImages(beam.PTransform):
         errors = ((decoded[ERRORS], examples[ERRORS], predicted[ERRORS])
                   | "Errors" >> beam.Flatten())
         return {"predictions": predicted.predictions, "errors": errors}
+
+
+class ClassifyImages(beam.PTransform):
+    """Classifies every image file that the input patterns match.
+
+    Input: a ``PCollection`` of file patterns (a file, a glob where ``**``
+    crosses folders, or ``folder/**``) on any Beam filesystem. Output: as
+    :class:`ClassifyFiles`, whose arguments it takes.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, **kwargs):
+        super().__init__()
+        self._classify = ClassifyFiles(model, **kwargs)
+
+    @property
+    def model(self):
+        return self._classify.model
+
+    def expand(self, patterns):
+        return (patterns
+                | "MatchFiles" >> MatchFiles()
+                | "Classify" >> self._classify)

@@ -31,3 +31,23 @@ ERRORS = pa.schema([
     ("message", pa.string()),         # one line
     ("run_id", pa.string()),
 ])
+
+# The ledger: which files a committed run claimed (classified or failed),
+# under which model version. ``--skip-done`` reads it to skip files already
+# done; it lives in DIR/_ledger/, away from the tables readers glob.
+LEDGER = pa.schema([
+    ("path", pa.string()),
+    ("size", pa.int64()),             # bytes, as the filesystem listed it
+    ("mtime", pa.float64()),          # last modification, Unix seconds
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("run_id", pa.string()),
+])
+
+# Files a --skip-done run did not classify again, and why.
+SKIPPED = pa.schema([
+    ("path", pa.string()),
+    ("reason", pa.string()),          # "done": same path, size and mtime
+    ("previous_run_id", pa.string()),
+    ("run_id", pa.string()),
+])

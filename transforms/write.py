@@ -37,14 +37,18 @@ class WritePredictions(beam.PTransform):
                     codec="snappy", file_name_suffix=".parquet"))
 
 
-class WriteErrors(beam.PTransform):
-    """Error rows (dicts) -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``."""
+class WriteRows(beam.PTransform):
+    """Rows (dicts) -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``.
 
-    def __init__(self, file_path_prefix: str):
+    For the small tables: errors, the ledger, skipped files.
+    """
+
+    def __init__(self, file_path_prefix: str, table_schema: pa.Schema):
         super().__init__()
         self._prefix = file_path_prefix
+        self._schema = table_schema
 
     def expand(self, rows):
         return rows | "Write" >> parquetio.WriteToParquet(
-            self._prefix, schema=schema.ERRORS, codec="snappy",
+            self._prefix, schema=self._schema, codec="snappy",
             file_name_suffix=".parquet")

@@ -1,0 +1,160 @@
+"""Incremental nightly runs with --skip-done: exactly once, across reruns,
+killed runs and interrupted publishing."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from model_store.store import DEFAULT_ROOT, load_model, save_model
+from pipeline import outputs
+from pipeline.cli import main
+from tests.conftest import write_bad_files, write_digits
+
+
+def predicted_paths(output):
+    return pq.read_table(os.path.join(output, "predictions")).column(
+        "path").to_pylist()
+
+
+def manifest(output):
+    return json.load(open(os.path.join(output, "_manifest.json")))
+
+
+def classify(folder, output, *extra):
+    return main(["classify", "--input", folder, "--output", output,
+                 "--skip-done", *extra])
+
+
+def test_three_nights_with_new_files_classify_only_the_new_ones(tmp_path,
+                                                                split):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    night1 = write_digits(os.path.join(folder, "n1"), split, 20, seed=1)
+    assert classify(folder, output) == 0
+    assert manifest(output)["counts"]["predicted"] == 20
+
+    night2 = write_digits(os.path.join(folder, "n2"), split, 10, seed=2)
+    assert classify(folder, output) == 0
+    counts = manifest(output)["counts"]
+    assert (counts["matched"], counts["predicted"], counts["skipped"]) == (
+        30, 10, 20)
+
+    night3 = write_digits(os.path.join(folder, "n3"), split, 5, seed=3)
+    bad = write_bad_files(os.path.join(folder, "n3bad"))
+    assert classify(folder, output) == 0
+    counts = manifest(output)["counts"]
+    assert (counts["matched"], counts["predicted"], counts["failed"],
+            counts["skipped"]) == (35 + len(bad), 5, len(bad), 30)
+
+    paths = predicted_paths(output)
+    assert sorted(paths) == sorted({**night1, **night2, **night3})
+    assert len(os.listdir(os.path.join(output, "_runs"))) == 3
+    skipped = pq.read_table(os.path.join(output, "_skipped"))
+    assert skipped.num_rows == 20 + 30
+    assert set(skipped.column("reason").to_pylist()) == {"done"}
+
+
+def test_running_the_same_night_twice_adds_no_rows(tmp_path, split):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 15)
+    write_bad_files(os.path.join(folder, "bad"))
+    assert classify(folder, output) == 0
+    assert classify(folder, output) == 0
+    counts = manifest(output)["counts"]
+    assert (counts["predicted"], counts["failed"]) == (0, 0)
+    assert counts["skipped"] == counts["matched"]
+    paths = predicted_paths(output)
+    assert len(paths) == len(set(paths)) == 15
+    errors = pq.read_table(os.path.join(output, "errors"))
+    assert errors.num_rows == len(set(errors.column("path").to_pylist()))
+
+
+def test_a_changed_file_is_classified_again(tmp_path, split):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(folder, split, 5, nested=False)
+    assert classify(folder, output) == 0
+    changed = sorted(truth)[0]
+    with open(changed, "ab") as handle:
+        handle.write(b"\0")  # new size and modification time
+    assert classify(folder, output) == 0
+    assert manifest(output)["counts"]["predicted"] == 1
+    assert predicted_paths(output).count(changed) == 2
+
+
+def test_a_new_model_version_reclassifies_everything(tmp_path, split):
+    store = str(tmp_path / "store")
+    shutil.copytree(DEFAULT_ROOT, store)
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 8)
+    common = ["--store", store, "classify", "--input", folder, "--output",
+              output, "--skip-done"]
+    assert main(common + ["--model", "digits-cnn@1"]) == 0
+    v1 = load_model("digits-cnn@1", root=store)
+    metadata = {k: v for k, v in v1.metadata.items()
+                if k in ("class_names", "input_shape", "color_mode", "resize",
+                         "normalization", "background")}
+    save_model(v1.build(), name="digits-cnn", metadata=metadata, root=store)
+    assert main(common + ["--model", "digits-cnn@1"]) == 0
+    assert manifest(output)["counts"]["predicted"] == 0
+    assert main(common) == 0  # latest is now version 2
+    counts = manifest(output)["counts"]
+    assert (counts["predicted"], counts["skipped"]) == (8, 0)
+    assert manifest(output)["model"]["version"] == "2"
+
+
+def test_interrupted_publishing_is_finished_by_the_next_run(
+        tmp_path, split, monkeypatch):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 12)
+    real_move = outputs._move
+
+    def crash_after_first(sources, destinations):
+        real_move(sources[:1], destinations[:1])
+        raise SystemExit("power cut while publishing")
+
+    monkeypatch.setattr(outputs, "_move", crash_after_first)
+    with pytest.raises(SystemExit):
+        classify(folder, output)
+    monkeypatch.setattr(outputs, "_move", real_move)
+    assert not os.path.exists(os.path.join(output, "_SUCCESS"))
+
+    assert classify(folder, output) == 0  # recovers, then skips everything
+    paths = predicted_paths(output)
+    assert len(paths) == len(set(paths)) == 12
+    assert manifest(output)["counts"]["skipped"] == 12
+    assert len(os.listdir(os.path.join(output, "_runs"))) == 2
+
+
+def test_a_killed_run_can_be_rerun_as_if_it_ran_once(tmp_path, split):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(folder, split, 40, seed=9)
+    assert classify(folder, output) == 0
+    for n in range(1, 5):
+        truth.update(write_digits(os.path.join(folder, f"late{n}"), split,
+                                  300, seed=10 + n))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "classify", "--input", folder,
+         "--output", output, "--skip-done", "--batch-size", "16"],
+        stderr=subprocess.PIPE, start_new_session=True)
+    staging = os.path.join(output, "_staging")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(names for _, _, names in os.walk(staging)):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert sorted(predicted_paths(output)) == sorted(
+        p for p in truth if "/late" not in p)
+
+    assert classify(folder, output) == 0
+    paths = predicted_paths(output)
+    assert len(paths) == len(set(paths))
+    assert sorted(paths) == sorted(truth)
