@@ -8,10 +8,17 @@ symbols from here. Defaults:
 * ``base_compiledir`` under the per-user cache folder
   (``$XDG_CACHE_HOME/imgclass/theano``, default ``~/.cache/imgclass/theano``),
   so compiled modules are reused across runs and never land in the project.
-* ``blas.ldflags=`` (empty): Theano then calls BLAS through NumPy's C API, so
-  matrix products run on the OpenBLAS that NumPy ships. Without this setting
-  Theano 1.0.5 reads ``numpy.distutils.__config__.blas_opt_info``, which
-  current numpy builds no longer have, and fails to link ``-lblas``.
+* ``blas.ldflags``: Theano links its C operations against the OpenBLAS of
+  the ``scipy-openblas32`` wheel (a PyPI dependency, so no system BLAS is
+  needed). That library prefixes its symbols (``scipy_sgemm_``), so the flags
+  carry ``-Dsgemm_=scipy_sgemm_`` and the like, and the library is loaded
+  here first so that compiled modules find it without an rpath. Theano's
+  convolution then runs its batch loop on OpenMP threads (``openmp=True``)
+  with single-threaded BLAS calls inside, which bench/ measured fastest.
+  Without the wheel, ``blas.ldflags`` is empty and Theano calls BLAS through
+  NumPy's C API (slower, and OpenMP must stay off). Either way Theano 1.0.5
+  no longer reads ``numpy.distutils.__config__.blas_opt_info``, which current
+  NumPy builds lack (it would fail to link ``-lblas``).
 
 A user's own ``THEANO_FLAGS`` are appended after these defaults, and Theano
 lets the last setting of a flag win, so the user's flags always take effect.
@@ -50,6 +57,38 @@ def cache_dir() -> str:
     return os.path.join(root, "imgclass")
 
 
+def _openblas_flags() -> dict:
+    """Theano flags for the scipy-openblas32 wheel, or {} without it."""
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return {}
+    import ctypes
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    library = scipy_openblas32.get_library()
+    # Loaded globally: modules linked with -l<library> then resolve it by
+    # its soname without an rpath (THEANO_FLAGS cannot hold the commas).
+    handle = ctypes.CDLL(os.path.join(lib_dir, f"lib{library}.so"),
+                         mode=ctypes.RTLD_GLOBAL)
+    # One BLAS thread per call: the parallelism is OpenMP's, over the batch.
+    getattr(handle, f"{_PREFIX}openblas_set_num_threads")(1)
+    renames = " ".join(f"-D{name}={_PREFIX}{name}" for name in _BLAS_SYMBOLS)
+    return {"blas.ldflags": f"-L{lib_dir} -l{library} {renames}",
+            "openmp": "True"}
+
+
+_PREFIX = "scipy_"
+# Every BLAS routine Theano's C code may call, and OpenBLAS's thread calls.
+_BLAS_SYMBOLS = [
+    f"{t}{name}_" for t in "sd" for name in (
+        "axpy", "copy", "dot", "gbmv", "gemm", "gemv", "ger", "rot", "rotg",
+        "rotm", "rotmg", "sbmv", "scal", "spmv", "spr", "spr2", "swap",
+        "symm", "symv", "syr", "syr2", "syr2k", "syrk", "tbmv", "tbsv",
+        "tpmv", "tpsv", "trmm", "trmv", "trsm", "trsv")
+] + ["openblas_get_num_threads", "openblas_set_num_threads"]
+
+
 def _configure() -> None:
     defaults = {
         "floatX": "float32",
@@ -58,6 +97,7 @@ def _configure() -> None:
         # Theano's warnings about old bugs fixed before 0.9 are noise here.
         "warn.ignore_bug_before": "all",
     }
+    defaults.update(_openblas_flags())
     cxx = os.environ.get("CXX")
     if cxx:
         defaults["cxx"] = cxx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import sys
 import time
 import uuid
@@ -53,6 +54,14 @@ class ClassifyConfig:
     overwrite: bool = False
     skip_done: bool = False
     beam_args: Sequence[str] = ()
+    # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
+    # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
+    # (overrides partition_by); leave out files modified less than
+    # ``settle`` seconds ago or named as in progress (transforms.read.
+    # is_settled); the time window recorded in the manifest.
+    partition: Optional[str] = None
+    settle: Optional[float] = None
+    window: Optional[dict] = None
 
 
 def new_run_id(now: datetime.datetime) -> str:
@@ -131,6 +140,16 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
                           "--overwrite would remove")
     outputs.check_output(config.output, overwrite=config.overwrite,
                          incremental=config.skip_done)
+    if config.settle is not None and not config.settle >= 0:
+        raise ConfigError(f"settle must be >= 0 seconds, got "
+                          f"{config.settle!r}")
+    if config.partition is not None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*=[^/=]+"
+                            r"(/[A-Za-z][A-Za-z0-9_]*=[^/=]+)*",
+                            config.partition):
+            raise ConfigError(f"partition must be key=value[/key=value...], "
+                              f"got {config.partition!r}")
+        return patterns, config.partition
     partition = None
     if config.partition_by == "run_date":
         run_date = config.run_date or datetime.datetime.now(
@@ -207,6 +226,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
                    "failed_by_stage": by_stage,
                    "skipped_by_reason": {"done": skipped} if skipped else {}},
         "skip_done": config.skip_done,
+        **({"window": config.window} if config.window is not None else {}),
         "metrics": metrics,
         "runner": runner_name,
         "options": options.get_all_options(drop_default=True),
@@ -235,7 +255,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     """The pipeline: match, [skip done], classify, write four tables."""
     matched = (pipeline
                | "Patterns" >> beam.Create(patterns)
-               | "MatchFiles" >> MatchFiles())
+               | "MatchFiles" >> MatchFiles(settle_seconds=config.settle))
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Optional
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
@@ -20,18 +23,50 @@ class _CountMatchedFn(beam.DoFn):
         yield metadata
 
 
+# Names that mark a file as still being written (``imgclass watch``): write
+# to such a name, then rename the finished file.
+IN_PROGRESS_PREFIXES = (".",)
+IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+def is_settled(metadata: FileMetadata, settle_seconds: float,
+               now: Optional[float] = None) -> bool:
+    """Whether a file looks finished: its name does not mark it as in
+    progress, and it was last modified at least ``settle_seconds`` ago."""
+    name = metadata.path.rstrip("/").rsplit("/", 1)[-1]
+    if name.startswith(IN_PROGRESS_PREFIXES) or name.lower().endswith(
+            IN_PROGRESS_SUFFIXES):
+        return False
+    now = time.time() if now is None else now
+    return float(metadata.last_updated_in_seconds or 0.0) <= (
+        now - settle_seconds)
+
+
 class MatchFiles(beam.PTransform):
     """File patterns -> ``FileMetadata`` of every matched file.
 
     A pattern matching nothing is not an error (a night with no new files).
     The matches are redistributed so that reading and decoding spread over
     all workers, not only the one that listed the folder.
+
+    Args:
+        settle_seconds: if given (``imgclass watch``), files that may still
+            be being written are left out before they are counted: see
+            :func:`is_settled`. A later run picks them up. Default: none
+            are left out.
     """
 
+    def __init__(self, settle_seconds: Optional[float] = None):
+        super().__init__()
+        self._settle = settle_seconds
+
     def expand(self, patterns):
-        return (patterns
-                | "Match" >> fileio.MatchAll(
-                    fileio.EmptyMatchTreatment.ALLOW)
+        matched = patterns | "Match" >> fileio.MatchAll(
+            fileio.EmptyMatchTreatment.ALLOW)
+        if self._settle is not None:
+            matched = matched | "Settled" >> beam.Filter(
+                is_settled, self._settle)
+        return (matched
                 | "Count" >> beam.ParDo(_CountMatchedFn())
                 | "Spread" >> beam.Reshuffle())
 
