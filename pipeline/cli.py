@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 
 from model_store.errors import ConfigError, ImgclassError
 
@@ -138,6 +139,24 @@ def _classify(args) -> int:
     except RunFailed as error:
         print(f"imgclass: run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _watch(args) -> int:
+    from pipeline.run import ClassifyConfig, RunFailed
+    from pipeline.watch import stop_on_signals, watch
+
+    config = ClassifyConfig(
+        inputs=args.input, output=args.output, model=args.model,
+        store=args.store, top_k=args.top_k, batch_size=args.batch_size,
+        max_pixels=args.max_pixels, beam_args=args.beam_args)
+    with stop_on_signals(threading.Event()) as stop:
+        try:
+            watch(config, interval=args.interval, window=args.window,
+                  settle=args.settle, stop_event=stop)
+        except RunFailed as error:
+            print(f"imgclass: watch failed: {error}", file=sys.stderr)
+            return EXIT_FAILED
     return EXIT_OK
 
 
@@ -309,6 +328,59 @@ def build_parser() -> argparse.ArgumentParser:
                                "against decompression bombs (default: "
                                "%(default)s)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
+
+    watch = commands.add_parser(
+        "watch", help="classify image files as they arrive (until stopped)",
+        description="Watch the inputs and classify new files as they "
+                    "arrive, with the same transforms and output contract "
+                    "as 'classify'. Time is cut into windows of --window "
+                    "seconds; at the end of each, one incremental run "
+                    "(as 'classify --skip-done') classifies the files that "
+                    "settled and no earlier run did, and publishes them to "
+                    "OUTPUT/predictions/date=YYYY-MM-DD/hour=HH/ and "
+                    "OUTPUT/errors/..., then OUTPUT/_windows/<start>.json; "
+                    "a finished hour gets _SUCCESS in its partitions. "
+                    "Ctrl-C or SIGTERM stops after the window being "
+                    "published (a second one aborts it; nothing is "
+                    "half-published). Any other option is a Beam pipeline "
+                    "option, as for 'classify'.",
+        epilog="exit codes: 0 stopped; 1 runs failed 3 windows in a row; "
+               "2 a configuration mistake, reported before watching; 130 "
+               "aborted by a second signal.")
+    watch.add_argument(
+        "--input", action="append", required=True, metavar="PATTERN",
+        help="a folder (every file below it), a file or a glob, on any Beam "
+             "filesystem; repeat for several")
+    watch.add_argument("--output", required=True, metavar="DIR",
+                       help="output folder, for 'watch' only")
+    watch.add_argument("--interval", type=float, default=30.0,
+                       metavar="SECONDS",
+                       help="how often to look for new files and for a stop "
+                            "request (default: %(default)g)")
+    watch.add_argument("--window", type=float, default=3600,
+                       metavar="SECONDS",
+                       help="files are published once per window; a "
+                            "divisor of 3600 (default: %(default)g)")
+    watch.add_argument("--settle", type=float, default=30.0,
+                       metavar="SECONDS",
+                       help="a file is read only once it was last modified "
+                            "this long ago; names starting with '.' or "
+                            "ending .tmp, .part, .partial, .crdownload are "
+                            "never read (default: %(default)g)")
+    watch.add_argument("--model", default="digits-cnn@latest",
+                       metavar="NAME[@VERSION]|PATH",
+                       help="stored model or version folder, resolved once "
+                            "at start (default: %(default)s)")
+    watch.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
+                       help="best classes listed per row (default: "
+                            "%(default)s)")
+    watch.add_argument("--batch-size", type=_positive_int, default=256,
+                       help="images per Theano call (default: %(default)s)")
+    watch.add_argument("--max-pixels", type=_positive_int,
+                       default=50_000_000,
+                       help="larger images become error rows (default: "
+                            "%(default)s)")
+    watch.set_defaults(func=_watch, accepts_beam_options=True)
     return parser
 
 

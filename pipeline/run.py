@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import os
 import sys
 import time
 import uuid
@@ -106,6 +107,13 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import \
         JobServiceHandle
 
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "multi_processing":
+        # Worker processes inherit this: N workers with one OpenMP thread
+        # per core each would oversubscribe the cores (bench/README.md).
+        workers = direct.direct_num_workers or os.cpu_count() or 1
+        os.environ.setdefault("OMP_NUM_THREADS",
+                              str(max(1, (os.cpu_count() or 1) // workers)))
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
     encoded = JobServiceHandle.encode_pipeline_options(

@@ -75,7 +75,8 @@ class _Progress:
                       file=sys.stderr, flush=True)
 
 
-_PROGRESS = _Progress()
+# IMGCLASS_PROGRESS_SECONDS sets how often workers report (default 10 s).
+_PROGRESS = _Progress(float(os.environ.get("IMGCLASS_PROGRESS_SECONDS", "10")))
 
 
 class PredictBatchesFn(beam.DoFn):

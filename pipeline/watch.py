@@ -1,0 +1,385 @@
+"""``imgclass watch``: classify image files as they arrive in a folder.
+
+Beam 2.77 has no local runner that runs an unbounded pipeline offline (the
+DirectRunner downloads Prism; the in-process FnApiRunner runs
+``fileio.MatchContinuously`` as a batch job; the BundleBasedDirectRunner
+fails on its splittable DoFns). So the watcher is a loop around the bounded
+pipeline, with the same output contract:
+
+* Time is cut into fixed windows of ``window`` seconds (UTC, aligned, a
+  divisor of one hour). While a window is open, the watcher looks at the
+  inputs every ``interval`` seconds and reports new files. When it ends, one
+  incremental run (``run_classify`` with ``skip_done=True``) classifies every
+  settled file no earlier run did, and publishes one set of Parquet files to
+  ``predictions/date=YYYY-MM-DD/hour=HH/`` and ``errors/...`` (the hour the
+  window starts in). The ledger makes each file classified once; staging and
+  roll-forward publishing make a window visible whole or not at all.
+* A file counts as settled when its name does not mark it as in progress
+  (``.name``, ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``) and it
+  was last modified at least ``settle`` seconds ago
+  (``transforms.read.is_settled``). Other files wait for a later window.
+* After a window is published, ``_windows/<start>.json`` records it (run id,
+  counts; no run when there was nothing new). When no later window can write
+  into an hour partition any more, ``_SUCCESS`` is written into
+  ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
+* Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
+  finishes the window being published, if any, and leaves the open window
+  unpublished: its files are classified by the next run. A second signal
+  aborts the run in progress, which publishes nothing.
+
+Each window's run builds the pipeline again and loads the model again; the
+Theano modules come from the on-disk compile cache, so a run costs a few
+seconds on top of its images. This is why windows are published at most
+once per window, not once per ``interval``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Optional
+
+from apache_beam.io.filesystems import FileSystems
+
+from model_store.errors import ConfigError
+from pipeline import outputs
+from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
+                          pipeline_options, run_classify, validate)
+from transforms.read import is_settled
+from transforms.skip import file_key
+
+HOUR = 3600
+WINDOWS_DIR = "_windows"
+LOCK = "_watch.lock"
+DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_SETTLE = 30.0, 3600, 30.0
+# A run that fails is retried at the end of the next window; after this many
+# failures in a row the watcher gives up (exit code 1).
+MAX_FAILURES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """``[start, start + seconds)``, in Unix seconds (UTC)."""
+    start: int
+    seconds: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.seconds
+
+    @property
+    def partition(self) -> str:
+        return hour_partition(self.start)
+
+    @property
+    def marker_name(self) -> str:
+        return f"{_utc(self.start):%Y%m%dT%H%M%SZ}.json"
+
+    def as_dict(self) -> dict:
+        return {"start": _iso(self.start), "end": _iso(self.end),
+                "seconds": self.seconds}
+
+    def __str__(self) -> str:
+        return f"{_utc(self.start):%Y-%m-%d %H:%M:%S}-{_utc(self.end):%H:%M:%S}Z"
+
+
+def window_at(t: float, seconds: int) -> Window:
+    """The window that holds the instant ``t``."""
+    return Window(int(t // seconds) * seconds, seconds)
+
+
+def hour_partition(t: float) -> str:
+    return f"date={_utc(t):%Y-%m-%d}/hour={_utc(t):%H}"
+
+
+def check_settings(interval: float, window: float, settle: float) -> int:
+    """Refuses bad timings in one line; returns the window in seconds."""
+    if not interval > 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {interval!r}")
+    if not settle >= 0:
+        raise ConfigError(f"--settle must be >= 0 seconds, got {settle!r}")
+    if not (window == int(window) and 1 <= window <= HOUR
+            and HOUR % int(window) == 0):
+        raise ConfigError(f"--window must be a whole number of seconds that "
+                          f"divides 3600 (e.g. 60, 300, 900, 3600), got "
+                          f"{window!r}")
+    return int(window)
+
+
+def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
+          window: float = DEFAULT_WINDOW, settle: float = DEFAULT_SETTLE,
+          stop_event: Optional[threading.Event] = None,
+          log=sys.stderr) -> dict:
+    """Watches ``config.inputs`` until ``stop_event`` is set; returns counts
+    ``{"windows", "runs", "predicted", "failed", "failed_runs"}``.
+
+    ``config`` is what ``classify`` takes (inputs, output, model, store,
+    top_k, batch_size, max_pixels, beam_args); its partitioning, overwrite
+    and skip-done settings are the watcher's own.
+
+    Raises:
+        ConfigError (and other ImgclassError): a mistake found before
+            watching starts, or the output is watched by another process.
+        RunFailed: MAX_FAILURES window runs failed in a row.
+    """
+    from model_store.store import load_model
+
+    seconds = check_settings(interval, window, settle)
+    stop = stop_event if stop_event is not None else threading.Event()
+    make_runner(pipeline_options(config.beam_args))  # bad options, now
+    model = load_model(config.model, root=config.store)
+    if config.top_k > len(model.class_names):
+        raise ConfigError(f"--top-k {config.top_k} exceeds the "
+                          f"{len(model.class_names)} classes of model "
+                          f"{model.ref}")
+    # "latest" is resolved once: every window uses the same version, and the
+    # ledger check below is for that version (restart to change models).
+    base = dataclasses.replace(
+        config, model=config.model if "/" in config.model else model.ref,
+        partition_by="none", run_date=None, overwrite=False, skip_done=True,
+        partition=None, settle=float(settle), window=None)
+    patterns, _ = validate(base)
+    output = base.output
+    _check_layout(output)
+    counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
+              "failed_runs": 0}
+    with _locked(output):
+        recovered = outputs.recover(output)
+        if recovered:
+            print(f"imgclass: finished publishing interrupted run(s) "
+                  f"{', '.join(recovered)}", file=log)
+        current = window_at(time.time(), seconds)
+        _reconcile(output, current)
+        done = {}
+        _add_ledger(done, outputs.ledger_files(output), model)
+        print(f"imgclass: watching {', '.join(config.inputs)} every "
+              f"{interval:g}s with {model.ref}; files settle for {settle:g}s; "
+              f"{seconds}s windows go to {output}/predictions/"
+              f"date=.../hour=...; Ctrl-C or SIGTERM stops", file=log)
+        failures, waiting = 0, 0
+        while not stop.is_set():
+            if time.time() < current.end:
+                new = _new_files(patterns, settle, done, log)
+                if len(new) != waiting:
+                    waiting = len(new)
+                    if waiting:
+                        print(f"imgclass: {waiting} new file(s), published "
+                              f"when window {current} ends", file=log)
+                stop.wait(max(0.01, min(interval, current.end - time.time())))
+                continue
+            waiting = 0
+            try:
+                manifest = _close(base, patterns, current, done, model, log)
+            except RunFailed as error:
+                if stop.is_set():
+                    print(f"imgclass: window {current} was not published "
+                          f"(stopping): {error}", file=log)
+                    break
+                failures += 1
+                counts["failed_runs"] += 1
+                print(f"imgclass: window {current} was not published, its "
+                      f"files wait for the next window "
+                      f"({failures}/{MAX_FAILURES} failures in a row): "
+                      f"{error}", file=log)
+                if failures >= MAX_FAILURES:
+                    raise
+            else:
+                failures = 0
+                counts["windows"] += 1
+                if manifest is not None:
+                    counts["runs"] += 1
+                    counts["predicted"] += manifest["counts"]["predicted"]
+                    counts["failed"] += manifest["counts"]["failed"]
+            following = window_at(time.time(), seconds)
+            if following.start > current.end:
+                print(f"imgclass: the run took longer than the window; new "
+                      f"files go to window {following}", file=log)
+            _complete_hours(output, current.start, following.start)
+            current = following
+        print(f"imgclass: stopped; window {current} was not published: its "
+              f"files wait for the next run", file=log)
+    return counts
+
+
+def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
+           model, log) -> Optional[dict]:
+    """Publishes the window that just ended (one run, or none when nothing
+    is new), then its marker; returns the run's manifest or None."""
+    output = config.output
+    new = _new_files(patterns, config.settle, done, log)
+    manifest = None
+    if new or not outputs.holds_earlier_run(output):
+        run = dataclasses.replace(config, partition=window.partition,
+                                  window=window.as_dict())
+        try:
+            manifest = run_classify(run, log=log)
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                # A second Ctrl-C or SIGTERM: a run that had started
+                # publishing is finished, any other leaves nothing behind.
+                with contextlib.suppress(Exception):
+                    outputs.recover(output)
+                    _reconcile(output, window_at(time.time(),
+                                                 window.seconds))
+            raise
+        _add_ledger(done, manifest["files"].get(outputs.LEDGER_DIR, []),
+                    model)
+    else:
+        print(f"imgclass: window {window}: no new files", file=log)
+    _write_marker(output, window, manifest)
+    return manifest
+
+
+def _write_marker(output: str, window: Window,
+                  manifest: Optional[dict]) -> None:
+    counts = manifest["counts"] if manifest else {}
+    record = {"window": window.as_dict(), "partition": window.partition,
+              "run_id": manifest["run_id"] if manifest else None,
+              "counts": {"predicted": counts.get("predicted", 0),
+                         "failed": counts.get("failed", 0)},
+              "closed_at": _iso(time.time())}
+    _write(outputs.join(output, WINDOWS_DIR, window.marker_name),
+           (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _complete_hours(output: str, since: float, until: float) -> None:
+    """``_SUCCESS`` in every hour partition from the one holding ``since``
+    that ends at or before ``until`` (no later window writes into it)."""
+    hour = int(since // HOUR) * HOUR
+    while hour + HOUR <= until:
+        for kind in outputs.PARTITIONED:
+            path = outputs.join(output, kind, *hour_partition(hour).split("/"),
+                                outputs.SUCCESS)
+            if not FileSystems.exists(path):
+                _write(path, b"")
+        hour += HOUR
+
+
+def _reconcile(output: str, current: Window) -> None:
+    """Writes the markers an earlier watcher could not (killed between
+    publishing a run and marking its window, or stopped in an hour that has
+    ended since)."""
+    runs = _match(outputs.join(output, outputs.RUNS_DIR, "*.json"))
+    if runs:
+        with FileSystems.open(runs[-1]) as handle:  # run ids sort by time
+            manifest = json.loads(handle.read())
+        spec = manifest.get("window")
+        if spec:
+            start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
+            window = Window(int(start), int(spec["seconds"]))
+            if not FileSystems.exists(outputs.join(
+                    output, WINDOWS_DIR, window.marker_name)):
+                _write_marker(output, window, manifest)
+    markers = _match(outputs.join(output, WINDOWS_DIR, "*.json"))
+    if markers:
+        name = markers[-1].rsplit("/", 1)[-1]
+        last = datetime.datetime.strptime(
+            name, "%Y%m%dT%H%M%SZ.json").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        hour = int(last // HOUR) * HOUR
+        _complete_hours(output, hour, min(current.start, hour + HOUR))
+
+
+def _new_files(patterns, settle: float, done: dict, log) -> list[str]:
+    """Settled files that no published run classified with this model."""
+    now = time.time()
+    try:
+        results = FileSystems.match(list(patterns))
+    except Exception as error:  # noqa: BLE001 - the run reports it properly
+        print(f"imgclass: cannot list the inputs: {error}", file=log)
+        return []
+    return sorted({m.path for result in results for m in result.metadata_list
+                   if is_settled(m, settle, now)
+                   and file_key(m) not in done.get(m.path, ())})
+
+
+def _add_ledger(done: dict, files, model) -> None:
+    table = outputs.read_table(files, ["path", "size", "mtime", "model_name",
+                                       "model_version"])
+    if table is None:
+        return
+    version = str(model.version)
+    for row in table.to_pylist():
+        if (row["model_name"], row["model_version"]) == (model.name,
+                                                         version):
+            done.setdefault(row["path"], set()).add(
+                (int(row["size"]), float(row["mtime"])))
+
+
+def _check_layout(output: str) -> None:
+    """The watcher's partitions are date=/hour=; refuse an output that
+    holds ``classify`` results laid out otherwise (readers would mix)."""
+    for kind in outputs.PARTITIONED:
+        for pattern in ("*.parquet", "*/*.parquet"):
+            found = _match(outputs.join(output, kind, pattern))
+            if found:
+                raise ConfigError(
+                    f"output {output!r} holds results that are not in "
+                    f"date=/hour= partitions (e.g. {found[0]}); give "
+                    f"'imgclass watch' an output folder of its own")
+
+
+@contextlib.contextmanager
+def _locked(output: str):
+    """One watcher per output (local outputs; on object stores, make sure
+    of it yourself)."""
+    if outputs.is_uri(output):
+        yield
+        return
+    import fcntl
+    handle = open(os.path.join(output, LOCK), "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(f"output {output!r} is already watched by "
+                              f"another 'imgclass watch'") from None
+        yield
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event):
+    """Ctrl-C or SIGTERM sets ``stop``; a second one raises
+    KeyboardInterrupt (aborting a run in progress, which publishes nothing).
+    """
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        os.write(2, b"imgclass: stopping after the window being published, "
+                    b"if any (signal again to abort it)\n")
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stop
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def _match(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0]
+                  .metadata_list)
+
+
+def _write(path: str, data: bytes) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(data)
+
+
+def _utc(t: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+
+
+def _iso(t: float) -> str:
+    return _utc(t).isoformat(timespec="seconds")

@@ -1,0 +1,301 @@
+"""``imgclass watch``: files dropped into a watched folder are classified
+once, in windowed date=/hour= partitions; half-written files wait; stopping
+leaves nothing half-published."""
+
+import contextlib
+import datetime
+import glob
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from model_store.datasets import digit_image
+from pipeline.run import ClassifyConfig
+from pipeline.watch import check_settings, watch, window_at
+from tests.conftest import write_bad_files, write_digits
+from transforms import schema
+
+INTERVAL, WINDOW, SETTLE = 0.2, 1, 0.5
+
+
+def wait_for(condition, timeout=40.0, log=None, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    tail = log.getvalue()[-3000:] if log is not None else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")
+
+
+@contextlib.contextmanager
+def watching(folder, output, *, settle=SETTLE):
+    """Runs the watcher in a thread until the block ends; yields its log."""
+    stop, failures, log = threading.Event(), [], io.StringIO()
+    config = ClassifyConfig(inputs=[str(folder)], output=str(output),
+                            batch_size=16)
+
+    def target():
+        try:
+            watch(config, interval=INTERVAL, window=WINDOW, settle=settle,
+                  stop_event=stop, log=log)
+        except BaseException as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield log
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive(), "the watcher did not stop"
+    assert not failures, f"{failures!r}\n{log.getvalue()[-3000:]}"
+
+
+def rows(output, kind, columns=("path",)):
+    """Rows where readers look (Parquet below predictions/ or errors/)."""
+    files = parquet_files(output, kind)
+    return [r for f in files
+            for r in pq.read_table(f, columns=list(columns)).to_pylist()]
+
+
+def parquet_files(output, kind):
+    return sorted(glob.glob(os.path.join(str(output), kind, "**", "*.parquet"),
+                            recursive=True))
+
+
+def published_paths(output):
+    return [r["path"] for kind in ("predictions", "errors")
+            for r in rows(output, kind)]
+
+
+def ledger_paths(output):
+    return [r["path"] for f in glob.glob(os.path.join(str(output), "_ledger",
+                                                      "*.parquet"))
+            for r in pq.read_table(f, columns=["path"]).to_pylist()]
+
+
+def markers(output):
+    found = []
+    for path in sorted(glob.glob(os.path.join(str(output), "_windows",
+                                              "*.json"))):
+        with open(path) as handle:
+            found.append(json.load(handle))
+    return found
+
+
+def manifests(output):
+    found = {}
+    for path in glob.glob(os.path.join(str(output), "_runs", "*.json")):
+        with open(path) as handle:
+            manifest = json.load(handle)
+        found[manifest["run_id"]] = manifest
+    return found
+
+
+def check_contract(output):
+    """Every Parquet file readers see belongs to a committed run and sits in
+    its window's date=/hour= partition; every run's window has a marker; no
+    staging is left; every file is published once."""
+    runs = manifests(output)
+    committed = {os.path.normpath(p) for m in runs.values()
+                 for kind in ("predictions", "errors")
+                 for p in m["files"][kind]}
+    for kind in ("predictions", "errors"):
+        for path in parquet_files(output, kind):
+            assert os.path.normpath(path) in committed, path
+    assert committed == {os.path.normpath(p) for kind in
+                         ("predictions", "errors")
+                         for p in parquet_files(output, kind)}
+    by_run = {m["run_id"]: m for m in markers(output) if m["run_id"]}
+    for run_id, manifest in runs.items():
+        marker = by_run[run_id]
+        assert manifest["window"]["start"] == marker["window"]["start"]
+        assert manifest["partition"] == marker["partition"]
+        start = datetime.datetime.fromisoformat(
+            marker["window"]["start"]).timestamp()
+        assert marker["partition"] == window_at(start, WINDOW).partition
+        for kind in ("predictions", "errors"):
+            for path in manifest["files"][kind]:
+                assert f"/{kind}/{manifest['partition']}/" in path
+    assert not os.path.exists(os.path.join(str(output), "_staging"))
+    paths = published_paths(output)
+    assert len(paths) == len(set(paths))
+    return paths
+
+
+def test_three_waves_are_published_within_a_window_once(tmp_path, split):
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    folder.mkdir()
+    expected, bad = {}, {}
+    with watching(folder, output) as log:
+        # The first window publishes empty files that carry the schema.
+        wait_for(lambda: markers(output), log=log, what="the first window")
+        assert pq.read_schema(parquet_files(output, "predictions")[0]).equals(
+            schema.PREDICTIONS)
+        for wave in range(3):
+            dropped = time.time()
+            truth = write_digits(str(folder / f"wave{wave}"), split, 6,
+                                 seed=wave)
+            if wave == 2:
+                bad = write_bad_files(str(folder / "wave2" / "bad"))
+            expected.update(truth)
+            wanted = set(truth) | set(bad)
+            wait_for(lambda: wanted <= set(published_paths(output)), log=log,
+                     what=f"wave {wave}")
+            run_ids = {r["run_id"] for kind in ("predictions", "errors")
+                       for r in rows(output, kind, ["path", "run_id"])
+                       if r["path"] in wanted}
+            assert len(run_ids) == 1  # one set per window
+            marker = wait_for(lambda: [m for m in markers(output)
+                                       if m["run_id"] in run_ids], log=log,
+                              what="the window marker")[0]
+            end = datetime.datetime.fromisoformat(
+                marker["window"]["end"]).timestamp()
+            # Published in the first window that ends once the files settled.
+            assert end <= dropped + SETTLE + WINDOW + INTERVAL + 1.0, (
+                marker, dropped)
+        time.sleep(3 * WINDOW)  # windows with nothing new add nothing
+
+    paths = check_contract(output)
+    assert sorted(paths) == sorted(set(expected) | set(bad))
+    predictions = rows(output, "predictions", ["path", "label"])
+    assert sorted(r["path"] for r in predictions) == sorted(expected)
+    correct = sum(r["label"] == expected[r["path"]] for r in predictions)
+    assert correct >= len(expected) - 2
+    errors = rows(output, "errors", ["path", "stage"])
+    assert {r["path"]: r["stage"] for r in errors} == bad
+    assert len(manifests(output)) == 4  # the first window and three waves
+    # Readers see the date and hour as columns.
+    table = pq.read_table(os.path.join(str(output), "predictions"))
+    assert {"date", "hour"} <= set(table.column_names)
+
+
+def test_half_written_files_wait_until_complete(tmp_path, split):
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    folder.mkdir()
+    complete = write_digits(str(folder), split, 3, nested=False)
+    image = io.BytesIO()
+    digit_image(split.test_images[0], 96, Image.Resampling.BICUBIC).save(
+        image, "BMP")
+    data = image.getvalue()
+    growing = str(folder / "growing.bmp")
+    renamed = str(folder / "renamed.png")
+    digit_image(split.test_images[1], 32, Image.Resampling.BICUBIC).save(
+        renamed + ".part", "PNG")
+    old = time.time() - 600
+    os.utime(renamed + ".part", (old, old))  # old, but named in progress
+    written, finish = [0], threading.Event()
+
+    def writer():  # a slow copy: a few bytes every 0.1 s
+        with open(growing, "wb") as handle:
+            while not finish.is_set() and written[0] < len(data) - 64:
+                handle.write(data[written[0]:written[0] + 16])
+                handle.flush()
+                written[0] += 16
+                time.sleep(0.1)
+            finish.wait()
+            handle.write(data[written[0]:])
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with watching(folder, output, settle=1.0) as log:
+        wait_for(lambda: set(complete) <= set(published_paths(output)),
+                 log=log, what="the complete files")
+        # A window was published while the file was being written.
+        assert growing not in published_paths(output)
+        assert growing not in ledger_paths(output)
+        assert not any(p.startswith(renamed) for p in ledger_paths(output))
+        assert written[0] < len(data)
+        finish.set()
+        thread.join(5)
+        os.rename(renamed + ".part", renamed)
+        wait_for(lambda: {growing, renamed} <= set(published_paths(output)),
+                 log=log, what="the finished files")
+    paths = check_contract(output)
+    assert sorted(paths) == sorted([*complete, growing, renamed])
+    assert {r["path"] for r in rows(output, "predictions")} == set(paths)
+
+
+def start_watcher(folder, output):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "watch", "--input",
+         str(folder), "--output", str(output), "--interval", str(INTERVAL),
+         "--window", str(WINDOW), "--settle", "0", "--batch-size", "8"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+
+    def read():
+        for line in process.stderr:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def stop_mid_run(process, lines, signals):
+    wait_for(lambda: any(": classifying " in line for line in lines),
+             timeout=60, what="a run to start:\n" + "".join(lines))
+    for _ in range(signals):
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    code = process.wait(60)
+    return code, "".join(lines)
+
+
+def test_sigterm_mid_run_leaves_nothing_half_published(tmp_path, split):
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    first = write_digits(str(folder / "a"), split, 40, seed=1)
+
+    # One SIGTERM: the window being published is finished, then it stops.
+    process, lines = start_watcher(folder, output)
+    code, err = stop_mid_run(process, lines, signals=1)
+    assert code == 0, err
+    assert "stopping after the window being published" in err
+    assert sorted(check_contract(output)) == sorted(first)
+
+    # Two: the run in progress is aborted and publishes nothing.
+    second = write_digits(str(folder / "b"), split, 40, seed=2)
+    process, lines = start_watcher(folder, output)
+    code, err = stop_mid_run(process, lines, signals=2)
+    assert code == 130, err
+    assert sorted(check_contract(output)) == sorted(first)
+    assert not set(second) & set(ledger_paths(output))
+
+    # The next watcher classifies what the aborted run did not, once.
+    with watching(folder, output) as log:
+        wait_for(lambda: set(second) <= set(published_paths(output)),
+                 log=log, what="the aborted window's files")
+    assert sorted(check_contract(output)) == sorted({**first, **second})
+
+
+def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
+    with pytest.raises(Exception, match="divides 3600"):
+        check_settings(1, 7, 0)
+    with pytest.raises(Exception, match="--interval"):
+        check_settings(0, 60, 0)
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    code, _, err = cli("watch", "--input", folder, "--output",
+                       tmp_path / "out", "--window", "45")
+    assert code == 2 and "--window" in err
+    code, _, err = cli("watch", "--input", folder, "--output",
+                       tmp_path / "out", "--streaming")
+    assert code == 2 and "--streaming" in err
+    classified = tmp_path / "classified"
+    (classified / "predictions").mkdir(parents=True)
+    pq.write_table(schema.PREDICTIONS.empty_table(),
+                   str(classified / "predictions" / "part-x.parquet"))
+    code, _, err = cli("watch", "--input", folder, "--output", classified)
+    assert code == 2 and "output folder of its own" in err
