@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench bench-quick clean
+BENCH_STAMP := $(VENV)/.installed-bench-stamp
+
+.PHONY: install demo test bench bench-quick bench-install clean
 
 install: $(STAMP)
 
@@ -22,6 +24,20 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+bench-install: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,bench]'
+	touch $(BENCH_STAMP)
+
+# A few minutes: 20,000 images. Results: bench/results/latest.{json,md,png}.
+bench: bench-install
+	$(BIN)/python bench/run.py
+
+# Under a minute: 2,000 images.
+bench-quick: bench-install
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -17,8 +17,7 @@ from model_store.datasets import digit_image
 from model_store.store import load_model
 from pipeline.run import make_runner, pipeline_options
 from transforms import schema
-from transforms.decode import (Decoded, Example, PreprocessFn,
-                               ReadAndDecodeFn)
+from transforms.decode import DecodeBatchFn, Example
 from transforms.predict import PredictBatchesFn, TheanoModelHandler
 from transforms.read import MatchFiles
 
@@ -33,17 +32,11 @@ def beam_pipeline():
     return test_pipeline.TestPipeline(runner=make_runner(pipeline_options([])))
 
 
-class FakeFile:
-    """A ``ReadableFile`` stand-in whose ``read`` returns or raises."""
-
-    def __init__(self, path, data=None, error=None):
-        self.metadata = FileMetadata(path, 0)
-        self._data, self._error = data, error
-
-    def read(self):
-        if self._error:
-            raise self._error
-        return self._data
+def write(folder, name, data):
+    path = os.path.join(folder, name)
+    with open(path, "wb") as handle:
+        handle.write(data)
+    return FileMetadata(path, len(data), 0.0)
 
 
 def png_bytes(image):
@@ -52,52 +45,32 @@ def png_bytes(image):
     return buffer.getvalue()
 
 
-def test_read_and_decode_routes_each_failure_to_its_stage(model):
-    good = png_bytes(Image.new("RGBA", (40, 30), (255, 255, 255, 255)))
-    files = [FakeFile("mem://good.png", good),
-             FakeFile("mem://locked.png",
-                      error=PermissionError(13, "Permission denied")),
-             FakeFile("mem://junk.png", b"junk")]
+def test_decode_batch_routes_each_failure_to_its_stage(model, tmp_path):
+    folder = str(tmp_path)
+    good = write(folder, "good.png", png_bytes(
+        Image.new("RGBA", (40, 30), (255, 255, 255, 255))))
+    gray = write(folder, "gray.png", png_bytes(Image.new("L", (8, 8), 200)))
+    junk = write(folder, "junk.png", b"junk")
+    gone = FileMetadata(os.path.join(folder, "deleted.png"), 10, 0.0)
     with beam_pipeline() as p:
-        out = (p | beam.Create(files)
-               | beam.ParDo(ReadAndDecodeFn(model.preprocessing,
-                                            run_id="r1")).with_outputs(
-                   "errors", main="decoded"))
-        assert_that(out.decoded | beam.Map(
-            lambda d: (d.path, d.image.mode, d.width, d.height)),
-            equal_to([("mem://good.png", "L", 40, 30)]), label="decoded")
-        assert_that(out.errors | beam.Map(
-            lambda e: (e["path"], e["stage"], e["error_type"], e["run_id"])),
-            equal_to([("mem://locked.png", "read", "PermissionError", "r1"),
-                      ("mem://junk.png", "decode", "ImageDecodeError",
-                       "r1")]), label="errors")
-
-
-class Broken:
-    """An image whose pixels fail to load late, as some damaged files do."""
-    mode = "L"
-    size = (3, 3)
-
-    def resize(self, *args):
-        raise OSError("decoder failed late")
-
-
-def test_preprocess_resizes_to_the_model_input(model):
-    image = Image.new("L", (8, 8), 200)
-
-    with beam_pipeline() as p:
-        out = (p | beam.Create([Decoded("a", image, 8, 8),
-                                Decoded("b", Broken(), 3, 3)])
-               | beam.ParDo(PreprocessFn(model.preprocessing,
-                                         run_id="r")).with_outputs(
+        out = (p | beam.Create([[good, junk], [gone, gray]])
+               | beam.ParDo(DecodeBatchFn(model.preprocessing,
+                                          run_id="r1")).with_outputs(
                    "errors", main="examples"))
-        assert_that(out.examples | beam.Map(
-            lambda e: (e.path, e.pixels.shape, e.pixels.dtype.name,
-                       int(e.pixels.min()), int(e.pixels.max()))),
-            equal_to([("a", (1, 32, 32), "uint8", 200, 200)]),
+        assert_that(
+            out.examples | beam.FlatMap(lambda batch: [
+                (os.path.basename(e.path), e.pixels.shape, e.pixels.dtype.name,
+                 e.width, e.height, int(e.pixels.min()), int(e.pixels.max()))
+                for e in batch]),
+            equal_to([("good.png", (1, 32, 32), "uint8", 40, 30, 255, 255),
+                      ("gray.png", (1, 32, 32), "uint8", 8, 8, 200, 200)]),
             label="examples")
-        assert_that(out.errors | beam.Map(lambda e: (e["path"], e["stage"])),
-                    equal_to([("b", "preprocess")]), label="errors")
+        assert_that(out.errors | beam.Map(lambda e: (
+            os.path.basename(e["path"]), e["stage"], e["error_type"],
+            e["run_id"])),
+            equal_to([("deleted.png", "read", "FileNotFoundError", "r1"),
+                      ("junk.png", "decode", "ImageDecodeError", "r1")]),
+            label="errors")
 
 
 def test_predict_batches_writes_sorted_top_k_rows(model, split):

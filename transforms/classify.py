@@ -9,9 +9,9 @@ import apache_beam as beam
 
 from model_store.errors import ConfigError
 from model_store.images import DEFAULT_MAX_PIXELS
-from transforms.decode import ERRORS, PreprocessFn, ReadAndDecodeFn
+from transforms.decode import ERRORS, DecodeBatchFn
 from transforms.predict import PredictBatchesFn
-from transforms.read import MatchFiles, OpenFiles
+from transforms.read import BatchFiles, MatchFiles
 
 DEFAULT_MODEL = "digits-cnn@latest"
 DEFAULT_TOP_K = 5
@@ -24,10 +24,11 @@ def _check_positive(name: str, value) -> int:
     return value
 
 
-class ClassifyFiles(beam.PTransform):
-    """Classifies matched files.
+class ClassifyBatches(beam.PTransform):
+    """Classifies batches of matched files.
 
-    Input: a ``PCollection`` of ``FileMetadata`` (from ``MatchFiles``). Output: a dict
+    Input: a ``PCollection`` of lists of ``FileMetadata`` (``MatchFiles``
+    then ``BatchFiles``). Output: a dict
     with ``"predictions"``, a ``PCollection`` of ``pyarrow.Table`` (up to
     ``batch_size`` rows each, schema ``transforms.schema.PREDICTIONS``), and
     ``"errors"``, a ``PCollection`` of dicts (schema
@@ -51,12 +52,12 @@ class ClassifyFiles(beam.PTransform):
         self._model_ref = model
         self._store = store
         self._top_k = _check_positive("top_k", top_k)
-        self._batch_size = _check_positive("batch_size", batch_size)
+        self.batch_size = _check_positive("batch_size", batch_size)
         self._max_pixels = _check_positive("max_pixels", max_pixels)
         self._run_id = run_id
         self.model = None  # the StoredModel, once expanded
 
-    def expand(self, matched):
+    def expand(self, batches):
         from model_store.store import load_model
 
         # Load here, in the driver: an unknown or damaged model stops the run
@@ -68,25 +69,15 @@ class ClassifyFiles(beam.PTransform):
                               f"{classes} classes of model {model.ref}")
         prep = model.preprocessing
         ref = model.location if "/" in self._model_ref else model.ref
-        decoded = (matched
-                   | "OpenFiles" >> OpenFiles()
-                   | "Decode" >> beam.ParDo(ReadAndDecodeFn(
-                       prep, run_id=self._run_id,
-                       max_pixels=self._max_pixels)).with_outputs(
-                           ERRORS, main="decoded"))
-        examples = decoded.decoded | "Preprocess" >> beam.ParDo(
-            PreprocessFn(prep, run_id=self._run_id)).with_outputs(
-                ERRORS, main="examples")
-        predicted = (examples.examples
-                     | "Batch" >> beam.BatchElements(
-                         min_batch_size=self._batch_size,
-                         max_batch_size=self._batch_size)
-                     | "Predict" >> beam.ParDo(PredictBatchesFn(
-                         ref, store=self._store,
-                         expected_sha256=model.weights_sha256,
-                         top_k=self._top_k, run_id=self._run_id)
-                     ).with_outputs(ERRORS, main="predictions"))
-        errors = ((decoded[ERRORS], examples[ERRORS], predicted[ERRORS])
+        examples = batches | "Decode" >> beam.ParDo(DecodeBatchFn(
+            prep, run_id=self._run_id,
+            max_pixels=self._max_pixels)).with_outputs(ERRORS, main="examples")
+        predicted = examples.examples | "Predict" >> beam.ParDo(
+            PredictBatchesFn(ref, store=self._store,
+                             expected_sha256=model.weights_sha256,
+                             top_k=self._top_k, run_id=self._run_id)
+        ).with_outputs(ERRORS, main="predictions")
+        errors = ((examples[ERRORS], predicted[ERRORS])
                   | "Errors" >> beam.Flatten())
         return {"predictions": predicted.predictions, "errors": errors}
 
@@ -96,12 +87,12 @@ class ClassifyImages(beam.PTransform):
 
     Input: a ``PCollection`` of file patterns (a file, a glob where ``**``
     crosses folders, or ``folder/**``) on any Beam filesystem. Output: as
-    :class:`ClassifyFiles`, whose arguments it takes.
+    :class:`ClassifyBatches`, whose arguments it takes.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, **kwargs):
         super().__init__()
-        self._classify = ClassifyFiles(model, **kwargs)
+        self._classify = ClassifyBatches(model, **kwargs)
 
     @property
     def model(self):
@@ -110,4 +101,5 @@ class ClassifyImages(beam.PTransform):
     def expand(self, patterns):
         return (patterns
                 | "MatchFiles" >> MatchFiles()
+                | "BatchFiles" >> BatchFiles(self._classify.batch_size)
                 | "Classify" >> self._classify)

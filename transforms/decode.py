@@ -1,15 +1,17 @@
-"""Reading, decoding and preprocessing DoFns.
+"""Reading, decoding and preprocessing, a batch of files at a time.
 
-Every file a DoFn cannot use becomes an error row on the ``errors`` output
+Every file that cannot be used becomes an error row on the ``errors`` output
 (see :func:`error_row`), never an exception that stops the run.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
@@ -17,14 +19,6 @@ from model_store.preprocessing import Preprocessing
 
 METRICS_NAMESPACE = "imgclass"
 ERRORS = "errors"
-
-
-class Decoded(NamedTuple):
-    """A decoded file: the image in the model's colour mode."""
-    path: str
-    image: object  # PIL.Image.Image
-    width: int
-    height: int
 
 
 class Example(NamedTuple):
@@ -43,15 +37,20 @@ def error_row(path: str, stage: str, error: BaseException,
             "message": message[:1000], "run_id": run_id}
 
 
-class ReadAndDecodeFn(beam.DoFn):
-    """``ReadableFile`` -> :class:`Decoded`, or an error row.
+class DecodeBatchFn(beam.DoFn):
+    """A batch of ``FileMetadata`` -> one list of :class:`Example`, plus an
+    error row for each file that cannot be used.
 
-    Reading and decoding share one DoFn so that a file's bytes are never
-    shipped between stages; errors still name the stage that failed.
+    Per file: read the bytes with Beam's ``fileio`` (stage ``read``), decode
+    with Pillow (``decode``: JPEGs reduced while decoding to the model's
+    input size), then resize with the model's own preprocessing
+    (``preprocess``). Scaling and mean/std normalisation run once per batch
+    in the predict step (:meth:`Preprocessing.normalize`), vectorised, so
+    that examples stay small ``uint8`` arrays until then.
 
     Args:
-        prep: the model's preprocessing (colour mode, input size,
-            background for transparency).
+        prep: the model's preprocessing (colour mode, input size, resize
+            filter, background for transparency).
         run_id: the run's identifier, written in error rows.
         max_pixels: larger images are refused (decompression bombs).
     """
@@ -62,56 +61,35 @@ class ReadAndDecodeFn(beam.DoFn):
         self._run_id = run_id
         self._max_pixels = max_pixels
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "files_decoded")
-        self._read_failed = Metrics.counter(METRICS_NAMESPACE,
-                                            "files_failed_read")
-        self._decode_failed = Metrics.counter(METRICS_NAMESPACE,
-                                              "files_failed_decode")
+        self._failed = {stage: Metrics.counter(METRICS_NAMESPACE,
+                                               f"files_failed_{stage}")
+                        for stage in ("read", "decode", "preprocess")}
 
-    def process(self, readable_file) -> Iterable:
-        path = readable_file.metadata.path
+    def process(self, batch: Sequence[FileMetadata]) -> Iterable:
+        examples = []
+        for metadata in batch:
+            example = yield from self._one(metadata)
+            if example is not None:
+                examples.append(example)
+        if examples:
+            yield examples
+
+    def _one(self, metadata: FileMetadata):
+        """Generator: yields error rows, returns the Example or None."""
+        path, stage = metadata.path, "read"
         try:
-            data = readable_file.read()
-        except Exception as error:  # any filesystem's failure is a bad file
-            self._read_failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(path, "read", error, self._run_id))
-            return
-        try:
+            data = fileio.ReadableFile(metadata).read()
+            stage = "decode"
             decoded = decode_image(
                 data, mode=self._prep.color_mode, target_size=self._prep.size,
                 max_pixels=self._max_pixels,
                 background=self._prep.background)
-        except ValueError as error:  # ImageDecodeError and its kind
-            self._decode_failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(path, "decode", error, self._run_id))
-            return
-        self._decoded.inc()
-        yield Decoded(path, decoded.image, decoded.width, decoded.height)
-
-
-class PreprocessFn(beam.DoFn):
-    """:class:`Decoded` -> :class:`Example`: the model's own preprocessing.
-
-    Resizes to the model input with its resampling filter; scaling and
-    mean/std normalisation run once per batch in the predict step
-    (:meth:`Preprocessing.normalize`), vectorised, so that elements stay
-    small ``uint8`` arrays until then.
-    """
-
-    def __init__(self, prep: Preprocessing, *, run_id: str):
-        self._prep = prep
-        self._run_id = run_id
-        self._failed = Metrics.counter(METRICS_NAMESPACE,
-                                       "files_failed_preprocess")
-
-    def process(self, decoded: Decoded) -> Iterable:
-        try:
+            stage = "preprocess"
             pixels = self._prep.to_pixels(decoded.image)
-        except Exception as error:  # a bad image must not stop the run
-            self._failed.inc()
+        except Exception as error:  # one bad file must not stop the run
+            self._failed[stage].inc()
             yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(decoded.path, "preprocess", error,
-                                  self._run_id))
-            return
-        yield Example(decoded.path, pixels, decoded.width, decoded.height)
+                ERRORS, error_row(path, stage, error, self._run_id))
+            return None
+        self._decoded.inc()
+        return Example(path, pixels, decoded.width, decoded.height)

@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io import parquetio
 from apache_beam.metrics import Metrics
 
+from transforms import schema
 from transforms.decode import METRICS_NAMESPACE
 
 NEW, SKIPPED = "new", "skipped"
@@ -79,9 +81,15 @@ class SkipDone(beam.PTransform):
         return {NEW: split[NEW], SKIPPED: split[SKIPPED]}
 
 
-def ledger_row(metadata, *, model_name: str, model_version: str,
-               run_id: str) -> dict:
-    size, mtime = file_key(metadata)
-    return {"path": metadata.path, "size": size, "mtime": mtime,
-            "model_name": model_name, "model_version": str(model_version),
-            "run_id": run_id}
+def ledger_table(batch, *, model_name: str, model_version: str,
+                 run_id: str) -> pa.Table:
+    """The ledger rows (``schema.LEDGER``) of a batch of ``FileMetadata``."""
+    keys = [file_key(m) for m in batch]
+    n = len(batch)
+    return pa.Table.from_pydict({
+        "path": [m.path for m in batch],
+        "size": [size for size, _ in keys],
+        "mtime": [mtime for _, mtime in keys],
+        "model_name": [model_name] * n,
+        "model_version": [str(model_version)] * n,
+        "run_id": [run_id] * n}, schema=schema.LEDGER)

@@ -12,19 +12,21 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio
 
-from transforms import schema
 
 # Rows per Parquet row group: one predict batch (256 rows) per group would
 # make files slow to scan, so tables are concatenated up to this many batches.
 TABLES_PER_ROW_GROUP = 64
 
 
-class WritePredictions(beam.PTransform):
-    """Tables of prediction rows -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``."""
+class WriteTables(beam.PTransform):
+    """``pyarrow.Table`` batches -> Parquet shards
+    ``<prefix>-SSSSS-of-NNNNN.parquet``; for predictions and the ledger.
+    """
 
-    def __init__(self, file_path_prefix: str):
+    def __init__(self, file_path_prefix: str, table_schema: pa.Schema):
         super().__init__()
         self._prefix = file_path_prefix
+        self._schema = table_schema
 
     def expand(self, tables):
         return (tables
@@ -33,14 +35,14 @@ class WritePredictions(beam.PTransform):
                     max_batch_size=TABLES_PER_ROW_GROUP)
                 | "Concat" >> beam.Map(pa.concat_tables)
                 | "Write" >> parquetio.WriteToParquetBatched(
-                    self._prefix, schema=schema.PREDICTIONS,
+                    self._prefix, schema=self._schema,
                     codec="snappy", file_name_suffix=".parquet"))
 
 
 class WriteRows(beam.PTransform):
     """Rows (dicts) -> Parquet shards ``<prefix>-SSSSS-of-NNNNN.parquet``.
 
-    For the small tables: errors, the ledger, skipped files.
+    For the small tables: errors and skipped files.
     """
 
     def __init__(self, file_path_prefix: str, table_schema: pa.Schema):
