@@ -22,11 +22,11 @@ from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import outputs
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
-                                 DEFAULT_TOP_K, ClassifyFiles)
+                                 DEFAULT_TOP_K, ClassifyBatches)
 from transforms.decode import METRICS_NAMESPACE
-from transforms.read import MatchFiles
-from transforms.skip import NEW, SKIPPED, SkipDone, ledger_row
-from transforms.write import WritePredictions, WriteRows
+from transforms.read import BatchFiles, MatchFiles
+from transforms.skip import NEW, SKIPPED, SkipDone, ledger_table
+from transforms.write import WriteRows, WriteTables
 
 PARTITIONS = ("none", "run_date")
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
@@ -114,6 +114,10 @@ def make_runner(options: PipelineOptions):
         workers = direct.direct_num_workers or os.cpu_count() or 1
         os.environ.setdefault("OMP_NUM_THREADS",
                               str(max(1, (os.cpu_count() or 1) // workers)))
+        # Theano keys one compiled module by a str hash; with a fixed seed the
+        # workers find it in the cache instead of compiling it, each in turn,
+        # under Theano's machine-wide lock (bench/README.md).
+        os.environ.setdefault("PYTHONHASHSEED", "0")
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
     encoded = JobServiceHandle.encode_pipeline_options(
@@ -271,18 +275,19 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         matched = parts[NEW]
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
-    _ = (matched
+    batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
+    _ = (batches
          | "LedgerRows" >> beam.Map(
-             ledger_row, model_name=model.name,
+             ledger_table, model_name=model.name,
              model_version=str(model.version), run_id=paths.run_id)
-         | "WriteLedger" >> WriteRows(
+         | "WriteLedger" >> WriteTables(
              paths.staging_prefix(outputs.LEDGER_DIR), schema.LEDGER))
-    results = matched | "Classify" >> ClassifyFiles(
+    results = batches | "Classify" >> ClassifyBatches(
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, run_id=paths.run_id)
-    _ = results["predictions"] | "WritePredictions" >> WritePredictions(
-        paths.staging_prefix(outputs.PREDICTIONS_DIR))
+    _ = results["predictions"] | "WritePredictions" >> WriteTables(
+        paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
     _ = results["errors"] | "WriteErrors" >> WriteRows(
         paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
 
