@@ -245,8 +245,11 @@ def _write_marker(output: str, window: Window,
               "counts": {"predicted": counts.get("predicted", 0),
                          "failed": counts.get("failed", 0)},
               "closed_at": _iso(time.time())}
-    _write(outputs.join(output, WINDOWS_DIR, window.marker_name),
-           (json.dumps(record, indent=2) + "\n").encode())
+    # Written aside, then renamed: a reader never sees half a marker.
+    final = outputs.join(output, WINDOWS_DIR, window.marker_name)
+    aside = outputs.join(output, WINDOWS_DIR, f".{window.marker_name}.tmp")
+    _write(aside, (json.dumps(record, indent=2) + "\n").encode())
+    FileSystems.rename([aside], [final])
 
 
 def _complete_hours(output: str, since: float, until: float) -> None:

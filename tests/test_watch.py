@@ -20,7 +20,8 @@ from PIL import Image
 
 from model_store.datasets import digit_image
 from pipeline.run import ClassifyConfig
-from pipeline.watch import check_settings, watch, window_at
+from pipeline.watch import (_complete_hours, _reconcile, check_settings,
+                            hour_partition, watch, window_at)
 from tests.conftest import write_bad_files, write_digits
 from transforms import schema
 
@@ -135,6 +136,22 @@ def check_contract(output):
     return paths
 
 
+def drop_wave(tmp_path, folder, split, wave):
+    """Writes a wave of files aside and moves it into the watched folder at
+    once (as ``mv`` does), all with the same modification time."""
+    aside = tmp_path / f"aside{wave}"
+    truth = write_digits(str(aside), split, 6, seed=wave)
+    bad = write_bad_files(str(aside / "bad")) if wave == 2 else {}
+    now = time.time()
+    for dirpath, _, names in os.walk(aside):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (now, now))
+    os.rename(aside, folder / f"wave{wave}")
+    moved = lambda p: p.replace(str(aside), str(folder / f"wave{wave}"))
+    return ({moved(p): label for p, label in truth.items()},
+            {moved(p): stage for p, stage in bad.items()})
+
+
 def test_three_waves_are_published_within_a_window_once(tmp_path, split):
     folder, output = tmp_path / "inbox", tmp_path / "out"
     folder.mkdir()
@@ -145,11 +162,8 @@ def test_three_waves_are_published_within_a_window_once(tmp_path, split):
         assert pq.read_schema(parquet_files(output, "predictions")[0]).equals(
             schema.PREDICTIONS)
         for wave in range(3):
+            truth, bad = drop_wave(tmp_path, folder, split, wave)
             dropped = time.time()
-            truth = write_digits(str(folder / f"wave{wave}"), split, 6,
-                                 seed=wave)
-            if wave == 2:
-                bad = write_bad_files(str(folder / "wave2" / "bad"))
             expected.update(truth)
             wanted = set(truth) | set(bad)
             wait_for(lambda: wanted <= set(published_paths(output)), log=log,
@@ -288,8 +302,11 @@ def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
     folder = tmp_path / "inbox"
     folder.mkdir()
     code, _, err = cli("watch", "--input", folder, "--output",
-                       tmp_path / "out", "--window", "45")
+                       tmp_path / "out", "--window", "7")
     assert code == 2 and "--window" in err
+    code, _, err = cli("watch", "--input", folder, "--output",
+                       tmp_path / "out", "--settle", "-1")
+    assert code == 2 and "--settle" in err
     code, _, err = cli("watch", "--input", folder, "--output",
                        tmp_path / "out", "--streaming")
     assert code == 2 and "--streaming" in err
@@ -299,3 +316,33 @@ def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
                    str(classified / "predictions" / "part-x.parquet"))
     code, _, err = cli("watch", "--input", folder, "--output", classified)
     assert code == 2 and "output folder of its own" in err
+
+
+def test_hours_and_windows_are_marked(tmp_path):
+    """A finished hour gets _SUCCESS in both tables; a run published by a
+    watcher that was killed before marking its window gets its marker."""
+    output = str(tmp_path / "out")
+    start = 1_700_000_000 // 3600 * 3600
+    _complete_hours(output, start + 1800, start + 3 * 3600 - 1)
+    for hour in (start, start + 3600):
+        for kind in ("predictions", "errors"):
+            assert os.path.exists(os.path.join(
+                output, kind, *hour_partition(hour).split("/"), "_SUCCESS"))
+    assert not os.path.exists(os.path.join(
+        output, "predictions", *hour_partition(start + 7200).split("/")))
+
+    window = window_at(start + 3 * 3600 + 10, 60)
+    os.makedirs(os.path.join(output, "_runs"))
+    with open(os.path.join(output, "_runs", "20231114T230000Z-abc.json"),
+              "w") as handle:
+        json.dump({"run_id": "20231114T230000Z-abc", "window":
+                   window.as_dict(), "counts": {"predicted": 2, "failed": 1}},
+                  handle)
+    _reconcile(output, window_at(start + 5 * 3600, 60))
+    (marker,) = markers(output)
+    assert (marker["run_id"], marker["counts"], marker["partition"]) == (
+        "20231114T230000Z-abc", {"predicted": 2, "failed": 1},
+        window.partition)
+    # Its hour ended before the current window: no window will add to it.
+    assert os.path.exists(os.path.join(
+        output, "errors", *window.partition.split("/"), "_SUCCESS"))
