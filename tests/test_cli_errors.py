@@ -121,3 +121,17 @@ def test_every_help_is_complete(cli):
         with pytest.raises(SystemExit) as done:
             cli(*command, "--help")
         assert done.value.code == 0
+
+
+def test_missing_compiler_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+    env = dict(os.environ, CXX="no-such-compiler-g++")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "evaluate"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("imgclass: error: imgclass needs a C++ "
+                                "compiler for Theano and "
+                                "'no-such-compiler-g++' was not found")
+    assert "apt-get install g++" in lines[-1]
