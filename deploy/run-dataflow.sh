@@ -4,6 +4,13 @@
 # submits the job, waits for it and then moves the output into place, so it
 # must stay up until the job ends. See deploy/README.md.
 #
+# Nightly runs use one OUTPUT for every night with SKIP_DONE=1: each run
+# classifies only the files no earlier run in OUTPUT did (with the same model
+# version) and adds them under run_date=RUN_DATE; a rerun of the same night
+# adds nothing. Two runs must never write to the same OUTPUT at once (the
+# schedules in deploy/schedules/ make sure of it; by hand, take their lock:
+# flock /var/lock/imgclass.lock deploy/run-dataflow.sh).
+#
 # Required environment:
 #   PROJECT          GCP project id
 #   REGION           Dataflow region, e.g. europe-west1
@@ -11,7 +18,8 @@
 #   IMAGE            worker image (deploy/Dockerfile), pushed to a registry
 #                    the Dataflow workers can pull from
 #   INPUT            gs:// file, folder or glob; several separated by spaces
-#   OUTPUT           gs:// output folder, one per run (see deploy/README.md)
+#   OUTPUT           gs:// output root, the same for every run (see
+#                    deploy/README.md, "Incremental nightly runs")
 #   MAX_NUM_WORKERS  autoscaling ceiling (deploy/README.md, "How many workers")
 # Optional:
 #   MODEL            NAME[@VERSION] or version folder (default: digits-cnn@latest)
@@ -22,7 +30,14 @@
 #   MACHINE_TYPE     worker machine type, e.g. n2-standard-4 (default: Dataflow's)
 #   JOB_NAME         Dataflow job name (default: imgclass-RUN_DATE-HHMMSS)
 #   SERVICE_ACCOUNT  worker service account e-mail
-#   OVERWRITE=1      replace an earlier run in OUTPUT (after this one succeeds)
+#   SKIP_DONE=1      incremental run (--skip-done), what the schedules use:
+#                    classify only the files that no earlier run in OUTPUT
+#                    classified with the same model version (same path, size
+#                    and modification time) and add them to OUTPUT
+#   OVERWRITE=1      full rebuild (--overwrite): classify every input file and
+#                    replace all earlier runs in OUTPUT once this one has
+#                    succeeded. Not together with SKIP_DONE=1 (exit 2).
+#                    With neither, OUTPUT must not hold a run yet.
 #   IMGCLASS         the imgclass command (default: imgclass on PATH)
 #   DRY_RUN=1        print the command instead of running it
 # Arguments are passed on to imgclass as further Beam options, e.g.
@@ -39,8 +54,16 @@ set -euo pipefail
 
 RUN_DATE="${RUN_DATE:-$(date -u +%F)}"
 IMGCLASS="${IMGCLASS:-imgclass}"
+SKIP_DONE="${SKIP_DONE:-0}"
+OVERWRITE="${OVERWRITE:-0}"
 
 fail() { echo "run-dataflow.sh: $*" >&2; exit 2; }
+for flag in SKIP_DONE OVERWRITE; do
+  [[ "${!flag}" == [01] ]] || fail "$flag must be 1 or 0, got '${!flag}'"
+done
+if [[ "$SKIP_DONE" == 1 && "$OVERWRITE" == 1 ]]; then
+  fail "SKIP_DONE=1 and OVERWRITE=1 cannot be combined: SKIP_DONE=1 adds this run to the earlier runs in OUTPUT, OVERWRITE=1 replaces them all (a full rebuild); set only one"
+fi
 [[ "$TEMP_LOCATION" == gs://* ]] || fail "TEMP_LOCATION must be a gs:// folder, got '$TEMP_LOCATION'"
 [[ "$OUTPUT" == *://* ]] || fail "OUTPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$OUTPUT'"
 
@@ -55,7 +78,8 @@ for pattern in "${patterns[@]}"; do
 done
 args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
        --partition-by run_date --run-date "$RUN_DATE")
-[[ "${OVERWRITE:-0}" == 1 ]] && args+=(--overwrite)
+[[ "$SKIP_DONE" == 1 ]] && args+=(--skip-done)
+[[ "$OVERWRITE" == 1 ]] && args+=(--overwrite)
 
 args+=(--runner=DataflowRunner
        --project="$PROJECT"

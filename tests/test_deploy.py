@@ -3,13 +3,16 @@
 Nothing here needs docker, a cluster, the network or Airflow: the scripts run
 against a stand-in ``imgclass`` that prints its arguments, and those are
 parsed the way ``imgclass classify`` parses them (its own parser, then Beam's
-PipelineOptions, which must know every remaining option).
+PipelineOptions, which must know every remaining option). One test runs the
+crontab's local-machine line with the real ``imgclass`` on a few images, to
+check that nightly runs into one output root add only new files.
 """
 
 from __future__ import annotations
 
 import ast
 import datetime
+import fcntl
 import importlib.util
 import json
 import os
@@ -21,6 +24,7 @@ import sys
 import tomllib
 
 import apache_beam
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from apache_beam.options.pipeline_options import (DebugOptions,
@@ -32,6 +36,7 @@ from apache_beam.options.pipeline_options import (DebugOptions,
                                                   WorkerOptions)
 
 from pipeline.cli import build_parser
+from tests.conftest import write_digits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -49,7 +54,7 @@ SCRIPTS = {
         {"NUM_WORKERS": "2", "MACHINE_TYPE": "n2-standard-4",
          "SERVICE_ACCOUNT": "runner@my-project.iam.gserviceaccount.com",
          "STORE": "gs://bucket/models", "MODEL": "digits-cnn@1",
-         "RUN_DATE": "2026-11-26", "OVERWRITE": "1"}),
+         "RUN_DATE": "2026-11-26", "SKIP_DONE": "1"}),
     "run-flink.sh": (
         {"FLINK_MASTER": "flink-jobmanager:8081", "FLINK_VERSION": "1.19",
          "INPUT": "s3://bucket/in/**", "OUTPUT": "s3://bucket/out",
@@ -64,7 +69,8 @@ SCRIPTS = {
         {"SDK_WORKER_PARALLELISM": "4", "SPARK_SUBMIT_UBER_JAR": "1",
          "SPARK_REST_URL": "http://spark-master:6066",
          "SPARK_JOB_SERVER_JAR": "/opt/beam/spark-job-server.jar",
-         "STORE": "hdfs://nn/models", "RUN_DATE": "2026-11-26"}),
+         "STORE": "hdfs://nn/models", "RUN_DATE": "2026-11-26",
+         "SKIP_DONE": "1"}),
 }
 
 
@@ -161,6 +167,7 @@ def test_script_options_are_known_to_imgclass_and_beam(name, optional,
     assert args.store == env.get("STORE")
     assert args.model == env.get("MODEL", "digits-cnn@latest")
     assert args.overwrite == (env.get("OVERWRITE") == "1")
+    assert args.skip_done == (env.get("SKIP_DONE") == "1")
     if "RUN_DATE" in env:
         assert args.run_date == env["RUN_DATE"]
     else:
@@ -228,6 +235,44 @@ def test_portable_scripts_can_use_a_worker_pool(name, fake_bin):
     wrong = run_script(name, {**env, "ENVIRONMENT_TYPE": "LOOPBACK"},
                        fake_bin)
     assert wrong.returncode != 0 and "ENVIRONMENT_TYPE" in wrong.stderr
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+@pytest.mark.parametrize("dry_run", ["0", "1"])
+def test_script_refuses_skip_done_with_overwrite(name, dry_run, fake_bin):
+    env = {**SCRIPTS[name][0], "SKIP_DONE": "1", "OVERWRITE": "1",
+           "DRY_RUN": dry_run}
+    result = run_script(name, env, fake_bin)
+    assert result.returncode == 2
+    assert result.stdout == "", "imgclass must not start"
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"{name}: ")
+    assert "SKIP_DONE=1" in line and "OVERWRITE=1" in line
+    assert "cannot be combined" in line
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+@pytest.mark.parametrize("variable", ["SKIP_DONE", "OVERWRITE"])
+def test_script_refuses_a_flag_that_is_not_0_or_1(name, variable, fake_bin):
+    env = {**SCRIPTS[name][0], variable: "yes"}
+    result = run_script(name, env, fake_bin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert variable in result.stderr and "'yes'" in result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+@pytest.mark.parametrize("flags,skip_done,overwrite", [
+    ({}, False, False), ({"SKIP_DONE": "0", "OVERWRITE": ""}, False, False),
+    ({"SKIP_DONE": "1", "OVERWRITE": "0"}, True, False),
+    ({"SKIP_DONE": "", "OVERWRITE": "1"}, False, True)])
+def test_script_passes_skip_done_or_overwrite(name, flags, skip_done,
+                                              overwrite, fake_bin):
+    result = run_script(name, {**SCRIPTS[name][0], **flags}, fake_bin)
+    assert result.returncode == 0, result.stderr
+    args, _ = check_classify_argv(result.stdout.splitlines())
+    assert (args.skip_done, args.overwrite) == (skip_done, overwrite)
+    assert args.output == SCRIPTS[name][0]["OUTPUT"]
 
 
 def test_dataflow_script_refuses_local_paths(fake_bin):
@@ -339,8 +384,12 @@ def test_image_warm_cache_is_found_by_a_later_process(tmp_path):
 
 # Schedules --------------------------------------------------------------------
 
-def test_crontab_escapes_percent_and_runs_the_dataflow_script(tmp_path,
-                                                              fake_bin):
+CRON_OUTPUT_ROOT = "gs://bucket/imgclass"
+CRON_LOCK = "/var/lock/imgclass.lock"
+
+
+def crontab_jobs() -> list[tuple[bool, str]]:
+    """(commented out, command) of every job line of the crontab."""
     with open(os.path.join(SCHEDULES, "crontab")) as handle:
         lines = handle.read().splitlines()
     jobs = []
@@ -350,34 +399,113 @@ def test_crontab_escapes_percent_and_runs_the_dataflow_script(tmp_path,
         if len(fields) == 6 and all(re.fullmatch(r"[\d*/,-]+", f)
                                     for f in fields[:5]):
             jobs.append((line.startswith("#"), fields[5]))
+    return jobs
+
+
+def cron_command(command: str, moves: dict[str, str]) -> str:
+    """A crontab command as cron runs it (\\% is %), its paths moved."""
+    command = command.replace(r"\%", "%")
+    for old, new in moves.items():
+        command = command.replace(old, new)
+    return command
+
+
+def cron_dataflow_moves(tmp_path) -> dict[str, str]:
+    """Writes the env file of the Dataflow line into tmp_path; returns the
+    moves of the crontab's paths into tmp_path."""
+    env_file = tmp_path / "dataflow.env"
+    env_file.write_text("".join(
+        f"{k}={shlex.quote(v)}\n" for k, v in SCRIPTS["run-dataflow.sh"][0].items()
+        if k != "OUTPUT") + f"OUTPUT_ROOT={CRON_OUTPUT_ROOT}\n")
+    return {"/etc/imgclass/dataflow.env": str(env_file),
+            "/opt/imgclass/deploy": DEPLOY,
+            "/var/log/imgclass": str(tmp_path), "/var/lock": str(tmp_path)}
+
+
+def test_crontab_escapes_percent_and_runs_the_dataflow_script(tmp_path,
+                                                              fake_bin):
+    jobs = crontab_jobs()
     active = [command for commented, command in jobs if not commented]
     assert len(active) == 1 and "deploy/run-dataflow.sh" in active[0]
+    assert len(jobs) == 2
     for _, command in jobs:
         assert not re.search(r"(?<!\\)%", command), \
             f"unescaped % in crontab command: {command}"
         assert r"date -u +\%F" in command
+        # Every line takes the same lock: never two runs on one output.
+        assert f"flock -n {CRON_LOCK} " in command
         subprocess.run(["bash", "-n", "-c", command.replace(r"\%", "%")],
                        check=True)
 
     # Run each command as cron would, its paths moved into tmp_path.
-    env_file = tmp_path / "dataflow.env"
-    env_file.write_text("".join(
-        f"{k}={shlex.quote(v)}\n" for k, v in SCRIPTS["run-dataflow.sh"][0].items()
-        if k != "OUTPUT") + "OUTPUT_ROOT=gs://bucket/imgclass\n")
-    moves = {"/etc/imgclass/dataflow.env": str(env_file),
-             "/opt/imgclass/deploy": DEPLOY,
-             "/var/log/imgclass": str(tmp_path), "/var/lock": str(tmp_path)}
-    for _, command in jobs:
-        command = command.replace(r"\%", "%")
-        for old, new in moves.items():
-            command = command.replace(old, new)
-        result = run_bash(["-c", command], {}, fake_bin)
+    moves = cron_dataflow_moves(tmp_path)
+    roots = {True: "/data/imgclass", False: CRON_OUTPUT_ROOT}
+    for commented, command in jobs:
+        result = run_bash(["-c", cron_command(command, moves)], {}, fake_bin)
         assert result.returncode == 0, result.stderr
         [log] = tmp_path.glob("*.log")
         args, _ = check_classify_argv(log.read_text().splitlines())
         log.unlink()
         assert args.run_date in today_utc()
-        assert args.output.endswith(f"/{args.run_date}") and args.overwrite
+        # One output root for every night, added to with --skip-done.
+        assert args.output == roots[commented]
+        assert args.skip_done and not args.overwrite
+
+
+def test_crontab_skips_the_night_while_a_run_holds_the_lock(tmp_path,
+                                                            fake_bin):
+    [command] = [c for commented, c in crontab_jobs() if not commented]
+    command = cron_command(command, cron_dataflow_moves(tmp_path))
+    with open(tmp_path / "imgclass.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the previous night, still going
+        result = run_bash(["-c", command], {}, fake_bin)
+    assert result.returncode != 0
+    [log] = tmp_path.glob("*.log")
+    assert "classify" not in log.read_text(), "imgclass must not start"
+
+
+def test_crontab_local_line_adds_only_new_files_to_one_output(tmp_path,
+                                                              split):
+    """The crontab's local-machine line, run for real three times into one
+    output root: the first night classifies everything, a rerun adds
+    nothing, and a later run classifies only the files that arrived."""
+    imgclass = os.path.join(os.path.dirname(sys.executable), "imgclass")
+    if not os.access(imgclass, os.X_OK):
+        pytest.skip(f"no imgclass command next to {sys.executable}")
+    [command] = [c for commented, c in crontab_jobs() if commented]
+    incoming, output = tmp_path / "incoming", tmp_path / "imgclass"
+    command = cron_command(command, {
+        "/data/incoming": str(incoming), "/data/imgclass": str(output),
+        "/var/log/imgclass": str(tmp_path), "/var/lock": str(tmp_path)})
+    bin_dir = os.path.dirname(imgclass)
+
+    def night() -> dict:
+        result = run_bash(["-c", command], {}, bin_dir)
+        logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+        assert result.returncode == 0, logs
+        with open(output / "_manifest.json") as handle:
+            return json.load(handle)
+
+    first = write_digits(str(incoming / "n1"), split, 6, seed=1)
+    counts = night()["counts"]
+    assert (counts["matched"], counts["predicted"], counts["skipped"]) == (
+        6, 6, 0)
+    counts = night()["counts"]  # a rerun of the same night
+    assert (counts["matched"], counts["predicted"], counts["skipped"]) == (
+        6, 0, 6)
+    later = write_digits(str(incoming / "n2"), split, 3, seed=2)
+    manifest = night()
+    counts = manifest["counts"]
+    assert (counts["matched"], counts["predicted"], counts["skipped"]) == (
+        9, 3, 6)
+
+    [partition] = os.listdir(output / "predictions")
+    assert partition == manifest["partition"]
+    assert partition.startswith("run_date=")
+    assert partition[len("run_date="):] in today_utc()
+    paths = pq.read_table(output / "predictions").column("path").to_pylist()
+    assert sorted(paths) == sorted({**first, **later})
+    assert len(os.listdir(output / "_runs")) == 3
 
 
 def test_cronjob_is_a_forbid_concurrency_cronjob_of_the_image(fake_bin):
@@ -406,18 +534,20 @@ def test_cronjob_is_a_forbid_concurrency_cronjob_of_the_image(fake_bin):
     assert result.returncode == 0, result.stderr
     args, options = check_classify_argv(result.stdout.splitlines())
     assert args.run_date in today_utc()
-    assert args.output == f"{env['OUTPUT_ROOT']}/{args.run_date}"
+    # One output root for every night, added to with --skip-done.
+    assert args.output == env["OUTPUT_ROOT"]
+    assert args.skip_done and not args.overwrite
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert options.view_as(WorkerOptions).sdk_container_image == env["IMAGE"]
     assert options.view_as(SetupOptions).sdk_location == "container"
 
 
-def render(value: str) -> str:
+def render(value: str, ds: str = "2026-11-26") -> str:
     """Stands in for Airflow's Jinja rendering of the DAG's settings."""
     def one(match):
         name = match.group(1)
         if name == "ds":
-            return "2026-11-26"
+            return ds
         if name.endswith("max_num_workers"):
             return "20"
         if name.endswith(("_input", "_output_root", "_temp_location")):
@@ -441,16 +571,20 @@ def test_airflow_dag_compiles_and_runs_the_launch_script(fake_bin):
     assert "/deploy/run-dataflow.sh" in command
     assert "max_active_runs=1" in source
 
-    # Run the task's command as the BashOperator would, with the stand-in.
-    env = {key: render(value) for key, value in constants["ENV"].items()}
-    env["IMGCLASS"] = os.path.join(fake_bin, "imgclass")
+    # Run the task's command as the BashOperator would, with the stand-in,
+    # for two dates: both go to the one output root, with --skip-done.
     command = re.sub(r"/\S*/deploy/", DEPLOY + "/", command)
-    result = run_bash(["-c", command], env, fake_bin)
-    assert result.returncode == 0, result.stderr
-    args, options = check_classify_argv(result.stdout.splitlines())
-    assert args.run_date == "2026-11-26" and args.overwrite
-    assert args.output == "gs://bucket/imgclass_output_root/2026-11-26"
-    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    for ds in ("2026-11-26", "2026-11-27"):
+        env = {key: render(value, ds)
+               for key, value in constants["ENV"].items()}
+        env["IMGCLASS"] = os.path.join(fake_bin, "imgclass")
+        result = run_bash(["-c", command], env, fake_bin)
+        assert result.returncode == 0, result.stderr
+        args, options = check_classify_argv(result.stdout.splitlines())
+        assert args.run_date == ds
+        assert args.skip_done and not args.overwrite
+        assert args.output == "gs://bucket/imgclass_output_root"
+        assert options.view_as(StandardOptions).runner == "DataflowRunner"
 
 
 def test_airflow_dag_imports_and_defines_one_dag():

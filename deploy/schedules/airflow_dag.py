@@ -12,7 +12,9 @@ _manifest.json and _SUCCESS. With that operator the task could succeed before
 by hand and from cron, and the task waits for it to exit.
 
 If the task is stopped, the launcher stops but the Dataflow job goes on:
-cancel it in Dataflow (its name starts with imgclass-<ds>).
+cancel it in Dataflow (its name starts with imgclass-<ds>). Its results are
+never published (only the launcher publishes), so the retry does not add them
+twice, but the orphaned job still costs worker time until it is cancelled.
 
 The Airflow workers need a checkout of this repository at /opt/imgclass
 with imgclass installed in /opt/imgclass/venv (Python 3.11, g++ on the PATH,
@@ -21,11 +23,22 @@ jobs. Settings are Airflow Variables (imgclass_project, imgclass_region,
 imgclass_temp_location, imgclass_image, imgclass_input, imgclass_output_root,
 imgclass_max_num_workers, imgclass_machine_type), read when the task runs.
 
-Each run writes OUTPUT_ROOT/<ds>, its own folder: imgclass refuses an output
-that holds an earlier run, and --overwrite replaces all of it, so here it
-only lets a retry or a re-run of the same date replace that date's output.
-``ds`` is the run's logical date (with a cron schedule, Airflow 2 gives the
-day before the run, Airflow 3 the day of the run).
+Every run writes into the same output root, imgclass_output_root, with
+SKIP_DONE=1 (--skip-done): it classifies only the files that no earlier run
+there classified with the same model version (same path, size and
+modification time), so a growing bucket costs only its new files, and
+publishes them under predictions/run_date=<ds>/ and errors/run_date=<ds>/.
+A retry, or clearing a finished run, adds nothing that is already there (and
+finishes publishing a run that was killed while publishing). ``ds`` is the
+run's logical date (with a cron schedule, Airflow 2 gives the day before the
+run, Airflow 3 the day of the run); it only names the partition: a run for an
+old ds (a backfill) puts the files that are new *now* into run_date=<ds>. A
+full rebuild (OVERWRITE=1 instead of SKIP_DONE=1) is a separate run by hand
+(deploy/README.md), never at the same time as this DAG.
+
+Two runs must never write to the same output root at once: max_active_runs=1
+and the single task keep this DAG's runs apart; do not also schedule the same
+root from cron or Kubernetes.
 """
 
 from __future__ import annotations
@@ -51,9 +64,9 @@ ENV = {
     "TEMP_LOCATION": "{{ var.value.imgclass_temp_location }}",
     "IMAGE": "{{ var.value.imgclass_image }}",
     "INPUT": "{{ var.value.imgclass_input }}",
-    "OUTPUT": "{{ var.value.imgclass_output_root }}/{{ ds }}",
+    "OUTPUT": "{{ var.value.imgclass_output_root }}",
     "RUN_DATE": "{{ ds }}",
-    "OVERWRITE": "1",
+    "SKIP_DONE": "1",
     "MAX_NUM_WORKERS": "{{ var.value.imgclass_max_num_workers }}",
     "MACHINE_TYPE": "{{ var.value.imgclass_machine_type }}",
 }
@@ -63,7 +76,7 @@ with DAG(
     schedule="15 2 * * *",
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
-    max_active_runs=1,  # never two runs at once
+    max_active_runs=1,  # never two runs writing the output root at once
     tags=["imgclass"],
 ) as dag:
     BashOperator(
