@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 
+from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -190,6 +191,25 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
+def _add_model_options(parser, model_help: str) -> None:
+    """The options ``classify`` and ``watch`` share."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        metavar="NAME[@VERSION]|PATH",
+                        help=f"{model_help} (default: %(default)s)")
+    parser.add_argument("--top-k", type=_positive_int, default=5,
+                        metavar="K",
+                        help="best classes listed per row (default: "
+                             "%(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=256,
+                        help="files per batch: read and decoded together, "
+                             "one Theano call (default: %(default)s)")
+    parser.add_argument("--max-pixels", type=_positive_int,
+                        default=50_000_000,
+                        help="larger images become error rows, a guard "
+                             "against decompression bombs (default: "
+                             "%(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="imgclass",
@@ -264,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a model on the held-out 20%% of the digits: "
                     "accuracy, per-class precision and recall, confusion "
                     "matrix.")
-    evaluate.add_argument("--model", default="digits-cnn@latest",
+    evaluate.add_argument("--model", default=DEFAULT_MODEL,
                           metavar="NAME[@VERSION]",
                           help="model to evaluate (default: %(default)s)")
     evaluate.add_argument("--json", action="store_true",
@@ -296,14 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
              "s3://); repeat for several")
     classify.add_argument("--output", required=True, metavar="DIR",
                           help="output folder (local or any Beam filesystem)")
-    classify.add_argument("--model", default="digits-cnn@latest",
-                          metavar="NAME[@VERSION]|PATH",
-                          help="stored model or version folder (default: "
-                               "%(default)s)")
-    classify.add_argument("--top-k", type=_positive_int, default=5,
-                          metavar="K",
-                          help="best classes listed per row (default: "
-                               "%(default)s)")
+    _add_model_options(classify, "stored model or version folder")
     classify.add_argument("--partition-by", choices=["none", "run_date"],
                           default="none",
                           help="Hive-style partition folders (default: "
@@ -319,14 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
                                "classifying only files that no earlier run "
                                "did with the same model version (same path, "
                                "size and modification time)")
-    classify.add_argument("--batch-size", type=_positive_int, default=256,
-                          help="images per Theano call (default: "
-                               "%(default)s)")
-    classify.add_argument("--max-pixels", type=_positive_int,
-                          default=50_000_000,
-                          help="larger images become error rows, a guard "
-                               "against decompression bombs (default: "
-                               "%(default)s)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
     watch = commands.add_parser(
@@ -367,19 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "this long ago; names starting with '.' or "
                             "ending .tmp, .part, .partial, .crdownload are "
                             "never read (default: %(default)g)")
-    watch.add_argument("--model", default="digits-cnn@latest",
-                       metavar="NAME[@VERSION]|PATH",
-                       help="stored model or version folder, resolved once "
-                            "at start (default: %(default)s)")
-    watch.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
-                       help="best classes listed per row (default: "
-                            "%(default)s)")
-    watch.add_argument("--batch-size", type=_positive_int, default=256,
-                       help="images per Theano call (default: %(default)s)")
-    watch.add_argument("--max-pixels", type=_positive_int,
-                       default=50_000_000,
-                       help="larger images become error rows (default: "
-                            "%(default)s)")
+    _add_model_options(watch, "stored model or version folder, resolved "
+                              "once at start")
     watch.set_defaults(func=_watch, accepts_beam_options=True)
     return parser
 
