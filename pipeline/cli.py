@@ -134,7 +134,8 @@ def _classify(args) -> int:
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
-        skip_done=args.skip_done, beam_args=args.beam_args)
+        skip_done=args.skip_done, skip_done_by=args.skip_done_by,
+        beam_args=args.beam_args)
     try:
         run_classify(config)
     except RunFailed as error:
@@ -331,7 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="add to the earlier runs in OUTPUT, "
                                "classifying only files that no earlier run "
                                "did with the same model version (same path, "
-                               "size and modification time)")
+                               "size and modification time, or content with "
+                               "--skip-done-by content)")
+    classify.add_argument("--skip-done-by", choices=["mtime", "content"],
+                          default="mtime",
+                          help="what makes a file done: 'mtime' (same size "
+                               "and modification time, from the listing) or "
+                               "'content' (same sha256, for stores that "
+                               "rewrite unchanged files; reads new files "
+                               "twice) (default: %(default)s)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
     watch = commands.add_parser(

@@ -54,6 +54,7 @@ class ClassifyConfig:
     run_date: Optional[str] = None
     overwrite: bool = False
     skip_done: bool = False
+    skip_done_by: str = "mtime"
     beam_args: Sequence[str] = ()
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
@@ -146,6 +147,8 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
             raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                               f"{config.run_date!r}")
     patterns = [outputs.input_pattern(p) for p in config.inputs]
+    if config.skip_done_by != "mtime" and not config.skip_done:
+        raise ConfigError("--skip-done-by only applies with --skip-done")
     if config.overwrite and config.skip_done:
         raise ConfigError("--overwrite and --skip-done contradict each other: "
                           "--skip-done adds to the earlier runs that "
@@ -238,6 +241,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
                    "failed_by_stage": by_stage,
                    "skipped_by_reason": {"done": skipped} if skipped else {}},
         "skip_done": config.skip_done,
+        "skip_done_by": config.skip_done_by if config.skip_done else None,
         **({"window": config.window} if config.window is not None else {}),
         "metrics": metrics,
         "runner": runner_name,
@@ -271,7 +275,8 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
-            model_version=str(model.version), run_id=paths.run_id)
+            model_version=str(model.version), run_id=paths.run_id,
+            by=config.skip_done_by)
         matched = parts[NEW]
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)

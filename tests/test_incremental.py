@@ -158,3 +158,37 @@ def test_a_killed_run_can_be_rerun_as_if_it_ran_once(tmp_path, split):
     paths = predicted_paths(output)
     assert len(paths) == len(set(paths))
     assert sorted(paths) == sorted(truth)
+
+
+def test_content_mode_skips_rewritten_but_unchanged_files(tmp_path, split):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(folder, split, 6, nested=False)
+    assert classify(folder, output, "--skip-done-by", "content") == 0
+    touched, changed, *_ = sorted(truth)
+    later = time.time() + 100
+    os.utime(touched, (later, later))  # rewritten as it was: same bytes
+    data = bytearray(open(changed, "rb").read())
+    data[-3] ^= 0xFF  # same size, other bytes
+    open(changed, "wb").write(bytes(data))
+    os.utime(changed, (later - 50, later - 50))
+
+    assert classify(folder, output, "--skip-done-by", "content") == 0
+    counts = manifest(output)["counts"]
+    assert (counts["skipped"], counts["predicted"] + counts["failed"]) == (
+        5, 1)
+    ledger = pq.read_table(os.path.join(output, "_ledger"))
+    assert all(len(d) == 64 for d in ledger.column("sha256").to_pylist())
+
+    # By size and time, the touched file counts as new.
+    os.utime(touched, (later + 10, later + 10))
+    assert classify(folder, output) == 0
+    assert manifest(output)["counts"]["skipped"] == 5
+
+
+def test_skip_done_by_needs_skip_done(tmp_path, split, capsys):
+    folder = str(tmp_path / "bucket")
+    write_digits(folder, split, 2, nested=False)
+    assert main(["classify", "--input", folder, "--output",
+                 str(tmp_path / "out"), "--skip-done-by", "content"]) == 2
+    assert "--skip-done-by only applies with --skip-done" in \
+        capsys.readouterr().err

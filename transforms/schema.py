@@ -42,7 +42,8 @@ LEDGER = pa.schema([
     ("model_name", pa.string()),
     ("model_version", pa.string()),
     ("run_id", pa.string()),
-])
+    ("sha256", pa.string()),          # of the bytes, with --skip-done-by
+])                                    # content; else null
 
 # Files a --skip-done run did not classify again, and why.
 SKIPPED = pa.schema([

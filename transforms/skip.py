@@ -1,25 +1,36 @@
 """Incremental runs: skip files a committed run already classified.
 
 A file is done when the ledger (``transforms.schema.LEDGER``) of an earlier
-committed run holds the same path, size and modification time for the same
-model name and version. The check is a Beam join (``CoGroupByKey``) of the
-matched files with the ledger, so it scales with the bucket rather than with
-the driver's memory.
+committed run holds, for the same model name and version, the same path and
+
+* ``by="mtime"`` (default): the same size and modification time, from the
+  listing alone; or
+* ``by="content"``: the same sha256 of the bytes, for stores that rewrite
+  unchanged files (new modification time, same content). Each file is then
+  read twice: once to hash it here, once to decode it if it is new.
+
+The check is a Beam join (``CoGroupByKey``) of the matched files with the
+ledger, so it scales with the bucket rather than with the driver's memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import parquetio
+from apache_beam.io import fileio, parquetio
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
+
+from model_store.errors import ConfigError
 
 from transforms import schema
 from transforms.decode import METRICS_NAMESPACE
 
 NEW, SKIPPED = "new", "skipped"
+SKIP_BY = ("mtime", "content")
 
 
 def file_key(metadata) -> tuple:
@@ -27,17 +38,42 @@ def file_key(metadata) -> tuple:
             float(metadata.last_updated_in_seconds))
 
 
+def _done_key(by: str, size, mtime, sha256):
+    if by == "content":
+        return sha256  # None (unreadable, or an older ledger) matches nothing
+    return (int(size), float(mtime))
+
+
+class _DigestFn(beam.DoFn):
+    """Attaches the sha256 of each file's bytes as ``metadata.sha256``."""
+
+    def process(self, metadata: FileMetadata):
+        copy = FileMetadata(metadata.path, metadata.size_in_bytes,
+                            metadata.last_updated_in_seconds)
+        try:
+            copy.sha256 = hashlib.sha256(
+                fileio.ReadableFile(metadata).read()).hexdigest()
+        except Exception:  # unreadable: classified, so the read error is
+            copy.sha256 = None  # recorded as an error row by the decoder
+        yield copy
+
+
 class _SplitDoneFn(beam.DoFn):
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, by: str):
         self._run_id = run_id
+        self._by = by
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "files_skipped")
 
     def process(self, joined):
         path, groups = joined
-        done = {(int(r["size"]), float(r["mtime"])): r["run_id"]
-                for r in groups["ledger"]}
+        done = {_done_key(self._by, r["size"], r["mtime"], r.get("sha256")):
+                r["run_id"] for r in groups["ledger"]}
+        done.pop(None, None)
         for metadata in groups["matched"]:
-            previous = done.get(file_key(metadata))
+            previous = done.get(_done_key(
+                self._by, metadata.size_in_bytes,
+                metadata.last_updated_in_seconds,
+                getattr(metadata, "sha256", None)))
             if previous is None:
                 yield metadata
             else:
@@ -56,17 +92,24 @@ class SkipDone(beam.PTransform):
         model_name: only entries of this model ...
         model_version: ... and version count as done.
         run_id: this run's identifier, for the skipped rows.
+        by: ``"mtime"`` or ``"content"`` (see the module docstring).
     """
 
     def __init__(self, ledger_files: Sequence[str], *, model_name: str,
-                 model_version: str, run_id: str):
+                 model_version: str, run_id: str, by: str = "mtime"):
         super().__init__()
+        if by not in SKIP_BY:
+            raise ConfigError(f"--skip-done-by must be one of "
+                              f"{', '.join(SKIP_BY)}, got {by!r}")
         self._files = list(ledger_files)
         self._model = (model_name, str(model_version))
         self._run_id = run_id
+        self._by = by
 
     def expand(self, matched):
         model = self._model
+        if self._by == "content":
+            matched = matched | "Digest" >> beam.ParDo(_DigestFn())
         keyed = matched | "KeyMatched" >> beam.Map(lambda m: (m.path, m))
         done = (matched.pipeline
                 | "LedgerFiles" >> beam.Create(self._files)
@@ -76,7 +119,7 @@ class SkipDone(beam.PTransform):
                 | "KeyLedger" >> beam.Map(lambda r: (r["path"], r)))
         split = ({"matched": keyed, "ledger": done}
                  | "Join" >> beam.CoGroupByKey()
-                 | "Split" >> beam.ParDo(_SplitDoneFn(self._run_id))
+                 | "Split" >> beam.ParDo(_SplitDoneFn(self._run_id, self._by))
                  .with_outputs(SKIPPED, main=NEW))
         return {NEW: split[NEW], SKIPPED: split[SKIPPED]}
 
@@ -92,4 +135,6 @@ def ledger_table(batch, *, model_name: str, model_version: str,
         "mtime": [mtime for _, mtime in keys],
         "model_name": [model_name] * n,
         "model_version": [str(model_version)] * n,
-        "run_id": [run_id] * n}, schema=schema.LEDGER)
+        "run_id": [run_id] * n,
+        "sha256": [getattr(m, "sha256", None) for m in batch]},
+        schema=schema.LEDGER)
