@@ -52,34 +52,15 @@ set -euo pipefail
 : "${OUTPUT:?set OUTPUT to a gs:// output folder}"
 : "${MAX_NUM_WORKERS:?set MAX_NUM_WORKERS, the autoscaling ceiling (deploy/README.md, How many workers)}"
 
-RUN_DATE="${RUN_DATE:-$(date -u +%F)}"
-IMGCLASS="${IMGCLASS:-imgclass}"
-SKIP_DONE="${SKIP_DONE:-0}"
-OVERWRITE="${OVERWRITE:-0}"
-
-fail() { echo "run-dataflow.sh: $*" >&2; exit 2; }
-for flag in SKIP_DONE OVERWRITE; do
-  [[ "${!flag}" == [01] ]] || fail "$flag must be 1 or 0, got '${!flag}'"
-done
-if [[ "$SKIP_DONE" == 1 && "$OVERWRITE" == 1 ]]; then
-  fail "SKIP_DONE=1 and OVERWRITE=1 cannot be combined: SKIP_DONE=1 adds this run to the earlier runs in OUTPUT, OVERWRITE=1 replaces them all (a full rebuild); set only one"
-fi
+SCRIPT=run-dataflow.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 [[ "$TEMP_LOCATION" == gs://* ]] || fail "TEMP_LOCATION must be a gs:// folder, got '$TEMP_LOCATION'"
 [[ "$OUTPUT" == *://* ]] || fail "OUTPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$OUTPUT'"
 
-args=()
-# --store is an option of imgclass itself, so it goes before "classify".
-[[ -n "${STORE:-}" ]] && args+=(--store "$STORE")
-args+=(classify)
-read -r -a patterns <<< "$INPUT"
-for pattern in "${patterns[@]}"; do
-  [[ "$pattern" == *://* ]] || fail "INPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$pattern'"
-  args+=(--input "$pattern")
-done
-args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
-       --partition-by run_date --run-date "$RUN_DATE")
-[[ "$SKIP_DONE" == 1 ]] && args+=(--skip-done)
-[[ "$OVERWRITE" == 1 ]] && args+=(--overwrite)
+on_gcs() {
+  [[ "$1" == *://* ]] || fail "INPUT must be on a shared filesystem such as gs://, Dataflow workers cannot see '$1'"
+}
+classify_args on_gcs
 
 args+=(--runner=DataflowRunner
        --project="$PROJECT"
@@ -97,10 +78,4 @@ args+=(--runner=DataflowRunner
 [[ -n "${SERVICE_ACCOUNT:-}" ]] && args+=(--service_account_email="$SERVICE_ACCOUNT")
 args+=("$@")
 
-if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  printf '%q ' "$IMGCLASS" "${args[@]}"; echo
-  exit 0
-fi
-command -v "$IMGCLASS" >/dev/null \
-  || fail "'$IMGCLASS' not found: install imgclass with apache-beam[gcp] (see deploy/README.md) or set IMGCLASS"
-exec "$IMGCLASS" "${args[@]}"
+run_imgclass " with apache-beam[gcp] (see deploy/README.md)"

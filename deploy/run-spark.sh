@@ -38,41 +38,15 @@ set -euo pipefail
 : "${SPARK_MASTER_URL:?set SPARK_MASTER_URL to the Spark master, spark://HOST:7077}"
 : "${INPUT:?set INPUT to the images to classify, on a filesystem the workers can read}"
 : "${OUTPUT:?set OUTPUT to an output folder the workers can write}"
-fail() { echo "run-spark.sh: $*" >&2; exit 2; }
-ENVIRONMENT_TYPE="${ENVIRONMENT_TYPE:-DOCKER}"
-case "$ENVIRONMENT_TYPE" in
-  DOCKER) : "${IMAGE:?set IMAGE to the worker image built from deploy/Dockerfile}"
-          environment_config="$IMAGE" ;;
-  EXTERNAL) environment_config="${WORKER_POOL:-localhost:50000}" ;;
-  *) fail "ENVIRONMENT_TYPE must be DOCKER or EXTERNAL, got '$ENVIRONMENT_TYPE'" ;;
-esac
+SCRIPT=run-spark.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+portable_environment
 
-RUN_DATE="${RUN_DATE:-$(date -u +%F)}"
-IMGCLASS="${IMGCLASS:-imgclass}"
-SKIP_DONE="${SKIP_DONE:-0}"
-OVERWRITE="${OVERWRITE:-0}"
-for flag in SKIP_DONE OVERWRITE; do
-  [[ "${!flag}" == [01] ]] || fail "$flag must be 1 or 0, got '${!flag}'"
-done
-if [[ "$SKIP_DONE" == 1 && "$OVERWRITE" == 1 ]]; then
-  fail "SKIP_DONE=1 and OVERWRITE=1 cannot be combined: SKIP_DONE=1 adds this run to the earlier runs in OUTPUT, OVERWRITE=1 replaces them all (a full rebuild); set only one"
-fi
-
-args=()
-# --store is an option of imgclass itself, so it goes before "classify".
-[[ -n "${STORE:-}" ]] && args+=(--store "$STORE")
-args+=(classify)
-read -r -a patterns <<< "$INPUT"
-for pattern in "${patterns[@]}"; do args+=(--input "$pattern"); done
-args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
-       --partition-by run_date --run-date "$RUN_DATE")
-[[ "$SKIP_DONE" == 1 ]] && args+=(--skip-done)
-[[ "$OVERWRITE" == 1 ]] && args+=(--overwrite)
+classify_args
 
 args+=(--runner=SparkRunner
        --spark_master_url="$SPARK_MASTER_URL"
-       --environment_type="$ENVIRONMENT_TYPE"
-       --environment_config="$environment_config")
+       "${environment[@]}")
 [[ -n "${SDK_WORKER_PARALLELISM:-}" ]] && args+=(--sdk_worker_parallelism="$SDK_WORKER_PARALLELISM")
 if [[ "${SPARK_SUBMIT_UBER_JAR:-0}" == 1 ]]; then
   : "${SPARK_REST_URL:?set SPARK_REST_URL to the Spark master REST endpoint, http://HOST:6066}"
@@ -81,10 +55,4 @@ fi
 [[ -n "${SPARK_JOB_SERVER_JAR:-}" ]] && args+=(--spark_job_server_jar="$SPARK_JOB_SERVER_JAR")
 args+=("$@")
 
-if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  printf '%q ' "$IMGCLASS" "${args[@]}"; echo
-  exit 0
-fi
-command -v "$IMGCLASS" >/dev/null \
-  || fail "'$IMGCLASS' not found: install imgclass or set IMGCLASS"
-exec "$IMGCLASS" "${args[@]}"
+run_imgclass
