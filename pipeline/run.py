@@ -290,7 +290,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     results = batches | "Classify" >> ClassifyBatches(
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
-        max_pixels=config.max_pixels, run_id=paths.run_id)
+        max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
     _ = results["errors"] | "WriteErrors" >> WriteRows(

@@ -5,12 +5,11 @@ import os
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 import pytest
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model_store.datasets import digit_image

@@ -42,12 +42,16 @@ class ClassifyBatches(beam.PTransform):
         batch_size: images per Theano call.
         max_pixels: images with more pixels are refused (bomb guard).
         run_id: identifier written in every row.
+        loaded: the model already loaded and verified from ``model`` (by a
+            driver that needed it before building the pipeline), so that
+            ``expand`` does not read and verify it a second time.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *,
                  store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
                  batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, run_id: str = ""):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, run_id: str = "",
+                 loaded=None):
         super().__init__()
         self._model_ref = model
         self._store = store
@@ -55,14 +59,15 @@ class ClassifyBatches(beam.PTransform):
         self.batch_size = _check_positive("batch_size", batch_size)
         self._max_pixels = _check_positive("max_pixels", max_pixels)
         self._run_id = run_id
-        self.model = None  # the StoredModel, once expanded
+        self.model = loaded  # the StoredModel, once expanded
 
     def expand(self, batches):
         from model_store.store import load_model
 
         # Load here, in the driver: an unknown or damaged model stops the run
         # before any work, and "latest" becomes a fixed version for workers.
-        model = self.model = load_model(self._model_ref, root=self._store)
+        model = self.model = self.model or load_model(self._model_ref,
+                                                      root=self._store)
         classes = len(model.class_names)
         if self._top_k > classes:
             raise ConfigError(f"top_k {self._top_k} exceeds the "
