@@ -41,3 +41,10 @@ class ChecksumMismatchError(ModelIntegrityError):
 
 class WeightShapeError(ModelIntegrityError):
     """A stored weight array's shape differs from what the spec builds."""
+
+
+def check_positive(name: str, value) -> int:
+    """``value`` if it is a positive integer (not a bool), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value

@@ -166,6 +166,14 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
     return DecodedImage(image=image, width=width, height=height)
 
 
+def to_mode(image: Image.Image, *, mode: str, background: int = 0) -> Image.Image:
+    """A decoded Pillow image of any mode -> ``mode``, converted exactly as
+    :func:`decode_image` converts (16-bit scaled, alpha composited over
+    ``background``); for callers that decode images themselves."""
+    _check_arguments(mode, None, DEFAULT_MAX_PIXELS, background)
+    return _convert(image, mode, background)
+
+
 def _convert(img: Image.Image, mode: str, background: int) -> Image.Image:
     """Converts a loaded image of any Pillow mode to ``mode``."""
     if img.mode in _SIXTEEN_BIT_MODES:

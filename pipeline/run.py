@@ -93,6 +93,20 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
+def offline_options(*beam_args: str) -> PipelineOptions:
+    """Pipeline options for pipelines of your own that never download
+    anything: unless another runner is asked for, Beam's in-process
+    ``FnApiRunner`` (which honours ``--direct_running_mode`` and
+    ``--direct_num_workers``) instead of the ``DirectRunner``, which first
+    tries to download Prism. Unknown options are refused, as on the command
+    line."""
+    options = pipeline_options(beam_args)
+    standard = options.view_as(StandardOptions)
+    if standard.runner in _LOCAL_RUNNERS:
+        standard.runner = "FnApiRunner"
+    return options
+
+
 def make_runner(options: PipelineOptions):
     """The runner to use: the in-process FnApiRunner for local runs (it
     honours --direct_running_mode and --direct_num_workers), else Beam's

@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from model_store.datasets import digit_image
+from model_store.errors import ImgclassError
 from model_store.store import load_model
 from pipeline.run import make_runner, pipeline_options
 from transforms import schema
@@ -136,3 +137,66 @@ def test_model_handler_in_beams_run_inference(model, split):
         labels = (p | beam.Create(inputs) | RunInference(handler)
                   | beam.Map(lambda r: int(np.argmax(r.inference))))
         assert_that(labels, equal_to(want))
+
+
+def test_model_handler_takes_images_and_returns_labels(model, split):
+    """Decoded images in (Pillow and uint8 arrays, any mode), normalised with
+    the model's own preprocessing; labels and top-k out."""
+    images = [digit_image(split.test_images[i], 24) for i in range(6)]
+    images[1] = images[1].convert("RGBA")
+    images[2] = np.asarray(images[2].convert("RGB"))
+    want = [str(split.test_labels[i]) for i in range(6)]
+    handler = TheanoModelHandler("digits-cnn", inputs="images",
+                                 outputs="top_k", top_k=3, max_batch_size=4)
+    with beam_pipeline() as p:
+        rows = (p | beam.Create(images) | RunInference(handler)
+                | beam.Map(lambda r: (r.inference["label"], r.model_id,
+                                      [label for label, _ in
+                                       r.inference["top_k"]][0],
+                                      len(r.inference["top_k"]))))
+        assert_that(rows, equal_to([(w, model.ref, w, 3) for w in want]))
+
+
+def test_model_handler_refuses_unnormalised_uint8_arrays(model):
+    handler = TheanoModelHandler("digits-cnn")
+    predictor = handler.load_model()
+    pixels = np.zeros((1, 32, 32), np.uint8)
+    with pytest.raises(ValueError, match="inputs='images'"):
+        handler.run_inference([pixels], predictor)
+
+
+def test_model_handler_follows_model_updates(model, tmp_path):
+    """RunInference's model updates name a version folder; results carry the
+    new model's id."""
+    handler = TheanoModelHandler("digits-cnn@1")
+    handler.update_model_path(model.location)
+    predictor = handler.load_model()
+    (result,) = handler.run_inference(
+        [np.zeros((1, 32, 32), np.float32)], predictor)
+    assert result.model_id == model.ref and predictor.model.location == \
+        model.location
+    handler.update_model_path(str(tmp_path / "no-such-version"))
+    with pytest.raises(ImgclassError, match="no-such-version"):
+        handler.load_model()
+
+
+def test_model_handler_passes_beam_options_through():
+    handler = TheanoModelHandler("digits-cnn", large_model=True,
+                                 model_copies=2, max_batch_duration_secs=5,
+                                 min_batch_size=2, max_batch_size=9)
+    assert handler.share_model_across_processes()
+    assert handler.model_copies() == 2
+    assert handler.batch_elements_kwargs() == {
+        "min_batch_size": 2, "max_batch_size": 9,
+        "max_batch_duration_secs": 5}
+
+
+def test_offline_options_never_use_the_downloading_direct_runner():
+    from pipeline.run import offline_options
+    with beam.Pipeline(options=offline_options()) as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 2),
+                    equal_to([2, 4]))
+    assert type(p.runner).__name__ == "FnApiRunner"
+    assert offline_options("--runner=PortableRunner").view_as(
+        beam.options.pipeline_options.StandardOptions).runner == \
+        "PortableRunner"

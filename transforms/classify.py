@@ -7,21 +7,14 @@ from typing import Optional
 
 import apache_beam as beam
 
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import ERRORS, DecodeBatchFn
-from transforms.predict import PredictBatchesFn
+from transforms.predict import DEFAULT_TOP_K, PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 
 DEFAULT_MODEL = "digits-cnn@latest"
-DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 256
-
-
-def _check_positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class ClassifyBatches(beam.PTransform):
@@ -55,9 +48,9 @@ class ClassifyBatches(beam.PTransform):
         super().__init__()
         self._model_ref = model
         self._store = store
-        self._top_k = _check_positive("top_k", top_k)
-        self.batch_size = _check_positive("batch_size", batch_size)
-        self._max_pixels = _check_positive("max_pixels", max_pixels)
+        self._top_k = check_positive("top_k", top_k)
+        self.batch_size = check_positive("batch_size", batch_size)
+        self._max_pixels = check_positive("max_pixels", max_pixels)
         self._run_id = run_id
         self.model = loaded  # the StoredModel, once expanded
 

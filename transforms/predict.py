@@ -30,9 +30,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
 
-from model_store.errors import ModelIntegrityError
+from PIL import Image
+
+from model_store.errors import (ConfigError, ModelIntegrityError,
+                                check_positive)
+from model_store.images import to_mode
 from transforms import schema
 from transforms.decode import METRICS_NAMESPACE, error_row
+
+DEFAULT_TOP_K = 5
 
 def load_predictor(model_ref: str, store: Optional[str],
                    expected_sha256: Optional[str] = None):
@@ -48,6 +54,16 @@ def load_predictor(model_ref: str, store: Optional[str],
             f"{expected_sha256[:12]}...: deploy the same model store to "
             f"every worker")
     return compile_predictor(model)
+
+
+def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best classes of each row, best first: ``(ids, scores)``."""
+    k = min(k, probs.shape[1])
+    # argpartition then sort the k best: O(N*K) rather than a full sort.
+    best = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1)
+    best = np.take_along_axis(best, order, axis=1)
+    return best, np.take_along_axis(probs, best, axis=1).astype(np.float32)
 
 
 class _Progress:
@@ -138,12 +154,8 @@ class PredictBatchesFn(beam.DoFn):
         yield self._table(batch, probs)
 
     def _table(self, batch: Sequence, probs: np.ndarray) -> pa.Table:
-        n, k = len(batch), min(self._top_k, probs.shape[1])
-        # argpartition then sort the k best: O(N*K) rather than a full sort.
-        best = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1)
-        best = np.take_along_axis(best, order, axis=1)
-        scores = np.take_along_axis(probs, best, axis=1).astype(np.float32)
+        best, scores = top_k_classes(probs, self._top_k)
+        n, k = best.shape
         top = pa.ListArray.from_arrays(
             pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
             pa.StructArray.from_arrays(
@@ -169,44 +181,114 @@ class PredictBatchesFn(beam.DoFn):
         return pa.Table.from_pydict(columns, schema=schema.PREDICTIONS)
 
 
-class TheanoModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
+INPUT_KINDS = ("arrays", "images")
+OUTPUT_KINDS = ("probabilities", "top_k")
+
+
+class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
     """A stored Theano model for Beam's ``RunInference``.
 
-    Examples are normalised ``float32 (C, H, W)`` arrays, e.g. from
-    ``model.preprocessing([image])[0]``; each result's ``inference`` holds the
-    class probabilities. Example::
+    Example::
 
-        handler = TheanoModelHandler("digits-cnn@1")
-        probs = examples | RunInference(handler)
+        handler = TheanoModelHandler("digits-cnn@1", inputs="images",
+                                     outputs="top_k", top_k=3)
+        results = images | RunInference(handler)
 
     Args:
         model_ref: ``NAME``, ``NAME@VERSION`` or a version folder path.
         store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
             shipped models).
-        min_batch_size: smallest batch ``RunInference`` forms.
-        max_batch_size: largest batch ``RunInference`` forms.
+        inputs: ``"arrays"``: each example is a normalised ``float32 (C, H,
+            W)`` array, e.g. ``model.preprocessing([image])[0]`` (``uint8``
+            arrays are refused: they would be classified un-normalised);
+            ``"images"``: each example is a decoded Pillow image or a
+            ``uint8`` array ``(H, W)`` / ``(H, W, C)``, converted, resized
+            and normalised here with the model's own preprocessing.
+        outputs: ``"probabilities"``: ``inference`` is the class
+            probabilities; ``"top_k"``: a dict with ``label``, ``class_id``,
+            ``confidence`` and ``top_k`` (``[(label, score)]``, best first).
+        top_k: how many classes ``outputs="top_k"`` lists.
+        **kwargs: Beam's ``ModelHandler`` options, passed through:
+            ``min_batch_size``, ``max_batch_size``,
+            ``max_batch_duration_secs``, ``large_model``, ``model_copies``,
+            ``env_vars``, ...
+
+    A model update through ``RunInference(model_metadata_pcoll=...)`` (or
+    Beam's ``WatchFilePattern``) names a version folder or ``NAME@VERSION``;
+    :meth:`update_model_path` switches to it and results carry its
+    ``model_id``.
     """
 
     def __init__(self, model_ref: str, *, store: Optional[str] = None,
-                 min_batch_size: Optional[int] = None,
-                 max_batch_size: Optional[int] = None):
-        super().__init__(min_batch_size=min_batch_size,
-                         max_batch_size=max_batch_size)
+                 inputs: str = "arrays", outputs: str = "probabilities",
+                 top_k: int = DEFAULT_TOP_K, **kwargs):
+        if inputs not in INPUT_KINDS:
+            raise ConfigError(f"inputs must be one of {', '.join(INPUT_KINDS)}"
+                              f", got {inputs!r}")
+        if outputs not in OUTPUT_KINDS:
+            raise ConfigError(f"outputs must be one of "
+                              f"{', '.join(OUTPUT_KINDS)}, got {outputs!r}")
+        super().__init__(**kwargs)
         self._model_ref = model_ref
         self._store = store
+        self._inputs = inputs
+        self._outputs = outputs
+        self._top_k = check_positive("top_k", top_k)
 
     def load_model(self):
         return load_predictor(self._model_ref, self._store)
 
-    def run_inference(self, batch: Sequence[np.ndarray], model,
+    def update_model_path(self, model_path: Optional[str] = None):
+        if model_path:
+            self._model_ref = model_path
+
+    def run_inference(self, batch: Sequence[Any], predictor,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        probs = model(np.stack(batch))
-        return [PredictionResult(x, p, model_id=model.model.ref)
-                for x, p in zip(batch, probs)]
+        probs = predictor(self._network_input(batch, predictor))
+        model_id = predictor.model.ref
+        if self._outputs == "probabilities":
+            return [PredictionResult(x, p, model_id=model_id)
+                    for x, p in zip(batch, probs)]
+        labels = predictor.model.class_names
+        best, scores = top_k_classes(probs, self._top_k)
+        return [PredictionResult(x, {
+            "label": labels[ids[0]], "class_id": int(ids[0]),
+            "confidence": float(row[0]),
+            "top_k": [(labels[i], float(s)) for i, s in zip(ids, row)]},
+            model_id=model_id) for x, ids, row in zip(batch, best, scores)]
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(x.nbytes for x in batch)
+    def _network_input(self, batch: Sequence[Any], predictor) -> np.ndarray:
+        prep = predictor.model.preprocessing
+        if self._inputs == "images":
+            return prep([_as_image(x, prep) for x in batch])
+        arrays = [np.asarray(x) for x in batch]
+        if any(a.dtype == np.uint8 for a in arrays):
+            raise ConfigError(
+                f"TheanoModelHandler got uint8 pixels, which would be "
+                f"classified un-normalised: pass inputs='images' to normalise "
+                f"them with model {predictor.model.ref}'s preprocessing")
+        return np.stack(arrays)
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(getattr(x, "nbytes", 0) or _image_bytes(x) for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return "imgclass_RunInference"
+
+
+def _as_image(example, prep) -> Image.Image:
+    """A Pillow image or a ``uint8`` array, in the model's colour mode."""
+    if not isinstance(example, Image.Image):
+        pixels = np.asarray(example)
+        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+            raise ConfigError(f"inputs='images' takes Pillow images or uint8 "
+                              f"arrays (H, W) or (H, W, C), got "
+                              f"{pixels.dtype} {pixels.shape}")
+        example = Image.fromarray(pixels)
+    return to_mode(example, mode=prep.color_mode, background=prep.background)
+
+
+def _image_bytes(image) -> int:
+    width, height = getattr(image, "size", (0, 0))
+    return width * height * len(getattr(image, "getbands", lambda: "")())
