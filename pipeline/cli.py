@@ -18,12 +18,17 @@ from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def _models_list(args) -> int:
     from model_store.store import list_models, load_model, store_root
 
     infos = list_models(args.store)
+    if args.json:
+        for info in infos:
+            print(json.dumps(_listing(info, args.store)))
+        return EXIT_OK
     if not infos:
         print(f"no models in {store_root(args.store)}")
         return EXIT_OK
@@ -40,12 +45,37 @@ def _models_list(args) -> int:
     return EXIT_OK
 
 
+def _listing(info, store) -> dict:
+    """One version as ``models list --json`` prints it."""
+    from model_store.store import load_model
+
+    row = {"name": info.name, "version": info.version,
+           "location": info.location}
+    try:
+        meta = load_model(info.ref, root=store).metadata
+    except ImgclassError as error:
+        return dict(row, ok=False, error=str(error))
+    return dict(row, ok=True, accuracy=meta.get("metrics", {}).get(
+        "accuracy"), created_at=meta.get("created_at"),
+        classes=len(meta["class_names"]))
+
+
 def _models_show(args) -> int:
     from model_store import layers as L
     from model_store.store import load_model
 
     model = load_model(args.model, root=args.store)
     network = model.build()
+    layers = [{"name": layer.name, "type": type(layer).__name__,
+               "output_shape": list(layer.output_shape),
+               "params": {p.name.split(".")[1]: list(
+                   p.get_value(borrow=True).shape) for p in layer.params}}
+              for layer in L.get_all_layers(network)]
+    if args.json:
+        print(json.dumps({"ref": model.ref, "location": model.location,
+                          "metadata": model.metadata, "layers": layers,
+                          "flops_per_image": L.count_flops(network)}))
+        return EXIT_OK
     print(f"{model.ref}  ({model.location})")
     meta = model.metadata
     for key in ("description", "created_at", "input_shape", "color_mode",
@@ -57,12 +87,11 @@ def _models_show(args) -> int:
     if training:
         print(f"  training: {json.dumps({k: v for k, v in training.items() if k != 'history'})}")
     print("  layers:")
-    for layer in L.get_all_layers(network):
-        params = ", ".join(f"{p.name.split('.')[1]}"
-                           f"{tuple(p.get_value(borrow=True).shape)}"
-                           for p in layer.params)
-        print(f"    {layer.name:<8} {type(layer).__name__:<15} -> "
-              f"{layer.output_shape} {params}")
+    for layer in layers:
+        params = ", ".join(f"{name}{tuple(shape)}"
+                           for name, shape in layer["params"].items())
+        print(f"    {layer['name']:<8} {layer['type']:<15} -> "
+              f"{tuple(layer['output_shape'])} {params}")
     print(f"  forward pass: {L.count_flops(network) / 1e6:.2f} MFLOP per image")
     return EXIT_OK
 
@@ -127,7 +156,7 @@ def _evaluate(args) -> int:
 
 
 def _classify(args) -> int:
-    from pipeline.run import ClassifyConfig, RunFailed, run_classify
+    from pipeline.run import ClassifyConfig, RunFailed, run_classify, summary
 
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
@@ -135,12 +164,14 @@ def _classify(args) -> int:
         max_pixels=args.max_pixels, partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
-        beam_args=args.beam_args)
+        min_confidence=args.min_confidence, beam_args=args.beam_args)
     try:
-        run_classify(config)
+        manifest = run_classify(config, log=_log(args))
     except RunFailed as error:
         print(f"imgclass: run failed: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if args.summary_json:
+        print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
 
 
@@ -151,11 +182,12 @@ def _watch(args) -> int:
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, beam_args=args.beam_args)
+        max_pixels=args.max_pixels, min_confidence=args.min_confidence,
+        beam_args=args.beam_args)
     with stop_on_signals(threading.Event()) as stop:
         try:
             watch(config, interval=args.interval, window=args.window,
-                  settle=args.settle, stop_event=stop)
+                  settle=args.settle, stop_event=stop, log=_log(args))
         except RunFailed as error:
             print(f"imgclass: watch failed: {error}", file=sys.stderr)
             return EXIT_FAILED
@@ -174,6 +206,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability from 0 to 1, got {text!r}")
+    return value
+
+
+def _log(args):
+    """Where run messages go: stderr, or nowhere with -q."""
+    return open(os.devnull, "w") if args.quiet else sys.stderr
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    from model_store.store import resolve
+    try:
+        default = resolve(DEFAULT_MODEL).ref
+    except ImgclassError:
+        default = f"{DEFAULT_MODEL} (not found)"
+    return (f"imgclass {metadata.version('imgclass')} (Apache Beam "
+            f"{metadata.version('apache-beam')}, Theano "
+            f"{metadata.version('theano')}, Python "
+            f"{sys.version.split()[0]}; default model {default})")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -189,7 +251,7 @@ class _Parser(argparse.ArgumentParser):
     """Reports a usage mistake in one line (exit code 2), not a usage block."""
 
     def error(self, message):
-        raise ConfigError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
 def _add_model_options(parser, model_help: str) -> None:
@@ -209,6 +271,48 @@ def _add_model_options(parser, model_help: str) -> None:
                         help="larger images become error rows, a guard "
                              "against decompression bombs (default: "
                              "%(default)s)")
+    parser.add_argument("--min-confidence", type=_probability, default=0.0,
+                        metavar="P",
+                        help="rows whose best probability is below P get a "
+                             "null label (top-k is kept), so that queries "
+                             "can tell 'unsure' from a label (default: "
+                             "%(default)s, every row labelled)")
+
+
+def _add_common_options(parser, default) -> None:
+    """Options accepted before and after the command. Their defaults are
+    set once, on the top-level parser (``build_parser``); here ``default``
+    is SUPPRESS, so that an option given before the command is not reset by
+    the command's parser."""
+    parser.add_argument(
+        "--store", metavar="DIR", default=default,
+        help="model store root, a local folder or any Beam filesystem path "
+             "(default: $IMGCLASS_MODEL_STORE, else the models shipped "
+             "in model_store/models)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print only errors (and --summary-json)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        default=default,
+                        help="also show Beam's own log lines")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, worked out only when asked for."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version())
+        parser.exit()
+
+
+class _CommandParser(_Parser):
+    """A command's parser: also takes the common options."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _add_common_options(self, argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,28 +321,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify image files in bulk with Apache Beam and a "
                     "compiled Theano network; manage, train and evaluate the "
                     "models.")
-    parser.add_argument(
-        "--store", metavar="DIR", default=None,
-        help="model store root, a local folder or any Beam filesystem path "
-             "(default: $IMGCLASS_MODEL_STORE, else the models shipped "
-             "in model_store/models)")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of imgclass, Beam, Theano, "
+                             "Python and the default model, and exit")
+    _add_common_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(store=None, quiet=False, verbose=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     required=True)
+                                     required=True,
+                                     parser_class=_CommandParser)
 
     models = commands.add_parser(
         "models", help="list, show and verify stored models",
         description="List, show and verify the models in the store.")
     models_commands = models.add_subparsers(dest="models_command",
-                                            metavar="ACTION", required=True)
-    models_commands.add_parser(
+                                            metavar="ACTION", required=True,
+                                            parser_class=_CommandParser)
+    listing = models_commands.add_parser(
         "list", help="every stored model version",
-        description="List every stored model version with its accuracy."
-    ).set_defaults(func=_models_list)
+        description="List every stored model version with its accuracy.")
+    listing.add_argument("--json", action="store_true",
+                         help="print one JSON object per version, one a line")
+    listing.set_defaults(func=_models_list)
     show = models_commands.add_parser(
         "show", help="one version's metadata and layers",
         description="Show a model version's metadata, layers and shapes.")
     show.add_argument("model", metavar="NAME[@VERSION]",
                       help="e.g. digits-cnn, digits-cnn@1 or a folder path")
+    show.add_argument("--json", action="store_true",
+                      help="print the metadata and layers as one JSON object")
     show.set_defaults(func=_models_show)
     check = models_commands.add_parser(
         "verify", help="check checksums and weight shapes",
@@ -282,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and confusion matrix on held-out data",
-        description="Evaluate a model on the held-out 20%% of the digits: "
+        description="Evaluate a model on the held-out 20% of the digits: "
                     "accuracy, per-class precision and recall, confusion "
                     "matrix.")
     evaluate.add_argument("--model", default=DEFAULT_MODEL,
@@ -341,6 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "'content' (same sha256, for stores that "
                                "rewrite unchanged files; reads new files "
                                "twice) (default: %(default)s)")
+    classify.add_argument("--summary-json", action="store_true",
+                          help="when the run is done, print one JSON line "
+                               "on stdout: run id, output, model, counts, "
+                               "seconds (for schedulers)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
     watch = commands.add_parser(
@@ -403,6 +517,16 @@ def _configure_logging() -> None:
         os.environ.get("IMGCLASS_BEAM_LOG_LEVEL", "ERROR"))
 
 
+def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
+    if quiet and verbose:
+        raise ConfigError("-q and -v contradict each other: give one")
+    if quiet:  # worker processes inherit it
+        from transforms.predict import PROGRESS_ENV
+        os.environ[PROGRESS_ENV] = "0"
+    if verbose:
+        logging.getLogger("apache_beam").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     _configure_logging()
     parser = build_parser()
@@ -411,13 +535,17 @@ def main(argv: list[str] | None = None) -> int:
         if extra and not getattr(args, "accepts_beam_options", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.beam_args = extra
+        _set_verbosity(quiet=args.quiet, verbose=args.verbose)
         return args.func(args)
     except ImgclassError as error:
         print(f"imgclass: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. '| head': the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except KeyboardInterrupt:
         print("imgclass: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class ClassifyConfig:
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    min_confidence: float = 0.0
     partition_by: str = "none"
     run_date: Optional[str] = None
     overwrite: bool = False
@@ -261,7 +262,8 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "runner": runner_name,
         "options": options.get_all_options(drop_default=True),
         "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
-                     "max_pixels": config.max_pixels},
+                     "max_pixels": config.max_pixels,
+                     "min_confidence": config.min_confidence},
         "files": paths.destinations(staged),
     }
     if matched != predicted + failed + skipped:
@@ -279,6 +281,13 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
           + (f", {skipped} skipped (done before)" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
     return manifest
+
+
+def summary(manifest: dict) -> dict:
+    """The run in one small JSON object (``--summary-json``)."""
+    return {key: manifest[key] for key in (
+        "run_id", "output", "model", "counts", "seconds", "started_at",
+        "finished_at")}
 
 
 def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
@@ -304,7 +313,8 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     results = batches | "Classify" >> ClassifyBatches(
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
-        max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model)
+        max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model,
+        min_confidence=config.min_confidence)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
     _ = results["errors"] | "WriteErrors" >> WriteRows(

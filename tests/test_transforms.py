@@ -100,6 +100,21 @@ def test_predict_batches_writes_sorted_top_k_rows(model, split):
         assert_that(tables.errors, equal_to([]), label="no errors")
 
 
+def test_predict_leaves_unsure_rows_unlabelled_but_keeps_top_k(model):
+    fn = PredictBatchesFn(model.ref, store=None,
+                          expected_sha256=model.weights_sha256, top_k=2,
+                          run_id="r", min_confidence=0.6)
+    fn.setup()
+    probs = np.full((3, 10), 0.01, np.float32)
+    probs[0, 3], probs[1, 7], probs[2, 5] = 0.91, 0.59, 0.6
+    examples = [Example(f"p{i}", None, 8, 8) for i in range(3)]
+    rows = fn._table(examples, probs).to_pylist()
+    assert [(r["label"], r["class_id"]) for r in rows] == [
+        ("3", 3), (None, None), ("5", 5)]
+    assert rows[1]["top_k"][0] == {"label": "7", "score": pytest.approx(0.59)}
+    assert rows[1]["confidence"] == pytest.approx(0.59)
+
+
 def test_predict_refuses_a_model_that_differs_on_the_worker(model):
     fn = PredictBatchesFn(model.ref, store=None, expected_sha256="0" * 64,
                           top_k=1, run_id="r")

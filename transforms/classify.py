@@ -34,6 +34,8 @@ class ClassifyBatches(beam.PTransform):
         top_k: how many of the best classes each row lists.
         batch_size: images per Theano call.
         max_pixels: images with more pixels are refused (bomb guard).
+        min_confidence: rows whose best probability is lower get a null
+            label (see ``PredictBatchesFn``); 0 (default) labels every row.
         run_id: identifier written in every row.
         loaded: the model already loaded and verified from ``model`` (by a
             driver that needed it before building the pipeline), so that
@@ -44,8 +46,12 @@ class ClassifyBatches(beam.PTransform):
                  store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS, run_id: str = "",
-                 loaded=None):
+                 loaded=None, min_confidence: float = 0.0):
         super().__init__()
+        if not 0.0 <= min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence must be between 0 and 1, got "
+                              f"{min_confidence!r}")
+        self._min_confidence = min_confidence
         self._model_ref = model
         self._store = store
         self._top_k = check_positive("top_k", top_k)
@@ -73,7 +79,8 @@ class ClassifyBatches(beam.PTransform):
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=model.weights_sha256,
-                             top_k=self._top_k, run_id=self._run_id)
+                             top_k=self._top_k, run_id=self._run_id,
+                             min_confidence=self._min_confidence)
         ).with_outputs(ERRORS, main="predictions")
         errors = ((examples[ERRORS], predicted[ERRORS])
                   | "Errors" >> beam.Flatten())

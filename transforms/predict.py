@@ -81,7 +81,7 @@ class _Progress:
             if self.started is None:  # count from the first batch, not
                 self.started = self.last = now  # from compiling the model
             self.done += count
-            if now - self.last >= self.every:
+            if 0 < self.every <= now - self.last:
                 self.last = now
                 # print, not logging: worker processes of the local
                 # multi-processing runner share the terminal's stderr.
@@ -91,8 +91,9 @@ class _Progress:
                       file=sys.stderr, flush=True)
 
 
-# IMGCLASS_PROGRESS_SECONDS sets how often workers report (default 10 s).
-_PROGRESS = _Progress(float(os.environ.get("IMGCLASS_PROGRESS_SECONDS", "10")))
+# How often workers report, in seconds (default 10); 0 turns reports off.
+PROGRESS_ENV = "IMGCLASS_PROGRESS_SECONDS"
+_PROGRESS = _Progress(float(os.environ.get(PROGRESS_ENV, "10")))
 
 
 class PredictBatchesFn(beam.DoFn):
@@ -105,11 +106,15 @@ class PredictBatchesFn(beam.DoFn):
         expected_sha256: the weights' checksum as the driver saw it.
         top_k: how many of the best classes each row lists.
         run_id: the run's identifier, written in every row.
+        min_confidence: rows whose best probability is lower get a null
+            ``label`` and ``class_id`` (their ``top_k`` is kept).
     """
 
     def __init__(self, model_ref: str, *, store: Optional[str],
-                 expected_sha256: str, top_k: int, run_id: str):
+                 expected_sha256: str, top_k: int, run_id: str,
+                 min_confidence: float = 0.0):
         self._model_ref = model_ref
+        self._min_confidence = min_confidence
         self._store = store
         self._sha256 = expected_sha256
         self._top_k = top_k
@@ -156,6 +161,7 @@ class PredictBatchesFn(beam.DoFn):
     def _table(self, batch: Sequence, probs: np.ndarray) -> pa.Table:
         best, scores = top_k_classes(probs, self._top_k)
         n, k = best.shape
+        unsure = scores[:, 0] < self._min_confidence
         top = pa.ListArray.from_arrays(
             pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)),
             pa.StructArray.from_arrays(
@@ -165,8 +171,9 @@ class PredictBatchesFn(beam.DoFn):
         now = datetime.datetime.now(datetime.timezone.utc)
         columns = {
             "path": pa.array([e.path for e in batch], pa.string()),
-            "label": pa.array(self._labels[best[:, 0]], pa.string()),
-            "class_id": pa.array(best[:, 0].astype(np.int32)),
+            "label": pa.array(self._labels[best[:, 0]], pa.string(),
+                              mask=unsure),
+            "class_id": pa.array(best[:, 0].astype(np.int32), mask=unsure),
             "confidence": pa.array(scores[:, 0]),
             "top_k": top,
             "model_name": pa.array([self._name] * n, pa.string()),

@@ -10,7 +10,8 @@ TOP_K_ENTRY = pa.struct([("label", pa.string()), ("score", pa.float32())])
 
 PREDICTIONS = pa.schema([
     ("path", pa.string()),            # the full matched URI
-    ("label", pa.string()),           # class name of the top prediction
+    ("label", pa.string()),           # class name of the top prediction;
+                                      # null below --min-confidence
     ("class_id", pa.int32()),         # its index in the model's classes
     ("confidence", pa.float32()),     # its probability
     ("top_k", pa.list_(TOP_K_ENTRY)), # the k best, best first

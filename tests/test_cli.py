@@ -1,0 +1,80 @@
+"""The command line as users and schedulers read it: versions, JSON output,
+quiet runs, options in either place, one-line usage errors."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from model_store.store import DEFAULT_ROOT
+
+
+def test_version_line(capsys):
+    from pipeline.cli import main
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    line = capsys.readouterr().out.strip()
+    assert "\n" not in line
+    for part in ("imgclass 0.1.0", "Apache Beam 2.77", "Theano 1.0.5",
+                 "Python 3.11", "default model digits-cnn@1"):
+        assert part in line
+
+
+def test_models_list_and_show_as_json(cli):
+    code, out, _ = cli("models", "list", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and {"name": "digits-cnn", "version": 1,
+                          "ok": True} .items() <= rows[0].items()
+    assert rows[0]["accuracy"] > 0.98 and rows[0]["classes"] == 10
+    code, out, _ = cli("models", "show", "digits-cnn@1", "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["ref"] == "digits-cnn@1"
+    assert shown["metadata"]["class_names"] == [str(d) for d in range(10)]
+    assert [layer["name"] for layer in shown["layers"]][-1] == "prob"
+    assert shown["layers"][1]["params"]["W"] == [32, 1, 3, 3]
+
+
+def test_store_is_accepted_after_the_command(cli, tmp_path):
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    assert cli("models", "list", "--store", empty)[1].startswith("no models")
+    assert cli("--store", empty, "models", "list")[1].startswith("no models")
+    code, out, _ = cli("--store", empty, "models", "list", "--store",
+                       DEFAULT_ROOT)
+    assert code == 0 and "digits-cnn" in out
+
+
+def test_usage_mistakes_are_one_line_without_a_doubled_prefix(cli):
+    code, out, err = cli("classify", "--output", "x")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "imgclass: error: the following arguments are required: --input "
+        "(see 'imgclass classify --help')"]
+
+
+def test_evaluate_help_shows_a_plain_percent(capsys):
+    from pipeline.cli import main
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "held-out 20% of" in text and "%%" not in text
+
+
+def test_quiet_run_prints_only_the_json_summary(cli, tmp_path):
+    out_dir = tmp_path / "out"
+    code, out, err = cli("classify", "-q", "--input", "samples/digits/more",
+                         "--output", out_dir, "--summary-json",
+                         "--min-confidence", "0.999")  # the rule, row by row
+    summary = json.loads(out)
+    assert code == 0 and err == ""
+    table = pq.read_table(os.path.join(out_dir, "predictions"))
+    assert summary["counts"]["matched"] == 7 == table.num_rows
+    assert summary["model"]["name"] == "digits-cnn"
+    # below the threshold: no label, but the top-k is kept
+    rows = table.to_pylist()
+    unsure = [r for r in rows if r["confidence"] < 0.999]
+    assert all(r["label"] is None and r["class_id"] is None
+               and r["top_k"] for r in unsure)
+    assert all(r["label"] is not None for r in rows if r not in unsure)
+    assert all(r["confidence"] >= 0.999 for r in rows if r not in unsure)
