@@ -59,7 +59,7 @@ LAYER_TYPES: dict[str, type] = {
 INPUT = "input"  # the name ``inputs`` use for the network's input
 MAX_LAYERS = 10_000
 MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
-MAX_ACTIVATIONS = 100_000_000  # 400 MB of float32 per example
+MAX_ACTIVATIONS = 250_000_000  # 1 GB of float32 per example, all layers
 _RESERVED = {"type", "name", "inputs"}
 
 

@@ -65,6 +65,9 @@ def load_spec(path: str) -> dict:
     except json.JSONDecodeError as error:
         raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
             from None
+    except RecursionError:
+        raise ConfigError(f"spec file {path} nests JSON too deeply to be a "
+                          f"network spec") from None
 
 
 def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
