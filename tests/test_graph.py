@@ -146,3 +146,21 @@ def test_every_layer_must_feed_the_output():
         {"type": "dense", "name": "out", "num_units": 2, "inputs": ["f"]}]}
     with pytest.raises(SpecError, match="'dead' feed nothing"):
         build_network(spec)
+
+
+def test_readme_spec_example_builds_and_lists_every_layer_type():
+    import json
+    import os
+    import re
+
+    from model_store.spec import LAYER_TYPES
+    readme = open(os.path.join(os.path.dirname(__file__), "..",
+                               "README.md")).read()
+    section = readme[readme.index("To add an architecture"):]
+    example = json.loads(re.search(r"```json\n(.*?)```", section,
+                                   re.S).group(1))
+    net = build_network(example)
+    assert net.output_shape == (None, 10)
+    table = section[:section.index("Nonlinearities:")]
+    assert {kind for kind in LAYER_TYPES if f"`{kind}`" in table} == set(
+        LAYER_TYPES)
