@@ -16,6 +16,7 @@ import threading
 
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
+from transforms.files import DEFAULT_MAX_FILE_BYTES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -132,7 +133,8 @@ def _classify(args) -> int:
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, partition_by=args.partition_by,
+        max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+        partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
         beam_args=args.beam_args)
@@ -151,7 +153,8 @@ def _watch(args) -> int:
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, beam_args=args.beam_args)
+        max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+        beam_args=args.beam_args)
     with stop_on_signals(threading.Event()) as stop:
         try:
             watch(config, interval=args.interval, window=args.window,
@@ -209,6 +212,10 @@ def _add_model_options(parser, model_help: str) -> None:
                         help="larger images become error rows, a guard "
                              "against decompression bombs (default: "
                              "%(default)s)")
+    parser.add_argument("--max-file-bytes", type=_positive_int,
+                        default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                        help="larger files become error rows without being "
+                             "read whole (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,11 +19,12 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import outputs
+from pipeline import inputs, outputs
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
-from transforms.decode import METRICS_NAMESPACE
+from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.read import BatchFiles, MatchFiles
 from transforms.skip import NEW, SKIPPED, SkipDone, ledger_table
 from transforms.write import WriteRows, WriteTables
@@ -50,6 +51,7 @@ class ClassifyConfig:
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     partition_by: str = "none"
     run_date: Optional[str] = None
     overwrite: bool = False
@@ -146,7 +148,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
         if len(config.run_date) != 10:
             raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                               f"{config.run_date!r}")
-    patterns = [outputs.input_pattern(p) for p in config.inputs]
+    patterns = inputs.input_patterns(config.inputs, config.output)
     if config.skip_done_by != "mtime" and not config.skip_done:
         raise ConfigError("--skip-done-by only applies with --skip-done")
     if config.overwrite and config.skip_done:
@@ -232,7 +234,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "model": {"name": model.name, "version": str(model.version),
                   "weights_sha256": model.weights_sha256,
                   "location": model.location},
-        "inputs": list(config.inputs),
+        "inputs": [escape_path(i) for i in config.inputs],
         "patterns": patterns,
         "output": config.output,
         "partition": partition,
@@ -247,7 +249,8 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "runner": runner_name,
         "options": options.get_all_options(drop_default=True),
         "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
-                     "max_pixels": config.max_pixels},
+                     "max_pixels": config.max_pixels,
+                     "max_file_bytes": config.max_file_bytes},
         "files": paths.destinations(staged),
     }
     if matched != predicted + failed + skipped:
@@ -269,14 +272,17 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
 
 def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     """The pipeline: match, [skip done], classify, write four tables."""
-    matched = (pipeline
-               | "Patterns" >> beam.Create(patterns)
-               | "MatchFiles" >> MatchFiles(settle_seconds=config.settle))
+    listed = (pipeline
+              | "Patterns" >> beam.Create(patterns)
+              | "MatchFiles" >> MatchFiles(
+                  exclude=inputs.excluded(config.output),
+                  settle_seconds=config.settle, run_id=paths.run_id))
+    matched = listed.files
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
             model_version=str(model.version), run_id=paths.run_id,
-            by=config.skip_done_by)
+            by=config.skip_done_by, max_file_bytes=config.max_file_bytes)
         matched = parts[NEW]
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
@@ -290,11 +296,14 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     results = batches | "Classify" >> ClassifyBatches(
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
-        max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model)
+        max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
+        run_id=paths.run_id, loaded=model)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
-    _ = results["errors"] | "WriteErrors" >> WriteRows(
-        paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
+    _ = ((listed[ERRORS], results["errors"])
+         | "AllErrors" >> beam.Flatten()
+         | "WriteErrors" >> WriteRows(
+             paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
 
 
 def _first_line(error: BaseException) -> str:

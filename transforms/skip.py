@@ -20,7 +20,7 @@ from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import fileio, parquetio
+from apache_beam.io import parquetio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
@@ -28,6 +28,7 @@ from model_store.errors import ConfigError
 
 from transforms import schema
 from transforms.decode import METRICS_NAMESPACE
+from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
 
 NEW, SKIPPED = "new", "skipped"
 SKIP_BY = ("mtime", "content")
@@ -47,12 +48,19 @@ def _done_key(by: str, size, mtime, sha256):
 class _DigestFn(beam.DoFn):
     """Attaches the sha256 of each file's bytes as ``metadata.sha256``."""
 
+    def __init__(self, max_file_bytes: int):
+        self._max_bytes = max_file_bytes
+
     def process(self, metadata: FileMetadata):
         copy = FileMetadata(metadata.path, metadata.size_in_bytes,
                             metadata.last_updated_in_seconds)
         try:
-            copy.sha256 = hashlib.sha256(
-                fileio.ReadableFile(metadata).read()).hexdigest()
+            digest = hashlib.sha256()
+            for chunk in iter_chunks(metadata.path,
+                                     size=metadata.size_in_bytes,
+                                     max_bytes=self._max_bytes):
+                digest.update(chunk)
+            copy.sha256 = digest.hexdigest()
         except Exception:  # unreadable: classified, so the read error is
             copy.sha256 = None  # recorded as an error row by the decoder
         yield copy
@@ -93,10 +101,13 @@ class SkipDone(beam.PTransform):
         model_version: ... and version count as done.
         run_id: this run's identifier, for the skipped rows.
         by: ``"mtime"`` or ``"content"`` (see the module docstring).
+        max_file_bytes: larger files are not hashed (they become read
+            errors when classified).
     """
 
     def __init__(self, ledger_files: Sequence[str], *, model_name: str,
-                 model_version: str, run_id: str, by: str = "mtime"):
+                 model_version: str, run_id: str, by: str = "mtime",
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         super().__init__()
         if by not in SKIP_BY:
             raise ConfigError(f"--skip-done-by must be one of "
@@ -105,11 +116,13 @@ class SkipDone(beam.PTransform):
         self._model = (model_name, str(model_version))
         self._run_id = run_id
         self._by = by
+        self._max_file_bytes = max_file_bytes
 
     def expand(self, matched):
         model = self._model
         if self._by == "content":
-            matched = matched | "Digest" >> beam.ParDo(_DigestFn())
+            matched = matched | "Digest" >> beam.ParDo(
+                _DigestFn(self._max_file_bytes))
         keyed = matched | "KeyMatched" >> beam.Map(lambda m: (m.path, m))
         done = (matched.pipeline
                 | "LedgerFiles" >> beam.Create(self._files)
