@@ -32,6 +32,7 @@ import os
 import re
 import stat
 import urllib.parse
+import warnings
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 from model_store.errors import ImgclassError
@@ -243,7 +244,9 @@ def _glob_root(pattern: str):
         static += 1
     root = "/".join(literal_of(p) for p in parts[:static]) or "/"
     rest = parts[static:]
-    regex = re.compile(FileSystem.translate_pattern(pattern))
+    with warnings.catch_warnings():  # "[[]" (a literal "[") is not nested
+        warnings.simplefilter("ignore", FutureWarning)
+        regex = re.compile(FileSystem.translate_pattern(pattern))
     deep = any("**" in p or "?" in p for p in rest)
     return root, regex, None if deep else len(rest)
 
