@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, outputs
+from pipeline import inputs, layout, outputs
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
@@ -175,7 +175,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     return patterns, partition
 
 
-def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
+def run_classify(config: ClassifyConfig, *, log=None) -> dict:
     """Runs the whole job; returns the manifest.
 
     Raises:
@@ -184,9 +184,12 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     """
     from model_store.store import load_model
 
+    log = sys.stderr if log is None else log  # the stream of now, not import
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
     patterns, partition = validate(config)
+    layout.check(config.output, layout.layout_of(partition),
+                 overwrite=config.overwrite)
     model = load_model(config.model, root=config.store)
     recovered = outputs.recover(config.output)
     if recovered:
@@ -238,6 +241,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "patterns": patterns,
         "output": config.output,
         "partition": partition,
+        "layout": layout.layout_of(partition),
         "counts": {"matched": matched, "predicted": predicted,
                    "failed": failed, "skipped": skipped,
                    "failed_by_stage": by_stage,
@@ -260,6 +264,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
             f"predicted + {failed} failed + {skipped} skipped = "
             f"{predicted + failed + skipped}; nothing was published")
     paths.publish(staged, manifest, overwrite=config.overwrite)
+    layout.record(config.output, manifest["layout"])
     rate = (matched - skipped) / seconds if seconds > 0 else 0.0
     print(f"imgclass: run {run_id} done in {seconds:.1f}s: {matched} matched, "
           f"{predicted} predicted, {failed} failed"

@@ -50,7 +50,7 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from model_store.errors import ConfigError
-from pipeline import inputs, outputs
+from pipeline import inputs, layout, outputs
 from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
                           pipeline_options, run_classify, validate)
 from transforms.files import list_pattern
@@ -150,6 +150,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     patterns, _ = validate(base)
     output = base.output
     _check_layout(output)
+    layout.check(output, layout.layout_of(hour_partition(0)))
     counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
               "failed_runs": 0}
     with _locked(output):
