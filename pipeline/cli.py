@@ -137,7 +137,7 @@ def _classify(args) -> int:
         partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
-        beam_args=args.beam_args)
+        retry_errors=args.retry_errors, beam_args=args.beam_args)
     try:
         run_classify(config)
     except RunFailed as error:
@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "'content' (same sha256, for stores that "
                                "rewrite unchanged files; reads new files "
                                "twice) (default: %(default)s)")
+    classify.add_argument("--retry-errors", action="store_true",
+                          help="with --skip-done, also classify again files "
+                               "that failed to decode or preprocess (read "
+                               "and predict errors are always retried)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
     watch = commands.add_parser(

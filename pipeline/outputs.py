@@ -205,6 +205,11 @@ def ledger_files(output: str) -> list[str]:
     return _list(join(output, LEDGER_DIR, "*.parquet"))
 
 
+def error_files(output: str) -> list[str]:
+    """Error tables of the runs published in ``output``."""
+    return _list(join(output, ERRORS_DIR, "**.parquet"))
+
+
 def count_rows(paths: Iterable[str]) -> int:
     """Rows in Parquet files, from their footers only."""
     return sum(_metadata(p).num_rows for p in paths)

@@ -26,7 +26,8 @@ from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
 from transforms.decode import ERRORS, METRICS_NAMESPACE
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.read import BatchFiles, MatchFiles
-from transforms.skip import NEW, SKIPPED, SkipDone, ledger_table
+from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
+                             ledger_table)
 from transforms.write import WriteRows, WriteTables
 
 PARTITIONS = ("none", "run_date")
@@ -57,6 +58,7 @@ class ClassifyConfig:
     overwrite: bool = False
     skip_done: bool = False
     skip_done_by: str = "mtime"
+    retry_errors: bool = False
     beam_args: Sequence[str] = ()
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
@@ -151,6 +153,9 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     patterns = inputs.input_patterns(config.inputs, config.output)
     if config.skip_done_by != "mtime" and not config.skip_done:
         raise ConfigError("--skip-done-by only applies with --skip-done")
+    if config.retry_errors and not config.skip_done:
+        raise ConfigError("--retry-errors only applies with --skip-done "
+                          "(without it, every file is classified)")
     if config.overwrite and config.skip_done:
         raise ConfigError("--overwrite and --skip-done contradict each other: "
                           "--skip-done adds to the earlier runs that "
@@ -226,6 +231,7 @@ def run_classify(config: ClassifyConfig, *, log=None) -> dict:
     for stage in errors.column("stage").to_pylist():
         by_stage[stage] = by_stage.get(stage, 0) + 1
     failed = errors.num_rows
+    retried = count_retried(staged[outputs.LEDGER_DIR])
     metrics = _metrics(result)
     matched = metrics.get("files_matched", predicted + failed + skipped)
     manifest = {
@@ -245,9 +251,13 @@ def run_classify(config: ClassifyConfig, *, log=None) -> dict:
         "counts": {"matched": matched, "predicted": predicted,
                    "failed": failed, "skipped": skipped,
                    "failed_by_stage": by_stage,
-                   "skipped_by_reason": {"done": skipped} if skipped else {}},
+                   "skipped_by_reason": {"done": skipped} if skipped else {},
+                   **({"retried": sum(retried.values()),
+                       "retried_by_stage": retried}
+                      if config.skip_done else {})},
         "skip_done": config.skip_done,
         "skip_done_by": config.skip_done_by if config.skip_done else None,
+        "retry_errors": config.retry_errors,
         **({"window": config.window} if config.window is not None else {}),
         "metrics": metrics,
         "runner": runner_name,
@@ -270,7 +280,8 @@ def run_classify(config: ClassifyConfig, *, log=None) -> dict:
           f"{predicted} predicted, {failed} failed"
           + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
              if by_stage else "")
-          + (f", {skipped} skipped (done before)" if config.skip_done else "")
+          + (f", {skipped} skipped (done before), "
+             f"{sum(retried.values())} retried" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
     return manifest
 
@@ -287,7 +298,9 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
             model_version=str(model.version), run_id=paths.run_id,
-            by=config.skip_done_by, max_file_bytes=config.max_file_bytes)
+            by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
+            error_files=outputs.error_files(config.output),
+            retry_errors=config.retry_errors)
         matched = parts[NEW]
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
