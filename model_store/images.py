@@ -8,6 +8,10 @@ tested and reused on its own. :func:`decode_image` is the single entry point:
 * the pixel count is checked from the header, before any pixel is decoded,
   against the caller's ``max_pixels`` (the decompression-bomb guard);
 * large JPEGs are reduced while decoding when a target size is given;
+* a JPEG whose header claims more pixels than its data can hold (libjpeg
+  would fill the missing part with gray and report success) is refused
+  (see :func:`_check_jpeg_data`); Pillow's ``LOAD_TRUNCATED_IMAGES`` stays
+  off, so data that ends early is refused too;
 * the EXIF orientation is applied, animations give their first frame, and every
   Pillow mode is converted to ``"L"`` or ``"RGB"``, with transparency
   composited over a uniform gray background.
@@ -44,6 +48,10 @@ _SIXTEEN_TO_EIGHT = 257.0
 # Serialises the rare decodes that lift Pillow's global limit, so that two of
 # them cannot restore each other's saved value.
 _PILLOW_LIMIT_LOCK = threading.Lock()
+# JPEG frames whose scans are Huffman-coded (baseline, extended, progressive,
+# lossless): every 8x8 block costs at least one bit in the first scan that
+# codes it. Arithmetic-coded and hierarchical frames are not checked.
+_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3})
 
 
 class ImageDecodeError(ImgclassError, ValueError):
@@ -137,6 +145,8 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
                 raise ImageTooLargeError(
                     f"image is {width}x{height} = {width * height:,} pixels, "
                     f"over the limit of {max_pixels:,}")
+            if img.format in ("JPEG", "MPO"):
+                _check_jpeg_data(data, img)
             turned = img.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
             if turned:
                 width, height = height, width
@@ -172,6 +182,47 @@ def to_mode(image: Image.Image, *, mode: str, background: int = 0) -> Image.Imag
     ``background``); for callers that decode images themselves."""
     _check_arguments(mode, None, DEFAULT_MAX_PIXELS, background)
     return _convert(image, mode, background)
+def _check_jpeg_data(data: bytes, img: Image.Image) -> None:
+    """Refuses a JPEG whose file is too short for the size its header
+    claims (e.g. 7000x7000 over the data of 32x32 pixels).
+
+    A Huffman-coded JPEG spends at least one bit per MCU (the smallest unit
+    of 8x8 blocks the frame's sampling allows) in its first scan; libjpeg
+    pads data that ends early with gray and only warns, so Pillow's
+    ``load()`` would succeed. A bound, not a full check: it catches headers
+    that claim far more pixels than the file holds.
+    """
+    if _jpeg_frame_marker(data) not in _HUFFMAN_FRAMES or not img.layer:
+        return
+    width, height = img.size
+    h_max = max(layer[1] for layer in img.layer) or 1
+    v_max = max(layer[2] for layer in img.layer) or 1
+    mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+    if len(data) * 8 < mcus:
+        raise ImageDecodeError(
+            f"truncated or inconsistent JPEG: its header claims "
+            f"{width}x{height} pixels, which need at least {mcus // 8:,} "
+            f"bytes of image data, but the file has {len(data):,} bytes")
+
+
+def _jpeg_frame_marker(data: bytes) -> int | None:
+    """The SOFn marker of a JPEG (the segment that gives its size)."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            i += 2
+        elif marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return marker
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 def _convert(img: Image.Image, mode: str, background: int) -> Image.Image:

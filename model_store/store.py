@@ -9,7 +9,10 @@ any Beam filesystem such as ``gs://bucket/models``)::
     <root>/<name>/<version>/metadata.json   classes, preprocessing, training,
                                             metrics, sha256 of weights.npz
 
-Versions are positive integers; ``latest`` (or no version) is the highest.
+Versions are positive integers written in ASCII digits without leading
+zeros (``1``, ``12``; not ``01`` or full-width digits); ``latest`` (or no
+version) is the highest. A folder of a model that is not such a version is
+refused when that model is loaded, rather than skipped.
 A model is named ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or by the path of
 a version folder. Loading always verifies the weights' checksum and shapes.
 """
@@ -20,6 +23,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -36,7 +40,12 @@ DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 SPEC_FILE, WEIGHTS_FILE, METADATA_FILE = ("spec.json", "weights.npz",
                                           "metadata.json")
 FORMAT = "imgclass-model/1"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# ASCII only: str.isdigit() and int() also accept full-width digits ("１").
+_VERSION = re.compile(r"[1-9][0-9]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# An .npz file is a zip archive (an empty one has only the end record).
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def store_root(root: str | None = None) -> str:
@@ -136,39 +145,55 @@ def _read(path: str) -> bytes:
 
 
 def _read_json(path: str) -> dict:
+    """A JSON object; NaN and Infinity are refused (not JSON)."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not a JSON number")
     try:
-        return json.loads(_read(path))
-    except json.JSONDecodeError as error:
-        raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
-            from None
+        value = json.loads(_read(path), parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelIntegrityError(f"{path} is not valid JSON: "
+                                  f"{_one_line(error)}") from None
     except RecursionError:
         raise ModelIntegrityError(f"{path} nests JSON too deeply to be a "
                                   f"model file") from None
+    if not isinstance(value, dict):
+        raise ModelIntegrityError(f"{path} must hold a JSON object, not a "
+                                  f"{type(value).__name__}")
+    return value
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _list_folders(root: str) -> list[tuple[str, str, str]]:
+    """(name, version folder name, folder) of every folder two levels below
+    ``root`` whose name does not start with ``.`` (save_model's staging)."""
+    found = []
+    if _is_uri(root):
+        pattern = _join(root, "*", "*", METADATA_FILE)
+        for meta in _filesystems().match([pattern])[0].metadata_list:
+            folder = meta.path.rsplit("/", 1)[0]
+            name, version = folder.rstrip("/").split("/")[-2:]
+            found.append((name, version, folder))
+    elif os.path.isdir(root):
+        for name in os.listdir(root):
+            model_dir = os.path.join(root, name)
+            if not os.path.isdir(model_dir):
+                continue
+            for version in os.listdir(model_dir):
+                folder = os.path.join(model_dir, version)
+                if os.path.isdir(folder):
+                    found.append((name, version, folder))
+    return [f for f in found if not f[1].startswith(".")
+            and _NAME.fullmatch(f[0])]
 
 
 def _list_versions(root: str) -> list[tuple[str, int, str]]:
     """(name, version, folder) of every version folder under ``root``."""
-    found = []
-    if _is_uri(root):
-        pattern = _join(root, "*", "*", METADATA_FILE)
-        result = _filesystems().match([pattern])[0]
-        for meta in result.metadata_list:
-            folder = meta.path.rsplit("/", 1)[0]
-            name, version = folder.rstrip("/").split("/")[-2:]
-            if _NAME.match(name) and version.isdigit():
-                found.append((name, int(version), folder))
-        return sorted(found)
-    if not os.path.isdir(root):
-        return []
-    for name in sorted(os.listdir(root)):
-        model_dir = os.path.join(root, name)
-        if not _NAME.match(name) or not os.path.isdir(model_dir):
-            continue
-        for version in os.listdir(model_dir):
-            if version.isdigit():
-                found.append((name, int(version),
-                              os.path.join(model_dir, version)))
-    return sorted(found)
+    return sorted((name, int(version), folder)
+                  for name, version, folder in _list_folders(root)
+                  if _VERSION.fullmatch(version))
 
 
 # Public API --------------------------------------------------------------------
@@ -181,14 +206,16 @@ def list_models(root: str | None = None) -> list[ModelInfo]:
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``NAME[@VERSION|@latest]`` -> ``(name, version or None)``."""
     name, _, version = ref.partition("@")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UnknownModelError(f"invalid model name {name!r}: use letters, "
                                 f"digits, '.', '_' or '-', e.g. digits-cnn@1")
     if version in ("", "latest"):
         return name, None
-    if not version.isdigit() or int(version) < 1:
+    if not _VERSION.fullmatch(version):
         raise UnknownModelError(f"invalid model version {version!r} in "
-                                f"{ref!r}: use a positive integer or 'latest'")
+                                f"{ref!r}: use a positive integer written "
+                                f"in ASCII digits without leading zeros "
+                                f"(e.g. 1) or 'latest'")
     return name, int(version)
 
 
@@ -200,11 +227,27 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
     if _looks_like_path(ref):
         folder = ref.rstrip("/") if _is_uri(ref) else os.path.abspath(ref)
-        metadata = _read_json(_join(folder, METADATA_FILE))
-        return ModelInfo(metadata.get("name", os.path.basename(
-            os.path.dirname(folder))), int(metadata.get("version", 0)), folder)
+        where = _join(folder, METADATA_FILE)
+        metadata = _read_json(where)
+        name = metadata.get("name", os.path.basename(os.path.dirname(folder)))
+        version = metadata.get("version")
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise ModelIntegrityError(f"{where}: name must be a model name "
+                                      f"(letters, digits, '.', '_', '-'), "
+                                      f"got {name!r}")
+        if not _is_version_number(version):
+            raise ModelIntegrityError(f"{where}: version must be a positive "
+                                      f"integer, got {version!r}")
+        return ModelInfo(name, version, folder)
     name, version = parse_ref(ref)
     root = store_root(root)
+    odd = sorted(v for n, v, _ in _list_folders(root)
+                 if n == name and not _VERSION.fullmatch(v))
+    if odd:
+        raise ModelIntegrityError(
+            f"model {name!r} in {root} has folder(s) {', '.join(odd)} that "
+            f"are not versions (positive integers in ASCII digits without "
+            f"leading zeros, e.g. 1); rename or remove them")
     versions = [info for info in list_models(root) if info.name == name]
     if not versions:
         known = sorted({info.name for info in list_models(root)})
@@ -239,6 +282,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
 
     info = resolve(ref, root=root)
     metadata = _read_json(_join(info.location, METADATA_FILE))
+    _check_metadata_types(metadata, _join(info.location, METADATA_FILE))
     spec = _read_json(_join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec)
@@ -251,6 +295,11 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
             f"model {info.ref}: {weights_path} has sha256 {digest[:12]}... "
             f"but metadata.json records {str(expected)[:12]}...; the file "
             f"was changed or damaged, restore it or save a new version")
+    if not data.startswith(_ZIP_MAGIC):
+        raise ModelIntegrityError(
+            f"model {info.ref}: {weights_path} is not an .npz archive (a "
+            f"single .npy array, or another format?); save the model with "
+            f"imgclass so that it holds one array per parameter")
     model = StoredModel(info.name, info.version, info.location, metadata,
                         spec, weights_from_bytes(data, source=weights_path))
     _check_metadata(model)
@@ -359,6 +408,55 @@ def _spec_of(network) -> bytes:
         raise ValueError("save_model needs a network built by "
                          "model_store.spec.build_network (it carries its spec)")
     return _json_bytes(spec)
+
+
+def _is_version_number(value) -> bool:
+    return type(value) is int and value >= 1
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_metadata_types(metadata: dict, where: str) -> None:
+    """Refuses metadata whose values have the wrong JSON type, before any of
+    them is used (one line, ModelIntegrityError)."""
+    def fail(what: str, value):
+        raise ModelIntegrityError(f"{where}: {what}, got {value!r:.200}")
+
+    classes = metadata.get("class_names")
+    if not (isinstance(classes, list) and classes):
+        fail("class_names must be a non-empty list of strings", classes)
+    for name in classes:
+        if not isinstance(name, str) or not name:
+            fail("every class name must be a non-empty string", name)
+    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    if duplicates:
+        fail("class names must differ", duplicates)
+    shape = metadata.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_is_version_number(n) for n in shape)):
+        fail("input_shape must be three positive integers", shape)
+    for key in ("color_mode", "resize", "weights_sha256"):
+        if not isinstance(metadata.get(key), str):
+            fail(f"{key} must be a string", metadata.get(key))
+    if not _SHA256.fullmatch(metadata["weights_sha256"]):
+        fail("weights_sha256 must be 64 lower-case hex digits",
+             metadata["weights_sha256"])
+    norm = metadata.get("normalization")
+    if not isinstance(norm, dict):
+        fail("normalization must be an object with mean and std", norm)
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if not (isinstance(values, list) and values
+                and all(_is_number(v) for v in values)):
+            fail(f"normalization {key} must be a list of finite numbers",
+                 values)
+    background = metadata.get("background", 0)
+    if not (type(background) is int and 0 <= background <= 255):
+        fail("background must be a gray level, an integer from 0 to 255",
+             background)
 
 
 def _check_metadata(model: StoredModel) -> None:

@@ -16,6 +16,7 @@ import threading
 
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
+from transforms.files import DEFAULT_MAX_FILE_BYTES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -161,10 +162,12 @@ def _classify(args) -> int:
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, partition_by=args.partition_by,
+        max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+        partition_by=args.partition_by,
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
-        min_confidence=args.min_confidence, beam_args=args.beam_args)
+        min_confidence=args.min_confidence, retry_errors=args.retry_errors,
+        beam_args=args.beam_args)
     try:
         manifest = run_classify(config, log=_log(args))
     except RunFailed as error:
@@ -182,7 +185,8 @@ def _watch(args) -> int:
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
-        max_pixels=args.max_pixels, min_confidence=args.min_confidence,
+        max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
+        min_confidence=args.min_confidence,
         beam_args=args.beam_args)
     with stop_on_signals(threading.Event()) as stop:
         try:
@@ -271,6 +275,10 @@ def _add_model_options(parser, model_help: str) -> None:
                         help="larger images become error rows, a guard "
                              "against decompression bombs (default: "
                              "%(default)s)")
+    parser.add_argument("--max-file-bytes", type=_positive_int,
+                        default=DEFAULT_MAX_FILE_BYTES, metavar="N",
+                        help="larger files become error rows without being "
+                             "read whole (default: %(default)s)")
     parser.add_argument("--min-confidence", type=_probability, default=0.0,
                         metavar="P",
                         help="rows whose best probability is below P get a "
@@ -455,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "
                                "seconds (for schedulers)")
+    classify.add_argument("--retry-errors", action="store_true",
+                          help="with --skip-done, also classify again files "
+                               "that failed to decode or preprocess (read "
+                               "and predict errors are always retried)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
     watch = commands.add_parser(

@@ -41,7 +41,6 @@ SCHEMAS = {PREDICTIONS_DIR: schema.PREDICTIONS, ERRORS_DIR: schema.ERRORS,
            LEDGER_DIR: schema.LEDGER, SKIPPED_DIR: schema.SKIPPED}
 # The tables readers query are partitioned; the bookkeeping is not.
 PARTITIONED = (PREDICTIONS_DIR, ERRORS_DIR)
-_GLOB_CHARS = "*?["
 
 
 def is_uri(path: str) -> bool:
@@ -51,35 +50,6 @@ def is_uri(path: str) -> bool:
 def join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts) if is_uri(base) else os.path.join(
         base, *parts)
-
-
-def input_pattern(path: str) -> str:
-    """A user's ``--input`` as a Beam match pattern; checks it exists.
-
-    A folder becomes ``folder/**`` (every file below it, recursively); a
-    glob is kept, and its folder part must exist; a file must exist. On
-    object stores (``gs://``, ``s3://``), a path that is not a file is read
-    as a folder prefix.
-    """
-    if any(c in path for c in _GLOB_CHARS):
-        if not is_uri(path):
-            static = path[:min(path.index(c) for c in _GLOB_CHARS
-                               if c in path)]
-            folder = os.path.dirname(static) or "."
-            if not os.path.isdir(folder):
-                raise ConfigError(f"input {path!r}: folder {folder!r} does "
-                                  f"not exist")
-            return os.path.abspath(path)
-        return path
-    if is_uri(path):
-        return path if FileSystems.exists(path) and not path.endswith(
-            "/") else join(path.rstrip("/"), "**")
-    if os.path.isdir(path):
-        return os.path.join(os.path.abspath(path), "**")
-    if os.path.isfile(path):
-        return os.path.abspath(path)
-    raise ConfigError(f"input {path!r} does not exist (give a file, a folder "
-                      f"or a glob such as 'images/**/*.png')")
 
 
 def holds_earlier_run(output: str) -> bool:
@@ -233,6 +203,11 @@ def _remove_staging(output: str, staging: str) -> None:
 def ledger_files(output: str) -> list[str]:
     """Ledger files of the runs published in ``output``."""
     return _list(join(output, LEDGER_DIR, "*.parquet"))
+
+
+def error_files(output: str) -> list[str]:
+    """Error tables of the runs published in ``output``."""
+    return _list(join(output, ERRORS_DIR, "**.parquet"))
 
 
 def count_rows(paths: Iterable[str]) -> int:

@@ -19,13 +19,15 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import outputs
+from pipeline import inputs, layout, outputs
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
-from transforms.decode import METRICS_NAMESPACE
+from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.read import BatchFiles, MatchFiles
-from transforms.skip import NEW, SKIPPED, SkipDone, ledger_table
+from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
+                             ledger_table)
 from transforms.write import WriteRows, WriteTables
 
 PARTITIONS = ("none", "run_date")
@@ -50,12 +52,14 @@ class ClassifyConfig:
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     min_confidence: float = 0.0
     partition_by: str = "none"
     run_date: Optional[str] = None
     overwrite: bool = False
     skip_done: bool = False
     skip_done_by: str = "mtime"
+    retry_errors: bool = False
     beam_args: Sequence[str] = ()
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
@@ -161,9 +165,12 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
         if len(config.run_date) != 10:
             raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                               f"{config.run_date!r}")
-    patterns = [outputs.input_pattern(p) for p in config.inputs]
+    patterns = inputs.input_patterns(config.inputs, config.output)
     if config.skip_done_by != "mtime" and not config.skip_done:
         raise ConfigError("--skip-done-by only applies with --skip-done")
+    if config.retry_errors and not config.skip_done:
+        raise ConfigError("--retry-errors only applies with --skip-done "
+                          "(without it, every file is classified)")
     if config.overwrite and config.skip_done:
         raise ConfigError("--overwrite and --skip-done contradict each other: "
                           "--skip-done adds to the earlier runs that "
@@ -188,7 +195,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     return patterns, partition
 
 
-def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
+def run_classify(config: ClassifyConfig, *, log=None) -> dict:
     """Runs the whole job; returns the manifest.
 
     Raises:
@@ -197,9 +204,12 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     """
     from model_store.store import load_model
 
+    log = sys.stderr if log is None else log  # the stream of now, not import
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
     patterns, partition = validate(config)
+    layout.check(config.output, layout.layout_of(partition),
+                 overwrite=config.overwrite)
     model = load_model(config.model, root=config.store)
     recovered = outputs.recover(config.output)
     if recovered:
@@ -236,6 +246,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     for stage in errors.column("stage").to_pylist():
         by_stage[stage] = by_stage.get(stage, 0) + 1
     failed = errors.num_rows
+    retried = count_retried(staged[outputs.LEDGER_DIR])
     metrics = _metrics(result)
     matched = metrics.get("files_matched", predicted + failed + skipped)
     manifest = {
@@ -247,22 +258,28 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "model": {"name": model.name, "version": str(model.version),
                   "weights_sha256": model.weights_sha256,
                   "location": model.location},
-        "inputs": list(config.inputs),
+        "inputs": [escape_path(i) for i in config.inputs],
         "patterns": patterns,
         "output": config.output,
         "partition": partition,
+        "layout": layout.layout_of(partition),
         "counts": {"matched": matched, "predicted": predicted,
                    "failed": failed, "skipped": skipped,
                    "failed_by_stage": by_stage,
-                   "skipped_by_reason": {"done": skipped} if skipped else {}},
+                   "skipped_by_reason": {"done": skipped} if skipped else {},
+                   **({"retried": sum(retried.values()),
+                       "retried_by_stage": retried}
+                      if config.skip_done else {})},
         "skip_done": config.skip_done,
         "skip_done_by": config.skip_done_by if config.skip_done else None,
+        "retry_errors": config.retry_errors,
         **({"window": config.window} if config.window is not None else {}),
         "metrics": metrics,
         "runner": runner_name,
         "options": options.get_all_options(drop_default=True),
         "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
                      "max_pixels": config.max_pixels,
+                     "max_file_bytes": config.max_file_bytes,
                      "min_confidence": config.min_confidence},
         "files": paths.destinations(staged),
     }
@@ -273,12 +290,14 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
             f"predicted + {failed} failed + {skipped} skipped = "
             f"{predicted + failed + skipped}; nothing was published")
     paths.publish(staged, manifest, overwrite=config.overwrite)
+    layout.record(config.output, manifest["layout"])
     rate = (matched - skipped) / seconds if seconds > 0 else 0.0
     print(f"imgclass: run {run_id} done in {seconds:.1f}s: {matched} matched, "
           f"{predicted} predicted, {failed} failed"
           + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
              if by_stage else "")
-          + (f", {skipped} skipped (done before)" if config.skip_done else "")
+          + (f", {skipped} skipped (done before), "
+             f"{sum(retried.values())} retried" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
     return manifest
 
@@ -292,14 +311,19 @@ def summary(manifest: dict) -> dict:
 
 def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     """The pipeline: match, [skip done], classify, write four tables."""
-    matched = (pipeline
-               | "Patterns" >> beam.Create(patterns)
-               | "MatchFiles" >> MatchFiles(settle_seconds=config.settle))
+    listed = (pipeline
+              | "Patterns" >> beam.Create(patterns)
+              | "MatchFiles" >> MatchFiles(
+                  exclude=inputs.excluded(config.output),
+                  settle_seconds=config.settle, run_id=paths.run_id))
+    matched = listed.files
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
             model_version=str(model.version), run_id=paths.run_id,
-            by=config.skip_done_by)
+            by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
+            error_files=outputs.error_files(config.output),
+            retry_errors=config.retry_errors)
         matched = parts[NEW]
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
@@ -313,12 +337,15 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     results = batches | "Classify" >> ClassifyBatches(
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
-        max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model,
+        max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
+        run_id=paths.run_id, loaded=model,
         min_confidence=config.min_confidence)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
-    _ = results["errors"] | "WriteErrors" >> WriteRows(
-        paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
+    _ = ((listed[ERRORS], results["errors"])
+         | "AllErrors" >> beam.Flatten()
+         | "WriteErrors" >> WriteRows(
+             paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
 
 
 def _first_line(error: BaseException) -> str:

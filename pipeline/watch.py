@@ -46,12 +46,14 @@ import threading
 import time
 from typing import Optional
 
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from model_store.errors import ConfigError
-from pipeline import outputs
+from pipeline import inputs, layout, outputs
 from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
                           pipeline_options, run_classify, validate)
+from transforms.files import list_pattern
 from transforms.read import is_settled
 from transforms.skip import file_key
 
@@ -148,6 +150,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     patterns, _ = validate(base)
     output = base.output
     _check_layout(output)
+    layout.check(output, layout.layout_of(hour_partition(0)))
     counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
               "failed_runs": 0}
     with _locked(output):
@@ -166,7 +169,8 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
         failures, waiting = 0, 0
         while not stop.is_set():
             if time.time() < current.end:
-                new = _new_files(patterns, settle, done, log)
+                new = _new_files(patterns, settle, done,
+                                 inputs.excluded(output))
                 if len(new) != waiting:
                     waiting = len(new)
                     if waiting:
@@ -213,7 +217,8 @@ def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
-    new = _new_files(patterns, config.settle, done, log)
+    new = _new_files(patterns, config.settle, done,
+                     inputs.excluded(output))
     manifest = None
     if new or not outputs.holds_earlier_run(output):
         run = dataclasses.replace(config, partition=window.partition,
@@ -290,17 +295,16 @@ def _reconcile(output: str, current: Window) -> None:
         _complete_hours(output, hour, min(current.start, hour + HOUR))
 
 
-def _new_files(patterns, settle: float, done: dict, log) -> list[str]:
+def _new_files(patterns, settle: float, done: dict, exclude) -> list[str]:
     """Settled files that no published run classified with this model."""
     now = time.time()
-    try:
-        results = FileSystems.match(list(patterns))
-    except Exception as error:  # noqa: BLE001 - the run reports it properly
-        print(f"imgclass: cannot list the inputs: {error}", file=log)
-        return []
-    return sorted({m.path for result in results for m in result.metadata_list
-                   if is_settled(m, settle, now)
-                   and file_key(m) not in done.get(m.path, ())})
+    found = set()
+    for pattern in patterns:  # what cannot be listed, the run reports
+        for m in list_pattern(pattern, exclude=exclude):
+            if (isinstance(m, FileMetadata) and is_settled(m, settle, now)
+                    and file_key(m) not in done.get(m.path, ())):
+                found.add(m.path)
+    return sorted(found)
 
 
 def _add_ledger(done: dict, files, model) -> None:

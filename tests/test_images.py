@@ -400,3 +400,34 @@ def test_invalid_arguments_are_value_errors(kwargs, word):
     assert not isinstance(caught.value, ImageDecodeError)
     if "'RGBA'" == word:
         assert "'L'" in str(caught.value) and "'RGB'" in str(caught.value)
+
+
+def jpeg_claiming(width, height, *, real=(32, 32)):
+    """The attacker's file: a real small JPEG whose frame header claims
+    ``width`` x ``height`` pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", real, 100).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("target", [None, (32, 32)])
+def test_a_jpeg_header_claiming_more_pixels_than_its_data_is_a_decode_error(
+        target):
+    data = jpeg_claiming(7000, 7000)
+    with pytest.raises(ImageDecodeError, match="claims 7000x7000 pixels"):
+        decode_image(data, mode="L", target_size=target)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("params", [{}, {"progressive": True, "optimize": True},
+                                    {"optimize": True, "subsampling": 2}])
+def test_large_uniform_jpegs_are_not_taken_for_inconsistent_ones(params):
+    """The least data a real JPEG can have (one colour, progressive,
+    optimised Huffman tables) is still well above the bound."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (9, 9, 9)).save(buffer, "JPEG", **params)
+    decoded = decode_image(buffer.getvalue(), mode="L", target_size=(32, 32))
+    assert (decoded.width, decoded.height) == (4000, 3000)

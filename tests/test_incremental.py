@@ -192,3 +192,64 @@ def test_skip_done_by_needs_skip_done(tmp_path, split, capsys):
                  str(tmp_path / "out"), "--skip-done-by", "content"]) == 2
     assert "--skip-done-by only applies with --skip-done" in \
         capsys.readouterr().err
+
+
+def test_failed_files_are_retried_per_stage(tmp_path, split, monkeypatch):
+    """Issue 12, item 2: a read error (transient) is retried by the next
+    --skip-done run; a decode error of an unchanged file only with
+    --retry-errors; the manifest counts the retried files."""
+    from transforms import files
+
+    folder, output = tmp_path / "bucket", str(tmp_path / "out")
+    good = write_digits(str(folder), split, 3, nested=False)
+    flaky = write_digits(str(folder / "nfs"), split, 1, seed=5, nested=False)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 99)
+    flaky_path, corrupt = next(iter(flaky)), str(folder / "corrupt.png")
+    real_open = os.open
+
+    def hiccup(path, *args, **kwargs):  # night 1: the share is not mounted
+        if path == flaky_path:
+            raise OSError(5, "Input/output error", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "open", hiccup)
+    assert classify(str(folder), output) == 0
+    monkeypatch.undo()
+    errors = pq.read_table(os.path.join(output, "errors")).to_pylist()
+    assert {(r["path"], r["stage"]) for r in errors} == {
+        (flaky_path, "read"), (corrupt, "decode")}
+
+    def night(*extra):
+        assert classify(str(folder), output, *extra) == 0
+        counts = manifest(output)["counts"]
+        run = manifest(output)["run_id"]
+        rows = {kind: [r["path"] for r in pq.read_table(
+            os.path.join(output, kind)).to_pylist() if r["run_id"] == run]
+            for kind in ("predictions", "errors")}
+        assert counts["matched"] == counts["predicted"] + counts["failed"] \
+            + counts["skipped"] == len(good) + 2
+        return counts, rows
+
+    counts, rows = night()
+    assert rows == {"predictions": [flaky_path], "errors": []}
+    assert (counts["retried"], counts["retried_by_stage"]) == (1, {"read": 1})
+    assert counts["skipped"] == len(good) + 1  # the corrupt file stays done
+
+    counts, rows = night()
+    assert rows == {"predictions": [], "errors": []}
+    assert counts["retried"] == 0
+
+    counts, rows = night("--retry-errors")
+    assert rows == {"predictions": [], "errors": [corrupt]}
+    assert counts["retried_by_stage"] == {"decode": 1}
+    ledger = pq.read_table(os.path.join(output, "_ledger")).to_pylist()
+    assert sorted(r["retried_stage"] for r in ledger
+                  if r["retried_stage"]) == ["decode", "read"]
+
+
+def test_retry_errors_needs_skip_done(tmp_path, cli):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    code, _, err = cli("classify", "--input", folder, "--output",
+                       tmp_path / "out", "--retry-errors")
+    assert code == 2 and "--retry-errors only applies with --skip-done" in err

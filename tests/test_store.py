@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -157,3 +158,109 @@ def test_shipped_default_model_verifies():
     results = store.verify()
     assert ("digits-cnn@1", None) in results
     assert all(error is None for _, error in results)
+
+
+# Broken models that used to pass: each refused in one line, exit code 2 ------
+
+def _edit_metadata(model, edit):
+    path = os.path.join(model.location, store.METADATA_FILE)
+    with open(path) as handle:
+        meta = json.load(handle)
+    text = edit(meta)
+    with open(path, "w") as handle:
+        handle.write(text if isinstance(text, str) else json.dumps(meta))
+
+
+def _set(key, value):
+    def edit(meta):
+        meta[key] = value
+    return edit
+
+
+def _set_norm(key, value):
+    def edit(meta):
+        meta["normalization"][key] = value
+    return edit
+
+
+BROKEN_METADATA = [
+    ("a list", lambda meta: json.dumps([meta]), "must hold a JSON object"),
+    ("class names as a string", _set("class_names", "abcd"),
+     "class_names must be a non-empty list"),
+    ("duplicate class names", _set("class_names", ["a", "b", "a", "d"]),
+     "class names must differ"),
+    ("a non-string class name", _set("class_names", ["a", "b", 3, "d"]),
+     "every class name must be a non-empty string"),
+    ("a NaN mean", lambda meta: json.dumps(meta).replace(
+        '"mean": [0.5]', '"mean": [NaN]'), "NaN is not a JSON number"),
+    ("an infinite std", lambda meta: json.dumps(meta).replace(
+        '"std": [0.25]', '"std": [1e999]'), "std must be a list of finite"),
+    ("a non-numeric mean", _set_norm("mean", ["half"]),
+     "mean must be a list of finite numbers"),
+    ("a string std", _set_norm("std", "0.25"),
+     "std must be a list of finite numbers"),
+    ("normalization as a list", _set("normalization", [0.5, 0.25]),
+     "normalization must be an object"),
+    ("background 300", _set("background", 300), "background must be a gray"),
+    ("background -1", _set("background", -1), "background must be a gray"),
+    ("background as a string", _set("background", "7"),
+     "background must be a gray"),
+    ("input_shape of strings", _set("input_shape", ["1", "10", "10"]),
+     "input_shape must be three positive integers"),
+]
+
+
+@pytest.mark.parametrize("edit,message", [b[1:] for b in BROKEN_METADATA],
+                         ids=[b[0] for b in BROKEN_METADATA])
+def test_metadata_of_the_wrong_type_is_one_line_exit_2(root, cli, edit,
+                                                       message):
+    saved = save(root)
+    _edit_metadata(saved, edit)
+    for ref in ("tiny@1", saved.location):
+        code, out, err = cli("--store", root, "models", "show", ref)
+        assert code == 2, (ref, err)
+        assert err.startswith("imgclass: error: ") and err.count("\n") == 1
+        assert message in err and "Traceback" not in err
+
+
+def test_npy_where_npz_is_expected_is_one_line_exit_2(root, cli):
+    saved = save(root)
+    buffer = io.BytesIO()
+    np.save(buffer, saved.weights["conv1.W"])
+    path = os.path.join(saved.location, store.WEIGHTS_FILE)
+    open(path, "wb").write(buffer.getvalue())
+    _edit_metadata(saved, _set("weights_sha256", hashlib.sha256(
+        buffer.getvalue()).hexdigest()))
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    assert code == 2 and err.count("\n") == 1
+    assert "is not an .npz archive" in err
+
+
+@pytest.mark.parametrize("ref", ["tiny@01", "tiny@\uff11", "tiny@1.0",
+                                 "tiny@+1", "tiny@1\n"])
+def test_versions_are_ascii_integers_without_leading_zeros(root, cli, ref):
+    save(root)
+    code, _, err = cli("--store", root, "models", "show", ref)
+    assert code == 2 and "invalid model version" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("folder", ["01", "\uff12", "1.5", "v2"])
+def test_a_version_folder_that_is_not_an_integer_is_refused(root, cli,
+                                                            folder):
+    saved = save(root)
+    shutil.copytree(saved.location, os.path.join(root, "tiny", folder))
+    assert [i.version for i in store.list_models(root)] == [1]
+    code, _, err = cli("--store", root, "models", "show", "tiny")
+    assert code == 2 and err.count("\n") == 1
+    assert "are not versions" in err and folder in err
+
+
+@pytest.mark.parametrize("version", ["1", 1.5, True, 0, None])
+def test_a_version_folder_whose_metadata_version_is_not_an_integer(
+        root, cli, version):
+    saved = save(root)
+    _edit_metadata(saved, _set("version", version))
+    code, _, err = cli("models", "show", saved.location)
+    assert code == 2 and err.count("\n") == 1
+    assert "version must be a positive integer" in err

@@ -131,12 +131,14 @@ def test_match_files_is_recursive_and_globs_cross_folders(tmp_path):
     root = str(tmp_path)
     with beam_pipeline() as p:
         every = (p | "all" >> beam.Create([os.path.join(root, "**")])
-                 | "m1" >> MatchFiles() | "p1" >> beam.Map(lambda m: m.path))
+                 | "m1" >> MatchFiles()).files | "p1" >> beam.Map(
+                     lambda m: m.path)
         assert_that(every, equal_to([os.path.join(root, n) for n in (
             "a.png", "sub/b.png", "sub/deeper/c.jpg", "sub/d.txt")]),
             label="all")
         pngs = (p | "png" >> beam.Create([os.path.join(root, "**", "*.png")])
-                | "m2" >> MatchFiles() | "p2" >> beam.Map(lambda m: m.path))
+                | "m2" >> MatchFiles()).files | "p2" >> beam.Map(
+                    lambda m: m.path)
         assert_that(pngs, equal_to([os.path.join(root, "sub/b.png")]),
                     label="png")
 

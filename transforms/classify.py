@@ -10,6 +10,7 @@ import apache_beam as beam
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import ERRORS, DecodeBatchFn
+from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import DEFAULT_TOP_K, PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 
@@ -34,6 +35,7 @@ class ClassifyBatches(beam.PTransform):
         top_k: how many of the best classes each row lists.
         batch_size: images per Theano call.
         max_pixels: images with more pixels are refused (bomb guard).
+        max_file_bytes: larger files are refused (an error row, stage read).
         min_confidence: rows whose best probability is lower get a null
             label (see ``PredictBatchesFn``); 0 (default) labels every row.
         run_id: identifier written in every row.
@@ -45,8 +47,10 @@ class ClassifyBatches(beam.PTransform):
     def __init__(self, model: str = DEFAULT_MODEL, *,
                  store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
                  batch_size: int = DEFAULT_BATCH_SIZE,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, run_id: str = "",
-                 loaded=None, min_confidence: float = 0.0):
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 run_id: str = "", loaded=None,
+                 min_confidence: float = 0.0):
         super().__init__()
         if not 0.0 <= min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be between 0 and 1, got "
@@ -57,7 +61,9 @@ class ClassifyBatches(beam.PTransform):
         self._top_k = check_positive("top_k", top_k)
         self.batch_size = check_positive("batch_size", batch_size)
         self._max_pixels = check_positive("max_pixels", max_pixels)
-        self._run_id = run_id
+        self._max_file_bytes = check_positive("max_file_bytes",
+                                              max_file_bytes)
+        self.run_id = run_id
         self.model = loaded  # the StoredModel, once expanded
 
     def expand(self, batches):
@@ -74,12 +80,12 @@ class ClassifyBatches(beam.PTransform):
         prep = model.preprocessing
         ref = model.location if "/" in self._model_ref else model.ref
         examples = batches | "Decode" >> beam.ParDo(DecodeBatchFn(
-            prep, run_id=self._run_id,
-            max_pixels=self._max_pixels)).with_outputs(ERRORS, main="examples")
+            prep, run_id=self.run_id, max_pixels=self._max_pixels,
+            max_file_bytes=self._max_file_bytes)).with_outputs(ERRORS, main="examples")
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=model.weights_sha256,
-                             top_k=self._top_k, run_id=self._run_id,
+                             top_k=self._top_k, run_id=self.run_id,
                              min_confidence=self._min_confidence)
         ).with_outputs(ERRORS, main="predictions")
         errors = ((examples[ERRORS], predicted[ERRORS])
@@ -104,7 +110,11 @@ class ClassifyImages(beam.PTransform):
         return self._classify.model
 
     def expand(self, patterns):
-        return (patterns
-                | "MatchFiles" >> MatchFiles()
-                | "BatchFiles" >> BatchFiles(self._classify.batch_size)
-                | "Classify" >> self._classify)
+        matched = patterns | "MatchFiles" >> MatchFiles(
+            run_id=self._classify.run_id)
+        out = (matched.files
+               | "BatchFiles" >> BatchFiles(self._classify.batch_size)
+               | "Classify" >> self._classify)
+        errors = ((matched[ERRORS], out["errors"])
+                  | "AllErrors" >> beam.Flatten())
+        return {"predictions": out["predictions"], "errors": errors}

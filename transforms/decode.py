@@ -10,12 +10,12 @@ from typing import Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
+from transforms.files import DEFAULT_MAX_FILE_BYTES, read_bytes
 
 METRICS_NAMESPACE = "imgclass"
 ERRORS = "errors"
@@ -41,7 +41,9 @@ class DecodeBatchFn(beam.DoFn):
     """A batch of ``FileMetadata`` -> one list of :class:`Example`, plus an
     error row for each file that cannot be used.
 
-    Per file: read the bytes with Beam's ``fileio`` (stage ``read``), decode
+    Per file: read the bytes as they are (stage ``read``: only regular
+    files, never decompressed by extension, at most ``max_file_bytes``; see
+    ``transforms.files.read_bytes``), decode
     with Pillow (``decode``: JPEGs reduced while decoding to the model's
     input size), then resize with the model's own preprocessing
     (``preprocess``). Scaling and mean/std normalisation run once per batch
@@ -53,13 +55,17 @@ class DecodeBatchFn(beam.DoFn):
             filter, background for transparency).
         run_id: the run's identifier, written in error rows.
         max_pixels: larger images are refused (decompression bombs).
+        max_file_bytes: larger files are refused, from the listed size
+            before reading, and while reading.
     """
 
     def __init__(self, prep: Preprocessing, *, run_id: str,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self._prep = prep
         self._run_id = run_id
         self._max_pixels = max_pixels
+        self._max_file_bytes = max_file_bytes
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "files_decoded")
         self._failed = {stage: Metrics.counter(METRICS_NAMESPACE,
                                                f"files_failed_{stage}")
@@ -78,7 +84,8 @@ class DecodeBatchFn(beam.DoFn):
         """Generator: yields error rows, returns the Example or None."""
         path, stage = metadata.path, "read"
         try:
-            data = fileio.ReadableFile(metadata).read()
+            data = read_bytes(path, size=metadata.size_in_bytes,
+                              max_bytes=self._max_file_bytes)
             stage = "decode"
             decoded = decode_image(
                 data, mode=self._prep.color_mode, target_size=self._prep.size,

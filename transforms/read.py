@@ -1,26 +1,20 @@
-"""Matching file patterns and opening the matched files, with Beam's fileio
-(so every Beam filesystem works: local, gs://, s3://, ...)."""
+"""Matching file patterns, once per file, and batching the matched files.
+
+Local patterns are listed by ``transforms.files.list_pattern`` (symlinks
+followed safely, unreadable folders reported, non-UTF-8 names escaped); other
+Beam filesystems (gs://, s3://, ...) by Beam's own matcher."""
 
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
-from transforms.decode import METRICS_NAMESPACE
-
-
-class _CountMatchedFn(beam.DoFn):
-    def __init__(self):
-        self._matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
-
-    def process(self, metadata: FileMetadata):
-        self._matched.inc()
-        yield metadata
+from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.files import ListingError, list_pattern
 
 
 # Names that mark a file as still being written (``imgclass watch``): write
@@ -42,29 +36,74 @@ def is_settled(metadata: FileMetadata, settle_seconds: float,
         now - settle_seconds)
 
 
+class _ListFn(beam.DoFn):
+    def __init__(self, exclude):
+        self._exclude = tuple(exclude)
+
+    def process(self, pattern: str):
+        for item in list_pattern(pattern, exclude=self._exclude):
+            yield item.path, item
+
+
+class _SplitFn(beam.DoFn):
+    """One of the items listed under a path; files that are not settled
+    (``imgclass watch``) are left out, what cannot be read is an error row;
+    the rest is counted as matched."""
+
+    def __init__(self, settle_seconds: Optional[float], run_id: str):
+        self._settle = settle_seconds
+        self._run_id = run_id
+        self._matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed_read")
+
+    def process(self, keyed):
+        _, items = keyed
+        item = next(iter(items))
+        if isinstance(item, ListingError):
+            self._matched.inc()
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, {
+                "path": item.path, "stage": "read",
+                "error_type": item.error_type, "message": item.message,
+                "run_id": self._run_id})
+        elif self._settle is None or is_settled(item, self._settle):
+            self._matched.inc()
+            yield item
+
+
 class MatchFiles(beam.PTransform):
-    """File patterns -> ``FileMetadata`` of every matched file.
+    """File patterns -> ``FileMetadata`` of every matched file, once each.
 
     A pattern matching nothing is not an error (a night with no new files).
+    A file several patterns match is listed once (a Beam group by path, so
+    it scales with the bucket). What a pattern matches but cannot be listed
+    or read (an unreadable folder, a dangling symlink, a symlink loop, a
+    FIFO, socket or device) is an error row (stage ``read``).
+
+    Returns: ``files`` (main) and ``errors`` outputs.
 
     Args:
+        exclude: folders never listed (the run's output).
         settle_seconds: if given (``imgclass watch``), files that may still
             be being written are left out before they are counted: see
             :func:`is_settled`. A later run picks them up. Default: none
             are left out.
+        run_id: written in the error rows.
     """
 
-    def __init__(self, settle_seconds: Optional[float] = None):
+    def __init__(self, *, exclude: Sequence[str] = (),
+                 settle_seconds: Optional[float] = None, run_id: str = ""):
         super().__init__()
+        self._exclude = tuple(exclude)
         self._settle = settle_seconds
+        self._run_id = run_id
 
     def expand(self, patterns):
-        matched = patterns | "Match" >> fileio.MatchAll(
-            fileio.EmptyMatchTreatment.ALLOW)
-        if self._settle is not None:
-            matched = matched | "Settled" >> beam.Filter(
-                is_settled, self._settle)
-        return matched | "Count" >> beam.ParDo(_CountMatchedFn())
+        return (patterns
+                | "List" >> beam.ParDo(_ListFn(self._exclude))
+                | "OncePerPath" >> beam.GroupByKey()
+                | "Split" >> beam.ParDo(_SplitFn(self._settle, self._run_id))
+                .with_outputs(ERRORS, main="files"))
 
 
 class BatchFiles(beam.PTransform):

@@ -44,7 +44,9 @@ LEDGER = pa.schema([
     ("model_version", pa.string()),
     ("run_id", pa.string()),
     ("sha256", pa.string()),          # of the bytes, with --skip-done-by
-])                                    # content; else null
+                                      # content; else null
+    ("retried_stage", pa.string()),   # the stage at which the file failed
+])                                    # before, if it was retried; else null
 
 # Files a --skip-done run did not classify again, and why.
 SKIPPED = pa.schema([

@@ -9,18 +9,27 @@ committed run holds, for the same model name and version, the same path and
   unchanged files (new modification time, same content). Each file is then
   read twice: once to hash it here, once to decode it if it is new.
 
+A file that failed is retried, per stage of its error row in the run the
+ledger names: ``read`` and ``predict`` errors (a network filesystem hiccup,
+a permission fixed since, a worker that ran out of memory) always; ``decode``
+and ``preprocess`` errors of an unchanged file (a corrupt file stays
+corrupt) only with ``retry_errors``. Retried files are classified again and
+carry the stage in the ledger's ``retried_stage``.
+
 The check is a Beam join (``CoGroupByKey``) of the matched files with the
-ledger, so it scales with the bucket rather than with the driver's memory.
+ledger and the earlier error rows, so it scales with the bucket rather than
+with the driver's memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from typing import Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import fileio, parquetio
+from apache_beam.io import parquetio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
@@ -28,9 +37,24 @@ from model_store.errors import ConfigError
 
 from transforms import schema
 from transforms.decode import METRICS_NAMESPACE
+from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
 
 NEW, SKIPPED = "new", "skipped"
 SKIP_BY = ("mtime", "content")
+# Error stages whose files the next --skip-done run classifies again.
+RETRIED_STAGES = ("read", "predict")
+
+
+class MatchedFile(FileMetadata):
+    """A matched file and what the skip check learnt about it."""
+
+    def __init__(self, metadata: FileMetadata, *, sha256=None,
+                 retried_stage=None):
+        super().__init__(metadata.path, metadata.size_in_bytes,
+                         metadata.last_updated_in_seconds)
+        self.sha256 = getattr(metadata, "sha256", None) if sha256 is None \
+            else sha256
+        self.retried_stage = retried_stage
 
 
 def file_key(metadata) -> tuple:
@@ -45,42 +69,65 @@ def _done_key(by: str, size, mtime, sha256):
 
 
 class _DigestFn(beam.DoFn):
-    """Attaches the sha256 of each file's bytes as ``metadata.sha256``."""
+    """A :class:`MatchedFile` with the sha256 of the file's bytes."""
+
+    def __init__(self, max_file_bytes: int):
+        self._max_bytes = max_file_bytes
 
     def process(self, metadata: FileMetadata):
-        copy = FileMetadata(metadata.path, metadata.size_in_bytes,
-                            metadata.last_updated_in_seconds)
         try:
-            copy.sha256 = hashlib.sha256(
-                fileio.ReadableFile(metadata).read()).hexdigest()
+            digest = hashlib.sha256()
+            for chunk in iter_chunks(metadata.path,
+                                     size=metadata.size_in_bytes,
+                                     max_bytes=self._max_bytes):
+                digest.update(chunk)
+            sha256 = digest.hexdigest()
         except Exception:  # unreadable: classified, so the read error is
-            copy.sha256 = None  # recorded as an error row by the decoder
-        yield copy
+            sha256 = None  # recorded as an error row by the decoder
+        yield MatchedFile(metadata, sha256=sha256)
 
 
 class _SplitDoneFn(beam.DoFn):
-    def __init__(self, run_id: str, by: str):
+    def __init__(self, run_id: str, by: str, retry_errors: bool):
         self._run_id = run_id
         self._by = by
+        self._retry_errors = retry_errors
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "files_skipped")
+        self._retried = Metrics.counter(METRICS_NAMESPACE, "files_retried")
+
+    def _retried_stage(self, stage):
+        """The stage, if an error at it means "classify again"."""
+        if stage is not None and (self._retry_errors
+                                  or stage in RETRIED_STAGES):
+            return stage
+        return None
 
     def process(self, joined):
         path, groups = joined
-        done = {_done_key(self._by, r["size"], r["mtime"], r.get("sha256")):
-                r["run_id"] for r in groups["ledger"]}
-        done.pop(None, None)
+        runs = {}  # done key -> runs of this model that took the file
+        for r in groups["ledger"]:
+            key = _done_key(self._by, r["size"], r["mtime"], r.get("sha256"))
+            runs.setdefault(key, []).append(r["run_id"])
+        runs.pop(None, None)
+        failed = dict(groups["errors"])  # run id -> stage of its error row
         for metadata in groups["matched"]:
-            previous = done.get(_done_key(
+            earlier = runs.get(_done_key(
                 self._by, metadata.size_in_bytes,
                 metadata.last_updated_in_seconds,
-                getattr(metadata, "sha256", None)))
-            if previous is None:
-                yield metadata
-            else:
+                getattr(metadata, "sha256", None)), [])
+            done = [run for run in earlier
+                    if self._retried_stage(failed.get(run)) is None]
+            if done:
                 self._skipped.inc()
                 yield beam.pvalue.TaggedOutput(SKIPPED, {
                     "path": path, "reason": "done",
-                    "previous_run_id": previous, "run_id": self._run_id})
+                    "previous_run_id": max(done), "run_id": self._run_id})
+            elif earlier:
+                self._retried.inc()
+                yield MatchedFile(metadata, retried_stage=self._retried_stage(
+                    failed[max(earlier)]))
+            else:
+                yield metadata
 
 
 class SkipDone(beam.PTransform):
@@ -89,14 +136,21 @@ class SkipDone(beam.PTransform):
 
     Args:
         ledger_files: Parquet files of earlier committed runs' ledgers.
+        error_files: Parquet files of earlier committed runs' error rows.
         model_name: only entries of this model ...
         model_version: ... and version count as done.
         run_id: this run's identifier, for the skipped rows.
         by: ``"mtime"`` or ``"content"`` (see the module docstring).
+        max_file_bytes: larger files are not hashed (they become read
+            errors when classified).
+        retry_errors: retry files whose earlier run failed at any stage,
+            not only at ``RETRIED_STAGES``.
     """
 
     def __init__(self, ledger_files: Sequence[str], *, model_name: str,
-                 model_version: str, run_id: str, by: str = "mtime"):
+                 model_version: str, run_id: str, by: str = "mtime",
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 error_files: Sequence[str] = (), retry_errors: bool = False):
         super().__init__()
         if by not in SKIP_BY:
             raise ConfigError(f"--skip-done-by must be one of "
@@ -105,11 +159,15 @@ class SkipDone(beam.PTransform):
         self._model = (model_name, str(model_version))
         self._run_id = run_id
         self._by = by
+        self._max_file_bytes = max_file_bytes
+        self._error_files = list(error_files)
+        self._retry_errors = retry_errors
 
     def expand(self, matched):
         model = self._model
         if self._by == "content":
-            matched = matched | "Digest" >> beam.ParDo(_DigestFn())
+            matched = matched | "Digest" >> beam.ParDo(
+                _DigestFn(self._max_file_bytes))
         keyed = matched | "KeyMatched" >> beam.Map(lambda m: (m.path, m))
         done = (matched.pipeline
                 | "LedgerFiles" >> beam.Create(self._files)
@@ -117,9 +175,16 @@ class SkipDone(beam.PTransform):
                 | "ThisModel" >> beam.Filter(
                     lambda r: (r["model_name"], r["model_version"]) == model)
                 | "KeyLedger" >> beam.Map(lambda r: (r["path"], r)))
-        split = ({"matched": keyed, "ledger": done}
+        failed = (matched.pipeline
+                  | "ErrorFiles" >> beam.Create(self._error_files)
+                  | "ReadErrors" >> parquetio.ReadAllFromParquet(
+                      columns=["path", "stage", "run_id"])
+                  | "KeyErrors" >> beam.Map(
+                      lambda r: (r["path"], (r["run_id"], r["stage"]))))
+        split = ({"matched": keyed, "ledger": done, "errors": failed}
                  | "Join" >> beam.CoGroupByKey()
-                 | "Split" >> beam.ParDo(_SplitDoneFn(self._run_id, self._by))
+                 | "Split" >> beam.ParDo(_SplitDoneFn(
+                     self._run_id, self._by, self._retry_errors))
                  .with_outputs(SKIPPED, main=NEW))
         return {NEW: split[NEW], SKIPPED: split[SKIPPED]}
 
@@ -136,5 +201,21 @@ def ledger_table(batch, *, model_name: str, model_version: str,
         "model_name": [model_name] * n,
         "model_version": [str(model_version)] * n,
         "run_id": [run_id] * n,
-        "sha256": [getattr(m, "sha256", None) for m in batch]},
+        "sha256": [getattr(m, "sha256", None) for m in batch],
+        "retried_stage": [getattr(m, "retried_stage", None) for m in batch]},
         schema=schema.LEDGER)
+
+
+def count_retried(ledger_files: Sequence[str]) -> dict:
+    """``{stage: files}`` retried by the run that wrote these ledger files."""
+    from apache_beam.io.filesystems import FileSystems
+    import pyarrow.parquet as pq
+
+    counts = {}
+    for path in ledger_files:
+        with FileSystems.open(path) as handle:
+            column = pq.read_table(io.BytesIO(handle.read()),
+                                   columns=["retried_stage"]).column(0)
+        for stage in column.drop_null().to_pylist():
+            counts[stage] = counts.get(stage, 0) + 1
+    return counts
