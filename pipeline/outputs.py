@@ -31,6 +31,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Callable, Iterable, Optional
@@ -46,10 +47,11 @@ PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
 LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
 MANIFEST, SUCCESS, STAGING = "_manifest.json", "_SUCCESS", "_staging"
 PUBLISH, LOCK, MATCHED = "_publish.json", "_lock", "_matched.json"
-# A lock whose owner runs on another host is taken over once it is this old
-# (on the owner's host, once the owner's process is gone); one that cannot
-# be read (its owner died while creating it) once it is a minute old.
-LOCK_STALE_SECONDS, TORN_LOCK_SECONDS = 24 * 3600, 60
+# A run refreshes its lock every LOCK_REFRESH_SECONDS; a lock is taken over
+# once its owner's process is gone (same host) or it was not refreshed for
+# LOCK_STALE_SECONDS (a killed run on another host or in another container);
+# one that cannot be read (its owner died creating it) once a minute old.
+LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, TORN_LOCK_SECONDS = 60, 600, 60
 # Beam filesystems that need an extra package: (module, extra to install).
 _FILESYSTEM_CLIENTS = {"gs": ("apache_beam.io.gcp.gcsfilesystem", "gcp"),
                        "s3": ("boto3", "aws"), "hdfs": ("hdfs", "hadoop"),
@@ -168,28 +170,59 @@ def check_earlier_run(output: str, *, overwrite: bool,
 
 @contextlib.contextmanager
 def locked(output: str, owner_id: str, *,
-           clock: Callable[[], float] = time.time):
-    """Holds ``DIR/_lock`` (owner id, host, pid, creation time) while the
-    block runs: a second run or watcher on ``output`` stops with one line.
+           clock: Callable[[], float] = time.time,
+           refresh_seconds: float = LOCK_REFRESH_SECONDS):
+    """Holds ``DIR/_lock`` (owner id, host, pid, creation and refresh
+    times; the block gets this dict) while the block runs: a second run or
+    watcher on ``output`` stops with one line.
 
     The lock is created exclusively (``O_EXCL`` on local disks; on object
     stores written, then read back, which narrows but does not close the
-    race: keep the schedules' ``flock``). A lock is stale, and taken over,
-    when its owner's process is gone (same host), when it is older than
-    ``LOCK_STALE_SECONDS`` (another host), or when it cannot be read and is
-    older than ``TORN_LOCK_SECONDS``. It is removed on every way out of the
-    block; a SIGKILL leaves it, and the next run takes it over.
+    race: keep the schedules' ``flock``) and refreshed by a thread every
+    ``refresh_seconds``. It is stale, and taken over, when its owner's
+    process is gone (same host), when it was not refreshed for
+    ``LOCK_STALE_SECONDS``, or when it cannot be read and is older than
+    ``TORN_LOCK_SECONDS``. It is removed on every way out of the block; a
+    SIGKILL leaves it, and a later run takes it over.
     """
     path = join(output, LOCK)
+    now = _iso(clock())
     owner = {"owner": owner_id, "host": socket.gethostname(),
-             "pid": os.getpid(), "created_at": _iso(clock())}
+             "pid": os.getpid(), "created_at": now, "refreshed_at": now}
     _acquire(path, _json_bytes(owner), output, clock)
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_fresh, daemon=True,
+                              args=(path, owner, clock, stop,
+                                    refresh_seconds))
+    keeper.start()
     try:
-        yield
+        yield owner
     finally:
+        stop.set()
+        keeper.join()
         with contextlib.suppress(Exception):
-            if _read_lock(path)[0] == owner:
-                _delete_file(path)
+            if _same_owner(_read_lock(path)[0], owner):
+                FileSystems.delete([path])
+
+
+def _keep_fresh(path, owner, clock, stop, seconds) -> None:
+    while not stop.wait(seconds):
+        with contextlib.suppress(Exception):
+            refresh_lock(path, owner, clock)
+
+
+def refresh_lock(path: str, owner: dict, clock) -> bool:
+    """Rewrites ``owner``'s lock at ``path`` with the time now; False (and
+    nothing written) when the lock is no longer ``owner``'s."""
+    if not _same_owner(_read_lock(path)[0], owner):
+        return False
+    _write_file(path, _json_bytes(dict(owner, refreshed_at=_iso(clock()))))
+    return True
+
+
+def _same_owner(held: Optional[dict], owner: dict) -> bool:
+    return held is not None and all(held.get(k) == owner[k]
+                                    for k in ("owner", "host", "pid"))
 
 
 def _acquire(path: str, data: bytes, output: str, clock) -> None:
@@ -252,14 +285,14 @@ def _read_lock(path: str):
 def _lock_is_stale(held: Optional[dict], modified: float, now: float) -> bool:
     if held is None:
         return now - modified > TORN_LOCK_SECONDS
-    if held["host"] == socket.gethostname():
-        return not _pid_alive(held["pid"])
+    if held["host"] == socket.gethostname() and not _pid_alive(held["pid"]):
+        return True
     try:
-        created = datetime.datetime.fromisoformat(
-            held["created_at"]).timestamp()
+        refreshed = datetime.datetime.fromisoformat(
+            held.get("refreshed_at") or held["created_at"]).timestamp()
     except (TypeError, ValueError):
-        created = modified
-    return now - created > LOCK_STALE_SECONDS
+        refreshed = modified
+    return now - refreshed > LOCK_STALE_SECONDS
 
 
 def _pid_alive(pid: int) -> bool:
@@ -278,7 +311,7 @@ def _take_over(path: str, stale: bytes) -> None:
     """Removes the stale lock ``path``, unless another run replaced it
     meanwhile (then it is put back)."""
     if is_uri(path):
-        _delete_file(path)
+        FileSystems.delete([path])
         return
     aside = f"{path}.stale-{uuid.uuid4().hex}"
     try:

@@ -206,22 +206,38 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(cli, images, tmp_path):
     assert not os.path.exists(output / "_lock")
 
 
-def test_a_lock_from_another_host_is_stale_only_after_the_timeout(tmp_path):
-    output = str(tmp_path)
-    created = 1_800_000_000.0
+def write_lock(output, **fields):
     with open(os.path.join(output, "_lock"), "w") as handle:
-        json.dump({"owner": "elsewhere", "host": "other-host", "pid": 1,
-                   "created_at": datetime.datetime.fromtimestamp(
-                       created, datetime.timezone.utc).isoformat()}, handle)
-    soon = lambda: created + outputs.LOCK_STALE_SECONDS - 60  # noqa: E731
+        json.dump(fields, handle)
+
+
+def iso(t):
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc
+                                           ).isoformat()
+
+
+def test_a_lock_not_refreshed_for_the_timeout_is_stale(tmp_path):
+    output, then = str(tmp_path), 1_800_000_000.0
+    stale_at = then + outputs.LOCK_STALE_SECONDS
+    # A run on another host (or container) that was killed.
+    write_lock(output, owner="elsewhere", host="other-host", pid=1,
+               created_at=iso(then - 3600), refreshed_at=iso(then))
     with pytest.raises(outputs.ConfigError, match="in use by run elsewhere"):
-        with outputs.locked(output, "mine", clock=soon):
+        with outputs.locked(output, "mine", clock=lambda: stale_at - 60):
             pass
-    late = lambda: created + outputs.LOCK_STALE_SECONDS + 60  # noqa: E731
-    with outputs.locked(output, "mine", clock=late):
+    with outputs.locked(output, "mine", clock=lambda: stale_at + 60):
         held = json.load(open(os.path.join(output, "_lock")))
         assert (held["owner"], held["pid"]) == ("mine", os.getpid())
     assert not os.path.exists(os.path.join(output, "_lock"))
+
+    # Same host, the pid now someone else's: alive, but never refreshed.
+    write_lock(output, owner="old", host=socket.gethostname(),
+               pid=os.getppid(), created_at=iso(then), refreshed_at=iso(then))
+    with pytest.raises(outputs.ConfigError, match="in use by run old"):
+        with outputs.locked(output, "mine", clock=lambda: then + 5):
+            pass
+    with outputs.locked(output, "mine", clock=lambda: stale_at + 1):
+        pass
 
     # A lock its owner died writing: held for a minute, then stale.
     lock = os.path.join(output, "_lock")
@@ -232,6 +248,22 @@ def test_a_lock_from_another_host_is_stale_only_after_the_timeout(tmp_path):
             pass
     with outputs.locked(output, "mine", clock=lambda: written + 61):
         pass
+
+
+def test_a_running_owner_keeps_its_lock_fresh_and_only_its_own(tmp_path):
+    output, then = str(tmp_path), 1_800_000_000.0
+    lock = os.path.join(output, "_lock")
+    with outputs.locked(output, "mine", clock=lambda: then,
+                        refresh_seconds=3600) as owner:
+        assert outputs.refresh_lock(lock, owner, lambda: then + 500)
+        held = json.load(open(lock))
+        assert held["refreshed_at"] == iso(then + 500)
+        assert held["created_at"] == iso(then)
+        # Taken over meanwhile (it had gone stale): not rewritten, kept.
+        write_lock(output, owner="other", host="h", pid=2,
+                   created_at=iso(then), refreshed_at=iso(then))
+        assert not outputs.refresh_lock(lock, owner, lambda: then + 900)
+    assert json.load(open(lock))["owner"] == "other"
 
 
 def test_classify_and_watch_share_the_lock(cli, images, tmp_path):
