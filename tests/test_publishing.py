@@ -1,7 +1,8 @@
 """Exactly-once publishing under faults: a write error, a kill or a torn
 write before and after EVERY filesystem operation publishing makes, then the
-recovery the next run does; an outside reader (pyarrow) checks that no run
-is lost, none is duplicated, and that ``_SUCCESS`` vouches for the files.
+recovery the next run does and that run (plain, --skip-done or --overwrite,
+as the variant); an outside reader (pyarrow) checks that no run is lost,
+none is duplicated, and that ``_SUCCESS`` vouches for the files.
 
 The runs here are staged by hand (Parquet files with the contract's schemas,
 as the pipeline writes them), so each of the few hundred cases takes
@@ -22,6 +23,7 @@ from pipeline import outputs
 from transforms import schema
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
+RERUN = "20260103T000000Z-rerun"
 # The publishing operations (outputs.py routes every one through these).
 OPERATIONS = ("_write_file", "_delete_file", "_move", "_remove_staging")
 
@@ -192,7 +194,8 @@ def states(variant):
 
 
 def check_published(output, rows):
-    """A published output: ``_SUCCESS``; exactly ``rows``; the manifests
+    """A published output: ``_SUCCESS``; exactly ``rows`` (with repeats,
+    sorted); the manifests
     list exactly the files readers see; the ledger matches (else
     --skip-done would skip or redo files)."""
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
@@ -234,6 +237,30 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
         if durable or before else None
     if latest:
         assert latest["run_id"] == (NEW if durable else EARLIER)
+    rerun(output, variant)
+
+
+def rerun(output, variant):
+    """The same command again, as its run would publish, after recovery:
+    every file is then published exactly once."""
+    _, new, overwrite, after = VARIANTS[variant]
+    if variant == "first":  # plain: refused when the output holds a run
+        try:
+            outputs.check_earlier_run(output, overwrite=False,
+                                      incremental=False)
+        except outputs.ConfigError:
+            assert visible_rows(output) == sorted(after)
+            return
+        files = {"predicted": new["predicted"], "failed": new["failed"]}
+    elif variant == "skip-done":  # classifies what the ledger lacks
+        done = set(ledger_rows(output))
+        files = {kind: [p for p in EARLY[kind] + new[kind] if p not in done]
+                 for kind in ("predicted", "failed")}
+    else:  # --overwrite: the whole run again
+        files = {"predicted": new["predicted"], "failed": new["failed"]}
+    paths, staged, manifest = stage_run(output, RERUN, **files)
+    paths.publish(staged, manifest, overwrite=overwrite)
+    check_published(output, sorted(after))
 
 
 def test_the_publish_record_is_the_first_step_and_success_the_last_write():
