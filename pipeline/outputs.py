@@ -458,9 +458,9 @@ def _read_record(path: str) -> Optional[dict]:
         with FileSystems.open(path) as handle:
             stored = json.loads(handle.read())
         record = stored["record"]
-        if stored["sha256"] != _digest(record):
+        if stored["sha256"] != _digest(record) or not isinstance(
+                record["manifest"]["run_id"], str):
             return None
-        record["manifest"]["run_id"], record["moves"], record["deletes"]
         return record
     except Exception:  # noqa: BLE001 - any damage means "never started"
         return None

@@ -18,7 +18,6 @@ import duckdb
 import pytest
 
 from pipeline import outputs
-from pipeline.cli import main
 from pipeline.run import ClassifyConfig
 
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",

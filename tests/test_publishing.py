@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import outputs
-from transforms import schema
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
 RERUN = "20260103T000000Z-rerun"
