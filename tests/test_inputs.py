@@ -319,3 +319,21 @@ def test_a_name_that_is_not_utf8_is_skipped_by_the_next_run(tmp_path, split):
         assert (counts["predicted"], counts["skipped"]) == (
             (1, 0) if night == 1 else (0, 1))
     assert manifest(output)["inputs"] == [str(folder)]
+
+
+def test_reading_a_file_holds_it_in_memory_once(tmp_path):
+    """Peak memory per file is its size, not twice it (a 256 MB file must
+    not cost 512 MB on top of the batch)."""
+    import tracemalloc
+
+    path = tmp_path / "large.bin"
+    size = 20 * 2**20
+    path.write_bytes(os.urandom(size))
+    tracemalloc.start()
+    try:
+        data = read_bytes(str(path), size=size, max_bytes=size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == size
+    assert peak < 1.2 * size, peak
