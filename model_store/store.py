@@ -19,6 +19,7 @@ a version folder. Loading always verifies the weights' checksum and shapes.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import hashlib
@@ -235,7 +236,7 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             raise ModelIntegrityError(f"{where}: name must be a model name "
                                       f"(letters, digits, '.', '_', '-'), "
                                       f"got {name!r}")
-        if not _is_version_number(version):
+        if not _is_positive_int(version):
             raise ModelIntegrityError(f"{where}: version must be a positive "
                                       f"integer, got {version!r}")
         return ModelInfo(name, version, folder)
@@ -410,7 +411,7 @@ def _spec_of(network) -> bytes:
     return _json_bytes(spec)
 
 
-def _is_version_number(value) -> bool:
+def _is_positive_int(value) -> bool:
     return type(value) is int and value >= 1
 
 
@@ -431,12 +432,13 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
     for name in classes:
         if not isinstance(name, str) or not name:
             fail("every class name must be a non-empty string", name)
-    duplicates = sorted({c for c in classes if classes.count(c) > 1})
+    duplicates = sorted(c for c, n in collections.Counter(classes).items()
+                        if n > 1)
     if duplicates:
         fail("class names must differ", duplicates)
     shape = metadata.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 3
-            and all(_is_version_number(n) for n in shape)):
+            and all(_is_positive_int(n) for n in shape)):
         fail("input_shape must be three positive integers", shape)
     for key in ("color_mode", "resize", "weights_sha256"):
         if not isinstance(metadata.get(key), str):

@@ -306,9 +306,10 @@ def test_an_input_that_is_the_output_or_inside_it_is_refused(tmp_path, cli,
 
 
 def test_a_name_that_is_not_utf8_is_skipped_by_the_next_run(tmp_path, split):
-    """The ledger holds the escaped path, and --skip-done finds it."""
-    folder = tmp_path / "in"
-    folder.mkdir()
+    """The ledger holds the escaped path, and --skip-done finds it; the
+    input folder's own name is not UTF-8 either."""
+    folder = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"in\xff"))
+    os.mkdir(folder)
     with open(os.path.join(os.fsencode(folder), LATIN1_NAME), "wb") as out:
         out.write(digit_png(split, 7))
     output = str(tmp_path / "out")
@@ -318,4 +319,25 @@ def test_a_name_that_is_not_utf8_is_skipped_by_the_next_run(tmp_path, split):
         counts = manifest(output)["counts"]
         assert (counts["predicted"], counts["skipped"]) == (
             (1, 0) if night == 1 else (0, 1))
-    assert manifest(output)["inputs"] == [str(folder)]
+    assert manifest(output)["inputs"] == [escape_path(folder)]
+    assert manifest(output)["inputs"][0].endswith("/in%FF")
+    row = table(output, "predictions")[0]
+    assert os.path.isfile(real_path(row["path"]))
+
+
+def test_reading_a_file_holds_it_in_memory_once(tmp_path):
+    """Peak memory per file is its size, not twice it (a 256 MB file must
+    not cost 512 MB on top of the batch)."""
+    import tracemalloc
+
+    path = tmp_path / "large.bin"
+    size = 20 * 2**20
+    path.write_bytes(os.urandom(size))
+    tracemalloc.start()
+    try:
+        data = read_bytes(str(path), size=size, max_bytes=size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(data) == size
+    assert peak < 1.2 * size, peak

@@ -32,8 +32,15 @@ class Example(NamedTuple):
 def error_row(path: str, stage: str, error: BaseException,
               run_id: str) -> dict:
     """One row of the errors table (see ``transforms.schema.ERRORS``)."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    return {"path": path, "stage": stage, "error_type": type(error).__name__,
+    return described_error_row(path, stage, type(error).__name__, str(error),
+                               run_id)
+
+
+def described_error_row(path: str, stage: str, error_type: str,
+                        message: str, run_id: str) -> dict:
+    """An error row from an error's type name and message."""
+    message = " ".join(message.split()) or error_type
+    return {"path": path, "stage": stage, "error_type": error_type,
             "message": message[:1000], "run_id": run_id}
 
 

@@ -152,15 +152,20 @@ def iter_chunks(path: str, *, size: Optional[int],
             raise _not_regular(info.st_mode)
         if info.st_size > max_bytes:
             raise _too_large(f"{info.st_size:,}", max_bytes)
-        yield from _capped(lambda n: os.read(fd, n), max_bytes)
+        # One read of the listed size (+1 to see growth): a single buffer,
+        # so that reading a file takes its size in memory once, not twice.
+        yield from _capped(lambda n: os.read(fd, n), max_bytes,
+                           first=info.st_size + 1)
     finally:
         os.close(fd)
 
 
-def _capped(read: Callable[[int], bytes], max_bytes: int) -> Iterator[bytes]:
-    total = 0
+def _capped(read: Callable[[int], bytes], max_bytes: int, *,
+            first: int = _CHUNK) -> Iterator[bytes]:
+    total, want = 0, first
     while True:
-        chunk = read(min(_CHUNK, max_bytes + 1 - total))
+        chunk = read(min(want, max_bytes + 1 - total))
+        want = _CHUNK
         if not chunk:
             return
         total += len(chunk)
@@ -200,6 +205,8 @@ def list_pattern(pattern: str, *, exclude: Iterable[str] = ()):
                 excluded.add((info.st_dev, info.st_ino))
             except OSError:
                 pass
+    if not pattern.startswith("/"):
+        pattern = f"{escape_glob(escape_path(os.getcwd()))}/{pattern}"
     literal = literal_of(pattern)
     if literal is not None:
         root, regex, depth = literal, None, None

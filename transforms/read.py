@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
-from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.decode import ERRORS, METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_pattern
 
 
@@ -62,10 +62,9 @@ class _SplitFn(beam.DoFn):
         if isinstance(item, ListingError):
             self._matched.inc()
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, {
-                "path": item.path, "stage": "read",
-                "error_type": item.error_type, "message": item.message,
-                "run_id": self._run_id})
+            yield beam.pvalue.TaggedOutput(ERRORS, described_error_row(
+                item.path, "read", item.error_type, item.message,
+                self._run_id))
         elif self._settle is None or is_settled(item, self._settle):
             self._matched.inc()
             yield item
