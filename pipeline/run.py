@@ -291,7 +291,12 @@ def run_classify(config: ClassifyConfig, *, log=None,
     run_id = new_run_id(started)
     with (contextlib.nullcontext() if output_locked
           else outputs.locked(config.output, run_id)):
-        recovered = outputs.recover(config.output)
+        try:
+            recovered = outputs.recover(config.output)
+        except Exception as error:  # e.g. a full disk: the next run retries
+            raise RunFailed(f"could not complete the interrupted publishing "
+                            f"in {config.output}: {type(error).__name__}: "
+                            f"{_first_line(error)}") from error
         if recovered:
             print(f"imgclass: finished publishing interrupted run(s) "
                   f"{', '.join(recovered)}", file=log)
