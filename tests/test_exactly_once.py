@@ -112,6 +112,34 @@ def test_a_rerun_after_a_crash_right_after_the_publish_record_adds_no_row(
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
 
 
+def test_recovery_that_fails_is_one_line_and_retried_by_the_next_run(
+        cli, images, tmp_path, monkeypatch, capsys):
+    first, _ = images
+    output = str(tmp_path / "out")
+    crash_at(monkeypatch, "_write_file",
+             lambda p: p.endswith(outputs.PUBLISH))
+    with pytest.raises(Killed):
+        classify(cli, [first], output, "--skip-done")
+    capsys.readouterr()  # what the killed run printed
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "_move", full_disk)
+    code, _, err = classify(cli, [first], output, "--skip-done")
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"imgclass: run failed: could not complete the interrupted "
+        f"publishing in {output}: OSError: [Errno 28] No space left on "
+        f"device"]
+    monkeypatch.undo()
+    code, _, err = classify(cli, [first], output, "--skip-done")
+    assert code == 0, err
+    assert lake_paths(output) == sorted(
+        os.path.join(first, n) for n in files_in(first))
+    assert len(runs(output)) == 2
+
+
 def test_a_torn_publish_record_is_discarded_without_a_traceback(
         cli, images, tmp_path, monkeypatch):
     first, _ = images
