@@ -12,7 +12,7 @@ walk of the graph: :func:`get_all_layers`, :func:`get_output`,
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -355,6 +355,44 @@ def get_output(layer: Layer, inputs=None, **kwargs):
         else:
             output = current.get_output_for(output, **kwargs)
     return output
+
+
+def get_outputs(layer: Layer, wanted: Sequence[Layer], inputs=None,
+                **kwargs) -> list:
+    """The symbolic outputs of the ``wanted`` layers of the network ending
+    in ``layer``, in one walk (so one compiled function computes them all
+    with the shared part once); arguments as :func:`get_output`."""
+    outputs = {}
+    output = None
+    for current in get_all_layers(layer):
+        if isinstance(current, InputLayer):
+            output = current.input_var if inputs is None else inputs
+        else:
+            output = current.get_output_for(output, **kwargs)
+        outputs[id(current)] = output
+    missing = [w.name for w in wanted if id(w) not in outputs]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the network")
+    return [outputs[id(w)] for w in wanted]
+
+
+def embedding_layer(layer: Layer, name: Optional[str] = None) -> Layer:
+    """The layer whose output is the network's embedding: the layer named
+    ``name``, or else the input of the last dense layer (the penultimate
+    features)."""
+    chain = get_all_layers(layer)
+    if name is not None:
+        for current in chain:
+            if current.name == name:
+                return current
+        raise SpecError(f"embedding layer {name!r} is not in the network "
+                        f"(layers: {', '.join(c.name for c in chain)})")
+    dense = [c for c in chain if isinstance(c, DenseLayer)]
+    if not dense or isinstance(dense[-1].input_layer, InputLayer):
+        raise SpecError("the network has no layer before a dense layer to "
+                        "take embeddings from; name one as "
+                        "\"embedding_layer\" in the model's metadata")
+    return dense[-1].input_layer
 
 
 def get_all_params(layer: Layer, **tags) -> list:

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import outputs
+from pipeline import outputs, tables
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
@@ -57,6 +57,10 @@ class ClassifyConfig:
     skip_done: bool = False
     skip_done_by: str = "mtime"
     beam_args: Sequence[str] = ()
+    emit_embeddings: bool = False
+    table_format: str = tables.DEFAULT_FORMAT
+    iceberg_catalog: Optional[str] = None
+    iceberg_namespace: str = tables.DEFAULT_NAMESPACE
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
     # (overrides partition_by); leave out files modified less than
@@ -314,9 +318,11 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         model.location if "/" in config.model else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, run_id=paths.run_id, loaded=model,
-        min_confidence=config.min_confidence)
+        min_confidence=config.min_confidence,
+        embeddings=config.emit_embeddings)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
-        paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
+        paths.staging_prefix(outputs.PREDICTIONS_DIR),
+        schema.predictions_schema(config.emit_embeddings))
     _ = results["errors"] | "WriteErrors" >> WriteRows(
         paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
 

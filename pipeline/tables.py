@@ -28,12 +28,10 @@ import os
 import time
 from typing import Callable, Optional
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-
 from model_store.errors import ConfigError
-from pipeline.outputs import count_rows
+
+# pyarrow, Beam and the table libraries are imported where they are used:
+# the command line imports this module for its option names and defaults.
 
 FORMATS = ("parquet", "delta", "iceberg")
 DEFAULT_FORMAT = "parquet"
@@ -137,12 +135,16 @@ def commit_properties(manifest: dict, table: str, rows: int) -> dict:
 
 
 def table_location(output: str, name: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
     return FileSystems.join(output, name) if "://" in output \
         else os.path.join(os.path.abspath(output), name)
 
 
-def table_schema(paths: list[str], partition: dict) -> pa.Schema:
+def table_schema(paths: list[str], partition: dict):
     """The files' own Parquet schema, plus the partition columns."""
+    import pyarrow as pa
+
     file_schema = _read_schema(paths[0]).remove_metadata()
     for column in partition:
         file_schema = file_schema.append(pa.field(column, pa.date32()))
@@ -200,7 +202,10 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
 
 
 def _add_action(root: str, path: str, partition: dict):
+    from apache_beam.io.filesystems import FileSystems
     from deltalake.transaction import AddAction
+
+    from pipeline.outputs import count_rows
 
     metadata = FileSystems.match([path])[0].metadata_list[0]
     relative = path[len(root):].lstrip("/")
@@ -212,8 +217,9 @@ def _add_action(root: str, path: str, partition: dict):
         stats=json.dumps({"numRecords": count_rows([path])}))
 
 
-def _evolve_delta(table, schema: pa.Schema) -> None:
-    """Adds the columns ``schema`` has and the table lacks."""
+def _evolve_delta(table, schema) -> None:
+    """Adds the columns ``schema`` (pyarrow) has and the table lacks."""
+    import pyarrow as pa
     from deltalake import Schema
 
     have = {field.name for field in table.schema().fields}
@@ -223,7 +229,7 @@ def _evolve_delta(table, schema: pa.Schema) -> None:
         table.alter.add_columns(fields)
 
 
-def _delta_schema(schema: pa.Schema):
+def _delta_schema(schema):
     from deltalake import Schema
 
     return Schema.from_arrow(schema)
@@ -240,7 +246,7 @@ def iceberg_catalog(spec: TableSpec):
     return SqlCatalog(CATALOG_NAME, **properties)
 
 
-def iceberg_table(spec: TableSpec, name: str, schema: Optional[pa.Schema]):
+def iceberg_table(spec: TableSpec, name: str, schema=None):
     """Loads the table ``namespace.name``; creates it (located in the
     output folder) when it is missing and ``schema`` is given."""
     from pyiceberg.exceptions import (NamespaceAlreadyExistsError,
@@ -284,6 +290,8 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
     from pyiceberg.exceptions import CommitFailedException
     from sqlalchemy.exc import OperationalError
 
+    from pipeline.outputs import count_rows
+
     schema = _read_schema(paths[0]).remove_metadata()
     rows = count_rows(paths)
     properties = commit_properties(manifest, name, rows)
@@ -312,6 +320,10 @@ def _iceberg_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def _read_schema(path: str) -> pa.Schema:
+def _read_schema(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
     with FileSystems.open(path) as handle:
         return pq.read_schema(pa.BufferReader(handle.read()))
