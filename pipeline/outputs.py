@@ -214,11 +214,22 @@ def _complete(output: str, staging: str, moves, manifest: dict) -> None:
             os.makedirs(folder, exist_ok=True)
     if pending:
         _move([s for s, _ in pending], [d for _, d in pending])
+    _commit_tables(manifest)
     body = _json_bytes(manifest)
     _write_bytes(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
     _write_bytes(join(output, MANIFEST), body)
     _remove_staging(output, staging)
     _write_bytes(join(output, SUCCESS), b"")
+
+
+def _commit_tables(manifest: dict) -> None:
+    """With ``--table-format delta|iceberg``, commits the moved files to
+    the tables; idempotent by run id (``pipeline/tables.py``)."""
+    if manifest.get("table"):
+        from pipeline import tables
+        tables.commit_run(tables.TableSpec.from_dict(manifest["table"]),
+                          {kind: manifest["files"][kind]
+                           for kind in PARTITIONED}, manifest)
 
 
 def _remove_staging(output: str, staging: str) -> None:

@@ -192,6 +192,21 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     return patterns, partition
 
 
+def table_spec(config: ClassifyConfig,
+               partition: Optional[str]) -> Optional[tables.TableSpec]:
+    """The Delta or Iceberg tables to commit to (None for plain Parquet);
+    checked before any work."""
+    if config.overwrite and config.table_format != tables.DEFAULT_FORMAT:
+        raise ConfigError(f"--overwrite does not apply to --table-format "
+                          f"{config.table_format}: a table keeps every "
+                          f"run's commit; give a new --output for a new "
+                          f"table")
+    return tables.table_spec(config.table_format, config.output,
+                             catalog=config.iceberg_catalog,
+                             namespace=config.iceberg_namespace,
+                             partition=partition)
+
+
 def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     """Runs the whole job; returns the manifest.
 
@@ -204,6 +219,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
     patterns, partition = validate(config)
+    table = table_spec(config, partition)
     model = load_model(config.model, root=config.store)
     recovered = outputs.recover(config.output)
     if recovered:
@@ -255,6 +271,7 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "patterns": patterns,
         "output": config.output,
         "partition": partition,
+        "table": table.to_dict() if table else None,
         "counts": {"matched": matched, "predicted": predicted,
                    "failed": failed, "skipped": skipped,
                    "failed_by_stage": by_stage,
@@ -322,7 +339,8 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         embeddings=config.emit_embeddings)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR),
-        schema.predictions_schema(config.emit_embeddings))
+        schema.predictions_schema(config.emit_embeddings),
+        compliant_lists=config.table_format != tables.DEFAULT_FORMAT)
     _ = results["errors"] | "WriteErrors" >> WriteRows(
         paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS)
 

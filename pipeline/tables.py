@@ -208,7 +208,8 @@ def _add_action(root: str, path: str, partition: dict):
     from pipeline.outputs import count_rows
 
     metadata = FileSystems.match([path])[0].metadata_list[0]
-    relative = path[len(root):].lstrip("/")
+    relative = (path[len(root):] if "://" in path else os.path.relpath(
+        os.path.abspath(path), root)).lstrip("/")
     return AddAction(
         path=relative, size=int(metadata.size_in_bytes),
         partition_values=dict(partition),
