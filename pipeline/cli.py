@@ -2,15 +2,18 @@
 
 Exit codes: 0 success; 1 a check failed (``models verify``) or the run
 failed; 2 a usage or configuration mistake, reported in one line before any
-work starts.
+work starts; 130 Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes
+nothing then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 
@@ -19,7 +22,7 @@ from model_store.errors import ConfigError, ImgclassError
 from pipeline import tables
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def _models_list(args) -> int:
@@ -169,14 +172,39 @@ def _classify(args) -> int:
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
-    try:
-        manifest = run_classify(config, log=_log(args))
-    except RunFailed as error:
-        print(f"imgclass: run failed: {error}", file=sys.stderr)
-        return EXIT_FAILED
+    with _sigterm_interrupts() as terminated:
+        try:
+            manifest = run_classify(config, log=_log(args))
+        except RunFailed as error:
+            print(f"imgclass: run failed: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt as error:
+            print(f"imgclass: interrupted: {str(error) or 'nothing published'}",
+                  file=sys.stderr)
+            return EXIT_SIGTERM if terminated else EXIT_SIGINT
     if args.summary_json:
         print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM stops a run as Ctrl-C does (staging removed, lock released);
+    yields a list that is non-empty once SIGTERM arrived."""
+    received = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _watch(args) -> int:
@@ -423,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "runner is Beam's in-process FnApiRunner (no downloads).",
         epilog="exit codes: 0 done (bad files are error rows, not failures); "
                "1 the run failed; 2 a configuration mistake, reported "
-               "before any work.")
+               "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
+               "published).")
     classify.add_argument(
         "--input", action="append", required=True, metavar="PATTERN",
         help="a file, a folder (every file below it) or a glob where ** "
@@ -437,11 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Hive-style partition folders (default: "
                                "%(default)s)")
     classify.add_argument("--run-date", metavar="YYYY-MM-DD",
-                          help="partition value with --partition-by "
+                          help="partition value, only with --partition-by "
                                "run_date (default: today, UTC)")
     classify.add_argument("--overwrite", action="store_true",
-                          help="replace an earlier run in OUTPUT (it is "
-                               "removed only once this run has succeeded)")
+                          help="replace the earlier runs in OUTPUT (they "
+                               "are removed while this run is published, "
+                               "once it has succeeded)")
     classify.add_argument("--skip-done", action="store_true",
                           help="add to the earlier runs in OUTPUT, "
                                "classifying only files that no earlier run "
@@ -531,6 +561,11 @@ def _configure_logging() -> None:
     # they are not needed unless a gs:// path is used, where Beam says so.
     handler.addFilter(lambda record: "apitools not found"
                       not in record.getMessage())
+    # Beam logs a Ctrl-C that lands in a DoFn as an error with a traceback;
+    # the command says "interrupted" in one line instead.
+    handler.addFilter(lambda record: not (
+        record.exc_info and record.exc_info[0]
+        and issubclass(record.exc_info[0], KeyboardInterrupt)))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     # Beam relays its workers' start-up warnings (unparsed runner flags, no
     # semi-persistent directory) that say nothing about this job; failures
@@ -567,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except KeyboardInterrupt:
         print("imgclass: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

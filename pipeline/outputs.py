@@ -1,4 +1,5 @@
-"""The output folder of a run: checks before the run, finalising after it.
+"""The output folder of a run: checks before the run, the lock while it
+runs, publishing after it.
 
 Layout of ``DIR`` (the output contract, documented in the README)::
 
@@ -10,21 +11,29 @@ Layout of ``DIR`` (the output contract, documented in the README)::
     DIR/_runs/<run_id>.json        every published run's manifest
     DIR/_ledger/                   files each run claimed (for --skip-done)
     DIR/_skipped/                  files --skip-done runs did not redo
+    DIR/_lock                      while a run or a watcher uses the output
 
 While the pipeline runs, everything is written below ``DIR/_staging/<run_id>``
 (Hive, Spark, Trino, DuckDB globs and Polars skip names starting with ``_``).
-Only after the pipeline succeeded are the shards moved to where readers look,
-then the manifest and ``_SUCCESS`` are written. A failed or killed run leaves
-no Parquet file in ``predictions/`` or ``errors/`` and no ``_SUCCESS``.
+Only after the pipeline succeeded is the run published (:class:`RunOutputs`):
+a run is published whole or not at all, and while ``_SUCCESS`` exists the
+Parquet files below ``predictions/`` and ``errors/`` are exactly those the
+manifests in ``_runs/`` list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import hashlib
+import importlib
 import io
 import json
 import os
+import socket
+import time
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +45,15 @@ from transforms import schema
 PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
 LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
 MANIFEST, SUCCESS, STAGING = "_manifest.json", "_SUCCESS", "_staging"
-PUBLISH = "_publish.json"
+PUBLISH, LOCK, MATCHED = "_publish.json", "_lock", "_matched.json"
+# A lock whose owner runs on another host is taken over once it is this old
+# (on the owner's host, once the owner's process is gone); one that cannot
+# be read (its owner died while creating it) once it is a minute old.
+LOCK_STALE_SECONDS, TORN_LOCK_SECONDS = 24 * 3600, 60
+# Beam filesystems that need an extra package: (module, extra to install).
+_FILESYSTEM_CLIENTS = {"gs": ("apache_beam.io.gcp.gcsfilesystem", "gcp"),
+                       "s3": ("boto3", "aws"), "hdfs": ("hdfs", "hadoop"),
+                       "azfs": ("azure.storage.blob", "azure")}
 SCHEMAS = {PREDICTIONS_DIR: schema.PREDICTIONS, ERRORS_DIR: schema.ERRORS,
            LEDGER_DIR: schema.LEDGER, SKIPPED_DIR: schema.SKIPPED}
 # The tables readers query are partitioned; the bookkeeping is not.
@@ -82,6 +99,29 @@ def input_pattern(path: str) -> str:
                       f"or a glob such as 'images/**/*.png')")
 
 
+def check_filesystem(path: str, option: str) -> None:
+    """Refuses, in one line, a path whose Beam filesystem is not installed
+    (``foo://x``, or ``gs://`` without Beam's GCP extra)."""
+    if not is_uri(path):
+        return
+    scheme = path.split("://", 1)[0].lower()
+    module, extra = _FILESYSTEM_CLIENTS.get(scheme, (None, None))
+    try:
+        FileSystems.get_filesystem(path)
+        if module:
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - Beam raises ValueError or ImportError
+        if extra:
+            package = (f"imgclass[{extra}]" if extra in ("gcp", "aws")
+                       else f"apache-beam[{extra}]")
+            raise ConfigError(f"{option} {path!r}: {scheme}:// needs Beam's "
+                              f"{extra} extra; install it with pip install "
+                              f"'{package}'") from None
+        raise ConfigError(f"{option} {path!r}: no filesystem for {scheme}:// "
+                          f"(give a local path, or gs://, s3://, hdfs://, "
+                          f"azfs://)") from None
+
+
 def holds_earlier_run(output: str) -> bool:
     """Whether ``output`` has a manifest, a success marker or results."""
     for name in (MANIFEST, SUCCESS):
@@ -94,10 +134,9 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
-def check_output(output: str, *, overwrite: bool,
-                 incremental: bool = False) -> None:
-    """Fails before any work if ``output`` cannot be written, or holds an
-    earlier run and neither ``overwrite`` nor ``incremental`` is set."""
+def check_output(output: str) -> None:
+    """Fails before any work if ``output`` cannot be written."""
+    check_filesystem(output, "--output")
     if not is_uri(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output!r} is a file; give a folder")
@@ -115,21 +154,157 @@ def check_output(output: str, *, overwrite: bool,
         message = getattr(error, "strerror", None) or str(error).split("\n")[0]
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+def check_earlier_run(output: str, *, overwrite: bool,
+                      incremental: bool) -> None:
+    """Fails if ``output`` holds a run and neither ``overwrite`` nor
+    ``incremental`` is set; call it after :func:`recover`, under the lock."""
     if not (overwrite or incremental) and holds_earlier_run(output):
         raise ConfigError(f"output {output!r} holds an earlier run; choose "
                           f"another folder, pass --skip-done to add to it, "
                           f"or --overwrite to replace it")
 
 
+@contextlib.contextmanager
+def locked(output: str, owner_id: str, *,
+           clock: Callable[[], float] = time.time):
+    """Holds ``DIR/_lock`` (owner id, host, pid, creation time) while the
+    block runs: a second run or watcher on ``output`` stops with one line.
+
+    The lock is created exclusively (``O_EXCL`` on local disks; on object
+    stores written, then read back, which narrows but does not close the
+    race: keep the schedules' ``flock``). A lock is stale, and taken over,
+    when its owner's process is gone (same host), when it is older than
+    ``LOCK_STALE_SECONDS`` (another host), or when it cannot be read and is
+    older than ``TORN_LOCK_SECONDS``. It is removed on every way out of the
+    block; a SIGKILL leaves it, and the next run takes it over.
+    """
+    path = join(output, LOCK)
+    owner = {"owner": owner_id, "host": socket.gethostname(),
+             "pid": os.getpid(), "created_at": _iso(clock())}
+    _acquire(path, _json_bytes(owner), output, clock)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            if _read_lock(path)[0] == owner:
+                _delete_file(path)
+
+
+def _acquire(path: str, data: bytes, output: str, clock) -> None:
+    for _ in range(5):
+        if _create_exclusive(path, data):
+            return
+        held, raw, modified = _read_lock(path)
+        if raw is None:
+            continue  # released meanwhile
+        if not _lock_is_stale(held, modified, clock()):
+            who = (f"run {held['owner']} (pid {held['pid']} on "
+                   f"{held['host']}, since {held['created_at']})" if held
+                   else "a run whose lock cannot be read")
+            raise ConfigError(f"output {output!r} is in use by {who}; wait "
+                              f"for it to finish, or delete {path} if that "
+                              f"run is gone")
+        _take_over(path, raw)
+    raise ConfigError(f"output {output!r}: could not take its lock {path}; "
+                      f"another run is starting on it")
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    if is_uri(path):
+        if FileSystems.exists(path):
+            return False
+        _write_bytes(path, data)
+        with FileSystems.open(path) as handle:
+            return handle.read() == data
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _read_lock(path: str):
+    """``(owner dict or None if unreadable, raw bytes or None if absent,
+    modification time)``."""
+    try:
+        with FileSystems.open(path) as handle:
+            raw = handle.read()
+        modified = (FileSystems.last_updated(path) if is_uri(path)
+                    else os.stat(path).st_mtime)
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        return None, None, None
+    try:
+        held = json.loads(raw)
+        if not (isinstance(held, dict) and isinstance(held.get("pid"), int)
+                and {"owner", "host", "created_at"} <= set(held)):
+            held = None
+    except ValueError:
+        held = None
+    return held, raw, modified
+
+
+def _lock_is_stale(held: Optional[dict], modified: float, now: float) -> bool:
+    if held is None:
+        return now - modified > TORN_LOCK_SECONDS
+    if held["host"] == socket.gethostname():
+        return not _pid_alive(held["pid"])
+    try:
+        created = datetime.datetime.fromisoformat(
+            held["created_at"]).timestamp()
+    except (TypeError, ValueError):
+        created = modified
+    return now - created > LOCK_STALE_SECONDS
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def _take_over(path: str, stale: bytes) -> None:
+    """Removes the stale lock ``path``, unless another run replaced it
+    meanwhile (then it is put back)."""
+    if is_uri(path):
+        _delete_file(path)
+        return
+    aside = f"{path}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    with open(aside, "rb") as handle:
+        if handle.read() != stale:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+    os.unlink(aside)
+
+
 class RunOutputs:
     """Paths of one run, and publishing from staging to the output.
 
-    Publishing is a roll-forward protocol: the list of moves and the run's
-    manifest are written to ``_staging/<run_id>/_publish.json`` first, then
-    the files are moved, then the manifest and ``_SUCCESS`` are written and
-    the staging folder removed. If the process dies part way, the next run
-    on the same output (:func:`recover`) finishes the moves, so a run is
-    published whole or not at all.
+    Publishing is a roll-forward protocol. First the publish record (the
+    moves, the earlier run's files to delete with ``--overwrite``, and the
+    run's manifest, with its sha256) is written to
+    ``_staging/<run_id>/_publish.json`` atomically; until it is, nothing
+    visible has changed. Then :func:`_complete` removes ``_SUCCESS``,
+    deletes, moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
+    ``_SUCCESS``, and removes the staging folder. Each step can be done
+    again, so if the process dies part way, the next run on the same output
+    (:func:`recover`) completes it: a run is published whole or not at all,
+    and an ``--overwrite`` never loses both runs.
     """
 
     def __init__(self, output: str, run_id: str, partition: str | None):
@@ -137,6 +312,20 @@ class RunOutputs:
         self.run_id = run_id
         self.partition = partition  # e.g. "run_date=2026-11-26", or None
         self.staging = join(output, STAGING, run_id)
+
+    @property
+    def matched_count_path(self) -> str:
+        """Where the pipeline writes how many files it matched."""
+        return join(self.staging, MATCHED)
+
+    def matched_count(self) -> Optional[int]:
+        """The count the pipeline wrote, or None if the runner lost it."""
+        try:
+            with FileSystems.open(self.matched_count_path) as handle:
+                count = json.loads(handle.read())["matched"]
+        except Exception:  # noqa: BLE001 - missing or damaged: unknown
+            return None
+        return count if isinstance(count, int) and count >= 0 else None
 
     def staging_prefix(self, kind: str) -> str:
         return join(self.staging, kind, f"part-{self.run_id}")
@@ -166,60 +355,88 @@ class RunOutputs:
 
     def publish(self, staged: dict, manifest: dict, *,
                 overwrite: bool) -> None:
-        """Moves the staged files into place, then writes the manifest and
-        ``_SUCCESS``; see the class docstring for what a crash leaves."""
-        if overwrite:
-            self._remove_earlier_runs()
+        """Writes the publish record, then completes it; see the class
+        docstring for what a crash leaves."""
         moves = [(src, dst) for kind in staged
                  for src, dst in zip(staged[kind],
                                      self.destinations(staged)[kind])]
-        _write_bytes(join(self.staging, PUBLISH), _json_bytes(
-            {"moves": moves, "manifest": manifest}))
-        _complete(self.output, self.staging, moves, manifest)
+        deletes = _published_files(self.output) if overwrite else []
+        record = {"moves": moves, "deletes": deletes, "manifest": manifest}
+        _write_file(join(self.staging, PUBLISH), _record_bytes(record))
+        _complete(self.output, self.staging, record)
 
     def discard_staging(self) -> None:
         _remove_staging(self.output, self.staging)
 
-    def _remove_earlier_runs(self) -> None:
-        for name in (SUCCESS, MANIFEST, RUNS_DIR, *SCHEMAS):
-            path = join(self.output, name)
-            if FileSystems.exists(path):
-                FileSystems.delete([path])
+
+def _published_files(output: str) -> list[str]:
+    """Every file of the runs published in ``output`` (for --overwrite)."""
+    return [path for name in (*SCHEMAS, RUNS_DIR)
+            for path in _list(join(output, name, "**"))]
 
 
 def recover(output: str) -> list[str]:
-    """Finishes publishing runs that died while publishing, and removes the
-    staging folders of runs that died before; returns the recovered run ids.
+    """Completes the publishing of runs that died while publishing, and
+    removes the staging folders of runs that died before (or while writing
+    their publish record); returns the recovered run ids.
 
-    Call it before a new run on ``output``; two runs must not write to the
-    same output at the same time.
+    Call it before a new run on ``output``, holding its lock.
     """
     recovered = []
     for record_path in _list(join(output, STAGING, "*", PUBLISH)):
+        record = _read_record(record_path)
+        if record is None:
+            continue  # never started publishing: its staging goes below
         staging = record_path[: -len(PUBLISH) - 1]
-        with FileSystems.open(record_path) as handle:
-            record = json.loads(handle.read())
-        _complete(output, staging, record["moves"], record["manifest"])
+        _complete(output, staging, record)
         recovered.append(record["manifest"]["run_id"])
     _delete_quietly(join(output, STAGING))
     return recovered
 
 
-def _complete(output: str, staging: str, moves, manifest: dict) -> None:
-    """Moves what is not moved yet (idempotent), then marks the run done."""
-    pending = [(src, dst) for src, dst in moves if FileSystems.exists(src)]
-    for _, dst in pending:
-        folder = dst.rsplit("/", 1)[0]
-        if not is_uri(folder):
-            os.makedirs(folder, exist_ok=True)
-    if pending:
-        _move([s for s, _ in pending], [d for _, d in pending])
+def _complete(output: str, staging: str, record: dict) -> None:
+    """Publishes a run whose record is durable. Every step can be redone:
+    whatever is already deleted or moved is skipped."""
+    manifest = record["manifest"]
+    done = join(output, SUCCESS)
+    for path in [done, *record["deletes"]]:
+        if FileSystems.exists(path):
+            _delete_file(path)
+    for src, dst in record["moves"]:
+        if FileSystems.exists(src):
+            folder = dst.rsplit("/", 1)[0]
+            if not is_uri(folder):
+                os.makedirs(folder, exist_ok=True)
+            _move([src], [dst])
     _commit_tables(manifest)
     body = _json_bytes(manifest)
-    _write_bytes(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
-    _write_bytes(join(output, MANIFEST), body)
+    _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
+    _write_file(join(output, MANIFEST), body)
+    _write_file(done, b"")
     _remove_staging(output, staging)
-    _write_bytes(join(output, SUCCESS), b"")
+
+
+def _record_bytes(record: dict) -> bytes:
+    return _json_bytes({"sha256": _digest(record), "record": record})
+
+
+def _read_record(path: str) -> Optional[dict]:
+    """The publish record at ``path``; None if it is torn or altered."""
+    try:
+        with FileSystems.open(path) as handle:
+            stored = json.loads(handle.read())
+        record = stored["record"]
+        if stored["sha256"] != _digest(record):
+            return None
+        record["manifest"]["run_id"], record["moves"], record["deletes"]
+        return record
+    except Exception:  # noqa: BLE001 - any damage means "never started"
+        return None
+
+
+def _digest(record: dict) -> str:
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _commit_tables(manifest: dict) -> None:
@@ -239,6 +456,11 @@ def _remove_staging(output: str, staging: str) -> None:
             os.rmdir(join(output, STAGING))
         except OSError:
             pass
+
+
+def write_count(count: int, path: str) -> None:
+    """Run by the pipeline: records how many files it matched."""
+    _write_file(path, _json_bytes({"matched": int(count)}))
 
 
 def ledger_files(output: str) -> list[str]:
@@ -273,8 +495,36 @@ def _list(pattern: str) -> list[str]:
                   .metadata_list)
 
 
+# The filesystem operations publishing is made of (tests inject faults here).
 def _move(sources: list[str], destinations: list[str]) -> None:
     FileSystems.rename(sources, destinations)
+
+
+def _delete_file(path: str) -> None:
+    FileSystems.delete([path])
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Writes ``path`` whole or not at all: on local disks a temporary name
+    renamed into place, on object stores (where an object appears only once
+    written) the object read back and compared."""
+    if is_uri(path):
+        _write_bytes(path, data)
+        with FileSystems.open(path) as handle:
+            if handle.read() != data:
+                raise OSError(f"{path} does not hold what was written")
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    aside = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(aside, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(aside, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
 
 
 def _basename(path: str) -> str:
@@ -288,6 +538,11 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 def _json_bytes(value) -> bytes:
     return (json.dumps(value, indent=2) + "\n").encode()
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(
+        timespec="seconds")
 
 
 def _delete_quietly(path: str) -> None:

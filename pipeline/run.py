@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import io
 import re
 import os
 import sys
@@ -14,7 +16,9 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions,
+                                                  GoogleCloudOptions,
                                                   PipelineOptions,
+                                                  PortableOptions,
                                                   StandardOptions)
 
 from model_store.errors import ConfigError, ImgclassError
@@ -34,6 +38,13 @@ PARTITIONS = ("none", "run_date")
 # in-process FnApiRunner instead, which never touches the network.
 _LOCAL_RUNNERS = {None, "DirectRunner", "direct", "directrunner",
                   "SwitchingDirectRunner", "FnApiRunner"}
+# The other runners the project supports (tested or documented in
+# deploy/README.md); any other is refused: e.g. Beam's DaskRunner drops
+# outputs emitted in finish_bundle and runs only the last sink.
+SUPPORTED_RUNNERS = ("DirectRunner", "PortableRunner", "FlinkRunner",
+                     "SparkRunner", "DataflowRunner", "PrismRunner")
+# How long a --job_endpoint may take to answer before the run is refused.
+ENDPOINT_TIMEOUT_SECONDS = 30.0
 
 
 class RunFailed(ImgclassError, RuntimeError):
@@ -76,7 +87,8 @@ def new_run_id(now: datetime.datetime) -> str:
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Beam options from the command line; unknown ones are a mistake."""
+    """Beam options from the command line; unknown ones, values Beam cannot
+    parse and runners the project does not support are mistakes."""
     beam_args = list(beam_args)
     if not any(a.startswith("--default_sdk_harness_log_level")
                for a in beam_args):
@@ -84,8 +96,8 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
         # for warnings, progress and the summary.
         beam_args.append("--default_sdk_harness_log_level=WARNING")
     options = PipelineOptions(beam_args)
-    known = options.get_all_options(retain_unknown_options=False)
-    every = options.get_all_options(retain_unknown_options=True)
+    known = _parse(options, retain_unknown_options=False)
+    every = _parse(options, retain_unknown_options=True)
     unknown = sorted(set(every) - set(known))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join('--' + u for u in unknown)}"
@@ -95,6 +107,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
         raise ConfigError(f"--direct_num_workers must be >= 0, got "
                           f"{direct.direct_num_workers}")
+    _check_runner(options)
     return options
 
 
@@ -112,12 +125,84 @@ def offline_options(*beam_args: str) -> PipelineOptions:
     return options
 
 
+def _parse(options: PipelineOptions, **kwargs) -> dict:
+    """Beam's argparse prints its usage and exits on a bad value; here that
+    is one line."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed), \
+                contextlib.redirect_stdout(printed):
+            return options.get_all_options(**kwargs)
+    except SystemExit:
+        lines = printed.getvalue().strip().splitlines() or ["invalid option"]
+        message = lines[-1].split("error: ", 1)[-1]
+        raise ConfigError(f"Beam option: {message}") from None
+
+
+def _runner_name(name: Optional[str]) -> Optional[str]:
+    """The supported runner ``name`` means (any case, with or without
+    ``Runner``, or Beam's class path), else None."""
+    if name in _LOCAL_RUNNERS:
+        return "DirectRunner"
+    module, _, short = name.rpartition(".")
+    if module and not module.startswith("apache_beam.runners."):
+        return None
+    for supported in SUPPORTED_RUNNERS:
+        if short.lower() in (supported.lower(),
+                             supported.lower()[:-len("runner")]):
+            return supported
+    return None
+
+
+def _check_runner(options: PipelineOptions) -> None:
+    name = options.view_as(StandardOptions).runner
+    runner = _runner_name(name)
+    if runner is None:
+        raise ConfigError(f"--runner={name} is not supported; use one of "
+                          f"{', '.join(SUPPORTED_RUNNERS)}")
+    if runner == "DataflowRunner":
+        cloud = options.view_as(GoogleCloudOptions)
+        missing = [f"--{o}" for o in ("project", "region")
+                   if not getattr(cloud, o)]
+        if missing:
+            raise ConfigError(f"--runner=DataflowRunner needs "
+                              f"{' and '.join(missing)}")
+        try:
+            import apache_beam.runners.dataflow.dataflow_runner  # noqa: F401
+        except ImportError:
+            raise ConfigError("--runner=DataflowRunner needs Beam's gcp "
+                              "extra; install it with pip install "
+                              "'imgclass[gcp]'") from None
+    endpoint = options.view_as(PortableOptions).job_endpoint
+    if runner in ("PortableRunner", "FlinkRunner", "SparkRunner") and \
+            endpoint and endpoint != "embed":
+        _check_endpoint(endpoint)
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Fails within ENDPOINT_TIMEOUT_SECONDS when nothing answers at the
+    job service ``endpoint`` (Beam itself waits minutes, then fails with an
+    empty FutureTimeoutError)."""
+    import grpc
+
+    channel = grpc.insecure_channel(endpoint)
+    try:
+        grpc.channel_ready_future(channel).result(
+            timeout=ENDPOINT_TIMEOUT_SECONDS)
+    except grpc.FutureTimeoutError:
+        raise ConfigError(f"--job_endpoint={endpoint}: no job service "
+                          f"answered within {ENDPOINT_TIMEOUT_SECONDS:g} s; "
+                          f"start it or fix the address") from None
+    finally:
+        channel.close()
+
+
 def make_runner(options: PipelineOptions):
     """The runner to use: the in-process FnApiRunner for local runs (it
     honours --direct_running_mode and --direct_num_workers), else Beam's
     runner of that name."""
     name = options.view_as(StandardOptions).runner
-    if name not in _LOCAL_RUNNERS:
+    if _runner_name(name) != "DirectRunner":
         return None
     if options.view_as(StandardOptions).streaming:
         raise ConfigError("--streaming is not supported by the local runner; "
@@ -165,6 +250,11 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
         if len(config.run_date) != 10:
             raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                               f"{config.run_date!r}")
+        if config.partition_by != "run_date":
+            raise ConfigError("--run-date only applies with --partition-by "
+                              "run_date")
+    for path in config.inputs:
+        outputs.check_filesystem(path, "--input")
     patterns = [outputs.input_pattern(p) for p in config.inputs]
     if config.skip_done_by != "mtime" and not config.skip_done:
         raise ConfigError("--skip-done-by only applies with --skip-done")
@@ -172,8 +262,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
         raise ConfigError("--overwrite and --skip-done contradict each other: "
                           "--skip-done adds to the earlier runs that "
                           "--overwrite would remove")
-    outputs.check_output(config.output, overwrite=config.overwrite,
-                         incremental=config.skip_done)
+    outputs.check_output(config.output)
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
@@ -207,59 +296,66 @@ def table_spec(config: ClassifyConfig,
                              partition=partition)
 
 
-def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; the message says what it left."""
+
+
+def run_classify(config: ClassifyConfig, *, log=None,
+                 output_locked: bool = False) -> dict:
     """Runs the whole job; returns the manifest.
+
+    Holds the output's lock (unless the caller, ``watch``, holds it:
+    ``output_locked``), completes interrupted publishing, and only then
+    decides whether the output holds an earlier run.
 
     Raises:
         ConfigError (and other ImgclassError): a mistake found before work.
-        RunFailed: the pipeline failed, or the counts do not add up.
+        RunFailed: the pipeline failed, or its counts cannot be established
+            or do not add up; nothing was published.
+        KeyboardInterrupt: Ctrl-C; nothing was published (Interrupted when
+            publishing had started: the next run completes it).
     """
     from model_store.store import load_model
 
+    log = log if log is not None else sys.stderr
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
     patterns, partition = validate(config)
-    table = table_spec(config, partition)
-    model = load_model(config.model, root=config.store)
-    recovered = outputs.recover(config.output)
-    if recovered:
-        print(f"imgclass: finished publishing interrupted run(s) "
-              f"{', '.join(recovered)}", file=log)
+    table_spec(config, partition)  # its mistakes, before any work
     started = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(started)
-    paths = outputs.RunOutputs(config.output, run_id, partition)
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    _build(pipeline, config, model, patterns, paths)
+    with (contextlib.nullcontext() if output_locked
+          else outputs.locked(config.output, run_id)):
+        recovered = outputs.recover(config.output)
+        if recovered:
+            print(f"imgclass: finished publishing interrupted run(s) "
+                  f"{', '.join(recovered)}", file=log)
+        outputs.check_earlier_run(config.output, overwrite=config.overwrite,
+                                  incremental=config.skip_done)
+        model = load_model(config.model, root=config.store)
+        paths = outputs.RunOutputs(config.output, run_id, partition)
+        try:  # until publishing starts, any way out removes the staging
+            staged, manifest = _stage(config, options, runner, model,
+                                      patterns, paths, started, log)
+        except BaseException:
+            paths.discard_staging()
+            raise
+        _publish(paths, staged, manifest, overwrite=config.overwrite)
+    _summary(manifest, config, log)
+    return manifest
+
+
+def _stage(config, options, runner, model, patterns, paths, started, log):
+    """Runs the pipeline into staging; ``(staged files, manifest)``."""
     runner_name = type(runner).__name__ if runner else options.view_as(
         StandardOptions).runner
-    print(f"imgclass: run {run_id}: classifying {', '.join(config.inputs)} "
-          f"with {model.ref} on {runner_name}", file=log)
-    clock = time.monotonic()
-    try:
-        result = pipeline.run()
-        result.wait_until_finish()
-    except Exception as error:
-        paths.discard_staging()
-        raise RunFailed(f"run {run_id}: the pipeline failed, nothing was "
-                        f"published: {type(error).__name__}: "
-                        f"{_first_line(error)}") from error
-    except BaseException:  # Ctrl-C: leave nothing half-visible either
-        paths.discard_staging()
-        raise
-    seconds = time.monotonic() - clock
-
+    result, seconds = _execute(config, options, runner, model, patterns,
+                               paths, f"with {model.ref} on {runner_name}",
+                               log)
     staged = paths.staged_files()
-    predicted = outputs.count_rows(staged[outputs.PREDICTIONS_DIR])
-    skipped = outputs.count_rows(staged[outputs.SKIPPED_DIR])
-    errors = outputs.read_table(staged[outputs.ERRORS_DIR], ["stage"])
-    by_stage = {}
-    for stage in errors.column("stage").to_pylist():
-        by_stage[stage] = by_stage.get(stage, 0) + 1
-    failed = errors.num_rows
-    metrics = _metrics(result)
-    matched = metrics.get("files_matched", predicted + failed + skipped)
+    table = table_spec(config, paths.partition)
     manifest = {
-        "run_id": run_id,
+        "run_id": paths.run_id,
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -270,16 +366,13 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
         "inputs": list(config.inputs),
         "patterns": patterns,
         "output": config.output,
-        "partition": partition,
+        "partition": paths.partition,
         "table": table.to_dict() if table else None,
-        "counts": {"matched": matched, "predicted": predicted,
-                   "failed": failed, "skipped": skipped,
-                   "failed_by_stage": by_stage,
-                   "skipped_by_reason": {"done": skipped} if skipped else {}},
+        "counts": _counts(paths, staged),
         "skip_done": config.skip_done,
         "skip_done_by": config.skip_done_by if config.skip_done else None,
         **({"window": config.window} if config.window is not None else {}),
-        "metrics": metrics,
+        "metrics": _metrics(result),
         "runner": runner_name,
         "options": options.get_all_options(drop_default=True),
         "settings": {"top_k": config.top_k, "batch_size": config.batch_size,
@@ -287,21 +380,97 @@ def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
                      "min_confidence": config.min_confidence},
         "files": paths.destinations(staged),
     }
-    if matched != predicted + failed + skipped:
-        paths.discard_staging()
-        raise RunFailed(
-            f"run {run_id}: {matched} files matched but {predicted} "
-            f"predicted + {failed} failed + {skipped} skipped = "
-            f"{predicted + failed + skipped}; nothing was published")
-    paths.publish(staged, manifest, overwrite=config.overwrite)
+    return staged, manifest
+
+
+def _execute(config, options, runner, model, patterns, paths, what, log):
+    """Builds and runs the pipeline; ``(result, seconds)``."""
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    _build(pipeline, config, model, patterns, paths)  # checks its settings
+    try:
+        print(f"imgclass: run {paths.run_id}: classifying "
+              f"{', '.join(config.inputs)} {what}", file=log)
+        clock = time.monotonic()
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result, time.monotonic() - clock
+    except Exception as error:
+        if _interrupted(error):
+            raise KeyboardInterrupt from None
+        raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
+                        f"was published: {type(error).__name__}: "
+                        f"{_first_line(error)}") from error
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is Beam's wrapping of a Ctrl-C (or SIGTERM) that
+    arrived while a DoFn ran in this process."""
+    seen = 0
+    while error is not None and seen < 20:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _counts(paths: outputs.RunOutputs, staged: dict) -> dict:
+    """The run's counts: ``matched`` from the match step's own count (not
+    from what was written), the others from the staged files; raises
+    RunFailed when they cannot be established or do not add up."""
+    predicted = outputs.count_rows(staged[outputs.PREDICTIONS_DIR])
+    skipped = outputs.count_rows(staged[outputs.SKIPPED_DIR])
+    errors = outputs.read_table(staged[outputs.ERRORS_DIR], ["stage"])
+    by_stage = {}
+    for stage in errors.column("stage").to_pylist():
+        by_stage[stage] = by_stage.get(stage, 0) + 1
+    failed = errors.num_rows
+    matched = paths.matched_count()
+    problem = None
+    if matched is None:
+        problem = ("the runner did not deliver the count of matched files, "
+                   "so the counts cannot be established")
+    elif matched != predicted + failed + skipped:
+        problem = (f"{matched} files matched but {predicted} predicted + "
+                   f"{failed} failed + {skipped} skipped = "
+                   f"{predicted + failed + skipped}")
+    if problem:
+        raise RunFailed(f"run {paths.run_id}: {problem}; nothing was "
+                        f"published")
+    return {"matched": matched, "predicted": predicted, "failed": failed,
+            "skipped": skipped, "failed_by_stage": by_stage,
+            "skipped_by_reason": {"done": skipped} if skipped else {}}
+
+
+def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
+             overwrite: bool) -> None:
+    """Publishes the run; an interruption or a write error part way is
+    completed (or discarded, if the record was not written) by the next
+    run on the output."""
+    later = (f"the next run on {paths.output} completes it (or discards it, "
+             f"if it had not started)")
+    try:
+        paths.publish(staged, manifest, overwrite=overwrite)
+    except KeyboardInterrupt:
+        raise Interrupted(f"publishing run {paths.run_id} was interrupted; "
+                          f"{later}") from None
+    except Exception as error:
+        raise RunFailed(f"run {paths.run_id}: publishing failed "
+                        f"({type(error).__name__}: {_first_line(error)}); "
+                        f"{later}") from error
+
+
+def _summary(manifest: dict, config: ClassifyConfig, log) -> None:
+    counts, seconds = manifest["counts"], manifest["seconds"]
+    matched, skipped = counts["matched"], counts["skipped"]
+    by_stage = counts["failed_by_stage"]
     rate = (matched - skipped) / seconds if seconds > 0 else 0.0
-    print(f"imgclass: run {run_id} done in {seconds:.1f}s: {matched} matched, "
-          f"{predicted} predicted, {failed} failed"
+    print(f"imgclass: run {manifest['run_id']} done in {seconds:.1f}s: "
+          f"{matched} matched, {counts['predicted']} predicted, "
+          f"{counts['failed']} failed"
           + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
              if by_stage else "")
           + (f", {skipped} skipped (done before)" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
-    return manifest
 
 
 def summary(manifest: dict) -> dict:
@@ -316,6 +485,10 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     matched = (pipeline
                | "Patterns" >> beam.Create(patterns)
                | "MatchFiles" >> MatchFiles(settle_seconds=config.settle))
+    _ = (matched
+         | "CountMatched" >> beam.combiners.Count.Globally()
+         | "WriteMatchedCount" >> beam.Map(outputs.write_count,
+                                           paths.matched_count_path))
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,

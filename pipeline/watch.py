@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import os
 import signal
 import sys
@@ -57,7 +58,6 @@ from transforms.skip import file_key
 
 HOUR = 3600
 WINDOWS_DIR = "_windows"
-LOCK = "_watch.lock"
 DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_SETTLE = 30.0, 3600, 30.0
 # A run that fails is retried at the end of the next window; after this many
 # failures in a row the watcher gives up (exit code 1).
@@ -101,6 +101,11 @@ def hour_partition(t: float) -> str:
 
 def check_settings(interval: float, window: float, settle: float) -> int:
     """Refuses bad timings in one line; returns the window in seconds."""
+    for name, value in (("interval", interval), ("window", window),
+                        ("settle", settle)):
+        if not math.isfinite(value):
+            raise ConfigError(f"--{name} must be a finite number of "
+                              f"seconds, got {value!r}")
     if not interval > 0:
         raise ConfigError(f"--interval must be > 0 seconds, got {interval!r}")
     if not settle >= 0:
@@ -126,7 +131,8 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
 
     Raises:
         ConfigError (and other ImgclassError): a mistake found before
-            watching starts, or the output is watched by another process.
+            watching starts, or the output is in use by another run or
+            watcher (its lock, ``outputs.locked``).
         RunFailed: MAX_FAILURES window runs failed in a row.
     """
     from model_store.store import load_model
@@ -150,7 +156,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     _check_layout(output)
     counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
               "failed_runs": 0}
-    with _locked(output):
+    with outputs.locked(output, f"watch-{os.getpid()}"):
         recovered = outputs.recover(output)
         if recovered:
             print(f"imgclass: finished publishing interrupted run(s) "
@@ -219,7 +225,7 @@ def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
         run = dataclasses.replace(config, partition=window.partition,
                                   window=window.as_dict())
         try:
-            manifest = run_classify(run, log=log)
+            manifest = run_classify(run, log=log, output_locked=True)
         except BaseException as error:
             if not isinstance(error, Exception):
                 # A second Ctrl-C or SIGTERM: a run that had started
@@ -327,26 +333,6 @@ def _check_layout(output: str) -> None:
                     f"output {output!r} holds results that are not in "
                     f"date=/hour= partitions (e.g. {found[0]}); give "
                     f"'imgclass watch' an output folder of its own")
-
-
-@contextlib.contextmanager
-def _locked(output: str):
-    """One watcher per output (local outputs; on object stores, make sure
-    of it yourself)."""
-    if outputs.is_uri(output):
-        yield
-        return
-    import fcntl
-    handle = open(os.path.join(output, LOCK), "a")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ConfigError(f"output {output!r} is already watched by "
-                              f"another 'imgclass watch'") from None
-        yield
-    finally:
-        handle.close()
 
 
 @contextlib.contextmanager

@@ -135,3 +135,78 @@ def test_missing_compiler_is_one_clear_line(tmp_path):
                                 "compiler for Theano and "
                                 "'no-such-compiler-g++' was not found")
     assert "apt-get install g++" in lines[-1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--runner=NoSuchRunner"], "--runner=NoSuchRunner is not supported; "
+                                "use one of DirectRunner, PortableRunner"),
+    (["--runner=DaskRunner"], "--runner=DaskRunner is not supported"),
+    (["--runner=apache_beam.runners.dask.dask_runner.DaskRunner"],
+     "is not supported"),
+    (["--direct_num_workers=abc"], "Beam option: argument "
+                                   "--direct_num_workers: invalid int value: "
+                                   "'abc'"),
+    (["--direct_running_mode=fast"], "argument --direct_running_mode: "
+                                     "invalid choice: 'fast'"),
+    (["--runner=DataflowRunner"], "--runner=DataflowRunner needs --project "
+                                  "and --region"),
+    (["--input", "hdfs2://cluster/images"],
+     "--input 'hdfs2://cluster/images': no filesystem for hdfs2://"),
+    (["--input", "gs://bucket/images"],
+     "gs:// needs Beam's gcp extra; install it with pip install "
+     "'imgclass[gcp]'"),
+    (["--run-date", "2026-11-26"], "--run-date only applies with "
+                                   "--partition-by run_date"),
+])
+def test_configuration_mistakes_are_one_line_and_exit_2(
+        cli, images, tmp_path, args, message):
+    output = tmp_path / "out"
+    code, out, err = cli("classify", "--input", images, "--output", output,
+                         *args)
+    assert code == 2
+    assert err.strip().splitlines() == [f"imgclass: error: "
+                                        f"{err.split('error: ', 1)[1].strip()}"]
+    assert message in err
+    assert out == "" and not output.exists()
+
+
+def test_an_output_on_an_unknown_filesystem_is_one_line(cli, images):
+    code, _, err = cli("classify", "--input", images, "--output", "foo://x")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "imgclass: error: --output 'foo://x': no filesystem for foo:// (give "
+        "a local path, or gs://, s3://, hdfs://, azfs://)"]
+
+
+@pytest.mark.parametrize("window", ["inf", "nan", "1e999"])
+def test_watch_refuses_a_window_that_is_not_a_number_of_seconds(
+        cli, tmp_path, window):
+    code, _, err = cli("watch", "--input", tmp_path, "--output",
+                       tmp_path / "out", "--window", window)
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"imgclass: error: --window must be a finite number of seconds, got "
+        f"{float(window)!r}"]
+
+
+def test_an_unreachable_job_endpoint_fails_in_time_naming_it(
+        cli, images, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    import pipeline.run
+
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(pipeline.run, "ENDPOINT_TIMEOUT_SECONDS", 0.5)
+    started = time.monotonic()
+    code, _, err = cli("classify", "--input", images, "--output",
+                       tmp_path / "out", "--runner=PortableRunner",
+                       f"--job_endpoint=localhost:{port}")
+    assert time.monotonic() - started < 10
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"imgclass: error: --job_endpoint=localhost:{port}: no job service "
+        f"answered within 0.5 s; start it or fix the address"]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,289 @@
+"""Exactly once through the command line, with real pipelines: reruns after
+crashes while publishing, --overwrite, the output lock, Ctrl-C and SIGTERM,
+and runs whose counts cannot be established. An outside reader (DuckDB)
+checks what a data lake would see."""
+
+import datetime
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import duckdb
+import pytest
+
+from pipeline import outputs
+from pipeline.cli import main
+from pipeline.run import ClassifyConfig
+
+SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
+                       "digits")
+
+
+class Killed(BaseException):
+    """The process died here."""
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Three sample digits, and two more for a later run."""
+    names = sorted(os.listdir(SAMPLES))
+    first, later = tmp_path / "in", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    for name in names[:3]:
+        shutil.copy(os.path.join(SAMPLES, name), first / name)
+    for name in names[3:5]:
+        shutil.copy(os.path.join(SAMPLES, name), later / name)
+    return str(first), str(later)
+
+
+def lake_paths(output):
+    """The paths an outside reader sees in predictions and errors."""
+    found = []
+    for kind in ("predictions", "errors"):
+        if not glob.glob(f"{output}/{kind}/**/*.parquet", recursive=True):
+            continue  # DuckDB refuses a glob that matches nothing
+        found += [row[0] for row in duckdb.sql(
+            f"select path from read_parquet('{output}/{kind}/**/*.parquet')"
+        ).fetchall()]
+    return sorted(found)
+
+
+def runs(output):
+    return sorted(os.listdir(os.path.join(output, "_runs")))
+
+
+def classify(cli, inputs, output, *extra):
+    args = ["classify", "--output", output, *extra]
+    for folder in inputs:
+        args += ["--input", folder]
+    return cli(*args)
+
+
+def crash_at(monkeypatch, operation, matches, *, torn=False, after=True):
+    """Makes the first call of ``outputs.<operation>`` whose first path
+    argument satisfies ``matches`` kill the run (torn: half the bytes of a
+    write land, as on a store without atomic writes)."""
+    real = getattr(outputs, operation)
+
+    def faulty(*args):
+        path = args[0][0] if operation == "_move" else args[0]
+        if not matches(path):
+            return real(*args)
+        monkeypatch.setattr(outputs, operation, real)
+        if torn:
+            with open(path, "wb") as handle:
+                handle.write(args[1][: len(args[1]) // 2])
+            raise Killed(path)
+        if after:
+            real(*args)
+        raise Killed(path)
+
+    monkeypatch.setattr(outputs, operation, faulty)
+
+
+def files_in(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_a_rerun_after_a_crash_right_after_the_publish_record_adds_no_row(
+        cli, images, tmp_path, monkeypatch):
+    first, _ = images
+    output = str(tmp_path / "out")
+    crash_at(monkeypatch, "_write_file",
+             lambda p: p.endswith(outputs.PUBLISH))
+    with pytest.raises(Killed):
+        classify(cli, [first], output)
+    assert not os.path.exists(os.path.join(output, "_SUCCESS"))
+
+    code, _, err = classify(cli, [first], output)  # the same command again
+    assert code == 2
+    assert "finished publishing interrupted run" in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"imgclass: error: output {output!r} holds an earlier run")
+    assert lake_paths(output) == sorted(
+        os.path.join(first, n) for n in files_in(first))
+    assert len(runs(output)) == 1
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+
+
+def test_a_torn_publish_record_is_discarded_without_a_traceback(
+        cli, images, tmp_path, monkeypatch):
+    first, _ = images
+    output = str(tmp_path / "out")
+    crash_at(monkeypatch, "_write_file",
+             lambda p: p.endswith(outputs.PUBLISH), torn=True)
+    with pytest.raises(Killed):
+        classify(cli, [first], output)
+
+    for extra in ([], ["--skip-done"]):
+        code, _, err = classify(cli, [first], output, *extra)
+        assert code == 0, err
+        assert "Traceback" not in err
+    assert lake_paths(output) == sorted(
+        os.path.join(first, n) for n in files_in(first))
+    assert len(runs(output)) == 2  # the second run skipped every file
+
+
+def test_an_overwrite_killed_after_removing_part_of_the_old_run_loses_neither(
+        cli, images, tmp_path, monkeypatch):
+    first, later = images
+    output = str(tmp_path / "out")
+    assert classify(cli, [first], output)[0] == 0
+    old = lake_paths(output)
+    crash_at(monkeypatch, "_delete_file",
+             lambda p: "/predictions/part-" in p)
+    with pytest.raises(Killed):
+        classify(cli, [later], output, "--overwrite")
+    # The old run is partly gone; nothing vouches for what readers see.
+    assert not os.path.exists(os.path.join(output, "_SUCCESS"))
+    assert lake_paths(output) != old
+
+    # The next run (here a plain one, refused) first completes the publish.
+    code, _, err = classify(cli, [later], output)
+    assert code == 2 and "holds an earlier run" in err
+    new = sorted(os.path.join(later, n) for n in files_in(later))
+    assert lake_paths(output) == new
+    assert len(runs(output)) == 1
+    code, _, err = classify(cli, [later], output, "--overwrite")
+    assert code == 0, err
+    assert lake_paths(output) == new and len(runs(output)) == 1
+
+
+def hold_lock(output, owner="nightly-run"):
+    """Another process holding the output's lock until its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\nfrom pipeline import outputs\n"
+         f"with outputs.locked({output!r}, {owner!r}):\n"
+         "    print('held', flush=True)\n    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=os.path.join(os.path.dirname(__file__), os.pardir))
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_run_on_a_locked_output_stops_with_one_line(
+        cli, images, tmp_path):
+    first, _ = images
+    output = tmp_path / "out"
+    output.mkdir()
+    holder = hold_lock(str(output))
+    try:
+        for extra in ([], ["--skip-done"], ["--overwrite"]):
+            code, _, err = classify(cli, [first], str(output), *extra)
+            assert code == 2
+            (line,) = err.strip().splitlines()
+            assert line.startswith(
+                f"imgclass: error: output {str(output)!r} is in use by run "
+                f"nightly-run (pid {holder.pid} on {socket.gethostname()}, "
+                f"since ")
+        assert files_in(output) == ["_lock"]
+    finally:
+        holder.communicate("")
+    assert files_in(output) == []  # released by its owner
+    assert classify(cli, [first], str(output))[0] == 0
+    assert not os.path.exists(output / "_lock")
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(cli, images, tmp_path):
+    first, _ = images
+    output = tmp_path / "out"
+    output.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (output / "_lock").write_text(json.dumps({
+        "owner": "killed-run", "host": socket.gethostname(),
+        "pid": dead.pid, "created_at": "2026-01-01T00:00:00+00:00"}))
+    code, _, err = classify(cli, [first], str(output))
+    assert code == 0, err
+    assert not os.path.exists(output / "_lock")
+
+
+def test_a_lock_from_another_host_is_stale_only_after_the_timeout(tmp_path):
+    output = str(tmp_path)
+    created = 1_800_000_000.0
+    with open(os.path.join(output, "_lock"), "w") as handle:
+        json.dump({"owner": "elsewhere", "host": "other-host", "pid": 1,
+                   "created_at": datetime.datetime.fromtimestamp(
+                       created, datetime.timezone.utc).isoformat()}, handle)
+    soon = lambda: created + outputs.LOCK_STALE_SECONDS - 60  # noqa: E731
+    with pytest.raises(outputs.ConfigError, match="in use by run elsewhere"):
+        with outputs.locked(output, "mine", clock=soon):
+            pass
+    late = lambda: created + outputs.LOCK_STALE_SECONDS + 60  # noqa: E731
+    with outputs.locked(output, "mine", clock=late):
+        held = json.load(open(os.path.join(output, "_lock")))
+        assert (held["owner"], held["pid"]) == ("mine", os.getpid())
+    assert not os.path.exists(os.path.join(output, "_lock"))
+
+    # A lock its owner died writing: held for a minute, then stale.
+    lock = os.path.join(output, "_lock")
+    open(lock, "w").close()
+    written = os.stat(lock).st_mtime
+    with pytest.raises(outputs.ConfigError, match="cannot be read"):
+        with outputs.locked(output, "mine", clock=lambda: written + 5):
+            pass
+    with outputs.locked(output, "mine", clock=lambda: written + 61):
+        pass
+
+
+def test_classify_and_watch_share_the_lock(cli, images, tmp_path):
+    from pipeline.watch import watch
+
+    first, _ = images
+    output = str(tmp_path / "out")
+    os.makedirs(output)
+    with outputs.locked(output, "watch-1"):
+        code, _, err = classify(cli, [first], output, "--skip-done")
+        assert code == 2 and "in use by run watch-1" in err
+    with outputs.locked(output, "nightly"):
+        with pytest.raises(outputs.ConfigError, match="in use by run "
+                                                      "nightly"):
+            watch(ClassifyConfig(inputs=[first], output=output),
+                  stop_event=threading.Event())
+    assert not os.path.exists(os.path.join(output, "_lock"))
+
+
+@pytest.mark.parametrize("signum,code,at", [
+    (signal.SIGINT, 130, "pipeline"), (signal.SIGTERM, 143, "pipeline"),
+    (signal.SIGINT, 130, "counting"), (signal.SIGTERM, 143, "counting")])
+def test_ctrl_c_and_sigterm_publish_nothing_and_clean_up(
+        cli, images, tmp_path, monkeypatch, signum, code, at):
+    first, _ = images
+    output = str(tmp_path / "out")
+    if at == "pipeline":  # while the pipeline runs, in this process
+        target, name = outputs, "write_count"
+    else:  # once it finished, while the driver counts the staged files
+        target, name = outputs.RunOutputs, "matched_count"
+    real = getattr(target, name)
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(target, name, interrupted)
+    status, _, err = classify(cli, [first], output)
+    assert status == code
+    assert err.strip().splitlines()[-1] == \
+        "imgclass: interrupted: nothing published"
+    assert files_in(output) == []  # no staging, no lock, no _SUCCESS
+
+
+def test_a_run_whose_matched_count_is_lost_publishes_nothing(
+        cli, images, tmp_path, monkeypatch):
+    """As under a runner that drops an output (Beam's DaskRunner drops what
+    finish_bundle emits): the counts cannot be established."""
+    first, _ = images
+    output = str(tmp_path / "out")
+    monkeypatch.setattr(outputs, "write_count", lambda count, path: None)
+    code, _, err = classify(cli, [first], output)
+    assert code == 1
+    assert "counts cannot be established; nothing was published" in err
+    assert files_in(output) == []
