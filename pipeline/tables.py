@@ -168,9 +168,11 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     schema = table_schema(paths, partition)
     actions = [_add_action(root, path, partition) for path in paths]
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
-    properties = CommitProperties(
-        custom_metadata=commit_properties(manifest, name, rows),
-        app_transactions=[Transaction(app_id, 1, int(clock() * 1000))])
+    def properties(**retries):
+        return CommitProperties(
+            custom_metadata=commit_properties(manifest, name, rows),
+            app_transactions=[Transaction(app_id, 1, int(clock() * 1000))],
+            **retries)
     error = None
     for _ in range(COMMIT_ATTEMPTS):
         try:
@@ -180,7 +182,9 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
                 create_table_with_add_actions(
                     root, _delta_schema(schema), actions, mode="error",
                     partition_by=list(partition) or None, name=name,
-                    commit_properties=properties)
+                    # No retry: delta-rs would retry a lost race to create
+                    # as a second CREATE TABLE (a new table id) on top.
+                    commit_properties=properties(max_commit_retries=0))
                 return True
             except Exception as failed:  # noqa: BLE001 - created meanwhile
                 error = failed
@@ -192,7 +196,7 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
             table.create_write_transaction(
                 actions, mode="append", schema=table.schema(),
                 partition_by=list(partition) or None,
-                commit_properties=properties)
+                commit_properties=properties())
             return True
         except CommitFailedError as failed:  # a concurrent commit: retry
             error = failed
