@@ -124,7 +124,7 @@ def commit_run(spec: TableSpec, files: dict, manifest: dict) -> list[str]:
     return committed
 
 
-def commit_properties(manifest: dict, table: str, rows: int) -> dict:
+def commit_properties(manifest: dict, rows: int) -> dict:
     """What each commit records: run id, model and counts (strings)."""
     model = manifest["model"]
     return {RUN_ID_KEY: manifest["run_id"],
@@ -168,9 +168,10 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     schema = table_schema(paths, partition)
     actions = [_add_action(root, path, partition) for path in paths]
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+
     def properties(**retries):
         return CommitProperties(
-            custom_metadata=commit_properties(manifest, name, rows),
+            custom_metadata=commit_properties(manifest, rows),
             app_transactions=[Transaction(app_id, 1, int(clock() * 1000))],
             **retries)
     error = None
@@ -299,7 +300,7 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
 
     schema = _read_schema(paths[0]).remove_metadata()
     rows = count_rows(paths)
-    properties = commit_properties(manifest, name, rows)
+    properties = commit_properties(manifest, rows)
     files = [_iceberg_path(path) for path in paths]
     error = None
     for _ in range(COMMIT_ATTEMPTS):
