@@ -149,3 +149,19 @@ def test_table_options_are_checked_before_any_work(tmp_path, split, cli):
                        "nope")
     assert code == 2 and "SQLAlchemy URI" in err
     assert not os.path.exists(os.path.join(out, "predictions"))
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_a_table_written_without_embeddings_gains_the_column(
+        tmp_path, split, table_format):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    old = write_digits(os.path.join(folder, "n1"), split, 3, seed=1)
+    assert classify(folder, output, table_format) == 0
+    new = write_digits(os.path.join(folder, "n2"), split, 4, seed=2)
+    assert classify(folder, output, table_format, "--emit-embeddings") == 0
+    table = read_table(output, table_format)
+    rows = dict(zip(table.column("path").to_pylist(),
+                    table.column("embedding").to_pylist()))
+    assert sorted(rows) == sorted({**old, **new})
+    assert all(rows[p] is None for p in old)
+    assert all(len(rows[p]) == 256 for p in new)
