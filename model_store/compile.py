@@ -32,30 +32,56 @@ class Predictor:
     Attributes:
         model: the stored model it was compiled from.
         flops_per_example: forward-pass FLOPs for one image.
+        embedding_size: values per embedding (compiled with
+            ``embeddings=True``), else None.
     """
 
-    def __init__(self, model: StoredModel, network):
+    def __init__(self, model: StoredModel, network, *,
+                 embeddings: bool = False):
         self.model = model
         self.input_shape = tuple(model.metadata["input_shape"])
         self.flops_per_example = L.count_flops(network)
         inputs = T.tensor4("images", dtype=floatX)
-        probs = inference_output(network, inputs)
-        self._fn = function([inputs], probs, name=f"predict[{model.ref}]")
+        self.embedding_size = None
+        if not embeddings:
+            probs = inference_outputs(network, inputs, [network])[0]
+            self._fn = function([inputs], probs, name=f"predict[{model.ref}]")
+            return
+        # One function, two outputs: the features are computed once.
+        layer = L.embedding_layer(network, model.embedding_layer)
+        probs, features = inference_outputs(network, inputs, [network, layer])
+        self.embedding_size = int(np.prod(layer.output_shape[1:]))
+        self._fn = function([inputs], [probs, T.flatten(features, 2)],
+                            name=f"predict+embed[{model.ref}]")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)``."""
+        result = self.predict(batch)
+        return result[0] if self.embedding_size else result
+
+    def predict(self, batch: np.ndarray):
+        """Probabilities, or ``(probabilities, embeddings (N, D))`` when
+        compiled with ``embeddings=True``."""
         batch = np.ascontiguousarray(batch, dtype=floatX)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
             raise ValueError(f"model {self.model.ref} takes a batch of shape "
                              f"(N, {', '.join(map(str, self.input_shape))}), "
                              f"got {batch.shape}")
         if len(batch) == 0:
-            return np.zeros((0, len(self.model.class_names)), floatX)
-        return self._fn(batch)
+            probs = np.zeros((0, len(self.model.class_names)), floatX)
+            return (probs, np.zeros((0, self.embedding_size), floatX)) \
+                if self.embedding_size else probs
+        outputs = self._fn(batch)
+        return tuple(outputs) if self.embedding_size else outputs
 
 
-def compile_predictor(model: StoredModel) -> Predictor:
-    """Compiles ``model`` for inference (dropout off, batch norm folded)."""
-    return Predictor(model, model.build())
+def compile_predictor(model: StoredModel, *,
+                      embeddings: bool = False) -> Predictor:
+    """Compiles ``model`` for inference (dropout off, batch norm folded);
+    with ``embeddings``, the same call also returns the model's embeddings
+    (the output of ``model.embedding_layer``, by default the input of the
+    last dense layer)."""
+    return Predictor(model, model.build(), embeddings=embeddings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,9 +94,10 @@ class FusedLayer:
     last: L.Layer  # the layer whose output this computes
 
 
-def fusion_plan(network) -> list[FusedLayer]:
-    """How :func:`inference_output` groups the layers: one entry per conv2d
-    or dense layer, in graph order."""
+def fusion_plan(network, keep=()) -> list[FusedLayer]:
+    """How :func:`inference_outputs` groups the layers: one entry per conv2d
+    or dense layer, in graph order. Nothing is folded or fused into a layer
+    of ``keep``, whose own output is wanted."""
     layers = L.get_all_layers(network)
     readers: dict = {layer: [] for layer in layers}
     for layer in layers:
@@ -79,7 +106,7 @@ def fusion_plan(network) -> list[FusedLayer]:
 
     def only_reader(layer, kind):
         found = readers[layer]
-        if len(found) == 1 and isinstance(found[0], kind):
+        if layer not in keep and len(found) == 1 and isinstance(found[0], kind):
             return found[0]
         return None
 
@@ -98,10 +125,11 @@ def fusion_plan(network) -> list[FusedLayer]:
     return plan
 
 
-def inference_output(network, inputs):
-    """The network's deterministic output for ``inputs``, with batch norm
-    folded and activations fused (see the module docstring)."""
-    plan = {fused.last: fused for fused in fusion_plan(network)}
+def inference_outputs(network, inputs, wanted) -> list:
+    """The deterministic outputs of the ``wanted`` layers of ``network`` for
+    ``inputs``, with batch norm folded and activations fused (see the module
+    docstring), in one walk of the graph."""
+    plan = {fused.last: fused for fused in fusion_plan(network, set(wanted))}
     skipped = {member for fused in plan.values()
                for member in (fused.base, fused.batch_norm) if member}
     outputs = {}
@@ -117,7 +145,7 @@ def inference_output(network, inputs):
             outputs[layer] = layer.get_output_for(
                 arguments if isinstance(layer, L.MergeLayer)
                 else arguments[0], deterministic=True)
-    return outputs[network]
+    return [outputs[layer] for layer in wanted]
 
 
 def _fused_output(fused: FusedLayer, input):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -687,6 +687,25 @@ def get_output_and_updates(layer: Layer, inputs=None, **kwargs):
 def get_output(layer: Layer, inputs=None, **kwargs):
     """The symbolic output of ``layer``; see :func:`get_output_and_updates`."""
     return get_output_and_updates(layer, inputs, **kwargs)[0]
+
+
+def embedding_layer(layer: Layer, name: Optional[str] = None) -> Layer:
+    """The layer whose output is the network's embedding: the layer named
+    ``name``, or else the input of the last dense layer (the penultimate
+    features)."""
+    chain = get_all_layers(layer)
+    if name is not None:
+        for current in chain:
+            if current.name == name:
+                return current
+        raise SpecError(f"embedding layer {name!r} is not in the network "
+                        f"(layers: {', '.join(c.name for c in chain)})")
+    dense = [c for c in chain if isinstance(c, DenseLayer)]
+    if not dense or isinstance(dense[-1].input_layer, InputLayer):
+        raise SpecError("the network has no layer before a dense layer to "
+                        "take embeddings from; name one as "
+                        "\"embedding_layer\" in the model's metadata")
+    return dense[-1].input_layer
 
 
 def get_all_params(layer: Layer, **tags) -> list:

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from model_store.errors import (ChecksumMismatchError, ImgclassError,
                                 ModelFileMissingError, ModelIntegrityError,
@@ -97,6 +97,12 @@ class StoredModel:
     @property
     def weights_sha256(self) -> str:
         return self.metadata["weights_sha256"]
+
+    @property
+    def embedding_layer(self) -> Optional[str]:
+        """The layer named ``"embedding_layer"`` in the metadata, or None:
+        the input of the last dense layer (``layers.embedding_layer``)."""
+        return self.metadata.get("embedding_layer")
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -19,6 +19,7 @@ import threading
 
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
+from pipeline import tables
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -170,7 +171,10 @@ def _classify(args) -> int:
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
         min_confidence=args.min_confidence, retry_errors=args.retry_errors,
-        beam_args=args.beam_args)
+        beam_args=args.beam_args,
+        emit_embeddings=args.emit_embeddings, table_format=args.table_format,
+        iceberg_catalog=args.iceberg_catalog,
+        iceberg_namespace=args.iceberg_namespace)
     with _sigterm_interrupts() as terminated:
         try:
             manifest = run_classify(config, log=_log(args))
@@ -489,6 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "'content' (same sha256, for stores that "
                                "rewrite unchanged files; reads new files "
                                "twice) (default: %(default)s)")
+    classify.add_argument("--table-format", choices=list(tables.FORMATS),
+                          default=tables.DEFAULT_FORMAT,
+                          help="'parquet': Parquet files and our manifest; "
+                               "'delta' or 'iceberg': the same files "
+                               "committed to Delta Lake or Iceberg tables, "
+                               "one commit per run (default: %(default)s)")
+    classify.add_argument("--iceberg-catalog", metavar="URI",
+                          help="SQL catalog of the Iceberg tables, a "
+                               "SQLAlchemy URI (default: sqlite:///"
+                               f"OUTPUT/{tables.CATALOG_FILE})")
+    classify.add_argument("--iceberg-namespace", metavar="NAME",
+                          default=tables.DEFAULT_NAMESPACE,
+                          help="namespace of the Iceberg tables "
+                               "(default: %(default)s)")
+    classify.add_argument("--emit-embeddings", action="store_true",
+                          help="add an 'embedding' column: the model's "
+                               "penultimate features (256 floats for "
+                               "digits-cnn), for similarity search")
     classify.add_argument("--summary-json", action="store_true",
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "

@@ -411,6 +411,7 @@ def _complete(output: str, staging: str, record: dict) -> None:
             if not is_uri(folder):
                 os.makedirs(folder, exist_ok=True)
             _move([src], [dst])
+    _commit_tables(manifest)
     body = _json_bytes(manifest)
     _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
     _write_file(join(output, MANIFEST), body)
@@ -439,6 +440,16 @@ def _read_record(path: str) -> Optional[dict]:
 def _digest(record: dict) -> str:
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _commit_tables(manifest: dict) -> None:
+    """With ``--table-format delta|iceberg``, commits the moved files to
+    the tables; idempotent by run id (``pipeline/tables.py``)."""
+    if manifest.get("table"):
+        from pipeline import tables
+        tables.commit_run(tables.TableSpec.from_dict(manifest["table"]),
+                          {kind: manifest["files"][kind]
+                           for kind in PARTITIONED}, manifest)
 
 
 def _remove_staging(output: str, staging: str) -> None:

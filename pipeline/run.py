@@ -23,7 +23,7 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, layout, outputs
+from pipeline import inputs, layout, outputs, tables
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
@@ -72,6 +72,10 @@ class ClassifyConfig:
     skip_done_by: str = "mtime"
     retry_errors: bool = False
     beam_args: Sequence[str] = ()
+    emit_embeddings: bool = False
+    table_format: str = tables.DEFAULT_FORMAT
+    iceberg_catalog: Optional[str] = None
+    iceberg_namespace: str = tables.DEFAULT_NAMESPACE
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
     # (overrides partition_by); leave out files modified less than
@@ -108,6 +112,20 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
         raise ConfigError(f"--direct_num_workers must be >= 0, got "
                           f"{direct.direct_num_workers}")
     _check_runner(options)
+    return options
+
+
+def offline_options(*beam_args: str) -> PipelineOptions:
+    """Pipeline options for pipelines of your own that never download
+    anything: unless another runner is asked for, Beam's in-process
+    ``FnApiRunner`` (which honours ``--direct_running_mode`` and
+    ``--direct_num_workers``) instead of the ``DirectRunner``, which first
+    tries to download Prism. Unknown options are refused, as on the command
+    line."""
+    options = pipeline_options(beam_args)
+    standard = options.view_as(StandardOptions)
+    if standard.runner in _LOCAL_RUNNERS:
+        standard.runner = "FnApiRunner"
     return options
 
 
@@ -181,20 +199,6 @@ def _check_endpoint(endpoint: str) -> None:
                           f"start it or fix the address") from None
     finally:
         channel.close()
-
-
-def offline_options(*beam_args: str) -> PipelineOptions:
-    """Pipeline options for pipelines of your own that never download
-    anything: unless another runner is asked for, Beam's in-process
-    ``FnApiRunner`` (which honours ``--direct_running_mode`` and
-    ``--direct_num_workers``) instead of the ``DirectRunner``, which first
-    tries to download Prism. Unknown options are refused, as on the command
-    line."""
-    options = pipeline_options(beam_args)
-    standard = options.view_as(StandardOptions)
-    if standard.runner in _LOCAL_RUNNERS:
-        standard.runner = "FnApiRunner"
-    return options
 
 
 def make_runner(options: PipelineOptions):
@@ -284,6 +288,21 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     return patterns, partition
 
 
+def table_spec(config: ClassifyConfig,
+               partition: Optional[str]) -> Optional[tables.TableSpec]:
+    """The Delta or Iceberg tables to commit to (None for plain Parquet);
+    checked before any work."""
+    if config.overwrite and config.table_format != tables.DEFAULT_FORMAT:
+        raise ConfigError(f"--overwrite does not apply to --table-format "
+                          f"{config.table_format}: a table keeps every "
+                          f"run's commit; give a new --output for a new "
+                          f"table")
+    return tables.table_spec(config.table_format, config.output,
+                             catalog=config.iceberg_catalog,
+                             namespace=config.iceberg_namespace,
+                             partition=partition)
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; the message says what it left."""
 
@@ -311,6 +330,7 @@ def run_classify(config: ClassifyConfig, *, log=None,
     patterns, partition = validate(config)
     layout.check(config.output, layout.layout_of(partition),
                  overwrite=config.overwrite)
+    table_spec(config, partition)  # its mistakes, before any work
     started = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(started)
     with (contextlib.nullcontext() if output_locked
@@ -348,6 +368,7 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
                                paths, f"with {model.ref} on {runner_name}",
                                log)
     staged = paths.staged_files()
+    table = table_spec(config, paths.partition)
     manifest = {
         "run_id": paths.run_id,
         "started_at": started.isoformat(timespec="seconds"),
@@ -362,6 +383,7 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
         "output": config.output,
         "partition": paths.partition,
         "layout": layout.layout_of(paths.partition),
+        "table": table.to_dict() if table else None,
         "counts": _counts(paths, staged, retries=config.skip_done),
         "skip_done": config.skip_done,
         "skip_done_by": config.skip_done_by if config.skip_done else None,
@@ -520,9 +542,12 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
         run_id=paths.run_id, loaded=model,
-        min_confidence=config.min_confidence)
+        min_confidence=config.min_confidence,
+        embeddings=config.emit_embeddings)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
-        paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
+        paths.staging_prefix(outputs.PREDICTIONS_DIR),
+        schema.predictions_schema(config.emit_embeddings),
+        compliant_lists=config.table_format != tables.DEFAULT_FORMAT)
     _ = ((listed[ERRORS], results["errors"])
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(

@@ -63,7 +63,7 @@ def test_folded_predictor_matches_unfolded_graph_and_numpy():
     net = randomised(SPEC)
     x = np.random.RandomState(3).normal(size=(4, 3, 9, 9))
     images = T.tensor4(dtype=floatX)
-    folded = C.inference_output(net, images)
+    (folded,) = C.inference_outputs(net, images, [net])
     unfolded = L.get_output(net, images, deterministic=True)
     got, plain = function([images], [folded, unfolded])(x.astype(floatX))
     want = ref.forward(SPEC, L.get_param_values(net), x)

@@ -39,6 +39,8 @@ class ClassifyBatches(beam.PTransform):
         min_confidence: rows whose best probability is lower get a null
             label (see ``PredictBatchesFn``); 0 (default) labels every row.
         run_id: identifier written in every row.
+        embeddings: add the model's embeddings (``schema.EMBEDDING``) to
+            every prediction row.
         loaded: the model already loaded and verified from ``model`` (by a
             driver that needed it before building the pipeline), so that
             ``expand`` does not read and verify it a second time.
@@ -50,8 +52,9 @@ class ClassifyBatches(beam.PTransform):
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  run_id: str = "", loaded=None,
-                 min_confidence: float = 0.0):
+                 min_confidence: float = 0.0, embeddings: bool = False):
         super().__init__()
+        self._embeddings = embeddings
         if not 0.0 <= min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be between 0 and 1, got "
                               f"{min_confidence!r}")
@@ -86,7 +89,8 @@ class ClassifyBatches(beam.PTransform):
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=model.weights_sha256,
                              top_k=self._top_k, run_id=self.run_id,
-                             min_confidence=self._min_confidence)
+                             min_confidence=self._min_confidence,
+                             embeddings=self._embeddings)
         ).with_outputs(ERRORS, main="predictions")
         errors = ((examples[ERRORS], predicted[ERRORS])
                   | "Errors" >> beam.Flatten())

@@ -41,8 +41,10 @@ from transforms.decode import METRICS_NAMESPACE, error_row
 DEFAULT_TOP_K = 5
 
 def load_predictor(model_ref: str, store: Optional[str],
-                   expected_sha256: Optional[str] = None):
-    """Loads, verifies and compiles a stored model (seconds; do it once)."""
+                   expected_sha256: Optional[str] = None, *,
+                   embeddings: bool = False):
+    """Loads, verifies and compiles a stored model (seconds; do it once);
+    with ``embeddings``, its calls also return the embeddings."""
     from model_store.compile import compile_predictor
     from model_store.store import load_model
 
@@ -53,7 +55,7 @@ def load_predictor(model_ref: str, store: Optional[str],
             f"{model.weights_sha256[:12]}... but the run was started with "
             f"{expected_sha256[:12]}...: deploy the same model store to "
             f"every worker")
-    return compile_predictor(model)
+    return compile_predictor(model, embeddings=embeddings)
 
 
 def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,12 +110,15 @@ class PredictBatchesFn(beam.DoFn):
         run_id: the run's identifier, written in every row.
         min_confidence: rows whose best probability is lower get a null
             ``label`` and ``class_id`` (their ``top_k`` is kept).
+        embeddings: add the ``embedding`` column (``schema.EMBEDDING``),
+            computed by the same Theano call as the probabilities.
     """
 
     def __init__(self, model_ref: str, *, store: Optional[str],
                  expected_sha256: str, top_k: int, run_id: str,
-                 min_confidence: float = 0.0):
+                 min_confidence: float = 0.0, embeddings: bool = False):
         self._model_ref = model_ref
+        self._embeddings = embeddings
         self._min_confidence = min_confidence
         self._store = store
         self._sha256 = expected_sha256
@@ -132,8 +137,8 @@ class PredictBatchesFn(beam.DoFn):
     def setup(self):
         self._predictor = self._shared.acquire(
             lambda: load_predictor(self._model_ref, self._store,
-                                   self._sha256),
-            tag=f"{self._model_ref}:{self._sha256}")
+                                   self._sha256, embeddings=self._embeddings),
+            tag=f"{self._model_ref}:{self._sha256}:{self._embeddings}")
         model = self._predictor.model
         self._prep = model.preprocessing
         self._labels = np.asarray(model.class_names, dtype=object)
@@ -143,7 +148,7 @@ class PredictBatchesFn(beam.DoFn):
         try:
             pixels = np.stack([example.pixels for example in batch])
             started = time.perf_counter()
-            probs = self._predictor(self._prep.normalize(pixels))
+            outputs = self._predictor.predict(self._prep.normalize(pixels))
             self._latency.update(int(1000 * (time.perf_counter() - started)))
         except Exception as error:  # one bad batch must not stop the run
             self._failed.inc(len(batch))
@@ -156,9 +161,10 @@ class PredictBatchesFn(beam.DoFn):
         self._batch_size.update(len(batch))
         self._predicted.inc(len(batch))
         _PROGRESS.add(len(batch))
-        yield self._table(batch, probs)
+        yield self._table(batch, outputs)
 
-    def _table(self, batch: Sequence, probs: np.ndarray) -> pa.Table:
+    def _table(self, batch: Sequence, outputs) -> pa.Table:
+        probs, embeddings = outputs if self._embeddings else (outputs, None)
         best, scores = top_k_classes(probs, self._top_k)
         n, k = best.shape
         unsure = scores[:, 0] < self._min_confidence
@@ -185,7 +191,13 @@ class PredictBatchesFn(beam.DoFn):
                                      schema.PREDICTIONS.field(
                                          "processed_at").type),
         }
-        return pa.Table.from_pydict(columns, schema=schema.PREDICTIONS)
+        if embeddings is not None:
+            size = embeddings.shape[1]
+            columns["embedding"] = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, n * size + 1, size, dtype=np.int32)),
+                pa.array(embeddings.ravel().astype(np.float32)))
+        return pa.Table.from_pydict(
+            columns, schema=schema.predictions_schema(self._embeddings))
 
 
 INPUT_KINDS = ("arrays", "images")

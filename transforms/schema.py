@@ -23,6 +23,15 @@ PREDICTIONS = pa.schema([
     ("processed_at", pa.timestamp("us", tz="UTC")),
 ])
 
+# With --emit-embeddings, predictions gain the network's penultimate features
+# (the model's embedding layer), for similarity search and near-duplicates.
+EMBEDDING = pa.field("embedding", pa.list_(pa.float32()))
+
+
+def predictions_schema(embeddings: bool = False) -> pa.Schema:
+    return PREDICTIONS.append(EMBEDDING) if embeddings else PREDICTIONS
+
+
 STAGES = ("read", "decode", "preprocess", "predict")
 
 ERRORS = pa.schema([

@@ -21,12 +21,18 @@ TABLES_PER_ROW_GROUP = 64
 class WriteTables(beam.PTransform):
     """``pyarrow.Table`` batches -> Parquet shards
     ``<prefix>-SSSSS-of-NNNNN.parquet``; for predictions and the ledger.
+
+    ``compliant_lists`` writes lists in the Parquet spec's nested layout
+    (``list.element``), which Iceberg's ``add_files`` requires; Beam's
+    default (``list.item``) is kept for the plain Parquet layout.
     """
 
-    def __init__(self, file_path_prefix: str, table_schema: pa.Schema):
+    def __init__(self, file_path_prefix: str, table_schema: pa.Schema, *,
+                 compliant_lists: bool = False):
         super().__init__()
         self._prefix = file_path_prefix
         self._schema = table_schema
+        self._compliant = compliant_lists
 
     def expand(self, tables):
         return (tables
@@ -36,7 +42,8 @@ class WriteTables(beam.PTransform):
                 | "Concat" >> beam.Map(pa.concat_tables)
                 | "Write" >> parquetio.WriteToParquetBatched(
                     self._prefix, schema=self._schema,
-                    codec="snappy", file_name_suffix=".parquet"))
+                    codec="snappy", file_name_suffix=".parquet",
+                    use_compliant_nested_type=self._compliant))
 
 
 class WriteRows(beam.PTransform):

@@ -1,0 +1,335 @@
+"""Committing a run's Parquet files to Delta Lake or Apache Iceberg tables.
+
+The workers write Parquet files as for the plain layout; publishing moves
+them inside the table folder (``DIR/predictions/...``, ``DIR/errors/...``)
+and then :func:`commit_run` adds them to the table as they are (no rewrite):
+
+* ``delta`` (``deltalake``, delta-rs): one commit per table per run, whose
+  commit info holds the run id, model and counts, and whose application
+  transaction ``imgclass/<run_id>`` marks the run as committed;
+* ``iceberg`` (``pyiceberg``, SQL catalog): one ``add_files`` snapshot per
+  table per run, with the run id, model and counts in its summary.
+
+Readers of a table see only committed files, so files moved but not yet
+committed are invisible. Each commit is idempotent by run id: publishing
+that a crash interrupted is finished by the next run (``outputs.recover``)
+without ever committing a run twice. Concurrent commits to the same table
+are retried on conflict (each format's optimistic concurrency).
+
+A table gains the columns a run's files have and the table lacks (schema
+evolution: older files read them as null), e.g. ``embedding``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, Optional
+
+from model_store.errors import ConfigError
+
+# pyarrow, Beam and the table libraries are imported where they are used:
+# the command line imports this module for its option names and defaults.
+
+FORMATS = ("parquet", "delta", "iceberg")
+DEFAULT_FORMAT = "parquet"
+DEFAULT_NAMESPACE = "imgclass"
+CATALOG_FILE = "_catalog.db"      # the default Iceberg catalog, in DIR
+CATALOG_NAME = "imgclass"
+APP_PREFIX = "imgclass/"          # Delta application transaction id prefix
+RUN_ID_KEY = "imgclass.run_id"    # in Delta commit info / Iceberg summaries
+PARTITION_COLUMNS = ("run_date",)
+COMMIT_ATTEMPTS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """Where and how a run's tables are committed (kept in the publish
+    record, so that recovery commits exactly as the run would have)."""
+    format: str
+    output: str
+    catalog: Optional[str] = None     # Iceberg: SQLAlchemy URI
+    namespace: str = DEFAULT_NAMESPACE
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "TableSpec":
+        return cls(**value)
+
+
+def table_spec(table_format: str, output: str, *,
+               catalog: Optional[str] = None,
+               namespace: str = DEFAULT_NAMESPACE,
+               partition: Optional[str] = None) -> Optional[TableSpec]:
+    """Checks the options; None for the plain Parquet layout."""
+    if table_format not in FORMATS:
+        raise ConfigError(f"--table-format must be one of "
+                          f"{', '.join(FORMATS)}, got {table_format!r}")
+    if table_format == "parquet":
+        if catalog is not None or namespace != DEFAULT_NAMESPACE:
+            raise ConfigError("--iceberg-catalog and --iceberg-namespace "
+                              "only apply with --table-format iceberg")
+        return None
+    if partition is not None and partition_values(partition) is None:
+        raise ConfigError(f"--table-format {table_format} partitions by "
+                          f"run_date only, got partition {partition!r}")
+    if table_format == "delta":
+        if catalog is not None or namespace != DEFAULT_NAMESPACE:
+            raise ConfigError("--iceberg-catalog and --iceberg-namespace "
+                              "only apply with --table-format iceberg")
+        return TableSpec("delta", output)
+    if not namespace or not all(part.isidentifier()
+                                for part in namespace.split(".")):
+        raise ConfigError(f"--iceberg-namespace must be a name such as "
+                          f"'imgclass' or 'lake.labels', got {namespace!r}")
+    if catalog is not None and "://" not in catalog:
+        raise ConfigError(f"--iceberg-catalog must be a SQLAlchemy URI such "
+                          f"as sqlite:////path/catalog.db or "
+                          f"postgresql://host/db, got {catalog!r}")
+    return TableSpec("iceberg", output, catalog or default_catalog(output),
+                     namespace)
+
+
+def default_catalog(output: str) -> str:
+    """The SQLite catalog file kept in the output folder."""
+    if "://" in output:
+        raise ConfigError(f"output {output!r} is not a local folder: give "
+                          f"--iceberg-catalog (a SQL catalog URI)")
+    return f"sqlite:///{os.path.join(os.path.abspath(output), CATALOG_FILE)}"
+
+
+def partition_values(partition: Optional[str]) -> Optional[dict]:
+    """``"run_date=2026-11-26"`` -> ``{"run_date": "2026-11-26"}``; ``{}``
+    for no partition; None for a partition tables do not support."""
+    if not partition:
+        return {}
+    values = dict(part.split("=", 1) for part in partition.split("/"))
+    return values if tuple(values) == PARTITION_COLUMNS else None
+
+
+def commit_run(spec: TableSpec, files: dict, manifest: dict) -> list[str]:
+    """Commits a run's files, ``{table name: [paths below DIR/<table>]}``
+    (as ``manifest["files"]``), to each table; returns the tables it
+    committed to now (not those that already held the run)."""
+    commit = {"delta": commit_delta, "iceberg": commit_iceberg}[spec.format]
+    values = partition_values(manifest.get("partition")) or {}
+    committed = []
+    for name, paths in files.items():
+        if commit(spec, name, paths, values, manifest):
+            committed.append(name)
+    return committed
+
+
+def commit_properties(manifest: dict, rows: int) -> dict:
+    """What each commit records: run id, model and counts (strings)."""
+    model = manifest["model"]
+    return {RUN_ID_KEY: manifest["run_id"],
+            "imgclass.model": f"{model['name']}@{model['version']}",
+            "imgclass.table_rows": str(rows),
+            "imgclass.counts": json.dumps(manifest["counts"],
+                                          sort_keys=True)}
+
+
+def table_location(output: str, name: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(output, name) if "://" in output \
+        else os.path.join(os.path.abspath(output), name)
+
+
+def table_schema(paths: list[str], partition: dict):
+    """The files' own Parquet schema, plus the partition columns."""
+    import pyarrow as pa
+
+    file_schema = _read_schema(paths[0]).remove_metadata()
+    for column in partition:
+        file_schema = file_schema.append(pa.field(column, pa.date32()))
+    return file_schema
+
+
+# Delta Lake ---------------------------------------------------------------
+
+def commit_delta(spec: TableSpec, name: str, paths: list[str],
+                 partition: dict, manifest: dict, *,
+                 clock: Callable[[], float] = time.time) -> bool:
+    """Adds ``paths`` (inside the table folder) to the Delta table ``name``
+    in one commit; False if the run was committed before."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError, TableNotFoundError
+    from deltalake.transaction import (CommitProperties, Transaction,
+                                       create_table_with_add_actions)
+
+    root = table_location(spec.output, name)
+    app_id = APP_PREFIX + manifest["run_id"]
+    schema = table_schema(paths, partition)
+    actions = [_add_action(root, path, partition) for path in paths]
+    rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
+
+    def properties(**retries):
+        return CommitProperties(
+            custom_metadata=commit_properties(manifest, rows),
+            app_transactions=[Transaction(app_id, 1, int(clock() * 1000))],
+            **retries)
+    error = None
+    for _ in range(COMMIT_ATTEMPTS):
+        try:
+            table = DeltaTable(root)
+        except TableNotFoundError:
+            try:
+                create_table_with_add_actions(
+                    root, _delta_schema(schema), actions, mode="error",
+                    partition_by=list(partition) or None, name=name,
+                    # No retry: delta-rs would retry a lost race to create
+                    # as a second CREATE TABLE (a new table id) on top.
+                    commit_properties=properties(max_commit_retries=0))
+                return True
+            except Exception as failed:  # noqa: BLE001 - created meanwhile
+                error = failed
+                continue
+        if table.transaction_version(app_id) is not None:
+            return False
+        try:
+            _evolve_delta(table, schema)
+            table.create_write_transaction(
+                actions, mode="append", schema=table.schema(),
+                partition_by=list(partition) or None,
+                commit_properties=properties())
+            return True
+        except CommitFailedError as failed:  # a concurrent commit: retry
+            error = failed
+    raise RuntimeError(f"Delta table {root}: could not commit run "
+                       f"{manifest['run_id']} after {COMMIT_ATTEMPTS} "
+                       f"attempts: {error}")
+
+
+def _add_action(root: str, path: str, partition: dict):
+    from apache_beam.io.filesystems import FileSystems
+    from deltalake.transaction import AddAction
+
+    from pipeline.outputs import count_rows
+
+    metadata = FileSystems.match([path])[0].metadata_list[0]
+    relative = (path[len(root):] if "://" in path else os.path.relpath(
+        os.path.abspath(path), root)).lstrip("/")
+    return AddAction(
+        path=relative, size=int(metadata.size_in_bytes),
+        partition_values=dict(partition),
+        modification_time=int(metadata.last_updated_in_seconds * 1000),
+        data_change=True,
+        stats=json.dumps({"numRecords": count_rows([path])}))
+
+
+def _evolve_delta(table, schema) -> None:
+    """Adds the columns ``schema`` (pyarrow) has and the table lacks."""
+    import pyarrow as pa
+    from deltalake import Schema
+
+    have = {field.name for field in table.schema().fields}
+    new = [field for field in schema if field.name not in have]
+    if new:
+        fields = Schema.from_arrow(pa.schema(new)).fields
+        table.alter.add_columns(fields)
+
+
+def _delta_schema(schema):
+    from deltalake import Schema
+
+    return Schema.from_arrow(schema)
+
+
+# Apache Iceberg -----------------------------------------------------------
+
+def iceberg_catalog(spec: TableSpec):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    properties = {"uri": spec.catalog}
+    if "://" not in spec.output:
+        properties["warehouse"] = f"file://{os.path.abspath(spec.output)}"
+    return SqlCatalog(CATALOG_NAME, **properties)
+
+
+def iceberg_table(spec: TableSpec, name: str, schema=None):
+    """Loads the table ``namespace.name``; creates it (located in the
+    output folder) when it is missing and ``schema`` is given."""
+    from pyiceberg.exceptions import (NamespaceAlreadyExistsError,
+                                      NoSuchTableError,
+                                      TableAlreadyExistsError)
+    from sqlalchemy.exc import IntegrityError
+
+    catalog = iceberg_catalog(spec)
+    identifier = f"{spec.namespace}.{name}"
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        if schema is None:
+            raise
+    try:
+        catalog.create_namespace(spec.namespace)
+    except (NamespaceAlreadyExistsError, IntegrityError):
+        pass  # created meanwhile by another run
+    try:
+        return catalog.create_table(
+            identifier, schema=schema,
+            location=table_location(spec.output, name))
+    except (TableAlreadyExistsError, IntegrityError):  # likewise
+        return catalog.load_table(identifier)
+
+
+def iceberg_snapshot_of(table, run_id: str):
+    """The snapshot that committed ``run_id``, or None."""
+    for snapshot in table.snapshots():
+        summary = snapshot.summary
+        if summary is not None and summary.get(RUN_ID_KEY) == run_id:
+            return snapshot
+    return None
+
+
+def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
+                   partition: dict, manifest: dict) -> bool:
+    """Adds ``paths`` to the Iceberg table ``name`` in one snapshot; False
+    if the run was committed before. Iceberg tables are not partitioned
+    (the files do not hold ``run_date``; their folders still do)."""
+    from pyiceberg.exceptions import CommitFailedException
+    from sqlalchemy.exc import OperationalError
+
+    from pipeline.outputs import count_rows
+
+    schema = _read_schema(paths[0]).remove_metadata()
+    rows = count_rows(paths)
+    properties = commit_properties(manifest, rows)
+    files = [_iceberg_path(path) for path in paths]
+    error = None
+    for _ in range(COMMIT_ATTEMPTS):
+        try:
+            table = iceberg_table(spec, name, schema)
+            if iceberg_snapshot_of(table, manifest["run_id"]) is not None:
+                return False
+            with table.transaction() as transaction:
+                if set(schema.names) - set(table.schema().column_names):
+                    with transaction.update_schema() as update:
+                        update.union_by_name(schema)
+                transaction.add_files(files, snapshot_properties=properties,
+                                      check_duplicate_files=False)
+            return True
+        except (CommitFailedException, OperationalError) as failed:
+            error = failed  # a concurrent commit, or SQLite busy: retry
+    raise RuntimeError(f"Iceberg table {spec.namespace}.{name}: could not "
+                       f"commit run {manifest['run_id']} after "
+                       f"{COMMIT_ATTEMPTS} attempts: {error}")
+
+
+def _iceberg_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _read_schema(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as handle:
+        return pq.read_schema(pa.BufferReader(handle.read()))

@@ -1,0 +1,167 @@
+"""imgclass classify --table-format delta|iceberg, end to end: the tables
+read back with their own readers hold exactly what the manifests count,
+once, across nights, --skip-done and runs killed around the commit."""
+
+import glob
+import json
+import os
+
+import pyarrow.compute as pc
+import pytest
+
+from pipeline import outputs, tables
+from pipeline.cli import main
+from tests.conftest import write_bad_files, write_digits
+
+FORMATS = ["delta", "iceberg"]
+
+
+def classify(folder, output, table_format, *extra):
+    return main(["classify", "--input", folder, "--output", output,
+                 "--skip-done", "--table-format", table_format, "-q",
+                 "--partition-by", "run_date", *extra])
+
+
+def manifest(output):
+    return json.load(open(os.path.join(output, "_manifest.json")))
+
+
+def read_table(output, table_format, name="predictions"):
+    """The current snapshot, through the format's own reader."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        return DeltaTable(os.path.join(output, name)).to_pyarrow_table()
+    spec = tables.table_spec("iceberg", output)
+    return tables.iceberg_table(spec, name, None).scan().to_arrow()
+
+
+def commits(output, table_format):
+    """Run ids of the table's commits, oldest first."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        history = DeltaTable(os.path.join(output, "predictions")).history()
+        return [h[tables.RUN_ID_KEY] for h in reversed(history)]
+    table = tables.iceberg_table(tables.table_spec("iceberg", output),
+                                 "predictions", None)
+    return [s.summary[tables.RUN_ID_KEY] for s in table.snapshots()]
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_three_nights_each_file_once_in_the_current_snapshot(
+        tmp_path, split, table_format):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth, bad, runs = {}, {}, []
+    for night in (1, 2, 3):
+        truth.update(write_digits(os.path.join(folder, f"n{night}"), split,
+                                  4 + night, seed=night))
+        if night == 2:
+            bad = write_bad_files(os.path.join(folder, "bad"))
+        assert classify(folder, output, table_format, "--run-date",
+                        f"2026-11-2{night}") == 0
+        runs.append(manifest(output))
+    predictions = read_table(output, table_format)
+    paths = predictions.column("path").to_pylist()
+    assert sorted(paths) == sorted(truth)  # each file exactly once
+    assert len(paths) == sum(m["counts"]["predicted"] for m in runs)
+    errors = read_table(output, table_format, "errors")
+    assert sorted(errors.column("path").to_pylist()) == sorted(bad)
+    assert [m["counts"]["skipped"] for m in runs] == [
+        0, 5, 5 + 6 + len(bad)]
+    assert commits(output, table_format) == [m["run_id"] for m in runs]
+    for m in runs:  # each run's rows are what its manifest counted
+        rows = predictions.filter(
+            pc.equal(predictions.column("run_id"), m["run_id"])).num_rows
+        assert rows == m["counts"]["predicted"]
+    if table_format == "delta":
+        dates = {str(d) for d in predictions.column("run_date").to_pylist()}
+        assert dates == {"2026-11-21", "2026-11-22", "2026-11-23"}
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_run_killed_around_its_commit_is_finished_exactly_once(
+        tmp_path, split, monkeypatch, table_format, when):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(os.path.join(folder, "n1"), split, 5, seed=1)
+    assert classify(folder, output, table_format) == 0
+    first = manifest(output)["run_id"]
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 7, seed=2))
+    real_commit = tables.commit_run
+
+    def killed(*args, **kwargs):
+        if when == "after":
+            real_commit(*args, **kwargs)
+        raise SystemExit(f"killed {when} the table commit")
+
+    monkeypatch.setattr(tables, "commit_run", killed)
+    with pytest.raises(SystemExit):
+        classify(folder, output, table_format)
+    monkeypatch.setattr(tables, "commit_run", real_commit)
+    # The files are moved into the table folder, the manifest not written.
+    assert manifest(output)["run_id"] == first
+    moved = outputs.count_rows(glob.glob(os.path.join(
+        output, "predictions", "*", "part-*.parquet")))
+    assert moved >= 12  # a plain Parquet reader sees them all ...
+    visible = read_table(output, table_format).num_rows
+    if when == "before":  # ... the table only what was committed
+        assert visible == 5 and commits(output, table_format) == [first]
+    else:
+        assert visible == 12
+
+    assert classify(folder, output, table_format) == 0  # recovers first
+    paths = read_table(output, table_format).column("path").to_pylist()
+    assert sorted(paths) == sorted(truth)
+    history = commits(output, table_format)
+    assert len(history) == len(set(history)) == 3  # first, killed, rerun
+    assert manifest(output)["counts"]["skipped"] == 12
+    assert len(os.listdir(os.path.join(output, "_runs"))) == 3
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_a_failed_pipeline_leaves_the_table_at_its_previous_version(
+        tmp_path, split, monkeypatch, table_format):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(os.path.join(folder, "n1"), split, 3, seed=1)
+    assert classify(folder, output, table_format) == 0
+    write_digits(os.path.join(folder, "n2"), split, 3, seed=2)
+    monkeypatch.setattr(outputs.RunOutputs, "publish",
+                        lambda *a, **k: (_ for _ in ()).throw(
+                            SystemExit("killed before publishing")))
+    with pytest.raises(SystemExit):
+        classify(folder, output, table_format)
+    assert read_table(output, table_format).num_rows == 3
+    assert len(commits(output, table_format)) == 1
+
+
+def test_table_options_are_checked_before_any_work(tmp_path, split, cli):
+    folder = str(tmp_path / "bucket")
+    write_digits(folder, split, 2, nested=False)
+    out = str(tmp_path / "out")
+    code, _, err = cli("classify", "--input", folder, "--output", out,
+                       "--table-format", "delta", "--overwrite")
+    assert code == 2 and "--overwrite does not apply to --table-format" \
+        in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("classify", "--input", folder, "--output", out,
+                       "--iceberg-namespace", "x")
+    assert code == 2 and "only apply with --table-format iceberg" in err
+    code, _, err = cli("classify", "--input", folder, "--output", out,
+                       "--table-format", "iceberg", "--iceberg-catalog",
+                       "nope")
+    assert code == 2 and "SQLAlchemy URI" in err
+    assert not os.path.exists(os.path.join(out, "predictions"))
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_a_table_written_without_embeddings_gains_the_column(
+        tmp_path, split, table_format):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    old = write_digits(os.path.join(folder, "n1"), split, 3, seed=1)
+    assert classify(folder, output, table_format) == 0
+    new = write_digits(os.path.join(folder, "n2"), split, 4, seed=2)
+    assert classify(folder, output, table_format, "--emit-embeddings") == 0
+    table = read_table(output, table_format)
+    rows = dict(zip(table.column("path").to_pylist(),
+                    table.column("embedding").to_pylist()))
+    assert sorted(rows) == sorted({**old, **new})
+    assert all(rows[p] is None for p in old)
+    assert all(len(rows[p]) == 256 for p in new)

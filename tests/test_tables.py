@@ -1,0 +1,206 @@
+"""Delta Lake and Iceberg commits of already written Parquet files
+(pipeline/tables.py), read back with the formats' own readers."""
+
+import datetime
+import os
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from model_store.errors import ConfigError
+from pipeline import tables
+from transforms import schema
+
+PARTITION = "run_date=2026-11-26"
+
+
+def prediction_rows(run_id, count, *, embedding=None):
+    now = datetime.datetime(2026, 11, 26, 3, tzinfo=datetime.timezone.utc)
+    columns = {
+        "path": [f"/bucket/{run_id}/{i}.png" for i in range(count)],
+        "label": ["7"] * count, "class_id": [7] * count,
+        "confidence": [0.5] * count,
+        "top_k": [[{"label": "7", "score": 0.5}]] * count,
+        "model_name": ["digits-cnn"] * count, "model_version": ["1"] * count,
+        "width": [8] * count, "height": [8] * count,
+        "run_id": [run_id] * count, "processed_at": [now] * count}
+    table_schema = schema.PREDICTIONS
+    if embedding is not None:
+        columns["embedding"] = [list(np.full(embedding, i, np.float32))
+                                for i in range(count)]
+        table_schema = table_schema.append(
+            pa.field("embedding", pa.list_(pa.float32())))
+    return pa.Table.from_pydict(columns, schema=table_schema)
+
+
+def stage_run(output, run_id, counts, *, embedding=None):
+    """Writes a run's files where publishing moves them; ``(files,
+    manifest)`` as publishing passes them to the commit."""
+    folder = os.path.join(output, "predictions", PARTITION)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for shard, count in enumerate(counts):
+        path = os.path.join(folder, f"part-{run_id}-{shard:05d}-of-"
+                                    f"{len(counts):05d}.parquet")
+        pq.write_table(prediction_rows(run_id, count, embedding=embedding),
+                       path)
+        paths.append(path)
+    manifest = {"run_id": run_id, "partition": PARTITION,
+                "model": {"name": "digits-cnn", "version": "1"},
+                "counts": {"matched": sum(counts), "predicted": sum(counts)}}
+    return {"predictions": paths}, manifest
+
+
+def spec_for(table_format, output):
+    return tables.table_spec(table_format, output, partition=PARTITION)
+
+
+def read_back(table_format, output):
+    """The table's current snapshot, through the format's own reader."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        return DeltaTable(os.path.join(output, "predictions")) \
+            .to_pyarrow_table()
+    table = tables.iceberg_table(spec_for("iceberg", output), "predictions",
+                                 None)
+    return table.scan().to_arrow()
+
+
+def run_ids(table_format, output):
+    return sorted(read_back(table_format, output).column("run_id")
+                  .to_pylist())
+
+
+FORMATS = ["delta", "iceberg"]
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_a_run_is_committed_once_however_often_publishing_is_repeated(
+        tmp_path, table_format):
+    output = str(tmp_path)
+    spec = spec_for(table_format, output)
+    files, manifest = stage_run(output, "run1", [3, 4])
+    assert tables.commit_run(spec, files, manifest) == ["predictions"]
+    assert tables.commit_run(spec, files, manifest) == []  # recovery
+    files2, manifest2 = stage_run(output, "run2", [5])
+    assert tables.commit_run(spec, files2, manifest2) == ["predictions"]
+    assert tables.commit_run(spec, files2, manifest2) == []
+    assert run_ids(table_format, output) == ["run1"] * 7 + ["run2"] * 5
+
+
+def test_delta_history_time_travel_and_readers(tmp_path):
+    from deltalake import DeltaTable
+    output = str(tmp_path)
+    spec = spec_for("delta", output)
+    for run_id, counts in (("run1", [3]), ("run2", [2, 2])):
+        tables.commit_run(spec, *stage_run(output, run_id, counts))
+    root = os.path.join(output, "predictions")
+    table = DeltaTable(root)
+    assert table.version() == 1
+    history = table.history()  # newest first
+    assert [h["imgclass.run_id"] for h in history] == ["run2", "run1"]
+    assert history[0]["imgclass.model"] == "digits-cnn@1"
+    assert history[0]["imgclass.table_rows"] == "4"
+    assert table.metadata().partition_columns == ["run_date"]
+    current = table.to_pyarrow_table()
+    assert current.num_rows == 7
+    assert set(current.column("run_date").to_pylist()) == {
+        datetime.date(2026, 11, 26)}
+    assert current.schema.field("top_k").type.value_type == \
+        schema.TOP_K_ENTRY
+    table.load_as_version(0)  # time travel: before run2
+    assert table.to_pyarrow_table().column("run_id").to_pylist() == \
+        ["run1"] * 3
+    polars = pytest.importorskip("polars")
+    frame = polars.read_delta(root)
+    assert frame.height == 7
+    assert frame.filter(polars.col("run_id") == "run2").height == 4
+
+
+def test_iceberg_snapshots_carry_the_run(tmp_path):
+    output = str(tmp_path)
+    spec = spec_for("iceberg", output)
+    for run_id, counts in (("run1", [3]), ("run2", [2, 2])):
+        tables.commit_run(spec, *stage_run(output, run_id, counts))
+    assert spec.catalog == (f"sqlite:///{output}/{tables.CATALOG_FILE}")
+    table = tables.iceberg_table(spec, "predictions", None)
+    snapshots = table.snapshots()
+    assert [s.summary[tables.RUN_ID_KEY] for s in snapshots] == [
+        "run1", "run2"]
+    assert [s.summary["added-records"] for s in snapshots] == ["3", "4"]
+    assert table.scan().to_arrow().num_rows == 7
+    earlier = table.scan(snapshot_id=snapshots[0].snapshot_id).to_arrow()
+    assert earlier.column("run_id").to_pylist() == ["run1"] * 3
+    assert table.location() == f"file://{output}/predictions" or \
+        table.location() == os.path.join(output, "predictions")
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_an_old_table_gains_the_embedding_column(tmp_path, table_format):
+    output = str(tmp_path)
+    spec = spec_for(table_format, output)
+    tables.commit_run(spec, *stage_run(output, "old", [2]))
+    tables.commit_run(spec, *stage_run(output, "new", [3], embedding=4))
+    table = read_back(table_format, output).sort_by("run_id")
+    assert table.num_rows == 5
+    embeddings = table.column("embedding").to_pylist()
+    assert embeddings[:3] == [[0.0] * 4, [1.0] * 4, [2.0] * 4]  # "new"
+    assert embeddings[3:] == [None, None]  # "old" files lack the column
+    assert pa.types.is_floating(table.schema.field("embedding")
+                                .type.value_type)
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+@pytest.mark.parametrize("attempt", range(3))  # the race is not always lost
+def test_concurrent_commits_lose_no_run(tmp_path, table_format, attempt):
+    output = str(tmp_path)
+    spec = spec_for(table_format, output)
+    runs = [stage_run(output, f"run{n}", [n + 1]) for n in range(4)]
+    start = threading.Barrier(len(runs))
+    failures = []
+
+    def commit(files, manifest):
+        start.wait()
+        try:
+            tables.commit_run(spec, files, manifest)
+        except Exception as error:  # noqa: BLE001 - reported below
+            failures.append(error)
+
+    # All four create the missing table and append at the same moment.
+    threads = [threading.Thread(target=commit, args=run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert run_ids(table_format, output) == sorted(
+        f"run{n}" for n in range(4) for _ in range(n + 1))
+    # One commit per run, and the table created once (one table id).
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        history = DeltaTable(os.path.join(output, "predictions")).history()
+        assert [h["operation"] for h in history].count("CREATE TABLE") == 1
+        committed = [h[tables.RUN_ID_KEY] for h in history]
+    else:
+        table = tables.iceberg_table(spec, "predictions", None)
+        committed = [s.summary[tables.RUN_ID_KEY] for s in table.snapshots()]
+    assert sorted(committed) == [f"run{n}" for n in range(4)]
+
+
+def test_options_are_checked_before_any_work(tmp_path):
+    assert tables.table_spec("parquet", str(tmp_path)) is None
+    with pytest.raises(ConfigError, match="--table-format must be one of"):
+        tables.table_spec("hudi", str(tmp_path))
+    with pytest.raises(ConfigError, match="only apply with --table-format "
+                                          "iceberg"):
+        tables.table_spec("delta", str(tmp_path), namespace="other")
+    with pytest.raises(ConfigError, match="partitions by run_date only"):
+        tables.table_spec("delta", str(tmp_path), partition="hour=13")
+    with pytest.raises(ConfigError, match="SQLAlchemy URI"):
+        tables.table_spec("iceberg", str(tmp_path), catalog="catalog.db")
+    with pytest.raises(ConfigError, match="give --iceberg-catalog"):
+        tables.table_spec("iceberg", "gs://bucket/out")
+
