@@ -164,3 +164,25 @@ def test_readme_spec_example_builds_and_lists_every_layer_type():
     table = section[:section.index("Nonlinearities:")]
     assert {kind for kind in LAYER_TYPES if f"`{kind}`" in table} == set(
         LAYER_TYPES)
+
+
+def test_deep_networks_compile_whatever_the_recursion_limit():
+    """Theano recurses a frame or more per node (a chain of ~300 layers
+    failed to compile under Python's default limit of 1,000). The engine
+    gives it room while it works and restores the limit afterwards, so
+    deep nesting elsewhere (hostile JSON) still stops early. Simulated here
+    with a low limit and a short chain, to stay fast."""
+    import sys
+    spec = {"input_shape": [1, 3, 3], "layers": [
+        {"type": "conv2d", "name": f"c{i}", "num_filters": 1,
+         "filter_size": 1, "nonlinearity": "relu"} for i in range(60)]}
+    net = build_network(spec)
+    x = T.tensor4(dtype=floatX)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        predict = function([x], L.get_output(net, x))
+        assert sys.getrecursionlimit() == 150
+    finally:
+        sys.setrecursionlimit(old)
+    assert predict(np.ones((2, 1, 3, 3), floatX)).shape == (2, 1, 3, 3)
