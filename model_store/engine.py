@@ -26,9 +26,11 @@ lets the last setting of a flag win, so the user's flags always take effect.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import threading
 import warnings
 
 from model_store.errors import EnvironmentProblem
@@ -162,10 +164,48 @@ def _cache_ops_without_props() -> None:
 
 _cache_ops_without_props()
 
+# Theano clones, differentiates and optimises graphs recursively, a frame
+# or more per node along the longest path: with Python's default limit of
+# 1,000 frames, a chain of about 300 layers failed to compile. Python 3.11
+# keeps pure-Python frames off the C stack, so a higher limit while Theano
+# works is safe; it is restored afterwards, so that elsewhere (e.g. JSON
+# parsing of hostile specs) deep nesting still stops early.
+_THEANO_RECURSION_LIMIT = 200_000
+_recursion_lock = threading.Lock()
+_recursion_users = [0, 0]  # threads inside Theano, limit to restore
+
+
+@contextlib.contextmanager
+def _room_for_recursion():
+    with _recursion_lock:
+        if _recursion_users[0] == 0:
+            _recursion_users[1] = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_recursion_users[1],
+                                      _THEANO_RECURSION_LIMIT))
+        _recursion_users[0] += 1
+    try:
+        yield
+    finally:
+        with _recursion_lock:
+            _recursion_users[0] -= 1
+            if _recursion_users[0] == 0:
+                sys.setrecursionlimit(_recursion_users[1])
+
+
+def function(*args, **kwargs):
+    """``theano.function``, with room for Theano's recursion on deep graphs."""
+    with _room_for_recursion():
+        return theano.function(*args, **kwargs)
+
+
+def grad(*args, **kwargs):
+    """``theano.grad``, with room for Theano's recursion on deep graphs."""
+    with _room_for_recursion():
+        return theano.grad(*args, **kwargs)
+
+
 floatX = theano.config.floatX
 shared = theano.shared
-grad = theano.grad
-function = theano.function
 
 __all__ = [
     "T", "MRG_RandomStreams", "cache_dir", "conv2d", "floatX", "function",

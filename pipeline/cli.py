@@ -72,6 +72,7 @@ def _models_show(args) -> int:
     model = load_model(args.model, root=args.store)
     network = model.build()
     layers = [{"name": layer.name, "type": type(layer).__name__,
+               "inputs": [parent.name for parent in layer.input_layers],
                "output_shape": list(layer.output_shape),
                "params": {p.name.split(".")[1]: list(
                    p.get_value(borrow=True).shape) for p in layer.params}}
@@ -92,11 +93,15 @@ def _models_show(args) -> int:
     if training:
         print(f"  training: {json.dumps({k: v for k, v in training.items() if k != 'history'})}")
     print("  layers:")
+    previous = None
     for layer in layers:
         params = ", ".join(f"{name}{tuple(shape)}"
                            for name, shape in layer["params"].items())
+        inputs = ("" if layer["inputs"] in ([], [previous]) else
+                  f" <- {', '.join(layer['inputs'])}")
         print(f"    {layer['name']:<8} {layer['type']:<15} -> "
-              f"{tuple(layer['output_shape'])} {params}")
+              f"{tuple(layer['output_shape'])} {params}{inputs}")
+        previous = layer["name"]
     print(f"  forward pass: {L.count_flops(network) / 1e6:.2f} MFLOP per image")
     return EXIT_OK
 

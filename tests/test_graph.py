@@ -58,8 +58,8 @@ def test_diamond_matches_numpy():
         param.set_value(rng.normal(size=param.get_value().shape
                                    ).astype(floatX))
     x = rng.normal(size=(3, 2, 6, 6))
-    got = function([net_input := T.tensor4(dtype=floatX)],
-                   L.get_output(net, net_input))(x.astype(floatX))
+    images = T.tensor4(dtype=floatX)
+    got = function([images], L.get_output(net, images))(x.astype(floatX))
     want = ref.forward(DIAMOND, L.get_param_values(net), x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -120,7 +120,8 @@ def test_efficientnet_lite0_structure():
 ])
 def test_small_architectures_match_numpy(builder):
     """Random weights (batch norm statistics too), float32 Theano against the
-    float64 NumPy reference."""
+    float64 NumPy reference. (Lite0's 143 layers take ~10 s to compile: the
+    one check that the whole architecture computes what it should.)"""
     spec = builder()
     net = build_network(spec, seed=2)
     rng = np.random.RandomState(3)
@@ -164,3 +165,25 @@ def test_readme_spec_example_builds_and_lists_every_layer_type():
     table = section[:section.index("Nonlinearities:")]
     assert {kind for kind in LAYER_TYPES if f"`{kind}`" in table} == set(
         LAYER_TYPES)
+
+
+def test_deep_networks_compile_whatever_the_recursion_limit():
+    """Theano recurses a frame or more per node (a chain of ~300 layers
+    failed to compile under Python's default limit of 1,000). The engine
+    gives it room while it works and restores the limit afterwards, so
+    deep nesting elsewhere (hostile JSON) still stops early. Simulated here
+    with a low limit and a short chain, to stay fast."""
+    import sys
+    spec = {"input_shape": [1, 3, 3], "layers": [
+        {"type": "conv2d", "name": f"c{i}", "num_filters": 1,
+         "filter_size": 1, "nonlinearity": "relu"} for i in range(60)]}
+    net = build_network(spec)
+    x = T.tensor4(dtype=floatX)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        predict = function([x], L.get_output(net, x))
+        assert sys.getrecursionlimit() == 150
+    finally:
+        sys.setrecursionlimit(old)
+    assert predict(np.ones((2, 1, 3, 3), floatX)).shape == (2, 1, 3, 3)
