@@ -41,3 +41,8 @@ class ChecksumMismatchError(ModelIntegrityError):
 
 class WeightShapeError(ModelIntegrityError):
     """A stored weight array's shape differs from what the spec builds."""
+
+
+class UnsupportedModelError(ImgclassError, ValueError):
+    """An imported model file uses an op, attribute or shape that imgclass
+    cannot express; the message names the op and the node."""
