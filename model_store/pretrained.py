@@ -93,7 +93,17 @@ def convert(source: Mapping, spec: Mapping) -> dict[str, np.ndarray]:
         raise ModelIntegrityError(f"unknown weights_source format {fmt!r}; "
                                   f"known: 'torch-legacy'")
     from model_store.torch_pickle import load_state_dict
-    return from_torch_state_dict(load_state_dict(source_path(source)), spec)
+
+    path = source_path(source)
+    if source.get("sha256"):
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        if digest != source["sha256"]:
+            raise ModelIntegrityError(
+                f"{path} has sha256 {digest[:12]}... but the model records "
+                f"{source['sha256'][:12]}...; reinstall {source['package']}"
+                f"=={source['version']} ('make install')")
+    return from_torch_state_dict(load_state_dict(path), spec)
 
 
 def from_torch_state_dict(state: Mapping[str, np.ndarray],
