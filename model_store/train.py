@@ -65,6 +65,9 @@ def load_spec(path: str) -> dict:
     except json.JSONDecodeError as error:
         raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
             from None
+    except RecursionError:
+        raise ConfigError(f"spec file {path} nests JSON too deeply to be a "
+                          f"network spec") from None
 
 
 def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
@@ -84,12 +87,15 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         One ``{"epoch", "loss", "accuracy"}`` dict per epoch.
     """
     x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
-    probs = L.get_output(network, x)
+    # Batch normalisation's running statistics move with every step, next
+    # to the optimiser's updates of the trainable parameters.
+    probs, statistics = L.get_output_and_updates(network, x)
     loss = T.nnet.categorical_crossentropy(probs, y).mean()
     accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
     params = L.get_all_params(network, trainable=True)
     updates = OPTIMIZERS[config.optimizer](
         loss, params, learning_rate=np.asarray(config.lr, floatX))
+    updates.update(statistics)
     step = function([x, y], [loss, accuracy], updates=updates)
 
     rng = np.random.RandomState(config.seed)
