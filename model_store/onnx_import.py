@@ -36,7 +36,8 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant")
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "HardSwish": "hard_swish"}
+_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
+                "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
 _ATTRIBUTES = {
     "Conv": {"group", "strides", "pads", "dilations", "auto_pad",
@@ -101,7 +102,7 @@ class _Converter:
         self.used_names: set[str] = {"input"}
         self.input_shape = self._graph_input()
 
-    # -- graph input and output ------------------------------------------------
+    # -- graph input and output ---------------------------------------------
     def _graph_input(self) -> list[int]:
         import onnx
 
@@ -153,7 +154,7 @@ class _Converter:
         return {"input_shape": list(self.input_shape),
                 "layers": self.layers}
 
-    # -- helpers ------------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------
     def _name(self, node: _Node, suffix: str = "") -> str:
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", node.proto.name).strip("_") \
             or node.op.lower()
@@ -211,7 +212,7 @@ class _Converter:
             raise node.fail("the mask output is not supported")
         return outputs[0]
 
-    # -- ops -------------------------------------------------------------------
+    # -- ops ----------------------------------------------------------------
     def _op_Constant(self, node: _Node) -> None:
         from onnx import numpy_helper
 
