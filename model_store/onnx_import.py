@@ -10,7 +10,8 @@ Supported ops (:data:`SUPPORTED_OPS`): Conv (any groups, strides and pads,
 dilations 1), BatchNormalization (inference), Relu, Clip (0..6 as relu6, or
 0.. as relu), Sigmoid, HardSigmoid, HardSwish, Mul, Add, MaxPool,
 AveragePool, GlobalAveragePool, Flatten, Reshape to (N, -1), Gemm, MatMul,
-Softmax, Concat (channels), and Dropout/Identity (no-ops at inference).
+Softmax, Concat (channels), Dropout/Identity (no-ops at inference), and
+Shape/Gather/Unsqueeze/Concat on shapes, as in ``x.view(x.size(0), -1)``.
 A Mul or Add by a constant is folded into the convolution or dense layer
 before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
@@ -36,7 +37,7 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "HardSigmoid", "HardSwish", "Mul", "Add", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
-                 "Constant")
+                 "Constant", "Shape", "Gather", "Unsqueeze")
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -53,7 +54,7 @@ _ATTRIBUTES = {
     "Flatten": {"axis"}, "Reshape": {"allowzero"},
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "Softmax": {"axis"}, "Concat": {"axis"}, "Dropout": {"seed", "ratio"},
-    "Constant": {"value"},
+    "Constant": {"value"}, "Gather": {"axis"}, "Unsqueeze": {"axes"},
 }
 
 
@@ -440,6 +441,8 @@ class _Converter:
                   output=self._single_output(node))
 
     def _op_Reshape(self, node: _Node) -> None:
+        if node.attr("allowzero", 0):
+            raise node.fail("allowzero=1 (only 0)")
         target = [int(d) for d in self._const(node, 1, "the shape")]
         shape = self._shape(node, node.proto.input[0])
         features = int(np.prod(shape[1:]))
@@ -490,7 +493,35 @@ class _Converter:
         self._add(node, "softmax", [self._input(node)],
                   output=self._single_output(node))
 
+    # Shape arithmetic, as exporters write ``x.view(x.size(0), -1)``: the
+    # batch size is unknown here, so a Shape gives 0 for it, which Reshape
+    # reads as "copy this dimension"; only constants are computed.
+    def _op_Shape(self, node: _Node) -> None:
+        shape = self._shape(node, node.proto.input[0])
+        self.consts[self._single_output(node)] = np.array(
+            [0, *shape[1:]], np.int64)
+
+    def _op_Gather(self, node: _Node) -> None:
+        data = self._const(node, 0, "the data (only shape arithmetic)")
+        indices = self._const(node, 1, "the indices")
+        self.consts[self._single_output(node)] = np.take(
+            data, indices, axis=node.attr("axis", 0))
+
+    def _op_Unsqueeze(self, node: _Node) -> None:
+        data = self._const(node, 0, "the data (only shape arithmetic)")
+        axes = (node.attr("axes") if self.opset < 13 else
+                self._const(node, 1, "axes"))
+        value = data
+        for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
+            value = np.expand_dims(value, axis)
+        self.consts[self._single_output(node)] = value
+
     def _op_Concat(self, node: _Node) -> None:
+        if all(name in self.consts for name in node.proto.input):
+            self.consts[self._single_output(node)] = np.concatenate(
+                [np.atleast_1d(self.consts[n]) for n in node.proto.input],
+                axis=node.attr("axis"))
+            return
         rank = len(self._shape(node, node.proto.input[0]))
         if node.attr("axis") not in (1, 1 - rank):
             raise node.fail(f"axis={node.attr('axis')} (only 1, channels)")

@@ -274,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Conv, BatchNormalization, Relu, Clip, Sigmoid, "
                     "HardSigmoid, HardSwish, Mul, Add, MaxPool, AveragePool, "
                     "GlobalAveragePool, Flatten, Reshape (flatten), Gemm, "
-                    "MatMul, Softmax, Concat, Dropout, Identity. Anything "
-                    "else stops with exit 2 and writes nothing.")
+                    "MatMul, Softmax, Concat, Dropout, Identity, and "
+                    "Shape/Gather/Unsqueeze on shapes (x.view(N, -1)). "
+                    "Anything else stops with exit 2 and writes nothing.")
     from_onnx.add_argument("file", metavar="FILE", help="the .onnx file")
     from_onnx.add_argument("--name", required=True,
                            help="model name; the version is the next free one")

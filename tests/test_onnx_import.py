@@ -134,6 +134,10 @@ REFUSALS = {
         "ONNX op Mul (node 'm'): a constant of shape (1, 1, 8, 8)"),
     "softmax_of_4d": (lambda g: (g.node("Softmax", ["x"], name="s"), 4),
                       "ONNX op Softmax (node 's'): softmax over axis"),
+    "shape_as_data": (lambda g: (g.node("Add", ["x", g.node(
+        "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
+        "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
+        "be a constant"),
 }
 
 
