@@ -87,6 +87,9 @@ def single_op_graphs() -> dict:
                                            auto_pad="SAME_UPPER"))
     add("conv_same_lower", lambda g: _conv(g, "x", 3, 5, 4,
                                            auto_pad="SAME_LOWER"))
+    add("pad_then_conv", lambda g: _conv(g, g.node("Pad", [
+        "x", g.const([0, 0, 0, 1, 0, 0, 1, 2], dtype=np.int64)]), 3, 4, 3,
+        strides=[2, 2], pads=[1, 0, 0, 0]))
     add("conv_no_bias", lambda g: g.node("Conv", ["x", g.const(
         g.rng.randn(4, 3, 1, 1))]))
     add("batch_norm", lambda g: g.node("BatchNormalization", [
