@@ -43,6 +43,11 @@ class WeightShapeError(ModelIntegrityError):
     """A stored weight array's shape differs from what the spec builds."""
 
 
+class UnsupportedModelError(ImgclassError, ValueError):
+    """An imported model file uses an op, attribute or shape that imgclass
+    cannot express; the message names the op and the node."""
+
+
 def check_positive(name: str, value) -> int:
     """``value`` if it is a positive integer (not a bool), else ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
