@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional
 
+from model_store import fs
 from model_store.errors import (ChecksumMismatchError, ImgclassError,
                                 ModelFileMissingError, ModelIntegrityError,
                                 UnknownModelError)
@@ -114,30 +115,20 @@ class StoredModel:
         from model_store.spec import build_network, set_weights
         network = build_network(self.spec)
         set_weights(network, self.weights,
-                    source=_join(self.location, WEIGHTS_FILE))
+                    source=fs.join(self.location, WEIGHTS_FILE))
         return network
 
 
 # Reading and writing on local disks or any Beam filesystem --------------------
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
 
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems
     return FileSystems
 
 
-def _join(base: str, *parts: str) -> str:
-    if _is_uri(base):
-        return _filesystems().join(base, *parts)
-    return os.path.join(base, *parts)
-
-
 def _read(path: str) -> bytes:
     try:
-        if _is_uri(path):
+        if fs.is_uri(path):
             with _filesystems().open(path) as handle:
                 return handle.read()
         with open(path, "rb") as handle:
@@ -145,7 +136,7 @@ def _read(path: str) -> bytes:
     except FileNotFoundError:
         raise ModelFileMissingError(f"model file {path} is missing") from None
     except OSError as error:
-        if _is_uri(path) and not _filesystems().exists(path):
+        if fs.is_uri(path) and not _filesystems().exists(path):
             raise ModelFileMissingError(
                 f"model file {path} is missing") from None
         raise ModelFileMissingError(
@@ -178,10 +169,10 @@ def _list_folders(root: str) -> list[tuple[str, str, str]]:
     """(name, version folder name, folder) of every folder two levels below
     ``root`` whose name does not start with ``.`` (save_model's staging)."""
     found = []
-    if _is_uri(root):
-        pattern = _join(root, "*", "*", METADATA_FILE)
-        for meta in _filesystems().match([pattern])[0].metadata_list:
-            folder = meta.path.rsplit("/", 1)[0]
+    if fs.is_uri(root):
+        pattern = fs.join(root, "*", "*", METADATA_FILE)
+        for path in fs.match(pattern):
+            folder = fs.split(path)[0]
             name, version = folder.rstrip("/").split("/")[-2:]
             found.append((name, version, folder))
     elif os.path.isdir(root):
@@ -228,14 +219,14 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 def _looks_like_path(ref: str) -> bool:
-    return _is_uri(ref) or "/" in ref or os.sep in ref or ref.startswith(".")
+    return fs.is_uri(ref) or "/" in ref or os.sep in ref or ref.startswith(".")
 
 
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
     if _looks_like_path(ref):
-        folder = ref.rstrip("/") if _is_uri(ref) else os.path.abspath(ref)
-        where = _join(folder, METADATA_FILE)
+        folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)
+        where = fs.join(folder, METADATA_FILE)
         metadata = _read_json(where)
         name = metadata.get("name", os.path.basename(os.path.dirname(folder)))
         version = metadata.get("version")
@@ -289,12 +280,12 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
         weights_from_bytes
 
     info = resolve(ref, root=root)
-    metadata = _read_json(_join(info.location, METADATA_FILE))
-    _check_metadata_types(metadata, _join(info.location, METADATA_FILE))
-    spec = _read_json(_join(info.location, SPEC_FILE))
+    metadata = _read_json(fs.join(info.location, METADATA_FILE))
+    _check_metadata_types(metadata, fs.join(info.location, METADATA_FILE))
+    spec = _read_json(fs.join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec)
-    weights_path = _join(info.location, WEIGHTS_FILE)
+    weights_path = fs.join(info.location, WEIGHTS_FILE)
     data = _weights_data(weights_path, metadata, spec)
     digest = hashlib.sha256(data).hexdigest()
     expected = metadata.get("weights_sha256")
@@ -380,12 +371,10 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     Preprocessing.from_metadata(full)  # fails early on bad preprocessing
     files = {SPEC_FILE: _spec_of(network), WEIGHTS_FILE: weights,
              METADATA_FILE: _json_bytes(full)}
-    folder = _join(root, name, str(version))
-    if _is_uri(root):
-        fs = _filesystems()
+    folder = fs.join(root, name, str(version))
+    if fs.is_uri(root):
         for file_name, data in files.items():  # metadata last: it marks done
-            with fs.create(_join(folder, file_name)) as handle:
-                handle.write(data)
+            fs.create(fs.join(folder, file_name), data)
     else:
         # Write in a hidden folder and rename: a version appears whole or not.
         os.makedirs(os.path.join(root, name), exist_ok=True)
@@ -406,20 +395,14 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 def update_metadata(model: StoredModel, **updates) -> StoredModel:
     """Adds keys (e.g. evaluation metrics) to a stored version's metadata."""
     metadata = dict(model.metadata, **updates)
-    path = _join(model.location, METADATA_FILE)
-    if _is_uri(path):
-        with _filesystems().create(path) as handle:
-            handle.write(_json_bytes(metadata))
-    else:
-        with open(path + ".tmp", "wb") as handle:
-            handle.write(_json_bytes(metadata))
-        os.replace(path + ".tmp", path)
+    path = fs.join(model.location, METADATA_FILE)
+    fs.write_atomic(path, _json_bytes(metadata))
     model.metadata = metadata
     return model
 
 
 def _json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    return fs.json_bytes(value, sort_keys=True)
 
 
 def _spec_of(network) -> bytes:
@@ -481,7 +464,7 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
 
 
 def _check_metadata(model: StoredModel) -> None:
-    where = _join(model.location, METADATA_FILE)
+    where = fs.join(model.location, METADATA_FILE)
     for key in ("class_names", "input_shape", "color_mode", "resize",
                 "normalization", "weights_sha256"):
         if key not in model.metadata:

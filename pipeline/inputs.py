@@ -25,7 +25,8 @@ from typing import Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from model_store.errors import ConfigError
-from transforms.files import GLOB_CHARS, escape_glob, escape_path, is_uri
+from model_store.fs import is_uri
+from transforms.files import GLOB_CHARS, escape_glob, escape_path
 
 
 def input_pattern(path: str) -> str:

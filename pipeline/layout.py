@@ -18,6 +18,7 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from model_store import fs
 from model_store.errors import ConfigError
 from pipeline import outputs
 
@@ -37,7 +38,7 @@ def layout_of(partition: Optional[str]) -> str:
 def recorded(output: str) -> Optional[str]:
     """The layout ``output`` holds: recorded, else read from its folders,
     else None (no run published yet)."""
-    path = outputs.join(output, LAYOUT_FILE)
+    path = fs.join(output, LAYOUT_FILE)
     if FileSystems.exists(path):
         try:
             with FileSystems.open(path) as handle:
@@ -69,9 +70,8 @@ def check(output: str, layout: str, *, overwrite: bool = False) -> None:
 
 def record(output: str, layout: str) -> None:
     """Writes ``DIR/_layout.json`` (after a run published)."""
-    path = outputs.join(output, LAYOUT_FILE)
-    with FileSystems.create(path) as handle:
-        handle.write((json.dumps({"layout": layout}) + "\n").encode())
+    fs.create(fs.join(output, LAYOUT_FILE),
+              (json.dumps({"layout": layout}) + "\n").encode())
 
 
 def _describe(layout: str) -> str:
@@ -88,9 +88,9 @@ def _layouts_on_disk(output: str) -> set:
     found = set()
     for kind in outputs.PARTITIONED:
         for depth in range(3):
-            pattern = outputs.join(output, kind, *["*"] * depth, "*.parquet")
+            pattern = fs.join(output, kind, *["*"] * depth, "*.parquet")
             for metadata in FileSystems.match([pattern])[0].metadata_list:
-                relative = metadata.path[len(outputs.join(output, kind)):]
+                relative = metadata.path[len(fs.join(output, kind)):]
                 folders = relative.strip("/").split("/")[:-1]
                 found.add(layout_of("/".join(folders)) if folders else NONE)
                 break  # one file per depth tells the layout

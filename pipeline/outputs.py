@@ -40,7 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from model_store import fs
 from model_store.errors import ConfigError
+from model_store.fs import is_uri, join
 from transforms import schema
 
 PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
@@ -60,15 +62,6 @@ SCHEMAS = {PREDICTIONS_DIR: schema.PREDICTIONS, ERRORS_DIR: schema.ERRORS,
            LEDGER_DIR: schema.LEDGER, SKIPPED_DIR: schema.SKIPPED}
 # The tables readers query are partitioned; the bookkeeping is not.
 PARTITIONED = (PREDICTIONS_DIR, ERRORS_DIR)
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def join(base: str, *parts: str) -> str:
-    return FileSystems.join(base, *parts) if is_uri(base) else os.path.join(
-        base, *parts)
 
 
 def check_filesystem(path: str, option: str) -> None:
@@ -159,7 +152,7 @@ def locked(output: str, owner_id: str, *,
     now = _iso(clock())
     owner = {"owner": owner_id, "host": socket.gethostname(),
              "pid": os.getpid(), "created_at": now, "refreshed_at": now}
-    _acquire(path, _json_bytes(owner), output, clock)
+    _acquire(path, fs.json_bytes(owner), output, clock)
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_fresh, daemon=True,
                               args=(path, owner, clock, stop,
@@ -186,7 +179,8 @@ def refresh_lock(path: str, owner: dict, clock) -> bool:
     nothing written) when the lock is no longer ``owner``'s."""
     if not _same_owner(_read_lock(path)[0], owner):
         return False
-    _write_file(path, _json_bytes(dict(owner, refreshed_at=_iso(clock()))))
+    _write_file(path, fs.json_bytes(
+        dict(owner, refreshed_at=_iso(clock()))))
     return True
 
 
@@ -218,7 +212,7 @@ def _create_exclusive(path: str, data: bytes) -> bool:
     if is_uri(path):
         if FileSystems.exists(path):
             return False
-        _write_bytes(path, data)
+        fs.create(path, data)
         with FileSystems.open(path) as handle:
             return handle.read() == data
     try:
@@ -343,7 +337,7 @@ class RunOutputs:
         an empty file with the schema when they have no rows."""
         staged = {}
         for kind, table_schema in SCHEMAS.items():
-            files = _list(join(self.staging, kind, "*.parquet"))
+            files = fs.match(join(self.staging, kind, "*.parquet"))
             if not files and kind in PARTITIONED:
                 empty = join(self.staging, kind,
                              f"part-{self.run_id}-00000-of-00001.parquet")
@@ -353,7 +347,7 @@ class RunOutputs:
         return staged
 
     def destinations(self, staged: dict) -> dict:
-        return {kind: [join(self.final_dir(kind), _basename(p))
+        return {kind: [join(self.final_dir(kind), fs.basename(p))
                        for p in files] for kind, files in staged.items()}
 
     def publish(self, staged: dict, manifest: dict, *,
@@ -375,7 +369,7 @@ class RunOutputs:
 def _published_files(output: str) -> list[str]:
     """Every file of the runs published in ``output`` (for --overwrite)."""
     return [path for name in (*SCHEMAS, RUNS_DIR)
-            for path in _list(join(output, name, "**"))]
+            for path in fs.match(join(output, name, "**"))]
 
 
 def recover(output: str) -> list[str]:
@@ -386,7 +380,7 @@ def recover(output: str) -> list[str]:
     Call it before a new run on ``output``, holding its lock.
     """
     recovered = []
-    for record_path in _list(join(output, STAGING, "*", PUBLISH)):
+    for record_path in fs.match(join(output, STAGING, "*", PUBLISH)):
         record = _read_record(record_path)
         if record is None:
             continue  # never started publishing: its staging goes below
@@ -407,12 +401,12 @@ def _complete(output: str, staging: str, record: dict) -> None:
             _delete_file(path)
     for src, dst in record["moves"]:
         if FileSystems.exists(src):
-            folder = dst.rsplit("/", 1)[0]
+            folder = fs.split(dst)[0]
             if not is_uri(folder):
                 os.makedirs(folder, exist_ok=True)
             _move([src], [dst])
     _commit_tables(manifest)
-    body = _json_bytes(manifest)
+    body = fs.json_bytes(manifest)
     _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
     _write_file(join(output, MANIFEST), body)
     _write_file(done, b"")
@@ -420,7 +414,7 @@ def _complete(output: str, staging: str, record: dict) -> None:
 
 
 def _record_bytes(record: dict) -> bytes:
-    return _json_bytes({"sha256": _digest(record), "record": record})
+    return fs.json_bytes({"sha256": _digest(record), "record": record})
 
 
 def _read_record(path: str) -> Optional[dict]:
@@ -463,17 +457,17 @@ def _remove_staging(output: str, staging: str) -> None:
 
 def write_count(count: int, path: str) -> None:
     """Run by the pipeline: records how many files it matched."""
-    _write_file(path, _json_bytes({"matched": int(count)}))
+    _write_file(path, fs.json_bytes({"matched": int(count)}))
 
 
 def ledger_files(output: str) -> list[str]:
     """Ledger files of the runs published in ``output``."""
-    return _list(join(output, LEDGER_DIR, "*.parquet"))
+    return fs.match(join(output, LEDGER_DIR, "*.parquet"))
 
 
 def error_files(output: str) -> list[str]:
     """Error tables of the runs published in ``output``."""
-    return _list(join(output, ERRORS_DIR, "**.parquet"))
+    return fs.match(join(output, ERRORS_DIR, "**.parquet"))
 
 
 def count_rows(paths: Iterable[str]) -> int:
@@ -498,11 +492,6 @@ def _metadata(path: str):
         return pq.read_metadata(io.BytesIO(handle.read()))
 
 
-def _list(pattern: str) -> list[str]:
-    return sorted(m.path for m in FileSystems.match([pattern])[0]
-                  .metadata_list)
-
-
 # The filesystem operations publishing is made of (tests inject faults here).
 def _move(sources: list[str], destinations: list[str]) -> None:
     FileSystems.rename(sources, destinations)
@@ -513,39 +502,7 @@ def _delete_file(path: str) -> None:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Writes ``path`` whole or not at all: on local disks a temporary name
-    renamed into place, on object stores (where an object appears only once
-    written) the object read back and compared."""
-    if is_uri(path):
-        _write_bytes(path, data)
-        with FileSystems.open(path) as handle:
-            if handle.read() != data:
-                raise OSError(f"{path} does not hold what was written")
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    aside = f"{path}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(aside, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(aside, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside)
-
-
-def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(data)
-
-
-def _json_bytes(value) -> bytes:
-    return (json.dumps(value, indent=2) + "\n").encode()
+    fs.write_atomic(path, data)
 
 
 def _iso(t: float) -> str:
@@ -564,4 +521,4 @@ def _delete_quietly(path: str) -> None:
 def _write_empty(path: str, table_schema: pa.Schema) -> None:
     buffer = io.BytesIO()
     pq.write_table(table_schema.empty_table(), buffer)
-    _write_bytes(path, buffer.getvalue())
+    fs.create(path, buffer.getvalue())

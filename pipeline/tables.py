@@ -29,6 +29,7 @@ import time
 from typing import Callable, Optional
 
 from model_store.errors import ConfigError
+from model_store.fs import is_uri, join
 
 # pyarrow, Beam and the table libraries are imported where they are used:
 # the command line imports this module for its option names and defaults.
@@ -96,7 +97,7 @@ def table_spec(table_format: str, output: str, *,
 
 def default_catalog(output: str) -> str:
     """The SQLite catalog file kept in the output folder."""
-    if "://" in output:
+    if is_uri(output):
         raise ConfigError(f"output {output!r} is not a local folder: give "
                           f"--iceberg-catalog (a SQL catalog URI)")
     return f"sqlite:///{os.path.join(os.path.abspath(output), CATALOG_FILE)}"
@@ -135,10 +136,7 @@ def commit_properties(manifest: dict, rows: int) -> dict:
 
 
 def table_location(output: str, name: str) -> str:
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.join(output, name) if "://" in output \
-        else os.path.join(os.path.abspath(output), name)
+    return join(output if is_uri(output) else os.path.abspath(output), name)
 
 
 def table_schema(paths: list[str], partition: dict):
@@ -213,7 +211,7 @@ def _add_action(root: str, path: str, partition: dict):
     from pipeline.outputs import count_rows
 
     metadata = FileSystems.match([path])[0].metadata_list[0]
-    relative = (path[len(root):] if "://" in path else os.path.relpath(
+    relative = (path[len(root):] if is_uri(path) else os.path.relpath(
         os.path.abspath(path), root)).lstrip("/")
     return AddAction(
         path=relative, size=int(metadata.size_in_bytes),
@@ -247,7 +245,7 @@ def iceberg_catalog(spec: TableSpec):
     from pyiceberg.catalog.sql import SqlCatalog
 
     properties = {"uri": spec.catalog}
-    if "://" not in spec.output:
+    if not is_uri(spec.output):
         properties["warehouse"] = f"file://{os.path.abspath(spec.output)}"
     return SqlCatalog(CATALOG_NAME, **properties)
 
@@ -323,7 +321,7 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
 
 
 def _iceberg_path(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+    return path if is_uri(path) else os.path.abspath(path)
 
 
 def _read_schema(path: str):

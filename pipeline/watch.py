@@ -50,6 +50,7 @@ from typing import Optional
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
+from model_store import fs
 from model_store.errors import ConfigError
 from pipeline import inputs, layout, outputs
 from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
@@ -256,11 +257,9 @@ def _write_marker(output: str, window: Window,
               "counts": {"predicted": counts.get("predicted", 0),
                          "failed": counts.get("failed", 0)},
               "closed_at": _iso(time.time())}
-    # Written aside, then renamed: a reader never sees half a marker.
-    final = outputs.join(output, WINDOWS_DIR, window.marker_name)
-    aside = outputs.join(output, WINDOWS_DIR, f".{window.marker_name}.tmp")
-    _write(aside, (json.dumps(record, indent=2) + "\n").encode())
-    FileSystems.rename([aside], [final])
+    # Written whole or not at all: a reader never sees half a marker.
+    fs.write_atomic(fs.join(output, WINDOWS_DIR, window.marker_name),
+                    fs.json_bytes(record))
 
 
 def _complete_hours(output: str, since: float, until: float) -> None:
@@ -269,10 +268,10 @@ def _complete_hours(output: str, since: float, until: float) -> None:
     hour = int(since // HOUR) * HOUR
     while hour + HOUR <= until:
         for kind in outputs.PARTITIONED:
-            path = outputs.join(output, kind, *hour_partition(hour).split("/"),
+            path = fs.join(output, kind, *hour_partition(hour).split("/"),
                                 outputs.SUCCESS)
             if not FileSystems.exists(path):
-                _write(path, b"")
+                fs.create(path, b"")
         hour += HOUR
 
 
@@ -280,7 +279,7 @@ def _reconcile(output: str, current: Window) -> None:
     """Writes the markers an earlier watcher could not (killed between
     publishing a run and marking its window, or stopped in an hour that has
     ended since)."""
-    runs = _match(outputs.join(output, outputs.RUNS_DIR, "*.json"))
+    runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
     if runs:
         with FileSystems.open(runs[-1]) as handle:  # run ids sort by time
             manifest = json.loads(handle.read())
@@ -288,12 +287,12 @@ def _reconcile(output: str, current: Window) -> None:
         if spec:
             start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
             window = Window(int(start), int(spec["seconds"]))
-            if not FileSystems.exists(outputs.join(
+            if not FileSystems.exists(fs.join(
                     output, WINDOWS_DIR, window.marker_name)):
                 _write_marker(output, window, manifest)
-    markers = _match(outputs.join(output, WINDOWS_DIR, "*.json"))
+    markers = fs.match(fs.join(output, WINDOWS_DIR, "*.json"))
     if markers:
-        name = markers[-1].rsplit("/", 1)[-1]
+        name = fs.basename(markers[-1])
         last = datetime.datetime.strptime(
             name, "%Y%m%dT%H%M%SZ.json").replace(
                 tzinfo=datetime.timezone.utc).timestamp()
@@ -331,7 +330,7 @@ def _check_layout(output: str) -> None:
     holds ``classify`` results laid out otherwise (readers would mix)."""
     for kind in outputs.PARTITIONED:
         for pattern in ("*.parquet", "*/*.parquet"):
-            found = _match(outputs.join(output, kind, pattern))
+            found = fs.match(fs.join(output, kind, pattern))
             if found:
                 raise ConfigError(
                     f"output {output!r} holds results that are not in "
@@ -358,16 +357,6 @@ def stop_on_signals(stop: threading.Event):
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
-
-
-def _match(pattern: str) -> list[str]:
-    return sorted(m.path for m in FileSystems.match([pattern])[0]
-                  .metadata_list)
-
-
-def _write(path: str, data: bytes) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(data)
 
 
 def _utc(t: float) -> datetime.datetime:

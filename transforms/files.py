@@ -36,10 +36,10 @@ import warnings
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 from model_store.errors import ImgclassError
+from model_store.fs import is_uri
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 _CHUNK = 1 << 20
-_SCHEME = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
 _TO_ESCAPE = re.compile("[\udc80-\udcff]|%(?=[0-9A-Fa-f]{2})")
 GLOB_CHARS = "*?["
 # glob.escape's form: one glob character alone in a character class.
@@ -67,11 +67,6 @@ class ListingError(NamedTuple):
     path: str  # escaped, as every path the pipeline carries
     error_type: str
     message: str
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` names a Beam filesystem other than the local one."""
-    return bool(_SCHEME.match(path))
 
 
 def escape_path(path: str) -> str:

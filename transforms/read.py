@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
+from model_store.fs import basename
 from transforms.decode import ERRORS, METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_pattern
 
@@ -27,7 +28,7 @@ def is_settled(metadata: FileMetadata, settle_seconds: float,
                now: Optional[float] = None) -> bool:
     """Whether a file looks finished: its name does not mark it as in
     progress, and it was last modified at least ``settle_seconds`` ago."""
-    name = metadata.path.rstrip("/").rsplit("/", 1)[-1]
+    name = basename(metadata.path)
     if name.startswith(IN_PROGRESS_PREFIXES) or name.lower().endswith(
             IN_PROGRESS_SUFFIXES):
         return False

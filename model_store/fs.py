@@ -1,0 +1,91 @@
+"""Paths and files on local disks or any Beam filesystem (gs://, s3://...).
+
+The one place for the small operations the store, the pipeline and the
+watcher share: telling a URI from a local path, joining and splitting paths,
+listing a pattern, writing a file whole or not at all, and the JSON the
+project writes. It lives in ``model_store`` (the lower layer) so that the
+store can use it without importing the pipeline; Beam's ``FileSystems`` is
+imported only when a function needs it (no Beam pipeline code here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid
+
+_SCHEME = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names a Beam filesystem other than the local one."""
+    return bool(_SCHEME.match(path))
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...``; local paths as ``os.path.join`` joins them."""
+    if is_uri(base):
+        return _filesystems().join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def split(path: str) -> tuple[str, str]:
+    """``(folder, name)`` of ``path`` (a trailing ``/`` is ignored)."""
+    path = path.rstrip("/") or path
+    if is_uri(path):
+        return _filesystems().split(path)
+    return os.path.split(path)
+
+
+def basename(path: str) -> str:
+    """The last part of ``path`` (see :func:`split`)."""
+    return split(path)[1]
+
+
+def match(pattern: str) -> list[str]:
+    """The paths of the files ``pattern`` matches, sorted (Beam's syntax:
+    ``*`` within a folder, ``**`` across folders)."""
+    found = _filesystems().match([pattern])[0].metadata_list
+    return sorted(m.path for m in found)
+
+
+def create(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` in one go (no temporary name)."""
+    with _filesystems().create(path) as handle:
+        handle.write(data)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Writes ``path`` whole or not at all: on local disks a temporary name
+    (fsynced) renamed into place; on object stores (where an object appears
+    only once written) the object created, then read back and compared."""
+    if is_uri(path):
+        create(path, data)
+        with _filesystems().open(path) as handle:
+            if handle.read() != data:
+                raise OSError(f"{path} does not hold what was written")
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    aside = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(aside, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(aside, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(aside)
+
+
+def json_bytes(value, *, sort_keys: bool = False) -> bytes:
+    """``value`` as the project writes JSON files: indented, one final
+    newline."""
+    return (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode()
