@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import weakref
 from typing import Any, Mapping
 
 import numpy as np
@@ -127,6 +128,11 @@ def _validate_layer(index: int, layer_spec: Any, earlier: set) -> None:
                         f"{sorted(extra)}; allowed: {sorted(allowed)}")
 
 
+# The spec each network build_network made was built from, so that the
+# store can save it (kept here, not as an attribute on the layer).
+_BUILT_FROM: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def build_network(spec: Mapping, *, seed: int = 0):
     """Builds the network a spec describes, with freshly initialised weights.
 
@@ -152,8 +158,23 @@ def build_network(spec: Mapping, *, seed: int = 0):
     _check_all_feed_output(network, spec)
     _check_sizes(network)
     L.initialize_params(network, np.random.RandomState(seed))
-    network.spec = spec  # so that the store can save what built the network
+    _BUILT_FROM[network] = spec
     return network
+
+
+def spec_of(network) -> dict:
+    """The spec :func:`build_network` built ``network`` (its output layer)
+    from.
+
+    Raises:
+        ValueError: ``network`` was not built by :func:`build_network`.
+    """
+    try:
+        return _BUILT_FROM[network]
+    except (KeyError, TypeError):
+        raise ValueError("save_model needs a network built by "
+                         "model_store.spec.build_network (it knows its "
+                         "spec)") from None
 
 
 def _build_layer(layer_spec: Mapping, inputs: list, seed: int):

@@ -406,11 +406,8 @@ def _json_bytes(value) -> bytes:
 
 
 def _spec_of(network) -> bytes:
-    spec = getattr(network, "spec", None)
-    if spec is None:
-        raise ValueError("save_model needs a network built by "
-                         "model_store.spec.build_network (it carries its spec)")
-    return _json_bytes(spec)
+    from model_store.spec import spec_of
+    return _json_bytes(spec_of(network))
 
 
 def _is_positive_int(value) -> bool:

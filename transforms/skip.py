@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -45,16 +45,31 @@ SKIP_BY = ("mtime", "content")
 RETRIED_STAGES = ("read", "predict")
 
 
-class MatchedFile(FileMetadata):
-    """A matched file and what the skip check learnt about it."""
+class MatchedFile(NamedTuple):
+    """A matched file and what the skip check learnt about it (the ledger's
+    ``sha256`` and ``retried_stage``). It reads as the ``FileMetadata`` it
+    wraps (``path``, ``size_in_bytes``, ``last_updated_in_seconds``), so the
+    steps after the check take either."""
+    metadata: FileMetadata
+    sha256: Optional[str] = None  # by="content" only
+    retried_stage: Optional[str] = None
 
-    def __init__(self, metadata: FileMetadata, *, sha256=None,
-                 retried_stage=None):
-        super().__init__(metadata.path, metadata.size_in_bytes,
-                         metadata.last_updated_in_seconds)
-        self.sha256 = getattr(metadata, "sha256", None) if sha256 is None \
-            else sha256
-        self.retried_stage = retried_stage
+    @classmethod
+    def of(cls, file) -> "MatchedFile":
+        """``file`` (``FileMetadata`` or MatchedFile) as a MatchedFile."""
+        return file if isinstance(file, MatchedFile) else cls(file)
+
+    @property
+    def path(self) -> str:
+        return self.metadata.path
+
+    @property
+    def size_in_bytes(self) -> int:
+        return self.metadata.size_in_bytes
+
+    @property
+    def last_updated_in_seconds(self) -> float:
+        return self.metadata.last_updated_in_seconds
 
 
 def file_key(metadata) -> tuple:
@@ -110,11 +125,10 @@ class _SplitDoneFn(beam.DoFn):
             runs.setdefault(key, []).append(r["run_id"])
         runs.pop(None, None)
         failed = dict(groups["errors"])  # run id -> stage of its error row
-        for metadata in groups["matched"]:
+        for matched in map(MatchedFile.of, groups["matched"]):
             earlier = runs.get(_done_key(
-                self._by, metadata.size_in_bytes,
-                metadata.last_updated_in_seconds,
-                getattr(metadata, "sha256", None)), [])
+                self._by, matched.size_in_bytes,
+                matched.last_updated_in_seconds, matched.sha256), [])
             done = [run for run in earlier
                     if self._retried_stage(failed.get(run)) is None]
             if done:
@@ -124,10 +138,10 @@ class _SplitDoneFn(beam.DoFn):
                     "previous_run_id": max(done), "run_id": self._run_id})
             elif earlier:
                 self._retried.inc()
-                yield MatchedFile(metadata, retried_stage=self._retried_stage(
+                yield matched._replace(retried_stage=self._retried_stage(
                     failed[max(earlier)]))
             else:
-                yield metadata
+                yield matched
 
 
 class SkipDone(beam.PTransform):
@@ -191,7 +205,9 @@ class SkipDone(beam.PTransform):
 
 def ledger_table(batch, *, model_name: str, model_version: str,
                  run_id: str) -> pa.Table:
-    """The ledger rows (``schema.LEDGER``) of a batch of ``FileMetadata``."""
+    """The ledger rows (``schema.LEDGER``) of a batch of ``FileMetadata``
+    or :class:`MatchedFile`."""
+    batch = [MatchedFile.of(m) for m in batch]
     keys = [file_key(m) for m in batch]
     n = len(batch)
     return pa.Table.from_pydict({
@@ -201,8 +217,8 @@ def ledger_table(batch, *, model_name: str, model_version: str,
         "model_name": [model_name] * n,
         "model_version": [str(model_version)] * n,
         "run_id": [run_id] * n,
-        "sha256": [getattr(m, "sha256", None) for m in batch],
-        "retried_stage": [getattr(m, "retried_stage", None) for m in batch]},
+        "sha256": [m.sha256 for m in batch],
+        "retried_stage": [m.retried_stage for m in batch]},
         schema=schema.LEDGER)
 
 
