@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -440,9 +441,7 @@ def _counts(paths: outputs.RunOutputs, staged: dict, *,
     predicted = outputs.count_rows(staged[outputs.PREDICTIONS_DIR])
     skipped = outputs.count_rows(staged[outputs.SKIPPED_DIR])
     errors = outputs.read_table(staged[outputs.ERRORS_DIR], ["stage"])
-    by_stage = {}
-    for stage in errors.column("stage").to_pylist():
-        by_stage[stage] = by_stage.get(stage, 0) + 1
+    by_stage = dict(collections.Counter(errors.column("stage").to_pylist()))
     failed = errors.num_rows
     matched = paths.matched_count()
     problem = None

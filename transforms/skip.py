@@ -23,6 +23,7 @@ with the driver's memory.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 from typing import NamedTuple, Optional, Sequence
@@ -227,11 +228,10 @@ def count_retried(ledger_files: Sequence[str]) -> dict:
     from apache_beam.io.filesystems import FileSystems
     import pyarrow.parquet as pq
 
-    counts = {}
+    counts = collections.Counter()
     for path in ledger_files:
         with FileSystems.open(path) as handle:
             column = pq.read_table(io.BytesIO(handle.read()),
                                    columns=["retried_stage"]).column(0)
-        for stage in column.drop_null().to_pylist():
-            counts[stage] = counts.get(stage, 0) + 1
-    return counts
+        counts.update(column.drop_null().to_pylist())
+    return dict(counts)
