@@ -39,12 +39,21 @@ class PlainTheanoHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return [PredictionResult(x, p) for x, p in zip(batch, probs)]
 
 
-def read_image(path: str) -> tuple[str, np.ndarray]:
+def read_image(path: str, *, mean: float,
+               std: float) -> tuple[str, np.ndarray]:
     with FileSystems.open(path) as handle:
         image = Image.open(io.BytesIO(handle.read())).convert("L")
     image = image.resize((32, 32), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
-    return path, ((pixels - 0.1) / 0.25)[np.newaxis]
+    return path, ((pixels - mean) / std)[np.newaxis]
+
+
+def normalization(ref: str = "digits-cnn") -> dict:
+    """The model's own mean and std (its metadata), as a user would copy
+    them into their preprocessing: one grey channel."""
+    from model_store.store import load_model
+    stats = load_model(ref).metadata["normalization"]
+    return {"mean": float(stats["mean"][0]), "std": float(stats["std"][0])}
 
 
 def main() -> None:
@@ -53,13 +62,14 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     args, beam_args = parser.parse_known_args()
     options = pipeline_options(beam_args)
+    stats = normalization()
     with beam.Pipeline(runner=make_runner(options), options=options) as p:
         _ = (p
              | beam.Create([args.input])
              | beam.io.fileio.MatchAll()
              | beam.Map(lambda m: m.path)
              | beam.Reshuffle()
-             | beam.Map(read_image)
+             | beam.Map(read_image, **stats)
              | RunInference(KeyedModelHandler(PlainTheanoHandler()))
              | beam.MapTuple(
                  lambda path, r: f"{path},{int(np.argmax(r.inference))}")

@@ -143,7 +143,9 @@ class ProgressBar:
 
 def digits_training_set(prep: Preprocessing, config: TrainConfig):
     """Augmented digits training set plus the pixel statistics used for
-    normalisation: ``(pixels uint8, labels, mean, std)``."""
+    normalisation: ``(pixels uint8, labels, split, mean, std)``, where
+    ``split`` is the :func:`~model_store.datasets.load_digits_split` the
+    pixels were augmented from (its test half is evaluated after training)."""
     from model_store.datasets import augmented_pixels, load_digits_split
 
     split = load_digits_split()

@@ -60,7 +60,10 @@ LEDGER = pa.schema([
 # Files a --skip-done run did not classify again, and why.
 SKIPPED = pa.schema([
     ("path", pa.string()),
-    ("reason", pa.string()),          # "done": same path, size and mtime
+    ("reason", pa.string()),          # "done": an earlier run's ledger has
+                                      # the path with this model, and the
+                                      # same size and mtime (--skip-done-by
+                                      # mtime) or sha256 (content)
     ("previous_run_id", pa.string()),
     ("run_id", pa.string()),
 ])

@@ -13,8 +13,10 @@ import pyarrow as pa
 from apache_beam.io import parquetio
 
 
-# Rows per Parquet row group: one predict batch (256 rows) per group would
-# make files slow to scan, so tables are concatenated up to this many batches.
+# Batch tables per Parquet row group: one predict batch (256 rows) per group
+# would make files slow to scan, so up to this many batch tables are
+# concatenated into one row group (64 x 256 = 16,384 rows at the default
+# batch size).
 TABLES_PER_ROW_GROUP = 64
 
 
