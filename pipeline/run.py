@@ -81,9 +81,11 @@ class ClassifyConfig:
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
     # (overrides partition_by); leave out files modified less than
     # ``settle`` seconds ago or named as in progress (transforms.read.
-    # is_settled); the time window recorded in the manifest.
+    # is_settled) at ``listed_at`` (the watcher's clock; default: when the
+    # pipeline is built); the time window recorded in the manifest.
     partition: Optional[str] = None
     settle: Optional[float] = None
+    listed_at: Optional[float] = None
     window: Optional[dict] = None
 
 
@@ -510,7 +512,8 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
               | "Patterns" >> beam.Create(patterns)
               | "MatchFiles" >> MatchFiles(
                   exclude=inputs.excluded(config.output),
-                  settle_seconds=config.settle, run_id=paths.run_id))
+                  settle_seconds=config.settle, listed_at=config.listed_at,
+                  run_id=paths.run_id))
     matched = listed.files
     # Counted where they are matched (listing errors included), not from
     # what is written, so a runner that loses rows cannot hide it.

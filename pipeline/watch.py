@@ -45,7 +45,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
@@ -124,9 +124,14 @@ def check_settings(interval: float, window: float, settle: float) -> int:
 def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
           window: float = DEFAULT_WINDOW, settle: float = DEFAULT_SETTLE,
           stop_event: Optional[threading.Event] = None,
-          log=sys.stderr) -> dict:
+          log=sys.stderr, clock: Callable[[], float] = time.time,
+          wait: Optional[Callable[[float], bool]] = None) -> dict:
     """Watches ``config.inputs`` until ``stop_event`` is set; returns counts
     ``{"windows", "runs", "predicted", "failed", "failed_runs"}``.
+
+    ``clock`` (Unix seconds) tells the windows and the settle cut-off;
+    ``wait(seconds)`` pauses between looks at the inputs, returning early
+    once stopped (default: ``stop_event.wait``). Tests inject both.
 
     ``config`` is what ``classify`` takes (inputs, output, model, store,
     top_k, batch_size, max_pixels, beam_args); its partitioning, overwrite
@@ -142,6 +147,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
 
     seconds = check_settings(interval, window, settle)
     stop = stop_event if stop_event is not None else threading.Event()
+    wait = stop.wait if wait is None else wait
     make_runner(pipeline_options(config.beam_args))  # bad options, now
     model = load_model(config.model, root=config.store)
     if config.top_k > len(model.class_names):
@@ -165,8 +171,8 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
         if recovered:
             print(f"imgclass: finished publishing interrupted run(s) "
                   f"{', '.join(recovered)}", file=log)
-        current = window_at(time.time(), seconds)
-        _reconcile(output, current)
+        current = window_at(clock(), seconds)
+        _reconcile(output, current, clock())
         done = {}
         _add_ledger(done, outputs.ledger_files(output), model)
         print(f"imgclass: watching {', '.join(config.inputs)} every "
@@ -175,19 +181,21 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
               f"date=.../hour=...; Ctrl-C or SIGTERM stops", file=log)
         failures, waiting = 0, 0
         while not stop.is_set():
-            if time.time() < current.end:
+            now = clock()
+            if now < current.end:
                 new = _new_files(patterns, settle, done,
-                                 inputs.excluded(output))
+                                 inputs.excluded(output), now)
                 if len(new) != waiting:
                     waiting = len(new)
                     if waiting:
                         print(f"imgclass: {waiting} new file(s), published "
                               f"when window {current} ends", file=log)
-                stop.wait(max(0.01, min(interval, current.end - time.time())))
+                wait(max(0.01, min(interval, current.end - clock())))
                 continue
             waiting = 0
             try:
-                manifest = _close(base, patterns, current, done, model, log)
+                manifest = _close(base, patterns, current, done, model, log,
+                                  clock)
             except RunFailed as error:
                 if stop.is_set():
                     print(f"imgclass: window {current} was not published "
@@ -208,7 +216,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
                     counts["runs"] += 1
                     counts["predicted"] += manifest["counts"]["predicted"]
                     counts["failed"] += manifest["counts"]["failed"]
-            following = window_at(time.time(), seconds)
+            following = window_at(clock(), seconds)
             if following.start > current.end:
                 print(f"imgclass: the run took longer than the window; new "
                       f"files go to window {following}", file=log)
@@ -220,16 +228,17 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
 
 
 def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
-           model, log) -> Optional[dict]:
+           model, log, clock) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
+    now = clock()
     new = _new_files(patterns, config.settle, done,
-                     inputs.excluded(output))
+                     inputs.excluded(output), now)
     manifest = None
     if new or not outputs.holds_earlier_run(output):
         run = dataclasses.replace(config, partition=window.partition,
-                                  window=window.as_dict())
+                                  window=window.as_dict(), listed_at=now)
         try:
             manifest = run_classify(run, log=log, output_locked=True)
         except BaseException as error:
@@ -238,25 +247,25 @@ def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
                 # publishing is finished, any other leaves nothing behind.
                 with contextlib.suppress(Exception):
                     outputs.recover(output)
-                    _reconcile(output, window_at(time.time(),
-                                                 window.seconds))
+                    _reconcile(output, window_at(clock(), window.seconds),
+                               clock())
             raise
         _add_ledger(done, manifest["files"].get(outputs.LEDGER_DIR, []),
                     model)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
-    _write_marker(output, window, manifest)
+    _write_marker(output, window, manifest, clock())
     return manifest
 
 
-def _write_marker(output: str, window: Window,
-                  manifest: Optional[dict]) -> None:
+def _write_marker(output: str, window: Window, manifest: Optional[dict],
+                  closed_at: float) -> None:
     counts = manifest["counts"] if manifest else {}
     record = {"window": window.as_dict(), "partition": window.partition,
               "run_id": manifest["run_id"] if manifest else None,
               "counts": {"predicted": counts.get("predicted", 0),
                          "failed": counts.get("failed", 0)},
-              "closed_at": _iso(time.time())}
+              "closed_at": _iso(closed_at)}
     # Written whole or not at all: a reader never sees half a marker.
     fs.write_atomic(fs.join(output, WINDOWS_DIR, window.marker_name),
                     fs.json_bytes(record))
@@ -275,10 +284,10 @@ def _complete_hours(output: str, since: float, until: float) -> None:
         hour += HOUR
 
 
-def _reconcile(output: str, current: Window) -> None:
+def _reconcile(output: str, current: Window, now: float) -> None:
     """Writes the markers an earlier watcher could not (killed between
     publishing a run and marking its window, or stopped in an hour that has
-    ended since)."""
+    ended since); ``now`` is when, for the markers."""
     runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
     if runs:
         with FileSystems.open(runs[-1]) as handle:  # run ids sort by time
@@ -289,7 +298,7 @@ def _reconcile(output: str, current: Window) -> None:
             window = Window(int(start), int(spec["seconds"]))
             if not FileSystems.exists(fs.join(
                     output, WINDOWS_DIR, window.marker_name)):
-                _write_marker(output, window, manifest)
+                _write_marker(output, window, manifest, now)
     markers = fs.match(fs.join(output, WINDOWS_DIR, "*.json"))
     if markers:
         name = fs.basename(markers[-1])
@@ -300,9 +309,10 @@ def _reconcile(output: str, current: Window) -> None:
         _complete_hours(output, hour, min(current.start, hour + HOUR))
 
 
-def _new_files(patterns, settle: float, done: dict, exclude) -> list[str]:
-    """Settled files that no published run classified with this model."""
-    now = time.time()
+def _new_files(patterns, settle: float, done: dict, exclude,
+               now: float) -> list[str]:
+    """Files settled at ``now`` that no published run classified with this
+    model."""
     found = set()
     for pattern in patterns:  # what cannot be listed, the run reports
         for m in list_pattern(pattern, exclude=exclude):

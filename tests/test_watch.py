@@ -25,10 +25,12 @@ from pipeline.watch import (_complete_hours, _reconcile, check_settings,
 from tests.conftest import write_bad_files, write_digits
 from transforms import schema
 
-INTERVAL, WINDOW, SETTLE = 0.2, 1, 0.5
+# Seconds on the watcher's (fake) clock: a test never waits for them.
+INTERVAL, WINDOW, SETTLE = 10, 60, 30
 
 
 def wait_for(condition, timeout=40.0, log=None, what="condition"):
+    """Polls ``condition`` (the subprocess tests, whose clock is real)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -39,26 +41,100 @@ def wait_for(condition, timeout=40.0, log=None, what="condition"):
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
+class FakeClock:
+    """The watcher's ``clock`` and ``wait``: time moves only when the test
+    calls :meth:`advance`, which wakes the watcher at each instant it asked
+    to wake at, and returns once the watcher waits again (it has done all
+    that was due), so that the test reads finished outputs."""
+
+    def __init__(self, start: float, stop: threading.Event):
+        self._now, self._stop = float(start), stop
+        self._cond = threading.Condition()
+        self._wake_at = None  # while the watcher waits
+        self._waits = 0  # how many times it began to wait
+        self.finished = False  # the watcher returned
+
+    def __call__(self) -> float:
+        return self._now
+
+    def wait(self, seconds: float) -> bool:
+        with self._cond:
+            self._wake_at = self._now + seconds
+            self._waits += 1
+            self._cond.notify_all()
+            while self._now < self._wake_at and not self._stop.is_set():
+                self._cond.wait(1.0)
+            self._wake_at = None
+            self._cond.notify_all()
+        return self._stop.is_set()
+
+    def advance(self, seconds: float, log=None) -> None:
+        with self._cond:
+            target = self._now + seconds
+            while True:
+                self._until(lambda: self._wake_at is not None, log)
+                if self.finished or self._wake_at > target:
+                    self._now = max(self._now, target)
+                    return
+                self._now, waits = self._wake_at, self._waits
+                self._cond.notify_all()
+                self._until(lambda: self._waits > waits, log)
+
+    def end(self) -> None:
+        with self._cond:
+            self.finished = True
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _until(self, condition, log, timeout=300.0):
+        """Real seconds: only the watcher's own work (runs) takes them."""
+        deadline = time.monotonic() + timeout
+        while not (condition() or self.finished):
+            if time.monotonic() > deadline:
+                tail = log.getvalue()[-3000:] if log is not None else ""
+                raise AssertionError(f"the watcher did not wait again\n{tail}")
+            self._cond.wait(1.0)
+
+
+def advance_until(clock, condition, log, what, windows=4):
+    """Advances the clock a window at a time until ``condition`` holds."""
+    for _ in range(windows):
+        clock.advance(WINDOW, log)
+        value = condition()
+        if value:
+            return value
+    raise AssertionError(f"not after {windows} windows: {what}\n"
+                         f"{log.getvalue()[-3000:]}")
+
+
 @contextlib.contextmanager
 def watching(folder, output, *, settle=SETTLE):
-    """Runs the watcher in a thread until the block ends; yields its log."""
+    """Runs the watcher in a thread on a fake clock until the block ends;
+    yields ``(log, clock)``."""
     stop, failures, log = threading.Event(), [], io.StringIO()
+    clock = FakeClock(time.time(), stop)
     config = ClassifyConfig(inputs=[str(folder)], output=str(output),
                             batch_size=16)
 
     def target():
         try:
             watch(config, interval=INTERVAL, window=WINDOW, settle=settle,
-                  stop_event=stop, log=log)
+                  stop_event=stop, log=log, clock=clock, wait=clock.wait)
         except BaseException as error:  # noqa: BLE001 - reported below
             failures.append(error)
+        finally:
+            clock.end()
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:
-        yield log
+        yield log, clock
     finally:
         stop.set()
+        clock.wake()
         thread.join(60)
     assert not thread.is_alive(), "the watcher did not stop"
     assert not failures, f"{failures!r}\n{log.getvalue()[-3000:]}"
@@ -136,13 +212,12 @@ def check_contract(output):
     return paths
 
 
-def drop_wave(tmp_path, folder, split, wave):
+def drop_wave(tmp_path, folder, split, wave, now):
     """Writes a wave of files aside and moves it into the watched folder at
-    once (as ``mv`` does), all with the same modification time."""
+    once (as ``mv`` does), all modified at ``now``."""
     aside = tmp_path / f"aside{wave}"
     truth = write_digits(str(aside), split, 6, seed=wave)
     bad = write_bad_files(str(aside / "bad")) if wave == 2 else {}
-    now = time.time()
     for dirpath, _, names in os.walk(aside):
         for name in names:
             os.utime(os.path.join(dirpath, name), (now, now))
@@ -156,31 +231,29 @@ def test_three_waves_are_published_within_a_window_once(tmp_path, split):
     folder, output = tmp_path / "inbox", tmp_path / "out"
     folder.mkdir()
     expected, bad = {}, {}
-    with watching(folder, output) as log:
+    with watching(folder, output) as (log, clock):
         # The first window publishes empty files that carry the schema.
-        wait_for(lambda: markers(output), log=log, what="the first window")
+        advance_until(clock, lambda: markers(output), log, "the first window")
         assert pq.read_schema(parquet_files(output, "predictions")[0]).equals(
             schema.PREDICTIONS)
         for wave in range(3):
-            truth, bad = drop_wave(tmp_path, folder, split, wave)
-            dropped = time.time()
+            dropped = clock()
+            truth, bad = drop_wave(tmp_path, folder, split, wave, dropped)
             expected.update(truth)
             wanted = set(truth) | set(bad)
-            wait_for(lambda: wanted <= set(published_paths(output)), log=log,
-                     what=f"wave {wave}")
+            advance_until(clock, lambda: wanted <= set(published_paths(output)),
+                          log, f"wave {wave}")
             run_ids = {r["run_id"] for kind in ("predictions", "errors")
                        for r in rows(output, kind, ["path", "run_id"])
                        if r["path"] in wanted}
             assert len(run_ids) == 1  # one set per window
-            marker = wait_for(lambda: [m for m in markers(output)
-                                       if m["run_id"] in run_ids], log=log,
-                              what="the window marker")[0]
+            marker = [m for m in markers(output) if m["run_id"] in run_ids][0]
             end = datetime.datetime.fromisoformat(
                 marker["window"]["end"]).timestamp()
             # Published in the first window that ends once the files settled.
             assert end <= dropped + SETTLE + WINDOW + INTERVAL + 1.0, (
                 marker, dropped)
-        time.sleep(3 * WINDOW)  # windows with nothing new add nothing
+        clock.advance(3 * WINDOW, log)  # windows with nothing new add nothing
 
     paths = check_contract(output)
     assert sorted(paths) == sorted(set(expected) | set(bad))
@@ -210,33 +283,38 @@ def test_half_written_files_wait_until_complete(tmp_path, split):
         renamed + ".part", "PNG")
     old = time.time() - 600
     os.utime(renamed + ".part", (old, old))  # old, but named in progress
-    written, finish = [0], threading.Event()
+    written = [0]
 
-    def writer():  # a slow copy: a few bytes every 0.1 s
-        with open(growing, "wb") as handle:
-            while not finish.is_set() and written[0] < len(data) - 64:
-                handle.write(data[written[0]:written[0] + 16])
-                handle.flush()
-                written[0] += 16
-                time.sleep(0.1)
-            finish.wait()
-            handle.write(data[written[0]:])
+    with watching(folder, output) as (log, clock):
+        def copy(size):  # a slow copy: a few bytes now and then
+            with open(growing, "ab") as handle:
+                handle.write(data[written[0]:written[0] + size])
+            written[0] += size
+            os.utime(growing, (clock(), clock()))
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
-    with watching(folder, output, settle=1.0) as log:
-        wait_for(lambda: set(complete) <= set(published_paths(output)),
-                 log=log, what="the complete files")
-        # A window was published while the file was being written.
+        def copying(steps):  # more bytes every INTERVAL, within SETTLE
+            for _ in range(steps):
+                copy(16)
+                clock.advance(INTERVAL, log)
+                yield
+
+        for _ in copying(4 * WINDOW // INTERVAL):
+            if set(complete) <= set(published_paths(output)):
+                break
+        assert set(complete) <= set(published_paths(output)), log.getvalue()
+        windows = len(markers(output))
+        for _ in copying(2 * WINDOW // INTERVAL):
+            pass
+        # Windows were published while the file was being written.
+        assert len(markers(output)) >= windows + 2
         assert growing not in published_paths(output)
         assert growing not in ledger_paths(output)
         assert not any(p.startswith(renamed) for p in ledger_paths(output))
         assert written[0] < len(data)
-        finish.set()
-        thread.join(5)
+        copy(len(data) - written[0])
         os.rename(renamed + ".part", renamed)
-        wait_for(lambda: {growing, renamed} <= set(published_paths(output)),
-                 log=log, what="the finished files")
+        advance_until(clock, lambda: {growing, renamed} <= set(
+            published_paths(output)), log, "the finished files")
     paths = check_contract(output)
     assert sorted(paths) == sorted([*complete, growing, renamed])
     assert {r["path"] for r in rows(output, "predictions")} == set(paths)
@@ -245,8 +323,8 @@ def test_half_written_files_wait_until_complete(tmp_path, split):
 def start_watcher(folder, output):
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "watch", "--input",
-         str(folder), "--output", str(output), "--interval", str(INTERVAL),
-         "--window", str(WINDOW), "--settle", "0", "--batch-size", "8"],
+         str(folder), "--output", str(output), "--interval", "0.2",
+         "--window", "1", "--settle", "0", "--batch-size", "8"],
         stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = []
 
@@ -288,9 +366,9 @@ def test_sigterm_mid_run_leaves_nothing_half_published(tmp_path, split):
     assert not set(second) & set(ledger_paths(output))
 
     # The next watcher classifies what the aborted run did not, once.
-    with watching(folder, output) as log:
-        wait_for(lambda: set(second) <= set(published_paths(output)),
-                 log=log, what="the aborted window's files")
+    with watching(folder, output) as (log, clock):
+        advance_until(clock, lambda: set(second) <= set(
+            published_paths(output)), log, "the aborted window's files")
     assert sorted(check_contract(output)) == sorted({**first, **second})
 
 
@@ -338,7 +416,7 @@ def test_hours_and_windows_are_marked(tmp_path):
         json.dump({"run_id": "20231114T230000Z-abc", "window":
                    window.as_dict(), "counts": {"predicted": 2, "failed": 1}},
                   handle)
-    _reconcile(output, window_at(start + 5 * 3600, 60))
+    _reconcile(output, window_at(start + 5 * 3600, 60), start + 5 * 3600)
     (marker,) = markers(output)
     assert (marker["run_id"], marker["counts"], marker["partition"]) == (
         "20231114T230000Z-abc", {"predicted": 2, "failed": 1},

@@ -25,14 +25,14 @@ IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
 def is_settled(metadata: FileMetadata, settle_seconds: float,
-               now: Optional[float] = None) -> bool:
-    """Whether a file looks finished: its name does not mark it as in
-    progress, and it was last modified at least ``settle_seconds`` ago."""
+               now: float) -> bool:
+    """Whether a file looks finished at ``now`` (Unix seconds): its name
+    does not mark it as in progress, and it was last modified at least
+    ``settle_seconds`` before."""
     name = basename(metadata.path)
     if name.startswith(IN_PROGRESS_PREFIXES) or name.lower().endswith(
             IN_PROGRESS_SUFFIXES):
         return False
-    now = time.time() if now is None else now
     return float(metadata.last_updated_in_seconds or 0.0) <= (
         now - settle_seconds)
 
@@ -51,8 +51,10 @@ class _SplitFn(beam.DoFn):
     (``imgclass watch``) are left out, what cannot be read is an error row;
     the rest is counted as matched."""
 
-    def __init__(self, settle_seconds: Optional[float], run_id: str):
+    def __init__(self, settle_seconds: Optional[float], listed_at: float,
+                 run_id: str):
         self._settle = settle_seconds
+        self._listed_at = listed_at
         self._run_id = run_id
         self._matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed_read")
@@ -66,7 +68,8 @@ class _SplitFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, described_error_row(
                 item.path, "read", item.error_type, item.message,
                 self._run_id))
-        elif self._settle is None or is_settled(item, self._settle):
+        elif self._settle is None or is_settled(item, self._settle,
+                                                     self._listed_at):
             self._matched.inc()
             yield item
 
@@ -88,21 +91,27 @@ class MatchFiles(beam.PTransform):
             be being written are left out before they are counted: see
             :func:`is_settled`. A later run picks them up. Default: none
             are left out.
+        listed_at: the instant (Unix seconds) settling is measured from,
+            the same for every worker. Default: when this transform is
+            made.
         run_id: written in the error rows.
     """
 
     def __init__(self, *, exclude: Sequence[str] = (),
-                 settle_seconds: Optional[float] = None, run_id: str = ""):
+                 settle_seconds: Optional[float] = None,
+                 listed_at: Optional[float] = None, run_id: str = ""):
         super().__init__()
         self._exclude = tuple(exclude)
         self._settle = settle_seconds
+        self._listed_at = time.time() if listed_at is None else listed_at
         self._run_id = run_id
 
     def expand(self, patterns):
         return (patterns
                 | "List" >> beam.ParDo(_ListFn(self._exclude))
                 | "OncePerPath" >> beam.GroupByKey()
-                | "Split" >> beam.ParDo(_SplitFn(self._settle, self._run_id))
+                | "Split" >> beam.ParDo(
+                    _SplitFn(self._settle, self._listed_at, self._run_id))
                 .with_outputs(ERRORS, main="files"))
 
 
