@@ -3,7 +3,11 @@ the command line that captures its exit code and messages."""
 
 import io
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -85,6 +89,31 @@ def cli(capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
     return run
+
+
+@pytest.fixture
+def kill_mid_run():
+    """Starts ``imgclass classify ARGS`` in a process group of its own and
+    SIGKILLs the group as soon as the run has staged a file (within two
+    minutes); fails if the run ended or staged nothing first."""
+    def run_and_kill(output, *args):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "classify", "--output",
+             str(output), *map(str, args)],
+            stderr=subprocess.PIPE, start_new_session=True)
+        staging = os.path.join(str(output), "_staging")
+        deadline = time.monotonic() + 120
+        staged = []
+        while time.monotonic() < deadline and process.poll() is None:
+            staged = [n for _, _, names in os.walk(staging) for n in names]
+            if staged:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert staged, "nothing was staged within two minutes"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return run_and_kill
 
 
 # EfficientNet-Lite0 on real photos -------------------------------------------

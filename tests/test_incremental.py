@@ -4,9 +4,6 @@ killed runs and interrupted publishing."""
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pyarrow.parquet as pq
@@ -131,26 +128,15 @@ def test_interrupted_publishing_is_finished_by_the_next_run(
     assert len(os.listdir(os.path.join(output, "_runs"))) == 2
 
 
-def test_a_killed_run_can_be_rerun_as_if_it_ran_once(tmp_path, split):
+def test_a_killed_run_can_be_rerun_as_if_it_ran_once(tmp_path, split,
+                                                     kill_mid_run):
     folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
     truth = write_digits(folder, split, 40, seed=9)
     assert classify(folder, output) == 0
     for n in range(1, 5):
         truth.update(write_digits(os.path.join(folder, f"late{n}"), split,
                                   300, seed=10 + n))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "classify", "--input", folder,
-         "--output", output, "--skip-done", "--batch-size", "16"],
-        stderr=subprocess.PIPE, start_new_session=True)
-    staging = os.path.join(output, "_staging")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if any(names for _, _, names in os.walk(staging)):
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_mid_run(output, "--input", folder, "--skip-done", "--batch-size", 16)
     assert sorted(predicted_paths(output)) == sorted(
         p for p in truth if "/late" not in p)
 

@@ -2,10 +2,6 @@
 or killed run publishes nothing."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -62,26 +58,12 @@ def test_a_failing_pipeline_publishes_nothing(images, tmp_path, monkeypatch,
     assert not os.path.exists(os.path.join(output, "_staging"))
 
 
-def test_a_killed_run_publishes_nothing(tmp_path, split):
+def test_a_killed_run_publishes_nothing(tmp_path, split, kill_mid_run):
     folder = str(tmp_path / "many")
     write_digits(folder, split, 360)
     for copy in range(1, 6):  # 1,860 files: long enough to kill midway
         write_digits(os.path.join(folder, f"more{copy}"), split, 300,
                      seed=copy)
     output = str(tmp_path / "out")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "classify", "--input", folder,
-         "--output", output, "--batch-size", "16"],
-        stderr=subprocess.PIPE, start_new_session=True)
-    staging = os.path.join(output, "_staging")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        staged = [n for _, _, names in os.walk(staging) for n in names]
-        if staged:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    assert staged, "nothing was staged within two minutes"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_mid_run(output, "--input", folder, "--batch-size", 16)
     assert published(output) == ([], False)
