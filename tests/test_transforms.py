@@ -16,7 +16,9 @@ from model_store.datasets import digit_image
 from model_store.errors import ImgclassError
 from model_store.store import load_model
 from pipeline.run import make_runner, pipeline_options
+from tests.conftest import write_bad_files, write_digits
 from transforms import schema
+from transforms.classify import ClassifyImages
 from transforms.decode import DecodeBatchFn, Example
 from transforms.predict import PredictBatchesFn, TheanoModelHandler
 from transforms.read import MatchFiles
@@ -141,6 +143,37 @@ def test_match_files_is_recursive_and_globs_cross_folders(tmp_path):
                     lambda m: m.path)
         assert_that(pngs, equal_to([os.path.join(root, "sub/b.png")]),
                     label="png")
+
+
+def test_classify_images_turns_patterns_into_rows_and_error_rows(
+        model, split, tmp_path):
+    """The README's composite transform: patterns in (overlapping ones
+    match a file once), a table of rows per batch and an error row per
+    unusable file out, every file in exactly one."""
+    folder = str(tmp_path / "in")
+    truth = write_digits(folder, split, 12, seed=3)
+    bad = write_bad_files(os.path.join(folder, "bad"))
+    patterns = [os.path.join(folder, "**"), os.path.join(folder, "batch0/*")]
+
+    def check_predictions(rows):
+        assert sorted(path for path, *_ in rows) == sorted(truth)
+        assert {(run_id, k) for _, _, run_id, k in rows} == {("r7", 3)}
+        correct = sum(label == truth[path] for path, label, *_ in rows)
+        assert correct >= len(truth) - 1
+
+    with beam_pipeline() as p:
+        out = (p | beam.Create(patterns)
+               | ClassifyImages("digits-cnn", top_k=3, batch_size=5,
+                                run_id="r7"))
+        rows = out["predictions"] | beam.FlatMap(lambda table: [
+            (r["path"], r["label"], r["run_id"], len(r["top_k"]))
+            for r in table.to_pylist()] if table.schema.equals(
+                schema.PREDICTIONS) else [("wrong schema", None, None, 0)])
+        assert_that(rows, check_predictions)
+        assert_that(out["errors"] | beam.Map(
+            lambda r: (r["path"], r["stage"], r["run_id"])),
+            equal_to([(path, stage, "r7") for path, stage in bad.items()]),
+            label="error rows")
 
 
 def test_model_handler_in_beams_run_inference(model, split):
