@@ -218,13 +218,15 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
-def _looks_like_path(ref: str) -> bool:
+def looks_like_path(ref: str) -> bool:
+    """Whether a model reference names a version folder rather than
+    ``NAME[@VERSION]``."""
     return fs.is_uri(ref) or "/" in ref or os.sep in ref or ref.startswith(".")
 
 
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
-    if _looks_like_path(ref):
+    if looks_like_path(ref):
         folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)
         where = fs.join(folder, METADATA_FILE)
         metadata = _read_json(where)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import apache_beam as beam
 
+from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import ERRORS, DecodeBatchFn
@@ -14,7 +15,6 @@ from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import DEFAULT_TOP_K, PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 
-DEFAULT_MODEL = "digits-cnn@latest"
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -70,7 +70,7 @@ class ClassifyBatches(beam.PTransform):
         self.model = loaded  # the StoredModel, once expanded
 
     def expand(self, batches):
-        from model_store.store import load_model
+        from model_store.store import load_model, looks_like_path
 
         # Load here, in the driver: an unknown or damaged model stops the run
         # before any work, and "latest" becomes a fixed version for workers.
@@ -81,7 +81,7 @@ class ClassifyBatches(beam.PTransform):
             raise ConfigError(f"top_k {self._top_k} exceeds the "
                               f"{classes} classes of model {model.ref}")
         prep = model.preprocessing
-        ref = model.location if "/" in self._model_ref else model.ref
+        ref = model.location if looks_like_path(self._model_ref) else model.ref
         examples = batches | "Decode" >> beam.ParDo(DecodeBatchFn(
             prep, run_id=self.run_id, max_pixels=self._max_pixels,
             max_file_bytes=self._max_file_bytes)).with_outputs(ERRORS, main="examples")
