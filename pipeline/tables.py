@@ -70,18 +70,16 @@ def table_spec(table_format: str, output: str, *,
     if table_format not in FORMATS:
         raise ConfigError(f"--table-format must be one of "
                           f"{', '.join(FORMATS)}, got {table_format!r}")
+    if table_format != "iceberg" and (catalog is not None
+                                      or namespace != DEFAULT_NAMESPACE):
+        raise ConfigError("--iceberg-catalog and --iceberg-namespace "
+                          "only apply with --table-format iceberg")
     if table_format == "parquet":
-        if catalog is not None or namespace != DEFAULT_NAMESPACE:
-            raise ConfigError("--iceberg-catalog and --iceberg-namespace "
-                              "only apply with --table-format iceberg")
         return None
     if partition is not None and partition_values(partition) is None:
         raise ConfigError(f"--table-format {table_format} partitions by "
                           f"run_date only, got partition {partition!r}")
     if table_format == "delta":
-        if catalog is not None or namespace != DEFAULT_NAMESPACE:
-            raise ConfigError("--iceberg-catalog and --iceberg-namespace "
-                              "only apply with --table-format iceberg")
         return TableSpec("delta", output)
     if not namespace or not all(part.isidentifier()
                                 for part in namespace.split(".")):
