@@ -225,21 +225,9 @@ def classify_args(folder: str, output: str, extra: list[str]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="2,000 images instead of 20,000")
-    parser.add_argument("--images", type=int, help="corpus size")
-    parser.add_argument("--scale", action="store_true",
-                        help="add a 100,000-image point (time and memory)")
-    parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--repeat", type=int, default=None,
-                        help="runs of each command, the fastest counts "
-                             "(default: 1 with --quick, else 2)")
-    args = parser.parse_args()
+    args = _parse_args()
     n = args.images or (2000 if args.quick else 20000)
     repeat = args.repeat or (1 if args.quick else 2)
-    cores = os.cpu_count() or 1
-
     info = machine()
     print(f"machine: {info['cores']} cores, {info['cpu']}, {info['mhz']} MHz, "
           f"{info['vector_unit']}: peak {info['peak_gflops']} GFLOP/s",
@@ -253,42 +241,68 @@ def main() -> None:
     print(f"  plain Pillow loop: {results['plain_loop']}", flush=True)
     results["predictor"] = predictor_alone(info["peak_gflops"])
     print(f"  predictor alone: {results['predictor']}", flush=True)
-
     scratch = tempfile.mkdtemp(prefix="imgclass-bench-")
     try:
-        if not args.skip_baseline:
-            results["runs"].append(run_command(
-                "baseline RunInference", [
-                    sys.executable, os.path.join(HERE, "baseline.py"),
-                    "--input", os.path.join(folder, "*.jpg"),
-                    "--output", os.path.join(scratch, "baseline", "out")],
-                n, repeat))
-        modes = {"classify in-process": [],
-                 f"classify multi-processing x{cores}": [
-                     "--direct_running_mode=multi_processing",
-                     f"--direct_num_workers={cores}"]}
-        for name, extra in modes.items():
-            # --overwrite: the repeats write to the same folder.
-            results["runs"].append(run_command(
-                name, classify_args(folder, os.path.join(
-                    scratch, name.replace(" ", "_")), extra + [
-                        "--overwrite"]), n, repeat))
-        if args.scale:
-            big = make_corpus(100000)
-            results["scaling"] = []
-            for name, extra in modes.items():
-                small = next(r for r in results["runs"] if r["name"] == name)
-                results["scaling"].append({"mode": name, "small": small,
-                                           "large": run_command(
-                    f"{name} (100k)", classify_args(
-                        big, os.path.join(scratch, "scale"), extra),
-                    100000)})
-                shutil.rmtree(os.path.join(scratch, "scale"),
-                              ignore_errors=True)
+        _pipeline_runs(results, folder, scratch, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
     summarize(results)
+    _write_results(results)
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2,000 images instead of 20,000")
+    parser.add_argument("--images", type=int, help="corpus size")
+    parser.add_argument("--scale", action="store_true",
+                        help="add a 100,000-image point (time and memory)")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs of each command, the fastest counts "
+                             "(default: 1 with --quick, else 2)")
+    return parser.parse_args()
+
+
+def _pipeline_runs(results: dict, folder: str, scratch: str,
+                   args: argparse.Namespace) -> None:
+    """The baseline and imgclass's local modes as commands, into
+    ``results["runs"]`` (and ``results["scaling"]`` with ``--scale``)."""
+    n, repeat = results["images"], results["repeat"]
+    cores = os.cpu_count() or 1
+    if not args.skip_baseline:
+        results["runs"].append(run_command(
+            "baseline RunInference", [
+                sys.executable, os.path.join(HERE, "baseline.py"),
+                "--input", os.path.join(folder, "*.jpg"),
+                "--output", os.path.join(scratch, "baseline", "out")],
+            n, repeat))
+    modes = {"classify in-process": [],
+             f"classify multi-processing x{cores}": [
+                 "--direct_running_mode=multi_processing",
+                 f"--direct_num_workers={cores}"]}
+    for name, extra in modes.items():
+        # --overwrite: the repeats write to the same folder.
+        results["runs"].append(run_command(
+            name, classify_args(folder, os.path.join(
+                scratch, name.replace(" ", "_")), extra + [
+                    "--overwrite"]), n, repeat))
+    if args.scale:
+        big = make_corpus(100000)
+        results["scaling"] = []
+        for name, extra in modes.items():
+            small = next(r for r in results["runs"] if r["name"] == name)
+            results["scaling"].append({"mode": name, "small": small,
+                                       "large": run_command(
+                f"{name} (100k)", classify_args(
+                    big, os.path.join(scratch, "scale"), extra),
+                100000)})
+            shutil.rmtree(os.path.join(scratch, "scale"),
+                          ignore_errors=True)
+
+
+def _write_results(results: dict) -> None:
+    """bench/results/latest.{json,md,png}, and the table on stdout."""
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json"), "w") as handle:
         json.dump(results, handle, indent=2)
