@@ -81,13 +81,13 @@ class DecodeBatchFn(beam.DoFn):
     def process(self, batch: Sequence[FileMetadata]) -> Iterable:
         examples = []
         for metadata in batch:
-            example = yield from self._one(metadata)
+            example = yield from self._decode_file(metadata)
             if example is not None:
                 examples.append(example)
         if examples:
             yield examples
 
-    def _one(self, metadata: FileMetadata):
+    def _decode_file(self, metadata: FileMetadata):
         """Generator: yields error rows, returns the Example or None."""
         path, stage = metadata.path, "read"
         try:
