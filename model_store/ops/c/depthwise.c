@@ -11,38 +11,66 @@
  * unrolls the taps and vectorises the block), then bias, activation and the
  * store happen in the same pass. */
 
-#define IMGCLASS_DW_BLOCK 16
+/* Output tile of the fast kernels: DW_ROWS output rows x BW vectors of 8
+ * columns, DW_ROWS * BW independent accumulators (FMA latency hiding). */
+#define IMGCLASS_DW_ROWS 4
 
-template <int K, int S, int ACT>
+typedef float imgclass_v8 __attribute__((vector_size(32)));
+
+static inline imgclass_v8 imgclass_load8(const float* p) {
+    imgclass_v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+template <int ACT>
+static inline imgclass_v8 imgclass_act8(imgclass_v8 v) {
+    const imgclass_v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    const imgclass_v8 six = {6, 6, 6, 6, 6, 6, 6, 6};
+    if (ACT != IMGCLASS_ACT_IDENTITY) v = v > zero ? v : zero;
+    if (ACT == IMGCLASS_ACT_RELU6) v = v < six ? v : six;
+    return v;
+}
+
+template <int K, int S, int BW, int ACT>
 static void imgclass_dw_plane(const float* __restrict buf, int pw,
                               const float* __restrict w, float bias,
                               float* __restrict out, int ho, int wo) {
-    const int row_stride = S * pw;  /* one padded row = S phases */
-    for (int oy = 0; oy < ho; ++oy) {
-        const float* rows = buf + (long)(oy * S) * row_stride;
-        float* orow = out + (long)oy * wo;
-        for (int ox0 = 0; ox0 < wo; ox0 += IMGCLASS_DW_BLOCK) {
-            float acc[IMGCLASS_DW_BLOCK];
-            for (int i = 0; i < IMGCLASS_DW_BLOCK; ++i) acc[i] = bias;
+    const long rs = (long)S * pw;  /* one padded row = S phases */
+    float wk[K * K];
+    for (int i = 0; i < K * K; ++i) wk[i] = w[i];
+    for (int oy0 = 0; oy0 < ho; oy0 += IMGCLASS_DW_ROWS) {
+        for (int ox0 = 0; ox0 < wo; ox0 += 8 * BW) {
+            imgclass_v8 acc[IMGCLASS_DW_ROWS][BW];
+            for (int r = 0; r < IMGCLASS_DW_ROWS; ++r)
+                for (int v = 0; v < BW; ++v)
+                    acc[r][v] = (imgclass_v8){0, 0, 0, 0, 0, 0, 0, 0} + bias;
 #pragma GCC unroll 8
             for (int ky = 0; ky < K; ++ky) {
-                const float* row = rows + (long)ky * row_stride;
 #pragma GCC unroll 8
                 for (int kx = 0; kx < K; ++kx) {
-                    const float* src = row + (kx % S) * pw + kx / S + ox0;
-                    const float wv = w[ky * K + kx];
-                    for (int i = 0; i < IMGCLASS_DW_BLOCK; ++i)
-                        acc[i] += wv * src[i];
+                    const float wv = wk[ky * K + kx];
+                    const float* base = buf + (long)(oy0 * S + ky) * rs
+                                        + (kx % S) * pw + kx / S + ox0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < IMGCLASS_DW_ROWS; ++r)
+#pragma GCC unroll 2
+                        for (int v = 0; v < BW; ++v)
+                            acc[r][v] += wv * imgclass_load8(
+                                base + r * S * rs + 8 * v);
                 }
             }
-            const int n = wo - ox0 < IMGCLASS_DW_BLOCK ? wo - ox0
-                                                       : IMGCLASS_DW_BLOCK;
-            if (n == IMGCLASS_DW_BLOCK) {
-                for (int i = 0; i < IMGCLASS_DW_BLOCK; ++i)
-                    orow[ox0 + i] = imgclass_act<ACT>(acc[i]);
-            } else {
-                for (int i = 0; i < n; ++i)
-                    orow[ox0 + i] = imgclass_act<ACT>(acc[i]);
+            for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
+                float* orow = out + (long)(oy0 + r) * wo;
+                for (int v = 0; v < BW; ++v) {
+                    const int col = ox0 + 8 * v;
+                    const imgclass_v8 y = imgclass_act8<ACT>(acc[r][v]);
+                    if (col + 8 <= wo) {
+                        memcpy(orow + col, &y, sizeof y);
+                    } else if (col < wo) {
+                        memcpy(orow + col, &y, sizeof(float) * (wo - col));
+                    }
+                }
             }
         }
     }
@@ -70,25 +98,43 @@ static void imgclass_dw_plane_generic(const float* __restrict buf, int pw,
     }
 }
 
-/* Copies plane x (h, w) into buf: (h + pt + pb) padded rows of s phases of
- * pw floats each, zeros outside the image. */
+/* Copies plane x (h, w) into the interior of buf: padded rows of s phases
+ * of pw floats each (column col of a padded row is phase col % s, index
+ * col / s). The padding cells are never written, so they stay zero from the
+ * buffer's one-time clearing. */
 static void imgclass_dw_fill(const float* __restrict x, int h, int w,
-                             int pt, int pb, int pl, int s, int pw,
+                             int pt, int pl, int s, int pw,
                              float* __restrict buf) {
-    const int rows = h + pt + pb;
-    memset(buf, 0, sizeof(float) * (size_t)rows * s * pw);
     for (int y = 0; y < h; ++y) {
         float* dst = buf + (long)(y + pt) * s * pw;
         const float* src = x + (long)y * w;
-        if (s == 1) {
-            memcpy(dst + pl, src, sizeof(float) * w);
-        } else {
-            for (int ix = 0; ix < w; ++ix) {
-                const int col = ix + pl;
-                dst[(col % s) * pw + col / s] = src[ix];
+        if (s == 1) {  /* rows are short: an inline loop, not a memcpy call */
+            float* d = dst + pl;
+            for (int ix = 0; ix < w; ++ix) d[ix] = src[ix];
+            continue;
+        }
+        for (int p = 0; p < s; ++p) {
+            /* columns col = p + s*j with 0 <= col - pl < w */
+            int j0 = pl > p ? (pl - p + s - 1) / s : 0;
+            int j1 = (w - 1 + pl - p) / s;  /* inclusive */
+            float* d = dst + p * pw;
+            const float* sp = src + p - pl;
+            if (s == 2) {  /* a constant stride: gcc vectorises the gather */
+                for (int j = j0; j <= j1; ++j) d[j] = sp[2 * j];
+            } else {
+                for (int j = j0; j <= j1; ++j) d[j] = sp[s * j];
             }
         }
     }
+}
+
+template <int K, int S, int ACT>
+static void imgclass_dw_width(const float* buf, int pw, const float* w,
+                              float bias, float* out, int ho, int wo) {
+    if (wo <= 8)
+        imgclass_dw_plane<K, S, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+    else
+        imgclass_dw_plane<K, S, 2, ACT>(buf, pw, w, bias, out, ho, wo);
 }
 
 template <int ACT>
@@ -96,13 +142,13 @@ static void imgclass_dw_dispatch(const float* buf, int pw, const float* w,
                                  float bias, float* out, int ho, int wo,
                                  int kh, int kw, int s) {
     if (kh == 3 && kw == 3 && s == 1)
-        imgclass_dw_plane<3, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_width<3, 1, ACT>(buf, pw, w, bias, out, ho, wo);
     else if (kh == 3 && kw == 3 && s == 2)
-        imgclass_dw_plane<3, 2, ACT>(buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_width<3, 2, ACT>(buf, pw, w, bias, out, ho, wo);
     else if (kh == 5 && kw == 5 && s == 1)
-        imgclass_dw_plane<5, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_width<5, 1, ACT>(buf, pw, w, bias, out, ho, wo);
     else if (kh == 5 && kw == 5 && s == 2)
-        imgclass_dw_plane<5, 2, ACT>(buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_width<5, 2, ACT>(buf, pw, w, bias, out, ho, wo);
     else
         imgclass_dw_plane_generic<ACT>(buf, pw, w, bias, out, ho, wo,
                                        kh, kw, s);
@@ -115,17 +161,22 @@ static int imgclass_depthwise(const float* x, const float* w, const float* b,
                               int pr, int act) {
     const int ho = (h + pt + pb - kh) / s + 1;
     const int wo = (wd + pl + pr - kw) / s + 1;
-    /* Phase width: every index a tap reads, rounded up to whole blocks. */
-    const int blocks = (wo + IMGCLASS_DW_BLOCK - 1) / IMGCLASS_DW_BLOCK;
-    int pw = blocks * IMGCLASS_DW_BLOCK + (kw - 1) / s + 1;
+    /* Phase width and rows: every cell a tap of a whole output tile reads
+     * (16 columns, IMGCLASS_DW_ROWS rows), so tiles at the edges need no
+     * bounds checks; the cells past the padded image stay zero. */
+    const int wtiles = (wo + 15) / 16, htiles = (ho + IMGCLASS_DW_ROWS - 1)
+                                                / IMGCLASS_DW_ROWS;
+    int pw = wtiles * 16 + (kw - 1) / s + 1;
     const int need = (wd + pl + pr + s - 1) / s;
     if (pw < need) pw = need;
-    const size_t buf_floats = (size_t)(h + pt + pb) * s * pw;
+    int rows = (htiles * IMGCLASS_DW_ROWS - 1) * s + kh;
+    if (rows < h + pt + pb) rows = h + pt + pb;
+    const size_t buf_floats = (size_t)rows * s * pw;
     const long planes = (long)n * c;
     int failed = 0;
 #pragma omp parallel
     {
-        float* buf = (float*)malloc(sizeof(float) * buf_floats);
+        float* buf = (float*)calloc(buf_floats, sizeof(float));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
@@ -134,7 +185,7 @@ static int imgclass_depthwise(const float* x, const float* w, const float* b,
         for (long p = 0; p < planes; ++p) {
             if (!buf) continue;
             const int ch = (int)(p % c);
-            imgclass_dw_fill(x + p * h * wd, h, wd, pt, pb, pl, s, pw, buf);
+            imgclass_dw_fill(x + p * h * wd, h, wd, pt, pl, s, pw, buf);
             const float* wc = w + (long)ch * kh * kw;
             float* o = out + p * ho * wo;
             if (act == IMGCLASS_ACT_RELU6)
