@@ -10,7 +10,7 @@ import pytest
 
 from model_store.engine import T, function, grad, shared
 from model_store.ops import (DepthwiseConv2dBiasAct, PointwiseConv2dBiasAct,
-                             fast_conv2d_bias_act)
+                             StemConv2dBiasAct, fast_conv2d_bias_act)
 
 ACT = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
        "relu6": lambda v: np.clip(v, 0, 6)}
@@ -90,6 +90,32 @@ def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+# (input channels, kernel, stride, padding rule, activation, input H x W)
+STEM = [
+    (3, 3, 2, "same", "relu6", (7, 9)),
+    (2, 5, 1, "same", "relu", (6, 11)),
+    (4, (2, 3), 2, ((0, 1), (2, 0)), "identity", (9, 8)),
+]
+
+
+@pytest.mark.parametrize("channels,kernel,stride,rule,activation,size", STEM)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
+                            batch):
+    rng = np.random.RandomState(batch + channels)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride)) \
+        if rule == "same" else rule
+    x = rand(rng, batch, channels, *size)
+    w = rand(rng, 5, channels, kh, kw)
+    b = rand(rng, 5)
+    got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
 @pytest.mark.parametrize("batch,size", [(1, (7, 9)), (4, (3, 5)),
                                         (2, (40, 41))])
@@ -120,8 +146,10 @@ def test_residual_add_is_fused_into_pointwise_and_matches_numpy():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(shape=(4, 4, 3, 3), groups=1, stride=1, activation="relu"),  # dense
-    dict(shape=(4, 4, 1, 1), groups=1, stride=2, activation="relu"),  # 1x1 s2
+    dict(shape=(4, 8, 3, 3), groups=1, stride=1, activation="relu"),  # dense
+    dict(shape=(32, 1, 3, 3), groups=1, stride=1, activation="relu",
+         input_shape=(1, 8, 8)),  # digits-cnn's first convolution
+    dict(shape=(4, 8, 1, 1), groups=1, stride=2, activation="relu"),  # 1x1 s2
     dict(shape=(4, 1, 3, 3), groups=4, stride=1, activation="swish"),
     dict(shape=(8, 1, 3, 3), groups=4, stride=1, activation="relu"),  # x2
     dict(shape=(4, 2, 3, 3), groups=2, stride=1, activation="relu"),
@@ -131,7 +159,8 @@ def test_no_fast_op_for_other_convolutions(kwargs):
     shape = kwargs.pop("shape")
     w = shared(np.zeros(shape, np.float32))
     b = shared(np.zeros(shape[0], np.float32))
-    assert fast_conv2d_bias_act(T.tensor4("x"), w, b, input_shape=(4, 8, 8),
+    kwargs.setdefault("input_shape", (shape[1] * kwargs["groups"], 8, 8))
+    assert fast_conv2d_bias_act(T.tensor4("x"), w, b,
                                 padding=((0, 0), (0, 0)), **kwargs) is None
 
 
@@ -157,9 +186,11 @@ def test_depthwise_rejects_weights_of_another_shape():
         fn(np.ones((1, 2, 5, 5), np.float32))
 
 
-def test_second_process_compiles_nothing():
-    """The compiled modules live in Theano's cache: a new process that builds
-    the same graph runs g++ zero times."""
+def test_second_process_compiles_nothing(tmp_path):
+    """The compiled modules live in Theano's cache: with an empty cache the
+    first process runs g++, a second process building the same graph runs it
+    zero times. (About 20-40 s: with an empty cache the first process also
+    builds Theano's own lazylinker module.)"""
     script = textwrap.dedent("""
         import numpy as np
         from model_store.engine import T, function, shared
@@ -168,30 +199,31 @@ def test_second_process_compiles_nothing():
         calls = []
         original = cmodule.GCC_compiler.compile_str
         def counting(*args, **kwargs):
-            calls.append(args[0])
+            calls.append(kwargs.get("module_name", args[:1]))
             return original(*args, **kwargs)
         cmodule.GCC_compiler.compile_str = staticmethod(counting)
         x = T.tensor4("x")
-        w = shared(np.ones((3, 1, 3, 3), np.float32))
-        w2 = shared(np.ones((4, 3, 1, 1), np.float32))
-        b, b2 = shared(np.zeros(3, np.float32)), shared(np.zeros(4, np.float32))
-        y = fast_conv2d_bias_act(x, w, b, input_shape=(3, 8, 8), stride=2,
-                                 padding=((0, 1), (0, 1)), groups=3,
+        w = shared(np.ones((8, 1, 3, 3), np.float32))
+        w2 = shared(np.ones((8, 8, 1, 1), np.float32))
+        b, b2 = shared(np.zeros(8, np.float32)), shared(np.zeros(8, np.float32))
+        y = fast_conv2d_bias_act(x, w, b, input_shape=(8, 8, 8), stride=2,
+                                 padding=((0, 1), (0, 1)), groups=8,
                                  activation="relu6")
-        z = fast_conv2d_bias_act(y, w2, b2, input_shape=(3, 4, 4), stride=1,
+        z = fast_conv2d_bias_act(y, w2, b2, input_shape=(8, 4, 4), stride=1,
                                  padding=((0, 0), (0, 0)), groups=1,
                                  activation="identity")
-        function([x], z)(np.ones((2, 3, 8, 8), np.float32))
+        function([x], z)(np.ones((2, 8, 8, 8), np.float32))
         print(len(calls))
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root)
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1",
+               THEANO_FLAGS=f"base_compiledir={tmp_path}")
 
     def compiles():
         done = subprocess.run([sys.executable, "-c", script], env=env,
-                              cwd=root, capture_output=True, text=True,
-                              check=True)
+                              cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
         return int(done.stdout.split()[-1])
 
-    compiles()  # fills the cache if this machine never built these modules
+    assert compiles() >= 2  # at least the two ops' modules
     assert compiles() == 0

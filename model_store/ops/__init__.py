@@ -2,8 +2,9 @@
 
 ``fast_conv2d_bias_act`` has the signature of
 ``model_store.kernels.conv2d_bias_act`` and returns the graph built from these
-ops when one applies (depthwise convolution, or 1x1 stride-1 dense
-convolution, with an identity/relu/relu6 activation, float32), else None: the
+ops when one applies (depthwise convolution, 1x1 stride-1 dense convolution,
+or a dense convolution of an input with 2 to 4 channels such as an RGB stem,
+with an identity/relu/relu6 activation, float32), else None: the
 caller then builds the plain Theano graph. The ops are inference-only (their
 ``grad`` raises), so training graphs keep the plain ops.
 
@@ -18,11 +19,16 @@ import numpy as np
 from model_store.engine import T
 from model_store.ops import fusion  # noqa: F401  (registers the rewrite)
 from model_store.ops.base import ACTIVATIONS
-from model_store.ops.depthwise import DepthwiseConv2dBiasAct
+from model_store.ops.depthwise import (DepthwiseConv2dBiasAct,
+                                       StemConv2dBiasAct)
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
 __all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
-           "fast_conv2d_bias_act"]
+           "StemConv2dBiasAct", "fast_conv2d_bias_act"]
+
+#: Input channels for which a dense convolution uses the stem op. One-channel
+#: inputs (digits-cnn) keep Theano's convolution.
+STEM_CHANNELS = range(2, 5)
 
 
 def _square_stride(stride):
@@ -58,6 +64,10 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
     if groups == channels == filters and per_group == 1:
         op = DepthwiseConv2dBiasAct(kernel=(kh, kw), stride=step,
                                     padding=padding, activation=activation)
+        return op(x, W, b)
+    if groups == 1 and per_group == channels in STEM_CHANNELS:
+        op = StemConv2dBiasAct(kernel=(kh, kw), stride=step, padding=padding,
+                               activation=activation)
         return op(x, W, b)
     if (groups == 1 and (kh, kw) == (1, 1) and step == 1
             and padding == ((0, 0), (0, 0)) and per_group == channels):

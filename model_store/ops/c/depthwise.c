@@ -2,14 +2,16 @@
  * out[n,c] = act(b[c] + sum_{ky,kx} w[c,ky,kx] * xpad[n,c, oy*S+ky, ox*S+kx]).
  *
  * Each (image, channel) plane is one OpenMP task (so batch 1 uses every core).
- * The plane is first copied into a per-thread buffer with its zero padding and,
+ * The plane is copied into a per-thread buffer with its zero padding and,
  * for stride S > 1, with its columns split into S phases (column p + S*j of
  * the padded row goes to phase p, index j): the tap (ky, kx) of output column
  * ox then reads phase kx % S at index ox + kx / S, a unit-stride access for
- * every stride. Output rows are computed BLOCK columns at a time with all
- * K*K taps accumulated in registers (K, S, ACT are template constants so gcc
- * unrolls the taps and vectorises the block), then bias, activation and the
- * store happen in the same pass. */
+ * every stride. The padding cells are the same for every plane, so the buffer
+ * is cleared once per thread and only the interior is copied per plane.
+ * Outputs are computed in tiles of IMGCLASS_DW_ROWS rows x 8*BW columns held
+ * in vector registers (GCC vector types, 8 floats: AVX2, or two SSE halves)
+ * over all K*K taps (K, S, BW, ACT are template constants, so the taps are
+ * unrolled), then bias, activation and the store happen in the same pass. */
 
 /* Output tile of the fast kernels: DW_ROWS output rows x BW vectors of 8
  * columns, DW_ROWS * BW independent accumulators (FMA latency hiding). */
@@ -154,29 +156,45 @@ static void imgclass_dw_dispatch(const float* buf, int pw, const float* w,
                                        kh, kw, s);
 }
 
+/* Output size and buffer geometry of one padded plane: phase width pw and
+ * rows cover every cell a tap of a whole output tile reads (16 columns,
+ * IMGCLASS_DW_ROWS rows), so tiles at the edges need no bounds checks; the
+ * cells past the padded image stay zero. */
+struct imgclass_plane_geo {
+    int ho, wo, pw, rows;
+    size_t floats;
+};
+
+static imgclass_plane_geo imgclass_plane_geometry(int h, int wd, int kh,
+                                                  int kw, int s, int pt,
+                                                  int pb, int pl, int pr) {
+    imgclass_plane_geo g;
+    g.ho = (h + pt + pb - kh) / s + 1;
+    g.wo = (wd + pl + pr - kw) / s + 1;
+    const int wtiles = (g.wo + 15) / 16;
+    const int htiles = (g.ho + IMGCLASS_DW_ROWS - 1) / IMGCLASS_DW_ROWS;
+    g.pw = wtiles * 16 + (kw - 1) / s + 1;
+    const int need = (wd + pl + pr + s - 1) / s;
+    if (g.pw < need) g.pw = need;
+    g.rows = (htiles * IMGCLASS_DW_ROWS - 1) * s + kh;
+    if (g.rows < h + pt + pb) g.rows = h + pt + pb;
+    g.floats = (size_t)g.rows * s * g.pw;
+    return g;
+}
+
 /* Returns 0, or -1 if a thread could not allocate its buffer. */
 static int imgclass_depthwise(const float* x, const float* w, const float* b,
                               float* out, int n, int c, int h, int wd,
                               int kh, int kw, int s, int pt, int pb, int pl,
                               int pr, int act) {
-    const int ho = (h + pt + pb - kh) / s + 1;
-    const int wo = (wd + pl + pr - kw) / s + 1;
-    /* Phase width and rows: every cell a tap of a whole output tile reads
-     * (16 columns, IMGCLASS_DW_ROWS rows), so tiles at the edges need no
-     * bounds checks; the cells past the padded image stay zero. */
-    const int wtiles = (wo + 15) / 16, htiles = (ho + IMGCLASS_DW_ROWS - 1)
-                                                / IMGCLASS_DW_ROWS;
-    int pw = wtiles * 16 + (kw - 1) / s + 1;
-    const int need = (wd + pl + pr + s - 1) / s;
-    if (pw < need) pw = need;
-    int rows = (htiles * IMGCLASS_DW_ROWS - 1) * s + kh;
-    if (rows < h + pt + pb) rows = h + pt + pb;
-    const size_t buf_floats = (size_t)rows * s * pw;
+    const imgclass_plane_geo g = imgclass_plane_geometry(h, wd, kh, kw, s,
+                                                         pt, pb, pl, pr);
+    const int ho = g.ho, wo = g.wo, pw = g.pw;
     const long planes = (long)n * c;
     int failed = 0;
 #pragma omp parallel
     {
-        float* buf = (float*)calloc(buf_floats, sizeof(float));
+        float* buf = (float*)calloc(g.floats, sizeof(float));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;

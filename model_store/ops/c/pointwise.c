@@ -41,7 +41,9 @@ static void imgclass_pw_epilogue_any(float* out, const float* res,
 }
 
 /* Output floats per task: the tile of F x HW written by one sgemm call. */
+#ifndef IMGCLASS_PW_TILE_FLOATS
 #define IMGCLASS_PW_TILE_FLOATS (64 * 1024)
+#endif
 
 static void imgclass_pointwise(const float* x, const float* w, const float* b,
                                const float* res, float* out, int n, int c,
