@@ -227,3 +227,26 @@ def test_second_process_compiles_nothing(tmp_path):
 
     assert compiles() >= 2  # at least the two ops' modules
     assert compiles() == 0
+
+
+def test_chunked_run_equals_one_call_and_small_networks_get_one_chunk():
+    from model_store.ops.running import chunk_size, run_in_chunks
+
+    rng = np.random.RandomState(4)
+    x = rand(rng, 7, 3, 9, 9)
+    w, b = rand(rng, 3, 1, 3, 3), rand(rng, 3)
+    xs = T.tensor4("x")
+    fn = function([xs], fast_conv2d_bias_act(
+        xs, shared(w), shared(b), input_shape=(3, 9, 9), stride=1,
+        padding=((1, 1), (1, 1)), groups=3, activation="relu6"))
+    calls = []
+
+    def counted(batch):
+        calls.append(len(batch))
+        return fn(batch)
+
+    np.testing.assert_array_equal(run_in_chunks(counted, x, 3), fn(x))
+    assert calls == [3, 3, 1]
+    assert chunk_size(26 * 2 ** 20, budget=64 * 2 ** 20) == 2  # Lite0-sized
+    assert chunk_size(100 * 2 ** 20, budget=64 * 2 ** 20) == 1
+    assert chunk_size(200 * 2 ** 10, budget=64 * 2 ** 20) >= 256  # digits
