@@ -9,7 +9,7 @@ ReLU6, project 1x1 linear, residual add when stride 1 and in == out; head 1x1
 
 The engines run interleaved in rounds (a shared machine's speed drifts), the
 best round counts. Writes bench/results/lite0_latest.{json,md} and, with
---profile, Theano's per-op profiles of both Theano graphs at batch 16.
+--profile, Theano's per-op profiles (bench/results/lite0_profile_*.txt).
 
     python bench/lite0_predictor.py                  # batches 1 16 32 64
     python bench/lite0_predictor.py --batches 32 --skip-plain
@@ -197,10 +197,16 @@ def onnx_model(layers: list[dict]):
     return model
 
 
-def onnx_session(model, threads: int):
+def onnx_session(model, threads: int, spinning: bool = True):
+    """An onnxruntime session; ``spinning=False`` stops idle pool threads
+    from spinning (like OMP_WAIT_POLICY=PASSIVE on our side), which is
+    faster on a machine shared with other work."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "0")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -246,20 +252,22 @@ def compile_theano(layers, fast: bool, profile: bool = False,
     return predict, function([x], logits), compile_s
 
 
-def run_profiles(layers: list[dict], batch: int = 16, calls: int = 3) -> None:
-    """Theano's per-op profile of both Theano graphs at ``batch``."""
-    x = np.random.RandomState(1).rand(batch, 3, SIZE, SIZE).astype(
-        np.float32)
+def run_profiles(layers: list[dict], calls: int = 3) -> None:
+    """Theano's per-op profiles: both graphs at batch 16 (one call per
+    batch), and the fast graph at batch 2 (the chunk size run_in_chunks
+    picks for this network)."""
     os.makedirs(RESULTS, exist_ok=True)
-    for fast, name in ((False, "plain"), (True, "fast")):
+    for fast, name, batch in ((False, "plain", 16), (True, "fast", 16),
+                              (True, "fast", 2)):
+        x = np.random.RandomState(1).rand(batch, 3, SIZE, SIZE).astype(
+            np.float32)
         predict, _, _ = compile_theano(layers, fast, profile=True)
-        predict(x)
-        for _ in range(calls):
+        for _ in range(calls + 1):
             predict(x)
         text = io.StringIO()
         predict.profile.summary(file=text, n_ops_to_print=12,
                                 n_apply_to_print=15)
-        path = os.path.join(RESULTS, f"lite0_profile_{name}.txt")
+        path = os.path.join(RESULTS, f"lite0_profile_{name}_b{batch}.txt")
         with open(path, "w") as handle:
             handle.write(f"# Lite0-shaped predictor, {name} Theano, batch "
                          f"{batch}, {calls + 1} calls (first included), "
@@ -316,8 +324,11 @@ def main() -> None:
             layers, True, keep_buffers=True)
     model = onnx_model(layers)
     ort1, ort2 = onnx_session(model, 1), onnx_session(model, 2)
+    ort2_passive = onnx_session(model, 2, spinning=False)
     engines["onnxruntime 1 thread"] = lambda b: ort1(b)[1]
     engines["onnxruntime 2 threads"] = lambda b: ort2(b)[1]
+    engines["onnxruntime 2 threads, no spinning"] = \
+        lambda b: ort2_passive(b)[1]
     peak = measured_peak()
     print(f"compile seconds: {compile_seconds}; measured sgemm peak "
           f"{peak:.1f} GFLOP/s (2 threads)", flush=True)
@@ -347,13 +358,18 @@ def main() -> None:
 
 def time_batch(engines: dict, x: np.ndarray, args, flops: int,
                peak: float) -> dict:
-    """Best images/s of each engine over interleaved rounds."""
+    """Best images/s (wall) and least CPU ms per image (all threads of this
+    process) of each engine over interleaved rounds. On a shared machine the
+    wall figure depends on how much of the cores the engine got; the CPU
+    time per image much less (it still grows with cache contention, and an
+    engine that spins while it waits pays for it)."""
     best = {name: 0.0 for name in engines}
+    cpu = {name: float("inf") for name in engines}
     for name, call in engines.items():
         call(x)  # warm-up
     for _ in range(args.rounds):
         for name, call in engines.items():
-            calls, started = 0, time.perf_counter()
+            calls, started, cpu0 = 0, time.perf_counter(), time.process_time()
             while True:
                 call(x)
                 calls += 1
@@ -361,22 +377,32 @@ def time_batch(engines: dict, x: np.ndarray, args, flops: int,
                 if spent >= args.seconds or (name == "theano plain"
                                              and calls >= 1):
                     break
-            best[name] = max(best[name], len(x) * calls / spent)
+            images = len(x) * calls
+            best[name] = max(best[name], images / spent)
+            cpu[name] = min(cpu[name],
+                            (time.process_time() - cpu0) / images * 1e3)
     row = {}
     for name, rate in best.items():
         gflops = rate * flops / 1e9
         row[name] = {"images_per_s": round(rate, 1),
                      "gflops": round(gflops, 1),
-                     "fraction_of_peak": round(gflops / peak, 3)}
-    ort2 = best["onnxruntime 2 threads"]
-    row["ratio_fast_vs_ort2"] = round(best["theano fast ops"] / ort2, 3)
+                     "fraction_of_peak": round(gflops / peak, 3),
+                     "cpu_ms_per_image": round(cpu[name], 1)}
+    # The better of onnxruntime's two 2-thread set-ups is the reference.
+    ort2 = max(best["onnxruntime 2 threads"],
+               best["onnxruntime 2 threads, no spinning"])
+    ort2_cpu = min(cpu["onnxruntime 2 threads"],
+                   cpu["onnxruntime 2 threads, no spinning"])
     chunked = next(n for n in best if n.startswith("theano fast ops, chunks"))
+    row["ratio_fast_vs_ort2"] = round(best["theano fast ops"] / ort2, 3)
     row["ratio_chunked_vs_ort2"] = round(best[chunked] / ort2, 3)
+    row["ratio_cpu_chunked_vs_ort2"] = round(ort2_cpu / cpu[chunked], 3)
     print(f"batch {len(x)}: " + ", ".join(
-        f"{n} {r['images_per_s']} img/s" for n, r in row.items()
-        if isinstance(r, dict))
+        f"{n} {r['images_per_s']} img/s ({r['cpu_ms_per_image']} CPU ms)"
+        for n, r in row.items() if isinstance(r, dict))
         + f"; fast/ort2 = {row['ratio_fast_vs_ort2']}, chunked/ort2 = "
-          f"{row['ratio_chunked_vs_ort2']}; load "
+          f"{row['ratio_chunked_vs_ort2']}, by CPU time "
+          f"{row['ratio_cpu_chunked_vs_ort2']}; load "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     return row
 
@@ -395,16 +421,20 @@ def write(results: dict) -> None:
              f"{results['gflop_per_image']} GFLOP per image, load "
              f"{results['load_before'][0]:.2f} -> "
              f"{results['load_after'][0]:.2f}. Images/s (GFLOP/s, % of "
-             f"nominal peak), best of interleaved rounds.", "",
+             f"nominal peak; CPU ms per image), best of interleaved rounds. "
+             f"Ratios against the better onnxruntime 2-thread set-up.", "",
              "| batch | " + " | ".join(names)
-             + " | fast / ort 2 threads | chunked / ort 2 threads |",
-             "| ---: |" + " ---: |" * (len(names) + 2)]
+             + " | fast / ort2 | chunked / ort2 | chunked / ort2 by CPU "
+               "time |",
+             "| ---: |" + " ---: |" * (len(names) + 3)]
     for batch, row in results["batches"].items():
         cells = [f"{row[n]['images_per_s']} ({row[n]['gflops']}, "
-                 f"{100 * row[n]['fraction_of_peak']:.1f}%)" for n in names]
+                 f"{100 * row[n]['fraction_of_peak']:.1f}%; "
+                 f"{row[n]['cpu_ms_per_image']})" for n in names]
         lines.append(f"| {batch} | " + " | ".join(cells)
                      + f" | {row['ratio_fast_vs_ort2']} | "
-                     f"{row['ratio_chunked_vs_ort2']} |")
+                       f"{row['ratio_chunked_vs_ort2']} | "
+                       f"{row['ratio_cpu_chunked_vs_ort2']} |")
     lines += ["", f"Fast-ops logits vs onnxruntime: max relative difference "
                   f"{results['logits_max_rel_diff']:.1e}. Compile seconds: "
                   f"{results['compile_seconds']}.", ""]
