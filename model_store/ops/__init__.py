@@ -54,7 +54,7 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
     step = _square_stride(stride)
     if (activation not in ACTIVATIONS or step is None or x.ndim != 4
             or x.dtype != "float32" or weights.dtype != np.float32
-            or weights.ndim != 4):
+            or weights.ndim != 4 or (b is not None and b.dtype != "float32")):
         return None
     filters, per_group, kh, kw = weights.shape
     channels = int(input_shape[-3])
