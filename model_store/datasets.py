@@ -97,7 +97,7 @@ def augmented_pixels(images: np.ndarray, prep: Preprocessing, *,
             else:
                 image.save(buffer, "PNG")
             decoded = decode_image(buffer.getvalue(), mode=prep.color_mode,
-                                   target_size=prep.size,
+                                   target_size=prep.decode_size,
                                    background=prep.background)
             out.append(prep.to_pixels(decoded.image))
     return np.stack(out)

@@ -31,6 +31,7 @@ import shutil
 import sys
 import warnings
 
+from model_store.cache import cache_dir
 from model_store.errors import EnvironmentProblem
 
 _REQUIRED_PYTHON = (3, 11)
@@ -48,13 +49,6 @@ def _check_environment() -> None:
             f"imgclass needs a C++ compiler for Theano and {compiler!r} was not "
             f"found on PATH: install one (Debian/Ubuntu: 'apt-get install g++', "
             f"macOS: 'xcode-select --install') or set CXX to its path")
-
-
-def cache_dir() -> str:
-    """The per-user cache folder of imgclass."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "imgclass")
 
 
 def _openblas_flags() -> dict:

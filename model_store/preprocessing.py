@@ -6,7 +6,10 @@ that the pipeline can ship small ``uint8`` pixels between stages and
 normalise a whole batch with one vectorised NumPy expression:
 
 * :meth:`Preprocessing.to_pixels`: image -> ``uint8`` array ``(C, H, W)``,
-  resized to the model input with the model's resampling filter.
+  resized to the model input with the model's resampling filter; or, for
+  photo models (``resize_shorter``), resized so that its shorter side has
+  that length, keeping the aspect ratio, then cut to the input size at the
+  centre.
 * :meth:`Preprocessing.normalize`: ``uint8`` batch ``(N, C, H, W)`` ->
   ``float32``, scaled to ``[0, 1]``, then ``(x - mean) / std`` per channel.
 """
@@ -44,6 +47,10 @@ class Preprocessing:
         std: per-channel standard deviation, on the ``[0, 1]`` scale.
         background: gray level (0-255) that transparent pixels are composited
             on when decoding.
+        resize_shorter: when set, the shorter side is resized to this many
+            pixels (aspect ratio kept) and the centre ``H x W`` of
+            ``input_shape`` is cropped; when None, the image is resized to
+            ``H x W`` directly.
     """
 
     input_shape: tuple[int, int, int]
@@ -52,6 +59,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     background: int = 0
+    resize_shorter: int | None = None
 
     def __post_init__(self):
         channels = COLOR_MODES.get(self.color_mode)
@@ -71,38 +79,76 @@ class Preprocessing:
                                   f"{getattr(self, name)}")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, got {self.std}")
+        if self.resize_shorter is not None and not (
+                isinstance(self.resize_shorter, int)
+                and self.resize_shorter >= max(self.input_shape[1:])):
+            raise ConfigError(f"resize_shorter must be an integer at least "
+                              f"the crop size {list(self.input_shape[1:])}, "
+                              f"got {self.resize_shorter!r}")
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "Preprocessing":
         norm = metadata["normalization"]
-        return cls(input_shape=tuple(metadata["input_shape"]),
+        shape = tuple(metadata["input_shape"])
+        crop = metadata.get("crop")
+        if crop is not None and list(crop) != list(shape[1:]):
+            raise ConfigError(f"crop {crop} differs from the input height and "
+                              f"width {list(shape[1:])}")
+        return cls(input_shape=shape,
                    color_mode=metadata["color_mode"],
                    resize=metadata["resize"],
                    mean=tuple(norm["mean"]), std=tuple(norm["std"]),
-                   background=int(metadata.get("background", 0)))
+                   background=int(metadata.get("background", 0)),
+                   resize_shorter=metadata.get("resize_shorter"))
 
     def to_metadata(self) -> dict:
-        return {"input_shape": list(self.input_shape),
-                "color_mode": self.color_mode, "resize": self.resize,
-                "normalization": {"mean": list(self.mean),
-                                  "std": list(self.std)},
-                "background": self.background}
+        out = {"input_shape": list(self.input_shape),
+               "color_mode": self.color_mode, "resize": self.resize,
+               "normalization": {"mean": list(self.mean),
+                                 "std": list(self.std)},
+               "background": self.background}
+        if self.resize_shorter is not None:
+            out.update(resize_shorter=self.resize_shorter,
+                       crop=list(self.input_shape[1:]))
+        return out
 
     @property
     def size(self) -> tuple[int, int]:
         """``(width, height)`` in Pillow's order."""
         return (self.input_shape[2], self.input_shape[1])
 
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """``(width, height)`` a decoder may reduce an image to, at least:
+        the input size, or for ``resize_shorter`` a square of that side, so
+        that the shorter side still needs no upscaling."""
+        if self.resize_shorter is None:
+            return self.size
+        return (self.resize_shorter, self.resize_shorter)
+
     def to_pixels(self, image: Image.Image) -> np.ndarray:
         """Resizes one image to the model input; ``uint8 (C, H, W)``."""
         if image.mode != self.color_mode:
             image = image.convert(self.color_mode)
-        if image.size != self.size:
+        if self.resize_shorter is not None:
+            image = self._shorter_side_and_crop(image)
+        elif image.size != self.size:
             image = image.resize(self.size, RESIZE_FILTERS[self.resize])
         pixels = np.asarray(image, dtype=np.uint8)
         if pixels.ndim == 2:
             return pixels[np.newaxis]
         return pixels.transpose(2, 0, 1)
+
+    def _shorter_side_and_crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        scale = self.resize_shorter / min(width, height)
+        size = (max(self.resize_shorter, round(width * scale)),
+                max(self.resize_shorter, round(height * scale)))
+        if size != image.size:
+            image = image.resize(size, RESIZE_FILTERS[self.resize])
+        crop_w, crop_h = self.size
+        left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2
+        return image.crop((left, top, left + crop_w, top + crop_h))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Scales a ``uint8`` batch ``(N, C, H, W)`` to network input."""

@@ -30,6 +30,7 @@ from model_store.errors import (ChecksumMismatchError, ImgclassError,
                                 ModelFileMissingError, ModelIntegrityError,
                                 UnknownModelError)
 from model_store.preprocessing import Preprocessing
+from model_store.pretrained import SOURCE_KEY, weights_bytes
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                             "models")
@@ -237,7 +238,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     metadata = _read_json(_join(info.location, METADATA_FILE))
     spec = validate_spec(_read_json(_join(info.location, SPEC_FILE)))
     weights_path = _join(info.location, WEIGHTS_FILE)
-    data = _read(weights_path)
+    data = _weights_data(weights_path, metadata, spec)
     digest = hashlib.sha256(data).hexdigest()
     expected = metadata.get("weights_sha256")
     if digest != expected:
@@ -254,6 +255,18 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
             f"model {info.ref}: the network has {network.output_shape[-1]} "
             f"outputs but metadata.json names {len(model.class_names)} classes")
     return model
+
+
+def _weights_data(path: str, metadata: dict, spec: dict) -> bytes:
+    """The bytes of ``weights.npz``; for a version whose metadata names a
+    ``weights_source`` and that has no such file, converted from the
+    installed package (see :mod:`model_store.pretrained`)."""
+    try:
+        return _read(path)
+    except ModelFileMissingError:
+        if SOURCE_KEY not in metadata:
+            raise
+    return weights_bytes(metadata, spec, where=path)
 
 
 def verify(ref: str | None = None, *,

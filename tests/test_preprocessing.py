@@ -48,3 +48,75 @@ def test_invalid_preprocessing(kwargs, message):
     base.update(kwargs)
     with pytest.raises(ConfigError, match=message):
         Preprocessing(**base)
+
+
+def _photo_prep():
+    return Preprocessing((3, 224, 224), "RGB", "bicubic",
+                         (127 / 255,) * 3, (128 / 255,) * 3,
+                         resize_shorter=256)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (300, 900), (256, 256),
+                                  (100, 150)])
+def test_shorter_side_then_centre_crop(size):
+    """Shorter side to 256 (aspect ratio kept, bicubic), then the centre
+    224 x 224: a marker at the image centre lands at the crop centre, and
+    the pixels equal Pillow's own resize-then-crop."""
+    rng = np.random.RandomState(0)
+    array = rng.randint(0, 256, (size[1], size[0], 3)).astype(np.uint8)
+    image = Image.fromarray(array)
+    prep = _photo_prep()
+    pixels = prep.to_pixels(image)
+    assert pixels.shape == (3, 224, 224)
+    scale = 256 / min(size)
+    resized = (round(size[0] * scale), round(size[1] * scale))
+    assert min(resized) == 256
+    want = image.resize(resized, Image.Resampling.BICUBIC)
+    left, top = (resized[0] - 224) // 2, (resized[1] - 224) // 2
+    want = np.asarray(want)[top:top + 224, left:left + 224]
+    np.testing.assert_array_equal(pixels.transpose(1, 2, 0), want)
+
+
+def test_photo_normalisation_is_x_minus_127_over_128():
+    prep = _photo_prep()
+    pixels = np.array([0, 127, 255], np.uint8).reshape(1, 3, 1, 1)
+    pixels = np.broadcast_to(pixels, (1, 3, 224, 224))
+    batch = prep.normalize(np.ascontiguousarray(pixels))
+    np.testing.assert_allclose(batch[0, :, 0, 0],
+                               [-127 / 128, 0.0, 1.0], atol=1e-6)
+
+
+def test_photo_metadata_round_trip_and_crop_check():
+    prep = _photo_prep()
+    meta = prep.to_metadata()
+    assert meta["resize_shorter"] == 256 and meta["crop"] == [224, 224]
+    assert Preprocessing.from_metadata(meta) == prep
+    assert "resize_shorter" not in Preprocessing(
+        (1, 8, 8), "L", "bilinear", (0.0,), (1.0,)).to_metadata()
+    with pytest.raises(ConfigError, match="crop"):
+        Preprocessing.from_metadata(dict(meta, crop=[200, 200]))
+    with pytest.raises(ConfigError, match="resize_shorter"):
+        Preprocessing.from_metadata(dict(meta, resize_shorter=200))
+
+
+def test_jpeg_draft_never_reduces_below_the_shorter_side():
+    """A large JPEG is decoded at a reduced scale, but its shorter side
+    stays at least 256, whatever the aspect ratio and EXIF rotation."""
+    import io
+
+    from model_store.images import decode_image
+
+    prep = _photo_prep()
+    assert prep.decode_size == (256, 256)
+    for size, orientation in [((2400, 1100), 1), ((1100, 2400), 1),
+                              ((2400, 1100), 6), ((4000, 520), 1)]:
+        buffer = io.BytesIO()
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.new("RGB", size, (200, 10, 10)).save(buffer, "JPEG",
+                                                   exif=exif.tobytes())
+        decoded = decode_image(buffer.getvalue(), mode="RGB",
+                               target_size=prep.decode_size)
+        assert min(decoded.image.size) >= 256
+        assert max(decoded.image.size) < max(size)  # it did reduce
+        assert prep.to_pixels(decoded.image).shape == (3, 224, 224)

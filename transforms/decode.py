@@ -81,7 +81,8 @@ class DecodeBatchFn(beam.DoFn):
             data = fileio.ReadableFile(metadata).read()
             stage = "decode"
             decoded = decode_image(
-                data, mode=self._prep.color_mode, target_size=self._prep.size,
+                data, mode=self._prep.color_mode,
+                target_size=self._prep.decode_size,
                 max_pixels=self._max_pixels,
                 background=self._prep.background)
             stage = "preprocess"
