@@ -130,29 +130,48 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from model_store.datasets import load_digits_split
-    from model_store.evaluate import evaluate_on_split, plot_confusion
+    from model_store.evaluate import (evaluate_on_folder, evaluate_on_split,
+                                      plot_confusion)
     from model_store.store import load_model
 
     model = load_model(args.model, root=args.store)
-    metrics = evaluate_on_split(model, load_digits_split())
+    if args.data:
+        metrics = evaluate_on_folder(model, args.data)
+        what = f"images in {args.data}"
+    else:
+        from model_store.datasets import load_digits_split
+        metrics = evaluate_on_split(model, load_digits_split())
+        what = "held-out digits"
     if args.plot:
         plot_confusion(metrics, args.plot)
     if args.json:
         print(json.dumps(metrics))
         return EXIT_OK
-    print(f"{model.ref}: accuracy {metrics['accuracy']:.4f} on "
-          f"{metrics['n_test']} held-out digits")
-    print(f"{'class':>6} {'precision':>9} {'recall':>7} {'support':>7}")
-    for name, row in metrics["per_class"].items():
-        print(f"{name:>6} {row['precision']:>9.4f} {row['recall']:>7.4f} "
-              f"{row['support']:>7}")
-    print("confusion matrix (rows: true class, columns: predicted):")
-    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
-        print(f"{name:>6} " + " ".join(f"{c:>4}" for c in row))
+    _print_metrics(model.ref, metrics, what)
     if args.plot:
         print(f"wrote {args.plot}")
     return EXIT_OK
+
+
+def _print_metrics(ref: str, metrics: dict, what: str) -> None:
+    print(f"{ref}: accuracy {metrics['accuracy']:.4f} on "
+          f"{metrics['n_test']} {what}")
+    width = max(6, *(len(name) for name in metrics["per_class"]))
+    print(f"{'class':>{width}} {'precision':>9} {'recall':>7} {'f1':>7} "
+          f"{'support':>7}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:>{width}} {row['precision']:>9.4f} "
+              f"{row['recall']:>7.4f} {row['f1']:>7.4f} {row['support']:>7}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
+        print(f"{name:>{width}} " + " ".join(f"{c:>4}" for c in row))
+    if metrics.get("mistakes"):
+        print("most confident mistakes:")
+        for row in metrics["mistakes"]:
+            print(f"  {row['confidence']:.4f} {row['predicted']} (true "
+                  f"{row['true']}): {row['path']}")
+    for row in metrics.get("broken", []):
+        print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
 
 
 def _classify(args) -> int:
@@ -392,16 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and confusion matrix on held-out data",
-        description="Evaluate a model on the held-out 20% of the digits: "
-                    "accuracy, per-class precision and recall, confusion "
-                    "matrix.")
+        description="Evaluate a model on a labelled image folder (--data), "
+                    "or by default on the held-out 20% of the digits: "
+                    "accuracy, per-class precision, recall and F1 "
+                    "(scikit-learn), confusion matrix, and the most "
+                    "confident mistakes by path.")
     evaluate.add_argument("--model", default=DEFAULT_MODEL,
                           metavar="NAME[@VERSION]",
                           help="model to evaluate (default: %(default)s)")
+    evaluate.add_argument("--data", metavar="PATH",
+                          help="labelled images: one sub-folder per class, "
+                               "named as the model's classes (local or any "
+                               "Beam filesystem); unreadable files are "
+                               "listed and skipped")
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (accuracy, n_test, "
                                "model, version, per_class, "
-                               "confusion_matrix)")
+                               "confusion_matrix; with --data also "
+                               "mistakes and broken)")
     evaluate.add_argument("--plot", metavar="PNG",
                           help="also write the confusion matrix as a picture")
     evaluate.set_defaults(func=_evaluate)
