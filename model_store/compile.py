@@ -1,11 +1,25 @@
-"""Turning a stored model into a compiled predictor."""
+"""Turning a stored model into a compiled predictor.
+
+The inference graph is not the training graph: a ``batch_norm`` whose only
+input is a ``conv2d`` (or ``dense``) with no nonlinearity, that feeds nothing
+else, is folded into that layer's weights, ``W' = W * s`` and ``b' = (b -
+mean) * s + beta`` with ``s = gamma / sqrt(var + epsilon)``; an
+``activation`` that is the only reader of such a layer (folded or not) is
+fused as its nonlinearity. Every convolution is then built by
+:func:`model_store.kernels.conv2d_bias_act` and every dense layer by
+:func:`model_store.kernels.dense_bias_act`; other layers give their
+deterministic output.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from model_store import kernels
 from model_store import layers as L
-from model_store.engine import T, floatX, function
+from model_store.engine import T, floatX, function, shared
 from model_store.store import StoredModel
 
 
@@ -25,7 +39,7 @@ class Predictor:
         self.input_shape = tuple(model.metadata["input_shape"])
         self.flops_per_example = L.count_flops(network)
         inputs = T.tensor4("images", dtype=floatX)
-        probs = L.get_output(network, inputs, deterministic=True)
+        probs = inference_output(network, inputs)
         self._fn = function([inputs], probs, name=f"predict[{model.ref}]")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -40,5 +54,94 @@ class Predictor:
 
 
 def compile_predictor(model: StoredModel) -> Predictor:
-    """Compiles ``model`` for inference (dropout off)."""
+    """Compiles ``model`` for inference (dropout off, batch norm folded)."""
     return Predictor(model, model.build())
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedLayer:
+    """A conv2d or dense layer, the batch_norm folded into it (or None) and
+    the nonlinearity it applies (its own or a fused activation's)."""
+    base: L.Layer
+    batch_norm: L.BatchNormLayer | None
+    activation: str
+    last: L.Layer  # the layer whose output this computes
+
+
+def fusion_plan(network) -> list[FusedLayer]:
+    """How :func:`inference_output` groups the layers: one entry per conv2d
+    or dense layer, in graph order."""
+    layers = L.get_all_layers(network)
+    readers: dict = {layer: [] for layer in layers}
+    for layer in layers:
+        for parent in layer.input_layers:
+            readers[parent].append(layer)
+
+    def only_reader(layer, kind):
+        found = readers[layer]
+        if len(found) == 1 and isinstance(found[0], kind):
+            return found[0]
+        return None
+
+    plan = []
+    for layer in layers:
+        if not isinstance(layer, (L.Conv2DLayer, L.DenseLayer)):
+            continue
+        last, bn, activation = layer, None, layer.nonlinearity_name
+        if activation == "identity":
+            bn = only_reader(layer, L.BatchNormLayer)
+            last = bn or layer
+            fused = only_reader(last, L.ActivationLayer)
+            if fused is not None:
+                last, activation = fused, fused.nonlinearity_name
+        plan.append(FusedLayer(layer, bn, activation, last))
+    return plan
+
+
+def inference_output(network, inputs):
+    """The network's deterministic output for ``inputs``, with batch norm
+    folded and activations fused (see the module docstring)."""
+    plan = {fused.last: fused for fused in fusion_plan(network)}
+    skipped = {member for fused in plan.values()
+               for member in (fused.base, fused.batch_norm) if member}
+    outputs = {}
+    for layer in L.get_all_layers(network):
+        if isinstance(layer, L.InputLayer):
+            outputs[layer] = inputs
+        elif layer in plan:
+            fused = plan[layer]
+            outputs[layer] = _fused_output(
+                fused, outputs[fused.base.input_layer])
+        elif layer not in skipped:
+            arguments = [outputs[parent] for parent in layer.input_layers]
+            outputs[layer] = layer.get_output_for(
+                arguments if isinstance(layer, L.MergeLayer)
+                else arguments[0], deterministic=True)
+    return outputs[network]
+
+
+def _fused_output(fused: FusedLayer, input):
+    base = fused.base
+    W, b = _folded_weights(base, fused.batch_norm)
+    if isinstance(base, L.DenseLayer):
+        return kernels.dense_bias_act(input, W, b,
+                                      activation=fused.activation)
+    return kernels.conv2d_bias_act(
+        input, W, b, input_shape=base.input_shape, stride=base.stride,
+        padding=base.padding, groups=base.groups,
+        activation=fused.activation)
+
+
+def _folded_weights(base, bn):
+    """``(W, b)`` shared variables with ``bn`` (if any) folded in."""
+    W = base.W.get_value().astype(np.float64)
+    b = (np.zeros(W.shape[0 if W.ndim == 4 else 1]) if base.b is None
+         else base.b.get_value().astype(np.float64))
+    if bn is not None:
+        gamma, beta, mean, var = (p.get_value().astype(np.float64) for p in
+                                  (bn.gamma, bn.beta, bn.mean, bn.var))
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        W = W * (scale[:, None, None, None] if W.ndim == 4 else scale)
+        b = (b - mean) * scale + beta
+    return (shared(W.astype(floatX), name=f"{base.name}.W_folded"),
+            shared(b.astype(floatX), name=f"{base.name}.b_folded"))

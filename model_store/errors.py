@@ -48,3 +48,8 @@ def check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+class UnsupportedModelError(ImgclassError, ValueError):
+    """An imported model file uses an op, attribute or shape that imgclass
+    cannot express; the message names the op and the node."""

@@ -33,7 +33,8 @@ from typing import Mapping
 import numpy as np
 
 from model_store.cache import cache_dir
-from model_store.errors import ModelFileMissingError, ModelIntegrityError
+from model_store.errors import (ChecksumMismatchError, ModelFileMissingError,
+                                ModelIntegrityError)
 
 # 1980-01-01, the earliest zip timestamp: the archive's bytes depend only on
 # the arrays.
@@ -93,7 +94,17 @@ def convert(source: Mapping, spec: Mapping) -> dict[str, np.ndarray]:
         raise ModelIntegrityError(f"unknown weights_source format {fmt!r}; "
                                   f"known: 'torch-legacy'")
     from model_store.torch_pickle import load_state_dict
-    return from_torch_state_dict(load_state_dict(source_path(source)), spec)
+
+    path = source_path(source)
+    if source.get("sha256"):
+        with open(path, "rb") as handle:
+            digest = hashlib.sha256(handle.read()).hexdigest()
+        if digest != source["sha256"]:
+            raise ModelIntegrityError(
+                f"{path} has sha256 {digest[:12]}... but the model records "
+                f"{source['sha256'][:12]}...; reinstall {source['package']}"
+                f"=={source['version']} ('make install')")
+    return from_torch_state_dict(load_state_dict(path), spec)
 
 
 def from_torch_state_dict(state: Mapping[str, np.ndarray],
@@ -172,8 +183,9 @@ def weights_bytes(metadata: Mapping, spec: Mapping, *, where: str) -> bytes:
     """The ``weights.npz`` bytes of a version that has a ``weights_source``:
     from the cache, else converted (and cached when the cache is writable).
 
-    The caller checks the sha256 against the metadata, as for any version;
-    bytes that do not match are never cached.
+    Converted bytes whose sha256 differs from the metadata's raise
+    :class:`ChecksumMismatchError` and are never cached; the caller checks
+    the sha256 again, as for any version.
     """
     expected = str(metadata.get("weights_sha256"))
     cached = _cache_path(expected)
@@ -184,12 +196,19 @@ def weights_bytes(metadata: Mapping, spec: Mapping, *, where: str) -> bytes:
             return data
     except OSError:
         pass
+    source = metadata[SOURCE_KEY]
     try:
-        data = canonical_npz(convert(metadata[SOURCE_KEY], spec))
+        data = canonical_npz(convert(source, spec))
     except ModelFileMissingError as error:
         raise ModelFileMissingError(f"{where}: {error}") from None
-    if hashlib.sha256(data).hexdigest() == expected:
-        _write_cache(cached, data)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        raise ChecksumMismatchError(
+            f"{where}: the weights converted from {source.get('package')}=="
+            f"{source.get('version')} have sha256 {digest[:12]}... but "
+            f"metadata.json records {expected[:12]}...; reinstall the "
+            f"package ('make install') or restore metadata.json")
+    _write_cache(cached, data)
     return data
 
 

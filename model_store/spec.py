@@ -2,16 +2,31 @@
 
 A spec is a JSON object::
 
-    {"input_shape": [1, 32, 32],
-     "layers": [{"type": "conv2d", "name": "conv1", "num_filters": 32,
-                 "filter_size": 3},
-                {"type": "max_pool2d", "name": "pool1", "pool_size": 2},
-                ...
+    {"input_shape": [3, 32, 32],
+     "layers": [{"type": "conv2d", "name": "conv1", "num_filters": 16,
+                 "filter_size": 3, "padding": "same", "nonlinearity": "relu"},
+                {"type": "conv2d", "name": "conv2", "num_filters": 16,
+                 "filter_size": 3, "padding": "same",
+                 "nonlinearity": "identity"},
+                {"type": "add", "name": "residual",
+                 "inputs": ["conv1", "conv2"]},
+                {"type": "global_avg_pool", "name": "pool"},
+                {"type": "dense", "name": "fc", "num_units": 10,
+                 "nonlinearity": "identity"},
                 {"type": "softmax", "name": "prob"}]}
 
-Layers are applied in order. Every key but ``type`` is a keyword argument of
-the layer class. Weights are a ``.npz`` archive with one array per parameter,
-keyed ``<layer>.<param>``; it is always read with ``allow_pickle=False``.
+Layers are listed in topological order. Each has a ``type`` (a key of
+:data:`LAYER_TYPES`), a unique ``name`` without dots, optional ``inputs``
+(names of earlier layers, ``"input"`` for the network's input; by default
+the previous layer, or the input for the first) and the keyword arguments of
+its class in :mod:`model_store.layers`. The output is the last layer, and
+every layer must feed it. Weights are a ``.npz`` archive with one array per
+parameter, keyed ``<layer>.<param>``; it is always read with
+``allow_pickle=False``.
+
+Sizes are checked from the shapes before any weight is allocated: at most
+:data:`MAX_LAYERS` layers, :data:`MAX_PARAMETERS` parameter values and
+:data:`MAX_ACTIVATIONS` values output per example (all layers together).
 """
 
 from __future__ import annotations
@@ -27,11 +42,25 @@ from model_store.errors import ModelIntegrityError, SpecError, WeightShapeError
 
 LAYER_TYPES: dict[str, type] = {
     "conv2d": L.Conv2DLayer,
-    "max_pool2d": L.MaxPool2DLayer,
     "dense": L.DenseLayer,
+    "batch_norm": L.BatchNormLayer,
+    "activation": L.ActivationLayer,
+    "add": L.AddLayer,
+    "multiply": L.MultiplyLayer,
+    "concat": L.ConcatLayer,
+    "global_avg_pool": L.GlobalAvgPoolLayer,
+    "avg_pool2d": L.AvgPool2DLayer,
+    "max_pool2d": L.MaxPool2DLayer,
+    "flatten": L.FlattenLayer,
     "dropout": L.DropoutLayer,
     "softmax": L.SoftmaxLayer,
 }
+
+INPUT = "input"  # the name ``inputs`` use for the network's input
+MAX_LAYERS = 10_000
+MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
+MAX_ACTIVATIONS = 250_000_000  # 1 GB of float32 per example, all layers
+_RESERVED = {"type", "name", "inputs"}
 
 
 def validate_spec(spec: Any) -> dict:
@@ -45,37 +74,62 @@ def validate_spec(spec: Any) -> dict:
                         f"'input_shape' and 'layers'")
     shape = spec.get("input_shape")
     if (not isinstance(shape, list) or len(shape) != 3
-            or not all(isinstance(s, int) and s > 0 for s in shape)):
+            or not all(isinstance(s, int) and not isinstance(s, bool)
+                       and s > 0 for s in shape)):
         raise SpecError(f"spec 'input_shape' must be [channels, height, "
                         f"width] of positive integers, got {shape!r}")
     layer_specs = spec.get("layers")
     if not isinstance(layer_specs, list) or not layer_specs:
         raise SpecError("spec 'layers' must be a non-empty list")
-    names = set()
+    if len(layer_specs) > MAX_LAYERS:
+        raise SpecError(f"spec has {len(layer_specs):,} layers, more than the "
+                        f"limit of {MAX_LAYERS:,}")
+    names = {INPUT}
     for index, layer_spec in enumerate(layer_specs):
-        if not isinstance(layer_spec, Mapping):
-            raise SpecError(f"spec layer {index} must be an object, got "
-                            f"{layer_spec!r}")
-        kind, name = layer_spec.get("type"), layer_spec.get("name")
-        if kind not in LAYER_TYPES:
-            raise SpecError(f"spec layer {index}: unknown type {kind!r}; use "
-                            f"one of {', '.join(sorted(LAYER_TYPES))}")
-        if not isinstance(name, str) or not name or "." in name:
-            raise SpecError(f"spec layer {index}: 'name' must be a non-empty "
-                            f"string without dots, got {name!r}")
-        if name in names:
-            raise SpecError(f"spec layer {index}: duplicate name {name!r}")
-        names.add(name)
-        allowed = _keyword_arguments(LAYER_TYPES[kind]) - {"rng"}
-        extra = set(layer_spec) - {"type", "name"} - allowed
-        if extra:
-            raise SpecError(f"spec layer {name!r} ({kind}): unknown arguments "
-                            f"{sorted(extra)}; allowed: {sorted(allowed)}")
+        _validate_layer(index, layer_spec, names)
+        names.add(layer_spec["name"])
     return dict(spec)
+
+
+def _validate_layer(index: int, layer_spec: Any, earlier: set) -> None:
+    if not isinstance(layer_spec, Mapping):
+        raise SpecError(f"spec layer {index} must be an object, got "
+                        f"{type(layer_spec).__name__}")
+    kind, name = layer_spec.get("type"), layer_spec.get("name")
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:
+        raise SpecError(f"spec layer {index}: unknown type {kind!r}; use "
+                        f"one of {', '.join(sorted(LAYER_TYPES))}")
+    if not isinstance(name, str) or not name or "." in name:
+        raise SpecError(f"spec layer {index}: 'name' must be a non-empty "
+                        f"string without dots, got {name!r}")
+    if name in earlier:
+        raise SpecError(f"spec layer {index}: duplicate name {name!r}"
+                        + (" ('input' names the network's input)"
+                           if name == INPUT else ""))
+    inputs = layer_spec.get("inputs")
+    if inputs is not None and (
+            not isinstance(inputs, list) or not inputs
+            or not all(isinstance(i, str) and i in earlier for i in inputs)):
+        raise SpecError(f"spec layer {name!r}: 'inputs' must be a non-empty "
+                        f"list of names of earlier layers (or 'input'), got "
+                        f"{inputs!r}")
+    cls = LAYER_TYPES[kind]
+    if inputs is not None and len(inputs) != 1 and not issubclass(
+            cls, L.MergeLayer):
+        raise SpecError(f"spec layer {name!r}: {kind} reads one input, got "
+                        f"{len(inputs)}")
+    allowed = _keyword_arguments(cls) - {"rng"}
+    extra = set(layer_spec) - _RESERVED - allowed
+    if extra:
+        raise SpecError(f"spec layer {name!r} ({kind}): unknown arguments "
+                        f"{sorted(extra)}; allowed: {sorted(allowed)}")
 
 
 def build_network(spec: Mapping, *, seed: int = 0):
     """Builds the network a spec describes, with freshly initialised weights.
+
+    Its sizes are checked against the limits (see the module docstring)
+    before any weight is allocated.
 
     Args:
         spec: the spec (see the module docstring).
@@ -85,23 +139,57 @@ def build_network(spec: Mapping, *, seed: int = 0):
         The output layer; walk it with :func:`model_store.layers.get_all_layers`.
     """
     spec = validate_spec(spec)
-    rng = np.random.RandomState(seed)
-    layer = L.InputLayer((None, *spec["input_shape"]))
+    built = {INPUT: L.InputLayer((None, *spec["input_shape"]), name=INPUT)}
+    previous = INPUT
     for layer_spec in spec["layers"]:
-        kwargs = {k: v for k, v in layer_spec.items() if k != "type"}
-        cls = LAYER_TYPES[layer_spec["type"]]
-        accepted = _keyword_arguments(cls)
-        if "rng" in accepted:
-            kwargs["rng"] = rng
-        if "seed" in accepted and "seed" not in kwargs:
-            kwargs["seed"] = seed
-        try:
-            layer = cls(layer, **kwargs)
-        except TypeError as error:  # a missing required argument
-            raise SpecError(f"spec layer {layer_spec['name']!r} "
-                            f"({layer_spec['type']}): {error}") from None
-    layer.spec = spec  # so that the store can save what built the network
-    return layer
+        inputs = [built[n] for n in layer_spec.get("inputs", [previous])]
+        layer = _build_layer(layer_spec, inputs, seed)
+        previous = layer.name
+        built[previous] = layer
+    network = built[previous]
+    _check_all_feed_output(network, spec)
+    _check_sizes(network)
+    L.initialize_params(network, np.random.RandomState(seed))
+    network.spec = spec  # so that the store can save what built the network
+    return network
+
+
+def _build_layer(layer_spec: Mapping, inputs: list, seed: int):
+    cls = LAYER_TYPES[layer_spec["type"]]
+    kwargs = {k: v for k, v in layer_spec.items() if k not in ("type",
+                                                               "inputs")}
+    accepted = _keyword_arguments(cls)
+    if "rng" in accepted:
+        kwargs["rng"] = L.DEFERRED
+    if "seed" in accepted and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    incoming = inputs if issubclass(cls, L.MergeLayer) else inputs[0]
+    try:
+        return cls(incoming, **kwargs)
+    except TypeError as error:  # a missing required argument
+        raise SpecError(f"spec layer {layer_spec['name']!r} "
+                        f"({layer_spec['type']}): {error}") from None
+
+
+def _check_all_feed_output(network, spec: Mapping) -> None:
+    used = {layer.name for layer in L.get_all_layers(network)}
+    unused = [s["name"] for s in spec["layers"] if s["name"] not in used]
+    if unused:
+        raise SpecError(f"spec layer(s) {', '.join(map(repr, unused))} feed "
+                        f"nothing: the output is the last layer, "
+                        f"{network.name!r}")
+
+
+def _check_sizes(network) -> None:
+    params = L.count_params(network)
+    if params > MAX_PARAMETERS:
+        raise SpecError(f"spec has {params:,} parameter values, more than "
+                        f"the limit of {MAX_PARAMETERS:,}")
+    activations = L.count_activations(network)
+    if activations > MAX_ACTIVATIONS:
+        raise SpecError(f"spec's layers output {activations:,} values per "
+                        f"image, more than the limit of {MAX_ACTIVATIONS:,}; "
+                        f"use a smaller input_shape or fewer channels")
 
 
 def set_weights(network, weights: Mapping[str, np.ndarray], *,
@@ -163,4 +251,5 @@ def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
 
 def _keyword_arguments(cls: type) -> set[str]:
     parameters = inspect.signature(cls).parameters
-    return {name for name in parameters if name != "incoming"}
+    return {name for name in parameters if name not in ("incoming",
+                                                        "incomings")}

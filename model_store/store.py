@@ -142,6 +142,9 @@ def _read_json(path: str) -> dict:
     except json.JSONDecodeError as error:
         raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
             from None
+    except RecursionError:
+        raise ModelIntegrityError(f"{path} nests JSON too deeply to be a "
+                                  f"model file") from None
 
 
 def _list_versions(root: str) -> list[tuple[str, int, str]]:
@@ -311,11 +314,14 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
         ChecksumMismatchError: ``weights.npz`` differs from its sha256.
         WeightShapeError: a weight array does not fit the spec.
     """
-    from model_store.spec import validate_spec, weights_from_bytes
+    from model_store.spec import build_network, set_weights, \
+        weights_from_bytes
 
     info = resolve(ref, root=root)
     metadata = _read_json(_join(info.location, METADATA_FILE))
-    spec = validate_spec(_read_json(_join(info.location, SPEC_FILE)))
+    spec = _read_json(_join(info.location, SPEC_FILE))
+    # Checks the spec, its sizes included, before the weights are read.
+    network = build_network(spec)
     weights_path = _join(info.location, WEIGHTS_FILE)
     data = _weights_data(weights_path, metadata, spec)
     digest = hashlib.sha256(data).hexdigest()
@@ -328,7 +334,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     model = StoredModel(info.name, info.version, info.location, metadata,
                         spec, weights_from_bytes(data, source=weights_path))
     _check_metadata(model)
-    network = model.build()  # checks every weight's shape against the spec
+    set_weights(network, model.weights, source=weights_path)  # checks shapes
     if network.output_shape[-1] != len(model.class_names):
         raise ModelIntegrityError(
             f"model {info.ref}: the network has {network.output_shape[-1]} "

@@ -68,6 +68,9 @@ def load_spec(path: str) -> dict:
     except json.JSONDecodeError as error:
         raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
             from None
+    except RecursionError:
+        raise ConfigError(f"spec file {path} nests JSON too deeply to be a "
+                          f"network spec") from None
 
 
 def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
@@ -99,12 +102,15 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
     """
     x = T.TensorType(floatX, (False,) * inputs.ndim)("x")
     y = T.ivector("y")
-    probs = L.get_output(network, x)
+    # Batch normalisation's running statistics move with every step, next
+    # to the optimiser's updates of the trainable parameters.
+    probs, statistics = L.get_output_and_updates(network, x)
     loss = T.nnet.categorical_crossentropy(probs, y).mean()
     accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
     params = L.get_all_params(network, trainable=True)
     updates = OPTIMIZERS[config.optimizer](
         loss, params, learning_rate=np.asarray(config.lr, floatX))
+    updates.update(statistics)
     step = function([x, y], [loss, accuracy], updates=updates)
     score = None
     if validation is not None:

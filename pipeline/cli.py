@@ -133,6 +133,17 @@ def _models_verify(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _models_import_onnx(args) -> int:
+    from model_store.onnx_import import import_onnx
+
+    model = import_onnx(args.file, name=args.name, classes=args.classes,
+                        preprocessing=args.preprocessing, root=args.store)
+    print(f"saved {model.ref} to {model.location}: "
+          f"{len(model.spec['layers'])} layers, {len(model.class_names)} "
+          f"classes, input {model.metadata['input_shape']}")
+    return EXIT_OK
+
+
 def _train(args) -> int:
     from model_store.train import DATASETS, train_model
 
@@ -503,6 +514,32 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--alias", default="latest",
                          help="alias to move (default: %(default)s)")
     promote.set_defaults(func=_models_promote)
+    importing = models_commands.add_parser(
+        "import", help="save a model from another framework as a version",
+        description="Import a model file as the next version of a model.")
+    import_formats = importing.add_subparsers(dest="import_format",
+                                              metavar="FORMAT", required=True)
+    from_onnx = import_formats.add_parser(
+        "onnx", help="an ONNX image classifier (NCHW float input)",
+        description="Translate an ONNX image classifier into a stored "
+                    "version (spec, weights, metadata). Supported ops: "
+                    "Conv, BatchNormalization, Relu, Clip, Sigmoid, "
+                    "HardSigmoid, HardSwish, Mul, Add, MaxPool, AveragePool, "
+                    "GlobalAveragePool, Flatten, Reshape (flatten), Gemm, "
+                    "MatMul, Softmax, Concat, Dropout, Identity. Anything "
+                    "else stops with exit 2 and writes nothing.")
+    from_onnx.add_argument("file", metavar="FILE", help="the .onnx file")
+    from_onnx.add_argument("--name", required=True,
+                           help="model name; the version is the next free one")
+    from_onnx.add_argument("--classes", metavar="FILE",
+                           help="class names, one per line in output order "
+                                "(default: 0, 1, ...)")
+    from_onnx.add_argument("--preprocessing", metavar="JSON",
+                           help="JSON object or file with color_mode, resize, "
+                                "mean, std (0..1 scale), background, "
+                                "resize_shorter (default: bilinear resize to "
+                                "the input size, pixels / 255)")
+    from_onnx.set_defaults(func=_models_import_onnx)
 
     train = commands.add_parser(
         "train", help="train a model and save a new version",

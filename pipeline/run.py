@@ -188,14 +188,20 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     return patterns, partition
 
 
-def run_classify(config: ClassifyConfig, *, log=sys.stderr) -> dict:
+def run_classify(config: ClassifyConfig, *, log=None) -> dict:
     """Runs the whole job; returns the manifest.
+
+    Args:
+        log: where progress lines go; default: ``sys.stderr`` as it is at
+            the call (not at import, so that a replaced stream is followed).
 
     Raises:
         ConfigError (and other ImgclassError): a mistake found before work.
         RunFailed: the pipeline failed, or the counts do not add up.
     """
     from model_store.store import load_model
+
+    log = sys.stderr if log is None else log
 
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)

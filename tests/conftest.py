@@ -85,3 +85,71 @@ def cli(capsys):
         captured = capsys.readouterr()
         return code, captured.out, captured.err
     return run
+
+
+# EfficientNet-Lite0 on real photos -------------------------------------------
+
+# scikit-image's photos: (file name in skimage/data, name here, re-encoding).
+LITE0_PHOTOS = [("coffee.png", "coffee.png", None),
+                ("chelsea.png", "chelsea.png", None),
+                ("astronaut.png", "astronaut.jpg", "JPEG"),  # 512 px: draft
+                ("rocket.jpg", "rocket.jpg", None),
+                ("motorcycle_left.png", "motorcycle.png", None)]
+
+
+@pytest.fixture(scope="session")
+def lite0_photos(tmp_path_factory):
+    """A folder with the 5 photos, as files."""
+    import skimage.data
+
+    source = os.path.dirname(skimage.data.__file__)
+    folder = tmp_path_factory.mktemp("photos")
+    for name, target, fmt in LITE0_PHOTOS:
+        image = Image.open(os.path.join(source, name))
+        if fmt is None:
+            with open(os.path.join(source, name), "rb") as handle:
+                (folder / target).write_bytes(handle.read())
+        else:
+            image.convert("RGB").save(folder / target, fmt, quality=92)
+    return str(folder)
+
+
+def lite0_inputs(paths, prep):
+    """Files -> normalised batch, decoded exactly as the pipeline does."""
+    from model_store.images import decode_image
+
+    images = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            images.append(decode_image(handle.read(), mode=prep.color_mode,
+                                       target_size=prep.decode_size).image)
+    return prep(images)
+
+
+@pytest.fixture(scope="session")
+def lite0_reference(lite0_photos):
+    """{path: float64 logits} of the independent NumPy forward pass."""
+    from model_store.lite0 import PREPROCESSING, SOURCE
+    from model_store.pretrained import source_path
+    from model_store.torch_pickle import load_state_dict
+    from tests import lite0_reference as reference
+
+    state = load_state_dict(source_path(SOURCE))
+    paths = sorted(os.path.join(lite0_photos, n) for n in
+                   os.listdir(lite0_photos))
+    logits = reference.forward(state, lite0_inputs(paths, PREPROCESSING))
+    return dict(zip(paths, logits))
+
+
+@pytest.fixture(scope="session")
+def lite0_logits_predictor():
+    """The shipped model compiled without its final softmax: logits."""
+    import dataclasses
+
+    from model_store.compile import compile_predictor
+    from model_store.store import load_model
+
+    model = load_model("efficientnet-lite0")
+    assert model.spec["layers"][-1]["type"] == "softmax"
+    spec = dict(model.spec, layers=model.spec["layers"][:-1])
+    return compile_predictor(dataclasses.replace(model, spec=spec))

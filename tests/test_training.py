@@ -105,3 +105,31 @@ def test_training_is_deterministic_for_a_seed_and_learns():
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_training_moves_batch_norm_running_statistics():
+    """fit() applies batch norm's updates with the optimiser's: the running
+    mean and variance end near the statistics of the data they normalise."""
+    spec = {"input_shape": [2, 6, 6], "layers": [
+        {"type": "batch_norm", "name": "bn", "momentum": 0.9},
+        {"type": "conv2d", "name": "c", "num_filters": 3, "filter_size": 3,
+         "nonlinearity": "identity", "bias": False},
+        {"type": "batch_norm", "name": "bn2", "momentum": 0.9},
+        {"type": "activation", "name": "a", "nonlinearity": "relu"},
+        {"type": "dense", "name": "o", "num_units": 2,
+         "nonlinearity": "softmax"}]}
+    rng = np.random.RandomState(0)
+    x = rng.normal(loc=[[[5.0]], [[-2.0]]], scale=[[[3.0]], [[0.5]]],
+                   size=(128, 2, 6, 6)).astype(floatX)
+    labels = (x[:, 0].mean(axis=(1, 2)) > 5).astype(np.int32)
+    network = build_network(spec, seed=0)
+    by_name = {layer.name: layer for layer in L.get_all_layers(network)}
+    bn_in, bn = by_name["bn"], by_name["bn2"]
+    fit(network, x, labels, TrainConfig(epochs=4, batch_size=32, lr=0.01))
+    kept = 0.9 ** 16  # 16 steps from the initial mean 0 and variance 1
+    np.testing.assert_allclose(bn_in.mean.get_value(),
+                               (1 - kept) * np.array([5.0, -2.0]), atol=0.1)
+    np.testing.assert_allclose(bn_in.var.get_value(),
+                               kept + (1 - kept) * np.array([9.0, 0.25]),
+                               rtol=0.1)
+    assert not np.allclose(bn.mean.get_value(), 0)

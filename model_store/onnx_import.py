@@ -1,0 +1,664 @@
+"""Importing an ONNX image classifier as a stored model version.
+
+:func:`onnx_to_spec` translates an ONNX graph, node by node, into a graph
+spec (see ``SPEC_FORMAT``/:mod:`model_store.spec`) and its weights;
+:func:`import_onnx` adds class names and preprocessing and saves the result
+as the next version of a model. The ``onnx`` package only reads the file;
+nothing of ONNX is needed to run the imported model.
+
+Supported ops (:data:`SUPPORTED_OPS`): Conv (any groups, strides and pads,
+dilations 1), BatchNormalization (inference), Relu, Clip (0..6 as relu6, or
+0.. as relu), Sigmoid, HardSigmoid, HardSwish, Mul, Add, MaxPool,
+AveragePool, GlobalAveragePool, Flatten, Reshape to (N, -1), Gemm, MatMul,
+Softmax, Concat (channels), and Dropout/Identity (no-ops at inference).
+A Mul or Add by a constant is folded into the convolution or dense layer
+before it when that layer feeds nothing else, and otherwise becomes a 1x1
+depthwise convolution (4-D) or a diagonal dense layer (2-D). Anything else
+raises :class:`UnsupportedModelError` naming the op and the node, before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from model_store.errors import ConfigError, UnsupportedModelError
+
+SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
+                 "HardSigmoid", "HardSwish", "Mul", "Add", "MaxPool",
+                 "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+                 "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
+                 "Constant")
+_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "HardSwish": "hard_swish"}
+# Attributes each op may carry; any other attribute is refused.
+_ATTRIBUTES = {
+    "Conv": {"group", "strides", "pads", "dilations", "auto_pad",
+             "kernel_shape"},
+    "BatchNormalization": {"epsilon", "momentum", "training_mode", "spatial"},
+    "Clip": {"min", "max"},
+    "HardSigmoid": {"alpha", "beta"},
+    "MaxPool": {"kernel_shape", "strides", "pads", "dilations", "auto_pad",
+                "ceil_mode", "storage_order"},
+    "AveragePool": {"kernel_shape", "strides", "pads", "dilations",
+                    "auto_pad", "ceil_mode", "count_include_pad"},
+    "Flatten": {"axis"}, "Reshape": {"allowzero"},
+    "Gemm": {"alpha", "beta", "transA", "transB"},
+    "Softmax": {"axis"}, "Concat": {"axis"}, "Dropout": {"seed", "ratio"},
+    "Constant": {"value"},
+}
+
+
+class _Node:
+    """The node being converted, for error messages and attributes."""
+
+    def __init__(self, node, index: int):
+        import onnx
+
+        self.proto = node
+        self.op = node.op_type
+        self.label = f"{node.name!r}" if node.name else f"#{index}"
+        self.attrs = {a.name: onnx.helper.get_attribute_value(a)
+                      for a in node.attribute}
+
+    def fail(self, reason: str) -> UnsupportedModelError:
+        return UnsupportedModelError(
+            f"ONNX op {self.op} (node {self.label}): {reason}")
+
+    def attr(self, name: str, default=None):
+        value = self.attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+
+class _Converter:
+    """Walks the graph once, in its (topological) order."""
+
+    def __init__(self, model):
+        import onnx
+        from onnx import numpy_helper
+
+        self.opset = max((o.version for o in model.opset_import
+                          if o.domain in ("", "ai.onnx")), default=1)
+        graph = onnx.shape_inference.infer_shapes(model).graph
+        self.graph = graph
+        self.consts = {t.name: numpy_helper.to_array(t)
+                       for t in graph.initializer}
+        self.shapes = {v.name: _static_shape(v)
+                       for v in list(graph.value_info) + list(graph.input)
+                       + list(graph.output)}
+        self.uses = collections.Counter(
+            name for node in graph.node for name in node.input if name)
+        self.uses.update(o.name for o in graph.output)
+        self.layers: list[dict] = []
+        self.weights: dict[str, np.ndarray] = {}
+        self.layer_of: dict[str, str] = {}  # ONNX tensor -> our layer
+        self.used_names: set[str] = {"input"}
+        self.input_shape = self._graph_input()
+
+    # -- graph input and output ------------------------------------------------
+    def _graph_input(self) -> list[int]:
+        import onnx
+
+        inputs = [v for v in self.graph.input if v.name not in self.consts]
+        if len(inputs) != 1:
+            raise UnsupportedModelError(
+                f"the ONNX graph has {len(inputs)} inputs "
+                f"({', '.join(v.name for v in inputs)}); an image classifier "
+                f"takes one NCHW image batch")
+        value = inputs[0]
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in tensor.shape.dim]
+        if tensor.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4 or \
+                not all(d and d > 0 for d in dims[1:]):
+            raise UnsupportedModelError(
+                f"the ONNX graph input {value.name!r} must be float32 NCHW "
+                f"with fixed C, H and W; it is "
+                f"{onnx.TensorProto.DataType.Name(tensor.elem_type)} of shape "
+                f"{['?' if d is None else d for d in dims]}")
+        self.layer_of[value.name] = "input"
+        self.shapes[value.name] = (None, *dims[1:])
+        return dims[1:]
+
+    def convert(self) -> dict:
+        for index, proto in enumerate(self.graph.node):
+            node = _Node(proto, index)
+            if node.op not in SUPPORTED_OPS or proto.domain not in ("",
+                                                                    "ai.onnx"):
+                raise node.fail(f"not supported; supported ops: "
+                                f"{', '.join(SUPPORTED_OPS)}")
+            unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
+            if unknown:
+                raise node.fail(f"attribute(s) {', '.join(sorted(unknown))} "
+                                f"not supported")
+            if node.op in _ACTIVATIONS:
+                self._activation(node, _ACTIVATIONS[node.op])
+            else:
+                getattr(self, f"_op_{node.op}")(node)
+        outputs = list(self.graph.output)
+        if len(outputs) != 1:
+            raise UnsupportedModelError(f"the ONNX graph has {len(outputs)} "
+                                        f"outputs; a classifier has one")
+        last = self.layer_of.get(outputs[0].name)
+        if last is None or last == "input" or last != self.layers[-1]["name"]:
+            raise UnsupportedModelError(
+                f"the ONNX graph output {outputs[0].name!r} is not computed "
+                f"by its last node")
+        return {"input_shape": list(self.input_shape),
+                "layers": self.layers}
+
+    # -- helpers ------------------------------------------------------------------
+    def _name(self, node: _Node, suffix: str = "") -> str:
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", node.proto.name).strip("_") \
+            or node.op.lower()
+        base += suffix
+        name, count = base, 1
+        while name in self.used_names:
+            count += 1
+            name = f"{base}_{count}"
+        self.used_names.add(name)
+        return name
+
+    def _add(self, node: _Node, kind: str, inputs: list[str], *,
+             output: str | None = None, suffix: str = "",
+             params: Mapping[str, np.ndarray] | None = None, **kwargs) -> str:
+        name = self._name(node, suffix)
+        layer = {"type": kind, "name": name, "inputs": inputs, **kwargs}
+        self.layers.append(layer)
+        for param, value in (params or {}).items():
+            self.weights[f"{name}.{param}"] = np.asarray(value, np.float32)
+        if output is not None:
+            self.layer_of[output] = name
+        return name
+
+    def _input(self, node: _Node, position: int = 0) -> str:
+        """Our layer that computes the node's ``position``-th input."""
+        tensor = node.proto.input[position]
+        if tensor not in self.layer_of:
+            raise node.fail(f"input {tensor!r} is a constant or unknown "
+                            f"tensor where a computed one is needed")
+        return self.layer_of[tensor]
+
+    def _const(self, node: _Node, position: int, what: str) -> np.ndarray:
+        inputs = node.proto.input
+        if position >= len(inputs) or inputs[position] not in self.consts:
+            raise node.fail(f"{what} must be a constant (an initializer)")
+        return self.consts[inputs[position]]
+
+    def _optional_const(self, node: _Node, position: int):
+        inputs = node.proto.input
+        if position >= len(inputs) or not inputs[position]:
+            return None
+        return self._const(node, position, f"input {position}")
+
+    def _shape(self, node: _Node, tensor: str) -> tuple:
+        shape = self.shapes.get(tensor)
+        if shape is None or any(d is None for d in shape[1:]):
+            raise node.fail(f"the shape of tensor {tensor!r} is unknown")
+        return shape
+
+    def _single_output(self, node: _Node) -> str:
+        outputs = [o for o in node.proto.output if o]
+        if len(outputs) != 1 and node.op not in ("Dropout",):
+            raise node.fail("only the first output is supported")
+        if node.op == "Dropout" and any(self.uses[o] for o in outputs[1:]):
+            raise node.fail("the mask output is not supported")
+        return outputs[0]
+
+    # -- ops -------------------------------------------------------------------
+    def _op_Constant(self, node: _Node) -> None:
+        from onnx import numpy_helper
+
+        value = node.proto.attribute[0] if node.proto.attribute else None
+        if value is None or value.name != "value":
+            raise node.fail("only the 'value' form is supported")
+        self.consts[node.proto.output[0]] = numpy_helper.to_array(value.t)
+
+    def _op_Identity(self, node: _Node) -> None:
+        self.layer_of[self._single_output(node)] = self._input(node)
+
+    _op_Dropout = _op_Identity
+
+    def _op_Conv(self, node: _Node) -> None:
+        weight = self._const(node, 1, "the weight")
+        bias = self._optional_const(node, 2)
+        shape = self._shape(node, node.proto.input[0])
+        if len(shape) != 4 or weight.ndim != 4:
+            raise node.fail(f"only 2-D convolutions of NCHW input; input "
+                            f"{shape}, weight {weight.shape}")
+        kernel = list(weight.shape[2:])
+        if list(node.attr("kernel_shape", kernel)) != kernel:
+            raise node.fail("kernel_shape differs from the weight's shape")
+        if any(d != 1 for d in node.attr("dilations", [1, 1])):
+            raise node.fail(f"dilations {node.attr('dilations')} (only 1)")
+        strides = list(node.attr("strides", [1, 1]))
+        kwargs = dict(num_filters=int(weight.shape[0]), filter_size=kernel,
+                      stride=strides,
+                      padding=_padding(node, shape[2:], kernel, strides),
+                      groups=int(node.attr("group", 1)),
+                      bias=bias is not None, nonlinearity="identity")
+        params = {"W": weight}
+        if bias is not None:
+            params["b"] = bias
+        self._add(node, "conv2d", [self._input(node)],
+                  output=self._single_output(node), params=params, **kwargs)
+
+    def _op_BatchNormalization(self, node: _Node) -> None:
+        if node.attr("training_mode", 0):
+            raise node.fail("training_mode=1 (export the model for inference)")
+        gamma, beta, mean, var = (self._const(node, i, what) for i, what in
+                                  enumerate(("scale", "B", "mean", "var"), 1))
+        self._add(node, "batch_norm", [self._input(node)],
+                  output=self._single_output(node),
+                  # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
+                  epsilon=float(str(np.float32(node.attr("epsilon", 1e-5)))),
+                  params={"gamma": gamma, "beta": beta, "mean": mean,
+                          "var": var})
+
+    def _activation(self, node: _Node, nonlinearity: str) -> None:
+        self._add(node, "activation", [self._input(node)],
+                  output=self._single_output(node), nonlinearity=nonlinearity)
+
+    def _op_Clip(self, node: _Node) -> None:
+        if self.opset < 11:
+            low, high = node.attr("min"), node.attr("max")
+        else:
+            low, high = (None if c is None else float(c) for c in (
+                self._optional_const(node, 1), self._optional_const(node, 2)))
+        if low == 0 and high == 6:
+            self._activation(node, "relu6")
+        elif low == 0 and high is None:
+            self._activation(node, "relu")
+        else:
+            raise node.fail(f"Clip to [{low}, {high}]; only [0, 6] (relu6) "
+                            f"and [0, inf) (relu)")
+
+    def _op_HardSigmoid(self, node: _Node) -> None:
+        """max(0, min(1, alpha x + beta)) = relu6(6 alpha x + 6 beta) / 6."""
+        alpha, beta = node.attr("alpha", 0.2), node.attr("beta", 0.5)
+        source = self._input(node)
+        shape = self._shape(node, node.proto.input[0])
+        channels = shape[1]
+        clipped = self._affine(node, source, shape, np.full(channels, 6 *
+                               alpha), np.full(channels, 6 * beta), "relu6",
+                               suffix="_clip")
+        self._affine(node, clipped, shape, np.full(channels, 1 / 6),
+                     np.zeros(channels), "identity",
+                     output=self._single_output(node))
+
+    def _affine(self, node: _Node, source: str, shape: tuple,
+                scale: np.ndarray, shift: np.ndarray, nonlinearity: str, *,
+                output: str | None = None, suffix: str = "") -> str:
+        """Per-channel ``scale * x + shift``, as a layer of its own."""
+        if len(shape) == 4:
+            return self._add(node, "conv2d", [source], output=output,
+                             suffix=suffix, num_filters=shape[1],
+                             filter_size=1, groups=shape[1],
+                             nonlinearity=nonlinearity,
+                             params={"W": scale.reshape(-1, 1, 1, 1),
+                                     "b": shift})
+        if len(shape) == 2:
+            return self._add(node, "dense", [source], output=output,
+                             suffix=suffix, num_units=shape[1],
+                             nonlinearity=nonlinearity,
+                             params={"W": np.diag(scale), "b": shift})
+        raise node.fail(f"input of shape {shape}: only 2-D or 4-D")
+
+    def _op_Add(self, node: _Node) -> None:
+        self._elementwise(node, "add")
+
+    def _op_Mul(self, node: _Node) -> None:
+        self._elementwise(node, "multiply")
+
+    def _elementwise(self, node: _Node, kind: str) -> None:
+        names = list(node.proto.input)
+        output = self._single_output(node)
+        consts = [n in self.consts for n in names]
+        if all(consts):
+            raise node.fail("both inputs are constants")
+        if any(consts):
+            tensor, const = (names[1], names[0]) if consts[0] else names
+            self._with_constant(node, kind, tensor, self.consts[const],
+                                output)
+            return
+        shapes = [self._shape(node, n) for n in names]
+        if shapes[0] != shapes[1] and (kind == "add" or not _is_gate(
+                *shapes) and not _is_gate(*shapes[::-1])):
+            raise node.fail(
+                f"inputs of shapes {shapes[0]} and {shapes[1]}; only equal "
+                f"shapes" + ("" if kind == "add" else ", or (N, C, H, W) and "
+                             "a (N, C, 1, 1) or (N, C) gate"))
+        self._add(node, kind, [self.layer_of[n] for n in names],
+                  output=output)
+
+    def _with_constant(self, node: _Node, kind: str, tensor: str,
+                       const: np.ndarray, output: str) -> None:
+        shape = self._shape(node, tensor)
+        values = _per_channel(const, shape)
+        if values is None:
+            raise node.fail(f"a constant of shape {const.shape} on an input "
+                            f"of shape {shape}: only a scalar or one value "
+                            f"per channel")
+        source = self.layer_of.get(tensor)
+        if source is None:
+            raise node.fail(f"input {tensor!r} is unknown")
+        producer = self.layers[-1] if self.layers else None
+        if (producer is not None and producer["name"] == source
+                and producer["type"] in ("conv2d", "dense")
+                and producer["nonlinearity"] == "identity"
+                and self.uses[tensor] == 1):
+            self._fold(producer, kind, values)
+            self.layer_of[output] = source
+            return
+        ones, zeros = np.ones(shape[1]), np.zeros(shape[1])
+        scale, shift = (values, zeros) if kind == "multiply" else (ones,
+                                                                   values)
+        self._affine(node, source, shape, scale, shift, "identity",
+                     output=output)
+
+    def _fold(self, layer: dict, kind: str, values: np.ndarray) -> None:
+        """Folds a per-channel Mul or Add into a conv2d or dense layer."""
+        name = layer["name"]
+        weight = self.weights[f"{name}.W"]
+        bias = self.weights.get(f"{name}.b", np.zeros(len(values), np.float32))
+        if kind == "multiply":
+            axis = (-1, 1, 1, 1) if layer["type"] == "conv2d" else (1, -1)
+            self.weights[f"{name}.W"] = (weight * values.reshape(axis)).astype(
+                np.float32)
+            bias = bias * values
+        else:
+            bias = bias + values
+        layer["bias"] = True
+        self.weights[f"{name}.b"] = np.asarray(bias, np.float32)
+
+    def _pool(self, node: _Node, kind: str, **extra) -> None:
+        shape = self._shape(node, node.proto.input[0])
+        kernel = list(node.attr("kernel_shape", []))
+        if len(shape) != 4 or len(kernel) != 2:
+            raise node.fail(f"only 2-D pooling of NCHW input, got {shape}")
+        if node.attr("ceil_mode", 0):
+            raise node.fail("ceil_mode=1 (only 0)")
+        if any(d != 1 for d in node.attr("dilations", [1, 1])):
+            raise node.fail(f"dilations {node.attr('dilations')} (only 1)")
+        strides = list(node.attr("strides", [1, 1]))
+        self._add(node, kind, [self._input(node)],
+                  output=self._single_output(node), pool_size=kernel,
+                  stride=strides,
+                  padding=_padding(node, shape[2:], kernel, strides), **extra)
+
+    def _op_MaxPool(self, node: _Node) -> None:
+        self._pool(node, "max_pool2d")
+
+    def _op_AveragePool(self, node: _Node) -> None:
+        self._pool(node, "avg_pool2d", count_include_pad=bool(
+            node.attr("count_include_pad", 0)))
+
+    def _op_GlobalAveragePool(self, node: _Node) -> None:
+        if len(self._shape(node, node.proto.input[0])) != 4:
+            raise node.fail("only NCHW input")
+        self._add(node, "global_avg_pool", [self._input(node)],
+                  output=self._single_output(node), keepdims=True)
+
+    def _op_Flatten(self, node: _Node) -> None:
+        if node.attr("axis", 1) != 1:
+            raise node.fail(f"axis={node.attr('axis')} (only 1)")
+        self._add(node, "flatten", [self._input(node)],
+                  output=self._single_output(node))
+
+    def _op_Reshape(self, node: _Node) -> None:
+        target = [int(d) for d in self._const(node, 1, "the shape")]
+        shape = self._shape(node, node.proto.input[0])
+        features = int(np.prod(shape[1:]))
+        if (len(target) != 2 or target[0] not in (0, -1)
+                and target[0] != shape[0] or target[1] not in (-1, features)
+                or target == [-1, -1]):
+            raise node.fail(f"reshape of {shape} to {target}: only a flatten "
+                            f"to (N, {features})")
+        self._add(node, "flatten", [self._input(node)],
+                  output=self._single_output(node))
+
+    def _op_Gemm(self, node: _Node) -> None:
+        if node.attr("transA", 0):
+            raise node.fail("transA=1 (only 0)")
+        weight = self._const(node, 1, "B")
+        if node.attr("transB", 0):
+            weight = weight.T
+        bias = self._optional_const(node, 2)
+        self._dense(node, weight * node.attr("alpha", 1.0), None if bias is
+                    None else bias * node.attr("beta", 1.0))
+
+    def _op_MatMul(self, node: _Node) -> None:
+        self._dense(node, self._const(node, 1, "the second operand"), None)
+
+    def _dense(self, node: _Node, weight: np.ndarray, bias) -> None:
+        shape = self._shape(node, node.proto.input[0])
+        if len(shape) != 2 or weight.ndim != 2 or weight.shape[0] != shape[1]:
+            raise node.fail(f"input {shape} times weight {weight.shape}: only "
+                            f"(N, K) x (K, M)")
+        params = {"W": weight}
+        if bias is not None:
+            bias = np.asarray(bias).reshape(-1)
+            if bias.size not in (1, weight.shape[1]):
+                raise node.fail(f"bias of shape {bias.shape} for "
+                                f"{weight.shape[1]} outputs")
+            params["b"] = np.broadcast_to(bias, (weight.shape[1],))
+        self._add(node, "dense", [self._input(node)],
+                  output=self._single_output(node),
+                  num_units=int(weight.shape[1]), nonlinearity="identity",
+                  bias=bias is not None, params=params)
+
+    def _op_Softmax(self, node: _Node) -> None:
+        shape = self._shape(node, node.proto.input[0])
+        axis = node.attr("axis", 1 if self.opset < 13 else -1)
+        if len(shape) != 2 or axis not in (1, -1):
+            raise node.fail(f"softmax over axis {axis} of {shape}: only the "
+                            f"last axis of (N, K)")
+        self._add(node, "softmax", [self._input(node)],
+                  output=self._single_output(node))
+
+    def _op_Concat(self, node: _Node) -> None:
+        rank = len(self._shape(node, node.proto.input[0]))
+        if node.attr("axis") not in (1, 1 - rank):
+            raise node.fail(f"axis={node.attr('axis')} (only 1, channels)")
+        self._add(node, "concat", [self._input(node, i) for i in
+                                   range(len(node.proto.input))],
+                  output=self._single_output(node))
+
+
+def _static_shape(value) -> tuple | None:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in tensor.shape.dim)
+
+
+def _is_gate(gate: tuple, full: tuple) -> bool:
+    """(N, C, 1, 1) or (N, C) scaling each channel of (N, C, H, W)."""
+    return (len(full) == 4 and gate[1:2] == full[1:2]
+            and gate[2:] in ((), (1, 1)))
+
+
+def _padding(node: _Node, size, kernel, strides) -> list:
+    """ONNX pads/auto_pad as ``[[top, bottom], [left, right]]``."""
+    auto = node.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        pads = list(node.attr("pads", [0, 0, 0, 0])) if auto == "NOTSET" \
+            else [0, 0, 0, 0]
+        if len(pads) != 4 or min(pads) < 0:
+            raise node.fail(f"pads {pads}: four non-negative numbers")
+        return [[pads[0], pads[2]], [pads[1], pads[3]]]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise node.fail(f"auto_pad={auto}")
+    out = []
+    for n, k, s in zip(size, kernel, strides):
+        total = max((-(-n // s) - 1) * s + k - n, 0)
+        small, large = total // 2, total - total // 2
+        out.append([small, large] if auto == "SAME_UPPER" else [large, small])
+    return out
+
+
+def _per_channel(const: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """A constant that broadcasts as one value per channel of ``shape``, as
+    a vector of length C; None for anything else."""
+    const = np.asarray(const, np.float64)
+    channels = shape[1]
+    if const.size == 1:
+        return np.full(channels, float(const.reshape(())))
+    squeezed = const.reshape([d for d in const.shape if d != 1] or [1])
+    if squeezed.shape != (channels,):
+        return None
+    # The channel axis must line up with axis 1 under NumPy broadcasting.
+    padded = (1,) * (len(shape) - const.ndim) + const.shape
+    if len(padded) != len(shape) or padded[1] != channels:
+        return None
+    return squeezed
+
+
+def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
+    """An ONNX ``ModelProto`` -> (graph spec, weights keyed
+    ``<layer>.<param>``). Raises :class:`UnsupportedModelError`."""
+    converter = _Converter(model)
+    spec = converter.convert()
+    return spec, converter.weights
+
+
+def _read_onnx(path: str):
+    import onnx
+
+    try:
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+    except FileNotFoundError:
+        raise ConfigError(f"ONNX file {path} does not exist") from None
+    except Exception as error:  # protobuf and checker errors vary
+        raise UnsupportedModelError(
+            f"{path} is not a valid ONNX model: "
+            f"{' '.join(str(error).split())[:300]}") from None
+    return model
+
+
+def _class_names(path: str | None, count: int) -> list[str]:
+    if path is None:
+        return [str(i) for i in range(count)]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = [line.strip() for line in handle if line.strip()]
+    except OSError as error:
+        raise ConfigError(f"cannot read the classes file {path}: "
+                          f"{error.strerror}") from None
+    if len(names) != count:
+        raise ConfigError(f"{path} names {len(names)} classes but the model "
+                          f"has {count} outputs: one name per line, in "
+                          f"output order")
+    return names
+
+
+PREPROCESSING_KEYS = ("color_mode", "resize", "mean", "std", "background",
+                      "resize_shorter")
+
+
+def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
+    """Preprocessing metadata: defaults (colour mode from the channels,
+    bilinear resize to the input size, pixels scaled to [0, 1]) overridden
+    by a JSON object given inline or as a file path."""
+    from model_store.preprocessing import Preprocessing
+
+    channels = input_shape[0]
+    values: dict[str, Any] = {"color_mode": {1: "L", 3: "RGB"}.get(
+        channels), "resize": "bilinear", "mean": [0.0] * channels,
+        "std": [1.0] * channels, "background": 0, "resize_shorter": None}
+    if text:
+        if os.path.isfile(text):
+            with open(text, encoding="utf-8") as handle:
+                text = handle.read()
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
+                from None
+        if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
+            raise ConfigError(f"--preprocessing must be a JSON object with "
+                              f"keys among {', '.join(PREPROCESSING_KEYS)}")
+        values.update(given)
+    if values["color_mode"] is None:
+        raise ConfigError(f"the model takes {channels} channels; imgclass "
+                          f"feeds 1 (L) or 3 (RGB)")
+    prep = Preprocessing(input_shape=tuple(input_shape),
+                         color_mode=values["color_mode"],
+                         resize=values["resize"], mean=tuple(values["mean"]),
+                         std=tuple(values["std"]),
+                         background=int(values["background"]),
+                         resize_shorter=values["resize_shorter"])
+    return prep.to_metadata()
+
+
+def import_onnx(path: str, *, name: str, classes: str | None = None,
+                preprocessing: str | None = None, root: str | None = None):
+    """Imports an ONNX classifier as the next version of ``name``.
+
+    Args:
+        path: the ``.onnx`` file.
+        name: model name in the store.
+        classes: a text file with one class name per line, in output order
+            (default: "0", "1", ...).
+        preprocessing: JSON (inline or a file) with keys among
+            :data:`PREPROCESSING_KEYS`.
+        root: the store; see :func:`model_store.store.store_root`.
+
+    Returns:
+        The saved version, loaded back and verified. A softmax layer is
+        appended when the graph does not end with one, so that scores are
+        probabilities.
+
+    Raises:
+        UnsupportedModelError: an op, attribute or shape cannot be imported.
+        ConfigError: a bad option; nothing is written in either case.
+    """
+    from model_store.spec import build_network, set_weights
+    from model_store.store import parse_ref, save_model
+
+    parse_ref(name)
+    model = _read_onnx(path)
+    spec, weights = onnx_to_spec(model)
+    network = build_network(spec)
+    set_weights(network, weights, source=path)
+    if len(network.output_shape) != 2:
+        raise UnsupportedModelError(
+            f"the ONNX graph's output has shape {network.output_shape}; an "
+            f"image classifier outputs (N, classes)")
+    softmax_added = spec["layers"][-1]["type"] != "softmax"
+    if softmax_added:
+        spec["layers"].append({"type": "softmax", "name": _free_name(
+            spec, "prob")})
+        network = build_network(spec)
+        set_weights(network, weights, source=path)
+    count = network.output_shape[1]
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    metadata = {
+        "class_names": _class_names(classes, count),
+        **_preprocessing(preprocessing, spec["input_shape"]),
+        "description": f"imported from ONNX file {os.path.basename(path)}",
+        "source": {"format": "onnx", "file": os.path.basename(path),
+                   "sha256": digest, "producer": model.producer_name,
+                   "opset": max((o.version for o in model.opset_import
+                                 if o.domain in ("", "ai.onnx")), default=0),
+                   "softmax_appended": softmax_added},
+    }
+    return save_model(network, name=name, metadata=metadata, root=root)
+
+
+def _free_name(spec: dict, base: str) -> str:
+    names = {layer["name"] for layer in spec["layers"]}
+    name, count = base, 1
+    while name in names:
+        count += 1
+        name = f"{base}_{count}"
+    return name

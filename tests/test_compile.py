@@ -1,0 +1,92 @@
+"""The compiled predictor folds batch norm and fuses activations, and gives
+what the unfolded graph and the NumPy reference give."""
+
+import numpy as np
+
+from model_store import compile as C
+from model_store import layers as L
+from model_store.engine import T, floatX, function, theano
+from model_store.spec import build_network
+from tests import numpy_ref as ref
+
+SPEC = {"input_shape": [3, 9, 9], "layers": [
+    {"type": "conv2d", "name": "stem", "num_filters": 8, "filter_size": 3,
+     "stride": 2, "padding": "same", "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "stem_bn"},
+    {"type": "activation", "name": "stem_act", "nonlinearity": "relu6"},
+    {"type": "conv2d", "name": "dw", "num_filters": 8, "filter_size": 3,
+     "padding": "same", "groups": 8, "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "dw_bn"},
+    {"type": "activation", "name": "dw_act", "nonlinearity": "hard_swish"},
+    {"type": "global_avg_pool", "name": "squeeze", "keepdims": True},
+    {"type": "conv2d", "name": "excite", "num_filters": 8, "filter_size": 1,
+     "nonlinearity": "sigmoid"},
+    {"type": "multiply", "name": "se", "inputs": ["dw_act", "excite"]},
+    {"type": "conv2d", "name": "project", "num_filters": 8, "filter_size": 1,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "project_bn"},
+    {"type": "add", "name": "res", "inputs": ["stem_act", "project_bn"]},
+    # A conv read twice: its batch norm cannot be folded.
+    {"type": "conv2d", "name": "shared", "num_filters": 8, "filter_size": 1,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "shared_bn"},
+    {"type": "add", "name": "res2", "inputs": ["shared", "shared_bn"]},
+    # A batch norm after a ReLU convolution: not foldable either.
+    {"type": "conv2d", "name": "relu_conv", "num_filters": 6,
+     "filter_size": 2, "stride": 2, "padding": [[0, 1], [1, 0]]},
+    {"type": "batch_norm", "name": "after_relu"},
+    {"type": "flatten", "name": "flat"},
+    {"type": "dense", "name": "fc", "num_units": 5, "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "fc_bn"},
+    {"type": "activation", "name": "prob", "nonlinearity": "softmax"}]}
+
+
+def randomised(spec):
+    net = build_network(spec, seed=1)
+    rng = np.random.RandomState(2)
+    for param in L.get_all_params(net):
+        shape = param.get_value().shape
+        if param.name.endswith(".var"):
+            value = rng.uniform(0.3, 2.0, size=shape)
+        elif param.name.endswith(".gamma"):
+            value = rng.uniform(0.5, 1.5, size=shape)
+        else:
+            value = rng.normal(0, 0.5, size=shape)
+        param.set_value(value.astype(floatX))
+    return net
+
+
+def test_folded_predictor_matches_unfolded_graph_and_numpy():
+    net = randomised(SPEC)
+    x = np.random.RandomState(3).normal(size=(4, 3, 9, 9))
+    images = T.tensor4(dtype=floatX)
+    folded = C.inference_output(net, images)
+    unfolded = L.get_output(net, images, deterministic=True)
+    got, plain = function([images], [folded, unfolded])(x.astype(floatX))
+    want = ref.forward(SPEC, L.get_param_values(net), x)
+    np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    # What was folded: no statistics of a folded batch norm are read.
+    read = {v.name for v in theano.gof.graph.inputs([folded])
+            if v.name and "." in v.name}
+    layers_read = {name.split(".")[0] for name in read}
+    assert layers_read >= {"shared_bn", "after_relu"}
+    assert not layers_read & {"stem_bn", "dw_bn", "project_bn", "fc_bn"}
+
+
+def test_fusion_plan_groups():
+    plan = {f.base.name: (f.batch_norm and f.batch_norm.name, f.activation,
+                          f.last.name)
+            for f in C.fusion_plan(build_network(SPEC))}
+    assert plan == {
+        "stem": ("stem_bn", "relu6", "stem_act"),
+        "dw": ("dw_bn", "hard_swish", "dw_act"),
+        "excite": (None, "sigmoid", "excite"),
+        "project": ("project_bn", "identity", "project_bn"),
+        "shared": (None, "identity", "shared"),
+        "relu_conv": (None, "relu", "relu_conv"),
+        "fc": ("fc_bn", "softmax", "prob"),
+    }

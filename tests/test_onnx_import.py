@@ -1,0 +1,229 @@
+"""'imgclass models import onnx': each supported op against onnxruntime, a
+small residual network through the command line, and refusals."""
+
+import importlib.util
+import os
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from model_store.compile import compile_predictor
+from model_store.onnx_import import onnx_to_spec
+from model_store.store import StoredModel, list_models, load_model
+from tests.onnx_graphs import GraphBuilder, single_op_graphs
+
+GRAPHS = single_op_graphs()
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "examples", "tiny_onnx_classifier.py")
+
+
+def run_onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def in_memory_predictor(model: onnx.ModelProto):
+    spec, weights = onnx_to_spec(model)
+    stored = StoredModel("onnx-test", 1, "<memory>",
+                         {"input_shape": spec["input_shape"],
+                          "class_names": []}, spec, weights)
+    return compile_predictor(stored)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_each_op_matches_onnxruntime(name):
+    model, _ = GRAPHS[name]
+    shape = [d.dim_value for d in
+             model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = np.random.RandomState(1).randn(3, *shape).astype(np.float32)
+    want = run_onnxruntime(model, x)
+    got = in_memory_predictor(model)(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("tiny_onnx", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_residual_network_imported_by_the_cli(cli, tmp_path):
+    """The README's example: write the file, import it with class names and
+    preprocessing, verify, and predict like onnxruntime."""
+    example = _example()
+    path = str(tmp_path / "tiny.onnx")
+    onnx.save(example.build(), path)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(example.CLASSES) + "\n")
+    store = str(tmp_path / "store")
+    code, out, err = cli("--store", store, "models", "import", "onnx", path,
+                         "--name", "tiny", "--classes", classes,
+                         "--preprocessing",
+                         '{"resize": "bicubic", "mean": [0.5, 0.5, 0.5], '
+                         '"std": [0.25, 0.25, 0.25]}')
+    assert code == 0, err
+    assert "saved tiny@1" in out
+    model = load_model("tiny", root=store)
+    assert model.class_names == example.CLASSES
+    assert model.metadata["resize"] == "bicubic"
+    assert model.metadata["normalization"]["std"] == [0.25] * 3
+    assert model.metadata["source"]["format"] == "onnx"
+    assert not model.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(2).randn(4, 3, 32, 32).astype(np.float32)
+    np.testing.assert_allclose(compile_predictor(model)(x),
+                               run_onnxruntime(onnx.load(path), x),
+                               rtol=1e-4, atol=1e-6)
+    code, out, _ = cli("--store", store, "models", "verify")
+    assert code == 0 and "ok      tiny@1" in out
+    # Importing again makes version 2.
+    code, out, _ = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "tiny")
+    assert code == 0 and "saved tiny@2" in out
+    assert load_model("tiny@2", root=store).class_names == ["0", "1", "2",
+                                                            "3"]
+
+
+def test_logits_output_gets_a_softmax(tmp_path):
+    from model_store.onnx_import import import_onnx
+
+    g = GraphBuilder((3, 8, 8))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
+    logits = g.node("Gemm", [flat, g.const(g.rng.randn(3, 5) * 4)])
+    model = g.model(logits, 2)
+    path = str(tmp_path / "logits.onnx")
+    onnx.save(model, path)
+    stored = import_onnx(path, name="logits", root=str(tmp_path / "store"))
+    assert stored.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(3).randn(2, 3, 8, 8).astype(np.float32)
+    want = run_onnxruntime(model, x)
+    want = np.exp(want - want.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(compile_predictor(stored)(x), want,
+                               rtol=1e-4, atol=1e-6)
+
+
+def _refused(builder):
+    g = GraphBuilder((3, 8, 8))
+    out, rank = builder(g)
+    return g.model(out, rank)
+
+
+REFUSALS = {
+    "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
+                                  4), "ONNX op LeakyRelu (node 'act1'): not "
+                                      "supported"),
+    "clip_0_1": (lambda g: (g.node("Clip", ["x", g.const(0.0),
+                                            g.const(1.0)], name="clip"), 4),
+                 "ONNX op Clip (node 'clip'): Clip to [0.0, 1.0]"),
+    "dilated_conv": (lambda g: (g.node("Conv", [
+        "x", g.const(np.ones((2, 3, 3, 3)))], name="c", dilations=[2, 2]),
+        4), "ONNX op Conv (node 'c'): dilations [2, 2] (only 1)"),
+    "ceil_mode": (lambda g: (g.node("MaxPool", ["x"], name="p",
+                                    kernel_shape=[3, 3], ceil_mode=1), 4),
+                  "ONNX op MaxPool (node 'p'): ceil_mode=1"),
+    "reshape_not_flatten": (lambda g: (g.node("Reshape", [
+        "x", g.const([0, 3, -1], dtype=np.int64)], name="r"), 3),
+        "ONNX op Reshape (node 'r'): reshape of"),
+    "spatial_constant": (lambda g: (g.node("Mul", [
+        "x", g.const(np.ones((1, 1, 8, 8)))], name="m"), 4),
+        "ONNX op Mul (node 'm'): a constant of shape (1, 1, 8, 8)"),
+    "softmax_of_4d": (lambda g: (g.node("Softmax", ["x"], name="s"), 4),
+                      "ONNX op Softmax (node 's'): softmax over axis"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_unsupported_graph_exits_2_and_writes_nothing(cli, tmp_path, case):
+    builder, message = REFUSALS[case]
+    path = tmp_path / "m.onnx"
+    onnx.save(_refused(builder), str(path))
+    store = tmp_path / "store"
+    code, out, err = cli("--store", store, "models", "import", "onnx", path,
+                         "--name", "m")
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list_models(str(store)) == []
+    assert not store.exists() or os.listdir(store) == []
+
+
+def test_bad_inputs_exit_2(cli, tmp_path):
+    store = tmp_path / "store"
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a protobuf at all \x00\xff" * 10)
+    code, _, err = cli("--store", store, "models", "import", "onnx", junk,
+                       "--name", "m")
+    assert code == 2 and "is not a valid ONNX model" in err
+    code, _, err = cli("--store", store, "models", "import", "onnx",
+                       tmp_path / "missing.onnx", "--name", "m")
+    assert code == 2 and "does not exist" in err
+    # A graph whose height is not fixed.
+    g = GraphBuilder((3, 8, 8))
+    model = g.model(g.node("Relu", ["x"]), 4)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param = "H"
+    onnx.save(model, str(tmp_path / "dynamic.onnx"))
+    code, _, err = cli("--store", store, "models", "import", "onnx",
+                       tmp_path / "dynamic.onnx", "--name", "m")
+    assert code == 2 and "with fixed C, H and W" in err
+    assert list_models(str(store)) == []
+
+
+def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
+    example = _example()
+    path = str(tmp_path / "tiny.onnx")
+    onnx.save(example.build(), path)
+    store = tmp_path / "store"
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\nb\n")
+    for options, message in [
+            (["--classes", classes], "names 2 classes but the model has 4"),
+            (["--preprocessing", "{bad json"], "not valid JSON"),
+            (["--preprocessing", '{"gamma": 2}'], "keys among"),
+            (["--preprocessing", '{"color_mode": "L"}'], "does not fit"),
+            (["--name", "bad name!"], "invalid model name")]:
+        code, _, err = cli("--store", store, "models", "import", "onnx",
+                           path, "--name", "tiny", *options)
+        assert code == 2 and message in err, (options, err)
+    assert list_models(str(store)) == []
+
+
+def test_efficientnet_lite0_round_trip(tmp_path, lite0_photos,
+                                       lite0_reference,
+                                       lite0_logits_predictor):
+    """Lite0 exported to ONNX from the shipped weights: onnxruntime agrees
+    with the NumPy reference, and the file imported back predicts what the
+    shipped model predicts."""
+    from model_store import lite0
+    from model_store.onnx_import import import_onnx
+    from tests.conftest import lite0_inputs
+    from tests.lite0_reference import softmax
+    from tests.spec_to_onnx import export
+
+    shipped = load_model("efficientnet-lite0")
+    path = str(tmp_path / "lite0.onnx")
+    onnx.save(export(shipped.spec, shipped.weights), path)
+    paths = sorted(lite0_reference)
+    x = lite0_inputs(paths, lite0.PREPROCESSING)
+    want = softmax(np.stack([lite0_reference[p] for p in paths]))
+    np.testing.assert_allclose(run_onnxruntime(onnx.load(path), x), want,
+                               atol=2e-5)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(shipped.class_names) + "\n")
+    imported = import_onnx(
+        path, name="lite0-from-onnx", classes=str(classes),
+        preprocessing='{"resize": "bicubic", "resize_shorter": 256, '
+                      '"mean": [0.498039, 0.498039, 0.498039], '
+                      '"std": [0.501961, 0.501961, 0.501961]}',
+        root=str(tmp_path / "store"))
+    assert imported.class_names == shipped.class_names
+    got = compile_predictor(imported)(x)
+    np.testing.assert_allclose(got, softmax(lite0_logits_predictor(x)),
+                               atol=1e-5)
+    assert [list(np.argsort(-row)[:5]) for row in got] == \
+        [list(np.argsort(-row)[:5]) for row in want]
