@@ -48,3 +48,30 @@ def write_broken(folder):
     with open(paths[1], "wb") as handle:
         handle.write(b"this is not a picture")
     return paths
+
+
+PHOTOS = ("chelsea", "coffee", "rocket")
+
+
+def write_photo_crops(root, per_class=8, *, seed=0, size=96):
+    """Random crops (half to all of the shorter side, random flips) of
+    scikit-image's sample photos, one class per photo; ``{path: class}``."""
+    import skimage.data
+
+    rng = np.random.RandomState(seed)
+    truth = {}
+    for name in PHOTOS:
+        photo = Image.fromarray(getattr(skimage.data, name)())
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for n in range(per_class):
+            side = int(min(photo.size) * rng.uniform(0.5, 1.0))
+            left = rng.randint(0, photo.width - side + 1)
+            top = rng.randint(0, photo.height - side + 1)
+            crop = photo.crop((left, top, left + side, top + side))
+            if rng.rand() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            path = os.path.join(root, name, f"{name}{n:03d}.jpg")
+            crop.resize((size, size), Image.Resampling.BILINEAR).save(
+                path, "JPEG", quality=90)
+            truth[path] = name
+    return truth

@@ -13,7 +13,7 @@ from model_store.folder_training import FolderData, train_transfer
 from model_store.spec import build_network
 from model_store.train import TrainConfig
 from model_store.transfer import FeatureCache, combined_spec, compile_features
-from tests.folder_data import write_broken, write_shapes
+from tests.folder_data import write_broken, write_photo_crops, write_shapes
 
 # A small RGB "backbone": its features are the 16 outputs of 'feat'.
 BACKBONE = {"input_shape": [3, 24, 24], "layers": [
@@ -199,3 +199,40 @@ def test_classify_resolves_an_alias(backbone_store, shapes, tmp_path, cli):
     assert code == 0, err
     model = json.loads(out.splitlines()[-1])["model"]
     assert (model["name"], model["version"]) == ("shapes", "2")
+
+
+def test_lite0_transfer_is_near_perfect_and_cached(tmp_path):
+    """EfficientNet-Lite0 as the backbone, on a few dozen crops of three
+    photos
+    (24 backbone passes at ~10 images/s, and two Lite0 compilations: about
+    30 s, the slowest test here)."""
+    from model_store.compile import compile_predictor
+    from model_store.spec import set_weights
+
+    data = tmp_path / "photos"
+    write_photo_crops(data, per_class=8)
+    base = store.load_model("efficientnet-lite0")
+    features, calls = counting(compile_features(base))
+    config = TrainConfig(epochs=40, lr=0.003, augment_copies=1, seed=0)
+    results = [train_transfer(FolderData(str(data)), name="photos",
+                              base=base, config=config, features=features,
+                              cache_directory=str(tmp_path / "cache"))
+               for _ in range(2)]
+    assert sum(calls) == 24  # 18 training (1 variant) + 6 validation, once
+    network, metadata = results[1]
+    assert metadata["metrics"]["accuracy"] == 1.0
+    assert metadata["metrics"]["n_test"] == 6
+    # The combined model = the backbone's features through the new head.
+    root = str(tmp_path / "store")
+    model = store.save_model(network, name="photos", metadata=metadata,
+                             root=root)
+    prep = model.preprocessing
+    images = [Image.open(p) for p in sorted(map(str, data.rglob("*.jpg")))]
+    batch = prep(images)
+    head = {k: v for k, v in model.weights.items()
+            if k.startswith("new_head.")}
+    logits = features(batch) @ head["new_head.W"] + head["new_head.b"]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(compile_predictor(model)(batch), expected,
+                               atol=1e-4)
