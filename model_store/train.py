@@ -13,13 +13,14 @@ import numpy as np
 
 from model_store import layers as L
 from model_store.engine import T, floatX, function
+from model_store.datasets import DATASETS
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
 from model_store.updates import OPTIMIZERS
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
-DATASETS = ("digits",)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,7 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         *, progress: Callable[[int, int, int, float, float], None]
         | None = None, validation: tuple | None = None,
         report: Callable[[dict, float], None] | None = None,
+        augment: Callable | None = None,
         clock: Callable[[], float] = time.monotonic) -> list[dict]:
     """Trains ``network`` in place.
 
@@ -94,6 +96,9 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
             on ties).
         report: called as ``(history row, training images per second)``
             after every epoch.
+        augment: ``(batch, rng) -> batch``, applied to every training
+            batch (a fresh random change each time; the seed's
+            ``RandomState``).
         clock: seconds, for the images/s figure.
 
     Returns:
@@ -126,7 +131,10 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         total_loss = total_correct = seen = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            batch_loss, batch_acc = step(inputs[batch], labels[batch])
+            batch_x = inputs[batch]
+            if augment is not None:
+                batch_x = augment(batch_x, rng)
+            batch_loss, batch_acc = step(batch_x, labels[batch])
             seen += len(batch)
             total_loss += float(batch_loss) * len(batch)
             total_correct += float(batch_acc) * len(batch)
@@ -208,8 +216,9 @@ def train_model(*, dataset: str, name: str, spec_path: str,
     """
     from model_store.evaluate import evaluate_on_split, record_metrics
 
-    if dataset not in DATASETS:
-        raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, "
+    if dataset != "digits":
+        raise ConfigError(f"train_model trains on the digits; --dataset "
+                          f"must be one of {', '.join(DATASETS)}, "
                           f"got {dataset!r}")
     if config.augment_copies < 1:
         raise ConfigError("--augment-copies must be at least 1 for the "

@@ -18,6 +18,7 @@ import threading
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
 from model_store.folders import VAL_FRACTION
+from model_store.datasets import DATASETS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -145,16 +146,24 @@ def _models_import_onnx(args) -> int:
 
 
 def _train(args) -> int:
-    from model_store.train import DATASETS, train_model
+    from model_store.train import train_model
 
     if (args.dataset is None) == (args.data is None):
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
-    if args.dataset:
+    if args.dataset == "fashion-mnist":
+        from model_store.fashion import train_fashion
+        model = train_fashion(name=args.name,
+                              spec_path=args.spec or _default_spec(args),
+                              config=_train_config(args, None),
+                              root=args.store, promote=args.promote,
+                              stream=sys.stderr, limit=args.limit)
+    elif args.dataset:
         model = train_model(dataset=args.dataset, name=args.name,
                             spec_path=args.spec or _default_spec(args),
                             config=_train_config(args, None),
                             root=args.store, promote=args.promote)
+    if args.dataset:
         print(f"saved {model.ref} to {model.location}: held-out accuracy "
               f"{model.metadata['metrics']['accuracy']:.4f} "
               f"(n={model.metadata['metrics']['n_test']})")
@@ -164,7 +173,8 @@ def _train(args) -> int:
 
 def _default_spec(args) -> str:
     from model_store.train import SPECS_DIR
-    return os.path.join(SPECS_DIR, f"{args.dataset}-cnn.json")
+    name = {"fashion-mnist": "fashion"}.get(args.dataset, args.dataset)
+    return os.path.join(SPECS_DIR, f"{name}-cnn.json")
 
 
 def _train_config(args, defaults):
@@ -551,9 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "e.g. efficientnet-lite0). Deterministic for a given "
                     "seed. The new version becomes NAME@latest only with "
                     "--promote (or if it is the first).")
-    train.add_argument("--dataset", choices=["digits"],
-                       help="training data: the UCI handwritten digits that "
-                            "scikit-learn ships")
+    train.add_argument("--dataset", choices=list(DATASETS),
+                       help="training data: 'digits', the UCI handwritten "
+                            "digits that scikit-learn ships; "
+                            "'fashion-mnist', as Debian's "
+                            "dataset-fashion-mnist package installs it "
+                            "(evaluated on its 10,000 test images)")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="with --dataset fashion-mnist: use only the "
+                            "first N training images (a quick check)")
     train.add_argument("--data", metavar="PATH",
                        help="training images: one sub-folder per class "
                             "(local or any Beam filesystem); unreadable "
