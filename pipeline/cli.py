@@ -263,6 +263,10 @@ def _evaluate(args) -> int:
     if args.data:
         metrics = evaluate_on_folder(model, args.data)
         what = f"images in {args.data}"
+    elif args.dataset == "fashion-mnist":
+        from model_store.fashion import load_fashion_split
+        metrics = evaluate_on_split(model, load_fashion_split())
+        metrics["dataset"] = what = "Fashion-MNIST test images"
     else:
         from model_store.datasets import load_digits_split
         metrics = evaluate_on_split(model, load_digits_split())
@@ -628,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default=DEFAULT_MODEL,
                           metavar="NAME[@VERSION]",
                           help="model to evaluate (default: %(default)s)")
+    evaluate.add_argument("--dataset", choices=list(DATASETS),
+                          default="digits",
+                          help="built-in test data when --data is not "
+                               "given: the held-out digits, or "
+                               "Fashion-MNIST's 10,000 test images "
+                               "(default: %(default)s)")
     evaluate.add_argument("--data", metavar="PATH",
                           help="labelled images: one sub-folder per class, "
                                "named as the model's classes (local or any "

@@ -86,3 +86,7 @@ def test_training_wiring_stores_test_metrics_and_confusion(tmp_path, cli):
     assert metrics["accuracy"] > 0.5  # well above chance after 2 epochs
     assert model.class_names == fashion.CLASS_NAMES
     assert len(model.metadata["training"]["history"]) == 2
+    code, out, err = cli("--store", root, "evaluate", "--model", "f",
+                         "--dataset", "fashion-mnist", "--json")
+    assert code == 0, err
+    assert json.loads(out)["confusion_matrix"] == metrics["confusion_matrix"]
