@@ -139,24 +139,24 @@ def load_pixels(dataset: FolderDataset, prep: Preprocessing, *,
             pixels.append(prep.to_pixels(image))
             kept.append(index)
         except Exception as error:  # one bad file must not stop the work
-            broken.append((item.path, _one_line(error)))
+            broken.append((item.path, describe_error(error)))
     shape = (0, *prep.input_shape)
     stacked = np.stack(pixels) if pixels else np.zeros(shape, np.uint8)
     return stacked, dataset.subset(kept), broken
 
 
 def check_classes(dataset: FolderDataset, what: str = "the data") -> None:
-    """ConfigError unless every class has at least ``MIN_PER_CLASS`` usable
-    images."""
+    """ConfigError unless every class has at least ``MIN_PER_CLASS``
+    images (files, before decoding: checked before any work)."""
     if not dataset.files:
-        raise ConfigError(f"{what} ({dataset.root}) has no usable image")
+        raise ConfigError(f"{what} ({dataset.root}) has no image")
     counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
     small = [f"{name} ({count})" for name, count
              in zip(dataset.class_names, counts) if count < MIN_PER_CLASS]
     if small:
         raise ConfigError(
             f"{what} ({dataset.root}): class(es) {', '.join(small)} have "
-            f"fewer than {MIN_PER_CLASS} usable images; add images or "
+            f"fewer than {MIN_PER_CLASS} images; add images or "
             f"remove the folder")
 
 
@@ -194,6 +194,7 @@ def align_classes(val: FolderDataset, class_names: list, *,
     return FolderDataset(val.root, files, list(class_names))
 
 
-def _one_line(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from model_store.cache import cache_dir
-from model_store.folders import FolderDataset, read_image
+from model_store.errors import ConfigError
+from model_store.folders import FolderDataset, describe_error, read_image
 from model_store.preprocessing import Preprocessing
 from model_store.store import StoredModel
 
@@ -55,7 +56,6 @@ def feature_layer(spec: dict) -> int:
     index = {layer["name"]: i for i, layer in enumerate(layers)}
     dense = [i for i, layer in enumerate(layers) if layer["type"] == "dense"]
     if not dense:
-        from model_store.errors import ConfigError
         raise ConfigError("--base must be a model with a dense classifier "
                           "layer, whose input are its features")
     i = dense[-1]
@@ -94,7 +94,6 @@ def combined_spec(model: StoredModel, n_classes: int) -> dict:
     backbone = backbone_of(model).spec
     names = {layer["name"] for layer in backbone["layers"]}
     if HEAD_LAYER in names or PROB_LAYER in names:
-        from model_store.errors import ConfigError
         raise ConfigError(f"--base {model.ref} already has a layer named "
                           f"{HEAD_LAYER}: train from its own base instead")
     return dict(backbone, layers=backbone["layers"] + [
@@ -190,8 +189,6 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
         ``(features float32 (M, D), labels (M,), broken)``; ``broken`` lists
         ``(path, reason)`` of files that cannot be read or decoded.
     """
-    from model_store.folders import _one_line
-
     variants = ["plain"] if copies == 0 else [f"aug{seed}.{c}"
                                               for c in range(copies)]
     rows: list = []  # [label, features or None]
@@ -205,7 +202,7 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
                         for image in _read_if(item, prep, cached)
                         for variant in variants if cached[variant] is None]
         except Exception as error:  # a bad file is skipped, never fatal
-            broken.append((item.path, _one_line(error)))
+            broken.append((item.path, describe_error(error)))
             continue
         rows.extend([item.label, cached[v]] for v in variants
                     if cached[v] is not None)

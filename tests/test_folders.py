@@ -55,7 +55,7 @@ def test_pixels_are_the_pipelines_decode_and_preprocessing(tmp_path):
 @pytest.mark.parametrize("layout, message", [
     ("empty", "holds no files"),
     ("loose file", "lies directly in"),
-    ("one image", "fewer than 2 usable images"),
+    ("one image", "fewer than 2 images"),
 ])
 def test_bad_layouts_are_config_errors(tmp_path, layout, message):
     if layout == "loose file":
