@@ -157,7 +157,8 @@ def train_transfer(folders: FolderData, *, name: str, base,
 
     train_set, val_set = split_folders(folders)
     prep = base.preprocessing
-    features = features or compile_features(base)
+    features = features or _compiled_on_first_call(
+        lambda: compile_features(base))
     cache = FeatureCache(base.weights_sha256, cache_directory)
     started = time.monotonic()
     x_train, y_train, broken = dataset_features(
@@ -195,6 +196,18 @@ def train_transfer(folders: FolderData, *, name: str, base,
             broken=broken + broken_val),
         metrics=_val_metrics(history, len(x_val), folders))
     return network, metadata
+
+
+def _compiled_on_first_call(compile_fn: Callable) -> Callable:
+    """A function that compiles on its first call: when every feature is
+    cached, the backbone is never compiled."""
+    compiled = []
+
+    def call(batch):
+        if not compiled:
+            compiled.append(compile_fn())
+        return compiled[0](batch)
+    return call
 
 
 def backbone_weights(base, spec: dict) -> dict:
