@@ -34,7 +34,8 @@ def build(seed: int = 0) -> onnx.ModelProto:
             kernel_shape=[k, k], strides=[stride, stride], group=groups,
             pads=[k // 2] * 4)]
         bn = [const(f"{name}.{p}", v) for p, v in (
-            ("gamma", 1 + 0.1 * rng.randn(c_out)), ("beta", 0.1 * rng.randn(c_out)),
+            ("gamma", 1 + 0.1 * rng.randn(c_out)),
+            ("beta", 0.1 * rng.randn(c_out)),
             ("mean", 0.1 * rng.randn(c_out)), ("var", 1 + rng.rand(c_out)))]
         nodes.append(helper.make_node(
             "BatchNormalization", [f"{name}.conv", *bn], [f"{name}.bn"],

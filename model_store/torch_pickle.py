@@ -161,12 +161,14 @@ def load_state_dict(path: str) -> "collections.OrderedDict[str, np.ndarray]":
     with open(path, "rb") as handle:
         try:
             return _load_legacy(handle, path)
-        except (pickle.UnpicklingError, EOFError, struct.error,
-                ValueError) as error:
-            if isinstance(error, ModelIntegrityError):
-                raise
-            raise ModelIntegrityError(f"{path}: not a readable legacy torch "
-                                      f"file ({error})") from None
+        except ModelIntegrityError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as error:  # a damaged or hostile file, any symptom
+            raise ModelIntegrityError(
+                f"{path}: not a readable legacy torch file "
+                f"({type(error).__name__}: {error})") from None
 
 
 def _load_legacy(handle: BinaryIO, path: str):

@@ -109,11 +109,16 @@ def _models_show(args) -> int:
     if training:
         print(f"  training: {json.dumps({k: v for k, v in training.items() if k != 'history'})}")
     print("  layers:")
-    for layer in layers:
-        params = ", ".join(f"{name}{tuple(shape)}"
-                           for name, shape in layer["params"].items())
-        print(f"    {layer['name']:<8} {layer['type']:<15} -> "
-              f"{tuple(layer['output_shape'])} {params}")
+    previous = None
+    for layer in L.get_all_layers(network):
+        params = ", ".join(f"{p.name.split('.')[1]}"
+                           f"{tuple(p.get_value(borrow=True).shape)}"
+                           for p in layer.params)
+        inputs = ("" if layer.input_layers in ([], [previous]) else
+                  f" <- {', '.join(i.name for i in layer.input_layers)}")
+        print(f"    {layer.name:<8} {type(layer).__name__:<15} -> "
+              f"{layer.output_shape} {params}{inputs}")
+        previous = layer
     print(f"  forward pass: {L.count_flops(network) / 1e6:.2f} MFLOP per image")
     return EXIT_OK
 

@@ -82,8 +82,9 @@ def forward(state, images: np.ndarray) -> np.ndarray:
         stride = 2 if index in STRIDE_TWO_BLOCKS else 1
         inputs = x
         if f"{block}._expand_conv.weight" in state:
-            x = relu6(batch_norm(conv(x, state[f"{block}._expand_conv.weight"]),
-                                 state, f"{block}._bn0"))
+            x = relu6(batch_norm(
+                conv(x, state[f"{block}._expand_conv.weight"]), state,
+                f"{block}._bn0"))
         x = relu6(batch_norm(depthwise(
             x, state[f"{block}._depthwise_conv.weight"], stride), state,
             f"{block}._bn1"))

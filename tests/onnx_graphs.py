@@ -92,6 +92,8 @@ def single_op_graphs() -> dict:
     add("hard_sigmoid_mobilenet", lambda g: g.node(
         "HardSigmoid", [g.node("Mul", ["x", g.const(4.0)])],
         alpha=1 / 6, beta=0.5))
+    add("hard_sigmoid_times_input", lambda g: g.node("Mul", [
+        "x", g.node("HardSigmoid", ["x"], alpha=1 / 6, beta=0.5)]))
     add("clip_relu6", lambda g: g.node("Clip", [
         g.node("Mul", ["x", g.const(5.0)]), g.const(0.0), g.const(6.0)]))
     add("clip_relu6_opset10", lambda g: g.node("Clip", [

@@ -90,3 +90,31 @@ def test_fusion_plan_groups():
         "relu_conv": (None, "relu", "relu_conv"),
         "fc": ("fc_bn", "softmax", "prob"),
     }
+
+
+def test_stored_batch_norm_model_round_trips_into_the_folded_predictor(
+        tmp_path, cli):
+    """Running statistics are saved with the weights (they are parameters,
+    not trainable ones), and the predictor compiled from the store gives
+    the NumPy reference's probabilities."""
+    from model_store.compile import compile_predictor
+    from model_store.store import load_model, save_model
+    net = randomised(SPEC)
+    metadata = {"class_names": list("abcde"), "input_shape": [3, 9, 9],
+                "color_mode": "RGB", "resize": "bilinear",
+                "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    saved = save_model(net, name="tiny-bn", metadata=metadata,
+                       root=str(tmp_path))
+    assert {"stem_bn.mean", "stem_bn.var", "fc_bn.gamma"} <= set(
+        saved.weights)
+    model = load_model("tiny-bn", root=str(tmp_path))
+    x = np.random.RandomState(4).normal(size=(3, 3, 9, 9))
+    got = compile_predictor(model)(x.astype(floatX))
+    want = ref.forward(SPEC, L.get_param_values(net), x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    code, out, _ = cli("--store", tmp_path, "models", "show", "tiny-bn")
+    assert code == 0
+    shown = {line.split()[0]: line for line in out.splitlines()
+             if "Layer " in line}
+    assert shown["res"].endswith("<- stem_act, project_bn")
+    assert "<-" not in shown["stem_bn"]

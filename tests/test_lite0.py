@@ -209,10 +209,16 @@ def _classified(output):
     [], ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]])
 def test_classify_gives_the_reference_top5(cli, lite0_photos,
                                            lite0_reference, tmp_path, runner):
+    """The 5 photos get the reference's top-5; broken files next to them
+    are error rows, as with any model."""
+    from tests.conftest import write_bad_files
+
     output = tmp_path / "out"
+    bad = write_bad_files(str(tmp_path / "bad"))
     code, _, err = cli("classify", "--model", "efficientnet-lite0",
-                       "--input", lite0_photos, "--output", output,
-                       "--top-k", "5", "--batch-size", "4", *runner)
+                       "--input", lite0_photos, "--input", tmp_path / "bad",
+                       "--output", output, "--top-k", "5", "--batch-size",
+                       "4", *runner)
     assert code == 0, err
     names = lite0.class_names()
     got = _classified(str(output))
@@ -220,3 +226,6 @@ def test_classify_gives_the_reference_top5(cli, lite0_photos,
     for path, logits in lite0_reference.items():
         assert got[os.path.abspath(path)] == [names[i] for i in
                                               top5(logits)], path
+    errors = pq.read_table(os.path.join(output, "errors")).to_pylist()
+    assert {row["path"]: row["stage"] for row in errors} == {
+        os.path.abspath(path): stage for path, stage in bad.items()}

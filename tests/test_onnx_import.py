@@ -227,3 +227,11 @@ def test_efficientnet_lite0_round_trip(tmp_path, lite0_photos,
                                atol=1e-5)
     assert [list(np.argsort(-row)[:5]) for row in got] == \
         [list(np.argsort(-row)[:5]) for row in want]
+
+
+def test_hard_sigmoid_times_input_becomes_one_hard_swish():
+    """Older exporters write hard-swish as x * HardSigmoid(x): one layer."""
+    spec, weights = onnx_to_spec(GRAPHS["hard_sigmoid_times_input"][0])
+    assert [(layer["type"], layer.get("nonlinearity"))
+            for layer in spec["layers"]] == [("activation", "hard_swish")]
+    assert weights == {}

@@ -99,3 +99,23 @@ def test_truncated_and_foreign_files_are_integrity_errors(tmp_path,
     os.rename(tmp_path / "new_format.zip", zipped)
     with pytest.raises(ModelIntegrityError, match="zip-based format"):
         load_state_dict(str(zipped))
+
+
+def test_misused_allowed_globals_are_integrity_errors(tmp_path, lite0_path):
+    """Allowed names used in ways a tensor file never does (calling a
+    storage class, a tensor outside its storage) fail cleanly."""
+    calls_storage = b"\x80\x02ctorch\nFloatStorage\n)R."
+    rebuild_without_storage = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2"
+                               b"\n(K\x01K\x00)))tR.")
+    for payload, message in ((calls_storage, "TypeError"),
+                             (rebuild_without_storage, "other than a "
+                                                       "storage")):
+        path = tmp_path / "odd.pth"
+        with open(path, "wb") as handle:
+            with open(lite0_path, "rb") as real:
+                for _ in range(3):
+                    pickle.dump(pickle.load(real), handle, protocol=2)
+            handle.write(payload)
+            pickle.dump([], handle, protocol=2)
+        with pytest.raises(ModelIntegrityError, match=message):
+            load_state_dict(str(path))

@@ -1,0 +1,120 @@
+"""EfficientNet-Lite0 end to end: ``imgclass classify --model
+efficientnet-lite0`` over photos, as a command (process start and compiling
+included), in process and with one worker process per core.
+
+The corpus: JPEGs (quality 90) whose longer side is drawn from 256 to 1024
+pixels, each a random crop of one of scikit-image's photographs resized to
+that size (cached in bench/corpus/lite0-<n>/). Every image goes through the
+model's own preprocessing: JPEG draft to no less than 256 on the shorter side,
+bicubic resize, centre crop 224. Writes bench/results/lite0_end_to_end.json
+and .md. The predictor alone is measured by bench/lite0_predictor.py.
+
+    python bench/lite0_end_to_end.py              # 2,000 photos
+    python bench/lite0_end_to_end.py --count 200  # a quick figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import run as suite  # noqa: E402  (bench/run.py: shared runners, machine)
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
+          "hubble_deep_field", "immunohistochemistry", "retina"]
+
+
+def make_corpus(n: int, seed: int = 0) -> str:
+    """``n`` photos, longer side 256-1024 px; cached by ``n``."""
+    from PIL import Image
+    from skimage import data
+
+    folder = os.path.join(suite.CORPUS, f"lite0-{n}")
+    if os.path.isdir(folder) and len(os.listdir(folder)) == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    data_dir = os.path.dirname(data.__file__)
+    photos = []
+    for name in PHOTOS:
+        loader = getattr(data, name, None)
+        array = loader() if loader else Image.open(
+            os.path.join(data_dir, f"{name}.png")).convert("RGB")
+        photos.append(np.asarray(array)[..., :3].astype(np.uint8))
+    rng = np.random.RandomState(seed)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch = rng.randint(min(h, w) // 2, h + 1)
+        cw = rng.randint(min(h, w) // 2, w + 1)
+        y, x = rng.randint(h - ch + 1), rng.randint(w - cw + 1)
+        image = Image.fromarray(photo[y:y + ch, x:x + cw])
+        longer = rng.randint(256, 1025)
+        scale = longer / max(ch, cw)
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        image.resize(size, Image.Resampling.BICUBIC).save(
+            os.path.join(folder, f"{i:06d}.jpg"), quality=90)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=2000,
+                        help="photos in the corpus (default: %(default)s)")
+    args = parser.parse_args()
+    folder = make_corpus(args.count)
+    cores = os.cpu_count() or 1
+    results = {"machine": suite.machine(), "images": args.count,
+               "date": datetime.datetime.now(datetime.timezone.utc)
+               .isoformat(timespec="seconds"), "runs": [],
+               # Other processes on a shared machine slow every figure.
+               "load_average_before": round(os.getloadavg()[0], 2)}
+    work = tempfile.mkdtemp(prefix="lite0-bench-")
+    try:
+        for name, extra in [
+                ("in process", []),
+                (f"{cores} worker processes",
+                 ["--direct_running_mode=multi_processing",
+                  f"--direct_num_workers={cores}"])]:
+            output = os.path.join(work, name.replace(" ", "-"))
+            args_ = suite.classify_args(folder, output, [
+                "--model", "efficientnet-lite0", "--batch-size", "32",
+                *extra])
+            results["runs"].append(suite.run_command(name, args_, args.count))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(suite.RESULTS, exist_ok=True)
+    base = os.path.join(suite.RESULTS, "lite0_end_to_end")
+    with open(base + ".json", "w") as handle:
+        json.dump(results, handle, indent=2)
+    with open(base + ".md", "w") as handle:
+        handle.write(markdown(results))
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    lines = [f"EfficientNet-Lite0, `imgclass classify` end to end over "
+             f"{results['images']:,} photos (longer side 256-1024 px), "
+             f"process start and compiling included; {results['date']}, "
+             f"{results['machine'].get('cores')} cores, 1-minute load "
+             f"average {results['load_average_before']} before the runs.", "",
+             "| run | seconds | images/s | peak RSS |",
+             "| --- | ---: | ---: | ---: |"]
+    for run in results["runs"]:
+        lines.append(f"| {run['name']} | {run['seconds']} | "
+                     f"{run['images_per_s']} | {run['peak_rss_mb']} MB |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
