@@ -76,7 +76,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     """Trains a network from a JSON spec on a folder.
 
     Returns:
-        ``(network, metadata)`` ready for :func:`model_store.train.save_version`.
+        ``(network, metadata)`` for :func:`model_store.train.save_version`.
     """
     from model_store.spec import build_network
 
@@ -95,9 +95,10 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     _nonempty("training", y_train, len(train_set.class_names))
     _nonempty("validation", kept_val.labels, len(train_set.class_names))
     scaled = x_train.astype(np.float64) / 255.0
+    means, stds = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
     prep = dataclasses.replace(
-        neutral, mean=tuple(round(float(m), 6) for m in scaled.mean((0, 2, 3))),
-        std=tuple(round(max(float(s), 1e-3), 6) for s in scaled.std((0, 2, 3))))
+        neutral, mean=tuple(round(float(m), 6) for m in means),
+        std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
     stream.write(f"training {name} from {os.path.basename(spec_path)} on "
                  f"{len(x_train)} images, validating on {len(x_val)}\n")
     network = build_network(spec, seed=config.seed)
@@ -149,11 +150,9 @@ def train_transfer(folders: FolderData, *, name: str, base,
     Returns:
         ``(network, metadata)`` of the combined model (backbone + head).
     """
-    from model_store import layers as L
-    from model_store.spec import build_network, set_weights
-    from model_store.transfer import (HEAD_LAYER, FeatureCache,
-                                      combined_spec, compile_features,
-                                      dataset_features)
+    from model_store.transfer import (FeatureCache, combine,
+                                      compile_features, dataset_features,
+                                      new_head)
 
     train_set, val_set = split_folders(folders)
     prep = base.preprocessing
@@ -173,18 +172,11 @@ def train_transfer(folders: FolderData, *, name: str, base,
                  f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
                  f" in {time.monotonic() - started:.1f}s; training the head "
                  f"on {len(x_train)}, validating on {len(x_val)}\n")
-    spec = combined_spec(base, len(train_set.class_names))
-    head = L.DenseLayer(L.InputLayer((None, x_train.shape[1])),
-                        len(train_set.class_names), name=HEAD_LAYER,
-                        nonlinearity="identity",
-                        rng=np.random.RandomState(config.seed))
-    head = L.SoftmaxLayer(head, name=spec["layers"][-1]["name"])
+    head = new_head(x_train.shape[1], len(train_set.class_names),
+                    seed=config.seed)
     history = fit(head, x_train, y_train, config, validation=(x_val, y_val),
                   report=epoch_reporter(stream, config.epochs))
-    network = build_network(spec, seed=config.seed)
-    set_weights(network, dict(backbone_weights(base, spec),
-                              **L.get_param_values(head)),
-                source=f"{base.ref} + trained head")
+    network = combine(base, head)
     metadata = dict(
         prep.to_metadata(), class_names=train_set.class_names,
         description=f"{base.ref} features with a new head trained on "
@@ -208,12 +200,6 @@ def _compiled_on_first_call(compile_fn: Callable) -> Callable:
             compiled.append(compile_fn())
         return compiled[0](batch)
     return call
-
-
-def backbone_weights(base, spec: dict) -> dict:
-    names = {layer["name"] for layer in spec["layers"]}
-    return {key: value for key, value in base.weights.items()
-            if key.split(".")[0] in names}
 
 
 def _training_record(folders, config, history, started, *, n_train, broken,

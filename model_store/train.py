@@ -47,10 +47,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "augment_copies"):
             value = getattr(self, name)
             least = 0 if name == "augment_copies" else 1
+            kind = "non-negative" if least == 0 else "positive"
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
-                                  f"{'non-negative' if least == 0 else 'positive'}"
-                                  f" integer, got {value!r}")
+                                  f"{kind} integer, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -102,7 +102,32 @@ def combined_spec(model: StoredModel, n_classes: int) -> dict:
         {"type": "softmax", "name": PROB_LAYER}])
 
 
-# Augmentation -----------------------------------------------------------------
+def new_head(n_features: int, n_classes: int, *, seed: int):
+    """The new classifier, on feature vectors: ``dense`` + ``softmax``,
+    named as in :func:`combined_spec`."""
+    from model_store import layers as L
+
+    dense = L.DenseLayer(L.InputLayer((None, n_features)), n_classes,
+                         name=HEAD_LAYER, nonlinearity="identity",
+                         rng=np.random.RandomState(seed))
+    return L.SoftmaxLayer(dense, name=PROB_LAYER)
+
+
+def combine(base: StoredModel, head):
+    """One network: ``base``'s layers and weights up to its features, then
+    the trained ``head``'s weights."""
+    from model_store import layers as L
+    from model_store.spec import build_network, set_weights
+
+    spec = combined_spec(base, head.output_shape[-1])
+    network = build_network(spec)
+    set_weights(network, dict(backbone_of(base).weights,
+                              **L.get_param_values(head)),
+                source=f"{base.ref} + trained head")
+    return network
+
+
+# Augmentation ---------------------------------------------------------------
 
 def random_resized_crop(image: Image.Image, rng: np.random.RandomState):
     """A random crop of ``CROP_AREA`` of the area and ``CROP_RATIO`` aspect
@@ -133,7 +158,7 @@ def variant_rng(seed: int, path: str, copy: int) -> np.random.RandomState:
         [seed & 0xFFFFFFFF, zlib.crc32(path.encode()), copy])
 
 
-# The feature cache ------------------------------------------------------------
+# The feature cache ----------------------------------------------------------
 
 class FeatureCache:
     """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``.

@@ -12,7 +12,7 @@ from model_store import store
 from model_store.folder_training import FolderData, train_transfer
 from model_store.spec import build_network
 from model_store.train import TrainConfig
-from model_store.transfer import FeatureCache, combined_spec, compile_features
+from model_store.transfer import FeatureCache, compile_features
 from tests.folder_data import write_broken, write_photo_crops, write_shapes
 
 # A small RGB "backbone": its features are the 16 outputs of 'feat'.
@@ -207,7 +207,6 @@ def test_lite0_transfer_is_near_perfect_and_cached(tmp_path):
     (24 backbone passes at ~10 images/s, and two Lite0 compilations: about
     30 s, the slowest test here)."""
     from model_store.compile import compile_predictor
-    from model_store.spec import set_weights
 
     data = tmp_path / "photos"
     write_photo_crops(data, per_class=8)
