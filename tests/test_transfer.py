@@ -235,3 +235,19 @@ def test_lite0_transfer_is_near_perfect_and_cached(tmp_path):
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(compile_predictor(model)(batch), expected,
                                atol=1e-4)
+
+
+def test_separate_validation_folder(backbone_store, shapes, tmp_path, cli):
+    val = tmp_path / "val"
+    write_shapes(val, per_class=3, seed=7)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--val-data", val, "--name", "v",
+                         "--base", "tiny", "--epochs", "2", "--no-augment")
+    assert code == 0, err
+    model = store.load_model("v", root=backbone_store)
+    assert model.metadata["metrics"]["n_test"] == 9
+    assert model.metadata["training"]["n_train"] == 30  # all of --data
+    write_shapes(val, per_class=2, classes={"purple": (128, 0, 128)})
+    code, _, err = cli("--store", backbone_store, "train", "--data", shapes,
+                       "--val-data", val, "--name", "v", "--base", "tiny")
+    assert code == 2 and "purple" in err and err.count("\n") == 1
