@@ -136,30 +136,72 @@ def _train_pixels(train_set: FolderDataset, prep: Preprocessing,
 
 def train_transfer(folders: FolderData, *, name: str, base,
                    config: TrainConfig, stream: TextIO = sys.stderr,
+                   fine_tune_blocks: int = 0,
                    features: Callable | None = None,
                    cache_directory: str | None = None):
     """Trains a new head on the frozen features of the stored model
-    ``base``.
+    ``base`` (and its last ``fine_tune_blocks`` blocks, with batch norm in
+    inference mode, on cached outputs of the block before them).
 
     Args:
-        features: the backbone's compiled feature function (default:
-            compiled here); tests pass a counting wrapper.
+        features: the backbone's compiled feature function, up to the
+            features or the cut (default: compiled here on first need);
+            tests pass a counting wrapper.
         cache_directory: root of the feature cache (default: the user's
             cache folder).
 
     Returns:
         ``(network, metadata)`` of the combined model (backbone + head).
     """
-    from model_store.transfer import (FeatureCache, combine,
-                                      compile_features, dataset_features,
+    from model_store.transfer import (FeatureCache, block_cut, combine,
+                                      compile_features, fine_tune_network,
                                       new_head)
 
     train_set, val_set = split_folders(folders)
-    prep = base.preprocessing
+    n_classes = len(train_set.class_names)
+    cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
+        else None
     features = features or _compiled_on_first_call(
-        lambda: compile_features(base))
-    cache = FeatureCache(base.weights_sha256, cache_directory)
+        lambda: compile_features(base, cut))
+    cache = FeatureCache(base.weights_sha256, cache_directory, layer=None
+                         if cut is None else base.spec["layers"][cut]["name"])
     started = time.monotonic()
+    (x_train, y_train, x_val, y_val), broken = _features(
+        train_set, val_set, base, features, cache, config, stream)
+    if cut is None:
+        trained = new_head(x_train.shape[1], n_classes, seed=config.seed)
+    else:
+        trained = fine_tune_network(base, cut, n_classes, seed=config.seed)
+        shape = (-1, *trained_input_shape(trained))
+        x_train, x_val = x_train.reshape(shape), x_val.reshape(shape)
+    history = fit(trained, x_train, y_train, config,
+                  validation=(x_val, y_val), frozen_statistics=True,
+                  report=epoch_reporter(stream, config.epochs))
+    metadata = dict(
+        base.preprocessing.to_metadata(), class_names=train_set.class_names,
+        description=f"{base.ref} features with a new head trained on "
+                    f"{folders.data}",
+        training=_training_record(
+            folders, config, history, started,
+            base={"model": base.ref, "weights_sha256": base.weights_sha256,
+                  "fine_tune_blocks": fine_tune_blocks},
+            n_train=len(train_set.files) - len(broken), broken=broken),
+        metrics=_val_metrics(history, len(x_val), folders))
+    return combine(base, trained), metadata
+
+
+def trained_input_shape(network) -> tuple:
+    from model_store import layers as L
+    return tuple(L.get_all_layers(network)[0].output_shape[1:])
+
+
+def _features(train_set, val_set, base, features, cache, config, stream):
+    """Cached backbone outputs of the training variants and the validation
+    images: ``((x_train, y_train, x_val, y_val), broken files)``."""
+    from model_store.transfer import dataset_features
+
+    started = time.monotonic()
+    prep = base.preprocessing
     x_train, y_train, broken = dataset_features(
         train_set, prep, features, cache, copies=config.augment_copies,
         seed=config.seed)
@@ -170,24 +212,9 @@ def train_transfer(folders: FolderData, *, name: str, base,
     _nonempty("validation", y_val, len(train_set.class_names))
     stream.write(f"features of {len(x_train) + len(x_val)} images from "
                  f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
-                 f" in {time.monotonic() - started:.1f}s; training the head "
-                 f"on {len(x_train)}, validating on {len(x_val)}\n")
-    head = new_head(x_train.shape[1], len(train_set.class_names),
-                    seed=config.seed)
-    history = fit(head, x_train, y_train, config, validation=(x_val, y_val),
-                  report=epoch_reporter(stream, config.epochs))
-    network = combine(base, head)
-    metadata = dict(
-        prep.to_metadata(), class_names=train_set.class_names,
-        description=f"{base.ref} features with a new head trained on "
-                    f"{folders.data}",
-        training=_training_record(
-            folders, config, history, started,
-            base={"model": base.ref, "weights_sha256": base.weights_sha256},
-            n_train=len(train_set.files) - len(broken),
-            broken=broken + broken_val),
-        metrics=_val_metrics(history, len(x_val), folders))
-    return network, metadata
+                 f" in {time.monotonic() - started:.1f}s; training on "
+                 f"{len(x_train)}, validating on {len(x_val)}\n")
+    return (x_train, y_train, x_val, y_val), broken + broken_val
 
 
 def _compiled_on_first_call(compile_fn: Callable) -> Callable:

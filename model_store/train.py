@@ -78,7 +78,7 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         *, progress: Callable[[int, int, int, float, float], None]
         | None = None, validation: tuple | None = None,
         report: Callable[[dict, float], None] | None = None,
-        augment: Callable | None = None,
+        augment: Callable | None = None, frozen_statistics: bool = False,
         clock: Callable[[], float] = time.monotonic) -> list[dict]:
     """Trains ``network`` in place.
 
@@ -99,6 +99,8 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         augment: ``(batch, rng) -> batch``, applied to every training
             batch (a fresh random change each time; the seed's
             ``RandomState``).
+        frozen_statistics: train in inference mode: batch norm uses and
+            keeps its running statistics, dropout is off (fine-tuning).
         clock: seconds, for the images/s figure.
 
     Returns:
@@ -109,7 +111,8 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
     y = T.ivector("y")
     # Batch normalisation's running statistics move with every step, next
     # to the optimiser's updates of the trainable parameters.
-    probs, statistics = L.get_output_and_updates(network, x)
+    probs, statistics = L.get_output_and_updates(
+        network, x, deterministic=frozen_statistics)
     loss = T.nnet.categorical_crossentropy(probs, y).mean()
     accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
     params = L.get_all_params(network, trainable=True)

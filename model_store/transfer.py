@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import zlib
 from typing import Callable
@@ -66,27 +67,75 @@ def feature_layer(spec: dict) -> int:
             return i
 
 
-def backbone_of(model: StoredModel) -> StoredModel:
-    """``model`` cut after its feature layer: a stored-model object whose
-    "predictions" are the features (not saved anywhere)."""
-    cut = feature_layer(model.spec) + 1
-    spec = dict(model.spec, layers=model.spec["layers"][:cut])
+def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
+    """``model`` cut after layer index ``cut`` (default: its feature layer):
+    a stored-model object whose "predictions" are that layer's output (not
+    saved anywhere)."""
+    cut = feature_layer(model.spec) if cut is None else cut
+    spec = dict(model.spec, layers=model.spec["layers"][:cut + 1])
     kept = {layer["name"] for layer in spec["layers"]}
     weights = {key: value for key, value in model.weights.items()
                if key.split(".")[0] in kept}
     return dataclasses.replace(model, spec=spec, weights=weights)
 
 
-def compile_features(model: StoredModel) -> Callable:
-    """``float32 (N, C, H, W)`` -> features ``(N, D)`` of ``model``'s
-    backbone, compiled as any predictor (so with the same folding)."""
+def compile_features(model: StoredModel, cut: int | None = None) -> Callable:
+    """``float32 (N, C, H, W)`` -> the output of ``model``'s layer ``cut``
+    (default: its features), flattened to ``(N, D)``; compiled as any
+    predictor (so with the same folding)."""
     from model_store.compile import compile_predictor
 
-    predictor = compile_predictor(backbone_of(model))
+    predictor = compile_predictor(backbone_of(model, cut))
 
     def features(batch: np.ndarray) -> np.ndarray:
         return predictor(batch).reshape(len(batch), -1)
     return features
+
+
+def block_cut(spec: dict, blocks: int) -> int:
+    """Index of the layer before the last ``blocks`` blocks, for
+    ``--fine-tune-blocks`` (blocks are the layers named ``b<N>_...``, as in
+    ``model_store/architectures.py``)."""
+    ids = sorted({int(m.group(1)) for layer in spec["layers"]
+                  if (m := re.match(r"^b(\d+)_", layer["name"]))})
+    if not 1 <= blocks <= len(ids):
+        raise ConfigError(f"--fine-tune-blocks must be from 1 to {len(ids)} "
+                          f"(the blocks of the base, layers named b<N>_...)"
+                          f", got {blocks}")
+    first = f"b{ids[-blocks]}_"
+    return min(i for i, layer in enumerate(spec["layers"])
+               if layer["name"].startswith(first)) - 1
+
+
+def upper_spec(model: StoredModel, cut: int, n_classes: int) -> dict:
+    """The layers after ``cut`` (to the features) and the new head, as a
+    network whose input is the output of layer ``cut``."""
+    spec = combined_spec(model, n_classes)
+    cut_name = spec["layers"][cut]["name"]
+    layers = []
+    for layer in spec["layers"][cut + 1:]:
+        layer = dict(layer)
+        if "inputs" in layer:
+            layer["inputs"] = ["input" if name == cut_name else name
+                               for name in layer["inputs"]]
+        layers.append(layer)
+    from model_store.spec import build_network
+    shape = build_network(backbone_of(model, cut).spec).output_shape[1:]
+    return {"input_shape": list(shape), "layers": layers}
+
+
+def fine_tune_network(model: StoredModel, cut: int, n_classes: int, *,
+                      seed: int):
+    """The upper network of :func:`upper_spec` with ``model``'s weights for
+    its layers and a new random head."""
+    from model_store import layers as L
+    from model_store.spec import build_network
+
+    network = build_network(upper_spec(model, cut, n_classes), seed=seed)
+    for param in L.get_all_params(network):
+        if param.name in model.weights:
+            param.set_value(model.weights[param.name].astype(param.dtype))
+    return network
 
 
 def combined_spec(model: StoredModel, n_classes: int) -> dict:
@@ -115,7 +164,8 @@ def new_head(n_features: int, n_classes: int, *, seed: int):
 
 def combine(base: StoredModel, head):
     """One network: ``base``'s layers and weights up to its features, then
-    the trained ``head``'s weights."""
+    the trained ``head``'s weights (and those of the fine-tuned blocks, if
+    ``head`` holds some: they replace the base's)."""
     from model_store import layers as L
     from model_store.spec import build_network, set_weights
 
@@ -161,7 +211,8 @@ def variant_rng(seed: int, path: str, copy: int) -> np.random.RandomState:
 # The feature cache ----------------------------------------------------------
 
 class FeatureCache:
-    """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``.
+    """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``
+    (another layer's outputs, for fine-tuning: ``.../<layer>/<key>.npy``).
 
     The key hashes the file's path, size and modification time and the
     variant (``"plain"`` or ``"aug<seed>.<copy>"``): a changed file, other
@@ -169,9 +220,11 @@ class FeatureCache:
     (a temporary file renamed), so a killed run leaves no half-written entry.
     """
 
-    def __init__(self, weights_sha256: str, directory: str | None = None):
+    def __init__(self, weights_sha256: str, directory: str | None = None,
+                 *, layer: str | None = None):
         self.folder = os.path.join(directory or cache_dir(), "features",
-                                   weights_sha256)
+                                   weights_sha256, *([layer] if layer
+                                                     else []))
         self.hits = self.misses = 0
 
     def _path(self, item, variant: str) -> str:

@@ -206,11 +206,14 @@ def _train_folder(args) -> int:
         raise ConfigError("with --data, give --base MODEL (transfer "
                           "learning, e.g. --base efficientnet-lite0) or "
                           "--spec PATH (a network trained from scratch)")
+    if args.fine_tune_blocks and not args.base:
+        raise ConfigError("--fine-tune-blocks needs --base MODEL")
     folders = FolderData(args.data, args.val_data, args.val_fraction)
     if args.base:
         network, metadata = train_transfer(
             folders, name=args.name, base=_load_base(args.base, args.store),
-            config=_train_config(args, BASE_DEFAULTS), stream=sys.stderr)
+            config=_train_config(args, BASE_DEFAULTS), stream=sys.stderr,
+            fine_tune_blocks=args.fine_tune_blocks)
     else:
         network, metadata = train_from_spec(
             folders, name=args.name, spec_path=args.spec,
@@ -596,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "efficientnet-lite0) whose frozen features "
                             "feed a new dense + softmax head; features are "
                             "cached per file under the user cache folder")
+    train.add_argument("--fine-tune-blocks", type=_positive_int,
+                       default=0, metavar="N",
+                       help="with --base: also train the base's last N "
+                            "blocks (batch norm in inference mode; the "
+                            "outputs of the block before them are cached "
+                            "instead of the features); try a smaller --lr")
     train.add_argument("--name", required=True,
                        help="model name; the version is the next free one")
     train.add_argument("--spec", metavar="PATH",

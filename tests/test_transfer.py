@@ -251,3 +251,56 @@ def test_separate_validation_folder(backbone_store, shapes, tmp_path, cli):
     code, _, err = cli("--store", backbone_store, "train", "--data", shapes,
                        "--val-data", val, "--name", "v", "--base", "tiny")
     assert code == 2 and "purple" in err and err.count("\n") == 1
+
+
+# A backbone with two residual blocks named as model_store/architectures.py
+# names them (b<N>_...), for --fine-tune-blocks.
+BLOCKS = {"input_shape": [3, 24, 24], "layers": [
+    {"type": "conv2d", "name": "stem", "num_filters": 8, "filter_size": 3,
+     "stride": 2, "padding": "same"},
+    {"type": "conv2d", "name": "b0_conv", "num_filters": 8,
+     "filter_size": 3, "padding": "same", "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "b0_bn"},
+    {"type": "activation", "name": "b0_relu", "nonlinearity": "relu"},
+    {"type": "add", "name": "b0_add", "inputs": ["stem", "b0_relu"]},
+    {"type": "conv2d", "name": "b1_conv", "num_filters": 8,
+     "filter_size": 3, "padding": "same", "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "b1_bn"},
+    {"type": "activation", "name": "b1_relu", "nonlinearity": "relu"},
+    {"type": "add", "name": "b1_add", "inputs": ["b0_add", "b1_relu"]},
+    {"type": "global_avg_pool", "name": "pool"},
+    {"type": "dense", "name": "fc", "num_units": 5,
+     "nonlinearity": "identity"},
+    {"type": "softmax", "name": "prob"}]}
+
+
+def test_fine_tune_blocks_trains_the_last_block_only(shapes, tmp_path, cli):
+    root = str(tmp_path / "store")
+    network = build_network(BLOCKS, seed=3)
+    store.save_model(network, name="blocks", root=root,
+                     metadata=dict(PREP, class_names=list("abcde")))
+    base = store.load_model("blocks", root=root)
+    features, calls = counting(compile_features(base, cut=4))
+    config = TrainConfig(epochs=30, lr=0.01, augment_copies=1, seed=1)
+    runs = [train_transfer(FolderData(shapes), name="ft", base=base,
+                           config=config, fine_tune_blocks=1,
+                           features=features,
+                           cache_directory=str(tmp_path / "cache"))
+            for _ in range(2)]
+    assert sum(calls) == 24 + 6  # block outputs cached: none the 2nd time
+    network, metadata = runs[1]
+    assert metadata["training"]["history"] == runs[0][1]["training"][
+        "history"]
+    tuned = store.save_model(network, name="ft", metadata=metadata,
+                             root=root)
+    for key in ("stem.W", "b0_conv.W", "b0_bn.gamma", "b1_bn.mean",
+                "b1_bn.var"):
+        np.testing.assert_array_equal(tuned.weights[key], base.weights[key])
+    assert not np.array_equal(tuned.weights["b1_conv.W"],
+                              base.weights["b1_conv.W"])
+    assert metadata["metrics"]["accuracy"] >= 0.8
+    code, _, err = cli("--store", root, "train", "--data", shapes, "--name",
+                       "x", "--base", "blocks", "--fine-tune-blocks", "3")
+    assert code == 2 and "--fine-tune-blocks must be from 1 to 2" in err
