@@ -10,7 +10,9 @@ Supported ops (:data:`SUPPORTED_OPS`): Conv (any groups, strides and pads,
 dilations 1), BatchNormalization (inference), Relu, Clip (0..6 as relu6, or
 0.. as relu), Sigmoid, HardSigmoid, HardSwish, Mul, Add, MaxPool,
 AveragePool, GlobalAveragePool, Flatten, Reshape to (N, -1), Gemm, MatMul,
-Softmax, Concat (channels), and Dropout/Identity (no-ops at inference).
+Softmax, Concat (channels), Dropout/Identity (no-ops at inference),
+Shape/Gather/Unsqueeze/Concat on shapes, as in ``x.view(x.size(0), -1)``,
+and a zero Pad read only by convolutions (folded into their padding).
 A Mul or Add by a constant is folded into the convolution or dense layer
 before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
@@ -36,7 +38,7 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "HardSigmoid", "HardSwish", "Mul", "Add", "MaxPool",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
-                 "Constant")
+                 "Constant", "Shape", "Gather", "Unsqueeze", "Pad")
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -53,7 +55,8 @@ _ATTRIBUTES = {
     "Flatten": {"axis"}, "Reshape": {"allowzero"},
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "Softmax": {"axis"}, "Concat": {"axis"}, "Dropout": {"seed", "ratio"},
-    "Constant": {"value"},
+    "Constant": {"value"}, "Gather": {"axis"}, "Unsqueeze": {"axes"},
+    "Pad": {"mode", "pads", "value"},
 }
 
 
@@ -102,6 +105,9 @@ class _Converter:
             for name in proto.input:
                 self.consumers[name].append(proto)
         self.done: set[int] = set()  # nodes already converted with another
+        # Pad outputs folded into the convolutions that read them:
+        # tensor -> (padded tensor, [[top, bottom], [left, right]]).
+        self.pads_of: dict[str, tuple[str, list]] = {}
         self.layers: list[dict] = []
         self.weights: dict[str, np.ndarray] = {}
         self.layer_of: dict[str, str] = {}  # ONNX tensor -> our layer
@@ -247,16 +253,49 @@ class _Converter:
         if any(d != 1 for d in node.attr("dilations", [1, 1])):
             raise node.fail(f"dilations {node.attr('dilations')} (only 1)")
         strides = list(node.attr("strides", [1, 1]))
+        padding = _padding(node, shape[2:], kernel, strides)
+        source, extra = self.pads_of.get(node.proto.input[0],
+                                         (node.proto.input[0], [[0, 0]] * 2))
+        padding = [[a + b for a, b in zip(own, more)]
+                   for own, more in zip(padding, extra)]
         kwargs = dict(num_filters=int(weight.shape[0]), filter_size=kernel,
-                      stride=strides,
-                      padding=_padding(node, shape[2:], kernel, strides),
+                      stride=strides, padding=padding,
                       groups=int(node.attr("group", 1)),
                       bias=bias is not None, nonlinearity="identity")
         params = {"W": weight}
         if bias is not None:
             params["b"] = bias
-        self._add(node, "conv2d", [self._input(node)],
+        if source not in self.layer_of:
+            raise node.fail(f"input {source!r} is a constant or unknown "
+                            f"tensor where a computed one is needed")
+        self._add(node, "conv2d", [self.layer_of[source]],
                   output=self._single_output(node), params=params, **kwargs)
+
+    def _op_Pad(self, node: _Node) -> None:
+        """A zero Pad of height and width that only convolutions read is
+        folded into their padding (exporters write TensorFlow's "same" so)."""
+        if node.attr("mode", "constant") != "constant":
+            raise node.fail(f"mode={node.attr('mode')} (only constant)")
+        if self.opset < 11:
+            pads, value = node.attr("pads"), node.attr("value", 0.0)
+        else:
+            if len(node.proto.input) > 3 and node.proto.input[3]:
+                raise node.fail("the axes input is not supported")
+            pads = self._const(node, 1, "pads")
+            value = self._optional_const(node, 2)
+        pads = [int(p) for p in pads]
+        value = 0.0 if value is None else float(np.asarray(value).reshape(-1)
+                                                [0])
+        out = self._single_output(node)
+        readers = self.consumers[out]
+        if (len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5))
+                or min(pads) < 0 or value != 0.0 or not readers
+                or any(r.op_type != "Conv" or r.input[0] != out
+                       for r in readers) or self.uses[out] != len(readers)):
+            raise node.fail(f"pads {pads} value {value}: only zeros around "
+                            f"height and width, read by convolutions only")
+        self.pads_of[out] = (node.proto.input[0],
+                             [[pads[2], pads[6]], [pads[3], pads[7]]])
 
     def _op_BatchNormalization(self, node: _Node) -> None:
         if node.attr("training_mode", 0):
@@ -440,6 +479,8 @@ class _Converter:
                   output=self._single_output(node))
 
     def _op_Reshape(self, node: _Node) -> None:
+        if node.attr("allowzero", 0):
+            raise node.fail("allowzero=1 (only 0)")
         target = [int(d) for d in self._const(node, 1, "the shape")]
         shape = self._shape(node, node.proto.input[0])
         features = int(np.prod(shape[1:]))
@@ -490,7 +531,35 @@ class _Converter:
         self._add(node, "softmax", [self._input(node)],
                   output=self._single_output(node))
 
+    # Shape arithmetic, as exporters write ``x.view(x.size(0), -1)``: the
+    # batch size is unknown here, so a Shape gives 0 for it, which Reshape
+    # reads as "copy this dimension"; only constants are computed.
+    def _op_Shape(self, node: _Node) -> None:
+        shape = self._shape(node, node.proto.input[0])
+        self.consts[self._single_output(node)] = np.array(
+            [0, *shape[1:]], np.int64)
+
+    def _op_Gather(self, node: _Node) -> None:
+        data = self._const(node, 0, "the data (only shape arithmetic)")
+        indices = self._const(node, 1, "the indices")
+        self.consts[self._single_output(node)] = np.take(
+            data, indices, axis=node.attr("axis", 0))
+
+    def _op_Unsqueeze(self, node: _Node) -> None:
+        data = self._const(node, 0, "the data (only shape arithmetic)")
+        axes = (node.attr("axes") if self.opset < 13 else
+                self._const(node, 1, "axes"))
+        value = data
+        for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
+            value = np.expand_dims(value, axis)
+        self.consts[self._single_output(node)] = value
+
     def _op_Concat(self, node: _Node) -> None:
+        if all(name in self.consts for name in node.proto.input):
+            self.consts[self._single_output(node)] = np.concatenate(
+                [np.atleast_1d(self.consts[n]) for n in node.proto.input],
+                axis=node.attr("axis"))
+            return
         rank = len(self._shape(node, node.proto.input[0]))
         if node.attr("axis") not in (1, 1 - rank):
             raise node.fail(f"axis={node.attr('axis')} (only 1, channels)")

@@ -222,6 +222,7 @@ def _write_cache(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private to the owner
         os.replace(tmp, path)
     except OSError:
         try:

@@ -541,15 +541,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Import a model file as the next version of a model.")
     import_formats = importing.add_subparsers(dest="import_format",
                                               metavar="FORMAT", required=True)
+    from model_store.onnx_import import SUPPORTED_OPS
+
     from_onnx = import_formats.add_parser(
         "onnx", help="an ONNX image classifier (NCHW float input)",
         description="Translate an ONNX image classifier into a stored "
                     "version (spec, weights, metadata). Supported ops: "
-                    "Conv, BatchNormalization, Relu, Clip, Sigmoid, "
-                    "HardSigmoid, HardSwish, Mul, Add, MaxPool, AveragePool, "
-                    "GlobalAveragePool, Flatten, Reshape (flatten), Gemm, "
-                    "MatMul, Softmax, Concat, Dropout, Identity. Anything "
-                    "else stops with exit 2 and writes nothing.")
+                    f"{', '.join(SUPPORTED_OPS)} (see README, 'Importing an "
+                    "ONNX model'). Anything else stops with exit 2 and "
+                    "writes nothing.")
     from_onnx.add_argument("file", metavar="FILE", help="the .onnx file")
     from_onnx.add_argument("--name", required=True,
                            help="model name; the version is the next free one")

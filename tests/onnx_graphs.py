@@ -59,6 +59,15 @@ def _flat(g, x):
     return g.node("Flatten", [g.node("GlobalAveragePool", [x])])
 
 
+def _view_flatten(g):
+    """``x.view(x.size(0), -1)`` as PyTorch exports it."""
+    batch = g.node("Gather", [g.node("Shape", ["x"]),
+                              g.const(0, dtype=np.int64)], axis=0)
+    batch = g.node("Unsqueeze", [batch, g.const([0], dtype=np.int64)])
+    target = g.node("Concat", [batch, g.const([-1], dtype=np.int64)], axis=0)
+    return g.node("Reshape", ["x", target])
+
+
 def single_op_graphs() -> dict:
     """name -> (model, output rank): each supported op alone (with the
     least around it that makes a valid graph)."""
@@ -78,6 +87,9 @@ def single_op_graphs() -> dict:
                                            auto_pad="SAME_UPPER"))
     add("conv_same_lower", lambda g: _conv(g, "x", 3, 5, 4,
                                            auto_pad="SAME_LOWER"))
+    add("pad_then_conv", lambda g: _conv(g, g.node("Pad", [
+        "x", g.const([0, 0, 0, 1, 0, 0, 1, 2], dtype=np.int64)]), 3, 4, 3,
+        strides=[2, 2], pads=[1, 0, 0, 0]))
     add("conv_no_bias", lambda g: g.node("Conv", ["x", g.const(
         g.rng.randn(4, 3, 1, 1))]))
     add("batch_norm", lambda g: g.node("BatchNormalization", [
@@ -121,6 +133,7 @@ def single_op_graphs() -> dict:
     add("flatten", lambda g: g.node("Flatten", ["x"]), rank=2)
     add("reshape_flatten", lambda g: g.node("Reshape", [
         "x", g.const([0, -1], dtype=np.int64)]), rank=2)
+    add("view_flatten", _view_flatten, rank=2)
     add("gemm", lambda g: g.node("Gemm", [
         _flat(g, "x"), g.const(g.rng.randn(5, 3)), g.const(g.rng.randn(5))],
         transB=1, alpha=0.5, beta=2.0), rank=2)

@@ -134,6 +134,17 @@ REFUSALS = {
         "ONNX op Mul (node 'm'): a constant of shape (1, 1, 8, 8)"),
     "softmax_of_4d": (lambda g: (g.node("Softmax", ["x"], name="s"), 4),
                       "ONNX op Softmax (node 's'): softmax over axis"),
+    "pad_reflect": (lambda g: (g.node("Conv", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)],
+        name="pad", mode="reflect"), g.const(np.ones((2, 3, 3, 3)))]), 4),
+        "ONNX op Pad (node 'pad'): mode=reflect (only constant)"),
+    "pad_read_by_relu": (lambda g: (g.node("Relu", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)],
+        name="pad")]), 4), "ONNX op Pad (node 'pad'): pads"),
+    "shape_as_data": (lambda g: (g.node("Add", ["x", g.node(
+        "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
+        "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
+        "be a constant"),
 }
 
 
