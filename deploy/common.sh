@@ -31,7 +31,7 @@ classify_args() {
     [[ -n "${1:-}" ]] && "$1" "$pattern"
     args+=(--input "$pattern")
   done
-  args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
+  args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@prod}"
          --partition-by run_date --run-date "$RUN_DATE")
   [[ "$SKIP_DONE" == 1 ]] && args+=(--skip-done)
   [[ "$OVERWRITE" == 1 ]] && args+=(--overwrite)

@@ -32,7 +32,8 @@ def tampered_store(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--model", "nope"], "no model named 'nope'"),
     (["--model", "digits-cnn@9"], "model 'digits-cnn' has no version 9"),
-    (["--model", "digits-cnn@x"], "invalid model version 'x'"),
+    (["--model", "digits-cnn@0"], "invalid model version '0'"),
+    (["--model", "digits-cnn@staging"], "model 'digits-cnn' has no alias 'staging'"),
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
