@@ -128,6 +128,30 @@ def check_output(output: str) -> None:
                           f"{message}") from None
 
 
+@contextlib.contextmanager
+def removed_unless_used(output: str):
+    """The block may create the local folder ``output`` (and its missing
+    parents, e.g. :func:`check_output`); when the block raises (a refused
+    configuration, a failed or interrupted run), those it created are
+    removed again if they are empty, so that a refused run leaves no folder
+    behind. Object stores have no folders to remove."""
+    missing = []
+    if not is_uri(output):
+        folder = os.path.abspath(output)
+        while not os.path.lexists(folder):
+            missing.append(folder)  # deepest first
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                os.rmdir(folder)  # only if empty
+            except OSError:
+                break
+        raise
+
+
 def check_earlier_run(output: str, *, overwrite: bool,
                       incremental: bool) -> None:
     """Fails if ``output`` holds a run and neither ``overwrite`` nor

@@ -152,7 +152,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     base = dataclasses.replace(
         config, model=config.model if "/" in config.model else model.ref,
         partition_by="none", run_date=None, overwrite=False, skip_done=True,
-        partition=None, settle=float(settle), window=None)
+        partition=None, settle=float(settle), window=None, allow_empty=True)
     patterns, _ = validate(base)
     output = base.output
     _check_layout(output)
@@ -168,6 +168,10 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
         _reconcile(output, current)
         done = {}
         _add_ledger(done, outputs.ledger_files(output), model)
+        # A watched folder may well start empty: not a mistake, but say so
+        # (a typo in a glob would otherwise wait forever, silently).
+        for path in inputs.unmatched(config.inputs, output):
+            print(f"imgclass: input {path!r} matches no file yet", file=log)
         print(f"imgclass: watching {', '.join(config.inputs)} every "
               f"{interval:g}s with {model.ref}; files settle for {settle:g}s; "
               f"{seconds}s windows go to {output}/predictions/"

@@ -166,7 +166,10 @@ def test_empty_match_is_a_success_with_empty_outputs(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     output = str(tmp_path / "out")
-    assert main(["classify", "--input", str(empty), "--output", output]) == 0
+    assert main(["classify", "--input", str(empty), "--output", output]) == 2
+    assert not os.path.exists(output)
+    assert main(["classify", "--input", str(empty), "--output", output,
+                 "--allow-empty"]) == 0
     manifest = json.load(open(os.path.join(output, "_manifest.json")))
     assert manifest["counts"] == {"matched": 0, "predicted": 0, "failed": 0,
                                   "skipped": 0, "failed_by_stage": {},
