@@ -594,7 +594,7 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise ConfigError("-q and -v contradict each other: give one")
     if quiet:  # worker processes inherit it
-        from transforms.predict import PROGRESS_ENV
+        from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
     if verbose:
         logging.getLogger("apache_beam").setLevel(logging.INFO)

@@ -9,6 +9,7 @@ import io
 import re
 import os
 import sys
+import tempfile
 import time
 import uuid
 from typing import Optional, Sequence
@@ -24,11 +25,13 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import inputs, layout, outputs
+from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
 from transforms.decode import ERRORS, METRICS_NAMESPACE
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
+from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
 from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
                              ledger_table)
@@ -421,15 +424,29 @@ def _execute(config, options, runner, model, patterns, paths, what, log,
              started):
     """Builds and runs the pipeline; ``(result, seconds, start-up seconds
     before it, from the monotonic time started)``."""
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    _build(pipeline, config, model, patterns, paths)  # checks its settings
-    try:
+    every = progress_seconds()
+    with tempfile.TemporaryDirectory(prefix="imgclass-progress-") as folder:
+        # Workers on this machine (the local runners) write their counts
+        # for the driver to add up; elsewhere each worker logs its own.
+        folder = folder if runner is not None and every > 0 else None
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        _build(pipeline, config, model, patterns, paths,  # checks settings
+               progress_folder=folder)
         print(f"imgclass: run {paths.run_id}: classifying "
               f"{', '.join(config.inputs)} {what}", file=log)
         clock = time.monotonic()
+        with (Monitor(paths, folder, every=every, log=log) if folder
+              else contextlib.nullcontext()):
+            result = _wait(pipeline, paths)
+    return result, time.monotonic() - clock, clock - started
+
+
+def _wait(pipeline, paths):
+    """Runs ``pipeline`` to its end; its result."""
+    try:
         result = pipeline.run()
         result.wait_until_finish()
-        return result, time.monotonic() - clock, clock - started
+        return result
     except Exception as error:
         if _interrupted(error):
             raise KeyboardInterrupt from None
@@ -556,8 +573,11 @@ def summary(manifest: dict) -> dict:
         "wall_seconds", "low_confidence", "started_at", "finished_at")}
 
 
-def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
-    """The pipeline: match, [skip done], classify, write four tables."""
+def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
+           progress_folder: Optional[str] = None) -> None:
+    """The pipeline: match, [skip done], classify, write four tables; with
+    a ``progress_folder``, also the count of files to classify, for
+    :class:`pipeline.progress.Monitor`."""
     listed = (pipeline
               | "Patterns" >> beam.Create(patterns)
               | "MatchFiles" >> MatchFiles(
@@ -566,11 +586,11 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     matched = listed.files
     # Counted where they are matched (listing errors included), not from
     # what is written, so a runner that loses rows cannot hide it.
-    _ = ((listed.files, listed[ERRORS])
-         | "Listed" >> beam.Flatten()
-         | "CountMatched" >> beam.combiners.Count.Globally()
-         | "WriteMatchedCount" >> beam.Map(outputs.write_count,
-                                           paths.matched_count_path))
+    counted = ((listed.files, listed[ERRORS])
+               | "Listed" >> beam.Flatten()
+               | "CountMatched" >> beam.combiners.Count.Globally()
+               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
+                                                 paths.matched_count_path))
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
@@ -582,6 +602,17 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
     batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
+    if progress_folder:
+        todo = (matched
+                | "CountToClassify" >> beam.combiners.Count.Globally()
+                | "WriteToClassifyCount" >> beam.Map(
+                    outputs.write_count, paths.todo_count_path,
+                    key="to_classify"))
+        # Side inputs: classifying starts once both counts are written, so
+        # that progress lines have their total (matching must end before
+        # the batches' reshuffle anyway).
+        batches = batches | "AfterCounts" >> beam.Map(
+            _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
     _ = (batches
          | "LedgerRows" >> beam.Map(
              ledger_table, model_name=model.name,
@@ -593,13 +624,17 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
         run_id=paths.run_id, loaded=model,
-        min_confidence=config.min_confidence)
+        min_confidence=config.min_confidence, progress_folder=progress_folder)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR), schema.PREDICTIONS)
     _ = ((listed[ERRORS], results["errors"])
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(
              paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
+
+
+def _after(batch, *_written):
+    return batch
 
 
 def _first_line(error: BaseException) -> str:
