@@ -18,6 +18,9 @@ pipeline, with the same output contract:
   (``.name``, ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``) and it
   was last modified at least ``settle`` seconds ago
   (``transforms.read.is_settled``). Other files wait for a later window.
+* Inputs that match no file are not refused (a watched folder may start
+  empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
+  so when it starts.
 * After a window is published, ``_windows/<start>.json`` records it (run id,
   counts; no run when there was nothing new). When no later window can write
   into an hour partition any more, ``_SUCCESS`` is written into
