@@ -185,12 +185,13 @@ def test_glob_patterns_and_several_inputs(corpus, tmp_path):
     folder, truth, _ = corpus
     output = str(tmp_path / "out")
     code = main(["classify", "--input", os.path.join(folder, "**", "*.png"),
-                 "--input", os.path.join(folder, "batch1", "*.gif"),
+                 "--input", os.path.join(folder, "batch2", "*.gif"),
                  "--output", output])
     assert code == 0
     paths = set(read(output, "predictions").column("path").to_pylist())
     want = {p for p in truth if p.endswith(".png")} | {
-        p for p in truth if "/batch1/" in p and p.endswith(".gif")}
+        p for p in truth if "/batch2/" in p and p.endswith(".gif")}
+    assert want - {p for p in truth if p.endswith(".png")}
     assert paths == want
 
 
