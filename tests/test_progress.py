@@ -122,3 +122,23 @@ def test_a_run_says_how_many_files_it_matched_before_classifying(
                if "progress:" in line)
     assert done == sorted(done) and all(0 < d <= 5 for d in done)
     assert re.match(r"imgclass: run \S+ done in", lines[-1])
+
+
+def test_a_rerun_with_nothing_new_is_not_matching_nothing(
+        tmp_path, split, capsys, monkeypatch):
+    """With --skip-done, "matches no file" is about the listing: a night
+    whose files were all done before runs (exit 0), without
+    --allow-empty, and says it has nothing to classify."""
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0.001")
+    folder, output = str(tmp_path / "in"), str(tmp_path / "out")
+    write_digits(folder, split, 4)
+    for _ in range(2):
+        assert main(["classify", "--input", folder, "--output", output,
+                     "--skip-done"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "imgclass: matched 4 files" in lines  # the first night
+    assert "imgclass: matched 4 files, 0 to classify" in lines
+    with open(os.path.join(output, "_manifest.json")) as handle:
+        counts = json.load(handle)["counts"]
+    assert (counts["matched"], counts["skipped"], counts["predicted"]) == (
+        4, 4, 0)
