@@ -514,6 +514,9 @@ def read_table(paths: Iterable[str], columns=None) -> pa.Table:
     """Reads Parquet files into one table (for small outputs: errors)."""
     tables = []
     for path in paths:
+        if not is_uri(path):  # only the columns' chunks are read
+            tables.append(pq.read_table(path, columns=columns))
+            continue
         with FileSystems.open(path) as handle:
             tables.append(pq.read_table(io.BytesIO(handle.read()),
                                         columns=columns))

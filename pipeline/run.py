@@ -634,6 +634,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
 
 
 def _after(batch, *_written):
+    """A batch, once the side inputs ``_written`` exist."""
     return batch
 
 
