@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
@@ -316,6 +317,25 @@ def _print_metrics(ref: str, metrics: dict, what: str) -> None:
         print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
 
 
+_IMPORTED = time.monotonic()
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (from
+    /proc on Linux, else when this module was imported): the summary's wall
+    time counts Python's start, imports, model loading and compiling."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+    # Both clocks count from boot on Linux; keep it sane if they do not.
+    return min(_IMPORTED, time.monotonic() - max(age, 0.0))
+
+
 def _classify(args) -> int:
     from pipeline.run import ClassifyConfig, RunFailed, run_classify, summary
 
@@ -327,13 +347,14 @@ def _classify(args) -> int:
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
         min_confidence=args.min_confidence, retry_errors=args.retry_errors,
-        beam_args=args.beam_args,
+        allow_empty=args.allow_empty, beam_args=args.beam_args,
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
     with _sigterm_interrupts() as terminated:
         try:
-            manifest = run_classify(config, log=_log(args))
+            manifest = run_classify(config, log=_log(args),
+                                    started=process_started())
         except RunFailed as error:
             print(f"imgclass: run failed: {error}", file=sys.stderr)
             return EXIT_FAILED
@@ -775,6 +796,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "
                                "seconds (for schedulers)")
+    classify.add_argument("--allow-empty", action="store_true",
+                          help="an input that matches no file at all is "
+                               "not a mistake (a nightly job over a folder "
+                               "that may be empty); without it, it is "
+                               "refused before any work (exit 2)")
     classify.add_argument("--retry-errors", action="store_true",
                           help="with --skip-done, also classify again files "
                                "that failed to decode or preprocess (read "
@@ -850,7 +876,7 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise ConfigError("-q and -v contradict each other: give one")
     if quiet:  # worker processes inherit it
-        from transforms.predict import PROGRESS_ENV
+        from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
     if verbose:
         logging.getLogger("apache_beam").setLevel(logging.INFO)

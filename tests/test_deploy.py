@@ -81,6 +81,8 @@ def check_classify_argv(argv: list[str]):
     args, extra = build_parser().parse_known_args(argv)
     assert args.command == "classify", argv
     assert args.partition_by == "run_date", argv
+    # A night whose input folder is empty is not a mistake for a schedule.
+    assert args.allow_empty, argv
     stray = [a for a in extra if not a.startswith("--")]
     assert not stray, f"arguments neither imgclass nor Beam reads: {stray}"
     options = PipelineOptions(extra)
