@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
-.PHONY: install demo test bench bench-quick bench-install clean
+.PHONY: install demo test bench bench-quick bench-lite0 bench-install clean \
+	train-fashion
 
 install: $(STAMP)
 
@@ -38,6 +39,21 @@ bench: bench-install
 # Under a minute: 2,000 images.
 bench-quick: bench-install
 	$(BIN)/python bench/run.py --quick
+
+# A few minutes: EfficientNet-Lite0-shaped predictor, plain Theano vs
+# model_store/ops vs onnxruntime, same weights. bench/results/lite0_latest.*
+bench-lite0: bench-install
+	$(BIN)/python bench/lite0_predictor.py
+	$(BIN)/python bench/lite0_predictor.py --profile
+
+# Trains fashion-cnn from model_store/specs/fashion-cnn.json on Debian's
+# Fashion-MNIST (apt-get install dataset-fashion-mnist) into the shipped
+# store, evaluated on the 10,000 test images. Not measured to completion yet.
+FASHION_EPOCHS ?= 15
+train-fashion: install
+	$(BIN)/python -m pipeline.cli --store model_store/models train \
+	  --dataset fashion-mnist --name fashion-cnn --epochs $(FASHION_EPOCHS) \
+	  --batch-size 128 --lr 0.002
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -20,6 +20,7 @@ import numpy as np
 from model_store import kernels
 from model_store import layers as L
 from model_store.engine import T, floatX, function, shared
+from model_store.ops.running import chunk_size, run_in_chunks
 from model_store.store import StoredModel
 
 
@@ -41,6 +42,13 @@ class Predictor:
         self.model = model
         self.input_shape = tuple(model.metadata["input_shape"])
         self.flops_per_example = L.count_flops(network)
+        # Images per call: large activations stream through the cache in
+        # chunks (model_store/ops/running.py); digits-cnn takes one chunk.
+        # What the folded predictor writes: the convolutions' outputs.
+        self._chunk = chunk_size(np.dtype(floatX).itemsize * sum(
+            int(np.prod(layer.output_shape[1:]))
+            for layer in L.get_all_layers(network)
+            if isinstance(layer, L.Conv2DLayer)))
         inputs = T.tensor4("images", dtype=floatX)
         self.embedding_size = None
         if not embeddings:
@@ -71,7 +79,7 @@ class Predictor:
             probs = np.zeros((0, len(self.model.class_names)), floatX)
             return (probs, np.zeros((0, self.embedding_size), floatX)) \
                 if self.embedding_size else probs
-        outputs = self._fn(batch)
+        outputs = run_in_chunks(self._fn, batch, self._chunk)
         return tuple(outputs) if self.embedding_size else outputs
 
 

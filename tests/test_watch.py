@@ -234,6 +234,8 @@ def test_three_waves_are_published_within_a_window_once(tmp_path, split):
     with watching(folder, output) as (log, clock):
         # The first window publishes empty files that carry the schema.
         advance_until(clock, lambda: markers(output), log, "the first window")
+        # An empty folder is watched (not refused), and the watcher says so.
+        assert f"input {str(folder)!r} matches no file yet" in log.getvalue()
         assert pq.read_schema(parquet_files(output, "predictions")[0]).equals(
             schema.PREDICTIONS)
         for wave in range(3):
