@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from model_store import kernels
+from model_store import kernels, predictor_cache
 from model_store import layers as L
 from model_store.engine import T, floatX, function, shared
 from model_store.store import StoredModel
@@ -36,23 +36,13 @@ class Predictor:
             ``embeddings=True``), else None.
     """
 
-    def __init__(self, model: StoredModel, network, *,
-                 embeddings: bool = False):
+    def __init__(self, model: StoredModel, theano_function, *,
+                 flops_per_example: int, embedding_size: int | None = None):
         self.model = model
         self.input_shape = tuple(model.metadata["input_shape"])
-        self.flops_per_example = L.count_flops(network)
-        inputs = T.tensor4("images", dtype=floatX)
-        self.embedding_size = None
-        if not embeddings:
-            probs = inference_outputs(network, inputs, [network])[0]
-            self._fn = function([inputs], probs, name=f"predict[{model.ref}]")
-            return
-        # One function, two outputs: the features are computed once.
-        layer = L.embedding_layer(network, model.embedding_layer)
-        probs, features = inference_outputs(network, inputs, [network, layer])
-        self.embedding_size = int(np.prod(layer.output_shape[1:]))
-        self._fn = function([inputs], [probs, T.flatten(features, 2)],
-                            name=f"predict+embed[{model.ref}]")
+        self.flops_per_example = flops_per_example
+        self.embedding_size = embedding_size
+        self._fn = theano_function
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)``."""
@@ -75,13 +65,42 @@ class Predictor:
         return tuple(outputs) if self.embedding_size else outputs
 
 
-def compile_predictor(model: StoredModel, *,
-                      embeddings: bool = False) -> Predictor:
+def compile_predictor(model: StoredModel, *, embeddings: bool = False,
+                      cached: bool = False) -> Predictor:
     """Compiles ``model`` for inference (dropout off, batch norm folded);
     with ``embeddings``, the same call also returns the model's embeddings
     (the output of ``model.embedding_layer``, by default the input of the
-    last dense layer)."""
-    return Predictor(model, model.build(), embeddings=embeddings)
+    last dense layer). With ``cached``, the optimised function is taken
+    from (or saved to) this machine's predictor cache
+    (:mod:`model_store.predictor_cache`)."""
+    if not cached:
+        return Predictor(model, **_compiled(model, embeddings))
+    key = predictor_cache.entry_key(model, embeddings=embeddings)
+    entry = predictor_cache.load(key)
+    if entry is None:
+        entry = _compiled(model, embeddings)
+        predictor_cache.store(key, entry)
+    entry.pop("key", None)
+    return Predictor(model, **entry)
+
+
+def _compiled(model: StoredModel, embeddings: bool) -> dict:
+    """The keyword arguments of :class:`Predictor` for ``model``."""
+    network = model.build()
+    inputs = T.tensor4("images", dtype=floatX)
+    flops = L.count_flops(network)
+    if not embeddings:
+        probs = inference_outputs(network, inputs, [network])[0]
+        return {"theano_function": function([inputs], probs,
+                                     name=f"predict[{model.ref}]"),
+                "flops_per_example": flops}
+    # One function, two outputs: the features are computed once.
+    layer = L.embedding_layer(network, model.embedding_layer)
+    probs, features = inference_outputs(network, inputs, [network, layer])
+    return {"theano_function": function([inputs], [probs, T.flatten(features, 2)],
+                                 name=f"predict+embed[{model.ref}]"),
+            "flops_per_example": flops,
+            "embedding_size": int(np.prod(layer.output_shape[1:]))}
 
 
 @dataclasses.dataclass(frozen=True)

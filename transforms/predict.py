@@ -55,7 +55,7 @@ def load_predictor(model_ref: str, store: Optional[str],
             f"{model.weights_sha256[:12]}... but the run was started with "
             f"{expected_sha256[:12]}...: deploy the same model store to "
             f"every worker")
-    return compile_predictor(model, embeddings=embeddings)
+    return compile_predictor(model, embeddings=embeddings, cached=True)
 
 
 def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
