@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.installed-bench-stamp
 
-.PHONY: install demo test bench bench-quick bench-install clean
+.PHONY: install demo test bench bench-quick bench-lite0 bench-install clean
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ bench: bench-install
 # Under a minute: 2,000 images.
 bench-quick: bench-install
 	$(BIN)/python bench/run.py --quick
+
+# A few minutes: EfficientNet-Lite0-shaped predictor, plain Theano vs
+# model_store/ops vs onnxruntime, same weights. bench/results/lite0_latest.*
+bench-lite0: bench-install
+	$(BIN)/python bench/lite0_predictor.py
+	$(BIN)/python bench/lite0_predictor.py --profile
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -20,6 +20,7 @@ import numpy as np
 from model_store import kernels, predictor_cache
 from model_store import layers as L
 from model_store.engine import T, floatX, function, shared
+from model_store.ops.running import chunk_size, run_in_chunks
 from model_store.store import StoredModel
 
 
@@ -37,12 +38,16 @@ class Predictor:
     """
 
     def __init__(self, model: StoredModel, theano_function, *,
-                 flops_per_example: int, embedding_size: int | None = None):
+                 flops_per_example: int, chunk: int,
+                 embedding_size: int | None = None):
         self.model = model
         self.input_shape = tuple(model.metadata["input_shape"])
         self.flops_per_example = flops_per_example
         self.embedding_size = embedding_size
         self._fn = theano_function
+        # Images per call: large activations stream through the cache in
+        # chunks (model_store/ops/running.py); digits-cnn takes one chunk.
+        self._chunk = chunk
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)``."""
@@ -61,7 +66,7 @@ class Predictor:
             probs = np.zeros((0, len(self.model.class_names)), floatX)
             return (probs, np.zeros((0, self.embedding_size), floatX)) \
                 if self.embedding_size else probs
-        outputs = self._fn(batch)
+        outputs = run_in_chunks(self._fn, batch, self._chunk)
         return tuple(outputs) if self.embedding_size else outputs
 
 
@@ -88,19 +93,23 @@ def _compiled(model: StoredModel, embeddings: bool) -> dict:
     """The keyword arguments of :class:`Predictor` for ``model``."""
     network = model.build()
     inputs = T.tensor4("images", dtype=floatX)
-    flops = L.count_flops(network)
+    # What the folded predictor writes: the convolutions' outputs.
+    sizes = {"flops_per_example": L.count_flops(network),
+             "chunk": chunk_size(np.dtype(floatX).itemsize * sum(
+                 int(np.prod(layer.output_shape[1:]))
+                 for layer in L.get_all_layers(network)
+                 if isinstance(layer, L.Conv2DLayer)))}
     if not embeddings:
         probs = inference_outputs(network, inputs, [network])[0]
-        return {"theano_function": function([inputs], probs,
-                                     name=f"predict[{model.ref}]"),
-                "flops_per_example": flops}
+        return dict(sizes, theano_function=function(
+            [inputs], probs, name=f"predict[{model.ref}]"))
     # One function, two outputs: the features are computed once.
     layer = L.embedding_layer(network, model.embedding_layer)
     probs, features = inference_outputs(network, inputs, [network, layer])
-    return {"theano_function": function([inputs], [probs, T.flatten(features, 2)],
-                                 name=f"predict+embed[{model.ref}]"),
-            "flops_per_example": flops,
-            "embedding_size": int(np.prod(layer.output_shape[1:]))}
+    return dict(sizes, theano_function=function(
+        [inputs], [probs, T.flatten(features, 2)],
+        name=f"predict+embed[{model.ref}]"),
+        embedding_size=int(np.prod(layer.output_shape[1:])))
 
 
 @dataclasses.dataclass(frozen=True)

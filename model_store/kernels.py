@@ -41,7 +41,18 @@ def conv2d_bias_act(x, W, b, *, input_shape, stride, padding: Padding,
                     groups: int, activation: str):
     """``activation(conv2d(x, W) + b)``; see :func:`conv2d` for the
     arguments. ``b`` is a shared vector of ``F`` biases and ``activation`` a
-    name from :mod:`model_store.nonlinearities`."""
+    name from :mod:`model_store.nonlinearities`.
+
+    Inference only: where one applies (depthwise, 1x1 and RGB-stem
+    convolutions), a fast C op of :mod:`model_store.ops` computes it all in
+    one pass; other convolutions are plain Theano."""
+    from model_store.ops import fast_conv2d_bias_act
+
+    fast = fast_conv2d_bias_act(x, W, b, input_shape=input_shape,
+                                stride=stride, padding=padding, groups=groups,
+                                activation=activation)
+    if fast is not None:
+        return fast
     out = conv2d(x, W, input_shape=input_shape, stride=stride,
                  padding=padding, groups=groups)
     return nonlinearities.get(activation)(out + b.dimshuffle("x", 0, "x", "x"))

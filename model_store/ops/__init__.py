@@ -1,0 +1,75 @@
+"""Fast Theano C ops for inference graphs (predictors).
+
+``fast_conv2d_bias_act`` has the signature of
+``model_store.kernels.conv2d_bias_act`` and returns the graph built from these
+ops when one applies (depthwise convolution, 1x1 stride-1 dense convolution,
+or a dense convolution of an input with 2 to 4 channels such as an RGB stem,
+with an identity/relu/relu6 activation, float32), else None: the
+caller then builds the plain Theano graph. The ops are inference-only (their
+``grad`` raises), so training graphs keep the plain ops.
+
+Importing this package also registers a graph rewrite (``fusion.py``) that
+folds a residual ``add`` into the pointwise op that feeds it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model_store.engine import T
+from model_store.ops import fusion  # noqa: F401  (registers the rewrite)
+from model_store.ops.base import ACTIVATIONS
+from model_store.ops.depthwise import (DepthwiseConv2dBiasAct,
+                                       StemConv2dBiasAct)
+from model_store.ops.pointwise import PointwiseConv2dBiasAct
+
+__all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
+           "StemConv2dBiasAct", "fast_conv2d_bias_act"]
+
+#: Input channels for which a dense convolution uses the stem op. One-channel
+#: inputs (digits-cnn) keep Theano's convolution.
+STEM_CHANNELS = range(2, 5)
+
+
+def _square_stride(stride):
+    """The common stride of both axes, or None if they differ."""
+    if isinstance(stride, (tuple, list)):
+        return int(stride[0]) if len(stride) == 2 and stride[0] == stride[1] \
+            else None
+    return int(stride)
+
+
+def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
+                         activation):
+    """``act(conv2d(x, W, groups) + b)`` with a fast op, or None.
+
+    Args:
+        x: 4-D float32 Theano variable (N, C, H, W).
+        W, b: Theano shared variables, W (F, C/groups, kh, kw), b (F,) or None.
+        input_shape: (C, H, W) (or (N, C, H, W)) of x.
+        stride: int or (sh, sw); padding ((top, bottom), (left, right)).
+        groups: int; activation: a nonlinearity name.
+    """
+    weights = W.get_value(borrow=True)
+    step = _square_stride(stride)
+    if (activation not in ACTIVATIONS or step is None or x.ndim != 4
+            or x.dtype != "float32" or weights.dtype != np.float32
+            or weights.ndim != 4 or (b is not None and b.dtype != "float32")):
+        return None
+    filters, per_group, kh, kw = weights.shape
+    channels = int(input_shape[-3])
+    if b is None:
+        b = T.constant(np.zeros(filters, np.float32))
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    if groups == channels == filters and per_group == 1:
+        op = DepthwiseConv2dBiasAct(kernel=(kh, kw), stride=step,
+                                    padding=padding, activation=activation)
+        return op(x, W, b)
+    if groups == 1 and per_group == channels in STEM_CHANNELS:
+        op = StemConv2dBiasAct(kernel=(kh, kw), stride=step, padding=padding,
+                               activation=activation)
+        return op(x, W, b)
+    if (groups == 1 and (kh, kw) == (1, 1) and step == 1
+            and padding == ((0, 0), (0, 0)) and per_group == channels):
+        return PointwiseConv2dBiasAct(activation=activation)(x, W, b)
+    return None

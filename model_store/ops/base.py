@@ -1,0 +1,110 @@
+"""What the fast Theano ops share: C sources, OpenMP, BLAS linking, versions.
+
+The ops compile through Theano's own C linker, so their modules land in
+Theano's compile cache (``base_compiledir``, see ``model_store.engine``) and a
+second process reuses them. The cache key holds the op's ``__props__``, the
+compile flags and ``c_code_cache_version``, which includes a digest of the C
+sources below: editing a ``.c`` file recompiles, nothing else does.
+
+Theano compiles with ``-O3`` and the equivalent of ``-march=native`` (it
+expands the flags g++ uses for this CPU, e.g. AVX2/AVX-512, into the compile
+arguments, which are part of the cache key). That is acceptable for a cache
+that is per machine, so the kernels add no vector flags of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from model_store.engine import T, theano
+
+_C_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "c")
+
+#: Activation name -> the code the C kernels switch on (c/fastops.h).
+ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2}
+
+
+def c_source(*names: str) -> str:
+    """The text of C files in ``model_store/ops/c``, concatenated."""
+    texts = []
+    for name in names:
+        with open(os.path.join(_C_DIR, name)) as handle:
+            texts.append(handle.read())
+    return "\n".join(texts)
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(_C_DIR)):
+        digest.update(name.encode())
+        digest.update(c_source(name).encode())
+    return digest.hexdigest()[:16]
+
+
+_DIGEST = _sources_digest()
+
+
+class InferenceOp(theano.gof.OpenMPOp):
+    """A float32 C op for predictors; the training graph uses plain ops.
+
+    Subclasses set ``__props__`` and ``_c_files`` and write ``c_code``.
+    """
+
+    _c_files: tuple = ()
+    uses_blas = False
+
+    def __init__(self, activation: str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        super().__init__()
+        self.activation = activation
+
+    def grad(self, inputs, output_grads):
+        raise NotImplementedError(
+            f"{type(self).__name__} is an inference-only op (predictors): "
+            f"build the training graph with the plain Theano convolution "
+            f"(model_store.kernels), not model_store.ops")
+
+    def c_code_cache_version(self):
+        blas = theano.tensor.blas_headers.blas_header_version() \
+            if self.uses_blas else ()
+        return (1, _DIGEST, self.openmp, blas)
+
+    def c_support_code(self):
+        code = c_source("fastops.h", *self._c_files)
+        if self.uses_blas:
+            code = theano.tensor.blas_headers.blas_header_text() + code
+        return code
+
+    def c_compile_args(self):
+        args = super().c_compile_args()
+        if self.uses_blas:
+            args = theano.tensor.blas.ldflags(libs=False, flags=True) + args
+        return args
+
+    def c_libraries(self):
+        return theano.tensor.blas.ldflags() if self.uses_blas else []
+
+    def c_lib_dirs(self):
+        return theano.tensor.blas.ldflags(libs=False, libs_dir=True) \
+            if self.uses_blas else []
+
+    def c_header_dirs(self):
+        return theano.tensor.blas.ldflags(libs=False, include_dir=True) \
+            if self.uses_blas else []
+
+
+def float32_tensor(value, ndim: int, what: str):
+    """``value`` as an ``ndim``-D float32 Theano variable, or a clear error."""
+    variable = T.as_tensor_variable(value)
+    if variable.ndim != ndim or variable.dtype != "float32":
+        raise TypeError(f"{what} must be a {ndim}-D float32 tensor, got "
+                        f"{variable.ndim}-D {variable.dtype}")
+    return variable
+
+
+def output_type(x):
+    """A 4-D float32 output whose batch axis broadcasts like ``x``'s."""
+    return T.TensorType("float32", (x.broadcastable[0], False, False, False))()

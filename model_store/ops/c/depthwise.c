@@ -1,0 +1,222 @@
+/* Depthwise convolution (groups == channels), NCHW float32, inference only:
+ * out[n,c] = act(b[c] + sum_{ky,kx} w[c,ky,kx] * xpad[n,c, oy*S+ky, ox*S+kx]).
+ *
+ * Each (image, channel) plane is one OpenMP task (so batch 1 uses every core).
+ * The plane is copied into a per-thread buffer with its zero padding and,
+ * for stride S > 1, with its columns split into S phases (column p + S*j of
+ * the padded row goes to phase p, index j): the tap (ky, kx) of output column
+ * ox then reads phase kx % S at index ox + kx / S, a unit-stride access for
+ * every stride. The padding cells are the same for every plane, so the buffer
+ * is cleared once per thread and only the interior is copied per plane.
+ * Outputs are computed in tiles of IMGCLASS_DW_ROWS rows x 8*BW columns held
+ * in vector registers (GCC vector types, 8 floats: AVX2, or two SSE halves)
+ * over all K*K taps (K, S, BW, ACT are template constants, so the taps are
+ * unrolled), then bias, activation and the store happen in the same pass. */
+
+/* Output tile of the fast kernels: DW_ROWS output rows x BW vectors of 8
+ * columns, DW_ROWS * BW independent accumulators (FMA latency hiding). */
+#define IMGCLASS_DW_ROWS 4
+
+typedef float imgclass_v8 __attribute__((vector_size(32)));
+
+static inline imgclass_v8 imgclass_load8(const float* p) {
+    imgclass_v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+template <int ACT>
+static inline imgclass_v8 imgclass_act8(imgclass_v8 v) {
+    const imgclass_v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    const imgclass_v8 six = {6, 6, 6, 6, 6, 6, 6, 6};
+    if (ACT != IMGCLASS_ACT_IDENTITY) v = v > zero ? v : zero;
+    if (ACT == IMGCLASS_ACT_RELU6) v = v < six ? v : six;
+    return v;
+}
+
+template <int K, int S, int BW, int ACT>
+static void imgclass_dw_plane(const float* __restrict buf, int pw,
+                              const float* __restrict w, float bias,
+                              float* __restrict out, int ho, int wo) {
+    const long rs = (long)S * pw;  /* one padded row = S phases */
+    float wk[K * K];
+    for (int i = 0; i < K * K; ++i) wk[i] = w[i];
+    for (int oy0 = 0; oy0 < ho; oy0 += IMGCLASS_DW_ROWS) {
+        for (int ox0 = 0; ox0 < wo; ox0 += 8 * BW) {
+            imgclass_v8 acc[IMGCLASS_DW_ROWS][BW];
+            for (int r = 0; r < IMGCLASS_DW_ROWS; ++r)
+                for (int v = 0; v < BW; ++v)
+                    acc[r][v] = (imgclass_v8){0, 0, 0, 0, 0, 0, 0, 0} + bias;
+#pragma GCC unroll 8
+            for (int ky = 0; ky < K; ++ky) {
+#pragma GCC unroll 8
+                for (int kx = 0; kx < K; ++kx) {
+                    const float wv = wk[ky * K + kx];
+                    const float* base = buf + (long)(oy0 * S + ky) * rs
+                                        + (kx % S) * pw + kx / S + ox0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < IMGCLASS_DW_ROWS; ++r)
+#pragma GCC unroll 2
+                        for (int v = 0; v < BW; ++v)
+                            acc[r][v] += wv * imgclass_load8(
+                                base + r * S * rs + 8 * v);
+                }
+            }
+            for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
+                float* orow = out + (long)(oy0 + r) * wo;
+                for (int v = 0; v < BW; ++v) {
+                    const int col = ox0 + 8 * v;
+                    const imgclass_v8 y = imgclass_act8<ACT>(acc[r][v]);
+                    if (col + 8 <= wo) {
+                        memcpy(orow + col, &y, sizeof y);
+                    } else if (col < wo) {
+                        memcpy(orow + col, &y, sizeof(float) * (wo - col));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Any kernel size and stride (tests, odd networks): same buffer layout. */
+template <int ACT>
+static void imgclass_dw_plane_generic(const float* __restrict buf, int pw,
+                                      const float* __restrict w, float bias,
+                                      float* __restrict out, int ho, int wo,
+                                      int kh, int kw, int s) {
+    const int row_stride = s * pw;
+    for (int oy = 0; oy < ho; ++oy) {
+        float* orow = out + (long)oy * wo;
+        for (int ox = 0; ox < wo; ++ox) orow[ox] = bias;
+        for (int ky = 0; ky < kh; ++ky) {
+            const float* row = buf + (long)(oy * s + ky) * row_stride;
+            for (int kx = 0; kx < kw; ++kx) {
+                const float* src = row + (kx % s) * pw + kx / s;
+                const float wv = w[ky * kw + kx];
+                for (int ox = 0; ox < wo; ++ox) orow[ox] += wv * src[ox];
+            }
+        }
+        for (int ox = 0; ox < wo; ++ox) orow[ox] = imgclass_act<ACT>(orow[ox]);
+    }
+}
+
+/* Copies plane x (h, w) into the interior of buf: padded rows of s phases
+ * of pw floats each (column col of a padded row is phase col % s, index
+ * col / s). The padding cells are never written, so they stay zero from the
+ * buffer's one-time clearing. */
+static void imgclass_dw_fill(const float* __restrict x, int h, int w,
+                             int pt, int pl, int s, int pw,
+                             float* __restrict buf) {
+    for (int y = 0; y < h; ++y) {
+        float* dst = buf + (long)(y + pt) * s * pw;
+        const float* src = x + (long)y * w;
+        if (s == 1) {  /* rows are short: an inline loop, not a memcpy call */
+            float* d = dst + pl;
+            for (int ix = 0; ix < w; ++ix) d[ix] = src[ix];
+            continue;
+        }
+        for (int p = 0; p < s; ++p) {
+            /* columns col = p + s*j with 0 <= col - pl < w */
+            int j0 = pl > p ? (pl - p + s - 1) / s : 0;
+            int j1 = (w - 1 + pl - p) / s;  /* inclusive */
+            float* d = dst + p * pw;
+            const float* sp = src + p - pl;
+            if (s == 2) {  /* a constant stride: gcc vectorises the gather */
+                for (int j = j0; j <= j1; ++j) d[j] = sp[2 * j];
+            } else {
+                for (int j = j0; j <= j1; ++j) d[j] = sp[s * j];
+            }
+        }
+    }
+}
+
+template <int K, int S, int ACT>
+static void imgclass_dw_width(const float* buf, int pw, const float* w,
+                              float bias, float* out, int ho, int wo) {
+    if (wo <= 8)
+        imgclass_dw_plane<K, S, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+    else
+        imgclass_dw_plane<K, S, 2, ACT>(buf, pw, w, bias, out, ho, wo);
+}
+
+template <int ACT>
+static void imgclass_dw_dispatch(const float* buf, int pw, const float* w,
+                                 float bias, float* out, int ho, int wo,
+                                 int kh, int kw, int s) {
+    if (kh == 3 && kw == 3 && s == 1)
+        imgclass_dw_width<3, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+    else if (kh == 3 && kw == 3 && s == 2)
+        imgclass_dw_width<3, 2, ACT>(buf, pw, w, bias, out, ho, wo);
+    else if (kh == 5 && kw == 5 && s == 1)
+        imgclass_dw_width<5, 1, ACT>(buf, pw, w, bias, out, ho, wo);
+    else if (kh == 5 && kw == 5 && s == 2)
+        imgclass_dw_width<5, 2, ACT>(buf, pw, w, bias, out, ho, wo);
+    else
+        imgclass_dw_plane_generic<ACT>(buf, pw, w, bias, out, ho, wo,
+                                       kh, kw, s);
+}
+
+/* Output size and buffer geometry of one padded plane: phase width pw and
+ * rows cover every cell a tap of a whole output tile reads (16 columns,
+ * IMGCLASS_DW_ROWS rows), so tiles at the edges need no bounds checks; the
+ * cells past the padded image stay zero. */
+struct imgclass_plane_geo {
+    int ho, wo, pw, rows;
+    size_t floats;
+};
+
+static imgclass_plane_geo imgclass_plane_geometry(int h, int wd, int kh,
+                                                  int kw, int s, int pt,
+                                                  int pb, int pl, int pr) {
+    imgclass_plane_geo g;
+    g.ho = (h + pt + pb - kh) / s + 1;
+    g.wo = (wd + pl + pr - kw) / s + 1;
+    const int wtiles = (g.wo + 15) / 16;
+    const int htiles = (g.ho + IMGCLASS_DW_ROWS - 1) / IMGCLASS_DW_ROWS;
+    g.pw = wtiles * 16 + (kw - 1) / s + 1;
+    const int need = (wd + pl + pr + s - 1) / s;
+    if (g.pw < need) g.pw = need;
+    g.rows = (htiles * IMGCLASS_DW_ROWS - 1) * s + kh;
+    if (g.rows < h + pt + pb) g.rows = h + pt + pb;
+    g.floats = (size_t)g.rows * s * g.pw;
+    return g;
+}
+
+/* Returns 0, or -1 if a thread could not allocate its buffer. */
+static int imgclass_depthwise(const float* x, const float* w, const float* b,
+                              float* out, int n, int c, int h, int wd,
+                              int kh, int kw, int s, int pt, int pb, int pl,
+                              int pr, int act) {
+    const imgclass_plane_geo g = imgclass_plane_geometry(h, wd, kh, kw, s,
+                                                         pt, pb, pl, pr);
+    const int ho = g.ho, wo = g.wo, pw = g.pw;
+    const long planes = (long)n * c;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float* buf = (float*)calloc(g.floats, sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (long p = 0; p < planes; ++p) {
+            if (!buf) continue;
+            const int ch = (int)(p % c);
+            imgclass_dw_fill(x + p * h * wd, h, wd, pt, pl, s, pw, buf);
+            const float* wc = w + (long)ch * kh * kw;
+            float* o = out + p * ho * wo;
+            if (act == IMGCLASS_ACT_RELU6)
+                imgclass_dw_dispatch<IMGCLASS_ACT_RELU6>(buf, pw, wc, b[ch], o,
+                                                         ho, wo, kh, kw, s);
+            else if (act == IMGCLASS_ACT_RELU)
+                imgclass_dw_dispatch<IMGCLASS_ACT_RELU>(buf, pw, wc, b[ch], o,
+                                                        ho, wo, kh, kw, s);
+            else
+                imgclass_dw_dispatch<IMGCLASS_ACT_IDENTITY>(
+                    buf, pw, wc, b[ch], o, ho, wo, kh, kw, s);
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,150 @@
+"""Depthwise and few-input-channel (stem) convolutions + bias + activation.
+
+Both run the register-tiled plane kernel of c/depthwise.c over a padded,
+phase-split copy of each input plane; they differ in which planes a filter
+reads (its own channel, or all C of a colour stem).
+"""
+
+from __future__ import annotations
+
+from model_store.engine import theano
+from model_store.ops.base import (ACTIVATIONS, InferenceOp, float32_tensor,
+                                  output_type)
+
+_CODE = """
+{
+    PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
+    PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
+    PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
+    const npy_intp* xd = PyArray_DIMS(xc);
+    const npy_intp* wd = PyArray_DIMS(wc);
+    const npy_intp ho = (xd[2] + %(pt)s + %(pb)s - %(kh)s) / %(s)s + 1;
+    const npy_intp wo = (xd[3] + %(pl)s + %(pr)s - %(kw)s) / %(s)s + 1;
+    int bad = 0;
+    if (wd[0] != %(filters)s || wd[1] != %(per_filter)s || wd[2] != %(kh)s
+            || wd[3] != %(kw)s || PyArray_DIMS(bc)[0] != wd[0]) {
+        PyErr_Format(PyExc_ValueError,
+            "%(name)s: x (%%ld, %%ld, %%ld, %%ld) needs W (%%ld, %%ld, "
+            "%(kh)s, %(kw)s) and b (%%ld,), got W (%%ld, %%ld, %%ld, %%ld) "
+            "and b (%%ld,)", (long)xd[0], (long)xd[1], (long)xd[2],
+            (long)xd[3], (long)(%(filters)s), (long)(%(per_filter)s),
+            (long)wd[0], (long)wd[0], (long)wd[1], (long)wd[2], (long)wd[3],
+            (long)PyArray_DIMS(bc)[0]);
+        bad = 1;
+    } else if (xd[2] + %(pt)s + %(pb)s < %(kh)s
+               || xd[3] + %(pl)s + %(pr)s < %(kw)s) {
+        PyErr_Format(PyExc_ValueError, "%(name)s: a %%ldx%%ld image with "
+            "this padding is smaller than the %(kh)sx%(kw)s kernel",
+            (long)xd[2], (long)xd[3]);
+        bad = 1;
+    }
+    npy_intp dims[4] = {xd[0], wd[0], ho, wo};
+    if (!bad && (!%(out)s || PyArray_NDIM(%(out)s) != 4
+            || !PyArray_IS_C_CONTIGUOUS(%(out)s)
+            || PyArray_DIMS(%(out)s)[0] != dims[0]
+            || PyArray_DIMS(%(out)s)[1] != dims[1]
+            || PyArray_DIMS(%(out)s)[2] != dims[2]
+            || PyArray_DIMS(%(out)s)[3] != dims[3])) {
+        Py_XDECREF(%(out)s);
+        %(out)s = (PyArrayObject*)PyArray_EMPTY(4, dims, NPY_FLOAT32, 0);
+        if (!%(out)s) bad = 1;
+    }
+    if (!bad && %(call)s != 0) {
+        PyErr_NoMemory();
+        bad = 1;
+    }
+    Py_DECREF(xc);
+    Py_DECREF(wc);
+    Py_DECREF(bc);
+    if (bad) { %(fail)s }
+}
+"""
+
+_ARGS = """(const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
+            (const float*)PyArray_DATA(bc), (float*)PyArray_DATA(%(out)s)"""
+
+
+class _PlaneConvOp(InferenceOp):
+    __props__ = ("kernel", "stride", "padding", "activation")
+
+    def __init__(self, *, kernel, stride: int, padding, activation: str):
+        super().__init__(activation)
+        self.kernel = tuple(int(k) for k in kernel)
+        self.stride = int(stride)
+        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+        if (len(self.kernel) != 2 or min(self.kernel) < 1 or self.stride < 1
+                or len(self.padding) != 2
+                or any(len(p) != 2 or min(p) < 0 for p in self.padding)):
+            raise ValueError(f"bad {type(self).__name__} geometry: kernel "
+                             f"{kernel}, stride {stride}, padding {padding}")
+
+    def make_node(self, x, W, b):
+        x = float32_tensor(x, 4, "x")
+        W = float32_tensor(W, 4, "W")
+        b = float32_tensor(b, 1, "b")
+        return theano.gof.Apply(self, [x, W, b], [output_type(x)])
+
+    def output_size(self, h, w):
+        """Output height and width (ints or symbolic) for an h x w input."""
+        (pt, pb), (pl, pr) = self.padding
+        kh, kw = self.kernel
+        return ((h + pt + pb - kh) // self.stride + 1,
+                (w + pl + pr - kw) // self.stride + 1)
+
+    def infer_shape(self, node, shapes):
+        n, _, h, w = shapes[0]
+        return [(n, shapes[1][0], *self.output_size(h, w))]
+
+    def _c_call(self) -> str:
+        raise NotImplementedError
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        x, W, b = inputs
+        out, = outputs
+        (pt, pb), (pl, pr) = self.padding
+        kh, kw = self.kernel
+        values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"], kh=kh, kw=kw,
+                      s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
+                      act=ACTIVATIONS[self.activation],
+                      name=type(self).__name__)
+        values.update(self._c_shapes())
+        values["call"] = self._c_call() % dict(values, args=_ARGS % values)
+        return _CODE % values
+
+
+class DepthwiseConv2dBiasAct(_PlaneConvOp):
+    """``act(depthwise_conv(x, W) + b)``, NCHW float32, inference only.
+
+    Inputs: x ``(N, C, H, W)``, W ``(C, 1, kh, kw)``, b ``(C,)``. Cross-
+    correlation like every framework, zero padding
+    ``((top, bottom), (left, right))``, the same stride on both axes.
+    """
+
+    _c_files = ("depthwise.c",)
+
+    def _c_shapes(self):
+        return dict(filters="xd[1]", per_filter="1")
+
+    def _c_call(self):
+        return ("imgclass_depthwise(%(args)s, (int)xd[0], (int)xd[1], "
+                "(int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, "
+                "%(pb)s, %(pl)s, %(pr)s, %(act)s)")
+
+
+class StemConv2dBiasAct(_PlaneConvOp):
+    """``act(conv2d(x, W) + b)`` for an input with few channels (an RGB
+    stem), NCHW float32, inference only.
+
+    Inputs: x ``(N, C, H, W)``, W ``(F, C, kh, kw)``, b ``(F,)``; padding and
+    stride as for :class:`DepthwiseConv2dBiasAct`.
+    """
+
+    _c_files = ("depthwise.c", "stem.c")
+
+    def _c_shapes(self):
+        return dict(filters="wd[0]", per_filter="xd[1]")
+
+    def _c_call(self):
+        return ("imgclass_stem(%(args)s, (int)xd[0], (int)xd[1], (int)wd[0], "
+                "(int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, "
+                "%(pb)s, %(pl)s, %(pr)s, %(act)s)")

@@ -1,0 +1,38 @@
+"""Graph rewrite: ``pointwise(x) + r`` -> one pointwise op with a residual.
+
+MBConv blocks end with a linear 1x1 projection whose output is added to the
+block's input. Theano would run that ``add`` as a separate elementwise pass
+over memory; the pointwise op can add it in its output pass instead. The
+rewrite applies when the pointwise output feeds nothing else and both addends
+have the output's type; the op checks the shapes at run time.
+"""
+
+from __future__ import annotations
+
+from model_store.engine import T, theano
+from model_store.ops.pointwise import PointwiseConv2dBiasAct
+
+
+@theano.gof.local_optimizer([T.Elemwise])
+def fuse_residual_add(node):
+    if not (isinstance(node.op, T.Elemwise)
+            and isinstance(node.op.scalar_op, theano.scalar.Add)
+            and len(node.inputs) == 2):
+        return False
+    out = node.outputs[0]
+    for i, candidate in enumerate(node.inputs):
+        owner = candidate.owner
+        other = node.inputs[1 - i]
+        if (owner is not None
+                and isinstance(owner.op, PointwiseConv2dBiasAct)
+                and not owner.op.residual
+                and candidate.type == out.type == other.type
+                and len(candidate.clients) == 1):
+            op = PointwiseConv2dBiasAct(activation=owner.op.activation,
+                                        residual=True)
+            return [op(*owner.inputs, other)]
+    return False
+
+
+theano.tensor.opt.register_specialize(fuse_residual_add,
+                                      "imgclass_fuse_residual_add")

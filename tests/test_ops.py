@@ -1,0 +1,252 @@
+"""The fast inference ops (model_store/ops) against plain NumPy references."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from model_store.engine import T, function, grad, shared
+from model_store.ops import (DepthwiseConv2dBiasAct, PointwiseConv2dBiasAct,
+                             StemConv2dBiasAct, fast_conv2d_bias_act)
+
+ACT = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
+       "relu6": lambda v: np.clip(v, 0, 6)}
+
+
+def numpy_grouped_conv(x, w, b, stride, padding, groups, activation):
+    """float64 cross-correlation with explicit ((t, b), (l, r)) zero padding."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), *padding))
+    n, c, h, wd = x.shape
+    f, per_group, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((n, f, oh, ow))
+    per_out = f // groups
+    for g in range(groups):
+        xs = x[:, g * per_group:(g + 1) * per_group]
+        ws = w[g * per_out:(g + 1) * per_out].astype(np.float64)
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xs[:, :, ky:ky + stride * (oh - 1) + 1:stride,
+                           kx:kx + stride * (ow - 1) + 1:stride]
+                out[:, g * per_out:(g + 1) * per_out] += np.einsum(
+                    "nchw,fc->nfhw", patch, ws[:, :, ky, kx])
+    return ACT[activation](out + b[None, :, None, None])
+
+
+def tf_same(size, k, s):
+    total = max((-(-size // s) - 1) * s + k - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def run_fast(x, w, b, *, stride, padding, groups, activation):
+    xs = T.tensor4("x")
+    out = fast_conv2d_bias_act(
+        xs, shared(w), shared(b), input_shape=x.shape[1:], stride=stride,
+        padding=padding, groups=groups, activation=activation)
+    assert out is not None
+    return function([xs], out)(x)
+
+
+def rand(rng, *shape):
+    # Spread so that relu6 clips at both ends.
+    return (rng.randn(*shape) * 3).astype(np.float32)
+
+
+# (kernel, stride, padding rule, activation, input H x W)
+DEPTHWISE = [
+    (3, 1, "same", "relu6", (7, 9)),
+    (3, 2, "same", "relu", (7, 9)),      # TF same: (1, 1) rows, (1, 1) cols
+    (3, 2, "same", "relu6", (8, 10)),    # TF same: (0, 1), (0, 1)
+    (5, 2, "same", "identity", (9, 12)),  # TF same: (2, 2), (1, 2)
+    (5, 1, "valid", "relu6", (7, 9)),
+    (3, 1, ((2, 0), (0, 1)), "identity", (5, 6)),
+    ((2, 4), 3, ((1, 0), (3, 2)), "relu", (8, 11)),  # generic kernel/stride
+]
+
+
+@pytest.mark.parametrize("kernel,stride,rule,activation,size", DEPTHWISE)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
+                                 batch):
+    rng = np.random.RandomState(batch)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    channels = 3
+    if rule == "same":
+        padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride))
+    elif rule == "valid":
+        padding = ((0, 0), (0, 0))
+    else:
+        padding = rule
+    x = rand(rng, batch, channels, *size)
+    w = rand(rng, channels, 1, kh, kw)
+    b = rand(rng, channels)
+    got = run_fast(x, w, b, stride=stride, padding=padding, groups=channels,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, stride, padding, channels, activation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# (input channels, kernel, stride, padding rule, activation, input H x W)
+STEM = [
+    (3, 3, 2, "same", "relu6", (7, 9)),
+    (2, 5, 1, "same", "relu", (6, 11)),
+    (4, (2, 3), 2, ((0, 1), (2, 0)), "identity", (9, 8)),
+]
+
+
+@pytest.mark.parametrize("channels,kernel,stride,rule,activation,size", STEM)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
+                            batch):
+    rng = np.random.RandomState(batch + channels)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride)) \
+        if rule == "same" else rule
+    x = rand(rng, batch, channels, *size)
+    w = rand(rng, 5, channels, kh, kw)
+    b = rand(rng, 5)
+    got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
+@pytest.mark.parametrize("batch,size", [(1, (7, 9)), (4, (3, 5)),
+                                        (2, (40, 41))])
+def test_pointwise_matches_numpy(activation, batch, size):
+    rng = np.random.RandomState(len(activation))
+    x = rand(rng, batch, 6, *size)
+    w = rand(rng, 10, 6, 1, 1) / 3
+    b = rand(rng, 10)
+    got = run_fast(x, w, b, stride=1, padding=((0, 0), (0, 0)), groups=1,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, 1, ((0, 0), (0, 0)), 1, activation)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_residual_add_is_fused_into_pointwise_and_matches_numpy():
+    rng = np.random.RandomState(3)
+    x, r = rand(rng, 3, 6, 5, 7), rand(rng, 3, 8, 5, 7)
+    w, b = rand(rng, 8, 6, 1, 1), rand(rng, 8)
+    xs, rs = T.tensor4("x"), T.tensor4("r")
+    out = fast_conv2d_bias_act(
+        xs, shared(w), shared(b), input_shape=(6, 5, 7), stride=1,
+        padding=((0, 0), (0, 0)), groups=1, activation="relu6") + rs
+    fn = function([xs, rs], out)
+    ops = [node.op for node in fn.maker.fgraph.toposort()]
+    assert ops == [PointwiseConv2dBiasAct(activation="relu6", residual=True)]
+    want = numpy_grouped_conv(x, w, b, 1, ((0, 0), (0, 0)), 1, "relu6") + r
+    np.testing.assert_allclose(fn(x, r), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(shape=(4, 8, 3, 3), groups=1, stride=1, activation="relu"),  # dense
+    dict(shape=(32, 1, 3, 3), groups=1, stride=1, activation="relu",
+         input_shape=(1, 8, 8)),  # digits-cnn's first convolution
+    dict(shape=(4, 8, 1, 1), groups=1, stride=2, activation="relu"),  # 1x1 s2
+    dict(shape=(4, 1, 3, 3), groups=4, stride=1, activation="swish"),
+    dict(shape=(8, 1, 3, 3), groups=4, stride=1, activation="relu"),  # x2
+    dict(shape=(4, 2, 3, 3), groups=2, stride=1, activation="relu"),
+    dict(shape=(4, 1, 3, 3), groups=4, stride=(1, 2), activation="relu"),
+])
+def test_no_fast_op_for_other_convolutions(kwargs):
+    shape = kwargs.pop("shape")
+    w = shared(np.zeros(shape, np.float32))
+    b = shared(np.zeros(shape[0], np.float32))
+    kwargs.setdefault("input_shape", (shape[1] * kwargs["groups"], 8, 8))
+    assert fast_conv2d_bias_act(T.tensor4("x"), w, b,
+                                padding=((0, 0), (0, 0)), **kwargs) is None
+
+
+def test_ops_are_inference_only():
+    x = T.tensor4("x")
+    w = shared(np.ones((2, 1, 3, 3), np.float32))
+    b = shared(np.zeros(2, np.float32))
+    out = DepthwiseConv2dBiasAct(kernel=(3, 3), stride=1,
+                                 padding=((1, 1), (1, 1)),
+                                 activation="relu")(x, w, b)
+    with pytest.raises(NotImplementedError, match="inference-only"):
+        grad(out.sum(), w)
+
+
+def test_depthwise_rejects_weights_of_another_shape():
+    x = T.tensor4("x")
+    w = shared(np.ones((3, 1, 3, 3), np.float32))
+    b = shared(np.zeros(3, np.float32))
+    fn = function([x], DepthwiseConv2dBiasAct(
+        kernel=(3, 3), stride=1, padding=((1, 1), (1, 1)),
+        activation="relu")(x, w, b))
+    with pytest.raises(ValueError, match="needs W"):
+        fn(np.ones((1, 2, 5, 5), np.float32))
+
+
+def test_second_process_compiles_nothing(tmp_path):
+    """The compiled modules live in Theano's cache: with an empty cache the
+    first process runs g++, a second process building the same graph runs it
+    zero times. (About 20-40 s: with an empty cache the first process also
+    builds Theano's own lazylinker module.)"""
+    script = textwrap.dedent("""
+        import numpy as np
+        from model_store.engine import T, function, shared
+        from theano.gof import cmodule
+        from model_store.ops import fast_conv2d_bias_act
+        calls = []
+        original = cmodule.GCC_compiler.compile_str
+        def counting(*args, **kwargs):
+            calls.append(kwargs.get("module_name", args[:1]))
+            return original(*args, **kwargs)
+        cmodule.GCC_compiler.compile_str = staticmethod(counting)
+        x = T.tensor4("x")
+        w = shared(np.ones((8, 1, 3, 3), np.float32))
+        w2 = shared(np.ones((8, 8, 1, 1), np.float32))
+        b, b2 = shared(np.zeros(8, np.float32)), shared(np.zeros(8, np.float32))
+        y = fast_conv2d_bias_act(x, w, b, input_shape=(8, 8, 8), stride=2,
+                                 padding=((0, 1), (0, 1)), groups=8,
+                                 activation="relu6")
+        z = fast_conv2d_bias_act(y, w2, b2, input_shape=(8, 4, 4), stride=1,
+                                 padding=((0, 0), (0, 0)), groups=1,
+                                 activation="identity")
+        function([x], z)(np.ones((2, 8, 8, 8), np.float32))
+        print(len(calls))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1",
+               THEANO_FLAGS=f"base_compiledir={tmp_path}")
+
+    def compiles():
+        done = subprocess.run([sys.executable, "-c", script], env=env,
+                              cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return int(done.stdout.split()[-1])
+
+    assert compiles() >= 2  # at least the two ops' modules
+    assert compiles() == 0
+
+
+def test_chunked_run_equals_one_call_and_small_networks_get_one_chunk():
+    from model_store.ops.running import chunk_size, run_in_chunks
+
+    rng = np.random.RandomState(4)
+    x = rand(rng, 7, 3, 9, 9)
+    w, b = rand(rng, 3, 1, 3, 3), rand(rng, 3)
+    xs = T.tensor4("x")
+    fn = function([xs], fast_conv2d_bias_act(
+        xs, shared(w), shared(b), input_shape=(3, 9, 9), stride=1,
+        padding=((1, 1), (1, 1)), groups=3, activation="relu6"))
+    calls = []
+
+    def counted(batch):
+        calls.append(len(batch))
+        return fn(batch)
+
+    np.testing.assert_array_equal(run_in_chunks(counted, x, 3), fn(x))
+    assert calls == [3, 3, 1]
+    assert chunk_size(26 * 2 ** 20, budget=64 * 2 ** 20) == 2  # Lite0-sized
+    assert chunk_size(100 * 2 ** 20, budget=64 * 2 ** 20) == 1
+    assert chunk_size(200 * 2 ** 10, budget=64 * 2 ** 20) >= 256  # digits
