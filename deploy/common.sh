@@ -31,8 +31,9 @@ classify_args() {
     [[ -n "${1:-}" ]] && "$1" "$pattern"
     args+=(--input "$pattern")
   done
-  args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@latest}"
-         --partition-by run_date --run-date "$RUN_DATE")
+  # --allow-empty: a night with no files in INPUT is not a mistake here.
+  args+=(--output "$OUTPUT" --model "${MODEL:-digits-cnn@prod}"
+         --partition-by run_date --run-date "$RUN_DATE" --allow-empty)
   [[ "$SKIP_DONE" == 1 ]] && args+=(--skip-done)
   [[ "$OVERWRITE" == 1 ]] && args+=(--overwrite)
   return 0

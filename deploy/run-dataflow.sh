@@ -22,7 +22,8 @@
 #                    deploy/README.md, "Incremental nightly runs")
 #   MAX_NUM_WORKERS  autoscaling ceiling (deploy/README.md, "How many workers")
 # Optional:
-#   MODEL            NAME[@VERSION] or version folder (default: digits-cnn@latest)
+#   MODEL            NAME[@VERSION] or version folder (default: digits-cnn@prod, an alias moved by
+#                    "imgclass models promote NAME@V --alias prod")
 #   STORE            model store, e.g. gs://bucket/models (default: the models
 #                    installed in the launcher's and the image's package)
 #   RUN_DATE         YYYY-MM-DD partition value (default: today, UTC)

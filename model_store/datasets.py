@@ -22,6 +22,8 @@ from PIL import Image
 from model_store.preprocessing import Preprocessing
 
 CLASS_NAMES = [str(d) for d in range(10)]
+# The built-in training sets of "imgclass train --dataset".
+DATASETS = ("digits", "fashion-mnist")
 SPLIT_SEED = 20240611
 TEST_FRACTION = 0.2
 _FILTERS = [Image.Resampling.NEAREST, Image.Resampling.BILINEAR,
@@ -62,9 +64,10 @@ def digit_image(pixels: np.ndarray, size: int = 8,
 
 
 def plain_pixels(images: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Digits rendered at their own 8x8 size and preprocessed: the
-    evaluation set's input, ``uint8 (N, C, H, W)``."""
-    return np.stack([prep.to_pixels(digit_image(p)) for p in images])
+    """Images (digits, Fashion-MNIST) rendered at their own size and
+    preprocessed: the evaluation set's input, ``uint8 (N, C, H, W)``."""
+    return np.stack([prep.to_pixels(digit_image(p, p.shape[-1]))
+                     for p in images])
 
 
 def augmented_pixels(images: np.ndarray, prep: Preprocessing, *,

@@ -1,12 +1,15 @@
-"""Evaluation: accuracy, per-class precision and recall, confusion matrix."""
+"""Evaluation: accuracy, per-class precision, recall and F1, confusion
+matrix (scikit-learn's metrics), most confident mistakes."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from model_store.errors import ConfigError
 from model_store.store import StoredModel, update_metadata
 
 EVAL_BATCH = 256
+MISTAKES_SHOWN = 10
 
 
 def predict_pixels(predictor, prep, pixels: np.ndarray) -> np.ndarray:
@@ -18,31 +21,78 @@ def predict_pixels(predictor, prep, pixels: np.ndarray) -> np.ndarray:
 
 def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
                            class_names: list[str]) -> dict:
-    """Accuracy, per-class precision/recall and the confusion matrix.
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix,
+    computed by scikit-learn.
 
     ``confusion[i][j]`` counts examples of true class ``i`` predicted as
     ``j``. Precision of a class never predicted is reported as 0.
     """
-    k = len(class_names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    true_pos = np.diag(confusion).astype(float)
-    predicted_count = confusion.sum(axis=0)
-    actual_count = confusion.sum(axis=1)
-    precision = np.divide(true_pos, predicted_count,
-                          out=np.zeros(k), where=predicted_count > 0)
-    recall = np.divide(true_pos, actual_count, out=np.zeros(k),
-                       where=actual_count > 0)
+    from sklearn.metrics import (accuracy_score, confusion_matrix,
+                                 precision_recall_fscore_support)
+
+    ids = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=ids, zero_division=0)
     return {
-        "accuracy": round(float(true_pos.sum() / max(len(labels), 1)), 6),
+        "accuracy": round(float(accuracy_score(labels, predicted))
+                          if len(labels) else 0.0, 6),
         "n_test": int(len(labels)),
         "per_class": {
             name: {"precision": round(float(precision[i]), 6),
                    "recall": round(float(recall[i]), 6),
-                   "support": int(actual_count[i])}
+                   "f1": round(float(f1[i]), 6),
+                   "support": int(support[i])}
             for i, name in enumerate(class_names)},
-        "confusion_matrix": confusion.tolist(),
+        "confusion_matrix": confusion_matrix(
+            labels, predicted, labels=ids).tolist(),
     }
+
+
+def confident_mistakes(paths: list[str], labels: np.ndarray,
+                       probs: np.ndarray, class_names: list[str], *,
+                       limit: int = MISTAKES_SHOWN) -> list[dict]:
+    """The wrong predictions the model was surest of, surest first."""
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probs[wrong, predicted[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")][:limit]
+    return [{"path": paths[i], "true": class_names[labels[i]],
+             "predicted": class_names[predicted[i]],
+             "confidence": round(float(probs[i, predicted[i]]), 6)}
+            for i in order]
+
+
+def evaluate_on_folder(model: StoredModel, data: str, *, predictor=None,
+                       max_pixels: int | None = None) -> dict:
+    """Evaluates ``model`` on a labelled image folder (one sub-folder per
+    class, named as the model's classes).
+
+    Raises:
+        ConfigError: a class folder names no class of the model, or no file
+            is usable.
+    """
+    from model_store.compile import compile_predictor
+    from model_store.folders import (align_classes, load_pixels,
+                                     scan_folder)
+
+    prep = model.preprocessing
+    dataset = align_classes(scan_folder(data), model.class_names,
+                            what=f"--data for {model.ref}")
+    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+    pixels, dataset, broken = load_pixels(dataset, prep, **kwargs)
+    if not dataset.files:
+        raise ConfigError(f"--data {data} has no usable image")
+    predictor = predictor or compile_predictor(model)
+    probs = predict_pixels(predictor, prep, pixels)
+    paths = [f.path for f in dataset.files]
+    metrics = classification_metrics(dataset.labels, probs.argmax(axis=1),
+                                     model.class_names)
+    metrics.update(model=model.name, version=model.version,
+                   dataset=dataset.root,
+                   mistakes=confident_mistakes(paths, dataset.labels, probs,
+                                               model.class_names),
+                   broken=[{"path": p, "error": e} for p, e in broken])
+    return metrics
 
 
 def evaluate_on_split(model: StoredModel, split, *,

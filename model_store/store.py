@@ -247,8 +247,8 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             raise ModelIntegrityError(f"{where}: version must be a positive "
                                       f"integer, got {version!r}")
         return ModelInfo(name, version, folder)
-    name, version = parse_ref(ref)
     root = store_root(root)
+    name, version = _parse_alias(ref, root)
     odd = sorted(v for n, v, _ in _list_folders(root)
                  if n == name and not _VERSION.fullmatch(v))
     if odd:
@@ -263,13 +263,92 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             f"no model named {name!r} in the store {root}; stored models: "
             f"{', '.join(known) or 'none'} (see 'imgclass models list')")
     if version is None:
-        return versions[-1]
+        version = read_aliases(name, root=root).get(LATEST)
+        if version is None:
+            return versions[-1]
     for info in versions:
         if info.version == version:
             return info
     raise UnknownModelError(
         f"model {name!r} has no version {version} in {root}; versions: "
         f"{', '.join(str(i.version) for i in versions)}")
+
+
+# Aliases -------------------------------------------------------------------------
+#
+# ``<root>/<name>/aliases.json`` maps alias names to versions, e.g.
+# ``{"latest": 3, "prod": 2}``. ``NAME@ALIAS`` resolves through it. ``latest``
+# is special: without an entry it is the highest version (so a store without
+# aliases behaves as before); ``imgclass train`` pins it so that a new version
+# is not picked up by ``--model NAME`` until it is promoted.
+
+ALIASES_FILE = "aliases.json"
+LATEST = "latest"
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
+    """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file."""
+    name, _, alias = ref.partition("@")
+    if alias == LATEST or not _ALIAS.match(alias):
+        return parse_ref(ref)
+    parse_ref(name)  # validates the name
+    aliases = read_aliases(name, root=root)
+    if alias not in aliases:
+        raise UnknownModelError(
+            f"model {name!r} has no alias {alias!r} in {root}; aliases: "
+            f"{', '.join(sorted(aliases)) or 'none'} (set one with "
+            f"'imgclass models promote {name}@VERSION --alias {alias}')")
+    return name, aliases[alias]
+
+
+def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
+    """The aliases of model ``name`` (``{}`` when none are set)."""
+    path = _join(store_root(root), name, ALIASES_FILE)
+    try:
+        aliases = json.loads(_read(path))
+    except ModelFileMissingError:
+        return {}
+    except json.JSONDecodeError as error:
+        raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
+            from None
+    if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and v >= 1
+            for k, v in aliases.items()):
+        raise ModelIntegrityError(f"{path} must map alias names to version "
+                                  f"numbers, e.g. {{\"prod\": 2}}")
+    return aliases
+
+
+def set_alias(name: str, alias: str, version: int, *,
+              root: str | None = None) -> None:
+    """Points ``NAME@alias`` at an existing version (atomically on local
+    disks: the file is written aside and renamed)."""
+    if not _ALIAS.match(alias):
+        raise UnknownModelError(f"invalid alias {alias!r}: start with a "
+                                f"letter, then letters, digits, '_' or '-'")
+    root = store_root(root)
+    resolve(f"{name}@{version}", root=root)  # the version must exist
+    aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
+    _write_atomically(_join(root, name, ALIASES_FILE), _json_bytes(aliases))
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    if _is_uri(path):  # object stores replace whole objects
+        with _filesystems().create(path) as handle:
+            handle.write(data)
+        return
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
+                                         prefix=".aliases.")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def load_model(ref: str, *, root: str | None = None) -> StoredModel:

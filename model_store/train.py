@@ -13,13 +13,14 @@ import numpy as np
 
 from model_store import layers as L
 from model_store.engine import T, floatX, function
+from model_store.datasets import DATASETS
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
 from model_store.updates import OPTIMIZERS
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
-DATASETS = ("digits",)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,8 @@ class TrainConfig:
         lr: learning rate.
         seed: seeds weights, shuffling, augmentation and dropout.
         optimizer: ``adam``, ``momentum`` or ``sgd``.
-        augment_copies: random variants made of each training image.
+        augment_copies: random variants made of each training image
+            (0: the plain images, for folder training).
     """
     epochs: int = 12
     batch_size: int = 64
@@ -44,9 +46,11 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "augment_copies"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            least = 0 if name == "augment_copies" else 1
+            kind = "non-negative" if least == 0 else "positive"
+            if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
-                                  f"positive integer, got {value!r}")
+                                  f"{kind} integer, got {value!r}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -72,24 +76,43 @@ def load_spec(path: str) -> dict:
 
 def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         *, progress: Callable[[int, int, int, float, float], None]
-        | None = None) -> list[dict]:
+        | None = None, validation: tuple | None = None,
+        report: Callable[[dict, float], None] | None = None,
+        augment: Callable | None = None, frozen_statistics: bool = False,
+        clock: Callable[[], float] = time.monotonic) -> list[dict]:
     """Trains ``network`` in place.
 
     Args:
         network: output layer; its output must be class probabilities.
-        inputs: ``float32 (N, C, H, W)`` preprocessed examples.
+        inputs: ``float32 (N, ...)`` preprocessed examples (images
+            ``(N, C, H, W)``, or feature vectors ``(N, D)``).
         labels: ``int (N,)`` class ids.
         config: the settings.
         progress: called as ``(epoch, done, total, loss, accuracy)`` after
             every batch.
+        validation: ``(inputs, labels)``: accuracy measured after every
+            epoch (dropout off); at the end the network holds the weights
+            of the epoch with the best validation accuracy (the earliest
+            on ties).
+        report: called as ``(history row, training images per second)``
+            after every epoch.
+        augment: ``(batch, rng) -> batch``, applied to every training
+            batch (a fresh random change each time; the seed's
+            ``RandomState``).
+        frozen_statistics: train in inference mode: batch norm uses and
+            keeps its running statistics, dropout is off (fine-tuning).
+        clock: seconds, for the images/s figure.
 
     Returns:
-        One ``{"epoch", "loss", "accuracy"}`` dict per epoch.
+        One ``{"epoch", "loss", "accuracy"[, "val_accuracy"]}`` dict per
+        epoch.
     """
-    x, y = T.tensor4("x", dtype=floatX), T.ivector("y")
+    x = T.TensorType(floatX, (False,) * inputs.ndim)("x")
+    y = T.ivector("y")
     # Batch normalisation's running statistics move with every step, next
     # to the optimiser's updates of the trainable parameters.
-    probs, statistics = L.get_output_and_updates(network, x)
+    probs, statistics = L.get_output_and_updates(
+        network, x, deterministic=frozen_statistics)
     loss = T.nnet.categorical_crossentropy(probs, y).mean()
     accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
     params = L.get_all_params(network, trainable=True)
@@ -97,25 +120,55 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         loss, params, learning_rate=np.asarray(config.lr, floatX))
     updates.update(statistics)
     step = function([x, y], [loss, accuracy], updates=updates)
+    score = None
+    if validation is not None:
+        score = function([x], T.argmax(L.get_output(
+            network, x, deterministic=True), axis=1))
 
     rng = np.random.RandomState(config.seed)
     labels = labels.astype(np.int32)
-    history = []
+    history, best = [], (-1.0, None)
     for epoch in range(1, config.epochs + 1):
+        started = clock()
         order = rng.permutation(len(inputs))
         total_loss = total_correct = seen = 0.0
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
-            batch_loss, batch_acc = step(inputs[batch], labels[batch])
+            batch_x = inputs[batch]
+            if augment is not None:
+                batch_x = augment(batch_x, rng)
+            batch_loss, batch_acc = step(batch_x, labels[batch])
             seen += len(batch)
             total_loss += float(batch_loss) * len(batch)
             total_correct += float(batch_acc) * len(batch)
             if progress:
                 progress(epoch, int(seen), len(order), total_loss / seen,
                          total_correct / seen)
-        history.append({"epoch": epoch, "loss": round(total_loss / seen, 5),
-                        "accuracy": round(total_correct / seen, 5)})
+        rate = seen / max(clock() - started, 1e-9)
+        row = {"epoch": epoch, "loss": round(total_loss / seen, 5),
+               "accuracy": round(total_correct / seen, 5)}
+        if score is not None:
+            row["val_accuracy"] = round(_accuracy(score, *validation), 5)
+            if row["val_accuracy"] > best[0]:
+                best = (row["val_accuracy"], L.get_param_values(network))
+        history.append(row)
+        if report:
+            report(row, rate)
+    if best[1] is not None:
+        for param in L.get_all_params(network):
+            param.set_value(best[1][param.name])
     return history
+
+
+def _accuracy(score, inputs: np.ndarray, labels: np.ndarray) -> float:
+    predicted = np.concatenate([score(inputs[i:i + 256])
+                                for i in range(0, len(inputs), 256)])
+    return float(np.mean(predicted == labels))
+
+
+def best_epoch(history: list[dict]) -> dict:
+    """The history row whose weights :func:`fit` kept (validation)."""
+    return max(history, key=lambda row: (row["val_accuracy"], -row["epoch"]))
 
 
 class ProgressBar:
@@ -158,18 +211,21 @@ def digits_training_set(prep: Preprocessing, config: TrainConfig):
 
 def train_model(*, dataset: str, name: str, spec_path: str,
                 config: TrainConfig, root: str | None = None,
-                stream: TextIO = sys.stderr):
+                promote: bool = False, stream: TextIO = sys.stderr):
     """Trains on a named dataset, evaluates, and saves a new version.
 
     Returns:
         The saved :class:`~model_store.store.StoredModel`.
     """
     from model_store.evaluate import evaluate_on_split, record_metrics
-    from model_store.store import save_model
 
-    if dataset not in DATASETS:
-        raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}, "
+    if dataset != "digits":
+        raise ConfigError(f"train_model trains on the digits; --dataset "
+                          f"must be one of {', '.join(DATASETS)}, "
                           f"got {dataset!r}")
+    if config.augment_copies < 1:
+        raise ConfigError("--augment-copies must be at least 1 for the "
+                          "digits (they are rendered as files that way)")
     spec = load_spec(spec_path)
     network = build_network(spec, seed=config.seed)
     channels = spec["input_shape"][0]
@@ -199,5 +255,31 @@ def train_model(*, dataset: str, name: str, spec_path: str,
                         "settings": dataclasses.asdict(config),
                         "history": history,
                         "seconds": round(time.monotonic() - started, 1)})
-    model = save_model(network, name=name, metadata=metadata, root=root)
+    model, _ = save_version(network, name=name, metadata=metadata,
+                            root=root, promote=promote)
     return record_metrics(model, evaluate_on_split(model, split))
+
+
+def save_version(network, *, name: str, metadata: dict, promote: bool,
+                 root: str | None = None):
+    """Saves a trained network as the next version of ``name``; it becomes
+    what ``NAME`` and ``NAME@latest`` resolve to only if ``promote`` is
+    true or it is the model's first version.
+
+    ``latest`` is pinned to the current version *before* the new one is
+    written, so that no reader ever sees an unpromoted version as latest.
+
+    Returns:
+        ``(the saved model, whether it is now latest)``.
+    """
+    from model_store.store import (LATEST, list_models, read_aliases,
+                                   save_model, set_alias)
+
+    versions = [i.version for i in list_models(root) if i.name == name]
+    if versions and LATEST not in read_aliases(name, root=root):
+        set_alias(name, LATEST, max(versions), root=root)
+    model = save_model(network, name=name, metadata=metadata, root=root)
+    promoted = promote or not versions
+    if promoted and versions:
+        set_alias(name, LATEST, model.version, root=root)
+    return model, promoted

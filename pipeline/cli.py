@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
+from model_store.datasets import DATASETS
+from model_store.folders import VAL_FRACTION
 from pipeline import tables
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -30,14 +34,17 @@ def _models_list(args) -> int:
     from model_store.store import list_models, load_model, store_root
 
     infos = list_models(args.store)
+    aliases = _aliases_by_version(infos, args.store)
     if args.json:
         for info in infos:
-            print(json.dumps(_listing(info, args.store)))
+            print(json.dumps(dict(_listing(info, args.store),
+                                  aliases=aliases.get(info.ref, []))))
         return EXIT_OK
     if not infos:
         print(f"no models in {store_root(args.store)}")
         return EXIT_OK
-    print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  CREATED")
+    print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  {'ALIASES':<14} "
+          f"CREATED")
     for info in infos:
         try:
             meta = load_model(info.ref, root=args.store).metadata
@@ -46,8 +53,24 @@ def _models_list(args) -> int:
             created = meta.get("created_at", "-")
         except ImgclassError as error:
             accuracy, created = "BROKEN", str(error).split(":")[0]
-        print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  {created}")
+        names = ",".join(aliases.get(info.ref, [])) or "-"
+        print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  "
+              f"{names:<14} {created}")
     return EXIT_OK
+
+
+def _aliases_by_version(infos, store) -> dict[str, list[str]]:
+    """``{"NAME@V": [alias, ...]}``, ``latest`` included (pinned or the
+    highest version)."""
+    from model_store.store import read_aliases, resolve
+
+    out: dict[str, list[str]] = {}
+    for name in sorted({info.name for info in infos}):
+        aliases = dict(read_aliases(name, root=store))
+        aliases["latest"] = resolve(name, root=store).version
+        for alias, version in sorted(aliases.items()):
+            out.setdefault(f"{name}@{version}", []).append(alias)
+    return out
 
 
 def _listing(info, store) -> dict:
@@ -134,46 +157,183 @@ def _models_import_onnx(args) -> int:
 
 
 def _train(args) -> int:
-    import os
+    from model_store.train import train_model
 
-    from model_store.train import SPECS_DIR, TrainConfig, train_model
+    if (args.dataset is None) == (args.data is None):
+        raise ConfigError(f"give either --dataset "
+                          f"{{{','.join(DATASETS)}}} or --data PATH")
+    if args.dataset == "fashion-mnist":
+        from model_store.fashion import train_fashion
+        model = train_fashion(name=args.name,
+                              spec_path=args.spec or _default_spec(args),
+                              config=_train_config(args, None),
+                              root=args.store, promote=args.promote,
+                              stream=sys.stderr, limit=args.limit)
+    elif args.dataset:
+        model = train_model(dataset=args.dataset, name=args.name,
+                            spec_path=args.spec or _default_spec(args),
+                            config=_train_config(args, None),
+                            root=args.store, promote=args.promote)
+    if args.dataset:
+        print(f"saved {model.ref} to {model.location}: held-out accuracy "
+              f"{model.metadata['metrics']['accuracy']:.4f} "
+              f"(n={model.metadata['metrics']['n_test']})")
+        return _print_promotion(model, args.store)
+    return _train_folder(args)
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, optimizer=args.optimizer,
-                         augment_copies=args.augment_copies)
-    spec = args.spec or os.path.join(SPECS_DIR, "digits-cnn.json")
-    model = train_model(dataset=args.dataset, name=args.name, spec_path=spec,
-                        config=config, root=args.store)
-    print(f"saved {model.ref} to {model.location}: held-out accuracy "
-          f"{model.metadata['metrics']['accuracy']:.4f} "
-          f"(n={model.metadata['metrics']['n_test']})")
+
+def _default_spec(args) -> str:
+    from model_store.train import SPECS_DIR
+    name = {"fashion-mnist": "fashion"}.get(args.dataset, args.dataset)
+    return os.path.join(SPECS_DIR, f"{name}-cnn.json")
+
+
+def _train_config(args, defaults):
+    """The settings: the options given, else ``defaults`` (a
+    ``TrainConfig``, or None for the built-in datasets' defaults)."""
+    from model_store.train import TrainConfig
+
+    defaults = defaults or TrainConfig()
+    given = {key: getattr(args, key) for key in
+             ("epochs", "batch_size", "lr", "optimizer", "augment_copies")
+             if getattr(args, key) is not None}
+    if args.no_augment:
+        given["augment_copies"] = 0
+    return dataclasses.replace(defaults, seed=args.seed, **given)
+
+
+def _train_folder(args) -> int:
+    from model_store.folder_training import (BASE_DEFAULTS, SPEC_DEFAULTS,
+                                             FolderData, train_from_spec,
+                                             train_transfer)
+    from model_store.train import save_version
+
+    if (args.base is None) == (args.spec is None):
+        raise ConfigError("with --data, give --base MODEL (transfer "
+                          "learning, e.g. --base efficientnet-lite0) or "
+                          "--spec PATH (a network trained from scratch)")
+    if args.fine_tune_blocks and not args.base:
+        raise ConfigError("--fine-tune-blocks needs --base MODEL")
+    folders = FolderData(args.data, args.val_data, args.val_fraction)
+    if args.base:
+        network, metadata = train_transfer(
+            folders, name=args.name, base=_load_base(args.base, args.store),
+            config=_train_config(args, BASE_DEFAULTS), stream=sys.stderr,
+            fine_tune_blocks=args.fine_tune_blocks)
+    else:
+        network, metadata = train_from_spec(
+            folders, name=args.name, spec_path=args.spec,
+            config=_train_config(args, SPEC_DEFAULTS), stream=sys.stderr)
+    model, _ = save_version(network, name=args.name, metadata=metadata,
+                            root=args.store, promote=args.promote)
+    metrics = model.metadata["metrics"]
+    print(f"saved {model.ref} to {model.location}: validation accuracy "
+          f"{metrics['accuracy']:.4f} (n={metrics['n_test']}, best epoch "
+          f"{model.metadata['training']['best_epoch']})")
+    return _print_promotion(model, args.store)
+
+
+def _load_base(ref: str, store):
+    """``--base``: from the store in use, else from the shipped models."""
+    from model_store.errors import UnknownModelError
+    from model_store.store import DEFAULT_ROOT, load_model
+
+    try:
+        return load_model(ref, root=store)
+    except UnknownModelError:
+        if store is None:
+            raise
+        return load_model(ref, root=DEFAULT_ROOT)
+
+
+def _print_promotion(model, store) -> int:
+    from model_store.store import resolve
+
+    latest = resolve(model.name, root=store)
+    if latest.version == model.version:
+        print(f"{model.name}@latest is now {model.ref}")
+    else:
+        print(f"{model.name}@latest is still {latest.ref}: compare them "
+              f"with 'imgclass evaluate', then 'imgclass models promote "
+              f"{model.ref}' (or train with --promote)")
+    return EXIT_OK
+
+
+def _models_promote(args) -> int:
+    from model_store.store import resolve, set_alias
+
+    info = resolve(args.model, root=args.store)
+    set_alias(info.name, args.alias, info.version, root=args.store)
+    print(f"{info.name}@{args.alias} -> {info.ref}")
     return EXIT_OK
 
 
 def _evaluate(args) -> int:
-    from model_store.datasets import load_digits_split
-    from model_store.evaluate import evaluate_on_split, plot_confusion
+    from model_store.evaluate import (evaluate_on_folder, evaluate_on_split,
+                                      plot_confusion)
     from model_store.store import load_model
 
     model = load_model(args.model, root=args.store)
-    metrics = evaluate_on_split(model, load_digits_split())
+    if args.data:
+        metrics = evaluate_on_folder(model, args.data)
+        what = f"images in {args.data}"
+    elif args.dataset == "fashion-mnist":
+        from model_store.fashion import load_fashion_split
+        metrics = evaluate_on_split(model, load_fashion_split())
+        metrics["dataset"] = what = "Fashion-MNIST test images"
+    else:
+        from model_store.datasets import load_digits_split
+        metrics = evaluate_on_split(model, load_digits_split())
+        what = "held-out digits"
     if args.plot:
         plot_confusion(metrics, args.plot)
     if args.json:
         print(json.dumps(metrics))
         return EXIT_OK
-    print(f"{model.ref}: accuracy {metrics['accuracy']:.4f} on "
-          f"{metrics['n_test']} held-out digits")
-    print(f"{'class':>6} {'precision':>9} {'recall':>7} {'support':>7}")
-    for name, row in metrics["per_class"].items():
-        print(f"{name:>6} {row['precision']:>9.4f} {row['recall']:>7.4f} "
-              f"{row['support']:>7}")
-    print("confusion matrix (rows: true class, columns: predicted):")
-    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
-        print(f"{name:>6} " + " ".join(f"{c:>4}" for c in row))
+    _print_metrics(model.ref, metrics, what)
     if args.plot:
         print(f"wrote {args.plot}")
     return EXIT_OK
+
+
+def _print_metrics(ref: str, metrics: dict, what: str) -> None:
+    print(f"{ref}: accuracy {metrics['accuracy']:.4f} on "
+          f"{metrics['n_test']} {what}")
+    width = max(6, *(len(name) for name in metrics["per_class"]))
+    print(f"{'class':>{width}} {'precision':>9} {'recall':>7} {'f1':>7} "
+          f"{'support':>7}")
+    for name, row in metrics["per_class"].items():
+        print(f"{name:>{width}} {row['precision']:>9.4f} "
+              f"{row['recall']:>7.4f} {row['f1']:>7.4f} {row['support']:>7}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
+        print(f"{name:>{width}} " + " ".join(f"{c:>4}" for c in row))
+    if metrics.get("mistakes"):
+        print("most confident mistakes:")
+        for row in metrics["mistakes"]:
+            print(f"  {row['confidence']:.4f} {row['predicted']} (true "
+                  f"{row['true']}): {row['path']}")
+    for row in metrics.get("broken", []):
+        print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
+
+
+_IMPORTED = time.monotonic()
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (from
+    /proc on Linux, else when this module was imported): the summary's wall
+    time counts Python's start, imports, model loading and compiling."""
+    try:
+        with open("/proc/self/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+    # Both clocks count from boot on Linux; keep it sane if they do not.
+    return min(_IMPORTED, time.monotonic() - max(age, 0.0))
 
 
 def _classify(args) -> int:
@@ -187,13 +347,14 @@ def _classify(args) -> int:
         run_date=args.run_date, overwrite=args.overwrite,
         skip_done=args.skip_done, skip_done_by=args.skip_done_by,
         min_confidence=args.min_confidence, retry_errors=args.retry_errors,
-        beam_args=args.beam_args,
+        allow_empty=args.allow_empty, beam_args=args.beam_args,
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
     with _sigterm_interrupts() as terminated:
         try:
-            manifest = run_classify(config, log=_log(args))
+            manifest = run_classify(config, log=_log(args),
+                                    started=process_started())
         except RunFailed as error:
             print(f"imgclass: run failed: {error}", file=sys.stderr)
             return EXIT_FAILED
@@ -286,6 +447,17 @@ def _version() -> str:
             f"{metadata.version('apache-beam')}, Theano "
             f"{metadata.version('theano')}, Python "
             f"{sys.version.split()[0]}; default model {default})")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number between 0 and 1, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -413,6 +585,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("model", metavar="NAME[@VERSION]", nargs="?",
                        help="one model (default: every stored version)")
     check.set_defaults(func=_models_verify)
+    promote = models_commands.add_parser(
+        "promote", help="point an alias (default: latest) at a version",
+        description="Point NAME@ALIAS at a stored version, e.g. "
+                    "'imgclass models promote shop@3 --alias prod'; "
+                    "nightly jobs that run --model shop@prod then use it. "
+                    "Without --alias, makes it NAME@latest (what --model "
+                    "NAME means).")
+    promote.add_argument("model", metavar="NAME@VERSION",
+                         help="the version, e.g. shop@3 (or an alias)")
+    promote.add_argument("--alias", default="latest",
+                         help="alias to move (default: %(default)s)")
+    promote.set_defaults(func=_models_promote)
     importing = models_commands.add_parser(
         "import", help="save a model from another framework as a version",
         description="Import a model file as the next version of a model.")
@@ -442,48 +626,103 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model and save a new version",
-        description="Train a network from a JSON spec with theano.grad and "
-                    "save it as a new version in the store. Deterministic "
-                    "for a given seed.")
-    train.add_argument("--dataset", required=True, choices=["digits"],
-                       help="training data: the UCI handwritten digits that "
-                            "scikit-learn ships")
+        description="Train a network with theano.grad and save it as a new "
+                    "version in the store: on a built-in dataset "
+                    "(--dataset), or on a folder with one sub-folder of "
+                    "images per class (--data), from a JSON spec (--spec) "
+                    "or on top of a stored model's frozen features (--base, "
+                    "e.g. efficientnet-lite0). Deterministic for a given "
+                    "seed. The new version becomes NAME@latest only with "
+                    "--promote (or if it is the first).")
+    train.add_argument("--dataset", choices=list(DATASETS),
+                       help="training data: 'digits', the UCI handwritten "
+                            "digits that scikit-learn ships; "
+                            "'fashion-mnist', as Debian's "
+                            "dataset-fashion-mnist package installs it "
+                            "(evaluated on its 10,000 test images)")
+    train.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="with --dataset fashion-mnist: use only the "
+                            "first N training images (a quick check)")
+    train.add_argument("--data", metavar="PATH",
+                       help="training images: one sub-folder per class "
+                            "(local or any Beam filesystem); unreadable "
+                            "files are listed and skipped")
+    train.add_argument("--val-data", metavar="PATH",
+                       help="validation images, laid out as --data "
+                            "(default: a stratified --val-fraction of "
+                            "--data)")
+    train.add_argument("--val-fraction", type=_fraction,
+                       default=VAL_FRACTION,
+                       help="share of each class held out for validation, "
+                            "with a fixed seed (default: %(default)s)")
+    train.add_argument("--base", metavar="MODEL",
+                       help="transfer learning: a stored model (e.g. "
+                            "efficientnet-lite0) whose frozen features "
+                            "feed a new dense + softmax head; features are "
+                            "cached per file under the user cache folder")
+    train.add_argument("--fine-tune-blocks", type=_positive_int,
+                       default=0, metavar="N",
+                       help="with --base: also train the base's last N "
+                            "blocks (batch norm in inference mode; the "
+                            "outputs of the block before them are cached "
+                            "instead of the features); try a smaller --lr")
     train.add_argument("--name", required=True,
                        help="model name; the version is the next free one")
     train.add_argument("--spec", metavar="PATH",
-                       help="JSON network spec (default: "
-                            "model_store/specs/digits-cnn.json)")
-    train.add_argument("--epochs", type=_positive_int, default=12,
-                       help="passes over the augmented training set "
-                            "(default: %(default)s)")
-    train.add_argument("--batch-size", type=_positive_int, default=64,
-                       help="examples per update (default: %(default)s)")
-    train.add_argument("--lr", type=_positive_float, default=0.001,
-                       help="learning rate (default: %(default)s)")
+                       help="JSON network spec (default with --dataset: "
+                            "model_store/specs/DATASET-cnn.json)")
+    train.add_argument("--promote", action="store_true",
+                       help="make the new version NAME@latest (otherwise "
+                            "latest stays where it is, except for a first "
+                            "version)")
+    train.add_argument("--epochs", type=_positive_int,
+                       help="passes over the training set (default: 12; "
+                            "40 with --base)")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help="examples per update (default: 64)")
+    train.add_argument("--lr", type=_positive_float,
+                       help="learning rate (default: 0.001; 0.003 with "
+                            "--base)")
     train.add_argument("--seed", type=int, default=0,
                        help="seed of weights, shuffling, augmentation and "
                             "dropout (default: %(default)s)")
     train.add_argument("--optimizer", choices=["adam", "momentum", "sgd"],
-                       default="adam", help="update rule (default: "
-                                            "%(default)s)")
-    train.add_argument("--augment-copies", type=_positive_int, default=8,
-                       help="random variants (size, filter, shift, JPEG) "
-                            "made of each training image (default: "
-                            "%(default)s)")
+                       help="update rule (default: adam)")
+    train.add_argument("--augment-copies", type=_positive_int,
+                       help="random variants made of each training image: "
+                            "size, filter, shift, JPEG for --dataset digits "
+                            "(default 8); random resized crop and "
+                            "horizontal flip for --data (default 3)")
+    train.add_argument("--no-augment", action="store_true",
+                       help="with --data: train on the plain images")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and confusion matrix on held-out data",
-        description="Evaluate a model on the held-out 20% of the digits: "
-                    "accuracy, per-class precision and recall, confusion "
-                    "matrix.")
+        description="Evaluate a model on a labelled image folder (--data), "
+                    "or by default on the held-out 20% of the digits: "
+                    "accuracy, per-class precision, recall and F1 "
+                    "(scikit-learn), confusion matrix, and the most "
+                    "confident mistakes by path.")
     evaluate.add_argument("--model", default=DEFAULT_MODEL,
                           metavar="NAME[@VERSION]",
                           help="model to evaluate (default: %(default)s)")
+    evaluate.add_argument("--dataset", choices=list(DATASETS),
+                          default="digits",
+                          help="built-in test data when --data is not "
+                               "given: the held-out digits, or "
+                               "Fashion-MNIST's 10,000 test images "
+                               "(default: %(default)s)")
+    evaluate.add_argument("--data", metavar="PATH",
+                          help="labelled images: one sub-folder per class, "
+                               "named as the model's classes (local or any "
+                               "Beam filesystem); unreadable files are "
+                               "listed and skipped")
     evaluate.add_argument("--json", action="store_true",
                           help="print one JSON object (accuracy, n_test, "
                                "model, version, per_class, "
-                               "confusion_matrix)")
+                               "confusion_matrix; with --data also "
+                               "mistakes and broken)")
     evaluate.add_argument("--plot", metavar="PNG",
                           help="also write the confusion matrix as a picture")
     evaluate.set_defaults(func=_evaluate)
@@ -557,6 +796,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "
                                "seconds (for schedulers)")
+    classify.add_argument("--allow-empty", action="store_true",
+                          help="an input that matches no file at all is "
+                               "not a mistake (a nightly job over a folder "
+                               "that may be empty); without it, it is "
+                               "refused before any work (exit 2)")
     classify.add_argument("--retry-errors", action="store_true",
                           help="with --skip-done, also classify again files "
                                "that failed to decode or preprocess (read "
@@ -632,7 +876,7 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise ConfigError("-q and -v contradict each other: give one")
     if quiet:  # worker processes inherit it
-        from transforms.predict import PROGRESS_ENV
+        from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
     if verbose:
         logging.getLogger("apache_beam").setLevel(logging.INFO)

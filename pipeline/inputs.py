@@ -14,7 +14,9 @@ This is the one module that reads ``--input``:
 * the same pattern given twice is listed once (and a file several patterns
   match is classified once: ``transforms.read.MatchFiles``);
 * an input that is the output folder, or inside it, is refused; an output
-  inside an input is never listed (:func:`excluded`).
+  inside an input is never listed (:func:`excluded`);
+* :func:`unmatched` finds the inputs that match no file at all (a glob
+  typo), which ``classify`` refuses unless ``--allow-empty``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from model_store.errors import ConfigError
-from transforms.files import GLOB_CHARS, escape_glob, escape_path, is_uri
+from transforms.files import (GLOB_CHARS, escape_glob, escape_path, is_uri,
+                              list_pattern)
 
 
 def input_pattern(path: str) -> str:
@@ -63,6 +66,37 @@ def input_patterns(inputs: Sequence[str], output: str) -> list[str]:
         if pattern not in patterns:
             patterns.append(pattern)
     return patterns
+
+
+def unmatched(inputs: Sequence[str], output: str) -> list[str]:
+    """The ``inputs`` whose pattern matches nothing at all, output excluded.
+
+    Cheap, and stops at the first hit: local patterns are listed as the run
+    lists them until the first file (or what the run would report as an
+    error row: an unreadable folder, a dangling symlink...); other
+    filesystems are asked for one match (``FileSystems.match`` with a limit
+    of 1). A pattern that matches nothing is listed whole once more (local)
+    before the run is refused. With ``--skip-done`` "nothing" means the
+    listing found no file, not that no file was new.
+    """
+    exclude = excluded(output)
+    return [path for path in inputs
+            if not _matches_any(input_pattern(path), exclude)]
+
+
+def _matches_any(pattern: str, exclude: Sequence[str]) -> bool:
+    if is_uri(pattern):
+        try:
+            [first] = FileSystems.match([pattern], limits=[1])
+        except Exception:  # noqa: BLE001 - the run reports it as an error row
+            return True
+        if not first.metadata_list:
+            return False
+        prefixes = tuple(f.rstrip("/") + "/" for f in exclude)
+        if not first.metadata_list[0].path.startswith(prefixes):
+            return True
+        # The one hit is in the output: look further (rare).
+    return next(iter(list_pattern(pattern, exclude=exclude)), None) is not None
 
 
 def excluded(output: str) -> list[str]:

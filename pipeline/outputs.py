@@ -47,6 +47,7 @@ PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
 LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
 MANIFEST, SUCCESS, STAGING = "_manifest.json", "_SUCCESS", "_staging"
 PUBLISH, LOCK, MATCHED = "_publish.json", "_lock", "_matched.json"
+TO_CLASSIFY = "_to_classify.json"
 # A run refreshes its lock every LOCK_REFRESH_SECONDS; a lock is taken over
 # once its owner's process is gone (same host) or it was not refreshed for
 # LOCK_STALE_SECONDS (a killed run on another host or in another container);
@@ -126,6 +127,30 @@ def check_output(output: str) -> None:
         message = getattr(error, "strerror", None) or str(error).split("\n")[0]
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+@contextlib.contextmanager
+def removed_unless_used(output: str):
+    """The block may create the local folder ``output`` (and its missing
+    parents, e.g. :func:`check_output`); when the block raises (a refused
+    configuration, a failed or interrupted run), those it created are
+    removed again if they are empty, so that a refused run leaves no folder
+    behind. Object stores have no folders to remove."""
+    missing = []
+    if not is_uri(output):
+        folder = os.path.abspath(output)
+        while not os.path.lexists(folder):
+            missing.append(folder)  # deepest first
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:
+            try:
+                os.rmdir(folder)  # only if empty
+            except OSError:
+                break
+        raise
 
 
 def check_earlier_run(output: str, *, overwrite: bool,
@@ -323,12 +348,16 @@ class RunOutputs:
 
     def matched_count(self) -> Optional[int]:
         """The count the pipeline wrote, or None if the runner lost it."""
-        try:
-            with FileSystems.open(self.matched_count_path) as handle:
-                count = json.loads(handle.read())["matched"]
-        except Exception:  # noqa: BLE001 - missing or damaged: unknown
-            return None
-        return count if isinstance(count, int) and count >= 0 else None
+        return _read_count(self.matched_count_path, "matched")
+
+    @property
+    def todo_count_path(self) -> str:
+        """Where the pipeline writes how many files it is to classify (the
+        matched ones, less listing errors and files done before)."""
+        return join(self.staging, TO_CLASSIFY)
+
+    def todo_count(self) -> Optional[int]:
+        return _read_count(self.todo_count_path, "to_classify")
 
     def staging_prefix(self, kind: str) -> str:
         return join(self.staging, kind, f"part-{self.run_id}")
@@ -461,9 +490,20 @@ def _remove_staging(output: str, staging: str) -> None:
             pass
 
 
-def write_count(count: int, path: str) -> None:
-    """Run by the pipeline: records how many files it matched."""
-    _write_file(path, _json_bytes({"matched": int(count)}))
+def write_count(count: int, path: str, key: str = "matched") -> None:
+    """Run by the pipeline: records how many files it matched (or, with
+    another ``key``, is to classify)."""
+    _write_file(path, _json_bytes({key: int(count)}))
+
+
+def _read_count(path: str, key: str) -> Optional[int]:
+    """A count :func:`write_count` wrote, or None (missing or damaged)."""
+    try:
+        with FileSystems.open(path) as handle:
+            count = json.loads(handle.read())[key]
+    except Exception:  # noqa: BLE001 - missing or damaged: unknown
+        return None
+    return count if isinstance(count, int) and count >= 0 else None
 
 
 def ledger_files(output: str) -> list[str]:
@@ -485,6 +525,9 @@ def read_table(paths: Iterable[str], columns=None) -> pa.Table:
     """Reads Parquet files into one table (for small outputs: errors)."""
     tables = []
     for path in paths:
+        if not is_uri(path):  # only the columns' chunks are read
+            tables.append(pq.read_table(path, columns=columns))
+            continue
         with FileSystems.open(path) as handle:
             tables.append(pq.read_table(io.BytesIO(handle.read()),
                                         columns=columns))

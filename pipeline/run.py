@@ -9,6 +9,7 @@ import io
 import re
 import os
 import sys
+import tempfile
 import time
 import uuid
 from typing import Optional, Sequence
@@ -24,11 +25,13 @@ from apache_beam.options.pipeline_options import (DirectOptions,
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import inputs, layout, outputs, tables
+from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
                                  DEFAULT_TOP_K, ClassifyBatches)
 from transforms.decode import ERRORS, METRICS_NAMESPACE
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
+from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
 from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
                              ledger_table)
@@ -71,6 +74,9 @@ class ClassifyConfig:
     skip_done: bool = False
     skip_done_by: str = "mtime"
     retry_errors: bool = False
+    # Inputs that match no file at all are a mistake (a glob typo) unless
+    # this is set (a nightly job over a folder that may be empty).
+    allow_empty: bool = False
     beam_args: Sequence[str] = ()
     emit_embeddings: bool = False
     table_format: str = tables.DEFAULT_FORMAT
@@ -308,12 +314,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run_classify(config: ClassifyConfig, *, log=None,
-                 output_locked: bool = False) -> dict:
+                 output_locked: bool = False,
+                 started: Optional[float] = None) -> dict:
     """Runs the whole job; returns the manifest.
 
     Holds the output's lock (unless the caller, ``watch``, holds it:
     ``output_locked``), completes interrupted publishing, and only then
-    decides whether the output holds an earlier run.
+    decides whether the output holds an earlier run. A run that raises
+    leaves no output folder it created (if still empty).
+
+    ``started``: the ``time.monotonic()`` from which the summary counts the
+    wall time (the command line passes its process's start, so that
+    imports, model loading and compiling are counted); default: now.
 
     Raises:
         ConfigError (and other ImgclassError): a mistake found before work.
@@ -322,17 +334,44 @@ def run_classify(config: ClassifyConfig, *, log=None,
         KeyboardInterrupt: Ctrl-C; nothing was published (Interrupted when
             publishing had started: the next run completes it).
     """
-    from model_store.store import load_model
-
     log = log if log is not None else sys.stderr
+    started = time.monotonic() if started is None else started
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
+    with outputs.removed_unless_used(config.output):
+        manifest = _run(config, options, runner, log, output_locked, started)
+    # Not in the published manifest: publishing is part of the wall time.
+    manifest = dict(manifest, wall_seconds=round(time.monotonic() - started,
+                                                 3))
+    _summary(manifest, config, log)
+    return manifest
+
+
+def check_matches(config: ClassifyConfig) -> None:
+    """Refuses inputs that match no file at all, unless ``allow_empty``."""
+    if config.allow_empty:
+        return
+    empty = inputs.unmatched(config.inputs, config.output)
+    if empty:
+        names = ", ".join(repr(escape_path(i)) for i in empty)
+        raise ConfigError(
+            f"input{'s' if len(empty) > 1 else ''} {names} "
+            f"match{'' if len(empty) > 1 else 'es'} no file; check the "
+            f"pattern (a typo, the extension?), or pass --allow-empty if an "
+            f"empty input is expected")
+
+
+def _run(config, options, runner, log, output_locked, started) -> dict:
+    """run_classify's work, once the Beam options are known."""
+    from model_store.store import load_model
+
     patterns, partition = validate(config)
     layout.check(config.output, layout.layout_of(partition),
                  overwrite=config.overwrite)
     table_spec(config, partition)  # its mistakes, before any work
-    started = datetime.datetime.now(datetime.timezone.utc)
-    run_id = new_run_id(started)
+    check_matches(config)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    run_id = new_run_id(now)
     with (contextlib.nullcontext() if output_locked
           else outputs.locked(config.output, run_id)):
         try:
@@ -350,31 +389,32 @@ def run_classify(config: ClassifyConfig, *, log=None,
         paths = outputs.RunOutputs(config.output, run_id, partition)
         try:  # until publishing starts, any way out removes the staging
             staged, manifest = _stage(config, options, runner, model,
-                                      patterns, paths, started, log)
+                                      patterns, paths, (now, started), log)
         except BaseException:
             paths.discard_staging()
             raise
         _publish(paths, staged, manifest, overwrite=config.overwrite)
         layout.record(config.output, manifest["layout"])
-    _summary(manifest, config, log)
     return manifest
 
 
 def _stage(config, options, runner, model, patterns, paths, started, log):
-    """Runs the pipeline into staging; ``(staged files, manifest)``."""
+    """Runs the pipeline into staging; ``(staged files, manifest)``.
+    ``started``: (UTC datetime, ``time.monotonic()``) the run started."""
     runner_name = type(runner).__name__ if runner else options.view_as(
         StandardOptions).runner
-    result, seconds = _execute(config, options, runner, model, patterns,
-                               paths, f"with {model.ref} on {runner_name}",
-                               log)
+    result, seconds, startup = _execute(
+        config, options, runner, model, patterns, paths,
+        f"with {model.ref} on {runner_name}", log, started[1])
     staged = paths.staged_files()
     table = table_spec(config, paths.partition)
     manifest = {
         "run_id": paths.run_id,
-        "started_at": started.isoformat(timespec="seconds"),
+        "started_at": started[0].isoformat(timespec="seconds"),
         "finished_at": datetime.datetime.now(
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
+        "startup_seconds": round(startup, 3),
         "model": {"name": model.name, "version": str(model.version),
                   "weights_sha256": model.weights_sha256,
                   "location": model.location},
@@ -385,6 +425,7 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
         "layout": layout.layout_of(paths.partition),
         "table": table.to_dict() if table else None,
         "counts": _counts(paths, staged, retries=config.skip_done),
+        "low_confidence": _low_confidence(staged, config.min_confidence),
         "skip_done": config.skip_done,
         "skip_done_by": config.skip_done_by if config.skip_done else None,
         "retry_errors": config.retry_errors,
@@ -401,17 +442,33 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
     return staged, manifest
 
 
-def _execute(config, options, runner, model, patterns, paths, what, log):
-    """Builds and runs the pipeline; ``(result, seconds)``."""
-    pipeline = beam.Pipeline(runner=runner, options=options)
-    _build(pipeline, config, model, patterns, paths)  # checks its settings
-    try:
+def _execute(config, options, runner, model, patterns, paths, what, log,
+             started):
+    """Builds and runs the pipeline; ``(result, seconds, start-up seconds
+    before it, from the monotonic time started)``."""
+    every = progress_seconds()
+    with tempfile.TemporaryDirectory(prefix="imgclass-progress-") as folder:
+        # Workers on this machine (the local runners) write their counts
+        # for the driver to add up; elsewhere each worker logs its own.
+        folder = folder if runner is not None and every > 0 else None
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        _build(pipeline, config, model, patterns, paths,  # checks settings
+               progress_folder=folder)
         print(f"imgclass: run {paths.run_id}: classifying "
               f"{', '.join(config.inputs)} {what}", file=log)
         clock = time.monotonic()
+        with (Monitor(paths, folder, every=every, log=log) if folder
+              else contextlib.nullcontext()):
+            result = _wait(pipeline, paths)
+    return result, time.monotonic() - clock, clock - started
+
+
+def _wait(pipeline, paths):
+    """Runs ``pipeline`` to its end; its result."""
+    try:
         result = pipeline.run()
         result.wait_until_finish()
-        return result, time.monotonic() - clock
+        return result
     except Exception as error:
         if _interrupted(error):
             raise KeyboardInterrupt from None
@@ -465,6 +522,29 @@ def _counts(paths: outputs.RunOutputs, staged: dict, *,
     return counts
 
 
+# The run summary warns when more than this share of the predictions is
+# below --min-confidence (or, without it, below LOW_CONFIDENCE). Images a
+# model was made for are far above it (36 sample digits: all above 0.97);
+# photos given to the digits model mostly below (24 noise, flat and
+# gradient images: 19 below 0.9, only 5 below 0.5).
+LOW_CONFIDENCE, LOW_CONFIDENCE_SHARE = 0.9, 0.5
+
+
+def _low_confidence(staged: dict, min_confidence: float) -> dict:
+    """How many prediction rows are below ``min_confidence`` (or, when it is
+    0, below LOW_CONFIDENCE), from the staged confidence column alone."""
+    import pyarrow.compute as pc
+
+    threshold = min_confidence or LOW_CONFIDENCE
+    table = outputs.read_table(staged[outputs.PREDICTIONS_DIR],
+                               ["confidence"])
+    below = 0
+    if table is not None and table.num_rows:
+        below = pc.sum(pc.less(table.column("confidence"),
+                               threshold)).as_py() or 0
+    return {"threshold": threshold, "rows": below}
+
+
 def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
              overwrite: bool) -> None:
     """Publishes the run; an interruption or a write error part way is
@@ -488,25 +568,38 @@ def _summary(manifest: dict, config: ClassifyConfig, log) -> None:
     matched, skipped = counts["matched"], counts["skipped"]
     by_stage = counts["failed_by_stage"]
     rate = (matched - skipped) / seconds if seconds > 0 else 0.0
-    print(f"imgclass: run {manifest['run_id']} done in {seconds:.1f}s: "
-          f"{matched} matched, {counts['predicted']} predicted, "
+    wall = manifest["wall_seconds"]
+    print(f"imgclass: run {manifest['run_id']} done in {wall:.1f}s "
+          f"(start-up {manifest['startup_seconds']:.1f}s, pipeline "
+          f"{seconds:.1f}s): {matched} matched, {counts['predicted']} predicted, "
           f"{counts['failed']} failed"
           + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(by_stage.items()))})"
              if by_stage else "")
           + (f", {skipped} skipped (done before), {counts['retried']} "
              f"retried" if config.skip_done else "")
           + f"; {rate:.0f} images/s; output {config.output}", file=log)
+    low, predicted = manifest["low_confidence"], counts["predicted"]
+    if predicted and low["rows"] > LOW_CONFIDENCE_SHARE * predicted:
+        print(f"imgclass: warning: {low['rows']} of {predicted} predictions "
+              f"({100 * low['rows'] / predicted:.0f}%) have a confidence "
+              f"below {low['threshold']:g}: are these the images model "
+              f"{manifest['model']['name']}@{manifest['model']['version']} "
+              f"was made for? (e.g. photos given to a digits model)",
+              file=log)
 
 
 def summary(manifest: dict) -> dict:
     """The run in one small JSON object (``--summary-json``)."""
     return {key: manifest[key] for key in (
-        "run_id", "output", "model", "counts", "seconds", "started_at",
-        "finished_at")}
+        "run_id", "output", "model", "counts", "seconds", "startup_seconds",
+        "wall_seconds", "low_confidence", "started_at", "finished_at")}
 
 
-def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
-    """The pipeline: match, [skip done], classify, write four tables."""
+def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
+           progress_folder: Optional[str] = None) -> None:
+    """The pipeline: match, [skip done], classify, write four tables; with
+    a ``progress_folder``, also the count of files to classify, for
+    :class:`pipeline.progress.Monitor`."""
     listed = (pipeline
               | "Patterns" >> beam.Create(patterns)
               | "MatchFiles" >> MatchFiles(
@@ -515,11 +608,11 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
     matched = listed.files
     # Counted where they are matched (listing errors included), not from
     # what is written, so a runner that loses rows cannot hide it.
-    _ = ((listed.files, listed[ERRORS])
-         | "Listed" >> beam.Flatten()
-         | "CountMatched" >> beam.combiners.Count.Globally()
-         | "WriteMatchedCount" >> beam.Map(outputs.write_count,
-                                           paths.matched_count_path))
+    counted = ((listed.files, listed[ERRORS])
+               | "Listed" >> beam.Flatten()
+               | "CountMatched" >> beam.combiners.Count.Globally()
+               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
+                                                 paths.matched_count_path))
     if config.skip_done:
         parts = matched | "SkipDone" >> SkipDone(
             outputs.ledger_files(config.output), model_name=model.name,
@@ -531,6 +624,17 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
             paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
     batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
+    if progress_folder:
+        todo = (matched
+                | "CountToClassify" >> beam.combiners.Count.Globally()
+                | "WriteToClassifyCount" >> beam.Map(
+                    outputs.write_count, paths.todo_count_path,
+                    key="to_classify"))
+        # Side inputs: classifying starts once both counts are written, so
+        # that progress lines have their total (matching must end before
+        # the batches' reshuffle anyway).
+        batches = batches | "AfterCounts" >> beam.Map(
+            _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
     _ = (batches
          | "LedgerRows" >> beam.Map(
              ledger_table, model_name=model.name,
@@ -543,7 +647,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
         run_id=paths.run_id, loaded=model,
         min_confidence=config.min_confidence,
-        embeddings=config.emit_embeddings)
+        embeddings=config.emit_embeddings, progress_folder=progress_folder)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR),
         schema.predictions_schema(config.emit_embeddings),
@@ -552,6 +656,11 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths) -> None:
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(
              paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
+
+
+def _after(batch, *_written):
+    """A batch, once the side inputs ``_written`` exist."""
+    return batch
 
 
 def _first_line(error: BaseException) -> str:

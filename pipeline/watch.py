@@ -18,6 +18,9 @@ pipeline, with the same output contract:
   (``.name``, ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``) and it
   was last modified at least ``settle`` seconds ago
   (``transforms.read.is_settled``). Other files wait for a later window.
+* Inputs that match no file are not refused (a watched folder may start
+  empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
+  so when it starts.
 * After a window is published, ``_windows/<start>.json`` records it (run id,
   counts; no run when there was nothing new). When no later window can write
   into an hour partition any more, ``_SUCCESS`` is written into
@@ -152,7 +155,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     base = dataclasses.replace(
         config, model=config.model if "/" in config.model else model.ref,
         partition_by="none", run_date=None, overwrite=False, skip_done=True,
-        partition=None, settle=float(settle), window=None)
+        partition=None, settle=float(settle), window=None, allow_empty=True)
     patterns, _ = validate(base)
     output = base.output
     _check_layout(output)
@@ -168,6 +171,10 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
         _reconcile(output, current)
         done = {}
         _add_ledger(done, outputs.ledger_files(output), model)
+        # A watched folder may well start empty: not a mistake, but say so
+        # (a typo in a glob would otherwise wait forever, silently).
+        for path in inputs.unmatched(config.inputs, output):
+            print(f"imgclass: input {path!r} matches no file yet", file=log)
         print(f"imgclass: watching {', '.join(config.inputs)} every "
               f"{interval:g}s with {model.ref}; files settle for {settle:g}s; "
               f"{seconds}s windows go to {output}/predictions/"

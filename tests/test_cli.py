@@ -79,3 +79,17 @@ def test_quiet_run_prints_only_the_json_summary(cli, tmp_path):
                and r["top_k"] for r in unsure)
     assert all(r["label"] is not None for r in rows if r not in unsure)
     assert all(r["confidence"] >= 0.999 for r in rows if r not in unsure)
+
+
+def test_process_start_is_when_the_process_started():
+    """Against ps's elapsed time of this process (whole seconds)."""
+    import subprocess
+    import time
+
+    from pipeline.cli import process_started
+
+    age = time.monotonic() - process_started()
+    elapsed = int(subprocess.run(["ps", "-o", "etimes=", "-p",
+                                  str(os.getpid())], capture_output=True,
+                                 text=True, check=True).stdout)
+    assert elapsed - 1.5 <= age <= elapsed + 1.5

@@ -32,7 +32,8 @@ def tampered_store(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--model", "nope"], "no model named 'nope'"),
     (["--model", "digits-cnn@9"], "model 'digits-cnn' has no version 9"),
-    (["--model", "digits-cnn@x"], "invalid model version 'x'"),
+    (["--model", "digits-cnn@0"], "invalid model version '0'"),
+    (["--model", "digits-cnn@staging"], "model 'digits-cnn' has no alias 'staging'"),
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
@@ -49,8 +50,8 @@ def test_option_mistakes_exit_2_before_any_work(cli, images, tmp_path, args,
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) <= 2  # argparse adds a usage line
-    assert not (output / "predictions").exists()
-    assert not (output / "_staging").exists()
+    # Refused: no folder (nor a lock or staging in it) is left behind.
+    assert not output.exists()
 
 
 def test_missing_input_exits_2(cli, tmp_path):
@@ -60,6 +61,53 @@ def test_missing_input_exits_2(cli, tmp_path):
     code, _, err = cli("classify", "--input", tmp_path / "gone" / "*.png",
                        "--output", tmp_path / "out")
     assert code == 2 and "does not exist" in err
+
+
+def test_an_input_that_matches_no_file_is_refused_leaving_no_folder(
+        cli, images, tmp_path):
+    """A glob typo ('*.jpeg' for .jpg files) is one line and exit 2 before
+    any work, not an empty run that then blocks the corrected rerun."""
+    output = tmp_path / "deep" / "out"
+    typo = os.path.join(images, "*.jpeg")
+    code, _, err = cli("classify", "--input", images, "--input", typo,
+                       "--output", output)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert f"input {typo!r} matches no file" in line
+    assert "--allow-empty" in line and images + "'" not in line
+    assert not (tmp_path / "deep").exists()
+    code, _, err = cli("classify", "--input", os.path.join(images, "*.jpg"),
+                       "--output", output)
+    assert code == 0, err
+    assert "warning" not in err  # a digit, given to the digits model
+    with open(output / "_manifest.json") as handle:
+        assert json.load(handle)["counts"]["matched"] == 1
+
+
+def test_matching_nothing_is_about_the_listing_not_what_is_new(
+        images, tmp_path):
+    from model_store.errors import ConfigError
+    from pipeline.run import ClassifyConfig, check_matches
+
+    def check(inputs, output, **kwargs):
+        check_matches(ClassifyConfig(inputs=[str(i) for i in inputs],
+                                     output=str(output), **kwargs))
+
+    check([images], tmp_path / "out", skip_done=True)
+    check([os.path.join(images, "*.png")], tmp_path / "out")
+    # Only the output lies in the input: the output is never matched.
+    inbox = tmp_path / "inbox"
+    (inbox / "out" / "predictions").mkdir(parents=True)
+    (inbox / "out" / "predictions" / "part-0.parquet").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="matches no file"):
+        check([inbox], inbox / "out")
+    check([inbox], inbox / "out", allow_empty=True)
+    with pytest.raises(ConfigError, match=r"inputs .* match no file"):
+        check([os.path.join(images, "**", "*.PNG"), tmp_path / "inbox" / "*"],
+              tmp_path / "elsewhere")
+    # What the run reports as an error row is not "nothing".
+    os.symlink(tmp_path / "gone", inbox / "dangling.png")
+    check([inbox], inbox / "out")
 
 
 def test_unwritable_output_exits_2(cli, images, tmp_path):

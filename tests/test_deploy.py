@@ -81,6 +81,8 @@ def check_classify_argv(argv: list[str]):
     args, extra = build_parser().parse_known_args(argv)
     assert args.command == "classify", argv
     assert args.partition_by == "run_date", argv
+    # A night whose input folder is empty is not a mistake for a schedule.
+    assert args.allow_empty, argv
     stray = [a for a in extra if not a.startswith("--")]
     assert not stray, f"arguments neither imgclass nor Beam reads: {stray}"
     options = PipelineOptions(extra)
@@ -165,7 +167,9 @@ def test_script_options_are_known_to_imgclass_and_beam(name, optional,
     assert args.input == env["INPUT"].split()
     assert args.output == env["OUTPUT"]
     assert args.store == env.get("STORE")
-    assert args.model == env.get("MODEL", "digits-cnn@latest")
+    assert args.model == env.get("MODEL", "digits-cnn@prod")
+    if "MODEL" not in env:
+        assert_pinned_alias(args.model)
     assert args.overwrite == (env.get("OVERWRITE") == "1")
     assert args.skip_done == (env.get("SKIP_DONE") == "1")
     if "RUN_DATE" in env:
@@ -540,6 +544,18 @@ def test_cronjob_is_a_forbid_concurrency_cronjob_of_the_image(fake_bin):
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert options.view_as(WorkerOptions).sdk_container_image == env["IMAGE"]
     assert options.view_as(SetupOptions).sdk_location == "container"
+    assert_pinned_alias(args.model)
+
+
+def assert_pinned_alias(model: str) -> None:
+    """A schedule names an alias that the shipped store resolves, not
+    ``latest``: training a new version must not change what it runs."""
+    from model_store.store import read_aliases, resolve
+
+    name, _, alias = model.partition("@")
+    assert alias and not alias.isdigit() and alias != "latest", model
+    assert alias in read_aliases(name)
+    assert resolve(model).version == read_aliases(name)[alias]
 
 
 def render(value: str, ds: str = "2026-11-26") -> str:

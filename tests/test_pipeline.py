@@ -4,6 +4,7 @@ import json
 import os
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -166,7 +167,10 @@ def test_empty_match_is_a_success_with_empty_outputs(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     output = str(tmp_path / "out")
-    assert main(["classify", "--input", str(empty), "--output", output]) == 0
+    assert main(["classify", "--input", str(empty), "--output", output]) == 2
+    assert not os.path.exists(output)
+    assert main(["classify", "--input", str(empty), "--output", output,
+                 "--allow-empty"]) == 0
     manifest = json.load(open(os.path.join(output, "_manifest.json")))
     assert manifest["counts"] == {"matched": 0, "predicted": 0, "failed": 0,
                                   "skipped": 0, "failed_by_stage": {},
@@ -181,12 +185,13 @@ def test_glob_patterns_and_several_inputs(corpus, tmp_path):
     folder, truth, _ = corpus
     output = str(tmp_path / "out")
     code = main(["classify", "--input", os.path.join(folder, "**", "*.png"),
-                 "--input", os.path.join(folder, "batch1", "*.gif"),
+                 "--input", os.path.join(folder, "batch2", "*.gif"),
                  "--output", output])
     assert code == 0
     paths = set(read(output, "predictions").column("path").to_pylist())
     want = {p for p in truth if p.endswith(".png")} | {
-        p for p in truth if "/batch1/" in p and p.endswith(".gif")}
+        p for p in truth if "/batch2/" in p and p.endswith(".gif")}
+    assert want - {p for p in truth if p.endswith(".png")}
     assert paths == want
 
 
@@ -203,3 +208,89 @@ def test_overwrite_replaces_an_earlier_run(corpus, tmp_path, capsys):
     table = read(output, "predictions")
     assert set(table.column("run_id").to_pylist()) != {first}
     assert table.num_rows == sum(1 for p in truth if "/batch2/" in p)
+
+
+def photo_like(folder):
+    """Images the digits model was not made for: noise, flat colours and
+    colour gradients, 24 in all."""
+    import numpy as np
+    from PIL import Image
+
+    os.makedirs(folder)
+    rng = np.random.RandomState(0)
+    x = np.linspace(0, 255, 64)
+    for i in range(8):
+        Image.fromarray(rng.randint(0, 256, (40, 40, 3), dtype=np.uint8)
+                        ).save(os.path.join(folder, f"noise{i}.png"))
+        Image.fromarray(np.full((40, 40, 3), 30 * i, np.uint8)).save(
+            os.path.join(folder, f"flat{i}.png"))
+        g = (np.add.outer(x, x * (i % 3 + 1)) / (2 + i % 3)).astype(np.uint8)
+        Image.fromarray(np.stack([g, g[::-1], g.T], -1)).save(
+            os.path.join(folder, f"gradient{i}.jpg"))
+
+
+def test_summary_warns_when_most_predictions_are_low_confidence(
+        tmp_path, cli):
+    """Counted from the predictions' confidence column; the reference is
+    the published Parquet read with pyarrow."""
+    photo_like(str(tmp_path / "photos"))
+    output = tmp_path / "out"
+    code, _, err = cli("classify", "--input", tmp_path / "photos",
+                       "--output", output)
+    assert code == 0, err
+    confidence = read(str(output), "predictions").column(
+        "confidence").to_pylist()
+    below = sum(c < 0.9 for c in confidence)
+    assert len(confidence) == 24 and below > 12, confidence
+    with open(output / "_manifest.json") as handle:
+        manifest = json.load(handle)
+    assert manifest["low_confidence"] == {"threshold": 0.9, "rows": below}
+    [warning] = [line for line in err.splitlines() if "warning" in line]
+    assert warning == (
+        f"imgclass: warning: {below} of 24 predictions "
+        f"({100 * below / 24:.0f}%) have a confidence below 0.9: are these "
+        f"the images model digits-cnn@1 was made for? (e.g. photos given to "
+        f"a digits model)")
+
+
+def test_low_confidence_threshold_is_min_confidence_when_given(tmp_path):
+    from pipeline.run import _low_confidence
+
+    path = str(tmp_path / "p.parquet")
+    pq.write_table(pa.table({"confidence": pa.array(
+        [0.1, 0.55, 0.6, 0.95, 1.0], pa.float32())}), path)
+    staged = {"predictions": [path]}
+    assert _low_confidence(staged, 0.0) == {"threshold": 0.9, "rows": 3}
+    assert _low_confidence(staged, 0.6) == {"threshold": 0.6, "rows": 2}
+    assert _low_confidence({"predictions": []}, 0.0)["rows"] == 0
+
+
+def test_summary_counts_wall_time_from_the_process_start(tmp_path, split):
+    """The summary's time is the wall time since the process started
+    (``started``: here 100 s before the call, as if imports and loading
+    had taken that long), split into start-up and pipeline time."""
+    import io
+    import re
+    import time
+
+    from pipeline.run import ClassifyConfig, run_classify
+
+    folder, output = str(tmp_path / "in"), str(tmp_path / "out")
+    write_digits(folder, split, 3)
+    log = io.StringIO()
+    before = time.monotonic()
+    manifest = run_classify(ClassifyConfig(inputs=[folder], output=output),
+                            log=log, started=before - 100.0)
+    took = time.monotonic() - before
+    assert 100.0 <= manifest["startup_seconds"] <= 100.0 + took
+    assert manifest["wall_seconds"] >= manifest["startup_seconds"] + \
+        manifest["seconds"]
+    assert manifest["wall_seconds"] <= 100.0 + took
+    line = log.getvalue().splitlines()[-1]
+    assert re.search(
+        rf"done in {manifest['wall_seconds']:.1f}s \(start-up "
+        rf"{manifest['startup_seconds']:.1f}s, pipeline "
+        rf"{manifest['seconds']:.1f}s\): 3 matched", line), line
+    with open(os.path.join(output, "_manifest.json")) as handle:
+        assert json.load(handle)["startup_seconds"] == \
+            manifest["startup_seconds"]

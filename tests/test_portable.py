@@ -11,9 +11,9 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-import transforms.predict
 from pipeline.cli import main
 from tests.conftest import write_bad_files, write_digits
+from transforms import progress
 
 
 def free_port():
@@ -62,14 +62,14 @@ def test_portable_runner_with_an_external_worker_pool(worker_pool, tmp_path,
     write_bad_files(os.path.join(folder, "bad"))
     local, portable = str(tmp_path / "local"), str(tmp_path / "portable")
     assert main(["classify", "--input", folder, "--output", local]) == 0
-    done_here = transforms.predict._PROGRESS.done
+    done_here = progress.done_in_process()
 
     assert main(["classify", "--input", folder, "--output", portable,
                  "--runner=PortableRunner", "--job_endpoint=embed",
                  "--environment_type=EXTERNAL",
                  f"--environment_config=localhost:{worker_pool}"]) == 0
     # Nothing was classified in this process: the pool's workers did it.
-    assert transforms.predict._PROGRESS.done == done_here
+    assert progress.done_in_process() == done_here
     assert rows(portable) == rows(local)
     errors = pq.read_table(os.path.join(portable, "errors"))
     assert errors.num_rows == 6

@@ -87,10 +87,10 @@ def test_hostile_specs_exit_2_with_one_line(cli, hostile_model, tmp_path,
     images = tmp_path / "images"
     images.mkdir()
     code, out, err = cli("classify", "--model", folder, "--input", images,
-                         "--output", tmp_path / "out")
+                         "--output", tmp_path / "out", "--allow-empty")
     assert code == 2 and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "out" / "predictions").exists()
+    assert not (tmp_path / "out").exists()
     code, _, err = cli("models", "show", folder)
     assert code == 2 and message in err and len(err.splitlines()) == 1
     # verify reports the model as failed (exit 1, one line per model).

@@ -84,7 +84,9 @@ def test_unknown_model_and_version(root):
         store.load_model("nope", root=root)
     with pytest.raises(UnknownModelError, match="has no version 7.*versions: 1"):
         store.load_model("tiny@7", root=root)
-    with pytest.raises(UnknownModelError, match="invalid model version 'x'"):
+    with pytest.raises(UnknownModelError, match="invalid model version '1x'"):
+        store.load_model("tiny@1x", root=root)
+    with pytest.raises(UnknownModelError, match="has no alias 'x'.*promote"):
         store.load_model("tiny@x", root=root)
 
 

@@ -159,6 +159,8 @@ def test_three_waves_are_published_within_a_window_once(tmp_path, split):
     with watching(folder, output) as log:
         # The first window publishes empty files that carry the schema.
         wait_for(lambda: markers(output), log=log, what="the first window")
+        # An empty folder is watched (not refused), and the watcher says so.
+        assert f"input {str(folder)!r} matches no file yet" in log.getvalue()
         assert pq.read_schema(parquet_files(output, "predictions")[0]).equals(
             schema.PREDICTIONS)
         for wave in range(3):

@@ -44,6 +44,9 @@ class ClassifyBatches(beam.PTransform):
         loaded: the model already loaded and verified from ``model`` (by a
             driver that needed it before building the pipeline), so that
             ``expand`` does not read and verify it a second time.
+        progress_folder: a local folder where the workers write how many
+            files they finished (``transforms.progress``), for a driver on
+            the same machine to add up; None: each worker prints its own.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, *,
@@ -52,9 +55,11 @@ class ClassifyBatches(beam.PTransform):
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
                  run_id: str = "", loaded=None,
-                 min_confidence: float = 0.0, embeddings: bool = False):
+                 min_confidence: float = 0.0, embeddings: bool = False,
+                 progress_folder: Optional[str] = None):
         super().__init__()
         self._embeddings = embeddings
+        self._progress_folder = progress_folder
         if not 0.0 <= min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be between 0 and 1, got "
                               f"{min_confidence!r}")
@@ -84,13 +89,16 @@ class ClassifyBatches(beam.PTransform):
         ref = model.location if "/" in self._model_ref else model.ref
         examples = batches | "Decode" >> beam.ParDo(DecodeBatchFn(
             prep, run_id=self.run_id, max_pixels=self._max_pixels,
-            max_file_bytes=self._max_file_bytes)).with_outputs(ERRORS, main="examples")
+            max_file_bytes=self._max_file_bytes,
+            progress_folder=self._progress_folder)).with_outputs(
+                ERRORS, main="examples")
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=model.weights_sha256,
                              top_k=self._top_k, run_id=self.run_id,
                              min_confidence=self._min_confidence,
-                             embeddings=self._embeddings)
+                             embeddings=self._embeddings,
+                             progress_folder=self._progress_folder)
         ).with_outputs(ERRORS, main="predictions")
         errors = ((examples[ERRORS], predicted[ERRORS])
                   | "Errors" >> beam.Flatten())

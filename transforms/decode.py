@@ -6,7 +6,7 @@ Every file that cannot be used becomes an error row on the ``errors`` output
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
+from transforms import progress
 from transforms.files import DEFAULT_MAX_FILE_BYTES, read_bytes
 
 METRICS_NAMESPACE = "imgclass"
@@ -64,12 +65,16 @@ class DecodeBatchFn(beam.DoFn):
         max_pixels: larger images are refused (decompression bombs).
         max_file_bytes: larger files are refused, from the listed size
             before reading, and while reading.
+        progress_folder: where workers write their progress (files that
+            failed here are done), or None: see ``transforms.progress``.
     """
 
     def __init__(self, prep: Preprocessing, *, run_id: str,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+                 progress_folder: Optional[str] = None):
         self._prep = prep
+        self._progress_folder = progress_folder
         self._run_id = run_id
         self._max_pixels = max_pixels
         self._max_file_bytes = max_file_bytes
@@ -78,12 +83,21 @@ class DecodeBatchFn(beam.DoFn):
                                                f"files_failed_{stage}")
                         for stage in ("read", "decode", "preprocess")}
 
+    def setup(self):
+        self._progress = progress.counter(self._run_id,
+                                          self._progress_folder)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
     def process(self, batch: Sequence[FileMetadata]) -> Iterable:
         examples = []
         for metadata in batch:
             example = yield from self._one(metadata)
             if example is not None:
                 examples.append(example)
+        if len(examples) < len(batch):
+            self._progress.add(len(batch) - len(examples))
         if examples:
             yield examples
 

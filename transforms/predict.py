@@ -17,9 +17,6 @@ same compiled function.
 from __future__ import annotations
 
 import datetime
-import os
-import sys
-import threading
 import time
 from typing import Any, Iterable, Optional, Sequence
 
@@ -35,7 +32,7 @@ from PIL import Image
 from model_store.errors import (ConfigError, ModelIntegrityError,
                                 check_positive)
 from model_store.images import to_mode
-from transforms import schema
+from transforms import progress, schema
 from transforms.decode import METRICS_NAMESPACE, error_row
 
 DEFAULT_TOP_K = 5
@@ -68,36 +65,6 @@ def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return best, np.take_along_axis(probs, best, axis=1).astype(np.float32)
 
 
-class _Progress:
-    """Prints images done and images/s every few seconds, per process."""
-
-    def __init__(self, every_seconds: float = 10.0):
-        self.every = every_seconds
-        self.lock = threading.Lock()
-        self.started = self.last = None
-        self.done = 0
-
-    def add(self, count: int) -> None:
-        with self.lock:
-            now = time.monotonic()
-            if self.started is None:  # count from the first batch, not
-                self.started = self.last = now  # from compiling the model
-            self.done += count
-            if 0 < self.every <= now - self.last:
-                self.last = now
-                # print, not logging: worker processes of the local
-                # multi-processing runner share the terminal's stderr.
-                print(f"imgclass: progress: {self.done} images classified "
-                      f"by worker {os.getpid()}, "
-                      f"{self.done / (now - self.started):.0f} images/s",
-                      file=sys.stderr, flush=True)
-
-
-# How often workers report, in seconds (default 10); 0 turns reports off.
-PROGRESS_ENV = "IMGCLASS_PROGRESS_SECONDS"
-_PROGRESS = _Progress(float(os.environ.get(PROGRESS_ENV, "10")))
-
-
 class PredictBatchesFn(beam.DoFn):
     """Batches of examples -> a table of prediction rows per batch.
 
@@ -112,13 +79,17 @@ class PredictBatchesFn(beam.DoFn):
             ``label`` and ``class_id`` (their ``top_k`` is kept).
         embeddings: add the ``embedding`` column (``schema.EMBEDDING``),
             computed by the same Theano call as the probabilities.
+        progress_folder: where workers write their progress (local
+            runners), or None: see ``transforms.progress``.
     """
 
     def __init__(self, model_ref: str, *, store: Optional[str],
                  expected_sha256: str, top_k: int, run_id: str,
-                 min_confidence: float = 0.0, embeddings: bool = False):
+                 min_confidence: float = 0.0, embeddings: bool = False,
+                 progress_folder: Optional[str] = None):
         self._model_ref = model_ref
         self._embeddings = embeddings
+        self._progress_folder = progress_folder
         self._min_confidence = min_confidence
         self._store = store
         self._sha256 = expected_sha256
@@ -143,6 +114,11 @@ class PredictBatchesFn(beam.DoFn):
         self._prep = model.preprocessing
         self._labels = np.asarray(model.class_names, dtype=object)
         self._name, self._version = model.name, str(model.version)
+        self._progress = progress.counter(self._run_id,
+                                          self._progress_folder)
+
+    def finish_bundle(self):
+        self._progress.flush()
 
     def process(self, batch: Sequence) -> Iterable:
         try:
@@ -152,6 +128,7 @@ class PredictBatchesFn(beam.DoFn):
             self._latency.update(int(1000 * (time.perf_counter() - started)))
         except Exception as error:  # one bad batch must not stop the run
             self._failed.inc(len(batch))
+            self._progress.add(len(batch))
             for example in batch:
                 yield beam.pvalue.TaggedOutput(
                     "errors", error_row(example.path, "predict", error,
@@ -160,7 +137,7 @@ class PredictBatchesFn(beam.DoFn):
         self._batches.inc()
         self._batch_size.update(len(batch))
         self._predicted.inc(len(batch))
-        _PROGRESS.add(len(batch))
+        self._progress.add(len(batch))
         yield self._table(batch, outputs)
 
     def _table(self, batch: Sequence, outputs) -> pa.Table:

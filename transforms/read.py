@@ -73,7 +73,9 @@ class _SplitFn(beam.DoFn):
 class MatchFiles(beam.PTransform):
     """File patterns -> ``FileMetadata`` of every matched file, once each.
 
-    A pattern matching nothing is not an error (a night with no new files).
+    A pattern matching nothing is not an error here (``imgclass classify``
+    refuses it before the pipeline, unless ``--allow-empty``:
+    ``pipeline.inputs.unmatched``).
     A file several patterns match is listed once (a Beam group by path, so
     it scales with the bucket). What a pattern matches but cannot be listed
     or read (an unreadable folder, a dangling symlink, a symlink loop, a

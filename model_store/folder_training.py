@@ -1,0 +1,247 @@
+"""``imgclass train --data PATH``: training on a labelled image folder, from
+a spec (from scratch) or on top of a stored model (``--base``, transfer
+learning with a frozen backbone and cached features).
+
+Validation data is ``--val-data PATH`` or a stratified ``--val-fraction`` of
+``PATH`` (fixed seed). The weights of the epoch with the best validation
+accuracy are saved, with that accuracy as the version's metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable, TextIO
+
+import numpy as np
+
+from model_store.errors import ConfigError
+from model_store.folders import (VAL_FRACTION, FolderDataset, align_classes,
+                                 check_classes, load_pixels, scan_folder,
+                                 stratified_split)
+from model_store.preprocessing import Preprocessing
+from model_store.train import TrainConfig, best_epoch, fit, load_spec
+
+# Defaults per kind of training; the command line's defaults come from here.
+SPEC_DEFAULTS = TrainConfig(epochs=12, lr=0.001, augment_copies=3)
+BASE_DEFAULTS = TrainConfig(epochs=40, lr=0.003, augment_copies=3)
+_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderData:
+    """Where the images are and how to split them."""
+    data: str
+    val_data: str | None = None
+    val_fraction: float = VAL_FRACTION
+
+
+def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
+    """``(train, validation)`` file lists, checked before any decoding."""
+    dataset = scan_folder(folders.data)
+    check_classes(dataset, "--data")
+    if folders.val_data is None:
+        train, val = stratified_split(dataset.labels, folders.val_fraction)
+        return dataset.subset(train), dataset.subset(val)
+    val = align_classes(scan_folder(folders.val_data), dataset.class_names)
+    return dataset, val
+
+
+def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
+    def report(row: dict, rate: float) -> None:
+        stream.write(f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}"
+                     f" train acc {row['accuracy']:.4f} val acc "
+                     f"{row['val_accuracy']:.4f} ({rate:,.0f} images/s)\n")
+    return report
+
+
+def report_broken(broken: list, stream: TextIO) -> None:
+    for path, reason in broken:
+        stream.write(f"skipped {path}: {reason}\n")
+
+
+def _nonempty(name: str, labels: np.ndarray, n_classes: int) -> None:
+    if len(labels) == 0:
+        raise ConfigError(f"no usable image in the {name} data")
+    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+    if name == "training" and missing:
+        raise ConfigError(f"class id(s) {missing} have no usable training "
+                          f"image left after skipping broken files")
+
+
+def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
+                    config: TrainConfig, stream: TextIO = sys.stderr):
+    """Trains a network from a JSON spec on a folder.
+
+    Returns:
+        ``(network, metadata)`` for :func:`model_store.train.save_version`.
+    """
+    from model_store.spec import build_network
+
+    spec = load_spec(spec_path)
+    channels = spec["input_shape"][0]
+    if channels not in _MODES:
+        raise ConfigError(f"spec {spec_path} takes {channels} channels; "
+                          f"folder images are read as 1 (gray) or 3 (RGB)")
+    train_set, val_set = split_folders(folders)
+    neutral = Preprocessing(tuple(spec["input_shape"]), _MODES[channels],
+                            "bilinear", (0.0,) * channels, (1.0,) * channels)
+    started = time.monotonic()
+    x_train, y_train, broken = _train_pixels(train_set, neutral, config)
+    x_val, kept_val, broken_val = load_pixels(val_set, neutral)
+    report_broken(broken + broken_val, stream)
+    _nonempty("training", y_train, len(train_set.class_names))
+    _nonempty("validation", kept_val.labels, len(train_set.class_names))
+    scaled = x_train.astype(np.float64) / 255.0
+    means, stds = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
+    prep = dataclasses.replace(
+        neutral, mean=tuple(round(float(m), 6) for m in means),
+        std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
+    stream.write(f"training {name} from {os.path.basename(spec_path)} on "
+                 f"{len(x_train)} images, validating on {len(x_val)}\n")
+    network = build_network(spec, seed=config.seed)
+    history = fit(network, prep.normalize(x_train), y_train, config,
+                  validation=(prep.normalize(x_val), kept_val.labels),
+                  report=epoch_reporter(stream, config.epochs))
+    metadata = dict(prep.to_metadata(), class_names=train_set.class_names,
+                    training=_training_record(
+                        folders, config, history, started,
+                        spec=os.path.basename(spec_path),
+                        n_train=len(train_set.files) - len(broken),
+                        broken=broken + broken_val),
+                    metrics=_val_metrics(history, len(x_val), folders))
+    return network, metadata
+
+
+def _train_pixels(train_set: FolderDataset, prep: Preprocessing,
+                  config: TrainConfig):
+    """Training pixels: ``augment_copies`` random variants of each image
+    (0: the plain images)."""
+    from model_store.transfer import random_resized_crop, variant_rng
+
+    if config.augment_copies == 0:
+        pixels, kept, broken = load_pixels(train_set, prep)
+        return pixels, kept.labels, broken
+    parts, labels, broken = [], [], []
+    for copy in range(config.augment_copies):
+        pixels, kept, broken = load_pixels(
+            train_set, prep, transform=lambda image, item: random_resized_crop(
+                image, variant_rng(config.seed, item.path, copy)))
+        parts.append(pixels)
+        labels.append(kept.labels)
+    return np.concatenate(parts), np.concatenate(labels), broken
+
+
+def train_transfer(folders: FolderData, *, name: str, base,
+                   config: TrainConfig, stream: TextIO = sys.stderr,
+                   fine_tune_blocks: int = 0,
+                   features: Callable | None = None,
+                   cache_directory: str | None = None):
+    """Trains a new head on the frozen features of the stored model
+    ``base`` (and its last ``fine_tune_blocks`` blocks, with batch norm in
+    inference mode, on cached outputs of the block before them).
+
+    Args:
+        features: the backbone's compiled feature function, up to the
+            features or the cut (default: compiled here on first need);
+            tests pass a counting wrapper.
+        cache_directory: root of the feature cache (default: the user's
+            cache folder).
+
+    Returns:
+        ``(network, metadata)`` of the combined model (backbone + head).
+    """
+    from model_store.transfer import (FeatureCache, block_cut, combine,
+                                      compile_features, fine_tune_network,
+                                      new_head)
+
+    train_set, val_set = split_folders(folders)
+    n_classes = len(train_set.class_names)
+    cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
+        else None
+    features = features or _compiled_on_first_call(
+        lambda: compile_features(base, cut))
+    cache = FeatureCache(base.weights_sha256, cache_directory, layer=None
+                         if cut is None else base.spec["layers"][cut]["name"])
+    started = time.monotonic()
+    (x_train, y_train, x_val, y_val), broken = _features(
+        train_set, val_set, base, features, cache, config, stream)
+    if cut is None:
+        trained = new_head(x_train.shape[1], n_classes, seed=config.seed)
+    else:
+        trained = fine_tune_network(base, cut, n_classes, seed=config.seed)
+        shape = (-1, *trained_input_shape(trained))
+        x_train, x_val = x_train.reshape(shape), x_val.reshape(shape)
+    history = fit(trained, x_train, y_train, config,
+                  validation=(x_val, y_val), frozen_statistics=True,
+                  report=epoch_reporter(stream, config.epochs))
+    metadata = dict(
+        base.preprocessing.to_metadata(), class_names=train_set.class_names,
+        description=f"{base.ref} features with a new head trained on "
+                    f"{folders.data}",
+        training=_training_record(
+            folders, config, history, started,
+            base={"model": base.ref, "weights_sha256": base.weights_sha256,
+                  "fine_tune_blocks": fine_tune_blocks},
+            n_train=len(train_set.files) - len(broken), broken=broken),
+        metrics=_val_metrics(history, len(x_val), folders))
+    return combine(base, trained), metadata
+
+
+def trained_input_shape(network) -> tuple:
+    from model_store import layers as L
+    return tuple(L.get_all_layers(network)[0].output_shape[1:])
+
+
+def _features(train_set, val_set, base, features, cache, config, stream):
+    """Cached backbone outputs of the training variants and the validation
+    images: ``((x_train, y_train, x_val, y_val), broken files)``."""
+    from model_store.transfer import dataset_features
+
+    started = time.monotonic()
+    prep = base.preprocessing
+    x_train, y_train, broken = dataset_features(
+        train_set, prep, features, cache, copies=config.augment_copies,
+        seed=config.seed)
+    x_val, y_val, broken_val = dataset_features(val_set, prep, features,
+                                                cache)
+    report_broken(broken + broken_val, stream)
+    _nonempty("training", y_train, len(train_set.class_names))
+    _nonempty("validation", y_val, len(train_set.class_names))
+    stream.write(f"features of {len(x_train) + len(x_val)} images from "
+                 f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
+                 f" in {time.monotonic() - started:.1f}s; training on "
+                 f"{len(x_train)}, validating on {len(x_val)}\n")
+    return (x_train, y_train, x_val, y_val), broken + broken_val
+
+
+def _compiled_on_first_call(compile_fn: Callable) -> Callable:
+    """A function that compiles on its first call: when every feature is
+    cached, the backbone is never compiled."""
+    compiled = []
+
+    def call(batch):
+        if not compiled:
+            compiled.append(compile_fn())
+        return compiled[0](batch)
+    return call
+
+
+def _training_record(folders, config, history, started, *, n_train, broken,
+                     **extra) -> dict:
+    return dict(extra, data=folders.data, val_data=folders.val_data,
+                val_fraction=None if folders.val_data else
+                folders.val_fraction, n_train=int(n_train),
+                settings=dataclasses.asdict(config), history=history,
+                best_epoch=best_epoch(history)["epoch"],
+                skipped=[path for path, _ in broken],
+                seconds=round(time.monotonic() - started, 1))
+
+
+def _val_metrics(history, n_val: int, folders: FolderData) -> dict:
+    where = folders.val_data or (f"{folders.val_fraction:.0%} of "
+                                 f"{folders.data}, stratified")
+    return {"accuracy": best_epoch(history)["val_accuracy"],
+            "n_test": int(n_val), "dataset": f"validation: {where}"}

@@ -1,0 +1,200 @@
+"""Labelled image folders: one sub-folder per class, like Keras'
+``image_dataset_from_directory`` and torchvision's ``ImageFolder``.
+
+::
+
+    PATH/cat/0001.jpg
+    PATH/cat/2023/holiday/0002.png      nested folders belong to their class
+    PATH/dog/0003.jpg
+
+The class names are the sub-folder names, sorted (class id = position).
+``PATH`` may be local or on any Beam filesystem. Files whose name starts with
+``.`` are ignored (``.DS_Store``, editors' temporary files). Images are
+decoded and preprocessed by the pipeline's own code
+(:func:`model_store.images.decode_image` and the model's
+:class:`~model_store.preprocessing.Preprocessing`), so that training,
+evaluation and ``classify`` see the same pixels. A file that cannot be read or
+decoded is listed in ``broken`` and left out; it never stops the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from model_store.errors import ConfigError
+from model_store.images import DEFAULT_MAX_PIXELS, decode_image
+from model_store.preprocessing import Preprocessing
+
+VAL_FRACTION = 0.2
+SPLIT_SEED = 20240611
+MIN_PER_CLASS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """A listed file: where it is and what identifies this version of it."""
+    path: str
+    size: int
+    mtime: float
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderDataset:
+    """The files of an image folder and their classes (not yet decoded)."""
+    root: str
+    files: list
+    class_names: list
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([f.label for f in self.files], dtype=np.int32)
+
+    def subset(self, indices) -> "FolderDataset":
+        return dataclasses.replace(self, files=[self.files[i]
+                                                for i in indices])
+
+
+def _filesystems():
+    from apache_beam.io.filesystems import FileSystems
+    return FileSystems
+
+
+def _relative_parts(root: str, path: str) -> list[str]:
+    prefix = root.rstrip("/\\") + "/"
+    return path.replace("\\", "/")[len(prefix.replace("\\", "/")):].split("/")
+
+
+def scan_folder(root: str) -> FolderDataset:
+    """Lists ``root``'s class folders and their files.
+
+    Raises:
+        ConfigError: ``root`` holds no file, or a file lies directly in
+            ``root`` (not one folder per class).
+    """
+    fs = _filesystems()
+    if "://" not in root:
+        root = os.path.abspath(root)
+    root = root.rstrip("/\\") or "/"
+    try:
+        found = fs.match([fs.join(root, "**")])[0].metadata_list
+    except Exception as error:  # Beam raises its own types per filesystem
+        raise ConfigError(f"cannot list {root}: {str(error).splitlines()[0]}")\
+            from None
+    by_class: dict[str, list] = {}
+    for meta in sorted(found, key=lambda m: m.path):
+        parts = _relative_parts(root, meta.path)
+        if any(part.startswith(".") for part in parts):
+            continue
+        if len(parts) < 2:
+            raise ConfigError(
+                f"{meta.path} lies directly in {root}: a folder dataset has "
+                f"one sub-folder per class (e.g. {root}/cat/1.jpg, "
+                f"{root}/dog/2.jpg); move it into its class folder")
+        by_class.setdefault(parts[0], []).append(meta)
+    if not by_class:
+        raise ConfigError(f"{root} holds no files: a folder dataset has one "
+                          f"sub-folder of images per class")
+    names = sorted(by_class)
+    files = [ImageFile(m.path, int(m.size_in_bytes),
+                       float(m.last_updated_in_seconds or 0.0), label)
+             for label, name in enumerate(names) for m in by_class[name]]
+    return FolderDataset(root, files, names)
+
+
+def read_image(path: str, prep: Preprocessing, *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """One file decoded as the pipeline decodes it (before resizing)."""
+    with _filesystems().open(path) as handle:
+        data = handle.read()
+    return decode_image(data, mode=prep.color_mode,
+                        target_size=prep.decode_size, max_pixels=max_pixels,
+                        background=prep.background).image
+
+
+def load_pixels(dataset: FolderDataset, prep: Preprocessing, *,
+                transform: Callable | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Decodes and preprocesses every file.
+
+    Args:
+        transform: optional ``(image, file) -> image`` applied between
+            decoding and preprocessing (augmentation).
+
+    Returns:
+        ``(pixels uint8 (N, C, H, W), kept dataset, broken)`` where
+        ``broken`` is a list of ``(path, one-line reason)``.
+    """
+    pixels, kept, broken = [], [], []
+    for index, item in enumerate(dataset.files):
+        try:
+            image = read_image(item.path, prep, max_pixels=max_pixels)
+            if transform is not None:
+                image = transform(image, item)
+            pixels.append(prep.to_pixels(image))
+            kept.append(index)
+        except Exception as error:  # one bad file must not stop the work
+            broken.append((item.path, describe_error(error)))
+    shape = (0, *prep.input_shape)
+    stacked = np.stack(pixels) if pixels else np.zeros(shape, np.uint8)
+    return stacked, dataset.subset(kept), broken
+
+
+def check_classes(dataset: FolderDataset, what: str = "the data") -> None:
+    """ConfigError unless every class has at least ``MIN_PER_CLASS``
+    images (files, before decoding: checked before any work)."""
+    if not dataset.files:
+        raise ConfigError(f"{what} ({dataset.root}) has no image")
+    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
+    small = [f"{name} ({count})" for name, count
+             in zip(dataset.class_names, counts) if count < MIN_PER_CLASS]
+    if small:
+        raise ConfigError(
+            f"{what} ({dataset.root}): class(es) {', '.join(small)} have "
+            f"fewer than {MIN_PER_CLASS} images; add images or "
+            f"remove the folder")
+
+
+def stratified_split(labels: np.ndarray, fraction: float = VAL_FRACTION, *,
+                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """``(train indices, validation indices)``: about ``fraction`` of each
+    class (at least one) goes to validation, at least one stays for
+    training; always the same for the same labels and seed."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got "
+                          f"{fraction!r}")
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return np.sort(np.array(train, int)), np.sort(np.array(val, int))
+
+
+def align_classes(val: FolderDataset, class_names: list, *,
+                  what: str = "--val-data") -> FolderDataset:
+    """Relabels a folder (validation or test data) with the ids of
+    ``class_names`` (the training data's or the model's); ConfigError if it
+    has a class folder they lack."""
+    unknown = sorted(set(val.class_names) - set(class_names))
+    if unknown:
+        raise ConfigError(f"{what} {val.root} has class folder(s) "
+                          f"{', '.join(unknown)} that are not classes of "
+                          f"the model; classes: {', '.join(class_names)}")
+    ids = {name: i for i, name in enumerate(class_names)}
+    files = [dataclasses.replace(f, label=ids[val.class_names[f.label]])
+             for f in val.files]
+    return FolderDataset(val.root, files, list(class_names))
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: the error's type and the first line of its message."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,313 @@
+"""Transfer learning: a stored model's features, cached on disk, and a new
+classifier head trained on them.
+
+The *backbone* is a stored model (e.g. ``efficientnet-lite0``) cut before
+its classifier: its features are the input of its last ``dense`` layer (for
+Lite0 the 1280-d global average pool). The backbone is frozen, so the
+features of one file never change: :class:`FeatureCache` keeps them on disk
+keyed by the backbone weights' sha256 and the file's path, size and
+modification time (and the augmentation variant), and a second training run
+on the same data computes none again.
+
+Augmentation with a frozen backbone: each training image gets
+``augment_copies`` fixed random variants (random resized crop + horizontal
+flip, drawn from the seed and the file's path), and the features of each
+variant are cached like the original's. Training the head then sees the
+same variants every epoch; that is what makes them cacheable.
+
+The trained model is ONE stored model: the backbone's spec and weights up to
+the features, then the new ``dense`` + ``softmax`` head, with the backbone's
+preprocessing in its metadata, so ``classify --model NAME`` runs it like any
+other model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import tempfile
+import zlib
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from model_store.cache import cache_dir
+from model_store.errors import ConfigError
+from model_store.folders import FolderDataset, describe_error, read_image
+from model_store.preprocessing import Preprocessing
+from model_store.store import StoredModel
+
+FEATURE_BATCH = 32
+# Random resized crop: area and aspect-ratio ranges (torchvision's ratio,
+# a milder area range for small datasets).
+CROP_AREA = (0.35, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
+
+
+# The backbone ---------------------------------------------------------------
+
+def feature_layer(spec: dict) -> int:
+    """Index in ``spec["layers"]`` of the layer whose output feeds the last
+    ``dense`` layer (dropout skipped): the backbone's features."""
+    layers = spec["layers"]
+    index = {layer["name"]: i for i, layer in enumerate(layers)}
+    dense = [i for i, layer in enumerate(layers) if layer["type"] == "dense"]
+    if not dense:
+        raise ConfigError("--base must be a model with a dense classifier "
+                          "layer, whose input are its features")
+    i = dense[-1]
+    while True:
+        inputs = layers[i].get("inputs")
+        i = index[inputs[0]] if inputs else i - 1
+        if layers[i]["type"] != "dropout":
+            return i
+
+
+def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
+    """``model`` cut after layer index ``cut`` (default: its feature layer):
+    a stored-model object whose "predictions" are that layer's output (not
+    saved anywhere)."""
+    cut = feature_layer(model.spec) if cut is None else cut
+    spec = dict(model.spec, layers=model.spec["layers"][:cut + 1])
+    kept = {layer["name"] for layer in spec["layers"]}
+    weights = {key: value for key, value in model.weights.items()
+               if key.split(".")[0] in kept}
+    return dataclasses.replace(model, spec=spec, weights=weights)
+
+
+def compile_features(model: StoredModel, cut: int | None = None) -> Callable:
+    """``float32 (N, C, H, W)`` -> the output of ``model``'s layer ``cut``
+    (default: its features), flattened to ``(N, D)``; compiled as any
+    predictor (so with the same folding)."""
+    from model_store.compile import compile_predictor
+
+    predictor = compile_predictor(backbone_of(model, cut))
+
+    def features(batch: np.ndarray) -> np.ndarray:
+        return predictor(batch).reshape(len(batch), -1)
+    return features
+
+
+def block_cut(spec: dict, blocks: int) -> int:
+    """Index of the layer before the last ``blocks`` blocks, for
+    ``--fine-tune-blocks`` (blocks are the layers named ``b<N>_...``, as in
+    ``model_store/architectures.py``)."""
+    ids = sorted({int(m.group(1)) for layer in spec["layers"]
+                  if (m := re.match(r"^b(\d+)_", layer["name"]))})
+    if not 1 <= blocks <= len(ids):
+        raise ConfigError(f"--fine-tune-blocks must be from 1 to {len(ids)} "
+                          f"(the blocks of the base, layers named b<N>_...)"
+                          f", got {blocks}")
+    first = f"b{ids[-blocks]}_"
+    return min(i for i, layer in enumerate(spec["layers"])
+               if layer["name"].startswith(first)) - 1
+
+
+def upper_spec(model: StoredModel, cut: int, n_classes: int) -> dict:
+    """The layers after ``cut`` (to the features) and the new head, as a
+    network whose input is the output of layer ``cut``."""
+    spec = combined_spec(model, n_classes)
+    cut_name = spec["layers"][cut]["name"]
+    layers = []
+    for layer in spec["layers"][cut + 1:]:
+        layer = dict(layer)
+        if "inputs" in layer:
+            layer["inputs"] = ["input" if name == cut_name else name
+                               for name in layer["inputs"]]
+        layers.append(layer)
+    from model_store.spec import build_network
+    shape = build_network(backbone_of(model, cut).spec).output_shape[1:]
+    return {"input_shape": list(shape), "layers": layers}
+
+
+def fine_tune_network(model: StoredModel, cut: int, n_classes: int, *,
+                      seed: int):
+    """The upper network of :func:`upper_spec` with ``model``'s weights for
+    its layers and a new random head."""
+    from model_store import layers as L
+    from model_store.spec import build_network
+
+    network = build_network(upper_spec(model, cut, n_classes), seed=seed)
+    for param in L.get_all_params(network):
+        if param.name in model.weights:
+            param.set_value(model.weights[param.name].astype(param.dtype))
+    return network
+
+
+def combined_spec(model: StoredModel, n_classes: int) -> dict:
+    """The backbone's layers up to the features, then the new head."""
+    backbone = backbone_of(model).spec
+    names = {layer["name"] for layer in backbone["layers"]}
+    if HEAD_LAYER in names or PROB_LAYER in names:
+        raise ConfigError(f"--base {model.ref} already has a layer named "
+                          f"{HEAD_LAYER}: train from its own base instead")
+    return dict(backbone, layers=backbone["layers"] + [
+        {"type": "dense", "name": HEAD_LAYER, "num_units": n_classes,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": PROB_LAYER}])
+
+
+def new_head(n_features: int, n_classes: int, *, seed: int):
+    """The new classifier, on feature vectors: ``dense`` + ``softmax``,
+    named as in :func:`combined_spec`."""
+    from model_store import layers as L
+
+    dense = L.DenseLayer(L.InputLayer((None, n_features)), n_classes,
+                         name=HEAD_LAYER, nonlinearity="identity",
+                         rng=np.random.RandomState(seed))
+    return L.SoftmaxLayer(dense, name=PROB_LAYER)
+
+
+def combine(base: StoredModel, head):
+    """One network: ``base``'s layers and weights up to its features, then
+    the trained ``head``'s weights (and those of the fine-tuned blocks, if
+    ``head`` holds some: they replace the base's)."""
+    from model_store import layers as L
+    from model_store.spec import build_network, set_weights
+
+    spec = combined_spec(base, head.output_shape[-1])
+    network = build_network(spec)
+    set_weights(network, dict(backbone_of(base).weights,
+                              **L.get_param_values(head)),
+                source=f"{base.ref} + trained head")
+    return network
+
+
+# Augmentation ---------------------------------------------------------------
+
+def random_resized_crop(image: Image.Image, rng: np.random.RandomState):
+    """A random crop of ``CROP_AREA`` of the area and ``CROP_RATIO`` aspect
+    ratio (the whole image if none fits in 10 tries), flipped left-right
+    with probability 0.5. Resizing is left to the model's preprocessing."""
+    width, height = image.size
+    box = (0, 0, width, height)
+    for _ in range(10):
+        area = width * height * rng.uniform(*CROP_AREA)
+        ratio = np.exp(rng.uniform(*np.log(CROP_RATIO)))
+        w = int(round(np.sqrt(area * ratio)))
+        h = int(round(np.sqrt(area / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            left = rng.randint(0, width - w + 1)
+            top = rng.randint(0, height - h + 1)
+            box = (left, top, left + w, top + h)
+            break
+    image = image.crop(box)
+    if rng.rand() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def variant_rng(seed: int, path: str, copy: int) -> np.random.RandomState:
+    """The random state of one augmented variant: fixed by the seed, the
+    file's path and the copy number."""
+    return np.random.RandomState(
+        [seed & 0xFFFFFFFF, zlib.crc32(path.encode()), copy])
+
+
+# The feature cache ----------------------------------------------------------
+
+class FeatureCache:
+    """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``
+    (another layer's outputs, for fine-tuning: ``.../<layer>/<key>.npy``).
+
+    The key hashes the file's path, size and modification time and the
+    variant (``"plain"`` or ``"aug<seed>.<copy>"``): a changed file, other
+    weights or another variant never reuse old features. Writes are atomic
+    (a temporary file renamed), so a killed run leaves no half-written entry.
+    """
+
+    def __init__(self, weights_sha256: str, directory: str | None = None,
+                 *, layer: str | None = None):
+        self.folder = os.path.join(directory or cache_dir(), "features",
+                                   weights_sha256, *([layer] if layer
+                                                     else []))
+        self.hits = self.misses = 0
+
+    def _path(self, item, variant: str) -> str:
+        key = hashlib.sha256(f"{item.path}\0{item.size}\0{item.mtime!r}\0"
+                             f"{variant}".encode()).hexdigest()
+        return os.path.join(self.folder, key[:2], key + ".npy")
+
+    def get(self, item, variant: str) -> np.ndarray | None:
+        try:
+            value = np.load(self._path(item, variant), allow_pickle=False)
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def put(self, item, variant: str, value: np.ndarray) -> None:
+        path = self._path(item, variant)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
+                                             suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.save(out, np.asarray(value, np.float32),
+                        allow_pickle=False)
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+
+def dataset_features(dataset: FolderDataset, prep: Preprocessing,
+                     features: Callable, cache: FeatureCache, *,
+                     copies: int = 0, seed: int = 0):
+    """Features of every file: the plain image when ``copies`` is 0, else
+    ``copies`` augmented variants of each.
+
+    Returns:
+        ``(features float32 (M, D), labels (M,), broken)``; ``broken`` lists
+        ``(path, reason)`` of files that cannot be read or decoded.
+    """
+    variants = ["plain"] if copies == 0 else [f"aug{seed}.{c}"
+                                              for c in range(copies)]
+    rows: list = []  # [label, features or None]
+    pending: list = []  # (row index, item, variant, pixels)
+    broken = []
+    for item in dataset.files:
+        cached = {variant: cache.get(item, variant) for variant in variants}
+        try:
+            computed = [(variant, _variant_pixels(image, prep, variant, item,
+                                                  seed))
+                        for image in _read_if(item, prep, cached)
+                        for variant in variants if cached[variant] is None]
+        except Exception as error:  # a bad file is skipped, never fatal
+            broken.append((item.path, describe_error(error)))
+            continue
+        rows.extend([item.label, cached[v]] for v in variants
+                    if cached[v] is not None)
+        for variant, pixels in computed:
+            rows.append([item.label, None])
+            pending.append((len(rows) - 1, item, variant, pixels))
+    for start in range(0, len(pending), FEATURE_BATCH):
+        chunk = pending[start:start + FEATURE_BATCH]
+        out = features(prep.normalize(np.stack([c[3] for c in chunk])))
+        for (row, item, variant, _), value in zip(chunk, out):
+            cache.put(item, variant, value)
+            rows[row][1] = value
+    if not rows:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), broken
+    return (np.stack([value for _, value in rows]).astype(np.float32),
+            np.array([label for label, _ in rows], np.int32), broken)
+
+
+def _read_if(item, prep, cached) -> list:
+    """The decoded image in a list if a variant needs computing, else []."""
+    if all(value is not None for value in cached.values()):
+        return []
+    return [read_image(item.path, prep)]
+
+
+def _variant_pixels(image, prep, variant, item, seed) -> np.ndarray:
+    if variant != "plain":
+        copy = int(variant.rsplit(".", 1)[1])
+        image = random_resized_crop(image, variant_rng(seed, item.path, copy))
+    return prep.to_pixels(image)

@@ -1,0 +1,139 @@
+"""Folder datasets (one sub-folder per class) and evaluation on them."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import (accuracy_score, confusion_matrix,
+                             precision_recall_fscore_support)
+
+from model_store.datasets import digit_image
+from model_store.errors import ConfigError
+from model_store.folders import (check_classes, load_pixels, scan_folder,
+                                 stratified_split)
+from model_store.preprocessing import Preprocessing
+from tests.folder_data import write_broken, write_shapes
+
+PREP = Preprocessing((3, 16, 16), "RGB", "bilinear", (0.5,) * 3, (0.25,) * 3)
+
+
+def test_classes_are_the_sorted_folder_names_and_nested_files_belong(tmp_path):
+    truth = write_shapes(tmp_path, per_class=4)
+    (tmp_path / "red" / ".DS_Store").write_bytes(b"junk")
+    dataset = scan_folder(str(tmp_path) + "/")
+    assert dataset.class_names == ["blue", "green", "red"]
+    got = {f.path: dataset.class_names[f.label] for f in dataset.files}
+    assert got == {os.path.abspath(p): c for p, c in truth.items()}
+    assert any("/more/" in path for path in got)
+
+
+def test_broken_files_are_listed_and_skipped(tmp_path):
+    write_shapes(tmp_path, per_class=3)
+    bad = write_broken(tmp_path / "green")
+    pixels, kept, broken = load_pixels(scan_folder(str(tmp_path)), PREP)
+    assert sorted(path for path, _ in broken) == sorted(bad)
+    assert all(reason for _, reason in broken)
+    assert pixels.shape == (9, 3, 16, 16) and len(kept.files) == 9
+    check_classes(kept)
+
+
+def test_pixels_are_the_pipelines_decode_and_preprocessing(tmp_path):
+    write_shapes(tmp_path, per_class=2, size=40)
+    dataset = scan_folder(str(tmp_path))
+    pixels, kept, _ = load_pixels(dataset, PREP)
+    for row, item in zip(pixels, kept.files):
+        if not item.path.endswith(".png"):
+            continue  # JPEGs are decoded at a reduced scale (draft)
+        with Image.open(item.path) as image:
+            expected = np.asarray(image.convert("RGB").resize(
+                (16, 16), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(row, expected)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("empty", "holds no files"),
+    ("loose file", "lies directly in"),
+    ("one image", "fewer than 2 images"),
+])
+def test_bad_layouts_are_config_errors(tmp_path, layout, message):
+    if layout == "loose file":
+        write_shapes(tmp_path, per_class=2)
+        shape = Image.new("RGB", (8, 8))
+        shape.save(tmp_path / "stray.png")
+    elif layout == "one image":
+        write_shapes(tmp_path, per_class=2)
+        os.remove(next((tmp_path / "blue").glob("*.jpg")))
+    with pytest.raises(ConfigError, match=message):
+        dataset = scan_folder(str(tmp_path))
+        check_classes(load_pixels(dataset, PREP)[1])
+
+
+def test_stratified_split_is_fixed_and_keeps_every_class_on_both_sides():
+    labels = np.repeat([0, 1, 2], [10, 5, 2])
+    train, val = stratified_split(labels, 0.2)
+    again = stratified_split(labels, 0.2)
+    np.testing.assert_array_equal(train, again[0])
+    assert sorted(np.concatenate([train, val])) == list(range(17))
+    assert np.bincount(labels[val]).tolist() == [2, 1, 1]
+    assert set(labels[train]) == {0, 1, 2}
+
+
+def write_digit_folder(root, split, count):
+    truth = {}
+    for n in range(count):
+        label = str(split.test_labels[n])
+        folder = os.path.join(root, label)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{n:03d}.png")
+        digit_image(split.test_images[n], 24).save(path)
+        truth[path] = label
+    return truth
+
+
+def test_evaluate_on_a_folder_matches_scikit_learn(tmp_path, split, cli):
+    """Predictions made here with the model's own predictor and files opened
+    by Pillow; the metrics computed here with scikit-learn."""
+    from model_store.compile import compile_predictor
+    from model_store.store import load_model
+
+    truth = write_digit_folder(tmp_path / "data", split, 60)
+    write_broken(tmp_path / "data" / "3")
+    code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                         tmp_path / "data", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+
+    model = load_model("digits-cnn@1")
+    prep = model.preprocessing
+    paths = sorted(truth)
+    images = [Image.open(p).convert("L") for p in paths]
+    probs = compile_predictor(model)(prep(images))
+    y_true = np.array([int(truth[p]) for p in paths])
+    y_pred = probs.argmax(axis=1)
+    assert metrics["n_test"] == len(paths) == 60
+    assert metrics["accuracy"] == pytest.approx(
+        accuracy_score(y_true, y_pred), abs=1e-6)
+    p, r, f, s = precision_recall_fscore_support(
+        y_true, y_pred, labels=range(10), zero_division=0)
+    for k in range(10):
+        row = metrics["per_class"][str(k)]
+        assert [row["precision"], row["recall"], row["f1"]] == pytest.approx(
+            [p[k], r[k], f[k]], abs=1e-6)
+        assert row["support"] == s[k]
+    assert metrics["confusion_matrix"] == confusion_matrix(
+        y_true, y_pred, labels=range(10)).tolist()
+    wrong = [(probs[i].max(), paths[i]) for i in range(60)
+             if y_pred[i] != y_true[i]]
+    assert [m["path"] for m in metrics["mistakes"]] == [
+        os.path.abspath(path) for _, path in sorted(wrong, reverse=True)][:10]
+    assert len(metrics["broken"]) == 2
+
+
+def test_evaluate_reports_a_class_the_model_lacks_in_one_line(tmp_path, cli):
+    write_shapes(tmp_path, per_class=2)
+    code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                         tmp_path)
+    assert code == 2 and err.count("\n") == 1
+    assert "not classes of the model" in err

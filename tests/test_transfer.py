@@ -1,0 +1,306 @@
+"""Training on image folders: transfer learning on cached features, from
+a spec, promotion of new versions and aliases."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model_store import store
+from model_store.folder_training import FolderData, train_transfer
+from model_store.spec import build_network
+from model_store.train import TrainConfig
+from model_store.transfer import FeatureCache, compile_features
+from tests.folder_data import write_broken, write_photo_crops, write_shapes
+
+# A small RGB "backbone": its features are the 16 outputs of 'feat'.
+BACKBONE = {"input_shape": [3, 24, 24], "layers": [
+    {"type": "conv2d", "name": "conv", "num_filters": 8, "filter_size": 3},
+    {"type": "max_pool2d", "name": "pool", "pool_size": 2},
+    {"type": "dense", "name": "feat", "num_units": 16},
+    {"type": "dropout", "name": "drop", "p": 0.5},
+    {"type": "dense", "name": "out", "num_units": 5,
+     "nonlinearity": "identity"},
+    {"type": "softmax", "name": "prob"}]}
+PREP = {"input_shape": [3, 24, 24], "color_mode": "RGB",
+        "resize": "bilinear", "resize_shorter": 28,
+        "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+
+
+@pytest.fixture
+def backbone_store(tmp_path):
+    root = str(tmp_path / "store")
+    store.save_model(build_network(BACKBONE, seed=1), name="tiny",
+                     metadata=dict(PREP, class_names=list("abcde")),
+                     root=root)
+    return root
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    data = tmp_path / "shapes"
+    write_shapes(data, per_class=10)
+    write_broken(data / "red")
+    return str(data)
+
+
+def counting(features):
+    calls = []
+
+    def wrapped(batch):
+        calls.append(len(batch))
+        return features(batch)
+    return wrapped, calls
+
+
+def test_transfer_learns_and_the_second_run_computes_no_feature(
+        backbone_store, shapes, tmp_path):
+    base = store.load_model("tiny", root=backbone_store)
+    features, calls = counting(compile_features(base))
+    config = TrainConfig(epochs=60, lr=0.01, augment_copies=2, seed=5)
+    cache_dir = str(tmp_path / "cache")
+    runs = []
+    for _ in range(2):
+        runs.append(train_transfer(FolderData(shapes), name="shapes",
+                                   base=base, config=config,
+                                   features=features,
+                                   cache_directory=cache_dir))
+        if len(runs) == 1:
+            first_calls = sum(calls)
+    # 24 training images x 2 variants + 6 validation images, computed once.
+    assert first_calls == 24 * 2 + 6
+    assert sum(calls) == first_calls
+    (net_a, meta_a), (net_b, meta_b) = runs
+    assert meta_a["metrics"]["accuracy"] >= 0.8
+    assert meta_a["training"]["history"] == meta_b["training"]["history"]
+    assert sorted(meta_a["training"]["skipped"]) == sorted(
+        os.path.join(shapes, "red", n) for n in ("notes.jpg",
+                                                 "truncated.png"))
+    assert meta_a["resize_shorter"] == 28  # the backbone's preprocessing
+
+
+def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
+    from model_store.folders import ImageFile
+
+    item = ImageFile("/x/a.png", 10, 1.0, 0)
+    cache = FeatureCache("w1", str(tmp_path))
+    cache.put(item, "plain", np.arange(3.0))
+    np.testing.assert_array_equal(cache.get(item, "plain"), [0, 1, 2])
+    assert cache.get(ImageFile("/x/a.png", 10, 2.0, 0), "plain") is None
+    assert cache.get(item, "aug0.0") is None
+    assert FeatureCache("w2", str(tmp_path)).get(item, "plain") is None
+
+
+def test_trained_model_is_one_stored_model_that_classify_runs(
+        backbone_store, shapes, tmp_path, cli):
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--name", "shapes", "--base", "tiny",
+                         "--epochs", "60", "--lr", "0.01")
+    assert code == 0, err
+    assert "skipped" in err and "images/s" in err
+    model = store.load_model("shapes", root=backbone_store)
+    assert model.class_names == ["blue", "green", "red"]
+    assert [layer["name"] for layer in model.spec["layers"]] == [
+        "conv", "pool", "feat", "new_head", "new_head_prob"]
+    # Its features are the backbone's: the frozen weights are unchanged.
+    base = store.load_model("tiny", root=backbone_store)
+    for key in ("conv.W", "feat.W", "feat.b"):
+        np.testing.assert_array_equal(model.weights[key], base.weights[key])
+    # classify through the pipeline agrees with the reported accuracy.
+    images = tmp_path / "new"
+    truth = write_shapes(images, per_class=4, seed=9)
+    code, _, err = cli("--store", backbone_store, "classify", "--input",
+                       images, "--output", tmp_path / "out", "--model",
+                       "shapes", "--top-k", "3")
+    assert code == 0, err
+    import pyarrow.parquet as pq
+    rows = pq.read_table(str(tmp_path / "out" / "predictions")).to_pylist()
+    right = sum(row["label"] == truth[row["path"]] for row in rows)
+    assert len(rows) == 12 and right >= 11
+
+
+def test_train_from_a_spec_on_a_folder(shapes, tmp_path, cli):
+    spec = dict(BACKBONE, layers=BACKBONE["layers"][:3] + [
+        {"type": "dense", "name": "out", "num_units": 3,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "prob"}])
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    root = str(tmp_path / "store")
+    code, out, err = cli("--store", root, "train", "--data", shapes,
+                         "--name", "scratch", "--spec", spec_path,
+                         "--epochs", "15", "--lr", "0.01", "--no-augment")
+    assert code == 0, err
+    model = store.load_model("scratch", root=root)
+    history = model.metadata["training"]["history"]
+    best = max(row["val_accuracy"] for row in history)
+    assert model.metadata["metrics"]["accuracy"] == best >= 0.8
+    assert "val acc" in err
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("loose", "lies directly in"), ("single", "fewer than 2"),
+    ("empty", "holds no files")])
+def test_bad_folders_stop_training_in_one_line(tmp_path, cli, layout,
+                                               message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout != "empty":
+        write_shapes(data, per_class=2 if layout == "loose" else 1)
+    if layout == "loose":
+        Image.new("RGB", (8, 8)).save(data / "x.png")
+    code, out, err = cli("train", "--data", data, "--name", "x", "--spec",
+                         "model_store/specs/digits-cnn.json")
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_a_new_version_becomes_latest_only_when_promoted(
+        backbone_store, shapes, cli):
+    train = ["--store", backbone_store, "train", "--data", shapes, "--name",
+             "shapes", "--base", "tiny", "--epochs", "3"]
+    assert cli(*train)[0] == 0
+    assert store.resolve("shapes", root=backbone_store).version == 1
+    code, out, _ = cli(*train, "--seed", "1")
+    assert code == 0 and "shapes@latest is still shapes@1" in out
+    assert store.resolve("shapes", root=backbone_store).version == 1
+    assert store.resolve("shapes@latest", root=backbone_store).version == 1
+    assert store.resolve("shapes@2", root=backbone_store).version == 2
+    code, out, _ = cli(*train, "--promote")
+    assert code == 0 and "shapes@latest is now shapes@3" in out
+    assert store.resolve("shapes", root=backbone_store).version == 3
+    code, out, _ = cli("--store", backbone_store, "models", "promote",
+                       "shapes@2", "--alias", "prod")
+    assert code == 0 and "shapes@prod -> shapes@2" in out
+    with open(os.path.join(backbone_store, "shapes", "aliases.json")) as f:
+        assert json.load(f) == {"latest": 3, "prod": 2}
+    code, out, _ = cli("--store", backbone_store, "models", "list", "--json")
+    rows = {(r["name"], r["version"]): r["aliases"]
+            for r in map(json.loads, out.splitlines())}
+    assert rows[("shapes", 2)] == ["prod"]
+    assert rows[("shapes", 3)] == ["latest"]
+    assert rows[("tiny", 1)] == ["latest"]
+    code, _, err = cli("--store", backbone_store, "models", "promote",
+                       "shapes@9", "--alias", "prod")
+    assert code == 2 and "has no version 9" in err
+
+
+def test_classify_resolves_an_alias(backbone_store, shapes, tmp_path, cli):
+    train = ["--store", backbone_store, "train", "--data", shapes, "--name",
+             "shapes", "--base", "tiny", "--epochs", "3"]
+    assert cli(*train)[0] == 0 and cli(*train, "--seed", "2")[0] == 0
+    assert cli("--store", backbone_store, "models", "promote", "shapes@2",
+               "--alias", "prod")[0] == 0
+    images = tmp_path / "new"
+    write_shapes(images, per_class=1)
+    code, out, err = cli("--store", backbone_store, "classify", "--input",
+                         images, "--output", tmp_path / "out", "--model",
+                         "shapes@prod", "--top-k", "3", "--summary-json")
+    assert code == 0, err
+    model = json.loads(out.splitlines()[-1])["model"]
+    assert (model["name"], model["version"]) == ("shapes", "2")
+
+
+def test_lite0_transfer_is_near_perfect_and_cached(tmp_path):
+    """EfficientNet-Lite0 as the backbone, on a few dozen crops of three
+    photos
+    (24 backbone passes at ~10 images/s, and two Lite0 compilations: about
+    30 s, the slowest test here)."""
+    from model_store.compile import compile_predictor
+
+    data = tmp_path / "photos"
+    write_photo_crops(data, per_class=8)
+    base = store.load_model("efficientnet-lite0")
+    features, calls = counting(compile_features(base))
+    config = TrainConfig(epochs=40, lr=0.003, augment_copies=1, seed=0)
+    results = [train_transfer(FolderData(str(data)), name="photos",
+                              base=base, config=config, features=features,
+                              cache_directory=str(tmp_path / "cache"))
+               for _ in range(2)]
+    assert sum(calls) == 24  # 18 training (1 variant) + 6 validation, once
+    network, metadata = results[1]
+    assert metadata["metrics"]["accuracy"] == 1.0
+    assert metadata["metrics"]["n_test"] == 6
+    # The combined model = the backbone's features through the new head.
+    root = str(tmp_path / "store")
+    model = store.save_model(network, name="photos", metadata=metadata,
+                             root=root)
+    prep = model.preprocessing
+    images = [Image.open(p) for p in sorted(map(str, data.rglob("*.jpg")))]
+    batch = prep(images)
+    head = {k: v for k, v in model.weights.items()
+            if k.startswith("new_head.")}
+    logits = features(batch) @ head["new_head.W"] + head["new_head.b"]
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(compile_predictor(model)(batch), expected,
+                               atol=1e-4)
+
+
+def test_separate_validation_folder(backbone_store, shapes, tmp_path, cli):
+    val = tmp_path / "val"
+    write_shapes(val, per_class=3, seed=7)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--val-data", val, "--name", "v",
+                         "--base", "tiny", "--epochs", "2", "--no-augment")
+    assert code == 0, err
+    model = store.load_model("v", root=backbone_store)
+    assert model.metadata["metrics"]["n_test"] == 9
+    assert model.metadata["training"]["n_train"] == 30  # all of --data
+    write_shapes(val, per_class=2, classes={"purple": (128, 0, 128)})
+    code, _, err = cli("--store", backbone_store, "train", "--data", shapes,
+                       "--val-data", val, "--name", "v", "--base", "tiny")
+    assert code == 2 and "purple" in err and err.count("\n") == 1
+
+
+# A backbone with two residual blocks named as model_store/architectures.py
+# names them (b<N>_...), for --fine-tune-blocks.
+BLOCKS = {"input_shape": [3, 24, 24], "layers": [
+    {"type": "conv2d", "name": "stem", "num_filters": 8, "filter_size": 3,
+     "stride": 2, "padding": "same"},
+    {"type": "conv2d", "name": "b0_conv", "num_filters": 8,
+     "filter_size": 3, "padding": "same", "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "b0_bn"},
+    {"type": "activation", "name": "b0_relu", "nonlinearity": "relu"},
+    {"type": "add", "name": "b0_add", "inputs": ["stem", "b0_relu"]},
+    {"type": "conv2d", "name": "b1_conv", "num_filters": 8,
+     "filter_size": 3, "padding": "same", "bias": False,
+     "nonlinearity": "identity"},
+    {"type": "batch_norm", "name": "b1_bn"},
+    {"type": "activation", "name": "b1_relu", "nonlinearity": "relu"},
+    {"type": "add", "name": "b1_add", "inputs": ["b0_add", "b1_relu"]},
+    {"type": "global_avg_pool", "name": "pool"},
+    {"type": "dense", "name": "fc", "num_units": 5,
+     "nonlinearity": "identity"},
+    {"type": "softmax", "name": "prob"}]}
+
+
+def test_fine_tune_blocks_trains_the_last_block_only(shapes, tmp_path, cli):
+    root = str(tmp_path / "store")
+    network = build_network(BLOCKS, seed=3)
+    store.save_model(network, name="blocks", root=root,
+                     metadata=dict(PREP, class_names=list("abcde")))
+    base = store.load_model("blocks", root=root)
+    features, calls = counting(compile_features(base, cut=4))
+    config = TrainConfig(epochs=30, lr=0.01, augment_copies=1, seed=1)
+    runs = [train_transfer(FolderData(shapes), name="ft", base=base,
+                           config=config, fine_tune_blocks=1,
+                           features=features,
+                           cache_directory=str(tmp_path / "cache"))
+            for _ in range(2)]
+    assert sum(calls) == 24 + 6  # block outputs cached: none the 2nd time
+    network, metadata = runs[1]
+    assert metadata["training"]["history"] == runs[0][1]["training"][
+        "history"]
+    tuned = store.save_model(network, name="ft", metadata=metadata,
+                             root=root)
+    for key in ("stem.W", "b0_conv.W", "b0_bn.gamma", "b1_bn.mean",
+                "b1_bn.var"):
+        np.testing.assert_array_equal(tuned.weights[key], base.weights[key])
+    assert not np.array_equal(tuned.weights["b1_conv.W"],
+                              base.weights["b1_conv.W"])
+    assert metadata["metrics"]["accuracy"] >= 0.8
+    code, _, err = cli("--store", root, "train", "--data", shapes, "--name",
+                       "x", "--base", "blocks", "--fine-tune-blocks", "3")
+    assert code == 2 and "--fine-tune-blocks must be from 1 to 2" in err
