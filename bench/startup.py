@@ -28,7 +28,10 @@ from model_store.store import load_model
 from model_store.compile import compile_predictor
 model = load_model(sys.argv[1])
 started = time.perf_counter()
-compile_predictor(model, cached=sys.argv[2] == "cached")
+if sys.argv[2] == "cached":
+    compile_predictor(model, cached=True)
+else:
+    compile_predictor(model)
 print(time.perf_counter() - started)
 """
 

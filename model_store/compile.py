@@ -80,12 +80,10 @@ def compile_predictor(model: StoredModel, *, embeddings: bool = False,
     (:mod:`model_store.predictor_cache`)."""
     if not cached:
         return Predictor(model, **_compiled(model, embeddings))
-    key = predictor_cache.entry_key(model, embeddings=embeddings)
-    entry = predictor_cache.load(key)
+    entry = predictor_cache.load(model, embeddings=embeddings)
     if entry is None:
         entry = _compiled(model, embeddings)
-        predictor_cache.store(key, entry)
-    entry.pop("key", None)
+        predictor_cache.store(model, embeddings=embeddings, entry=entry)
     return Predictor(model, **entry)
 
 

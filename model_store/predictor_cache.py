@@ -15,7 +15,8 @@ returns embeddings, the Theano/NumPy/Python versions and Theano's flags, and
 the source of the ``model_store`` package (engine, layers, kernels, C ops).
 Entries are written atomically (a temporary file renamed into place) and
 carry a checksum of their content: a truncated, corrupt or unreadable entry
-is ignored and rebuilt.
+is ignored and rebuilt. A model version keeps one entry (with embeddings,
+one more): writing a new one removes the entries it replaces.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import pickle
+import glob
 import tempfile
 from typing import Optional
 
@@ -68,14 +70,18 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
-def entry_path(key: str) -> str:
-    return os.path.join(cache_dir(), _FOLDER, f"{key}.pkl")
+def entry_path(model, *, embeddings: bool) -> str:
+    """Where ``model``'s entry is: ``<slot>-<entry_key>.pkl``, the slot
+    naming the model version (and ``embeddings``) so that a new entry can
+    replace the old ones."""
+    return os.path.join(_folder(), f"{_slot(model, embeddings)}-"
+                        f"{entry_key(model, embeddings=embeddings)}.pkl")
 
 
-def load(key: str) -> Optional[dict]:
-    """The entry stored under ``key``, or None when there is none or it is
-    unreadable, corrupt or written for another key (it is then rebuilt)."""
-    path = entry_path(key)
+def load(model, *, embeddings: bool) -> Optional[dict]:
+    """``model``'s entry, or None when there is none or it is unreadable,
+    corrupt or written for another key (it is then rebuilt)."""
+    path = entry_path(model, embeddings=embeddings)
     try:
         with open(path, "rb") as file:
             data = file.read()
@@ -91,17 +97,18 @@ def load(key: str) -> Optional[dict]:
         _log.warning("ignoring unreadable predictor cache entry %s: %s",
                      path, error)
         return None
-    if not isinstance(entry, dict) or entry.get("key") != key:
+    if not isinstance(entry, dict) or entry.pop("path", None) != path:
         return None
     return entry
 
 
-def store(key: str, entry: dict) -> None:
-    """Writes ``entry`` (picklable, its ``"key"`` set here) atomically; a
-    failure to write only costs the next process a compile."""
-    path = entry_path(key)
+def store(model, *, embeddings: bool, entry: dict) -> None:
+    """Writes ``entry`` (a picklable dict) atomically and removes the
+    entries it replaces; a failure to write only costs the next process a
+    compile."""
+    path = entry_path(model, embeddings=embeddings)
     try:
-        payload = pickle.dumps(dict(entry, key=key),
+        payload = pickle.dumps(dict(entry, path=path),
                                protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as error:
         _log.warning("cannot cache the predictor: %s", error)
@@ -119,9 +126,22 @@ def store(key: str, entry: dict) -> None:
         except BaseException:
             os.unlink(temporary)
             raise
+        for old in glob.glob(os.path.join(
+                _folder(), f"{_slot(model, embeddings)}-*.pkl")):
+            if old != path:
+                os.unlink(old)
     except OSError as error:
         _log.warning("cannot write the predictor cache entry %s: %s",
                      path, error)
+
+
+def _folder() -> str:
+    return os.path.join(cache_dir(), _FOLDER)
+
+
+def _slot(model, embeddings: bool) -> str:
+    named = f"{model.ref}\0{bool(embeddings)}".encode()
+    return hashlib.sha256(named).hexdigest()[:16]
 
 
 def _split(data: bytes):
