@@ -33,9 +33,9 @@ from model_store.errors import (ConfigError, ModelIntegrityError,
                                 check_positive)
 from model_store.images import to_mode
 from transforms import progress, schema
+from transforms.defaults import DEFAULT_TOP_K
 from transforms.decode import METRICS_NAMESPACE, error_row
 
-DEFAULT_TOP_K = 5
 
 def load_predictor(model_ref: str, store: Optional[str],
                    expected_sha256: Optional[str] = None, *,
