@@ -17,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from model_store import kernels
+from model_store import kernels, predictor_cache
 from model_store import layers as L
 from model_store.engine import T, floatX, function, shared
 from model_store.ops.running import chunk_size, run_in_chunks
@@ -37,30 +37,17 @@ class Predictor:
             ``embeddings=True``), else None.
     """
 
-    def __init__(self, model: StoredModel, network, *,
-                 embeddings: bool = False):
+    def __init__(self, model: StoredModel, theano_function, *,
+                 flops_per_example: int, chunk: int,
+                 embedding_size: int | None = None):
         self.model = model
         self.input_shape = tuple(model.metadata["input_shape"])
-        self.flops_per_example = L.count_flops(network)
+        self.flops_per_example = flops_per_example
+        self.embedding_size = embedding_size
+        self._fn = theano_function
         # Images per call: large activations stream through the cache in
         # chunks (model_store/ops/running.py); digits-cnn takes one chunk.
-        # What the folded predictor writes: the convolutions' outputs.
-        self._chunk = chunk_size(np.dtype(floatX).itemsize * sum(
-            int(np.prod(layer.output_shape[1:]))
-            for layer in L.get_all_layers(network)
-            if isinstance(layer, L.Conv2DLayer)))
-        inputs = T.tensor4("images", dtype=floatX)
-        self.embedding_size = None
-        if not embeddings:
-            probs = inference_outputs(network, inputs, [network])[0]
-            self._fn = function([inputs], probs, name=f"predict[{model.ref}]")
-            return
-        # One function, two outputs: the features are computed once.
-        layer = L.embedding_layer(network, model.embedding_layer)
-        probs, features = inference_outputs(network, inputs, [network, layer])
-        self.embedding_size = int(np.prod(layer.output_shape[1:]))
-        self._fn = function([inputs], [probs, T.flatten(features, 2)],
-                            name=f"predict+embed[{model.ref}]")
+        self._chunk = chunk
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)``."""
@@ -83,13 +70,44 @@ class Predictor:
         return tuple(outputs) if self.embedding_size else outputs
 
 
-def compile_predictor(model: StoredModel, *,
-                      embeddings: bool = False) -> Predictor:
+def compile_predictor(model: StoredModel, *, embeddings: bool = False,
+                      cached: bool = False) -> Predictor:
     """Compiles ``model`` for inference (dropout off, batch norm folded);
     with ``embeddings``, the same call also returns the model's embeddings
     (the output of ``model.embedding_layer``, by default the input of the
-    last dense layer)."""
-    return Predictor(model, model.build(), embeddings=embeddings)
+    last dense layer). With ``cached``, the optimised function is taken
+    from (or saved to) this machine's predictor cache
+    (:mod:`model_store.predictor_cache`)."""
+    if not cached:
+        return Predictor(model, **_compiled(model, embeddings))
+    entry = predictor_cache.load(model, embeddings=embeddings)
+    if entry is None:
+        entry = _compiled(model, embeddings)
+        predictor_cache.store(model, embeddings=embeddings, entry=entry)
+    return Predictor(model, **entry)
+
+
+def _compiled(model: StoredModel, embeddings: bool) -> dict:
+    """The keyword arguments of :class:`Predictor` for ``model``."""
+    network = model.build()
+    inputs = T.tensor4("images", dtype=floatX)
+    # What the folded predictor writes: the convolutions' outputs.
+    sizes = {"flops_per_example": L.count_flops(network),
+             "chunk": chunk_size(np.dtype(floatX).itemsize * sum(
+                 int(np.prod(layer.output_shape[1:]))
+                 for layer in L.get_all_layers(network)
+                 if isinstance(layer, L.Conv2DLayer)))}
+    if not embeddings:
+        probs = inference_outputs(network, inputs, [network])[0]
+        return dict(sizes, theano_function=function(
+            [inputs], probs, name=f"predict[{model.ref}]"))
+    # One function, two outputs: the features are computed once.
+    layer = L.embedding_layer(network, model.embedding_layer)
+    probs, features = inference_outputs(network, inputs, [network, layer])
+    return dict(sizes, theano_function=function(
+        [inputs], [probs, T.flatten(features, 2)],
+        name=f"predict+embed[{model.ref}]"),
+        embedding_size=int(np.prod(layer.output_shape[1:])))
 
 
 @dataclasses.dataclass(frozen=True)

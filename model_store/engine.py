@@ -99,6 +99,9 @@ def _configure() -> None:
         # Worker processes starting together contend for the compile lock;
         # Theano's default makes a waiter sleep 5-10 s between tries.
         "compile.wait": "1",
+        # A predictor loaded from imgclass's own cache (model_store.
+        # predictor_cache) is already optimised: link it, do not redo it.
+        "reoptimize_unpickled_function": "False",
     }
     defaults.update(_openblas_flags())
     cxx = os.environ.get("CXX")
@@ -158,6 +161,34 @@ def _cache_ops_without_props() -> None:
 
 _cache_ops_without_props()
 
+
+def _stable_cop_versions() -> None:
+    """Makes the cache version of Theano's ``COp`` (``DimShuffle`` among
+    them) the same in every process.
+
+    Theano 1.0.5 versions a ``COp`` by ``hash()`` of its C source, and
+    Python randomises string hashes per process: every process compiled its
+    ``DimShuffle`` module again with g++ (about 1-2.5 s of each start-up,
+    bench/README.md) and left one more entry in the compile cache, which
+    every later process reads at start. A SHA-256 of the same source is
+    stable and still changes when the source does.
+    """
+    import hashlib
+
+    from theano.gof.op import COp
+
+    def c_code_cache_version(self):
+        digest = hashlib.sha256("\0".join(self.func_codes).encode())
+        version = (int(digest.hexdigest()[:15], 16),)
+        if hasattr(self, "params_type"):
+            version += (self.params_type.c_code_cache_version(),)
+        return version
+
+    COp.c_code_cache_version = c_code_cache_version
+
+
+_stable_cop_versions()
+
 # Theano clones, differentiates and optimises graphs recursively, a frame
 # or more per node along the longest path: with Python's default limit of
 # 1,000 frames, a chain of about 300 layers failed to compile. Python 3.11
@@ -198,10 +229,20 @@ def grad(*args, **kwargs):
         return theano.grad(*args, **kwargs)
 
 
+def version_key() -> str:
+    """What a compiled function depends on besides its graph: the Theano,
+    NumPy and Python versions and Theano's flags (ours and the user's)."""
+    import numpy
+
+    return (f"theano {theano.__version__}; numpy {numpy.__version__}; "
+            f"python {sys.version.split()[0]}; "
+            f"flags {os.environ.get('THEANO_FLAGS', '')}")
+
+
 floatX = theano.config.floatX
 shared = theano.shared
 
 __all__ = [
     "T", "MRG_RandomStreams", "cache_dir", "conv2d", "floatX", "function",
-    "grad", "pool_2d", "shared", "theano",
+    "grad", "pool_2d", "shared", "theano", "version_key",
 ]

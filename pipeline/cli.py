@@ -24,6 +24,8 @@ from model_store.errors import ConfigError, ImgclassError
 from model_store.datasets import DATASETS
 from model_store.folders import VAL_FRACTION
 from pipeline import tables
+from model_store.images import DEFAULT_MAX_PIXELS
+from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -483,15 +485,17 @@ def _add_model_options(parser, model_help: str) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         metavar="NAME[@VERSION]|PATH",
                         help=f"{model_help} (default: %(default)s)")
-    parser.add_argument("--top-k", type=_positive_int, default=5,
+    parser.add_argument("--top-k", type=_positive_int,
+                        default=defaults.DEFAULT_TOP_K,
                         metavar="K",
                         help="best classes listed per row (default: "
                              "%(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256,
+    parser.add_argument("--batch-size", type=_positive_int,
+                        default=defaults.DEFAULT_BATCH_SIZE,
                         help="files per batch: read and decoded together, "
                              "one Theano call (default: %(default)s)")
     parser.add_argument("--max-pixels", type=_positive_int,
-                        default=50_000_000,
+                        default=DEFAULT_MAX_PIXELS,
                         help="larger images become error rows, a guard "
                              "against decompression bombs (default: "
                              "%(default)s)")
@@ -686,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0,
                        help="seed of weights, shuffling, augmentation and "
                             "dropout (default: %(default)s)")
-    train.add_argument("--optimizer", choices=["adam", "momentum", "sgd"],
+    # Checked by TrainConfig against model_store.updates.OPTIMIZERS (which
+    # imports Theano: not at parse time).
+    train.add_argument("--optimizer", metavar="adam|momentum|sgd",
                        help="update rule (default: adam)")
     train.add_argument("--augment-copies", type=_positive_int,
                        help="random variants made of each training image: "
@@ -750,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--output", required=True, metavar="DIR",
                           help="output folder (local or any Beam filesystem)")
     _add_model_options(classify, "stored model or version folder")
-    classify.add_argument("--partition-by", choices=["none", "run_date"],
+    classify.add_argument("--partition-by", choices=defaults.PARTITIONS,
                           default="none",
                           help="Hive-style partition folders (default: "
                                "%(default)s)")
@@ -767,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "did with the same model version (same path, "
                                "size and modification time, or content with "
                                "--skip-done-by content)")
-    classify.add_argument("--skip-done-by", choices=["mtime", "content"],
+    classify.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
                           default="mtime",
                           help="what makes a file done: 'mtime' (same size "
                                "and modification time, from the listing) or "
@@ -831,15 +837,18 @@ def build_parser() -> argparse.ArgumentParser:
              "filesystem; repeat for several")
     watch.add_argument("--output", required=True, metavar="DIR",
                        help="output folder, for 'watch' only")
-    watch.add_argument("--interval", type=float, default=30.0,
+    watch.add_argument("--interval", type=float,
+                       default=defaults.DEFAULT_INTERVAL,
                        metavar="SECONDS",
                        help="how often to look for new files and for a stop "
                             "request (default: %(default)g)")
-    watch.add_argument("--window", type=float, default=3600,
+    watch.add_argument("--window", type=float,
+                       default=defaults.DEFAULT_WINDOW,
                        metavar="SECONDS",
                        help="files are published once per window; a "
                             "divisor of 3600 (default: %(default)g)")
-    watch.add_argument("--settle", type=float, default=30.0,
+    watch.add_argument("--settle", type=float,
+                       default=defaults.DEFAULT_SETTLE,
                        metavar="SECONDS",
                        help="a file is read only once it was last modified "
                             "this long ago; names starting with '.' or "

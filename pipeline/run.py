@@ -28,8 +28,9 @@ from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import inputs, layout, outputs, tables
 from pipeline.progress import Monitor
 from transforms import schema
-from transforms.classify import (DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
-                                 DEFAULT_TOP_K, ClassifyBatches)
+from model_store import DEFAULT_MODEL
+from transforms.classify import ClassifyBatches
+from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
 from transforms.decode import ERRORS, METRICS_NAMESPACE
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
@@ -38,7 +39,6 @@ from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
                              ledger_table)
 from transforms.write import WriteRows, WriteTables
 
-PARTITIONS = ("none", "run_date")
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
 # first tries to download and start the Prism runner; this project runs the
 # in-process FnApiRunner instead, which never touches the network.

@@ -59,12 +59,13 @@ from pipeline import inputs, layout, outputs
 from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
                           pipeline_options, run_classify, validate)
 from transforms.files import list_pattern
+from transforms.defaults import (DEFAULT_INTERVAL, DEFAULT_SETTLE,
+                                 DEFAULT_WINDOW)
 from transforms.read import is_settled
 from transforms.skip import file_key
 
 HOUR = 3600
 WINDOWS_DIR = "_windows"
-DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_SETTLE = 30.0, 3600, 30.0
 # A run that fails is retried at the end of the next window; after this many
 # failures in a row the watcher gives up (exit code 1).
 MAX_FAILURES = 3

@@ -12,10 +12,9 @@ from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import ERRORS, DecodeBatchFn
 from transforms.files import DEFAULT_MAX_FILE_BYTES
-from transforms.predict import DEFAULT_TOP_K, PredictBatchesFn
+from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
+from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
-
-DEFAULT_BATCH_SIZE = 256
 
 
 class ClassifyBatches(beam.PTransform):

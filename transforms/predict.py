@@ -33,9 +33,9 @@ from model_store.errors import (ConfigError, ModelIntegrityError,
                                 check_positive)
 from model_store.images import to_mode
 from transforms import progress, schema
+from transforms.defaults import DEFAULT_TOP_K
 from transforms.decode import METRICS_NAMESPACE, error_row
 
-DEFAULT_TOP_K = 5
 
 def load_predictor(model_ref: str, store: Optional[str],
                    expected_sha256: Optional[str] = None, *,
@@ -52,7 +52,7 @@ def load_predictor(model_ref: str, store: Optional[str],
             f"{model.weights_sha256[:12]}... but the run was started with "
             f"{expected_sha256[:12]}...: deploy the same model store to "
             f"every worker")
-    return compile_predictor(model, embeddings=embeddings)
+    return compile_predictor(model, embeddings=embeddings, cached=True)
 
 
 def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,11 +37,11 @@ from apache_beam.metrics import Metrics
 from model_store.errors import ConfigError
 
 from transforms import schema
+from transforms.defaults import SKIP_BY
 from transforms.decode import METRICS_NAMESPACE
 from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
 
 NEW, SKIPPED = "new", "skipped"
-SKIP_BY = ("mtime", "content")
 # Error stages whose files the next --skip-done run classifies again.
 RETRIED_STAGES = ("read", "predict")
 

@@ -1,0 +1,91 @@
+"""Start-up: wall and CPU seconds of whole ``imgclass classify`` runs over
+the 39 sample files, and of compiling predictors in fresh processes.
+
+    python bench/startup.py [--runs 5] [--compile MODEL ...]
+
+Each run is a new process (what a user, a ``watch`` window or a worker
+pays). Wall time depends on the machine's load (printed); CPU time (user +
+system, children included) much less. ``--compile`` times
+``compile_predictor`` in fresh processes, uncached and then from this
+machine's predictor cache (model_store/predictor_cache.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_COMPILE = """
+import sys, time
+from model_store.store import load_model
+from model_store.compile import compile_predictor
+model = load_model(sys.argv[1])
+started = time.perf_counter()
+if sys.argv[2] == "cached":
+    compile_predictor(model, cached=True)
+else:
+    compile_predictor(model)
+print(time.perf_counter() - started)
+"""
+
+
+def _timed(command: list[str]) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of one process and its children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime
+                  + after.ru_stime - before.ru_stime)
+
+
+def classify_runs(runs: int) -> None:
+    walls, cpus = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            wall, cpu = _timed([sys.executable, "-m", "pipeline.cli",
+                                "classify", "--input", "samples/digits",
+                                "--output", os.path.join(out, "run")])
+        walls.append(wall)
+        cpus.append(cpu)
+    print(f"classify 39 files: wall best {min(walls):.2f} s "
+          f"(all {', '.join(f'{w:.1f}' for w in walls)}), "
+          f"CPU best {min(cpus):.2f} s; load {os.getloadavg()[0]:.1f}")
+
+
+def compile_runs(model: str, runs: int) -> None:
+    for mode in ("uncached", "cached"):
+        seconds = []
+        for _ in range(runs):
+            result = subprocess.run(
+                [sys.executable, "-c", _COMPILE, model, mode], check=True,
+                cwd=ROOT, capture_output=True, text=True)
+            seconds.append(float(result.stdout.split()[-1]))
+        print(f"{model} compile {mode}: best {min(seconds):.2f} s "
+              f"(all {', '.join(f'{s:.2f}' for s in seconds)}); "
+              f"load {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--compile", nargs="*", default=[], metavar="MODEL")
+    args = parser.parse_args()
+    print(f"uptime load: {os.getloadavg()}")
+    for model in args.compile:
+        compile_runs(model, args.runs)
+    if not args.compile:
+        classify_runs(args.runs)
+
+
+if __name__ == "__main__":
+    main()
