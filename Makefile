@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/python -m pipeline.demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench-install: $(BENCH_STAMP)

@@ -17,8 +17,12 @@ from typing import Any, Iterable, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler,
-                                           PredictionResult, RunInference)
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 from PIL import Image
 
 from pipeline.run import make_runner, pipeline_options

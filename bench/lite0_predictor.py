@@ -365,7 +365,7 @@ def time_batch(engines: dict, x: np.ndarray, args, flops: int,
     engine that spins while it waits pays for it)."""
     best = {name: 0.0 for name in engines}
     cpu = {name: float("inf") for name in engines}
-    for name, call in engines.items():
+    for call in engines.values():
         call(x)  # warm-up
     for _ in range(args.rounds):
         for name, call in engines.items():

@@ -5,13 +5,18 @@ Importing this package does not import Theano; the submodules that need it
 (``layers``, ``spec``, ``compile``, ``train``) do, through ``engine``.
 """
 
-from model_store.errors import (ChecksumMismatchError, ConfigError,
-                                ImgclassError, ModelFileMissingError,
-                                ModelIntegrityError, SpecError,
-                                UnknownModelError, WeightShapeError)
+from model_store.errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    ImgclassError,
+    ModelFileMissingError,
+    ModelIntegrityError,
+    SpecError,
+    UnknownModelError,
+    WeightShapeError,
+)
 from model_store.preprocessing import Preprocessing
-from model_store.store import (StoredModel, list_models, load_model,
-                               save_model, store_root, verify)
+from model_store.store import StoredModel, list_models, load_model, save_model, store_root, verify
 
 DEFAULT_MODEL = "digits-cnn@latest"
 

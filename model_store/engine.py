@@ -125,9 +125,9 @@ with warnings.catch_warnings():
     logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
     import theano  # noqa: E402
     import theano.tensor as T  # noqa: E402
+    from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402
     from theano.tensor.nnet import conv2d  # noqa: E402
     from theano.tensor.signal.pool import pool_2d  # noqa: E402
-    from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402
 
 
 

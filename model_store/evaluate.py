@@ -27,8 +27,7 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray,
     ``confusion[i][j]`` counts examples of true class ``i`` predicted as
     ``j``. Precision of a class never predicted is reported as 0.
     """
-    from sklearn.metrics import (accuracy_score, confusion_matrix,
-                                 precision_recall_fscore_support)
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     ids = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -72,8 +71,7 @@ def evaluate_on_folder(model: StoredModel, data: str, *, predictor=None,
             is usable.
     """
     from model_store.compile import compile_predictor
-    from model_store.folders import (align_classes, load_pixels,
-                                     scan_folder)
+    from model_store.folders import align_classes, load_pixels, scan_folder
 
     prep = model.preprocessing
     dataset = align_classes(scan_folder(data), model.class_names,

@@ -18,9 +18,15 @@ from typing import Callable, TextIO
 import numpy as np
 
 from model_store.errors import ConfigError
-from model_store.folders import (VAL_FRACTION, FolderDataset, align_classes,
-                                 check_classes, load_pixels, scan_folder,
-                                 stratified_split)
+from model_store.folders import (
+    VAL_FRACTION,
+    FolderDataset,
+    align_classes,
+    check_classes,
+    load_pixels,
+    scan_folder,
+    stratified_split,
+)
 from model_store.preprocessing import Preprocessing
 from model_store.train import TrainConfig, best_epoch, fit, load_spec
 
@@ -127,7 +133,7 @@ def _train_pixels(train_set: FolderDataset, prep: Preprocessing,
     parts, labels, broken = [], [], []
     for copy in range(config.augment_copies):
         pixels, kept, broken = load_pixels(
-            train_set, prep, transform=lambda image, item: random_resized_crop(
+            train_set, prep, transform=lambda image, item, copy=copy: random_resized_crop(
                 image, variant_rng(config.seed, item.path, copy)))
         parts.append(pixels)
         labels.append(kept.labels)
@@ -153,9 +159,14 @@ def train_transfer(folders: FolderData, *, name: str, base,
     Returns:
         ``(network, metadata)`` of the combined model (backbone + head).
     """
-    from model_store.transfer import (FeatureCache, block_cut, combine,
-                                      compile_features, fine_tune_network,
-                                      new_head)
+    from model_store.transfer import (
+        FeatureCache,
+        block_cut,
+        combine,
+        compile_features,
+        fine_tune_network,
+        new_head,
+    )
 
     train_set, val_set = split_folders(folders)
     n_classes = len(train_set.class_names)

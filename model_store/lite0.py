@@ -16,11 +16,16 @@ from __future__ import annotations
 import hashlib
 import os
 
-from model_store.pretrained import (SOURCE_KEY, canonical_npz, convert,
-                                    source_path)
 from model_store.preprocessing import Preprocessing
-from model_store.store import (DEFAULT_ROOT, FORMAT, METADATA_FILE,
-                               SPEC_FILE, WEIGHTS_FILE, _json_bytes)
+from model_store.pretrained import SOURCE_KEY, canonical_npz, convert, source_path
+from model_store.store import (
+    DEFAULT_ROOT,
+    FORMAT,
+    METADATA_FILE,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    _json_bytes,
+)
 
 NAME, VERSION = "efficientnet-lite0", 1
 CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -21,12 +21,12 @@ one more): writing a new one removes the entries it replaces.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import pickle
-import glob
 import tempfile
 from typing import Optional
 

@@ -33,8 +33,7 @@ from typing import Mapping
 import numpy as np
 
 from model_store.cache import cache_dir
-from model_store.errors import (ChecksumMismatchError, ModelFileMissingError,
-                                ModelIntegrityError)
+from model_store.errors import ChecksumMismatchError, ModelFileMissingError, ModelIntegrityError
 
 # 1980-01-01, the earliest zip timestamp: the archive's bytes depend only on
 # the arrays.

@@ -32,9 +32,13 @@ import tempfile
 from typing import Any, Mapping, Optional
 
 from model_store import fs
-from model_store.errors import (ChecksumMismatchError, ImgclassError,
-                                ModelFileMissingError, ModelIntegrityError,
-                                UnknownModelError)
+from model_store.errors import (
+    ChecksumMismatchError,
+    ImgclassError,
+    ModelFileMissingError,
+    ModelIntegrityError,
+    UnknownModelError,
+)
 from model_store.preprocessing import Preprocessing
 from model_store.pretrained import SOURCE_KEY, weights_bytes
 
@@ -339,8 +343,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
         ChecksumMismatchError: ``weights.npz`` differs from its sha256.
         WeightShapeError: a weight array does not fit the spec.
     """
-    from model_store.spec import build_network, set_weights, \
-        weights_from_bytes
+    from model_store.spec import build_network, set_weights, weights_from_bytes
 
     info = resolve(ref, root=root)
     metadata = _read_json(fs.join(info.location, METADATA_FILE))
@@ -534,7 +537,7 @@ def _check_metadata(model: StoredModel) -> None:
             f"{where}: input_shape {model.metadata['input_shape']} differs "
             f"from the spec's {model.spec['input_shape']}")
     try:
-        model.preprocessing
+        Preprocessing.from_metadata(model.metadata)
     except ValueError as error:
         raise ModelIntegrityError(f"{where}: {error}") from None
     classes = model.metadata["class_names"]

@@ -12,8 +12,8 @@ from typing import Callable, TextIO
 import numpy as np
 
 from model_store import layers as L
-from model_store.engine import T, floatX, function
 from model_store.datasets import DATASETS
+from model_store.engine import T, floatX, function
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
@@ -274,8 +274,7 @@ def save_version(network, *, name: str, metadata: dict, promote: bool,
     Returns:
         ``(the saved model, whether it is now latest)``.
     """
-    from model_store.store import (LATEST, list_models, read_aliases,
-                                   save_model, set_alias)
+    from model_store.store import LATEST, list_models, read_aliases, save_model, set_alias
 
     versions = [i.version for i in list_models(root) if i.name == name]
     if versions and LATEST not in read_aliases(name, root=root):

@@ -20,11 +20,11 @@ import threading
 import time
 
 from model_store import DEFAULT_MODEL
-from model_store.errors import ConfigError, ImgclassError
 from model_store.datasets import DATASETS
+from model_store.errors import ConfigError, ImgclassError
 from model_store.folders import VAL_FRACTION
-from pipeline import tables
 from model_store.images import DEFAULT_MAX_PIXELS
+from pipeline import tables
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -205,9 +205,13 @@ def _train_config(args, defaults):
 
 
 def _train_folder(args) -> int:
-    from model_store.folder_training import (BASE_DEFAULTS, SPEC_DEFAULTS,
-                                             FolderData, train_from_spec,
-                                             train_transfer)
+    from model_store.folder_training import (
+        BASE_DEFAULTS,
+        SPEC_DEFAULTS,
+        FolderData,
+        train_from_spec,
+        train_transfer,
+    )
     from model_store.train import save_version
 
     if (args.base is None) == (args.spec is None):
@@ -271,8 +275,7 @@ def _models_promote(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from model_store.evaluate import (evaluate_on_folder, evaluate_on_split,
-                                      plot_confusion)
+    from model_store.evaluate import evaluate_on_folder, evaluate_on_split, plot_confusion
     from model_store.store import load_model
 
     model = load_model(args.model, root=args.store)

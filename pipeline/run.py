@@ -7,8 +7,8 @@ import contextlib
 import dataclasses
 import datetime
 import io
-import re
 import os
+import re
 import sys
 import tempfile
 import time
@@ -17,26 +17,27 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import (DirectOptions,
-                                                  GoogleCloudOptions,
-                                                  PipelineOptions,
-                                                  PortableOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 
+from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import inputs, layout, outputs, tables
 from pipeline.progress import Monitor
 from transforms import schema
-from model_store import DEFAULT_MODEL
 from transforms.classify import ClassifyBatches
-from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
 from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
-from transforms.skip import (NEW, SKIPPED, SkipDone, count_retried,
-                             ledger_table)
+from transforms.skip import NEW, SKIPPED, SkipDone, count_retried, ledger_table
 from transforms.write import WriteRows, WriteTables
 
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
@@ -222,8 +223,7 @@ def make_runner(options: PipelineOptions):
                           "use 'imgclass watch' for continuous runs")
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import \
-        JobServiceHandle
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_processing":

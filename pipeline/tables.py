@@ -156,8 +156,7 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     in one commit; False if the run was committed before."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
-    from deltalake.transaction import (CommitProperties, Transaction,
-                                       create_table_with_add_actions)
+    from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
 
     root = table_location(spec.output, name)
     app_id = APP_PREFIX + manifest["run_id"]
@@ -251,9 +250,11 @@ def iceberg_catalog(spec: TableSpec):
 def iceberg_table(spec: TableSpec, name: str, schema=None):
     """Loads the table ``namespace.name``; creates it (located in the
     output folder) when it is missing and ``schema`` is given."""
-    from pyiceberg.exceptions import (NamespaceAlreadyExistsError,
-                                      NoSuchTableError,
-                                      TableAlreadyExistsError)
+    from pyiceberg.exceptions import (
+        NamespaceAlreadyExistsError,
+        NoSuchTableError,
+        TableAlreadyExistsError,
+    )
     from sqlalchemy.exc import IntegrityError
 
     catalog = iceberg_catalog(spec)

@@ -56,11 +56,16 @@ from apache_beam.io.filesystems import FileSystems
 from model_store import fs
 from model_store.errors import ConfigError
 from pipeline import inputs, layout, outputs
-from pipeline.run import (ClassifyConfig, RunFailed, make_runner,
-                          pipeline_options, run_classify, validate)
+from pipeline.run import (
+    ClassifyConfig,
+    RunFailed,
+    make_runner,
+    pipeline_options,
+    run_classify,
+    validate,
+)
+from transforms.defaults import DEFAULT_INTERVAL, DEFAULT_SETTLE, DEFAULT_WINDOW
 from transforms.files import list_pattern
-from transforms.defaults import (DEFAULT_INTERVAL, DEFAULT_SETTLE,
-                                 DEFAULT_WINDOW)
 from transforms.read import is_settled
 from transforms.skip import file_key
 

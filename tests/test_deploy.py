@@ -27,13 +27,15 @@ import apache_beam
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from apache_beam.options.pipeline_options import (DebugOptions,
-                                                  GoogleCloudOptions,
-                                                  PipelineOptions,
-                                                  PortableOptions,
-                                                  SetupOptions,
-                                                  StandardOptions,
-                                                  WorkerOptions)
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 from pipeline.cli import build_parser
 from tests.conftest import write_digits

@@ -6,13 +6,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import (accuracy_score, confusion_matrix,
-                             precision_recall_fscore_support)
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from model_store.datasets import digit_image
 from model_store.errors import ConfigError
-from model_store.folders import (check_classes, load_pixels, scan_folder,
-                                 stratified_split)
+from model_store.folders import check_classes, load_pixels, scan_folder, stratified_split
 from model_store.preprocessing import Preprocessing
 from tests.folder_data import write_broken, write_shapes
 

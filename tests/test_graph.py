@@ -4,7 +4,8 @@ against a NumPy forward pass, and the architectures the layers must express."""
 import numpy as np
 import pytest
 
-from model_store import architectures, layers as L
+from model_store import architectures
+from model_store import layers as L
 from model_store.compile import compile_predictor
 from model_store.engine import T, floatX, function, theano
 from model_store.errors import SpecError

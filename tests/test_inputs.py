@@ -20,8 +20,7 @@ from pipeline.cli import main
 from tests.conftest import write_digits
 from tests.test_images import jpeg_claiming
 from transforms import files, schema
-from transforms.files import (FileTooLargeError, escape_path, os_path,
-                              read_bytes)
+from transforms.files import FileTooLargeError, escape_path, os_path, read_bytes
 
 MAX_FILE_BYTES = 20_000
 LATIN1_NAME = b"caf\xe9.png"  # "café.png" written in Latin-1

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from model_store.engine import T, function, grad, shared
-from model_store.ops import (DepthwiseConv2dBiasAct, PointwiseConv2dBiasAct,
-                             StemConv2dBiasAct, fast_conv2d_bias_act)
+from model_store.ops import (
+    DepthwiseConv2dBiasAct,
+    PointwiseConv2dBiasAct,
+    fast_conv2d_bias_act,
+)
 
 ACT = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
        "relu6": lambda v: np.clip(v, 0, 6)}

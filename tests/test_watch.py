@@ -20,8 +20,14 @@ from PIL import Image
 
 from model_store.datasets import digit_image
 from pipeline.run import ClassifyConfig
-from pipeline.watch import (_complete_hours, _reconcile, check_settings,
-                            hour_partition, watch, window_at)
+from pipeline.watch import (
+    _complete_hours,
+    _reconcile,
+    check_settings,
+    hour_partition,
+    watch,
+    window_at,
+)
 from tests.conftest import write_bad_files, write_digits
 from transforms import schema
 
@@ -78,7 +84,7 @@ class FakeClock:
                     return
                 self._now, waits = self._wake_at, self._waits
                 self._cond.notify_all()
-                self._until(lambda: self._waits > waits, log)
+                self._until(lambda waits=waits: self._waits > waits, log)
 
     def end(self) -> None:
         with self._cond:
@@ -222,7 +228,10 @@ def drop_wave(tmp_path, folder, split, wave, now):
         for name in names:
             os.utime(os.path.join(dirpath, name), (now, now))
     os.rename(aside, folder / f"wave{wave}")
-    moved = lambda p: p.replace(str(aside), str(folder / f"wave{wave}"))
+
+    def moved(path):
+        return path.replace(str(aside), str(folder / f"wave{wave}"))
+
     return ({moved(p): label for p, label in truth.items()},
             {moved(p): stage for p, stage in bad.items()})
 
@@ -243,7 +252,7 @@ def test_three_waves_are_published_within_a_window_once(tmp_path, split):
             truth, bad = drop_wave(tmp_path, folder, split, wave, dropped)
             expected.update(truth)
             wanted = set(truth) | set(bad)
-            advance_until(clock, lambda: wanted <= set(published_paths(output)),
+            advance_until(clock, lambda wanted=wanted: wanted <= set(published_paths(output)),
                           log, f"wave {wave}")
             run_ids = {r["run_id"] for kind in ("predictions", "errors")
                        for r in rows(output, kind, ["path", "run_id"])

@@ -11,8 +11,8 @@ from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import ERRORS, DecodeBatchFn
-from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
+from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 

@@ -26,15 +26,13 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
-
 from PIL import Image
 
-from model_store.errors import (ConfigError, ModelIntegrityError,
-                                check_positive)
+from model_store.errors import ConfigError, ModelIntegrityError, check_positive
 from model_store.images import to_mode
 from transforms import progress, schema
-from transforms.defaults import DEFAULT_TOP_K
 from transforms.decode import METRICS_NAMESPACE, error_row
+from transforms.defaults import DEFAULT_TOP_K
 
 
 def load_predictor(model_ref: str, store: Optional[str],

@@ -17,7 +17,6 @@ from model_store.fs import basename
 from transforms.decode import ERRORS, METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_pattern
 
-
 # Names that mark a file as still being written (``imgclass watch``): write
 # to such a name, then rename the finished file.
 IN_PROGRESS_PREFIXES = (".",)

@@ -35,10 +35,9 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
 from model_store.errors import ConfigError
-
 from transforms import schema
-from transforms.defaults import SKIP_BY
 from transforms.decode import METRICS_NAMESPACE
+from transforms.defaults import SKIP_BY
 from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
 
 NEW, SKIPPED = "new", "skipped"
@@ -225,8 +224,8 @@ def ledger_table(batch, *, model_name: str, model_version: str,
 
 def count_retried(ledger_files: Sequence[str]) -> dict:
     """``{stage: files}`` retried by the run that wrote these ledger files."""
-    from apache_beam.io.filesystems import FileSystems
     import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
 
     counts = collections.Counter()
     for path in ledger_files:

@@ -12,7 +12,6 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio
 
-
 # Batch tables per Parquet row group: one predict batch (256 rows) per group
 # would make files slow to scan, so up to this many batch tables are
 # concatenated into one row group (64 x 256 = 16,384 rows at the default

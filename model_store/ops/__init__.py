@@ -19,8 +19,7 @@ import numpy as np
 from model_store.engine import T
 from model_store.ops import fusion  # noqa: F401  (registers the rewrite)
 from model_store.ops.base import ACTIVATIONS
-from model_store.ops.depthwise import (DepthwiseConv2dBiasAct,
-                                       StemConv2dBiasAct)
+from model_store.ops.depthwise import DepthwiseConv2dBiasAct, StemConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
 __all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",

@@ -8,8 +8,7 @@ reads (its own channel, or all C of a colour stem).
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import (ACTIVATIONS, InferenceOp, float32_tensor,
-                                  output_type)
+from model_store.ops.base import ACTIVATIONS, InferenceOp, float32_tensor, output_type
 
 _CODE = """
 {

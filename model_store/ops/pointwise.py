@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import (ACTIVATIONS, InferenceOp, float32_tensor,
-                                  output_type)
+from model_store.ops.base import ACTIVATIONS, InferenceOp, float32_tensor, output_type
 
 
 class PointwiseConv2dBiasAct(InferenceOp):
