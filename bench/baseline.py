@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import (
     KeyedModelHandler,
@@ -70,7 +71,7 @@ def main() -> None:
     with beam.Pipeline(runner=make_runner(options), options=options) as p:
         _ = (p
              | beam.Create([args.input])
-             | beam.io.fileio.MatchAll()
+             | fileio.MatchAll()
              | beam.Map(lambda m: m.path)
              | beam.Reshuffle()
              | beam.Map(read_image, **stats)
