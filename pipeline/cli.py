@@ -550,21 +550,8 @@ class _CommandParser(_Parser):
         _add_common_options(self, argparse.SUPPRESS)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="imgclass",
-        description="Classify image files in bulk with Apache Beam and a "
-                    "compiled Theano network; manage, train and evaluate the "
-                    "models.")
-    parser.add_argument("--version", action=_VersionAction,
-                        help="print the versions of imgclass, Beam, Theano, "
-                             "Python and the default model, and exit")
-    _add_common_options(parser, argparse.SUPPRESS)
-    parser.set_defaults(store=None, quiet=False, verbose=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
-                                     required=True,
-                                     parser_class=_CommandParser)
-
+def _add_models_command(commands) -> None:
+    """``models``: list, show, verify, promote and import stored models."""
     models = commands.add_parser(
         "models", help="list, show and verify stored models",
         description="List, show and verify the models in the store.")
@@ -631,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the input size, pixels / 255)")
     from_onnx.set_defaults(func=_models_import_onnx)
 
+
+def _add_train_command(commands) -> None:
+    """``train``: a new model version from a dataset or a folder."""
     train = commands.add_parser(
         "train", help="train a model and save a new version",
         description="Train a network with theano.grad and save it as a new "
@@ -706,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --data: train on the plain images")
     train.set_defaults(func=_train)
 
+
+def _add_evaluate_command(commands) -> None:
+    """``evaluate``: metrics on held-out digits, Fashion-MNIST or a folder."""
     evaluate = commands.add_parser(
         "evaluate", help="accuracy and confusion matrix on held-out data",
         description="Evaluate a model on a labelled image folder (--data), "
@@ -736,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also write the confusion matrix as a picture")
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_classify_command(commands) -> None:
+    """``classify``: the Beam pipeline over files, into Parquet or tables."""
     classify = commands.add_parser(
         "classify", help="classify image files into Parquet (Beam pipeline)",
         description="Classify every image file the inputs match and write "
@@ -816,6 +812,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "and predict errors are always retried)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
 
+
+def _add_watch_command(commands) -> None:
+    """``watch``: classify files as they arrive, window by window."""
     watch = commands.add_parser(
         "watch", help="classify image files as they arrive (until stopped)",
         description="Watch the inputs and classify new files as they "
@@ -860,6 +859,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(watch, "stored model or version folder, resolved "
                               "once at start")
     watch.set_defaults(func=_watch, accepts_beam_options=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="imgclass",
+        description="Classify image files in bulk with Apache Beam and a "
+                    "compiled Theano network; manage, train and evaluate the "
+                    "models.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the versions of imgclass, Beam, Theano, "
+                             "Python and the default model, and exit")
+    _add_common_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(store=None, quiet=False, verbose=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     required=True,
+                                     parser_class=_CommandParser)
+
+    _add_models_command(commands)
+    _add_train_command(commands)
+    _add_evaluate_command(commands)
+    _add_classify_command(commands)
+    _add_watch_command(commands)
     return parser
 
 
