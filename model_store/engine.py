@@ -20,6 +20,9 @@ symbols from here. Defaults:
   no longer reads ``numpy.distutils.__config__.blas_opt_info``, which current
   NumPy builds lack (it would fail to link ``-lblas``).
 
+* glibc's ``malloc`` keeps freed memory for reuse (:func:`_keep_freed_memory`):
+  Theano allocates and frees the same large buffers on every call.
+
 A user's own ``THEANO_FLAGS`` are appended after these defaults, and Theano
 lets the last setting of a flag win, so the user's flags always take effect.
 """
@@ -112,8 +115,35 @@ def _configure() -> None:
     os.environ["THEANO_FLAGS"] = f"{ours},{user}" if user else ours
 
 
+def _keep_freed_memory() -> None:
+    """Tells glibc's ``malloc`` to keep freed memory instead of returning it.
+
+    Every call of a compiled function allocates its outputs and work
+    buffers (a convolution's column buffer is tens of MB at batch 128) and
+    frees them before the next call. With glibc's defaults, buffers above
+    the mmap threshold are mapped and unmapped each time and the top of the
+    heap is trimmed, so the kernel zeroes fresh pages on every call:
+    Fashion-MNIST training spent 11 s of 26 s in the kernel at 500
+    images/s, against under 1 s at 720 images/s with these settings. The
+    cost is that a process keeps its peak heap (the same buffers it reuses).
+    Not glibc (macOS, musl): nothing to do.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (AttributeError, OSError, TypeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest on 64-bit
+    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_top_pad, 64 << 20)
+
+
 _check_environment()
 _configure()
+_keep_freed_memory()
 
 with warnings.catch_warnings():
     # Theano 1.0.5 uses APIs that newer Python and NumPy deprecate.

@@ -13,13 +13,14 @@ import numpy as np
 
 from model_store import layers as L
 from model_store.datasets import DATASETS
-from model_store.engine import T, floatX, function
+from model_store.engine import T, floatX, function, shared
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
 from model_store.updates import OPTIMIZERS
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 
@@ -35,6 +36,8 @@ class TrainConfig:
         optimizer: ``adam``, ``momentum`` or ``sgd``.
         augment_copies: random variants made of each training image
             (0: the plain images, for folder training).
+        lr_schedule: ``constant``, or ``cosine``: epoch ``e`` of ``E``
+            (from 1) uses ``lr * (1 + cos(pi * (e - 1) / E)) / 2``.
     """
     epochs: int = 12
     batch_size: int = 64
@@ -42,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     optimizer: str = "adam"
     augment_copies: int = 8
+    lr_schedule: str = "constant"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "augment_copies"):
@@ -57,6 +61,16 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be one of "
                               f"{', '.join(OPTIMIZERS)}, got "
                               f"{self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of "
+                              f"{', '.join(LR_SCHEDULES)}, got "
+                              f"{self.lr_schedule!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (from 1)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1 + np.cos(np.pi * (epoch - 1) / self.epochs)) / 2
 
 
 def load_spec(path: str) -> dict:
@@ -116,8 +130,9 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
     loss = T.nnet.categorical_crossentropy(probs, y).mean()
     accuracy = T.mean(T.eq(T.argmax(probs, axis=1), y), dtype=floatX)
     params = L.get_all_params(network, trainable=True)
+    learning_rate = shared(np.asarray(config.lr, floatX))
     updates = OPTIMIZERS[config.optimizer](
-        loss, params, learning_rate=np.asarray(config.lr, floatX))
+        loss, params, learning_rate=learning_rate)
     updates.update(statistics)
     step = function([x, y], [loss, accuracy], updates=updates)
     score = None
@@ -130,6 +145,7 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
     history, best = [], (-1.0, None)
     for epoch in range(1, config.epochs + 1):
         started = clock()
+        learning_rate.set_value(np.asarray(config.lr_at(epoch), floatX))
         order = rng.permutation(len(inputs))
         total_loss = total_correct = seen = 0.0
         for start in range(0, len(order), config.batch_size):

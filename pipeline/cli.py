@@ -165,10 +165,12 @@ def _train(args) -> int:
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset == "fashion-mnist":
-        from model_store.fashion import train_fashion
+        from model_store.fashion import FASHION_DEFAULTS, train_fashion
+        from model_store.train import TrainConfig
         model = train_fashion(name=args.name,
                               spec_path=args.spec or _default_spec(args),
-                              config=_train_config(args, None),
+                              config=_train_config(
+                                  args, TrainConfig(**FASHION_DEFAULTS)),
                               root=args.store, promote=args.promote,
                               stream=sys.stderr, limit=args.limit)
     elif args.dataset:
@@ -197,7 +199,8 @@ def _train_config(args, defaults):
 
     defaults = defaults or TrainConfig()
     given = {key: getattr(args, key) for key in
-             ("epochs", "batch_size", "lr", "optimizer", "augment_copies")
+             ("epochs", "batch_size", "lr", "optimizer", "augment_copies",
+              "lr_schedule")
              if getattr(args, key) is not None}
     if args.no_augment:
         given["augment_copies"] = 0
@@ -674,12 +677,17 @@ def _add_train_command(commands) -> None:
                             "version)")
     train.add_argument("--epochs", type=_positive_int,
                        help="passes over the training set (default: 12; "
-                            "40 with --base)")
+                            "40 with --base; 18 for fashion-mnist)")
     train.add_argument("--batch-size", type=_positive_int,
-                       help="examples per update (default: 64)")
+                       help="examples per update (default: 64; 128 for "
+                            "fashion-mnist)")
     train.add_argument("--lr", type=_positive_float,
                        help="learning rate (default: 0.001; 0.003 with "
-                            "--base)")
+                            "--base; 0.002 for fashion-mnist)")
+    train.add_argument("--lr-schedule", metavar="constant|cosine",
+                       help="learning rate over the epochs: constant, or "
+                            "cosine decay to 0 (default: constant; cosine "
+                            "for fashion-mnist)")
     train.add_argument("--seed", type=int, default=0,
                        help="seed of weights, shuffling, augmentation and "
                             "dropout (default: %(default)s)")

@@ -101,10 +101,44 @@ def test_training_is_deterministic_for_a_seed_and_learns():
     ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
     ({"lr": -1.0}, "--lr must be positive, got -1.0"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+    ({"lr_schedule": "step"}, "--lr-schedule must be one of constant, "
+                              "cosine, got 'step'"),
 ])
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_cosine_schedule_halves_the_step_of_the_middle_epoch():
+    """With --lr-schedule cosine over 3 epochs, epoch 2 steps with half the
+    rate and epoch 3 with a quarter, which a NumPy gradient of softmax
+    cross-entropy confirms step by step (full-batch SGD, one step per
+    epoch)."""
+    spec = {"input_shape": [4, 1, 1], "layers": [
+        {"type": "dense", "name": "o", "num_units": 3,
+         "nonlinearity": "softmax"}]}
+    rng = np.random.RandomState(1)
+    x = rng.normal(size=(12, 4, 1, 1)).astype(floatX)
+    labels = rng.randint(0, 3, size=12).astype(np.int32)
+    network = build_network(spec, seed=0)
+    flat = x.reshape(12, 4)
+    snapshots = [L.get_param_values(network)]
+    config = TrainConfig(epochs=3, batch_size=12, lr=0.5, optimizer="sgd",
+                         lr_schedule="cosine")
+    fit(network, x, labels, config,
+        report=lambda row, rate: snapshots.append(L.get_param_values(network)))
+    assert [config.lr_at(e) for e in (1, 2, 3)] == pytest.approx(
+        [0.5, 0.375, 0.125])
+    for epoch in (1, 2, 3):
+        before, after = snapshots[epoch - 1], snapshots[epoch]
+        w, b = before["o.W"], before["o.b"]
+        logits = flat @ w + b
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        p[np.arange(12), labels] -= 1
+        np.testing.assert_allclose(after["o.W"] - w,
+                                   -config.lr_at(epoch) * flat.T @ p / 12,
+                                   rtol=1e-4, atol=1e-6)
 
 
 def test_training_moves_batch_norm_running_statistics():
