@@ -30,10 +30,14 @@ lets the last setting of a flag win, so the user's flags always take effect.
 from __future__ import annotations
 
 import contextlib
+import glob
+import importlib
+import importlib.util
 import os
 import shutil
 import sys
 import threading
+import types
 import warnings
 
 from model_store.cache import cache_dir
@@ -141,11 +145,80 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 64 << 20)
 
 
+class _DeferredModule(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until an attribute of it is
+    read; then the real module is imported, takes its place in
+    ``sys.modules`` and answers that read and every later one."""
+
+    def __getattr__(self, attribute):
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        return getattr(real, attribute)
+
+
+def _defer_import(name: str) -> None:
+    """Lets an ``import name`` cost nothing until the module is used."""
+    if name not in sys.modules and importlib.util.find_spec(name) is not None:
+        sys.modules[name] = _DeferredModule(name)
+
+
+@contextlib.contextmanager
+def _lighter_theano_imports():
+    """Leaves out what Theano 1.0.5 imports at start-up and imgclass never
+    uses, about 0.5 s of CPU in every process (bench/README.md):
+
+    * ``scipy.stats``, for one scalar op (``chi2.sf``) no network here
+      builds: it stays a stand-in until anything reads it (scikit-learn's
+      metrics, a user's code), which imports it for real.
+    * ``scipy.signal``, for the Python fallback of its convolutions: Theano
+      imports it only to reach ``scipy.signal.sigtools``, which current
+      SciPy no longer has, so the import fails and Theano goes on without
+      it. While Theano is imported, ``scipy.signal`` is blocked (``None`` in
+      ``sys.modules``), which fails the same way at once.
+    * setuptools' replacement for ``distutils`` (which loads
+      ``pkg_resources``), for ``distutils.spawn`` and ``sysconfig``: Python
+      3.11's own ``distutils`` serves the same calls. setuptools installs
+      its import hook at interpreter start unless
+      ``SETUPTOOLS_USE_DISTUTILS=stdlib``; the hook is taken out again if
+      nothing has imported ``distutils`` yet, and child processes get the
+      variable.
+    """
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+    if "distutils" not in sys.modules and \
+            os.environ["SETUPTOOLS_USE_DISTUTILS"] == "stdlib":
+        try:
+            import _distutils_hack
+            _distutils_hack.remove_shim()
+        except (ImportError, AttributeError):
+            pass
+    _defer_import("scipy.stats")
+    block_signal = "scipy.signal" not in sys.modules and not _scipy_has(
+        "signal", "sigtools")
+    if block_signal:
+        sys.modules["scipy.signal"] = None
+    try:
+        yield
+    finally:
+        if block_signal and sys.modules.get("scipy.signal", 0) is None:
+            del sys.modules["scipy.signal"]
+
+
+def _scipy_has(*path: str) -> bool:
+    """Whether SciPy's package folder has a module at ``path`` (any
+    suffix), found without importing it."""
+    spec = importlib.util.find_spec("scipy")
+    folders = (spec.submodule_search_locations or []) if spec else []
+    return any(glob.glob(os.path.join(folder, *path) + "*")
+               for folder in folders)
+
+
 _check_environment()
 _configure()
 _keep_freed_memory()
 
-with warnings.catch_warnings():
+with warnings.catch_warnings(), _lighter_theano_imports():
     # Theano 1.0.5 uses APIs that newer Python and NumPy deprecate.
     warnings.simplefilter("ignore", DeprecationWarning)
     import logging
@@ -218,6 +291,69 @@ def _stable_cop_versions() -> None:
 
 
 _stable_cop_versions()
+
+def _cpu_identity() -> str | None:
+    """The first CPU's model and feature flags (Linux), or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = f.read().split("\n\n")[0]
+    except OSError:
+        return None
+    lines = [line for line in text.splitlines()
+             if line.split(":")[0].strip() in ("vendor_id", "model name",
+                                                "flags")]
+    return "\n".join(lines) or None
+
+
+def _cache_compiler_probes() -> None:
+    """Remembers, per machine, what Theano asks g++ in every process.
+
+    Theano 1.0.5 finds the flags equivalent to ``-march=native`` (one g++
+    call, then compiling and running a test program) and whether g++ does
+    OpenMP (compiling another) in each process before it can look up a
+    compiled module: about 0.2 s of every start-up (bench/README.md). The
+    answers depend only on the compiler and the CPU, so they are kept in
+    the user's cache keyed by both; without ``/proc/cpuinfo`` nothing is
+    cached.
+    """
+    import hashlib
+    import json
+
+    from theano.gof.cmodule import GCC_compiler, gcc_version_str
+    from theano.gof.op import OpenMPOp
+
+    cpu = _cpu_identity()
+    if cpu is None or not theano.config.cxx:
+        return
+    key = hashlib.sha256("\0".join((
+        theano.config.cxx, shutil.which(theano.config.cxx) or "",
+        gcc_version_str, theano.config.gcc.cxxflags, theano.__version__,
+        cpu)).encode()).hexdigest()[:24]
+    path = os.path.join(cache_dir(), "compiler", f"{key}.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            probes = json.load(handle)
+        GCC_compiler.march_flags = [str(f) for f in probes["march_flags"]]
+        OpenMPOp.gxx_support_openmp = bool(probes["openmp"])
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    GCC_compiler.compile_args()
+    if OpenMPOp.gxx_support_openmp is None:
+        OpenMPOp.gxx_support_openmp = OpenMPOp.test_gxx_support()
+    probes = {"march_flags": GCC_compiler.march_flags,
+              "openmp": OpenMPOp.gxx_support_openmp}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(probes, handle)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a read-only cache: probe again next time
+
+
+_cache_compiler_probes()
 
 # Theano clones, differentiates and optimises graphs recursively, a frame
 # or more per node along the longest path: with Python's default limit of

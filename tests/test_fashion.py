@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from model_store import fashion, store
@@ -90,3 +91,59 @@ def test_training_wiring_stores_test_metrics_and_confusion(tmp_path, cli):
                          "--dataset", "fashion-mnist", "--json")
     assert code == 0, err
     assert json.loads(out)["confusion_matrix"] == metrics["confusion_matrix"]
+
+
+SHIPPED = "fashion-cnn@1"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return store.load_model(SHIPPED)
+
+
+def test_shipped_model_reaches_the_target_on_the_test_set(shipped):
+    """fashion-cnn@1 as shipped: its recorded test metrics (10,000 images)
+    meet the 0.93 target, and its confusion matrix is the test set's."""
+    metrics = shipped.metadata["metrics"]
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.sum(axis=1).tolist() == [1000] * 10
+    assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / 10000)
+    assert metrics["accuracy"] >= 0.93
+    assert shipped.metadata["training"]["seconds"] < 30 * 60
+
+
+@needs_data
+@pytest.mark.parametrize("extension", ["png", "jpg"])
+def test_shipped_model_classifies_test_files_as_its_evaluation(
+        shipped, extension, tmp_path, cli):
+    """The 10,000 test images saved as files (PNG, or JPEG at Pillow's
+    default quality) and classified by the pipeline: the accuracy read back
+    from the Parquet output is within 0.01 of the evaluation's on the same
+    images, and every file has exactly one prediction."""
+    from PIL import Image
+
+    from model_store.datasets import Split
+    from model_store.evaluate import evaluate_on_split
+
+    split = fashion.load_fashion_split()
+    folder = tmp_path / "test"
+    folder.mkdir()
+    for i, (pixels, label) in enumerate(zip(split.test_images,
+                                            split.test_labels)):
+        Image.fromarray(pixels, "L").save(folder / f"{i:05d}_{label}.{extension}")
+    output = tmp_path / "out"
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--model", SHIPPED, "-q")
+    assert code == 0, err
+    rows = pq.read_table(output / "predictions",
+                         columns=["path", "class_id"]).to_pylist()
+    assert len(rows) == len({row["path"] for row in rows}) == 10000
+    truth = [int(os.path.basename(row["path"]).split("_")[1].split(".")[0])
+             for row in rows]
+    files = np.mean([row["class_id"] == label
+                     for row, label in zip(rows, truth)])
+    evaluated = evaluate_on_split(shipped, Split(
+        None, None, split.test_images, split.test_labels,
+        fashion.CLASS_NAMES))["accuracy"]
+    assert evaluated == pytest.approx(shipped.metadata["metrics"]["accuracy"])
+    assert abs(files - evaluated) <= 0.01
