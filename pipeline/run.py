@@ -225,17 +225,7 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "multi_processing":
-        # Worker processes inherit this: N workers with one OpenMP thread
-        # per core each would oversubscribe the cores (bench/README.md).
-        workers = direct.direct_num_workers or os.cpu_count() or 1
-        os.environ.setdefault("OMP_NUM_THREADS",
-                              str(max(1, (os.cpu_count() or 1) // workers)))
-        # Theano keys one compiled module by a str hash; with a fixed seed the
-        # workers find it in the cache instead of compiling it, each in turn,
-        # under Theano's machine-wide lock (bench/README.md).
-        os.environ.setdefault("PYTHONHASHSEED", "0")
+    _set_local_worker_environment(options.view_as(DirectOptions))
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
     encoded = JobServiceHandle.encode_pipeline_options(
@@ -243,6 +233,22 @@ def make_runner(options: PipelineOptions):
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def _set_local_worker_environment(direct: DirectOptions) -> None:
+    """What worker processes of a multi-processing local run inherit
+    (unless already set): OpenMP threads and Python's hash seed."""
+    if direct.direct_running_mode != "multi_processing":
+        return
+    # N workers with one OpenMP thread per core each would oversubscribe
+    # the cores (bench/README.md).
+    workers = direct.direct_num_workers or os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // workers)))
+    # Theano keys one compiled module by a str hash; with a fixed seed the
+    # workers find it in the cache instead of compiling it, each in turn,
+    # under Theano's machine-wide lock (bench/README.md).
+    os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
@@ -255,17 +261,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
                           f"{', '.join(PARTITIONS)}, got "
                           f"{config.partition_by!r}")
     if config.run_date is not None:
-        try:
-            datetime.date.fromisoformat(config.run_date)
-        except ValueError:
-            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                              f"{config.run_date!r}") from None
-        if len(config.run_date) != 10:
-            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                              f"{config.run_date!r}")
-        if config.partition_by != "run_date":
-            raise ConfigError("--run-date only applies with --partition-by "
-                              "run_date")
+        _check_run_date(config)
     for path in config.inputs:
         outputs.check_filesystem(path, "--input")
     patterns = inputs.input_patterns(config.inputs, config.output)
@@ -282,19 +278,37 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
+    return patterns, _partition(config)
+
+
+def _check_run_date(config: ClassifyConfig) -> None:
+    try:
+        datetime.date.fromisoformat(config.run_date)
+    except ValueError:
+        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                          f"{config.run_date!r}") from None
+    if len(config.run_date) != 10:
+        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                          f"{config.run_date!r}")
+    if config.partition_by != "run_date":
+        raise ConfigError("--run-date only applies with --partition-by "
+                          "run_date")
+
+
+def _partition(config: ClassifyConfig) -> Optional[str]:
+    """The run's Hive partition path (checked), or None."""
     if config.partition is not None:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*=[^/=]+"
                             r"(/[A-Za-z][A-Za-z0-9_]*=[^/=]+)*",
                             config.partition):
             raise ConfigError(f"partition must be key=value[/key=value...], "
                               f"got {config.partition!r}")
-        return patterns, config.partition
-    partition = None
+        return config.partition
     if config.partition_by == "run_date":
         run_date = config.run_date or datetime.datetime.now(
             datetime.timezone.utc).date().isoformat()
-        partition = f"run_date={run_date}"
-    return patterns, partition
+        return f"run_date={run_date}"
+    return None
 
 
 def table_spec(config: ClassifyConfig,
@@ -601,42 +615,15 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
     """The pipeline: match, [skip done], classify, write four tables; with
     a ``progress_folder``, also the count of files to classify, for
     :class:`pipeline.progress.Monitor`."""
-    listed = (pipeline
-              | "Patterns" >> beam.Create(patterns)
-              | "MatchFiles" >> MatchFiles(
-                  exclude=inputs.excluded(config.output),
-                  settle_seconds=config.settle, listed_at=config.listed_at,
-                  run_id=paths.run_id))
+    from model_store.store import looks_like_path
+
+    listed, counted = _match(pipeline, config, patterns, paths)
     matched = listed.files
-    # Counted where they are matched (listing errors included), not from
-    # what is written, so a runner that loses rows cannot hide it.
-    counted = ((listed.files, listed[ERRORS])
-               | "Listed" >> beam.Flatten()
-               | "CountMatched" >> beam.combiners.Count.Globally()
-               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
-                                                 paths.matched_count_path))
     if config.skip_done:
-        parts = matched | "SkipDone" >> SkipDone(
-            outputs.ledger_files(config.output), model_name=model.name,
-            model_version=str(model.version), run_id=paths.run_id,
-            by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
-            error_files=outputs.error_files(config.output),
-            retry_errors=config.retry_errors)
-        matched = parts[NEW]
-        _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
-            paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
+        matched = _skip_done(matched, config, model, paths)
     batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
     if progress_folder:
-        todo = (matched
-                | "CountToClassify" >> beam.combiners.Count.Globally()
-                | "WriteToClassifyCount" >> beam.Map(
-                    outputs.write_count, paths.todo_count_path,
-                    key="to_classify"))
-        # Side inputs: classifying starts once both counts are written, so
-        # that progress lines have their total (matching must end before
-        # the batches' reshuffle anyway).
-        batches = batches | "AfterCounts" >> beam.Map(
-            _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
+        batches = _after_counts(batches, matched, counted, paths)
     _ = (batches
          | "LedgerRows" >> beam.Map(
              ledger_table, model_name=model.name,
@@ -644,7 +631,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
          | "WriteLedger" >> WriteTables(
              paths.staging_prefix(outputs.LEDGER_DIR), schema.LEDGER))
     results = batches | "Classify" >> ClassifyBatches(
-        model.location if "/" in config.model else model.ref,
+        model.location if looks_like_path(config.model) else model.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
         run_id=paths.run_id, loaded=model,
@@ -658,6 +645,51 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(
              paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
+
+
+def _match(pipeline, config: ClassifyConfig, patterns, paths):
+    """Lists the files; ``(MatchFiles' outputs, the count of matched files
+    written to staging)``."""
+    listed = (pipeline
+              | "Patterns" >> beam.Create(patterns)
+              | "MatchFiles" >> MatchFiles(
+                  exclude=inputs.excluded(config.output),
+                  settle_seconds=config.settle, listed_at=config.listed_at,
+                  run_id=paths.run_id))
+    # Counted where they are matched (listing errors included), not from
+    # what is written, so a runner that loses rows cannot hide it.
+    counted = ((listed.files, listed[ERRORS])
+               | "Listed" >> beam.Flatten()
+               | "CountMatched" >> beam.combiners.Count.Globally()
+               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
+                                                 paths.matched_count_path))
+    return listed, counted
+
+
+def _skip_done(matched, config: ClassifyConfig, model, paths):
+    """The files no earlier run did; the others are written as skipped."""
+    parts = matched | "SkipDone" >> SkipDone(
+        outputs.ledger_files(config.output), model_name=model.name,
+        model_version=str(model.version), run_id=paths.run_id,
+        by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
+        error_files=outputs.error_files(config.output),
+        retry_errors=config.retry_errors)
+    _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
+        paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
+    return parts[NEW]
+
+
+def _after_counts(batches, matched, counted, paths):
+    """``batches``, released once the count of files to classify and the
+    count of matched files are written (progress lines have their total)."""
+    todo = (matched
+            | "CountToClassify" >> beam.combiners.Count.Globally()
+            | "WriteToClassifyCount" >> beam.Map(
+                outputs.write_count, paths.todo_count_path,
+                key="to_classify"))
+    # Side inputs: matching must end before the batches' reshuffle anyway.
+    return batches | "AfterCounts" >> beam.Map(
+        _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
 
 
 def _after(batch, *_written):
