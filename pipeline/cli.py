@@ -486,8 +486,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
-def _add_model_options(parser, model_help: str) -> None:
-    """The options ``classify`` and ``watch`` share."""
+def _add_io_options(parser, *, model_help: str,
+                    output_note: str = "") -> None:
+    """The options ``classify`` and ``watch`` share: inputs, output, model
+    and how files are read and classified."""
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="PATTERN",
+        help="a file, a folder (every file below it) or a glob where ** "
+             "crosses folders, on any Beam filesystem (local, gs://, "
+             "s3://); repeat for several")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help=f"output folder (local or any Beam "
+                             f"filesystem){output_note}")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         metavar="NAME[@VERSION]|PATH",
                         help=f"{model_help} (default: %(default)s)")
@@ -755,14 +765,7 @@ def _add_classify_command(commands) -> None:
                "1 the run failed; 2 a configuration mistake, reported "
                "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
                "published).")
-    classify.add_argument(
-        "--input", action="append", required=True, metavar="PATTERN",
-        help="a file, a folder (every file below it) or a glob where ** "
-             "crosses folders, on any Beam filesystem (local, gs://, "
-             "s3://); repeat for several")
-    classify.add_argument("--output", required=True, metavar="DIR",
-                          help="output folder (local or any Beam filesystem)")
-    _add_model_options(classify, "stored model or version folder")
+    _add_io_options(classify, model_help="stored model or version folder")
     classify.add_argument("--partition-by", choices=defaults.PARTITIONS,
                           default="none",
                           help="Hive-style partition folders (default: "
@@ -841,12 +844,9 @@ def _add_watch_command(commands) -> None:
         epilog="exit codes: 0 stopped; 1 runs failed 3 windows in a row; "
                "2 a configuration mistake, reported before watching; 130 "
                "aborted by a second signal.")
-    watch.add_argument(
-        "--input", action="append", required=True, metavar="PATTERN",
-        help="a folder (every file below it), a file or a glob, on any Beam "
-             "filesystem; repeat for several")
-    watch.add_argument("--output", required=True, metavar="DIR",
-                       help="output folder, for 'watch' only")
+    _add_io_options(watch, output_note=", for 'watch' only",
+                    model_help="stored model or version folder, resolved "
+                               "once at start")
     watch.add_argument("--interval", type=float,
                        default=defaults.DEFAULT_INTERVAL,
                        metavar="SECONDS",
@@ -864,8 +864,6 @@ def _add_watch_command(commands) -> None:
                             "this long ago; names starting with '.' or "
                             "ending .tmp, .part, .partial, .crdownload are "
                             "never read (default: %(default)g)")
-    _add_model_options(watch, "stored model or version folder, resolved "
-                              "once at start")
     watch.set_defaults(func=_watch, accepts_beam_options=True)
 
 
