@@ -17,60 +17,10 @@ from model_store.engine import T, floatX, function, shared
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
+from model_store.train_config import TrainConfig  # Theano-free, for --help
 from model_store.updates import OPTIMIZERS
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; recorded in the model's metadata.
-
-    Attributes:
-        epochs: passes over the (augmented) training set.
-        batch_size: examples per update.
-        lr: learning rate.
-        seed: seeds weights, shuffling, augmentation and dropout.
-        optimizer: ``adam``, ``momentum`` or ``sgd``.
-        augment_copies: random variants made of each training image
-            (0: the plain images, for folder training).
-        lr_schedule: ``constant``, or ``cosine``: epoch ``e`` of ``E``
-            (from 1) uses ``lr * (1 + cos(pi * (e - 1) / E)) / 2``.
-    """
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.001
-    seed: int = 0
-    optimizer: str = "adam"
-    augment_copies: int = 8
-    lr_schedule: str = "constant"
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "augment_copies"):
-            value = getattr(self, name)
-            least = 0 if name == "augment_copies" else 1
-            kind = "non-negative" if least == 0 else "positive"
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a "
-                                  f"{kind} integer, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of "
-                              f"{', '.join(OPTIMIZERS)}, got "
-                              f"{self.optimizer!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"--lr-schedule must be one of "
-                              f"{', '.join(LR_SCHEDULES)}, got "
-                              f"{self.lr_schedule!r}")
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` (from 1)."""
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * (1 + np.cos(np.pi * (epoch - 1) / self.epochs)) / 2
 
 
 def load_spec(path: str) -> dict:

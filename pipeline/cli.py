@@ -24,6 +24,14 @@ from model_store.datasets import DATASETS
 from model_store.errors import ConfigError, ImgclassError
 from model_store.folders import VAL_FRACTION
 from model_store.images import DEFAULT_MAX_PIXELS
+from model_store.train_config import (
+    BASE_DEFAULTS,
+    DIGITS_DEFAULTS,
+    FASHION_DEFAULTS,
+    LR_SCHEDULES,
+    OPTIMIZER_NAMES,
+    SPEC_DEFAULTS,
+)
 from pipeline import tables
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
@@ -165,18 +173,16 @@ def _train(args) -> int:
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset == "fashion-mnist":
-        from model_store.fashion import FASHION_DEFAULTS, train_fashion
-        from model_store.train import TrainConfig
+        from model_store.fashion import train_fashion
         model = train_fashion(name=args.name,
                               spec_path=args.spec or _default_spec(args),
-                              config=_train_config(
-                                  args, TrainConfig(**FASHION_DEFAULTS)),
+                              config=_train_config(args, FASHION_DEFAULTS),
                               root=args.store, promote=args.promote,
                               stream=sys.stderr, limit=args.limit)
     elif args.dataset:
         model = train_model(dataset=args.dataset, name=args.name,
                             spec_path=args.spec or _default_spec(args),
-                            config=_train_config(args, None),
+                            config=_train_config(args, DIGITS_DEFAULTS),
                             root=args.store, promote=args.promote)
     if args.dataset:
         print(f"saved {model.ref} to {model.location}: held-out accuracy "
@@ -194,10 +200,7 @@ def _default_spec(args) -> str:
 
 def _train_config(args, defaults):
     """The settings: the options given, else ``defaults`` (a
-    ``TrainConfig``, or None for the built-in datasets' defaults)."""
-    from model_store.train import TrainConfig
-
-    defaults = defaults or TrainConfig()
+    ``TrainConfig`` of ``model_store.train_config``)."""
     given = {key: getattr(args, key) for key in
              ("epochs", "batch_size", "lr", "optimizer", "augment_copies",
               "lr_schedule")
@@ -208,13 +211,7 @@ def _train_config(args, defaults):
 
 
 def _train_folder(args) -> int:
-    from model_store.folder_training import (
-        BASE_DEFAULTS,
-        SPEC_DEFAULTS,
-        FolderData,
-        train_from_spec,
-        train_transfer,
-    )
+    from model_store.folder_training import FolderData, train_from_spec, train_transfer
     from model_store.train import save_version
 
     if (args.base is None) == (args.spec is None):
@@ -685,34 +682,46 @@ def _add_train_command(commands) -> None:
                        help="make the new version NAME@latest (otherwise "
                             "latest stays where it is, except for a first "
                             "version)")
+    _add_train_settings(train)
+    train.set_defaults(func=_train)
+
+
+def _add_train_settings(train) -> None:
+    """``train``'s options that override a ``TrainConfig``; their help
+    states the defaults of model_store.train_config (none is set here:
+    each kind of training has its own)."""
+    digits, fashion = DIGITS_DEFAULTS, FASHION_DEFAULTS
     train.add_argument("--epochs", type=_positive_int,
-                       help="passes over the training set (default: 12; "
-                            "40 with --base; 18 for fashion-mnist)")
+                       help=f"passes over the training set (default: "
+                            f"{digits.epochs}; {BASE_DEFAULTS.epochs} with "
+                            f"--base; {fashion.epochs} for fashion-mnist)")
     train.add_argument("--batch-size", type=_positive_int,
-                       help="examples per update (default: 64; 128 for "
-                            "fashion-mnist)")
+                       help=f"examples per update (default: "
+                            f"{digits.batch_size}; {fashion.batch_size} for "
+                            f"fashion-mnist)")
     train.add_argument("--lr", type=_positive_float,
-                       help="learning rate (default: 0.001; 0.003 with "
-                            "--base; 0.002 for fashion-mnist)")
-    train.add_argument("--lr-schedule", metavar="constant|cosine",
-                       help="learning rate over the epochs: constant, or "
-                            "cosine decay to 0 (default: constant; cosine "
-                            "for fashion-mnist)")
-    train.add_argument("--seed", type=int, default=0,
+                       help=f"learning rate (default: {digits.lr:g}; "
+                            f"{BASE_DEFAULTS.lr:g} with --base; "
+                            f"{fashion.lr:g} for fashion-mnist)")
+    train.add_argument("--lr-schedule", metavar="|".join(LR_SCHEDULES),
+                       help=f"learning rate over the epochs: constant, or "
+                            f"cosine decay to 0 (default: "
+                            f"{digits.lr_schedule}; {fashion.lr_schedule} "
+                            f"for fashion-mnist)")
+    train.add_argument("--seed", type=int, default=DIGITS_DEFAULTS.seed,
                        help="seed of weights, shuffling, augmentation and "
                             "dropout (default: %(default)s)")
-    # Checked by TrainConfig against model_store.updates.OPTIMIZERS (which
-    # imports Theano: not at parse time).
-    train.add_argument("--optimizer", metavar="adam|momentum|sgd",
-                       help="update rule (default: adam)")
+    # Checked by TrainConfig.
+    train.add_argument("--optimizer", metavar="|".join(OPTIMIZER_NAMES),
+                       help=f"update rule (default: {digits.optimizer})")
     train.add_argument("--augment-copies", type=_positive_int,
-                       help="random variants made of each training image: "
-                            "size, filter, shift, JPEG for --dataset digits "
-                            "(default 8); random resized crop and "
-                            "horizontal flip for --data (default 3)")
+                       help=f"random variants made of each training image: "
+                            f"size, filter, shift, JPEG for --dataset digits "
+                            f"(default {digits.augment_copies}); random "
+                            f"resized crop and horizontal flip for --data "
+                            f"(default {SPEC_DEFAULTS.augment_copies})")
     train.add_argument("--no-augment", action="store_true",
                        help="with --data: train on the plain images")
-    train.set_defaults(func=_train)
 
 
 def _add_evaluate_command(commands) -> None:
