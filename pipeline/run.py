@@ -32,12 +32,13 @@ from pipeline import inputs, layout, outputs, tables
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
-from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.common import METRICS_NAMESPACE
 from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
-from transforms.skip import NEW, SKIPPED, SkipDone, count_retried, ledger_table
+from transforms.schema import ERRORS_TAG, SKIPPED_TAG
+from transforms.skip import NEW, SkipDone, count_retried, ledger_table
 from transforms.write import WriteRows, WriteTables
 
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
@@ -641,7 +642,7 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
         paths.staging_prefix(outputs.PREDICTIONS_DIR),
         schema.predictions_schema(config.emit_embeddings),
         compliant_lists=config.table_format != tables.DEFAULT_FORMAT)
-    _ = ((listed[ERRORS], results["errors"])
+    _ = ((listed[ERRORS_TAG], results["errors"])
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(
              paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
@@ -658,7 +659,7 @@ def _match(pipeline, config: ClassifyConfig, patterns, paths):
                   run_id=paths.run_id))
     # Counted where they are matched (listing errors included), not from
     # what is written, so a runner that loses rows cannot hide it.
-    counted = ((listed.files, listed[ERRORS])
+    counted = ((listed.files, listed[ERRORS_TAG])
                | "Listed" >> beam.Flatten()
                | "CountMatched" >> beam.combiners.Count.Globally()
                | "WriteMatchedCount" >> beam.Map(outputs.write_count,
@@ -674,7 +675,7 @@ def _skip_done(matched, config: ClassifyConfig, model, paths):
         by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
         error_files=outputs.error_files(config.output),
         retry_errors=config.retry_errors)
-    _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
+    _ = parts[SKIPPED_TAG] | "WriteSkipped" >> WriteRows(
         paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
     return parts[NEW]
 

@@ -10,11 +10,12 @@ import apache_beam as beam
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
-from transforms.decode import ERRORS, DecodeBatchFn
+from transforms.decode import DecodeBatchFn
 from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
+from transforms.schema import ERRORS_TAG
 
 
 class ClassifyBatches(beam.PTransform):
@@ -90,7 +91,7 @@ class ClassifyBatches(beam.PTransform):
             prep, run_id=self.run_id, max_pixels=self._max_pixels,
             max_file_bytes=self._max_file_bytes,
             progress_folder=self._progress_folder)).with_outputs(
-                ERRORS, main="examples")
+                ERRORS_TAG, main="examples")
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=model.weights_sha256,
@@ -98,8 +99,8 @@ class ClassifyBatches(beam.PTransform):
                              min_confidence=self._min_confidence,
                              embeddings=self._embeddings,
                              progress_folder=self._progress_folder)
-        ).with_outputs(ERRORS, main="predictions")
-        errors = ((examples[ERRORS], predicted[ERRORS])
+        ).with_outputs(ERRORS_TAG, main="predictions")
+        errors = ((examples[ERRORS_TAG], predicted[ERRORS_TAG])
                   | "Errors" >> beam.Flatten())
         return {"predictions": predicted.predictions, "errors": errors}
 
@@ -126,6 +127,6 @@ class ClassifyImages(beam.PTransform):
         out = (matched.files
                | "BatchFiles" >> BatchFiles(self._classify.batch_size)
                | "Classify" >> self._classify)
-        errors = ((matched[ERRORS], out["errors"])
+        errors = ((matched[ERRORS_TAG], out["errors"])
                   | "AllErrors" >> beam.Flatten())
         return {"predictions": out["predictions"], "errors": errors}

@@ -31,7 +31,7 @@ from PIL import Image
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
 from model_store.images import to_mode
 from transforms import progress, schema
-from transforms.decode import METRICS_NAMESPACE, error_row
+from transforms.common import METRICS_NAMESPACE, error_row
 from transforms.defaults import DEFAULT_TOP_K
 
 
@@ -129,7 +129,7 @@ class PredictBatchesFn(beam.DoFn):
             self._progress.add(len(batch))
             for example in batch:
                 yield beam.pvalue.TaggedOutput(
-                    "errors", error_row(example.path, "predict", error,
+                    schema.ERRORS_TAG, error_row(example.path, "predict", error,
                                         self._run_id))
             return
         self._batches.inc()
