@@ -397,7 +397,7 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         except Exception as error:  # e.g. a full disk: the next run retries
             raise RunFailed(f"could not complete the interrupted publishing "
                             f"in {config.output}: {type(error).__name__}: "
-                            f"{_first_line(error)}") from error
+                            f"{_last_line(error)}") from error
         if recovered:
             print(f"imgclass: finished publishing interrupted run(s) "
                   f"{', '.join(recovered)}", file=log)
@@ -492,7 +492,7 @@ def _wait(pipeline, paths):
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
-                        f"{_first_line(error)}") from error
+                        f"{_last_line(error)}") from error
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -575,7 +575,7 @@ def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
                           f"{later}") from None
     except Exception as error:
         raise RunFailed(f"run {paths.run_id}: publishing failed "
-                        f"({type(error).__name__}: {_first_line(error)}); "
+                        f"({type(error).__name__}: {_last_line(error)}); "
                         f"{later}") from error
 
 
@@ -698,7 +698,7 @@ def _after(batch, *_written):
     return batch
 
 
-def _first_line(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     # Beam wraps worker errors in long tracebacks; the last line is the cause.
     return lines[-1].strip()[:500] if lines else ""

@@ -267,7 +267,7 @@ class _Watcher:
         """
         self._waiting = 0
         try:
-            manifest = _close(self.config, self.patterns, window, self.done,
+            manifest = _publish_window(self.config, self.patterns, window, self.done,
                               self.stored, self.log, self.clock)
         except RunFailed as error:
             if stopping.is_set():
@@ -292,7 +292,7 @@ class _Watcher:
         return True
 
 
-def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
+def _publish_window(config: ClassifyConfig, patterns, window: Window, done: dict,
            model, log, clock) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
