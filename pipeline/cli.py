@@ -102,8 +102,8 @@ def _models_show(args) -> int:
     from model_store import layers as L
     from model_store.store import load_model
 
-    model = load_model(args.model, root=args.store)
-    network = model.build()
+    stored = load_model(args.model, root=args.store)
+    network = stored.build()
     layers = [{"name": layer.name, "type": type(layer).__name__,
                "inputs": [parent.name for parent in layer.input_layers],
                "output_shape": list(layer.output_shape),
@@ -111,12 +111,12 @@ def _models_show(args) -> int:
                    p.get_value(borrow=True).shape) for p in layer.params}}
               for layer in L.get_all_layers(network)]
     if args.json:
-        print(json.dumps({"ref": model.ref, "location": model.location,
-                          "metadata": model.metadata, "layers": layers,
+        print(json.dumps({"ref": stored.ref, "location": stored.location,
+                          "metadata": stored.metadata, "layers": layers,
                           "flops_per_image": L.count_flops(network)}))
         return EXIT_OK
-    print(f"{model.ref}  ({model.location})")
-    meta = model.metadata
+    print(f"{stored.ref}  ({stored.location})")
+    meta = stored.metadata
     for key in ("description", "created_at", "input_shape", "color_mode",
                 "resize", "normalization", "background", "class_names",
                 "metrics", "weights_sha256"):
@@ -158,11 +158,11 @@ def _models_verify(args) -> int:
 def _models_import_onnx(args) -> int:
     from model_store.onnx_import import import_onnx
 
-    model = import_onnx(args.file, name=args.name, classes=args.classes,
-                        preprocessing=args.preprocessing, root=args.store)
-    print(f"saved {model.ref} to {model.location}: "
-          f"{len(model.spec['layers'])} layers, {len(model.class_names)} "
-          f"classes, input {model.metadata['input_shape']}")
+    stored = import_onnx(args.file, name=args.name, classes=args.classes,
+                         preprocessing=args.preprocessing, root=args.store)
+    print(f"saved {stored.ref} to {stored.location}: "
+          f"{len(stored.spec['layers'])} layers, {len(stored.class_names)} "
+          f"classes, input {stored.metadata['input_shape']}")
     return EXIT_OK
 
 
@@ -174,21 +174,21 @@ def _train(args) -> int:
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset == "fashion-mnist":
         from model_store.fashion import train_fashion
-        model = train_fashion(name=args.name,
-                              spec_path=args.spec or _default_spec(args),
-                              config=_train_config(args, FASHION_DEFAULTS),
-                              root=args.store, promote=args.promote,
-                              stream=sys.stderr, limit=args.limit)
+        stored = train_fashion(name=args.name,
+                               spec_path=args.spec or _default_spec(args),
+                               config=_train_config(args, FASHION_DEFAULTS),
+                               root=args.store, promote=args.promote,
+                               stream=sys.stderr, limit=args.limit)
     elif args.dataset:
-        model = train_model(dataset=args.dataset, name=args.name,
-                            spec_path=args.spec or _default_spec(args),
-                            config=_train_config(args, DIGITS_DEFAULTS),
-                            root=args.store, promote=args.promote)
+        stored = train_model(dataset=args.dataset, name=args.name,
+                             spec_path=args.spec or _default_spec(args),
+                             config=_train_config(args, DIGITS_DEFAULTS),
+                             root=args.store, promote=args.promote)
     if args.dataset:
-        print(f"saved {model.ref} to {model.location}: held-out accuracy "
-              f"{model.metadata['metrics']['accuracy']:.4f} "
-              f"(n={model.metadata['metrics']['n_test']})")
-        return _print_promotion(model, args.store)
+        print(f"saved {stored.ref} to {stored.location}: held-out accuracy "
+              f"{stored.metadata['metrics']['accuracy']:.4f} "
+              f"(n={stored.metadata['metrics']['n_test']})")
+        return _print_promotion(stored, args.store)
     return _train_folder(args)
 
 
@@ -230,13 +230,13 @@ def _train_folder(args) -> int:
         network, metadata = train_from_spec(
             folders, name=args.name, spec_path=args.spec,
             config=_train_config(args, SPEC_DEFAULTS), stream=sys.stderr)
-    model, _ = save_version(network, name=args.name, metadata=metadata,
-                            root=args.store, promote=args.promote)
-    metrics = model.metadata["metrics"]
-    print(f"saved {model.ref} to {model.location}: validation accuracy "
+    stored, _ = save_version(network, name=args.name, metadata=metadata,
+                             root=args.store, promote=args.promote)
+    metrics = stored.metadata["metrics"]
+    print(f"saved {stored.ref} to {stored.location}: validation accuracy "
           f"{metrics['accuracy']:.4f} (n={metrics['n_test']}, best epoch "
-          f"{model.metadata['training']['best_epoch']})")
-    return _print_promotion(model, args.store)
+          f"{stored.metadata['training']['best_epoch']})")
+    return _print_promotion(stored, args.store)
 
 
 def _load_base(ref: str, store):
@@ -252,16 +252,16 @@ def _load_base(ref: str, store):
         return load_model(ref, root=DEFAULT_ROOT)
 
 
-def _print_promotion(model, store) -> int:
+def _print_promotion(stored, store) -> int:
     from model_store.store import resolve
 
-    latest = resolve(model.name, root=store)
-    if latest.version == model.version:
-        print(f"{model.name}@latest is now {model.ref}")
+    latest = resolve(stored.name, root=store)
+    if latest.version == stored.version:
+        print(f"{stored.name}@latest is now {stored.ref}")
     else:
-        print(f"{model.name}@latest is still {latest.ref}: compare them "
+        print(f"{stored.name}@latest is still {latest.ref}: compare them "
               f"with 'imgclass evaluate', then 'imgclass models promote "
-              f"{model.ref}' (or train with --promote)")
+              f"{stored.ref}' (or train with --promote)")
     return EXIT_OK
 
 
@@ -278,24 +278,24 @@ def _evaluate(args) -> int:
     from model_store.evaluate import evaluate_on_folder, evaluate_on_split, plot_confusion
     from model_store.store import load_model
 
-    model = load_model(args.model, root=args.store)
+    stored = load_model(args.model, root=args.store)
     if args.data:
-        metrics = evaluate_on_folder(model, args.data)
+        metrics = evaluate_on_folder(stored, args.data)
         what = f"images in {args.data}"
     elif args.dataset == "fashion-mnist":
         from model_store.fashion import load_fashion_split
-        metrics = evaluate_on_split(model, load_fashion_split())
+        metrics = evaluate_on_split(stored, load_fashion_split())
         metrics["dataset"] = what = "Fashion-MNIST test images"
     else:
         from model_store.datasets import load_digits_split
-        metrics = evaluate_on_split(model, load_digits_split())
+        metrics = evaluate_on_split(stored, load_digits_split())
         what = "held-out digits"
     if args.plot:
         plot_confusion(metrics, args.plot)
     if args.json:
         print(json.dumps(metrics))
         return EXIT_OK
-    _print_metrics(model.ref, metrics, what)
+    _print_metrics(stored.ref, metrics, what)
     if args.plot:
         print(f"wrote {args.plot}")
     return EXIT_OK
@@ -345,7 +345,7 @@ def _classify(args) -> int:
     from pipeline.run import ClassifyConfig, RunFailed, run_classify, summary
 
     config = ClassifyConfig(
-        inputs=args.input, output=args.output, model=args.model,
+        inputs=args.input, output=args.output, model_ref=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         partition_by=args.partition_by,
@@ -397,7 +397,7 @@ def _watch(args) -> int:
     from pipeline.watch import stop_on_signals, watch
 
     config = ClassifyConfig(
-        inputs=args.input, output=args.output, model=args.model,
+        inputs=args.input, output=args.output, model_ref=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         min_confidence=args.min_confidence,

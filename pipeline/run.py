@@ -64,7 +64,7 @@ class ClassifyConfig:
     """What ``imgclass classify`` was asked to do."""
     inputs: Sequence[str]
     output: str
-    model: str = DEFAULT_MODEL
+    model_ref: str = DEFAULT_MODEL
     store: Optional[str] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -403,10 +403,10 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
                   f"{', '.join(recovered)}", file=log)
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
-        model = load_model(config.model, root=config.store)
+        stored = load_model(config.model_ref, root=config.store)
         paths = outputs.RunOutputs(config.output, run_id, partition)
         try:  # until publishing starts, any way out removes the staging
-            staged, manifest = _stage(config, options, runner, model,
+            staged, manifest = _stage(config, options, runner, stored,
                                       patterns, paths, (now, started), log)
         except BaseException:
             paths.discard_staging()
@@ -416,14 +416,14 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
     return manifest
 
 
-def _stage(config, options, runner, model, patterns, paths, started, log):
+def _stage(config, options, runner, stored, patterns, paths, started, log):
     """Runs the pipeline into staging; ``(staged files, manifest)``.
     ``started``: (UTC datetime, ``time.monotonic()``) the run started."""
     runner_name = type(runner).__name__ if runner else options.view_as(
         StandardOptions).runner
     result, seconds, startup = _execute(
-        config, options, runner, model, patterns, paths,
-        f"with {model.ref} on {runner_name}", log, started[1])
+        config, options, runner, stored, patterns, paths,
+        f"with {stored.ref} on {runner_name}", log, started[1])
     staged = paths.staged_files()
     table = table_spec(config, paths.partition)
     manifest = {
@@ -433,9 +433,9 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "startup_seconds": round(startup, 3),
-        "model": {"name": model.name, "version": str(model.version),
-                  "weights_sha256": model.weights_sha256,
-                  "location": model.location},
+        "model": {"name": stored.name, "version": str(stored.version),
+                  "weights_sha256": stored.weights_sha256,
+                  "location": stored.location},
         "inputs": [escape_path(i) for i in config.inputs],
         "patterns": patterns,
         "output": config.output,
@@ -460,7 +460,7 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
     return staged, manifest
 
 
-def _execute(config, options, runner, model, patterns, paths, what, log,
+def _execute(config, options, runner, stored, patterns, paths, what, log,
              started):
     """Builds and runs the pipeline; ``(result, seconds, start-up seconds
     before it, from the monotonic time started)``."""
@@ -470,7 +470,7 @@ def _execute(config, options, runner, model, patterns, paths, what, log,
         # for the driver to add up; elsewhere each worker logs its own.
         folder = folder if runner is not None and every > 0 else None
         pipeline = beam.Pipeline(runner=runner, options=options)
-        _build(pipeline, config, model, patterns, paths,  # checks settings
+        _build(pipeline, config, stored, patterns, paths,  # checks settings
                progress_folder=folder)
         print(f"imgclass: run {paths.run_id}: classifying "
               f"{', '.join(config.inputs)} {what}", file=log)
@@ -611,7 +611,7 @@ def summary(manifest: dict) -> dict:
         "wall_seconds", "low_confidence", "started_at", "finished_at")}
 
 
-def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
+def _build(pipeline, config: ClassifyConfig, stored, patterns, paths, *,
            progress_folder: Optional[str] = None) -> None:
     """The pipeline: match, [skip done], classify, write four tables; with
     a ``progress_folder``, also the count of files to classify, for
@@ -621,21 +621,21 @@ def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
     listed, counted = _match(pipeline, config, patterns, paths)
     matched = listed.files
     if config.skip_done:
-        matched = _skip_done(matched, config, model, paths)
+        matched = _skip_done(matched, config, stored, paths)
     batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
     if progress_folder:
         batches = _after_counts(batches, matched, counted, paths)
     _ = (batches
          | "LedgerRows" >> beam.Map(
-             ledger_table, model_name=model.name,
-             model_version=str(model.version), run_id=paths.run_id)
+             ledger_table, model_name=stored.name,
+             model_version=str(stored.version), run_id=paths.run_id)
          | "WriteLedger" >> WriteTables(
              paths.staging_prefix(outputs.LEDGER_DIR), schema.LEDGER))
     results = batches | "Classify" >> ClassifyBatches(
-        model.location if looks_like_path(config.model) else model.ref,
+        stored.location if looks_like_path(config.model_ref) else stored.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
-        run_id=paths.run_id, loaded=model,
+        run_id=paths.run_id, loaded=stored,
         min_confidence=config.min_confidence,
         embeddings=config.emit_embeddings, progress_folder=progress_folder)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
@@ -667,11 +667,11 @@ def _match(pipeline, config: ClassifyConfig, patterns, paths):
     return listed, counted
 
 
-def _skip_done(matched, config: ClassifyConfig, model, paths):
+def _skip_done(matched, config: ClassifyConfig, stored, paths):
     """The files no earlier run did; the others are written as skipped."""
     parts = matched | "SkipDone" >> SkipDone(
-        outputs.ledger_files(config.output), model_name=model.name,
-        model_version=str(model.version), run_id=paths.run_id,
+        outputs.ledger_files(config.output), model_name=stored.name,
+        model_version=str(stored.version), run_id=paths.run_id,
         by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
         error_files=outputs.error_files(config.output),
         retry_errors=config.retry_errors)

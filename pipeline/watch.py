@@ -142,7 +142,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     ``wait(seconds)`` pauses between looks at the inputs, returning early
     once stopped (default: ``stop_event.wait``). Tests inject both.
 
-    ``config`` is what ``classify`` takes (inputs, output, model, store,
+    ``config`` is what ``classify`` takes (inputs, output, model_ref, store,
     top_k, batch_size, max_pixels, beam_args); its partitioning, overwrite
     and skip-done settings are the watcher's own.
 
@@ -183,7 +183,7 @@ def _window_config(config: ClassifyConfig,
     from model_store.store import load_model, looks_like_path
 
     make_runner(pipeline_options(config.beam_args))  # bad options, now
-    stored = load_model(config.model, root=config.store)
+    stored = load_model(config.model_ref, root=config.store)
     if config.top_k > len(stored.class_names):
         raise ConfigError(f"--top-k {config.top_k} exceeds the "
                           f"{len(stored.class_names)} classes of model "
@@ -192,7 +192,8 @@ def _window_config(config: ClassifyConfig,
     # ledger check is for that version (restart to change models).
     base = dataclasses.replace(
         config,
-        model=config.model if looks_like_path(config.model) else stored.ref,
+        model_ref=(config.model_ref if looks_like_path(config.model_ref)
+                   else stored.ref),
         partition_by="none", run_date=None, overwrite=False, skip_done=True,
         partition=None, settle=float(settle), window=None, allow_empty=True)
     return base, stored
@@ -267,8 +268,9 @@ class _Watcher:
         """
         self._waiting = 0
         try:
-            manifest = _publish_window(self.config, self.patterns, window, self.done,
-                              self.stored, self.log, self.clock)
+            manifest = _publish_window(self.config, self.patterns, window,
+                                       self.done, self.stored, self.log,
+                                       self.clock)
         except RunFailed as error:
             if stopping.is_set():
                 print(f"imgclass: window {window} was not published "
@@ -292,8 +294,8 @@ class _Watcher:
         return True
 
 
-def _publish_window(config: ClassifyConfig, patterns, window: Window, done: dict,
-           model, log, clock) -> Optional[dict]:
+def _publish_window(config: ClassifyConfig, patterns, window: Window,
+                    done: dict, stored, log, clock) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
@@ -316,7 +318,7 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window, done: dict
                                clock())
             raise
         _add_ledger(done, manifest["files"].get(outputs.LEDGER_DIR, []),
-                    model)
+                    stored)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
     _write_marker(output, window, manifest, clock())
@@ -387,14 +389,16 @@ def _new_files(patterns, settle: float, done: dict, exclude,
     return sorted(found)
 
 
-def _add_ledger(done: dict, files, model) -> None:
+def _add_ledger(done: dict, files, stored) -> None:
+    """Adds to ``done`` the ledger rows of ``files`` made with ``stored``
+    (a StoredModel): ``{path: {(size, mtime), ...}}``."""
     table = outputs.read_table(files, ["path", "size", "mtime", "model_name",
                                        "model_version"])
     if table is None:
         return
-    version = str(model.version)
+    version = str(stored.version)
     for row in table.to_pylist():
-        if (row["model_name"], row["model_version"]) == (model.name,
+        if (row["model_name"], row["model_version"]) == (stored.name,
                                                          version):
             done.setdefault(row["path"], set()).add(
                 (int(row["size"]), float(row["mtime"])))
