@@ -775,48 +775,8 @@ def _add_classify_command(commands) -> None:
                "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
                "published).")
     _add_io_options(classify, model_help="stored model or version folder")
-    classify.add_argument("--partition-by", choices=defaults.PARTITIONS,
-                          default="none",
-                          help="Hive-style partition folders (default: "
-                               "%(default)s)")
-    classify.add_argument("--run-date", metavar="YYYY-MM-DD",
-                          help="partition value, only with --partition-by "
-                               "run_date (default: today, UTC)")
-    classify.add_argument("--overwrite", action="store_true",
-                          help="replace the earlier runs in OUTPUT (they "
-                               "are removed while this run is published, "
-                               "once it has succeeded)")
-    classify.add_argument("--skip-done", action="store_true",
-                          help="add to the earlier runs in OUTPUT, "
-                               "classifying only files that no earlier run "
-                               "did with the same model version (same path, "
-                               "size and modification time, or content with "
-                               "--skip-done-by content)")
-    classify.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
-                          default="mtime",
-                          help="what makes a file done: 'mtime' (same size "
-                               "and modification time, from the listing) or "
-                               "'content' (same sha256, for stores that "
-                               "rewrite unchanged files; reads new files "
-                               "twice) (default: %(default)s)")
-    classify.add_argument("--table-format", choices=list(tables.FORMATS),
-                          default=tables.DEFAULT_FORMAT,
-                          help="'parquet': Parquet files and our manifest; "
-                               "'delta' or 'iceberg': the same files "
-                               "committed to Delta Lake or Iceberg tables, "
-                               "one commit per run (default: %(default)s)")
-    classify.add_argument("--iceberg-catalog", metavar="URI",
-                          help="SQL catalog of the Iceberg tables, a "
-                               "SQLAlchemy URI (default: sqlite:///"
-                               f"OUTPUT/{tables.CATALOG_FILE})")
-    classify.add_argument("--iceberg-namespace", metavar="NAME",
-                          default=tables.DEFAULT_NAMESPACE,
-                          help="namespace of the Iceberg tables "
-                               "(default: %(default)s)")
-    classify.add_argument("--emit-embeddings", action="store_true",
-                          help="add an 'embedding' column: the model's "
-                               "penultimate features (256 floats for "
-                               "digits-cnn), for similarity search")
+    _add_run_options(classify)
+    _add_table_options(classify)
     classify.add_argument("--summary-json", action="store_true",
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "
@@ -831,6 +791,56 @@ def _add_classify_command(commands) -> None:
                                "that failed to decode or preprocess (read "
                                "and predict errors are always retried)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
+
+
+def _add_run_options(parser) -> None:
+    """``classify``'s partitioning and how a run relates to earlier ones."""
+    parser.add_argument("--partition-by", choices=defaults.PARTITIONS,
+                        default="none",
+                        help="Hive-style partition folders (default: "
+                             "%(default)s)")
+    parser.add_argument("--run-date", metavar="YYYY-MM-DD",
+                        help="partition value, only with --partition-by "
+                             "run_date (default: today, UTC)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier runs in OUTPUT (they "
+                             "are removed while this run is published, "
+                             "once it has succeeded)")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="add to the earlier runs in OUTPUT, "
+                             "classifying only files that no earlier run "
+                             "did with the same model version (same path, "
+                             "size and modification time, or content with "
+                             "--skip-done-by content)")
+    parser.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
+                        default="mtime",
+                        help="what makes a file done: 'mtime' (same size "
+                             "and modification time, from the listing) or "
+                             "'content' (same sha256, for stores that "
+                             "rewrite unchanged files; reads new files "
+                             "twice) (default: %(default)s)")
+
+
+def _add_table_options(parser) -> None:
+    """``classify``'s table format and the columns it adds."""
+    parser.add_argument("--table-format", choices=list(tables.FORMATS),
+                        default=tables.DEFAULT_FORMAT,
+                        help="'parquet': Parquet files and our manifest; "
+                             "'delta' or 'iceberg': the same files "
+                             "committed to Delta Lake or Iceberg tables, "
+                             "one commit per run (default: %(default)s)")
+    parser.add_argument("--iceberg-catalog", metavar="URI",
+                        help="SQL catalog of the Iceberg tables, a "
+                             "SQLAlchemy URI (default: sqlite:///"
+                             f"OUTPUT/{tables.CATALOG_FILE})")
+    parser.add_argument("--iceberg-namespace", metavar="NAME",
+                        default=tables.DEFAULT_NAMESPACE,
+                        help="namespace of the Iceberg tables "
+                             "(default: %(default)s)")
+    parser.add_argument("--emit-embeddings", action="store_true",
+                        help="add an 'embedding' column: the model's "
+                             "penultimate features (256 floats for "
+                             "digits-cnn), for similarity search")
 
 
 def _add_watch_command(commands) -> None:
