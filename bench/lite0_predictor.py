@@ -277,6 +277,43 @@ def run_profiles(layers: list[dict], calls: int = 3) -> None:
 
 
 def main() -> None:
+    args = parse_args()
+    sys.path.insert(0, HERE)
+    from run import machine
+
+    info = machine()
+    layers = lite0()
+    flops = flops_per_image(layers)
+    print(f"machine: {info['cores']} cores, {info['cpu']}, "
+          f"{info['vector_unit']}, nominal peak {info['peak_gflops']} "
+          f"GFLOP/s; load {os.getloadavg()}", flush=True)
+    print(f"network: {flops / 1e9:.3f} GFLOP per image", flush=True)
+    if args.profile:
+        run_profiles(layers)
+        return
+    engines, compile_seconds, fast_logits, ort2 = build_engines(layers, args)
+    peak = measured_peak()
+    print(f"compile seconds: {compile_seconds}; measured sgemm peak "
+          f"{peak:.1f} GFLOP/s (2 threads)", flush=True)
+    rel = logits_difference(fast_logits, ort2)
+    results = {"date": datetime.datetime.now(datetime.timezone.utc)
+               .isoformat(timespec="seconds"), "machine": info,
+               "measured_sgemm_peak_gflops": round(peak, 1),
+               "gflop_per_image": round(flops / 1e9, 4),
+               "compile_seconds": {k: round(v, 1)
+                                   for k, v in compile_seconds.items()},
+               "logits_max_rel_diff": rel, "load_before": os.getloadavg(),
+               "batches": {}}
+    for batch in args.batches:
+        x = np.random.RandomState(batch).rand(batch, 3, SIZE, SIZE).astype(
+            np.float32)
+        results["batches"][batch] = time_batch(engines, x, args, flops,
+                                               info["peak_gflops"])
+    results["load_after"] = os.getloadavg()
+    write(results)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", type=int, nargs="+",
                         default=[1, 16, 32, 64])
@@ -290,23 +327,14 @@ def main() -> None:
                         help="add the fast graph compiled with allow_gc=False")
     parser.add_argument("--profile", action="store_true",
                         help="write Theano's per-op profiles at batch 16")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    sys.path.insert(0, HERE)
-    from run import machine
 
+def build_engines(layers, args):
+    """The engines timed, by name (``batch -> outputs``); ``(engines,
+    compile seconds by name, the fast graph's logits function, the
+    2-thread onnxruntime session)``."""
     from model_store.ops.running import chunk_size, run_in_chunks
-
-    info = machine()
-    layers = lite0()
-    flops = flops_per_image(layers)
-    print(f"machine: {info['cores']} cores, {info['cpu']}, "
-          f"{info['vector_unit']}, nominal peak {info['peak_gflops']} "
-          f"GFLOP/s; load {os.getloadavg()}", flush=True)
-    print(f"network: {flops / 1e9:.3f} GFLOP per image", flush=True)
-    if args.profile:
-        run_profiles(layers)
-        return
 
     engines, compile_seconds = {}, {}
     if not args.skip_plain:
@@ -329,31 +357,18 @@ def main() -> None:
     engines["onnxruntime 2 threads"] = lambda b: ort2(b)[1]
     engines["onnxruntime 2 threads, no spinning"] = \
         lambda b: ort2_passive(b)[1]
-    peak = measured_peak()
-    print(f"compile seconds: {compile_seconds}; measured sgemm peak "
-          f"{peak:.1f} GFLOP/s (2 threads)", flush=True)
+    return engines, compile_seconds, fast_logits, ort2
 
+
+def logits_difference(fast_logits, ort2) -> float:
+    """The fast graph's logits against onnxruntime's, on 4 random images:
+    the largest difference relative to onnxruntime's largest logit."""
     check = np.random.RandomState(2).rand(4, 3, SIZE, SIZE).astype(np.float32)
     ours, theirs = fast_logits(check), ort2(check)[0]
     rel = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
     print(f"logits, fast ops vs onnxruntime: max relative difference "
           f"{rel:.2e} (must be <= 1e-4)", flush=True)
-
-    results = {"date": datetime.datetime.now(datetime.timezone.utc)
-               .isoformat(timespec="seconds"), "machine": info,
-               "measured_sgemm_peak_gflops": round(peak, 1),
-               "gflop_per_image": round(flops / 1e9, 4),
-               "compile_seconds": {k: round(v, 1)
-                                   for k, v in compile_seconds.items()},
-               "logits_max_rel_diff": rel, "load_before": os.getloadavg(),
-               "batches": {}}
-    for batch in args.batches:
-        x = np.random.RandomState(batch).rand(batch, 3, SIZE, SIZE).astype(
-            np.float32)
-        results["batches"][batch] = time_batch(engines, x, args, flops,
-                                               info["peak_gflops"])
-    results["load_after"] = os.getloadavg()
-    write(results)
+    return rel
 
 
 def time_batch(engines: dict, x: np.ndarray, args, flops: int,

@@ -31,17 +31,17 @@ class Predictor:
     size works. Build it with :func:`compile_predictor`.
 
     Attributes:
-        model: the stored model it was compiled from.
+        stored: the stored model (``StoredModel``) it was compiled from.
         flops_per_example: forward-pass FLOPs for one image.
         embedding_size: values per embedding (compiled with
             ``embeddings=True``), else None.
     """
 
-    def __init__(self, model: StoredModel, theano_function, *,
+    def __init__(self, stored: StoredModel, theano_function, *,
                  flops_per_example: int, chunk: int,
                  embedding_size: int | None = None):
-        self.model = model
-        self.input_shape = tuple(model.metadata["input_shape"])
+        self.stored = stored
+        self.input_shape = tuple(stored.metadata["input_shape"])
         self.flops_per_example = flops_per_example
         self.embedding_size = embedding_size
         self._fn = theano_function
@@ -59,37 +59,37 @@ class Predictor:
         compiled with ``embeddings=True``."""
         batch = np.ascontiguousarray(batch, dtype=floatX)
         if batch.ndim != 4 or batch.shape[1:] != self.input_shape:
-            raise ValueError(f"model {self.model.ref} takes a batch of shape "
+            raise ValueError(f"model {self.stored.ref} takes a batch of shape "
                              f"(N, {', '.join(map(str, self.input_shape))}), "
                              f"got {batch.shape}")
         if len(batch) == 0:
-            probs = np.zeros((0, len(self.model.class_names)), floatX)
+            probs = np.zeros((0, len(self.stored.class_names)), floatX)
             return (probs, np.zeros((0, self.embedding_size), floatX)) \
                 if self.embedding_size else probs
         outputs = run_in_chunks(self._fn, batch, self._chunk)
         return tuple(outputs) if self.embedding_size else outputs
 
 
-def compile_predictor(model: StoredModel, *, embeddings: bool = False,
+def compile_predictor(stored: StoredModel, *, embeddings: bool = False,
                       cached: bool = False) -> Predictor:
-    """Compiles ``model`` for inference (dropout off, batch norm folded);
+    """Compiles ``stored`` for inference (dropout off, batch norm folded);
     with ``embeddings``, the same call also returns the model's embeddings
-    (the output of ``model.embedding_layer``, by default the input of the
+    (the output of ``stored.embedding_layer``, by default the input of the
     last dense layer). With ``cached``, the optimised function is taken
     from (or saved to) this machine's predictor cache
     (:mod:`model_store.predictor_cache`)."""
     if not cached:
-        return Predictor(model, **_compiled(model, embeddings))
-    entry = predictor_cache.load(model, embeddings=embeddings)
+        return Predictor(stored, **_compiled(stored, embeddings))
+    entry = predictor_cache.load(stored, embeddings=embeddings)
     if entry is None:
-        entry = _compiled(model, embeddings)
-        predictor_cache.store(model, embeddings=embeddings, entry=entry)
-    return Predictor(model, **entry)
+        entry = _compiled(stored, embeddings)
+        predictor_cache.store(stored, embeddings=embeddings, entry=entry)
+    return Predictor(stored, **entry)
 
 
-def _compiled(model: StoredModel, embeddings: bool) -> dict:
-    """The keyword arguments of :class:`Predictor` for ``model``."""
-    network = model.build()
+def _compiled(stored: StoredModel, embeddings: bool) -> dict:
+    """The keyword arguments of :class:`Predictor` for ``stored``."""
+    network = stored.build()
     inputs = T.tensor4("images", dtype=floatX)
     # What the folded predictor writes: the convolutions' outputs.
     sizes = {"flops_per_example": L.count_flops(network),
@@ -100,13 +100,13 @@ def _compiled(model: StoredModel, embeddings: bool) -> dict:
     if not embeddings:
         probs = inference_outputs(network, inputs, [network])[0]
         return dict(sizes, theano_function=function(
-            [inputs], probs, name=f"predict[{model.ref}]"))
+            [inputs], probs, name=f"predict[{stored.ref}]"))
     # One function, two outputs: the features are computed once.
-    layer = L.embedding_layer(network, model.embedding_layer)
+    layer = L.embedding_layer(network, stored.embedding_layer)
     probs, features = inference_outputs(network, inputs, [network, layer])
     return dict(sizes, theano_function=function(
         [inputs], [probs, T.flatten(features, 2)],
-        name=f"predict+embed[{model.ref}]"),
+        name=f"predict+embed[{stored.ref}]"),
         embedding_size=int(np.prod(layer.output_shape[1:])))
 
 

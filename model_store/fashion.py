@@ -24,6 +24,7 @@ import numpy as np
 from model_store.datasets import Split
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
+from model_store.train_config import FASHION_DEFAULTS  # noqa: F401 - re-exported
 
 FASHION_DIR = os.environ.get("IMGCLASS_FASHION_MNIST_DIR",
                              "/usr/share/datasets/fashion-mnist")
@@ -32,9 +33,6 @@ CLASS_NAMES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 VAL_SIZE = 5000
 MAX_SHIFT = 2  # pixels of random translation during training
-# The settings fashion-cnn@1 was trained with (train --dataset fashion-mnist).
-FASHION_DEFAULTS = dict(epochs=18, batch_size=128, lr=0.002,
-                        lr_schedule="cosine")
 
 
 def _read_idx(path: str, kind: int) -> np.ndarray:

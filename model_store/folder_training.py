@@ -28,11 +28,9 @@ from model_store.folders import (
     stratified_split,
 )
 from model_store.preprocessing import Preprocessing
-from model_store.train import TrainConfig, best_epoch, fit, load_spec
+from model_store.train import best_epoch, fit, load_spec
+from model_store.train_config import TrainConfig
 
-# Defaults per kind of training; the command line's defaults come from here.
-SPEC_DEFAULTS = TrainConfig(epochs=12, lr=0.001, augment_copies=3)
-BASE_DEFAULTS = TrainConfig(epochs=40, lr=0.003, augment_copies=3)
 _MODES = {1: "L", 3: "RGB"}
 
 

@@ -17,60 +17,10 @@ from model_store.engine import T, floatX, function, shared
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
 from model_store.spec import build_network
+from model_store.train_config import TrainConfig  # Theano-free, for --help
 from model_store.updates import OPTIMIZERS
 
 SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
-LR_SCHEDULES = ("constant", "cosine")
-
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; recorded in the model's metadata.
-
-    Attributes:
-        epochs: passes over the (augmented) training set.
-        batch_size: examples per update.
-        lr: learning rate.
-        seed: seeds weights, shuffling, augmentation and dropout.
-        optimizer: ``adam``, ``momentum`` or ``sgd``.
-        augment_copies: random variants made of each training image
-            (0: the plain images, for folder training).
-        lr_schedule: ``constant``, or ``cosine``: epoch ``e`` of ``E``
-            (from 1) uses ``lr * (1 + cos(pi * (e - 1) / E)) / 2``.
-    """
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.001
-    seed: int = 0
-    optimizer: str = "adam"
-    augment_copies: int = 8
-    lr_schedule: str = "constant"
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "augment_copies"):
-            value = getattr(self, name)
-            least = 0 if name == "augment_copies" else 1
-            kind = "non-negative" if least == 0 else "positive"
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a "
-                                  f"{kind} integer, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer must be one of "
-                              f"{', '.join(OPTIMIZERS)}, got "
-                              f"{self.optimizer!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"--lr-schedule must be one of "
-                              f"{', '.join(LR_SCHEDULES)}, got "
-                              f"{self.lr_schedule!r}")
-
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` (from 1)."""
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * (1 + np.cos(np.pi * (epoch - 1) / self.epochs)) / 2
 
 
 def load_spec(path: str) -> dict:
@@ -121,7 +71,36 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
         One ``{"epoch", "loss", "accuracy"[, "val_accuracy"]}`` dict per
         epoch.
     """
-    x = T.TensorType(floatX, (False,) * inputs.ndim)("x")
+    step, learning_rate = _training_step(network, inputs.ndim, config,
+                                         frozen_statistics)
+    score = _predicted_class(network, inputs.ndim) \
+        if validation is not None else None
+    rng = np.random.RandomState(config.seed)
+    labels = labels.astype(np.int32)
+    history, best = [], (-1.0, None)
+    for epoch in range(1, config.epochs + 1):
+        started = clock()
+        learning_rate.set_value(np.asarray(config.lr_at(epoch), floatX))
+        row = _train_epoch(step, inputs, labels, config, epoch, rng,
+                           augment=augment, progress=progress)
+        rate = len(inputs) / max(clock() - started, 1e-9)
+        if score is not None:
+            row["val_accuracy"] = round(_accuracy(score, *validation), 5)
+            if row["val_accuracy"] > best[0]:
+                best = (row["val_accuracy"], L.get_param_values(network))
+        history.append(row)
+        if report:
+            report(row, rate)
+    if best[1] is not None:
+        _set_param_values(network, best[1])
+    return history
+
+
+def _training_step(network, ndim: int, config: TrainConfig,
+                   frozen_statistics: bool):
+    """The compiled update ``(x, y) -> (loss, accuracy)`` and the shared
+    learning rate it reads."""
+    x = T.TensorType(floatX, (False,) * ndim)("x")
     y = T.ivector("y")
     # Batch normalisation's running statistics move with every step, next
     # to the optimiser's updates of the trainable parameters.
@@ -134,46 +113,42 @@ def fit(network, inputs: np.ndarray, labels: np.ndarray, config: TrainConfig,
     updates = OPTIMIZERS[config.optimizer](
         loss, params, learning_rate=learning_rate)
     updates.update(statistics)
-    step = function([x, y], [loss, accuracy], updates=updates)
-    score = None
-    if validation is not None:
-        score = function([x], T.argmax(L.get_output(
-            network, x, deterministic=True), axis=1))
+    return function([x, y], [loss, accuracy], updates=updates), learning_rate
 
-    rng = np.random.RandomState(config.seed)
-    labels = labels.astype(np.int32)
-    history, best = [], (-1.0, None)
-    for epoch in range(1, config.epochs + 1):
-        started = clock()
-        learning_rate.set_value(np.asarray(config.lr_at(epoch), floatX))
-        order = rng.permutation(len(inputs))
-        total_loss = total_correct = seen = 0.0
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start:start + config.batch_size]
-            batch_x = inputs[batch]
-            if augment is not None:
-                batch_x = augment(batch_x, rng)
-            batch_loss, batch_acc = step(batch_x, labels[batch])
-            seen += len(batch)
-            total_loss += float(batch_loss) * len(batch)
-            total_correct += float(batch_acc) * len(batch)
-            if progress:
-                progress(epoch, int(seen), len(order), total_loss / seen,
-                         total_correct / seen)
-        rate = seen / max(clock() - started, 1e-9)
-        row = {"epoch": epoch, "loss": round(total_loss / seen, 5),
-               "accuracy": round(total_correct / seen, 5)}
-        if score is not None:
-            row["val_accuracy"] = round(_accuracy(score, *validation), 5)
-            if row["val_accuracy"] > best[0]:
-                best = (row["val_accuracy"], L.get_param_values(network))
-        history.append(row)
-        if report:
-            report(row, rate)
-    if best[1] is not None:
-        for param in L.get_all_params(network):
-            param.set_value(best[1][param.name])
-    return history
+
+def _predicted_class(network, ndim: int):
+    """The compiled ``x -> predicted class ids`` (dropout off)."""
+    x = T.TensorType(floatX, (False,) * ndim)("x")
+    return function([x], T.argmax(L.get_output(network, x,
+                                                deterministic=True), axis=1))
+
+
+def _train_epoch(step, inputs: np.ndarray, labels: np.ndarray,
+                 config: TrainConfig, epoch: int, rng, *, augment,
+                 progress) -> dict:
+    """One pass in a random order; the epoch's history row (without
+    validation)."""
+    order = rng.permutation(len(inputs))
+    total_loss = total_correct = seen = 0.0
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        batch_x = inputs[batch]
+        if augment is not None:
+            batch_x = augment(batch_x, rng)
+        batch_loss, batch_acc = step(batch_x, labels[batch])
+        seen += len(batch)
+        total_loss += float(batch_loss) * len(batch)
+        total_correct += float(batch_acc) * len(batch)
+        if progress:
+            progress(epoch, int(seen), len(order), total_loss / seen,
+                     total_correct / seen)
+    return {"epoch": epoch, "loss": round(total_loss / seen, 5),
+            "accuracy": round(total_correct / seen, 5)}
+
+
+def _set_param_values(network, values: dict) -> None:
+    for param in L.get_all_params(network):
+        param.set_value(values[param.name])
 
 
 def _accuracy(score, inputs: np.ndarray, labels: np.ndarray) -> float:

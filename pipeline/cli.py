@@ -24,6 +24,14 @@ from model_store.datasets import DATASETS
 from model_store.errors import ConfigError, ImgclassError
 from model_store.folders import VAL_FRACTION
 from model_store.images import DEFAULT_MAX_PIXELS
+from model_store.train_config import (
+    BASE_DEFAULTS,
+    DIGITS_DEFAULTS,
+    FASHION_DEFAULTS,
+    LR_SCHEDULES,
+    OPTIMIZER_NAMES,
+    SPEC_DEFAULTS,
+)
 from pipeline import tables
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
@@ -94,8 +102,8 @@ def _models_show(args) -> int:
     from model_store import layers as L
     from model_store.store import load_model
 
-    model = load_model(args.model, root=args.store)
-    network = model.build()
+    stored = load_model(args.model, root=args.store)
+    network = stored.build()
     layers = [{"name": layer.name, "type": type(layer).__name__,
                "inputs": [parent.name for parent in layer.input_layers],
                "output_shape": list(layer.output_shape),
@@ -103,12 +111,12 @@ def _models_show(args) -> int:
                    p.get_value(borrow=True).shape) for p in layer.params}}
               for layer in L.get_all_layers(network)]
     if args.json:
-        print(json.dumps({"ref": model.ref, "location": model.location,
-                          "metadata": model.metadata, "layers": layers,
+        print(json.dumps({"ref": stored.ref, "location": stored.location,
+                          "metadata": stored.metadata, "layers": layers,
                           "flops_per_image": L.count_flops(network)}))
         return EXIT_OK
-    print(f"{model.ref}  ({model.location})")
-    meta = model.metadata
+    print(f"{stored.ref}  ({stored.location})")
+    meta = stored.metadata
     for key in ("description", "created_at", "input_shape", "color_mode",
                 "resize", "normalization", "background", "class_names",
                 "metrics", "weights_sha256"):
@@ -150,11 +158,11 @@ def _models_verify(args) -> int:
 def _models_import_onnx(args) -> int:
     from model_store.onnx_import import import_onnx
 
-    model = import_onnx(args.file, name=args.name, classes=args.classes,
-                        preprocessing=args.preprocessing, root=args.store)
-    print(f"saved {model.ref} to {model.location}: "
-          f"{len(model.spec['layers'])} layers, {len(model.class_names)} "
-          f"classes, input {model.metadata['input_shape']}")
+    stored = import_onnx(args.file, name=args.name, classes=args.classes,
+                         preprocessing=args.preprocessing, root=args.store)
+    print(f"saved {stored.ref} to {stored.location}: "
+          f"{len(stored.spec['layers'])} layers, {len(stored.class_names)} "
+          f"classes, input {stored.metadata['input_shape']}")
     return EXIT_OK
 
 
@@ -165,24 +173,22 @@ def _train(args) -> int:
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset == "fashion-mnist":
-        from model_store.fashion import FASHION_DEFAULTS, train_fashion
-        from model_store.train import TrainConfig
-        model = train_fashion(name=args.name,
-                              spec_path=args.spec or _default_spec(args),
-                              config=_train_config(
-                                  args, TrainConfig(**FASHION_DEFAULTS)),
-                              root=args.store, promote=args.promote,
-                              stream=sys.stderr, limit=args.limit)
+        from model_store.fashion import train_fashion
+        stored = train_fashion(name=args.name,
+                               spec_path=args.spec or _default_spec(args),
+                               config=_train_config(args, FASHION_DEFAULTS),
+                               root=args.store, promote=args.promote,
+                               stream=sys.stderr, limit=args.limit)
     elif args.dataset:
-        model = train_model(dataset=args.dataset, name=args.name,
-                            spec_path=args.spec or _default_spec(args),
-                            config=_train_config(args, None),
-                            root=args.store, promote=args.promote)
+        stored = train_model(dataset=args.dataset, name=args.name,
+                             spec_path=args.spec or _default_spec(args),
+                             config=_train_config(args, DIGITS_DEFAULTS),
+                             root=args.store, promote=args.promote)
     if args.dataset:
-        print(f"saved {model.ref} to {model.location}: held-out accuracy "
-              f"{model.metadata['metrics']['accuracy']:.4f} "
-              f"(n={model.metadata['metrics']['n_test']})")
-        return _print_promotion(model, args.store)
+        print(f"saved {stored.ref} to {stored.location}: held-out accuracy "
+              f"{stored.metadata['metrics']['accuracy']:.4f} "
+              f"(n={stored.metadata['metrics']['n_test']})")
+        return _print_promotion(stored, args.store)
     return _train_folder(args)
 
 
@@ -194,10 +200,7 @@ def _default_spec(args) -> str:
 
 def _train_config(args, defaults):
     """The settings: the options given, else ``defaults`` (a
-    ``TrainConfig``, or None for the built-in datasets' defaults)."""
-    from model_store.train import TrainConfig
-
-    defaults = defaults or TrainConfig()
+    ``TrainConfig`` of ``model_store.train_config``)."""
     given = {key: getattr(args, key) for key in
              ("epochs", "batch_size", "lr", "optimizer", "augment_copies",
               "lr_schedule")
@@ -208,13 +211,7 @@ def _train_config(args, defaults):
 
 
 def _train_folder(args) -> int:
-    from model_store.folder_training import (
-        BASE_DEFAULTS,
-        SPEC_DEFAULTS,
-        FolderData,
-        train_from_spec,
-        train_transfer,
-    )
+    from model_store.folder_training import FolderData, train_from_spec, train_transfer
     from model_store.train import save_version
 
     if (args.base is None) == (args.spec is None):
@@ -233,13 +230,13 @@ def _train_folder(args) -> int:
         network, metadata = train_from_spec(
             folders, name=args.name, spec_path=args.spec,
             config=_train_config(args, SPEC_DEFAULTS), stream=sys.stderr)
-    model, _ = save_version(network, name=args.name, metadata=metadata,
-                            root=args.store, promote=args.promote)
-    metrics = model.metadata["metrics"]
-    print(f"saved {model.ref} to {model.location}: validation accuracy "
+    stored, _ = save_version(network, name=args.name, metadata=metadata,
+                             root=args.store, promote=args.promote)
+    metrics = stored.metadata["metrics"]
+    print(f"saved {stored.ref} to {stored.location}: validation accuracy "
           f"{metrics['accuracy']:.4f} (n={metrics['n_test']}, best epoch "
-          f"{model.metadata['training']['best_epoch']})")
-    return _print_promotion(model, args.store)
+          f"{stored.metadata['training']['best_epoch']})")
+    return _print_promotion(stored, args.store)
 
 
 def _load_base(ref: str, store):
@@ -255,16 +252,16 @@ def _load_base(ref: str, store):
         return load_model(ref, root=DEFAULT_ROOT)
 
 
-def _print_promotion(model, store) -> int:
+def _print_promotion(stored, store) -> int:
     from model_store.store import resolve
 
-    latest = resolve(model.name, root=store)
-    if latest.version == model.version:
-        print(f"{model.name}@latest is now {model.ref}")
+    latest = resolve(stored.name, root=store)
+    if latest.version == stored.version:
+        print(f"{stored.name}@latest is now {stored.ref}")
     else:
-        print(f"{model.name}@latest is still {latest.ref}: compare them "
+        print(f"{stored.name}@latest is still {latest.ref}: compare them "
               f"with 'imgclass evaluate', then 'imgclass models promote "
-              f"{model.ref}' (or train with --promote)")
+              f"{stored.ref}' (or train with --promote)")
     return EXIT_OK
 
 
@@ -281,24 +278,24 @@ def _evaluate(args) -> int:
     from model_store.evaluate import evaluate_on_folder, evaluate_on_split, plot_confusion
     from model_store.store import load_model
 
-    model = load_model(args.model, root=args.store)
+    stored = load_model(args.model, root=args.store)
     if args.data:
-        metrics = evaluate_on_folder(model, args.data)
+        metrics = evaluate_on_folder(stored, args.data)
         what = f"images in {args.data}"
     elif args.dataset == "fashion-mnist":
         from model_store.fashion import load_fashion_split
-        metrics = evaluate_on_split(model, load_fashion_split())
+        metrics = evaluate_on_split(stored, load_fashion_split())
         metrics["dataset"] = what = "Fashion-MNIST test images"
     else:
         from model_store.datasets import load_digits_split
-        metrics = evaluate_on_split(model, load_digits_split())
+        metrics = evaluate_on_split(stored, load_digits_split())
         what = "held-out digits"
     if args.plot:
         plot_confusion(metrics, args.plot)
     if args.json:
         print(json.dumps(metrics))
         return EXIT_OK
-    _print_metrics(model.ref, metrics, what)
+    _print_metrics(stored.ref, metrics, what)
     if args.plot:
         print(f"wrote {args.plot}")
     return EXIT_OK
@@ -348,7 +345,7 @@ def _classify(args) -> int:
     from pipeline.run import ClassifyConfig, RunFailed, run_classify, summary
 
     config = ClassifyConfig(
-        inputs=args.input, output=args.output, model=args.model,
+        inputs=args.input, output=args.output, model_ref=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         partition_by=args.partition_by,
@@ -400,7 +397,7 @@ def _watch(args) -> int:
     from pipeline.watch import stop_on_signals, watch
 
     config = ClassifyConfig(
-        inputs=args.input, output=args.output, model=args.model,
+        inputs=args.input, output=args.output, model_ref=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         min_confidence=args.min_confidence,
@@ -486,8 +483,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
-def _add_model_options(parser, model_help: str) -> None:
-    """The options ``classify`` and ``watch`` share."""
+def _add_io_options(parser, *, model_help: str,
+                    output_note: str = "") -> None:
+    """The options ``classify`` and ``watch`` share: inputs, output, model
+    and how files are read and classified."""
+    parser.add_argument(
+        "--input", action="append", required=True, metavar="PATTERN",
+        help="a file, a folder (every file below it) or a glob where ** "
+             "crosses folders, on any Beam filesystem (local, gs://, "
+             "s3://); repeat for several")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help=f"output folder (local or any Beam "
+                             f"filesystem){output_note}")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         metavar="NAME[@VERSION]|PATH",
                         help=f"{model_help} (default: %(default)s)")
@@ -675,34 +682,46 @@ def _add_train_command(commands) -> None:
                        help="make the new version NAME@latest (otherwise "
                             "latest stays where it is, except for a first "
                             "version)")
+    _add_train_settings(train)
+    train.set_defaults(func=_train)
+
+
+def _add_train_settings(train) -> None:
+    """``train``'s options that override a ``TrainConfig``; their help
+    states the defaults of model_store.train_config (none is set here:
+    each kind of training has its own)."""
+    digits, fashion = DIGITS_DEFAULTS, FASHION_DEFAULTS
     train.add_argument("--epochs", type=_positive_int,
-                       help="passes over the training set (default: 12; "
-                            "40 with --base; 18 for fashion-mnist)")
+                       help=f"passes over the training set (default: "
+                            f"{digits.epochs}; {BASE_DEFAULTS.epochs} with "
+                            f"--base; {fashion.epochs} for fashion-mnist)")
     train.add_argument("--batch-size", type=_positive_int,
-                       help="examples per update (default: 64; 128 for "
-                            "fashion-mnist)")
+                       help=f"examples per update (default: "
+                            f"{digits.batch_size}; {fashion.batch_size} for "
+                            f"fashion-mnist)")
     train.add_argument("--lr", type=_positive_float,
-                       help="learning rate (default: 0.001; 0.003 with "
-                            "--base; 0.002 for fashion-mnist)")
-    train.add_argument("--lr-schedule", metavar="constant|cosine",
-                       help="learning rate over the epochs: constant, or "
-                            "cosine decay to 0 (default: constant; cosine "
-                            "for fashion-mnist)")
-    train.add_argument("--seed", type=int, default=0,
+                       help=f"learning rate (default: {digits.lr:g}; "
+                            f"{BASE_DEFAULTS.lr:g} with --base; "
+                            f"{fashion.lr:g} for fashion-mnist)")
+    train.add_argument("--lr-schedule", metavar="|".join(LR_SCHEDULES),
+                       help=f"learning rate over the epochs: constant, or "
+                            f"cosine decay to 0 (default: "
+                            f"{digits.lr_schedule}; {fashion.lr_schedule} "
+                            f"for fashion-mnist)")
+    train.add_argument("--seed", type=int, default=DIGITS_DEFAULTS.seed,
                        help="seed of weights, shuffling, augmentation and "
                             "dropout (default: %(default)s)")
-    # Checked by TrainConfig against model_store.updates.OPTIMIZERS (which
-    # imports Theano: not at parse time).
-    train.add_argument("--optimizer", metavar="adam|momentum|sgd",
-                       help="update rule (default: adam)")
+    # Checked by TrainConfig.
+    train.add_argument("--optimizer", metavar="|".join(OPTIMIZER_NAMES),
+                       help=f"update rule (default: {digits.optimizer})")
     train.add_argument("--augment-copies", type=_positive_int,
-                       help="random variants made of each training image: "
-                            "size, filter, shift, JPEG for --dataset digits "
-                            "(default 8); random resized crop and "
-                            "horizontal flip for --data (default 3)")
+                       help=f"random variants made of each training image: "
+                            f"size, filter, shift, JPEG for --dataset digits "
+                            f"(default {digits.augment_copies}); random "
+                            f"resized crop and horizontal flip for --data "
+                            f"(default {SPEC_DEFAULTS.augment_copies})")
     train.add_argument("--no-augment", action="store_true",
                        help="with --data: train on the plain images")
-    train.set_defaults(func=_train)
 
 
 def _add_evaluate_command(commands) -> None:
@@ -755,56 +774,9 @@ def _add_classify_command(commands) -> None:
                "1 the run failed; 2 a configuration mistake, reported "
                "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
                "published).")
-    classify.add_argument(
-        "--input", action="append", required=True, metavar="PATTERN",
-        help="a file, a folder (every file below it) or a glob where ** "
-             "crosses folders, on any Beam filesystem (local, gs://, "
-             "s3://); repeat for several")
-    classify.add_argument("--output", required=True, metavar="DIR",
-                          help="output folder (local or any Beam filesystem)")
-    _add_model_options(classify, "stored model or version folder")
-    classify.add_argument("--partition-by", choices=defaults.PARTITIONS,
-                          default="none",
-                          help="Hive-style partition folders (default: "
-                               "%(default)s)")
-    classify.add_argument("--run-date", metavar="YYYY-MM-DD",
-                          help="partition value, only with --partition-by "
-                               "run_date (default: today, UTC)")
-    classify.add_argument("--overwrite", action="store_true",
-                          help="replace the earlier runs in OUTPUT (they "
-                               "are removed while this run is published, "
-                               "once it has succeeded)")
-    classify.add_argument("--skip-done", action="store_true",
-                          help="add to the earlier runs in OUTPUT, "
-                               "classifying only files that no earlier run "
-                               "did with the same model version (same path, "
-                               "size and modification time, or content with "
-                               "--skip-done-by content)")
-    classify.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
-                          default="mtime",
-                          help="what makes a file done: 'mtime' (same size "
-                               "and modification time, from the listing) or "
-                               "'content' (same sha256, for stores that "
-                               "rewrite unchanged files; reads new files "
-                               "twice) (default: %(default)s)")
-    classify.add_argument("--table-format", choices=list(tables.FORMATS),
-                          default=tables.DEFAULT_FORMAT,
-                          help="'parquet': Parquet files and our manifest; "
-                               "'delta' or 'iceberg': the same files "
-                               "committed to Delta Lake or Iceberg tables, "
-                               "one commit per run (default: %(default)s)")
-    classify.add_argument("--iceberg-catalog", metavar="URI",
-                          help="SQL catalog of the Iceberg tables, a "
-                               "SQLAlchemy URI (default: sqlite:///"
-                               f"OUTPUT/{tables.CATALOG_FILE})")
-    classify.add_argument("--iceberg-namespace", metavar="NAME",
-                          default=tables.DEFAULT_NAMESPACE,
-                          help="namespace of the Iceberg tables "
-                               "(default: %(default)s)")
-    classify.add_argument("--emit-embeddings", action="store_true",
-                          help="add an 'embedding' column: the model's "
-                               "penultimate features (256 floats for "
-                               "digits-cnn), for similarity search")
+    _add_io_options(classify, model_help="stored model or version folder")
+    _add_run_options(classify)
+    _add_table_options(classify)
     classify.add_argument("--summary-json", action="store_true",
                           help="when the run is done, print one JSON line "
                                "on stdout: run id, output, model, counts, "
@@ -819,6 +791,56 @@ def _add_classify_command(commands) -> None:
                                "that failed to decode or preprocess (read "
                                "and predict errors are always retried)")
     classify.set_defaults(func=_classify, accepts_beam_options=True)
+
+
+def _add_run_options(parser) -> None:
+    """``classify``'s partitioning and how a run relates to earlier ones."""
+    parser.add_argument("--partition-by", choices=defaults.PARTITIONS,
+                        default="none",
+                        help="Hive-style partition folders (default: "
+                             "%(default)s)")
+    parser.add_argument("--run-date", metavar="YYYY-MM-DD",
+                        help="partition value, only with --partition-by "
+                             "run_date (default: today, UTC)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier runs in OUTPUT (they "
+                             "are removed while this run is published, "
+                             "once it has succeeded)")
+    parser.add_argument("--skip-done", action="store_true",
+                        help="add to the earlier runs in OUTPUT, "
+                             "classifying only files that no earlier run "
+                             "did with the same model version (same path, "
+                             "size and modification time, or content with "
+                             "--skip-done-by content)")
+    parser.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
+                        default="mtime",
+                        help="what makes a file done: 'mtime' (same size "
+                             "and modification time, from the listing) or "
+                             "'content' (same sha256, for stores that "
+                             "rewrite unchanged files; reads new files "
+                             "twice) (default: %(default)s)")
+
+
+def _add_table_options(parser) -> None:
+    """``classify``'s table format and the columns it adds."""
+    parser.add_argument("--table-format", choices=list(tables.FORMATS),
+                        default=tables.DEFAULT_FORMAT,
+                        help="'parquet': Parquet files and our manifest; "
+                             "'delta' or 'iceberg': the same files "
+                             "committed to Delta Lake or Iceberg tables, "
+                             "one commit per run (default: %(default)s)")
+    parser.add_argument("--iceberg-catalog", metavar="URI",
+                        help="SQL catalog of the Iceberg tables, a "
+                             "SQLAlchemy URI (default: sqlite:///"
+                             f"OUTPUT/{tables.CATALOG_FILE})")
+    parser.add_argument("--iceberg-namespace", metavar="NAME",
+                        default=tables.DEFAULT_NAMESPACE,
+                        help="namespace of the Iceberg tables "
+                             "(default: %(default)s)")
+    parser.add_argument("--emit-embeddings", action="store_true",
+                        help="add an 'embedding' column: the model's "
+                             "penultimate features (256 floats for "
+                             "digits-cnn), for similarity search")
 
 
 def _add_watch_command(commands) -> None:
@@ -841,12 +863,9 @@ def _add_watch_command(commands) -> None:
         epilog="exit codes: 0 stopped; 1 runs failed 3 windows in a row; "
                "2 a configuration mistake, reported before watching; 130 "
                "aborted by a second signal.")
-    watch.add_argument(
-        "--input", action="append", required=True, metavar="PATTERN",
-        help="a folder (every file below it), a file or a glob, on any Beam "
-             "filesystem; repeat for several")
-    watch.add_argument("--output", required=True, metavar="DIR",
-                       help="output folder, for 'watch' only")
+    _add_io_options(watch, output_note=", for 'watch' only",
+                    model_help="stored model or version folder, resolved "
+                               "once at start")
     watch.add_argument("--interval", type=float,
                        default=defaults.DEFAULT_INTERVAL,
                        metavar="SECONDS",
@@ -864,8 +883,6 @@ def _add_watch_command(commands) -> None:
                             "this long ago; names starting with '.' or "
                             "ending .tmp, .part, .partial, .crdownload are "
                             "never read (default: %(default)g)")
-    _add_model_options(watch, "stored model or version folder, resolved "
-                              "once at start")
     watch.set_defaults(func=_watch, accepts_beam_options=True)
 
 

@@ -31,7 +31,7 @@ from model_store.fs import is_uri
 from transforms.files import GLOB_CHARS, escape_glob, escape_path, list_pattern
 
 
-def input_pattern(path: str) -> str:
+def validated_pattern(path: str) -> str:
     """A user's ``--input`` as a match pattern; checks that it exists.
 
     On object stores (``gs://``, ``s3://``), a path that is not an object is
@@ -62,7 +62,7 @@ def input_patterns(inputs: Sequence[str], output: str) -> list[str]:
     patterns = []
     for path in inputs:
         _check_not_in_output(path, output)
-        pattern = input_pattern(path)
+        pattern = validated_pattern(path)
         if pattern not in patterns:
             patterns.append(pattern)
     return patterns
@@ -81,7 +81,7 @@ def unmatched(inputs: Sequence[str], output: str) -> list[str]:
     """
     exclude = excluded(output)
     return [path for path in inputs
-            if not _matches_any(input_pattern(path), exclude)]
+            if not _matches_any(validated_pattern(path), exclude)]
 
 
 def _matches_any(pattern: str, exclude: Sequence[str]) -> bool:

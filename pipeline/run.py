@@ -32,12 +32,13 @@ from pipeline import inputs, layout, outputs, tables
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
-from transforms.decode import ERRORS, METRICS_NAMESPACE
+from transforms.common import METRICS_NAMESPACE
 from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
-from transforms.skip import NEW, SKIPPED, SkipDone, count_retried, ledger_table
+from transforms.schema import ERRORS_TAG, SKIPPED_TAG
+from transforms.skip import NEW, SkipDone, count_retried, ledger_table
 from transforms.write import WriteRows, WriteTables
 
 # Names under which users ask for Beam's local runner. Beam 2.77's DirectRunner
@@ -63,7 +64,7 @@ class ClassifyConfig:
     """What ``imgclass classify`` was asked to do."""
     inputs: Sequence[str]
     output: str
-    model: str = DEFAULT_MODEL
+    model_ref: str = DEFAULT_MODEL
     store: Optional[str] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -225,17 +226,7 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "multi_processing":
-        # Worker processes inherit this: N workers with one OpenMP thread
-        # per core each would oversubscribe the cores (bench/README.md).
-        workers = direct.direct_num_workers or os.cpu_count() or 1
-        os.environ.setdefault("OMP_NUM_THREADS",
-                              str(max(1, (os.cpu_count() or 1) // workers)))
-        # Theano keys one compiled module by a str hash; with a fixed seed the
-        # workers find it in the cache instead of compiling it, each in turn,
-        # under Theano's machine-wide lock (bench/README.md).
-        os.environ.setdefault("PYTHONHASHSEED", "0")
+    _set_local_worker_environment(options.view_as(DirectOptions))
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
     encoded = JobServiceHandle.encode_pipeline_options(
@@ -243,6 +234,22 @@ def make_runner(options: PipelineOptions):
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def _set_local_worker_environment(direct: DirectOptions) -> None:
+    """What worker processes of a multi-processing local run inherit
+    (unless already set): OpenMP threads and Python's hash seed."""
+    if direct.direct_running_mode != "multi_processing":
+        return
+    # N workers with one OpenMP thread per core each would oversubscribe
+    # the cores (bench/README.md).
+    workers = direct.direct_num_workers or os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // workers)))
+    # Theano keys one compiled module by a str hash; with a fixed seed the
+    # workers find it in the cache instead of compiling it, each in turn,
+    # under Theano's machine-wide lock (bench/README.md).
+    os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
@@ -255,17 +262,7 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
                           f"{', '.join(PARTITIONS)}, got "
                           f"{config.partition_by!r}")
     if config.run_date is not None:
-        try:
-            datetime.date.fromisoformat(config.run_date)
-        except ValueError:
-            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                              f"{config.run_date!r}") from None
-        if len(config.run_date) != 10:
-            raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                              f"{config.run_date!r}")
-        if config.partition_by != "run_date":
-            raise ConfigError("--run-date only applies with --partition-by "
-                              "run_date")
+        _check_run_date(config)
     for path in config.inputs:
         outputs.check_filesystem(path, "--input")
     patterns = inputs.input_patterns(config.inputs, config.output)
@@ -282,19 +279,37 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
+    return patterns, _partition(config)
+
+
+def _check_run_date(config: ClassifyConfig) -> None:
+    try:
+        datetime.date.fromisoformat(config.run_date)
+    except ValueError:
+        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                          f"{config.run_date!r}") from None
+    if len(config.run_date) != 10:
+        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
+                          f"{config.run_date!r}")
+    if config.partition_by != "run_date":
+        raise ConfigError("--run-date only applies with --partition-by "
+                          "run_date")
+
+
+def _partition(config: ClassifyConfig) -> Optional[str]:
+    """The run's Hive partition path (checked), or None."""
     if config.partition is not None:
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*=[^/=]+"
                             r"(/[A-Za-z][A-Za-z0-9_]*=[^/=]+)*",
                             config.partition):
             raise ConfigError(f"partition must be key=value[/key=value...], "
                               f"got {config.partition!r}")
-        return patterns, config.partition
-    partition = None
+        return config.partition
     if config.partition_by == "run_date":
         run_date = config.run_date or datetime.datetime.now(
             datetime.timezone.utc).date().isoformat()
-        partition = f"run_date={run_date}"
-    return patterns, partition
+        return f"run_date={run_date}"
+    return None
 
 
 def table_spec(config: ClassifyConfig,
@@ -382,16 +397,16 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         except Exception as error:  # e.g. a full disk: the next run retries
             raise RunFailed(f"could not complete the interrupted publishing "
                             f"in {config.output}: {type(error).__name__}: "
-                            f"{_first_line(error)}") from error
+                            f"{_last_line(error)}") from error
         if recovered:
             print(f"imgclass: finished publishing interrupted run(s) "
                   f"{', '.join(recovered)}", file=log)
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
-        model = load_model(config.model, root=config.store)
+        stored = load_model(config.model_ref, root=config.store)
         paths = outputs.RunOutputs(config.output, run_id, partition)
         try:  # until publishing starts, any way out removes the staging
-            staged, manifest = _stage(config, options, runner, model,
+            staged, manifest = _stage(config, options, runner, stored,
                                       patterns, paths, (now, started), log)
         except BaseException:
             paths.discard_staging()
@@ -401,14 +416,14 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
     return manifest
 
 
-def _stage(config, options, runner, model, patterns, paths, started, log):
+def _stage(config, options, runner, stored, patterns, paths, started, log):
     """Runs the pipeline into staging; ``(staged files, manifest)``.
     ``started``: (UTC datetime, ``time.monotonic()``) the run started."""
     runner_name = type(runner).__name__ if runner else options.view_as(
         StandardOptions).runner
     result, seconds, startup = _execute(
-        config, options, runner, model, patterns, paths,
-        f"with {model.ref} on {runner_name}", log, started[1])
+        config, options, runner, stored, patterns, paths,
+        f"with {stored.ref} on {runner_name}", log, started[1])
     staged = paths.staged_files()
     table = table_spec(config, paths.partition)
     manifest = {
@@ -418,9 +433,9 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
             datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
         "startup_seconds": round(startup, 3),
-        "model": {"name": model.name, "version": str(model.version),
-                  "weights_sha256": model.weights_sha256,
-                  "location": model.location},
+        "model": {"name": stored.name, "version": str(stored.version),
+                  "weights_sha256": stored.weights_sha256,
+                  "location": stored.location},
         "inputs": [escape_path(i) for i in config.inputs],
         "patterns": patterns,
         "output": config.output,
@@ -445,7 +460,7 @@ def _stage(config, options, runner, model, patterns, paths, started, log):
     return staged, manifest
 
 
-def _execute(config, options, runner, model, patterns, paths, what, log,
+def _execute(config, options, runner, stored, patterns, paths, what, log,
              started):
     """Builds and runs the pipeline; ``(result, seconds, start-up seconds
     before it, from the monotonic time started)``."""
@@ -455,7 +470,7 @@ def _execute(config, options, runner, model, patterns, paths, what, log,
         # for the driver to add up; elsewhere each worker logs its own.
         folder = folder if runner is not None and every > 0 else None
         pipeline = beam.Pipeline(runner=runner, options=options)
-        _build(pipeline, config, model, patterns, paths,  # checks settings
+        _build(pipeline, config, stored, patterns, paths,  # checks settings
                progress_folder=folder)
         print(f"imgclass: run {paths.run_id}: classifying "
               f"{', '.join(config.inputs)} {what}", file=log)
@@ -477,7 +492,7 @@ def _wait(pipeline, paths):
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
-                        f"{_first_line(error)}") from error
+                        f"{_last_line(error)}") from error
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -560,7 +575,7 @@ def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
                           f"{later}") from None
     except Exception as error:
         raise RunFailed(f"run {paths.run_id}: publishing failed "
-                        f"({type(error).__name__}: {_first_line(error)}); "
+                        f"({type(error).__name__}: {_last_line(error)}); "
                         f"{later}") from error
 
 
@@ -596,68 +611,86 @@ def summary(manifest: dict) -> dict:
         "wall_seconds", "low_confidence", "started_at", "finished_at")}
 
 
-def _build(pipeline, config: ClassifyConfig, model, patterns, paths, *,
+def _build(pipeline, config: ClassifyConfig, stored, patterns, paths, *,
            progress_folder: Optional[str] = None) -> None:
     """The pipeline: match, [skip done], classify, write four tables; with
     a ``progress_folder``, also the count of files to classify, for
     :class:`pipeline.progress.Monitor`."""
-    listed = (pipeline
-              | "Patterns" >> beam.Create(patterns)
-              | "MatchFiles" >> MatchFiles(
-                  exclude=inputs.excluded(config.output),
-                  settle_seconds=config.settle, listed_at=config.listed_at,
-                  run_id=paths.run_id))
+    from model_store.store import looks_like_path
+
+    listed, counted = _match(pipeline, config, patterns, paths)
     matched = listed.files
-    # Counted where they are matched (listing errors included), not from
-    # what is written, so a runner that loses rows cannot hide it.
-    counted = ((listed.files, listed[ERRORS])
-               | "Listed" >> beam.Flatten()
-               | "CountMatched" >> beam.combiners.Count.Globally()
-               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
-                                                 paths.matched_count_path))
     if config.skip_done:
-        parts = matched | "SkipDone" >> SkipDone(
-            outputs.ledger_files(config.output), model_name=model.name,
-            model_version=str(model.version), run_id=paths.run_id,
-            by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
-            error_files=outputs.error_files(config.output),
-            retry_errors=config.retry_errors)
-        matched = parts[NEW]
-        _ = parts[SKIPPED] | "WriteSkipped" >> WriteRows(
-            paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
+        matched = _skip_done(matched, config, stored, paths)
     batches = matched | "BatchFiles" >> BatchFiles(config.batch_size)
     if progress_folder:
-        todo = (matched
-                | "CountToClassify" >> beam.combiners.Count.Globally()
-                | "WriteToClassifyCount" >> beam.Map(
-                    outputs.write_count, paths.todo_count_path,
-                    key="to_classify"))
-        # Side inputs: classifying starts once both counts are written, so
-        # that progress lines have their total (matching must end before
-        # the batches' reshuffle anyway).
-        batches = batches | "AfterCounts" >> beam.Map(
-            _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
+        batches = _after_counts(batches, matched, counted, paths)
     _ = (batches
          | "LedgerRows" >> beam.Map(
-             ledger_table, model_name=model.name,
-             model_version=str(model.version), run_id=paths.run_id)
+             ledger_table, model_name=stored.name,
+             model_version=str(stored.version), run_id=paths.run_id)
          | "WriteLedger" >> WriteTables(
              paths.staging_prefix(outputs.LEDGER_DIR), schema.LEDGER))
     results = batches | "Classify" >> ClassifyBatches(
-        model.location if "/" in config.model else model.ref,
+        stored.location if looks_like_path(config.model_ref) else stored.ref,
         store=config.store, top_k=config.top_k, batch_size=config.batch_size,
         max_pixels=config.max_pixels, max_file_bytes=config.max_file_bytes,
-        run_id=paths.run_id, loaded=model,
+        run_id=paths.run_id, loaded=stored,
         min_confidence=config.min_confidence,
         embeddings=config.emit_embeddings, progress_folder=progress_folder)
     _ = results["predictions"] | "WritePredictions" >> WriteTables(
         paths.staging_prefix(outputs.PREDICTIONS_DIR),
         schema.predictions_schema(config.emit_embeddings),
         compliant_lists=config.table_format != tables.DEFAULT_FORMAT)
-    _ = ((listed[ERRORS], results["errors"])
+    _ = ((listed[ERRORS_TAG], results["errors"])
          | "AllErrors" >> beam.Flatten()
          | "WriteErrors" >> WriteRows(
              paths.staging_prefix(outputs.ERRORS_DIR), schema.ERRORS))
+
+
+def _match(pipeline, config: ClassifyConfig, patterns, paths):
+    """Lists the files; ``(MatchFiles' outputs, the count of matched files
+    written to staging)``."""
+    listed = (pipeline
+              | "Patterns" >> beam.Create(patterns)
+              | "MatchFiles" >> MatchFiles(
+                  exclude=inputs.excluded(config.output),
+                  settle_seconds=config.settle, listed_at=config.listed_at,
+                  run_id=paths.run_id))
+    # Counted where they are matched (listing errors included), not from
+    # what is written, so a runner that loses rows cannot hide it.
+    counted = ((listed.files, listed[ERRORS_TAG])
+               | "Listed" >> beam.Flatten()
+               | "CountMatched" >> beam.combiners.Count.Globally()
+               | "WriteMatchedCount" >> beam.Map(outputs.write_count,
+                                                 paths.matched_count_path))
+    return listed, counted
+
+
+def _skip_done(matched, config: ClassifyConfig, stored, paths):
+    """The files no earlier run did; the others are written as skipped."""
+    parts = matched | "SkipDone" >> SkipDone(
+        outputs.ledger_files(config.output), model_name=stored.name,
+        model_version=str(stored.version), run_id=paths.run_id,
+        by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
+        error_files=outputs.error_files(config.output),
+        retry_errors=config.retry_errors)
+    _ = parts[SKIPPED_TAG] | "WriteSkipped" >> WriteRows(
+        paths.staging_prefix(outputs.SKIPPED_DIR), schema.SKIPPED)
+    return parts[NEW]
+
+
+def _after_counts(batches, matched, counted, paths):
+    """``batches``, released once the count of files to classify and the
+    count of matched files are written (progress lines have their total)."""
+    todo = (matched
+            | "CountToClassify" >> beam.combiners.Count.Globally()
+            | "WriteToClassifyCount" >> beam.Map(
+                outputs.write_count, paths.todo_count_path,
+                key="to_classify"))
+    # Side inputs: matching must end before the batches' reshuffle anyway.
+    return batches | "AfterCounts" >> beam.Map(
+        _after, beam.pvalue.AsList(counted), beam.pvalue.AsList(todo))
 
 
 def _after(batch, *_written):
@@ -665,7 +698,7 @@ def _after(batch, *_written):
     return batch
 
 
-def _first_line(error: BaseException) -> str:
+def _last_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     # Beam wraps worker errors in long tracebacks; the last line is the cause.
     return lines[-1].strip()[:500] if lines else ""

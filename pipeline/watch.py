@@ -142,7 +142,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     ``wait(seconds)`` pauses between looks at the inputs, returning early
     once stopped (default: ``stop_event.wait``). Tests inject both.
 
-    ``config`` is what ``classify`` takes (inputs, output, model, store,
+    ``config`` is what ``classify`` takes (inputs, output, model_ref, store,
     top_k, batch_size, max_pixels, beam_args); its partitioning, overwrite
     and skip-done settings are the watcher's own.
 
@@ -152,96 +152,150 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
             watcher (its lock, ``outputs.locked``).
         RunFailed: MAX_FAILURES window runs failed in a row.
     """
-    from model_store.store import load_model
-
     seconds = check_settings(interval, window, settle)
     stop = stop_event if stop_event is not None else threading.Event()
     wait = stop.wait if wait is None else wait
-    make_runner(pipeline_options(config.beam_args))  # bad options, now
-    model = load_model(config.model, root=config.store)
-    if config.top_k > len(model.class_names):
-        raise ConfigError(f"--top-k {config.top_k} exceeds the "
-                          f"{len(model.class_names)} classes of model "
-                          f"{model.ref}")
-    # "latest" is resolved once: every window uses the same version, and the
-    # ledger check below is for that version (restart to change models).
-    base = dataclasses.replace(
-        config, model=config.model if "/" in config.model else model.ref,
-        partition_by="none", run_date=None, overwrite=False, skip_done=True,
-        partition=None, settle=float(settle), window=None, allow_empty=True)
+    base, stored = _window_config(config, settle)
     patterns, _ = validate(base)
-    output = base.output
-    _check_layout(output)
-    layout.check(output, layout.layout_of(hour_partition(0)))
-    counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
-              "failed_runs": 0}
-    with outputs.locked(output, f"watch-{os.getpid()}"):
-        recovered = outputs.recover(output)
-        if recovered:
-            print(f"imgclass: finished publishing interrupted run(s) "
-                  f"{', '.join(recovered)}", file=log)
-        current = window_at(clock(), seconds)
-        _reconcile(output, current, clock())
-        done = {}
-        _add_ledger(done, outputs.ledger_files(output), model)
-        # A watched folder may well start empty: not a mistake, but say so
-        # (a typo in a glob would otherwise wait forever, silently).
-        for path in inputs.unmatched(config.inputs, output):
-            print(f"imgclass: input {path!r} matches no file yet", file=log)
-        print(f"imgclass: watching {', '.join(config.inputs)} every "
-              f"{interval:g}s with {model.ref}; files settle for {settle:g}s; "
-              f"{seconds}s windows go to {output}/predictions/"
-              f"date=.../hour=...; Ctrl-C or SIGTERM stops", file=log)
-        failures, waiting = 0, 0
+    _check_layout(base.output)
+    layout.check(base.output, layout.layout_of(hour_partition(0)))
+    with outputs.locked(base.output, f"watch-{os.getpid()}"):
+        current = _resume(base.output, seconds, log, clock)
+        watcher = _Watcher(base, patterns, stored, log=log, clock=clock)
+        _announce(config, base.output, stored, interval, settle, seconds, log)
         while not stop.is_set():
-            now = clock()
-            if now < current.end:
-                new = _new_files(patterns, settle, done,
-                                 inputs.excluded(output), now)
-                if len(new) != waiting:
-                    waiting = len(new)
-                    if waiting:
-                        print(f"imgclass: {waiting} new file(s), published "
-                              f"when window {current} ends", file=log)
+            if clock() < current.end:
+                watcher.report_new(current)
                 wait(max(0.01, min(interval, current.end - clock())))
                 continue
-            waiting = 0
-            try:
-                manifest = _close(base, patterns, current, done, model, log,
-                                  clock)
-            except RunFailed as error:
-                if stop.is_set():
-                    print(f"imgclass: window {current} was not published "
-                          f"(stopping): {error}", file=log)
-                    break
-                failures += 1
-                counts["failed_runs"] += 1
-                print(f"imgclass: window {current} was not published, its "
-                      f"files wait for the next window "
-                      f"({failures}/{MAX_FAILURES} failures in a row): "
-                      f"{error}", file=log)
-                if failures >= MAX_FAILURES:
-                    raise
-            else:
-                failures = 0
-                counts["windows"] += 1
-                if manifest is not None:
-                    counts["runs"] += 1
-                    counts["predicted"] += manifest["counts"]["predicted"]
-                    counts["failed"] += manifest["counts"]["failed"]
-            following = window_at(clock(), seconds)
-            if following.start > current.end:
-                print(f"imgclass: the run took longer than the window; new "
-                      f"files go to window {following}", file=log)
-            _complete_hours(output, current.start, following.start)
-            current = following
+            if not watcher.publish(current, stopping=stop):
+                break
+            current = _next_window(base.output, current, clock(), log)
         print(f"imgclass: stopped; window {current} was not published: its "
               f"files wait for the next run", file=log)
-    return counts
+    return watcher.counts
 
 
-def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
-           model, log, clock) -> Optional[dict]:
+def _window_config(config: ClassifyConfig,
+                   settle: float) -> tuple[ClassifyConfig, object]:
+    """Loads the model once and checks ``top_k`` against it; ``(the
+    configuration of every window's run, the StoredModel)``."""
+    from model_store.store import load_model, looks_like_path
+
+    make_runner(pipeline_options(config.beam_args))  # bad options, now
+    stored = load_model(config.model_ref, root=config.store)
+    if config.top_k > len(stored.class_names):
+        raise ConfigError(f"--top-k {config.top_k} exceeds the "
+                          f"{len(stored.class_names)} classes of model "
+                          f"{stored.ref}")
+    # "latest" is resolved once: every window uses the same version, and the
+    # ledger check is for that version (restart to change models).
+    base = dataclasses.replace(
+        config,
+        model_ref=(config.model_ref if looks_like_path(config.model_ref)
+                   else stored.ref),
+        partition_by="none", run_date=None, overwrite=False, skip_done=True,
+        partition=None, settle=float(settle), window=None, allow_empty=True)
+    return base, stored
+
+
+def _resume(output: str, seconds: int, log, clock) -> Window:
+    """Finishes what an earlier run or watcher left (publishing, markers,
+    ``_SUCCESS``); the window open now."""
+    recovered = outputs.recover(output)
+    if recovered:
+        print(f"imgclass: finished publishing interrupted run(s) "
+              f"{', '.join(recovered)}", file=log)
+    current = window_at(clock(), seconds)
+    _reconcile(output, current, clock())
+    return current
+
+
+def _announce(config: ClassifyConfig, output: str, stored, interval: float,
+              settle: float, seconds: int, log) -> None:
+    # A watched folder may well start empty: not a mistake, but say so
+    # (a typo in a glob would otherwise wait forever, silently).
+    for path in inputs.unmatched(config.inputs, output):
+        print(f"imgclass: input {path!r} matches no file yet", file=log)
+    print(f"imgclass: watching {', '.join(config.inputs)} every "
+          f"{interval:g}s with {stored.ref}; files settle for {settle:g}s; "
+          f"{seconds}s windows go to {output}/predictions/"
+          f"date=.../hour=...; Ctrl-C or SIGTERM stops", file=log)
+
+
+def _next_window(output: str, ended: Window, now: float, log) -> Window:
+    """The window open at ``now``, once ``ended`` is published; completes
+    the hours no later window writes into."""
+    following = window_at(now, ended.seconds)
+    if following.start > ended.end:
+        print(f"imgclass: the run took longer than the window; new "
+              f"files go to window {following}", file=log)
+    _complete_hours(output, ended.start, following.start)
+    return following
+
+
+class _Watcher:
+    """What a watch keeps between windows: the files done with its model
+    version (from the ledger), the counts, the failures in a row."""
+
+    def __init__(self, config: ClassifyConfig, patterns, stored, *, log,
+                 clock):
+        self.config, self.patterns, self.stored = config, patterns, stored
+        self.log, self.clock = log, clock
+        self.done: dict = {}
+        _add_ledger(self.done, outputs.ledger_files(config.output), stored)
+        self.counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
+                       "failed_runs": 0}
+        self.failures = 0
+        self._waiting = 0
+
+    def report_new(self, window: Window) -> None:
+        """Says how many new files wait for ``window``, when it changes."""
+        new = _new_files(self.patterns, self.config.settle, self.done,
+                         inputs.excluded(self.config.output), self.clock())
+        if len(new) != self._waiting:
+            self._waiting = len(new)
+            if self._waiting:
+                print(f"imgclass: {self._waiting} new file(s), published "
+                      f"when window {window} ends", file=self.log)
+
+    def publish(self, window: Window, *, stopping: threading.Event) -> bool:
+        """Publishes ``window`` and counts it; False when the watch stops
+        (a failed run while stopping).
+
+        Raises:
+            RunFailed: the MAX_FAILURES-th failed run in a row.
+        """
+        self._waiting = 0
+        try:
+            manifest = _publish_window(self.config, self.patterns, window,
+                                       self.done, self.stored, self.log,
+                                       self.clock)
+        except RunFailed as error:
+            if stopping.is_set():
+                print(f"imgclass: window {window} was not published "
+                      f"(stopping): {error}", file=self.log)
+                return False
+            self.failures += 1
+            self.counts["failed_runs"] += 1
+            print(f"imgclass: window {window} was not published, its "
+                  f"files wait for the next window "
+                  f"({self.failures}/{MAX_FAILURES} failures in a row): "
+                  f"{error}", file=self.log)
+            if self.failures >= MAX_FAILURES:
+                raise
+            return True
+        self.failures = 0
+        self.counts["windows"] += 1
+        if manifest is not None:
+            self.counts["runs"] += 1
+            self.counts["predicted"] += manifest["counts"]["predicted"]
+            self.counts["failed"] += manifest["counts"]["failed"]
+        return True
+
+
+def _publish_window(config: ClassifyConfig, patterns, window: Window,
+                    done: dict, stored, log, clock) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
@@ -264,7 +318,7 @@ def _close(config: ClassifyConfig, patterns, window: Window, done: dict,
                                clock())
             raise
         _add_ledger(done, manifest["files"].get(outputs.LEDGER_DIR, []),
-                    model)
+                    stored)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
     _write_marker(output, window, manifest, clock())
@@ -335,14 +389,16 @@ def _new_files(patterns, settle: float, done: dict, exclude,
     return sorted(found)
 
 
-def _add_ledger(done: dict, files, model) -> None:
+def _add_ledger(done: dict, files, stored) -> None:
+    """Adds to ``done`` the ledger rows of ``files`` made with ``stored``
+    (a StoredModel): ``{path: {(size, mtime), ...}}``."""
     table = outputs.read_table(files, ["path", "size", "mtime", "model_name",
                                        "model_version"])
     if table is None:
         return
-    version = str(model.version)
+    version = str(stored.version)
     for row in table.to_pylist():
-        if (row["model_name"], row["model_version"]) == (model.name,
+        if (row["model_name"], row["model_version"]) == (stored.name,
                                                          version):
             done.setdefault(row["path"], set()).add(
                 (int(row["size"]), float(row["mtime"])))

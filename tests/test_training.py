@@ -1,5 +1,8 @@
 """Update rules against NumPy references; training is deterministic."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from model_store.engine import T, floatX, function, shared
 from model_store.errors import ConfigError
 from model_store.spec import build_network
 from model_store.train import TrainConfig, fit
+from model_store.train_config import OPTIMIZER_NAMES
 
 
 def run_rule(rule, steps=5, **kwargs):
@@ -107,6 +111,32 @@ def test_training_is_deterministic_for_a_seed_and_learns():
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_every_optimizer_the_settings_accept_is_an_update_rule():
+    """TrainConfig (Theano-free, for --help) checks --optimizer against
+    OPTIMIZER_NAMES; training looks the rule up in updates.OPTIMIZERS."""
+    assert sorted(OPTIMIZER_NAMES) == sorted(updates.OPTIMIZERS)
+    for name in OPTIMIZER_NAMES:
+        assert TrainConfig(optimizer=name).optimizer == name
+
+
+def test_train_help_does_not_load_theano():
+    """``imgclass train --help`` states the defaults of train_config
+    without importing Theano (seconds of start-up)."""
+    code = ("import sys, contextlib, io\n"
+            "from pipeline.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    try:\n"
+            "        main(['train', '--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert f'default: {DIGITS_DEFAULTS.epochs};' in out.getvalue()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('theano')))")
+    code = ("from model_store.train_config import DIGITS_DEFAULTS\n" + code)
+    result = subprocess.run([sys.executable, "-c", code], check=True,
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_cosine_schedule_halves_the_step_of_the_middle_epoch():

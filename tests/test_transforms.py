@@ -223,7 +223,7 @@ def test_model_handler_follows_model_updates(model, tmp_path):
     predictor = handler.load_model()
     (result,) = handler.run_inference(
         [np.zeros((1, 32, 32), np.float32)], predictor)
-    assert result.model_id == model.ref and predictor.model.location == \
+    assert result.model_id == model.ref and predictor.stored.location == \
         model.location
     handler.update_model_path(str(tmp_path / "no-such-version"))
     with pytest.raises(ImgclassError, match="no-such-version"):

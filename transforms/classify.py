@@ -10,11 +10,12 @@ import apache_beam as beam
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
-from transforms.decode import ERRORS, DecodeBatchFn
+from transforms.decode import DecodeBatchFn
 from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
+from transforms.schema import ERRORS_TAG
 
 
 class ClassifyBatches(beam.PTransform):
@@ -28,7 +29,7 @@ class ClassifyBatches(beam.PTransform):
     ``transforms.schema.ERRORS``). Every matched file is in exactly one.
 
     Args:
-        model: ``NAME``, ``NAME@VERSION`` or a version folder path.
+        model_ref: ``NAME``, ``NAME@VERSION`` or a version folder path.
         store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
             shipped models). Workers must see the same store.
         top_k: how many of the best classes each row lists.
@@ -40,7 +41,7 @@ class ClassifyBatches(beam.PTransform):
         run_id: identifier written in every row.
         embeddings: add the model's embeddings (``schema.EMBEDDING``) to
             every prediction row.
-        loaded: the model already loaded and verified from ``model`` (by a
+        loaded: the model already loaded and verified from ``model_ref`` (by a
             driver that needed it before building the pipeline), so that
             ``expand`` does not read and verify it a second time.
         progress_folder: a local folder where the workers write how many
@@ -48,7 +49,7 @@ class ClassifyBatches(beam.PTransform):
             the same machine to add up; None: each worker prints its own.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, *,
+    def __init__(self, model_ref: str = DEFAULT_MODEL, *,
                  store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -63,7 +64,7 @@ class ClassifyBatches(beam.PTransform):
             raise ConfigError(f"min_confidence must be between 0 and 1, got "
                               f"{min_confidence!r}")
         self._min_confidence = min_confidence
-        self._model_ref = model
+        self._model_ref = model_ref
         self._store = store
         self._top_k = check_positive("top_k", top_k)
         self.batch_size = check_positive("batch_size", batch_size)
@@ -71,35 +72,36 @@ class ClassifyBatches(beam.PTransform):
         self._max_file_bytes = check_positive("max_file_bytes",
                                               max_file_bytes)
         self.run_id = run_id
-        self.model = loaded  # the StoredModel, once expanded
+        self.stored = loaded  # the StoredModel, once expanded
 
     def expand(self, batches):
         from model_store.store import load_model, looks_like_path
 
         # Load here, in the driver: an unknown or damaged model stops the run
         # before any work, and "latest" becomes a fixed version for workers.
-        model = self.model = self.model or load_model(self._model_ref,
-                                                      root=self._store)
-        classes = len(model.class_names)
+        stored = self.stored = self.stored or load_model(self._model_ref,
+                                                         root=self._store)
+        classes = len(stored.class_names)
         if self._top_k > classes:
             raise ConfigError(f"top_k {self._top_k} exceeds the "
-                              f"{classes} classes of model {model.ref}")
-        prep = model.preprocessing
-        ref = model.location if looks_like_path(self._model_ref) else model.ref
+                              f"{classes} classes of model {stored.ref}")
+        prep = stored.preprocessing
+        ref = stored.location if looks_like_path(self._model_ref) \
+            else stored.ref
         examples = batches | "Decode" >> beam.ParDo(DecodeBatchFn(
             prep, run_id=self.run_id, max_pixels=self._max_pixels,
             max_file_bytes=self._max_file_bytes,
             progress_folder=self._progress_folder)).with_outputs(
-                ERRORS, main="examples")
+                ERRORS_TAG, main="examples")
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
-                             expected_sha256=model.weights_sha256,
+                             expected_sha256=stored.weights_sha256,
                              top_k=self._top_k, run_id=self.run_id,
                              min_confidence=self._min_confidence,
                              embeddings=self._embeddings,
                              progress_folder=self._progress_folder)
-        ).with_outputs(ERRORS, main="predictions")
-        errors = ((examples[ERRORS], predicted[ERRORS])
+        ).with_outputs(ERRORS_TAG, main="predictions")
+        errors = ((examples[ERRORS_TAG], predicted[ERRORS_TAG])
                   | "Errors" >> beam.Flatten())
         return {"predictions": predicted.predictions, "errors": errors}
 
@@ -112,13 +114,14 @@ class ClassifyImages(beam.PTransform):
     :class:`ClassifyBatches`, whose arguments it takes.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, **kwargs):
+    def __init__(self, model_ref: str = DEFAULT_MODEL, **kwargs):
         super().__init__()
-        self._classify = ClassifyBatches(model, **kwargs)
+        self._classify = ClassifyBatches(model_ref, **kwargs)
 
     @property
-    def model(self):
-        return self._classify.model
+    def stored(self):
+        """The StoredModel, once expanded."""
+        return self._classify.stored
 
     def expand(self, patterns):
         matched = patterns | "MatchFiles" >> MatchFiles(
@@ -126,6 +129,6 @@ class ClassifyImages(beam.PTransform):
         out = (matched.files
                | "BatchFiles" >> BatchFiles(self._classify.batch_size)
                | "Classify" >> self._classify)
-        errors = ((matched[ERRORS], out["errors"])
+        errors = ((matched[ERRORS_TAG], out["errors"])
                   | "AllErrors" >> beam.Flatten())
         return {"predictions": out["predictions"], "errors": errors}

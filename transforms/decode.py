@@ -1,7 +1,8 @@
 """Reading, decoding and preprocessing, a batch of files at a time.
 
 Every file that cannot be used becomes an error row on the ``errors`` output
-(see :func:`error_row`), never an exception that stops the run.
+(see :func:`transforms.common.error_row`), never an exception that stops the
+run.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from apache_beam.metrics import Metrics
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 from transforms import progress
+from transforms.common import METRICS_NAMESPACE, error_row
 from transforms.files import DEFAULT_MAX_FILE_BYTES, read_bytes
-
-METRICS_NAMESPACE = "imgclass"
-ERRORS = "errors"
+from transforms.schema import ERRORS_TAG
 
 
 class Example(NamedTuple):
@@ -28,21 +28,6 @@ class Example(NamedTuple):
     pixels: np.ndarray
     width: int
     height: int
-
-
-def error_row(path: str, stage: str, error: BaseException,
-              run_id: str) -> dict:
-    """One row of the errors table (see ``transforms.schema.ERRORS``)."""
-    return described_error_row(path, stage, type(error).__name__, str(error),
-                               run_id)
-
-
-def described_error_row(path: str, stage: str, error_type: str,
-                        message: str, run_id: str) -> dict:
-    """An error row from an error's type name and message."""
-    message = " ".join(message.split()) or error_type
-    return {"path": path, "stage": stage, "error_type": error_type,
-            "message": message[:1000], "run_id": run_id}
 
 
 class DecodeBatchFn(beam.DoFn):
@@ -118,7 +103,7 @@ class DecodeBatchFn(beam.DoFn):
         except Exception as error:  # one bad file must not stop the run
             self._failed[stage].inc()
             yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(path, stage, error, self._run_id))
+                ERRORS_TAG, error_row(path, stage, error, self._run_id))
             return None
         self._decoded.inc()
         return Example(path, pixels, decoded.width, decoded.height)

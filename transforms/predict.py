@@ -31,7 +31,7 @@ from PIL import Image
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
 from model_store.images import to_mode
 from transforms import progress, schema
-from transforms.decode import METRICS_NAMESPACE, error_row
+from transforms.common import METRICS_NAMESPACE, error_row
 from transforms.defaults import DEFAULT_TOP_K
 
 
@@ -43,14 +43,14 @@ def load_predictor(model_ref: str, store: Optional[str],
     from model_store.compile import compile_predictor
     from model_store.store import load_model
 
-    model = load_model(model_ref, root=store)
-    if expected_sha256 and model.weights_sha256 != expected_sha256:
+    stored = load_model(model_ref, root=store)
+    if expected_sha256 and stored.weights_sha256 != expected_sha256:
         raise ModelIntegrityError(
-            f"model {model.ref} on this worker has weights sha256 "
-            f"{model.weights_sha256[:12]}... but the run was started with "
+            f"model {stored.ref} on this worker has weights sha256 "
+            f"{stored.weights_sha256[:12]}... but the run was started with "
             f"{expected_sha256[:12]}...: deploy the same model store to "
             f"every worker")
-    return compile_predictor(model, embeddings=embeddings, cached=True)
+    return compile_predictor(stored, embeddings=embeddings, cached=True)
 
 
 def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +108,10 @@ class PredictBatchesFn(beam.DoFn):
             lambda: load_predictor(self._model_ref, self._store,
                                    self._sha256, embeddings=self._embeddings),
             tag=f"{self._model_ref}:{self._sha256}:{self._embeddings}")
-        model = self._predictor.model
-        self._prep = model.preprocessing
-        self._labels = np.asarray(model.class_names, dtype=object)
-        self._name, self._version = model.name, str(model.version)
+        stored = self._predictor.stored
+        self._prep = stored.preprocessing
+        self._labels = np.asarray(stored.class_names, dtype=object)
+        self._name, self._version = stored.name, str(stored.version)
         self._progress = progress.counter(self._run_id,
                                           self._progress_folder)
 
@@ -129,7 +129,7 @@ class PredictBatchesFn(beam.DoFn):
             self._progress.add(len(batch))
             for example in batch:
                 yield beam.pvalue.TaggedOutput(
-                    "errors", error_row(example.path, "predict", error,
+                    schema.ERRORS_TAG, error_row(example.path, "predict", error,
                                         self._run_id))
             return
         self._batches.inc()
@@ -240,11 +240,11 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
         probs = predictor(self._network_input(batch, predictor))
-        model_id = predictor.model.ref
+        model_id = predictor.stored.ref
         if self._outputs == "probabilities":
             return [PredictionResult(x, p, model_id=model_id)
                     for x, p in zip(batch, probs)]
-        labels = predictor.model.class_names
+        labels = predictor.stored.class_names
         best, scores = top_k_classes(probs, self._top_k)
         return [PredictionResult(x, {
             "label": labels[ids[0]], "class_id": int(ids[0]),
@@ -253,7 +253,7 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             model_id=model_id) for x, ids, row in zip(batch, best, scores)]
 
     def _network_input(self, batch: Sequence[Any], predictor) -> np.ndarray:
-        prep = predictor.model.preprocessing
+        prep = predictor.stored.preprocessing
         if self._inputs == "images":
             return prep([_as_image(x, prep) for x in batch])
         arrays = [np.asarray(x) for x in batch]
@@ -261,7 +261,7 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             raise ConfigError(
                 f"TheanoModelHandler got uint8 pixels, which would be "
                 f"classified un-normalised: pass inputs='images' to normalise "
-                f"them with model {predictor.model.ref}'s preprocessing")
+                f"them with model {predictor.stored.ref}'s preprocessing")
         return np.stack(arrays)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:

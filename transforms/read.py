@@ -14,8 +14,9 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
 from model_store.fs import basename
-from transforms.decode import ERRORS, METRICS_NAMESPACE, described_error_row
+from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_pattern
+from transforms.schema import ERRORS_TAG
 
 # Names that mark a file as still being written (``imgclass watch``): write
 # to such a name, then rename the finished file.
@@ -64,7 +65,7 @@ class _SplitFn(beam.DoFn):
         if isinstance(item, ListingError):
             self._matched.inc()
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, described_error_row(
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, described_error_row(
                 item.path, "read", item.error_type, item.message,
                 self._run_id))
         elif self._settle is None or is_settled(item, self._settle,
@@ -113,7 +114,7 @@ class MatchFiles(beam.PTransform):
                 | "OncePerPath" >> beam.GroupByKey()
                 | "Split" >> beam.ParDo(
                     _SplitFn(self._settle, self._listed_at, self._run_id))
-                .with_outputs(ERRORS, main="files"))
+                .with_outputs(ERRORS_TAG, main="files"))
 
 
 class BatchFiles(beam.PTransform):

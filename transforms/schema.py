@@ -34,6 +34,8 @@ def predictions_schema(embeddings: bool = False) -> pa.Schema:
 
 STAGES = ("read", "decode", "preprocess", "predict")
 
+# The tag of the Beam output that carries error rows (``ERRORS``).
+ERRORS_TAG = "errors"
 ERRORS = pa.schema([
     ("path", pa.string()),
     ("stage", pa.string()),           # one of STAGES
@@ -57,7 +59,9 @@ LEDGER = pa.schema([
     ("retried_stage", pa.string()),   # the stage at which the file failed
 ])                                    # before, if it was retried; else null
 
-# Files a --skip-done run did not classify again, and why.
+# Files a --skip-done run did not classify again, and why; and the tag of
+# SkipDone's output that carries them.
+SKIPPED_TAG = "skipped"
 SKIPPED = pa.schema([
     ("path", pa.string()),
     ("reason", pa.string()),          # "done": an earlier run's ledger has

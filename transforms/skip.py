@@ -36,11 +36,11 @@ from apache_beam.metrics import Metrics
 
 from model_store.errors import ConfigError
 from transforms import schema
-from transforms.decode import METRICS_NAMESPACE
+from transforms.common import METRICS_NAMESPACE
 from transforms.defaults import SKIP_BY
 from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
 
-NEW, SKIPPED = "new", "skipped"
+NEW = "new"  # the main output: files to classify (SKIPPED_TAG: the others)
 # Error stages whose files the next --skip-done run classifies again.
 RETRIED_STAGES = ("read", "predict")
 
@@ -133,7 +133,7 @@ class _SplitDoneFn(beam.DoFn):
                     if self._retried_stage(failed.get(run)) is None]
             if done:
                 self._skipped.inc()
-                yield beam.pvalue.TaggedOutput(SKIPPED, {
+                yield beam.pvalue.TaggedOutput(schema.SKIPPED_TAG, {
                     "path": path, "reason": "done",
                     "previous_run_id": max(done), "run_id": self._run_id})
             elif earlier:
@@ -199,8 +199,9 @@ class SkipDone(beam.PTransform):
                  | "Join" >> beam.CoGroupByKey()
                  | "Split" >> beam.ParDo(_SplitDoneFn(
                      self._run_id, self._by, self._retry_errors))
-                 .with_outputs(SKIPPED, main=NEW))
-        return {NEW: split[NEW], SKIPPED: split[SKIPPED]}
+                 .with_outputs(schema.SKIPPED_TAG, main=NEW))
+        return {NEW: split[NEW],
+                schema.SKIPPED_TAG: split[schema.SKIPPED_TAG]}
 
 
 def ledger_table(batch, *, model_name: str, model_version: str,

@@ -1,0 +1,81 @@
+"""Training settings and their defaults, without Theano.
+
+The command line builds ``imgclass train --help`` from these objects, so
+that each default is written once, here, and ``--help`` does not load
+Theano; ``model_store.train`` (which does) re-exports :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from model_store.errors import ConfigError
+
+LR_SCHEDULES = ("constant", "cosine")
+# The update rules of model_store.updates.OPTIMIZERS (which imports Theano;
+# a test keeps the two in step).
+OPTIMIZER_NAMES = ("adam", "momentum", "sgd")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; recorded in the model's metadata. The defaults
+    are those of ``--dataset digits``.
+
+    Attributes:
+        epochs: passes over the (augmented) training set.
+        batch_size: examples per update.
+        lr: learning rate.
+        seed: seeds weights, shuffling, augmentation and dropout.
+        optimizer: ``adam``, ``momentum`` or ``sgd``.
+        augment_copies: random variants made of each training image
+            (0: the plain images, for folder training).
+        lr_schedule: ``constant``, or ``cosine``: epoch ``e`` of ``E``
+            (from 1) uses ``lr * (1 + cos(pi * (e - 1) / E)) / 2``.
+    """
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.001
+    seed: int = 0
+    optimizer: str = "adam"
+    augment_copies: int = 8
+    lr_schedule: str = "constant"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "augment_copies"):
+            value = getattr(self, name)
+            least = 0 if name == "augment_copies" else 1
+            kind = "non-negative" if least == 0 else "positive"
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a "
+                                  f"{kind} integer, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise ConfigError(f"--optimizer must be one of "
+                              f"{', '.join(OPTIMIZER_NAMES)}, got "
+                              f"{self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be one of "
+                              f"{', '.join(LR_SCHEDULES)}, got "
+                              f"{self.lr_schedule!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (from 1)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1 + np.cos(np.pi * (epoch - 1) / self.epochs)) / 2
+
+
+# The defaults of each kind of training (the command line's come from here).
+DIGITS_DEFAULTS = TrainConfig()
+# The settings fashion-cnn@1 was trained with (train --dataset fashion-mnist).
+FASHION_DEFAULTS = TrainConfig(epochs=18, batch_size=128, lr=0.002,
+                               lr_schedule="cosine")
+# --data: random resized crops and flips of each image.
+_FOLDER_COPIES = 3
+SPEC_DEFAULTS = TrainConfig(augment_copies=_FOLDER_COPIES)
+BASE_DEFAULTS = TrainConfig(epochs=40, lr=0.003,
+                            augment_copies=_FOLDER_COPIES)
