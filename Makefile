@@ -49,7 +49,7 @@ bench-lite0: bench-install
 
 # Trains fashion-cnn from model_store/specs/fashion-cnn.json on Debian's
 # Fashion-MNIST (apt-get install dataset-fashion-mnist) into the shipped
-# store with the settings in model_store/fashion.py (FASHION_DEFAULTS), and
+# store with the settings in model_store/train_config.py (FASHION_DEFAULTS), and
 # evaluates it on the 10,000 test images.
 train-fashion: install
 	$(BIN)/python -m pipeline.cli --store model_store/models train \
