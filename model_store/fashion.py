@@ -32,7 +32,7 @@ DEBIAN_PACKAGE = "dataset-fashion-mnist"
 CLASS_NAMES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 VAL_SIZE = 5000
-MAX_SHIFT = 2  # pixels of random translation during training
+MAX_SHIFT = 1  # pixels of random translation during training
 
 
 def _read_idx(path: str, kind: int) -> np.ndarray:
@@ -137,7 +137,7 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
                     "clothing, light objects on a black background",
         training={"dataset": "fashion-mnist", "spec":
                   os.path.basename(spec_path), "n_train": int(len(train)),
-                  "n_val": int(len(val)), "augment": "shift <= 2 px, flip"
+                  "n_val": int(len(val)), "augment": f"shift <= {MAX_SHIFT} px, flip"
                   if config.augment_copies else None,
                   "settings": dataclasses.asdict(config), "history": history,
                   "best_epoch": best_epoch(history)["epoch"],

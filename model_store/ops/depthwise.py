@@ -38,16 +38,7 @@ _CODE = """
         bad = 1;
     }
     npy_intp dims[4] = {xd[0], wd[0], ho, wo};
-    if (!bad && (!%(out)s || PyArray_NDIM(%(out)s) != 4
-            || !PyArray_IS_C_CONTIGUOUS(%(out)s)
-            || PyArray_DIMS(%(out)s)[0] != dims[0]
-            || PyArray_DIMS(%(out)s)[1] != dims[1]
-            || PyArray_DIMS(%(out)s)[2] != dims[2]
-            || PyArray_DIMS(%(out)s)[3] != dims[3])) {
-        Py_XDECREF(%(out)s);
-        %(out)s = (PyArrayObject*)PyArray_EMPTY(4, dims, NPY_FLOAT32, 0);
-        if (!%(out)s) bad = 1;
-    }
+    if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
     if (!bad && %(call)s != 0) {
         PyErr_NoMemory();
         bad = 1;

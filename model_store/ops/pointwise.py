@@ -62,25 +62,12 @@ class PointwiseConv2dBiasAct(InferenceOp):
                     (long)xd[3], (long)xd[1], (long)wd[0], (long)wd[1],
                     (long)wd[2], (long)wd[3], (long)PyArray_DIMS(bc)[0]);
                 bad = 1;
-            } else if (rc && (PyArray_NDIM(rc) != 4
-                    || PyArray_DIMS(rc)[0] != dims[0]
-                    || PyArray_DIMS(rc)[1] != dims[1]
-                    || PyArray_DIMS(rc)[2] != dims[2]
-                    || PyArray_DIMS(rc)[3] != dims[3])) {
+            } else if (rc && !imgclass_has_dims(rc, dims)) {
                 PyErr_SetString(PyExc_ValueError, "PointwiseConv2dBiasAct: "
                     "the residual's shape differs from the output's");
                 bad = 1;
             }
-            if (!bad && (!%(out)s || PyArray_NDIM(%(out)s) != 4
-                    || !PyArray_IS_C_CONTIGUOUS(%(out)s)
-                    || PyArray_DIMS(%(out)s)[0] != dims[0]
-                    || PyArray_DIMS(%(out)s)[1] != dims[1]
-                    || PyArray_DIMS(%(out)s)[2] != dims[2]
-                    || PyArray_DIMS(%(out)s)[3] != dims[3])) {
-                Py_XDECREF(%(out)s);
-                %(out)s = (PyArrayObject*)PyArray_EMPTY(4, dims, NPY_FLOAT32, 0);
-                if (!%(out)s) bad = 1;
-            }
+            if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
             if (!bad && dims[0] * dims[1] * dims[2] * dims[3] > 0) {
                 imgclass_pointwise(
                     (const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
