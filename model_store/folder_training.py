@@ -132,7 +132,7 @@ def _train_pixels(train_set: FolderDataset, prep: Preprocessing,
     for copy in range(config.augment_copies):
         pixels, kept, broken = load_pixels(
             train_set, prep, transform=lambda image, item, copy=copy: random_resized_crop(
-                image, variant_rng(config.seed, item.path, copy)))
+                image, variant_rng(config.seed, train_set.name_of(item), copy)))
         parts.append(pixels)
         labels.append(kept.labels)
     return np.concatenate(parts), np.concatenate(labels), broken

@@ -59,6 +59,12 @@ class FolderDataset:
         return dataclasses.replace(self, files=[self.files[i]
                                                 for i in indices])
 
+    def name_of(self, item: ImageFile) -> str:
+        """``item``'s path below the root (``class/.../file``): what its
+        augmentation is seeded with, so that the same folder trains the
+        same model wherever it lies."""
+        return "/".join(_relative_parts(self.root, item.path))
+
 
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems

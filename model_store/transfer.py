@@ -201,11 +201,13 @@ def random_resized_crop(image: Image.Image, rng: np.random.RandomState):
     return image
 
 
-def variant_rng(seed: int, path: str, copy: int) -> np.random.RandomState:
+def variant_rng(seed: int, name: str, copy: int) -> np.random.RandomState:
     """The random state of one augmented variant: fixed by the seed, the
-    file's path and the copy number."""
+    file's path below the dataset's root (``FolderDataset.name_of``: not
+    where the dataset lies, so that a copied folder trains alike) and the
+    copy number."""
     return np.random.RandomState(
-        [seed & 0xFFFFFFFF, zlib.crc32(path.encode()), copy])
+        [seed & 0xFFFFFFFF, zlib.crc32(name.encode()), copy])
 
 
 # The feature cache ----------------------------------------------------------
@@ -275,8 +277,8 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
     for item in dataset.files:
         cached = {variant: cache.get(item, variant) for variant in variants}
         try:
-            computed = [(variant, _variant_pixels(image, prep, variant, item,
-                                                  seed))
+            computed = [(variant, _variant_pixels(image, prep, variant,
+                                                  dataset.name_of(item), seed))
                         for image in _read_if(item, prep, cached)
                         for variant in variants if cached[variant] is None]
         except Exception as error:  # a bad file is skipped, never fatal
@@ -306,8 +308,8 @@ def _read_if(item, prep, cached) -> list:
     return [read_image(item.path, prep)]
 
 
-def _variant_pixels(image, prep, variant, item, seed) -> np.ndarray:
+def _variant_pixels(image, prep, variant, name, seed) -> np.ndarray:
     if variant != "plain":
         copy = int(variant.rsplit(".", 1)[1])
-        image = random_resized_crop(image, variant_rng(seed, item.path, copy))
+        image = random_resized_crop(image, variant_rng(seed, name, copy))
     return prep.to_pixels(image)

@@ -329,7 +329,15 @@ def test_ctrl_c_and_sigterm_publish_nothing_and_clean_up(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(target, name, interrupted)
-    status, _, err = classify(cli, [first], output)
+    # A shell that starts a job in the background (CI scripts) makes it
+    # ignore Ctrl-C; Python then never raises KeyboardInterrupt. Here the
+    # test plays the terminal, so Ctrl-C is delivered as at a prompt.
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status, _, err = classify(cli, [first], output)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert status == code
     assert err.strip().splitlines()[-1] == \
         "imgclass: interrupted: nothing published"

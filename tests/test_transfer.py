@@ -81,6 +81,28 @@ def test_transfer_learns_and_the_second_run_computes_no_feature(
     assert meta_a["resize_shorter"] == 28  # the backbone's preprocessing
 
 
+def test_the_same_folder_elsewhere_trains_the_same_model(
+        backbone_store, shapes, tmp_path):
+    """Augmentation is seeded by each file's path below the folder, not by
+    where the folder lies: a copy trains the same weights."""
+    import shutil
+
+    base = store.load_model("tiny", root=backbone_store)
+    copy = shutil.copytree(shapes, tmp_path / "elsewhere" / "photos")
+    config = TrainConfig(epochs=5, lr=0.01, augment_copies=2, seed=3)
+    weights = []
+    for folder in (shapes, str(copy)):
+        network, _ = train_transfer(
+            FolderData(folder), name="shapes", base=base, config=config,
+            features=compile_features(base),
+            cache_directory=str(tmp_path / "cache"))
+        from model_store import layers as L
+        weights.append(L.get_param_values(network))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name])
+
+
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
     from model_store.folders import ImageFile
 
