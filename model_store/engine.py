@@ -40,6 +40,7 @@ import threading
 import types
 import warnings
 
+from model_store import fs
 from model_store.cache import cache_dir
 from model_store.errors import EnvironmentProblem
 
@@ -344,11 +345,7 @@ def _cache_compiler_probes() -> None:
     probes = {"march_flags": GCC_compiler.march_flags,
               "openmp": OpenMPOp.gxx_support_openmp}
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(probes, handle)
-        os.replace(temporary, path)
+        fs.write_atomic(path, fs.json_bytes(probes))
     except OSError:
         pass  # a read-only cache: probe again next time
 

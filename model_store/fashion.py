@@ -24,7 +24,6 @@ import numpy as np
 from model_store.datasets import Split
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
-from model_store.train_config import FASHION_DEFAULTS  # noqa: F401 - re-exported
 
 FASHION_DIR = os.environ.get("IMGCLASS_FASHION_MNIST_DIR",
                              "/usr/share/datasets/fashion-mnist")
