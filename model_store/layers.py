@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -718,6 +718,26 @@ def get_all_params(layer: Layer, **tags) -> list:
 def get_param_values(layer: Layer) -> "OrderedDict[str, np.ndarray]":
     """Parameter values keyed ``layer.param``, in graph order."""
     return OrderedDict((p.name, p.get_value()) for p in get_all_params(layer))
+
+
+def get_param_shapes(layer: Layer) -> "OrderedDict[str, tuple]":
+    """Every parameter's shape keyed ``layer.param``, in graph order (what
+    the spec asks for, whether or not the value was given yet)."""
+    return OrderedDict((p.name, current.param_shapes[p])
+                       for current in get_all_layers(layer)
+                       for p in current.get_params())
+
+
+def set_param_values(layer: Layer, values: Mapping[str, np.ndarray]) -> None:
+    """Gives the parameters named in ``values`` those values, deferred ones
+    included (they are then never initialised randomly). The caller checks
+    the shapes (see :func:`get_param_shapes`)."""
+    for current in get_all_layers(layer):
+        for param in current.get_params():
+            if param.name in values:
+                param.set_value(np.asarray(values[param.name],
+                                           dtype=param.dtype))
+                current._pending.pop(param, None)
 
 
 def initialize_params(layer: Layer, rng: np.random.RandomState) -> None:

@@ -724,7 +724,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     parse_ref(name)
     model = _read_onnx(path)
     spec, weights = onnx_to_spec(model)
-    network = build_network(spec)
+    network = build_network(spec, initialize=False)
     set_weights(network, weights, source=path)
     if len(network.output_shape) != 2:
         raise UnsupportedModelError(
@@ -734,7 +734,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
             spec, "prob")})
-        network = build_network(spec)
+        network = build_network(spec, initialize=False)
         set_weights(network, weights, source=path)
     count = network.output_shape[1]
     with open(path, "rb") as handle:

@@ -9,7 +9,7 @@ normalise a whole batch with one vectorised NumPy expression:
   resized to the model input with the model's resampling filter; or, for
   photo models (``resize_shorter``), resized so that its shorter side has
   that length, keeping the aspect ratio, then cut to the input size at the
-  centre.
+  centre (only the part that is kept is resized).
 * :meth:`Preprocessing.normalize`: ``uint8`` batch ``(N, C, H, W)`` ->
   ``float32``, scaled to ``[0, 1]``, then ``(x - mean) / std`` per channel.
 """
@@ -140,15 +140,24 @@ class Preprocessing:
         return pixels.transpose(2, 0, 1)
 
     def _shorter_side_and_crop(self, image: Image.Image) -> Image.Image:
+        """Resizes only the part of ``image`` that the centre crop keeps:
+        the same pixels as resizing the whole image (shorter side to
+        ``resize_shorter``) and then cropping, up to rounding, for about
+        half the work (Pillow's ``resize(box=...)``)."""
         width, height = image.size
         scale = self.resize_shorter / min(width, height)
         size = (max(self.resize_shorter, round(width * scale)),
                 max(self.resize_shorter, round(height * scale)))
-        if size != image.size:
-            image = image.resize(size, RESIZE_FILTERS[self.resize])
         crop_w, crop_h = self.size
         left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2
-        return image.crop((left, top, left + crop_w, top + crop_h))
+        if size == image.size:
+            return image.crop((left, top, left + crop_w, top + crop_h))
+        # The crop box in the source image's coordinates.
+        x_scale, y_scale = width / size[0], height / size[1]
+        box = (left * x_scale, top * y_scale,
+               (left + crop_w) * x_scale, (top + crop_h) * y_scale)
+        return image.resize((crop_w, crop_h), RESIZE_FILTERS[self.resize],
+                            box=box)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Scales a ``uint8`` batch ``(N, C, H, W)`` to network input."""

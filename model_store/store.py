@@ -117,7 +117,7 @@ class StoredModel:
     def build(self):
         """The network with these weights; its output layer."""
         from model_store.spec import build_network, set_weights
-        network = build_network(self.spec)
+        network = build_network(self.spec, initialize=False)
         set_weights(network, self.weights,
                     source=fs.join(self.location, WEIGHTS_FILE))
         return network
@@ -350,7 +350,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     _check_metadata_types(metadata, fs.join(info.location, METADATA_FILE))
     spec = _read_json(fs.join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
-    network = build_network(spec)
+    network = build_network(spec, initialize=False)
     weights_path = fs.join(info.location, WEIGHTS_FILE)
     data = _weights_data(weights_path, metadata, spec)
     digest = hashlib.sha256(data).hexdigest()

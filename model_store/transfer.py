@@ -170,7 +170,7 @@ def combine(base: StoredModel, head):
     from model_store.spec import build_network, set_weights
 
     spec = combined_spec(base, head.output_shape[-1])
-    network = build_network(spec)
+    network = build_network(spec, initialize=False)
     set_weights(network, dict(backbone_of(base).weights,
                               **L.get_param_values(head)),
                 source=f"{base.ref} + trained head")

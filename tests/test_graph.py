@@ -188,3 +188,28 @@ def test_deep_networks_compile_whatever_the_recursion_limit():
     finally:
         sys.setrecursionlimit(old)
     assert predict(np.ones((2, 1, 3, 3), floatX)).shape == (2, 1, 3, 3)
+
+
+def test_weights_given_to_an_uninitialised_network_are_kept():
+    """Loading builds the network without random weights
+    (``initialize=False``) and then sets the stored ones: the result
+    computes what a randomly initialised network given the same weights
+    does, and a later initialisation pass leaves them alone."""
+    from model_store.spec import set_weights
+
+    weights = L.get_param_values(build_network(DIAMOND, seed=7))
+    empty = build_network(DIAMOND, initialize=False)
+    assert all(p.get_value().size == 0 for p in L.get_all_params(empty))
+    set_weights(empty, weights, source="test")
+    L.initialize_params(empty, np.random.RandomState(0))  # nothing pending
+    other = build_network(DIAMOND, seed=3)
+    set_weights(other, weights, source="test")
+    x = np.random.RandomState(1).rand(2, 2, 6, 6).astype(floatX)
+    outputs = []
+    for net in (empty, other):
+        v = T.tensor4(dtype=floatX)
+        outputs.append(function([v], L.get_output(
+            net, v, deterministic=True))(x))
+    for name, value in L.get_param_values(empty).items():
+        np.testing.assert_array_equal(value, weights[name])
+    np.testing.assert_array_equal(outputs[0], outputs[1])

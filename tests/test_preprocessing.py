@@ -60,8 +60,10 @@ def _photo_prep():
                                   (100, 150)])
 def test_shorter_side_then_centre_crop(size):
     """Shorter side to 256 (aspect ratio kept, bicubic), then the centre
-    224 x 224: a marker at the image centre lands at the crop centre, and
-    the pixels equal Pillow's own resize-then-crop."""
+    224 x 224: the pixels equal Pillow's own resize-then-crop up to
+    rounding (only the kept part is resized; on random noise, where
+    bicubic overshoots most, at most 2 levels apart in under 0.5% of the
+    values; a crop one pixel off would differ everywhere)."""
     rng = np.random.RandomState(0)
     array = rng.randint(0, 256, (size[1], size[0], 3)).astype(np.uint8)
     image = Image.fromarray(array)
@@ -74,7 +76,9 @@ def test_shorter_side_then_centre_crop(size):
     want = image.resize(resized, Image.Resampling.BICUBIC)
     left, top = (resized[0] - 224) // 2, (resized[1] - 224) // 2
     want = np.asarray(want)[top:top + 224, left:left + 224]
-    np.testing.assert_array_equal(pixels.transpose(1, 2, 0), want)
+    difference = np.abs(pixels.transpose(1, 2, 0).astype(np.int16) - want)
+    assert difference.max() <= 2
+    assert np.count_nonzero(difference) < 0.005 * difference.size
 
 
 def test_photo_normalisation_is_x_minus_127_over_128():
