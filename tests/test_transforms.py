@@ -75,6 +75,47 @@ def test_decode_batch_routes_each_failure_to_its_stage(model, tmp_path):
             label="errors")
 
 
+def test_decoding_on_threads_keeps_order_errors_and_counts(model, tmp_path,
+                                                            monkeypatch):
+    """Two decoding threads (used for files that are slow to decode;
+    forced here): each batch's examples keep its order, every bad file
+    is an error row of its stage, and Beam's counters, updated in Beam's
+    own thread, count every file."""
+    from apache_beam.metrics import MetricsFilter
+
+    import transforms.decode as decode
+
+    monkeypatch.setattr(decode, "THREADED_DECODE_SECONDS", 0.0)
+    folder = str(tmp_path)
+    files = []
+    for i in range(24):
+        files.append(write(folder, f"f{i:02d}.png", b"junk") if i % 5 == 3
+                     else write(folder, f"f{i:02d}.png", png_bytes(
+                         Image.new("L", (8, 8), 10 * i))))
+    batches = [files[:12], files[12:]]
+    p = beam_pipeline()
+    out = (p | beam.Create(batches)
+           | beam.ParDo(DecodeBatchFn(model.preprocessing, run_id="r",
+                                      threads=2)).with_outputs(
+               "errors", main="examples"))
+    good = [f for i, f in enumerate(files) if i % 5 != 3]
+    assert_that(out.examples | beam.Map(lambda batch: [
+        (os.path.basename(e.path), int(e.pixels[0, 0, 0])) for e in batch]),
+        equal_to([[(os.path.basename(f.path), 10 * files.index(f))
+                   for f in part if f in good] for part in batches]),
+        label="examples in order")
+    assert_that(out.errors | beam.Map(lambda e: (os.path.basename(
+        e["path"]), e["stage"])), equal_to([
+            (f"f{i:02d}.png", "decode") for i in range(24) if i % 5 == 3]),
+        label="errors")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("imgclass"))["counters"]}
+    assert counters["files_decoded"] == len(good) == 19
+    assert counters["files_failed_decode"] == 5
+
+
 def test_predict_batches_writes_sorted_top_k_rows(model, split):
     prep = model.preprocessing
     examples = [Example(f"d{i}", prep.to_pixels(digit_image(
