@@ -11,6 +11,7 @@ import pytest
 from model_store.engine import T, function, grad, shared
 from model_store.ops import (
     DepthwiseConv2dBiasAct,
+    ExpandDepthwiseConv2dBiasAct,
     PointwiseConv2dBiasAct,
     fast_conv2d_bias_act,
 )
@@ -146,6 +147,96 @@ def test_residual_add_is_fused_into_pointwise_and_matches_numpy():
     assert ops == [PointwiseConv2dBiasAct(activation="relu6", residual=True)]
     want = numpy_grouped_conv(x, w, b, 1, ((0, 0), (0, 0)), 1, "relu6") + r
     np.testing.assert_allclose(fn(x, r), want, rtol=1e-5, atol=1e-4)
+
+
+# (depthwise kernel, stride, padding rule, activations, input H x W, batch,
+# expanded channels)
+EXPAND_DEPTHWISE = [
+    (3, 1, "same", ("relu6", "relu6"), (7, 9), 1, 12),
+    (3, 2, "same", ("relu", "relu6"), (8, 10), 64, 6),
+    (5, 2, "same", ("relu6", "identity"), (9, 12), 1, 20),
+    (5, 1, "valid", ("identity", "relu"), (7, 9), 3, 9),
+    (3, 1, ((2, 0), (0, 1)), ("relu6", "relu6"), (5, 6), 2, 16),
+    ((2, 4), 3, ((1, 0), (3, 2)), ("relu", "relu"), (8, 11), 2, 10),
+    # several blocks of channels per image, the last one partial: 70
+    # channels in 2 blocks when 2 threads share one image; 24 channels of
+    # 112 x 113 in blocks of 16
+    (3, 2, "same", ("relu6", "relu6"), (40, 41), 1, 70),
+    (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 24),
+]
+
+
+def run_expand_depthwise(x, we, be, wd, bd, *, stride, padding, activations):
+    """The two convolutions as built for a predictor, and the ops the
+    compiled graph runs."""
+    xs = T.tensor4("x")
+    expanded = fast_conv2d_bias_act(
+        xs, shared(we), shared(be), input_shape=x.shape[1:], stride=1,
+        padding=((0, 0), (0, 0)), groups=1, activation=activations[0])
+    out = fast_conv2d_bias_act(
+        expanded, shared(wd), shared(bd),
+        input_shape=(we.shape[0], *x.shape[2:]), stride=stride,
+        padding=padding, groups=we.shape[0], activation=activations[1])
+    fn = function([xs], out)
+    return fn(x), [node.op for node in fn.maker.fgraph.toposort()]
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,rule,activations,size,batch,channels", EXPAND_DEPTHWISE)
+def test_expansion_fused_with_depthwise_matches_numpy(
+        kernel, stride, rule, activations, size, batch, channels):
+    """A 1x1 expansion that feeds only a depthwise convolution runs as one
+    op, with the result of the two convolutions one after the other."""
+    rng = np.random.RandomState(channels + batch)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    if rule == "same":
+        padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride))
+    elif rule == "valid":
+        padding = ((0, 0), (0, 0))
+    else:
+        padding = rule
+    x = rand(rng, batch, 5, *size)
+    we, be = rand(rng, channels, 5, 1, 1) / 3, rand(rng, channels)
+    wd, bd = rand(rng, channels, 1, kh, kw) / 3, rand(rng, channels)
+    got, ops = run_expand_depthwise(x, we, be, wd, bd, stride=stride,
+                                    padding=padding, activations=activations)
+    assert ops == [ExpandDepthwiseConv2dBiasAct(
+        kernel=(kh, kw), stride=stride, padding=padding,
+        expand_activation=activations[0], activation=activations[1])]
+    expanded = numpy_grouped_conv(x, we, be, 1, ((0, 0), (0, 0)), 1,
+                                  activations[0])
+    want = numpy_grouped_conv(expanded, wd, bd, stride, padding, channels,
+                              activations[1])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_an_expansion_read_elsewhere_is_not_fused():
+    """When the expanded tensor is also an output (or feeds another layer),
+    it must exist whole: the two ops stay separate."""
+    rng = np.random.RandomState(5)
+    x = rand(rng, 2, 6, 6, 7)
+    we, be = rand(rng, 8, 6, 1, 1), rand(rng, 8)
+    wd, bd = rand(rng, 8, 1, 3, 3), rand(rng, 8)
+    xs = T.tensor4("x")
+    expanded = fast_conv2d_bias_act(
+        xs, shared(we), shared(be), input_shape=(6, 6, 7), stride=1,
+        padding=((0, 0), (0, 0)), groups=1, activation="relu6")
+    out = fast_conv2d_bias_act(
+        expanded, shared(wd), shared(bd), input_shape=(8, 6, 7), stride=1,
+        padding=((1, 1), (1, 1)), groups=8, activation="relu6")
+    fn = function([xs], [out, expanded])
+    kinds = sorted(type(node.op).__name__
+                   for node in fn.maker.fgraph.toposort())
+    assert kinds == ["DepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct"]
+    got, got_expanded = fn(x)
+    want_expanded = numpy_grouped_conv(x, we, be, 1, ((0, 0), (0, 0)), 1,
+                                       "relu6")
+    np.testing.assert_allclose(got_expanded, want_expanded, rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(got, numpy_grouped_conv(
+        want_expanded, wd, bd, 1, ((1, 1), (1, 1)), 8, "relu6"),
+        rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -8,8 +8,9 @@ with an identity/relu/relu6 activation, float32), else None: the
 caller then builds the plain Theano graph. The ops are inference-only (their
 ``grad`` raises), so training graphs keep the plain ops.
 
-Importing this package also registers a graph rewrite (``fusion.py``) that
-folds a residual ``add`` into the pointwise op that feeds it.
+Importing this package also registers the graph rewrites of ``fusion.py``:
+a residual ``add`` folded into the pointwise op that feeds it, and an
+expansion fused with the depthwise convolution it feeds.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from model_store.engine import T
-from model_store.ops import fusion  # noqa: F401  (registers the rewrite)
+from model_store.ops import fusion  # noqa: F401  (registers the rewrites)
 from model_store.ops.base import ACTIVATIONS
 from model_store.ops.depthwise import DepthwiseConv2dBiasAct, StemConv2dBiasAct
+from model_store.ops.expand import ExpandDepthwiseConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
-__all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
+__all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct",
+           "ExpandDepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
            "StemConv2dBiasAct", "fast_conv2d_bias_act"]
 
 #: Input channels for which a dense convolution uses the stem op. One-channel

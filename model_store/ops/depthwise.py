@@ -54,7 +54,10 @@ _ARGS = """(const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
             (const float*)PyArray_DATA(bc), (float*)PyArray_DATA(%(out)s)"""
 
 
-class _PlaneConvOp(InferenceOp):
+class PlaneConvOp(InferenceOp):
+    """What the ops that run the plane kernel share: a k x k kernel, one
+    stride for both axes, zero padding ``((top, bottom), (left, right))``."""
+
     __props__ = ("kernel", "stride", "padding", "activation")
 
     def __init__(self, *, kernel, stride: int, padding, activation: str):
@@ -102,7 +105,7 @@ class _PlaneConvOp(InferenceOp):
         return _CODE % values
 
 
-class DepthwiseConv2dBiasAct(_PlaneConvOp):
+class DepthwiseConv2dBiasAct(PlaneConvOp):
     """``act(depthwise_conv(x, W) + b)``, NCHW float32, inference only.
 
     Inputs: x ``(N, C, H, W)``, W ``(C, 1, kh, kw)``, b ``(C,)``. Cross-
@@ -121,7 +124,7 @@ class DepthwiseConv2dBiasAct(_PlaneConvOp):
                 "%(pb)s, %(pl)s, %(pr)s, %(act)s)")
 
 
-class StemConv2dBiasAct(_PlaneConvOp):
+class StemConv2dBiasAct(PlaneConvOp):
     """``act(conv2d(x, W) + b)`` for an input with few channels (an RGB
     stem), NCHW float32, inference only.
 

@@ -1,15 +1,21 @@
-"""Graph rewrite: ``pointwise(x) + r`` -> one pointwise op with a residual.
+"""Graph rewrites that fuse the ops of an MBConv block.
 
-MBConv blocks end with a linear 1x1 projection whose output is added to the
-block's input. Theano would run that ``add`` as a separate elementwise pass
-over memory; the pointwise op can add it in its output pass instead. The
-rewrite applies when the pointwise output feeds nothing else and both addends
-have the output's type; the op checks the shapes at run time.
+* ``pointwise(x) + r`` -> one pointwise op with a residual. MBConv blocks
+  end with a linear 1x1 projection whose output is added to the block's
+  input. Theano would run that ``add`` as a separate elementwise pass over
+  memory; the pointwise op can add it in its output pass instead. The
+  rewrite applies when the pointwise output feeds nothing else and both
+  addends have the output's type; the op checks the shapes at run time.
+* ``depthwise(pointwise(x))`` -> one ``ExpandDepthwiseConv2dBiasAct``, when
+  the expansion feeds nothing else (and adds no residual): its output, the
+  block's largest tensor, then never goes through memory whole.
 """
 
 from __future__ import annotations
 
 from model_store.engine import T, theano
+from model_store.ops.depthwise import DepthwiseConv2dBiasAct
+from model_store.ops.expand import ExpandDepthwiseConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
 
@@ -36,3 +42,23 @@ def fuse_residual_add(node):
 
 theano.tensor.opt.register_specialize(fuse_residual_add,
                                       "imgclass_fuse_residual_add")
+
+
+@theano.gof.local_optimizer([DepthwiseConv2dBiasAct])
+def fuse_expand_depthwise(node):
+    if not isinstance(node.op, DepthwiseConv2dBiasAct):
+        return False
+    expanded = node.inputs[0]
+    owner = expanded.owner
+    if (owner is None or not isinstance(owner.op, PointwiseConv2dBiasAct)
+            or owner.op.residual or len(expanded.clients) != 1):
+        return False
+    op = ExpandDepthwiseConv2dBiasAct(
+        kernel=node.op.kernel, stride=node.op.stride,
+        padding=node.op.padding, expand_activation=owner.op.activation,
+        activation=node.op.activation)
+    return [op(*owner.inputs, *node.inputs[1:])]
+
+
+theano.tensor.opt.register_specialize(fuse_expand_depthwise,
+                                      "imgclass_fuse_expand_depthwise")

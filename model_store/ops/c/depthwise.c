@@ -156,6 +156,21 @@ static void imgclass_dw_dispatch(const float* buf, int pw, const float* w,
                                        kh, kw, s);
 }
 
+/* One output plane from a filled buffer, with the activation's kernel. */
+static void imgclass_dw_plane_act(const float* buf, int pw, const float* w,
+                                  float bias, float* out, int ho, int wo,
+                                  int kh, int kw, int s, int act) {
+    if (act == IMGCLASS_ACT_RELU6)
+        imgclass_dw_dispatch<IMGCLASS_ACT_RELU6>(buf, pw, w, bias, out, ho, wo,
+                                                 kh, kw, s);
+    else if (act == IMGCLASS_ACT_RELU)
+        imgclass_dw_dispatch<IMGCLASS_ACT_RELU>(buf, pw, w, bias, out, ho, wo,
+                                                kh, kw, s);
+    else
+        imgclass_dw_dispatch<IMGCLASS_ACT_IDENTITY>(buf, pw, w, bias, out, ho,
+                                                    wo, kh, kw, s);
+}
+
 /* Output size and buffer geometry of one padded plane: phase width pw and
  * rows cover every cell a tap of a whole output tile reads (16 columns,
  * IMGCLASS_DW_ROWS rows), so tiles at the edges need no bounds checks; the
@@ -204,17 +219,8 @@ static int imgclass_depthwise(const float* x, const float* w, const float* b,
             if (!buf) continue;
             const int ch = (int)(p % c);
             imgclass_dw_fill(x + p * h * wd, h, wd, pt, pl, s, pw, buf);
-            const float* wc = w + (long)ch * kh * kw;
-            float* o = out + p * ho * wo;
-            if (act == IMGCLASS_ACT_RELU6)
-                imgclass_dw_dispatch<IMGCLASS_ACT_RELU6>(buf, pw, wc, b[ch], o,
-                                                         ho, wo, kh, kw, s);
-            else if (act == IMGCLASS_ACT_RELU)
-                imgclass_dw_dispatch<IMGCLASS_ACT_RELU>(buf, pw, wc, b[ch], o,
-                                                        ho, wo, kh, kw, s);
-            else
-                imgclass_dw_dispatch<IMGCLASS_ACT_IDENTITY>(
-                    buf, pw, wc, b[ch], o, ho, wo, kh, kw, s);
+            imgclass_dw_plane_act(buf, pw, w + (long)ch * kh * kw, b[ch],
+                                  out + p * ho * wo, ho, wo, kh, kw, s, act);
         }
         free(buf);
     }

@@ -1,0 +1,86 @@
+/* An MBConv block's expansion and depthwise convolution as one op, NCHW
+ * float32, inference only:
+ *   e   = act_e(We @ x + be)            1x1, C -> F channels
+ *   out = act_d(depthwise(e, Wd) + bd)  k x k, stride s, zero padding
+ *
+ * Work is split into tasks of (image, block of F channels). A task computes
+ * its block of expanded planes with one sgemm into a per-thread buffer sized
+ * for L2 (bias and activation in the same pass, pointwise.c's epilogue), then
+ * runs depthwise.c's plane kernel on each of them. The expanded tensor, the
+ * largest in the block (Lite0's first one is 96 x 112 x 112, 4.8 MB per
+ * image), is never written to memory as a whole nor read back. */
+
+/* Expanded floats per task: the block of channels a thread keeps in cache. */
+#ifndef IMGCLASS_EX_BLOCK_FLOATS
+#define IMGCLASS_EX_BLOCK_FLOATS (256 * 1024)
+#endif
+
+/* Channels per task: the block size, in multiples of 8, reduced so that
+ * every thread has a task when there are few images. */
+static int imgclass_ex_block(int n, int f, int hw) {
+    int fb = IMGCLASS_EX_BLOCK_FLOATS / hw;
+    fb = fb < 8 ? 8 : (fb / 8) * 8;
+    const int threads = IMGCLASS_MAX_THREADS();
+    const int per_image = (threads + n - 1) / n;  /* tasks wanted per image */
+    if (per_image > 1) {
+        int even = (f + per_image - 1) / per_image;
+        even = ((even + 7) / 8) * 8;
+        if (even < fb) fb = even;
+    }
+    return fb > f ? f : fb;
+}
+
+/* Returns 0, or -1 if a thread could not allocate its buffers. */
+static int imgclass_expand_depthwise(const float* x, const float* we,
+                                     const float* be, const float* wd,
+                                     const float* bd, float* out, int n,
+                                     int c, int f, int h, int w, int kh,
+                                     int kw, int s, int pt, int pb, int pl,
+                                     int pr, int act_e, int act_d) {
+    const imgclass_plane_geo g = imgclass_plane_geometry(h, w, kh, kw, s,
+                                                         pt, pb, pl, pr);
+    int hw = h * w;
+    const int fb = imgclass_ex_block(n, f, hw);
+    const int blocks = (f + fb - 1) / fb;
+    const long tasks = (long)n * blocks;
+    const long plane_out = (long)g.ho * g.wo;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float* expanded = (float*)malloc((size_t)fb * hw * sizeof(float));
+        float* buf = (float*)calloc(g.floats, sizeof(float));
+        if (!expanded || !buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        const float one = 1.f, zero = 0.f;
+        char no = 'N';
+#pragma omp for schedule(static)
+        for (long t = 0; t < tasks; ++t) {
+            if (!expanded || !buf) continue;
+            const int img = (int)(t / blocks);
+            const int f0 = (int)(t % blocks) * fb;
+            int nb = f - f0 < fb ? f - f0 : fb;
+            int cc = c, ldw = c;
+            /* Row-major e (nb x hw) = We[f0:f0+nb] (nb x C) @ x (C x hw): in
+             * BLAS's column-major terms e^T = x^T We^T. */
+            sgemm_(&no, &no, &hw, &nb, &cc, &one,
+                   (float*)(x + (long)img * c * hw), &hw,
+                   (float*)(we + (long)f0 * c), &ldw, &zero, expanded, &hw);
+            imgclass_pw_epilogue_any(expanded, NULL, be + f0, nb, hw, hw,
+                                     act_e);
+            for (int j = 0; j < nb; ++j) {
+                const int ch = f0 + j;
+                imgclass_dw_fill(expanded + (long)j * hw, h, w, pt, pl, s,
+                                 g.pw, buf);
+                imgclass_dw_plane_act(buf, g.pw, wd + (long)ch * kh * kw,
+                                      bd[ch],
+                                      out + ((long)img * f + ch) * plane_out,
+                                      g.ho, g.wo, kh, kw, s, act_d);
+            }
+        }
+        free(expanded);
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}

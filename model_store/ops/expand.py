@@ -1,0 +1,111 @@
+"""An MBConv block's 1x1 expansion and depthwise convolution as one op.
+
+The expansion's output is the largest tensor of the block; fused, each
+block of its channels stays in a per-thread buffer between the two
+convolutions (c/expand.c). ``fusion.py`` rewrites a pointwise op that feeds
+only a depthwise op into this one.
+"""
+
+from __future__ import annotations
+
+from model_store.engine import theano
+from model_store.ops.base import ACTIVATIONS, float32_tensor, output_type
+from model_store.ops.depthwise import PlaneConvOp
+
+
+class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
+    """``act(depthwise(expand_act(conv1x1(x, We) + be), Wd) + bd)``, NCHW
+    float32, inference only.
+
+    Inputs: x ``(N, C, H, W)``, We ``(F, C, 1, 1)``, be ``(F,)``, Wd
+    ``(F, 1, kh, kw)``, bd ``(F,)``. Kernel, stride and padding are the
+    depthwise convolution's, as for ``DepthwiseConv2dBiasAct``.
+    """
+
+    __props__ = ("kernel", "stride", "padding", "expand_activation",
+                 "activation")
+    _c_files = ("pointwise.c", "depthwise.c", "expand.c")
+    uses_blas = True
+
+    def __init__(self, *, kernel, stride: int, padding,
+                 expand_activation: str, activation: str):
+        super().__init__(kernel=kernel, stride=stride, padding=padding,
+                         activation=activation)
+        if expand_activation not in ACTIVATIONS:
+            raise ValueError(f"expand_activation must be one of "
+                             f"{sorted(ACTIVATIONS)}, got "
+                             f"{expand_activation!r}")
+        self.expand_activation = expand_activation
+
+    def make_node(self, x, We, be, Wd, bd):
+        x = float32_tensor(x, 4, "x")
+        inputs = [x, float32_tensor(We, 4, "We"), float32_tensor(be, 1, "be"),
+                  float32_tensor(Wd, 4, "Wd"), float32_tensor(bd, 1, "bd")]
+        return theano.gof.Apply(self, inputs, [output_type(x)])
+
+    def infer_shape(self, node, shapes):
+        n, _, h, w = shapes[0]
+        return [(n, shapes[1][0], *self.output_size(h, w))]
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        x, We, be, Wd, bd = inputs
+        (pt, pb), (pl, pr) = self.padding
+        kh, kw = self.kernel
+        return _CODE % dict(
+            x=x, We=We, be=be, Wd=Wd, bd=bd, out=outputs[0], fail=sub["fail"],
+            kh=kh, kw=kw, s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
+            act_e=ACTIVATIONS[self.expand_activation],
+            act_d=ACTIVATIONS[self.activation])
+
+
+_CODE = """
+{
+    PyArrayObject* in[5] = {
+        PyArray_GETCONTIGUOUS(%(x)s), PyArray_GETCONTIGUOUS(%(We)s),
+        PyArray_GETCONTIGUOUS(%(be)s), PyArray_GETCONTIGUOUS(%(Wd)s),
+        PyArray_GETCONTIGUOUS(%(bd)s)};
+    const npy_intp* xd = PyArray_DIMS(in[0]);
+    const npy_intp* ed = PyArray_DIMS(in[1]);
+    const npy_intp* dd = PyArray_DIMS(in[3]);
+    const npy_intp f = ed[0];
+    const npy_intp ho = (xd[2] + %(pt)s + %(pb)s - %(kh)s) / %(s)s + 1;
+    const npy_intp wo = (xd[3] + %(pl)s + %(pr)s - %(kw)s) / %(s)s + 1;
+    int bad = 0;
+    if (ed[1] != xd[1] || ed[2] != 1 || ed[3] != 1
+            || PyArray_DIMS(in[2])[0] != f || dd[0] != f || dd[1] != 1
+            || dd[2] != %(kh)s || dd[3] != %(kw)s
+            || PyArray_DIMS(in[4])[0] != f) {
+        PyErr_Format(PyExc_ValueError,
+            "ExpandDepthwiseConv2dBiasAct: x (%%ld, %%ld, %%ld, %%ld) needs "
+            "We (F, %%ld, 1, 1), be (F,), Wd (F, 1, %(kh)s, %(kw)s) and bd "
+            "(F,), got We (%%ld, %%ld, %%ld, %%ld) and Wd (%%ld, %%ld, %%ld, "
+            "%%ld)", (long)xd[0], (long)xd[1], (long)xd[2], (long)xd[3],
+            (long)xd[1], (long)ed[0], (long)ed[1], (long)ed[2], (long)ed[3],
+            (long)dd[0], (long)dd[1], (long)dd[2], (long)dd[3]);
+        bad = 1;
+    } else if (xd[2] + %(pt)s + %(pb)s < %(kh)s
+               || xd[3] + %(pl)s + %(pr)s < %(kw)s) {
+        PyErr_Format(PyExc_ValueError, "ExpandDepthwiseConv2dBiasAct: a "
+            "%%ldx%%ld image with this padding is smaller than the "
+            "%(kh)sx%(kw)s kernel", (long)xd[2], (long)xd[3]);
+        bad = 1;
+    }
+    npy_intp dims[4] = {xd[0], f, ho, wo};
+    if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
+    if (!bad && dims[0] * dims[1] * dims[2] * dims[3] > 0
+            && imgclass_expand_depthwise(
+                (const float*)PyArray_DATA(in[0]),
+                (const float*)PyArray_DATA(in[1]),
+                (const float*)PyArray_DATA(in[2]),
+                (const float*)PyArray_DATA(in[3]),
+                (const float*)PyArray_DATA(in[4]),
+                (float*)PyArray_DATA(%(out)s), (int)xd[0], (int)xd[1], (int)f,
+                (int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, %(pb)s,
+                %(pl)s, %(pr)s, %(act_e)s, %(act_d)s) != 0) {
+        PyErr_NoMemory();
+        bad = 1;
+    }
+    for (int i = 0; i < 5; ++i) Py_DECREF(in[i]);
+    if (bad) { %(fail)s }
+}
+"""
