@@ -78,7 +78,8 @@ def main() -> None:
                "date": datetime.datetime.now(datetime.timezone.utc)
                .isoformat(timespec="seconds"), "runs": [],
                # Other processes on a shared machine slow every figure.
-               "load_average_before": round(os.getloadavg()[0], 2)}
+               "load_average_before": round(os.getloadavg()[0], 2),
+               "theano_cache_entries": suite.theano_cache_entries()}
     work = tempfile.mkdtemp(prefix="lite0-bench-")
     try:
         for name, extra in [
@@ -107,7 +108,9 @@ def markdown(results: dict) -> str:
              f"{results['images']:,} photos (longer side 256-1024 px), "
              f"process start and compiling included; {results['date']}, "
              f"{results['machine'].get('cores')} cores, 1-minute load "
-             f"average {results['load_average_before']} before the runs.", "",
+             f"average {results['load_average_before']} before the runs, "
+             f"{results['theano_cache_entries']} modules in the Theano "
+             f"cache.", "",
              "| run | seconds | images/s | peak RSS |",
              "| --- | ---: | ---: | ---: |"]
     for run in results["runs"]:

@@ -145,6 +145,16 @@ class PeakRss:
         return self.peak
 
 
+def theano_cache_entries() -> int:
+    """Compiled modules in this user's Theano cache. Every process reads
+    all their keys when it first compiles or links a function (0.77 s for
+    784 entries here), so start-up depends on it (bench/README.md)."""
+    from model_store.cache import cache_dir
+
+    root = os.path.join(cache_dir(), "theano")
+    return sum(files.count("key.pkl") for _, _, files in os.walk(root))
+
+
 def run_command(name: str, args: list[str], images: int,
                 repeat: int = 1) -> dict:
     """Runs a command ``repeat`` times; the fastest run's wall time (process

@@ -80,7 +80,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--compile", nargs="*", default=[], metavar="MODEL")
     args = parser.parse_args()
-    print(f"uptime load: {os.getloadavg()}")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from run import theano_cache_entries
+
+    print(f"uptime load: {os.getloadavg()}; {theano_cache_entries()} "
+          f"modules in the Theano cache")
     for model in args.compile:
         compile_runs(model, args.runs)
     if not args.compile:
