@@ -22,6 +22,8 @@ symbols from here. Defaults:
 
 * glibc's ``malloc`` keeps freed memory for reuse (:func:`_keep_freed_memory`):
   Theano allocates and frees the same large buffers on every call.
+* idle OpenMP threads spin briefly before they sleep
+  (:func:`_short_openmp_waits`).
 
 A user's own ``THEANO_FLAGS`` are appended after these defaults, and Theano
 lets the last setting of a flag win, so the user's flags always take effect.
@@ -78,10 +80,6 @@ def _openblas_flags() -> dict:
     # One BLAS thread per call: the parallelism is OpenMP's, over the batch.
     getattr(handle, f"{_PREFIX}openblas_set_num_threads")(1)
     renames = " ".join(f"-D{name}={_PREFIX}{name}" for name in _BLAS_SYMBOLS)
-    # OpenMP threads that spin after each parallel convolution steal the core
-    # the next image's decoding needs (bench/README.md: 18.1 s -> 14.3 s for
-    # 20,000 images in process). Read when the first OpenMP module loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return {"blas.ldflags": f"-L{lib_dir} -l{library} {renames}",
             "openmp": "True"}
 
@@ -118,6 +116,27 @@ def _configure() -> None:
     ours = ",".join(f"{key}={value}" for key, value in defaults.items())
     user = os.environ.get("THEANO_FLAGS", "")
     os.environ["THEANO_FLAGS"] = f"{ours},{user}" if user else ours
+
+
+#: Iterations an idle OpenMP thread spins before it sleeps (libgomp's
+#: ``GOMP_SPINCOUNT``; about a millisecond here, against 300,000 by default).
+OPENMP_SPIN_COUNT = 20000
+
+
+def _short_openmp_waits() -> None:
+    """Idle OpenMP threads spin briefly, then sleep.
+
+    With libgomp's default wait (spinning for 300,000 iterations), threads
+    left spinning after a convolution stole the core the next image's
+    decoding needed (20,000 images in process: 18.1 s, against 14.3 s with
+    ``OMP_WAIT_POLICY=PASSIVE``). Sleeping at once costs a wake-up at each
+    of a network's parallel regions instead: EfficientNet-Lite0 at batch 1
+    ran 92 images/s passive, 125 with this spin count, and neither
+    pipeline got slower (bench/README.md). Read when the first OpenMP
+    module loads; a user's ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
 
 
 def _keep_freed_memory() -> None:
@@ -217,6 +236,7 @@ def _scipy_has(*path: str) -> bool:
 
 _check_environment()
 _configure()
+_short_openmp_waits()
 _keep_freed_memory()
 
 with warnings.catch_warnings(), _lighter_theano_imports():

@@ -74,3 +74,26 @@ def test_theano_starts_without_modules_imgclass_never_uses():
         os.path.dirname(scipy.__file__), "signal", "sigtools*")))
     assert done.stdout.split() == [
         "[]", "False", str(has_sigtools), "0.22313", "[1,", "3,", "2]"]
+
+
+def _spin_settings(**env):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import os, model_store.engine; print("
+         "os.environ.get('OMP_WAIT_POLICY'), os.environ.get("
+         "'GOMP_SPINCOUNT'))"], env=dict(base, **env), capture_output=True,
+        text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
+    """The engine asks libgomp to spin about a millisecond before an idle
+    thread sleeps (fast back-to-back parallel regions, no core stolen from
+    decoding for long); a user's own OpenMP wait settings are left alone."""
+    from model_store.engine import OPENMP_SPIN_COUNT
+
+    assert _spin_settings() == ["None", str(OPENMP_SPIN_COUNT)]
+    assert _spin_settings(OMP_WAIT_POLICY="PASSIVE") == ["PASSIVE", "None"]
+    assert _spin_settings(GOMP_SPINCOUNT="5") == ["None", "5"]
