@@ -344,3 +344,25 @@ def test_chunked_run_equals_one_call_and_small_networks_get_one_chunk():
     assert chunk_size(26 * 2 ** 20, budget=64 * 2 ** 20) == 2  # Lite0-sized
     assert chunk_size(100 * 2 ** 20, budget=64 * 2 ** 20) == 1
     assert chunk_size(200 * 2 ** 10, budget=64 * 2 ** 20) >= 256  # digits
+
+
+def test_editing_an_op_or_its_c_template_changes_the_cache_version(
+        tmp_path, monkeypatch):
+    """Compiled modules are found by the ops' cache version: it must change
+    when a C file or a Python ``c_code`` template changes, or a process
+    would load a module compiled from the old code."""
+    import shutil
+
+    from model_store.ops import base
+
+    copy = tmp_path / "ops"
+    shutil.copytree(os.path.dirname(base.__file__), copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(base, "_C_DIR", str(copy / "c"))
+    digests = [base._sources_digest()]
+    for edited in (copy / "depthwise.py", copy / "c" / "expand.c"):
+        edited.write_text(edited.read_text() + "\n/* edited */\n"
+                          if edited.suffix == ".c"
+                          else edited.read_text() + "\n# edited\n")
+        digests.append(base._sources_digest())
+    assert len(set(digests)) == 3

@@ -4,7 +4,8 @@ The ops compile through Theano's own C linker, so their modules land in
 Theano's compile cache (``base_compiledir``, see ``model_store.engine``) and a
 second process reuses them. The cache key holds the op's ``__props__``, the
 compile flags and ``c_code_cache_version``, which includes a digest of the C
-sources below: editing a ``.c`` file recompiles, nothing else does.
+sources below and of this package's Python modules (their ``c_code``
+templates): editing either recompiles, nothing else does.
 
 Theano compiles with ``-O3`` and the equivalent of ``-march=native`` (it
 expands the flags g++ uses for this CPU, e.g. AVX2/AVX-512, into the compile
@@ -35,10 +36,19 @@ def c_source(*names: str) -> str:
 
 
 def _sources_digest() -> str:
+    """A digest of the C files and of the Python modules of this package,
+    whose ``c_code`` templates are C code too (a template that changed
+    while the C files did not was once matched to a module compiled from
+    the old one)."""
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(_C_DIR)):
-        digest.update(name.encode())
-        digest.update(c_source(name).encode())
+    here = os.path.dirname(_C_DIR)
+    paths = [os.path.join(_C_DIR, name) for name in sorted(os.listdir(_C_DIR))]
+    paths += [os.path.join(here, name) for name in sorted(os.listdir(here))
+              if name.endswith(".py")]
+    for path in paths:
+        digest.update(os.path.relpath(path, here).encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read())
     return digest.hexdigest()[:16]
 
 
@@ -94,6 +104,13 @@ class InferenceOp(theano.gof.OpenMPOp):
     def c_header_dirs(self):
         return theano.tensor.blas.ldflags(libs=False, include_dir=True) \
             if self.uses_blas else []
+
+
+def int_params(*names: str):
+    """A Theano ``ParamsType`` of int32 fields: settings of an op that its
+    C code reads at run time instead of having them written in."""
+    return theano.gof.ParamsType(**{name: theano.scalar.int32
+                                    for name in names})
 
 
 def float32_tensor(value, ndim: int, what: str):

@@ -8,33 +8,48 @@ reads (its own channel, or all C of a colour stem).
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import ACTIVATIONS, InferenceOp, float32_tensor, output_type
+from model_store.ops.base import (
+    ACTIVATIONS,
+    InferenceOp,
+    float32_tensor,
+    int_params,
+    output_type,
+)
+
+# The geometry and the activation arrive at run time (``PlaneConvOp``'s
+# params), so every geometry shares one compiled module per op class.
+GEOMETRY_C = """
+    const int kh = %(params)s->kh, kw = %(params)s->kw, s = %(params)s->s;
+    const int pt = %(params)s->pt, pb = %(params)s->pb;
+    const int pl = %(params)s->pl, pr = %(params)s->pr;
+    const int act = %(params)s->act;
+"""
 
 _CODE = """
 {
+%(geometry)s
     PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
     PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
     PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
     const npy_intp* xd = PyArray_DIMS(xc);
     const npy_intp* wd = PyArray_DIMS(wc);
-    const npy_intp ho = (xd[2] + %(pt)s + %(pb)s - %(kh)s) / %(s)s + 1;
-    const npy_intp wo = (xd[3] + %(pl)s + %(pr)s - %(kw)s) / %(s)s + 1;
+    const npy_intp ho = (xd[2] + pt + pb - kh) / s + 1;
+    const npy_intp wo = (xd[3] + pl + pr - kw) / s + 1;
     int bad = 0;
-    if (wd[0] != %(filters)s || wd[1] != %(per_filter)s || wd[2] != %(kh)s
-            || wd[3] != %(kw)s || PyArray_DIMS(bc)[0] != wd[0]) {
+    if (wd[0] != %(filters)s || wd[1] != %(per_filter)s || wd[2] != kh
+            || wd[3] != kw || PyArray_DIMS(bc)[0] != wd[0]) {
         PyErr_Format(PyExc_ValueError,
             "%(name)s: x (%%ld, %%ld, %%ld, %%ld) needs W (%%ld, %%ld, "
-            "%(kh)s, %(kw)s) and b (%%ld,), got W (%%ld, %%ld, %%ld, %%ld) "
+            "%%d, %%d) and b (%%ld,), got W (%%ld, %%ld, %%ld, %%ld) "
             "and b (%%ld,)", (long)xd[0], (long)xd[1], (long)xd[2],
-            (long)xd[3], (long)(%(filters)s), (long)(%(per_filter)s),
+            (long)xd[3], (long)(%(filters)s), (long)(%(per_filter)s), kh, kw,
             (long)wd[0], (long)wd[0], (long)wd[1], (long)wd[2], (long)wd[3],
             (long)PyArray_DIMS(bc)[0]);
         bad = 1;
-    } else if (xd[2] + %(pt)s + %(pb)s < %(kh)s
-               || xd[3] + %(pl)s + %(pr)s < %(kw)s) {
+    } else if (xd[2] + pt + pb < kh || xd[3] + pl + pr < kw) {
         PyErr_Format(PyExc_ValueError, "%(name)s: a %%ldx%%ld image with "
-            "this padding is smaller than the %(kh)sx%(kw)s kernel",
-            (long)xd[2], (long)xd[3]);
+            "this padding is smaller than the %%dx%%d kernel",
+            (long)xd[2], (long)xd[3], kh, kw);
         bad = 1;
     }
     npy_intp dims[4] = {xd[0], wd[0], ho, wo};
@@ -56,9 +71,14 @@ _ARGS = """(const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
 
 class PlaneConvOp(InferenceOp):
     """What the ops that run the plane kernel share: a k x k kernel, one
-    stride for both axes, zero padding ``((top, bottom), (left, right))``."""
+    stride for both axes, zero padding ``((top, bottom), (left, right))``.
+    These and the activation reach the C code as the op's params (Theano's
+    ``ParamsType``), not as literals: the code is the same for every
+    geometry, so Theano compiles one module per op class, not one per
+    geometry."""
 
     __props__ = ("kernel", "stride", "padding", "activation")
+    params_type = int_params("kh", "kw", "s", "pt", "pb", "pl", "pr", "act")
 
     def __init__(self, *, kernel, stride: int, padding, activation: str):
         super().__init__(activation)
@@ -77,6 +97,16 @@ class PlaneConvOp(InferenceOp):
         b = float32_tensor(b, 1, "b")
         return theano.gof.Apply(self, [x, W, b], [output_type(x)])
 
+    def get_params(self, node):
+        (pt, pb), (pl, pr) = self.padding
+        kh, kw = self.kernel
+        return self.params_type.get_params(
+            kh=kh, kw=kw, s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
+            **self._activation_params())
+
+    def _activation_params(self) -> dict:
+        return {"act": ACTIVATIONS[self.activation]}
+
     def output_size(self, h, w):
         """Output height and width (ints or symbolic) for an h x w input."""
         (pt, pb), (pl, pr) = self.padding
@@ -94,11 +124,8 @@ class PlaneConvOp(InferenceOp):
     def c_code(self, node, name, inputs, outputs, sub):
         x, W, b = inputs
         out, = outputs
-        (pt, pb), (pl, pr) = self.padding
-        kh, kw = self.kernel
-        values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"], kh=kh, kw=kw,
-                      s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
-                      act=ACTIVATIONS[self.activation],
+        values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
+                      geometry=GEOMETRY_C % dict(params=sub["params"]),
                       name=type(self).__name__)
         values.update(self._c_shapes())
         values["call"] = self._c_call() % dict(values, args=_ARGS % values)
@@ -120,8 +147,7 @@ class DepthwiseConv2dBiasAct(PlaneConvOp):
 
     def _c_call(self):
         return ("imgclass_depthwise(%(args)s, (int)xd[0], (int)xd[1], "
-                "(int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, "
-                "%(pb)s, %(pl)s, %(pr)s, %(act)s)")
+                "(int)xd[2], (int)xd[3], kh, kw, s, pt, pb, pl, pr, act)")
 
 
 class StemConv2dBiasAct(PlaneConvOp):
@@ -139,5 +165,4 @@ class StemConv2dBiasAct(PlaneConvOp):
 
     def _c_call(self):
         return ("imgclass_stem(%(args)s, (int)xd[0], (int)xd[1], (int)wd[0], "
-                "(int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, "
-                "%(pb)s, %(pl)s, %(pr)s, %(act)s)")
+                "(int)xd[2], (int)xd[3], kh, kw, s, pt, pb, pl, pr, act)")

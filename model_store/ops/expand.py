@@ -9,8 +9,8 @@ only a depthwise op into this one.
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import ACTIVATIONS, float32_tensor, output_type
-from model_store.ops.depthwise import PlaneConvOp
+from model_store.ops.base import ACTIVATIONS, float32_tensor, int_params, output_type
+from model_store.ops.depthwise import GEOMETRY_C, PlaneConvOp
 
 
 class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
@@ -26,6 +26,7 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
                  "activation")
     _c_files = ("pointwise.c", "depthwise.c", "expand.c")
     uses_blas = True
+    params_type = int_params(*PlaneConvOp.params_type.fields, "act_e")
 
     def __init__(self, *, kernel, stride: int, padding,
                  expand_activation: str, activation: str):
@@ -36,6 +37,10 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
                              f"{sorted(ACTIVATIONS)}, got "
                              f"{expand_activation!r}")
         self.expand_activation = expand_activation
+
+    def _activation_params(self) -> dict:
+        return {"act": ACTIVATIONS[self.activation],
+                "act_e": ACTIVATIONS[self.expand_activation]}
 
     def make_node(self, x, We, be, Wd, bd):
         x = float32_tensor(x, 4, "x")
@@ -49,17 +54,16 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
 
     def c_code(self, node, name, inputs, outputs, sub):
         x, We, be, Wd, bd = inputs
-        (pt, pb), (pl, pr) = self.padding
-        kh, kw = self.kernel
         return _CODE % dict(
             x=x, We=We, be=be, Wd=Wd, bd=bd, out=outputs[0], fail=sub["fail"],
-            kh=kh, kw=kw, s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
-            act_e=ACTIVATIONS[self.expand_activation],
-            act_d=ACTIVATIONS[self.activation])
+            geometry=GEOMETRY_C % dict(params=sub["params"]),
+            params=sub["params"])
 
 
 _CODE = """
 {
+%(geometry)s
+    const int act_e = %(params)s->act_e;
     PyArrayObject* in[5] = {
         PyArray_GETCONTIGUOUS(%(x)s), PyArray_GETCONTIGUOUS(%(We)s),
         PyArray_GETCONTIGUOUS(%(be)s), PyArray_GETCONTIGUOUS(%(Wd)s),
@@ -68,26 +72,25 @@ _CODE = """
     const npy_intp* ed = PyArray_DIMS(in[1]);
     const npy_intp* dd = PyArray_DIMS(in[3]);
     const npy_intp f = ed[0];
-    const npy_intp ho = (xd[2] + %(pt)s + %(pb)s - %(kh)s) / %(s)s + 1;
-    const npy_intp wo = (xd[3] + %(pl)s + %(pr)s - %(kw)s) / %(s)s + 1;
+    const npy_intp ho = (xd[2] + pt + pb - kh) / s + 1;
+    const npy_intp wo = (xd[3] + pl + pr - kw) / s + 1;
     int bad = 0;
     if (ed[1] != xd[1] || ed[2] != 1 || ed[3] != 1
             || PyArray_DIMS(in[2])[0] != f || dd[0] != f || dd[1] != 1
-            || dd[2] != %(kh)s || dd[3] != %(kw)s
+            || dd[2] != kh || dd[3] != kw
             || PyArray_DIMS(in[4])[0] != f) {
         PyErr_Format(PyExc_ValueError,
             "ExpandDepthwiseConv2dBiasAct: x (%%ld, %%ld, %%ld, %%ld) needs "
-            "We (F, %%ld, 1, 1), be (F,), Wd (F, 1, %(kh)s, %(kw)s) and bd "
+            "We (F, %%ld, 1, 1), be (F,), Wd (F, 1, %%d, %%d) and bd "
             "(F,), got We (%%ld, %%ld, %%ld, %%ld) and Wd (%%ld, %%ld, %%ld, "
             "%%ld)", (long)xd[0], (long)xd[1], (long)xd[2], (long)xd[3],
-            (long)xd[1], (long)ed[0], (long)ed[1], (long)ed[2], (long)ed[3],
+            (long)xd[1], kh, kw, (long)ed[0], (long)ed[1], (long)ed[2], (long)ed[3],
             (long)dd[0], (long)dd[1], (long)dd[2], (long)dd[3]);
         bad = 1;
-    } else if (xd[2] + %(pt)s + %(pb)s < %(kh)s
-               || xd[3] + %(pl)s + %(pr)s < %(kw)s) {
+    } else if (xd[2] + pt + pb < kh || xd[3] + pl + pr < kw) {
         PyErr_Format(PyExc_ValueError, "ExpandDepthwiseConv2dBiasAct: a "
             "%%ldx%%ld image with this padding is smaller than the "
-            "%(kh)sx%(kw)s kernel", (long)xd[2], (long)xd[3]);
+            "%%dx%%d kernel", (long)xd[2], (long)xd[3], kh, kw);
         bad = 1;
     }
     npy_intp dims[4] = {xd[0], f, ho, wo};
@@ -100,8 +103,8 @@ _CODE = """
                 (const float*)PyArray_DATA(in[3]),
                 (const float*)PyArray_DATA(in[4]),
                 (float*)PyArray_DATA(%(out)s), (int)xd[0], (int)xd[1], (int)f,
-                (int)xd[2], (int)xd[3], %(kh)s, %(kw)s, %(s)s, %(pt)s, %(pb)s,
-                %(pl)s, %(pr)s, %(act_e)s, %(act_d)s) != 0) {
+                (int)xd[2], (int)xd[3], kh, kw, s, pt, pb, pl, pr, act_e,
+                act) != 0) {
         PyErr_NoMemory();
         bad = 1;
     }
