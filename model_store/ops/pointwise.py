@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import ACTIVATIONS, InferenceOp, float32_tensor, output_type
+from model_store.ops.base import (
+    ACTIVATIONS,
+    InferenceOp,
+    float32_tensor,
+    int_params,
+    output_type,
+)
 
 
 class PointwiseConv2dBiasAct(InferenceOp):
@@ -18,10 +24,16 @@ class PointwiseConv2dBiasAct(InferenceOp):
     __props__ = ("activation", "residual")
     _c_files = ("pointwise.c",)
     uses_blas = True
+    # Read at run time: one compiled module per residual or not, whatever
+    # the activation (see depthwise.PlaneConvOp).
+    params_type = int_params("act")
 
     def __init__(self, *, activation: str, residual: bool = False):
         super().__init__(activation)
         self.residual = bool(residual)
+
+    def get_params(self, node):
+        return self.params_type.get_params(act=ACTIVATIONS[self.activation])
 
     def make_node(self, x, W, b, *residual):
         if len(residual) != int(self.residual):
@@ -39,7 +51,7 @@ class PointwiseConv2dBiasAct(InferenceOp):
         x, W, b = inputs[:3]
         out, = outputs
         values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
-                      act=ACTIVATIONS[self.activation],
+                      act=f"{sub['params']}->act",
                       res=inputs[3] if self.residual else "NULL",
                       has_res=int(self.residual))
         return """
