@@ -45,6 +45,19 @@ def tf_same(size, k, s):
     return (total // 2, total - total // 2)
 
 
+def geometry(kernel, stride, rule, size):
+    """``(kh, kw, ((top, bottom), (left, right)))`` from a test case's
+    kernel (an int or a pair) and padding rule ("same", "valid" or the
+    padding itself) for an input of ``size``."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    if rule == "same":
+        return kh, kw, (tf_same(size[0], kh, stride),
+                        tf_same(size[1], kw, stride))
+    if rule == "valid":
+        return kh, kw, ((0, 0), (0, 0))
+    return kh, kw, rule
+
+
 def run_fast(x, w, b, *, stride, padding, groups, activation):
     xs = T.tensor4("x")
     out = fast_conv2d_bias_act(
@@ -76,14 +89,8 @@ DEPTHWISE = [
 def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
                                  batch):
     rng = np.random.RandomState(batch)
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    kh, kw, padding = geometry(kernel, stride, rule, size)
     channels = 3
-    if rule == "same":
-        padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride))
-    elif rule == "valid":
-        padding = ((0, 0), (0, 0))
-    else:
-        padding = rule
     x = rand(rng, batch, channels, *size)
     w = rand(rng, channels, 1, kh, kw)
     b = rand(rng, channels)
@@ -107,9 +114,7 @@ STEM = [
 def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
                             batch):
     rng = np.random.RandomState(batch + channels)
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride)) \
-        if rule == "same" else rule
+    kh, kw, padding = geometry(kernel, stride, rule, size)
     x = rand(rng, batch, channels, *size)
     w = rand(rng, 5, channels, kh, kw)
     b = rand(rng, 5)
@@ -188,13 +193,7 @@ def test_expansion_fused_with_depthwise_matches_numpy(
     """A 1x1 expansion that feeds only a depthwise convolution runs as one
     op, with the result of the two convolutions one after the other."""
     rng = np.random.RandomState(channels + batch)
-    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    if rule == "same":
-        padding = (tf_same(size[0], kh, stride), tf_same(size[1], kw, stride))
-    elif rule == "valid":
-        padding = ((0, 0), (0, 0))
-    else:
-        padding = rule
+    kh, kw, padding = geometry(kernel, stride, rule, size)
     x = rand(rng, batch, 5, *size)
     we, be = rand(rng, channels, 5, 1, 1) / 3, rand(rng, channels)
     wd, bd = rand(rng, channels, 1, kh, kw) / 3, rand(rng, channels)
