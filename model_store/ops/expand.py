@@ -48,10 +48,6 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
                   float32_tensor(Wd, 4, "Wd"), float32_tensor(bd, 1, "bd")]
         return theano.gof.Apply(self, inputs, [output_type(x)])
 
-    def infer_shape(self, node, shapes):
-        n, _, h, w = shapes[0]
-        return [(n, shapes[1][0], *self.output_size(h, w))]
-
     def c_code(self, node, name, inputs, outputs, sub):
         x, We, be, Wd, bd = inputs
         return _CODE % dict(
