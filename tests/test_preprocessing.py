@@ -81,6 +81,26 @@ def test_shorter_side_then_centre_crop(size):
     assert np.count_nonzero(difference) < 0.005 * difference.size
 
 
+def test_batches_come_out_c_contiguous_whatever_the_input_layout():
+    """Decoded pixels are channels-first copies, and a batch stacked from
+    transposed views still normalises to a C-ordered array with the same
+    values: the predictor then takes it without another copy."""
+    prep = _photo_prep()
+    rng = np.random.RandomState(1)
+    hwc = rng.randint(0, 256, (4, 224, 224, 3)).astype(np.uint8)
+    pixels = prep.to_pixels(Image.fromarray(hwc[0]))
+    assert pixels.flags["C_CONTIGUOUS"]
+    transposed = np.stack([image.transpose(2, 0, 1) for image in hwc])
+    assert not transposed.flags["C_CONTIGUOUS"]
+    batch = prep.normalize(transposed)
+    assert batch.flags["C_CONTIGUOUS"] and batch.dtype == np.float32
+    mean = np.asarray(prep.mean).reshape(1, 3, 1, 1)
+    std = np.asarray(prep.std).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(
+        batch, (hwc.transpose(0, 3, 1, 2) / 255.0 - mean) / std,
+        rtol=1e-5, atol=1e-6)
+
+
 def test_photo_normalisation_is_x_minus_127_over_128():
     prep = _photo_prep()
     pixels = np.array([0, 127, 255], np.uint8).reshape(1, 3, 1, 1)
