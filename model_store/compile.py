@@ -14,6 +14,7 @@ deterministic output.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 
@@ -48,6 +49,12 @@ class Predictor:
         # Images per call: large activations stream through the cache in
         # chunks (model_store/ops/running.py); digits-cnn takes one chunk.
         self._chunk = chunk
+        # A Theano function owns the storage of its inputs, intermediates
+        # and outputs: two threads calling it at once (runners run several
+        # bundles per worker process in threads) overwrite each other's.
+        # Calls take turns; the network uses every core anyway, and the
+        # fast ops release the GIL, so other threads decode meanwhile.
+        self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, K)``."""
@@ -66,7 +73,8 @@ class Predictor:
             probs = np.zeros((0, len(self.stored.class_names)), floatX)
             return (probs, np.zeros((0, self.embedding_size), floatX)) \
                 if self.embedding_size else probs
-        outputs = run_in_chunks(self._fn, batch, self._chunk)
+        with self._lock:
+            outputs = run_in_chunks(self._fn, batch, self._chunk)
         return tuple(outputs) if self.embedding_size else outputs
 
 

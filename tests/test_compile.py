@@ -118,3 +118,27 @@ def test_stored_batch_norm_model_round_trips_into_the_folded_predictor(
              if "Layer " in line}
     assert shown["res"].endswith("<- stem_act, project_bn")
     assert "<-" not in shown["stem_bn"]
+
+
+def test_one_predictor_serves_many_threads_each_its_own_answer():
+    """Runners call one worker's predictor from several threads (bundles
+    in parallel): every call returns what it returns alone, never rows of
+    another thread's batch."""
+    import concurrent.futures
+
+    from model_store.store import load_model
+
+    predictor = C.compile_predictor(load_model("digits-cnn"), cached=True)
+    rng = np.random.RandomState(3)
+    batches = [rng.rand(16, *predictor.input_shape).astype(floatX)
+               for _ in range(8)]
+    alone = [predictor(batch) for batch in batches]
+
+    def calls(i):
+        return [predictor(batches[i]) for _ in range(25)]
+
+    with concurrent.futures.ThreadPoolExecutor(len(batches)) as pool:
+        results = list(pool.map(calls, range(len(batches))))
+    for expected, got in zip(alone, results):
+        for probs in got:
+            np.testing.assert_array_equal(probs, expected)

@@ -1,5 +1,5 @@
-"""Local runners and failures: multi-processing gives the same rows; a failed
-or killed run publishes nothing."""
+"""Local runners and failures: multi-processing and multi-threading give the
+same rows; a failed or killed run publishes nothing."""
 
 import os
 
@@ -33,14 +33,19 @@ def published(output):
     return found, os.path.exists(os.path.join(output, "_SUCCESS"))
 
 
-def test_multi_processing_gives_the_same_rows(images, tmp_path):
+@pytest.mark.parametrize("mode", ["multi_processing", "multi_threading"])
+def test_parallel_local_modes_give_the_same_rows(images, tmp_path, mode):
+    """Batches of 4 so that workers (processes or threads sharing one
+    predictor) classify at the same time."""
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
     assert main(["classify", "--input", images, "--output", single]) == 0
     assert main(["classify", "--input", images, "--output", multi,
-                 "--direct_running_mode=multi_processing",
+                 "--batch-size", "4", f"--direct_running_mode={mode}",
                  "--direct_num_workers=2"]) == 0
     assert rows(multi) == rows(single)
     assert len(rows(multi)) == 60
+    assert not os.path.exists(os.path.join(multi, "errors")) or pq.read_table(
+        os.path.join(multi, "errors")).num_rows == 0
 
 
 def test_a_failing_pipeline_publishes_nothing(images, tmp_path, monkeypatch,
