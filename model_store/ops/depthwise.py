@@ -54,9 +54,16 @@ _CODE = """
     }
     npy_intp dims[4] = {xd[0], wd[0], ho, wo};
     if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
-    if (!bad && %(call)s != 0) {
-        PyErr_NoMemory();
-        bad = 1;
+    if (!bad) {
+        int failed;
+        /* Plain C on buffers only: other Python threads (decoding) run. */
+        Py_BEGIN_ALLOW_THREADS
+        failed = %(call)s;
+        Py_END_ALLOW_THREADS
+        if (failed) {
+            PyErr_NoMemory();
+            bad = 1;
+        }
     }
     Py_DECREF(xc);
     Py_DECREF(wc);

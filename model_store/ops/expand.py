@@ -91,8 +91,11 @@ _CODE = """
     }
     npy_intp dims[4] = {xd[0], f, ho, wo};
     if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
-    if (!bad && dims[0] * dims[1] * dims[2] * dims[3] > 0
-            && imgclass_expand_depthwise(
+    if (!bad && dims[0] * dims[1] * dims[2] * dims[3] > 0) {
+        int failed;
+        /* Plain C on buffers only: other Python threads (decoding) run. */
+        Py_BEGIN_ALLOW_THREADS
+        failed = imgclass_expand_depthwise(
                 (const float*)PyArray_DATA(in[0]),
                 (const float*)PyArray_DATA(in[1]),
                 (const float*)PyArray_DATA(in[2]),
@@ -100,9 +103,12 @@ _CODE = """
                 (const float*)PyArray_DATA(in[4]),
                 (float*)PyArray_DATA(%(out)s), (int)xd[0], (int)xd[1], (int)f,
                 (int)xd[2], (int)xd[3], kh, kw, s, pt, pb, pl, pr, act_e,
-                act) != 0) {
-        PyErr_NoMemory();
-        bad = 1;
+                act);
+        Py_END_ALLOW_THREADS
+        if (failed) {
+            PyErr_NoMemory();
+            bad = 1;
+        }
     }
     for (int i = 0; i < 5; ++i) Py_DECREF(in[i]);
     if (bad) { %(fail)s }

@@ -81,12 +81,15 @@ class PointwiseConv2dBiasAct(InferenceOp):
             }
             if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
             if (!bad && dims[0] * dims[1] * dims[2] * dims[3] > 0) {
+                /* Plain C on buffers only: other Python threads run. */
+                Py_BEGIN_ALLOW_THREADS
                 imgclass_pointwise(
                     (const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
                     (const float*)PyArray_DATA(bc),
                     rc ? (const float*)PyArray_DATA(rc) : NULL,
                     (float*)PyArray_DATA(%(out)s), (int)xd[0], (int)xd[1],
                     (int)(xd[2] * xd[3]), (int)wd[0], %(act)s);
+                Py_END_ALLOW_THREADS
             }
             Py_DECREF(xc);
             Py_DECREF(wc);
