@@ -1,13 +1,18 @@
 """EfficientNet-Lite0 end to end: ``imgclass classify --model
 efficientnet-lite0`` over photos, as a command (process start and compiling
-included), in process and with one worker process per core.
+included), in process, with one worker process per core and with one
+worker thread per core.
 
 The corpus: JPEGs (quality 90) whose longer side is drawn from 256 to 1024
 pixels, each a random crop of one of scikit-image's photographs resized to
 that size (cached in bench/corpus/lite0-<n>/). Every image goes through the
 model's own preprocessing: JPEG draft to no less than 256 on the shorter side,
-bicubic resize, centre crop 224. Writes bench/results/lite0_end_to_end.json
-and .md. The predictor alone is measured by bench/lite0_predictor.py.
+bicubic resize, centre crop 224. The reference is the same stored model's
+compiled predictor alone at the same batch size (32), measured in this
+process before and after the runs (the better figure counts, as does the
+faster of ``--repeat`` runs of each command). Writes
+bench/results/lite0_end_to_end.json and .md. bench/lite0_predictor.py
+compares the predictor with onnxruntime.
 
     python bench/lite0_end_to_end.py              # 2,000 photos
     python bench/lite0_end_to_end.py --count 200  # a quick figure
@@ -29,6 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import run as suite  # noqa: E402  (bench/run.py: shared runners, machine)
+
+#: Images per predictor call, in the pipeline and alone.
+BATCH = 32
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left",
           "hubble_deep_field", "immunohistochemistry", "retina"]
@@ -71,29 +79,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000,
                         help="photos in the corpus (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of each command; the fastest counts "
+                             "(default: %(default)s)")
     args = parser.parse_args()
     folder = make_corpus(args.count)
     cores = os.cpu_count() or 1
-    results = {"machine": suite.machine(), "images": args.count,
+    machine = suite.machine()
+    results = {"machine": machine, "images": args.count,
+               "repeat": args.repeat,
                "date": datetime.datetime.now(datetime.timezone.utc)
                .isoformat(timespec="seconds"), "runs": [],
                # Other processes on a shared machine slow every figure.
                "load_average_before": round(os.getloadavg()[0], 2),
                "theano_cache_entries": suite.theano_cache_entries()}
+    alone = [_predictor_alone(machine)]
     work = tempfile.mkdtemp(prefix="lite0-bench-")
     try:
         for name, extra in [
                 ("in process", []),
                 (f"{cores} worker processes",
                  ["--direct_running_mode=multi_processing",
+                  f"--direct_num_workers={cores}"]),
+                (f"{cores} worker threads",
+                 ["--direct_running_mode=multi_threading",
                   f"--direct_num_workers={cores}"])]:
             output = os.path.join(work, name.replace(" ", "-"))
             args_ = suite.classify_args(folder, output, [
-                "--model", "efficientnet-lite0", "--batch-size", "32",
-                *extra])
-            results["runs"].append(suite.run_command(name, args_, args.count))
+                "--model", "efficientnet-lite0", "--batch-size", str(BATCH),
+                # --overwrite: the repeats write to the same folder.
+                "--overwrite", *extra])
+            results["runs"].append(suite.run_command(
+                name, args_, args.count, repeat=args.repeat))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    alone.append(_predictor_alone(machine))
+    results["predictor_alone"] = max(alone,
+                                     key=lambda r: r["images_per_s"])
+    results["predictor_alone"]["all_images_per_s"] = [
+        r["images_per_s"] for r in alone]
+    for run in results["runs"]:
+        run["ratio_to_predictor"] = round(
+            run["images_per_s"] / results["predictor_alone"]["images_per_s"],
+            2)
     os.makedirs(suite.RESULTS, exist_ok=True)
     base = os.path.join(suite.RESULTS, "lite0_end_to_end")
     with open(base + ".json", "w") as handle:
@@ -101,6 +129,17 @@ def main() -> None:
     with open(base + ".md", "w") as handle:
         handle.write(markdown(results))
     print(markdown(results))
+
+
+def _predictor_alone(machine: dict) -> dict:
+    """Lite0's compiled predictor alone at batch ``BATCH``: as many calls
+    as the corpus has batches, the best of 3 rounds."""
+    figure = suite.predictor_alone(machine["peak_gflops"], batch=BATCH,
+                                   repeats=8, rounds=3,
+                                   model="efficientnet-lite0")
+    print(f"  predictor alone, batch {BATCH}: {figure['images_per_s']} "
+          f"img/s", flush=True)
+    return figure
 
 
 def markdown(results: dict) -> str:
@@ -111,11 +150,19 @@ def markdown(results: dict) -> str:
              f"average {results['load_average_before']} before the runs, "
              f"{results['theano_cache_entries']} modules in the Theano "
              f"cache.", "",
-             "| run | seconds | images/s | peak RSS |",
-             "| --- | ---: | ---: | ---: |"]
+             "| run | seconds | images/s | / predictor alone | peak RSS |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     for run in results["runs"]:
         lines.append(f"| {run['name']} | {run['seconds']} | "
-                     f"{run['images_per_s']} | {run['peak_rss_mb']} MB |")
+                     f"{run['images_per_s']} | {run['ratio_to_predictor']}x "
+                     f"| {run['peak_rss_mb']} MB |")
+    alone = results["predictor_alone"]
+    lines += ["", f"Predictor alone (the same stored model, batch "
+                  f"{alone['batch']}, in this process before and after the "
+                  f"runs): {alone['images_per_s']} images/s (of "
+                  f"{alone['all_images_per_s']}), {alone['gflops']} "
+                  f"GFLOP/s. Each command ran {results['repeat']} times; "
+                  f"the fastest counts."]
     return "\n".join(lines) + "\n"
 
 

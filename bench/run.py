@@ -205,13 +205,15 @@ def plain_loop(folder: str, limit: int, rounds: int = 3) -> dict:
 
 
 def predictor_alone(peak_gflops: float, batch: int = 256,
-                    repeats: int = 10, rounds: int = 5) -> dict:
-    """The compiled predictor on one batch; the best of ``rounds`` rounds of
-    ``repeats`` calls, as this shared machine's speed varies run to run."""
+                    repeats: int = 10, rounds: int = 5,
+                    model: str = "digits-cnn") -> dict:
+    """The compiled predictor of a shipped ``model`` on one batch; the best
+    of ``rounds`` rounds of ``repeats`` calls, as this shared machine's
+    speed varies run to run."""
     from model_store.compile import compile_predictor
     from model_store.store import load_model
 
-    predictor = compile_predictor(load_model("digits-cnn"))
+    predictor = compile_predictor(load_model(model), cached=True)
     x = np.random.RandomState(0).rand(batch, *predictor.input_shape).astype(
         np.float32)
     predictor(x)
