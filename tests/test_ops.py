@@ -101,23 +101,30 @@ def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-# (input channels, kernel, stride, padding rule, activation, input H x W)
+# (input channels, kernel, stride, padding rule, activation, input H x W).
+# Outputs wider than 8 with a 3x3 or 5x5 kernel take the kernel that
+# computes 4 filters at once (its last 16-column tile partly outside the
+# row: widths 11, 23, 19, 33); the others go filter by filter. 9 filters:
+# two blocks of 4 and one left over.
 STEM = [
     (3, 3, 2, "same", "relu6", (7, 9)),
     (2, 5, 1, "same", "relu", (6, 11)),
     (4, (2, 3), 2, ((0, 1), (2, 0)), "identity", (9, 8)),
+    (3, 3, 2, "same", "relu6", (37, 45)),
+    (3, 5, 2, "valid", "identity", (30, 41)),
+    (2, 3, 1, "same", "relu", (20, 33)),
 ]
 
 
 @pytest.mark.parametrize("channels,kernel,stride,rule,activation,size", STEM)
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 3, 64])
 def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
                             batch):
     rng = np.random.RandomState(batch + channels)
     kh, kw, padding = geometry(kernel, stride, rule, size)
     x = rand(rng, batch, channels, *size)
-    w = rand(rng, 5, channels, kh, kw)
-    b = rand(rng, 5)
+    w = rand(rng, 9, channels, kh, kw)
+    b = rand(rng, 9)
     got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
                    activation=activation)
     want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)
