@@ -29,7 +29,8 @@ class Predictor:
     """A compiled network: ``float32 (N, C, H, W)`` -> probabilities ``(N, K)``.
 
     Compile once (it takes seconds) and call it for every batch; any batch
-    size works. Build it with :func:`compile_predictor`.
+    size works; calls from several threads take turns. Build it with
+    :func:`compile_predictor`.
 
     Attributes:
         stored: the stored model (``StoredModel``) it was compiled from.
