@@ -227,6 +227,72 @@ static void imgclass_stem_filters(const float* buf, long plane, int c,
     }
 }
 
+/* Fills buf with the c planes of image img. */
+static inline void imgclass_stem_fill(const float* x, int img, int c, int h,
+                                      int wd, int pt, int pl, int s,
+                                      const imgclass_plane_geo* g,
+                                      float* buf) {
+    for (int ci = 0; ci < c; ++ci)
+        imgclass_dw_fill(x + ((long)img * c + ci) * h * wd, h, wd, pt, pl, s,
+                         g->pw, buf + ci * (long)g->floats);
+}
+
+/* At least one image per thread: an image per task, each thread filling
+ * its own buffer. 0, or -1 if a thread could not allocate its buffer. */
+static int imgclass_stem_by_image(const float* x, const float* w,
+                                  const float* b, float* out, int n, int c,
+                                  int f, int h, int wd, int kh, int kw, int s,
+                                  int pt, int pl, int act,
+                                  const imgclass_plane_geo* g) {
+    const long area = (long)g->ho * g->wo;
+    const int fb = IMGCLASS_STEM_FB, blocks = (f + fb - 1) / fb;
+    int failed = 0;
+#pragma omp parallel
+    {
+        float* buf = (float*)calloc((size_t)c * g->floats, sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int img = 0; img < n; ++img) {
+            if (!buf) continue;
+            imgclass_stem_fill(x, img, c, h, wd, pt, pl, s, g, buf);
+            for (int bi = 0; bi < blocks; ++bi)
+                imgclass_stem_filters(buf, (long)g->floats, c, w, b,
+                                      out + (long)img * f * area, g, kh, kw,
+                                      s, act, bi * fb,
+                                      f - bi * fb < fb ? f - bi * fb : fb);
+        }
+        free(buf);
+    }
+    return failed ? -1 : 0;
+}
+
+/* Fewer images than threads: one buffer per image, its filter blocks in
+ * parallel. 0, or -1 if the buffer could not be allocated. */
+static int imgclass_stem_by_filters(const float* x, const float* w,
+                                    const float* b, float* out, int n, int c,
+                                    int f, int h, int wd, int kh, int kw,
+                                    int s, int pt, int pl, int act,
+                                    const imgclass_plane_geo* g) {
+    const long area = (long)g->ho * g->wo;
+    const int fb = IMGCLASS_STEM_FB, blocks = (f + fb - 1) / fb;
+    float* buf = (float*)calloc((size_t)c * g->floats, sizeof(float));
+    if (!buf) return -1;
+    for (int img = 0; img < n; ++img) {
+        imgclass_stem_fill(x, img, c, h, wd, pt, pl, s, g, buf);
+#pragma omp parallel for schedule(static)
+        for (int bi = 0; bi < blocks; ++bi)
+            imgclass_stem_filters(buf, (long)g->floats, c, w, b,
+                                  out + (long)img * f * area, g, kh, kw, s,
+                                  act, bi * fb,
+                                  f - bi * fb < fb ? f - bi * fb : fb);
+    }
+    free(buf);
+    return 0;
+}
+
 /* Returns 0, or -1 if a buffer could not be allocated. */
 static int imgclass_stem(const float* x, const float* w, const float* b,
                          float* out, int n, int c, int f, int h, int wd,
@@ -234,48 +300,9 @@ static int imgclass_stem(const float* x, const float* w, const float* b,
                          int pr, int act) {
     const imgclass_plane_geo g = imgclass_plane_geometry(h, wd, kh, kw, s,
                                                          pt, pb, pl, pr);
-    const long plane = (long)g.floats, area = (long)g.ho * g.wo;
-    const int fb = IMGCLASS_STEM_FB, blocks = (f + fb - 1) / fb;
-    int failed = 0;
-    if (n >= IMGCLASS_MAX_THREADS()) {
-        /* An image per task: each thread fills its own buffer. */
-#pragma omp parallel
-        {
-            float* buf = (float*)calloc((size_t)c * g.floats, sizeof(float));
-            if (!buf) {
-#pragma omp atomic write
-                failed = 1;
-            }
-#pragma omp for schedule(static)
-            for (int img = 0; img < n; ++img) {
-                if (!buf) continue;
-                for (int ci = 0; ci < c; ++ci)
-                    imgclass_dw_fill(x + ((long)img * c + ci) * h * wd, h, wd,
-                                     pt, pl, s, g.pw, buf + ci * plane);
-                for (int bi = 0; bi < blocks; ++bi)
-                    imgclass_stem_filters(
-                        buf, plane, c, w, b, out + (long)img * f * area, &g,
-                        kh, kw, s, act, bi * fb,
-                        f - bi * fb < fb ? f - bi * fb : fb);
-            }
-            free(buf);
-        }
-        return failed ? -1 : 0;
-    }
-    /* Fewer images than threads: one buffer, the filter blocks in parallel. */
-    float* buf = (float*)calloc((size_t)c * g.floats, sizeof(float));
-    if (!buf) return -1;
-    for (int img = 0; img < n; ++img) {
-        for (int ci = 0; ci < c; ++ci)
-            imgclass_dw_fill(x + ((long)img * c + ci) * h * wd, h, wd, pt, pl,
-                             s, g.pw, buf + ci * plane);
-#pragma omp parallel for schedule(static)
-        for (int bi = 0; bi < blocks; ++bi)
-            imgclass_stem_filters(buf, plane, c, w, b,
-                                  out + (long)img * f * area, &g, kh, kw, s,
-                                  act, bi * fb,
-                                  f - bi * fb < fb ? f - bi * fb : fb);
-    }
-    free(buf);
-    return 0;
+    if (n >= IMGCLASS_MAX_THREADS())
+        return imgclass_stem_by_image(x, w, b, out, n, c, f, h, wd, kh, kw,
+                                      s, pt, pl, act, &g);
+    return imgclass_stem_by_filters(x, w, b, out, n, c, f, h, wd, kh, kw, s,
+                                    pt, pl, act, &g);
 }
