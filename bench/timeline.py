@@ -47,7 +47,8 @@ def report(spans: list) -> str:
         lines.append(f"{label:14s} {len(mine):4d} calls, total "
                      f"{sum(lengths):6.2f} s, median "
                      f"{1000 * statistics.median(lengths):6.1f} ms, first "
-                     f"at {mine[0][0]:.2f} s")
+                     f"at {mine[0][0]:.2f} s, last done at {mine[-1][1]:.2f} "
+                     f"s")
     decoded = [b for kind, _, b in spans if kind == "decode"]
     network = [a for kind, a, _ in spans if kind == "network"]
     gaps = [start - max(d for d in decoded if d <= start)
