@@ -25,6 +25,16 @@ static inline imgclass_v8 imgclass_load8(const float* p) {
     return v;
 }
 
+/* Stores v at row[col..col+8), clipped at the row's width wo (the last
+ * tile of a row may reach past it). */
+static inline void imgclass_store8(float* row, int col, int wo,
+                                   imgclass_v8 v) {
+    if (col + 8 <= wo)
+        memcpy(row + col, &v, sizeof v);
+    else if (col < wo)
+        memcpy(row + col, &v, sizeof(float) * (wo - col));
+}
+
 template <int ACT>
 static inline imgclass_v8 imgclass_act8(imgclass_v8 v) {
     const imgclass_v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -64,15 +74,9 @@ static void imgclass_dw_plane(const float* __restrict buf, int pw,
             }
             for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
                 float* orow = out + (long)(oy0 + r) * wo;
-                for (int v = 0; v < BW; ++v) {
-                    const int col = ox0 + 8 * v;
-                    const imgclass_v8 y = imgclass_act8<ACT>(acc[r][v]);
-                    if (col + 8 <= wo) {
-                        memcpy(orow + col, &y, sizeof y);
-                    } else if (col < wo) {
-                        memcpy(orow + col, &y, sizeof(float) * (wo - col));
-                    }
-                }
+                for (int v = 0; v < BW; ++v)
+                    imgclass_store8(orow, ox0 + 8 * v, wo,
+                                    imgclass_act8<ACT>(acc[r][v]));
             }
         }
     }

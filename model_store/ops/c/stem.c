@@ -47,14 +47,9 @@ static void imgclass_stem_plane(const float* __restrict buf, long plane,
             }
             for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
                 float* orow = out + (long)(oy0 + r) * wo;
-                for (int v = 0; v < BW; ++v) {
-                    const int col = ox0 + 8 * v;
-                    const imgclass_v8 y = imgclass_act8<ACT>(acc[r][v]);
-                    if (col + 8 <= wo)
-                        memcpy(orow + col, &y, sizeof y);
-                    else if (col < wo)
-                        memcpy(orow + col, &y, sizeof(float) * (wo - col));
-                }
+                for (int v = 0; v < BW; ++v)
+                    imgclass_store8(orow, ox0 + 8 * v, wo,
+                                    imgclass_act8<ACT>(acc[r][v]));
             }
         }
     }
@@ -157,14 +152,9 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
             }
             for (int f = 0; f < FB; ++f) {
                 float* orow = out + (long)f * ho * wo + (long)oy * wo;
-                for (int v = 0; v < 2; ++v) {
-                    const int col = ox0 + 8 * v;
-                    const imgclass_v8 y = imgclass_act8<ACT>(acc[f][v]);
-                    if (col + 8 <= wo)
-                        memcpy(orow + col, &y, sizeof y);
-                    else if (col < wo)
-                        memcpy(orow + col, &y, sizeof(float) * (wo - col));
-                }
+                for (int v = 0; v < 2; ++v)
+                    imgclass_store8(orow, ox0 + 8 * v, wo,
+                                    imgclass_act8<ACT>(acc[f][v]));
             }
         }
     }
