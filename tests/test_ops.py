@@ -162,19 +162,26 @@ def test_residual_add_is_fused_into_pointwise_and_matches_numpy():
 
 
 # (depthwise kernel, stride, padding rule, activations, input H x W, batch,
-# expanded channels)
+# input channels, expanded channels)
 EXPAND_DEPTHWISE = [
-    (3, 1, "same", ("relu6", "relu6"), (7, 9), 1, 12),
-    (3, 2, "same", ("relu", "relu6"), (8, 10), 64, 6),
-    (5, 2, "same", ("relu6", "identity"), (9, 12), 1, 20),
-    (5, 1, "valid", ("identity", "relu"), (7, 9), 3, 9),
-    (3, 1, ((2, 0), (0, 1)), ("relu6", "relu6"), (5, 6), 2, 16),
-    ((2, 4), 3, ((1, 0), (3, 2)), ("relu", "relu"), (8, 11), 2, 10),
+    (3, 1, "same", ("relu6", "relu6"), (7, 9), 1, 5, 12),
+    (3, 2, "same", ("relu", "relu6"), (8, 10), 64, 5, 6),
+    (5, 2, "same", ("relu6", "identity"), (9, 12), 1, 5, 20),
+    (5, 1, "valid", ("identity", "relu"), (7, 9), 3, 5, 9),
+    (3, 1, ((2, 0), (0, 1)), ("relu6", "relu6"), (5, 6), 2, 5, 16),
+    ((2, 4), 3, ((1, 0), (3, 2)), ("relu", "relu"), (8, 11), 2, 5, 10),
     # several blocks of channels per image, the last one partial: 70
     # channels in 2 blocks when 2 threads share one image; 24 channels of
     # 112 x 113 in blocks of 16
-    (3, 2, "same", ("relu6", "relu6"), (40, 41), 1, 70),
-    (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 24),
+    (3, 2, "same", ("relu6", "relu6"), (40, 41), 1, 5, 70),
+    (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 5, 24),
+    # the direct expansion's column tiles: full tiles, single vectors and a
+    # last partial vector (420 pixels), only a partial vector (15), at its
+    # largest number of inputs (128); above it, sgemm (130)
+    (3, 2, "same", ("relu6", "relu6"), (20, 21), 2, 16, 22),
+    (3, 1, "same", ("identity", "relu6"), (3, 5), 1, 24, 7),
+    (5, 1, "same", ("relu6", "identity"), (6, 7), 3, 128, 9),
+    (3, 1, "same", ("relu6", "relu6"), (7, 9), 2, 130, 12),
 ]
 
 
@@ -194,15 +201,17 @@ def run_expand_depthwise(x, we, be, wd, bd, *, stride, padding, activations):
 
 
 @pytest.mark.parametrize(
-    "kernel,stride,rule,activations,size,batch,channels", EXPAND_DEPTHWISE)
+    "kernel,stride,rule,activations,size,batch,inputs,channels",
+    EXPAND_DEPTHWISE)
 def test_expansion_fused_with_depthwise_matches_numpy(
-        kernel, stride, rule, activations, size, batch, channels):
+        kernel, stride, rule, activations, size, batch, inputs, channels):
     """A 1x1 expansion that feeds only a depthwise convolution runs as one
     op, with the result of the two convolutions one after the other."""
     rng = np.random.RandomState(channels + batch)
     kh, kw, padding = geometry(kernel, stride, rule, size)
-    x = rand(rng, batch, 5, *size)
-    we, be = rand(rng, channels, 5, 1, 1) / 3, rand(rng, channels)
+    x = rand(rng, batch, inputs, *size)
+    we = rand(rng, channels, inputs, 1, 1) / (3 * np.sqrt(inputs / 5))
+    be = rand(rng, channels)
     wd, bd = rand(rng, channels, 1, kh, kw) / 3, rand(rng, channels)
     got, ops = run_expand_depthwise(x, we, be, wd, bd, stride=stride,
                                     padding=padding, activations=activations)

@@ -19,26 +19,40 @@
 
 typedef float imgclass_v8 __attribute__((vector_size(32)));
 
-static inline imgclass_v8 imgclass_load8(const float* p) {
-    imgclass_v8 v;
+/* The widest vector -march=native offers: 16 floats with AVX-512, else 8. */
+#ifdef __AVX512F__
+#define IMGCLASS_VW 16
+#else
+#define IMGCLASS_VW 8
+#endif
+typedef float imgclass_vw __attribute__((vector_size(IMGCLASS_VW * 4)));
+
+template <typename V>
+static inline V imgclass_load(const float* p) {
+    V v;
     memcpy(&v, p, sizeof v);
     return v;
 }
 
-/* Stores v at row[col..col+8), clipped at the row's width wo (the last
+static inline imgclass_v8 imgclass_load8(const float* p) {
+    return imgclass_load<imgclass_v8>(p);
+}
+
+/* Stores v at row[col..col+lanes), clipped at the row's width wo (the last
  * tile of a row may reach past it). */
-static inline void imgclass_store8(float* row, int col, int wo,
-                                   imgclass_v8 v) {
-    if (col + 8 <= wo)
+template <typename V>
+static inline void imgclass_store(float* row, int col, int wo, V v) {
+    const int lanes = (int)(sizeof v / sizeof(float));
+    if (col + lanes <= wo)
         memcpy(row + col, &v, sizeof v);
     else if (col < wo)
         memcpy(row + col, &v, sizeof(float) * (wo - col));
 }
 
-template <int ACT>
-static inline imgclass_v8 imgclass_act8(imgclass_v8 v) {
-    const imgclass_v8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
-    const imgclass_v8 six = {6, 6, 6, 6, 6, 6, 6, 6};
+template <int ACT, typename V>
+static inline V imgclass_actv(V v) {
+    const V zero = {};
+    const V six = zero + 6.f;
     if (ACT != IMGCLASS_ACT_IDENTITY) v = v > zero ? v : zero;
     if (ACT == IMGCLASS_ACT_RELU6) v = v < six ? v : six;
     return v;
@@ -75,8 +89,8 @@ static void imgclass_dw_plane(const float* __restrict buf, int pw,
             for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
-                    imgclass_store8(orow, ox0 + 8 * v, wo,
-                                    imgclass_act8<ACT>(acc[r][v]));
+                    imgclass_store(orow, ox0 + 8 * v, wo,
+                                    imgclass_actv<ACT>(acc[r][v]));
             }
         }
     }

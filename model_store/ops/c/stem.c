@@ -48,8 +48,8 @@ static void imgclass_stem_plane(const float* __restrict buf, long plane,
             for (int r = 0; r < IMGCLASS_DW_ROWS && oy0 + r < ho; ++r) {
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
-                    imgclass_store8(orow, ox0 + 8 * v, wo,
-                                    imgclass_act8<ACT>(acc[r][v]));
+                    imgclass_store(orow, ox0 + 8 * v, wo,
+                                    imgclass_actv<ACT>(acc[r][v]));
             }
         }
     }
@@ -153,8 +153,8 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
             for (int f = 0; f < FB; ++f) {
                 float* orow = out + (long)f * ho * wo + (long)oy * wo;
                 for (int v = 0; v < 2; ++v)
-                    imgclass_store8(orow, ox0 + 8 * v, wo,
-                                    imgclass_act8<ACT>(acc[f][v]));
+                    imgclass_store(orow, ox0 + 8 * v, wo,
+                                    imgclass_actv<ACT>(acc[f][v]));
             }
         }
     }
