@@ -132,27 +132,37 @@ def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+# (batch, input H x W, input channels, output channels): C up to 128 runs
+# the direct kernel (40 x 41 with 100 outputs: in 3 tiles of columns), more
+# runs sgemm
+POINTWISE = [(1, (7, 9), 6, 10), (4, (3, 5), 6, 10), (2, (40, 41), 6, 10),
+             (2, (40, 41), 20, 100), (1, (7, 9), 130, 10)]
+
+
 @pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
-@pytest.mark.parametrize("batch,size", [(1, (7, 9)), (4, (3, 5)),
-                                        (2, (40, 41))])
-def test_pointwise_matches_numpy(activation, batch, size):
+@pytest.mark.parametrize("batch,size,inputs,outputs", POINTWISE)
+def test_pointwise_matches_numpy(activation, batch, size, inputs, outputs):
     rng = np.random.RandomState(len(activation))
-    x = rand(rng, batch, 6, *size)
-    w = rand(rng, 10, 6, 1, 1) / 3
-    b = rand(rng, 10)
+    x = rand(rng, batch, inputs, *size)
+    w = rand(rng, outputs, inputs, 1, 1) / (3 * np.sqrt(inputs / 6))
+    b = rand(rng, outputs)
     got = run_fast(x, w, b, stride=1, padding=((0, 0), (0, 0)), groups=1,
                    activation=activation)
     want = numpy_grouped_conv(x, w, b, 1, ((0, 0), (0, 0)), 1, activation)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_residual_add_is_fused_into_pointwise_and_matches_numpy():
+@pytest.mark.parametrize("batch,size,inputs,outputs", POINTWISE[2:])
+def test_residual_add_is_fused_into_pointwise_and_matches_numpy(
+        batch, size, inputs, outputs):
     rng = np.random.RandomState(3)
-    x, r = rand(rng, 3, 6, 5, 7), rand(rng, 3, 8, 5, 7)
-    w, b = rand(rng, 8, 6, 1, 1), rand(rng, 8)
+    x = rand(rng, batch, inputs, *size)
+    r = rand(rng, batch, outputs, *size)
+    w = rand(rng, outputs, inputs, 1, 1) / np.sqrt(inputs / 6)
+    b = rand(rng, outputs)
     xs, rs = T.tensor4("x"), T.tensor4("r")
     out = fast_conv2d_bias_act(
-        xs, shared(w), shared(b), input_shape=(6, 5, 7), stride=1,
+        xs, shared(w), shared(b), input_shape=(inputs, *size), stride=1,
         padding=((0, 0), (0, 0)), groups=1, activation="relu6") + rs
     fn = function([xs, rs], out)
     ops = [node.op for node in fn.maker.fgraph.toposort()]

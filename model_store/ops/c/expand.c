@@ -5,12 +5,12 @@
  *
  * Work is split into tasks of (image, block of F channels). A task computes
  * its block of expanded planes into a per-thread buffer sized for L2, with
- * bias and activation in the same pass: directly, in register tiles, for up
- * to IMGCLASS_EX_DIRECT_MAX_C input channels, else with one sgemm and
- * pointwise.c's epilogue. It then runs depthwise.c's plane kernel on each
- * of them. The expanded tensor, the
- * largest in the block (Lite0's first one is 96 x 112 x 112, 4.8 MB per
- * image), is never written to memory as a whole nor read back. */
+ * bias and activation in the same pass (pointwise.c: directly in register
+ * tiles for up to IMGCLASS_PW_DIRECT_MAX_C input channels, else one sgemm
+ * and the epilogue), then runs depthwise.c's plane kernel on each of them.
+ * The expanded tensor, the largest in the block (Lite0's first one is
+ * 96 x 112 x 112, 4.8 MB per image), is never written to memory as a whole
+ * nor read back. */
 
 /* Expanded floats per task: the block of channels a thread keeps in cache. */
 #ifndef IMGCLASS_EX_BLOCK_FLOATS
@@ -30,87 +30,6 @@ static int imgclass_ex_block(int n, int f, int hw) {
         if (even < fb) fb = even;
     }
     return fb > f ? f : fb;
-}
-
-/* Input channels up to which the expansion is computed directly rather than
- * with sgemm. For small C OpenBLAS spends about as long packing each tile as
- * multiplying it: on Lite0's blocks (C = 16 to 112) the direct kernel takes
- * 9-28% less time, at C = 192 the same (bench/README.md). */
-#define IMGCLASS_EX_DIRECT_MAX_C 128
-
-/* FB expanded channels x PV vectors of columns, held in registers over all C
- * inputs (FB * PV accumulators; each input row loaded once for the FB
- * channels), then bias, activation and a store clipped at hw. */
-template <int FB, int PV, int ACT>
-static inline void imgclass_ex_tile(const float* __restrict x, long ldx,
-                                    int c, const float* __restrict we,
-                                    const float* __restrict be,
-                                    float* __restrict e, int hw, int col) {
-    imgclass_vw acc[FB][PV];
-    for (int j = 0; j < FB; ++j)
-        for (int v = 0; v < PV; ++v)
-            acc[j][v] = (imgclass_vw){} + be[j];
-    for (int ci = 0; ci < c; ++ci) {
-        const float* xr = x + ci * ldx;
-        imgclass_vw xv[PV];
-        for (int v = 0; v < PV; ++v)
-            xv[v] = imgclass_load<imgclass_vw>(xr + IMGCLASS_VW * v);
-#pragma GCC unroll 4
-        for (int j = 0; j < FB; ++j) {
-            const float wv = we[j * c + ci];
-            for (int v = 0; v < PV; ++v) acc[j][v] += wv * xv[v];
-        }
-    }
-    for (int j = 0; j < FB; ++j)
-        for (int v = 0; v < PV; ++v)
-            imgclass_store(e + (long)j * hw, col + IMGCLASS_VW * v, hw,
-                           imgclass_actv<ACT>(acc[j][v]));
-}
-
-/* All nb expanded channels of the columns [col, col + PV vectors). */
-template <int PV, int ACT>
-static inline void imgclass_ex_columns(const float* x, long ldx, int c,
-                                       const float* we, const float* be,
-                                       int nb, float* e, int hw, int col) {
-    int j = 0;
-    for (; j + 4 <= nb; j += 4)
-        imgclass_ex_tile<4, PV, ACT>(x, ldx, c, we + (long)j * c, be + j,
-                                     e + (long)j * hw, hw, col);
-    for (; j < nb; ++j)
-        imgclass_ex_tile<1, PV, ACT>(x, ldx, c, we + (long)j * c, be + j,
-                                     e + (long)j * hw, hw, col);
-}
-
-/* e (nb x hw) = act(We (nb x C) @ x (C x hw) + be), for C up to
- * IMGCLASS_EX_DIRECT_MAX_C: tiles of 3 vectors of columns, then single
- * vectors, then the last partial vector from a zero-padded copy (so no load
- * reaches past x). */
-template <int ACT>
-static void imgclass_ex_direct(const float* __restrict x, int c, int hw,
-                               const float* __restrict we,
-                               const float* __restrict be, int nb,
-                               float* __restrict e) {
-    int col = 0;
-    for (; col + 3 * IMGCLASS_VW <= hw; col += 3 * IMGCLASS_VW)
-        imgclass_ex_columns<3, ACT>(x + col, hw, c, we, be, nb, e, hw, col);
-    for (; col + IMGCLASS_VW <= hw; col += IMGCLASS_VW)
-        imgclass_ex_columns<1, ACT>(x + col, hw, c, we, be, nb, e, hw, col);
-    if (col < hw) {
-        float tail[IMGCLASS_EX_DIRECT_MAX_C * IMGCLASS_VW] = {0};
-        for (int ci = 0; ci < c; ++ci)
-            memcpy(tail + ci * IMGCLASS_VW, x + (long)ci * hw + col,
-                   sizeof(float) * (hw - col));
-        imgclass_ex_columns<1, ACT>(tail, IMGCLASS_VW, c, we, be, nb, e, hw,
-                                    col);
-    }
-}
-
-static void imgclass_ex_direct_any(const float* x, int c, int hw,
-                                   const float* we, const float* be, int nb,
-                                   float* e, int act) {
-    if (act == IMGCLASS_ACT_RELU6) imgclass_ex_direct<IMGCLASS_ACT_RELU6>(x, c, hw, we, be, nb, e);
-    else if (act == IMGCLASS_ACT_RELU) imgclass_ex_direct<IMGCLASS_ACT_RELU>(x, c, hw, we, be, nb, e);
-    else imgclass_ex_direct<IMGCLASS_ACT_IDENTITY>(x, c, hw, we, be, nb, e);
 }
 
 /* Returns 0, or -1 if a thread could not allocate its buffers. */
@@ -145,9 +64,9 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
             const int f0 = (int)(t % blocks) * fb;
             int nb = f - f0 < fb ? f - f0 : fb;
             const float* xi = x + (long)img * c * hw;
-            if (c <= IMGCLASS_EX_DIRECT_MAX_C) {
-                imgclass_ex_direct_any(xi, c, hw, we + (long)f0 * c, be + f0,
-                                       nb, expanded, act_e);
+            if (c <= IMGCLASS_PW_DIRECT_MAX_C) {
+                imgclass_pw_direct_any(xi, hw, c, hw, we + (long)f0 * c,
+                                       be + f0, NULL, nb, expanded, hw, act_e);
             } else {
                 int cc = c, ldw = c;
                 /* Row-major e (nb x hw) = We[f0:f0+nb] (nb x C) @ x (C x hw):
