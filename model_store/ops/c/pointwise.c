@@ -117,7 +117,8 @@ static void imgclass_pw_direct(const float* __restrict x, long ldx, int c,
         imgclass_pw_columns<1, ACT, RES>(x + col, ldx, c, w, b, res, nb, out,
                                          ld, m, col);
     if (col < m) {
-        float tail[IMGCLASS_PW_DIRECT_MAX_C * IMGCLASS_VW] = {};
+        float tail[IMGCLASS_PW_DIRECT_MAX_C * IMGCLASS_VW];
+        memset(tail, 0, sizeof(float) * c * IMGCLASS_VW);
         for (int ci = 0; ci < c; ++ci)
             memcpy(tail + ci * IMGCLASS_VW, x + ci * ldx + col,
                    sizeof(float) * (m - col));
