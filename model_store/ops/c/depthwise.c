@@ -87,9 +87,11 @@ static void imgclass_dw_fill(const float* __restrict x, int h, int w,
     for (int y = 0; y < h; ++y) {
         float* dst = buf + (long)(y + pt) * s * pw;
         const float* src = x + (long)y * w;
-        if (s == 1) {  /* rows are short: an inline loop, not a memcpy call */
+        if (s == 1) {  /* rows are short: vectors, not a memcpy call */
             float* d = dst + pl;
-            for (int ix = 0; ix < w; ++ix) d[ix] = src[ix];
+            for (int ix = 0; ix < w; ix += 8)
+                imgclass_store(d, ix, w,
+                               imgclass_load_clipped<imgclass_v8>(src, ix, w));
             continue;
         }
         for (int p = 0; p < s; ++p) {

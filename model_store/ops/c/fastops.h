@@ -43,24 +43,59 @@ static inline imgclass_v8 imgclass_load8(const float* p) {
     return imgclass_load<imgclass_v8>(p);
 }
 
+/* Partial vectors (the last tile of a short row: planes of 7 or 14
+ * columns end every row with one) move with AVX-512 masked loads and stores
+ * where there are some; a memcpy of a variable length would be a libc call
+ * per row. */
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define IMGCLASS_MASKED 1
+#else
+#define IMGCLASS_MASKED 0
+#endif
+
 /* Stores v at row[col..col+lanes), clipped at the row's width wo (the last
  * tile of a row may reach past it). */
 template <typename V>
 static inline void imgclass_store(float* row, int col, int wo, V v) {
     const int lanes = (int)(sizeof v / sizeof(float));
-    if (col + lanes <= wo)
+    if (col + lanes <= wo) {
         memcpy(row + col, &v, sizeof v);
-    else if (col < wo)
-        memcpy(row + col, &v, sizeof(float) * (wo - col));
+        return;
+    }
+    if (col >= wo) return;
+    const unsigned keep = (1u << (wo - col)) - 1;
+#if IMGCLASS_MASKED
+    if constexpr (sizeof v == 64) {
+        _mm512_mask_storeu_ps(row + col, (__mmask16)keep, (__m512)v);
+        return;
+    } else if constexpr (sizeof v == 32) {
+        _mm256_mask_storeu_ps(row + col, (__mmask8)keep, (__m256)v);
+        return;
+    }
+#endif
+    (void)keep;
+    memcpy(row + col, &v, sizeof(float) * (wo - col));
 }
 
-/* Loads row[col..col+lanes), the lanes at or past wo as zeros. */
+/* Loads row[col..col+lanes), the lanes at or past wo as zeros (never
+ * reading past row[wo - 1]). */
 template <typename V>
 static inline V imgclass_load_clipped(const float* row, int col, int wo) {
     const int lanes = (int)(sizeof(V) / sizeof(float));
     if (col + lanes <= wo) return imgclass_load<V>(row + col);
     V v = {};
-    if (col < wo) memcpy(&v, row + col, sizeof(float) * (wo - col));
+    if (col >= wo) return v;
+    const unsigned keep = (1u << (wo - col)) - 1;
+#if IMGCLASS_MASKED
+    if constexpr (sizeof v == 64) {
+        return (V)_mm512_maskz_loadu_ps((__mmask16)keep, row + col);
+    } else if constexpr (sizeof v == 32) {
+        return (V)_mm256_maskz_loadu_ps((__mmask8)keep, row + col);
+    }
+#endif
+    (void)keep;
+    memcpy(&v, row + col, sizeof(float) * (wo - col));
     return v;
 }
 
