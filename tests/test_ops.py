@@ -134,9 +134,11 @@ def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
 
 # (batch, input H x W, input channels, output channels): C up to 128 runs
 # the direct kernel (40 x 41 with 100 outputs: in 3 tiles of columns), more
-# runs sgemm
+# runs sgemm, per image or, for several images of up to 64 pixels, over the
+# images' columns side by side
 POINTWISE = [(1, (7, 9), 6, 10), (4, (3, 5), 6, 10), (2, (40, 41), 6, 10),
-             (2, (40, 41), 20, 100), (1, (7, 9), 130, 10)]
+             (2, (40, 41), 20, 100), (1, (7, 9), 130, 10),
+             (3, (5, 7), 130, 10)]
 
 
 @pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
