@@ -81,6 +81,10 @@ DEPTHWISE = [
     (5, 1, "valid", "relu6", (7, 9)),
     (3, 1, ((2, 0), (0, 1)), "identity", (5, 6)),
     ((2, 4), 3, ((1, 0), (3, 2)), "relu", (8, 11)),  # generic kernel/stride
+    # tiles of 8 rows for rows wider than 32 columns (AVX-512), 4 up to 32
+    (3, 1, "same", "relu6", (21, 33)),
+    (5, 2, "same", "relu", (70, 75)),
+    (5, 1, "same", "relu6", (13, 32)),
 ]
 
 
