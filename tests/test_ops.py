@@ -193,11 +193,16 @@ EXPAND_DEPTHWISE = [
     (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 5, 24),
     # the direct expansion's column tiles: full tiles, single vectors and a
     # last partial vector (420 pixels), only a partial vector (15), at its
-    # largest number of inputs (128); above it, sgemm (130)
+    # largest number of inputs (128); above it, sgemm: over several images'
+    # columns side by side for planes of up to 64 pixels (63, 49), else per
+    # image (one image; 72 pixels)
     (3, 2, "same", ("relu6", "relu6"), (20, 21), 2, 16, 22),
     (3, 1, "same", ("identity", "relu6"), (3, 5), 1, 24, 7),
     (5, 1, "same", ("relu6", "identity"), (6, 7), 3, 128, 9),
     (3, 1, "same", ("relu6", "relu6"), (7, 9), 2, 130, 12),
+    (3, 2, "same", ("relu", "relu6"), (7, 7), 3, 129, 20),
+    (3, 1, "same", ("relu6", "relu6"), (7, 9), 1, 130, 12),
+    (5, 1, "same", ("relu6", "identity"), (8, 9), 2, 130, 12),
 ]
 
 

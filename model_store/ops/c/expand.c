@@ -32,6 +32,60 @@ static int imgclass_ex_block(int n, int f, int hw) {
     return fb > f ? f : fb;
 }
 
+/* Small planes (7 x 7) of many inputs, several images: the expansion as
+ * pointwise.c's gathered product (one sgemm per thread over all the images'
+ * columns, instead of one per image that repacks the weights: Lite0's
+ * 192 -> 1152 at 7 x 7), bias and activation over it, then the depthwise
+ * convolution of each (image, channel) plane. Returns 1, having done
+ * nothing, if its buffers cannot be allocated; 0, or -1 if a thread could
+ * not allocate its plane buffer. */
+static int imgclass_expand_depthwise_gathered(
+        const float* x, const float* we, const float* be, const float* wd,
+        const float* bd, float* out, int n, int c, int f, int h, int w,
+        int kh, int kw, int s, int pt, int pl, int act_e, int act_d,
+        const imgclass_plane_geo& g) {
+    const int hw = h * w;
+    const long cols = (long)n * hw;
+    float* xg = (float*)malloc(sizeof(float) * c * cols);
+    float* og = (float*)malloc(sizeof(float) * f * cols);
+    if (!xg || !og) {
+        free(xg);
+        free(og);
+        return 1;
+    }
+    const int parts = IMGCLASS_MAX_THREADS();
+    const long plane_out = (long)g.ho * g.wo;
+    int failed = 0;
+#pragma omp parallel
+    {
+        imgclass_gathered_product(x, we, n, c, hw, f, parts, xg, og);
+#pragma omp for schedule(static)
+        for (int f0 = 0; f0 < f; f0 += 16)
+            imgclass_pw_epilogue_any(og + f0 * cols, NULL, be + f0,
+                                     f - f0 < 16 ? f - f0 : 16, (int)cols,
+                                     cols, act_e);
+        float* buf = (float*)calloc(g.floats, sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (long t = 0; t < (long)n * f; ++t) {
+            if (!buf) continue;
+            const int img = (int)(t / f), ch = (int)(t % f);
+            imgclass_dw_fill(og + ch * cols + (long)img * hw, h, w, pt, pl, s,
+                             g.pw, buf);
+            imgclass_dw_plane_act(buf, g.pw, wd + (long)ch * kh * kw, bd[ch],
+                                  out + t * plane_out, g.ho, g.wo, kh, kw, s,
+                                  act_d);
+        }
+        free(buf);
+    }
+    free(xg);
+    free(og);
+    return failed ? -1 : 0;
+}
+
 /* Returns 0, or -1 if a thread could not allocate its buffers. */
 static int imgclass_expand_depthwise(const float* x, const float* we,
                                      const float* be, const float* wd,
@@ -42,6 +96,13 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
     const imgclass_plane_geo g = imgclass_plane_geometry(h, w, kh, kw, s,
                                                          pt, pb, pl, pr);
     int hw = h * w;
+    if (n > 1 && hw <= IMGCLASS_PW_GATHER_MAX_HW
+            && c > IMGCLASS_PW_DIRECT_MAX_C) {
+        const int done = imgclass_expand_depthwise_gathered(
+            x, we, be, wd, bd, out, n, c, f, h, w, kh, kw, s, pt, pl, act_e,
+            act_d, g);
+        if (done != 1) return done;
+    }
     const int fb = imgclass_ex_block(n, f, hw);
     const int blocks = (f + fb - 1) / fb;
     const long tasks = (long)n * blocks;

@@ -180,10 +180,39 @@ static void imgclass_pw_scatter(const float* __restrict og, long cols,
     }
 }
 
-/* The images' columns gathered side by side (C x N*hw), one sgemm per
- * thread over its share of them into og (F x N*hw), then bias, activation
- * and residual on the way back to NCHW. Returns -1, having done nothing,
- * if the buffers cannot be allocated. */
+/* og (F x N*hw) = W (F x C) @ the images' columns side by side, gathered
+ * first into xg (C x N*hw); one sgemm for each of `parts` shares of the
+ * columns. Called inside a parallel region: the loops are shared out among
+ * its threads. */
+static void imgclass_gathered_product(const float* x, const float* w, int n,
+                                      int c, int hw, int f, int parts,
+                                      float* xg, float* og) {
+    const long cols = (long)n * hw;
+    long share = (cols + parts - 1) / parts;
+    share = ((share + 15) / 16) * 16;
+#pragma omp for schedule(static)
+    for (long t = 0; t < (long)c * n; ++t) {
+        const int ci = (int)(t / n), img = (int)(t % n);
+        memcpy(xg + ci * cols + (long)img * hw,
+               x + ((long)img * c + ci) * hw, sizeof(float) * hw);
+    }
+#pragma omp for schedule(static)
+    for (int part = 0; part < parts; ++part) {
+        const long col0 = part * share;
+        if (col0 < cols) {
+            int m = (int)(cols - col0 < share ? cols - col0 : share);
+            int ff = f, cc = c, ld = (int)cols;
+            const float one = 1.f, zero = 0.f;
+            char no = 'N';
+            sgemm_(&no, &no, &m, &ff, &cc, &one, xg + col0, &ld, (float*)w,
+                   &cc, &zero, og + col0, &ld);
+        }
+    }
+}
+
+/* The gathered product, then bias, activation and residual on the way
+ * back to NCHW. Returns -1, having done nothing, if the buffers cannot be
+ * allocated. */
 static int imgclass_pointwise_gathered(const float* x, const float* w,
                                        const float* b, const float* res,
                                        float* out, int n, int c, int hw,
@@ -196,29 +225,10 @@ static int imgclass_pointwise_gathered(const float* x, const float* w,
         free(og);
         return -1;
     }
-    const int threads = IMGCLASS_MAX_THREADS();
-    long share = (cols + threads - 1) / threads;
-    share = ((share + 15) / 16) * 16;
+    const int parts = IMGCLASS_MAX_THREADS();
 #pragma omp parallel
     {
-#pragma omp for schedule(static)
-        for (long t = 0; t < (long)c * n; ++t) {
-            const int ci = (int)(t / n), img = (int)(t % n);
-            memcpy(xg + ci * cols + (long)img * hw,
-                   x + ((long)img * c + ci) * hw, sizeof(float) * hw);
-        }
-#pragma omp for schedule(static)
-        for (int part = 0; part < threads; ++part) {
-            const long col0 = part * share;
-            if (col0 < cols) {
-                int m = (int)(cols - col0 < share ? cols - col0 : share);
-                int ff = f, cc = c, ld = (int)cols;
-                const float one = 1.f, zero = 0.f;
-                char no = 'N';
-                sgemm_(&no, &no, &m, &ff, &cc, &one, xg + col0, &ld,
-                       (float*)w, &cc, &zero, og + col0, &ld);
-            }
-        }
+        imgclass_gathered_product(x, w, n, c, hw, f, parts, xg, og);
         if (res) {
             if (act == IMGCLASS_ACT_RELU6) imgclass_pw_scatter<IMGCLASS_ACT_RELU6, 1>(og, cols, b, res, out, n, f, hw);
             else if (act == IMGCLASS_ACT_RELU) imgclass_pw_scatter<IMGCLASS_ACT_RELU, 1>(og, cols, b, res, out, n, f, hw);
