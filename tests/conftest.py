@@ -23,6 +23,16 @@ FORMATS = [("png", "PNG", {}), ("jpg", "JPEG", {"quality": 85}),
 SIZES = [8, 12, 16, 24, 32, 48, 64, 96]
 
 
+def pytest_configure(config):
+    """``IMGCLASS_TEST_MARCH=haswell`` compiles Theano's C code for that CPU
+    instead of this one's (``-march=native``'s equivalent): how the tests
+    check the fast ops' code for CPUs without AVX-512 on one that has it."""
+    march = os.environ.get("IMGCLASS_TEST_MARCH")
+    if march:
+        from model_store.engine import theano  # configures Theano first
+        theano.gof.cmodule.GCC_compiler.march_flags = [f"-march={march}"]
+
+
 @pytest.fixture(scope="session")
 def split():
     return load_digits_split()

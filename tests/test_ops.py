@@ -359,6 +359,27 @@ def test_second_process_compiles_nothing(tmp_path):
     assert compiles() == 0
 
 
+def test_ops_compiled_without_avx512_match_numpy(tmp_path):
+    """Compiled for a CPU without AVX-512 (Haswell: AVX2 and FMA), the
+    kernels use 8-float vectors, plain copies for partial vectors and 4-row
+    depthwise tiles; this file's NumPy-reference tests pass with that code
+    too, run in a process that compiles every module afresh for Haswell."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, IMGCLASS_TEST_MARCH="haswell",
+               THEANO_FLAGS=f"base_compiledir={tmp_path}")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", "matches_numpy", os.path.join(root, "tests", "test_ops.py")],
+        env=env, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    passed = int(done.stdout.split(" passed")[0].split()[-1])
+    assert passed >= 50
+    keys = [path.read_bytes() for path in tmp_path.rglob("key.pkl")]
+    ours = [key for key in keys if b"imgclass" in key or b"-march" in key]
+    assert ours and all(b"-march=haswell" in key for key in ours)
+    assert not any(b"avx512" in key for key in keys)
+
+
 def test_chunked_run_equals_one_call_and_small_networks_get_one_chunk():
     from model_store.ops.running import chunk_size, run_in_chunks
 
