@@ -16,9 +16,11 @@ class PointwiseConv2dBiasAct(InferenceOp):
     """``act(conv1x1(x, W) + b) [+ residual]``, NCHW float32, inference only.
 
     Inputs: x ``(N, C, H, W)``, W ``(F, C, 1, 1)``, b ``(F,)`` and, when
-    ``residual``, r ``(N, F, H, W)`` added after the activation. One sgemm per
-    output tile over NCHW (no im2col), bias, activation and residual applied
-    while the tile is in cache.
+    ``residual``, r ``(N, F, H, W)`` added after the activation. Per output
+    tile over NCHW (no im2col): a register-tiled product for up to 128 input
+    channels, else one sgemm (for planes of up to 64 pixels, over the
+    images' columns side by side); bias, activation and residual applied
+    while the tile is in cache (c/pointwise.c).
     """
 
     __props__ = ("activation", "residual")

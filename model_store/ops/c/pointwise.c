@@ -8,7 +8,10 @@
  * The HW tile keeps the output tile near L2 size; F is split as well when
  * there are fewer (image, tile) tasks than threads (batch 1 at 7x7). In
  * column-major BLAS terms the row-major product is out^T = x^T W^T:
- * sgemm("N", "N", m = tile, n = F block, k = C). */
+ * sgemm("N", "N", m = tile, n = F block, k = C). Two variants below: up to
+ * IMGCLASS_PW_DIRECT_MAX_C input channels a direct register-tiled kernel
+ * replaces the sgemm and the separate pass; for small planes of several
+ * images, one sgemm per thread over the images' columns side by side. */
 
 template <int ACT, int RES>
 static void imgclass_pw_epilogue(float* __restrict out, const float* __restrict res,
