@@ -46,13 +46,8 @@ static int imgclass_expand_depthwise_gathered(
         const imgclass_plane_geo& g) {
     const int hw = h * w;
     const long cols = (long)n * hw;
-    float* xg = (float*)malloc(sizeof(float) * c * cols);
-    float* og = (float*)malloc(sizeof(float) * f * cols);
-    if (!xg || !og) {
-        free(xg);
-        free(og);
-        return 1;
-    }
+    float *xg, *og;
+    if (imgclass_gathered_buffers(n, c, hw, f, &xg, &og) != 0) return 1;
     const int parts = IMGCLASS_MAX_THREADS();
     const long plane_out = (long)g.ho * g.wo;
     int failed = 0;

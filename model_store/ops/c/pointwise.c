@@ -213,6 +213,19 @@ static void imgclass_gathered_product(const float* x, const float* w, int n,
     }
 }
 
+/* The gathered product's buffers for n images of hw pixels: *xg (C x N*hw)
+ * and *og (F x N*hw). 0, or -1 with neither allocated. */
+static int imgclass_gathered_buffers(int n, int c, int hw, int f, float** xg,
+                                     float** og) {
+    const long cols = (long)n * hw;
+    *xg = (float*)malloc(sizeof(float) * c * cols);
+    *og = (float*)malloc(sizeof(float) * f * cols);
+    if (*xg && *og) return 0;
+    free(*xg);
+    free(*og);
+    return -1;
+}
+
 /* The gathered product, then bias, activation and residual on the way
  * back to NCHW. Returns -1, having done nothing, if the buffers cannot be
  * allocated. */
@@ -221,13 +234,8 @@ static int imgclass_pointwise_gathered(const float* x, const float* w,
                                        float* out, int n, int c, int hw,
                                        int f, int act) {
     const long cols = (long)n * hw;
-    float* xg = (float*)malloc(sizeof(float) * c * cols);
-    float* og = (float*)malloc(sizeof(float) * f * cols);
-    if (!xg || !og) {
-        free(xg);
-        free(og);
-        return -1;
-    }
+    float *xg, *og;
+    if (imgclass_gathered_buffers(n, c, hw, f, &xg, &og) != 0) return -1;
     const int parts = IMGCLASS_MAX_THREADS();
 #pragma omp parallel
     {
