@@ -29,6 +29,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,11 @@ def _run_once(name: str, args: list[str], images: int) -> dict:
     result = {"name": name, "images": images, "seconds": round(seconds, 2),
               "images_per_s": round(images / seconds, 1),
               "peak_rss_mb": round(peak / 2 ** 20, 1)}
+    # classify's summary line: "... (start-up 2.1s, pipeline 14.2s) ...".
+    summary = re.search(rb"start-up ([0-9.]+)s, pipeline ([0-9.]+)s", err)
+    if summary:
+        result["startup_seconds"] = float(summary.group(1))
+        result["pipeline_seconds"] = float(summary.group(2))
     print(f"  {name}: {result['seconds']} s, {result['images_per_s']} "
           f"img/s, peak RSS {result['peak_rss_mb']} MB", flush=True)
     return result

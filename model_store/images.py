@@ -179,7 +179,8 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
 def to_mode(image: Image.Image, *, mode: str, background: int = 0) -> Image.Image:
     """A decoded Pillow image of any mode -> ``mode``, converted exactly as
     :func:`decode_image` converts (16-bit scaled, alpha composited over
-    ``background``); for callers that decode images themselves."""
+    ``background``); for callers that decode images themselves. An image
+    that already has that mode is returned as it is, not copied."""
     _check_arguments(mode, None, DEFAULT_MAX_PIXELS, background)
     return _convert(image, mode, background)
 def _check_jpeg_data(data: bytes, img: Image.Image) -> None:
@@ -245,7 +246,9 @@ def _convert(img: Image.Image, mode: str, background: int) -> Image.Image:
         # "1", "P", "CMYK", "YCbCr"...: through RGB, so that "L" is always
         # Pillow's standard luma of the displayed colours.
         img = img.convert("RGB")
-    return img.convert(mode)
+    # The image is already a copy of its own: Pillow's same-mode convert
+    # would copy it again.
+    return img if img.mode == mode else img.convert(mode)
 
 
 def _gray(samples: np.ndarray) -> Image.Image:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
+from model_store.resample import resize_planar
 
 RESIZE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -133,33 +134,26 @@ class Preprocessing:
         if image.mode != self.color_mode:
             image = image.convert(self.color_mode)
         if self.resize_shorter is not None:
-            image = self._shorter_side_and_crop(image)
-        elif image.size != self.size:
-            image = image.resize(self.size, RESIZE_FILTERS[self.resize])
-        pixels = np.asarray(image, dtype=np.uint8)
-        if pixels.ndim == 2:
-            return pixels[np.newaxis]
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+            return resize_planar(image, self.size, RESIZE_FILTERS[self.resize],
+                                 self._centre_crop_box(image.size))
+        return resize_planar(image, self.size, RESIZE_FILTERS[self.resize])
 
-    def _shorter_side_and_crop(self, image: Image.Image) -> Image.Image:
-        """Resizes only the part of ``image`` that the centre crop keeps:
-        the same pixels as resizing the whole image (shorter side to
+    def _centre_crop_box(self, image_size: tuple[int, int]
+                         ) -> tuple[float, float, float, float]:
+        """The part of an image of ``image_size`` that the centre crop
+        keeps, in its own coordinates. Resizing only that part gives the
+        same pixels as resizing the whole image (shorter side to
         ``resize_shorter``) and then cropping, up to rounding, for about
         half the work (Pillow's ``resize(box=...)``)."""
-        width, height = image.size
+        width, height = image_size
         scale = self.resize_shorter / min(width, height)
         size = (max(self.resize_shorter, round(width * scale)),
                 max(self.resize_shorter, round(height * scale)))
         crop_w, crop_h = self.size
         left, top = (size[0] - crop_w) // 2, (size[1] - crop_h) // 2
-        if size == image.size:
-            return image.crop((left, top, left + crop_w, top + crop_h))
-        # The crop box in the source image's coordinates.
         x_scale, y_scale = width / size[0], height / size[1]
-        box = (left * x_scale, top * y_scale,
-               (left + crop_w) * x_scale, (top + crop_h) * y_scale)
-        return image.resize((crop_w, crop_h), RESIZE_FILTERS[self.resize],
-                            box=box)
+        return (left * x_scale, top * y_scale,
+                (left + crop_w) * x_scale, (top + crop_h) * y_scale)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Scales a ``uint8`` batch ``(N, C, H, W)`` to network input, a
