@@ -118,7 +118,11 @@ def machine() -> dict:
 
 
 class PeakRss:
-    """Samples the RSS of a process and its children every 20 ms."""
+    """Samples the RSS of a process and its children every 20 ms.
+
+    Listing the children walks all of ``/proc`` (about 1 ms), so the list
+    is refreshed every 10th sample: at every sample, that cost the
+    measured command about 5% of a core (0.9 CPU s over a 17 s run)."""
 
     def __init__(self, pid: int):
         import psutil
@@ -130,14 +134,22 @@ class PeakRss:
 
     def _run(self):
         import psutil
+        procs, sample = [self._process], 0
         while not self._stop.is_set():
             try:
-                procs = [self._process] + self._process.children(
-                    recursive=True)
-                total = sum(p.memory_info().rss for p in procs)
+                if sample % 10 == 0:
+                    procs = [self._process] + self._process.children(
+                        recursive=True)
+                total = 0
+                for proc in procs:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:  # a worker that has exited
+                        pass
                 self.peak = max(self.peak, total)
             except psutil.Error:
                 pass
+            sample += 1
             self._stop.wait(0.02)
 
     def stop(self) -> int:

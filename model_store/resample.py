@@ -59,7 +59,8 @@ def resize_planar(image: Image.Image, size: tuple[int, int], resample: int,
     if (right - left, bottom - top) == size and all(
             float(v).is_integer() for v in box):
         # Whole pixels at scale 1: what every filter gives is the crop.
-        return planar(image.crop(tuple(int(v) for v in box)))
+        whole = (left, top) == (0, 0) and size == image.size
+        return planar(image if whole else image.crop(tuple(map(int, box))))
     layout = _LAYOUTS.get(image.mode)
     module = compiled() if layout and resample in _FILTERS else None
     if module is None:
