@@ -34,6 +34,8 @@
 
 #define IMGCLASS_RS_BITS 22
 #define IMGCLASS_RS_HALF (1 << (IMGCLASS_RS_BITS - 1))
+/* Source rows the horizontal pass transposes at a time. */
+#define RS_BAND 64
 
 enum { RS_BOX = 0, RS_BILINEAR = 1, RS_HAMMING = 2, RS_BICUBIC = 3, RS_LANCZOS = 4 };
 
@@ -260,18 +262,27 @@ static int imgclass_resample(const unsigned char *src, int in_h, int in_w,
             goto done;
         int x_lo = horizontal.first[0];
         int x_hi = horizontal.first[out_w - 1] + horizontal.count[out_w - 1];
-        int n_cols = x_hi - x_lo, len = n_rows * elem;
-        columns = (unsigned char *)malloc((size_t)n_cols * len + 1);
-        rows_t = (unsigned char *)malloc((size_t)out_w * len + 1);
-        rows = (unsigned char *)malloc((size_t)out_w * len + 1);
-        acc = (int *)malloc(sizeof(int) * ((size_t)(len > out_w * elem ? len : out_w * elem) + 1));
+        int n_cols = x_hi - x_lo;
+        int band = n_rows < RS_BAND ? n_rows : RS_BAND;
+        size_t band_len = (size_t)band * elem;
+        columns = (unsigned char *)malloc((size_t)n_cols * band_len + 1);
+        rows_t = (unsigned char *)malloc((size_t)out_w * band_len + 1);
+        rows = (unsigned char *)malloc((size_t)n_rows * out_w * elem + 1);
+        acc = (int *)malloc(sizeof(int) * ((size_t)out_w * elem + band_len + 1));
         if (!columns || !rows_t || !rows || !acc)
             goto done;
-        rs_transpose(columns, src + (size_t)y_lo * v_stride + (size_t)x_lo * elem,
-                     n_rows, n_cols, v_stride, elem);
-        rs_pass(&horizontal, out_w, x_lo, columns, len, len, acc, rows_t, len,
-                elem, 0, 0);
-        rs_transpose(rows, rows_t, out_w, n_rows, len, elem);
+        /* In bands of rows: the transposed band stays in cache, and the
+         * extra memory is a band, not a copy of the image. */
+        for (int b0 = 0; b0 < n_rows; b0 += band) {
+            int rows_in_band = n_rows - b0 < band ? n_rows - b0 : band;
+            int len = rows_in_band * elem;
+            rs_transpose(columns, src + (size_t)(y_lo + b0) * v_stride
+                         + (size_t)x_lo * elem, rows_in_band, n_cols, v_stride, elem);
+            rs_pass(&horizontal, out_w, x_lo, columns, len, len, acc, rows_t, len,
+                    elem, 0, 0);
+            rs_transpose(rows + (size_t)b0 * out_w * elem, rows_t, out_w,
+                         rows_in_band, len, elem);
+        }
         v_in = rows;
         v_stride = (size_t)out_w * elem;
         v_shift = y_lo;

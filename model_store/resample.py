@@ -37,6 +37,11 @@ _FILTERS = {Image.Resampling.BOX: 0, Image.Resampling.BILINEAR: 1,
             Image.Resampling.LANCZOS: 4}
 #: Image mode -> (bytes per pixel in Pillow's storage, raw mode, channels).
 _LAYOUTS = {"L": (1, "L", 1), "RGB": (4, "RGBX", 3)}
+#: The kernel reads a copy of the pixels (``tobytes``: Pillow exposes no
+#: safe pointer to its own); larger images go to Pillow, so that a 50 MP
+#: PNG does not briefly take 200 MB more. JPEGs are reduced while decoding
+#: and stay far below.
+MAX_COPY_PIXELS = 4_000_000
 # Fused multiply-adds would round sample positions unlike Pillow's build.
 _FLAGS = ["-O3", "-ffp-contract=off"]
 
@@ -62,7 +67,8 @@ def resize_planar(image: Image.Image, size: tuple[int, int], resample: int,
         whole = (left, top) == (0, 0) and size == image.size
         return planar(image if whole else image.crop(tuple(map(int, box))))
     layout = _LAYOUTS.get(image.mode)
-    module = compiled() if layout and resample in _FILTERS else None
+    module = compiled() if (layout and resample in _FILTERS and image.width
+                            * image.height <= MAX_COPY_PIXELS) else None
     if module is None:
         return planar(image.resize(size, resample, box=box))
     elem, raw_mode, channels = layout

@@ -131,6 +131,22 @@ def test_modes_and_filters_without_kernel_go_to_pillow():
         pillow_planar(gray, (20, 30), Image.Resampling.NEAREST))
 
 
+def test_images_too_large_to_copy_go_to_pillow(monkeypatch):
+    class Untouchable:
+        def resample(self, *args):
+            raise AssertionError("the kernel was called")
+
+    monkeypatch.setattr(resample, "compiled", lambda: Untouchable())
+    monkeypatch.setattr(resample, "MAX_COPY_PIXELS", 40 * 50 - 1)
+    image = random_image(np.random.default_rng(7), "RGB", 40, 50)
+    np.testing.assert_array_equal(
+        resample.resize_planar(image, (20, 30), Image.Resampling.BICUBIC),
+        pillow_planar(image, (20, 30), Image.Resampling.BICUBIC))
+    with pytest.raises(AssertionError, match="kernel was called"):
+        resample.resize_planar(random_image(np.random.default_rng(8), "RGB", 40, 49),
+                               (20, 30), Image.Resampling.BICUBIC)
+
+
 def test_without_a_compiler_pillow_resizes_and_one_warning_says_so(monkeypatch, caplog):
     def broken():
         raise OSError("g++: not found")
