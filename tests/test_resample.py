@@ -7,6 +7,7 @@ transpose to planes, which is what the preprocessing did before the kernel.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -195,3 +196,25 @@ def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
     leftovers = [name for name in os.listdir(os.path.dirname(library))
                  if name != os.path.basename(library)]
     assert leftovers == []
+
+
+def test_kernel_built_for_a_cpu_without_avx512_gives_the_same_pixels(tmp_path):
+    """This machine has AVX-512; compiled for Haswell (AVX2), the kernel's
+    code differs, and this file's comparisons with Pillow pass with it
+    too, in a process that builds it afresh."""
+    env = dict(os.environ, PYTHONPATH=ROOT, IMGCLASS_TEST_MARCH="haswell",
+               THEANO_FLAGS=f"base_compiledir={tmp_path}")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", "equals_pillow", os.path.join(ROOT, "tests", "test_resample.py")],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert int(done.stdout.split(" passed")[0].split()[-1]) >= 20
+    libraries = list(tmp_path.rglob("imgclass_resample_*.so"))
+    assert len(libraries) == 1
+    assert os.path.basename(libraries[0]) != os.path.basename(resample.compiled().__file__)
+    objdump = shutil.which("objdump")
+    if objdump:  # binutils comes with the compiler
+        code = subprocess.run([objdump, "-d", str(libraries[0])], capture_output=True,
+                              text=True, check=True).stdout
+        assert "%ymm" in code and "%zmm" not in code
