@@ -2,12 +2,13 @@
 
 :func:`resize_planar` is ``Image.resize(size, filter, box=box)`` followed by
 ``np.asarray`` and a transpose to planes ``(C, H, W)``, which is what the
-model input needs. For "L" and "RGB" images and the convolution filters
-(box, bilinear, hamming, bicubic, lanczos) it runs a C kernel
-(``resample.c``, next to this module) with Pillow's own arithmetic, so the result is identical, in
-about a fifth of the time (bench/README.md): decoding and resizing are what
-the pipeline spends besides the network. The GIL is released while it
-runs, so decoding threads resize in parallel.
+model input needs. For "L" and "RGB" images of up to ``MAX_COPY_PIXELS``
+and the convolution filters (box, bilinear, hamming, bicubic, lanczos) it
+runs a C kernel (``resample.c``, next to this module) with Pillow's own
+arithmetic, so the result is identical, in about a third of the time
+(bench/README.md): decoding and resizing are what the pipeline spends
+besides the network. The GIL is released while it runs, so decoding
+threads resize in parallel.
 
 The kernel is a small Python module compiled on first use with the same
 compiler and CPU flags as Theano's C code, and kept in Theano's compile
@@ -31,7 +32,7 @@ from PIL import Image
 
 _LOG = logging.getLogger(__name__)
 
-#: Pillow filter -> the code c/resample.c switches on.
+#: Pillow filter -> the code resample.c switches on.
 _FILTERS = {Image.Resampling.BOX: 0, Image.Resampling.BILINEAR: 1,
             Image.Resampling.HAMMING: 2, Image.Resampling.BICUBIC: 3,
             Image.Resampling.LANCZOS: 4}
@@ -47,6 +48,8 @@ _FLAGS = ["-O3", "-ffp-contract=off"]
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                        "resample.c")
+
+_SCRATCH = "build-"
 
 _lock = threading.Lock()
 _loaded: list = []  # [module or None], once tried
@@ -65,12 +68,12 @@ def resize_planar(image: Image.Image, size: tuple[int, int], resample: int,
             float(v).is_integer() for v in box):
         # Whole pixels at scale 1: what every filter gives is the crop.
         whole = (left, top) == (0, 0) and size == image.size
-        return planar(image if whole else image.crop(tuple(map(int, box))))
+        return _planar(image if whole else image.crop(tuple(map(int, box))))
     layout = _LAYOUTS.get(image.mode)
     module = compiled() if (layout and resample in _FILTERS and image.width
                             * image.height <= MAX_COPY_PIXELS) else None
     if module is None:
-        return planar(image.resize(size, resample, box=box))
+        return _planar(image.resize(size, resample, box=box))
     elem, raw_mode, channels = layout
     out = np.empty((channels, height, width), np.uint8)
     module.resample(image.tobytes("raw", raw_mode), image.height,
@@ -79,7 +82,7 @@ def resize_planar(image: Image.Image, size: tuple[int, int], resample: int,
     return out
 
 
-def planar(image: Image.Image) -> np.ndarray:
+def _planar(image: Image.Image) -> np.ndarray:
     """A Pillow image's pixels as a C-contiguous ``uint8`` array of planes
     ``(C, height, width)``."""
     pixels = np.asarray(image, dtype=np.uint8)
@@ -113,7 +116,7 @@ def _build():
         [body, *args, theano.config.cxx, cmodule.gcc_version_str,
          sys.version]).encode()).hexdigest()[:16]
     name = f"imgclass_resample_{digest}"
-    location = os.path.join(_compile_root(), name)
+    location = os.path.join(theano.config.compiledir, name)
     library = os.path.join(location, f"{name}.{cmodule.get_lib_extension()}")
     module = _import(cmodule, library)
     if module is not None:
@@ -124,8 +127,12 @@ def _build():
             return module
         os.makedirs(location, exist_ok=True)
         # Built aside, then renamed: a build that is killed half-way never
-        # leaves a partial library where the next process looks.
-        scratch = tempfile.mkdtemp(dir=location)
+        # leaves a partial library where the next process looks. What such
+        # a build left is removed here (the lock is ours).
+        for entry in os.listdir(location):
+            if entry.startswith(_SCRATCH):
+                shutil.rmtree(os.path.join(location, entry), ignore_errors=True)
+        scratch = tempfile.mkdtemp(prefix=_SCRATCH, dir=location)
         try:
             cmodule.GCC_compiler.compile_str(
                 name, f"#define IMGCLASS_RS_MODULE {name}\n{body}",
@@ -135,12 +142,6 @@ def _build():
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return cmodule.dlimport(library)
-
-
-def _compile_root() -> str:
-    from model_store.engine import theano
-
-    return theano.config.compiledir
 
 
 def _import(cmodule, library: str):

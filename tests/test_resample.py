@@ -178,7 +178,8 @@ print(module.__file__)
 
 def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
     """A library cut short (a full disk, a copy interrupted) is not loaded:
-    the next process builds the kernel again and resizes correctly."""
+    the next process builds the kernel again and resizes correctly, and
+    removes what a build killed half-way left."""
     env = dict(os.environ, PYTHONPATH=ROOT, THEANO_FLAGS=f"base_compiledir={tmp_path}")
 
     def run():
@@ -191,6 +192,9 @@ def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
     assert library.startswith(str(tmp_path)) and os.path.getsize(library) > 1000
     with open(library, "r+b") as handle:
         handle.truncate(100)
+    killed_build = os.path.join(os.path.dirname(library), "build-killed")
+    os.makedirs(killed_build)
+    open(os.path.join(killed_build, "mod.cpp"), "w").close()
     assert run() == library
     assert os.path.getsize(library) > 1000
     leftovers = [name for name in os.listdir(os.path.dirname(library))
