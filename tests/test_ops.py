@@ -136,6 +136,33 @@ def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("groups,kernel,stride,activation", [
+    ("depthwise", 3, 1, "relu6"), ("depthwise", 5, 2, "relu"),
+    ("depthwise", 3, 2, "identity"), ("stem", 3, 2, "relu6"),
+    ("stem", 5, 1, "relu"), ("pointwise", 1, 1, "relu6"),
+    ("pointwise", 1, 1, "identity")])
+def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
+                                                activation):
+    """Activations propagate NaN (NumPy's maximum and clip do): a broken
+    input or weight shows as NaN in the outputs it reaches, not as 0."""
+    rng = np.random.RandomState(11)
+    channels = {"depthwise": 4, "stem": 3, "pointwise": 6}[groups]
+    x = rand(rng, 2, channels, 20, 37)
+    x[1, 0, 9, 17] = np.nan
+    filters = 7 if groups != "depthwise" else channels
+    w = rand(rng, filters, 1 if groups == "depthwise" else channels, kernel,
+             kernel)
+    b = rand(rng, filters)
+    padding = ((kernel // 2, kernel // 2),) * 2
+    g = channels if groups == "depthwise" else 1
+    got = run_fast(x, w, b, stride=stride, padding=padding, groups=g,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, stride, padding, g, activation)
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 # (batch, input H x W, input channels, output channels): C up to 128 runs
 # the direct kernel (40 x 41 with 100 outputs: in 3 tiles of columns), more
 # runs sgemm, per image or, for several images of up to 64 pixels, over the

@@ -10,9 +10,10 @@
  * is cleared once per thread and only the interior is copied per plane.
  * Outputs are computed in tiles of R rows x 16 columns (8 for planes at
  * most 8 wide) held in vector registers (GCC vector types: one of 16 floats
- * with AVX-512, else two of 8) over all K*K taps (K, S, R, ACT are template
- * constants, so the taps are unrolled), then bias, activation and the store
- * happen in the same pass. */
+ * with AVX-512, else two of 8) over all K*K taps (K, S, R are template
+ * constants, so the taps are unrolled), then bias, activation (run-time
+ * bounds: one instance for every activation) and the store happen in the
+ * same pass. */
 
 /* Output tile of the fast kernels: R output rows x BW vectors (16 columns
  * in all), R * BW independent accumulators (FMA latency hiding). R is
@@ -28,11 +29,13 @@ static inline int imgclass_dw_tile_rows(int wo) {
                                         : IMGCLASS_DW_ROWS;
 }
 
-template <int K, int S, int R, int BW, int ACT, typename V>
+template <int K, int S, int R, int BW, typename V>
 static void imgclass_dw_plane(const float* __restrict buf, int pw,
                               const float* __restrict w, float bias,
-                              float* __restrict out, int ho, int wo) {
+                              float* __restrict out, int ho, int wo,
+                              imgclass_bounds act) {
     const int lanes = (int)(sizeof(V) / sizeof(float));
+    const V lo = (V){} + act.lo, hi = (V){} + act.hi;
     const long rs = (long)S * pw;  /* one padded row = S phases */
     float wk[K * K];
     for (int i = 0; i < K * K; ++i) wk[i] = w[i];
@@ -61,18 +64,18 @@ static void imgclass_dw_plane(const float* __restrict buf, int pw,
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
                     imgclass_store(orow, ox0 + lanes * v, wo,
-                                   imgclass_actv<ACT>(acc[r][v]));
+                                   imgclass_clampv(acc[r][v], lo, hi));
             }
         }
     }
 }
 
 /* Any kernel size and stride (tests, odd networks): same buffer layout. */
-template <int ACT>
 static void imgclass_dw_plane_generic(const float* __restrict buf, int pw,
                                       const float* __restrict w, float bias,
                                       float* __restrict out, int ho, int wo,
-                                      int kh, int kw, int s) {
+                                      int kh, int kw, int s,
+                                      imgclass_bounds act) {
     const int row_stride = s * pw;
     for (int oy = 0; oy < ho; ++oy) {
         float* orow = out + (long)oy * wo;
@@ -85,7 +88,7 @@ static void imgclass_dw_plane_generic(const float* __restrict buf, int pw,
                 for (int ox = 0; ox < wo; ++ox) orow[ox] += wv * src[ox];
             }
         }
-        for (int ox = 0; ox < wo; ++ox) orow[ox] = imgclass_act<ACT>(orow[ox]);
+        for (int ox = 0; ox < wo; ++ox) orow[ox] = imgclass_clamp(orow[ox], act);
     }
 }
 
@@ -121,51 +124,37 @@ static void imgclass_dw_fill(const float* __restrict x, int h, int w,
     }
 }
 
-template <int K, int S, int ACT>
+template <int K, int S>
 static void imgclass_dw_width(const float* buf, int pw, const float* w,
-                              float bias, float* out, int ho, int wo) {
+                              float bias, float* out, int ho, int wo,
+                              imgclass_bounds act) {
     const int r = IMGCLASS_DW_ROWS;
     if (wo <= 8)
-        imgclass_dw_plane<K, S, r, 1, ACT, imgclass_v8>(buf, pw, w, bias, out,
-                                                        ho, wo);
+        imgclass_dw_plane<K, S, r, 1, imgclass_v8>(buf, pw, w, bias, out, ho,
+                                                   wo, act);
     else if (imgclass_dw_tile_rows(wo) == r)
-        imgclass_dw_plane<K, S, r, IMGCLASS_DW_BW, ACT, imgclass_vw>(
-            buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_plane<K, S, r, IMGCLASS_DW_BW, imgclass_vw>(
+            buf, pw, w, bias, out, ho, wo, act);
     else
-        imgclass_dw_plane<K, S, 2 * r, IMGCLASS_DW_BW, ACT, imgclass_vw>(
-            buf, pw, w, bias, out, ho, wo);
+        imgclass_dw_plane<K, S, 2 * r, IMGCLASS_DW_BW, imgclass_vw>(
+            buf, pw, w, bias, out, ho, wo, act);
 }
 
-template <int ACT>
-static void imgclass_dw_dispatch(const float* buf, int pw, const float* w,
-                                 float bias, float* out, int ho, int wo,
-                                 int kh, int kw, int s) {
-    if (kh == 3 && kw == 3 && s == 1)
-        imgclass_dw_width<3, 1, ACT>(buf, pw, w, bias, out, ho, wo);
-    else if (kh == 3 && kw == 3 && s == 2)
-        imgclass_dw_width<3, 2, ACT>(buf, pw, w, bias, out, ho, wo);
-    else if (kh == 5 && kw == 5 && s == 1)
-        imgclass_dw_width<5, 1, ACT>(buf, pw, w, bias, out, ho, wo);
-    else if (kh == 5 && kw == 5 && s == 2)
-        imgclass_dw_width<5, 2, ACT>(buf, pw, w, bias, out, ho, wo);
-    else
-        imgclass_dw_plane_generic<ACT>(buf, pw, w, bias, out, ho, wo,
-                                       kh, kw, s);
-}
-
-/* One output plane from a filled buffer, with the activation's kernel. */
+/* One output plane from a filled buffer, with the kernel for its size. */
 static void imgclass_dw_plane_act(const float* buf, int pw, const float* w,
                                   float bias, float* out, int ho, int wo,
                                   int kh, int kw, int s, int act) {
-    if (act == IMGCLASS_ACT_RELU6)
-        imgclass_dw_dispatch<IMGCLASS_ACT_RELU6>(buf, pw, w, bias, out, ho, wo,
-                                                 kh, kw, s);
-    else if (act == IMGCLASS_ACT_RELU)
-        imgclass_dw_dispatch<IMGCLASS_ACT_RELU>(buf, pw, w, bias, out, ho, wo,
-                                                kh, kw, s);
+    const imgclass_bounds b = imgclass_act_bounds(act);
+    if (kh == 3 && kw == 3 && s == 1)
+        imgclass_dw_width<3, 1>(buf, pw, w, bias, out, ho, wo, b);
+    else if (kh == 3 && kw == 3 && s == 2)
+        imgclass_dw_width<3, 2>(buf, pw, w, bias, out, ho, wo, b);
+    else if (kh == 5 && kw == 5 && s == 1)
+        imgclass_dw_width<5, 1>(buf, pw, w, bias, out, ho, wo, b);
+    else if (kh == 5 && kw == 5 && s == 2)
+        imgclass_dw_width<5, 2>(buf, pw, w, bias, out, ho, wo, b);
     else
-        imgclass_dw_dispatch<IMGCLASS_ACT_IDENTITY>(buf, pw, w, bias, out, ho,
-                                                    wo, kh, kw, s);
+        imgclass_dw_plane_generic(buf, pw, w, bias, out, ho, wo, kh, kw, s, b);
 }
 
 /* Output size and buffer geometry of one padded plane: phase width pw and

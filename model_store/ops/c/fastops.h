@@ -1,6 +1,8 @@
 /* Shared by the imgclass Theano ops (model_store/ops): activations applied in
- * the output pass. ACT is a compile-time constant in every kernel, so gcc
- * turns these into vmaxps/vminps inside vectorised loops. */
+ * the output pass, as a compile-time ACT (pointwise.c) or as run-time bounds
+ * (depthwise.c, stem.c: one template instance for all activations, a third
+ * of the compile time; bench/README.md). Either way gcc emits vmaxps/vminps,
+ * and a NaN stays NaN, as with NumPy's maximum and minimum. */
 #ifndef IMGCLASS_FASTOPS_H
 #define IMGCLASS_FASTOPS_H
 
@@ -13,12 +15,26 @@
 
 template <int ACT>
 static inline float imgclass_act(float v) {
-    if (ACT == IMGCLASS_ACT_RELU) return v > 0.f ? v : 0.f;
-    if (ACT == IMGCLASS_ACT_RELU6) {
-        v = v > 0.f ? v : 0.f;
-        return v < 6.f ? v : 6.f;
-    }
+    if (ACT != IMGCLASS_ACT_IDENTITY) v = v < 0.f ? 0.f : v;
+    if (ACT == IMGCLASS_ACT_RELU6) v = v > 6.f ? 6.f : v;
     return v;
+}
+
+/* An activation given at run time: the output clamped to [lo, hi]. */
+struct imgclass_bounds {
+    float lo, hi;
+};
+
+static inline imgclass_bounds imgclass_act_bounds(int act) {
+    imgclass_bounds b = {-__builtin_inff(), __builtin_inff()};
+    if (act != IMGCLASS_ACT_IDENTITY) b.lo = 0.f;
+    if (act == IMGCLASS_ACT_RELU6) b.hi = 6.f;
+    return b;
+}
+
+static inline float imgclass_clamp(float v, imgclass_bounds b) {
+    v = v < b.lo ? b.lo : v;
+    return v > b.hi ? b.hi : v;
 }
 
 /* Vectors of floats (GCC vector types). */
@@ -103,9 +119,16 @@ template <int ACT, typename V>
 static inline V imgclass_actv(V v) {
     const V zero = {};
     const V six = zero + 6.f;
-    if (ACT != IMGCLASS_ACT_IDENTITY) v = v > zero ? v : zero;
-    if (ACT == IMGCLASS_ACT_RELU6) v = v < six ? v : six;
+    if (ACT != IMGCLASS_ACT_IDENTITY) v = v < zero ? zero : v;
+    if (ACT == IMGCLASS_ACT_RELU6) v = v > six ? six : v;
     return v;
+}
+
+/* imgclass_clamp on a vector; lo and hi hold the bounds in every lane. */
+template <typename V>
+static inline V imgclass_clampv(V v, V lo, V hi) {
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
 }
 
 /* Whether a is a 4-D array of exactly dims. */

@@ -14,12 +14,14 @@
  * of at least one image per thread are split by image, each thread filling
  * its own buffer, so that no thread waits while another fills. */
 
-template <int K, int S, int BW, int ACT>
+template <int K, int S, int BW>
 static void imgclass_stem_plane(const float* __restrict buf, long plane,
                                 int c, int pw, const float* __restrict w,
                                 float bias, float* __restrict out, int ho,
-                                int wo) {
+                                int wo, imgclass_bounds act) {
     const long rs = (long)S * pw;
+    const imgclass_v8 lo = (imgclass_v8){} + act.lo;
+    const imgclass_v8 hi = (imgclass_v8){} + act.hi;
     for (int oy0 = 0; oy0 < ho; oy0 += IMGCLASS_DW_ROWS) {
         for (int ox0 = 0; ox0 < wo; ox0 += 8 * BW) {
             imgclass_v8 acc[IMGCLASS_DW_ROWS][BW];
@@ -49,17 +51,17 @@ static void imgclass_stem_plane(const float* __restrict buf, long plane,
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
                     imgclass_store(orow, ox0 + 8 * v, wo,
-                                    imgclass_actv<ACT>(acc[r][v]));
+                                    imgclass_clampv(acc[r][v], lo, hi));
             }
         }
     }
 }
 
 /* Any kernel size and stride: one plane at a time into the output. */
-template <int ACT>
 static void imgclass_stem_generic(const float* buf, long plane, int c, int pw,
                                   const float* w, float bias, float* out,
-                                  int ho, int wo, int kh, int kw, int s) {
+                                  int ho, int wo, int kh, int kw, int s,
+                                  imgclass_bounds act) {
     const int row_stride = s * pw;
     for (int oy = 0; oy < ho; ++oy) {
         float* orow = out + (long)oy * wo;
@@ -75,38 +77,37 @@ static void imgclass_stem_generic(const float* buf, long plane, int c, int pw,
                 }
             }
         }
-        for (int ox = 0; ox < wo; ++ox) orow[ox] = imgclass_act<ACT>(orow[ox]);
+        for (int ox = 0; ox < wo; ++ox) orow[ox] = imgclass_clamp(orow[ox], act);
     }
 }
 
-template <int K, int S, int ACT>
+template <int K, int S>
 static void imgclass_stem_width(const float* buf, long plane, int c, int pw,
                                 const float* w, float bias, float* out,
-                                int ho, int wo) {
+                                int ho, int wo, imgclass_bounds act) {
     if (wo <= 8)
-        imgclass_stem_plane<K, S, 1, ACT>(buf, plane, c, pw, w, bias, out,
-                                          ho, wo);
+        imgclass_stem_plane<K, S, 1>(buf, plane, c, pw, w, bias, out, ho, wo,
+                                     act);
     else
-        imgclass_stem_plane<K, S, 2, ACT>(buf, plane, c, pw, w, bias, out,
-                                          ho, wo);
+        imgclass_stem_plane<K, S, 2>(buf, plane, c, pw, w, bias, out, ho, wo,
+                                     act);
 }
 
-template <int ACT>
 static void imgclass_stem_dispatch(const float* buf, long plane, int c,
                                    int pw, const float* w, float bias,
                                    float* out, int ho, int wo, int kh, int kw,
-                                   int s) {
+                                   int s, imgclass_bounds act) {
     if (kh == 3 && kw == 3 && s == 1)
-        imgclass_stem_width<3, 1, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_width<3, 1>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else if (kh == 3 && kw == 3 && s == 2)
-        imgclass_stem_width<3, 2, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_width<3, 2>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else if (kh == 5 && kw == 5 && s == 1)
-        imgclass_stem_width<5, 1, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_width<5, 1>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else if (kh == 5 && kw == 5 && s == 2)
-        imgclass_stem_width<5, 2, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_width<5, 2>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else
-        imgclass_stem_generic<ACT>(buf, plane, c, pw, w, bias, out, ho, wo,
-                                   kh, kw, s);
+        imgclass_stem_generic(buf, plane, c, pw, w, bias, out, ho, wo, kh, kw,
+                              s, act);
 }
 
 /* Output channels per block of imgclass_stem_block. */
@@ -115,12 +116,15 @@ static void imgclass_stem_dispatch(const float* buf, long plane, int c,
 /* FB filters of one image over rows of 16 output columns: FB x 2
  * accumulators; w holds the FB filters (c*K*K each), out their FB planes
  * (ho*wo each). Needs wo > 8 (the 16-column reads stay in the padded row). */
-template <int K, int S, int ACT>
+template <int K, int S>
 static void imgclass_stem_block(const float* __restrict buf, long plane,
                                 int c, int pw, const float* __restrict w,
                                 const float* __restrict bias,
-                                float* __restrict out, int ho, int wo) {
+                                float* __restrict out, int ho, int wo,
+                                imgclass_bounds act) {
     const int FB = IMGCLASS_STEM_FB;
+    const imgclass_v8 lo = (imgclass_v8){} + act.lo;
+    const imgclass_v8 hi = (imgclass_v8){} + act.hi;
     const long rs = (long)S * pw;
     const long taps = (long)c * K * K;
     for (int oy = 0; oy < ho; ++oy) {
@@ -154,7 +158,7 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
                 float* orow = out + (long)f * ho * wo + (long)oy * wo;
                 for (int v = 0; v < 2; ++v)
                     imgclass_store(orow, ox0 + 8 * v, wo,
-                                    imgclass_actv<ACT>(acc[f][v]));
+                                    imgclass_clampv(acc[f][v], lo, hi));
             }
         }
     }
@@ -165,19 +169,19 @@ static inline int imgclass_stem_blocked(int kh, int kw, int s, int wo) {
     return kh == kw && (kh == 3 || kh == 5) && (s == 1 || s == 2) && wo > 8;
 }
 
-template <int ACT>
 static void imgclass_stem_block_dispatch(const float* buf, long plane, int c,
                                          int pw, const float* w,
                                          const float* bias, float* out,
-                                         int ho, int wo, int k, int s) {
+                                         int ho, int wo, int k, int s,
+                                         imgclass_bounds act) {
     if (k == 3 && s == 1)
-        imgclass_stem_block<3, 1, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_block<3, 1>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else if (k == 3)
-        imgclass_stem_block<3, 2, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_block<3, 2>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else if (s == 1)
-        imgclass_stem_block<5, 1, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_block<5, 1>(buf, plane, c, pw, w, bias, out, ho, wo, act);
     else
-        imgclass_stem_block<5, 2, ACT>(buf, plane, c, pw, w, bias, out, ho, wo);
+        imgclass_stem_block<5, 2>(buf, plane, c, pw, w, bias, out, ho, wo, act);
 }
 
 /* Filters [f0, f0 + count) of one image whose c planes are in buf: a block
@@ -188,33 +192,17 @@ static void imgclass_stem_filters(const float* buf, long plane, int c,
                                   const imgclass_plane_geo* g, int kh, int kw,
                                   int s, int act, int f0, int count) {
     const long taps = (long)c * kh * kw, area = (long)g->ho * g->wo;
+    const imgclass_bounds bounds = imgclass_act_bounds(act);
     if (count == IMGCLASS_STEM_FB && imgclass_stem_blocked(kh, kw, s, g->wo)) {
-        const float* wf = w + f0 * taps;
-        float* o = out + f0 * area;
-        if (act == IMGCLASS_ACT_RELU6)
-            imgclass_stem_block_dispatch<IMGCLASS_ACT_RELU6>(
-                buf, plane, c, g->pw, wf, b + f0, o, g->ho, g->wo, kh, s);
-        else if (act == IMGCLASS_ACT_RELU)
-            imgclass_stem_block_dispatch<IMGCLASS_ACT_RELU>(
-                buf, plane, c, g->pw, wf, b + f0, o, g->ho, g->wo, kh, s);
-        else
-            imgclass_stem_block_dispatch<IMGCLASS_ACT_IDENTITY>(
-                buf, plane, c, g->pw, wf, b + f0, o, g->ho, g->wo, kh, s);
+        imgclass_stem_block_dispatch(buf, plane, c, g->pw, w + f0 * taps,
+                                     b + f0, out + f0 * area, g->ho, g->wo,
+                                     kh, s, bounds);
         return;
     }
-    for (int fi = f0; fi < f0 + count; ++fi) {
-        const float* wf = w + fi * taps;
-        float* o = out + fi * area;
-        if (act == IMGCLASS_ACT_RELU6)
-            imgclass_stem_dispatch<IMGCLASS_ACT_RELU6>(
-                buf, plane, c, g->pw, wf, b[fi], o, g->ho, g->wo, kh, kw, s);
-        else if (act == IMGCLASS_ACT_RELU)
-            imgclass_stem_dispatch<IMGCLASS_ACT_RELU>(
-                buf, plane, c, g->pw, wf, b[fi], o, g->ho, g->wo, kh, kw, s);
-        else
-            imgclass_stem_dispatch<IMGCLASS_ACT_IDENTITY>(
-                buf, plane, c, g->pw, wf, b[fi], o, g->ho, g->wo, kh, kw, s);
-    }
+    for (int fi = f0; fi < f0 + count; ++fi)
+        imgclass_stem_dispatch(buf, plane, c, g->pw, w + fi * taps, b[fi],
+                               out + fi * area, g->ho, g->wo, kh, kw, s,
+                               bounds);
 }
 
 /* Fills buf with the c planes of image img. */
