@@ -1,8 +1,8 @@
 /* Shared by the imgclass Theano ops (model_store/ops): activations applied in
- * the output pass, as a compile-time ACT (pointwise.c) or as run-time bounds
- * (depthwise.c, stem.c: one template instance for all activations, a third
- * of the compile time; bench/README.md). Either way gcc emits vmaxps/vminps,
- * and a NaN stays NaN, as with NumPy's maximum and minimum. */
+ * the output pass as run-time bounds, so each kernel has one template
+ * instance for every activation (a template argument tripled them, and the
+ * first compile took 40 s; bench/README.md). gcc emits vmaxps/vminps, and
+ * a NaN stays NaN, as with NumPy's maximum and minimum. */
 #ifndef IMGCLASS_FASTOPS_H
 #define IMGCLASS_FASTOPS_H
 
@@ -12,13 +12,6 @@
 #define IMGCLASS_ACT_IDENTITY 0
 #define IMGCLASS_ACT_RELU 1
 #define IMGCLASS_ACT_RELU6 2
-
-template <int ACT>
-static inline float imgclass_act(float v) {
-    if (ACT != IMGCLASS_ACT_IDENTITY) v = v < 0.f ? 0.f : v;
-    if (ACT == IMGCLASS_ACT_RELU6) v = v > 6.f ? 6.f : v;
-    return v;
-}
 
 /* An activation given at run time: the output clamped to [lo, hi]. */
 struct imgclass_bounds {
@@ -112,15 +105,6 @@ static inline V imgclass_load_clipped(const float* row, int col, int wo) {
 #endif
     (void)keep;
     memcpy(&v, row + col, sizeof(float) * (wo - col));
-    return v;
-}
-
-template <int ACT, typename V>
-static inline V imgclass_actv(V v) {
-    const V zero = {};
-    const V six = zero + 6.f;
-    if (ACT != IMGCLASS_ACT_IDENTITY) v = v < zero ? zero : v;
-    if (ACT == IMGCLASS_ACT_RELU6) v = v > six ? six : v;
     return v;
 }
 

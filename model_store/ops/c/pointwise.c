@@ -13,18 +13,18 @@
  * replaces the sgemm and the separate pass; for small planes of several
  * images, one sgemm per thread over the images' columns side by side. */
 
-template <int ACT, int RES>
+template <int RES>
 static void imgclass_pw_epilogue(float* __restrict out, const float* __restrict res,
                                  const float* __restrict b, int fb, int m,
-                                 long ld) {
+                                 long ld, imgclass_bounds act) {
     for (int f = 0; f < fb; ++f) {
         float* o = out + f * ld;
         const float bias = b[f];
         if (RES) {
             const float* r = res + f * ld;
-            for (int i = 0; i < m; ++i) o[i] = imgclass_act<ACT>(o[i] + bias) + r[i];
+            for (int i = 0; i < m; ++i) o[i] = imgclass_clamp(o[i] + bias, act) + r[i];
         } else {
-            for (int i = 0; i < m; ++i) o[i] = imgclass_act<ACT>(o[i] + bias);
+            for (int i = 0; i < m; ++i) o[i] = imgclass_clamp(o[i] + bias, act);
         }
     }
 }
@@ -32,15 +32,10 @@ static void imgclass_pw_epilogue(float* __restrict out, const float* __restrict 
 static void imgclass_pw_epilogue_any(float* out, const float* res,
                                      const float* b, int fb, int m, long ld,
                                      int act) {
-    if (res) {
-        if (act == IMGCLASS_ACT_RELU6) imgclass_pw_epilogue<IMGCLASS_ACT_RELU6, 1>(out, res, b, fb, m, ld);
-        else if (act == IMGCLASS_ACT_RELU) imgclass_pw_epilogue<IMGCLASS_ACT_RELU, 1>(out, res, b, fb, m, ld);
-        else imgclass_pw_epilogue<IMGCLASS_ACT_IDENTITY, 1>(out, res, b, fb, m, ld);
-    } else {
-        if (act == IMGCLASS_ACT_RELU6) imgclass_pw_epilogue<IMGCLASS_ACT_RELU6, 0>(out, res, b, fb, m, ld);
-        else if (act == IMGCLASS_ACT_RELU) imgclass_pw_epilogue<IMGCLASS_ACT_RELU, 0>(out, res, b, fb, m, ld);
-        else imgclass_pw_epilogue<IMGCLASS_ACT_IDENTITY, 0>(out, res, b, fb, m, ld);
-    }
+    if (res)
+        imgclass_pw_epilogue<1>(out, res, b, fb, m, ld, imgclass_act_bounds(act));
+    else
+        imgclass_pw_epilogue<0>(out, res, b, fb, m, ld, imgclass_act_bounds(act));
 }
 
 /* Input channels up to which a 1x1 convolution is computed directly, in
@@ -53,13 +48,13 @@ static void imgclass_pw_epilogue_any(float* out, const float* res,
 /* FB output channels x PV vectors of columns, held in registers over all C
  * inputs (FB * PV accumulators; each input row loaded once for the FB
  * channels), then bias, activation, residual and a store clipped at m. */
-template <int FB, int PV, int ACT, int RES>
+template <int FB, int PV, int RES>
 static inline void imgclass_pw_tile(const float* __restrict x, long ldx,
                                     int c, const float* __restrict w,
                                     const float* __restrict b,
                                     const float* __restrict res,
                                     float* __restrict out, long ld, int m,
-                                    int col) {
+                                    int col, imgclass_vw lo, imgclass_vw hi) {
     imgclass_vw acc[FB][PV];
     for (int j = 0; j < FB; ++j)
         for (int v = 0; v < PV; ++v)
@@ -78,7 +73,7 @@ static inline void imgclass_pw_tile(const float* __restrict x, long ldx,
     for (int j = 0; j < FB; ++j)
         for (int v = 0; v < PV; ++v) {
             const int at = col + IMGCLASS_VW * v;
-            imgclass_vw y = imgclass_actv<ACT>(acc[j][v]);
+            imgclass_vw y = imgclass_clampv(acc[j][v], lo, hi);
             if (RES)
                 y += imgclass_load_clipped<imgclass_vw>(res + j * ld, at, m);
             imgclass_store(out + j * ld, at, m, y);
@@ -86,47 +81,51 @@ static inline void imgclass_pw_tile(const float* __restrict x, long ldx,
 }
 
 /* All nb output channels of the columns [col, col + PV vectors). */
-template <int PV, int ACT, int RES>
+template <int PV, int RES>
 static inline void imgclass_pw_columns(const float* x, long ldx, int c,
                                        const float* w, const float* b,
                                        const float* res, int nb, float* out,
-                                       long ld, int m, int col) {
+                                       long ld, int m, int col,
+                                       imgclass_vw lo, imgclass_vw hi) {
     int j = 0;
     for (; j + 4 <= nb; j += 4)
-        imgclass_pw_tile<4, PV, ACT, RES>(x, ldx, c, w + (long)j * c, b + j,
-                                          RES ? res + j * ld : res,
-                                          out + j * ld, ld, m, col);
+        imgclass_pw_tile<4, PV, RES>(x, ldx, c, w + (long)j * c, b + j,
+                                     RES ? res + j * ld : res, out + j * ld,
+                                     ld, m, col, lo, hi);
     for (; j < nb; ++j)
-        imgclass_pw_tile<1, PV, ACT, RES>(x, ldx, c, w + (long)j * c, b + j,
-                                          RES ? res + j * ld : res,
-                                          out + j * ld, ld, m, col);
+        imgclass_pw_tile<1, PV, RES>(x, ldx, c, w + (long)j * c, b + j,
+                                     RES ? res + j * ld : res, out + j * ld,
+                                     ld, m, col, lo, hi);
 }
 
 /* out (nb x m, rows ld apart) = act(W (nb x C) @ x (C x m, rows ldx apart)
  * + b) [+ res, laid out as out], for C up to IMGCLASS_PW_DIRECT_MAX_C:
  * tiles of 3 vectors of columns, then single vectors, then the last partial
  * vector from a zero-padded copy (so no load reaches past x). */
-template <int ACT, int RES>
+template <int RES>
 static void imgclass_pw_direct(const float* __restrict x, long ldx, int c,
                                int m, const float* __restrict w,
                                const float* __restrict b,
                                const float* __restrict res, int nb,
-                               float* __restrict out, long ld) {
+                               float* __restrict out, long ld,
+                               imgclass_bounds act) {
+    const imgclass_vw lo = (imgclass_vw){} + act.lo;
+    const imgclass_vw hi = (imgclass_vw){} + act.hi;
     int col = 0;
     for (; col + 3 * IMGCLASS_VW <= m; col += 3 * IMGCLASS_VW)
-        imgclass_pw_columns<3, ACT, RES>(x + col, ldx, c, w, b, res, nb, out,
-                                         ld, m, col);
+        imgclass_pw_columns<3, RES>(x + col, ldx, c, w, b, res, nb, out, ld,
+                                    m, col, lo, hi);
     for (; col + IMGCLASS_VW <= m; col += IMGCLASS_VW)
-        imgclass_pw_columns<1, ACT, RES>(x + col, ldx, c, w, b, res, nb, out,
-                                         ld, m, col);
+        imgclass_pw_columns<1, RES>(x + col, ldx, c, w, b, res, nb, out, ld,
+                                    m, col, lo, hi);
     if (col < m) {
         float tail[IMGCLASS_PW_DIRECT_MAX_C * IMGCLASS_VW];
         memset(tail, 0, sizeof(float) * c * IMGCLASS_VW);
         for (int ci = 0; ci < c; ++ci)
             memcpy(tail + ci * IMGCLASS_VW, x + ci * ldx + col,
                    sizeof(float) * (m - col));
-        imgclass_pw_columns<1, ACT, RES>(tail, IMGCLASS_VW, c, w, b, res, nb,
-                                         out, ld, m, col);
+        imgclass_pw_columns<1, RES>(tail, IMGCLASS_VW, c, w, b, res, nb, out,
+                                    ld, m, col, lo, hi);
     }
 }
 
@@ -136,15 +135,11 @@ static void imgclass_pw_direct_any(const float* x, long ldx, int c, int m,
                                    const float* w, const float* b,
                                    const float* res, int nb, float* out,
                                    long ld, int act) {
-    if (res) {
-        if (act == IMGCLASS_ACT_RELU6) imgclass_pw_direct<IMGCLASS_ACT_RELU6, 1>(x, ldx, c, m, w, b, res, nb, out, ld);
-        else if (act == IMGCLASS_ACT_RELU) imgclass_pw_direct<IMGCLASS_ACT_RELU, 1>(x, ldx, c, m, w, b, res, nb, out, ld);
-        else imgclass_pw_direct<IMGCLASS_ACT_IDENTITY, 1>(x, ldx, c, m, w, b, res, nb, out, ld);
-    } else {
-        if (act == IMGCLASS_ACT_RELU6) imgclass_pw_direct<IMGCLASS_ACT_RELU6, 0>(x, ldx, c, m, w, b, res, nb, out, ld);
-        else if (act == IMGCLASS_ACT_RELU) imgclass_pw_direct<IMGCLASS_ACT_RELU, 0>(x, ldx, c, m, w, b, res, nb, out, ld);
-        else imgclass_pw_direct<IMGCLASS_ACT_IDENTITY, 0>(x, ldx, c, m, w, b, res, nb, out, ld);
-    }
+    const imgclass_bounds bounds = imgclass_act_bounds(act);
+    if (res)
+        imgclass_pw_direct<1>(x, ldx, c, m, w, b, res, nb, out, ld, bounds);
+    else
+        imgclass_pw_direct<0>(x, ldx, c, m, w, b, res, nb, out, ld, bounds);
 }
 
 /* Output floats per task: the tile of F x HW written by one sgemm call. */
@@ -162,11 +157,12 @@ static void imgclass_pw_direct_any(const float* x, long ldx, int c, int m,
 #endif
 
 /* out[i, f] = act(og[f, i*hw .. (i+1)*hw) + b[f]) [+ res[i, f]]. */
-template <int ACT, int RES>
+template <int RES>
 static void imgclass_pw_scatter(const float* __restrict og, long cols,
                                 const float* __restrict b,
                                 const float* __restrict res,
-                                float* __restrict out, int n, int f, int hw) {
+                                float* __restrict out, int n, int f, int hw,
+                                imgclass_bounds act) {
 #pragma omp for schedule(static)
     for (long t = 0; t < (long)n * f; ++t) {
         const int img = (int)(t / f), fo = (int)(t % f);
@@ -176,9 +172,9 @@ static void imgclass_pw_scatter(const float* __restrict og, long cols,
         if (RES) {
             const float* r = res + t * hw;
             for (int i = 0; i < hw; ++i)
-                dst[i] = imgclass_act<ACT>(src[i] + bias) + r[i];
+                dst[i] = imgclass_clamp(src[i] + bias, act) + r[i];
         } else {
-            for (int i = 0; i < hw; ++i) dst[i] = imgclass_act<ACT>(src[i] + bias);
+            for (int i = 0; i < hw; ++i) dst[i] = imgclass_clamp(src[i] + bias, act);
         }
     }
 }
@@ -240,15 +236,12 @@ static int imgclass_pointwise_gathered(const float* x, const float* w,
 #pragma omp parallel
     {
         imgclass_gathered_product(x, w, n, c, hw, f, parts, xg, og);
-        if (res) {
-            if (act == IMGCLASS_ACT_RELU6) imgclass_pw_scatter<IMGCLASS_ACT_RELU6, 1>(og, cols, b, res, out, n, f, hw);
-            else if (act == IMGCLASS_ACT_RELU) imgclass_pw_scatter<IMGCLASS_ACT_RELU, 1>(og, cols, b, res, out, n, f, hw);
-            else imgclass_pw_scatter<IMGCLASS_ACT_IDENTITY, 1>(og, cols, b, res, out, n, f, hw);
-        } else {
-            if (act == IMGCLASS_ACT_RELU6) imgclass_pw_scatter<IMGCLASS_ACT_RELU6, 0>(og, cols, b, res, out, n, f, hw);
-            else if (act == IMGCLASS_ACT_RELU) imgclass_pw_scatter<IMGCLASS_ACT_RELU, 0>(og, cols, b, res, out, n, f, hw);
-            else imgclass_pw_scatter<IMGCLASS_ACT_IDENTITY, 0>(og, cols, b, res, out, n, f, hw);
-        }
+        if (res)
+            imgclass_pw_scatter<1>(og, cols, b, res, out, n, f, hw,
+                                   imgclass_act_bounds(act));
+        else
+            imgclass_pw_scatter<0>(og, cols, b, res, out, n, f, hw,
+                                   imgclass_act_bounds(act));
     }
     free(xg);
     free(og);
