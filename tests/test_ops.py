@@ -85,6 +85,10 @@ DEPTHWISE = [
     (3, 1, "same", "relu6", (21, 33)),
     (5, 2, "same", "relu", (70, 75)),
     (5, 1, "same", "relu6", (13, 32)),
+    # padded planes over 32 KB go in bands of output rows (Lite0's 112 x 112;
+    # the last band partial, bottom padding rows in it)
+    (3, 1, "same", "relu6", (112, 112)),
+    (3, 2, "same", "relu", (97, 111)),
 ]
 
 
@@ -218,6 +222,7 @@ EXPAND_DEPTHWISE = [
     # 112 x 113 in blocks of 16
     (3, 2, "same", ("relu6", "relu6"), (40, 41), 1, 5, 70),
     (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 5, 24),
+    (3, 2, "same", ("relu6", "relu6"), (112, 112), 2, 16, 24),  # block 1
     # the direct expansion's column tiles: full tiles, single vectors and a
     # last partial vector (420 pixels), only a partial vector (15), at its
     # largest number of inputs (128); above it, sgemm: over several images'

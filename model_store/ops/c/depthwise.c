@@ -92,36 +92,42 @@ static void imgclass_dw_plane_generic(const float* __restrict buf, int pw,
     }
 }
 
-/* Copies plane x (h, w) into the interior of buf: padded rows of s phases
- * of pw floats each (column col of a padded row is phase col % s, index
- * col / s). The padding cells are never written, so they stay zero from the
- * buffer's one-time clearing. */
+/* Copies one image row (w floats) into a padded row of buf: s phases of
+ * pw floats (column col of the padded row is phase col % s, index col / s).
+ * Only the interior is written; the padding cells keep their zeros. */
+static inline void imgclass_dw_fill_row(const float* __restrict src, int w,
+                                        int pl, int s, int pw,
+                                        float* __restrict dst) {
+    if (s == 1) {  /* rows are short: vectors, not a memcpy call */
+        float* d = dst + pl;
+        for (int ix = 0; ix < w; ix += 8)
+            imgclass_store(d, ix, w,
+                           imgclass_load_clipped<imgclass_v8>(src, ix, w));
+        return;
+    }
+    for (int p = 0; p < s; ++p) {
+        /* columns col = p + s*j with 0 <= col - pl < w */
+        int j0 = pl > p ? (pl - p + s - 1) / s : 0;
+        int j1 = (w - 1 + pl - p) / s;  /* inclusive */
+        float* d = dst + p * pw;
+        const float* sp = src + p - pl;
+        if (s == 2) {  /* a constant stride: gcc vectorises the gather */
+            for (int j = j0; j <= j1; ++j) d[j] = sp[2 * j];
+        } else {
+            for (int j = j0; j <= j1; ++j) d[j] = sp[s * j];
+        }
+    }
+}
+
+/* Copies plane x (h, w) into the interior of buf, rows pt... The padding
+ * cells are never written, so they stay zero from the buffer's one-time
+ * clearing. */
 static void imgclass_dw_fill(const float* __restrict x, int h, int w,
                              int pt, int pl, int s, int pw,
                              float* __restrict buf) {
-    for (int y = 0; y < h; ++y) {
-        float* dst = buf + (long)(y + pt) * s * pw;
-        const float* src = x + (long)y * w;
-        if (s == 1) {  /* rows are short: vectors, not a memcpy call */
-            float* d = dst + pl;
-            for (int ix = 0; ix < w; ix += 8)
-                imgclass_store(d, ix, w,
-                               imgclass_load_clipped<imgclass_v8>(src, ix, w));
-            continue;
-        }
-        for (int p = 0; p < s; ++p) {
-            /* columns col = p + s*j with 0 <= col - pl < w */
-            int j0 = pl > p ? (pl - p + s - 1) / s : 0;
-            int j1 = (w - 1 + pl - p) / s;  /* inclusive */
-            float* d = dst + p * pw;
-            const float* sp = src + p - pl;
-            if (s == 2) {  /* a constant stride: gcc vectorises the gather */
-                for (int j = j0; j <= j1; ++j) d[j] = sp[2 * j];
-            } else {
-                for (int j = j0; j <= j1; ++j) d[j] = sp[s * j];
-            }
-        }
-    }
+    for (int y = 0; y < h; ++y)
+        imgclass_dw_fill_row(x + (long)y * w, w, pl, s, pw,
+                             buf + (long)(y + pt) * s * pw);
 }
 
 template <int K, int S>
@@ -184,6 +190,52 @@ static imgclass_plane_geo imgclass_plane_geometry(int h, int wd, int kh,
     return g;
 }
 
+/* Padded planes larger than this many floats (32 KB: L1 is 48 KB here) are
+ * convolved in bands of output rows, each band's input rows copied to the
+ * start of the buffer, so that the copy and the kernel's reads stay in L1
+ * (Lite0's 112 x 112 planes: a 60 KB buffer whole; bench/README.md). */
+#define IMGCLASS_DW_BAND_FLOATS (8 * 1024)
+
+/* Padded rows the kernel reads for `rows` output rows (whole tiles). */
+static inline int imgclass_dw_window_rows(int rows, int tile, int kh, int s) {
+    return (((rows + tile - 1) / tile) * tile - 1) * s + kh;
+}
+
+/* One plane x (h, w) -> out (g.ho, g.wo): copied into buf (whole, or a band
+ * of output rows at a time), then the kernel. */
+static void imgclass_dw_conv_plane(const float* x, int h, int w, int pt,
+                                   int pl, int s, const imgclass_plane_geo& g,
+                                   float* buf, const float* wk, float bias,
+                                   float* out, int kh, int kw, int act) {
+    const long row = (long)s * g.pw;
+    const int tile = imgclass_dw_tile_rows(g.wo);
+    int band = tile;
+    while (band < g.ho && (long)imgclass_dw_window_rows(band + tile, tile,
+                                                        kh, s) * row
+                              <= IMGCLASS_DW_BAND_FLOATS)
+        band += tile;
+    if (g.floats <= IMGCLASS_DW_BAND_FLOATS || band >= g.ho) {
+        imgclass_dw_fill(x, h, w, pt, pl, s, g.pw, buf);
+        imgclass_dw_plane_act(buf, g.pw, wk, bias, out, g.ho, g.wo, kh, kw, s,
+                              act);
+        return;
+    }
+    for (int oy0 = 0; oy0 < g.ho; oy0 += band) {
+        const int rows = g.ho - oy0 < band ? g.ho - oy0 : band;
+        const int window = imgclass_dw_window_rows(rows, tile, kh, s);
+        for (int r = 0; r < window; ++r) {
+            const int y = oy0 * s + r - pt;  /* image row of padded row */
+            float* dst = buf + r * row;
+            if (y < 0 || y >= h)  /* padding: may hold an earlier band's row */
+                memset(dst, 0, sizeof(float) * row);
+            else
+                imgclass_dw_fill_row(x + (long)y * w, w, pl, s, g.pw, dst);
+        }
+        imgclass_dw_plane_act(buf, g.pw, wk, bias, out + (long)oy0 * g.wo,
+                              rows, g.wo, kh, kw, s, act);
+    }
+}
+
 /* Returns 0, or -1 if a thread could not allocate its buffer. */
 static int imgclass_depthwise(const float* x, const float* w, const float* b,
                               float* out, int n, int c, int h, int wd,
@@ -191,7 +243,7 @@ static int imgclass_depthwise(const float* x, const float* w, const float* b,
                               int pr, int act) {
     const imgclass_plane_geo g = imgclass_plane_geometry(h, wd, kh, kw, s,
                                                          pt, pb, pl, pr);
-    const int ho = g.ho, wo = g.wo, pw = g.pw;
+    const int ho = g.ho, wo = g.wo;
     const long planes = (long)n * c;
     int failed = 0;
 #pragma omp parallel
@@ -205,9 +257,9 @@ static int imgclass_depthwise(const float* x, const float* w, const float* b,
         for (long p = 0; p < planes; ++p) {
             if (!buf) continue;
             const int ch = (int)(p % c);
-            imgclass_dw_fill(x + p * h * wd, h, wd, pt, pl, s, pw, buf);
-            imgclass_dw_plane_act(buf, pw, w + (long)ch * kh * kw, b[ch],
-                                  out + p * ho * wo, ho, wo, kh, kw, s, act);
+            imgclass_dw_conv_plane(x + p * h * wd, h, wd, pt, pl, s, g, buf,
+                                   w + (long)ch * kh * kw, b[ch],
+                                   out + p * ho * wo, kh, kw, act);
         }
         free(buf);
     }

@@ -68,11 +68,9 @@ static int imgclass_expand_depthwise_gathered(
         for (long t = 0; t < (long)n * f; ++t) {
             if (!buf) continue;
             const int img = (int)(t / f), ch = (int)(t % f);
-            imgclass_dw_fill(og + ch * cols + (long)img * hw, h, w, pt, pl, s,
-                             g.pw, buf);
-            imgclass_dw_plane_act(buf, g.pw, wd + (long)ch * kh * kw, bd[ch],
-                                  out + t * plane_out, g.ho, g.wo, kh, kw, s,
-                                  act_d);
+            imgclass_dw_conv_plane(og + ch * cols + (long)img * hw, h, w, pt,
+                                   pl, s, g, buf, wd + (long)ch * kh * kw,
+                                   bd[ch], out + t * plane_out, kh, kw, act_d);
         }
         free(buf);
     }
@@ -135,12 +133,11 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
             }
             for (int j = 0; j < nb; ++j) {
                 const int ch = f0 + j;
-                imgclass_dw_fill(expanded + (long)j * hw, h, w, pt, pl, s,
-                                 g.pw, buf);
-                imgclass_dw_plane_act(buf, g.pw, wd + (long)ch * kh * kw,
-                                      bd[ch],
-                                      out + ((long)img * f + ch) * plane_out,
-                                      g.ho, g.wo, kh, kw, s, act_d);
+                imgclass_dw_conv_plane(expanded + (long)j * hw, h, w, pt, pl,
+                                       s, g, buf, wd + (long)ch * kh * kw,
+                                       bd[ch],
+                                       out + ((long)img * f + ch) * plane_out,
+                                       kh, kw, act_d);
             }
         }
         free(expanded);
