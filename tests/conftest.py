@@ -33,6 +33,22 @@ def pytest_configure(config):
         theano.gof.cmodule.GCC_compiler.march_flags = [f"-march={march}"]
 
 
+def run_tests_compiled_for(march: str, test_file: str, keyword: str,
+                           compiledir) -> int:
+    """Runs the tests of ``test_file`` matching ``keyword`` in a new process
+    that compiles every C module afresh into ``compiledir`` for CPU
+    ``march``; the number that passed (the run must pass)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, IMGCLASS_TEST_MARCH=march,
+               THEANO_FLAGS=f"base_compiledir={compiledir}")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-k", keyword, os.path.join(root, "tests", test_file)],
+        env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    return int(done.stdout.split(" passed")[0].split()[-1])
+
+
 @pytest.fixture(scope="session")
 def split():
     return load_digits_split()

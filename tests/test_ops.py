@@ -15,6 +15,7 @@ from model_store.ops import (
     PointwiseConv2dBiasAct,
     fast_conv2d_bias_act,
 )
+from tests.conftest import run_tests_compiled_for
 
 ACT = {"identity": lambda v: v, "relu": lambda v: np.maximum(v, 0),
        "relu6": lambda v: np.clip(v, 0, 6)}
@@ -396,15 +397,8 @@ def test_ops_compiled_without_avx512_match_numpy(tmp_path):
     kernels use 8-float vectors, plain copies for partial vectors and 4-row
     depthwise tiles; this file's NumPy-reference tests pass with that code
     too, run in a process that compiles every module afresh for Haswell."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root, IMGCLASS_TEST_MARCH="haswell",
-               THEANO_FLAGS=f"base_compiledir={tmp_path}")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-k", "matches_numpy", os.path.join(root, "tests", "test_ops.py")],
-        env=env, cwd=root, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    passed = int(done.stdout.split(" passed")[0].split()[-1])
+    passed = run_tests_compiled_for("haswell", "test_ops.py", "matches_numpy",
+                                    tmp_path)
     assert passed >= 50
     keys = [path.read_bytes() for path in tmp_path.rglob("key.pkl")]
     ours = [key for key in keys if b"imgclass" in key or b"-march" in key]

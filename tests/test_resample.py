@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from model_store import resample
+from tests.conftest import run_tests_compiled_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILTERS = [Image.Resampling.BOX, Image.Resampling.BILINEAR,
@@ -206,14 +207,8 @@ def test_kernel_built_for_a_cpu_without_avx512_gives_the_same_pixels(tmp_path):
     """This machine has AVX-512; compiled for Haswell (AVX2), the kernel's
     code differs, and this file's comparisons with Pillow pass with it
     too, in a process that builds it afresh."""
-    env = dict(os.environ, PYTHONPATH=ROOT, IMGCLASS_TEST_MARCH="haswell",
-               THEANO_FLAGS=f"base_compiledir={tmp_path}")
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "-k", "equals_pillow", os.path.join(ROOT, "tests", "test_resample.py")],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert int(done.stdout.split(" passed")[0].split()[-1]) >= 20
+    assert run_tests_compiled_for("haswell", "test_resample.py", "equals_pillow",
+                                  tmp_path) >= 20
     libraries = list(tmp_path.rglob("imgclass_resample_*.so"))
     assert len(libraries) == 1
     assert os.path.basename(libraries[0]) != os.path.basename(resample.compiled().__file__)

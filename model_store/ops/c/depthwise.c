@@ -35,7 +35,6 @@ static void imgclass_dw_plane(const float* __restrict buf, int pw,
                               float* __restrict out, int ho, int wo,
                               imgclass_bounds act) {
     const int lanes = (int)(sizeof(V) / sizeof(float));
-    const V lo = (V){} + act.lo, hi = (V){} + act.hi;
     const long rs = (long)S * pw;  /* one padded row = S phases */
     float wk[K * K];
     for (int i = 0; i < K * K; ++i) wk[i] = w[i];
@@ -64,7 +63,7 @@ static void imgclass_dw_plane(const float* __restrict buf, int pw,
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
                     imgclass_store(orow, ox0 + lanes * v, wo,
-                                   imgclass_clampv(acc[r][v], lo, hi));
+                                   imgclass_clampv(acc[r][v], act));
             }
         }
     }
@@ -163,12 +162,24 @@ static void imgclass_dw_plane_act(const float* buf, int pw, const float* w,
         imgclass_dw_plane_generic(buf, pw, w, bias, out, ho, wo, kh, kw, s, b);
 }
 
+/* Padded planes larger than this many floats (32 KB: L1 is 48 KB here) are
+ * convolved in bands of output rows, each band's input rows copied to the
+ * start of the buffer, so that the copy and the kernel's reads stay in L1
+ * (Lite0's 112 x 112 planes: a 60 KB buffer whole; bench/README.md). */
+#define IMGCLASS_DW_BAND_FLOATS (8 * 1024)
+
+/* Padded rows the kernel reads for `rows` output rows (whole tiles). */
+static inline int imgclass_dw_window_rows(int rows, int tile, int kh, int s) {
+    return (((rows + tile - 1) / tile) * tile - 1) * s + kh;
+}
+
 /* Output size and buffer geometry of one padded plane: phase width pw and
  * rows cover every cell a tap of a whole output tile reads (16 columns,
  * imgclass_dw_tile_rows rows), so tiles at the edges need no bounds checks;
- * the cells past the padded image stay zero. */
+ * the cells past the padded image stay zero. band: output rows convolved
+ * at a time (ho when the whole buffer fits IMGCLASS_DW_BAND_FLOATS). */
 struct imgclass_plane_geo {
-    int ho, wo, pw, rows;
+    int ho, wo, pw, rows, band;
     size_t floats;
 };
 
@@ -187,18 +198,15 @@ static imgclass_plane_geo imgclass_plane_geometry(int h, int wd, int kh,
     g.rows = (htiles * tile_rows - 1) * s + kh;
     if (g.rows < h + pt + pb) g.rows = h + pt + pb;
     g.floats = (size_t)g.rows * s * g.pw;
+    const long row = (long)s * g.pw;
+    g.band = tile_rows;
+    while (g.band < g.ho
+           && (long)imgclass_dw_window_rows(g.band + tile_rows, tile_rows,
+                                            kh, s) * row
+                  <= IMGCLASS_DW_BAND_FLOATS)
+        g.band += tile_rows;
+    if (g.floats <= IMGCLASS_DW_BAND_FLOATS || g.band > g.ho) g.band = g.ho;
     return g;
-}
-
-/* Padded planes larger than this many floats (32 KB: L1 is 48 KB here) are
- * convolved in bands of output rows, each band's input rows copied to the
- * start of the buffer, so that the copy and the kernel's reads stay in L1
- * (Lite0's 112 x 112 planes: a 60 KB buffer whole; bench/README.md). */
-#define IMGCLASS_DW_BAND_FLOATS (8 * 1024)
-
-/* Padded rows the kernel reads for `rows` output rows (whole tiles). */
-static inline int imgclass_dw_window_rows(int rows, int tile, int kh, int s) {
-    return (((rows + tile - 1) / tile) * tile - 1) * s + kh;
 }
 
 /* One plane x (h, w) -> out (g.ho, g.wo): copied into buf (whole, or a band
@@ -207,21 +215,16 @@ static void imgclass_dw_conv_plane(const float* x, int h, int w, int pt,
                                    int pl, int s, const imgclass_plane_geo& g,
                                    float* buf, const float* wk, float bias,
                                    float* out, int kh, int kw, int act) {
-    const long row = (long)s * g.pw;
-    const int tile = imgclass_dw_tile_rows(g.wo);
-    int band = tile;
-    while (band < g.ho && (long)imgclass_dw_window_rows(band + tile, tile,
-                                                        kh, s) * row
-                              <= IMGCLASS_DW_BAND_FLOATS)
-        band += tile;
-    if (g.floats <= IMGCLASS_DW_BAND_FLOATS || band >= g.ho) {
+    if (g.band == g.ho) {
         imgclass_dw_fill(x, h, w, pt, pl, s, g.pw, buf);
         imgclass_dw_plane_act(buf, g.pw, wk, bias, out, g.ho, g.wo, kh, kw, s,
                               act);
         return;
     }
-    for (int oy0 = 0; oy0 < g.ho; oy0 += band) {
-        const int rows = g.ho - oy0 < band ? g.ho - oy0 : band;
+    const long row = (long)s * g.pw;
+    const int tile = imgclass_dw_tile_rows(g.wo);
+    for (int oy0 = 0; oy0 < g.ho; oy0 += g.band) {
+        const int rows = g.ho - oy0 < g.band ? g.ho - oy0 : g.band;
         const int window = imgclass_dw_window_rows(rows, tile, kh, s);
         for (int r = 0; r < window; ++r) {
             const int y = oy0 * s + r - pt;  /* image row of padded row */

@@ -89,8 +89,7 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
     const imgclass_plane_geo g = imgclass_plane_geometry(h, w, kh, kw, s,
                                                          pt, pb, pl, pr);
     int hw = h * w;
-    if (n > 1 && hw <= IMGCLASS_PW_GATHER_MAX_HW
-            && c > IMGCLASS_PW_DIRECT_MAX_C) {
+    if (imgclass_pw_gathers(n, c, hw)) {
         const int done = imgclass_expand_depthwise_gathered(
             x, we, be, wd, bd, out, n, c, f, h, w, kh, kw, s, pt, pl, act_e,
             act_d, g);

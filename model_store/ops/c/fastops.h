@@ -108,9 +108,10 @@ static inline V imgclass_load_clipped(const float* row, int col, int wo) {
     return v;
 }
 
-/* imgclass_clamp on a vector; lo and hi hold the bounds in every lane. */
+/* imgclass_clamp on every lane of a vector. */
 template <typename V>
-static inline V imgclass_clampv(V v, V lo, V hi) {
+static inline V imgclass_clampv(V v, imgclass_bounds b) {
+    const V lo = (V){} + b.lo, hi = (V){} + b.hi;
     v = v < lo ? lo : v;
     return v > hi ? hi : v;
 }

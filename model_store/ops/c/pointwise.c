@@ -54,7 +54,7 @@ static inline void imgclass_pw_tile(const float* __restrict x, long ldx,
                                     const float* __restrict b,
                                     const float* __restrict res,
                                     float* __restrict out, long ld, int m,
-                                    int col, imgclass_vw lo, imgclass_vw hi) {
+                                    int col, imgclass_bounds act) {
     imgclass_vw acc[FB][PV];
     for (int j = 0; j < FB; ++j)
         for (int v = 0; v < PV; ++v)
@@ -73,7 +73,7 @@ static inline void imgclass_pw_tile(const float* __restrict x, long ldx,
     for (int j = 0; j < FB; ++j)
         for (int v = 0; v < PV; ++v) {
             const int at = col + IMGCLASS_VW * v;
-            imgclass_vw y = imgclass_clampv(acc[j][v], lo, hi);
+            imgclass_vw y = imgclass_clampv(acc[j][v], act);
             if (RES)
                 y += imgclass_load_clipped<imgclass_vw>(res + j * ld, at, m);
             imgclass_store(out + j * ld, at, m, y);
@@ -86,16 +86,16 @@ static inline void imgclass_pw_columns(const float* x, long ldx, int c,
                                        const float* w, const float* b,
                                        const float* res, int nb, float* out,
                                        long ld, int m, int col,
-                                       imgclass_vw lo, imgclass_vw hi) {
+                                       imgclass_bounds act) {
     int j = 0;
     for (; j + 4 <= nb; j += 4)
         imgclass_pw_tile<4, PV, RES>(x, ldx, c, w + (long)j * c, b + j,
                                      RES ? res + j * ld : res, out + j * ld,
-                                     ld, m, col, lo, hi);
+                                     ld, m, col, act);
     for (; j < nb; ++j)
         imgclass_pw_tile<1, PV, RES>(x, ldx, c, w + (long)j * c, b + j,
                                      RES ? res + j * ld : res, out + j * ld,
-                                     ld, m, col, lo, hi);
+                                     ld, m, col, act);
 }
 
 /* out (nb x m, rows ld apart) = act(W (nb x C) @ x (C x m, rows ldx apart)
@@ -109,15 +109,13 @@ static void imgclass_pw_direct(const float* __restrict x, long ldx, int c,
                                const float* __restrict res, int nb,
                                float* __restrict out, long ld,
                                imgclass_bounds act) {
-    const imgclass_vw lo = (imgclass_vw){} + act.lo;
-    const imgclass_vw hi = (imgclass_vw){} + act.hi;
     int col = 0;
     for (; col + 3 * IMGCLASS_VW <= m; col += 3 * IMGCLASS_VW)
         imgclass_pw_columns<3, RES>(x + col, ldx, c, w, b, res, nb, out, ld,
-                                    m, col, lo, hi);
+                                    m, col, act);
     for (; col + IMGCLASS_VW <= m; col += IMGCLASS_VW)
         imgclass_pw_columns<1, RES>(x + col, ldx, c, w, b, res, nb, out, ld,
-                                    m, col, lo, hi);
+                                    m, col, act);
     if (col < m) {
         float tail[IMGCLASS_PW_DIRECT_MAX_C * IMGCLASS_VW];
         memset(tail, 0, sizeof(float) * c * IMGCLASS_VW);
@@ -125,7 +123,7 @@ static void imgclass_pw_direct(const float* __restrict x, long ldx, int c,
             memcpy(tail + ci * IMGCLASS_VW, x + ci * ldx + col,
                    sizeof(float) * (m - col));
         imgclass_pw_columns<1, RES>(tail, IMGCLASS_VW, c, w, b, res, nb, out,
-                                    ld, m, col, lo, hi);
+                                    ld, m, col, act);
     }
 }
 
@@ -209,6 +207,13 @@ static void imgclass_gathered_product(const float* x, const float* w, int n,
     }
 }
 
+/* Whether a 1x1 product over n images of hw pixels and c inputs goes
+ * through the gathered product (the pointwise op and the fused expansion). */
+static inline int imgclass_pw_gathers(int n, int c, int hw) {
+    return n > 1 && hw <= IMGCLASS_PW_GATHER_MAX_HW
+           && c > IMGCLASS_PW_DIRECT_MAX_C;
+}
+
 /* The gathered product's buffers for n images of hw pixels: *xg (C x N*hw)
  * and *og (F x N*hw). 0, or -1 with neither allocated. */
 static int imgclass_gathered_buffers(int n, int c, int hw, int f, float** xg,
@@ -251,8 +256,7 @@ static int imgclass_pointwise_gathered(const float* x, const float* w,
 static void imgclass_pointwise(const float* x, const float* w, const float* b,
                                const float* res, float* out, int n, int c,
                                int hw, int f, int act) {
-    if (n > 1 && hw <= IMGCLASS_PW_GATHER_MAX_HW
-            && c > IMGCLASS_PW_DIRECT_MAX_C
+    if (imgclass_pw_gathers(n, c, hw)
             && imgclass_pointwise_gathered(x, w, b, res, out, n, c, hw, f,
                                            act) == 0)
         return;

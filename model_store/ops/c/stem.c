@@ -20,8 +20,6 @@ static void imgclass_stem_plane(const float* __restrict buf, long plane,
                                 float bias, float* __restrict out, int ho,
                                 int wo, imgclass_bounds act) {
     const long rs = (long)S * pw;
-    const imgclass_v8 lo = (imgclass_v8){} + act.lo;
-    const imgclass_v8 hi = (imgclass_v8){} + act.hi;
     for (int oy0 = 0; oy0 < ho; oy0 += IMGCLASS_DW_ROWS) {
         for (int ox0 = 0; ox0 < wo; ox0 += 8 * BW) {
             imgclass_v8 acc[IMGCLASS_DW_ROWS][BW];
@@ -51,7 +49,7 @@ static void imgclass_stem_plane(const float* __restrict buf, long plane,
                 float* orow = out + (long)(oy0 + r) * wo;
                 for (int v = 0; v < BW; ++v)
                     imgclass_store(orow, ox0 + 8 * v, wo,
-                                    imgclass_clampv(acc[r][v], lo, hi));
+                                    imgclass_clampv(acc[r][v], act));
             }
         }
     }
@@ -123,8 +121,6 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
                                 float* __restrict out, int ho, int wo,
                                 imgclass_bounds act) {
     const int FB = IMGCLASS_STEM_FB;
-    const imgclass_v8 lo = (imgclass_v8){} + act.lo;
-    const imgclass_v8 hi = (imgclass_v8){} + act.hi;
     const long rs = (long)S * pw;
     const long taps = (long)c * K * K;
     for (int oy = 0; oy < ho; ++oy) {
@@ -158,7 +154,7 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
                 float* orow = out + (long)f * ho * wo + (long)oy * wo;
                 for (int v = 0; v < 2; ++v)
                     imgclass_store(orow, ox0 + 8 * v, wo,
-                                    imgclass_clampv(acc[f][v], lo, hi));
+                                    imgclass_clampv(acc[f][v], act));
             }
         }
     }
