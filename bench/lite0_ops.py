@@ -1,6 +1,6 @@
 """Time each fast op of an EfficientNet-Lite0-shaped network alone, at the
-shapes Lite0 runs them: the fused expansion + depthwise op of each distinct
-block, and the pointwise projections and head. Random weights and inputs;
+shapes Lite0 runs them: the stem, the fused expansion + depthwise op of each
+distinct block, and the pointwise projections and head. Random weights and inputs;
 one compiled function per shape; the best of --calls calls of --images
 images (the predictor's chunk, 19) counts.
 
@@ -26,6 +26,7 @@ from model_store.engine import T, function, shared  # noqa: E402
 from model_store.ops import (  # noqa: E402
     ExpandDepthwiseConv2dBiasAct,
     PointwiseConv2dBiasAct,
+    StemConv2dBiasAct,
 )
 
 # (input channels, expanded channels, H = W, depthwise kernel, stride,
@@ -58,6 +59,19 @@ def best_ms(fn, args, calls: int) -> float:
         fn(*args)
         times.append(time.perf_counter() - start)
     return min(times) * 1e3
+
+
+def stem_rows(images: int, calls: int, rng):
+    """Lite0's stem: 3 -> 32 channels, 3x3 stride 2 at 224 x 224."""
+    op = StemConv2dBiasAct(kernel=(3, 3), stride=2, padding=((0, 1), (0, 1)),
+                           activation="relu6")
+    x = T.tensor4("x")
+    fn = function([x], op(x, shared((rng.randn(32, 3, 3, 3) / 3).astype(
+        np.float32)), shared(rng.randn(32).astype(np.float32))))
+    xv = rng.randn(images, 3, 224, 224).astype(np.float32)
+    flop = images * 2 * 3 * 9 * 32 * 112 * 112
+    ms = best_ms(fn, [xv], calls)
+    yield "stem 3 -> 32 at 224x224, 3x3 s2", ms, flop / ms / 1e6
 
 
 def expand_depthwise_rows(images: int, calls: int, rng):
@@ -106,7 +120,7 @@ def main() -> None:
     print(f"| op ({args.images} images per call) | ms, best of {args.calls} "
           f"| GFLOP/s |\n| --- | ---: | ---: |")
     total = 0.0
-    for rows in (expand_depthwise_rows, pointwise_rows):
+    for rows in (stem_rows, expand_depthwise_rows, pointwise_rows):
         for name, ms, gflops in rows(args.images, args.calls, rng):
             total += ms
             print(f"| {name} | {ms:.2f} | {gflops:.1f} |", flush=True)

@@ -112,9 +112,9 @@ def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
 
 # (input channels, kernel, stride, padding rule, activation, input H x W).
 # Outputs wider than 8 with a 3x3 or 5x5 kernel take the kernel that
-# computes 4 filters at once (its last 16-column tile partly outside the
-# row: widths 11, 23, 19, 33); the others go filter by filter. 9 filters:
-# two blocks of 4 and one left over.
+# computes 8 filters at once with AVX-512, 4 with AVX2 (its last 16-column
+# tile partly outside the row: widths 11, 23, 19, 33); the others go filter
+# by filter. 9 filters: blocks of 8 or 4 and one left over.
 STEM = [
     (3, 3, 2, "same", "relu6", (7, 9)),
     (2, 5, 1, "same", "relu", (6, 11)),

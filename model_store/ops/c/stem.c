@@ -9,10 +9,11 @@
  *
  * For the common kernels (3x3 and 5x5, stride 1 or 2, outputs wider than
  * 8), IMGCLASS_STEM_FB output channels are computed together: each input
- * vector loaded feeds that many filters' accumulators, so the inner loop
- * does 4 FMAs per load instead of one (a load-bound loop before). Batches
- * of at least one image per thread are split by image, each thread filling
- * its own buffer, so that no thread waits while another fills. */
+ * vector loaded feeds that many filters' accumulators (8 with AVX-512, 4
+ * with AVX2), so the inner loop does that many FMAs per load instead of one
+ * (a load-bound loop before). Batches of at least one image per thread are
+ * split by image, each thread filling its own buffer, so that no thread
+ * waits while another fills. */
 
 template <int K, int S, int BW>
 static void imgclass_stem_plane(const float* __restrict buf, long plane,
@@ -108,27 +109,31 @@ static void imgclass_stem_dispatch(const float* buf, long plane, int c,
                               s, act);
 }
 
-/* Output channels per block of imgclass_stem_block. */
-#define IMGCLASS_STEM_FB 4
+/* Output channels per block of imgclass_stem_block: with a tile of 16
+ * columns in BW vectors, FB x BW = 8 accumulators (16 vector registers
+ * with AVX2, 32 with AVX-512, leave room for the loaded inputs). */
+#define IMGCLASS_STEM_FB (IMGCLASS_VW / 2)
 
-/* FB filters of one image over rows of 16 output columns: FB x 2
- * accumulators; w holds the FB filters (c*K*K each), out their FB planes
- * (ho*wo each). Needs wo > 8 (the 16-column reads stay in the padded row). */
+/* FB filters of one image over rows of 16 output columns: FB x BW
+ * accumulators of the widest vectors; w holds the FB filters (c*K*K each),
+ * out their FB planes (ho*wo each). Needs wo > 8 (the 16-column reads stay
+ * in the padded row). */
 template <int K, int S>
 static void imgclass_stem_block(const float* __restrict buf, long plane,
                                 int c, int pw, const float* __restrict w,
                                 const float* __restrict bias,
                                 float* __restrict out, int ho, int wo,
                                 imgclass_bounds act) {
-    const int FB = IMGCLASS_STEM_FB;
+    const int FB = IMGCLASS_STEM_FB, BW = IMGCLASS_DW_BW,
+              lanes = IMGCLASS_VW;
     const long rs = (long)S * pw;
     const long taps = (long)c * K * K;
     for (int oy = 0; oy < ho; ++oy) {
         for (int ox0 = 0; ox0 < wo; ox0 += 16) {
-            imgclass_v8 acc[FB][2];
+            imgclass_vw acc[FB][BW];
             for (int f = 0; f < FB; ++f)
-                acc[f][0] = acc[f][1] =
-                    (imgclass_v8){0, 0, 0, 0, 0, 0, 0, 0} + bias[f];
+                for (int v = 0; v < BW; ++v)
+                    acc[f][v] = (imgclass_vw){} + bias[f];
             for (int ci = 0; ci < c; ++ci) {
                 const float* row0 = buf + ci * plane + (long)oy * S * rs
                                     + ox0;
@@ -139,22 +144,24 @@ static void imgclass_stem_block(const float* __restrict buf, long plane,
                     for (int kx = 0; kx < K; ++kx) {
                         const float* base = row0 + (long)ky * rs
                                             + (kx % S) * pw + kx / S;
-                        const imgclass_v8 v0 = imgclass_load8(base);
-                        const imgclass_v8 v1 = imgclass_load8(base + 8);
-#pragma GCC unroll 4
+                        imgclass_vw in[BW];
+                        for (int v = 0; v < BW; ++v)
+                            in[v] = imgclass_load<imgclass_vw>(base
+                                                               + lanes * v);
+#pragma GCC unroll 8
                         for (int f = 0; f < FB; ++f) {
                             const float wv = wc[f * taps + ky * K + kx];
-                            acc[f][0] += wv * v0;
-                            acc[f][1] += wv * v1;
+                            for (int v = 0; v < BW; ++v)
+                                acc[f][v] += wv * in[v];
                         }
                     }
                 }
             }
             for (int f = 0; f < FB; ++f) {
                 float* orow = out + (long)f * ho * wo + (long)oy * wo;
-                for (int v = 0; v < 2; ++v)
-                    imgclass_store(orow, ox0 + 8 * v, wo,
-                                    imgclass_clampv(acc[f][v], act));
+                for (int v = 0; v < BW; ++v)
+                    imgclass_store(orow, ox0 + lanes * v, wo,
+                                   imgclass_clampv(acc[f][v], act));
             }
         }
     }
@@ -181,7 +188,7 @@ static void imgclass_stem_block_dispatch(const float* buf, long plane, int c,
 }
 
 /* Filters [f0, f0 + count) of one image whose c planes are in buf: a block
- * of IMGCLASS_STEM_FB filters when count is one and the geometry allows,
+ * of IMGCLASS_STEM_FB filters when count is that and the geometry allows,
  * else filter by filter. w, b and out start at filter 0 of the image. */
 static void imgclass_stem_filters(const float* buf, long plane, int c,
                                   const float* w, const float* b, float* out,
