@@ -171,10 +171,12 @@ def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
 # (batch, input H x W, input channels, output channels): C up to 128 runs
 # the direct kernel (40 x 41 with 100 outputs: in 3 tiles of columns), more
 # runs sgemm, per image or, for several images of up to 64 pixels, over the
-# images' columns side by side
+# images' columns side by side. Odd batches of larger planes: two threads'
+# even shares of the columns meet inside an image.
 POINTWISE = [(1, (7, 9), 6, 10), (4, (3, 5), 6, 10), (2, (40, 41), 6, 10),
              (2, (40, 41), 20, 100), (1, (7, 9), 130, 10),
-             (3, (5, 7), 130, 10)]
+             (3, (5, 7), 130, 10), (3, (40, 41), 20, 100),
+             (3, (9, 11), 130, 10)]
 
 
 @pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
@@ -224,6 +226,10 @@ EXPAND_DEPTHWISE = [
     (3, 2, "same", ("relu6", "relu6"), (40, 41), 1, 5, 70),
     (3, 1, "same", ("relu6", "relu6"), (112, 113), 2, 5, 24),
     (3, 2, "same", ("relu6", "relu6"), (112, 112), 2, 16, 24),  # block 1
+    # an odd batch: two threads' even shares of the planes meet inside an
+    # image (and inside a block of 16 channels; sgemm per image below)
+    (3, 2, "same", ("relu6", "relu6"), (112, 112), 3, 16, 24),
+    (3, 1, "same", ("relu6", "relu6"), (9, 11), 3, 130, 20),
     # the direct expansion's column tiles: full tiles, single vectors and a
     # last partial vector (420 pixels), only a partial vector (15), at its
     # largest number of inputs (128); above it, sgemm: over several images'

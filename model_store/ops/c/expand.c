@@ -3,8 +3,9 @@
  *   e   = act_e(We @ x + be)            1x1, C -> F channels
  *   out = act_d(depthwise(e, Wd) + bd)  k x k, stride s, zero padding
  *
- * Work is split into tasks of (image, block of F channels). A task computes
- * its block of expanded planes into a per-thread buffer sized for L2, with
+ * Each thread takes an even share of the (image, channel) planes, in blocks
+ * of channels of one image (imgclass_share). A block's expanded planes are
+ * computed into a per-thread buffer sized for L2, with
  * bias and activation in the same pass (pointwise.c: directly in register
  * tiles for up to IMGCLASS_PW_DIRECT_MAX_C input channels, else one sgemm
  * and the epilogue), then runs depthwise.c's plane kernel on each of them.
@@ -17,18 +18,10 @@
 #define IMGCLASS_EX_BLOCK_FLOATS (256 * 1024)
 #endif
 
-/* Channels per task: the block size, in multiples of 8, reduced so that
- * every thread has a task when there are few images. */
-static int imgclass_ex_block(int n, int f, int hw) {
+/* Channels per block: the block size in multiples of 8, at most f. */
+static int imgclass_ex_block(int f, int hw) {
     int fb = IMGCLASS_EX_BLOCK_FLOATS / hw;
     fb = fb < 8 ? 8 : (fb / 8) * 8;
-    const int threads = IMGCLASS_MAX_THREADS();
-    const int per_image = (threads + n - 1) / n;  /* tasks wanted per image */
-    if (per_image > 1) {
-        int even = (f + per_image - 1) / per_image;
-        even = ((even + 7) / 8) * 8;
-        if (even < fb) fb = even;
-    }
     return fb > f ? f : fb;
 }
 
@@ -95,9 +88,7 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
             act_d, g);
         if (done != 1) return done;
     }
-    const int fb = imgclass_ex_block(n, f, hw);
-    const int blocks = (f + fb - 1) / fb;
-    const long tasks = (long)n * blocks;
+    const int fb = imgclass_ex_block(f, hw);
     const long plane_out = (long)g.ho * g.wo;
     int failed = 0;
 #pragma omp parallel
@@ -110,12 +101,15 @@ static int imgclass_expand_depthwise(const float* x, const float* we,
         }
         const float one = 1.f, zero = 0.f;
         char no = 'N';
-#pragma omp for schedule(static)
-        for (long t = 0; t < tasks; ++t) {
-            if (!expanded || !buf) continue;
-            const int img = (int)(t / blocks);
-            const int f0 = (int)(t % blocks) * fb;
+        /* an even share of the n * f planes, in blocks of up to fb
+         * channels of one image */
+        long p, end;
+        imgclass_share(expanded && buf ? (long)n * f : 0, &p, &end);
+        while (p < end) {
+            const int img = (int)(p / f), f0 = (int)(p % f);
             int nb = f - f0 < fb ? f - f0 : fb;
+            if (nb > end - p) nb = (int)(end - p);
+            p += nb;
             const float* xi = x + (long)img * c * hw;
             if (c <= IMGCLASS_PW_DIRECT_MAX_C) {
                 imgclass_pw_direct_any(xi, hw, c, hw, we + (long)f0 * c,

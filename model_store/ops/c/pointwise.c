@@ -3,10 +3,11 @@
  * then out = act(out + b[f]) (+ residual[n]) in one pass over the tile just
  * written, while it is still in cache.
  *
- * Work is split into tasks of (image, HW tile, F block); each OpenMP thread
- * runs single-threaded sgemm calls (the engine sets OpenBLAS to one thread).
- * The HW tile keeps the output tile near L2 size; F is split as well when
- * there are fewer (image, tile) tasks than threads (batch 1 at 7x7). In
+ * Each OpenMP thread takes an even share of the images' columns
+ * (imgclass_share), in pieces of at most one HW tile of one image, and runs
+ * single-threaded sgemm calls (the engine sets OpenBLAS to one thread).
+ * The HW tile keeps the output tile near L2 size; F is split instead when
+ * there are fewer (image, tile) pieces than threads (batch 1). In
  * column-major BLAS terms the row-major product is out^T = x^T W^T:
  * sgemm("N", "N", m = tile, n = F block, k = C). Two variants below: up to
  * IMGCLASS_PW_DIRECT_MAX_C input channels a direct register-tiled kernel
@@ -263,42 +264,48 @@ static void imgclass_pointwise(const float* x, const float* w, const float* b,
     int tile = IMGCLASS_PW_TILE_FLOATS / f;
     tile = tile < 64 ? 64 : (tile / 16) * 16;
     if (tile >= hw) tile = hw;
-    const int tiles = (hw + tile - 1) / tile;
+    /* Fewer (image, tile) pieces than threads (batch 1 at 7 x 7 or 14 x 14):
+     * F is split instead, so that each thread multiplies all the columns
+     * by part of the weights rather than repacking all of them. */
     const int threads = IMGCLASS_MAX_THREADS();
-    int fblocks = 1;
-    if ((long)n * tiles < threads) {
-        fblocks = (threads + n * tiles - 1) / (n * tiles);
+    const long cols = (long)n * hw;
+    int fblock = f;
+    if ((long)n * ((hw + tile - 1) / tile) < threads) {
+        fblock = (f + threads - 1) / threads;
+        fblock = ((fblock + 15) / 16) * 16;
+        if (fblock > f) fblock = f;
     }
-    int fblock = (f + fblocks - 1) / fblocks;
-    fblock = ((fblock + 15) / 16) * 16;
-    if (fblock > f) fblock = f;
-    fblocks = (f + fblock - 1) / fblock;
-    const long tasks = (long)n * tiles * fblocks;
+    const int fblocks = (f + fblock - 1) / fblock;
     const float one = 1.f, zero = 0.f;
     char no = 'N';
-#pragma omp parallel for schedule(static)
-    for (long t = 0; t < tasks; ++t) {
-        const int img = (int)(t / ((long)tiles * fblocks));
-        const int rest = (int)(t % ((long)tiles * fblocks));
-        const int ti = rest / fblocks, fi = rest % fblocks;
-        int m = hw - ti * tile;
-        if (m > tile) m = tile;
-        const int f0 = fi * fblock;
-        int fb = f - f0;
-        if (fb > fblock) fb = fblock;
-        const int ld = hw;
-        const float* xt = x + (long)img * c * hw + (long)ti * tile;
-        float* ot = out + (long)img * f * hw + (long)f0 * hw + (long)ti * tile;
-        const float* rt = res ? res + (long)img * f * hw + (long)f0 * hw
-                                    + (long)ti * tile : NULL;
-        if (c <= IMGCLASS_PW_DIRECT_MAX_C) {
-            imgclass_pw_direct_any(xt, hw, c, m, w + (long)f0 * c, b + f0, rt,
-                                   fb, ot, hw, act);
-            continue;
+#pragma omp parallel
+    {
+        /* an even share of the (F block, image, column) space, in pieces of
+         * up to `tile` columns of one image */
+        long q, end;
+        imgclass_share(fblocks * cols, &q, &end);
+        while (q < end) {
+            const int fi = (int)(q / cols);
+            const int img = (int)(q % cols / hw), col = (int)(q % cols % hw);
+            int m = hw - col < tile ? hw - col : tile;
+            if (m > end - q) m = (int)(end - q);
+            q += m;
+            const int f0 = fi * fblock;
+            int fb = f - f0 < fblock ? f - f0 : fblock;
+            const int ld = hw;
+            const long at = (long)img * f * hw + (long)f0 * hw + col;
+            const float* xt = x + (long)img * c * hw + col;
+            float* ot = out + at;
+            const float* rt = res ? res + at : NULL;
+            if (c <= IMGCLASS_PW_DIRECT_MAX_C) {
+                imgclass_pw_direct_any(xt, hw, c, m, w + (long)f0 * c, b + f0,
+                                       rt, fb, ot, hw, act);
+                continue;
+            }
+            int cc = c, ldw = c;
+            sgemm_(&no, &no, &m, &fb, &cc, &one, (float*)xt, (int*)&ld,
+                   (float*)(w + (long)f0 * c), &ldw, &zero, ot, (int*)&ld);
+            imgclass_pw_epilogue_any(ot, rt, b + f0, fb, m, hw, act);
         }
-        int cc = c, ldw = c;
-        sgemm_(&no, &no, &m, &fb, &cc, &one, (float*)xt, (int*)&ld,
-               (float*)(w + (long)f0 * c), &ldw, &zero, ot, (int*)&ld);
-        imgclass_pw_epilogue_any(ot, rt, b + f0, fb, m, hw, act);
     }
 }
