@@ -59,9 +59,18 @@ def conv2d_bias_act(x, W, b, *, input_shape, stride, padding: Padding,
 
 
 def dense_bias_act(x, W, b, *, activation: str):
-    """``activation(x.flatten(2) @ W + b)`` with ``W`` of shape (in, out)."""
+    """``activation(x.flatten(2) @ W + b)`` with ``W`` of shape (in, out).
+
+    Inference only: with a float32 input and an identity/relu/relu6
+    activation, :class:`model_store.ops.DenseBiasAct` computes it in one
+    op, its columns split over the cores; otherwise plain Theano."""
+    from model_store.ops import fast_dense_bias_act
+
     if x.ndim > 2:
         x = x.flatten(2)
+    fast = fast_dense_bias_act(x, W, b, activation=activation)
+    if fast is not None:
+        return fast
     return nonlinearities.get(activation)(T.dot(x, W) + b.dimshuffle("x", 0))
 
 

@@ -146,16 +146,18 @@ def test_logits_equal_the_numpy_reference(lite0_reference,
 def test_every_convolution_runs_a_fast_op(lite0_logits_predictor):
     """The predictor the logits test checks runs the stem and block 0's
     depthwise convolution in their ops, each later block's expansion with
-    its depthwise convolution as one op, and every other 1x1 convolution in
-    the pointwise op: a rewrite or a fast op that stopped applying would
-    leave the network correct and several times slower."""
+    its depthwise convolution as one op, every other 1x1 convolution in
+    the pointwise op and the classifier in the dense op: a rewrite or a
+    fast op that stopped applying would leave the network correct and
+    slower."""
     graph = lite0_logits_predictor._fn.maker.fgraph
     kinds = collections.Counter(type(node.op).__name__
                                 for node in graph.toposort())
     assert kinds["StemConv2dBiasAct"] == kinds["DepthwiseConv2dBiasAct"] == 1
     assert kinds["ExpandDepthwiseConv2dBiasAct"] == 15
     assert kinds["PointwiseConv2dBiasAct"] == 17  # 16 projections, the head
-    assert not {"CorrMM", "Conv2d", "AbstractConv2d"} & set(kinds)
+    assert kinds["DenseBiasAct"] == 1  # the classifier
+    assert not {"CorrMM", "Conv2d", "AbstractConv2d", "Dot22"} & set(kinds)
 
 
 def test_predictions_make_sense(lite0_reference):

@@ -10,6 +10,7 @@ import pytest
 
 from model_store.engine import T, function, grad, shared
 from model_store.ops import (
+    DenseBiasAct,
     DepthwiseConv2dBiasAct,
     ExpandDepthwiseConv2dBiasAct,
     PointwiseConv2dBiasAct,
@@ -331,6 +332,32 @@ def test_no_fast_op_for_other_convolutions(kwargs):
     kwargs.setdefault("input_shape", (shape[1] * kwargs["groups"], 8, 8))
     assert fast_conv2d_bias_act(T.tensor4("x"), w, b,
                                 padding=((0, 0), (0, 0)), **kwargs) is None
+
+
+# (batch, inputs, outputs): columns split over the threads in blocks of 16
+# (1000 outputs: 2 blocks of 512 and 488; 20: 16 and 4; 10: one block),
+# one input, none (every output is act(b))
+DENSE = [(1, 1280, 1000), (3, 37, 20), (64, 256, 10), (2, 1, 17), (2, 0, 5)]
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
+@pytest.mark.parametrize("batch,inputs,outputs", DENSE)
+def test_dense_matches_numpy(activation, batch, inputs, outputs):
+    """A predictor's dense layer (kernels.dense_bias_act) runs one op whose
+    output is act(x @ W + b)."""
+    from model_store.kernels import dense_bias_act
+
+    rng = np.random.RandomState(batch + inputs)
+    x = rand(rng, batch, inputs) / 3
+    w = rand(rng, inputs, outputs) / max(1, np.sqrt(inputs))
+    b = rand(rng, outputs)
+    xs = T.matrix("x", dtype="float32")
+    fn = function([xs], dense_bias_act(xs, shared(w), shared(b),
+                                       activation=activation))
+    assert [node.op for node in fn.maker.fgraph.toposort()] == [
+        DenseBiasAct(activation=activation)]
+    want = ACT[activation](x.astype(np.float64) @ w + b)
+    np.testing.assert_allclose(fn(x), want, rtol=1e-5, atol=1e-4)
 
 
 def test_ops_are_inference_only():

@@ -5,8 +5,10 @@
 ops when one applies (depthwise convolution, 1x1 stride-1 dense convolution,
 or a dense convolution of an input with 2 to 4 channels such as an RGB stem,
 with an identity/relu/relu6 activation, float32), else None: the
-caller then builds the plain Theano graph. The ops are inference-only (their
-``grad`` raises), so training graphs keep the plain ops.
+caller then builds the plain Theano graph; ``fast_dense_bias_act`` does the
+same for ``model_store.kernels.dense_bias_act`` (a dense layer). The ops are
+inference-only (their ``grad`` raises), so training graphs keep the plain
+ops.
 
 Importing this package also registers the graph rewrites of ``fusion.py``:
 a residual ``add`` folded into the pointwise op that feeds it, and an
@@ -20,13 +22,14 @@ import numpy as np
 from model_store.engine import T
 from model_store.ops import fusion  # noqa: F401  (registers the rewrites)
 from model_store.ops.base import ACTIVATIONS
+from model_store.ops.dense import DenseBiasAct
 from model_store.ops.depthwise import DepthwiseConv2dBiasAct, StemConv2dBiasAct
 from model_store.ops.expand import ExpandDepthwiseConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
-__all__ = ["ACTIVATIONS", "DepthwiseConv2dBiasAct",
+__all__ = ["ACTIVATIONS", "DenseBiasAct", "DepthwiseConv2dBiasAct",
            "ExpandDepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
-           "StemConv2dBiasAct", "fast_conv2d_bias_act"]
+           "StemConv2dBiasAct", "fast_conv2d_bias_act", "fast_dense_bias_act"]
 
 #: Input channels for which a dense convolution uses the stem op. One-channel
 #: inputs (digits-cnn) keep Theano's convolution.
@@ -75,3 +78,20 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
             and padding == ((0, 0), (0, 0)) and per_group == channels):
         return PointwiseConv2dBiasAct(activation=activation)(x, W, b)
     return None
+
+
+def fast_dense_bias_act(x, W, b, *, activation):
+    """``act(x @ W + b)`` with :class:`DenseBiasAct`, or None (the caller
+    builds the plain graph) for other dtypes or activations.
+
+    Args:
+        x: 2-D float32 Theano variable (M, K).
+        W, b: Theano shared variables, W (K, N), b (N,).
+        activation: a nonlinearity name.
+    """
+    weights = W.get_value(borrow=True)
+    if (activation not in ACTIVATIONS or x.ndim != 2 or x.dtype != "float32"
+            or weights.dtype != np.float32 or weights.ndim != 2
+            or b.dtype != "float32"):
+        return None
+    return DenseBiasAct(activation=activation)(x, W, b)
