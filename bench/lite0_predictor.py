@@ -109,16 +109,20 @@ def activation_floats(layers: list[dict]) -> int:
 
 def theano_graph(layers: list[dict], fast: bool):
     """(input, logits, probs) of the Theano graph: plain ops, or model_store
-    ops wherever they apply (the stem and the dense layer stay plain)."""
+    ops wherever they apply, as a stored model's predictor uses them."""
     from model_store.engine import T, conv2d, shared
-    from model_store.ops import fast_conv2d_bias_act
+    from model_store.ops import fast_conv2d_bias_act, fast_dense_bias_act
 
     x = T.tensor4("images", dtype="float32")
     outputs, h, hw, channels = [], x, SIZE, 3
     for layer in layers:
         if layer["kind"] == "dense":
             pooled = h.mean(axis=(2, 3))
-            logits = T.dot(pooled, shared(layer["W"])) + shared(layer["b"])
+            w, b = shared(layer["W"]), shared(layer["b"])
+            logits = fast_dense_bias_act(pooled, w, b, activation="identity") \
+                if fast else None
+            if logits is None:
+                logits = T.dot(pooled, w) + b
             return x, logits, T.nnet.softmax(logits)
         w, b = shared(layer["W"]), shared(layer["b"])
         out = None
