@@ -1,8 +1,8 @@
 """Time each fast op of an EfficientNet-Lite0-shaped network alone, at the
 shapes Lite0 runs them: the stem, the fused expansion + depthwise op of each
-distinct block, and the pointwise projections and head. Random weights and inputs;
-one compiled function per shape; the best of --calls calls of --images
-images (the predictor's chunk, 19) counts.
+distinct block, and the pointwise projections and head. Random weights and
+inputs; one compiled function per shape; the best of --calls calls of
+--images images (the predictor's chunk, 19) counts.
 
 For A/B work on the C kernels: run it in two checkouts alternately (the
 Theano cache keys on the C source, so each keeps its own modules).
