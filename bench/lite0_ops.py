@@ -30,15 +30,19 @@ from model_store.ops import (  # noqa: E402
 )
 
 # (input channels, expanded channels, H = W, depthwise kernel, stride,
-# padding): Lite0's distinct fused blocks
+# padding): Lite0's distinct fused blocks, in network order
 EXPAND_DEPTHWISE = [
     (16, 96, 112, 3, 2, ((0, 1), (0, 1))),
     (24, 144, 56, 3, 1, ((1, 1), (1, 1))),
     (24, 144, 56, 5, 2, ((1, 2), (1, 2))),
     (40, 240, 28, 5, 1, ((2, 2), (2, 2))),
+    (40, 240, 28, 3, 2, ((0, 1), (0, 1))),
     (80, 480, 14, 3, 1, ((1, 1), (1, 1))),
+    (80, 480, 14, 5, 1, ((2, 2), (2, 2))),
     (112, 672, 14, 5, 1, ((2, 2), (2, 2))),
+    (112, 672, 14, 5, 2, ((1, 2), (1, 2))),
     (192, 1152, 7, 5, 1, ((2, 2), (2, 2))),
+    (192, 1152, 7, 3, 1, ((1, 1), (1, 1))),
 ]
 # (input channels, output channels, H = W, residual): block 0's 1x1, the
 # projections, the head

@@ -110,8 +110,32 @@ static inline void imgclass_dw_fill_row(const float* __restrict src, int w,
         int j1 = (w - 1 + pl - p) / s;  /* inclusive */
         float* d = dst + p * pw;
         const float* sp = src + p - pl;
-        if (s == 2) {  /* a constant stride: gcc vectorises the gather */
+        if (s == 2) {
+#if IMGCLASS_MASKED
+            /* 16 outputs from 32 inputs: one permute of two vectors;
+             * masked loads and stores for the last, partial block (phase
+             * rows of 7, 14 or 28 columns would otherwise be mostly the
+             * scalar tail of a vectorised loop). */
+            const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                                   16, 18, 20, 22, 24, 26, 28,
+                                                   30);
+            const int last = w - 1 + pl - p;  /* sp index of src[w - 1] */
+            for (int j = j0; j <= j1; j += 16) {
+                const int left = last - 2 * j + 1;  /* readable from sp+2j */
+                const __mmask16 lo = left >= 16 ? 0xffff
+                                                : (__mmask16)((1u << left) - 1);
+                const __mmask16 hi = left >= 32 ? 0xffff
+                    : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+                const __m512 a = _mm512_maskz_loadu_ps(lo, sp + 2 * j);
+                const __m512 b = _mm512_maskz_loadu_ps(hi, sp + 2 * j + 16);
+                const __m512 v = _mm512_permutex2var_ps(a, even, b);
+                const int n = j1 - j + 1;
+                _mm512_mask_storeu_ps(d + j, n >= 16 ? 0xffff
+                                          : (__mmask16)((1u << n) - 1), v);
+            }
+#else  /* a constant stride: gcc vectorises the gather */
             for (int j = j0; j <= j1; ++j) d[j] = sp[2 * j];
+#endif
         } else {
             for (int j = j0; j <= j1; ++j) d[j] = sp[s * j];
         }
