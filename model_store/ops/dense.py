@@ -59,15 +59,7 @@ _CODE = """
             (long)PyArray_DIMS(bc)[0]);
         bad = 1;
     }
-    if (!bad && !(%(out)s && PyArray_IS_C_CONTIGUOUS(%(out)s)
-                  && PyArray_TYPE(%(out)s) == NPY_FLOAT32
-                  && PyArray_NDIM(%(out)s) == 2
-                  && PyArray_DIMS(%(out)s)[0] == dims[0]
-                  && PyArray_DIMS(%(out)s)[1] == dims[1])) {
-        Py_XDECREF(%(out)s);
-        %(out)s = (PyArrayObject*)PyArray_EMPTY(2, dims, NPY_FLOAT32, 0);
-        if (!%(out)s) bad = 1;
-    }
+    if (!bad && imgclass_output(&%(out)s, dims, 2) != 0) bad = 1;
     if (!bad && dims[0] * dims[1] > 0) {
         /* Plain C on buffers only: other Python threads run. */
         Py_BEGIN_ALLOW_THREADS

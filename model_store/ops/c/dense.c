@@ -9,7 +9,6 @@
  * In column-major BLAS terms the row-major product is out^T = W^T x^T:
  * sgemm("N", "N", m = columns, n = M, k = K). */
 
-/* One block of output columns per thread, a multiple of 16 wide. */
 static void imgclass_dense(const float* x, const float* w, const float* b,
                            float* out, int m, int k, int n, int act) {
     const imgclass_bounds bounds = imgclass_act_bounds(act);
@@ -18,10 +17,7 @@ static void imgclass_dense(const float* x, const float* w, const float* b,
             out[i] = imgclass_clamp(b[i % n], bounds);
         return;
     }
-    const int threads = IMGCLASS_MAX_THREADS();
-    int nb = (n + threads - 1) / threads;
-    nb = ((nb + 15) / 16) * 16;
-    if (nb > n) nb = n;
+    const int nb = imgclass_block16(n, IMGCLASS_MAX_THREADS());
     const int blocks = (n + nb - 1) / nb;
 #pragma omp parallel for schedule(static)
     for (int bi = 0; bi < blocks; ++bi) {

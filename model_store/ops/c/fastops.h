@@ -116,23 +116,36 @@ static inline V imgclass_clampv(V v, imgclass_bounds b) {
     return v > hi ? hi : v;
 }
 
-/* Whether a is a 4-D array of exactly dims. */
-static int imgclass_has_dims(PyArrayObject* a, const npy_intp* dims) {
-    return PyArray_NDIM(a) == 4 && PyArray_DIMS(a)[0] == dims[0]
-        && PyArray_DIMS(a)[1] == dims[1] && PyArray_DIMS(a)[2] == dims[2]
-        && PyArray_DIMS(a)[3] == dims[3];
+/* Whether a is an nd-D array of exactly dims. */
+static int imgclass_has_dims(PyArrayObject* a, const npy_intp* dims,
+                             int nd = 4) {
+    if (PyArray_NDIM(a) != nd) return 0;
+    for (int i = 0; i < nd; ++i)
+        if (PyArray_DIMS(a)[i] != dims[i]) return 0;
+    return 1;
 }
 
-/* Makes *out a C-contiguous float32 array of dims, keeping the one Theano
- * passes in when it already is one. 0, or -1 with a Python error set. */
-static int imgclass_output(PyArrayObject** out, const npy_intp* dims) {
+/* Makes *out a C-contiguous float32 array of dims (nd of them), keeping the
+ * one Theano passes in when it already is one. 0, or -1 with a Python
+ * error set. */
+static int imgclass_output(PyArrayObject** out, const npy_intp* dims,
+                           int nd = 4) {
     if (*out && PyArray_IS_C_CONTIGUOUS(*out)
             && PyArray_TYPE(*out) == NPY_FLOAT32
-            && imgclass_has_dims(*out, dims))
+            && imgclass_has_dims(*out, dims, nd))
         return 0;
     Py_XDECREF(*out);
-    *out = (PyArrayObject*)PyArray_EMPTY(4, (npy_intp*)dims, NPY_FLOAT32, 0);
+    *out = (PyArrayObject*)PyArray_EMPTY(nd, (npy_intp*)dims, NPY_FLOAT32, 0);
     return *out ? 0 : -1;
+}
+
+/* Columns per thread when n columns (or channels) are split over `parts`
+ * threads: an even share rounded up to a multiple of 16 (whole vectors),
+ * at most n. */
+static inline int imgclass_block16(int n, int parts) {
+    int block = (n + parts - 1) / parts;
+    block = ((block + 15) / 16) * 16;
+    return block > n ? n : block;
 }
 
 #ifdef _OPENMP

@@ -269,12 +269,8 @@ static void imgclass_pointwise(const float* x, const float* w, const float* b,
      * by part of the weights rather than repacking all of them. */
     const int threads = IMGCLASS_MAX_THREADS();
     const long cols = (long)n * hw;
-    int fblock = f;
-    if ((long)n * ((hw + tile - 1) / tile) < threads) {
-        fblock = (f + threads - 1) / threads;
-        fblock = ((fblock + 15) / 16) * 16;
-        if (fblock > f) fblock = f;
-    }
+    const int fblock = (long)n * ((hw + tile - 1) / tile) < threads
+                           ? imgclass_block16(f, threads) : f;
     const int fblocks = (f + fblock - 1) / fblock;
     const float one = 1.f, zero = 0.f;
     char no = 'N';
