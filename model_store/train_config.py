@@ -51,8 +51,9 @@ class TrainConfig:
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
                                   f"{kind} integer, got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
+        if not 0 < self.lr < np.inf:
+            raise ConfigError(f"--lr must be positive and finite, got "
+                              f"{self.lr!r}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ConfigError(f"--optimizer must be one of "
                               f"{', '.join(OPTIMIZER_NAMES)}, got "

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -424,15 +425,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(
-            f"expected a probability from 0 to 1, got {text!r}")
-    return value
+def _number_in(accepts, expected: str):
+    """An argparse type: a float that ``accepts`` allows, else one line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(
+                f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+_probability = _number_in(lambda v: 0.0 <= v <= 1.0,
+                          "a probability from 0 to 1")
+_fraction = _number_in(lambda v: 0.0 < v < 1.0, "a number between 0 and 1")
+_positive_float = _number_in(lambda v: 0.0 < v < math.inf,
+                             "a positive number")
 
 
 def _log(args):
@@ -452,28 +463,6 @@ def _version() -> str:
             f"{metadata.version('apache-beam')}, Theano "
             f"{metadata.version('theano')}, Python "
             f"{sys.version.split()[0]}; default model {default})")
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive number, got {text!r}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):

@@ -39,6 +39,9 @@ def tampered_store(tmp_path):
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
     (["--partition-by", "hour"], "invalid choice: 'hour'"),
     (["--batch-size", "many"], "expected a positive integer, got 'many'"),
+    (["--min-confidence", "1.5"], "expected a probability from 0 to 1, "
+                                  "got '1.5'"),
+    (["--min-confidence", "nan"], "expected a probability from 0 to 1"),
     (["--no_such_beam_option=1"], "unknown option(s) --no_such_beam_option"),
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
 ])

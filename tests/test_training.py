@@ -103,7 +103,8 @@ def test_training_is_deterministic_for_a_seed_and_learns():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
-    ({"lr": -1.0}, "--lr must be positive, got -1.0"),
+    ({"lr": -1.0}, "--lr must be positive and finite, got -1.0"),
+    ({"lr": float("inf")}, "--lr must be positive and finite, got inf"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
     ({"lr_schedule": "step"}, "--lr-schedule must be one of constant, "
                               "cosine, got 'step'"),
