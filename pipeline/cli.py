@@ -488,10 +488,10 @@ def _add_io_options(parser, *, model_help: str,
                         metavar="NAME[@VERSION]|PATH",
                         help=f"{model_help} (default: %(default)s)")
     parser.add_argument("--top-k", type=_positive_int,
-                        default=defaults.DEFAULT_TOP_K,
                         metavar="K",
-                        help="best classes listed per row (default: "
-                             "%(default)s)")
+                        help=f"best classes listed per row (default: "
+                             f"{defaults.DEFAULT_TOP_K}, or all the classes "
+                             f"of a model with fewer)")
     parser.add_argument("--batch-size", type=_positive_int,
                         default=defaults.DEFAULT_BATCH_SIZE,
                         help="files per batch: read and decoded together, "

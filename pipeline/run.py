@@ -33,7 +33,7 @@ from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
 from transforms.common import METRICS_NAMESPACE
-from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, PARTITIONS
+from transforms.defaults import DEFAULT_BATCH_SIZE, PARTITIONS, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
@@ -66,7 +66,7 @@ class ClassifyConfig:
     output: str
     model_ref: str = DEFAULT_MODEL
     store: Optional[str] = None
-    top_k: int = DEFAULT_TOP_K
+    top_k: Optional[int] = None  # None: transforms.defaults.top_k_for
     batch_size: int = DEFAULT_BATCH_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
@@ -404,6 +404,8 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
         stored = load_model(config.model_ref, root=config.store)
+        config = dataclasses.replace(config, top_k=top_k_for(
+            config.top_k, len(stored.class_names), stored.ref))
         paths = outputs.RunOutputs(config.output, run_id, partition)
         try:  # until publishing starts, any way out removes the staging
             staged, manifest = _stage(config, options, runner, stored,

@@ -64,7 +64,7 @@ from pipeline.run import (
     run_classify,
     validate,
 )
-from transforms.defaults import DEFAULT_INTERVAL, DEFAULT_SETTLE, DEFAULT_WINDOW
+from transforms.defaults import DEFAULT_INTERVAL, DEFAULT_SETTLE, DEFAULT_WINDOW, top_k_for
 from transforms.files import list_pattern
 from transforms.read import is_settled
 from transforms.skip import file_key
@@ -184,10 +184,6 @@ def _window_config(config: ClassifyConfig,
 
     make_runner(pipeline_options(config.beam_args))  # bad options, now
     stored = load_model(config.model_ref, root=config.store)
-    if config.top_k > len(stored.class_names):
-        raise ConfigError(f"--top-k {config.top_k} exceeds the "
-                          f"{len(stored.class_names)} classes of model "
-                          f"{stored.ref}")
     # "latest" is resolved once: every window uses the same version, and the
     # ledger check is for that version (restart to change models).
     base = dataclasses.replace(
@@ -195,7 +191,8 @@ def _window_config(config: ClassifyConfig,
         model_ref=(config.model_ref if looks_like_path(config.model_ref)
                    else stored.ref),
         partition_by="none", run_date=None, overwrite=False, skip_done=True,
-        partition=None, settle=float(settle), window=None, allow_empty=True)
+        partition=None, settle=float(settle), window=None, allow_empty=True,
+        top_k=top_k_for(config.top_k, len(stored.class_names), stored.ref))
     return base, stored
 
 

@@ -93,3 +93,38 @@ def test_process_start_is_when_the_process_started():
                                   str(os.getpid())], capture_output=True,
                                  text=True, check=True).stdout)
     assert elapsed - 1.5 <= age <= elapsed + 1.5
+
+
+def test_a_model_with_fewer_than_five_classes_lists_them_all_by_default(
+        cli, tmp_path):
+    """Without --top-k a row lists 5 classes, or all of a model's when it
+    has fewer (a two-class model trained on folders is the common case); an
+    explicit --top-k above the classes is still a mistake."""
+    from model_store.spec import build_network
+    from model_store.store import save_model
+    spec = {"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "out", "num_units": 3,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": "prob"}]}
+    root = str(tmp_path / "store")
+    save_model(build_network(spec, seed=0), name="three", root=root,
+               metadata={"class_names": ["a", "b", "c"],
+                         "input_shape": [1, 8, 8], "color_mode": "L",
+                         "resize": "bilinear",
+                         "normalization": {"mean": [0.0], "std": [1.0]}})
+    out_dir = tmp_path / "out"
+    code, out, err = cli("--store", root, "classify", "-q", "--model",
+                         "three", "--input", "samples/digits/more",
+                         "--output", out_dir, "--summary-json")
+    assert code == 0, err
+    rows = pq.read_table(os.path.join(out_dir, "predictions")).to_pylist()
+    assert len(rows) == json.loads(out)["counts"]["matched"] == 7
+    assert all(sorted(e["label"] for e in r["top_k"]) == ["a", "b", "c"]
+               for r in rows)
+    manifest = json.load(open(out_dir / "_manifest.json"))
+    assert manifest["settings"]["top_k"] == 3
+    code, _, err = cli("--store", root, "classify", "--model", "three",
+                       "--input", "samples/digits/more", "--output",
+                       tmp_path / "out2", "--top-k", "4")
+    assert code == 2
+    assert "top_k 4 exceeds the 3 classes of model three@1" in err

@@ -11,7 +11,7 @@ from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, check_positive
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.decode import DecodeBatchFn
-from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K
+from transforms.defaults import DEFAULT_BATCH_SIZE, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
@@ -32,7 +32,8 @@ class ClassifyBatches(beam.PTransform):
         model_ref: ``NAME``, ``NAME@VERSION`` or a version folder path.
         store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
             shipped models). Workers must see the same store.
-        top_k: how many of the best classes each row lists.
+        top_k: how many of the best classes each row lists; None: 5, or
+            all the classes of a model with fewer (``top_k_for``).
         batch_size: images per Theano call.
         max_pixels: images with more pixels are refused (bomb guard).
         max_file_bytes: larger files are refused (an error row, stage read).
@@ -50,7 +51,8 @@ class ClassifyBatches(beam.PTransform):
     """
 
     def __init__(self, model_ref: str = DEFAULT_MODEL, *,
-                 store: Optional[str] = None, top_k: int = DEFAULT_TOP_K,
+                 store: Optional[str] = None,
+                 top_k: Optional[int] = None,
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -66,7 +68,8 @@ class ClassifyBatches(beam.PTransform):
         self._min_confidence = min_confidence
         self._model_ref = model_ref
         self._store = store
-        self._top_k = check_positive("top_k", top_k)
+        self._top_k = (None if top_k is None
+                       else check_positive("top_k", top_k))
         self.batch_size = check_positive("batch_size", batch_size)
         self._max_pixels = check_positive("max_pixels", max_pixels)
         self._max_file_bytes = check_positive("max_file_bytes",
@@ -81,10 +84,7 @@ class ClassifyBatches(beam.PTransform):
         # before any work, and "latest" becomes a fixed version for workers.
         stored = self.stored = self.stored or load_model(self._model_ref,
                                                          root=self._store)
-        classes = len(stored.class_names)
-        if self._top_k > classes:
-            raise ConfigError(f"top_k {self._top_k} exceeds the "
-                              f"{classes} classes of model {stored.ref}")
+        top_k = top_k_for(self._top_k, len(stored.class_names), stored.ref)
         prep = stored.preprocessing
         ref = stored.location if looks_like_path(self._model_ref) \
             else stored.ref
@@ -96,7 +96,7 @@ class ClassifyBatches(beam.PTransform):
         predicted = examples.examples | "Predict" >> beam.ParDo(
             PredictBatchesFn(ref, store=self._store,
                              expected_sha256=stored.weights_sha256,
-                             top_k=self._top_k, run_id=self.run_id,
+                             top_k=top_k, run_id=self.run_id,
                              min_confidence=self._min_confidence,
                              embeddings=self._embeddings,
                              progress_folder=self._progress_folder)

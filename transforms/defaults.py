@@ -5,7 +5,8 @@ in its help without loading Beam; the transforms and the runs import them
 from here.
 """
 
-DEFAULT_TOP_K = 5          # best classes listed per row
+DEFAULT_TOP_K = 5          # best classes listed per row (fewer when the
+                           # model has fewer classes: see top_k_for)
 DEFAULT_BATCH_SIZE = 256   # files per batch: read and decoded together, one
                            # Theano call
 PARTITIONS = ("none", "run_date")   # --partition-by
@@ -14,3 +15,18 @@ SKIP_BY = ("mtime", "content")      # --skip-done-by: what makes a file done
 # imgclass watch: how often to look (s), the publishing window (s, a divisor
 # of 3600), how long a file must be unmodified before it is read (s).
 DEFAULT_INTERVAL, DEFAULT_WINDOW, DEFAULT_SETTLE = 30.0, 3600, 30.0
+
+
+def top_k_for(requested, classes: int, model: str) -> int:
+    """How many classes a row lists for a model with ``classes`` classes:
+    ``requested``, or when it is None, DEFAULT_TOP_K capped at ``classes``
+    (a two-class model lists both). A ``requested`` above ``classes`` is a
+    mistake: ConfigError, naming ``model``."""
+    from model_store.errors import ConfigError
+
+    if requested is None:
+        return min(DEFAULT_TOP_K, classes)
+    if requested > classes:
+        raise ConfigError(f"top_k {requested} exceeds the {classes} classes "
+                          f"of model {model}")
+    return requested
