@@ -4,6 +4,7 @@ quiet runs, options in either place, one-line usage errors."""
 import json
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -95,23 +96,33 @@ def test_process_start_is_when_the_process_started():
     assert elapsed - 1.5 <= age <= elapsed + 1.5
 
 
+def save_three_class_model(root, weight=None):
+    """A stored 3-class model of 8x8 gray images: one dense layer, with
+    every weight ``weight`` when given."""
+    from model_store.layers import get_param_values, set_param_values
+    from model_store.spec import build_network
+    from model_store.store import save_model
+    network = build_network({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "out", "num_units": 3,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": "prob"}]}, seed=0)
+    if weight is not None:
+        set_param_values(network, {
+            name: np.full_like(value, weight if name == "out.W" else 0.0)
+            for name, value in get_param_values(network).items()})
+    return save_model(network, name="three", root=root, metadata={
+        "class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
+        "color_mode": "L", "resize": "bilinear",
+        "normalization": {"mean": [0.0], "std": [1.0]}})
+
+
 def test_a_model_with_fewer_than_five_classes_lists_them_all_by_default(
         cli, tmp_path):
     """Without --top-k a row lists 5 classes, or all of a model's when it
     has fewer (a two-class model trained on folders is the common case); an
     explicit --top-k above the classes is still a mistake."""
-    from model_store.spec import build_network
-    from model_store.store import save_model
-    spec = {"input_shape": [1, 8, 8], "layers": [
-        {"type": "dense", "name": "out", "num_units": 3,
-         "nonlinearity": "identity"},
-        {"type": "softmax", "name": "prob"}]}
     root = str(tmp_path / "store")
-    save_model(build_network(spec, seed=0), name="three", root=root,
-               metadata={"class_names": ["a", "b", "c"],
-                         "input_shape": [1, 8, 8], "color_mode": "L",
-                         "resize": "bilinear",
-                         "normalization": {"mean": [0.0], "std": [1.0]}})
+    save_three_class_model(root)
     out_dir = tmp_path / "out"
     code, out, err = cli("--store", root, "classify", "-q", "--model",
                          "three", "--input", "samples/digits/more",
@@ -128,3 +139,37 @@ def test_a_model_with_fewer_than_five_classes_lists_them_all_by_default(
                        tmp_path / "out2", "--top-k", "4")
     assert code == 2
     assert "top_k 4 exceeds the 3 classes of model three@1" in err
+
+
+def test_an_image_the_network_overflows_on_is_an_error_row(cli, tmp_path):
+    """Probabilities with a NaN (here: logits of 64 x 1e38 overflow on a
+    white image) would be a row no --min-confidence can catch; the image
+    becomes an error row, stage predict, and the rest of its batch is
+    labelled."""
+    from PIL import Image
+    root = str(tmp_path / "store")
+    save_three_class_model(root, weight=1e38)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, level in (("black.png", 0), ("white.png", 255),
+                        ("dark.png", 0)):
+        Image.new("L", (8, 8), level).save(images / name)
+    out_dir = tmp_path / "out"
+    code, out, err = cli("--store", root, "classify", "-q", "--model",
+                         "three", "--input", images, "--output", out_dir,
+                         "--summary-json")
+    assert code == 0, err
+    predictions = pq.read_table(os.path.join(out_dir, "predictions"))
+    errors = pq.read_table(os.path.join(out_dir, "errors")).to_pylist()
+    assert sorted(os.path.basename(p) for p in
+                  predictions.column("path").to_pylist()) == [
+        "black.png", "dark.png"]
+    assert all(abs(c - 1 / 3) < 1e-6
+               for c in predictions.column("confidence").to_pylist())
+    assert [(os.path.basename(e["path"]), e["stage"], e["error_type"])
+            for e in errors] == [("white.png", "predict",
+                                  "FloatingPointError")]
+    assert "not finite" in errors[0]["message"]
+    counts = json.loads(out)["counts"]
+    assert (counts["matched"], counts["predicted"], counts["failed"]) == (
+        3, 2, 1)

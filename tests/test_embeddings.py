@@ -76,6 +76,27 @@ def test_the_metadata_names_the_embedding_layer(model, tmp_path):
                           embeddings=True)
 
 
+def test_a_model_without_an_embedding_layer_is_refused_before_any_work(
+        tmp_path, capsys):
+    """--emit-embeddings with a metadata "embedding_layer" the network lacks
+    stops in the driver (exit 2, one line, no output folder), not in every
+    worker after the run started."""
+    store = str(tmp_path / "store")
+    shutil.copytree(DEFAULT_ROOT, store)
+    path = os.path.join(store, "digits-cnn", "1", "metadata.json")
+    metadata = json.load(open(path))
+    metadata["embedding_layer"] = "fc9"
+    json.dump(metadata, open(path, "w"))
+    output = tmp_path / "out"
+    assert main(["--store", store, "classify", "--input", "samples/digits",
+                 "--output", str(output), "--emit-embeddings"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "imgclass: error: embedding layer 'fc9' is not in the network "
+        "(layers: input, conv1, pool1, conv2, pool2, fc1, drop1, fc2, prob)"]
+    assert not output.exists()
+
+
 def test_the_column_holds_the_features_and_finds_re_encoded_images(
         tmp_path, split, model):
     folder, output = tmp_path / "in", str(tmp_path / "out")

@@ -85,6 +85,8 @@ class ClassifyBatches(beam.PTransform):
         stored = self.stored = self.stored or load_model(self._model_ref,
                                                          root=self._store)
         top_k = top_k_for(self._top_k, len(stored.class_names), stored.ref)
+        if self._embeddings:  # a model without one: a mistake, found now
+            _check_embedding_layer(stored)
         prep = stored.preprocessing
         ref = stored.location if looks_like_path(self._model_ref) \
             else stored.ref
@@ -132,3 +134,12 @@ class ClassifyImages(beam.PTransform):
         errors = ((matched[ERRORS_TAG], out["errors"])
                   | "AllErrors" >> beam.Flatten())
         return {"predictions": out["predictions"], "errors": errors}
+
+
+def _check_embedding_layer(stored) -> None:
+    """Raises SpecError, naming the fix, when the model has no layer to take
+    embeddings from (workers would fail on it after the run started)."""
+    from model_store.layers import embedding_layer
+    from model_store.spec import build_network
+    embedding_layer(build_network(stored.spec, initialize=False),
+                    stored.embedding_layer)

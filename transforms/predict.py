@@ -63,6 +63,13 @@ def top_k_classes(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return best, np.take_along_axis(probs, best, axis=1).astype(np.float32)
 
 
+# The error row of an image whose probabilities hold a NaN or an infinity
+# (an overflow in the model): a row of NaN confidences would be a label no
+# threshold can catch.
+NOT_FINITE = ("the network's output for this image is not finite (NaN or "
+              "infinity): check the model's weights and preprocessing")
+
+
 class PredictBatchesFn(beam.DoFn):
     """Batches of examples -> a table of prediction rows per batch.
 
@@ -125,18 +132,32 @@ class PredictBatchesFn(beam.DoFn):
             outputs = self._predictor.predict(self._prep.normalize(pixels))
             self._latency.update(int(1000 * (time.perf_counter() - started)))
         except Exception as error:  # one bad batch must not stop the run
-            self._failed.inc(len(batch))
-            self._progress.add(len(batch))
-            for example in batch:
-                yield beam.pvalue.TaggedOutput(
-                    schema.ERRORS_TAG, error_row(example.path, "predict", error,
-                                        self._run_id))
+            yield from self._error_rows(batch, error)
             return
+        finite = np.isfinite(outputs[0] if self._embeddings
+                             else outputs).all(axis=1)
+        if not finite.all():
+            yield from self._error_rows(
+                [e for e, ok in zip(batch, finite) if not ok],
+                FloatingPointError(NOT_FINITE))
+            batch = [e for e, ok in zip(batch, finite) if ok]
+            outputs = (tuple(o[finite] for o in outputs) if self._embeddings
+                       else outputs[finite])
+            if not batch:
+                return
         self._batches.inc()
         self._batch_size.update(len(batch))
         self._predicted.inc(len(batch))
         self._progress.add(len(batch))
         yield self._table(batch, outputs)
+
+    def _error_rows(self, batch: Sequence, error: Exception) -> Iterable:
+        self._failed.inc(len(batch))
+        self._progress.add(len(batch))
+        for example in batch:
+            yield beam.pvalue.TaggedOutput(
+                schema.ERRORS_TAG,
+                error_row(example.path, "predict", error, self._run_id))
 
     def _table(self, batch: Sequence, outputs) -> pa.Table:
         probs, embeddings = outputs if self._embeddings else (outputs, None)
