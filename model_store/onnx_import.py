@@ -16,7 +16,8 @@ and a zero Pad read only by convolutions (folded into their padding).
 A Mul or Add by a constant is folded into the convolution or dense layer
 before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
-``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish. Anything else
+``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish;
+a Flatten or Reshape of an (N, K) tensor is no layer. Anything else
 raises :class:`UnsupportedModelError` naming the op and the node, before
 anything is written.
 """
@@ -94,7 +95,7 @@ class _Converter:
         self.graph = graph
         self.consts = {t.name: numpy_helper.to_array(t)
                        for t in graph.initializer}
-        self.shapes = {v.name: _static_shape(v)
+        self.shapes = {v.name: _static_shape(v.type)
                        for v in list(graph.value_info) + list(graph.input)
                        + list(graph.output)}
         self.uses = collections.Counter(
@@ -141,21 +142,9 @@ class _Converter:
 
     def convert(self) -> dict:
         for index, proto in enumerate(self.graph.node):
-            if id(proto) in self.done:
-                continue
-            node = _Node(proto, index)
-            if node.op not in SUPPORTED_OPS or proto.domain not in ("",
-                                                                    "ai.onnx"):
-                raise node.fail(f"not supported; supported ops: "
-                                f"{', '.join(SUPPORTED_OPS)}")
-            unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
-            if unknown:
-                raise node.fail(f"attribute(s) {', '.join(sorted(unknown))} "
-                                f"not supported")
-            if node.op in _ACTIVATIONS:
-                self._activation(node, _ACTIVATIONS[node.op])
-            else:
-                getattr(self, f"_op_{node.op}")(node)
+            if id(proto) not in self.done:
+                self._convert_node(_Node(proto, index))
+            self._infer_output_shapes(proto)
         outputs = list(self.graph.output)
         if len(outputs) != 1:
             raise UnsupportedModelError(f"the ONNX graph has {len(outputs)} "
@@ -167,6 +156,51 @@ class _Converter:
                 f"by its last node")
         return {"input_shape": list(self.input_shape),
                 "layers": self.layers}
+
+    def _convert_node(self, node: _Node) -> None:
+        if node.op not in SUPPORTED_OPS or node.proto.domain not in (
+                "", "ai.onnx"):
+            raise node.fail(f"not supported; supported ops: "
+                            f"{', '.join(SUPPORTED_OPS)}")
+        unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
+        if unknown:
+            raise node.fail(f"attribute(s) {', '.join(sorted(unknown))} "
+                            f"not supported")
+        if node.op in _ACTIVATIONS:
+            self._activation(node, _ACTIVATIONS[node.op])
+        else:
+            getattr(self, f"_op_{node.op}")(node)
+
+    def _infer_output_shapes(self, proto) -> None:
+        """Fills in the shapes of ``proto``'s outputs that ONNX's shape
+        inference of the whole graph left unknown, from the node's input
+        shapes and the constants computed here: a Reshape whose target comes
+        from ``Shape`` (``x.view(x.size(0), -1)``), and the nodes after it."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        outputs = [o for o in proto.output if o and o not in self.consts]
+        if all(_known(self.shapes.get(o)) for o in outputs):
+            return
+        types, data = {}, {}
+        for name in filter(None, proto.input):
+            if name in self.consts:
+                value = np.asarray(self.consts[name])
+                data[name] = numpy_helper.from_array(value, name)
+                types[name] = helper.make_tensor_type_proto(
+                    helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+            else:  # a computed tensor: float, as the graph input
+                types[name] = helper.make_tensor_type_proto(
+                    onnx.TensorProto.FLOAT, self.shapes.get(name))
+        try:
+            inferred = onnx.shape_inference.infer_node_outputs(
+                onnx.defs.get_schema(proto.op_type, self.opset), proto, types,
+                data)
+        except onnx.shape_inference.InferenceError:
+            return  # the nodes that need the shape say it is unknown
+        for name in outputs:
+            if name in inferred and _known(_static_shape(inferred[name])):
+                self.shapes[name] = _static_shape(inferred[name])
 
     # -- helpers ------------------------------------------------------------
     def _name(self, node: _Node, suffix: str = "") -> str:
@@ -214,7 +248,7 @@ class _Converter:
 
     def _shape(self, node: _Node, tensor: str) -> tuple:
         shape = self.shapes.get(tensor)
-        if shape is None or any(d is None for d in shape[1:]):
+        if not _known(shape):
             raise node.fail(f"the shape of tensor {tensor!r} is unknown")
         return shape
 
@@ -475,8 +509,7 @@ class _Converter:
     def _op_Flatten(self, node: _Node) -> None:
         if node.attr("axis", 1) != 1:
             raise node.fail(f"axis={node.attr('axis')} (only 1)")
-        self._add(node, "flatten", [self._input(node)],
-                  output=self._single_output(node))
+        self._flatten(node)
 
     def _op_Reshape(self, node: _Node) -> None:
         if node.attr("allowzero", 0):
@@ -489,8 +522,17 @@ class _Converter:
                 or target == [-1, -1]):
             raise node.fail(f"reshape of {shape} to {target}: only a flatten "
                             f"to (N, {features})")
-        self._add(node, "flatten", [self._input(node)],
-                  output=self._single_output(node))
+        self._flatten(node)
+
+    def _flatten(self, node: _Node) -> None:
+        """(N, ...) -> (N, features); of (N, K) it is no layer at all, so
+        that a Softmax followed by it still ends the network."""
+        shape = self.shapes.get(node.proto.input[0])
+        if shape is not None and len(shape) == 2:
+            self._op_Identity(node)
+        else:
+            self._add(node, "flatten", [self._input(node)],
+                      output=self._single_output(node))
 
     def _op_Gemm(self, node: _Node) -> None:
         if node.attr("transA", 0):
@@ -568,12 +610,19 @@ class _Converter:
                   output=self._single_output(node))
 
 
-def _static_shape(value) -> tuple | None:
-    tensor = value.type.tensor_type
+def _static_shape(value_type) -> tuple | None:
+    """The dimensions of an ONNX ``TypeProto`` (None where unknown), or
+    None when even the rank is unknown."""
+    tensor = value_type.tensor_type
     if not tensor.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in tensor.shape.dim)
+
+
+def _known(shape: tuple | None) -> bool:
+    """Whether all but the batch dimension of ``shape`` are known."""
+    return shape is not None and None not in shape[1:]
 
 
 def _is_gate(gate: tuple, full: tuple) -> bool:

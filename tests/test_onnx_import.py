@@ -12,7 +12,7 @@ import pytest
 from model_store.compile import compile_predictor
 from model_store.onnx_import import onnx_to_spec
 from model_store.store import StoredModel, list_models, load_model
-from tests.onnx_graphs import GraphBuilder, single_op_graphs
+from tests.onnx_graphs import GraphBuilder, single_op_graphs, view_flatten
 
 GRAPHS = single_op_graphs()
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(
@@ -105,6 +105,61 @@ def test_logits_output_gets_a_softmax(tmp_path):
     want /= want.sum(1, keepdims=True)
     np.testing.assert_allclose(compile_predictor(stored)(x), want,
                                rtol=1e-4, atol=1e-6)
+
+
+def _import_via_cli(cli, tmp_path, model, *options):
+    """Saves ``model``, imports it with the command line; the stored
+    version."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    store = str(tmp_path / "store")
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", *options)
+    assert code == 0, err
+    return load_model("m", root=store)
+
+
+@pytest.mark.parametrize("reshape", ["Reshape", "Flatten"])
+def test_softmax_followed_by_a_no_op_reshape_is_not_applied_twice(
+        cli, tmp_path, reshape):
+    """Softmax, then a Reshape or Flatten that keeps (N, C): the graph ends
+    with probabilities, and the import gives onnxruntime's."""
+    g = GraphBuilder((3, 4, 4), seed=5)
+    logits = g.node("Gemm", [g.node("Flatten", ["x"]),
+                             g.const(g.rng.randn(48, 5))])
+    probabilities = g.node("Softmax", [logits], axis=1)
+    extra = [g.const([0, -1], dtype=np.int64)] if reshape == "Reshape" else []
+    model = g.model(g.node(reshape, [probabilities, *extra]), 2)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert not stored.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(4).randn(6, 3, 4, 4).astype(np.float32)
+    np.testing.assert_allclose(compile_predictor(stored)(x),
+                               run_onnxruntime(model, x), rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("between", [[], ["Relu"], ["Dropout", "Relu"]])
+def test_pytorch_view_then_gemm_matches_onnxruntime(cli, tmp_path, between):
+    """conv -> x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat,
+    Reshape) -> [ops that keep the shape] -> Gemm -> Softmax, as PyTorch
+    exports a CNN: ONNX's shape inference cannot tell the Reshape's output
+    shape, the import works it out."""
+    g = GraphBuilder((3, 7, 7), seed=6)
+    conv = g.node("Conv", ["x", g.const(g.rng.randn(4, 3, 3, 3)),
+                           g.const(g.rng.randn(4))], kernel_shape=[3, 3],
+                  strides=[2, 2])
+    flat = view_flatten(g, g.node("Relu", [conv]))
+    for op in between:
+        flat = g.node(op, [flat])
+    logits = g.node("Gemm", [flat, g.const(g.rng.randn(6, 36) * 0.3),
+                             g.const(g.rng.randn(6))], transB=1)
+    model = g.model(g.node("Softmax", [logits], axis=1), 2)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert not stored.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(5).randn(4, 3, 7, 7).astype(np.float32)
+    np.testing.assert_allclose(compile_predictor(stored)(x),
+                               run_onnxruntime(model, x), rtol=1e-4,
+                               atol=1e-6)
 
 
 def _refused(builder):
