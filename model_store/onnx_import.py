@@ -18,7 +18,8 @@ before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
 ``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish;
 a Flatten or Reshape of an (N, K) tensor is no layer. Anything else
-raises :class:`UnsupportedModelError` naming the op and the node, before
+raises :class:`UnsupportedModelError` naming the op and the node, and a
+constant holding a NaN or an infinity one naming the tensor, before
 anything is written.
 """
 
@@ -93,7 +94,7 @@ class _Converter:
                           if o.domain in ("", "ai.onnx")), default=1)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
-        self.consts = {t.name: numpy_helper.to_array(t)
+        self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
                        for t in graph.initializer}
         self.shapes = {v.name: _static_shape(v.type)
                        for v in list(graph.value_info) + list(graph.input)
@@ -267,7 +268,8 @@ class _Converter:
         value = node.proto.attribute[0] if node.proto.attribute else None
         if value is None or value.name != "value":
             raise node.fail("only the 'value' form is supported")
-        self.consts[node.proto.output[0]] = numpy_helper.to_array(value.t)
+        self.consts[node.proto.output[0]] = _finite(
+            node.proto.output[0], numpy_helper.to_array(value.t))
 
     def _op_Identity(self, node: _Node) -> None:
         self.layer_of[self._single_output(node)] = self._input(node)
@@ -620,6 +622,19 @@ def _static_shape(value_type) -> tuple | None:
                  for d in tensor.shape.dim)
 
 
+def _finite(name: str, array: np.ndarray) -> np.ndarray:
+    """``array``, the constant tensor ``name``, unless it holds a NaN or an
+    infinity (the model would classify nothing)."""
+    if np.issubdtype(array.dtype, np.floating) and \
+            not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise UnsupportedModelError(
+            f"the ONNX tensor {name!r} holds {bad} NaN or infinite value(s) "
+            f"(of {np.size(array)}): export the model again from finite "
+            f"weights")
+    return array
+
+
 def _known(shape: tuple | None) -> bool:
     """Whether all but the batch dimension of ``shape`` are known."""
     return shape is not None and None not in shape[1:]
@@ -764,7 +779,8 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         probabilities.
 
     Raises:
-        UnsupportedModelError: an op, attribute or shape cannot be imported.
+        UnsupportedModelError: an op, attribute or shape cannot be
+            imported, or a weight is NaN or infinite.
         ConfigError: a bad option; nothing is written in either case.
     """
     from model_store.spec import build_network, set_weights

@@ -200,6 +200,14 @@ REFUSALS = {
         "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
         "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
         "be a constant"),
+    "nan_weight": (lambda g: (g.node("Conv", ["x", g.const(np.where(
+        np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
+        4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
+            "(of 54): export the model again from finite weights"),
+    "infinite_constant_node": (lambda g: (g.node("Mul", ["x", g.node(
+        "Constant", [], value=onnx.numpy_helper.from_array(np.array(
+            [1, np.inf, 1], np.float32).reshape(3, 1, 1)))]), 4),
+        "the ONNX tensor 't1' holds 1 NaN or infinite value(s) (of 3)"),
 }
 
 
