@@ -705,15 +705,35 @@ def _read_onnx(path: str):
     return model
 
 
+def _read_text(path: str, what: str) -> str:
+    """The text of the UTF-8 file ``path`` (``what`` names it in errors),
+    without a byte-order mark, line ends read as ``\\n``."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: "
+                          f"{error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (it has the byte "
+            f"{error.object[error.start]:#x}): save it as UTF-8") from None
+
+
 def _class_names(path: str | None, count: int) -> list[str]:
+    """The ``count`` class names of the ``--classes`` file ``path``, one a
+    line in output order, spaces around each dropped; blank lines only at
+    the end. Default: "0", "1", ..."""
     if path is None:
         return [str(i) for i in range(count)]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except OSError as error:
-        raise ConfigError(f"cannot read the classes file {path}: "
-                          f"{error.strerror}") from None
+    names = [line.strip() for line in
+             _read_text(path, "the classes file").split("\n")]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        raise ConfigError(f"{path} line {names.index('') + 1} is blank: one "
+                          f"class name per line, in output order, with no "
+                          f"blank line between")
     if len(names) != count:
         raise ConfigError(f"{path} names {len(names)} classes but the model "
                           f"has {count} outputs: one name per line, in "
@@ -723,6 +743,41 @@ def _class_names(path: str | None, count: int) -> list[str]:
 
 PREPROCESSING_KEYS = ("color_mode", "resize", "mean", "std", "background",
                       "resize_shorter")
+
+
+# The JSON type of each --preprocessing key: (what it is, check); the
+# values themselves are checked by Preprocessing.
+_STRING = ("a string", lambda v: isinstance(v, str))
+_NUMBERS = ("a list of numbers", lambda v: isinstance(v, list) and all(
+    isinstance(n, (int, float)) and not isinstance(n, bool) for n in v))
+_PREPROCESSING_TYPES = {
+    "color_mode": _STRING, "resize": _STRING, "mean": _NUMBERS,
+    "std": _NUMBERS, "background": ("an integer", lambda v: type(v) is int),
+    "resize_shorter": ("an integer or null",
+                       lambda v: v is None or type(v) is int),
+}
+
+
+def _given_preprocessing(text: str) -> dict:
+    """The ``--preprocessing`` JSON object, inline or in a UTF-8 file, once
+    its keys and the JSON types of its values are right (the values are
+    checked by :class:`Preprocessing`)."""
+    if os.path.isfile(text):
+        text = _read_text(text, "the preprocessing file")
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
+            from None
+    if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
+        raise ConfigError(f"--preprocessing must be a JSON object with "
+                          f"keys among {', '.join(PREPROCESSING_KEYS)}")
+    for key, value in given.items():
+        what, check = _PREPROCESSING_TYPES[key]
+        if not check(value):
+            raise ConfigError(f"--preprocessing {key} must be {what}, got "
+                              f"{json.dumps(value)}")
+    return given
 
 
 def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
@@ -736,18 +791,7 @@ def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
         channels), "resize": "bilinear", "mean": [0.0] * channels,
         "std": [1.0] * channels, "background": 0, "resize_shorter": None}
     if text:
-        if os.path.isfile(text):
-            with open(text, encoding="utf-8") as handle:
-                text = handle.read()
-        try:
-            given = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
-                from None
-        if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
-            raise ConfigError(f"--preprocessing must be a JSON object with "
-                              f"keys among {', '.join(PREPROCESSING_KEYS)}")
-        values.update(given)
+        values.update(_given_preprocessing(text))
     if values["color_mode"] is None:
         raise ConfigError(f"the model takes {channels} channels; imgclass "
                           f"feeds 1 (L) or 3 (RGB)")
@@ -755,7 +799,7 @@ def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
                          color_mode=values["color_mode"],
                          resize=values["resize"], mean=tuple(values["mean"]),
                          std=tuple(values["std"]),
-                         background=int(values["background"]),
+                         background=values["background"],
                          resize_shorter=values["resize_shorter"])
     return prep.to_metadata()
 

@@ -255,16 +255,53 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
     store = tmp_path / "store"
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\n")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café\nb\nc\nd\n".encode("latin-1"))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\nb\n\nc\nd\n")
+    latin1_json = tmp_path / "prep.json"
+    latin1_json.write_bytes('{"resize": "café"}'.encode("latin-1"))
     for options, message in [
             (["--classes", classes], "names 2 classes but the model has 4"),
+            (["--classes", latin1], f"the classes file {latin1} is not UTF-8 "
+                                    f"text (it has the byte 0xe9)"),
+            (["--classes", blank], f"{blank} line 3 is blank"),
             (["--preprocessing", "{bad json"], "not valid JSON"),
             (["--preprocessing", '{"gamma": 2}'], "keys among"),
             (["--preprocessing", '{"color_mode": "L"}'], "does not fit"),
+            (["--preprocessing", '{"background": "x"}'],
+             '--preprocessing background must be an integer, got "x"'),
+            (["--preprocessing", '{"background": 1.7}'],
+             "--preprocessing background must be an integer, got 1.7"),
+            (["--preprocessing", '{"background": 256}'],
+             "background must be a gray level"),
+            (["--preprocessing", '{"mean": null}'],
+             "--preprocessing mean must be a list of numbers, got null"),
+            (["--preprocessing", '{"resize": ["bicubic"]}'],
+             "--preprocessing resize must be a string"),
+            (["--preprocessing", '{"std": [NaN, 1, 1]}'],
+             "std must be positive and finite"),
+            (["--preprocessing", latin1_json],
+             "the preprocessing file"),
             (["--name", "bad name!"], "invalid model name")]:
         code, _, err = cli("--store", store, "models", "import", "onnx",
                            path, "--name", "tiny", *options)
         assert code == 2 and message in err, (options, err)
+        assert len(err.strip().splitlines()) == 1, err
     assert list_models(str(store)) == []
+    assert not store.exists() or os.listdir(store) == []
+
+
+def test_classes_file_with_bom_crlf_and_final_blank_lines(cli, tmp_path):
+    """A classes file saved by a Windows editor (UTF-8 with a byte-order
+    mark, CRLF line ends) and ending in blank lines names the classes."""
+    example = _example()
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(
+        example.CLASSES).encode() + b"\r\n\r\n")
+    stored = _import_via_cli(cli, tmp_path, example.build(), "--classes",
+                             classes)
+    assert stored.class_names == example.CLASSES
 
 
 def test_efficientnet_lite0_round_trip(tmp_path, lite0_photos,
