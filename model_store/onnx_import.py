@@ -16,8 +16,10 @@ and a zero Pad read only by convolutions (folded into their padding).
 A Mul or Add by a constant is folded into the convolution or dense layer
 before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
-``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish. Anything else
-raises :class:`UnsupportedModelError` naming the op and the node, before
+``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish;
+a Flatten or Reshape of an (N, K) tensor is no layer. Anything else
+raises :class:`UnsupportedModelError` naming the op and the node, and a
+constant holding a NaN or an infinity one naming the tensor, before
 anything is written.
 """
 
@@ -92,9 +94,9 @@ class _Converter:
                           if o.domain in ("", "ai.onnx")), default=1)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
-        self.consts = {t.name: numpy_helper.to_array(t)
+        self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
                        for t in graph.initializer}
-        self.shapes = {v.name: _static_shape(v)
+        self.shapes = {v.name: _static_shape(v.type)
                        for v in list(graph.value_info) + list(graph.input)
                        + list(graph.output)}
         self.uses = collections.Counter(
@@ -141,21 +143,9 @@ class _Converter:
 
     def convert(self) -> dict:
         for index, proto in enumerate(self.graph.node):
-            if id(proto) in self.done:
-                continue
-            node = _Node(proto, index)
-            if node.op not in SUPPORTED_OPS or proto.domain not in ("",
-                                                                    "ai.onnx"):
-                raise node.fail(f"not supported; supported ops: "
-                                f"{', '.join(SUPPORTED_OPS)}")
-            unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
-            if unknown:
-                raise node.fail(f"attribute(s) {', '.join(sorted(unknown))} "
-                                f"not supported")
-            if node.op in _ACTIVATIONS:
-                self._activation(node, _ACTIVATIONS[node.op])
-            else:
-                getattr(self, f"_op_{node.op}")(node)
+            if id(proto) not in self.done:
+                self._convert_node(_Node(proto, index))
+            self._infer_output_shapes(proto)
         outputs = list(self.graph.output)
         if len(outputs) != 1:
             raise UnsupportedModelError(f"the ONNX graph has {len(outputs)} "
@@ -167,6 +157,51 @@ class _Converter:
                 f"by its last node")
         return {"input_shape": list(self.input_shape),
                 "layers": self.layers}
+
+    def _convert_node(self, node: _Node) -> None:
+        if node.op not in SUPPORTED_OPS or node.proto.domain not in (
+                "", "ai.onnx"):
+            raise node.fail(f"not supported; supported ops: "
+                            f"{', '.join(SUPPORTED_OPS)}")
+        unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
+        if unknown:
+            raise node.fail(f"attribute(s) {', '.join(sorted(unknown))} "
+                            f"not supported")
+        if node.op in _ACTIVATIONS:
+            self._activation(node, _ACTIVATIONS[node.op])
+        else:
+            getattr(self, f"_op_{node.op}")(node)
+
+    def _infer_output_shapes(self, proto) -> None:
+        """Fills in the shapes of ``proto``'s outputs that ONNX's shape
+        inference of the whole graph left unknown, from the node's input
+        shapes and the constants computed here: a Reshape whose target comes
+        from ``Shape`` (``x.view(x.size(0), -1)``), and the nodes after it."""
+        import onnx
+        from onnx import helper, numpy_helper
+
+        outputs = [o for o in proto.output if o and o not in self.consts]
+        if all(_known(self.shapes.get(o)) for o in outputs):
+            return
+        types, data = {}, {}
+        for name in filter(None, proto.input):
+            if name in self.consts:
+                value = np.asarray(self.consts[name])
+                data[name] = numpy_helper.from_array(value, name)
+                types[name] = helper.make_tensor_type_proto(
+                    helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+            else:  # a computed tensor: float, as the graph input
+                types[name] = helper.make_tensor_type_proto(
+                    onnx.TensorProto.FLOAT, self.shapes.get(name))
+        try:
+            inferred = onnx.shape_inference.infer_node_outputs(
+                onnx.defs.get_schema(proto.op_type, self.opset), proto, types,
+                data)
+        except onnx.shape_inference.InferenceError:
+            return  # the nodes that need the shape say it is unknown
+        for name in outputs:
+            if name in inferred and _known(_static_shape(inferred[name])):
+                self.shapes[name] = _static_shape(inferred[name])
 
     # -- helpers ------------------------------------------------------------
     def _name(self, node: _Node, suffix: str = "") -> str:
@@ -214,7 +249,7 @@ class _Converter:
 
     def _shape(self, node: _Node, tensor: str) -> tuple:
         shape = self.shapes.get(tensor)
-        if shape is None or any(d is None for d in shape[1:]):
+        if not _known(shape):
             raise node.fail(f"the shape of tensor {tensor!r} is unknown")
         return shape
 
@@ -233,7 +268,8 @@ class _Converter:
         value = node.proto.attribute[0] if node.proto.attribute else None
         if value is None or value.name != "value":
             raise node.fail("only the 'value' form is supported")
-        self.consts[node.proto.output[0]] = numpy_helper.to_array(value.t)
+        self.consts[node.proto.output[0]] = _finite(
+            node.proto.output[0], numpy_helper.to_array(value.t))
 
     def _op_Identity(self, node: _Node) -> None:
         self.layer_of[self._single_output(node)] = self._input(node)
@@ -475,8 +511,7 @@ class _Converter:
     def _op_Flatten(self, node: _Node) -> None:
         if node.attr("axis", 1) != 1:
             raise node.fail(f"axis={node.attr('axis')} (only 1)")
-        self._add(node, "flatten", [self._input(node)],
-                  output=self._single_output(node))
+        self._flatten(node)
 
     def _op_Reshape(self, node: _Node) -> None:
         if node.attr("allowzero", 0):
@@ -489,8 +524,17 @@ class _Converter:
                 or target == [-1, -1]):
             raise node.fail(f"reshape of {shape} to {target}: only a flatten "
                             f"to (N, {features})")
-        self._add(node, "flatten", [self._input(node)],
-                  output=self._single_output(node))
+        self._flatten(node)
+
+    def _flatten(self, node: _Node) -> None:
+        """(N, ...) -> (N, features); of (N, K) it is no layer at all, so
+        that a Softmax followed by it still ends the network."""
+        shape = self.shapes.get(node.proto.input[0])
+        if shape is not None and len(shape) == 2:
+            self._op_Identity(node)
+        else:
+            self._add(node, "flatten", [self._input(node)],
+                      output=self._single_output(node))
 
     def _op_Gemm(self, node: _Node) -> None:
         if node.attr("transA", 0):
@@ -568,12 +612,32 @@ class _Converter:
                   output=self._single_output(node))
 
 
-def _static_shape(value) -> tuple | None:
-    tensor = value.type.tensor_type
+def _static_shape(value_type) -> tuple | None:
+    """The dimensions of an ONNX ``TypeProto`` (None where unknown), or
+    None when even the rank is unknown."""
+    tensor = value_type.tensor_type
     if not tensor.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in tensor.shape.dim)
+
+
+def _finite(name: str, array: np.ndarray) -> np.ndarray:
+    """``array``, the constant tensor ``name``, unless it holds a NaN or an
+    infinity (the model would classify nothing)."""
+    if np.issubdtype(array.dtype, np.floating) and \
+            not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise UnsupportedModelError(
+            f"the ONNX tensor {name!r} holds {bad} NaN or infinite value(s) "
+            f"(of {np.size(array)}): export the model again from finite "
+            f"weights")
+    return array
+
+
+def _known(shape: tuple | None) -> bool:
+    """Whether all but the batch dimension of ``shape`` are known."""
+    return shape is not None and None not in shape[1:]
 
 
 def _is_gate(gate: tuple, full: tuple) -> bool:
@@ -641,15 +705,35 @@ def _read_onnx(path: str):
     return model
 
 
+def _read_text(path: str, what: str) -> str:
+    """The text of the UTF-8 file ``path`` (``what`` names it in errors),
+    without a byte-order mark, line ends read as ``\\n``."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: "
+                          f"{error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{what} {path} is not UTF-8 text (it has the byte "
+            f"{error.object[error.start]:#x}): save it as UTF-8") from None
+
+
 def _class_names(path: str | None, count: int) -> list[str]:
+    """The ``count`` class names of the ``--classes`` file ``path``, one a
+    line in output order, spaces around each dropped; blank lines only at
+    the end. Default: "0", "1", ..."""
     if path is None:
         return [str(i) for i in range(count)]
-    try:
-        with open(path, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
-    except OSError as error:
-        raise ConfigError(f"cannot read the classes file {path}: "
-                          f"{error.strerror}") from None
+    names = [line.strip() for line in
+             _read_text(path, "the classes file").split("\n")]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        raise ConfigError(f"{path} line {names.index('') + 1} is blank: one "
+                          f"class name per line, in output order, with no "
+                          f"blank line between")
     if len(names) != count:
         raise ConfigError(f"{path} names {len(names)} classes but the model "
                           f"has {count} outputs: one name per line, in "
@@ -659,6 +743,41 @@ def _class_names(path: str | None, count: int) -> list[str]:
 
 PREPROCESSING_KEYS = ("color_mode", "resize", "mean", "std", "background",
                       "resize_shorter")
+
+
+# The JSON type of each --preprocessing key: (what it is, check); the
+# values themselves are checked by Preprocessing.
+_STRING = ("a string", lambda v: isinstance(v, str))
+_NUMBERS = ("a list of numbers", lambda v: isinstance(v, list) and all(
+    isinstance(n, (int, float)) and not isinstance(n, bool) for n in v))
+_PREPROCESSING_TYPES = {
+    "color_mode": _STRING, "resize": _STRING, "mean": _NUMBERS,
+    "std": _NUMBERS, "background": ("an integer", lambda v: type(v) is int),
+    "resize_shorter": ("an integer or null",
+                       lambda v: v is None or type(v) is int),
+}
+
+
+def _given_preprocessing(text: str) -> dict:
+    """The ``--preprocessing`` JSON object, inline or in a UTF-8 file, once
+    its keys and the JSON types of its values are right (the values are
+    checked by :class:`Preprocessing`)."""
+    if os.path.isfile(text):
+        text = _read_text(text, "the preprocessing file")
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
+            from None
+    if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
+        raise ConfigError(f"--preprocessing must be a JSON object with "
+                          f"keys among {', '.join(PREPROCESSING_KEYS)}")
+    for key, value in given.items():
+        what, check = _PREPROCESSING_TYPES[key]
+        if not check(value):
+            raise ConfigError(f"--preprocessing {key} must be {what}, got "
+                              f"{json.dumps(value)}")
+    return given
 
 
 def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
@@ -672,18 +791,7 @@ def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
         channels), "resize": "bilinear", "mean": [0.0] * channels,
         "std": [1.0] * channels, "background": 0, "resize_shorter": None}
     if text:
-        if os.path.isfile(text):
-            with open(text, encoding="utf-8") as handle:
-                text = handle.read()
-        try:
-            given = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
-                from None
-        if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
-            raise ConfigError(f"--preprocessing must be a JSON object with "
-                              f"keys among {', '.join(PREPROCESSING_KEYS)}")
-        values.update(given)
+        values.update(_given_preprocessing(text))
     if values["color_mode"] is None:
         raise ConfigError(f"the model takes {channels} channels; imgclass "
                           f"feeds 1 (L) or 3 (RGB)")
@@ -691,7 +799,7 @@ def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
                          color_mode=values["color_mode"],
                          resize=values["resize"], mean=tuple(values["mean"]),
                          std=tuple(values["std"]),
-                         background=int(values["background"]),
+                         background=values["background"],
                          resize_shorter=values["resize_shorter"])
     return prep.to_metadata()
 
@@ -715,7 +823,8 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         probabilities.
 
     Raises:
-        UnsupportedModelError: an op, attribute or shape cannot be imported.
+        UnsupportedModelError: an op, attribute or shape cannot be
+            imported, or a weight is NaN or infinite.
         ConfigError: a bad option; nothing is written in either case.
     """
     from model_store.spec import build_network, set_weights

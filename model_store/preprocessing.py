@@ -17,6 +17,7 @@ normalise a whole batch with one vectorised NumPy expression:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -34,6 +35,9 @@ RESIZE_FILTERS = {
     "hamming": Image.Resampling.HAMMING,
 }
 COLOR_MODES = {"L": 1, "RGB": 3}
+# The smallest std accepted: below it (x - mean) / std is a blow-up, not a
+# normalisation (one level of an 8-bit pixel is 1/255 on this scale).
+MIN_STD = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +82,15 @@ class Preprocessing:
             if len(getattr(self, name)) != channels:
                 raise ConfigError(f"{name} needs {channels} value(s), got "
                                   f"{getattr(self, name)}")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"std must be positive, got {self.std}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean must be finite, got {self.mean}")
+        if not all(MIN_STD < s < math.inf for s in self.std):
+            raise ConfigError(f"std must be positive and finite (above "
+                              f"{MIN_STD}), got {self.std}")
+        if type(self.background) is not int or not 0 <= self.background \
+                <= 255:
+            raise ConfigError(f"background must be a gray level, an integer "
+                              f"from 0 to 255, got {self.background!r}")
         if self.resize_shorter is not None and not (
                 isinstance(self.resize_shorter, int)
                 and self.resize_shorter >= max(self.input_shape[1:])):

@@ -59,13 +59,13 @@ def _flat(g, x):
     return g.node("Flatten", [g.node("GlobalAveragePool", [x])])
 
 
-def _view_flatten(g):
+def view_flatten(g, x="x"):
     """``x.view(x.size(0), -1)`` as PyTorch exports it."""
-    batch = g.node("Gather", [g.node("Shape", ["x"]),
+    batch = g.node("Gather", [g.node("Shape", [x]),
                               g.const(0, dtype=np.int64)], axis=0)
     batch = g.node("Unsqueeze", [batch, g.const([0], dtype=np.int64)])
     target = g.node("Concat", [batch, g.const([-1], dtype=np.int64)], axis=0)
-    return g.node("Reshape", ["x", target])
+    return g.node("Reshape", [x, target])
 
 
 def single_op_graphs() -> dict:
@@ -133,7 +133,7 @@ def single_op_graphs() -> dict:
     add("flatten", lambda g: g.node("Flatten", ["x"]), rank=2)
     add("reshape_flatten", lambda g: g.node("Reshape", [
         "x", g.const([0, -1], dtype=np.int64)]), rank=2)
-    add("view_flatten", _view_flatten, rank=2)
+    add("view_flatten", view_flatten, rank=2)
     add("gemm", lambda g: g.node("Gemm", [
         _flat(g, "x"), g.const(g.rng.randn(5, 3)), g.const(g.rng.randn(5))],
         transB=1, alpha=0.5, beta=2.0), rank=2)

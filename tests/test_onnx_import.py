@@ -12,7 +12,7 @@ import pytest
 from model_store.compile import compile_predictor
 from model_store.onnx_import import onnx_to_spec
 from model_store.store import StoredModel, list_models, load_model
-from tests.onnx_graphs import GraphBuilder, single_op_graphs
+from tests.onnx_graphs import GraphBuilder, single_op_graphs, view_flatten
 
 GRAPHS = single_op_graphs()
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(
@@ -107,6 +107,61 @@ def test_logits_output_gets_a_softmax(tmp_path):
                                rtol=1e-4, atol=1e-6)
 
 
+def _import_via_cli(cli, tmp_path, model, *options):
+    """Saves ``model``, imports it with the command line; the stored
+    version."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    store = str(tmp_path / "store")
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", *options)
+    assert code == 0, err
+    return load_model("m", root=store)
+
+
+@pytest.mark.parametrize("reshape", ["Reshape", "Flatten"])
+def test_softmax_followed_by_a_no_op_reshape_is_not_applied_twice(
+        cli, tmp_path, reshape):
+    """Softmax, then a Reshape or Flatten that keeps (N, C): the graph ends
+    with probabilities, and the import gives onnxruntime's."""
+    g = GraphBuilder((3, 4, 4), seed=5)
+    logits = g.node("Gemm", [g.node("Flatten", ["x"]),
+                             g.const(g.rng.randn(48, 5))])
+    probabilities = g.node("Softmax", [logits], axis=1)
+    extra = [g.const([0, -1], dtype=np.int64)] if reshape == "Reshape" else []
+    model = g.model(g.node(reshape, [probabilities, *extra]), 2)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert not stored.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(4).randn(6, 3, 4, 4).astype(np.float32)
+    np.testing.assert_allclose(compile_predictor(stored)(x),
+                               run_onnxruntime(model, x), rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("between", [[], ["Relu"], ["Dropout", "Relu"]])
+def test_pytorch_view_then_gemm_matches_onnxruntime(cli, tmp_path, between):
+    """conv -> x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat,
+    Reshape) -> [ops that keep the shape] -> Gemm -> Softmax, as PyTorch
+    exports a CNN: ONNX's shape inference cannot tell the Reshape's output
+    shape, the import works it out."""
+    g = GraphBuilder((3, 7, 7), seed=6)
+    conv = g.node("Conv", ["x", g.const(g.rng.randn(4, 3, 3, 3)),
+                           g.const(g.rng.randn(4))], kernel_shape=[3, 3],
+                  strides=[2, 2])
+    flat = view_flatten(g, g.node("Relu", [conv]))
+    for op in between:
+        flat = g.node(op, [flat])
+    logits = g.node("Gemm", [flat, g.const(g.rng.randn(6, 36) * 0.3),
+                             g.const(g.rng.randn(6))], transB=1)
+    model = g.model(g.node("Softmax", [logits], axis=1), 2)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert not stored.metadata["source"]["softmax_appended"]
+    x = np.random.RandomState(5).randn(4, 3, 7, 7).astype(np.float32)
+    np.testing.assert_allclose(compile_predictor(stored)(x),
+                               run_onnxruntime(model, x), rtol=1e-4,
+                               atol=1e-6)
+
+
 def _refused(builder):
     g = GraphBuilder((3, 8, 8))
     out, rank = builder(g)
@@ -145,6 +200,14 @@ REFUSALS = {
         "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
         "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
         "be a constant"),
+    "nan_weight": (lambda g: (g.node("Conv", ["x", g.const(np.where(
+        np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
+        4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
+            "(of 54): export the model again from finite weights"),
+    "infinite_constant_node": (lambda g: (g.node("Mul", ["x", g.node(
+        "Constant", [], value=onnx.numpy_helper.from_array(np.array(
+            [1, np.inf, 1], np.float32).reshape(3, 1, 1)))]), 4),
+        "the ONNX tensor 't1' holds 1 NaN or infinite value(s) (of 3)"),
 }
 
 
@@ -192,16 +255,53 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
     store = tmp_path / "store"
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\n")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café\nb\nc\nd\n".encode("latin-1"))
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\nb\n\nc\nd\n")
+    latin1_json = tmp_path / "prep.json"
+    latin1_json.write_bytes('{"resize": "café"}'.encode("latin-1"))
     for options, message in [
             (["--classes", classes], "names 2 classes but the model has 4"),
+            (["--classes", latin1], f"the classes file {latin1} is not UTF-8 "
+                                    f"text (it has the byte 0xe9)"),
+            (["--classes", blank], f"{blank} line 3 is blank"),
             (["--preprocessing", "{bad json"], "not valid JSON"),
             (["--preprocessing", '{"gamma": 2}'], "keys among"),
             (["--preprocessing", '{"color_mode": "L"}'], "does not fit"),
+            (["--preprocessing", '{"background": "x"}'],
+             '--preprocessing background must be an integer, got "x"'),
+            (["--preprocessing", '{"background": 1.7}'],
+             "--preprocessing background must be an integer, got 1.7"),
+            (["--preprocessing", '{"background": 256}'],
+             "background must be a gray level"),
+            (["--preprocessing", '{"mean": null}'],
+             "--preprocessing mean must be a list of numbers, got null"),
+            (["--preprocessing", '{"resize": ["bicubic"]}'],
+             "--preprocessing resize must be a string"),
+            (["--preprocessing", '{"std": [NaN, 1, 1]}'],
+             "std must be positive and finite"),
+            (["--preprocessing", latin1_json],
+             "the preprocessing file"),
             (["--name", "bad name!"], "invalid model name")]:
         code, _, err = cli("--store", store, "models", "import", "onnx",
                            path, "--name", "tiny", *options)
         assert code == 2 and message in err, (options, err)
+        assert len(err.strip().splitlines()) == 1, err
     assert list_models(str(store)) == []
+    assert not store.exists() or os.listdir(store) == []
+
+
+def test_classes_file_with_bom_crlf_and_final_blank_lines(cli, tmp_path):
+    """A classes file saved by a Windows editor (UTF-8 with a byte-order
+    mark, CRLF line ends) and ending in blank lines names the classes."""
+    example = _example()
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(
+        example.CLASSES).encode() + b"\r\n\r\n")
+    stored = _import_via_cli(cli, tmp_path, example.build(), "--classes",
+                             classes)
+    assert stored.class_names == example.CLASSES
 
 
 def test_efficientnet_lite0_round_trip(tmp_path, lite0_photos,

@@ -41,6 +41,12 @@ def test_metadata_round_trip():
     ({"resize": "magic"}, "resize must be one of"),
     ({"input_shape": (3, 8, 8)}, "does not fit color_mode 'L'"),
     ({"std": (0.0,)}, "std must be positive"),
+    ({"std": (1e-30,)}, r"std must be positive and finite \(above 1e-06\)"),
+    ({"std": (float("inf"),)}, "std must be positive and finite"),
+    ({"std": (float("nan"),)}, "std must be positive and finite"),
+    ({"mean": (float("nan"),)}, "mean must be finite"),
+    ({"background": 256}, "background must be a gray level"),
+    ({"background": 1.7}, "background must be a gray level"),
 ])
 def test_invalid_preprocessing(kwargs, message):
     base = dict(input_shape=(1, 8, 8), color_mode="L", resize="bilinear",
