@@ -12,6 +12,10 @@ tested and reused on its own. :func:`decode_image` is the single entry point:
   would fill the missing part with gray and report success) is refused
   (see :func:`_check_jpeg_data`); Pillow's ``LOAD_TRUNCATED_IMAGES`` stays
   off, so data that ends early is refused too;
+* only the raster formats of :data:`FORMATS` are read: Pillow's other
+  plugins are never tried, so a file cannot reach an outside program
+  (Pillow's EPS plugin runs Ghostscript on the file) or a rarely used
+  parser;
 * the EXIF orientation is applied, animations give their first frame, and every
   Pillow mode is converted to ``"L"`` or ``"RGB"``, with transparency
   composited over a uniform gray background.
@@ -36,6 +40,10 @@ from PIL import ExifTags, Image, ImageOps
 from model_store.errors import ImgclassError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# The Pillow formats decode_image reads (JPEG includes the multi-picture
+# JPEGs of many cameras, which Pillow opens as MPO; PPM includes PGM and
+# PBM); any other file is "not an image" for imgclass.
+FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
 
 _MODES = ("L", "RGB")
 # EXIF orientations 5-8 turn the picture by a quarter: width and height swap.
@@ -139,7 +147,7 @@ def _check_arguments(mode: str, target_size: tuple[int, int] | None, max_pixels:
 def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pixels: int,
             background: int) -> DecodedImage:
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(
@@ -160,7 +168,8 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
     except (ImageDecodeError, Image.DecompressionBombError, MemoryError):
         raise
     except Image.UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image, or a format Pillow cannot read") from exc
+        raise ImageDecodeError(f"not an image in a format imgclass reads "
+                               f"({', '.join(FORMATS)})") from exc
     except Exception as exc:
         # Pillow's plugins raise all sorts of built-in exceptions on hostile or
         # damaged input (OSError, SyntaxError, struct.error, EOFError,

@@ -388,6 +388,29 @@ def test_bad_bytes_raise_one_line_decode_error(data, expected):
     assert "\n" not in message and "\r" not in message
 
 
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n"
+       b"0 0 moveto 100 100 lineto stroke showpage\n")
+
+
+def test_formats_outside_the_list_are_never_opened(monkeypatch):
+    """An EPS file (Pillow would hand it to Ghostscript, an outside
+    program), a PDF or an ICO is "not an image": no plugin but those of
+    FORMATS is tried."""
+    from PIL import EpsImagePlugin
+    called = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript",
+                        lambda *a, **k: called.append(a))
+    icon = encode(noise_image().resize((32, 32)), "ICO")
+    for data in (EPS, icon, encode(noise_image(), "PDF")):
+        with pytest.raises(ImageDecodeError,
+                           match="not an image in a format imgclass reads "
+                                 r"\(BMP, GIF, JPEG, PNG, PPM, TIFF, "
+                                 r"WEBP\)"):
+            decode_image(data, mode="RGB")
+    assert called == []
+    assert decode_image(encode(noise_image(), "PPM"), mode="L").width == 64
+
+
 @pytest.mark.parametrize("kwargs, word", [
     ({"mode": "RGBA"}, "'RGBA'"),
     ({"mode": "L", "target_size": (0, 10)}, "target_size"),
