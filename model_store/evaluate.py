@@ -3,6 +3,8 @@ matrix (scikit-learn's metrics), most confident mistakes."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from model_store.errors import ConfigError
@@ -123,13 +125,34 @@ def record_metrics(model: StoredModel, metrics: dict) -> StoredModel:
         k: metrics[k] for k in ("accuracy", "n_test", "dataset")})
 
 
-def plot_confusion(metrics: dict, path: str) -> None:
-    """Writes the confusion matrix as a PNG picture (needs matplotlib)."""
+def check_plot_path(path: str) -> None:
+    """Refuses, before any work, a ``--plot`` that could not be written:
+    matplotlib missing, a folder that does not exist or cannot be written,
+    a path that is a folder (ConfigError, one line)."""
+    _matplotlib()
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"--plot {path!r} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--plot {path!r}: the folder {folder!r} does not "
+                          f"exist")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--plot {path!r}: the folder {folder!r} cannot "
+                          f"be written")
+
+
+def _matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install "
+        raise ConfigError("--plot needs matplotlib: pip install "
                           "'imgclass[plot]'") from None
+    return matplotlib
+
+
+def plot_confusion(metrics: dict, path: str) -> None:
+    """Writes the confusion matrix as a PNG picture (needs matplotlib)."""
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

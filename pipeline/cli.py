@@ -173,6 +173,12 @@ def _train(args) -> int:
     if (args.dataset is None) == (args.data is None):
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
+    if args.dataset:
+        for option in ("base", "fine_tune_blocks", "val_data"):
+            if getattr(args, option) is not None:
+                raise ConfigError(f"--{option.replace('_', '-')} applies "
+                                  f"to --data (your labelled folders), not "
+                                  f"to --dataset {args.dataset}")
     if args.dataset == "fashion-mnist":
         from model_store.fashion import train_fashion
         stored = train_fashion(name=args.name,
@@ -276,9 +282,19 @@ def _models_promote(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from model_store.evaluate import evaluate_on_folder, evaluate_on_split, plot_confusion
+    from model_store.evaluate import (
+        check_plot_path,
+        evaluate_on_folder,
+        evaluate_on_split,
+        plot_confusion,
+    )
     from model_store.store import load_model
 
+    if args.data and args.dataset:
+        raise ConfigError("give --data (your labelled folders) or --dataset "
+                          "(built-in test images), not both")
+    if args.plot:
+        check_plot_path(args.plot)
     stored = load_model(args.model, root=args.store)
     if args.data:
         metrics = evaluate_on_folder(stored, args.data)
@@ -726,11 +742,10 @@ def _add_evaluate_command(commands) -> None:
                           metavar="NAME[@VERSION]",
                           help="model to evaluate (default: %(default)s)")
     evaluate.add_argument("--dataset", choices=list(DATASETS),
-                          default="digits",
                           help="built-in test data when --data is not "
                                "given: the held-out digits, or "
                                "Fashion-MNIST's 10,000 test images "
-                               "(default: %(default)s)")
+                               "(default: digits)")
     evaluate.add_argument("--data", metavar="PATH",
                           help="labelled images: one sub-folder per class, "
                                "named as the model's classes (local or any "

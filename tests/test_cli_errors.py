@@ -165,6 +165,34 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train", "--dataset", "digits", "--name", "x", "--base",
+      "efficientnet-lite0"], "--base applies to --data (your labelled "
+                             "folders), not to --dataset digits"),
+    (["train", "--dataset", "digits", "--name", "x", "--fine-tune-blocks",
+      "2"], "--fine-tune-blocks applies to --data"),
+    (["evaluate", "--dataset", "digits", "--data", "samples/digits"],
+     "give --data (your labelled folders) or --dataset (built-in test "
+     "images), not both"),
+    (["evaluate", "--plot", "/no/such/folder/confusion.png"],
+     "--plot '/no/such/folder/confusion.png': the folder '/no/such/folder' "
+     "does not exist"),
+    (["evaluate", "--plot", "samples"], "--plot 'samples' is a folder"),
+])
+def test_train_and_evaluate_mistakes_stop_before_any_work(
+        cli, tmp_path, args, message):
+    """Options that would be ignored (and give another model than asked
+    for) or a --plot that cannot be written: one line, exit 2, before
+    training or evaluating (nothing saved to the store)."""
+    store = tmp_path / "store"
+    code, out, err = cli("--store", store, *args)
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imgclass: error: ")
+    assert message in lines[0]
+    assert not store.exists()
+
+
 def test_every_help_is_complete(cli):
     for command in ([], ["models"], ["models", "list"], ["models", "show"],
                     ["models", "verify"], ["train"], ["evaluate"],
