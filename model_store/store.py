@@ -300,18 +300,21 @@ def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
 
 
 def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
-    """The aliases of model ``name`` (``{}`` when none are set)."""
+    """The aliases of model ``name`` (``{}`` when none are set).
+
+    Raises:
+        ModelIntegrityError: the aliases file is not a JSON object mapping
+            alias names to version numbers (one line, naming the file).
+    """
     path = fs.join(store_root(root), name, ALIASES_FILE)
     try:
-        aliases = json.loads(_read(path))
+        aliases = _read_json(path)
     except ModelFileMissingError:
-        return {}
-    except json.JSONDecodeError as error:
-        raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
-            from None
-    if not isinstance(aliases, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and v >= 1
-            for k, v in aliases.items()):
+        if fs.is_uri(path) or not os.path.lexists(path):
+            return {}
+        raise  # there, but cannot be read (a folder, no permission)
+    if not all(isinstance(k, str) and _is_positive_int(v)
+               for k, v in aliases.items()):
         raise ModelIntegrityError(f"{path} must map alias names to version "
                                   f"numbers, e.g. {{\"prod\": 2}}")
     return aliases
@@ -390,12 +393,21 @@ def _weights_data(path: str, metadata: dict, spec: dict) -> bytes:
 
 def verify(ref: str | None = None, *,
            root: str | None = None) -> list[tuple[str, ImgclassError | None]]:
-    """Verifies one model (or every stored version): ``[(ref, error)]``."""
+    """Verifies one model (or every stored version): ``[(ref, error)]``.
+    Checking the whole store also reports, as ``(NAME, error)``, a model
+    that its name does not resolve (a damaged aliases file, a folder that is
+    not a version)."""
+    results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
     else:
-        refs = [info.ref for info in list_models(root)]
-    results = []
+        infos = list_models(root)
+        for name in sorted({info.name for info in infos}):
+            try:
+                resolve(name, root=root)
+            except ImgclassError as error:
+                results.append((name, error))
+        refs = [info.ref for info in infos]
     for item in refs:
         try:
             load_model(item, root=root)

@@ -270,3 +270,27 @@ def test_a_version_folder_whose_metadata_version_is_not_an_integer(
     code, _, err = cli("models", "show", saved.location)
     assert code == 2 and err.count("\n") == 1
     assert "version must be a positive integer" in err
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"latest": 1,', "aliases.json is not valid JSON"),
+    ('{"latest": true}', "must map alias names to version numbers"),
+    ('{"latest": 7}', "has no version 7")])
+def test_a_damaged_aliases_file_breaks_only_its_model(root, cli, text,
+                                                      message):
+    save(root, name="good")
+    save(root, name="tiny")
+    with open(os.path.join(root, "tiny", store.ALIASES_FILE), "w") as handle:
+        handle.write(text)
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "BROKEN" in rows["tiny"] and "BROKEN" not in rows["good"]
+    code, out, _ = cli("--store", root, "models", "list", "--json")
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    assert not rows["tiny"]["ok"] and message in rows["tiny"]["error"]
+    assert rows["good"]["ok"] and rows["good"]["aliases"] == ["latest"]
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1
+    assert "FAILED  tiny: " in out and message in out
+    assert "ok      good@1" in out and "ok      tiny@1" in out
