@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from typing import Any, Mapping, Optional
 from model_store import fs
 from model_store.errors import (
     ChecksumMismatchError,
+    ConfigError,
     ImgclassError,
     ModelFileMissingError,
     ModelIntegrityError,
@@ -48,6 +50,7 @@ SPEC_FILE, WEIGHTS_FILE, METADATA_FILE = ("spec.json", "weights.npz",
                                           "metadata.json")
 FORMAT = "imgclass-model/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
 _VERSION = re.compile(r"[1-9][0-9]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -59,6 +62,59 @@ def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
     folder shipped in this package."""
     return root or os.environ.get("IMGCLASS_MODEL_STORE") or DEFAULT_ROOT
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if a new version may be saved under it (letters, digits,
+    '.', '_', '-', not starting with '.', '_' or '-', at most
+    :data:`MAX_NAME_LENGTH` characters), else ConfigError."""
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"invalid model name {name[:20]!r}... of "
+                          f"{len(name)} characters: use at most "
+                          f"{MAX_NAME_LENGTH}")
+    if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        raise ConfigError(f"invalid model name {name!r}: use letters, "
+                          f"digits, '.', '_' or '-', starting with a letter "
+                          f"or digit (no '@' or '/'), e.g. my-digits")
+    return name
+
+
+def check_new_version(name: str, root: str | None = None) -> str:
+    """The store in use, once sure that :func:`save_model` can write a
+    version of ``name`` there: ConfigError (one line) for an invalid name, a
+    store that is a file or one that cannot be written. Commands that create
+    a version call it before any work (training, converting)."""
+    check_model_name(name)
+    root = store_root(root)
+    _check_writable(root, name)
+    return root
+
+
+def _check_not_a_file(root: str) -> None:
+    """ConfigError when the (local) store root is a file."""
+    if not fs.is_uri(root) and os.path.exists(root) \
+            and not os.path.isdir(root):
+        raise ConfigError(f"--store {root} is a file, not a folder: give the "
+                          f"store's folder (it is made if missing)")
+
+
+def _check_writable(root: str, name: str) -> None:
+    """ConfigError unless a folder can be made in ``<root>/<name>`` (or, if
+    that does not exist yet, in the nearest existing folder above it).
+    Object stores are not probed."""
+    if fs.is_uri(root):
+        return
+    _check_not_a_file(root)
+    folder = os.path.abspath(os.path.join(root, name))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        os.rmdir(tempfile.mkdtemp(prefix=".writable.", dir=folder))
+    except OSError as error:
+        raise ConfigError(f"--store {root} is not writable: {folder}: "
+                          f"{error.strerror or error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +229,7 @@ def _list_folders(root: str) -> list[tuple[str, str, str]]:
     """(name, version folder name, folder) of every folder two levels below
     ``root`` whose name does not start with ``.`` (save_model's staging)."""
     found = []
+    _check_not_a_file(root)
     if fs.is_uri(root):
         pattern = fs.join(root, "*", "*", METADATA_FILE)
         for path in fs.match(pattern):
@@ -323,13 +380,15 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
 def set_alias(name: str, alias: str, version: int, *,
               root: str | None = None) -> None:
     """Points ``NAME@alias`` at an existing version (atomically on local
-    disks: the file is written aside and renamed)."""
+    disks: the file is written aside and renamed). ConfigError, before
+    anything is written, when the store cannot be written."""
     if not _ALIAS.match(alias):
         raise UnknownModelError(f"invalid alias {alias!r}: start with a "
                                 f"letter, then letters, digits, '_' or '-'")
     root = store_root(root)
     resolve(f"{name}@{version}", root=root)  # the version must exist
     aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
+    _check_writable(root, name)
     fs.write_atomic(fs.join(root, name, ALIASES_FILE), _json_bytes(aliases))
 
 
@@ -423,7 +482,7 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
     Args:
         network: output layer of the trained network.
-        name: model name.
+        name: model name (see :func:`check_model_name`).
         metadata: everything but name, version, creation time, file names and
             checksum, which are filled in here; must hold ``class_names``
             and the preprocessing keys (see :class:`Preprocessing`).
@@ -431,11 +490,14 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
     Returns:
         The saved version, loaded back and verified.
+
+    Raises:
+        ConfigError: an invalid name, or a store that is a file or cannot
+            be written; nothing is written then.
     """
     from model_store.spec import weights_to_bytes
 
-    parse_ref(name)  # validates the name
-    root = store_root(root)
+    root = check_new_version(name, root)
     versions = [i.version for i in list_models(root) if i.name == name]
     version = max(versions, default=0) + 1
     weights = weights_to_bytes(network)

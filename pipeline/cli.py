@@ -167,7 +167,9 @@ def _models_verify(args) -> int:
 
 def _models_import_onnx(args) -> int:
     from model_store.onnx_import import import_onnx
+    from model_store.store import check_new_version
 
+    check_new_version(args.name, args.store)
     stored = import_onnx(args.file, name=args.name, classes=args.classes,
                          preprocessing=args.preprocessing, root=args.store)
     print(f"saved {stored.ref} to {stored.location}: "
@@ -177,8 +179,10 @@ def _models_import_onnx(args) -> int:
 
 
 def _train(args) -> int:
+    from model_store.store import check_new_version
     from model_store.train import train_model
 
+    check_new_version(args.name, args.store)  # before any training
     if (args.dataset is None) == (args.data is None):
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")

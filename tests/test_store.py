@@ -1,5 +1,6 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
+import errno
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ from model_store import store
 from model_store.compile import compile_predictor
 from model_store.errors import (
     ChecksumMismatchError,
+    ConfigError,
     ModelFileMissingError,
     ModelIntegrityError,
     UnknownModelError,
@@ -270,6 +272,100 @@ def test_a_version_folder_whose_metadata_version_is_not_an_integer(
     code, _, err = cli("models", "show", saved.location)
     assert code == 2 and err.count("\n") == 1
     assert "version must be a positive integer" in err
+
+
+# Saving checks everything before writing; names; the store itself -----------
+
+def _onnx_file(tmp_path):
+    """A 3x8x8 -> 4 classes ONNX classifier (pool, flatten, dense)."""
+    import onnx
+
+    from tests.onnx_graphs import GraphBuilder
+
+    g = GraphBuilder(input_shape=(3, 8, 8))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
+    out = g.node("Gemm", [flat, g.const(g.rng.randn(4, 3)),
+                          g.const(np.zeros(4))], transB=1)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(g.model(out, 2), str(path))
+    return path
+
+
+def _one_line_exit_2(code, err, message):
+    assert code == 2, err
+    assert err.startswith("imgclass: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ["a@2", "a/b", ".a", "-a", "a" * 101])
+def test_an_invalid_name_is_refused_before_any_work(root, cli, tmp_path,
+                                                    monkeypatch, name):
+    with pytest.raises(ConfigError, match="invalid model name"):
+        save(root, name=name)
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "import_onnx", no_work)
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, f"--name={name}")
+        _one_line_exit_2(code, err, "invalid model name")
+    assert not os.path.exists(root)
+
+
+def test_a_name_of_100_characters_is_saved(root):
+    assert save(root, name="a" * 100).ref == "a" * 100 + "@1"
+
+
+def test_a_store_that_is_a_file_is_refused_in_one_line(tmp_path, cli):
+    path = tmp_path / "store"
+    path.write_text("not a folder")
+    for command in (["models", "list"], ["models", "verify"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path),
+                     "--name", "pp"],
+                    ["train", "--dataset", "digits", "--name", "pp"]):
+        code, _, err = cli("--store", path, *command)
+        _one_line_exit_2(code, err, f"--store {path} is a file, not a "
+                                    f"folder")
+    assert path.read_text() == "not a folder"
+
+
+def test_a_read_only_store_is_refused_before_any_work(root, cli, tmp_path,
+                                                      monkeypatch):
+    save(root)
+    aliases = os.path.join(root, "tiny", store.ALIASES_FILE)
+    from model_store import train
+
+    def read_only(*args, **kwargs):  # as mkdir on a read-only mount
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(train, "train_model", no_work)
+    for command in (["models", "promote", "tiny@1", "--alias", "prod"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path),
+                     "--name", "tiny"],
+                    ["train", "--dataset", "digits", "--name", "tiny"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"--store {root} is not writable: "
+                                    f"{os.path.join(root, 'tiny')}: "
+                                    f"Read-only file system")
+    assert not os.path.exists(aliases)
+    assert [i.ref for i in store.list_models(root)] == ["tiny@1"]
+
+
+def test_a_store_below_a_file_is_not_writable(tmp_path, cli):
+    (tmp_path / "file").write_text("x")
+    below = tmp_path / "file" / "store"
+    code, _, err = cli("--store", below, "train", "--dataset", "digits",
+                       "--name", "pp")
+    _one_line_exit_2(code, err, f"--store {below} is not writable: "
+                                f"{tmp_path / 'file'}: a file, not a folder")
 
 
 @pytest.mark.parametrize("text,message", [
