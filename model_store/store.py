@@ -32,6 +32,8 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from model_store import fs
 from model_store.errors import (
     ChecksumMismatchError,
@@ -39,6 +41,7 @@ from model_store.errors import (
     ImgclassError,
     ModelFileMissingError,
     ModelIntegrityError,
+    SpecError,
     UnknownModelError,
 )
 from model_store.preprocessing import Preprocessing
@@ -405,16 +408,32 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
         ChecksumMismatchError: ``weights.npz`` differs from its sha256.
         WeightShapeError: a weight array does not fit the spec.
     """
-    from model_store.spec import build_network, set_weights, weights_from_bytes
+    from model_store.spec import build_network
 
     info = resolve(ref, root=root)
-    metadata = _read_json(fs.join(info.location, METADATA_FILE))
-    _check_metadata_types(metadata, fs.join(info.location, METADATA_FILE))
+    where = fs.join(info.location, METADATA_FILE)
+    metadata = _read_json(where)
+    _check_metadata_types(metadata, where)
     spec = _read_json(fs.join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec, initialize=False)
     weights_path = fs.join(info.location, WEIGHTS_FILE)
     data = _weights_data(weights_path, metadata, spec)
+    return _checked_model(info, metadata, spec, network, data, where=where,
+                          weights_path=weights_path)
+
+
+def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
+                   data: bytes, *, where: str,
+                   weights_path: str) -> StoredModel:
+    """The model whose files are ``metadata`` (already through
+    :func:`_check_metadata_types`), ``spec`` (``network`` built from it) and
+    ``data`` (the bytes of ``weights.npz``), once the checksum, the archive,
+    the weights' shapes and the metadata agree; else ModelIntegrityError
+    naming ``where`` (metadata) or ``weights_path``. Used on loading and,
+    before anything is written, on saving."""
+    from model_store.spec import set_weights, weights_from_bytes
+
     digest = hashlib.sha256(data).hexdigest()
     expected = metadata.get("weights_sha256")
     if digest != expected:
@@ -429,12 +448,12 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
             f"imgclass so that it holds one array per parameter")
     model = StoredModel(info.name, info.version, info.location, metadata,
                         spec, weights_from_bytes(data, source=weights_path))
-    _check_metadata(model)
+    _check_metadata(model, where)
     set_weights(network, model.weights, source=weights_path)  # checks shapes
     if network.output_shape[-1] != len(model.class_names):
         raise ModelIntegrityError(
-            f"model {info.ref}: the network has {network.output_shape[-1]} "
-            f"outputs but metadata.json names {len(model.class_names)} classes")
+            f"{where}: the network has {network.output_shape[-1]} outputs "
+            f"but class_names has {len(model.class_names)} names")
     return model
 
 
@@ -480,6 +499,10 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
                root: str | None = None) -> StoredModel:
     """Saves a network as the next version of ``name``.
 
+    Every check :func:`load_model` makes is made on the files in memory
+    first, and weights holding NaN or infinity are refused: a bad version is
+    never written.
+
     Args:
         network: output layer of the trained network.
         name: model name (see :func:`check_model_name`).
@@ -492,33 +515,34 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         The saved version, loaded back and verified.
 
     Raises:
-        ConfigError: an invalid name, or a store that is a file or cannot
-            be written; nothing is written then.
+        ConfigError: an invalid name, a store that is a file or cannot be
+            written, or files that would not load (bad metadata, weights
+            that are not finite); nothing is written then.
     """
-    from model_store.spec import weights_to_bytes
+    from model_store.spec import spec_of, weights_to_bytes
 
     root = check_new_version(name, root)
-    versions = [i.version for i in list_models(root) if i.name == name]
-    version = max(versions, default=0) + 1
     weights = weights_to_bytes(network)
+    spec = spec_of(network)
     full = dict(metadata)
     full.update(
-        format=FORMAT, name=name, version=version,
+        format=FORMAT, name=name, version=_next_version(name, root),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         spec_file=SPEC_FILE, weights_file=WEIGHTS_FILE,
         weights_sha256=hashlib.sha256(weights).hexdigest())
-    Preprocessing.from_metadata(full)  # fails early on bad preprocessing
-    files = {SPEC_FILE: _spec_of(network), WEIGHTS_FILE: weights,
-             METADATA_FILE: _json_bytes(full)}
-    folder = fs.join(root, name, str(version))
+    where = f"model {name} not saved"
+    _check_new_files(full, spec, weights, where=where)
+    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights,
+             METADATA_FILE: _metadata_bytes(full, where)}
+    folder = fs.join(root, name, str(full["version"]))
     if fs.is_uri(root):
         for file_name, data in files.items():  # metadata last: it marks done
             fs.create(fs.join(folder, file_name), data)
     else:
         # Write in a hidden folder and rename: a version appears whole or not.
         os.makedirs(os.path.join(root, name), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{version}.",
+        staging = tempfile.mkdtemp(prefix=f".{full['version']}.",
                                    dir=os.path.join(root, name))
         os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
         try:
@@ -529,7 +553,64 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return load_model(f"{name}@{version}", root=root)
+    return load_model(f"{name}@{full['version']}", root=root)
+
+
+def _next_version(name: str, root: str) -> int:
+    return max((i.version for i in list_models(root) if i.name == name),
+               default=0) + 1
+
+
+def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
+                     where: str) -> None:
+    """The checks of :func:`load_model` on a version's files before they
+    are written, plus finite weights; ConfigError (one line, starting with
+    ``where``) for the first that fails."""
+    from model_store.spec import build_network
+
+    try:
+        _check_metadata_types(metadata, where)
+        network = build_network(spec, initialize=False)
+        model = _checked_model(
+            ModelInfo(metadata["name"], metadata["version"], where),
+            metadata, spec, network, weights, where=where, weights_path=where)
+    except (ModelIntegrityError, SpecError) as error:
+        raise ConfigError(str(error)) from None
+    bad = sorted(key for key, array in model.weights.items()
+                 if not np.isfinite(array).all())
+    if bad:
+        raise ConfigError(f"{where}: parameter(s) {', '.join(bad)} hold NaN "
+                          f"or infinity (did training diverge? try a smaller "
+                          f"--lr)")
+
+
+def _metadata_bytes(metadata: dict, where: str) -> bytes:
+    """``metadata.json``; ConfigError when a value is NaN or infinite (not
+    JSON: the version would not load)."""
+    try:
+        return _json_bytes(metadata)
+    except ValueError:
+        raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
+                          f"NaN or infinite, which JSON cannot hold") from None
+
+
+def _non_finite(value, path: str = "") -> str | None:
+    """Where in ``value`` (a JSON-like tree) the first NaN or infinity is,
+    e.g. ``training.history[2].loss``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        steps = ((f"{path}.{k}" if path else str(k), v)
+                 for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        steps = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        steps = ()
+    for where, item in steps:
+        found = _non_finite(item, where)
+        if found:
+            return found
+    return None
 
 
 def update_metadata(model: StoredModel, **updates) -> StoredModel:
@@ -542,12 +623,8 @@ def update_metadata(model: StoredModel, **updates) -> StoredModel:
 
 
 def _json_bytes(value) -> bytes:
-    return fs.json_bytes(value, sort_keys=True)
-
-
-def _spec_of(network) -> bytes:
-    from model_store.spec import spec_of
-    return _json_bytes(spec_of(network))
+    """JSON as the store writes it; ValueError for NaN or infinity."""
+    return fs.json_bytes(value, sort_keys=True, allow_nan=False)
 
 
 def _is_positive_int(value) -> bool:
@@ -600,8 +677,7 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
              background)
 
 
-def _check_metadata(model: StoredModel) -> None:
-    where = fs.join(model.location, METADATA_FILE)
+def _check_metadata(model: StoredModel, where: str) -> None:
     for key in ("class_names", "input_shape", "color_mode", "resize",
                 "normalization", "weights_sha256"):
         if key not in model.metadata:

@@ -4,8 +4,10 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -295,6 +297,57 @@ def _one_line_exit_2(code, err, message):
     assert code == 2, err
     assert err.startswith("imgclass: error: ") and err.count("\n") == 1, err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--preprocessing", '{"background": 300}'],
+     "background must be a gray level, an integer from 0 to 255, got 300"),
+    (["--preprocessing", '{"mean": [NaN, 0, 0]}'],
+     "mean must be a list of finite numbers, got [nan, 0, 0]"),
+    (["--classes", "DUPLICATES"], "class names must differ, got ['a']")])
+def test_an_import_with_bad_metadata_writes_nothing(root, cli, tmp_path,
+                                                    option, message):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\na\nb\nc\n")
+    option = [str(classes) if o == "DUPLICATES" else o for o in option]
+    code, _, err = cli("--store", root, "models", "import", "onnx",
+                       _onnx_file(tmp_path), "--name", "pp", *option)
+    _one_line_exit_2(code, err, message)
+    assert root not in err  # names the value given, not a file in the store
+    assert not os.path.exists(root)
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 0 and out == "no models to verify\n"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: meta.update(class_names=["a", "b"]),
+     "the network has 4 outputs but class_names has 2 names"),
+    (lambda meta: meta.update(training={"history": [{"loss": math.inf}]}),
+     "metadata training.history[0].loss is NaN or infinite"),
+    (lambda meta: meta.update(resize="nearest-ish"), "resize must be one of")])
+def test_save_model_refuses_metadata_that_would_not_load(root, edit,
+                                                         message):
+    save(root)
+    metadata = dict(METADATA)
+    edit(metadata)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        store.save_model(build_network(SPEC, seed=1), name="tiny",
+                         metadata=metadata, root=root)
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1"]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_weights_that_are_not_finite_are_never_saved(root, value):
+    network = build_network(SPEC, seed=0)
+    param = network.input_layer.W  # out.W: "prob" is fed by "out"
+    weights = param.get_value()
+    weights[0, 0] = value
+    param.set_value(weights)
+    with pytest.raises(ConfigError, match=r"model tiny not saved: "
+                                          r"parameter\(s\) out.W hold NaN "
+                                          r"or infinity"):
+        store.save_model(network, name="tiny", metadata=METADATA, root=root)
+    assert store.list_models(root) == [] and not os.path.exists(root)
 
 
 @pytest.mark.parametrize("name", ["a@2", "a/b", ".a", "-a", "a" * 101])
