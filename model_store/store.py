@@ -57,6 +57,7 @@ MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
 _VERSION = re.compile(r"[1-9][0-9]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SAVE_ATTEMPTS = 20  # versions tried when other saves take the next ones
 # An .npz file is a zip archive (an empty one has only the end record).
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -501,7 +502,7 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
     Every check :func:`load_model` makes is made on the files in memory
     first, and weights holding NaN or infinity are refused: a bad version is
-    never written.
+    never written. Two saves of the same model at once get two versions.
 
     Args:
         network: output layer of the trained network.
@@ -533,27 +534,15 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         weights_sha256=hashlib.sha256(weights).hexdigest())
     where = f"model {name} not saved"
     _check_new_files(full, spec, weights, where=where)
-    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights,
-             METADATA_FILE: _metadata_bytes(full, where)}
-    folder = fs.join(root, name, str(full["version"]))
-    if fs.is_uri(root):
-        for file_name, data in files.items():  # metadata last: it marks done
-            fs.create(fs.join(folder, file_name), data)
-    else:
-        # Write in a hidden folder and rename: a version appears whole or not.
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{full['version']}.",
-                                   dir=os.path.join(root, name))
-        os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
-        try:
-            for file_name, data in files.items():
-                with open(os.path.join(staging, file_name), "wb") as handle:
-                    handle.write(data)
-            os.rename(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return load_model(f"{name}@{full['version']}", root=root)
+    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
+    for _ in range(_SAVE_ATTEMPTS):
+        files[METADATA_FILE] = _metadata_bytes(full, where)
+        if _write_version(fs.join(root, name, str(full["version"])), files):
+            return load_model(f"{name}@{full['version']}", root=root)
+        # Another save took this version first: take the next one.
+        full["version"] = max(full["version"] + 1, _next_version(name, root))
+    raise ImgclassError(f"{where}: {_SAVE_ATTEMPTS} other saves took the "
+                        f"next version first; try again")
 
 
 def _next_version(name: str, root: str) -> int:
@@ -611,6 +600,34 @@ def _non_finite(value, path: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+def _write_version(folder: str, files: dict[str, bytes]) -> bool:
+    """Writes a version folder whole; False (nothing written) when another
+    save made that folder first. On local disks the files are written in a
+    hidden folder that is renamed, so a version appears whole or not."""
+    if fs.is_uri(folder):
+        for file_name, data in files.items():  # metadata last: it marks done
+            fs.create(fs.join(folder, file_name), data)
+        return True
+    model_dir, version = os.path.split(folder)
+    os.makedirs(model_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
+        for file_name, data in files.items():
+            with open(os.path.join(staging, file_name), "wb") as handle:
+                handle.write(data)
+        os.rename(staging, folder)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return True
 
 
 def update_metadata(model: StoredModel, **updates) -> StoredModel:

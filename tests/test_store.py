@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -419,6 +420,36 @@ def test_a_store_below_a_file_is_not_writable(tmp_path, cli):
                        "--name", "pp")
     _one_line_exit_2(code, err, f"--store {below} is not writable: "
                                 f"{tmp_path / 'file'}: a file, not a folder")
+
+
+def test_two_saves_at_once_get_two_versions(root, monkeypatch):
+    """Both saves pick version 2 and rename at the same moment: the one
+    that loses takes version 3."""
+    save(root)
+    barrier = threading.Barrier(2, timeout=60)
+    rename, first = os.rename, threading.local()
+
+    def rename_together(source, target):
+        if not getattr(first, "done", False):
+            first.done = True
+            barrier.wait()
+        rename(source, target)
+
+    monkeypatch.setattr(store.os, "rename", rename_together)
+    results = []
+
+    def work(seed):
+        try:
+            results.append(save(root, seed=seed).version)
+        except Exception as error:  # noqa: BLE001 - reported below
+            results.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (1, 2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results, key=str) == [2, 3], results
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1", "2", "3"]
+    assert all(e is None for _, e in store.verify(root=root))
 
 
 @pytest.mark.parametrize("text,message", [
