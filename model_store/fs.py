@@ -85,7 +85,9 @@ def write_atomic(path: str, data: bytes) -> None:
             os.unlink(aside)
 
 
-def json_bytes(value, *, sort_keys: bool = False) -> bytes:
+def json_bytes(value, *, sort_keys: bool = False,
+               allow_nan: bool = True) -> bytes:
     """``value`` as the project writes JSON files: indented, one final
-    newline."""
-    return (json.dumps(value, indent=2, sort_keys=sort_keys) + "\n").encode()
+    newline; with ``allow_nan=False``, ValueError for NaN or infinity."""
+    return (json.dumps(value, indent=2, sort_keys=sort_keys,
+                       allow_nan=allow_nan) + "\n").encode()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -31,12 +32,16 @@ import shutil
 import tempfile
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from model_store import fs
 from model_store.errors import (
     ChecksumMismatchError,
+    ConfigError,
     ImgclassError,
     ModelFileMissingError,
     ModelIntegrityError,
+    SpecError,
     UnknownModelError,
 )
 from model_store.preprocessing import Preprocessing
@@ -48,9 +53,11 @@ SPEC_FILE, WEIGHTS_FILE, METADATA_FILE = ("spec.json", "weights.npz",
                                           "metadata.json")
 FORMAT = "imgclass-model/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
 _VERSION = re.compile(r"[1-9][0-9]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_SAVE_ATTEMPTS = 20  # versions tried when other saves take the next ones
 # An .npz file is a zip archive (an empty one has only the end record).
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -59,6 +66,59 @@ def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
     folder shipped in this package."""
     return root or os.environ.get("IMGCLASS_MODEL_STORE") or DEFAULT_ROOT
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if a new version may be saved under it (letters, digits,
+    '.', '_', '-', not starting with '.', '_' or '-', at most
+    :data:`MAX_NAME_LENGTH` characters), else ConfigError."""
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"invalid model name {name[:20]!r}... of "
+                          f"{len(name)} characters: use at most "
+                          f"{MAX_NAME_LENGTH}")
+    if not (isinstance(name, str) and _NAME.fullmatch(name)):
+        raise ConfigError(f"invalid model name {name!r}: use letters, "
+                          f"digits, '.', '_' or '-', starting with a letter "
+                          f"or digit (no '@' or '/'), e.g. my-digits")
+    return name
+
+
+def check_new_version(name: str, root: str | None = None) -> str:
+    """The store in use, once sure that :func:`save_model` can write a
+    version of ``name`` there: ConfigError (one line) for an invalid name, a
+    store that is a file or one that cannot be written. Commands that create
+    a version call it before any work (training, converting)."""
+    check_model_name(name)
+    root = store_root(root)
+    _check_writable(root, name)
+    return root
+
+
+def _check_not_a_file(root: str) -> None:
+    """ConfigError when the (local) store root is a file."""
+    if not fs.is_uri(root) and os.path.exists(root) \
+            and not os.path.isdir(root):
+        raise ConfigError(f"--store {root} is a file, not a folder: give the "
+                          f"store's folder (it is made if missing)")
+
+
+def _check_writable(root: str, name: str) -> None:
+    """ConfigError unless a folder can be made in ``<root>/<name>`` (or, if
+    that does not exist yet, in the nearest existing folder above it).
+    Object stores are not probed."""
+    if fs.is_uri(root):
+        return
+    _check_not_a_file(root)
+    folder = os.path.abspath(os.path.join(root, name))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
+        os.rmdir(tempfile.mkdtemp(prefix=".writable.", dir=folder))
+    except OSError as error:
+        raise ConfigError(f"--store {root} is not writable: {folder}: "
+                          f"{error.strerror or error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +233,7 @@ def _list_folders(root: str) -> list[tuple[str, str, str]]:
     """(name, version folder name, folder) of every folder two levels below
     ``root`` whose name does not start with ``.`` (save_model's staging)."""
     found = []
+    _check_not_a_file(root)
     if fs.is_uri(root):
         pattern = fs.join(root, "*", "*", METADATA_FILE)
         for path in fs.match(pattern):
@@ -300,18 +361,21 @@ def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
 
 
 def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
-    """The aliases of model ``name`` (``{}`` when none are set)."""
+    """The aliases of model ``name`` (``{}`` when none are set).
+
+    Raises:
+        ModelIntegrityError: the aliases file is not a JSON object mapping
+            alias names to version numbers (one line, naming the file).
+    """
     path = fs.join(store_root(root), name, ALIASES_FILE)
     try:
-        aliases = json.loads(_read(path))
+        aliases = _read_json(path)
     except ModelFileMissingError:
-        return {}
-    except json.JSONDecodeError as error:
-        raise ModelIntegrityError(f"{path} is not valid JSON: {error}") \
-            from None
-    if not isinstance(aliases, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and v >= 1
-            for k, v in aliases.items()):
+        if fs.is_uri(path) or not os.path.lexists(path):
+            return {}
+        raise  # there, but cannot be read (a folder, no permission)
+    if not all(isinstance(k, str) and _is_positive_int(v)
+               for k, v in aliases.items()):
         raise ModelIntegrityError(f"{path} must map alias names to version "
                                   f"numbers, e.g. {{\"prod\": 2}}")
     return aliases
@@ -320,13 +384,15 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
 def set_alias(name: str, alias: str, version: int, *,
               root: str | None = None) -> None:
     """Points ``NAME@alias`` at an existing version (atomically on local
-    disks: the file is written aside and renamed)."""
+    disks: the file is written aside and renamed). ConfigError, before
+    anything is written, when the store cannot be written."""
     if not _ALIAS.match(alias):
         raise UnknownModelError(f"invalid alias {alias!r}: start with a "
                                 f"letter, then letters, digits, '_' or '-'")
     root = store_root(root)
     resolve(f"{name}@{version}", root=root)  # the version must exist
     aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
+    _check_writable(root, name)
     fs.write_atomic(fs.join(root, name, ALIASES_FILE), _json_bytes(aliases))
 
 
@@ -343,16 +409,32 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
         ChecksumMismatchError: ``weights.npz`` differs from its sha256.
         WeightShapeError: a weight array does not fit the spec.
     """
-    from model_store.spec import build_network, set_weights, weights_from_bytes
+    from model_store.spec import build_network
 
     info = resolve(ref, root=root)
-    metadata = _read_json(fs.join(info.location, METADATA_FILE))
-    _check_metadata_types(metadata, fs.join(info.location, METADATA_FILE))
+    where = fs.join(info.location, METADATA_FILE)
+    metadata = _read_json(where)
+    _check_metadata_types(metadata, where)
     spec = _read_json(fs.join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec, initialize=False)
     weights_path = fs.join(info.location, WEIGHTS_FILE)
     data = _weights_data(weights_path, metadata, spec)
+    return _checked_model(info, metadata, spec, network, data, where=where,
+                          weights_path=weights_path)
+
+
+def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
+                   data: bytes, *, where: str,
+                   weights_path: str) -> StoredModel:
+    """The model whose files are ``metadata`` (already through
+    :func:`_check_metadata_types`), ``spec`` (``network`` built from it) and
+    ``data`` (the bytes of ``weights.npz``), once the checksum, the archive,
+    the weights' shapes and the metadata agree; else ModelIntegrityError
+    naming ``where`` (metadata) or ``weights_path``. Used on loading and,
+    before anything is written, on saving."""
+    from model_store.spec import set_weights, weights_from_bytes
+
     digest = hashlib.sha256(data).hexdigest()
     expected = metadata.get("weights_sha256")
     if digest != expected:
@@ -367,12 +449,12 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
             f"imgclass so that it holds one array per parameter")
     model = StoredModel(info.name, info.version, info.location, metadata,
                         spec, weights_from_bytes(data, source=weights_path))
-    _check_metadata(model)
+    _check_metadata(model, where)
     set_weights(network, model.weights, source=weights_path)  # checks shapes
     if network.output_shape[-1] != len(model.class_names):
         raise ModelIntegrityError(
-            f"model {info.ref}: the network has {network.output_shape[-1]} "
-            f"outputs but metadata.json names {len(model.class_names)} classes")
+            f"{where}: the network has {network.output_shape[-1]} outputs "
+            f"but class_names has {len(model.class_names)} names")
     return model
 
 
@@ -390,12 +472,21 @@ def _weights_data(path: str, metadata: dict, spec: dict) -> bytes:
 
 def verify(ref: str | None = None, *,
            root: str | None = None) -> list[tuple[str, ImgclassError | None]]:
-    """Verifies one model (or every stored version): ``[(ref, error)]``."""
+    """Verifies one model (or every stored version): ``[(ref, error)]``.
+    Checking the whole store also reports, as ``(NAME, error)``, a model
+    that its name does not resolve (a damaged aliases file, a folder that is
+    not a version)."""
+    results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
     else:
-        refs = [info.ref for info in list_models(root)]
-    results = []
+        infos = list_models(root)
+        for name in sorted({info.name for info in infos}):
+            try:
+                resolve(name, root=root)
+            except ImgclassError as error:
+                results.append((name, error))
+        refs = [info.ref for info in infos]
     for item in refs:
         try:
             load_model(item, root=root)
@@ -409,9 +500,13 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
                root: str | None = None) -> StoredModel:
     """Saves a network as the next version of ``name``.
 
+    Every check :func:`load_model` makes is made on the files in memory
+    first, and weights holding NaN or infinity are refused: a bad version is
+    never written. Two saves of the same model at once get two versions.
+
     Args:
         network: output layer of the trained network.
-        name: model name.
+        name: model name (see :func:`check_model_name`).
         metadata: everything but name, version, creation time, file names and
             checksum, which are filled in here; must hold ``class_names``
             and the preprocessing keys (see :class:`Preprocessing`).
@@ -419,43 +514,120 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
     Returns:
         The saved version, loaded back and verified.
-    """
-    from model_store.spec import weights_to_bytes
 
-    parse_ref(name)  # validates the name
-    root = store_root(root)
-    versions = [i.version for i in list_models(root) if i.name == name]
-    version = max(versions, default=0) + 1
+    Raises:
+        ConfigError: an invalid name, a store that is a file or cannot be
+            written, or files that would not load (bad metadata, weights
+            that are not finite); nothing is written then.
+    """
+    from model_store.spec import spec_of, weights_to_bytes
+
+    root = check_new_version(name, root)
     weights = weights_to_bytes(network)
+    spec = spec_of(network)
     full = dict(metadata)
     full.update(
-        format=FORMAT, name=name, version=version,
+        format=FORMAT, name=name, version=_next_version(name, root),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         spec_file=SPEC_FILE, weights_file=WEIGHTS_FILE,
         weights_sha256=hashlib.sha256(weights).hexdigest())
-    Preprocessing.from_metadata(full)  # fails early on bad preprocessing
-    files = {SPEC_FILE: _spec_of(network), WEIGHTS_FILE: weights,
-             METADATA_FILE: _json_bytes(full)}
-    folder = fs.join(root, name, str(version))
-    if fs.is_uri(root):
+    where = f"model {name} not saved"
+    _check_new_files(full, spec, weights, where=where)
+    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
+    for _ in range(_SAVE_ATTEMPTS):
+        files[METADATA_FILE] = _metadata_bytes(full, where)
+        if _write_version(fs.join(root, name, str(full["version"])), files):
+            return load_model(f"{name}@{full['version']}", root=root)
+        # Another save took this version first: take the next one.
+        full["version"] = max(full["version"] + 1, _next_version(name, root))
+    raise ImgclassError(f"{where}: {_SAVE_ATTEMPTS} other saves took the "
+                        f"next version first; try again")
+
+
+def _next_version(name: str, root: str) -> int:
+    return max((i.version for i in list_models(root) if i.name == name),
+               default=0) + 1
+
+
+def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
+                     where: str) -> None:
+    """The checks of :func:`load_model` on a version's files before they
+    are written, plus finite weights; ConfigError (one line, starting with
+    ``where``) for the first that fails."""
+    from model_store.spec import build_network
+
+    try:
+        _check_metadata_types(metadata, where)
+        network = build_network(spec, initialize=False)
+        model = _checked_model(
+            ModelInfo(metadata["name"], metadata["version"], where),
+            metadata, spec, network, weights, where=where, weights_path=where)
+    except (ModelIntegrityError, SpecError) as error:
+        raise ConfigError(str(error)) from None
+    bad = sorted(key for key, array in model.weights.items()
+                 if not np.isfinite(array).all())
+    if bad:
+        raise ConfigError(f"{where}: parameter(s) {', '.join(bad)} hold NaN "
+                          f"or infinity (did training diverge? try a smaller "
+                          f"--lr)")
+
+
+def _metadata_bytes(metadata: dict, where: str) -> bytes:
+    """``metadata.json``; ConfigError when a value is NaN or infinite (not
+    JSON: the version would not load)."""
+    try:
+        return _json_bytes(metadata)
+    except ValueError:
+        raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
+                          f"NaN or infinite, which JSON cannot hold") from None
+
+
+def _non_finite(value, path: str = "") -> str | None:
+    """Where in ``value`` (a JSON-like tree) the first NaN or infinity is,
+    e.g. ``training.history[2].loss``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    if isinstance(value, dict):
+        steps = ((f"{path}.{k}" if path else str(k), v)
+                 for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        steps = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        steps = ()
+    for where, item in steps:
+        found = _non_finite(item, where)
+        if found:
+            return found
+    return None
+
+
+def _write_version(folder: str, files: dict[str, bytes]) -> bool:
+    """Writes a version folder whole; False (nothing written) when another
+    save made that folder first. On local disks the files are written in a
+    hidden folder that is renamed, so a version appears whole or not."""
+    if fs.is_uri(folder):
         for file_name, data in files.items():  # metadata last: it marks done
             fs.create(fs.join(folder, file_name), data)
-    else:
-        # Write in a hidden folder and rename: a version appears whole or not.
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{version}.",
-                                   dir=os.path.join(root, name))
+        return True
+    model_dir, version = os.path.split(folder)
+    os.makedirs(model_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
+    try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
-        try:
-            for file_name, data in files.items():
-                with open(os.path.join(staging, file_name), "wb") as handle:
-                    handle.write(data)
-            os.rename(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-    return load_model(f"{name}@{version}", root=root)
+        for file_name, data in files.items():
+            with open(os.path.join(staging, file_name), "wb") as handle:
+                handle.write(data)
+        os.rename(staging, folder)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return True
 
 
 def update_metadata(model: StoredModel, **updates) -> StoredModel:
@@ -468,12 +640,8 @@ def update_metadata(model: StoredModel, **updates) -> StoredModel:
 
 
 def _json_bytes(value) -> bytes:
-    return fs.json_bytes(value, sort_keys=True)
-
-
-def _spec_of(network) -> bytes:
-    from model_store.spec import spec_of
-    return _json_bytes(spec_of(network))
+    """JSON as the store writes it; ValueError for NaN or infinity."""
+    return fs.json_bytes(value, sort_keys=True, allow_nan=False)
 
 
 def _is_positive_int(value) -> bool:
@@ -526,8 +694,7 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
              background)
 
 
-def _check_metadata(model: StoredModel) -> None:
-    where = fs.join(model.location, METADATA_FILE)
+def _check_metadata(model: StoredModel, where: str) -> None:
     for key in ("class_names", "input_shape", "color_mode", "resize",
                 "normalization", "weights_sha256"):
         if key not in model.metadata:

@@ -42,54 +42,63 @@ EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def _models_list(args) -> int:
-    from model_store.store import list_models, load_model, store_root
+    from model_store.store import list_models, store_root
 
     infos = list_models(args.store)
-    aliases = _aliases_by_version(infos, args.store)
+    aliases, damage = _aliases_by_version(infos, args.store)
+    rows = [_listing(info, args.store, damage.get(info.name))
+            for info in infos]
     if args.json:
-        for info in infos:
-            print(json.dumps(dict(_listing(info, args.store),
-                                  aliases=aliases.get(info.ref, []))))
+        for info, row in zip(infos, rows):
+            print(json.dumps(dict(row, aliases=aliases.get(info.ref, []))))
         return EXIT_OK
     if not infos:
         print(f"no models in {store_root(args.store)}")
         return EXIT_OK
     print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  {'ALIASES':<14} "
           f"CREATED")
-    for info in infos:
-        try:
-            meta = load_model(info.ref, root=args.store).metadata
-            accuracy = meta.get("metrics", {}).get("accuracy")
+    for info, row in zip(infos, rows):
+        if row["ok"]:
+            accuracy = row["accuracy"]
             accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
-            created = meta.get("created_at", "-")
-        except ImgclassError as error:
-            accuracy, created = "BROKEN", str(error).split(":")[0]
+            created = row["created_at"] or "-"
+        else:
+            accuracy, created = "BROKEN", row["error"].split(":")[0]
         names = ",".join(aliases.get(info.ref, [])) or "-"
         print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  "
               f"{names:<14} {created}")
     return EXIT_OK
 
 
-def _aliases_by_version(infos, store) -> dict[str, list[str]]:
-    """``{"NAME@V": [alias, ...]}``, ``latest`` included (pinned or the
-    highest version)."""
+def _aliases_by_version(infos, store):
+    """``({"NAME@V": [alias, ...]}, {NAME: error})``: the aliases,
+    ``latest`` included (pinned or the highest version), and the models
+    whose name does not resolve (e.g. a damaged aliases file)."""
     from model_store.store import read_aliases, resolve
 
     out: dict[str, list[str]] = {}
+    damage: dict[str, ImgclassError] = {}
     for name in sorted({info.name for info in infos}):
-        aliases = dict(read_aliases(name, root=store))
-        aliases["latest"] = resolve(name, root=store).version
+        try:
+            aliases = dict(read_aliases(name, root=store))
+            aliases["latest"] = resolve(name, root=store).version
+        except ImgclassError as error:
+            damage[name] = error
+            continue
         for alias, version in sorted(aliases.items()):
             out.setdefault(f"{name}@{version}", []).append(alias)
-    return out
+    return out, damage
 
 
-def _listing(info, store) -> dict:
-    """One version as ``models list --json`` prints it."""
+def _listing(info, store, damage=None) -> dict:
+    """One version as ``models list --json`` prints it; ``damage``, the
+    error of its model as a whole, makes it broken too."""
     from model_store.store import load_model
 
     row = {"name": info.name, "version": info.version,
            "location": info.location}
+    if damage is not None:
+        return dict(row, ok=False, error=str(damage))
     try:
         meta = load_model(info.ref, root=store).metadata
     except ImgclassError as error:
@@ -158,7 +167,9 @@ def _models_verify(args) -> int:
 
 def _models_import_onnx(args) -> int:
     from model_store.onnx_import import import_onnx
+    from model_store.store import check_new_version
 
+    check_new_version(args.name, args.store)
     stored = import_onnx(args.file, name=args.name, classes=args.classes,
                          preprocessing=args.preprocessing, root=args.store)
     print(f"saved {stored.ref} to {stored.location}: "
@@ -168,8 +179,10 @@ def _models_import_onnx(args) -> int:
 
 
 def _train(args) -> int:
+    from model_store.store import check_new_version
     from model_store.train import train_model
 
+    check_new_version(args.name, args.store)  # before any training
     if (args.dataset is None) == (args.data is None):
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")

@@ -1,11 +1,15 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
+import errno
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
+import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from model_store import store
 from model_store.compile import compile_predictor
 from model_store.errors import (
     ChecksumMismatchError,
+    ConfigError,
     ModelFileMissingError,
     ModelIntegrityError,
     UnknownModelError,
@@ -270,3 +275,202 @@ def test_a_version_folder_whose_metadata_version_is_not_an_integer(
     code, _, err = cli("models", "show", saved.location)
     assert code == 2 and err.count("\n") == 1
     assert "version must be a positive integer" in err
+
+
+# Saving checks everything before writing; names; the store itself -----------
+
+def _onnx_file(tmp_path):
+    """A 3x8x8 -> 4 classes ONNX classifier (pool, flatten, dense)."""
+    import onnx
+
+    from tests.onnx_graphs import GraphBuilder
+
+    g = GraphBuilder(input_shape=(3, 8, 8))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
+    out = g.node("Gemm", [flat, g.const(g.rng.randn(4, 3)),
+                          g.const(np.zeros(4))], transB=1)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(g.model(out, 2), str(path))
+    return path
+
+
+def _one_line_exit_2(code, err, message):
+    assert code == 2, err
+    assert err.startswith("imgclass: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--preprocessing", '{"background": 300}'],
+     "background must be a gray level, an integer from 0 to 255, got 300"),
+    (["--preprocessing", '{"mean": [NaN, 0, 0]}'],
+     "mean must be a list of finite numbers, got [nan, 0, 0]"),
+    (["--classes", "DUPLICATES"], "class names must differ, got ['a']")])
+def test_an_import_with_bad_metadata_writes_nothing(root, cli, tmp_path,
+                                                    option, message):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("a\na\nb\nc\n")
+    option = [str(classes) if o == "DUPLICATES" else o for o in option]
+    code, _, err = cli("--store", root, "models", "import", "onnx",
+                       _onnx_file(tmp_path), "--name", "pp", *option)
+    _one_line_exit_2(code, err, message)
+    assert root not in err  # names the value given, not a file in the store
+    assert not os.path.exists(root)
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 0 and out == "no models to verify\n"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: meta.update(class_names=["a", "b"]),
+     "the network has 4 outputs but class_names has 2 names"),
+    (lambda meta: meta.update(training={"history": [{"loss": math.inf}]}),
+     "metadata training.history[0].loss is NaN or infinite"),
+    (lambda meta: meta.update(resize="nearest-ish"), "resize must be one of")])
+def test_save_model_refuses_metadata_that_would_not_load(root, edit,
+                                                         message):
+    save(root)
+    metadata = dict(METADATA)
+    edit(metadata)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        store.save_model(build_network(SPEC, seed=1), name="tiny",
+                         metadata=metadata, root=root)
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1"]
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_weights_that_are_not_finite_are_never_saved(root, value):
+    network = build_network(SPEC, seed=0)
+    param = network.input_layer.W  # out.W: "prob" is fed by "out"
+    weights = param.get_value()
+    weights[0, 0] = value
+    param.set_value(weights)
+    with pytest.raises(ConfigError, match=r"model tiny not saved: "
+                                          r"parameter\(s\) out.W hold NaN "
+                                          r"or infinity"):
+        store.save_model(network, name="tiny", metadata=METADATA, root=root)
+    assert store.list_models(root) == [] and not os.path.exists(root)
+
+
+@pytest.mark.parametrize("name", ["a@2", "a/b", ".a", "-a", "a" * 101])
+def test_an_invalid_name_is_refused_before_any_work(root, cli, tmp_path,
+                                                    monkeypatch, name):
+    with pytest.raises(ConfigError, match="invalid model name"):
+        save(root, name=name)
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "import_onnx", no_work)
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, f"--name={name}")
+        _one_line_exit_2(code, err, "invalid model name")
+    assert not os.path.exists(root)
+
+
+def test_a_name_of_100_characters_is_saved(root):
+    assert save(root, name="a" * 100).ref == "a" * 100 + "@1"
+
+
+def test_a_store_that_is_a_file_is_refused_in_one_line(tmp_path, cli):
+    path = tmp_path / "store"
+    path.write_text("not a folder")
+    for command in (["models", "list"], ["models", "verify"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path),
+                     "--name", "pp"],
+                    ["train", "--dataset", "digits", "--name", "pp"]):
+        code, _, err = cli("--store", path, *command)
+        _one_line_exit_2(code, err, f"--store {path} is a file, not a "
+                                    f"folder")
+    assert path.read_text() == "not a folder"
+
+
+def test_a_read_only_store_is_refused_before_any_work(root, cli, tmp_path,
+                                                      monkeypatch):
+    save(root)
+    aliases = os.path.join(root, "tiny", store.ALIASES_FILE)
+    from model_store import train
+
+    def read_only(*args, **kwargs):  # as mkdir on a read-only mount
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(store.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(train, "train_model", no_work)
+    for command in (["models", "promote", "tiny@1", "--alias", "prod"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path),
+                     "--name", "tiny"],
+                    ["train", "--dataset", "digits", "--name", "tiny"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"--store {root} is not writable: "
+                                    f"{os.path.join(root, 'tiny')}: "
+                                    f"Read-only file system")
+    assert not os.path.exists(aliases)
+    assert [i.ref for i in store.list_models(root)] == ["tiny@1"]
+
+
+def test_a_store_below_a_file_is_not_writable(tmp_path, cli):
+    (tmp_path / "file").write_text("x")
+    below = tmp_path / "file" / "store"
+    code, _, err = cli("--store", below, "train", "--dataset", "digits",
+                       "--name", "pp")
+    _one_line_exit_2(code, err, f"--store {below} is not writable: "
+                                f"{tmp_path / 'file'}: a file, not a folder")
+
+
+def test_two_saves_at_once_get_two_versions(root, monkeypatch):
+    """Both saves pick version 2 and rename at the same moment: the one
+    that loses takes version 3."""
+    save(root)
+    barrier = threading.Barrier(2, timeout=60)
+    rename, first = os.rename, threading.local()
+
+    def rename_together(source, target):
+        if not getattr(first, "done", False):
+            first.done = True
+            barrier.wait()
+        rename(source, target)
+
+    monkeypatch.setattr(store.os, "rename", rename_together)
+    results = []
+
+    def work(seed):
+        try:
+            results.append(save(root, seed=seed).version)
+        except Exception as error:  # noqa: BLE001 - reported below
+            results.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (1, 2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results, key=str) == [2, 3], results
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1", "2", "3"]
+    assert all(e is None for _, e in store.verify(root=root))
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"latest": 1,', "aliases.json is not valid JSON"),
+    ('{"latest": true}', "must map alias names to version numbers"),
+    ('{"latest": 7}', "has no version 7")])
+def test_a_damaged_aliases_file_breaks_only_its_model(root, cli, text,
+                                                      message):
+    save(root, name="good")
+    save(root, name="tiny")
+    with open(os.path.join(root, "tiny", store.ALIASES_FILE), "w") as handle:
+        handle.write(text)
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "BROKEN" in rows["tiny"] and "BROKEN" not in rows["good"]
+    code, out, _ = cli("--store", root, "models", "list", "--json")
+    rows = {r["name"]: r for r in map(json.loads, out.splitlines())}
+    assert not rows["tiny"]["ok"] and message in rows["tiny"]["error"]
+    assert rows["good"]["ok"] and rows["good"]["aliases"] == ["latest"]
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1
+    assert "FAILED  tiny: " in out and message in out
+    assert "ok      good@1" in out and "ok      tiny@1" in out
