@@ -304,7 +304,7 @@ def _one_line_exit_2(code, err, message):
     (["--preprocessing", '{"background": 300}'],
      "background must be a gray level, an integer from 0 to 255, got 300"),
     (["--preprocessing", '{"mean": [NaN, 0, 0]}'],
-     "mean must be a list of finite numbers, got [nan, 0, 0]"),
+     "mean must be finite, got (nan, 0, 0)"),
     (["--classes", "DUPLICATES"], "class names must differ, got ['a']")])
 def test_an_import_with_bad_metadata_writes_nothing(root, cli, tmp_path,
                                                     option, message):
