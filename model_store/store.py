@@ -102,6 +102,18 @@ def _check_not_a_file(root: str) -> None:
                           f"store's folder (it is made if missing)")
 
 
+def check_store_to_read(root: str | None = None) -> str:
+    """The store in use, once sure it can be read from: ConfigError (one
+    line) for a local store that is a file or does not exist (a mistyped
+    ``--store`` would otherwise list and verify "no models", exit 0)."""
+    root = store_root(root)
+    _check_not_a_file(root)
+    if not fs.is_uri(root) and not os.path.isdir(root):
+        raise ConfigError(f"--store {root} does not exist: give the folder "
+                          f"of a model store")
+    return root
+
+
 def _check_writable(root: str, name: str) -> None:
     """ConfigError unless a folder can be made in ``<root>/<name>`` (or, if
     that does not exist yet, in the nearest existing folder above it).
@@ -269,11 +281,11 @@ def list_models(root: str | None = None) -> list[ModelInfo]:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``NAME[@VERSION|@latest]`` -> ``(name, version or None)``."""
-    name, _, version = ref.partition("@")
+    name, at, version = ref.partition("@")
     if not _NAME.fullmatch(name):
         raise UnknownModelError(f"invalid model name {name!r}: use letters, "
                                 f"digits, '.', '_' or '-', e.g. digits-cnn@1")
-    if version in ("", "latest"):
+    if (not at) or version == "latest":
         return name, None
     if not _VERSION.fullmatch(version):
         raise UnknownModelError(f"invalid model version {version!r} in "

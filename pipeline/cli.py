@@ -42,8 +42,9 @@ EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def _models_list(args) -> int:
-    from model_store.store import list_models, store_root
+    from model_store.store import check_store_to_read, list_models, store_root
 
+    check_store_to_read(args.store)
     infos = list_models(args.store)
     aliases, damage = _aliases_by_version(infos, args.store)
     rows = [_listing(info, args.store, damage.get(info.name))
@@ -150,8 +151,9 @@ def _models_show(args) -> int:
 
 
 def _models_verify(args) -> int:
-    from model_store.store import verify
+    from model_store.store import check_store_to_read, verify
 
+    check_store_to_read(args.store)
     results = verify(args.model, root=args.store)
     if not results:
         print("no models to verify")

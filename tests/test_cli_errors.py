@@ -33,6 +33,7 @@ def tampered_store(tmp_path):
     (["--model", "nope"], "no model named 'nope'"),
     (["--model", "digits-cnn@9"], "model 'digits-cnn' has no version 9"),
     (["--model", "digits-cnn@0"], "invalid model version '0'"),
+    (["--model", "digits-cnn@"], "invalid model version ''"),
     (["--model", "digits-cnn@staging"], "model 'digits-cnn' has no alias 'staging'"),
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
@@ -289,3 +290,15 @@ def test_an_unreachable_job_endpoint_fails_in_time_naming_it(
         f"imgclass: error: --job_endpoint=localhost:{port}: no job service "
         f"answered within 0.5 s; start it or fix the address"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "verify"],
+                                     ["models", "list", "--json"]])
+def test_a_mistyped_store_is_refused_not_listed_empty(cli, tmp_path, command):
+    """A CI step 'models verify' on a store path with a typo must fail, not
+    report "no models to verify" and pass."""
+    code, out, err = cli("--store", tmp_path / "no-such-store", *command)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclass: error: --store {tmp_path / 'no-such-store'} does not "
+        f"exist: give the folder of a model store"]
