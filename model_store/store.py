@@ -427,6 +427,12 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     where = fs.join(info.location, METADATA_FILE)
     metadata = _read_json(where)
     _check_metadata_types(metadata, where)
+    for key, value in (("name", info.name), ("version", info.version)):
+        if key in metadata and (type(metadata[key]) is not type(value)
+                                or metadata[key] != value):
+            raise ModelIntegrityError(
+                f"{where}: {key} {metadata[key]!r:.100} differs from the "
+                f"folder's {value!r} (a version folder copied or renamed?)")
     spec = _read_json(fs.join(info.location, SPEC_FILE))
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec, initialize=False)

@@ -277,6 +277,21 @@ def test_a_version_folder_whose_metadata_version_is_not_an_integer(
     assert "version must be a positive integer" in err
 
 
+@pytest.mark.parametrize("key,value", [
+    ("version", "abc"), ("version", 2), ("version", True), ("name", "other")])
+def test_metadata_that_disagrees_with_its_folder_is_refused_by_name(
+        root, cli, key, value):
+    """Loaded by name, folder tiny/1 whose metadata says version 2 (or
+    another name) would give rows another version than by path, and the
+    same weights would count as two versions for --skip-done."""
+    saved = save(root)
+    _edit_metadata(saved, _set(key, value))
+    for command in (["models", "show", "tiny@1"], ["models", "verify"]):
+        code, out, err = cli("--store", root, *command)
+        assert code != 0
+        assert f"{key} {value!r} differs from the folder's" in out + err
+
+
 # Saving checks everything before writing; names; the store itself -----------
 
 def _onnx_file(tmp_path):
