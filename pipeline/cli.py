@@ -268,10 +268,14 @@ def _load_base(ref: str, store):
 
     try:
         return load_model(ref, root=store)
-    except UnknownModelError:
+    except UnknownModelError as in_store:
         if store is None:
             raise
-        return load_model(ref, root=DEFAULT_ROOT)
+        try:
+            return load_model(ref, root=DEFAULT_ROOT)
+        except UnknownModelError:
+            raise UnknownModelError(f"--base: {in_store}; nor is it one of "
+                                    f"the shipped models") from None
 
 
 def _print_promotion(stored, store) -> int:

@@ -172,6 +172,9 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
                              "folders), not to --dataset digits"),
     (["train", "--dataset", "digits", "--name", "x", "--fine-tune-blocks",
       "2"], "--fine-tune-blocks applies to --data"),
+    (["train", "--data", "samples/digits", "--name", "x", "--base", "nope"],
+     "--base: no model named 'nope' in the store STORE; stored models: none "
+     "(see 'imgclass models list'); nor is it one of the shipped models"),
     (["evaluate", "--dataset", "digits", "--data", "samples/digits"],
      "give --data (your labelled folders) or --dataset (built-in test "
      "images), not both"),
@@ -190,7 +193,7 @@ def test_train_and_evaluate_mistakes_stop_before_any_work(
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("imgclass: error: ")
-    assert message in lines[0]
+    assert message.replace("STORE", str(store)) in lines[0]
     assert not store.exists()
 
 
