@@ -115,9 +115,13 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     every = _parse(options, retain_unknown_options=True)
     unknown = sorted(set(every) - set(known))
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join('--' + u for u in unknown)}"
-                          f"; see 'imgclass classify --help' and Beam's "
-                          f"pipeline options")
+        given = {arg.split("=", 1)[0].lstrip("-").replace("-", "_"):
+                 arg.split("=", 1)[0] for arg in beam_args
+                 if arg.startswith("--")}
+        raise ConfigError(f"unknown option(s) "
+                          f"{', '.join(given.get(u, '--' + u) for u in unknown)}"
+                          f"; see the command's --help and Beam's pipeline "
+                          f"options")
     direct = options.view_as(DirectOptions)
     if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
         raise ConfigError(f"--direct_num_workers must be >= 0, got "

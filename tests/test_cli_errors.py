@@ -44,6 +44,8 @@ def tampered_store(tmp_path):
                                   "got '1.5'"),
     (["--min-confidence", "nan"], "expected a probability from 0 to 1"),
     (["--no_such_beam_option=1"], "unknown option(s) --no_such_beam_option"),
+    (["--no-such-option"], "unknown option(s) --no-such-option; see the "
+                           "command's --help"),
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
 ])
 def test_option_mistakes_exit_2_before_any_work(cli, images, tmp_path, args,
