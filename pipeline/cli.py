@@ -190,7 +190,7 @@ def _train(args) -> int:
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset:
         for option in ("base", "fine_tune_blocks", "val_data"):
-            if getattr(args, option) is not None:
+            if getattr(args, option):  # None, or 0 blocks: not given
                 raise ConfigError(f"--{option.replace('_', '-')} applies "
                                   f"to --data (your labelled folders), not "
                                   f"to --dataset {args.dataset}")
