@@ -493,7 +493,8 @@ def verify(ref: str | None = None, *,
     """Verifies one model (or every stored version): ``[(ref, error)]``.
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
-    not a version)."""
+    not a version). A ``ref`` that names no stored model or version
+    raises UnknownModelError."""
     results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
@@ -509,6 +510,10 @@ def verify(ref: str | None = None, *,
         try:
             load_model(item, root=root)
             results.append((item, None))
+        except UnknownModelError as error:
+            if ref is not None:
+                raise  # a name or version typed wrong: a mistake, not a check
+            results.append((item, error))
         except ImgclassError as error:
             results.append((item, error))
     return results

@@ -140,8 +140,11 @@ def test_models_verify_exit_codes(cli, tampered_store):
     assert code == 0 and "ok      digits-cnn@1" in out
     code, out, _ = cli("--store", tampered_store, "models", "verify")
     assert code == 1 and "FAILED  digits-cnn@1" in out and "sha256" in out
-    code, _, err = cli("models", "show", "nope@1")
-    assert code == 2 and "no model named 'nope'" in err
+    for command in ("show", "verify"):  # a typo is a mistake, not FAILED
+        code, out, err = cli("models", command, "nope@1")
+        assert code == 2 and "no model named 'nope'" in err and not out
+    code, _, err = cli("models", "verify", "digits-cnn@9")
+    assert code == 2 and "has no version 9" in err
 
 
 def test_models_list_and_show(cli):
