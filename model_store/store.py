@@ -52,6 +52,7 @@ DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 SPEC_FILE, WEIGHTS_FILE, METADATA_FILE = ("spec.json", "weights.npz",
                                           "metadata.json")
 FORMAT = "imgclass-model/1"
+STORE_VARIABLE = "IMGCLASS_MODEL_STORE"  # the store when --store is not given
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
@@ -65,7 +66,14 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
     folder shipped in this package."""
-    return root or os.environ.get("IMGCLASS_MODEL_STORE") or DEFAULT_ROOT
+    return root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
+
+
+def _store_named(root: str) -> str:
+    """The store in use, named in messages as the user chose it."""
+    if root == os.environ.get(STORE_VARIABLE):
+        return f"the store {root} (from ${STORE_VARIABLE})"
+    return f"--store {root}"
 
 
 def check_model_name(name: str) -> str:
@@ -98,8 +106,8 @@ def _check_not_a_file(root: str) -> None:
     """ConfigError when the (local) store root is a file."""
     if not fs.is_uri(root) and os.path.exists(root) \
             and not os.path.isdir(root):
-        raise ConfigError(f"--store {root} is a file, not a folder: give the "
-                          f"store's folder (it is made if missing)")
+        raise ConfigError(f"{_store_named(root)} is a file, not a folder: "
+                          f"give the store's folder (it is made if missing)")
 
 
 def check_store_to_read(root: str | None = None) -> str:
@@ -109,8 +117,8 @@ def check_store_to_read(root: str | None = None) -> str:
     root = store_root(root)
     _check_not_a_file(root)
     if not fs.is_uri(root) and not os.path.isdir(root):
-        raise ConfigError(f"--store {root} does not exist: give the folder "
-                          f"of a model store")
+        raise ConfigError(f"{_store_named(root)} does not exist: give the "
+                          f"folder of a model store")
     return root
 
 
@@ -129,8 +137,8 @@ def _check_writable(root: str, name: str) -> None:
             raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder")
         os.rmdir(tempfile.mkdtemp(prefix=".writable.", dir=folder))
     except OSError as error:
-        raise ConfigError(f"--store {root} is not writable: {folder}: "
-                          f"{error.strerror or error}") from None
+        raise ConfigError(f"{_store_named(root)} is not writable: "
+                          f"{folder}: {error.strerror or error}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -310,3 +310,16 @@ def test_a_mistyped_store_is_refused_not_listed_empty(cli, tmp_path, command):
     assert err.strip().splitlines() == [
         f"imgclass: error: --store {tmp_path / 'no-such-store'} does not "
         f"exist: give the folder of a model store"]
+
+
+def test_a_store_from_the_environment_is_named_as_such(cli, tmp_path,
+                                                       monkeypatch):
+    """With no --store, a message naming '--store' would send the user
+    looking for an option they never typed."""
+    missing = tmp_path / "no-such-store"
+    monkeypatch.setenv("IMGCLASS_MODEL_STORE", str(missing))
+    code, out, err = cli("models", "verify")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclass: error: the store {missing} (from $IMGCLASS_MODEL_STORE) "
+        f"does not exist: give the folder of a model store"]
