@@ -192,10 +192,24 @@ def _check_runner(options: PipelineOptions) -> None:
             raise ConfigError("--runner=DataflowRunner needs Beam's gcp "
                               "extra; install it with pip install "
                               "'imgclass[gcp]'") from None
+    _check_environment_type(options.view_as(PortableOptions))
     endpoint = options.view_as(PortableOptions).job_endpoint
     if runner in ("PortableRunner", "FlinkRunner", "SparkRunner") and \
             endpoint and endpoint != "embed":
         _check_endpoint(endpoint)
+
+
+def _check_environment_type(portable: PortableOptions) -> None:
+    """Refuses an --environment_type Beam does not know (it would otherwise
+    fail only when a portable runner submits the job, and never locally)."""
+    from apache_beam.portability import common_urns
+
+    kind = portable.environment_type
+    if kind and not (kind.startswith("beam:env:") or kind == "LOOPBACK"
+                     or hasattr(common_urns.environments, kind)):
+        raise ConfigError(f"--environment_type={kind} is not an environment "
+                          f"Beam knows; use DOCKER, PROCESS, EXTERNAL or "
+                          f"LOOPBACK (or a beam:env: URN)")
 
 
 def _check_endpoint(endpoint: str) -> None:

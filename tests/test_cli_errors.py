@@ -47,6 +47,8 @@ def tampered_store(tmp_path):
     (["--no-such-option"], "unknown option(s) --no-such-option; see the "
                            "command's --help"),
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
+    (["--environment_type=bogus"], "--environment_type=bogus is not an "
+                                   "environment Beam knows; use DOCKER"),
 ])
 def test_option_mistakes_exit_2_before_any_work(cli, images, tmp_path, args,
                                                 message):
