@@ -130,9 +130,15 @@ def test_softmax_followed_by_a_no_op_reshape_is_not_applied_twice(
     probabilities = g.node("Softmax", [logits], axis=1)
     extra = [g.const([0, -1], dtype=np.int64)] if reshape == "Reshape" else []
     model = g.model(g.node(reshape, [probabilities, *extra]), 2)
-    stored = _import_via_cli(cli, tmp_path, model)
+    _assert_ends_in_softmax_like_onnxruntime(
+        _import_via_cli(cli, tmp_path, model), model, (6, 3, 4, 4))
+
+
+def _assert_ends_in_softmax_like_onnxruntime(stored, model, shape):
+    """The import kept the graph's own softmax (none appended) and gives
+    onnxruntime's probabilities on random inputs of ``shape``."""
     assert not stored.metadata["source"]["softmax_appended"]
-    x = np.random.RandomState(4).randn(6, 3, 4, 4).astype(np.float32)
+    x = np.random.RandomState(4).randn(*shape).astype(np.float32)
     np.testing.assert_allclose(compile_predictor(stored)(x),
                                run_onnxruntime(model, x), rtol=1e-4,
                                atol=1e-6)
@@ -154,12 +160,8 @@ def test_pytorch_view_then_gemm_matches_onnxruntime(cli, tmp_path, between):
     logits = g.node("Gemm", [flat, g.const(g.rng.randn(6, 36) * 0.3),
                              g.const(g.rng.randn(6))], transB=1)
     model = g.model(g.node("Softmax", [logits], axis=1), 2)
-    stored = _import_via_cli(cli, tmp_path, model)
-    assert not stored.metadata["source"]["softmax_appended"]
-    x = np.random.RandomState(5).randn(4, 3, 7, 7).astype(np.float32)
-    np.testing.assert_allclose(compile_predictor(stored)(x),
-                               run_onnxruntime(model, x), rtol=1e-4,
-                               atol=1e-6)
+    _assert_ends_in_softmax_like_onnxruntime(
+        _import_via_cli(cli, tmp_path, model), model, (4, 3, 7, 7))
 
 
 def _refused(builder):
