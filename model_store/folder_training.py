@@ -23,6 +23,7 @@ from model_store.folders import (
     FolderDataset,
     align_classes,
     check_classes,
+    check_same_classes,
     load_pixels,
     scan_folder,
     stratified_split,
@@ -49,8 +50,10 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
     if folders.val_data is None:
         train, val = stratified_split(dataset.labels, folders.val_fraction)
         return dataset.subset(train), dataset.subset(val)
-    val = align_classes(scan_folder(folders.val_data), dataset.class_names)
-    return dataset, val
+    val = scan_folder(folders.val_data)
+    check_same_classes(val, dataset.class_names)
+    check_classes(val, "--val-data", least=1)
+    return dataset, align_classes(val, dataset.class_names)
 
 
 def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
