@@ -221,6 +221,31 @@ def check_same_classes(val: FolderDataset, class_names: list, *,
             f"({', '.join(class_names)}): {'; '.join(found)}")
 
 
+def check_usable(labels, class_names: list, n_broken: int, what: str, *,
+                 every_class: bool = True) -> None:
+    """After decoding: ConfigError if a class (``every_class``) or every
+    class has no usable image left, naming them and the number of broken
+    files (``labels`` are those of the decoded images)."""
+    left = set(np.asarray(labels).tolist())
+    lost = [name for i, name in enumerate(class_names) if i not in left]
+    if lost and (every_class or len(lost) == len(class_names)):
+        raise ConfigError(
+            f"{what}: class(es) {', '.join(lost)} have no usable image "
+            f"({n_broken} broken file(s), listed above as 'skipped'); "
+            f"replace the broken files or add readable images")
+
+
+def check_sides(shape, expected, what: str, fix: str) -> None:
+    """ConfigError unless examples of ``shape`` (``(N, ...)``, possibly
+    flattened) have the size of ``expected``, what the network takes."""
+    got, want = tuple(shape[1:]), tuple(expected)
+    if int(np.prod(got)) != int(np.prod(want)):
+        def sides(dims):
+            return "x".join(map(str, dims))
+        raise ConfigError(f"{what} are {sides(got)} values per image but "
+                          f"the network takes {sides(want)}; {fix}")
+
+
 def stratified_split(labels: np.ndarray, fraction: float = VAL_FRACTION, *,
                      seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """``(train indices, validation indices)``: about ``fraction`` of each

@@ -223,3 +223,12 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
     assert code == 2 and err.count("\n") == 1, err
     assert "caf%E9" in err and "UTF-8" in err
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
+        tmp_path, cli):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    code, _, err = train_cli(cli, data)  # digits-cnn: 10 outputs
+    assert code == 2 and err.count("\n") == 1, err
+    assert "10 outputs" in err and "3 classes" in err
