@@ -30,6 +30,7 @@ from model_store.folders import (
     scan_folder,
     stratified_split,
 )
+from model_store.fs import printable
 from model_store.preprocessing import Preprocessing
 from model_store.train import best_epoch, fit, load_spec
 from model_store.train_config import TrainConfig
@@ -68,7 +69,7 @@ def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
 
 def report_broken(broken: list, stream: TextIO) -> None:
     for path, reason in broken:
-        stream.write(f"skipped {path}: {reason}\n")
+        stream.write(f"skipped {printable(path)}: {reason}\n")
 
 
 def check_decoded(folders: FolderData, class_names: list, y_train, y_val,
@@ -278,12 +279,13 @@ def _compiled_on_first_call(compile_fn: Callable) -> Callable:
 
 def _training_record(folders, config, history, started, *, n_train, broken,
                      **extra) -> dict:
-    return dict(extra, data=folders.data, val_data=folders.val_data,
+    return dict(extra, data=printable(folders.data),
+                val_data=folders.val_data and printable(folders.val_data),
                 val_fraction=None if folders.val_data else
                 folders.val_fraction, n_train=int(n_train),
                 settings=dataclasses.asdict(config), history=history,
                 best_epoch=best_epoch(history)["epoch"],
-                skipped=[path for path, _ in broken],
+                skipped=[printable(path) for path, _ in broken],
                 seconds=round(time.monotonic() - started, 1))
 
 

@@ -147,7 +147,9 @@ def _check_names(root: str, names: list) -> None:
 def read_image(path: str, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """One file decoded as the pipeline decodes it (before resizing)."""
-    with _filesystems().open(path) as handle:
+    # Python's open takes local names that are not UTF-8; Beam's does not.
+    with (_filesystems().open(path) if is_uri(path)
+          else open(path, "rb")) as handle:
         data = handle.read()
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,

@@ -39,6 +39,12 @@ def escape_path(path: str) -> str:
         path)
 
 
+def printable(path: str) -> str:
+    """``path`` as imgclass writes it (messages, JSON): a local path
+    escaped (:func:`escape_path`), a URI as Beam lists it."""
+    return path if is_uri(path) else escape_path(path)
+
+
 def os_path(path: str) -> str:
     """The inverse of :func:`escape_path`: the name ``os`` functions take."""
     if "%" not in path:

@@ -411,3 +411,28 @@ def test_n_train_subtracts_only_the_broken_training_files(
     assert metadata["training"]["n_train"] == len(train_files) - k
     assert metadata["metrics"]["n_test"] == len(val_files) - j
     assert len(metadata["training"]["skipped"]) == k + j
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_metadata_stays_utf8(
+        backbone_store, tmp_path, cli):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    folder = os.fsencode(data / "red")
+    Image.new("RGB", (30, 30), (220, 40, 40)).save(
+        os.fsdecode(os.path.join(folder, b"caf\xe9.png")), "PNG")
+    with open(os.path.join(folder, b"bad\xff.jpg"), "wb") as handle:
+        handle.write(b"not a picture")
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "u", "--base", "tiny", "--epochs", "1",
+                       "--no-augment")
+    assert code == 0, err
+    assert "bad%FF.jpg" in err
+    with open(os.path.join(backbone_store, "u", "1", "metadata.json"),
+              encoding="utf-8") as handle:
+        text = handle.read()
+    assert "\\udc" not in text
+    metadata = json.loads(text)
+    assert metadata["training"]["skipped"] == [
+        str(data / "red" / "bad%FF.jpg")]
+    assert metadata["training"]["n_train"] + metadata["metrics"][
+        "n_test"] == 3 * 3 + 1
