@@ -23,10 +23,14 @@ from model_store.folders import (
     FolderDataset,
     align_classes,
     check_classes,
+    check_same_classes,
+    check_sides,
+    check_usable,
     load_pixels,
     scan_folder,
     stratified_split,
 )
+from model_store.fs import printable
 from model_store.preprocessing import Preprocessing
 from model_store.train import best_epoch, fit, load_spec
 from model_store.train_config import TrainConfig
@@ -49,8 +53,10 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
     if folders.val_data is None:
         train, val = stratified_split(dataset.labels, folders.val_fraction)
         return dataset.subset(train), dataset.subset(val)
-    val = align_classes(scan_folder(folders.val_data), dataset.class_names)
-    return dataset, val
+    val = scan_folder(folders.val_data)
+    check_same_classes(val, dataset.class_names)
+    check_classes(val, "--val-data", least=1)
+    return dataset, align_classes(val, dataset.class_names)
 
 
 def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
@@ -63,16 +69,18 @@ def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
 
 def report_broken(broken: list, stream: TextIO) -> None:
     for path, reason in broken:
-        stream.write(f"skipped {path}: {reason}\n")
+        stream.write(f"skipped {printable(path)}: {reason}\n")
 
 
-def _nonempty(name: str, labels: np.ndarray, n_classes: int) -> None:
-    if len(labels) == 0:
-        raise ConfigError(f"no usable image in the {name} data")
-    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
-    if name == "training" and missing:
-        raise ConfigError(f"class id(s) {missing} have no usable training "
-                          f"image left after skipping broken files")
+def check_decoded(folders: FolderData, class_names: list, y_train, y_val,
+                  broken: list, broken_val: list) -> None:
+    """After decoding: every class keeps a training image, and some
+    validation image is left (the broken files counted where they lie)."""
+    in_data = len(broken) + (0 if folders.val_data else len(broken_val))
+    check_usable(y_train, class_names, in_data, "--data")
+    check_usable(y_val, class_names, len(broken_val),
+                 "--val-data" if folders.val_data else
+                 "the validation part of --data", every_class=False)
 
 
 def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
@@ -82,22 +90,22 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     Returns:
         ``(network, metadata)`` for :func:`model_store.train.save_version`.
     """
-    from model_store.spec import build_network
-
     spec = load_spec(spec_path)
     channels = spec["input_shape"][0]
     if channels not in _MODES:
         raise ConfigError(f"spec {spec_path} takes {channels} channels; "
                           f"folder images are read as 1 (gray) or 3 (RGB)")
     train_set, val_set = split_folders(folders)
+    network = _spec_network(spec, spec_path, train_set.class_names,
+                            config.seed)
     neutral = Preprocessing(tuple(spec["input_shape"]), _MODES[channels],
                             "bilinear", (0.0,) * channels, (1.0,) * channels)
     started = time.monotonic()
     x_train, y_train, broken = _train_pixels(train_set, neutral, config)
     x_val, kept_val, broken_val = load_pixels(val_set, neutral)
     report_broken(broken + broken_val, stream)
-    _nonempty("training", y_train, len(train_set.class_names))
-    _nonempty("validation", kept_val.labels, len(train_set.class_names))
+    check_decoded(folders, train_set.class_names, y_train, kept_val.labels,
+                  broken, broken_val)
     scaled = x_train.astype(np.float64) / 255.0
     means, stds = scaled.mean((0, 2, 3)), scaled.std((0, 2, 3))
     prep = dataclasses.replace(
@@ -105,7 +113,6 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
         std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
     stream.write(f"training {name} from {os.path.basename(spec_path)} on "
                  f"{len(x_train)} images, validating on {len(x_val)}\n")
-    network = build_network(spec, seed=config.seed)
     history = fit(network, prep.normalize(x_train), y_train, config,
                   validation=(prep.normalize(x_val), kept_val.labels),
                   report=epoch_reporter(stream, config.epochs))
@@ -117,6 +124,21 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
                         broken=broken + broken_val),
                     metrics=_val_metrics(history, len(x_val), folders))
     return network, metadata
+
+
+def _spec_network(spec: dict, spec_path: str, class_names: list, seed: int):
+    """The network of ``spec``, built before any decoding; ConfigError
+    unless it has one output per class."""
+    from model_store.spec import build_network
+
+    network = build_network(spec, seed=seed)
+    outputs, n_classes = network.output_shape[-1], len(class_names)
+    if outputs != n_classes:
+        raise ConfigError(
+            f"spec {spec_path} has {outputs} outputs but --data has "
+            f"{n_classes} classes ({', '.join(class_names)}): set num_units "
+            f"of its last dense layer to {n_classes}")
+    return network
 
 
 def _train_pixels(train_set: FolderDataset, prep: Preprocessing,
@@ -162,12 +184,9 @@ def train_transfer(folders: FolderData, *, name: str, base,
         block_cut,
         combine,
         compile_features,
-        fine_tune_network,
-        new_head,
     )
 
     train_set, val_set = split_folders(folders)
-    n_classes = len(train_set.class_names)
     cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
         else None
     features = features or _compiled_on_first_call(
@@ -175,14 +194,11 @@ def train_transfer(folders: FolderData, *, name: str, base,
     cache = FeatureCache(base.weights_sha256, cache_directory, layer=None
                          if cut is None else base.spec["layers"][cut]["name"])
     started = time.monotonic()
-    (x_train, y_train, x_val, y_val), broken = _features(
-        train_set, val_set, base, features, cache, config, stream)
-    if cut is None:
-        trained = new_head(x_train.shape[1], n_classes, seed=config.seed)
-    else:
-        trained = fine_tune_network(base, cut, n_classes, seed=config.seed)
-        shape = (-1, *trained_input_shape(trained))
-        x_train, x_val = x_train.reshape(shape), x_val.reshape(shape)
+    (x_train, y_train, x_val, y_val), broken, broken_val = _features(
+        folders, train_set, val_set, base, features, cache, config, stream)
+    trained, x_train, x_val = _network_to_train(
+        base, cut, len(train_set.class_names), x_train, x_val, config.seed,
+        cache)
     history = fit(trained, x_train, y_train, config,
                   validation=(x_val, y_val), frozen_statistics=True,
                   report=epoch_reporter(stream, config.epochs))
@@ -194,9 +210,30 @@ def train_transfer(folders: FolderData, *, name: str, base,
             folders, config, history, started,
             base={"model": base.ref, "weights_sha256": base.weights_sha256,
                   "fine_tune_blocks": fine_tune_blocks},
-            n_train=len(train_set.files) - len(broken), broken=broken),
+            n_train=len(train_set.files) - len(broken),
+            broken=broken + broken_val),
         metrics=_val_metrics(history, len(x_val), folders))
     return combine(base, trained), metadata
+
+
+def _network_to_train(base, cut, n_classes, x_train, x_val, seed, cache):
+    """``(network, x_train, x_val)``: a new head on the features (``cut``
+    None), or the blocks after ``cut`` and a new head, with the cached block
+    outputs reshaped to what they take."""
+    from model_store.transfer import fine_tune_network, new_head
+
+    if cut is None:
+        return new_head(x_train.shape[1], n_classes, seed=seed), x_train, \
+            x_val
+    trained = fine_tune_network(base, cut, n_classes, seed=seed)
+    shape = trained_input_shape(trained)
+    for x, part in ((x_train, "training"), (x_val, "validation")):
+        check_sides(x.shape, shape, f"the {part} outputs of "
+                    f"{base.spec['layers'][cut]['name']}",
+                    f"delete the feature cache {cache.folder} and train "
+                    f"again")
+    return (trained, x_train.reshape((-1, *shape)),
+            x_val.reshape((-1, *shape)))
 
 
 def trained_input_shape(network) -> tuple:
@@ -204,9 +241,11 @@ def trained_input_shape(network) -> tuple:
     return tuple(L.get_all_layers(network)[0].output_shape[1:])
 
 
-def _features(train_set, val_set, base, features, cache, config, stream):
+def _features(folders, train_set, val_set, base, features, cache, config,
+              stream):
     """Cached backbone outputs of the training variants and the validation
-    images: ``((x_train, y_train, x_val, y_val), broken files)``."""
+    images: ``((x_train, y_train, x_val, y_val), broken training files,
+    broken validation files)``."""
     from model_store.transfer import dataset_features
 
     started = time.monotonic()
@@ -217,13 +256,13 @@ def _features(train_set, val_set, base, features, cache, config, stream):
     x_val, y_val, broken_val = dataset_features(val_set, prep, features,
                                                 cache)
     report_broken(broken + broken_val, stream)
-    _nonempty("training", y_train, len(train_set.class_names))
-    _nonempty("validation", y_val, len(train_set.class_names))
+    check_decoded(folders, train_set.class_names, y_train, y_val, broken,
+                  broken_val)
     stream.write(f"features of {len(x_train) + len(x_val)} images from "
                  f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
                  f" in {time.monotonic() - started:.1f}s; training on "
                  f"{len(x_train)}, validating on {len(x_val)}\n")
-    return (x_train, y_train, x_val, y_val), broken + broken_val
+    return (x_train, y_train, x_val, y_val), broken, broken_val
 
 
 def _compiled_on_first_call(compile_fn: Callable) -> Callable:
@@ -240,12 +279,13 @@ def _compiled_on_first_call(compile_fn: Callable) -> Callable:
 
 def _training_record(folders, config, history, started, *, n_train, broken,
                      **extra) -> dict:
-    return dict(extra, data=folders.data, val_data=folders.val_data,
+    return dict(extra, data=printable(folders.data),
+                val_data=folders.val_data and printable(folders.val_data),
                 val_fraction=None if folders.val_data else
                 folders.val_fraction, n_train=int(n_train),
                 settings=dataclasses.asdict(config), history=history,
                 best_epoch=best_epoch(history)["epoch"],
-                skipped=[path for path, _ in broken],
+                skipped=[printable(path) for path, _ in broken],
                 seconds=round(time.monotonic() - started, 1))
 
 

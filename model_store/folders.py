@@ -27,12 +27,14 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
+from model_store.fs import escape_path, is_uri, join
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 20240611
 MIN_PER_CLASS = 2
+MIN_CLASSES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,23 +79,20 @@ def _relative_parts(root: str, path: str) -> list[str]:
 
 
 def scan_folder(root: str) -> FolderDataset:
-    """Lists ``root``'s class folders and their files.
+    """Lists ``root``'s class folders and their files. A local sub-folder
+    without image files is a class with no file (so that the class ids stay
+    those of the folder names); object stores have no empty folders.
 
     Raises:
-        ConfigError: ``root`` holds no file, or a file lies directly in
-            ``root`` (not one folder per class).
+        ConfigError: ``root`` holds no file, a file lies directly in
+            ``root`` (not one folder per class), or a class folder's name is
+            not valid UTF-8.
     """
-    fs = _filesystems()
-    if "://" not in root:
+    if not is_uri(root):
         root = os.path.abspath(root)
     root = root.rstrip("/\\") or "/"
-    try:
-        found = fs.match([fs.join(root, "**")])[0].metadata_list
-    except Exception as error:  # Beam raises its own types per filesystem
-        raise ConfigError(f"cannot list {root}: {str(error).splitlines()[0]}")\
-            from None
-    by_class: dict[str, list] = {}
-    for meta in sorted(found, key=lambda m: m.path):
+    by_class: dict[str, list] = {name: [] for name in _local_folders(root)}
+    for meta in sorted(_list_files(root), key=lambda m: m.path):
         parts = _relative_parts(root, meta.path)
         if any(part.startswith(".") for part in parts):
             continue
@@ -107,16 +106,50 @@ def scan_folder(root: str) -> FolderDataset:
         raise ConfigError(f"{root} holds no files: a folder dataset has one "
                           f"sub-folder of images per class")
     names = sorted(by_class)
+    _check_names(root, names)
     files = [ImageFile(m.path, int(m.size_in_bytes),
                        float(m.last_updated_in_seconds or 0.0), label)
              for label, name in enumerate(names) for m in by_class[name]]
     return FolderDataset(root, files, names)
 
 
+def _list_files(root: str) -> list:
+    fs = _filesystems()
+    try:
+        return fs.match([fs.join(root, "**")])[0].metadata_list
+    except Exception as error:  # Beam raises its own types per filesystem
+        raise ConfigError(f"cannot list {root}: {str(error).splitlines()[0]}")\
+            from None
+
+
+def _local_folders(root: str) -> list[str]:
+    """The sub-folders of a local ``root`` (hidden ones left out)."""
+    if is_uri(root) or not os.path.isdir(root):
+        return []
+    with os.scandir(root) as entries:
+        return [entry.name for entry in entries
+                if entry.is_dir() and not entry.name.startswith(".")]
+
+
+def _check_names(root: str, names: list) -> None:
+    """ConfigError for a class folder whose name is not valid UTF-8 (a class
+    name is text in the model's metadata)."""
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"class folder {escape_path(name)!r} in {escape_path(root)} "
+                f"has a name that is not valid UTF-8 (bad bytes shown as "
+                f"%XX): rename it, class names are stored as text") from None
+
+
 def read_image(path: str, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """One file decoded as the pipeline decodes it (before resizing)."""
-    with _filesystems().open(path) as handle:
+    # Python's open takes local names that are not UTF-8; Beam's does not.
+    with (_filesystems().open(path) if is_uri(path)
+          else open(path, "rb")) as handle:
         data = handle.read()
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,
@@ -151,19 +184,68 @@ def load_pixels(dataset: FolderDataset, prep: Preprocessing, *,
     return stacked, dataset.subset(kept), broken
 
 
-def check_classes(dataset: FolderDataset, what: str = "the data") -> None:
-    """ConfigError unless every class has at least ``MIN_PER_CLASS``
-    images (files, before decoding: checked before any work)."""
-    if not dataset.files:
-        raise ConfigError(f"{what} ({dataset.root}) has no image")
-    counts = np.bincount(dataset.labels, minlength=len(dataset.class_names))
-    small = [f"{name} ({count})" for name, count
-             in zip(dataset.class_names, counts) if count < MIN_PER_CLASS]
+def check_classes(dataset: FolderDataset, what: str = "the data", *,
+                  least: int = MIN_PER_CLASS) -> None:
+    """ConfigError unless there are at least ``MIN_CLASSES`` classes and
+    every class has at least ``least`` images (files, before decoding:
+    checked before any work)."""
+    names = dataset.class_names
+    if len(names) < MIN_CLASSES:
+        raise ConfigError(
+            f"{what} ({dataset.root}) has {len(names)} class folder(s) "
+            f"({', '.join(names)}); training needs at least {MIN_CLASSES} "
+            f"class folders: add one sub-folder of images per class")
+    counts = np.bincount(dataset.labels, minlength=len(names))
+    empty = [escape_path(join(dataset.root, name))
+             for name, count in zip(names, counts) if count == 0]
+    if empty:
+        raise ConfigError(
+            f"{what}: class folder(s) {', '.join(empty)} hold no image "
+            f"file; add images or remove the folder(s)")
+    small = [f"{name} ({count})" for name, count in zip(names, counts)
+             if count < least]
     if small:
         raise ConfigError(
             f"{what} ({dataset.root}): class(es) {', '.join(small)} have "
-            f"fewer than {MIN_PER_CLASS} images; add images or "
-            f"remove the folder")
+            f"fewer than {least} images; add images or remove the folder")
+
+
+def check_same_classes(val: FolderDataset, class_names: list, *,
+                       what: str = "--val-data") -> None:
+    """ConfigError unless ``val`` has exactly the classes ``class_names``."""
+    missing = sorted(set(class_names) - set(val.class_names))
+    extra = sorted(set(val.class_names) - set(class_names))
+    if missing or extra:
+        found = [f"{label} {', '.join(names)}" for label, names
+                 in (("missing", missing), ("extra", extra)) if names]
+        raise ConfigError(
+            f"{what} {val.root} must have the class folders of --data "
+            f"({', '.join(class_names)}): {'; '.join(found)}")
+
+
+def check_usable(labels, class_names: list, n_broken: int, what: str, *,
+                 every_class: bool = True) -> None:
+    """After decoding: ConfigError if a class (``every_class``) or every
+    class has no usable image left, naming them and the number of broken
+    files (``labels`` are those of the decoded images)."""
+    left = set(np.asarray(labels).tolist())
+    lost = [name for i, name in enumerate(class_names) if i not in left]
+    if lost and (every_class or len(lost) == len(class_names)):
+        raise ConfigError(
+            f"{what}: class(es) {', '.join(lost)} have no usable image "
+            f"({n_broken} broken file(s), listed above as 'skipped'); "
+            f"replace the broken files or add readable images")
+
+
+def check_sides(shape, expected, what: str, fix: str) -> None:
+    """ConfigError unless examples of ``shape`` (``(N, ...)``, possibly
+    flattened) have the size of ``expected``, what the network takes."""
+    got, want = tuple(shape[1:]), tuple(expected)
+    if int(np.prod(got)) != int(np.prod(want)):
+        def sides(dims):
+            return "x".join(map(str, dims))
+        raise ConfigError(f"{what} are {sides(got)} values per image but "
+                          f"the network takes {sides(want)}; {fix}")
 
 
 def stratified_split(labels: np.ndarray, fraction: float = VAL_FRACTION, *,

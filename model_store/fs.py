@@ -14,9 +14,11 @@ import contextlib
 import json
 import os
 import re
+import urllib.parse
 import uuid
 
 _SCHEME = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
+_TO_ESCAPE = re.compile("[\udc80-\udcff]|%(?=[0-9A-Fa-f]{2})")
 
 
 def _filesystems():
@@ -27,6 +29,27 @@ def _filesystems():
 def is_uri(path: str) -> bool:
     """Whether ``path`` names a Beam filesystem other than the local one."""
     return bool(_SCHEME.match(path))
+
+
+def escape_path(path: str) -> str:
+    """A local path as the pipeline carries and writes it (see
+    ``transforms.files``: bytes that are not UTF-8 as ``%XX``)."""
+    return _TO_ESCAPE.sub(
+        lambda m: "%25" if m.group() == "%" else f"%{ord(m.group()) - 0xDC00:02X}",
+        path)
+
+
+def printable(path: str) -> str:
+    """``path`` as imgclass writes it (messages, JSON): a local path
+    escaped (:func:`escape_path`), a URI as Beam lists it."""
+    return path if is_uri(path) else escape_path(path)
+
+
+def os_path(path: str) -> str:
+    """The inverse of :func:`escape_path`: the name ``os`` functions take."""
+    if "%" not in path:
+        return path
+    return os.fsdecode(urllib.parse.unquote_to_bytes(path))
 
 
 def join(base: str, *parts: str) -> str:

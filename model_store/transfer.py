@@ -207,7 +207,13 @@ def variant_rng(seed: int, name: str, copy: int) -> np.random.RandomState:
     where the dataset lies, so that a copied folder trains alike) and the
     copy number."""
     return np.random.RandomState(
-        [seed & 0xFFFFFFFF, zlib.crc32(name.encode()), copy])
+        [seed & 0xFFFFFFFF, zlib.crc32(_name_bytes(name)), copy])
+
+
+def _name_bytes(text: str) -> bytes:
+    """UTF-8, with a local name's bytes that are not UTF-8 kept as they are
+    (Python reads them as surrogates)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 # The feature cache ----------------------------------------------------------
@@ -230,8 +236,9 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def _path(self, item, variant: str) -> str:
-        key = hashlib.sha256(f"{item.path}\0{item.size}\0{item.mtime!r}\0"
-                             f"{variant}".encode()).hexdigest()
+        key = hashlib.sha256(_name_bytes(f"{item.path}\0{item.size}\0"
+                                         f"{item.mtime!r}\0{variant}")
+                             ).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".npy")
 
     def get(self, item, variant: str) -> np.ndarray | None:

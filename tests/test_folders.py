@@ -10,7 +10,13 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from model_store.datasets import digit_image
 from model_store.errors import ConfigError
-from model_store.folders import check_classes, load_pixels, scan_folder, stratified_split
+from model_store.folders import (
+    MIN_CLASSES,
+    check_classes,
+    load_pixels,
+    scan_folder,
+    stratified_split,
+)
 from model_store.preprocessing import Preprocessing
 from tests.folder_data import write_broken, write_shapes
 
@@ -135,3 +141,94 @@ def test_evaluate_reports_a_class_the_model_lacks_in_one_line(tmp_path, cli):
                          tmp_path)
     assert code == 2 and err.count("\n") == 1
     assert "not classes of the model" in err
+
+
+# Refusals before any work: exit code 2 and one line ------------------------
+
+DIGITS_SPEC = "model_store/specs/digits-cnn.json"
+TWO = {"red": (220, 40, 40), "green": (40, 200, 60)}
+
+
+def train_cli(cli, data, *extra):
+    return cli("train", "--data", data, "--name", "x", "--spec",
+               DIGITS_SPEC, *extra)
+
+
+@pytest.mark.parametrize("content", ["nothing", "hidden file only"])
+def test_an_empty_class_folder_is_a_class_and_is_refused_by_name(
+        tmp_path, cli, content):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3, classes=TWO)
+    (data / "blue").mkdir()
+    if content == "hidden file only":
+        (data / "blue" / ".DS_Store").write_bytes(b"junk")
+    # Labels stay stable: the empty folder is a class (with 0 files).
+    dataset = scan_folder(str(data))
+    assert dataset.class_names == ["blue", "green", "red"]
+    assert not any(f.label == 0 for f in dataset.files)
+    code, _, err = train_cli(cli, data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(data / "blue") in err and "no image" in err
+
+
+def test_an_empty_class_folder_of_val_data_is_refused_by_name(tmp_path, cli):
+    data, val = tmp_path / "data", tmp_path / "val"
+    write_shapes(data, per_class=3)
+    write_shapes(val, per_class=1, classes=TWO)
+    (val / "blue").mkdir()
+    code, _, err = train_cli(cli, data, "--val-data", val)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(val / "blue") in err and "no image" in err
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("one class folder", f"at least {MIN_CLASSES} class folders"),
+    ("no class folder", "holds no files"),
+    ("files only at the top", "lies directly in"),
+])
+def test_fewer_than_two_classes_are_refused_before_any_work(
+        tmp_path, cli, layout, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "one class folder":
+        write_shapes(data, per_class=5, classes={"red": (220, 40, 40)})
+    elif layout == "files only at the top":
+        for n in range(3):
+            Image.new("RGB", (8, 8)).save(data / f"{n}.png")
+    code, _, err = train_cli(cli, data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+
+
+def test_val_data_must_have_the_classes_of_data(tmp_path, cli):
+    data, val = tmp_path / "data", tmp_path / "val"
+    write_shapes(data, per_class=3)
+    write_shapes(val, per_class=2, classes=TWO)
+    code, _, err = train_cli(cli, data, "--val-data", val)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "blue" in err and "missing" in err
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
+        tmp_path, cli):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3, classes=TWO)
+    bad = os.path.join(os.fsencode(data), b"caf\xe9")
+    os.mkdir(bad)
+    for n in range(3):
+        Image.new("RGB", (8, 8)).save(os.fsdecode(bad) + f"/{n}.png")
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", DIGITS_SPEC)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "caf%E9" in err and "UTF-8" in err
+    assert not store.exists() or not any(store.iterdir())
+
+
+def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
+        tmp_path, cli):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    code, _, err = train_cli(cli, data)  # digits-cnn: 10 outputs
+    assert code == 2 and err.count("\n") == 1, err
+    assert "10 outputs" in err and "3 classes" in err

@@ -326,3 +326,113 @@ def test_fine_tune_blocks_trains_the_last_block_only(shapes, tmp_path, cli):
     code, _, err = cli("--store", root, "train", "--data", shapes, "--name",
                        "x", "--base", "blocks", "--fine-tune-blocks", "3")
     assert code == 2 and "--fine-tune-blocks must be from 1 to 2" in err
+
+
+# After decoding: unusable data stops in one line; counts in the metadata ---
+
+def tiny_spec(tmp_path, n_classes=3):
+    """BACKBONE's first layers with ``n_classes`` outputs, as a spec file."""
+    spec = dict(BACKBONE, layers=BACKBONE["layers"][:3] + [
+        {"type": "dense", "name": "out", "num_units": n_classes,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "prob"}])
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def error_lines(err):
+    return [line for line in err.splitlines()
+            if line.startswith("imgclass: error:")]
+
+
+@pytest.mark.parametrize("how", ["base", "spec"])
+@pytest.mark.parametrize("broken", ["one class", "every class"])
+def test_classes_with_no_usable_image_stop_after_decoding(
+        backbone_store, tmp_path, cli, how, broken):
+    data = tmp_path / "data"
+    classes = {"red": (220, 40, 40), "green": (40, 200, 60)}
+    if broken == "one class":
+        write_shapes(data, per_class=3, classes=classes)
+    bad = [path for name in ("red", "green", "blue")
+           if broken == "every class" or name == "blue"
+           for path in write_broken(data / name) + write_broken(
+               data / name / "more")]
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path)]
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "x", "--no-augment", *model)
+    assert code == 2 and len(error_lines(err)) == 1, err
+    line = error_lines(err)[0]
+    assert "blue" in line and f"{len(bad)} broken" in line
+    assert ("red" in line) == (broken == "every class")
+    assert err.count("\nskipped ") + err.startswith("skipped ") == len(bad)
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
+def test_examples_of_other_sides_than_the_network_takes_are_refused(
+        tmp_path, shapes):
+    """Block outputs (e.g. from a stale cache) whose size is not the one
+    the fine-tuned blocks take: one clear line, not a Theano shape error."""
+    from model_store.errors import ConfigError
+
+    root = str(tmp_path / "store")
+    store.save_model(build_network(BLOCKS, seed=3), name="blocks", root=root,
+                     metadata=dict(PREP, class_names=list("abcde")))
+    base = store.load_model("blocks", root=root)
+    outputs = compile_features(base, cut=4)
+    with pytest.raises(ConfigError) as refused:
+        train_transfer(FolderData(shapes), name="ft", base=base,
+                       config=TrainConfig(epochs=1, augment_copies=0),
+                       fine_tune_blocks=1,
+                       features=lambda batch: outputs(batch)[:, :-8],
+                       cache_directory=str(tmp_path / "cache"))
+    message = str(refused.value)
+    assert "\n" not in message and "8x12x12" in message
+
+
+@pytest.mark.parametrize("how", ["base", "spec"])
+def test_n_train_subtracts_only_the_broken_training_files(
+        backbone_store, tmp_path, cli, how):
+    data, val = tmp_path / "data", tmp_path / "val"
+    train_files = list(write_shapes(data, per_class=4)) + write_broken(
+        data / "red")
+    val_files = list(write_shapes(val, per_class=2, seed=7)) + [
+        *write_broken(val / "green"), *write_broken(val / "blue")]
+    k, j = 2, 4  # broken files written in --data and in --val-data
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path)]
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--val-data", val, "--name", "counted", "--epochs",
+                       "1", "--no-augment", *model)
+    assert code == 0, err
+    with open(os.path.join(backbone_store, "counted", "1",
+                           "metadata.json"), encoding="utf-8") as handle:
+        metadata = json.load(handle)
+    assert metadata["training"]["n_train"] == len(train_files) - k
+    assert metadata["metrics"]["n_test"] == len(val_files) - j
+    assert len(metadata["training"]["skipped"]) == k + j
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_metadata_stays_utf8(
+        backbone_store, tmp_path, cli):
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    folder = os.fsencode(data / "red")
+    Image.new("RGB", (30, 30), (220, 40, 40)).save(
+        os.fsdecode(os.path.join(folder, b"caf\xe9.png")), "PNG")
+    with open(os.path.join(folder, b"bad\xff.jpg"), "wb") as handle:
+        handle.write(b"not a picture")
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "u", "--base", "tiny", "--epochs", "1",
+                       "--no-augment")
+    assert code == 0, err
+    assert "bad%FF.jpg" in err
+    with open(os.path.join(backbone_store, "u", "1", "metadata.json"),
+              encoding="utf-8") as handle:
+        text = handle.read()
+    assert "\\udc" not in text
+    metadata = json.loads(text)
+    assert metadata["training"]["skipped"] == [
+        str(data / "red" / "bad%FF.jpg")]
+    assert metadata["training"]["n_train"] + metadata["metrics"][
+        "n_test"] == 3 * 3 + 1

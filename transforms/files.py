@@ -31,16 +31,14 @@ import errno
 import os
 import re
 import stat
-import urllib.parse
 import warnings
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 from model_store.errors import ImgclassError
-from model_store.fs import is_uri
+from model_store.fs import escape_path, is_uri, os_path  # noqa: F401 (re-exported)
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 _CHUNK = 1 << 20
-_TO_ESCAPE = re.compile("[\udc80-\udcff]|%(?=[0-9A-Fa-f]{2})")
 GLOB_CHARS = "*?["
 # glob.escape's form: one glob character alone in a character class.
 _ESCAPED_CHAR = re.compile(r"\[([*?\[])\]")
@@ -67,20 +65,6 @@ class ListingError(NamedTuple):
     path: str  # escaped, as every path the pipeline carries
     error_type: str
     message: str
-
-
-def escape_path(path: str) -> str:
-    """A local path as the pipeline carries and writes it (see module doc)."""
-    return _TO_ESCAPE.sub(
-        lambda m: "%25" if m.group() == "%" else f"%{ord(m.group()) - 0xDC00:02X}",
-        path)
-
-
-def os_path(path: str) -> str:
-    """The inverse of :func:`escape_path`: the name ``os`` functions take."""
-    if "%" not in path:
-        return path
-    return os.fsdecode(urllib.parse.unquote_to_bytes(path))
 
 
 def escape_glob(path: str) -> str:
