@@ -6,6 +6,7 @@ Layout of ``DIR`` (the output contract, documented in the README)::
     DIR/predictions/[run_date=YYYY-MM-DD/]part-<run_id>-SSSSS-of-NNNNN.parquet
     DIR/errors/[run_date=YYYY-MM-DD/]part-<run_id>-SSSSS-of-NNNNN.parquet
     DIR/_manifest.json
+    DIR/_layout.json               partition layout and table format
     DIR/_SUCCESS                   written last, only when the run finished
 
     DIR/_runs/<run_id>.json        every published run's manifest
@@ -322,7 +323,8 @@ class RunOutputs:
     run's manifest, with its sha256) is written to
     ``_staging/<run_id>/_publish.json`` atomically; until it is, nothing
     visible has changed. Then :func:`_complete` removes ``_SUCCESS``,
-    deletes, moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
+    deletes, writes ``_layout.json`` (the run's layout and table format,
+    ``pipeline/layout.py``), moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
     ``_SUCCESS``, and removes the staging folder. Each step can be done
     again, so if the process dies part way, the next run on the same output
     (:func:`recover`) completes it: a run is published whole or not at all,
@@ -423,11 +425,16 @@ def recover(output: str) -> list[str]:
 def _complete(output: str, staging: str, record: dict) -> None:
     """Publishes a run whose record is durable. Every step can be redone:
     whatever is already deleted or moved is skipped."""
+    from pipeline import layout  # it reads outputs' names
+
     manifest = record["manifest"]
     done = join(output, SUCCESS)
     for path in [done, *record["deletes"]]:
         if FileSystems.exists(path):
             _delete_file(path)
+    # Before any of the run's files is visible, so that no published file
+    # is ever in an output whose layout and format are not recorded.
+    _write_file(join(output, layout.LAYOUT_FILE), layout.record_bytes(manifest))
     for src, dst in record["moves"]:
         if FileSystems.exists(src):
             folder = fs.split(dst)[0]

@@ -388,23 +388,16 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
     from model_store.store import load_model
 
     patterns, partition = validate(config)
-    layout.check(config.output, layout.layout_of(partition),
-                 overwrite=config.overwrite)
     table_spec(config, partition)  # its mistakes, before any work
     check_matches(config)
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(now)
     with (contextlib.nullcontext() if output_locked
           else outputs.locked(config.output, run_id)):
-        try:
-            recovered = outputs.recover(config.output)
-        except Exception as error:  # e.g. a full disk: the next run retries
-            raise RunFailed(f"could not complete the interrupted publishing "
-                            f"in {config.output}: {type(error).__name__}: "
-                            f"{_last_line(error)}") from error
-        if recovered:
-            print(f"imgclass: finished publishing interrupted run(s) "
-                  f"{', '.join(recovered)}", file=log)
+        recover(config.output, log)
+        # Judged on the output as recovery left it, before any work.
+        layout.check(config.output, layout.layout_of(partition),
+                     config.table_format, overwrite=config.overwrite)
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
         stored = load_model(config.model_ref, root=config.store)
@@ -418,8 +411,21 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
             paths.discard_staging()
             raise
         _publish(paths, staged, manifest, overwrite=config.overwrite)
-        layout.record(config.output, manifest["layout"])
     return manifest
+
+
+def recover(output: str, log) -> None:
+    """Completes interrupted publishing in ``output`` (holding its lock);
+    RunFailed when it cannot."""
+    try:
+        recovered = outputs.recover(output)
+    except Exception as error:  # e.g. a full disk: the next run retries
+        raise RunFailed(f"could not complete the interrupted publishing "
+                        f"in {output}: {type(error).__name__}: "
+                        f"{_last_line(error)}") from error
+    if recovered:
+        print(f"imgclass: finished publishing interrupted run(s) "
+              f"{', '.join(recovered)}", file=log)
 
 
 def _stage(config, options, runner, stored, patterns, paths, started, log):
