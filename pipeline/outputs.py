@@ -101,6 +101,18 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
+def error_line(error: BaseException) -> str:
+    """The one line of ``error`` that says what failed: the first (pyiceberg,
+    deltalake and SQLAlchemy add lines of background), or the last of a
+    message holding a traceback (Beam wraps a worker's error in one)."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)")
+           for line in lines):
+        lines = lines[-1:]
+    return lines[0][:500] if lines else ""
+
+
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
@@ -118,7 +130,7 @@ def check_output(output: str) -> None:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as error:  # any filesystem's refusal means unwritable
-        message = getattr(error, "strerror", None) or str(error).split("\n")[0]
+        message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
 
@@ -420,6 +432,12 @@ def recover(output: str) -> list[str]:
         recovered.append(record["manifest"]["run_id"])
     _delete_quietly(join(output, STAGING))
     return recovered
+
+
+def pending_publishes(output: str) -> list[str]:
+    """The staging folders of runs whose publishing is to be completed."""
+    return [path[: -len(PUBLISH) - 1]
+            for path in fs.match(join(output, STAGING, "*", PUBLISH))]
 
 
 def _complete(output: str, staging: str, record: dict) -> None:

@@ -1,15 +1,16 @@
 """An output's table format (parquet, delta, iceberg) is fixed by its first
-run, as its layout is; --overwrite never touches a Delta or Iceberg table.
-The outputs are read back as outside readers do (pyarrow, deltalake,
-pyiceberg)."""
+run, as its layout is; --overwrite never touches a Delta or Iceberg table;
+an explicit Iceberg catalog is opened before any work. The outputs are read
+back as outside readers do (pyarrow, deltalake, pyiceberg)."""
 
 import json
 import os
+import sqlite3
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import tables
+from pipeline import outputs, tables
 from tests.conftest import write_digits
 
 TABLE_FORMATS = ["delta", "iceberg"]
@@ -114,3 +115,54 @@ def test_a_parquet_output_refuses_table_formats(tmp_path, images, cli,
     before.remove("_layout.json")
     assert listing(output) == before
     assert read_paths(output, "parquet")[1] == sorted(truth)
+
+
+@pytest.mark.parametrize("catalog", ["missing-folder", "not-a-database",
+                                     "no-such-dialect", "no-driver"])
+def test_an_iceberg_catalog_that_cannot_be_opened_is_refused_before_work(
+        tmp_path, images, cli, monkeypatch, catalog):
+    """I1: found before any work, one line naming the URI, exit 2."""
+    folder, _ = images
+    forbid_work(monkeypatch)
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("not a database\n" * 100)
+    uri = {"missing-folder": f"sqlite:///{tmp_path}/missing/catalog.db",
+           "not-a-database": f"sqlite:///{not_a_database}",
+           "no-such-dialect": "nosuchdb://host/catalog",
+           "no-driver": "postgresql://127.0.0.1:1/catalog"}[catalog]
+    output = str(tmp_path / "out")
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--iceberg-catalog", uri)
+    assert f"--iceberg-catalog {uri!r} cannot be opened" in err
+    assert "Background on this error" not in err  # only the first line
+    assert not os.path.exists(output)
+
+
+def test_an_explicit_sqlite_catalog_is_created_on_first_use(
+        tmp_path, images, cli):
+    """A catalog file that does not exist yet, in a folder that does, is a
+    new catalog (the first run of a new lake), not a mistake."""
+    folder, truth = images
+    output, catalog = str(tmp_path / "out"), tmp_path / "lake.db"
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--table-format", "iceberg", "--iceberg-catalog",
+                       f"sqlite:///{catalog}", "-q")
+    assert code == 0, err
+    with sqlite3.connect(catalog) as db:
+        assert db.execute("select table_name from iceberg_tables order by "
+                          "1").fetchall() == [("errors",), ("predictions",)]
+
+
+def test_error_line_is_the_line_that_says_what_failed():
+    assert outputs.error_line(OSError(28, "No space left on device")) == \
+        "[Errno 28] No space left on device"
+    assert outputs.error_line(RuntimeError(
+        "(sqlite3.OperationalError) database is locked\n(Background on "
+        "this error at: https://sqlalche.me/e/20/e3q8)")) == \
+        "(sqlite3.OperationalError) database is locked"
+    # Beam wraps a worker's error in the traceback; its last line says it.
+    assert outputs.error_line(RuntimeError(
+        "Pipeline failed\nTraceback (most recent call last):\n  File "
+        "\"x.py\", line 1\nValueError: bad pixels [while running 'X']\n")) \
+        == "ValueError: bad pixels [while running 'X']"
+    assert outputs.error_line(RuntimeError("")) == ""
