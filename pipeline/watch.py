@@ -199,12 +199,12 @@ def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
     stored = load_model(base.model_ref, root=base.store)
     # "latest" is resolved once: every window uses the same version, and the
     # ledger check is for that version (restart to change models).
-    return dataclasses.replace(
+    base = dataclasses.replace(
         base,
         model_ref=(base.model_ref if looks_like_path(base.model_ref)
                    else stored.ref),
-        top_k=top_k_for(base.top_k, len(stored.class_names), stored.ref)), \
-        stored
+        top_k=top_k_for(base.top_k, len(stored.class_names), stored.ref))
+    return base, stored
 
 
 def _resume(output: str, seconds: int, clock) -> Window:
