@@ -1,14 +1,20 @@
-"""An output's partition layout is fixed by its first run.
+"""An output's partition layout and table format are fixed by its first run.
 
 Readers (DuckDB, Polars, Spark) fail on an output that mixes
 ``predictions/part-*.parquet`` with ``predictions/run_date=.../`` folders,
-or ``run_date=`` with ``date=/hour=`` partitions. So the first run that
-publishes into an output records its layout in ``DIR/_layout.json``
-(``none``, ``run_date`` or ``date/hour``, the Hive keys joined by ``/``),
-and a later run with another layout stops with one line (exit 2) before
-any work. Outputs written before the record existed have their layout read
-from their folders. ``--overwrite`` replaces the earlier runs, so it may
-change the layout.
+or ``run_date=`` with ``date=/hour=`` partitions, and no reader queries a
+Delta table, an Iceberg table and plain Parquet files as one. So publishing
+a run records its layout (``none``, ``run_date`` or ``date/hour``, the Hive
+keys joined by ``/``) and table format (``parquet``, ``delta``,
+``iceberg``) in ``DIR/_layout.json``, as a step of the publish record that
+recovery completes (``pipeline/outputs.py``), before any of the run's
+files is visible. A later run with another layout or format stops with one
+line (exit 2) before any work, once it holds the output's lock and has
+completed interrupted publishing. Outputs written before the record existed
+have their layout read from their folders and their format from what is on
+disk (``_delta_log/``, Iceberg ``metadata/``). ``--overwrite`` replaces the
+earlier runs, so it may change the layout, but never replaces a Delta or
+Iceberg table: it would delete files under the table's log.
 """
 
 from __future__ import annotations
@@ -20,10 +26,20 @@ from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
 from model_store.errors import ConfigError
-from pipeline import outputs
+from pipeline import outputs, tables
 
 LAYOUT_FILE = "_layout.json"
 NONE = "none"
+# How each table format shows on disk: (folder in a table, files in it).
+_TABLE_MARKERS = {"delta": ("_delta_log", "*.json"),
+                  "iceberg": ("metadata", "*.metadata.json")}
+_FORMATS = {"parquet": "Parquet files (--table-format parquet)",
+            "delta": "a Delta Lake table (--table-format delta)",
+            "iceberg": "an Iceberg table (--table-format iceberg)"}
+# What to use instead of --overwrite on a table.
+_TABLE_TOOLS = {"delta": "deltalake's DeltaTable.delete, or write_deltalake "
+                         "with mode='overwrite'",
+                "iceberg": "pyiceberg's Table.delete or Table.overwrite"}
 
 
 def layout_of(partition: Optional[str]) -> str:
@@ -35,18 +51,33 @@ def layout_of(partition: Optional[str]) -> str:
     return "/".join(part.split("=", 1)[0] for part in partition.split("/"))
 
 
+def record_bytes(manifest: dict) -> bytes:
+    """``DIR/_layout.json`` for a run's manifest (publishing writes it)."""
+    table = manifest.get("table") or {}
+    layout = manifest.get("layout") or layout_of(manifest.get("partition"))
+    return fs.json_bytes({"layout": layout, "table_format": table.get(
+        "format", tables.DEFAULT_FORMAT)})
+
+
+def _record(output: str) -> dict:
+    """``DIR/_layout.json``, or {} (none yet, or torn: read the disk)."""
+    path = fs.join(output, LAYOUT_FILE)
+    if not FileSystems.exists(path):
+        return {}
+    try:
+        with FileSystems.open(path) as handle:
+            record = json.loads(handle.read())
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def recorded(output: str) -> Optional[str]:
     """The layout ``output`` holds: recorded, else read from its folders,
     else None (no run published yet)."""
-    path = fs.join(output, LAYOUT_FILE)
-    if FileSystems.exists(path):
-        try:
-            with FileSystems.open(path) as handle:
-                layout = json.loads(handle.read())["layout"]
-            if isinstance(layout, str):
-                return layout
-        except (ValueError, KeyError, TypeError):
-            pass  # a torn record: read the folders instead
+    layout = _record(output).get("layout")
+    if isinstance(layout, str):
+        return layout
     found = _layouts_on_disk(output)
     if len(found) > 1:
         raise ConfigError(f"output {output!r} already mixes layouts "
@@ -55,10 +86,42 @@ def recorded(output: str) -> Optional[str]:
     return found.pop() if found else None
 
 
-def check(output: str, layout: str, *, overwrite: bool = False) -> None:
-    """Refuses a run whose layout differs from the output's (one line)."""
+def recorded_format(output: str) -> Optional[str]:
+    """The table format ``output`` holds: recorded, else read from what is
+    on disk, else None (no run published yet)."""
+    table_format = _record(output).get("table_format")
+    if table_format in tables.FORMATS:
+        return table_format
+    for name, (folder, files) in _TABLE_MARKERS.items():
+        for kind in outputs.PARTITIONED:
+            if fs.match(fs.join(output, kind, folder, files)):
+                return name
+    if outputs.holds_earlier_run(output):
+        return tables.DEFAULT_FORMAT
+    return None
+
+
+def check(output: str, layout: str, table_format: str, *,
+          overwrite: bool = False) -> None:
+    """Refuses a run whose layout or table format differs from the
+    output's, or that would overwrite a table (one line). Call it holding
+    the output's lock, after ``outputs.recover``."""
+    existing_format = recorded_format(output)
     if overwrite:
+        if existing_format in _TABLE_TOOLS:
+            raise ConfigError(
+                f"output {output!r} holds {_FORMATS[existing_format]}: "
+                f"--overwrite would delete files under the table and break "
+                f"its log; give a new --output folder for a new table, or "
+                f"change its rows with the table's own tools "
+                f"({_TABLE_TOOLS[existing_format]})")
         return
+    if existing_format not in (None, table_format):
+        raise ConfigError(
+            f"output {output!r} holds {_FORMATS[existing_format]}, this run "
+            f"would write {_FORMATS[table_format]}; readers cannot query "
+            f"both together: give the same --table-format, or another "
+            f"output folder")
     existing = recorded(output)
     if existing is not None and existing != layout:
         raise ConfigError(
@@ -66,12 +129,6 @@ def check(output: str, layout: str, *, overwrite: bool = False) -> None:
             f"run would write {_describe(layout)}; readers cannot query "
             f"both together: use the same layout, another output folder, "
             f"or --overwrite to replace the earlier runs")
-
-
-def record(output: str, layout: str) -> None:
-    """Writes ``DIR/_layout.json`` (after a run published)."""
-    fs.create(fs.join(output, LAYOUT_FILE),
-              (json.dumps({"layout": layout}) + "\n").encode())
 
 
 def _describe(layout: str) -> str:
@@ -92,6 +149,8 @@ def _layouts_on_disk(output: str) -> set:
             for metadata in FileSystems.match([pattern])[0].metadata_list:
                 relative = metadata.path[len(fs.join(output, kind)):]
                 folders = relative.strip("/").split("/")[:-1]
+                if folders and folders[0].startswith("_"):
+                    continue  # a table's own files (_delta_log/)
                 found.add(layout_of("/".join(folders)) if folders else NONE)
                 break  # one file per depth tells the layout
     return found

@@ -6,6 +6,7 @@ Layout of ``DIR`` (the output contract, documented in the README)::
     DIR/predictions/[run_date=YYYY-MM-DD/]part-<run_id>-SSSSS-of-NNNNN.parquet
     DIR/errors/[run_date=YYYY-MM-DD/]part-<run_id>-SSSSS-of-NNNNN.parquet
     DIR/_manifest.json
+    DIR/_layout.json               partition layout and table format
     DIR/_SUCCESS                   written last, only when the run finished
 
     DIR/_runs/<run_id>.json        every published run's manifest
@@ -100,6 +101,18 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
+def error_line(error: BaseException) -> str:
+    """The one line of ``error`` that says what failed: the first (pyiceberg,
+    deltalake and SQLAlchemy add lines of background), or the last of a
+    message holding a traceback (Beam wraps a worker's error in one)."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)")
+           for line in lines):
+        lines = lines[-1:]
+    return lines[0][:500] if lines else ""
+
+
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
@@ -117,7 +130,7 @@ def check_output(output: str) -> None:
             handle.write(b"ok")
         FileSystems.delete([probe])
     except Exception as error:  # any filesystem's refusal means unwritable
-        message = getattr(error, "strerror", None) or str(error).split("\n")[0]
+        message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
 
@@ -322,7 +335,8 @@ class RunOutputs:
     run's manifest, with its sha256) is written to
     ``_staging/<run_id>/_publish.json`` atomically; until it is, nothing
     visible has changed. Then :func:`_complete` removes ``_SUCCESS``,
-    deletes, moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
+    deletes, writes ``_layout.json`` (the run's layout and table format,
+    ``pipeline/layout.py``), moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
     ``_SUCCESS``, and removes the staging folder. Each step can be done
     again, so if the process dies part way, the next run on the same output
     (:func:`recover`) completes it: a run is published whole or not at all,
@@ -420,14 +434,25 @@ def recover(output: str) -> list[str]:
     return recovered
 
 
+def pending_publishes(output: str) -> list[str]:
+    """The staging folders of runs whose publishing is to be completed."""
+    return [path[: -len(PUBLISH) - 1]
+            for path in fs.match(join(output, STAGING, "*", PUBLISH))]
+
+
 def _complete(output: str, staging: str, record: dict) -> None:
     """Publishes a run whose record is durable. Every step can be redone:
     whatever is already deleted or moved is skipped."""
+    from pipeline import layout  # it reads outputs' names
+
     manifest = record["manifest"]
     done = join(output, SUCCESS)
     for path in [done, *record["deletes"]]:
         if FileSystems.exists(path):
             _delete_file(path)
+    # Before any of the run's files is visible, so that no published file
+    # is ever in an output whose layout and format are not recorded.
+    _write_file(join(output, layout.LAYOUT_FILE), layout.record_bytes(manifest))
     for src, dst in record["moves"]:
         if FileSystems.exists(src):
             folder = fs.split(dst)[0]

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from model_store import DEFAULT_MODEL
+from model_store import DEFAULT_MODEL, fs
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
 from pipeline import inputs, layout, outputs, tables
@@ -402,23 +402,18 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
     from model_store.store import load_model
 
     patterns, partition = validate(config)
-    layout.check(config.output, layout.layout_of(partition),
-                 overwrite=config.overwrite)
-    table_spec(config, partition)  # its mistakes, before any work
+    spec = table_spec(config, partition)  # its mistakes, before any work
+    if config.iceberg_catalog is not None:
+        tables.open_catalog(spec)
     check_matches(config)
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(now)
     with (contextlib.nullcontext() if output_locked
           else outputs.locked(config.output, run_id)):
-        try:
-            recovered = outputs.recover(config.output)
-        except Exception as error:  # e.g. a full disk: the next run retries
-            raise RunFailed(f"could not complete the interrupted publishing "
-                            f"in {config.output}: {type(error).__name__}: "
-                            f"{_last_line(error)}") from error
-        if recovered:
-            print(f"imgclass: finished publishing interrupted run(s) "
-                  f"{', '.join(recovered)}", file=log)
+        recover(config.output, log)
+        # Judged on the output as recovery left it, before any work.
+        layout.check(config.output, layout.layout_of(partition),
+                     config.table_format, overwrite=config.overwrite)
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
         stored = load_model(config.model_ref, root=config.store)
@@ -432,8 +427,26 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
             paths.discard_staging()
             raise
         _publish(paths, staged, manifest, overwrite=config.overwrite)
-        layout.record(config.output, manifest["layout"])
     return manifest
+
+
+def recover(output: str, log) -> None:
+    """Completes interrupted publishing in ``output`` (holding its lock);
+    RunFailed, saying how to get out, when it cannot."""
+    try:
+        recovered = outputs.recover(output)
+    except Exception as error:  # e.g. a full disk: the next run retries
+        pending = ", ".join(outputs.pending_publishes(output)) or \
+            fs.join(output, outputs.STAGING)
+        raise RunFailed(
+            f"could not complete the interrupted publishing in {output}: "
+            f"{type(error).__name__}: {outputs.error_line(error)}; fix that "
+            f"and run again (each run retries it), or, to abandon that run, "
+            f"move {pending} out of {output} (files it already moved stay, "
+            f"listed in its {outputs.PUBLISH})") from error
+    if recovered:
+        print(f"imgclass: finished publishing interrupted run(s) "
+              f"{', '.join(recovered)}", file=log)
 
 
 def _stage(config, options, runner, stored, patterns, paths, started, log):
@@ -512,7 +525,7 @@ def _wait(pipeline, paths):
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
-                        f"{_last_line(error)}") from error
+                        f"{outputs.error_line(error)}") from error
 
 
 def _interrupted(error: BaseException) -> bool:
@@ -595,7 +608,7 @@ def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
                           f"{later}") from None
     except Exception as error:
         raise RunFailed(f"run {paths.run_id}: publishing failed "
-                        f"({type(error).__name__}: {_last_line(error)}); "
+                        f"({type(error).__name__}: {outputs.error_line(error)}); "
                         f"{later}") from error
 
 
@@ -716,12 +729,6 @@ def _after_counts(batches, matched, counted, paths):
 def _after(batch, *_written):
     """A batch, once the side inputs ``_written`` exist."""
     return batch
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    # Beam wraps worker errors in long tracebacks; the last line is the cause.
-    return lines[-1].strip()[:500] if lines else ""
 
 
 def _metrics(result) -> dict:

@@ -158,6 +158,8 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
     from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
 
+    from pipeline.outputs import error_line
+
     root = table_location(spec.output, name)
     app_id = APP_PREFIX + manifest["run_id"]
     schema = table_schema(paths, partition)
@@ -198,7 +200,7 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
             error = failed
     raise RuntimeError(f"Delta table {root}: could not commit run "
                        f"{manifest['run_id']} after {COMMIT_ATTEMPTS} "
-                       f"attempts: {error}")
+                       f"attempts: {error_line(error)}")
 
 
 def _add_action(root: str, path: str, partition: dict):
@@ -247,6 +249,22 @@ def iceberg_catalog(spec: TableSpec):
     return SqlCatalog(CATALOG_NAME, **properties)
 
 
+def open_catalog(spec: TableSpec) -> None:
+    """Connects to the Iceberg catalog of ``spec`` (an explicit
+    ``--iceberg-catalog``) before any work; ConfigError if it cannot be
+    opened. A SQLite file that does not exist yet, in a folder that does,
+    is a new catalog and is created."""
+    from pipeline.outputs import error_line
+
+    try:
+        iceberg_catalog(spec)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy, drivers, I/O
+        raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot be "
+                          f"opened ({type(error).__name__}: "
+                          f"{error_line(error)}); fix the URI, start the "
+                          f"database or install its driver") from None
+
+
 def iceberg_table(spec: TableSpec, name: str, schema=None):
     """Loads the table ``namespace.name``; creates it (located in the
     output folder) when it is missing and ``schema`` is given."""
@@ -293,7 +311,7 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
     from pyiceberg.exceptions import CommitFailedException
     from sqlalchemy.exc import OperationalError
 
-    from pipeline.outputs import count_rows
+    from pipeline.outputs import count_rows, error_line
 
     schema = _read_schema(paths[0]).remove_metadata()
     rows = count_rows(paths)
@@ -316,7 +334,7 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
             error = failed  # a concurrent commit, or SQLite busy: retry
     raise RuntimeError(f"Iceberg table {spec.namespace}.{name}: could not "
                        f"commit run {manifest['run_id']} after "
-                       f"{COMMIT_ATTEMPTS} attempts: {error}")
+                       f"{COMMIT_ATTEMPTS} attempts: {error_line(error)}")
 
 
 def _iceberg_path(path: str) -> str:

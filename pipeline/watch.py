@@ -61,6 +61,7 @@ from pipeline.run import (
     RunFailed,
     make_runner,
     pipeline_options,
+    recover,
     run_classify,
     validate,
 )
@@ -155,12 +156,16 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     seconds = check_settings(interval, window, settle)
     stop = stop_event if stop_event is not None else threading.Event()
     wait = stop.wait if wait is None else wait
-    base, stored = _window_config(config, settle)
+    base = _window_config(config, settle)
     patterns, _ = validate(base)
-    _check_layout(base.output)
-    layout.check(base.output, layout.layout_of(hour_partition(0)))
     with outputs.locked(base.output, f"watch-{os.getpid()}"):
-        current = _resume(base.output, seconds, log, clock)
+        recover(base.output, log)
+        # Judged on the output as recovery left it, before any work.
+        _check_layout(base.output)
+        layout.check(base.output, layout.layout_of(hour_partition(0)),
+                     base.table_format)
+        base, stored = _with_model(base)
+        current = _resume(base.output, seconds, clock)
         watcher = _Watcher(base, patterns, stored, log=log, clock=clock)
         _announce(config, base.output, stored, interval, settle, seconds, log)
         while not stop.is_set():
@@ -176,33 +181,35 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     return watcher.counts
 
 
-def _window_config(config: ClassifyConfig,
-                   settle: float) -> tuple[ClassifyConfig, object]:
-    """Loads the model once and checks ``top_k`` against it; ``(the
-    configuration of every window's run, the StoredModel)``."""
+def _window_config(config: ClassifyConfig, settle: float) -> ClassifyConfig:
+    """The configuration of every window's run (checks the Beam options);
+    its model is resolved by :func:`_with_model`."""
+    make_runner(pipeline_options(config.beam_args))  # bad options, now
+    return dataclasses.replace(
+        config, partition_by="none", run_date=None, overwrite=False,
+        skip_done=True, partition=None, settle=float(settle), window=None,
+        allow_empty=True)
+
+
+def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
+    """Loads the model once and checks ``top_k`` against it; ``(base with
+    the model resolved, the StoredModel)``."""
     from model_store.store import load_model, looks_like_path
 
-    make_runner(pipeline_options(config.beam_args))  # bad options, now
-    stored = load_model(config.model_ref, root=config.store)
+    stored = load_model(base.model_ref, root=base.store)
     # "latest" is resolved once: every window uses the same version, and the
     # ledger check is for that version (restart to change models).
     base = dataclasses.replace(
-        config,
-        model_ref=(config.model_ref if looks_like_path(config.model_ref)
+        base,
+        model_ref=(base.model_ref if looks_like_path(base.model_ref)
                    else stored.ref),
-        partition_by="none", run_date=None, overwrite=False, skip_done=True,
-        partition=None, settle=float(settle), window=None, allow_empty=True,
-        top_k=top_k_for(config.top_k, len(stored.class_names), stored.ref))
+        top_k=top_k_for(base.top_k, len(stored.class_names), stored.ref))
     return base, stored
 
 
-def _resume(output: str, seconds: int, log, clock) -> Window:
-    """Finishes what an earlier run or watcher left (publishing, markers,
-    ``_SUCCESS``); the window open now."""
-    recovered = outputs.recover(output)
-    if recovered:
-        print(f"imgclass: finished publishing interrupted run(s) "
-              f"{', '.join(recovered)}", file=log)
+def _resume(output: str, seconds: int, clock) -> Window:
+    """Finishes what an earlier watcher left (markers, ``_SUCCESS``; the
+    caller completed interrupted publishing); the window open now."""
     current = window_at(clock(), seconds)
     _reconcile(output, current, clock())
     return current

@@ -126,18 +126,43 @@ def test_recovery_that_fails_is_one_line_and_retried_by_the_next_run(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(outputs, "_move", full_disk)
+    (staging,) = glob.glob(os.path.join(output, "_staging", "*"))
     code, _, err = classify(cli, [first], output, "--skip-done")
     assert code == 1
-    assert err.strip().splitlines() == [
+    (line,) = err.strip().splitlines()
+    assert line.startswith(
         f"imgclass: run failed: could not complete the interrupted "
         f"publishing in {output}: OSError: [Errno 28] No space left on "
-        f"device"]
+        f"device; ")
+    # How to get out: fix the cause and run again, or move the run aside.
+    assert "run again" in line and f"move {staging} out of" in line
     monkeypatch.undo()
     code, _, err = classify(cli, [first], output, "--skip-done")
     assert code == 0, err
     assert lake_paths(output) == sorted(
         os.path.join(first, n) for n in files_in(first))
     assert len(runs(output)) == 2
+
+
+def test_a_publishing_error_is_reported_by_its_first_line(
+        cli, images, tmp_path, monkeypatch):
+    """pyiceberg and deltalake (and SQLAlchemy below them) add lines of
+    background to their errors; the message keeps the first."""
+    first, _ = images
+    output = str(tmp_path / "out")
+
+    def conflict(*args):
+        raise RuntimeError("(sqlite3.OperationalError) database is locked\n"
+                           "(Background on this error at: https://sqlalche"
+                           ".me/e/20/e3q8)")
+
+    monkeypatch.setattr(outputs, "_move", conflict)
+    code, _, err = classify(cli, [first], output)
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("imgclass: run failed: ")
+    assert "publishing failed (RuntimeError: (sqlite3.OperationalError) " \
+        "database is locked); the next run" in line
 
 
 def test_a_torn_publish_record_is_discarded_without_a_traceback(

@@ -239,3 +239,46 @@ def test_retry_errors_needs_skip_done(tmp_path, cli):
     code, _, err = cli("classify", "--input", folder, "--output",
                        tmp_path / "out", "--retry-errors")
     assert code == 2 and "--retry-errors only applies with --skip-done" in err
+
+
+def test_content_mode_takes_a_path_mode_ledger_as_done(tmp_path, split, cli):
+    """D4: ledger rows without a sha256 (a path-mode run wrote them, error
+    rows included) count as done in content mode when path, size and
+    modification time match; a changed file is classified again."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(folder, split, 5, nested=False)
+    bad = write_bad_files(os.path.join(folder, "bad"))
+
+    def night(*extra):
+        code, out, err = cli("classify", "--input", folder, "--output",
+                             output, "--skip-done", "--summary-json", "-q",
+                             *extra)
+        assert code == 0, err
+        return json.loads(out)
+
+    first = night()  # by path, size and modification time: no sha256
+    assert first["counts"]["predicted"] + first["counts"]["failed"] == \
+        first["counts"]["matched"] == len(truth) + len(bad)
+    second = night("--skip-done-by", "content")
+    counts = second["counts"]
+    assert counts["predicted"] + counts["failed"] == 0
+    assert counts["skipped"] == counts["matched"] == first["counts"][
+        "matched"]
+
+    changed = sorted(truth)[0]
+    data = bytearray(open(changed, "rb").read())
+    data[-3] ^= 0xFF
+    open(changed, "wb").write(bytes(data))
+    later = time.time() + 100
+    os.utime(changed, (later, later))
+    third = night("--skip-done-by", "content")
+    assert (third["counts"]["predicted"] + third["counts"]["failed"],
+            third["counts"]["skipped"]) == (1, third["counts"]["matched"] - 1)
+    rows = pq.read_table(os.path.join(output, "predictions")).to_pylist() \
+        + pq.read_table(os.path.join(output, "errors")).to_pylist()
+    by_run = {run["run_id"]: sorted(r["path"] for r in rows
+                                    if r["run_id"] == run["run_id"])
+              for run in (first, second, third)}
+    assert by_run[second["run_id"]] == [] and by_run[third["run_id"]] == [
+        changed]
+    assert sorted(by_run[first["run_id"]]) == sorted({**truth, **bad})

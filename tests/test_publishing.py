@@ -59,11 +59,14 @@ def stage_run(output, run_id, predicted, failed, skipped=(), partition=None):
             pq.write_table(pa.Table.from_pylist(
                 shard, schema=outputs.SCHEMAS[kind]), path)
     staged = paths.staged_files()
-    manifest = {"run_id": run_id, "files": paths.destinations(staged)}
+    manifest = {"run_id": run_id, "files": paths.destinations(staged),
+                "partition": partition, "table": None,
+                "layout": "run_date" if partition else "none"}
     return paths, staged, manifest
 
 
-EARLY = {"predicted": ["a1", "a2", "a3"], "failed": ["a4"]}
+EARLY = {"predicted": ["a1", "a2", "a3"], "failed": ["a4"],
+         "partition": "run_date=2026-01-01"}
 # variant: (earlier run or None, the new run, overwrite?, rows once the new
 # run is published)
 VARIANTS = {
@@ -192,12 +195,27 @@ def states(variant):
     return before, sorted(after)
 
 
-def check_published(output, rows):
+def layouts(variant):
+    """The layouts recorded before and after the new run."""
+    earlier, new, _, _ = VARIANTS[variant]
+    return (earlier and ("run_date" if earlier.get("partition") else "none"),
+            "run_date" if new.get("partition") else "none")
+
+
+def recorded_layout(output):
+    with open(os.path.join(output, "_layout.json")) as handle:
+        return json.load(handle)
+
+
+def check_published(output, rows, layout):
     """A published output: ``_SUCCESS``; exactly ``rows`` (with repeats,
     sorted); the manifests
     list exactly the files readers see; the ledger matches (else
-    --skip-done would skip or redo files)."""
+    --skip-done would skip or redo files); ``_layout.json`` records the
+    ``layout`` of the last published run."""
     assert os.path.exists(os.path.join(output, "_SUCCESS"))
+    assert recorded_layout(output) == {"layout": layout,
+                                       "table_format": "parquet"}
     assert visible_rows(output) == rows
     assert listed_files(output) == parquet_files(output)
     assert ledger_rows(output) == rows
@@ -226,11 +244,14 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     durable = index > 0 or when == "after"
     finished = label == "remove-staging" and when == "after"
     assert recovered == ([NEW] if durable and not finished else [])
+    layout_before, layout_after = layouts(variant)
     if durable or before:
-        check_published(output, after if durable else before)
+        check_published(output, after if durable else before,
+                        layout_after if durable else layout_before)
     else:
         assert visible_rows(output) == [] and not os.path.exists(
             os.path.join(output, "_SUCCESS"))
+        assert not os.path.exists(os.path.join(output, "_layout.json"))
     assert not os.path.exists(os.path.join(output, "_staging"))
     latest = json.load(open(os.path.join(output, "_manifest.json"))) \
         if durable or before else None
@@ -257,9 +278,11 @@ def rerun(output, variant):
                  for kind in ("predicted", "failed")}
     else:  # --overwrite: the whole run again
         files = {"predicted": new["predicted"], "failed": new["failed"]}
-    paths, staged, manifest = stage_run(output, RERUN, **files)
+    partition = new.get("partition")
+    paths, staged, manifest = stage_run(output, RERUN, **files,
+                                        partition=partition)
     paths.publish(staged, manifest, overwrite=overwrite)
-    check_published(output, sorted(after))
+    check_published(output, sorted(after), layouts(variant)[1])
 
 
 def test_the_publish_record_is_the_first_step_and_success_the_last_write():
@@ -272,9 +295,13 @@ def test_the_publish_record_is_the_first_step_and_success_the_last_write():
         moves = [i for i, s in enumerate(steps) if s.startswith("move:")]
         deletes = [i for i, s in enumerate(steps) if s.startswith("delete:")]
         assert moves and all(d < min(moves) for d in deletes)
+        # The layout is a step of publishing, recorded before any file of
+        # the run becomes visible (and redone by recovery).
+        assert steps.index("write:_layout.json") < min(moves)
     overwrite = steps_of("overwrite")
     assert f"delete:_runs/{EARLIER}.json" in overwrite
-    assert any(s.startswith("delete:predictions/part-") for s in overwrite)
+    assert any(s.startswith("delete:predictions/run_date=2026-01-01/part-")
+               for s in overwrite)
 
 
 @pytest.mark.parametrize("damage", [b"", b'{"sha256": "', b"\x00" * 64,
@@ -294,5 +321,6 @@ def test_a_torn_or_altered_record_means_the_run_never_started_publishing(
     with open(record, "wb") as handle:
         handle.write(damage)
     assert outputs.recover(output) == []
-    check_published(output, sorted(EARLY["predicted"] + EARLY["failed"]))
+    check_published(output, sorted(EARLY["predicted"] + EARLY["failed"]),
+                    "run_date")
     assert not os.path.exists(os.path.join(output, "_staging"))

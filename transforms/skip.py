@@ -7,7 +7,10 @@ committed run holds, for the same model name and version, the same path and
   listing alone; or
 * ``by="content"``: the same sha256 of the bytes, for stores that rewrite
   unchanged files (new modification time, same content). Each file is then
-  read twice: once to hash it here, once to decode it if it is new.
+  read twice: once to hash it here, once to decode it if it is new. A
+  ledger row without a sha256 (written by a ``by="mtime"`` run, or for a
+  file that could not be read) is compared by size and modification time,
+  so that switching to content mode does not classify everything again.
 
 A file that failed is retried, per stage of its error row in the run the
 ledger names: ``read`` and ``predict`` errors (a network filesystem hiccup,
@@ -78,9 +81,21 @@ def file_key(metadata) -> tuple:
 
 
 def _done_key(by: str, size, mtime, sha256):
-    if by == "content":
-        return sha256  # None (unreadable, or an older ledger) matches nothing
+    """What makes a ledger row's file done: its size and modification time;
+    with ``by="content"`` its sha256, unless it has none (a row of an
+    ``mtime`` run, or a file that could not be read), then the same."""
+    if by == "content" and sha256 is not None:
+        return sha256
     return (int(size), float(mtime))
+
+
+def _matched_keys(by: str, matched: "MatchedFile") -> list:
+    """The done keys a matched file is found under: its size and time
+    (rows without a sha256), and with ``by="content"`` its sha256."""
+    keys = [file_key(matched)]
+    if by == "content" and matched.sha256 is not None:
+        keys.append(matched.sha256)
+    return keys
 
 
 class _DigestFn(beam.DoFn):
@@ -123,12 +138,10 @@ class _SplitDoneFn(beam.DoFn):
         for r in groups["ledger"]:
             key = _done_key(self._by, r["size"], r["mtime"], r.get("sha256"))
             runs.setdefault(key, []).append(r["run_id"])
-        runs.pop(None, None)
         failed = dict(groups["errors"])  # run id -> stage of its error row
         for matched in map(MatchedFile.of, groups["matched"]):
-            earlier = runs.get(_done_key(
-                self._by, matched.size_in_bytes,
-                matched.last_updated_in_seconds, matched.sha256), [])
+            earlier = [run for key in _matched_keys(self._by, matched)
+                       for run in runs.get(key, [])]
             done = [run for run in earlier
                     if self._retried_stage(failed.get(run)) is None]
             if done:

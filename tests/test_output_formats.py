@@ -1,0 +1,168 @@
+"""An output's table format (parquet, delta, iceberg) is fixed by its first
+run, as its layout is; --overwrite never touches a Delta or Iceberg table;
+an explicit Iceberg catalog is opened before any work. The outputs are read
+back as outside readers do (pyarrow, deltalake, pyiceberg)."""
+
+import json
+import os
+import sqlite3
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import outputs, tables
+from tests.conftest import write_digits
+
+TABLE_FORMATS = ["delta", "iceberg"]
+
+
+@pytest.fixture
+def images(tmp_path, split):
+    folder = str(tmp_path / "in")
+    return folder, write_digits(folder, split, 3, nested=False)
+
+
+def forbid_work(monkeypatch):
+    """From now on, a run that loads its model (starts work) fails."""
+    import model_store.store
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the run loaded its model: work started")
+
+    monkeypatch.setattr(model_store.store, "load_model", load_model)
+
+
+def listing(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder)
+                  for d, _, names in os.walk(folder) for f in names)
+
+
+def read_paths(output, table_format):
+    """The predictions' paths, through the format's own reader."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        table = DeltaTable(os.path.join(output, "predictions"))
+        return table.version(), sorted(
+            table.to_pyarrow_table().column("path").to_pylist())
+    if table_format == "iceberg":
+        from pyiceberg.catalog.sql import SqlCatalog
+        catalog = SqlCatalog("imgclass", uri=f"sqlite:///{output}/"
+                                             f"{tables.CATALOG_FILE}")
+        table = catalog.load_table("imgclass.predictions")
+        return len(table.snapshots()), sorted(
+            table.scan().to_arrow().column("path").to_pylist())
+    return None, sorted(pq.read_table(os.path.join(output, "predictions"))
+                        .column("path").to_pylist())
+
+
+def refused(cli, folder, output, *args):
+    """Runs classify, which must stop with one line, exit 2; the line."""
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       *args)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("table_format", TABLE_FORMATS)
+def test_a_table_output_refuses_other_formats_and_overwrite(
+        tmp_path, images, cli, monkeypatch, table_format):
+    folder, truth = images
+    output = str(tmp_path / "out")
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--table-format", table_format, "-q")
+    assert code == 0, err
+    with open(os.path.join(output, "_layout.json")) as handle:
+        assert json.load(handle) == {"layout": "none",
+                                     "table_format": table_format}
+    before, table = listing(output), read_paths(output, table_format)
+    assert table[1] == sorted(truth)
+
+    forbid_work(monkeypatch)
+    other = "iceberg" if table_format == "delta" else "delta"
+    for args in (["--skip-done"], ["--skip-done", "--table-format", other]):
+        err = refused(cli, folder, output, *args)
+        assert f"(--table-format {table_format})" in err
+    err = refused(cli, folder, output, "--overwrite")
+    assert "--overwrite would" in err and "new --output folder" in err
+    assert {"delta": "DeltaTable.delete",
+            "iceberg": "Table.delete"}[table_format] in err
+    # An output written before the format was recorded: read from disk.
+    os.remove(os.path.join(output, "_layout.json"))
+    before.remove("_layout.json")
+    assert f"(--table-format {table_format})" in refused(
+        cli, folder, output, "--skip-done")
+    assert "--overwrite would" in refused(cli, folder, output, "--overwrite")
+    assert listing(output) == before
+    assert read_paths(output, table_format) == table
+
+
+def test_a_parquet_output_refuses_table_formats(tmp_path, images, cli,
+                                               monkeypatch):
+    folder, truth = images
+    output = str(tmp_path / "out")
+    assert cli("classify", "--input", folder, "--output", output,
+               "-q")[0] == 0
+    before = listing(output)
+    forbid_work(monkeypatch)
+    for table_format in TABLE_FORMATS:
+        err = refused(cli, folder, output, "--skip-done", "--table-format",
+                      table_format)
+        assert "Parquet files (--table-format parquet)" in err
+    os.remove(os.path.join(output, "_layout.json"))
+    assert "Parquet files" in refused(cli, folder, output, "--skip-done",
+                                      "--table-format", "delta")
+    before.remove("_layout.json")
+    assert listing(output) == before
+    assert read_paths(output, "parquet")[1] == sorted(truth)
+
+
+@pytest.mark.parametrize("catalog", ["missing-folder", "not-a-database",
+                                     "no-such-dialect", "no-driver"])
+def test_an_iceberg_catalog_that_cannot_be_opened_is_refused_before_work(
+        tmp_path, images, cli, monkeypatch, catalog):
+    """I1: found before any work, one line naming the URI, exit 2."""
+    folder, _ = images
+    forbid_work(monkeypatch)
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("not a database\n" * 100)
+    uri = {"missing-folder": f"sqlite:///{tmp_path}/missing/catalog.db",
+           "not-a-database": f"sqlite:///{not_a_database}",
+           "no-such-dialect": "nosuchdb://host/catalog",
+           "no-driver": "postgresql://127.0.0.1:1/catalog"}[catalog]
+    output = str(tmp_path / "out")
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--iceberg-catalog", uri)
+    assert f"--iceberg-catalog {uri!r} cannot be opened" in err
+    assert "Background on this error" not in err  # only the first line
+    assert not os.path.exists(output)
+
+
+def test_an_explicit_sqlite_catalog_is_created_on_first_use(
+        tmp_path, images, cli):
+    """A catalog file that does not exist yet, in a folder that does, is a
+    new catalog (the first run of a new lake), not a mistake."""
+    folder, truth = images
+    output, catalog = str(tmp_path / "out"), tmp_path / "lake.db"
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--table-format", "iceberg", "--iceberg-catalog",
+                       f"sqlite:///{catalog}", "-q")
+    assert code == 0, err
+    with sqlite3.connect(catalog) as db:
+        assert db.execute("select table_name from iceberg_tables order by "
+                          "1").fetchall() == [("errors",), ("predictions",)]
+
+
+def test_error_line_is_the_line_that_says_what_failed():
+    assert outputs.error_line(OSError(28, "No space left on device")) == \
+        "[Errno 28] No space left on device"
+    assert outputs.error_line(RuntimeError(
+        "(sqlite3.OperationalError) database is locked\n(Background on "
+        "this error at: https://sqlalche.me/e/20/e3q8)")) == \
+        "(sqlite3.OperationalError) database is locked"
+    # Beam wraps a worker's error in the traceback; its last line says it.
+    assert outputs.error_line(RuntimeError(
+        "Pipeline failed\nTraceback (most recent call last):\n  File "
+        "\"x.py\", line 1\nValueError: bad pixels [while running 'X']\n")) \
+        == "ValueError: bad pixels [while running 'X']"
+    assert outputs.error_line(RuntimeError("")) == ""
