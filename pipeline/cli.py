@@ -828,7 +828,9 @@ def _add_run_options(parser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the earlier runs in OUTPUT (they "
                              "are removed while this run is published, "
-                             "once it has succeeded)")
+                             "once it has succeeded); Parquet outputs "
+                             "only: a Delta or Iceberg table is replaced "
+                             "with the table's own tools")
     parser.add_argument("--skip-done", action="store_true",
                         help="add to the earlier runs in OUTPUT, "
                              "classifying only files that no earlier run "
