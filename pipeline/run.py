@@ -9,6 +9,7 @@ import datetime
 import io
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from apache_beam.options.pipeline_options import (
 from model_store import DEFAULT_MODEL
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, layout, outputs, tables
+from pipeline import inputs, layout, outputs, signals, tables
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
@@ -353,8 +354,12 @@ def run_classify(config: ClassifyConfig, *, log=None,
         ConfigError (and other ImgclassError): a mistake found before work.
         RunFailed: the pipeline failed, or its counts cannot be established
             or do not add up; nothing was published.
-        KeyboardInterrupt: Ctrl-C; nothing was published (Interrupted when
-            publishing had started: the next run completes it).
+        KeyboardInterrupt: Ctrl-C (or SIGTERM, as the command line sets
+            it) before publishing started; nothing was published.
+
+    Ctrl-C or SIGTERM once publishing has started waits for it to end:
+    the run is published whole, a note says so, and the returned
+    manifest's ``deferred_signals`` names the signals (e.g. ``SIGINT``).
     """
     log = log if log is not None else sys.stderr
     started = time.monotonic() if started is None else started
@@ -366,6 +371,10 @@ def run_classify(config: ClassifyConfig, *, log=None,
     manifest = dict(manifest, wall_seconds=round(time.monotonic() - started,
                                                  3))
     _summary(manifest, config, log)
+    if manifest["deferred_signals"]:
+        print(f"imgclass: {' and '.join(manifest['deferred_signals'])} "
+              f"arrived while run {manifest['run_id']} was being published; "
+              f"it was completed (published whole)", file=log)
     return manifest
 
 
@@ -417,9 +426,13 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         except BaseException:
             paths.discard_staging()
             raise
-        _publish(paths, staged, manifest, overwrite=config.overwrite)
-        layout.record(config.output, manifest["layout"])
-    return manifest
+        # Once publishing starts, Ctrl-C and SIGTERM wait for it to end:
+        # the run is then published whole and the command succeeds.
+        with signals.deferred() as held:
+            _publish(paths, staged, manifest, overwrite=config.overwrite)
+            layout.record(config.output, manifest["layout"])
+    return dict(manifest, deferred_signals=[signal.Signals(s).name
+                                            for s in held])
 
 
 def _stage(config, options, runner, stored, patterns, paths, started, log):

@@ -284,6 +284,8 @@ class _Watcher:
             return True
         self.failures = 0
         self.counts["windows"] += 1
+        if manifest is not None and manifest["deferred_signals"]:
+            stopping.set()  # held back while publishing: stop now
         if manifest is not None:
             self.counts["runs"] += 1
             self.counts["predicted"] += manifest["counts"]["predicted"]
