@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -33,7 +32,7 @@ from model_store.train_config import (
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
-from pipeline import tables
+from pipeline import logs, tables
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -392,7 +391,7 @@ def _classify(args) -> int:
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
-    with _sigterm_interrupts() as terminated:
+    with _signals_stop_the_run() as received:
         try:
             manifest = run_classify(config, log=_log(args),
                                     started=process_started())
@@ -402,30 +401,37 @@ def _classify(args) -> int:
         except KeyboardInterrupt as error:
             print(f"imgclass: interrupted: {str(error) or 'nothing published'}",
                   file=sys.stderr)
-            return EXIT_SIGTERM if terminated else EXIT_SIGINT
+            return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
     if args.summary_json:
         print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM stops a run as Ctrl-C does (staging removed, lock released);
-    yields a list that is non-empty once SIGTERM arrived."""
+def _signals_stop_the_run():
+    """Ctrl-C and SIGTERM stop a run (staging removed, lock released) and
+    silence the libraries' lines (``logs.stopped``): the command says
+    "interrupted" once. Yields the list of signals received. A Ctrl-C
+    ignored from the start (a job started in the background) stays
+    ignored."""
     received = []
 
     def handler(signum, frame):
         received.append(signum)
+        logs.stopped()
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in
+                (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _watch(args) -> int:
@@ -932,27 +938,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
-                                           "%(message)s"))
-    # Beam warns at import that optional Google Cloud clients are missing;
-    # they are not needed unless a gs:// path is used, where Beam says so.
-    handler.addFilter(lambda record: "apitools not found"
-                      not in record.getMessage())
-    # Beam logs a Ctrl-C that lands in a DoFn as an error with a traceback;
-    # the command says "interrupted" in one line instead.
-    handler.addFilter(lambda record: not (
-        record.exc_info and record.exc_info[0]
-        and issubclass(record.exc_info[0], KeyboardInterrupt)))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    # Beam relays its workers' start-up warnings (unparsed runner flags, no
-    # semi-persistent directory) that say nothing about this job; failures
-    # still surface as exceptions. IMGCLASS_BEAM_LOG_LEVEL=INFO shows them.
-    logging.getLogger("apache_beam").setLevel(
-        os.environ.get("IMGCLASS_BEAM_LOG_LEVEL", "ERROR"))
-
-
 def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise ConfigError("-q and -v contradict each other: give one")
@@ -960,11 +945,11 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
         from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
     if verbose:
-        logging.getLogger("apache_beam").setLevel(logging.INFO)
+        logs.configure(verbose=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _configure_logging()
+    logs.configure()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

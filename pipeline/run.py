@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Optional, Sequence
@@ -231,6 +232,8 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    from pipeline.worker import local_runner
+
     _set_local_worker_environment(options.view_as(DirectOptions))
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
@@ -238,7 +241,7 @@ def make_runner(options: PipelineOptions):
         options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return local_runner(provision_info=provision)
 
 
 def _set_local_worker_environment(direct: DirectOptions) -> None:
@@ -501,17 +504,40 @@ def _execute(config, options, runner, stored, patterns, paths, what, log,
 
 
 def _wait(pipeline, paths):
-    """Runs ``pipeline`` to its end; its result."""
+    """Runs ``pipeline`` to its end; its result. Ctrl-C stops what the run
+    started (:func:`_stop`) and raises KeyboardInterrupt."""
+    result = None
     try:
         result = pipeline.run()
         result.wait_until_finish()
         return result
+    except KeyboardInterrupt:
+        _stop(result)
+        raise
     except Exception as error:
         if _interrupted(error):
+            _stop(result)
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
                         f"{_last_line(error)}") from error
+
+
+def _stop(result) -> None:
+    """After Ctrl-C: cancels the job (runners that run it elsewhere: Prism,
+    portable, Dataflow) and stops Beam's state samplers still running in
+    this process (a bundle cut short leaves its sampler's thread, which
+    is not a daemon, running: the process would never exit)."""
+    from apache_beam.runners.worker import statesampler
+
+    if result is not None:
+        with contextlib.suppress(Exception):
+            result.cancel()
+    for thread in threading.enumerate():
+        sampler = getattr(getattr(thread, "_target", None), "__self__", None)
+        if isinstance(sampler, statesampler.StateSampler):
+            with contextlib.suppress(Exception):  # e.g. stopped meanwhile
+                sampler.stop()
 
 
 def _interrupted(error: BaseException) -> bool:

@@ -1,0 +1,85 @@
+"""What imgclass prints on stderr besides its own lines: one set-up for the
+command (``pipeline/cli.py``) and its local worker processes
+(``pipeline/worker.py``).
+
+The user sees imgclass's lines. The libraries' log lines (Beam, Theano)
+show only at ERROR, unless ``IMGCLASS_BEAM_LOG_LEVEL`` says otherwise
+(``-v`` sets it to INFO, and worker processes inherit it); the libraries'
+Python warnings (e.g. Pillow's ``DecompressionBombWarning`` for a file that
+becomes an error row anyway) show only then too. Once a run is stopped
+(Ctrl-C, SIGTERM, or the command gone, for a worker), the libraries' lines
+and thread tracebacks are dropped: the command says "interrupted" once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import warnings
+
+BEAM_LOG_LEVEL_ENV = "IMGCLASS_BEAM_LOG_LEVEL"
+DEFAULT_LIBRARY_LEVEL = "ERROR"
+_LIBRARIES = ("apache_beam", "theano", "absl")
+_stopped = threading.Event()
+
+
+def configure(*, verbose: bool = False) -> None:
+    """Sets up logging and warnings for this process (see the module)."""
+    _stopped.clear()
+    if verbose:  # worker processes inherit it
+        os.environ[BEAM_LOG_LEVEL_ENV] = "INFO"
+    level = os.environ.get(BEAM_LOG_LEVEL_ENV, DEFAULT_LIBRARY_LEVEL).upper()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
+                                           "%(message)s"))
+    handler.addFilter(_shown)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler],
+                        force=True)
+    for name in _LIBRARIES:
+        logging.getLogger(name).setLevel(level)
+    if logging.getLevelName(level) == logging.ERROR and not sys.warnoptions:
+        warnings.simplefilter("ignore")
+    threading.excepthook = _thread_failed
+
+
+def stopped() -> None:
+    """The run is being stopped: from now on, only imgclass's lines."""
+    _stopped.set()
+
+
+def is_stop(error: BaseException | None) -> bool:
+    """Whether ``error`` is what a stop looks like: Ctrl-C, or (in a
+    worker) the command's connection closing."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    code = getattr(error, "code", None)
+    if callable(code) and type(error).__module__.startswith("grpc"):
+        try:
+            return code().name in ("UNAVAILABLE", "CANCELLED")
+        except Exception:  # noqa: BLE001 - not a gRPC status after all
+            return False
+    return False
+
+
+def _shown(record: logging.LogRecord) -> bool:
+    if _stopped.is_set() and not record.name.startswith(("pipeline",
+                                                         "transforms",
+                                                         "model_store")):
+        return False
+    # Beam warns at import that optional Google Cloud clients are missing;
+    # they are not needed unless a gs:// path is used, where Beam says so.
+    if "apitools not found" in record.getMessage():
+        return False
+    return not (record.exc_info and is_stop(record.exc_info[1]))
+
+
+_default_excepthook = threading.excepthook
+
+
+def _thread_failed(args) -> None:
+    """A thread's uncaught error, unless the run is being stopped."""
+    if _stopped.is_set() or is_stop(args.exc_value):
+        return
+    _default_excepthook(args)
