@@ -944,8 +944,8 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet:  # worker processes inherit it
         from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
-    if verbose:
-        logs.configure(verbose=True)
+    if quiet or verbose:
+        logs.configure(quiet=quiet, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

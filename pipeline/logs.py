@@ -20,23 +20,28 @@ import threading
 import warnings
 
 BEAM_LOG_LEVEL_ENV = "IMGCLASS_BEAM_LOG_LEVEL"
+# Set by -q for the worker processes: imgclass's own warnings hidden too.
+QUIET_ENV = "IMGCLASS_QUIET"
 DEFAULT_LIBRARY_LEVEL = "ERROR"
 _LIBRARIES = ("apache_beam", "theano", "absl")
 _stopped = threading.Event()
 
 
-def configure(*, verbose: bool = False) -> None:
-    """Sets up logging and warnings for this process (see the module)."""
+def configure(*, quiet: bool = False, verbose: bool = False) -> None:
+    """Sets up logging and warnings for this process (see the module);
+    ``quiet`` (-q) leaves errors only."""
     _stopped.clear()
-    if verbose:  # worker processes inherit it
+    if quiet:  # worker processes inherit these
+        os.environ[QUIET_ENV] = "1"
+    if verbose:
         os.environ[BEAM_LOG_LEVEL_ENV] = "INFO"
     level = os.environ.get(BEAM_LOG_LEVEL_ENV, DEFAULT_LIBRARY_LEVEL).upper()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
                                            "%(message)s"))
     handler.addFilter(_shown)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler],
-                        force=True)
+    logging.basicConfig(level=logging.ERROR if os.environ.get(QUIET_ENV)
+                        else logging.WARNING, handlers=[handler], force=True)
     for name in _LIBRARIES:
         logging.getLogger(name).setLevel(level)
     if logging.getLevelName(level) == logging.ERROR and not sys.warnoptions:
