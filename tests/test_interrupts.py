@@ -51,6 +51,25 @@ def finish(process, seconds=60):
     return process.returncode, err.splitlines()
 
 
+def left_running(group, seconds=10):
+    """The processes of process ``group`` still running (not zombies)
+    ``seconds`` after the call, or as soon as there are none."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(pid))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def many(tmp_path_factory, split):
     """Enough digits that a local run takes a few seconds."""
@@ -83,6 +102,7 @@ def test_ctrl_c_mid_run_exits_130_promptly_with_one_line(
     assert [line for line in lines if "interrupted" in line] == [
         "imgclass: interrupted: nothing published"]
     assert not output.exists()
+    assert left_running(process.pid) == []  # the workers stopped too
 
 
 def hostile_files(folder):
