@@ -13,6 +13,7 @@ and thread tracebacks are dropped: the command says "interrupted" once.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -31,6 +32,8 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     """Sets up logging and warnings for this process (see the module);
     ``quiet`` (-q) leaves errors only."""
     _stopped.clear()
+    if isinstance(sys.stderr, _OwnLinesOnly):
+        sys.stderr = sys.stderr.stream
     if quiet:  # worker processes inherit these
         os.environ[QUIET_ENV] = "1"
     if verbose:
@@ -50,8 +53,29 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
 
 
 def stopped() -> None:
-    """The run is being stopped: from now on, only imgclass's lines."""
+    """The run is being stopped: from now on, only imgclass's lines (Beam's
+    worker threads also print tracebacks to stderr themselves)."""
     _stopped.set()
+    if not isinstance(sys.stderr, _OwnLinesOnly):
+        sys.stderr = _OwnLinesOnly(sys.stderr)
+
+
+class _OwnLinesOnly(io.TextIOBase):
+    """A text stream that passes on only the lines imgclass writes."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream, self._line = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            if line.startswith("imgclass"):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def is_stop(error: BaseException | None) -> bool:

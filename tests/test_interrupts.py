@@ -21,6 +21,7 @@ from transforms.progress import PROGRESS_ENV
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "samples", "digits")
 WORKERS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+THREADS = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
 
 
 def env():
@@ -78,8 +79,9 @@ def many(tmp_path_factory, split):
     return str(folder)
 
 
-@pytest.mark.parametrize("beam_args", [[], WORKERS],
-                         ids=["in-process", "worker-processes"])
+@pytest.mark.parametrize("beam_args", [[], THREADS, WORKERS],
+                         ids=["in-process", "worker-threads",
+                              "worker-processes"])
 def test_ctrl_c_mid_run_exits_130_promptly_with_one_line(
         many, tmp_path, beam_args):
     output = tmp_path / "out"
