@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 a check failed (``models verify``) or the run
 failed; 2 a usage or configuration mistake, reported in one line before any
 work starts; 130 Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes
-nothing then.
+nothing then (once publishing has started, it completes it and exits 0).
 """
 
 from __future__ import annotations
@@ -802,7 +802,8 @@ def _add_classify_command(commands) -> None:
         epilog="exit codes: 0 done (bad files are error rows, not failures); "
                "1 the run failed; 2 a configuration mistake, reported "
                "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
-               "published).")
+               "published; once publishing has started, it is completed: "
+               "0).")
     _add_io_options(classify, model_help="stored model or version folder")
     _add_run_options(classify)
     _add_table_options(classify)
