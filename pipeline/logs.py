@@ -43,8 +43,12 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
                                            "%(message)s"))
     handler.addFilter(_shown)
-    logging.basicConfig(level=logging.ERROR if os.environ.get(QUIET_ENV)
-                        else logging.WARNING, handlers=[handler], force=True)
+    # The handler's level, not the root logger's: other handlers (a test's
+    # log capture) keep seeing warnings.
+    handler.setLevel(logging.ERROR if os.environ.get(QUIET_ENV)
+                     else logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler],
+                        force=True)
     for name in _LIBRARIES:
         logging.getLogger(name).setLevel(level)
     if logging.getLevelName(level) == logging.ERROR and not sys.warnoptions:
