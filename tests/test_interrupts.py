@@ -141,3 +141,10 @@ def test_stderr_holds_only_imgclass_lines(tmp_path, beam_args):
     # -q: errors only, and there are none.
     code, lines = finish(start("-q", *args, "--output", tmp_path / "quiet"))
     assert (code, lines) == (0, [])
+
+
+def test_quiet_leaves_errors(cli, tmp_path):
+    code, out, err = cli("classify", "-q", "--input", tmp_path / "missing",
+                         "--output", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("imgclass: error: ")
