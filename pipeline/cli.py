@@ -3,7 +3,7 @@
 Exit codes: 0 success; 1 a check failed (``models verify``) or the run
 failed; 2 a usage or configuration mistake, reported in one line before any
 work starts; 130 Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes
-nothing then.
+nothing then (once publishing has started, it completes it and exits 0).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -33,7 +32,7 @@ from model_store.train_config import (
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
-from pipeline import tables
+from pipeline import logs, tables
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -392,7 +391,7 @@ def _classify(args) -> int:
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
-    with _sigterm_interrupts() as terminated:
+    with _signals_stop_the_run() as received:
         try:
             manifest = run_classify(config, log=_log(args),
                                     started=process_started())
@@ -402,30 +401,37 @@ def _classify(args) -> int:
         except KeyboardInterrupt as error:
             print(f"imgclass: interrupted: {str(error) or 'nothing published'}",
                   file=sys.stderr)
-            return EXIT_SIGTERM if terminated else EXIT_SIGINT
+            return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
     if args.summary_json:
         print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM stops a run as Ctrl-C does (staging removed, lock released);
-    yields a list that is non-empty once SIGTERM arrived."""
+def _signals_stop_the_run():
+    """Ctrl-C and SIGTERM stop a run (staging removed, lock released) and
+    silence the libraries' lines (``logs.stopped``): the command says
+    "interrupted" once. Yields the list of signals received. A Ctrl-C
+    ignored from the start (a job started in the background) stays
+    ignored."""
     received = []
 
     def handler(signum, frame):
         received.append(signum)
+        logs.stopped()
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in
+                (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) != signal.SIG_IGN}
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _watch(args) -> int:
@@ -796,7 +802,8 @@ def _add_classify_command(commands) -> None:
         epilog="exit codes: 0 done (bad files are error rows, not failures); "
                "1 the run failed; 2 a configuration mistake, reported "
                "before any work; 130 Ctrl-C, 143 SIGTERM (nothing "
-               "published).")
+               "published; once publishing has started, it is completed: "
+               "0).")
     _add_io_options(classify, model_help="stored model or version folder")
     _add_run_options(classify)
     _add_table_options(classify)
@@ -934,39 +941,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
-                                           "%(message)s"))
-    # Beam warns at import that optional Google Cloud clients are missing;
-    # they are not needed unless a gs:// path is used, where Beam says so.
-    handler.addFilter(lambda record: "apitools not found"
-                      not in record.getMessage())
-    # Beam logs a Ctrl-C that lands in a DoFn as an error with a traceback;
-    # the command says "interrupted" in one line instead.
-    handler.addFilter(lambda record: not (
-        record.exc_info and record.exc_info[0]
-        and issubclass(record.exc_info[0], KeyboardInterrupt)))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    # Beam relays its workers' start-up warnings (unparsed runner flags, no
-    # semi-persistent directory) that say nothing about this job; failures
-    # still surface as exceptions. IMGCLASS_BEAM_LOG_LEVEL=INFO shows them.
-    logging.getLogger("apache_beam").setLevel(
-        os.environ.get("IMGCLASS_BEAM_LOG_LEVEL", "ERROR"))
-
-
 def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
     if quiet and verbose:
         raise ConfigError("-q and -v contradict each other: give one")
     if quiet:  # worker processes inherit it
         from transforms.progress import PROGRESS_ENV
         os.environ[PROGRESS_ENV] = "0"
-    if verbose:
-        logging.getLogger("apache_beam").setLevel(logging.INFO)
+    if quiet or verbose:
+        logs.configure(quiet=quiet, verbose=verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _configure_logging()
+    logs.configure()
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

@@ -9,8 +9,10 @@ import datetime
 import io
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Optional, Sequence
@@ -28,7 +30,7 @@ from apache_beam.options.pipeline_options import (
 from model_store import DEFAULT_MODEL, fs
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, layout, outputs, tables
+from pipeline import inputs, layout, outputs, signals, tables
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
@@ -244,6 +246,8 @@ def make_runner(options: PipelineOptions):
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    from pipeline.worker import local_runner
+
     _set_local_worker_environment(options.view_as(DirectOptions))
     # As Beam's DirectRunner does when it picks the FnApiRunner: give the
     # workers the pipeline options.
@@ -251,7 +255,7 @@ def make_runner(options: PipelineOptions):
         options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return local_runner(provision_info=provision)
 
 
 def _set_local_worker_environment(direct: DirectOptions) -> None:
@@ -367,8 +371,12 @@ def run_classify(config: ClassifyConfig, *, log=None,
         ConfigError (and other ImgclassError): a mistake found before work.
         RunFailed: the pipeline failed, or its counts cannot be established
             or do not add up; nothing was published.
-        KeyboardInterrupt: Ctrl-C; nothing was published (Interrupted when
-            publishing had started: the next run completes it).
+        KeyboardInterrupt: Ctrl-C (or SIGTERM, as the command line sets
+            it) before publishing started; nothing was published.
+
+    Ctrl-C or SIGTERM once publishing has started waits for it to end:
+    the run is published whole, a note says so, and the returned
+    manifest's ``deferred_signals`` names the signals (e.g. ``SIGINT``).
     """
     log = log if log is not None else sys.stderr
     started = time.monotonic() if started is None else started
@@ -380,6 +388,10 @@ def run_classify(config: ClassifyConfig, *, log=None,
     manifest = dict(manifest, wall_seconds=round(time.monotonic() - started,
                                                  3))
     _summary(manifest, config, log)
+    if manifest["deferred_signals"]:
+        print(f"imgclass: {' and '.join(manifest['deferred_signals'])} "
+              f"arrived while run {manifest['run_id']} was being published; "
+              f"it was completed (published whole)", file=log)
     return manifest
 
 
@@ -426,8 +438,12 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         except BaseException:
             paths.discard_staging()
             raise
-        _publish(paths, staged, manifest, overwrite=config.overwrite)
-    return manifest
+        # Once publishing starts, Ctrl-C and SIGTERM wait for it to end:
+        # the run is then published whole and the command succeeds.
+        with signals.deferred() as held:
+            _publish(paths, staged, manifest, overwrite=config.overwrite)
+    return dict(manifest, deferred_signals=[signal.Signals(s).name
+                                            for s in held])
 
 
 def recover(output: str, log) -> None:
@@ -515,17 +531,40 @@ def _execute(config, options, runner, stored, patterns, paths, what, log,
 
 
 def _wait(pipeline, paths):
-    """Runs ``pipeline`` to its end; its result."""
+    """Runs ``pipeline`` to its end; its result. Ctrl-C stops what the run
+    started (:func:`_stop`) and raises KeyboardInterrupt."""
+    result = None
     try:
         result = pipeline.run()
         result.wait_until_finish()
         return result
+    except KeyboardInterrupt:
+        _stop(result)
+        raise
     except Exception as error:
         if _interrupted(error):
+            _stop(result)
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
                         f"{outputs.error_line(error)}") from error
+
+
+def _stop(result) -> None:
+    """After Ctrl-C: cancels the job (runners that run it elsewhere: Prism,
+    portable, Dataflow) and stops Beam's state samplers still running in
+    this process (a bundle cut short leaves its sampler's thread, which
+    is not a daemon, running: the process would never exit)."""
+    from apache_beam.runners.worker import statesampler
+
+    if result is not None:
+        with contextlib.suppress(Exception):
+            result.cancel()
+    for thread in threading.enumerate():
+        sampler = getattr(getattr(thread, "_target", None), "__self__", None)
+        if isinstance(sampler, statesampler.StateSampler):
+            with contextlib.suppress(Exception):  # e.g. stopped meanwhile
+                sampler.stop()
 
 
 def _interrupted(error: BaseException) -> bool:

@@ -291,6 +291,10 @@ class _Watcher:
             return True
         self.failures = 0
         self.counts["windows"] += 1
+        if manifest is not None and manifest["deferred_signals"] and \
+                not stopping.is_set():  # held back while publishing
+            stopping.set()
+            print(STOPPING, file=self.log)
         if manifest is not None:
             self.counts["runs"] += 1
             self.counts["predicted"] += manifest["counts"]["predicted"]
@@ -421,6 +425,10 @@ def _check_layout(output: str) -> None:
                     f"'imgclass watch' an output folder of its own")
 
 
+STOPPING = ("imgclass: stopping after the window being published, if any "
+            "(signal again to abort it)")
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event):
     """Ctrl-C or SIGTERM sets ``stop``; a second one raises
@@ -430,8 +438,7 @@ def stop_on_signals(stop: threading.Event):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        os.write(2, b"imgclass: stopping after the window being published, "
-                    b"if any (signal again to abort it)\n")
+        os.write(2, f"{STOPPING}\n".encode())
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, handler) for s in signals}

@@ -1,0 +1,41 @@
+"""Holding Ctrl-C (SIGINT) and SIGTERM back while a run is published."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+# The signals that stop a run (``imgclass classify``: exit 130 / 143).
+STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred(signals=STOPPING):
+    """Records ``signals`` instead of acting on them while the block runs;
+    yields the list of those that arrived (in order). The previous
+    handlers are restored afterwards, and the caller decides what the
+    recorded signals mean. A signal that was ignored stays ignored.
+
+    Handlers can only be installed in the main thread; elsewhere the block
+    runs as it is (Python delivers signals to the main thread anyway).
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def record(signum, frame):
+        received.append(signum)
+
+    previous = {}
+    try:
+        for signum in signals:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, record)
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            # None: a handler not set from Python; the default is closest
+            signal.signal(signum, signal.SIG_DFL if handler is None
+                          else handler)

@@ -1,0 +1,150 @@
+"""The command as a terminal sees it, in a process of its own: Ctrl-C in
+the middle of a local run (in process or with worker processes) exits 130
+promptly with one line and publishes nothing; hostile files and worker
+processes leave only imgclass's lines on stderr."""
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.conftest import png_bomb, write_digits
+from transforms.progress import PROGRESS_ENV
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLES = os.path.join(ROOT, "samples", "digits")
+WORKERS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+THREADS = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
+
+
+def env():
+    """This process's environment, with the progress lines on (an
+    in-process test of -q turns them off here) and this checkout's code."""
+    return {**{k: v for k, v in os.environ.items() if k != PROGRESS_ENV},
+            "PYTHONPATH": ROOT}
+
+
+def start(*args):
+    """``imgclass ARGS`` in a process group of its own, with Ctrl-C handled
+    as at a prompt (a background job would inherit it ignored)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT,
+        env=env(), stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def finish(process, seconds=60):
+    """``(exit code, stderr lines)``; fails if it does not end in time."""
+    try:
+        _, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, err = process.communicate()
+        pytest.fail(f"still running {seconds} s later:\n{err[-3000:]}")
+    return process.returncode, err.splitlines()
+
+
+def left_running(group, seconds=10):
+    """The processes of process ``group`` still running (not zombies)
+    ``seconds`` after the call, or as soon as there are none."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(pid))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory, split):
+    """Enough digits that a local run takes a few seconds."""
+    folder = tmp_path_factory.mktemp("many")
+    write_digits(str(folder), split, 300)
+    return str(folder)
+
+
+@pytest.mark.parametrize("beam_args", [[], THREADS, WORKERS],
+                         ids=["in-process", "worker-threads",
+                              "worker-processes"])
+def test_ctrl_c_mid_run_exits_130_promptly_with_one_line(
+        many, tmp_path, beam_args):
+    output = tmp_path / "out"
+    process = start("classify", "--input", many, "--output", output,
+                    "--batch-size", "8", *beam_args)
+    seen = []
+    for line in process.stderr:  # matching has ended: classifying now
+        seen.append(line.rstrip("\n"))
+        if line.startswith("imgclass: matched "):
+            break
+    assert not any(" done in " in line for line in seen), "\n".join(seen)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    sent = time.monotonic()
+    code, rest = finish(process, seconds=30)
+    lines = seen + rest
+    assert code == 130, "\n".join(lines)
+    assert time.monotonic() - sent < 30
+    assert [line for line in lines if not line.startswith("imgclass: ")] \
+        == [], "\n".join(lines)
+    assert [line for line in lines if "interrupted" in line] == [
+        "imgclass: interrupted: nothing published"]
+    assert not output.exists()
+    assert left_running(process.pid) == []  # the workers stopped too
+
+
+def hostile_files(folder):
+    """Files that Pillow warns about and that become error rows."""
+    os.makedirs(folder)
+    with open(os.path.join(folder, "bomb.png"), "wb") as handle:
+        # 100 million pixels: over Pillow's warning limit, under the
+        # --max-pixels the test gives; the data is far too short.
+        handle.write(png_bomb(10000, 10000))
+    tiff, jpeg = io.BytesIO(), io.BytesIO()
+    Image.new("L", (32, 32), 9).save(tiff, "TIFF")
+    with open(os.path.join(folder, "cut.tiff"), "wb") as handle:
+        handle.write(tiff.getvalue()[:40])  # cut inside its tag directory
+    Image.new("L", (64, 64), 128).save(jpeg, "JPEG")
+    with open(os.path.join(folder, "truncated.jpg"), "wb") as handle:
+        handle.write(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder))
+
+
+@pytest.mark.parametrize("beam_args", [[], WORKERS],
+                         ids=["in-process", "worker-processes"])
+def test_stderr_holds_only_imgclass_lines(tmp_path, beam_args):
+    inputs = tmp_path / "in"
+    shutil.copytree(os.path.join(SAMPLES, "more"), inputs)
+    hostile = hostile_files(str(inputs / "hostile"))
+    args = ["classify", "--input", inputs, "--max-pixels", 200_000_000,
+            *beam_args]
+    code, lines = finish(start(*args, "--output", tmp_path / "out"))
+    assert code == 0, "\n".join(lines)
+    assert lines and all(line.startswith("imgclass: ") for line in lines), \
+        "\n".join(lines)
+    errors = pq.read_table(tmp_path / "out" / "errors").to_pylist()
+    assert sorted(row["path"] for row in errors) == hostile
+    # -q: errors only, and there are none.
+    code, lines = finish(start("-q", *args, "--output", tmp_path / "quiet"))
+    assert (code, lines) == (0, [])
+
+
+def test_quiet_leaves_errors(cli, tmp_path):
+    code, out, err = cli("classify", "-q", "--input", tmp_path / "missing",
+                         "--output", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("imgclass: error: ")

@@ -1,0 +1,134 @@
+"""Ctrl-C and SIGTERM as a user or a scheduler sees them: before
+publishing a run stops with 130 (143) and publishes nothing; once
+publishing has started the run is completed, says so, and exits 0. An
+outside reader (pyarrow) checks what was published."""
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import layout, outputs
+from pipeline.signals import deferred
+
+SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
+                       "digits")
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A folder with four sample digits."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in sorted(n for n in os.listdir(SAMPLES)
+                       if os.path.isfile(os.path.join(SAMPLES, n)))[:4]:
+        shutil.copy(os.path.join(SAMPLES, name), folder / name)
+    return str(folder)
+
+
+@contextlib.contextmanager
+def ctrl_c_as_at_a_prompt():
+    """A shell that starts a job in the background makes it ignore Ctrl-C;
+    here the test plays the terminal (as in test_exactly_once)."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def signal_during(monkeypatch, target, name, signum):
+    """Makes ``target.name`` send ``signum`` to this process, then do its
+    work."""
+    real = getattr(target, name)
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("at", ["publish", "layout record"])
+def test_a_signal_while_publishing_completes_the_run_and_exits_0(
+        cli, images, tmp_path, monkeypatch, signum, at):
+    output = str(tmp_path / "out")
+    if at == "publish":
+        signal_during(monkeypatch, outputs.RunOutputs, "publish", signum)
+    else:  # part way: deletes done, the layout record about to be written
+        signal_during(monkeypatch, layout, "record_bytes", signum)
+    with ctrl_c_as_at_a_prompt():
+        handlers = [signal.getsignal(s) for s in (signal.SIGINT,
+                                                  signal.SIGTERM)]
+        code, _, err = cli("classify", "--input", images, "--output", output)
+        # Given back: a later Ctrl-C or SIGTERM acts as before the run.
+        assert [signal.getsignal(s) for s in (signal.SIGINT,
+                                              signal.SIGTERM)] == handlers
+    assert code == 0, err
+    note = err.strip().splitlines()[-1]
+    assert note.startswith(f"imgclass: {signal.Signals(signum).name} "
+                           f"arrived while run ") and "completed" in note
+    # Published whole: every input is a row, the run is recorded.
+    table = pq.read_table(os.path.join(output, "predictions"))
+    assert sorted(table.column("path").to_pylist()) == sorted(
+        os.path.join(images, n) for n in os.listdir(images))
+    assert pq.read_table(os.path.join(output, "errors")).num_rows == 0
+    for name in ("_SUCCESS", "_manifest.json", "_layout.json"):
+        assert os.path.exists(os.path.join(output, name)), name
+    for name in ("_staging", "_lock"):
+        assert not os.path.exists(os.path.join(output, name)), name
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130),
+                                           (signal.SIGTERM, 143)])
+def test_a_signal_just_before_publishing_publishes_nothing(
+        cli, images, tmp_path, monkeypatch, signum, status):
+    output = str(tmp_path / "out")
+    # The driver collects the staged files right before it publishes them.
+    signal_during(monkeypatch, outputs.RunOutputs, "staged_files", signum)
+    with ctrl_c_as_at_a_prompt():
+        code, _, err = cli("classify", "--input", images, "--output", output)
+    assert code == status
+    assert err.strip().splitlines()[-1] == \
+        "imgclass: interrupted: nothing published"
+    assert not os.path.exists(output)  # created by the run, removed again
+
+
+def test_deferred_records_signals_and_restores_the_handlers():
+    def mine(signum, frame):
+        raise AssertionError("not while deferred")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT,
+                                               signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, mine)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: stays ignored
+        assert held == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_deferred_outside_the_main_thread_changes_nothing():
+    found = []
+
+    def work():
+        before = signal.getsignal(signal.SIGTERM)
+        with deferred() as held:
+            found.append((held, signal.getsignal(signal.SIGTERM) is before))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert found == [([], True)]
