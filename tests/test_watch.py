@@ -369,7 +369,8 @@ def test_sigterm_mid_run_leaves_nothing_half_published(tmp_path, split):
     assert sorted(check_contract(output)) == sorted(first)
 
     # Two: the run in progress is aborted and publishes nothing.
-    second = write_digits(str(folder / "b"), split, 40, seed=2)
+    # Enough files that the run is still going when the second signal lands.
+    second = write_digits(str(folder / "b"), split, 200, seed=2)
     process, lines = start_watcher(folder, output)
     code, err = stop_mid_run(process, lines, signals=2)
     assert code == 130, err
