@@ -426,6 +426,7 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         # Judged on the output as recovery left it, before any work.
         layout.check(config.output, layout.layout_of(partition),
                      config.table_format, overwrite=config.overwrite)
+        tables.check_catalog_lists(spec, outputs.PARTITIONED)
         outputs.check_earlier_run(config.output, overwrite=config.overwrite,
                                   incremental=config.skip_done)
         stored = load_model(config.model_ref, root=config.store)

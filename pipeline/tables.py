@@ -265,6 +265,30 @@ def open_catalog(spec: TableSpec) -> None:
                           f"database or install its driver") from None
 
 
+def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
+    """ConfigError when the output already holds an Iceberg table ``name``
+    (its metadata files) that the catalog of ``spec`` does not list: a
+    commit would start a second table at the same place, and readers of
+    either catalog would miss the other's runs (a mistyped catalog, or a
+    deleted default one)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if spec is None or spec.format != "iceberg":
+        return
+    catalog = iceberg_catalog(spec)
+    for name in names:
+        metadata = join(table_location(spec.output, name), "metadata",
+                        "*.metadata.json")
+        if FileSystems.match([metadata])[0].metadata_list and \
+                not catalog.table_exists(f"{spec.namespace}.{name}"):
+            raise ConfigError(
+                f"{table_location(spec.output, name)} holds an Iceberg "
+                f"table that the catalog {spec.catalog} does not list as "
+                f"{spec.namespace}.{name}: give the --iceberg-catalog and "
+                f"--iceberg-namespace it was created with (or register it "
+                f"there), or use another --output")
+
+
 def iceberg_table(spec: TableSpec, name: str, schema=None):
     """Loads the table ``namespace.name``; creates it (located in the
     output folder) when it is missing and ``schema`` is given."""

@@ -166,3 +166,41 @@ def test_error_line_is_the_line_that_says_what_failed():
         "\"x.py\", line 1\nValueError: bad pixels [while running 'X']\n")) \
         == "ValueError: bad pixels [while running 'X']"
     assert outputs.error_line(RuntimeError("")) == ""
+
+
+@pytest.mark.parametrize("mistake", ["mistyped catalog", "other namespace",
+                                     "default catalog deleted"])
+def test_an_iceberg_table_its_catalog_does_not_list_is_refused(
+        tmp_path, images, cli, monkeypatch, mistake):
+    """A catalog that does not list the output's tables would commit a
+    second table over the first: readers of the right catalog would miss
+    the run, readers of the new one every earlier run."""
+    folder, truth = images
+    output = str(tmp_path / "out")
+    first = ["--table-format", "iceberg", "-q"]
+    if mistake != "default catalog deleted":
+        first += ["--iceberg-catalog", f"sqlite:///{tmp_path}/lake.db"]
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       *first)
+    assert code == 0, err
+    again = {"mistyped catalog": ["--iceberg-catalog",
+                                  f"sqlite:///{tmp_path}/lake2.db"],
+             "other namespace": first[3:] + ["--iceberg-namespace", "other"],
+             "default catalog deleted": []}[mistake]
+    if mistake == "default catalog deleted":
+        os.remove(os.path.join(output, tables.CATALOG_FILE))
+    before = listing(output)
+    forbid_work(monkeypatch)
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--skip-done", *again)
+    assert "holds an Iceberg table that the catalog" in err
+    # Nothing written but, when it was deleted, an empty default catalog.
+    assert listing(output) == sorted(before + (
+        [tables.CATALOG_FILE] if mistake == "default catalog deleted" else []))
+    if mistake != "default catalog deleted":  # still one table, one run
+        from pyiceberg.catalog.sql import SqlCatalog
+        table = SqlCatalog("imgclass", uri=f"sqlite:///{tmp_path}/lake.db") \
+            .load_table("imgclass.predictions")
+        assert len(table.snapshots()) == 1
+        assert sorted(table.scan().to_arrow().column("path").to_pylist()) \
+            == sorted(truth)
