@@ -266,27 +266,50 @@ def open_catalog(spec: TableSpec) -> None:
 
 
 def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
-    """ConfigError when the output already holds an Iceberg table ``name``
-    (its metadata files) that the catalog of ``spec`` does not list: a
-    commit would start a second table at the same place, and readers of
-    either catalog would miss the other's runs (a mistyped catalog, or a
-    deleted default one)."""
-    from apache_beam.io.filesystems import FileSystems
-
+    """ConfigError unless, for each table ``name``, the catalog of ``spec``
+    and the output agree: a table the output holds (its metadata files) is
+    listed, and a listed table is located in this output. Otherwise a
+    commit would start a second table over the first (a mistyped or
+    deleted catalog), or add this output's rows to another output's table
+    (a shared catalog without a namespace per output, a copied output)."""
     if spec is None or spec.format != "iceberg":
         return
     catalog = iceberg_catalog(spec)
     for name in names:
-        metadata = join(table_location(spec.output, name), "metadata",
-                        "*.metadata.json")
-        if FileSystems.match([metadata])[0].metadata_list and \
-                not catalog.table_exists(f"{spec.namespace}.{name}"):
+        _check_table_place(catalog, spec, name)
+
+
+def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+    from pyiceberg.exceptions import NoSuchTableError
+
+    here = table_location(spec.output, name)
+    identifier = f"{spec.namespace}.{name}"
+    try:
+        there = catalog.load_table(identifier).location()
+    except NoSuchTableError:
+        if FileSystems.match([join(here, "metadata", "*.metadata.json")]
+                             )[0].metadata_list:
             raise ConfigError(
-                f"{table_location(spec.output, name)} holds an Iceberg "
-                f"table that the catalog {spec.catalog} does not list as "
-                f"{spec.namespace}.{name}: give the --iceberg-catalog and "
-                f"--iceberg-namespace it was created with (or register it "
-                f"there), or use another --output")
+                f"{here} holds an Iceberg table that the catalog "
+                f"{spec.catalog} does not list as {identifier}: give the "
+                f"--iceberg-catalog and --iceberg-namespace it was created "
+                f"with (or register it there), or use another --output"
+            ) from None
+        return
+    if _place(there) != _place(here):
+        raise ConfigError(
+            f"the catalog {spec.catalog} lists {identifier} at {there}, not "
+            f"in --output {spec.output}: give each output its own "
+            f"--iceberg-namespace in a shared catalog (a copied output "
+            f"needs its own catalog)")
+
+
+def _place(location: str) -> str:
+    """A table location without ``file://`` and a trailing slash."""
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return location.rstrip("/")
 
 
 def iceberg_table(spec: TableSpec, name: str, schema=None):

@@ -204,3 +204,40 @@ def test_an_iceberg_table_its_catalog_does_not_list_is_refused(
         assert len(table.snapshots()) == 1
         assert sorted(table.scan().to_arrow().column("path").to_pylist()) \
             == sorted(truth)
+
+
+@pytest.mark.parametrize("how", ["shared catalog", "copied output"])
+def test_a_catalog_table_located_in_another_output_is_refused(
+        tmp_path, images, cli, monkeypatch, how):
+    """A run must never add its rows to another output's table: a second
+    output in a shared catalog under the same namespace, or a copy of an
+    output whose default catalog still points at the original."""
+    folder, truth = images
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    shared = ["--iceberg-catalog", f"sqlite:///{tmp_path}/shared.db"] \
+        if how == "shared catalog" else []
+    code, _, err = cli("classify", "--input", folder, "--output", first,
+                       "--table-format", "iceberg", "-q", *shared)
+    assert code == 0, err
+    if how == "copied output":
+        import shutil
+        shutil.copytree(first, second)
+    before = listing(first)
+    forbid_work(monkeypatch)
+    err = refused(cli, folder, second, "--table-format", "iceberg",
+                  "--skip-done", *shared)
+    assert "not in --output" in err and "--iceberg-namespace" in err
+    assert listing(first) == before  # the first output's table untouched
+    if how == "shared catalog":  # the way out the message gives works
+        monkeypatch.undo()
+        code, _, err = cli("classify", "--input", folder, "--output", second,
+                           "--table-format", "iceberg", "-q", *shared,
+                           "--iceberg-namespace", "second")
+        assert code == 0, err
+        from pyiceberg.catalog.sql import SqlCatalog
+        catalog = SqlCatalog("imgclass", uri=f"sqlite:///{tmp_path}/shared.db")
+        for namespace in ("imgclass", "second"):
+            table = catalog.load_table(f"{namespace}.predictions")
+            assert len(table.snapshots()) == 1
+            assert sorted(table.scan().to_arrow().column("path")
+                          .to_pylist()) == sorted(truth)
