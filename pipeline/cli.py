@@ -33,6 +33,7 @@ from model_store.train_config import (
     SPEC_DEFAULTS,
 )
 from pipeline import logs, tables
+from pipeline.signals import STOPPING
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -972,5 +973,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SIGINT
 
 
+def run() -> None:
+    """The ``imgclass`` command: :func:`main`, then exit with its code.
+    Once main has returned, its outcome is reported (and a run published):
+    Ctrl-C or SIGTERM while the interpreter shuts down (Theano's cache
+    clean-up) changes neither the exit code nor stderr."""
+    code = main()
+    for signum in STOPPING:
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -382,17 +382,22 @@ def run_classify(config: ClassifyConfig, *, log=None,
     started = time.monotonic() if started is None else started
     options = pipeline_options(config.beam_args)
     runner = make_runner(options)
-    with outputs.removed_unless_used(config.output):
-        manifest = _run(config, options, runner, log, output_locked, started)
-    # Not in the published manifest: publishing is part of the wall time.
-    manifest = dict(manifest, wall_seconds=round(time.monotonic() - started,
-                                                 3))
-    _summary(manifest, config, log)
-    if manifest["deferred_signals"]:
-        print(f"imgclass: {' and '.join(manifest['deferred_signals'])} "
-              f"arrived while run {manifest['run_id']} was being published; "
-              f"it was completed (published whole)", file=log)
-    return manifest
+    # Once publishing starts (``_run`` calls ``hold``), Ctrl-C and SIGTERM
+    # wait until the run is published and reported: it then succeeds.
+    with signals.deferrable() as hold:
+        with outputs.removed_unless_used(config.output):
+            manifest = _run(config, options, runner, log, output_locked,
+                            started, hold)
+        # Not in the published manifest: publishing is part of the wall time.
+        manifest = dict(manifest, wall_seconds=round(
+            time.monotonic() - started, 3))
+        _summary(manifest, config, log)
+        held = [signal.Signals(s).name for s in hold()]
+        if held:
+            print(f"imgclass: {' and '.join(held)} arrived while run "
+                  f"{manifest['run_id']} was being published; it was "
+                  f"completed (published whole)", file=log)
+    return dict(manifest, deferred_signals=held)
 
 
 def check_matches(config: ClassifyConfig) -> None:
@@ -409,7 +414,8 @@ def check_matches(config: ClassifyConfig) -> None:
             f"empty input is expected")
 
 
-def _run(config, options, runner, log, output_locked, started) -> dict:
+def _run(config, options, runner, log, output_locked, started,
+         hold) -> dict:
     """run_classify's work, once the Beam options are known."""
     from model_store.store import load_model
 
@@ -439,12 +445,9 @@ def _run(config, options, runner, log, output_locked, started) -> dict:
         except BaseException:
             paths.discard_staging()
             raise
-        # Once publishing starts, Ctrl-C and SIGTERM wait for it to end:
-        # the run is then published whole and the command succeeds.
-        with signals.deferred() as held:
-            _publish(paths, staged, manifest, overwrite=config.overwrite)
-    return dict(manifest, deferred_signals=[signal.Signals(s).name
-                                            for s in held])
+        hold()  # from here on the run is published whole (run_classify)
+        _publish(paths, staged, manifest, overwrite=config.overwrite)
+    return manifest
 
 
 def recover(output: str, log) -> None:

@@ -39,3 +39,21 @@ def deferred(signals=STOPPING):
             # None: a handler not set from Python; the default is closest
             signal.signal(signum, signal.SIG_DFL if handler is None
                           else handler)
+
+
+@contextlib.contextmanager
+def deferrable(signals=STOPPING):
+    """Yields ``hold``: calling it holds ``signals`` back as :func:`deferred`
+    does, from that moment until the block ends, and returns the list of
+    those received (the same list on every call). Not called, the block
+    changes nothing. For work whose last part must not be cut: a run holds
+    signals from the start of publishing until it has reported."""
+    with contextlib.ExitStack() as stack:
+        received: list[list[int]] = []
+
+        def hold() -> list[int]:
+            if not received:
+                received.append(stack.enter_context(deferred(signals)))
+            return received[0]
+
+        yield hold

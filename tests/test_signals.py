@@ -7,12 +7,14 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import layout, outputs
+from pipeline import layout, outputs, run
 from pipeline.signals import deferred
 
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
@@ -55,14 +57,16 @@ def signal_during(monkeypatch, target, name, signum):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-@pytest.mark.parametrize("at", ["publish", "layout record"])
+@pytest.mark.parametrize("at", ["publish", "layout record", "summary"])
 def test_a_signal_while_publishing_completes_the_run_and_exits_0(
         cli, images, tmp_path, monkeypatch, signum, at):
     output = str(tmp_path / "out")
     if at == "publish":
         signal_during(monkeypatch, outputs.RunOutputs, "publish", signum)
-    else:  # part way: deletes done, the layout record about to be written
+    elif at == "layout record":  # part way: about to record the layout
         signal_during(monkeypatch, layout, "record_bytes", signum)
+    else:  # published, the summary line about to be printed
+        signal_during(monkeypatch, run, "_summary", signum)
     with ctrl_c_as_at_a_prompt():
         handlers = [signal.getsignal(s) for s in (signal.SIGINT,
                                                   signal.SIGTERM)]
@@ -132,3 +136,23 @@ def test_deferred_outside_the_main_thread_changes_nothing():
     thread.start()
     thread.join()
     assert found == [([], True)]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_command_exits_changes_nothing(signum):
+    """After the command has reported (and published), a signal during the
+    interpreter's shutdown must neither kill it (a scheduler would see
+    143 for a published run) nor print a traceback."""
+    script = (
+        "import atexit, os, signal, sys\n"
+        "import pipeline.cli as cli\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "atexit.register(os.kill, os.getpid(), %d)\n"
+        "cli.main = lambda: 0\n"
+        "cli.run()\n" % signum)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=120,
+                          cwd=os.path.join(os.path.dirname(__file__),
+                                           os.pardir))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
