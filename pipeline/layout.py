@@ -124,11 +124,19 @@ def check(output: str, layout: str, table_format: str, *,
             f"output folder")
     existing = recorded(output)
     if existing is not None and existing != layout:
+        replace = "" if existing_format in _TABLE_TOOLS else \
+            ", or --overwrite to replace the earlier runs"
         raise ConfigError(
             f"output {output!r} is laid out as {_describe(existing)}, this "
             f"run would write {_describe(layout)}; readers cannot query "
-            f"both together: use the same layout, another output folder, "
-            f"or --overwrite to replace the earlier runs")
+            f"both together: use the same layout, another output "
+            f"folder{replace}")
+
+
+def overwritable(output: str) -> bool:
+    """Whether ``--overwrite`` may replace what ``output`` holds (not a
+    Delta or Iceberg table)."""
+    return recorded_format(output) not in _TABLE_TOOLS
 
 
 def _describe(layout: str) -> str:

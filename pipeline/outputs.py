@@ -159,14 +159,18 @@ def removed_unless_used(output: str):
         raise
 
 
-def check_earlier_run(output: str, *, overwrite: bool,
-                      incremental: bool) -> None:
+def check_earlier_run(output: str, *, overwrite: bool, incremental: bool,
+                      overwritable: bool = True) -> None:
     """Fails if ``output`` holds a run and neither ``overwrite`` nor
-    ``incremental`` is set; call it after :func:`recover`, under the lock."""
+    ``incremental`` is set; call it after :func:`recover`, under the lock.
+    ``overwritable``: whether to suggest --overwrite (not for a table)."""
     if not (overwrite or incremental) and holds_earlier_run(output):
-        raise ConfigError(f"output {output!r} holds an earlier run; choose "
-                          f"another folder, pass --skip-done to add to it, "
-                          f"or --overwrite to replace it")
+        ways = ["choose another folder", "pass --skip-done to add to it"]
+        if overwritable:
+            ways.append("--overwrite to replace it")
+        raise ConfigError(f"output {output!r} holds an earlier run; "
+                          f"{', '.join(ways[:-1])}"
+                          f"{', or ' if len(ways) > 2 else ' or '}{ways[-1]}")
 
 
 @contextlib.contextmanager

@@ -433,8 +433,10 @@ def _run(config, options, runner, log, output_locked, started,
         layout.check(config.output, layout.layout_of(partition),
                      config.table_format, overwrite=config.overwrite)
         tables.check_catalog_lists(spec, outputs.PARTITIONED)
-        outputs.check_earlier_run(config.output, overwrite=config.overwrite,
-                                  incremental=config.skip_done)
+        outputs.check_earlier_run(
+            config.output, overwrite=config.overwrite,
+            incremental=config.skip_done,
+            overwritable=layout.overwritable(config.output))
         stored = load_model(config.model_ref, root=config.store)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))

@@ -241,3 +241,25 @@ def test_a_catalog_table_located_in_another_output_is_refused(
             assert len(table.snapshots()) == 1
             assert sorted(table.scan().to_arrow().column("path")
                           .to_pylist()) == sorted(truth)
+
+
+@pytest.mark.parametrize("table_format", ["parquet", *TABLE_FORMATS])
+def test_refusals_suggest_overwrite_only_where_it_works(
+        tmp_path, images, cli, table_format):
+    """Following a refusal's advice must not lead to another refusal."""
+    folder, _ = images
+    output = str(tmp_path / "out")
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--table-format", table_format, "-q")
+    assert code == 0, err
+    again = refused(cli, folder, output, "--table-format", table_format)
+    assert "holds an earlier run" in again and "--skip-done" in again
+    other_layout = refused(cli, folder, output, "--table-format",
+                           table_format, "--skip-done", "--partition-by",
+                           "run_date")
+    assert "laid out as" in other_layout
+    for err in (again, other_layout):
+        assert ("--overwrite" in err) == (table_format == "parquet"), err
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--table-format", table_format, "--overwrite", "-q")
+    assert (code == 0) == (table_format == "parquet"), err
