@@ -256,6 +256,14 @@ def open_catalog(spec: TableSpec) -> None:
     is a new catalog and is created."""
     from pipeline.outputs import error_line
 
+    new = _new_sqlite_file(spec.catalog)
+    if new is not None:  # made by the first commit, not by checks
+        folder = os.path.dirname(os.path.abspath(new))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot "
+                              f"be opened (its folder {folder} does not "
+                              f"exist); fix the URI or make the folder")
+        return
     try:
         iceberg_catalog(spec)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy, drivers, I/O
@@ -274,9 +282,18 @@ def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
     (a shared catalog without a namespace per output, a copied output)."""
     if spec is None or spec.format != "iceberg":
         return
-    catalog = iceberg_catalog(spec)
+    # A catalog file not made yet lists nothing; checking must not make it.
+    catalog = None if _new_sqlite_file(spec.catalog) else iceberg_catalog(spec)
     for name in names:
         _check_table_place(catalog, spec, name)
+
+
+def _new_sqlite_file(uri: str) -> Optional[str]:
+    """The file of a ``sqlite:///PATH`` catalog that does not exist yet."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return path if path and not os.path.exists(path) else None
 
 
 def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
@@ -286,6 +303,8 @@ def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
     here = table_location(spec.output, name)
     identifier = f"{spec.namespace}.{name}"
     try:
+        if catalog is None:
+            raise NoSuchTableError(identifier)
         there = catalog.load_table(identifier).location()
     except NoSuchTableError:
         if FileSystems.match([join(here, "metadata", "*.metadata.json")]

@@ -194,9 +194,9 @@ def test_an_iceberg_table_its_catalog_does_not_list_is_refused(
     err = refused(cli, folder, output, "--table-format", "iceberg",
                   "--skip-done", *again)
     assert "holds an Iceberg table that the catalog" in err
-    # Nothing written but, when it was deleted, an empty default catalog.
-    assert listing(output) == sorted(before + (
-        [tables.CATALOG_FILE] if mistake == "default catalog deleted" else []))
+    # Nothing written: not even an empty catalog file.
+    assert listing(output) == before
+    assert not (tmp_path / "lake2.db").exists()
     if mistake != "default catalog deleted":  # still one table, one run
         from pyiceberg.catalog.sql import SqlCatalog
         table = SqlCatalog("imgclass", uri=f"sqlite:///{tmp_path}/lake.db") \
