@@ -108,6 +108,12 @@ def evaluate_on_split(model: StoredModel, split, *,
     from model_store.compile import compile_predictor
     from model_store.datasets import plain_pixels
 
+    if [str(c) for c in model.class_names] != [str(c) for c in
+                                               split.class_names]:
+        raise ConfigError(
+            f"{model.ref} classifies {_names(model.class_names)}, not the "
+            f"dataset's {_names(split.class_names)}: evaluate it on labelled "
+            f"folders of its classes with --data")
     prep = model.preprocessing
     predictor = predictor or compile_predictor(model)
     probs = predict_pixels(predictor, prep,
@@ -117,6 +123,12 @@ def evaluate_on_split(model: StoredModel, split, *,
     metrics.update(model=model.name, version=model.version,
                    dataset="digits (held-out 20%)")
     return metrics
+
+
+def _names(names) -> str:
+    """A few class names for a message."""
+    shown = ", ".join(str(n) for n in list(names)[:5])
+    return shown + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
 
 
 def record_metrics(model: StoredModel, metrics: dict) -> StoredModel:

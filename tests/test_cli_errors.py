@@ -325,3 +325,18 @@ def test_a_store_from_the_environment_is_named_as_such(cli, tmp_path,
     assert err.strip().splitlines() == [
         f"imgclass: error: the store {missing} (from $IMGCLASS_MODEL_STORE) "
         f"does not exist: give the folder of a model store"]
+
+
+def test_evaluating_a_model_on_a_dataset_of_other_classes_is_refused(
+        cli, tmp_path):
+    """A folder-trained model evaluated on the digits would report an
+    accuracy over classes it does not have, with exit 0."""
+    from tests.test_cli import save_three_class_model
+    root = str(tmp_path / "store")
+    save_three_class_model(root)
+    code, out, err = cli("--store", root, "evaluate", "--model", "three")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "imgclass: error: three@1 classifies a, b, c, not the dataset's 0, "
+        "1, 2, 3, 4, ... (10 classes): evaluate it on labelled folders of "
+        "its classes with --data"]
