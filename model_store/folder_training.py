@@ -26,6 +26,7 @@ from model_store.folders import (
     check_same_classes,
     check_sides,
     check_usable,
+    folder_root,
     load_pixels,
     scan_folder,
     stratified_split,
@@ -44,6 +45,11 @@ class FolderData:
     data: str
     val_data: str | None = None
     val_fraction: float = VAL_FRACTION
+
+    def __post_init__(self):  # recorded in the metadata: absolute
+        object.__setattr__(self, "data", folder_root(self.data))
+        if self.val_data is not None:
+            object.__setattr__(self, "val_data", folder_root(self.val_data))
 
 
 def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:

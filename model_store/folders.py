@@ -88,9 +88,7 @@ def scan_folder(root: str) -> FolderDataset:
             ``root`` (not one folder per class), or a class folder's name is
             not valid UTF-8.
     """
-    if not is_uri(root):
-        root = os.path.abspath(root)
-    root = root.rstrip("/\\") or "/"
+    root = folder_root(root)
     by_class: dict[str, list] = {name: [] for name in _local_folders(root)}
     for meta in sorted(_list_files(root), key=lambda m: m.path):
         parts = _relative_parts(root, meta.path)
@@ -111,6 +109,14 @@ def scan_folder(root: str) -> FolderDataset:
                        float(m.last_updated_in_seconds or 0.0), label)
              for label, name in enumerate(names) for m in by_class[name]]
     return FolderDataset(root, files, names)
+
+
+def folder_root(root: str) -> str:
+    """A dataset folder as recorded and listed: local paths absolute, no
+    trailing separator (``.`` or ``photos/`` would mean nothing later)."""
+    if not is_uri(root):
+        root = os.path.abspath(root)
+    return root.rstrip("/\\") or "/"
 
 
 def _list_files(root: str) -> list:

@@ -392,7 +392,7 @@ def test_examples_of_other_sides_than_the_network_takes_are_refused(
 
 @pytest.mark.parametrize("how", ["base", "spec"])
 def test_n_train_subtracts_only_the_broken_training_files(
-        backbone_store, tmp_path, cli, how):
+        backbone_store, tmp_path, cli, how, monkeypatch):
     data, val = tmp_path / "data", tmp_path / "val"
     train_files = list(write_shapes(data, per_class=4)) + write_broken(
         data / "red")
@@ -401,13 +401,18 @@ def test_n_train_subtracts_only_the_broken_training_files(
     k, j = 2, 4  # broken files written in --data and in --val-data
     model = ["--base", "tiny"] if how == "base" else [
         "--spec", tiny_spec(tmp_path)]
-    code, _, err = cli("--store", backbone_store, "train", "--data", data,
-                       "--val-data", val, "--name", "counted", "--epochs",
+    monkeypatch.chdir(tmp_path)  # folders given as typed: relative
+    code, _, err = cli("--store", backbone_store, "train", "--data", "data/",
+                       "--val-data", "./val", "--name", "counted", "--epochs",
                        "1", "--no-augment", *model)
     assert code == 0, err
     with open(os.path.join(backbone_store, "counted", "1",
                            "metadata.json"), encoding="utf-8") as handle:
         metadata = json.load(handle)
+    # Recorded so that they mean something from anywhere later.
+    assert (metadata["training"]["data"],
+            metadata["training"]["val_data"]) == (str(data), str(val))
+    assert metadata["metrics"]["dataset"] == f"validation: {val}"
     assert metadata["training"]["n_train"] == len(train_files) - k
     assert metadata["metrics"]["n_test"] == len(val_files) - j
     assert len(metadata["training"]["skipped"]) == k + j
