@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from model_store.errors import ConfigError
+from model_store.fs import printable
 from model_store.store import StoredModel, update_metadata
 
 EVAL_BATCH = 256
@@ -84,14 +85,15 @@ def evaluate_on_folder(model: StoredModel, data: str, *, predictor=None,
         raise ConfigError(f"--data {data} has no usable image")
     predictor = predictor or compile_predictor(model)
     probs = predict_pixels(predictor, prep, pixels)
-    paths = [f.path for f in dataset.files]
+    paths = [printable(f.path) for f in dataset.files]  # valid UTF-8 JSON
     metrics = classification_metrics(dataset.labels, probs.argmax(axis=1),
                                      model.class_names)
     metrics.update(model=model.name, version=model.version,
-                   dataset=dataset.root,
+                   dataset=printable(dataset.root),
                    mistakes=confident_mistakes(paths, dataset.labels, probs,
                                                model.class_names),
-                   broken=[{"path": p, "error": e} for p, e in broken])
+                   broken=[{"path": printable(p), "error": e}
+                           for p, e in broken])
     return metrics
 
 

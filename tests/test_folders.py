@@ -232,3 +232,29 @@ def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
     code, _, err = train_cli(cli, data)  # digits-cnn: 10 outputs
     assert code == 2 and err.count("\n") == 1, err
     assert "10 outputs" in err and "3 classes" in err
+
+
+def test_evaluate_json_escapes_names_that_are_not_utf8(tmp_path, cli):
+    """--json must be valid UTF-8 for any reader: names with other bytes
+    are written %XX, as classify and train write them."""
+    from tests.test_cli import save_three_class_model
+    store, data = str(tmp_path / "store"), tmp_path / "data"
+    save_three_class_model(store, weight=1.0)
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 200).save(data / name / "ok.png")
+    odd = os.path.join(os.fsencode(data / "b"), b"wr\xf6ng.png")
+    Image.new("L", (8, 8), 90).save(os.fsdecode(odd), "PNG")
+    with open(os.path.join(os.fsencode(data / "c"), b"bad\xff.png"),
+              "wb") as handle:
+        handle.write(b"not a picture")
+    code, out, err = cli("--store", store, "evaluate", "--model", "three",
+                         "--data", data, "--json")
+    assert code == 0, err
+    out.encode("utf-8")  # no lone surrogates
+    metrics = json.loads(out)
+    assert [row["path"] for row in metrics["broken"]] == [
+        f"{data}/c/bad%FF.png"]
+    assert metrics["n_test"] == 4
+    assert f"{data}/b/wr%F6ng.png" in [row["path"] for row in
+                                       metrics["mistakes"]]
