@@ -271,7 +271,14 @@ def save_version(network, *, name: str, metadata: dict, promote: bool,
     if versions and LATEST not in read_aliases(name, root=root):
         set_alias(name, LATEST, max(versions), root=root)
     model = save_model(network, name=name, metadata=metadata, root=root)
-    promoted = promote or not versions
-    if promoted and versions:
+    if promote:
         set_alias(name, LATEST, model.version, root=root)
-    return model, promoted
+        return model, True
+    # Listed again: another save of the same name may have run meanwhile
+    # (two first trainings at once); only the lowest version is "first".
+    earlier = [i.version for i in list_models(root)
+               if i.name == name and i.version < model.version]
+    if LATEST not in read_aliases(name, root=root):
+        set_alias(name, LATEST, max(earlier, default=model.version),
+                  root=root)
+    return model, not earlier

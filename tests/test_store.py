@@ -487,3 +487,39 @@ def test_a_damaged_aliases_file_breaks_only_its_model(root, cli, text,
     assert code == 1
     assert "FAILED  tiny: " in out and message in out
     assert "ok      good@1" in out and "ok      tiny@1" in out
+
+
+def test_two_first_trainings_at_once_leave_the_first_version_latest(
+        tmp_path, monkeypatch):
+    """Two `train --name x` started together both see no version; the one
+    that saves second (version 2, not promoted) must not become latest."""
+    import model_store.store as store
+    from model_store.train import save_version
+    from tests.test_cli import save_three_class_model
+
+    root = str(tmp_path / "store")
+    real = store.list_models
+    calls = []
+
+    def list_models(where=None):  # the other training saves right after
+        calls.append(where)       # this one has listed the versions
+        if len(calls) == 1:
+            save_three_class_model(root)
+            return []
+        return real(where)
+
+    monkeypatch.setattr(store, "list_models", list_models)
+    from model_store.spec import build_network
+    net = build_network({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "out", "num_units": 3,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": "prob"}]}, seed=1)
+    metadata = {"class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
+                "color_mode": "L", "resize": "bilinear",
+                "normalization": {"mean": [0.0], "std": [1.0]}}
+    model, promoted = save_version(net, name="three", metadata=metadata,
+                                   promote=False, root=root)
+    monkeypatch.undo()
+    assert (model.version, promoted) == (2, False)
+    assert store.load_model("three", root=root).version == 1
+    assert store.load_model("three@latest", root=root).version == 1
