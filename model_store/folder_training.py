@@ -67,7 +67,9 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
 
 def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
     def report(row: dict, rate: float) -> None:
-        stream.write(f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}"
+        loss = "not finite (diverged: try a smaller --lr)" \
+            if row["loss"] is None else f"{row['loss']:.4f}"
+        stream.write(f"epoch {row['epoch']}/{epochs}: loss {loss}"
                      f" train acc {row['accuracy']:.4f} val acc "
                      f"{row['val_accuracy']:.4f} ({rate:,.0f} images/s)\n")
     return report

@@ -142,7 +142,11 @@ def _train_epoch(step, inputs: np.ndarray, labels: np.ndarray,
         if progress:
             progress(epoch, int(seen), len(order), total_loss / seen,
                      total_correct / seen)
-    return {"epoch": epoch, "loss": round(total_loss / seen, 5),
+    loss = total_loss / seen
+    # A diverged epoch's loss is recorded as null (JSON has no NaN); the
+    # weights kept are still the best validated epoch's.
+    return {"epoch": epoch,
+            "loss": round(loss, 5) if np.isfinite(loss) else None,
             "accuracy": round(total_correct / seen, 5)}
 
 

@@ -441,3 +441,25 @@ def test_a_file_name_that_is_not_utf8_is_read_and_metadata_stays_utf8(
         str(data / "red" / "bad%FF.jpg")]
     assert metadata["training"]["n_train"] + metadata["metrics"][
         "n_test"] == 3 * 3 + 1
+
+
+def test_a_run_that_diverges_keeps_its_best_epoch(tmp_path, cli):
+    """A learning rate that blows up after the first epochs must not lose
+    the good epoch: the model is saved with it, the diverged losses are
+    null in the history, and it verifies."""
+    data, store = tmp_path / "data", str(tmp_path / "store")
+    write_shapes(data, per_class=4)
+    code, out, err = cli("--store", store, "train", "--data", data, "--name",
+                         "hot", "--spec", tiny_spec(tmp_path), "--epochs",
+                         "3", "--lr", "1e30", "--optimizer", "sgd",
+                         "--no-augment")
+    assert code == 0, err
+    with open(os.path.join(store, "hot", "1", "metadata.json"),
+              encoding="utf-8") as handle:
+        training = json.load(handle)["training"]
+    losses = [row["loss"] for row in training["history"]]
+    assert None in losses, losses  # it did diverge
+    assert training["best_epoch"] in [row["epoch"] for row
+                                      in training["history"]]
+    code, out, _ = cli("--store", store, "models", "verify", "hot@1")
+    assert code == 0 and out.startswith("ok")
