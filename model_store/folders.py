@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.fs import escape_path, is_uri, join
+from model_store.fs import escape_path, is_uri, join, printable
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 
@@ -152,11 +152,14 @@ def _check_names(root: str, names: list) -> None:
 
 def read_image(path: str, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """One file decoded as the pipeline decodes it (before resizing)."""
-    # Python's open takes local names that are not UTF-8; Beam's does not.
-    with (_filesystems().open(path) if is_uri(path)
-          else open(path, "rb")) as handle:
-        data = handle.read()
+    """One file read and decoded as the pipeline reads and decodes it
+    (before resizing): a FIFO, device or socket is refused unopened
+    (NotRegularFileError), and so is a file over the pipeline's default
+    size limit."""
+    from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
+
+    data = b"".join(iter_chunks(printable(path), size=None,
+                                max_bytes=DEFAULT_MAX_FILE_BYTES))
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,
                         background=prep.background).image

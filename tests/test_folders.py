@@ -258,3 +258,22 @@ def test_evaluate_json_escapes_names_that_are_not_utf8(tmp_path, cli):
     assert metrics["n_test"] == 4
     assert f"{data}/b/wr%F6ng.png" in [row["path"] for row in
                                        metrics["mistakes"]]
+
+
+def test_a_fifo_in_a_class_folder_is_skipped_not_waited_on(tmp_path):
+    """Opening a FIFO blocks until something writes to it: train and
+    evaluate hung forever on one. It is listed as broken, never opened."""
+    import threading
+    truth = write_shapes(tmp_path, per_class=3)
+    fifo = tmp_path / "red" / "pipe.png"
+    os.mkfifo(fifo)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=load_pixels(
+        scan_folder(str(tmp_path)), PREP)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "reading the folder hung on the FIFO"
+    pixels, kept, broken = done["result"]
+    assert [(path, "FIFO" in reason) for path, reason in broken] == [
+        (str(fifo), True)]
+    assert len(kept.files) == len(pixels) == len(truth)
