@@ -362,13 +362,14 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
 
 ALIASES_FILE = "aliases.json"
 LATEST = "latest"
-_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# fullmatch: '$' alone would take a trailing newline; as long as a name.
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_NAME_LENGTH - 1))
 
 
 def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
     """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file."""
     name, _, alias = ref.partition("@")
-    if alias == LATEST or not _ALIAS.match(alias):
+    if alias == LATEST or not _ALIAS.fullmatch(alias):
         return parse_ref(ref)
     parse_ref(name)  # validates the name
     aliases = read_aliases(name, root=root)
@@ -406,9 +407,10 @@ def set_alias(name: str, alias: str, version: int, *,
     """Points ``NAME@alias`` at an existing version (atomically on local
     disks: the file is written aside and renamed). ConfigError, before
     anything is written, when the store cannot be written."""
-    if not _ALIAS.match(alias):
-        raise UnknownModelError(f"invalid alias {alias!r}: start with a "
-                                f"letter, then letters, digits, '_' or '-'")
+    if not _ALIAS.fullmatch(alias):
+        raise UnknownModelError(f"invalid alias {alias[:40]!r}: start with a "
+                                f"letter, then letters, digits, '_' or '-', "
+                                f"at most {MAX_NAME_LENGTH} in all")
     root = store_root(root)
     resolve(f"{name}@{version}", root=root)  # the version must exist
     aliases = dict(read_aliases(name, root=root), **{alias: int(version)})

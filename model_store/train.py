@@ -30,6 +30,12 @@ def load_spec(path: str) -> dict:
             return json.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"spec file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--spec {path} is a folder: give the spec's JSON "
+                          f"file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"spec file {path} is not UTF-8 text (a JSON "
+                          f"network spec)") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
             from None

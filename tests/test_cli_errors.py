@@ -340,3 +340,25 @@ def test_evaluating_a_model_on_a_dataset_of_other_classes_is_refused(
         "imgclass: error: three@1 classifies a, b, c, not the dataset's 0, "
         "1, 2, 3, 4, ... (10 classes): evaluate it on labelled folders of "
         "its classes with --data"]
+
+
+@pytest.mark.parametrize("alias", ["prod\n", "a" * 101])
+def test_an_alias_with_a_newline_or_too_long_is_refused(cli, tmp_path, alias):
+    """'prod\\n' was stored, broke `models list` rows across lines and was
+    never found again as NAME@prod."""
+    root = str(tmp_path / "store")
+    shutil.copytree(DEFAULT_ROOT, root)
+    code, out, err = cli("--store", root, "models", "promote",
+                         "digits-cnn@1", "--alias", alias)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "invalid alias" in err
+    assert not os.path.exists(os.path.join(root, "digits-cnn",
+                                           "aliases.json")) or alias not in \
+        json.load(open(os.path.join(root, "digits-cnn", "aliases.json")))
+
+
+def test_a_spec_that_is_a_folder_is_refused_in_one_line(cli, tmp_path):
+    code, _, err = cli("--store", tmp_path / "store", "train", "--dataset",
+                       "digits", "--name", "x", "--spec", tmp_path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--spec {tmp_path} is a folder" in err
