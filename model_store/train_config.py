@@ -19,6 +19,9 @@ LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZER_NAMES = ("adam", "momentum", "sgd")
 
 
+MAX_SEED = 2**32 - 1  # the largest seed NumPy's RandomState takes
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training settings; recorded in the model's metadata. The defaults
@@ -51,6 +54,10 @@ class TrainConfig:
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
                                   f"{kind} integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
+                or not 0 <= self.seed <= MAX_SEED:  # NumPy's RandomState
+            raise ConfigError(f"--seed must be an integer from 0 to "
+                              f"{MAX_SEED}, got {self.seed!r}")
         if not 0 < self.lr < np.inf:
             raise ConfigError(f"--lr must be positive and finite, got "
                               f"{self.lr!r}")

@@ -362,3 +362,13 @@ def test_a_spec_that_is_a_folder_is_refused_in_one_line(cli, tmp_path):
                        "digits", "--name", "x", "--spec", tmp_path)
     assert code == 2 and err.count("\n") == 1, err
     assert f"--spec {tmp_path} is a folder" in err
+
+
+def test_a_seed_numpy_cannot_take_is_refused_before_any_work(cli, tmp_path):
+    """--seed -1 was a NumPy traceback (exit 1), with --base only after the
+    features of every image had been computed."""
+    code, _, err = cli("--store", tmp_path / "store", "train", "--dataset",
+                       "digits", "--name", "x", "--seed", "-1")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--seed must be an integer from 0 to 4294967295" in err
+    assert not (tmp_path / "store").exists()

@@ -106,6 +106,8 @@ def test_training_is_deterministic_for_a_seed_and_learns():
     ({"lr": -1.0}, "--lr must be positive and finite, got -1.0"),
     ({"lr": float("inf")}, "--lr must be positive and finite, got inf"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
+    ({"seed": -1}, "--seed must be an integer from 0 to 4294967295, got -1"),
+    ({"seed": 2**32}, "--seed must be an integer from 0 to 4294967295"),
     ({"lr_schedule": "step"}, "--lr-schedule must be one of constant, "
                               "cosine, got 'step'"),
 ])
