@@ -10,6 +10,7 @@ accuracy are saved, with that accuracy as the version's metrics.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -199,8 +200,10 @@ def train_transfer(folders: FolderData, *, name: str, base,
         else None
     features = features or _compiled_on_first_call(
         lambda: compile_features(base, cut))
-    cache = FeatureCache(base.weights_sha256, cache_directory, layer=None
-                         if cut is None else base.spec["layers"][cut]["name"])
+    cache = FeatureCache(
+        base.weights_sha256, cache_directory,
+        layer=None if cut is None else base.spec["layers"][cut]["name"],
+        inputs=json.dumps(base.preprocessing.to_metadata(), sort_keys=True))
     started = time.monotonic()
     (x_train, y_train, x_val, y_val), broken, broken_val = _features(
         folders, train_set, val_set, base, features, cache, config, stream)

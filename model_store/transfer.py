@@ -222,22 +222,26 @@ class FeatureCache:
     """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``
     (another layer's outputs, for fine-tuning: ``.../<layer>/<key>.npy``).
 
-    The key hashes the file's path, size and modification time and the
-    variant (``"plain"`` or ``"aug<seed>.<copy>"``): a changed file, other
-    weights or another variant never reuse old features. Writes are atomic
+    The key hashes the file's path, size and modification time, the
+    variant (``"plain"`` or ``"aug<seed>.<copy>"``) and ``inputs`` (how a
+    file becomes the network's input: the base's preprocessing): a changed
+    file, other weights, another preprocessing of the same weights or
+    another variant never reuse old features. Writes are atomic
     (a temporary file renamed), so a killed run leaves no half-written entry.
     """
 
     def __init__(self, weights_sha256: str, directory: str | None = None,
-                 *, layer: str | None = None):
+                 *, layer: str | None = None, inputs: str = ""):
         self.folder = os.path.join(directory or cache_dir(), "features",
                                    weights_sha256, *([layer] if layer
                                                      else []))
+        self.inputs = inputs
         self.hits = self.misses = 0
 
     def _path(self, item, variant: str) -> str:
         key = hashlib.sha256(_name_bytes(f"{item.path}\0{item.size}\0"
-                                         f"{item.mtime!r}\0{variant}")
+                                         f"{item.mtime!r}\0{variant}\0"
+                                         f"{self.inputs}")
                              ).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".npy")
 

@@ -113,6 +113,9 @@ def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
     assert cache.get(ImageFile("/x/a.png", 10, 2.0, 0), "plain") is None
     assert cache.get(item, "aug0.0") is None
     assert FeatureCache("w2", str(tmp_path)).get(item, "plain") is None
+    # Same weights, other preprocessing (another mean/std, size, colours).
+    assert FeatureCache("w1", str(tmp_path), inputs='{"mean": [0.9]}').get(
+        item, "plain") is None
 
 
 def test_trained_model_is_one_stored_model_that_classify_runs(
