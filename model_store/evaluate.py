@@ -142,8 +142,17 @@ def record_metrics(model: StoredModel, metrics: dict) -> StoredModel:
 def check_plot_path(path: str) -> None:
     """Refuses, before any work, a ``--plot`` that could not be written:
     matplotlib missing, a folder that does not exist or cannot be written,
-    a path that is a folder (ConfigError, one line)."""
+    a path that is a folder or whose extension matplotlib cannot write
+    (ConfigError, one line)."""
     _matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    extension = os.path.splitext(path)[1][1:].lower()
+    if extension and extension not in kinds:
+        raise ConfigError(f"--plot {path!r}: matplotlib cannot write "
+                          f".{extension} files; use one of "
+                          f"{', '.join('.' + k for k in sorted(kinds))}")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ConfigError(f"--plot {path!r} is a folder; give a file name")

@@ -189,6 +189,9 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
      "--plot '/no/such/folder/confusion.png': the folder '/no/such/folder' "
      "does not exist"),
     (["evaluate", "--plot", "samples"], "--plot 'samples' is a folder"),
+    (["evaluate", "--plot", "confusion.txt"], "--plot 'confusion.txt': "
+     "matplotlib cannot write .txt files; use one of .eps, .jpeg"),
+    (["evaluate", "--plot", "confusion.png.gz"], "cannot write .gz files"),
 ])
 def test_train_and_evaluate_mistakes_stop_before_any_work(
         cli, tmp_path, args, message):
