@@ -349,10 +349,6 @@ def table_spec(config: ClassifyConfig,
                              partition=partition)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped a run; the message says what it left."""
-
-
 def run_classify(config: ClassifyConfig, *, log=None,
                  output_locked: bool = False,
                  started: Optional[float] = None) -> dict:
@@ -641,16 +637,14 @@ def _low_confidence(staged: dict, min_confidence: float) -> dict:
 
 def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
              overwrite: bool) -> None:
-    """Publishes the run; an interruption or a write error part way is
-    completed (or discarded, if the record was not written) by the next
-    run on the output."""
+    """Publishes the run (Ctrl-C and SIGTERM are held back meanwhile:
+    ``run_classify``); a kill or a write error part way is completed (or
+    discarded, if the record was not written) by the next run on the
+    output."""
     later = (f"the next run on {paths.output} completes it (or discards it, "
              f"if it had not started)")
     try:
         paths.publish(staged, manifest, overwrite=overwrite)
-    except KeyboardInterrupt:
-        raise Interrupted(f"publishing run {paths.run_id} was interrupted; "
-                          f"{later}") from None
     except Exception as error:
         raise RunFailed(f"run {paths.run_id}: publishing failed "
                         f"({type(error).__name__}: {outputs.error_line(error)}); "
