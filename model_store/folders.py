@@ -8,8 +8,10 @@
     PATH/dog/0003.jpg
 
 The class names are the sub-folder names, sorted (class id = position).
-``PATH`` may be local or on any Beam filesystem. Files whose name starts with
-``.`` are ignored (``.DS_Store``, editors' temporary files). Images are
+``PATH`` may be local or on any Beam filesystem; local folders are listed
+as ``classify`` lists its inputs (:func:`transforms.files.list_pattern`):
+symlinked folders are followed, a symlink loop is not. Files whose name
+starts with ``.`` are ignored (``.DS_Store``, editors' temporary files). Images are
 decoded and preprocessed by the pipeline's own code
 (:func:`model_store.images.decode_image` and the model's
 :class:`~model_store.preprocessing.Preprocessing`), so that training,
@@ -27,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.fs import escape_path, is_uri, join, printable
+from model_store.fs import escape_path, is_uri, join, os_path, printable
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 
@@ -44,6 +46,7 @@ class ImageFile:
     size: int
     mtime: float
     label: int
+    unreadable: str = ""  # why listing it failed (a dangling symlink...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,24 +93,26 @@ def scan_folder(root: str) -> FolderDataset:
     """
     root = folder_root(root)
     by_class: dict[str, list] = {name: [] for name in _local_folders(root)}
-    for meta in sorted(_list_files(root), key=lambda m: m.path):
-        parts = _relative_parts(root, meta.path)
+    for listed in sorted(_list_files(root), key=lambda f: f.path):
+        parts = _relative_parts(root, listed.path)
         if any(part.startswith(".") for part in parts):
             continue
         if len(parts) < 2:
+            shown = printable(listed.path)
+            if listed.unreadable:
+                raise ConfigError(f"{shown}: {listed.unreadable}")
             raise ConfigError(
-                f"{meta.path} lies directly in {root}: a folder dataset has "
+                f"{shown} lies directly in {root}: a folder dataset has "
                 f"one sub-folder per class (e.g. {root}/cat/1.jpg, "
                 f"{root}/dog/2.jpg); move it into its class folder")
-        by_class.setdefault(parts[0], []).append(meta)
+        by_class.setdefault(parts[0], []).append(listed)
     if not by_class:
         raise ConfigError(f"{root} holds no files: a folder dataset has one "
                           f"sub-folder of images per class")
     names = sorted(by_class)
     _check_names(root, names)
-    files = [ImageFile(m.path, int(m.size_in_bytes),
-                       float(m.last_updated_in_seconds or 0.0), label)
-             for label, name in enumerate(names) for m in by_class[name]]
+    files = [dataclasses.replace(f, label=label)
+             for label, name in enumerate(names) for f in by_class[name]]
     return FolderDataset(root, files, names)
 
 
@@ -120,12 +125,43 @@ def folder_root(root: str) -> str:
 
 
 def _list_files(root: str) -> list:
+    """Every file below ``root`` as an :class:`ImageFile` of label -1; what
+    cannot be listed (a dangling symlink, an unreadable folder, a symlink
+    loop) with the reason in ``unreadable``."""
+    if not is_uri(root):
+        return _list_local(root)
     fs = _filesystems()
     try:
-        return fs.match([fs.join(root, "**")])[0].metadata_list
+        found = fs.match([fs.join(root, "**")])[0].metadata_list
     except Exception as error:  # Beam raises its own types per filesystem
         raise ConfigError(f"cannot list {root}: {str(error).splitlines()[0]}")\
             from None
+    return [ImageFile(m.path, int(m.size_in_bytes),
+                      float(m.last_updated_in_seconds or 0.0), -1)
+            for m in found]
+
+
+def _list_local(root: str) -> list:
+    from transforms.files import ListingError, escape_glob, list_pattern
+
+    if not os.path.isdir(root):
+        what = "does not exist" if not os.path.lexists(root) else \
+            "is not a folder"
+        raise ConfigError(f"{printable(root)} {what}: give a folder with one "
+                          f"sub-folder of images per class")
+    files = []
+    for listed in list_pattern(escape_glob(escape_path(root)) + "/**"):
+        path = os_path(listed.path)
+        if not isinstance(listed, ListingError):
+            files.append(ImageFile(path, int(listed.size_in_bytes),
+                                   float(listed.last_updated_in_seconds), -1))
+        elif path == root:
+            raise ConfigError(f"cannot list {printable(root)}: "
+                              f"{listed.message}")
+        else:
+            files.append(ImageFile(path, 0, 0.0, -1,
+                                   unreadable=listed.message))
+    return files
 
 
 def _local_folders(root: str) -> list[str]:
@@ -150,15 +186,18 @@ def _check_names(root: str, names: list) -> None:
                 f"%XX): rename it, class names are stored as text") from None
 
 
-def read_image(path: str, prep: Preprocessing, *,
+def read_image(item: ImageFile, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """One file read and decoded as the pipeline reads and decodes it
-    (before resizing): a FIFO, device or socket is refused unopened
+    """One listed file read and decoded as the pipeline reads and decodes
+    it (before resizing): what could not be listed raises FileReadError with
+    the listing's reason, a FIFO, device or socket is refused unopened
     (NotRegularFileError), and so is a file over the pipeline's default
     size limit."""
-    from transforms.files import DEFAULT_MAX_FILE_BYTES, iter_chunks
+    from transforms.files import DEFAULT_MAX_FILE_BYTES, FileReadError, iter_chunks
 
-    data = b"".join(iter_chunks(printable(path), size=None,
+    if item.unreadable:
+        raise FileReadError(item.unreadable)
+    data = b"".join(iter_chunks(printable(item.path), size=None,
                                 max_bytes=DEFAULT_MAX_FILE_BYTES))
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,
@@ -181,7 +220,7 @@ def load_pixels(dataset: FolderDataset, prep: Preprocessing, *,
     pixels, kept, broken = [], [], []
     for index, item in enumerate(dataset.files):
         try:
-            image = read_image(item.path, prep, max_pixels=max_pixels)
+            image = read_image(item, prep, max_pixels=max_pixels)
             if transform is not None:
                 image = transform(image, item)
             pixels.append(prep.to_pixels(image))

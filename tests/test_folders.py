@@ -277,3 +277,68 @@ def test_a_fifo_in_a_class_folder_is_skipped_not_waited_on(tmp_path):
     assert [(path, "FIFO" in reason) for path, reason in broken] == [
         (str(fifo), True)]
     assert len(kept.files) == len(pixels) == len(truth)
+
+
+def test_symlinked_class_folders_are_followed_and_loops_are_listed_broken(
+        tmp_path, split, cli):
+    """``data/cat -> /mnt/photos/cats`` is a class like any other (Beam's
+    matcher left it empty, so training refused it as an empty class); a
+    dangling symlink and a folder leading back to its parent are listed as
+    broken, with the reason, and the rest is used."""
+    elsewhere = tmp_path / "elsewhere"
+    truth = write_shapes(elsewhere, per_class=3)
+    data = tmp_path / "data"
+    data.mkdir()
+    for colour in ("blue", "green", "red"):
+        (data / colour).symlink_to(elsewhere / colour)
+    (data / "red" / "gone.png").symlink_to(tmp_path / "nothing.png")
+    (data / "green" / "loop").symlink_to(data)
+    dataset = scan_folder(str(data))
+    assert dataset.class_names == ["blue", "green", "red"]
+    pixels, kept, broken = load_pixels(dataset, PREP)
+    assert len(pixels) == len(kept.files) == len(truth) == 9
+    reasons = dict(broken)
+    assert sorted(reasons) == [f"{data}/green/loop", f"{data}/red/gone.png"]
+    assert "symlink loop" in reasons[f"{data}/green/loop"]
+    assert "dangling symlink" in reasons[f"{data}/red/gone.png"]
+
+    numbers = tmp_path / "numbers"
+    write_digit_folder(numbers, split, 60)
+    (numbers / "3" / "alias").symlink_to(numbers / "3")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for digit in os.listdir(numbers):
+        (linked / digit).symlink_to(numbers / digit)
+    code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                         linked, "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n_test"] == 60
+    assert [row["path"] for row in metrics["broken"]] == [
+        f"{linked}/3/alias"]
+
+
+@pytest.mark.parametrize("what", ["missing", "a file", "dangling class"])
+def test_a_data_path_that_is_not_a_folder_is_refused_in_one_line(
+        tmp_path, what):
+    data = tmp_path / "data"
+    if what == "a file":
+        data.write_bytes(b"x")
+    elif what == "dangling class":
+        write_shapes(data, per_class=2)
+        (data / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError) as caught:
+        scan_folder(str(data))
+    assert len(str(caught.value).splitlines()) == 1
+    assert {"missing": "does not exist", "a file": "is not a folder",
+            "dangling class": "dangling symlink"}[what] in str(caught.value)
+
+
+def test_evaluate_on_a_folder_of_only_broken_files_says_which(tmp_path, cli):
+    bad = sorted(write_broken(tmp_path / "data" / "3"))
+    code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                         tmp_path / "data")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert f"has no usable image: {len(bad)} file(s) could not be read" in err
+    assert f"the first: {bad[0]}: " in err
