@@ -82,7 +82,11 @@ def evaluate_on_folder(model: StoredModel, data: str, *, predictor=None,
     kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
     pixels, dataset, broken = load_pixels(dataset, prep, **kwargs)
     if not dataset.files:
-        raise ConfigError(f"--data {data} has no usable image")
+        first = (f"; the first: {printable(broken[0][0])}: {broken[0][1]}"
+                 if broken else "")
+        raise ConfigError(f"--data {printable(data)} has no usable image: "
+                          f"{len(broken)} file(s) could not be read or "
+                          f"decoded{first}")
     predictor = predictor or compile_predictor(model)
     probs = predict_pixels(predictor, prep, pixels)
     paths = [printable(f.path) for f in dataset.files]  # valid UTF-8 JSON

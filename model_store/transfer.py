@@ -98,6 +98,10 @@ def block_cut(spec: dict, blocks: int) -> int:
     ``model_store/architectures.py``)."""
     ids = sorted({int(m.group(1)) for layer in spec["layers"]
                   if (m := re.match(r"^b(\d+)_", layer["name"]))})
+    if not ids:
+        raise ConfigError("--fine-tune-blocks: this base has no blocks "
+                          "(layers named b<N>_...); leave the option out to "
+                          "train a head on its frozen features")
     if not 1 <= blocks <= len(ids):
         raise ConfigError(f"--fine-tune-blocks must be from 1 to {len(ids)} "
                           f"(the blocks of the base, layers named b<N>_...)"
@@ -316,7 +320,7 @@ def _read_if(item, prep, cached) -> list:
     """The decoded image in a list if a variant needs computing, else []."""
     if all(value is not None for value in cached.values()):
         return []
-    return [read_image(item.path, prep)]
+    return [read_image(item, prep)]
 
 
 def _variant_pixels(image, prep, variant, name, seed) -> np.ndarray:

@@ -9,7 +9,6 @@ nothing then (once publishing has started, it completes it and exits 0).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -32,7 +31,7 @@ from model_store.train_config import (
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
-from pipeline import logs, tables
+from pipeline import logs, signals, tables
 from pipeline.signals import STOPPING
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
@@ -189,11 +188,15 @@ def _train(args) -> int:
         raise ConfigError(f"give either --dataset "
                           f"{{{','.join(DATASETS)}}} or --data PATH")
     if args.dataset:
-        for option in ("base", "fine_tune_blocks", "val_data"):
+        for option in ("base", "fine_tune_blocks", "val_data",
+                       "val_fraction"):
             if getattr(args, option):  # None, or 0 blocks: not given
                 raise ConfigError(f"--{option.replace('_', '-')} applies "
                                   f"to --data (your labelled folders), not "
                                   f"to --dataset {args.dataset}")
+    if args.limit and args.dataset != "fashion-mnist":
+        raise ConfigError("--limit applies to --dataset fashion-mnist only: "
+                          "to train on fewer images, give a smaller folder")
     if args.dataset == "fashion-mnist":
         from model_store.fashion import train_fashion
         stored = train_fashion(name=args.name,
@@ -242,7 +245,12 @@ def _train_folder(args) -> int:
                           "--spec PATH (a network trained from scratch)")
     if args.fine_tune_blocks and not args.base:
         raise ConfigError("--fine-tune-blocks needs --base MODEL")
-    folders = FolderData(args.data, args.val_data, args.val_fraction)
+    if args.val_data and args.val_fraction is not None:
+        raise ConfigError("give --val-data PATH or --val-fraction F, not "
+                          "both: --val-fraction splits --data when there is "
+                          "no --val-data")
+    folders = FolderData(args.data, args.val_data, VAL_FRACTION
+                         if args.val_fraction is None else args.val_fraction)
     if args.base:
         network, metadata = train_transfer(
             folders, name=args.name, base=_load_base(args.base, args.store),
@@ -392,7 +400,9 @@ def _classify(args) -> int:
         emit_embeddings=args.emit_embeddings, table_format=args.table_format,
         iceberg_catalog=args.iceberg_catalog,
         iceberg_namespace=args.iceberg_namespace)
-    with _signals_stop_the_run() as received:
+    # Stopped, the libraries' lines are silenced (``logs.stopped``): the
+    # command says "interrupted" once.
+    with signals.stopping(logs.stopped) as received:
         try:
             manifest = run_classify(config, log=_log(args),
                                     started=process_started())
@@ -406,33 +416,6 @@ def _classify(args) -> int:
     if args.summary_json:
         print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
-
-
-@contextlib.contextmanager
-def _signals_stop_the_run():
-    """Ctrl-C and SIGTERM stop a run (staging removed, lock released) and
-    silence the libraries' lines (``logs.stopped``): the command says
-    "interrupted" once. Yields the list of signals received. A Ctrl-C
-    ignored from the start (a job started in the background) stays
-    ignored."""
-    received = []
-
-    def handler(signum, frame):
-        received.append(signum)
-        logs.stopped()
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.signal(s, handler) for s in
-                (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) != signal.SIG_IGN}
-    try:
-        yield received
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
 
 
 def _watch(args) -> int:
@@ -690,9 +673,9 @@ def _add_train_command(commands) -> None:
                             "(default: a stratified --val-fraction of "
                             "--data)")
     train.add_argument("--val-fraction", type=_fraction,
-                       default=VAL_FRACTION,
-                       help="share of each class held out for validation, "
-                            "with a fixed seed (default: %(default)s)")
+                       help=f"share of each class of --data held out for "
+                            f"validation when there is no --val-data, with "
+                            f"a fixed seed (default: {VAL_FRACTION})")
     train.add_argument("--base", metavar="MODEL",
                        help="transfer learning: a stored model (e.g. "
                             "efficientnet-lite0) whose frozen features "

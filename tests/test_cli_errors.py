@@ -179,6 +179,17 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
                              "folders), not to --dataset digits"),
     (["train", "--dataset", "digits", "--name", "x", "--fine-tune-blocks",
       "2"], "--fine-tune-blocks applies to --data"),
+    (["train", "--dataset", "digits", "--name", "x", "--val-fraction",
+      "0.3"], "--val-fraction applies to --data"),
+    (["train", "--dataset", "digits", "--name", "x", "--limit", "100"],
+     "--limit applies to --dataset fashion-mnist only"),
+    (["train", "--data", "samples/digits", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json", "--limit", "100"],
+     "--limit applies to --dataset fashion-mnist only"),
+    (["train", "--data", "samples/digits", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json", "--val-data", "samples/digits",
+      "--val-fraction", "0.3"], "give --val-data PATH or --val-fraction F, "
+                                "not both"),
     (["train", "--data", "samples/digits", "--name", "x", "--base", "nope"],
      "--base: no model named 'nope' in the store STORE; stored models: none "
      "(see 'imgclass models list'); nor is it one of the shipped models"),

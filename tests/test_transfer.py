@@ -329,6 +329,10 @@ def test_fine_tune_blocks_trains_the_last_block_only(shapes, tmp_path, cli):
     code, _, err = cli("--store", root, "train", "--data", shapes, "--name",
                        "x", "--base", "blocks", "--fine-tune-blocks", "3")
     assert code == 2 and "--fine-tune-blocks must be from 1 to 2" in err
+    code, _, err = cli("--store", root, "train", "--data", shapes, "--name",
+                       "x", "--base", "digits-cnn", "--fine-tune-blocks", "1")
+    assert code == 2 and "this base has no blocks" in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 # After decoding: unusable data stops in one line; counts in the metadata ---
