@@ -440,10 +440,12 @@ def _run(config, options, runner, log, output_locked, started,
         try:  # until publishing starts, any way out removes the staging
             staged, manifest = _stage(config, options, runner, stored,
                                       patterns, paths, (now, started), log)
+            # From here on the run is published whole (run_classify); a
+            # stop that a library swallowed on the way raises here instead.
+            hold()
         except BaseException:
             paths.discard_staging()
             raise
-        hold()  # from here on the run is published whole (run_classify)
         _publish(paths, staged, manifest, overwrite=config.overwrite)
     return manifest
 

@@ -1,4 +1,5 @@
-"""Holding Ctrl-C (SIGINT) and SIGTERM back while a run is published."""
+"""Ctrl-C (SIGINT) and SIGTERM: stopping a run before it publishes, and
+holding them back while it is published."""
 
 from __future__ import annotations
 
@@ -8,6 +9,39 @@ import threading
 
 # The signals that stop a run (``imgclass classify``: exit 130 / 143).
 STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+# The signals :func:`stopping` turned into KeyboardInterrupt, while it is
+# active: what :func:`deferrable`'s ``hold`` checks.
+_stopped: list[int] = []
+
+
+@contextlib.contextmanager
+def stopping(on_signal=lambda: None, signals=STOPPING):
+    """Each of ``signals`` raises KeyboardInterrupt in the main thread (after
+    calling ``on_signal()``); yields the list of those received. A library
+    may swallow that exception (a finalizer or a callback that catches
+    everything, e.g. while a database catalog is opened): a run that goes
+    on regardless is still stopped before it publishes, by
+    :func:`deferrable`'s ``hold``. A signal ignored from the start (a job
+    started in the background ignores Ctrl-C) stays ignored; elsewhere than
+    in the main thread the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+
+    def handler(signum, frame):
+        _stopped.append(signum)
+        on_signal()
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in signals
+                if signal.getsignal(s) != signal.SIG_IGN}
+    try:
+        yield _stopped
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        _stopped.clear()
 
 
 @contextlib.contextmanager
@@ -47,11 +81,16 @@ def deferrable(signals=STOPPING):
     does, from that moment until the block ends, and returns the list of
     those received (the same list on every call). Not called, the block
     changes nothing. For work whose last part must not be cut: a run holds
-    signals from the start of publishing until it has reported."""
+    signals from the start of publishing until it has reported. Called
+    after :func:`stopping` has seen a signal whose KeyboardInterrupt did not
+    stop the work, ``hold`` raises it again: nothing is held, the work is
+    not completed."""
     with contextlib.ExitStack() as stack:
         received: list[list[int]] = []
 
         def hold() -> list[int]:
+            if not received and _stopped:
+                raise KeyboardInterrupt
             if not received:
                 received.append(stack.enter_context(deferred(signals)))
             return received[0]

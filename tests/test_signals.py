@@ -156,3 +156,31 @@ def test_a_signal_while_the_command_exits_changes_nothing(signum):
                                            os.pardir))
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130),
+                                           (signal.SIGTERM, 143)])
+def test_a_stop_a_library_swallows_still_publishes_nothing(
+        cli, images, tmp_path, monkeypatch, signum, status):
+    """A finalizer or a catch-all callback (SQLAlchemy's pool while an
+    Iceberg catalog opens) can swallow the KeyboardInterrupt a signal
+    raised: the run went on and published with exit 0. It is stopped
+    before publishing instead."""
+    from model_store import store
+    real = store.load_model
+
+    def swallowing(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "load_model", swallowing)
+    output = str(tmp_path / "out")
+    with ctrl_c_as_at_a_prompt():
+        code, _, err = cli("classify", "--input", images, "--output", output)
+    assert code == status, err
+    assert err.strip().splitlines()[-1] == \
+        "imgclass: interrupted: nothing published"
+    assert not os.path.exists(output)
