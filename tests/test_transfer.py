@@ -118,6 +118,29 @@ def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
         item, "plain") is None
 
 
+def test_a_base_with_the_same_weights_and_other_pixels_computes_its_own(
+        backbone_store, shapes, tmp_path):
+    """Two versions of a base with the same weights but another mean/std
+    shared cached features before: the second head was trained on features
+    of pixels its model never sees, silently."""
+    shifted = dict(PREP, normalization={"mean": [0.2] * 3, "std": [0.6] * 3})
+    store.save_model(build_network(BACKBONE, seed=1), name="tiny-shifted",
+                     metadata=dict(shifted, class_names=list("abcde")),
+                     root=backbone_store)
+    bases = [store.load_model(name, root=backbone_store)
+             for name in ("tiny", "tiny-shifted")]
+    assert bases[0].weights_sha256 == bases[1].weights_sha256
+    config = TrainConfig(epochs=1, lr=0.01, augment_copies=0, seed=5)
+    computed = []
+    for base in bases:
+        features, calls = counting(compile_features(base))
+        train_transfer(FolderData(shapes), name="x", base=base,
+                       config=config, features=features,
+                       cache_directory=str(tmp_path / "cache"))
+        computed.append(sum(calls))
+    assert computed == [24 + 6, 24 + 6]  # 24 training, 6 validation images
+
+
 def test_trained_model_is_one_stored_model_that_classify_runs(
         backbone_store, shapes, tmp_path, cli):
     code, out, err = cli("--store", backbone_store, "train", "--data",
