@@ -39,6 +39,10 @@ DEFAULT_FORMAT = "parquet"
 DEFAULT_NAMESPACE = "imgclass"
 CATALOG_FILE = "_catalog.db"      # the default Iceberg catalog, in DIR
 CATALOG_NAME = "imgclass"
+# Seconds a database catalog may take to connect (the drivers that take
+# ``connect_timeout`` in the URI; a URI that sets one keeps its own).
+CATALOG_CONNECT_TIMEOUT = 10
+_TIMEOUT_DRIVERS = ("psycopg2", "psycopg", "pymysql", "mysqldb")
 APP_PREFIX = "imgclass/"          # Delta application transaction id prefix
 RUN_ID_KEY = "imgclass.run_id"    # in Delta commit info / Iceberg summaries
 PARTITION_COLUMNS = ("run_date",)
@@ -243,10 +247,26 @@ def _delta_schema(schema):
 def iceberg_catalog(spec: TableSpec):
     from pyiceberg.catalog.sql import SqlCatalog
 
-    properties = {"uri": spec.catalog}
+    properties = {"uri": _with_connect_timeout(spec.catalog)}
     if not is_uri(spec.output):
         properties["warehouse"] = f"file://{os.path.abspath(spec.output)}"
     return SqlCatalog(CATALOG_NAME, **properties)
+
+
+def _with_connect_timeout(uri: str) -> str:
+    """``uri`` with ``connect_timeout`` for the drivers that read it from the
+    URI (libpq's psycopg and psycopg2, pymysql, mysqlclient), unless it has
+    one: a catalog server that accepts the connection and never answers
+    stops the run in one line instead of hanging it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    if url.get_driver_name() not in _TIMEOUT_DRIVERS or \
+            "connect_timeout" in url.query:
+        return uri
+    return url.update_query_dict(
+        {"connect_timeout": str(CATALOG_CONNECT_TIMEOUT)}).render_as_string(
+            hide_password=False)
 
 
 def open_catalog(spec: TableSpec) -> None:

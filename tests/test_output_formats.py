@@ -138,6 +138,33 @@ def test_an_iceberg_catalog_that_cannot_be_opened_is_refused_before_work(
     assert not os.path.exists(output)
 
 
+def test_a_catalog_server_that_never_answers_stops_the_run_in_one_line(
+        tmp_path, images, cli, monkeypatch):
+    """A PostgreSQL catalog that accepts the connection and never answers
+    (an overloaded or wedged server) hung the run for good: libpq waits
+    without a limit unless the URI sets connect_timeout."""
+    import socket
+    import time
+
+    from pipeline import tables
+
+    folder, _ = images
+    forbid_work(monkeypatch)
+    monkeypatch.setattr(tables, "CATALOG_CONNECT_TIMEOUT", 2)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # the kernel accepts; nothing ever replies
+        uri = f"postgresql://u@127.0.0.1:{server.getsockname()[1]}/catalog"
+        output = str(tmp_path / "out")
+        started = time.monotonic()
+        err = refused(cli, folder, output, "--table-format", "iceberg",
+                      "--iceberg-catalog", uri)
+        assert time.monotonic() - started < 30
+    assert f"--iceberg-catalog {uri!r} cannot be opened" in err
+    assert "timeout" in err
+    assert not os.path.exists(output)
+
+
 def test_an_explicit_sqlite_catalog_is_created_on_first_use(
         tmp_path, images, cli):
     """A catalog file that does not exist yet, in a folder that does, is a
