@@ -438,6 +438,16 @@ def _watch(args) -> int:
     return EXIT_OK
 
 
+def _store_path(text: str) -> str:
+    """An empty --store (a script's unset "$STORE") is a mistake, not the
+    default store."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty: give a folder or a Beam filesystem path, or leave "
+            "the option out for the default store")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -544,7 +554,7 @@ def _add_common_options(parser, default) -> None:
     is SUPPRESS, so that an option given before the command is not reset by
     the command's parser."""
     parser.add_argument(
-        "--store", metavar="DIR", default=default,
+        "--store", metavar="DIR", default=default, type=_store_path,
         help="model store root, a local folder or any Beam filesystem path "
              "(default: $IMGCLASS_MODEL_STORE, else the models shipped "
              "in model_store/models)")

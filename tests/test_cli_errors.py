@@ -179,6 +179,8 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
                              "folders), not to --dataset digits"),
     (["train", "--dataset", "digits", "--name", "x", "--fine-tune-blocks",
       "2"], "--fine-tune-blocks applies to --data"),
+    (["--store", "", "models", "list"], "--store: is empty"),
+    (["models", "list", "--store", " "], "--store: is empty"),
     (["train", "--dataset", "digits", "--name", "x", "--val-fraction",
       "0.3"], "--val-fraction applies to --data"),
     (["train", "--dataset", "digits", "--name", "x", "--limit", "100"],
