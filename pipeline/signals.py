@@ -16,31 +16,45 @@ _stopped: list[int] = []
 
 
 @contextlib.contextmanager
+def _handling(signals, handler):
+    """Installs ``handler`` for each of ``signals`` that is not ignored (a
+    signal ignored from the start, as a job started in the background
+    ignores Ctrl-C, stays ignored) and restores the previous handlers
+    afterwards. Handlers can only be installed in the main thread;
+    elsewhere the block runs as it is (Python delivers signals to the main
+    thread anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    try:
+        for signum in signals:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
+        yield
+    finally:
+        for signum, old in previous.items():
+            # None: a handler not set from Python; the default is closest
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
+
+
+@contextlib.contextmanager
 def stopping(on_signal=lambda: None, signals=STOPPING):
-    """Each of ``signals`` raises KeyboardInterrupt in the main thread (after
-    calling ``on_signal()``); yields the list of those received. A library
-    may swallow that exception (a finalizer or a callback that catches
+    """Each of ``signals`` raises KeyboardInterrupt (after calling
+    ``on_signal()``); yields the list of those received. A library may
+    swallow that exception (a finalizer or a callback that catches
     everything, e.g. while a database catalog is opened): a run that goes
     on regardless is still stopped before it publishes, by
-    :func:`deferrable`'s ``hold``. A signal ignored from the start (a job
-    started in the background ignores Ctrl-C) stays ignored; elsewhere than
-    in the main thread the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield []
-        return
-
+    :func:`deferrable`'s ``hold``. Installed as :func:`_handling` does."""
     def handler(signum, frame):
         _stopped.append(signum)
         on_signal()
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, handler) for s in signals
-                if signal.getsignal(s) != signal.SIG_IGN}
     try:
-        yield _stopped
+        with _handling(signals, handler):
+            yield _stopped
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
         _stopped.clear()
 
 
@@ -49,30 +63,11 @@ def deferred(signals=STOPPING):
     """Records ``signals`` instead of acting on them while the block runs;
     yields the list of those that arrived (in order). The previous
     handlers are restored afterwards, and the caller decides what the
-    recorded signals mean. A signal that was ignored stays ignored.
-
-    Handlers can only be installed in the main thread; elsewhere the block
-    runs as it is (Python delivers signals to the main thread anyway).
+    recorded signals mean. Installed as :func:`_handling` does.
     """
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    with _handling(signals, lambda signum, frame: received.append(signum)):
         yield received
-        return
-
-    def record(signum, frame):
-        received.append(signum)
-
-    previous = {}
-    try:
-        for signum in signals:
-            if signal.getsignal(signum) != signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, record)
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            # None: a handler not set from Python; the default is closest
-            signal.signal(signum, signal.SIG_DFL if handler is None
-                          else handler)
 
 
 @contextlib.contextmanager
