@@ -422,3 +422,22 @@ def test_on_object_stores_the_empty_input_check_lists_one_match(memstore):
     memstore.objects = {"memstore://b/out/predictions/part-0.parquet": b"x"}
     assert unmatched(["memstore://b/*"], "memstore://b/out") == [
         "memstore://b/*"]
+
+
+@pytest.mark.parametrize("pattern", ["**/*.png", "c/x*", "c/*", "*/x?b.png"])
+def test_a_backslash_in_a_name_does_not_hide_it_from_a_glob(tmp_path, split,
+                                                             pattern):
+    """On POSIX a backslash is an ordinary character of a name: ``*`` and
+    ``?`` match it (Beam's own pattern treats it as a separator)."""
+    folder = tmp_path / "in" / "c"
+    folder.mkdir(parents=True)
+    names = ["x\\b.png", "xab.png"]
+    for index, name in enumerate(names):
+        (folder / name).write_bytes(digit_png(split, index))
+    output = str(tmp_path / "out")
+    assert main(["classify", "--input", str(tmp_path / "in" / pattern),
+                 "--output", output]) == 0
+    predicted, errors = check_exactly_once(output)
+    assert not errors
+    assert {real_path(p) for p in predicted} == {
+        str(folder / n) for n in names}

@@ -31,7 +31,6 @@ import errno
 import os
 import re
 import stat
-import warnings
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 from model_store.errors import ImgclassError
@@ -222,19 +221,42 @@ def _list_uri(pattern: str, exclude: Iterable[str]):
 
 def _glob_root(pattern: str):
     """``(folder to walk, regex of matching escaped paths, depth or None)``."""
-    from apache_beam.io.filesystem import FileSystem
-
     parts = pattern.split("/")
     static = 0
     while static < len(parts) - 1 and literal_of(parts[static]) is not None:
         static += 1
     root = "/".join(literal_of(p) for p in parts[:static]) or "/"
     rest = parts[static:]
-    with warnings.catch_warnings():  # "[[]" (a literal "[") is not nested
-        warnings.simplefilter("ignore", FutureWarning)
-        regex = re.compile(FileSystem.translate_pattern(pattern))
+    regex = re.compile(_local_regex(pattern))
     deep = any("**" in p or "?" in p for p in rest)
     return root, regex, None if deep else len(rest)
+
+
+# "**", "*", "?", or a character class ("[!]x]" included); an unclosed "["
+# is a literal.
+_GLOB_TOKEN = re.compile(r"\*\*|\*|\?|\[!?\]?[^\]]*\]")
+
+
+def _local_regex(pattern: str) -> str:
+    """Beam's pattern syntax (``FileSystem.translate_pattern``) for local
+    paths: the same, except that ``*`` stops only at ``/``. Beam's stops at
+    a backslash too (a Windows separator), which made ``*`` skip the POSIX
+    file names that contain one."""
+    regex, end = ["(?ms)"], 0
+    for token in _GLOB_TOKEN.finditer(pattern):
+        regex.append(re.escape(pattern[end:token.start()]))
+        text, end = token.group(), token.end()
+        if text in ("**", "*", "?"):
+            regex.append({"**": ".*", "*": "[^/]*", "?": "."}[text])
+        else:
+            inside = text[1:-1].replace("\\", "\\\\").replace("[", "\\[")
+            if inside.startswith("!"):
+                inside = "^" + inside[1:]
+            elif inside.startswith("^"):
+                inside = "\\" + inside
+            regex.append(f"[{inside}]")
+    regex.append(re.escape(pattern[end:]) + r"\Z")
+    return "".join(regex)
 
 
 def _walk(root: str, excluded: set, depth: Optional[int]):
