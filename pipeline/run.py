@@ -185,6 +185,11 @@ def _check_runner(options: PipelineOptions) -> None:
         cloud = options.view_as(GoogleCloudOptions)
         missing = [f"--{o}" for o in ("project", "region")
                    if not getattr(cloud, o)]
+        if not any((getattr(cloud, o) or "").startswith("gs://")
+                   for o in ("temp_location", "staging_location")):
+            missing.append("--temp_location=gs://BUCKET/PATH (Dataflow "
+                           "stages and keeps temporary files in Cloud "
+                           "Storage)")
         if missing:
             raise ConfigError(f"--runner=DataflowRunner needs "
                               f"{' and '.join(missing)}")
@@ -196,6 +201,11 @@ def _check_runner(options: PipelineOptions) -> None:
                               "'imgclass[gcp]'") from None
     _check_environment_type(options.view_as(PortableOptions))
     endpoint = options.view_as(PortableOptions).job_endpoint
+    if runner == "PortableRunner" and not endpoint:
+        raise ConfigError("--runner=PortableRunner needs --job_endpoint=HOST:"
+                          "PORT (a running job service) or --job_endpoint="
+                          "embed; or name the engine: --runner=FlinkRunner "
+                          "or SparkRunner")
     if runner in ("PortableRunner", "FlinkRunner", "SparkRunner") and \
             endpoint and endpoint != "embed":
         _check_endpoint(endpoint)

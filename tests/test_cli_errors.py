@@ -255,7 +255,12 @@ def test_missing_compiler_is_one_clear_line(tmp_path):
     (["--direct_running_mode=fast"], "argument --direct_running_mode: "
                                      "invalid choice: 'fast'"),
     (["--runner=DataflowRunner"], "--runner=DataflowRunner needs --project "
-                                  "and --region"),
+                                  "and --region and --temp_location=gs://"),
+    (["--runner=DataflowRunner", "--project=p", "--region=r",
+      "--temp_location=/tmp/x"],
+     "--runner=DataflowRunner needs --temp_location=gs://BUCKET/PATH"),
+    (["--runner=PortableRunner"], "--runner=PortableRunner needs "
+                                  "--job_endpoint=HOST:PORT"),
     (["--input", "hdfs2://cluster/images"],
      "--input 'hdfs2://cluster/images': no filesystem for hdfs2://"),
     (["--input", "gs://bucket/images"],

@@ -288,6 +288,7 @@ def test_offline_options_never_use_the_downloading_direct_runner():
         assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: x * 2),
                     equal_to([2, 4]))
     assert type(p.runner).__name__ == "FnApiRunner"
-    assert offline_options("--runner=PortableRunner").view_as(
+    assert offline_options("--runner=PortableRunner",
+                           "--job_endpoint=embed").view_as(
         beam.options.pipeline_options.StandardOptions).runner == \
         "PortableRunner"
