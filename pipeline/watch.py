@@ -311,8 +311,10 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window,
     new = _new_files(patterns, config.settle, done,
                      inputs.excluded(output), now)
     manifest = None
-    if new or not outputs.holds_earlier_run(output):
-        run = dataclasses.replace(config, partition=window.partition,
+    present = _present_inputs(config.inputs, log)
+    if present and (new or not outputs.holds_earlier_run(output)):
+        run = dataclasses.replace(config, inputs=present,
+                                  partition=window.partition,
                                   window=window.as_dict(), listed_at=now)
         try:
             manifest = run_classify(run, log=log, output_locked=True)
@@ -331,6 +333,21 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window,
         print(f"imgclass: window {window}: no new files", file=log)
     _write_marker(output, window, manifest, clock())
     return manifest
+
+
+def _present_inputs(paths, log) -> list[str]:
+    """The inputs that exist now: a watched folder that went away (a
+    remount, a rotation) is waited for, not a reason to stop."""
+    present = []
+    for path in paths:
+        try:
+            inputs.validated_pattern(path)
+        except ConfigError:
+            print(f"imgclass: input {path!r} is gone; its files wait until "
+                  f"it is back", file=log)
+            continue
+        present.append(path)
+    return present
 
 
 def _write_marker(output: str, window: Window, manifest: Optional[dict],

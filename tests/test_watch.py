@@ -436,3 +436,26 @@ def test_hours_and_windows_are_marked(tmp_path):
     # Its hour ended before the current window: no window will add to it.
     assert os.path.exists(os.path.join(
         output, "errors", *window.partition.split("/"), "_SUCCESS"))
+
+
+def test_a_watched_folder_that_goes_away_for_a_while_is_waited_for(
+        tmp_path, split):
+    """A remount or a rotation takes the watched folder away between two
+    looks: the watcher says so and goes on; files there when it is back
+    are published once."""
+    import shutil
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    folder.mkdir()
+    with watching(folder, output) as (log, clock):
+        wait_for(lambda: "imgclass: watching" in log.getvalue(), log=log,
+                 what="the watch to start")
+        shutil.rmtree(folder)  # before the first window is published
+        clock.advance(2 * WINDOW, log)
+        assert not clock.finished, log.getvalue()[-3000:]
+        assert f"input {str(folder)!r} is gone; its files wait until it " \
+            f"is back" in log.getvalue()
+        truth = write_digits(str(folder), split, 3, nested=False)
+        advance_until(clock, lambda: set(truth) <= set(
+            published_paths(output)), log, "the files once back")
+    assert sorted(check_contract(output)) == sorted(truth)
