@@ -31,7 +31,7 @@ from model_store.train_config import (
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
-from pipeline import logs, signals, tables
+from pipeline import logs, signals, tables, worker
 from pipeline.signals import STOPPING
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
@@ -402,7 +402,7 @@ def _classify(args) -> int:
         iceberg_namespace=args.iceberg_namespace)
     # Stopped, the libraries' lines are silenced (``logs.stopped``): the
     # command says "interrupted" once.
-    with signals.stopping(logs.stopped) as received:
+    with signals.stopping(_stop_quietly) as received:
         try:
             manifest = run_classify(config, log=_log(args),
                                     started=process_started())
@@ -479,6 +479,13 @@ _probability = _number_in(lambda v: 0.0 <= v <= 1.0,
 _fraction = _number_in(lambda v: 0.0 < v < 1.0, "a number between 0 and 1")
 _positive_float = _number_in(lambda v: 0.0 < v < math.inf,
                              "a positive number")
+
+
+def _stop_quietly() -> None:
+    """On Ctrl-C or SIGTERM: only imgclass's lines from now on, and local
+    worker processes are told to stop."""
+    logs.stopped()
+    worker.stop_local_workers()
 
 
 def _log(args):

@@ -55,7 +55,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
 from model_store.errors import ConfigError
-from pipeline import inputs, layout, outputs
+from pipeline import inputs, layout, outputs, worker
 from pipeline.run import (
     ClassifyConfig,
     RunFailed,
@@ -453,6 +453,7 @@ def stop_on_signals(stop: threading.Event):
     """
     def handler(signum, frame):
         if stop.is_set():
+            worker.stop_local_workers()
             raise KeyboardInterrupt
         stop.set()
         os.write(2, f"{STOPPING}\n".encode())

@@ -5,15 +5,19 @@ workers and says so once."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
+import threading
 
 from pipeline import logs
 
 # How the runner starts a worker (Beam's own: ``-m
-# apache_beam.runners.worker.sdk_worker_main``).
-COMMAND = f"{shlex.quote(sys.executable)} -m pipeline.worker"
+# apache_beam.runners.worker.sdk_worker_main``); ``exec``: the worker is the
+# command's child, not a shell's (:func:`stop_local_workers` finds it).
+COMMAND = f"exec {shlex.quote(sys.executable)} -m pipeline.worker"
+_MODULE = b"pipeline.worker"
 
 
 def local_runner(**kwargs):
@@ -38,9 +42,65 @@ def local_runner(**kwargs):
     return FnApiRunner(**kwargs)
 
 
+# How long a worker that got Ctrl-C or SIGTERM waits for the command to stop
+# it before it exits by itself.
+STOP_GRACE_SECONDS = 5.0
+
+
+_stop_timer: list[threading.Timer] = []
+
+
+def _exit_unless_stopped(signum, frame) -> None:
+    """A terminal sends Ctrl-C to every process of the job: the command
+    stops its workers. One it fails to stop (Beam's runner can miss a worker
+    that was still starting, then waits on it forever) exits by itself
+    after :data:`STOP_GRACE_SECONDS`."""
+    if _stop_timer:  # a second signal (Ctrl-C, then the command's SIGTERM)
+        return
+    _stop_timer.append(threading.Timer(STOP_GRACE_SECONDS, os._exit,
+                                       (128 + signum,)))
+    _stop_timer[0].daemon = True
+    _stop_timer[0].start()
+
+
+def stop_local_workers() -> None:
+    """Sends SIGTERM to this process's worker processes, which then exit
+    within :data:`STOP_GRACE_SECONDS` unless the runner stops them first:
+    the command's stop (a SIGTERM sent to it alone, as a scheduler does)
+    reaches workers Beam's runner would otherwise wait on forever. Linux
+    only (``/proc``); elsewhere a terminal's Ctrl-C reaches them itself."""
+    for pid in _children(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().split(b"\0")
+            if _MODULE in command:
+                os.kill(pid, signal.SIGTERM)
+        except OSError:  # gone meanwhile
+            continue
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    # "pid (name) state ppid ...": the name may hold spaces
+                    fields = handle.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
 def main(argv) -> int:
-    # A terminal sends Ctrl-C to every process of the job.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _exit_unless_stopped)
     logs.configure()
     from apache_beam.runners.worker import sdk_worker_main
 

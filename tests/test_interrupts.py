@@ -148,3 +148,61 @@ def test_quiet_leaves_errors(cli, tmp_path):
                          "--output", tmp_path / "out")
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1 and err.startswith("imgclass: error: ")
+
+
+@pytest.fixture
+def stuck_worker():
+    """A local worker process as the runner starts it, connected to a
+    control endpoint that never sends it anything: a worker the runner
+    does not stop (Beam's FnApiRunner can miss one that is still starting
+    when the run is interrupted, then waits on it forever)."""
+    import socket
+
+    from pipeline.worker import COMMAND
+
+    with socket.socket() as silent:
+        silent.bind(("localhost", 0))
+        silent.listen()
+        endpoint = f'url: "localhost:{silent.getsockname()[1]}"'
+        env = dict(os.environ, CONTROL_API_SERVICE_DESCRIPTOR=endpoint,
+                   LOGGING_API_SERVICE_DESCRIPTOR=endpoint,
+                   PIPELINE_OPTIONS="{}")
+        worker = subprocess.Popen(COMMAND, shell=True, env=env,
+                                  stderr=subprocess.DEVNULL)
+        silent.settimeout(60)
+        connected, _ = silent.accept()  # the worker is up and waiting
+        try:
+            yield worker
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+            connected.close()
+
+
+def exits_within(process, seconds):
+    try:
+        return process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return "still running"
+
+
+def test_a_worker_left_running_exits_after_ctrl_c(stuck_worker):
+    """A terminal's Ctrl-C reaches every process of the job: a worker the
+    command fails to stop exits by itself within its grace time."""
+    from pipeline.worker import STOP_GRACE_SECONDS
+
+    started = time.monotonic()
+    stuck_worker.send_signal(signal.SIGINT)
+    assert exits_within(stuck_worker, STOP_GRACE_SECONDS + 20) == 130
+    assert time.monotonic() - started >= STOP_GRACE_SECONDS - 0.5
+
+
+def test_a_stop_sent_to_the_command_alone_reaches_its_workers(stuck_worker):
+    """A scheduler's SIGTERM reaches the command only; the command passes
+    it on to its local worker processes (the worker is this test
+    process's child, as it is the command's)."""
+    from pipeline.worker import STOP_GRACE_SECONDS, stop_local_workers
+
+    stop_local_workers()
+    assert exits_within(stuck_worker, STOP_GRACE_SECONDS + 20) == 143
