@@ -418,6 +418,35 @@ def set_alias(name: str, alias: str, version: int, *,
     fs.write_atomic(fs.join(root, name, ALIASES_FILE), _json_bytes(aliases))
 
 
+def save_version(network, *, name: str, metadata: Mapping[str, Any],
+                 promote: bool, root: str | None = None):
+    """Saves a network (trained, imported) as the next version of ``name``;
+    it becomes what ``NAME`` and ``NAME@latest`` resolve to only if
+    ``promote`` is true or it is the model's first version.
+
+    ``latest`` is pinned to the current version *before* the new one is
+    written, so that no reader ever sees an unpromoted version as latest.
+
+    Returns:
+        ``(the saved model, whether it is now latest)``.
+    """
+    versions = [i.version for i in list_models(root) if i.name == name]
+    if versions and LATEST not in read_aliases(name, root=root):
+        set_alias(name, LATEST, max(versions), root=root)
+    model = save_model(network, name=name, metadata=metadata, root=root)
+    if promote:
+        set_alias(name, LATEST, model.version, root=root)
+        return model, True
+    # Listed again: another save of the same name may have run meanwhile
+    # (two first trainings at once); only the lowest version is "first".
+    earlier = [i.version for i in list_models(root)
+               if i.name == name and i.version < model.version]
+    if LATEST not in read_aliases(name, root=root):
+        set_alias(name, LATEST, max(earlier, default=model.version),
+                  root=root)
+    return model, not earlier
+
+
 def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     """Loads and verifies a model version.
 

@@ -176,7 +176,7 @@ def _models_import_onnx(args) -> int:
     print(f"saved {stored.ref} to {stored.location}: "
           f"{len(stored.spec['layers'])} layers, {len(stored.class_names)} "
           f"classes, input {stored.metadata['input_shape']}")
-    return EXIT_OK
+    return _print_promotion(stored, args.store)
 
 
 def _train(args) -> int:
@@ -237,7 +237,7 @@ def _train_config(args, defaults):
 
 def _train_folder(args) -> int:
     from model_store.folder_training import FolderData, train_from_spec, train_transfer
-    from model_store.train import save_version
+    from model_store.store import save_version
 
     if (args.base is None) == (args.spec is None):
         raise ConfigError("with --data, give --base MODEL (transfer "

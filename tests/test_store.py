@@ -494,7 +494,7 @@ def test_two_first_trainings_at_once_leave_the_first_version_latest(
     """Two `train --name x` started together both see no version; the one
     that saves second (version 2, not promoted) must not become latest."""
     import model_store.store as store
-    from model_store.train import save_version
+    from model_store.store import save_version
     from tests.test_cli import save_three_class_model
 
     root = str(tmp_path / "store")
@@ -523,3 +523,17 @@ def test_two_first_trainings_at_once_leave_the_first_version_latest(
     assert (model.version, promoted) == (2, False)
     assert store.load_model("three", root=root).version == 1
     assert store.load_model("three@latest", root=root).version == 1
+
+
+# An import leaves latest where it was, as train does -----------------------
+
+def test_an_import_leaves_latest_where_it_was_as_train_does(root, cli,
+                                                            tmp_path):
+    onnx_path = _onnx_file(tmp_path)
+    for version in (1, 2):
+        code, out, _ = cli("--store", root, "models", "import", "onnx",
+                           onnx_path, "--name", "pp")
+        assert code == 0 and f"saved pp@{version}" in out
+    assert "pp@latest is still pp@1: compare them" in out
+    assert store.resolve("pp", root=root).version == 1
+    assert store.read_aliases("pp", root=root) == {"latest": 1}
