@@ -8,6 +8,9 @@ any Beam filesystem such as ``gs://bucket/models``)::
     <root>/<name>/<version>/weights.npz     one array per parameter
     <root>/<name>/<version>/metadata.json   classes, preprocessing, training,
                                             metrics, sha256 of weights.npz
+    <root>/<name>/aliases.json              NAME@ALIAS -> version (below)
+    <root>/<name>/versions.json             the highest version number
+                                            given: never given again
 
 Versions are positive integers written in ASCII digits without leading
 zeros (``1``, ``12``; not ``01`` or full-width digits); ``latest`` (or no
@@ -326,7 +329,7 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
                                       f"integer, got {version!r}")
         return ModelInfo(name, version, folder)
     root = store_root(root)
-    name, version = _parse_alias(ref, root)
+    name, version, alias = _parse_alias(ref, root)
     odd = sorted(v for n, v, _ in _list_folders(root)
                  if n == name and not _VERSION.fullmatch(v))
     if odd:
@@ -335,21 +338,37 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             f"are not versions (positive integers in ASCII digits without "
             f"leading zeros, e.g. 1); rename or remove them")
     versions = [info for info in list_models(root) if info.name == name]
+    if version is None:
+        version = read_aliases(name, root=root).get(LATEST)
+        alias = LATEST if version is not None else None
+    for info in versions:
+        if info.version == version:
+            return info
+    if alias:
+        raise _dangling(name, alias, version, versions, root)
     if not versions:
         known = sorted({info.name for info in list_models(root)})
         raise UnknownModelError(
             f"no model named {name!r} in the store {root}; stored models: "
             f"{', '.join(known) or 'none'} (see 'imgclass models list')")
     if version is None:
-        version = read_aliases(name, root=root).get(LATEST)
-        if version is None:
-            return versions[-1]
-    for info in versions:
-        if info.version == version:
-            return info
+        return versions[-1]
     raise UnknownModelError(
         f"model {name!r} has no version {version} in {root}; versions: "
         f"{', '.join(str(i.version) for i in versions)}")
+
+
+def _dangling(name: str, alias: str, version: int, versions: list,
+              root: str) -> ModelIntegrityError:
+    """The error for an alias that points at a version not in the store (it
+    never resolves to another model: version numbers are not reused)."""
+    return ModelIntegrityError(
+        f"alias {name}@{alias} points at version {version}, but model "
+        f"{name!r} has no version {version} in {root} (versions: "
+        f"{', '.join(str(i.version) for i in versions) or 'none'}): point "
+        f"it at a stored version with 'imgclass models promote "
+        f"{name}@VERSION --alias {alias}', or remove it from "
+        f"{fs.join(root, name, ALIASES_FILE)}")
 
 
 # Aliases -------------------------------------------------------------------------
@@ -361,16 +380,21 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
 # is not picked up by ``--model NAME`` until it is promoted.
 
 ALIASES_FILE = "aliases.json"
+# ``<root>/<name>/versions.json``: ``{"highest": N}``, the highest version
+# number ever given, so that a deleted version's number is not given again.
+VERSIONS_FILE = "versions.json"
 LATEST = "latest"
 # fullmatch: '$' alone would take a trailing newline; as long as a name.
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_NAME_LENGTH - 1))
 
 
-def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
-    """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file."""
+def _parse_alias(ref: str,
+                 root: str) -> tuple[str, int | None, str | None]:
+    """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file:
+    ``(name, version or None, the alias or None)``."""
     name, _, alias = ref.partition("@")
     if alias == LATEST or not _ALIAS.fullmatch(alias):
-        return parse_ref(ref)
+        return (*parse_ref(ref), None)
     parse_ref(name)  # validates the name
     aliases = read_aliases(name, root=root)
     if alias not in aliases:
@@ -378,7 +402,7 @@ def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
             f"model {name!r} has no alias {alias!r} in {root}; aliases: "
             f"{', '.join(sorted(aliases)) or 'none'} (set one with "
             f"'imgclass models promote {name}@VERSION --alias {alias}')")
-    return name, aliases[alias]
+    return name, aliases[alias], alias
 
 
 def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
@@ -389,17 +413,22 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
             alias names to version numbers (one line, naming the file).
     """
     path = fs.join(store_root(root), name, ALIASES_FILE)
-    try:
-        aliases = _read_json(path)
-    except ModelFileMissingError:
-        if fs.is_uri(path) or not os.path.lexists(path):
-            return {}
-        raise  # there, but cannot be read (a folder, no permission)
+    aliases = _read_optional_json(path) or {}
     if not all(isinstance(k, str) and _is_positive_int(v)
                for k, v in aliases.items()):
         raise ModelIntegrityError(f"{path} must map alias names to version "
                                   f"numbers, e.g. {{\"prod\": 2}}")
     return aliases
+
+
+def _read_optional_json(path: str) -> dict | None:
+    """:func:`_read_json`, or None when there is no such file."""
+    try:
+        return _read_json(path)
+    except ModelFileMissingError:
+        if fs.is_uri(path) or not os.path.lexists(path):
+            return None
+        raise  # there, but cannot be read (a folder, no permission)
 
 
 def set_alias(name: str, alias: str, version: int, *,
@@ -532,8 +561,8 @@ def verify(ref: str | None = None, *,
     """Verifies one model (or every stored version): ``[(ref, error)]``.
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
-    not a version). A ``ref`` that names no stored model or version
-    raises UnknownModelError."""
+    not a version) or whose versions file is damaged. A ``ref`` that names
+    no stored model or version raises UnknownModelError."""
     results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
@@ -542,6 +571,7 @@ def verify(ref: str | None = None, *,
         for name in sorted({info.name for info in infos}):
             try:
                 resolve(name, root=root)
+                _highest_given(name, store_root(root))
             except ImgclassError as error:
                 results.append((name, error))
         refs = [info.ref for info in infos]
@@ -599,6 +629,7 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
+        _record_version(name, full["version"], root)
         if _write_version(fs.join(root, name, str(full["version"])), files):
             return load_model(f"{name}@{full['version']}", root=root)
         # Another save took this version first: take the next one.
@@ -608,8 +639,36 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
 
 def _next_version(name: str, root: str) -> int:
-    return max((i.version for i in list_models(root) if i.name == name),
-               default=0) + 1
+    """One above every number ``name`` has used: its versions, those its
+    aliases name and the highest ever given (:data:`VERSIONS_FILE`), so
+    that the number of a deleted version is never given again (an alias
+    or a record naming it would silently mean another model)."""
+    used = [i.version for i in list_models(root) if i.name == name]
+    used += read_aliases(name, root=root).values()
+    return max(used + [_highest_given(name, root)]) + 1
+
+
+def _highest_given(name: str, root: str) -> int:
+    """The highest version number ``name`` was given (0: none recorded)."""
+    path = fs.join(root, name, VERSIONS_FILE)
+    record = _read_optional_json(path)
+    if record is None:
+        return 0
+    if not (record.keys() == {"highest"}
+            and _is_positive_int(record["highest"])):
+        raise ModelIntegrityError(
+            f"{path} must hold {{\"highest\": N}}, the highest version "
+            f"number ever given: fix it, or remove it (numbers then "
+            f"continue after the highest version stored)")
+    return record["highest"]
+
+
+def _record_version(name: str, version: int, root: str) -> None:
+    """Records ``version`` as given before its folder is written: a save
+    that then fails leaves the number unused, never reused."""
+    if version > _highest_given(name, root):
+        fs.write_atomic(fs.join(root, name, VERSIONS_FILE),
+                        _json_bytes({"highest": version}))
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,

@@ -162,7 +162,8 @@ def test_a_failed_save_leaves_no_version(root, monkeypatch):
     with pytest.raises(OSError):
         save(root)
     assert [i.version for i in store.list_models(root)] == [1]
-    assert os.listdir(os.path.join(root, "tiny")) == ["1"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", store.VERSIONS_FILE]
 
 
 def test_shipped_default_model_verifies():
@@ -347,7 +348,8 @@ def test_save_model_refuses_metadata_that_would_not_load(root, edit,
     with pytest.raises(ConfigError, match=re.escape(message)):
         store.save_model(build_network(SPEC, seed=1), name="tiny",
                          metadata=metadata, root=root)
-    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", store.VERSIONS_FILE]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -461,7 +463,8 @@ def test_two_saves_at_once_get_two_versions(root, monkeypatch):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(results, key=str) == [2, 3], results
-    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1", "2", "3"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", "2", "3", store.VERSIONS_FILE]
     assert all(e is None for _, e in store.verify(root=root))
 
 
@@ -537,3 +540,37 @@ def test_an_import_leaves_latest_where_it_was_as_train_does(root, cli,
     assert "pp@latest is still pp@1: compare them" in out
     assert store.resolve("pp", root=root).version == 1
     assert store.read_aliases("pp", root=root) == {"latest": 1}
+
+
+# Version numbers are never given twice -------------------------------------
+
+def test_a_deleted_versions_number_is_never_given_again(root):
+    for seed in range(3):
+        save(root, seed=seed)
+    shutil.rmtree(os.path.join(root, "tiny", "3"))  # by hand: no command
+    assert save(root, seed=3).version == 4
+    assert [i.version for i in store.list_models(root)] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("alias", ["prod", "latest"])
+def test_an_alias_of_a_deleted_version_fails_instead_of_moving(root, cli,
+                                                               alias):
+    for seed in range(3):
+        save(root, seed=seed)
+    assert cli("--store", root, "models", "promote", "tiny@2",
+               "--alias", alias)[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "2"))
+    ref = f"tiny@{alias}"
+    if alias == "prod":
+        assert save(root, seed=3).version == 4  # 2 is not given again
+    for command in (["models", "show", ref], ["classify", "--model", ref,
+                                              "--input", "samples/digits",
+                                              "--output", root + "-out"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"alias {ref} points at version 2, but "
+                                    f"model 'tiny' has no version 2")
+        assert f"'imgclass models promote tiny@VERSION --alias {alias}'" \
+            in err
+    assert cli("--store", root, "models", "promote", "tiny@3",
+               "--alias", alias)[0] == 0
+    assert store.resolve(ref, root=root).version == 3
