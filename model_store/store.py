@@ -97,11 +97,19 @@ def check_model_name(name: str) -> str:
 def check_new_version(name: str, root: str | None = None) -> str:
     """The store in use, once sure that :func:`save_model` can write a
     version of ``name`` there: ConfigError (one line) for an invalid name, a
-    store that is a file or one that cannot be written. Commands that create
-    a version call it before any work (training, converting)."""
+    store that is a file or one that cannot be written; ModelIntegrityError
+    for a damaged aliases or versions file, or a ``NAME`` that does not
+    resolve (``latest`` pinned at a missing version, a folder that is not a
+    version). Commands that create a version call it before any work
+    (training, converting), so that they never save and then fail."""
     check_model_name(name)
     root = store_root(root)
     _check_writable(root, name)
+    _next_version(name, root)  # reads the aliases and versions files
+    try:
+        resolve(name, root=root)
+    except UnknownModelError:
+        pass  # no version yet: this is the first
     return root
 
 

@@ -574,3 +574,37 @@ def test_an_alias_of_a_deleted_version_fails_instead_of_moving(root, cli,
     assert cli("--store", root, "models", "promote", "tiny@3",
                "--alias", alias)[0] == 0
     assert store.resolve(ref, root=root).version == 3
+
+
+# Damaged store files are refused before any work ---------------------------
+
+@pytest.mark.parametrize("file,text,message", [
+    (store.ALIASES_FILE, '{"latest": 1,', "aliases.json is not valid JSON"),
+    (store.ALIASES_FILE, '{"prod": "1"}',
+     "must map alias names to version numbers"),
+    (store.ALIASES_FILE, '{"latest": 7}',
+     "alias tiny@latest points at version 7"),
+    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')])
+@pytest.mark.parametrize("stored", [True, False], ids=["versions", "none"])
+def test_a_damaged_store_file_is_refused_before_any_work(
+        root, cli, tmp_path, monkeypatch, file, text, message, stored):
+    """Also for a model whose versions were all deleted (none)."""
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    save(root, name="other")
+    os.makedirs(os.path.join(root, "tiny"))
+    if stored:
+        save(root)
+    with open(os.path.join(root, "tiny", file), "w") as handle:
+        handle.write(text)
+    before = [i.ref for i in store.list_models(root)]
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, message)
+    assert [i.ref for i in store.list_models(root)] == before
