@@ -23,6 +23,7 @@ a version folder. Loading always verifies the weights' checksum and shapes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -45,6 +46,7 @@ from model_store.errors import (
     ModelFileMissingError,
     ModelIntegrityError,
     SpecError,
+    StoreWriteError,
     UnknownModelError,
 )
 from model_store.preprocessing import Preprocessing
@@ -452,7 +454,9 @@ def set_alias(name: str, alias: str, version: int, *,
     resolve(f"{name}@{version}", root=root)  # the version must exist
     aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
     _check_writable(root, name)
-    fs.write_atomic(fs.join(root, name, ALIASES_FILE), _json_bytes(aliases))
+    path = fs.join(root, name, ALIASES_FILE)
+    with _writing(path, f"alias {name}@{alias} not set"):
+        fs.write_atomic(path, _json_bytes(aliases))
 
 
 def save_version(network, *, name: str, metadata: Mapping[str, Any],
@@ -468,20 +472,32 @@ def save_version(network, *, name: str, metadata: Mapping[str, Any],
         ``(the saved model, whether it is now latest)``.
     """
     versions = [i.version for i in list_models(root) if i.name == name]
-    if versions and LATEST not in read_aliases(name, root=root):
-        set_alias(name, LATEST, max(versions), root=root)
+    with _reworded(f"model {name} not saved: {{}}"):
+        if versions and LATEST not in read_aliases(name, root=root):
+            set_alias(name, LATEST, max(versions), root=root)
     model = save_model(network, name=name, metadata=metadata, root=root)
-    if promote:
-        set_alias(name, LATEST, model.version, root=root)
-        return model, True
-    # Listed again: another save of the same name may have run meanwhile
-    # (two first trainings at once); only the lowest version is "first".
-    earlier = [i.version for i in list_models(root)
-               if i.name == name and i.version < model.version]
-    if LATEST not in read_aliases(name, root=root):
-        set_alias(name, LATEST, max(earlier, default=model.version),
-                  root=root)
+    with _reworded(f"saved {model.ref}, but {{}}"):
+        if promote:
+            set_alias(name, LATEST, model.version, root=root)
+            return model, True
+        # Listed again: another save of the same name may have run
+        # meanwhile (two first trainings at once); only the lowest version
+        # is "first".
+        earlier = [i.version for i in list_models(root)
+                   if i.name == name and i.version < model.version]
+        if LATEST not in read_aliases(name, root=root):
+            set_alias(name, LATEST, max(earlier, default=model.version),
+                      root=root)
     return model, not earlier
+
+
+@contextlib.contextmanager
+def _reworded(template: str):
+    """A StoreWriteError in the block, its message put in ``template``."""
+    try:
+        yield
+    except StoreWriteError as error:
+        raise StoreWriteError(template.format(error)) from None
 
 
 def load_model(ref: str, *, root: str | None = None) -> StoredModel:
@@ -637,8 +653,9 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
-        _record_version(name, full["version"], root)
-        if _write_version(fs.join(root, name, str(full["version"])), files):
+        _record_version(name, full["version"], root, where)
+        if _write_version(fs.join(root, name, str(full["version"])), files,
+                          where):
             return load_model(f"{name}@{full['version']}", root=root)
         # Another save took this version first: take the next one.
         full["version"] = max(full["version"] + 1, _next_version(name, root))
@@ -671,12 +688,13 @@ def _highest_given(name: str, root: str) -> int:
     return record["highest"]
 
 
-def _record_version(name: str, version: int, root: str) -> None:
+def _record_version(name: str, version: int, root: str, where: str) -> None:
     """Records ``version`` as given before its folder is written: a save
     that then fails leaves the number unused, never reused."""
     if version > _highest_given(name, root):
-        fs.write_atomic(fs.join(root, name, VERSIONS_FILE),
-                        _json_bytes({"highest": version}))
+        path = fs.join(root, name, VERSIONS_FILE)
+        with _writing(path, where):
+            fs.write_atomic(path, _json_bytes({"highest": version}))
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
@@ -731,39 +749,86 @@ def _non_finite(value, path: str = "") -> str | None:
     return None
 
 
-def _write_version(folder: str, files: dict[str, bytes]) -> bool:
+def _write_version(folder: str, files: dict[str, bytes], where: str) -> bool:
     """Writes a version folder whole; False (nothing written) when another
     save made that folder first. On local disks the files are written in a
-    hidden folder that is renamed, so a version appears whole or not."""
+    hidden folder that is renamed, so a version appears whole or not. An
+    OSError (a full disk) is a StoreWriteError starting with ``where`` and
+    naming the file; nothing is left behind."""
     if fs.is_uri(folder):
-        for file_name, data in files.items():  # metadata last: it marks done
-            fs.create(fs.join(folder, file_name), data)
-        return True
+        return _write_objects(folder, files, where)
     model_dir, version = os.path.split(folder)
-    os.makedirs(model_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
+    target, staging = model_dir, None
     try:
+        os.makedirs(model_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
         os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
         for file_name, data in files.items():
-            with open(os.path.join(staging, file_name), "wb") as handle:
-                handle.write(data)
+            target = os.path.join(folder, file_name)
+            _create(os.path.join(staging, file_name), data)
+        target = folder
         os.rename(staging, folder)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        return True
+    except BaseException as error:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
+        if target == folder and error.errno in (errno.ENOTEMPTY,
+                                                errno.EEXIST):
             return False
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise _write_error(target, error, where) from None
+
+
+def _write_objects(folder: str, files: dict[str, bytes], where: str) -> bool:
+    """:func:`_write_version` on an object store: ``metadata.json`` last,
+    as it marks a version done; the objects written are deleted again when
+    one fails."""
+    written = []
+    for file_name, data in files.items():
+        target = fs.join(folder, file_name)
+        try:
+            _create(target, data)
+        except OSError as error:
+            with contextlib.suppress(Exception):
+                _filesystems().delete(written)
+            raise _write_error(target, error, where) from None
+        written.append(target)
     return True
+
+
+def _create(path: str, data: bytes) -> None:
+    """Writes the file ``path`` (local, or any Beam filesystem)."""
+    if fs.is_uri(path):
+        fs.create(path, data)
+        return
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_error(path: str, error: OSError, where: str) -> StoreWriteError:
+    return StoreWriteError(f"{where}: cannot write {fs.printable(path)}: "
+                           f"{error.strerror or _one_line(error)}")
+
+
+@contextlib.contextmanager
+def _writing(path: str, where: str):
+    """An OSError in the block becomes a StoreWriteError (one line: what
+    was not done, the file, the system's reason)."""
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except OSError as error:
+        raise _write_error(path, error, where) from None
 
 
 def update_metadata(model: StoredModel, **updates) -> StoredModel:
     """Adds keys (e.g. evaluation metrics) to a stored version's metadata."""
     metadata = dict(model.metadata, **updates)
     path = fs.join(model.location, METADATA_FILE)
-    fs.write_atomic(path, _json_bytes(metadata))
+    with _writing(path, f"metadata of {model.ref} not updated"):
+        fs.write_atomic(path, _json_bytes(metadata))
     model.metadata = metadata
     return model
 

@@ -1,9 +1,10 @@
 """The ``imgclass`` command line.
 
-Exit codes: 0 success; 1 a check failed (``models verify``) or the run
-failed; 2 a usage or configuration mistake, reported in one line before any
-work starts; 130 Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes
-nothing then (once publishing has started, it completes it and exits 0).
+Exit codes: 0 success; 1 a check failed (``models verify``), the run
+failed or writing to the model store failed (a full disk); 2 a usage or
+configuration mistake, reported in one line before any work starts; 130
+Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes nothing then (once
+publishing has started, it completes it and exits 0).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from model_store import DEFAULT_MODEL
 from model_store.datasets import DATASETS
-from model_store.errors import ConfigError, ImgclassError
+from model_store.errors import ConfigError, ImgclassError, StoreWriteError
 from model_store.folders import VAL_FRACTION
 from model_store.images import DEFAULT_MAX_PIXELS
 from model_store.train_config import (
@@ -955,6 +956,9 @@ def main(argv: list[str] | None = None) -> int:
         args.beam_args = extra
         _set_verbosity(quiet=args.quiet, verbose=args.verbose)
         return args.func(args)
+    except StoreWriteError as error:  # a full disk: not a mistake
+        print(f"imgclass: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except ImgclassError as error:
         print(f"imgclass: error: {error}", file=sys.stderr)
         return EXIT_USAGE

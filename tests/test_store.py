@@ -159,7 +159,9 @@ def test_a_failed_save_leaves_no_version(root, monkeypatch):
     save(root)
     monkeypatch.setattr(store.os, "rename", lambda *a: (_ for _ in ()).throw(
         OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"model tiny not saved: cannot write "
+                                      f"{os.path.join(root, 'tiny', '2')}: "
+                                      f"disk full$"):
         save(root)
     assert [i.version for i in store.list_models(root)] == [1]
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
@@ -608,3 +610,111 @@ def test_a_damaged_store_file_is_refused_before_any_work(
         code, _, err = cli("--store", root, *command, "--name", "tiny")
         _one_line_exit_2(code, err, message)
     assert [i.ref for i in store.list_models(root)] == before
+
+
+# A full disk: one line, exit 1, no half-written version --------------------
+
+def _full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full_disk_at(monkeypatch, fail_at, when):
+    """Every file the store writes counted; the ``fail_at``-th raises
+    ENOSPC ``when`` "before" or "after" it is written."""
+    calls = []
+
+    def failing(write):
+        def wrapper(path, data):
+            calls.append(path)
+            if len(calls) == fail_at and when == "before":
+                _full()
+            write(path, data)
+            if len(calls) == fail_at:
+                _full()
+        return wrapper
+
+    monkeypatch.setattr(store, "_create", failing(store._create))
+    monkeypatch.setattr(store.fs, "write_atomic",
+                        failing(store.fs.write_atomic))
+    return calls
+
+
+def _visible(root):
+    """What readers of the store see, and anything left half-written."""
+    folder = os.path.join(root, "pp")
+    return ([i.ref for i in store.list_models(root)],
+            store.resolve("pp", root=root).ref,
+            store.read_aliases("pp", root=root),
+            [n for n in os.listdir(folder)
+             if n.startswith(".") or n.endswith(".tmp")])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_full_disk_while_importing_leaves_no_version(root, cli, tmp_path,
+                                                       monkeypatch, when):
+    onnx_path = _onnx_file(tmp_path)
+    import_pp = ["--store", root, "models", "import", "onnx", onnx_path,
+                 "--name", "pp"]
+    assert cli(*import_pp)[0] == 0
+    assert cli("--store", root, "models", "promote", "pp@1",
+               "--alias", "prod")[0] == 0
+    before = _visible(root)
+    assert before[3] == []
+    fail_at = 1
+    while True:
+        with monkeypatch.context() as patch:
+            calls = _full_disk_at(patch, fail_at, when)
+            code, out, err = cli(*import_pp)
+        if len(calls) < fail_at:
+            break  # every write has failed once
+        assert code == 1, (fail_at, out, err)
+        assert err.startswith("imgclass: error: model pp not saved: cannot "
+                              "write ") and err.count("\n") == 1, err
+        named = os.path.join(root, "pp", r"(\d+/)?" + os.path.basename(
+            calls[-1]))
+        assert re.search(f"write {named}: No space left on device$", err)
+        assert _visible(root) == before, fail_at
+        fail_at += 1
+    assert fail_at == 5  # versions.json, then the version's three files
+    assert code == 0, err
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 0 and out.count("ok      pp@") == 2, out
+
+
+@pytest.mark.parametrize("failing", ["write_atomic", "fsync"])
+def test_a_full_disk_while_promoting_changes_no_alias(root, cli,
+                                                      monkeypatch, failing):
+    save(root)
+    path = os.path.join(root, "tiny", store.ALIASES_FILE)
+    with monkeypatch.context() as patch:
+        if failing == "fsync":  # the new aliases file is being written
+            patch.setattr(store.fs.os, "fsync", lambda fd: _full(fd))
+        else:
+            _full_disk_at(patch, 1, "before")
+        code, _, err = cli("--store", root, "models", "promote",
+                           "tiny@1", "--alias", "prod")
+    assert err == (f"imgclass: error: alias tiny@prod not set: cannot "
+                   f"write {path}: No space left on device\n")
+    assert code == 1
+    assert sorted(os.listdir(os.path.dirname(path))) == [
+        "1", store.VERSIONS_FILE]  # no aliases file, nor a temporary one
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", "prod")[0] == 0
+
+
+def test_a_full_disk_after_saving_says_the_version_was_saved(root,
+                                                             monkeypatch):
+    save(root)
+    create = store._create  # not counted: the 3rd aliases or versions file
+    with monkeypatch.context() as patch:
+        calls = _full_disk_at(patch, 3, "before")
+        patch.setattr(store, "_create", create)
+        with pytest.raises(OSError, match="^saved tiny@2, but alias "
+                                          "tiny@latest not set: cannot "
+                                          "write .*: No space left"):
+            store.save_version(build_network(SPEC, seed=1), name="tiny",
+                               metadata=METADATA, promote=True, root=root)
+    assert [os.path.basename(c) for c in calls] == [
+        store.ALIASES_FILE, store.VERSIONS_FILE, store.ALIASES_FILE]
+    assert store.load_model("tiny@2", root=root).version == 2
+    assert store.resolve("tiny", root=root).version == 1
