@@ -459,6 +459,26 @@ def set_alias(name: str, alias: str, version: int, *,
         fs.write_atomic(path, _json_bytes(aliases))
 
 
+def version_in_store(ref: str, *, root: str | None = None) -> ModelInfo:
+    """:func:`resolve`, refusing (ConfigError) a version folder given by
+    path that is not this store's own ``<root>/<name>/<version>``: its
+    ``NAME@VERSION`` here would be another model (or none)."""
+    info = resolve(ref, root=root)
+    if not looks_like_path(ref):
+        return info
+    root = store_root(root)
+    own = fs.join(root, info.name, str(info.version))
+    same = (own.rstrip("/") == info.location.rstrip("/")) if fs.is_uri(own) \
+        else os.path.realpath(own) == os.path.realpath(info.location)
+    if not same:
+        raise ConfigError(
+            f"{ref} is not a version folder of {_store_named(root)} (it "
+            f"holds {info.ref}, whose folder there is {own}): give the "
+            f"NAME@VERSION of a version in this store, or the --store that "
+            f"holds the folder")
+    return info
+
+
 def save_version(network, *, name: str, metadata: Mapping[str, Any],
                  promote: bool, root: str | None = None):
     """Saves a network (trained, imported) as the next version of ``name``;

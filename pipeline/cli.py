@@ -301,9 +301,9 @@ def _print_promotion(stored, store) -> int:
 
 
 def _models_promote(args) -> int:
-    from model_store.store import resolve, set_alias
+    from model_store.store import set_alias, version_in_store
 
-    info = resolve(args.model, root=args.store)
+    info = version_in_store(args.model, root=args.store)
     set_alias(info.name, args.alias, info.version, root=args.store)
     print(f"{info.name}@{args.alias} -> {info.ref}")
     return EXIT_OK

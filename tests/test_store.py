@@ -718,3 +718,22 @@ def test_a_full_disk_after_saving_says_the_version_was_saved(root,
         store.ALIASES_FILE, store.VERSIONS_FILE, store.ALIASES_FILE]
     assert store.load_model("tiny@2", root=root).version == 2
     assert store.resolve("tiny", root=root).version == 1
+
+
+# Promoting by path: only a folder of this store ----------------------------
+
+def test_promote_refuses_a_version_folder_of_another_store(tmp_path, cli):
+    here, other = str(tmp_path / "here"), str(tmp_path / "other")
+    save(here)
+    save(other, seed=1)
+    elsewhere = os.path.join(other, "tiny", "1")
+    code, _, err = cli("--store", here, "models", "promote", elsewhere,
+                       "--alias", "prod")
+    _one_line_exit_2(code, err, f"{elsewhere} is not a version folder of "
+                                f"--store {here}")
+    assert "give the NAME@VERSION of a version in this store" in err
+    assert store.read_aliases("tiny", root=here) == {}
+    own = os.path.join(here, "tiny", "1") + "/"
+    code, out, _ = cli("--store", here, "models", "promote", own,
+                       "--alias", "prod")
+    assert code == 0 and "tiny@prod -> tiny@1" in out
