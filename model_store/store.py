@@ -606,7 +606,9 @@ def verify(ref: str | None = None, *,
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
     not a version) or whose versions file is damaged. A ``ref`` that names
-    no stored model or version raises UnknownModelError."""
+    no stored model or version raises UnknownModelError; one that does not
+    name a version (``NAME``, ``NAME@ALIAS``, a path) is reported as
+    ``REF -> NAME@V``, the version checked."""
     results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
@@ -621,8 +623,9 @@ def verify(ref: str | None = None, *,
         refs = [info.ref for info in infos]
     for item in refs:
         try:
-            load_model(item, root=root)
-            results.append((item, None))
+            model = load_model(item, root=root)
+            results.append((item if item == model.ref
+                            else f"{item} -> {model.ref}", None))
         except UnknownModelError as error:
             if ref is not None:
                 raise  # a name or version typed wrong: a mistake, not a check

@@ -240,6 +240,10 @@ def _train_folder(args) -> int:
     from model_store.folder_training import FolderData, train_from_spec, train_transfer
     from model_store.store import save_version
 
+    if args.base and args.spec:
+        raise ConfigError("give --base MODEL or --spec PATH, not both: "
+                          "--base trains a new head on a stored model's "
+                          "features, --spec a whole network from scratch")
     if (args.base is None) == (args.spec is None):
         raise ConfigError("with --data, give --base MODEL (transfer "
                           "learning, e.g. --base efficientnet-lite0) or "

@@ -737,3 +737,20 @@ def test_promote_refuses_a_version_folder_of_another_store(tmp_path, cli):
     code, out, _ = cli("--store", here, "models", "promote", own,
                        "--alias", "prod")
     assert code == 0 and "tiny@prod -> tiny@1" in out
+
+
+# Commands say what they did ------------------------------------------------
+
+def test_verify_of_a_name_says_which_version_it_checked(root, cli):
+    save(root)
+    save(root, seed=1)
+    code, out, _ = cli("--store", root, "models", "verify", "tiny")
+    assert code == 0 and out == "ok      tiny -> tiny@2\n"
+    code, out, _ = cli("--store", root, "models", "verify", "tiny@1")
+    assert code == 0 and out == "ok      tiny@1\n"
+
+
+def test_base_and_spec_together_are_refused_as_not_both(root, cli):
+    code, _, err = cli("--store", root, "train", "--data", root, "--name",
+                       "x", "--base", "tiny", "--spec", "some.json")
+    _one_line_exit_2(code, err, "give --base MODEL or --spec PATH, not both")
