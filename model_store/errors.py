@@ -43,6 +43,13 @@ class WeightShapeError(ModelIntegrityError):
     """A stored weight array's shape differs from what the spec builds."""
 
 
+class StoreWriteError(ImgclassError, OSError):
+    """Writing to the model store failed part way (a full disk, a lost
+    connection): the message names the file and the system's reason, and
+    no half-written version is left. Not a mistake in the command: the
+    command line exits 1, as for a run that failed."""
+
+
 class UnsupportedModelError(ImgclassError, ValueError):
     """An imported model file uses an op, attribute or shape that imgclass
     cannot express; the message names the op and the node."""

@@ -102,8 +102,8 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
     from model_store.folder_training import epoch_reporter
     from model_store.folders import stratified_split
     from model_store.spec import build_network
-    from model_store.store import update_metadata
-    from model_store.train import best_epoch, fit, load_spec, save_version
+    from model_store.store import save_version, update_metadata
+    from model_store.train import best_epoch, fit, load_spec
 
     split = load_fashion_split()
     spec = load_spec(spec_path)

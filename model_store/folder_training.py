@@ -97,7 +97,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     """Trains a network from a JSON spec on a folder.
 
     Returns:
-        ``(network, metadata)`` for :func:`model_store.train.save_version`.
+        ``(network, metadata)`` for :func:`model_store.store.save_version`.
     """
     spec = load_spec(spec_path)
     channels = spec["input_shape"][0]

@@ -818,7 +818,10 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         root: the store; see :func:`model_store.store.store_root`.
 
     Returns:
-        The saved version, loaded back and verified. A softmax layer is
+        The saved version, loaded back and verified; like a training
+        without ``--promote``, it becomes ``NAME@latest`` only if it is the
+        model's first version (:func:`model_store.store.save_version`).
+        A softmax layer is
         appended when the graph does not end with one, so that scores are
         probabilities.
 
@@ -828,7 +831,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         ConfigError: a bad option; nothing is written in either case.
     """
     from model_store.spec import build_network, set_weights
-    from model_store.store import parse_ref, save_model
+    from model_store.store import parse_ref, save_version
 
     parse_ref(name)
     model = _read_onnx(path)
@@ -858,7 +861,8 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
                                  if o.domain in ("", "ai.onnx")), default=0),
                    "softmax_appended": softmax_added},
     }
-    return save_model(network, name=name, metadata=metadata, root=root)
+    return save_version(network, name=name, metadata=metadata, root=root,
+                        promote=False)[0]
 
 
 def _free_name(spec: dict, base: str) -> str:

@@ -8,6 +8,9 @@ any Beam filesystem such as ``gs://bucket/models``)::
     <root>/<name>/<version>/weights.npz     one array per parameter
     <root>/<name>/<version>/metadata.json   classes, preprocessing, training,
                                             metrics, sha256 of weights.npz
+    <root>/<name>/aliases.json              NAME@ALIAS -> version (below)
+    <root>/<name>/versions.json             the highest version number
+                                            given: never given again
 
 Versions are positive integers written in ASCII digits without leading
 zeros (``1``, ``12``; not ``01`` or full-width digits); ``latest`` (or no
@@ -20,6 +23,7 @@ a version folder. Loading always verifies the weights' checksum and shapes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import errno
@@ -42,6 +46,7 @@ from model_store.errors import (
     ModelFileMissingError,
     ModelIntegrityError,
     SpecError,
+    StoreWriteError,
     UnknownModelError,
 )
 from model_store.preprocessing import Preprocessing
@@ -94,11 +99,19 @@ def check_model_name(name: str) -> str:
 def check_new_version(name: str, root: str | None = None) -> str:
     """The store in use, once sure that :func:`save_model` can write a
     version of ``name`` there: ConfigError (one line) for an invalid name, a
-    store that is a file or one that cannot be written. Commands that create
-    a version call it before any work (training, converting)."""
+    store that is a file or one that cannot be written; ModelIntegrityError
+    for a damaged aliases or versions file, or a ``NAME`` that does not
+    resolve (``latest`` pinned at a missing version, a folder that is not a
+    version). Commands that create a version call it before any work
+    (training, converting), so that they never save and then fail."""
     check_model_name(name)
     root = store_root(root)
     _check_writable(root, name)
+    _next_version(name, root)  # reads the aliases and versions files
+    try:
+        resolve(name, root=root)
+    except UnknownModelError:
+        pass  # no version yet: this is the first
     return root
 
 
@@ -326,7 +339,7 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
                                       f"integer, got {version!r}")
         return ModelInfo(name, version, folder)
     root = store_root(root)
-    name, version = _parse_alias(ref, root)
+    name, version, alias = _parse_alias(ref, root)
     odd = sorted(v for n, v, _ in _list_folders(root)
                  if n == name and not _VERSION.fullmatch(v))
     if odd:
@@ -335,21 +348,37 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             f"are not versions (positive integers in ASCII digits without "
             f"leading zeros, e.g. 1); rename or remove them")
     versions = [info for info in list_models(root) if info.name == name]
+    if version is None:
+        version = read_aliases(name, root=root).get(LATEST)
+        alias = LATEST if version is not None else None
+    for info in versions:
+        if info.version == version:
+            return info
+    if alias:
+        raise _dangling(name, alias, version, versions, root)
     if not versions:
         known = sorted({info.name for info in list_models(root)})
         raise UnknownModelError(
             f"no model named {name!r} in the store {root}; stored models: "
             f"{', '.join(known) or 'none'} (see 'imgclass models list')")
     if version is None:
-        version = read_aliases(name, root=root).get(LATEST)
-        if version is None:
-            return versions[-1]
-    for info in versions:
-        if info.version == version:
-            return info
+        return versions[-1]
     raise UnknownModelError(
         f"model {name!r} has no version {version} in {root}; versions: "
         f"{', '.join(str(i.version) for i in versions)}")
+
+
+def _dangling(name: str, alias: str, version: int, versions: list,
+              root: str) -> ModelIntegrityError:
+    """The error for an alias that points at a version not in the store (it
+    never resolves to another model: version numbers are not reused)."""
+    return ModelIntegrityError(
+        f"alias {name}@{alias} points at version {version}, but model "
+        f"{name!r} has no version {version} in {root} (versions: "
+        f"{', '.join(str(i.version) for i in versions) or 'none'}): point "
+        f"it at a stored version with 'imgclass models promote "
+        f"{name}@VERSION --alias {alias}', or remove it from "
+        f"{fs.join(root, name, ALIASES_FILE)}")
 
 
 # Aliases -------------------------------------------------------------------------
@@ -361,16 +390,21 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
 # is not picked up by ``--model NAME`` until it is promoted.
 
 ALIASES_FILE = "aliases.json"
+# ``<root>/<name>/versions.json``: ``{"highest": N}``, the highest version
+# number ever given, so that a deleted version's number is not given again.
+VERSIONS_FILE = "versions.json"
 LATEST = "latest"
 # fullmatch: '$' alone would take a trailing newline; as long as a name.
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_NAME_LENGTH - 1))
 
 
-def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
-    """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file."""
+def _parse_alias(ref: str,
+                 root: str) -> tuple[str, int | None, str | None]:
+    """``parse_ref``, plus ``NAME@ALIAS`` looked up in the aliases file:
+    ``(name, version or None, the alias or None)``."""
     name, _, alias = ref.partition("@")
     if alias == LATEST or not _ALIAS.fullmatch(alias):
-        return parse_ref(ref)
+        return (*parse_ref(ref), None)
     parse_ref(name)  # validates the name
     aliases = read_aliases(name, root=root)
     if alias not in aliases:
@@ -378,7 +412,7 @@ def _parse_alias(ref: str, root: str) -> tuple[str, int | None]:
             f"model {name!r} has no alias {alias!r} in {root}; aliases: "
             f"{', '.join(sorted(aliases)) or 'none'} (set one with "
             f"'imgclass models promote {name}@VERSION --alias {alias}')")
-    return name, aliases[alias]
+    return name, aliases[alias], alias
 
 
 def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
@@ -389,17 +423,22 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
             alias names to version numbers (one line, naming the file).
     """
     path = fs.join(store_root(root), name, ALIASES_FILE)
-    try:
-        aliases = _read_json(path)
-    except ModelFileMissingError:
-        if fs.is_uri(path) or not os.path.lexists(path):
-            return {}
-        raise  # there, but cannot be read (a folder, no permission)
+    aliases = _read_optional_json(path) or {}
     if not all(isinstance(k, str) and _is_positive_int(v)
                for k, v in aliases.items()):
         raise ModelIntegrityError(f"{path} must map alias names to version "
                                   f"numbers, e.g. {{\"prod\": 2}}")
     return aliases
+
+
+def _read_optional_json(path: str) -> dict | None:
+    """:func:`_read_json`, or None when there is no such file."""
+    try:
+        return _read_json(path)
+    except ModelFileMissingError:
+        if fs.is_uri(path) or not os.path.lexists(path):
+            return None
+        raise  # there, but cannot be read (a folder, no permission)
 
 
 def set_alias(name: str, alias: str, version: int, *,
@@ -415,7 +454,70 @@ def set_alias(name: str, alias: str, version: int, *,
     resolve(f"{name}@{version}", root=root)  # the version must exist
     aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
     _check_writable(root, name)
-    fs.write_atomic(fs.join(root, name, ALIASES_FILE), _json_bytes(aliases))
+    path = fs.join(root, name, ALIASES_FILE)
+    with _writing(path, f"alias {name}@{alias} not set"):
+        fs.write_atomic(path, _json_bytes(aliases))
+
+
+def version_in_store(ref: str, *, root: str | None = None) -> ModelInfo:
+    """:func:`resolve`, refusing (ConfigError) a version folder given by
+    path that is not this store's own ``<root>/<name>/<version>``: its
+    ``NAME@VERSION`` here would be another model (or none)."""
+    info = resolve(ref, root=root)
+    if not looks_like_path(ref):
+        return info
+    root = store_root(root)
+    own = fs.join(root, info.name, str(info.version))
+    same = (own.rstrip("/") == info.location.rstrip("/")) if fs.is_uri(own) \
+        else os.path.realpath(own) == os.path.realpath(info.location)
+    if not same:
+        raise ConfigError(
+            f"{ref} is not a version folder of {_store_named(root)} (it "
+            f"holds {info.ref}, whose folder there is {own}): give the "
+            f"NAME@VERSION of a version in this store, or the --store that "
+            f"holds the folder")
+    return info
+
+
+def save_version(network, *, name: str, metadata: Mapping[str, Any],
+                 promote: bool, root: str | None = None):
+    """Saves a network (trained, imported) as the next version of ``name``;
+    it becomes what ``NAME`` and ``NAME@latest`` resolve to only if
+    ``promote`` is true or it is the model's first version.
+
+    ``latest`` is pinned to the current version *before* the new one is
+    written, so that no reader ever sees an unpromoted version as latest.
+
+    Returns:
+        ``(the saved model, whether it is now latest)``.
+    """
+    versions = [i.version for i in list_models(root) if i.name == name]
+    with _reworded(f"model {name} not saved: {{}}"):
+        if versions and LATEST not in read_aliases(name, root=root):
+            set_alias(name, LATEST, max(versions), root=root)
+    model = save_model(network, name=name, metadata=metadata, root=root)
+    with _reworded(f"saved {model.ref}, but {{}}"):
+        if promote:
+            set_alias(name, LATEST, model.version, root=root)
+            return model, True
+        # Listed again: another save of the same name may have run
+        # meanwhile (two first trainings at once); only the lowest version
+        # is "first".
+        earlier = [i.version for i in list_models(root)
+                   if i.name == name and i.version < model.version]
+        if LATEST not in read_aliases(name, root=root):
+            set_alias(name, LATEST, max(earlier, default=model.version),
+                      root=root)
+    return model, not earlier
+
+
+@contextlib.contextmanager
+def _reworded(template: str):
+    """A StoreWriteError in the block, its message put in ``template``."""
+    try:
+        yield
+    except StoreWriteError as error:
+        raise StoreWriteError(template.format(error)) from None
 
 
 def load_model(ref: str, *, root: str | None = None) -> StoredModel:
@@ -503,8 +605,10 @@ def verify(ref: str | None = None, *,
     """Verifies one model (or every stored version): ``[(ref, error)]``.
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
-    not a version). A ``ref`` that names no stored model or version
-    raises UnknownModelError."""
+    not a version) or whose versions file is damaged. A ``ref`` that names
+    no stored model or version raises UnknownModelError; one that does not
+    name a version (``NAME``, ``NAME@ALIAS``, a path) is reported as
+    ``REF -> NAME@V``, the version checked."""
     results: list[tuple[str, ImgclassError | None]] = []
     if ref is not None:
         refs = [ref]
@@ -513,13 +617,15 @@ def verify(ref: str | None = None, *,
         for name in sorted({info.name for info in infos}):
             try:
                 resolve(name, root=root)
+                _highest_given(name, store_root(root))
             except ImgclassError as error:
                 results.append((name, error))
         refs = [info.ref for info in infos]
     for item in refs:
         try:
-            load_model(item, root=root)
-            results.append((item, None))
+            model = load_model(item, root=root)
+            results.append((item if item == model.ref
+                            else f"{item} -> {model.ref}", None))
         except UnknownModelError as error:
             if ref is not None:
                 raise  # a name or version typed wrong: a mistake, not a check
@@ -570,7 +676,9 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
-        if _write_version(fs.join(root, name, str(full["version"])), files):
+        _record_version(name, full["version"], root, where)
+        if _write_version(fs.join(root, name, str(full["version"])), files,
+                          where):
             return load_model(f"{name}@{full['version']}", root=root)
         # Another save took this version first: take the next one.
         full["version"] = max(full["version"] + 1, _next_version(name, root))
@@ -579,8 +687,37 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
 
 
 def _next_version(name: str, root: str) -> int:
-    return max((i.version for i in list_models(root) if i.name == name),
-               default=0) + 1
+    """One above every number ``name`` has used: its versions, those its
+    aliases name and the highest ever given (:data:`VERSIONS_FILE`), so
+    that the number of a deleted version is never given again (an alias
+    or a record naming it would silently mean another model)."""
+    used = [i.version for i in list_models(root) if i.name == name]
+    used += read_aliases(name, root=root).values()
+    return max(used + [_highest_given(name, root)]) + 1
+
+
+def _highest_given(name: str, root: str) -> int:
+    """The highest version number ``name`` was given (0: none recorded)."""
+    path = fs.join(root, name, VERSIONS_FILE)
+    record = _read_optional_json(path)
+    if record is None:
+        return 0
+    if not (record.keys() == {"highest"}
+            and _is_positive_int(record["highest"])):
+        raise ModelIntegrityError(
+            f"{path} must hold {{\"highest\": N}}, the highest version "
+            f"number ever given: fix it, or remove it (numbers then "
+            f"continue after the highest version stored)")
+    return record["highest"]
+
+
+def _record_version(name: str, version: int, root: str, where: str) -> None:
+    """Records ``version`` as given before its folder is written: a save
+    that then fails leaves the number unused, never reused."""
+    if version > _highest_given(name, root):
+        path = fs.join(root, name, VERSIONS_FILE)
+        with _writing(path, where):
+            fs.write_atomic(path, _json_bytes({"highest": version}))
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
@@ -635,39 +772,86 @@ def _non_finite(value, path: str = "") -> str | None:
     return None
 
 
-def _write_version(folder: str, files: dict[str, bytes]) -> bool:
+def _write_version(folder: str, files: dict[str, bytes], where: str) -> bool:
     """Writes a version folder whole; False (nothing written) when another
     save made that folder first. On local disks the files are written in a
-    hidden folder that is renamed, so a version appears whole or not."""
+    hidden folder that is renamed, so a version appears whole or not. An
+    OSError (a full disk) is a StoreWriteError starting with ``where`` and
+    naming the file; nothing is left behind."""
     if fs.is_uri(folder):
-        for file_name, data in files.items():  # metadata last: it marks done
-            fs.create(fs.join(folder, file_name), data)
-        return True
+        return _write_objects(folder, files, where)
     model_dir, version = os.path.split(folder)
-    os.makedirs(model_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
+    target, staging = model_dir, None
     try:
+        os.makedirs(model_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir)
         os.chmod(staging, 0o755)  # mkdtemp makes it private to the owner
         for file_name, data in files.items():
-            with open(os.path.join(staging, file_name), "wb") as handle:
-                handle.write(data)
+            target = os.path.join(folder, file_name)
+            _create(os.path.join(staging, file_name), data)
+        target = folder
         os.rename(staging, folder)
-    except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        return True
+    except BaseException as error:
+        if staging:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
+        if target == folder and error.errno in (errno.ENOTEMPTY,
+                                                errno.EEXIST):
             return False
-        raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        raise _write_error(target, error, where) from None
+
+
+def _write_objects(folder: str, files: dict[str, bytes], where: str) -> bool:
+    """:func:`_write_version` on an object store: ``metadata.json`` last,
+    as it marks a version done; the objects written are deleted again when
+    one fails."""
+    written = []
+    for file_name, data in files.items():
+        target = fs.join(folder, file_name)
+        try:
+            _create(target, data)
+        except OSError as error:
+            with contextlib.suppress(Exception):
+                _filesystems().delete(written)
+            raise _write_error(target, error, where) from None
+        written.append(target)
     return True
+
+
+def _create(path: str, data: bytes) -> None:
+    """Writes the file ``path`` (local, or any Beam filesystem)."""
+    if fs.is_uri(path):
+        fs.create(path, data)
+        return
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def _write_error(path: str, error: OSError, where: str) -> StoreWriteError:
+    return StoreWriteError(f"{where}: cannot write {fs.printable(path)}: "
+                           f"{error.strerror or _one_line(error)}")
+
+
+@contextlib.contextmanager
+def _writing(path: str, where: str):
+    """An OSError in the block becomes a StoreWriteError (one line: what
+    was not done, the file, the system's reason)."""
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except OSError as error:
+        raise _write_error(path, error, where) from None
 
 
 def update_metadata(model: StoredModel, **updates) -> StoredModel:
     """Adds keys (e.g. evaluation metrics) to a stored version's metadata."""
     metadata = dict(model.metadata, **updates)
     path = fs.join(model.location, METADATA_FILE)
-    fs.write_atomic(path, _json_bytes(metadata))
+    with _writing(path, f"metadata of {model.ref} not updated"):
+        fs.write_atomic(path, _json_bytes(metadata))
     model.metadata = metadata
     return model
 

@@ -221,6 +221,7 @@ def train_model(*, dataset: str, name: str, spec_path: str,
         The saved :class:`~model_store.store.StoredModel`.
     """
     from model_store.evaluate import evaluate_on_split, record_metrics
+    from model_store.store import save_version
 
     if dataset != "digits":
         raise ConfigError(f"train_model trains on the digits; --dataset "
@@ -261,34 +262,3 @@ def train_model(*, dataset: str, name: str, spec_path: str,
     model, _ = save_version(network, name=name, metadata=metadata,
                             root=root, promote=promote)
     return record_metrics(model, evaluate_on_split(model, split))
-
-
-def save_version(network, *, name: str, metadata: dict, promote: bool,
-                 root: str | None = None):
-    """Saves a trained network as the next version of ``name``; it becomes
-    what ``NAME`` and ``NAME@latest`` resolve to only if ``promote`` is
-    true or it is the model's first version.
-
-    ``latest`` is pinned to the current version *before* the new one is
-    written, so that no reader ever sees an unpromoted version as latest.
-
-    Returns:
-        ``(the saved model, whether it is now latest)``.
-    """
-    from model_store.store import LATEST, list_models, read_aliases, save_model, set_alias
-
-    versions = [i.version for i in list_models(root) if i.name == name]
-    if versions and LATEST not in read_aliases(name, root=root):
-        set_alias(name, LATEST, max(versions), root=root)
-    model = save_model(network, name=name, metadata=metadata, root=root)
-    if promote:
-        set_alias(name, LATEST, model.version, root=root)
-        return model, True
-    # Listed again: another save of the same name may have run meanwhile
-    # (two first trainings at once); only the lowest version is "first".
-    earlier = [i.version for i in list_models(root)
-               if i.name == name and i.version < model.version]
-    if LATEST not in read_aliases(name, root=root):
-        set_alias(name, LATEST, max(earlier, default=model.version),
-                  root=root)
-    return model, not earlier

@@ -1,9 +1,10 @@
 """The ``imgclass`` command line.
 
-Exit codes: 0 success; 1 a check failed (``models verify``) or the run
-failed; 2 a usage or configuration mistake, reported in one line before any
-work starts; 130 Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes
-nothing then (once publishing has started, it completes it and exits 0).
+Exit codes: 0 success; 1 a check failed (``models verify``), the run
+failed or writing to the model store failed (a full disk); 2 a usage or
+configuration mistake, reported in one line before any work starts; 130
+Ctrl-C (SIGINT), 143 SIGTERM: ``classify`` publishes nothing then (once
+publishing has started, it completes it and exits 0).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from model_store import DEFAULT_MODEL
 from model_store.datasets import DATASETS
-from model_store.errors import ConfigError, ImgclassError
+from model_store.errors import ConfigError, ImgclassError, StoreWriteError
 from model_store.folders import VAL_FRACTION
 from model_store.images import DEFAULT_MAX_PIXELS
 from model_store.train_config import (
@@ -176,7 +177,7 @@ def _models_import_onnx(args) -> int:
     print(f"saved {stored.ref} to {stored.location}: "
           f"{len(stored.spec['layers'])} layers, {len(stored.class_names)} "
           f"classes, input {stored.metadata['input_shape']}")
-    return EXIT_OK
+    return _print_promotion(stored, args.store)
 
 
 def _train(args) -> int:
@@ -237,8 +238,12 @@ def _train_config(args, defaults):
 
 def _train_folder(args) -> int:
     from model_store.folder_training import FolderData, train_from_spec, train_transfer
-    from model_store.train import save_version
+    from model_store.store import save_version
 
+    if args.base and args.spec:
+        raise ConfigError("give --base MODEL or --spec PATH, not both: "
+                          "--base trains a new head on a stored model's "
+                          "features, --spec a whole network from scratch")
     if (args.base is None) == (args.spec is None):
         raise ConfigError("with --data, give --base MODEL (transfer "
                           "learning, e.g. --base efficientnet-lite0) or "
@@ -300,9 +305,9 @@ def _print_promotion(stored, store) -> int:
 
 
 def _models_promote(args) -> int:
-    from model_store.store import resolve, set_alias
+    from model_store.store import set_alias, version_in_store
 
-    info = resolve(args.model, root=args.store)
+    info = version_in_store(args.model, root=args.store)
     set_alias(info.name, args.alias, info.version, root=args.store)
     print(f"{info.name}@{args.alias} -> {info.ref}")
     return EXIT_OK
@@ -962,6 +967,9 @@ def main(argv: list[str] | None = None) -> int:
         args.beam_args = extra
         _set_verbosity(quiet=args.quiet, verbose=args.verbose)
         return args.func(args)
+    except StoreWriteError as error:  # a full disk: not a mistake
+        print(f"imgclass: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except ImgclassError as error:
         print(f"imgclass: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -129,7 +129,8 @@ def test_list_and_verify_show_the_model(cli):
     assert any(line.split()[:2] == ["efficientnet-lite0", "1"]
                for line in out.splitlines())
     code, out, _ = cli("models", "verify", "efficientnet-lite0")
-    assert code == 0 and "ok      efficientnet-lite0\n" in out
+    assert code == 0 and "ok      efficientnet-lite0 -> efficientnet-lite0@1\n" \
+        in out
 
 
 def test_logits_equal_the_numpy_reference(lite0_reference,

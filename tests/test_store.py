@@ -159,10 +159,13 @@ def test_a_failed_save_leaves_no_version(root, monkeypatch):
     save(root)
     monkeypatch.setattr(store.os, "rename", lambda *a: (_ for _ in ()).throw(
         OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"model tiny not saved: cannot write "
+                                      f"{os.path.join(root, 'tiny', '2')}: "
+                                      f"disk full$"):
         save(root)
     assert [i.version for i in store.list_models(root)] == [1]
-    assert os.listdir(os.path.join(root, "tiny")) == ["1"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", store.VERSIONS_FILE]
 
 
 def test_shipped_default_model_verifies():
@@ -347,7 +350,8 @@ def test_save_model_refuses_metadata_that_would_not_load(root, edit,
     with pytest.raises(ConfigError, match=re.escape(message)):
         store.save_model(build_network(SPEC, seed=1), name="tiny",
                          metadata=metadata, root=root)
-    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", store.VERSIONS_FILE]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -461,7 +465,8 @@ def test_two_saves_at_once_get_two_versions(root, monkeypatch):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(results, key=str) == [2, 3], results
-    assert sorted(os.listdir(os.path.join(root, "tiny"))) == ["1", "2", "3"]
+    assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
+        "1", "2", "3", store.VERSIONS_FILE]
     assert all(e is None for _, e in store.verify(root=root))
 
 
@@ -494,7 +499,7 @@ def test_two_first_trainings_at_once_leave_the_first_version_latest(
     """Two `train --name x` started together both see no version; the one
     that saves second (version 2, not promoted) must not become latest."""
     import model_store.store as store
-    from model_store.train import save_version
+    from model_store.store import save_version
     from tests.test_cli import save_three_class_model
 
     root = str(tmp_path / "store")
@@ -523,3 +528,229 @@ def test_two_first_trainings_at_once_leave_the_first_version_latest(
     assert (model.version, promoted) == (2, False)
     assert store.load_model("three", root=root).version == 1
     assert store.load_model("three@latest", root=root).version == 1
+
+
+# An import leaves latest where it was, as train does -----------------------
+
+def test_an_import_leaves_latest_where_it_was_as_train_does(root, cli,
+                                                            tmp_path):
+    onnx_path = _onnx_file(tmp_path)
+    for version in (1, 2):
+        code, out, _ = cli("--store", root, "models", "import", "onnx",
+                           onnx_path, "--name", "pp")
+        assert code == 0 and f"saved pp@{version}" in out
+    assert "pp@latest is still pp@1: compare them" in out
+    assert store.resolve("pp", root=root).version == 1
+    assert store.read_aliases("pp", root=root) == {"latest": 1}
+
+
+# Version numbers are never given twice -------------------------------------
+
+def test_a_deleted_versions_number_is_never_given_again(root):
+    for seed in range(3):
+        save(root, seed=seed)
+    shutil.rmtree(os.path.join(root, "tiny", "3"))  # by hand: no command
+    assert save(root, seed=3).version == 4
+    assert [i.version for i in store.list_models(root)] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("alias", ["prod", "latest"])
+def test_an_alias_of_a_deleted_version_fails_instead_of_moving(root, cli,
+                                                               alias):
+    for seed in range(3):
+        save(root, seed=seed)
+    assert cli("--store", root, "models", "promote", "tiny@2",
+               "--alias", alias)[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "2"))
+    ref = f"tiny@{alias}"
+    if alias == "prod":
+        assert save(root, seed=3).version == 4  # 2 is not given again
+    for command in (["models", "show", ref], ["classify", "--model", ref,
+                                              "--input", "samples/digits",
+                                              "--output", root + "-out"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"alias {ref} points at version 2, but "
+                                    f"model 'tiny' has no version 2")
+        assert f"'imgclass models promote tiny@VERSION --alias {alias}'" \
+            in err
+    assert cli("--store", root, "models", "promote", "tiny@3",
+               "--alias", alias)[0] == 0
+    assert store.resolve(ref, root=root).version == 3
+
+
+# Damaged store files are refused before any work ---------------------------
+
+@pytest.mark.parametrize("file,text,message", [
+    (store.ALIASES_FILE, '{"latest": 1,', "aliases.json is not valid JSON"),
+    (store.ALIASES_FILE, '{"prod": "1"}',
+     "must map alias names to version numbers"),
+    (store.ALIASES_FILE, '{"latest": 7}',
+     "alias tiny@latest points at version 7"),
+    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')])
+@pytest.mark.parametrize("stored", [True, False], ids=["versions", "none"])
+def test_a_damaged_store_file_is_refused_before_any_work(
+        root, cli, tmp_path, monkeypatch, file, text, message, stored):
+    """Also for a model whose versions were all deleted (none)."""
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    save(root, name="other")
+    os.makedirs(os.path.join(root, "tiny"))
+    if stored:
+        save(root)
+    with open(os.path.join(root, "tiny", file), "w") as handle:
+        handle.write(text)
+    before = [i.ref for i in store.list_models(root)]
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, message)
+    assert [i.ref for i in store.list_models(root)] == before
+
+
+# A full disk: one line, exit 1, no half-written version --------------------
+
+def _full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _full_disk_at(monkeypatch, fail_at, when):
+    """Every file the store writes counted; the ``fail_at``-th raises
+    ENOSPC ``when`` "before" or "after" it is written."""
+    calls = []
+
+    def failing(write):
+        def wrapper(path, data):
+            calls.append(path)
+            if len(calls) == fail_at and when == "before":
+                _full()
+            write(path, data)
+            if len(calls) == fail_at:
+                _full()
+        return wrapper
+
+    monkeypatch.setattr(store, "_create", failing(store._create))
+    monkeypatch.setattr(store.fs, "write_atomic",
+                        failing(store.fs.write_atomic))
+    return calls
+
+
+def _visible(root):
+    """What readers of the store see, and anything left half-written."""
+    folder = os.path.join(root, "pp")
+    return ([i.ref for i in store.list_models(root)],
+            store.resolve("pp", root=root).ref,
+            store.read_aliases("pp", root=root),
+            [n for n in os.listdir(folder)
+             if n.startswith(".") or n.endswith(".tmp")])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_full_disk_while_importing_leaves_no_version(root, cli, tmp_path,
+                                                       monkeypatch, when):
+    onnx_path = _onnx_file(tmp_path)
+    import_pp = ["--store", root, "models", "import", "onnx", onnx_path,
+                 "--name", "pp"]
+    assert cli(*import_pp)[0] == 0
+    assert cli("--store", root, "models", "promote", "pp@1",
+               "--alias", "prod")[0] == 0
+    before = _visible(root)
+    assert before[3] == []
+    fail_at = 1
+    while True:
+        with monkeypatch.context() as patch:
+            calls = _full_disk_at(patch, fail_at, when)
+            code, out, err = cli(*import_pp)
+        if len(calls) < fail_at:
+            break  # every write has failed once
+        assert code == 1, (fail_at, out, err)
+        assert err.startswith("imgclass: error: model pp not saved: cannot "
+                              "write ") and err.count("\n") == 1, err
+        named = os.path.join(root, "pp", r"(\d+/)?" + os.path.basename(
+            calls[-1]))
+        assert re.search(f"write {named}: No space left on device$", err)
+        assert _visible(root) == before, fail_at
+        fail_at += 1
+    assert fail_at == 5  # versions.json, then the version's three files
+    assert code == 0, err
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 0 and out.count("ok      pp@") == 2, out
+
+
+@pytest.mark.parametrize("failing", ["write_atomic", "fsync"])
+def test_a_full_disk_while_promoting_changes_no_alias(root, cli,
+                                                      monkeypatch, failing):
+    save(root)
+    path = os.path.join(root, "tiny", store.ALIASES_FILE)
+    with monkeypatch.context() as patch:
+        if failing == "fsync":  # the new aliases file is being written
+            patch.setattr(store.fs.os, "fsync", lambda fd: _full(fd))
+        else:
+            _full_disk_at(patch, 1, "before")
+        code, _, err = cli("--store", root, "models", "promote",
+                           "tiny@1", "--alias", "prod")
+    assert err == (f"imgclass: error: alias tiny@prod not set: cannot "
+                   f"write {path}: No space left on device\n")
+    assert code == 1
+    assert sorted(os.listdir(os.path.dirname(path))) == [
+        "1", store.VERSIONS_FILE]  # no aliases file, nor a temporary one
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", "prod")[0] == 0
+
+
+def test_a_full_disk_after_saving_says_the_version_was_saved(root,
+                                                             monkeypatch):
+    save(root)
+    create = store._create  # not counted: the 3rd aliases or versions file
+    with monkeypatch.context() as patch:
+        calls = _full_disk_at(patch, 3, "before")
+        patch.setattr(store, "_create", create)
+        with pytest.raises(OSError, match="^saved tiny@2, but alias "
+                                          "tiny@latest not set: cannot "
+                                          "write .*: No space left"):
+            store.save_version(build_network(SPEC, seed=1), name="tiny",
+                               metadata=METADATA, promote=True, root=root)
+    assert [os.path.basename(c) for c in calls] == [
+        store.ALIASES_FILE, store.VERSIONS_FILE, store.ALIASES_FILE]
+    assert store.load_model("tiny@2", root=root).version == 2
+    assert store.resolve("tiny", root=root).version == 1
+
+
+# Promoting by path: only a folder of this store ----------------------------
+
+def test_promote_refuses_a_version_folder_of_another_store(tmp_path, cli):
+    here, other = str(tmp_path / "here"), str(tmp_path / "other")
+    save(here)
+    save(other, seed=1)
+    elsewhere = os.path.join(other, "tiny", "1")
+    code, _, err = cli("--store", here, "models", "promote", elsewhere,
+                       "--alias", "prod")
+    _one_line_exit_2(code, err, f"{elsewhere} is not a version folder of "
+                                f"--store {here}")
+    assert "give the NAME@VERSION of a version in this store" in err
+    assert store.read_aliases("tiny", root=here) == {}
+    own = os.path.join(here, "tiny", "1") + "/"
+    code, out, _ = cli("--store", here, "models", "promote", own,
+                       "--alias", "prod")
+    assert code == 0 and "tiny@prod -> tiny@1" in out
+
+
+# Commands say what they did ------------------------------------------------
+
+def test_verify_of_a_name_says_which_version_it_checked(root, cli):
+    save(root)
+    save(root, seed=1)
+    code, out, _ = cli("--store", root, "models", "verify", "tiny")
+    assert code == 0 and out == "ok      tiny -> tiny@2\n"
+    code, out, _ = cli("--store", root, "models", "verify", "tiny@1")
+    assert code == 0 and out == "ok      tiny@1\n"
+
+
+def test_base_and_spec_together_are_refused_as_not_both(root, cli):
+    code, _, err = cli("--store", root, "train", "--data", root, "--name",
+                       "x", "--base", "tiny", "--spec", "some.json")
+    _one_line_exit_2(code, err, "give --base MODEL or --spec PATH, not both")
