@@ -586,8 +586,17 @@ class _Converter:
     def _op_Gather(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")
         indices = self._const(node, 1, "the indices")
-        self.consts[self._single_output(node)] = np.take(
-            data, indices, axis=node.attr("axis", 0))
+        axis = node.attr("axis", 0)
+        if not -data.ndim <= axis < data.ndim:
+            raise node.fail(f"axis {axis} of data of rank {data.ndim}")
+        size = data.shape[axis]
+        outside = indices[(indices < -size) | (indices >= size)]
+        if outside.size:
+            raise node.fail(f"index {int(outside.flat[0])} is out of range "
+                            f"for axis {axis} of size {size} (valid: "
+                            f"{-size} to {size - 1})")
+        self.consts[self._single_output(node)] = np.take(data, indices,
+                                                         axis=axis)
 
     def _op_Unsqueeze(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")

@@ -164,6 +164,17 @@ def test_pytorch_view_then_gemm_matches_onnxruntime(cli, tmp_path, between):
         _import_via_cli(cli, tmp_path, model), model, (4, 3, 7, 7))
 
 
+def test_negative_gather_index_counts_from_the_end(cli, tmp_path):
+    """Gather at index -4 of a 4-D shape is the batch size, as at 0: the
+    view imports and predicts like onnxruntime."""
+    g = GraphBuilder((3, 4, 4), seed=7)
+    logits = g.node("Gemm", [view_flatten(g, batch_index=-4),
+                             g.const(g.rng.randn(48, 5))])
+    model = g.model(g.node("Softmax", [logits], axis=1), 2)
+    _assert_ends_in_softmax_like_onnxruntime(
+        _import_via_cli(cli, tmp_path, model), model, (2, 3, 4, 4))
+
+
 def _refused(builder):
     g = GraphBuilder((3, 8, 8))
     out, rank = builder(g)
@@ -202,6 +213,13 @@ REFUSALS = {
         "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
         "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
         "be a constant"),
+    "gather_index_past_the_end": (lambda g: (view_flatten(
+        g, batch_index=4, gather_name="g"), 2),
+        "ONNX op Gather (node 'g'): index 4 is out of range for axis 0 of "
+        "size 4 (valid: -4 to 3)"),
+    "gather_index_before_the_start": (lambda g: (view_flatten(
+        g, batch_index=-5, gather_name="g"), 2),
+        "ONNX op Gather (node 'g'): index -5 is out of range"),
     "nan_weight": (lambda g: (g.node("Conv", ["x", g.const(np.where(
         np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
         4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
