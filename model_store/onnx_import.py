@@ -338,10 +338,11 @@ class _Converter:
             raise node.fail("training_mode=1 (export the model for inference)")
         gamma, beta, mean, var = (self._const(node, i, what) for i, what in
                                   enumerate(("scale", "B", "mean", "var"), 1))
+        # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
+        epsilon = float(str(np.float32(node.attr("epsilon", 1e-5))))
+        _check_normalization(node, gamma, beta, mean, var, epsilon)
         self._add(node, "batch_norm", [self._input(node)],
-                  output=self._single_output(node),
-                  # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
-                  epsilon=float(str(np.float32(node.attr("epsilon", 1e-5)))),
+                  output=self._single_output(node), epsilon=epsilon,
                   params={"gamma": gamma, "beta": beta, "mean": mean,
                           "var": var})
 
@@ -642,6 +643,34 @@ def _finite(name: str, array: np.ndarray) -> np.ndarray:
             f"(of {np.size(array)}): export the model again from finite "
             f"weights")
     return array
+
+
+def _check_normalization(node: _Node, gamma, beta, mean, var,
+                         epsilon: float) -> None:
+    """Refuses a BatchNormalization some channel of which would output NaN
+    or infinity for every image: ``var + epsilon`` not positive, or a
+    scale or shift beyond float32 (an epsilon of NaN included)."""
+    gamma, beta, mean, var = (np.asarray(a, np.float64).reshape(-1)
+                              for a in (gamma, beta, mean, var))
+    if len({gamma.size, beta.size, mean.size, var.size}) != 1:
+        raise node.fail(f"scale, B, mean and var of sizes {gamma.size}, "
+                        f"{beta.size}, {mean.size} and {var.size}: one "
+                        f"value per channel each")
+    with np.errstate(all="ignore"):
+        spread = var + epsilon
+        scale = gamma / np.sqrt(spread)
+        finite = np.isfinite(np.float32(scale)) & np.isfinite(
+            np.float32(beta - mean * scale))
+    bad = np.flatnonzero(~(spread > 0) | ~finite)
+    if not bad.size:
+        return
+    c = int(bad[0])
+    problem = (f"variance {var[c]:g} + epsilon {epsilon:g} is not positive"
+               if not spread[c] > 0 else f"scale {gamma[c]:g} / sqrt("
+               f"variance {var[c]:g} + epsilon {epsilon:g}) overflows float32")
+    more = f" ({bad.size} channels are)" if bad.size > 1 else ""
+    raise node.fail(f"channel {c}: {problem}{more}; export the model again "
+                    f"from sound running statistics")
 
 
 def _known(shape: tuple | None) -> bool:

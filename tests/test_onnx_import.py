@@ -175,6 +175,13 @@ def test_negative_gather_index_counts_from_the_end(cli, tmp_path):
         _import_via_cli(cli, tmp_path, model), model, (2, 3, 4, 4))
 
 
+def _batch_norm(g, *, var, gamma=(1, 1, 1), epsilon=1e-5):
+    """A BatchNormalization 'bn' of the input with these statistics."""
+    return g.node("BatchNormalization", [
+        "x", g.const(gamma), g.const(np.zeros(3)), g.const(np.zeros(3)),
+        g.const(var)], name="bn", epsilon=epsilon)
+
+
 def _refused(builder):
     g = GraphBuilder((3, 8, 8))
     out, rank = builder(g)
@@ -220,6 +227,18 @@ REFUSALS = {
     "gather_index_before_the_start": (lambda g: (view_flatten(
         g, batch_index=-5, gather_name="g"), 2),
         "ONNX op Gather (node 'g'): index -5 is out of range"),
+    "batch_norm_negative_variance": (lambda g: (_batch_norm(
+        g, var=[1, -1, 1]), 4), "ONNX op BatchNormalization (node 'bn'): "
+        "channel 1: variance -1 + epsilon 1e-05 is not positive"),
+    "batch_norm_variance_cancelling_epsilon": (lambda g: (_batch_norm(
+        g, var=[1, 1, -1e-3], epsilon=1e-3), 4),
+        "ONNX op BatchNormalization (node 'bn'): channel 2: variance -0.001 "
+        "+ epsilon 0.001 is not positive"),
+    "batch_norm_scale_beyond_float32": (lambda g: (_batch_norm(
+        g, var=[1e-30, 1e-30, 1], gamma=[1e30, 1e30, 1], epsilon=0.0), 4),
+        "ONNX op BatchNormalization (node 'bn'): channel 0: scale 1e+30 / "
+        "sqrt(variance 1e-30 + epsilon 0) overflows float32 (2 channels "
+        "are)"),
     "nan_weight": (lambda g: (g.node("Conv", ["x", g.const(np.where(
         np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
         4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
