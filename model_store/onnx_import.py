@@ -41,6 +41,7 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Pad")
+_STANDARD_DOMAINS = ("", "ai.onnx")  # the default domain's two names
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -90,8 +91,7 @@ class _Converter:
         import onnx
         from onnx import numpy_helper
 
-        self.opset = max((o.version for o in model.opset_import
-                          if o.domain in ("", "ai.onnx")), default=1)
+        self.opset = default_opset(model)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
         self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
@@ -159,8 +159,11 @@ class _Converter:
                 "layers": self.layers}
 
     def _convert_node(self, node: _Node) -> None:
-        if node.op not in SUPPORTED_OPS or node.proto.domain not in (
-                "", "ai.onnx"):
+        if node.proto.domain not in _STANDARD_DOMAINS:
+            raise UnsupportedModelError(
+                f"custom domain {node.proto.domain} op {node.op} (node "
+                f"{node.label}) is not supported: only standard ONNX ops")
+        if node.op not in SUPPORTED_OPS:
             raise node.fail(f"not supported; supported ops: "
                             f"{', '.join(SUPPORTED_OPS)}")
         unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
@@ -720,6 +723,23 @@ def _per_channel(const: np.ndarray, shape: tuple) -> np.ndarray | None:
     return squeezed
 
 
+def default_opset(model) -> int:
+    """The model's opset of the standard ops (1 when it names none);
+    UnsupportedModelError above the newest the installed ``onnx`` knows,
+    whose operator schemas the import reads."""
+    import onnx
+
+    opset = max((o.version for o in model.opset_import
+                 if o.domain in _STANDARD_DOMAINS), default=1)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"the ONNX model uses opset {opset}; the highest supported is "
+            f"{newest} (that of onnx {onnx.__version__}): export it with "
+            f"opset {newest} or lower")
+    return opset
+
+
 def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
     """An ONNX ``ModelProto`` -> (graph spec, weights keyed
     ``<layer>.<param>``). Raises :class:`UnsupportedModelError`."""
@@ -877,6 +897,11 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         raise UnsupportedModelError(
             f"the ONNX graph's output has shape {network.output_shape}; an "
             f"image classifier outputs (N, classes)")
+    if network.output_shape[1] < 2:
+        raise UnsupportedModelError(
+            f"the ONNX graph outputs {network.output_shape[1]} score per "
+            f"image; a classifier needs at least 2 classes (export a "
+            f"binary classifier with one output per class)")
     softmax_added = spec["layers"][-1]["type"] != "softmax"
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
@@ -892,8 +917,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         "description": f"imported from ONNX file {os.path.basename(path)}",
         "source": {"format": "onnx", "file": os.path.basename(path),
                    "sha256": digest, "producer": model.producer_name,
-                   "opset": max((o.version for o in model.opset_import
-                                 if o.domain in ("", "ai.onnx")), default=0),
+                   "opset": default_opset(model),
                    "softmax_appended": softmax_added},
     }
     return save_model(network, name=name, metadata=metadata, root=root)

@@ -42,8 +42,10 @@ class GraphBuilder:
             [helper.make_tensor_value_info(output, TensorProto.FLOAT,
                                            [None] * output_rank)],
             self.inits)
+        custom = sorted({n.domain for n in self.nodes} - {""})
         model = helper.make_model(graph, opset_imports=[
-            helper.make_opsetid("", self.opset)])
+            helper.make_opsetid("", self.opset),
+            *(helper.make_opsetid(domain, 1) for domain in custom)])
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model

@@ -189,6 +189,15 @@ def _refused(builder):
 
 
 REFUSALS = {
+    "custom_domain_op": (lambda g: (g.node("Relu", ["x"], name="act1",
+                                           domain="com.example"), 4),
+                         "custom domain com.example op Relu (node 'act1') "
+                         "is not supported"),
+    "single_class": (lambda g: (g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 1)))]), 2),
+        "the ONNX graph outputs 1 score per image; a classifier needs at "
+        "least 2 classes"),
     "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
                                   4), "ONNX op LeakyRelu (node 'act1'): not "
                                       "supported"),
@@ -253,8 +262,25 @@ REFUSALS = {
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_unsupported_graph_exits_2_and_writes_nothing(cli, tmp_path, case):
     builder, message = REFUSALS[case]
+    _assert_refused(cli, tmp_path, _refused(builder), message)
+
+
+def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
+    """Opset 99: the ops' meaning may have changed; the message names the
+    newest opset the installed onnx package (and so the import) reads."""
+    newest = onnx.defs.onnx_opset_version()
+    g = GraphBuilder((3, 8, 8), opset=99)
+    model = g.model(g.node("Relu", ["x"]), 4)
+    _assert_refused(cli, tmp_path, model,
+                    f"the ONNX model uses opset 99; the highest supported is "
+                    f"{newest}")
+
+
+def _assert_refused(cli, tmp_path, model, message):
+    """Importing ``model`` exits 2 with ``message`` in one line, and writes
+    nothing to the store."""
     path = tmp_path / "m.onnx"
-    onnx.save(_refused(builder), str(path))
+    onnx.save(model, str(path))
     store = tmp_path / "store"
     code, out, err = cli("--store", store, "models", "import", "onnx", path,
                          "--name", "m")
