@@ -388,3 +388,46 @@ def test_a_seed_numpy_cannot_take_is_refused_before_any_work(cli, tmp_path):
     assert code == 2 and err.count("\n") == 1, err
     assert "--seed must be an integer from 0 to 4294967295" in err
     assert not (tmp_path / "store").exists()
+
+
+DIGITS_LAYERS = json.load(open(os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "model_store", "specs", "digits-cnn.json")))["layers"]
+SHAPE_MESSAGE = ("spec 'input_shape' must be [channels, height, width] of "
+                 "positive integers, got ")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ([{"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS}],
+     "a network spec must be a JSON object, got list"),
+    ("digits", "a network spec must be a JSON object, got str"),
+    ({"input_shape": [1, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32]"),
+    ({"input_shape": [1, 32, 32, 1], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32, 32, 1]"),
+    ({"input_shape": [1, 32.5, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32.5, 32]"),
+    ({"input_shape": ["1", 32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "['1', 32, 32]"),
+    ({"input_shape": [0, 32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[0, 32, 32]"),
+    ({"input_shape": [1, -32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, -32, 32]"),
+    ({"input_shape": "1x32x32", "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "'1x32x32'"),
+])
+@pytest.mark.parametrize("data", [["--data", "samples/digits"],
+                                  ["--dataset", "digits"]])
+def test_a_malformed_spec_is_refused_in_one_line_before_training(
+        cli, tmp_path, spec, message, data):
+    """A spec whose top level is not an object, or whose input_shape is not
+    three positive integers, was a traceback with --data."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    store = tmp_path / "store"
+    code, out, err = cli("--store", store, "train", *data, "--name", "x",
+                         "--spec", path)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"spec file {path}: {message}" in err
+    assert not store.exists()
