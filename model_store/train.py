@@ -16,7 +16,7 @@ from model_store.datasets import DATASETS
 from model_store.engine import T, floatX, function, shared
 from model_store.errors import ConfigError, SpecError
 from model_store.preprocessing import Preprocessing
-from model_store.spec import build_network, validate_spec
+from model_store.spec import build_network, check_probabilities, validate_spec
 from model_store.train_config import TrainConfig  # Theano-free, for --help
 from model_store.updates import OPTIMIZERS
 
@@ -24,11 +24,12 @@ SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 
 def load_spec(path: str) -> dict:
-    """Reads a JSON network spec and checks its structure (SpecError naming
-    the file), before any training work."""
+    """Reads a JSON network spec and checks its structure and that it ends
+    in a softmax (SpecError naming the file), before any training work."""
     spec = _read_spec(path)
     try:
-        return validate_spec(spec)
+        check_probabilities(validate_spec(spec))
+        return spec
     except SpecError as error:
         raise SpecError(f"spec file {path}: {error}") from None
 

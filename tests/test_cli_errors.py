@@ -415,13 +415,22 @@ SHAPE_MESSAGE = ("spec 'input_shape' must be [channels, height, width] of "
      SHAPE_MESSAGE + "[1, -32, 32]"),
     ({"input_shape": "1x32x32", "layers": DIGITS_LAYERS},
      SHAPE_MESSAGE + "'1x32x32'"),
+    ({"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS[:-1]},
+     "the last layer 'fc2' (dense, nonlinearity identity) does not output "
+     'class probabilities: end the spec with {"type": "softmax", "name": '
+     '"prob"}'),
+    ({"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS[:-1] + [
+        {"type": "activation", "name": "p", "nonlinearity": "sigmoid"}]},
+     "the last layer 'p' (activation, nonlinearity sigmoid) does not "
+     "output class probabilities"),
 ])
 @pytest.mark.parametrize("data", [["--data", "samples/digits"],
                                   ["--dataset", "digits"]])
 def test_a_malformed_spec_is_refused_in_one_line_before_training(
         cli, tmp_path, spec, message, data):
     """A spec whose top level is not an object, or whose input_shape is not
-    three positive integers, was a traceback with --data."""
+    three positive integers, was a traceback with --data; one that does not
+    end in a softmax trained, and classify wrote confidences above 1."""
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     store = tmp_path / "store"
@@ -431,3 +440,35 @@ def test_a_malformed_spec_is_refused_in_one_line_before_training(
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert f"spec file {path}: {message}" in err
     assert not store.exists()
+
+
+def test_a_stored_model_without_a_final_softmax_is_refused(cli, tmp_path):
+    """A version whose spec.json does not end in a softmax (edited, or
+    saved before this was checked): classify wrote its scores as
+    confidences above 1; now it stops before any work, verify reports it
+    and no new version like it can be saved."""
+    from model_store.errors import ConfigError
+    from model_store.spec import build_network
+    from model_store.store import save_model
+    from tests.test_cli import save_three_class_model
+
+    root = str(tmp_path / "store")
+    spec_path = os.path.join(save_three_class_model(root, weight=1.0)
+                             .location, "spec.json")
+    spec = json.load(open(spec_path))
+    spec["layers"].pop()  # the softmax
+    json.dump(spec, open(spec_path, "w"))
+    message = ("model three@1: the last layer 'out' (dense, nonlinearity "
+               "identity) does not output class probabilities")
+    code, out, err = cli("--store", root, "classify", "-q", "--model",
+                         "three", "--input", "samples/digits/more",
+                         "--output", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1 and out.startswith("FAILED  three@1") and message in out
+    with pytest.raises(ConfigError, match="model three@2: the last layer"):
+        save_model(build_network(spec), name="three", root=root, metadata={
+            "class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
+            "color_mode": "L", "resize": "bilinear",
+            "normalization": {"mean": [0.0], "std": [1.0]}})

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import onnx
 import onnxruntime
+import pyarrow.parquet as pq
 import pytest
 
 from model_store.compile import compile_predictor
@@ -105,6 +106,27 @@ def test_logits_output_gets_a_softmax(tmp_path):
     want /= want.sum(1, keepdims=True)
     np.testing.assert_allclose(compile_predictor(stored)(x), want,
                                rtol=1e-4, atol=1e-6)
+
+
+def test_classify_writes_probabilities_for_a_graph_ending_in_logits(
+        cli, tmp_path):
+    """Large logits (a graph without a softmax): the softmax appended at
+    import makes every confidence classify writes a probability, and the
+    top-k scores of a row sum to at most 1."""
+    g = GraphBuilder((1, 8, 8), seed=8)
+    logits = g.node("Gemm", [g.node("Flatten", ["x"]),
+                             g.const(g.rng.randn(64, 4) * 5)])
+    stored = _import_via_cli(cli, tmp_path, g.model(logits, 2))
+    assert stored.metadata["source"]["softmax_appended"]
+    code, _, err = cli("--store", tmp_path / "store", "classify", "-q",
+                       "--model", "m", "--input", "samples/digits/more",
+                       "--output", tmp_path / "out", "--top-k", "3")
+    assert code == 0, err
+    rows = pq.read_table(str(tmp_path / "out" / "predictions")).to_pylist()
+    assert len(rows) == 7
+    assert all(0 <= row["confidence"] <= 1 for row in rows)
+    assert all(sum(e["score"] for e in row["top_k"]) <= 1 + 1e-5
+               for row in rows)
 
 
 def _import_via_cli(cli, tmp_path, model, *options):
