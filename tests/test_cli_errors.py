@@ -173,6 +173,36 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_path_without_extension_reports_the_file_written(
+        cli, tmp_path):
+    """--plot DIR/cm writes cm.png, as matplotlib names it, and says so."""
+    code, out, err = cli("evaluate", "--plot", tmp_path / "cm")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == f"wrote {tmp_path / 'cm.png'}"
+    assert os.listdir(tmp_path) == ["cm.png"]
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("json_option", [[], ["--json"]])
+def test_a_plot_the_disk_cannot_hold_keeps_the_metrics(cli, tmp_path,
+                                                       json_option):
+    """A plot that passes the early check and fails to write (a full disk:
+    a link to /dev/full) is one line, exit 2, after the metrics were
+    printed."""
+    plot = tmp_path / "confusion.png"
+    plot.symlink_to("/dev/full")
+    code, out, err = cli("evaluate", "--plot", plot, *json_option)
+    assert code == 2
+    assert err == (f"imgclass: error: --plot {str(plot)!r} could not be "
+                   f"written: No space left on device\n")
+    if json_option:
+        assert json.loads(out)["n_test"] == 360
+    else:
+        assert out.startswith("digits-cnn@1: accuracy ")
+        assert "wrote" not in out
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--dataset", "digits", "--name", "x", "--base",
       "efficientnet-lite0"], "--base applies to --data (your labelled "
@@ -202,6 +232,8 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
      "--plot '/no/such/folder/confusion.png': the folder '/no/such/folder' "
      "does not exist"),
     (["evaluate", "--plot", "samples"], "--plot 'samples' is a folder"),
+    (["evaluate", "--plot", "/proc/x.png"], "--plot '/proc/x.png' cannot "
+     "be written: No such file or directory"),
     (["evaluate", "--plot", "confusion.txt"], "--plot 'confusion.txt': "
      "matplotlib cannot write .txt files; use one of .eps, .jpeg"),
     (["evaluate", "--plot", "confusion.png.gz"], "cannot write .gz files"),
