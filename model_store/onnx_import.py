@@ -18,9 +18,11 @@ before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
 ``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish;
 a Flatten or Reshape of an (N, K) tensor is no layer. Anything else
-raises :class:`UnsupportedModelError` naming the op and the node, and a
-constant holding a NaN or an infinity one naming the tensor, before
-anything is written.
+raises :class:`UnsupportedModelError` naming the op and the node (a
+BatchNormalization whose ``var + epsilon`` is not positive names the
+channel too), and a constant holding a NaN or an infinity one naming the
+tensor, before anything is written; so do an op of a custom domain, an
+opset newer than the installed ``onnx`` knows and a single output class.
 """
 
 from __future__ import annotations
