@@ -93,7 +93,7 @@ class _Converter:
         import onnx
         from onnx import numpy_helper
 
-        self.opset = default_opset(model)
+        self.opset = _default_opset(model)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
         self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
@@ -725,7 +725,7 @@ def _per_channel(const: np.ndarray, shape: tuple) -> np.ndarray | None:
     return squeezed
 
 
-def default_opset(model) -> int:
+def _default_opset(model) -> int:
     """The model's opset of the standard ops (1 when it names none);
     UnsupportedModelError above the newest the installed ``onnx`` knows,
     whose operator schemas the import reads."""
@@ -919,7 +919,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         "description": f"imported from ONNX file {os.path.basename(path)}",
         "source": {"format": "onnx", "file": os.path.basename(path),
                    "sha256": digest, "producer": model.producer_name,
-                   "opset": default_opset(model),
+                   "opset": _default_opset(model),
                    "softmax_appended": softmax_added},
     }
     return save_model(network, name=name, metadata=metadata, root=root)
