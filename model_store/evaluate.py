@@ -143,12 +143,14 @@ def record_metrics(model: StoredModel, metrics: dict) -> StoredModel:
         k: metrics[k] for k in ("accuracy", "n_test", "dataset")})
 
 
-def check_plot_path(path: str) -> None:
-    """Refuses, before any work, a ``--plot`` that could not be written:
-    matplotlib missing, a folder that does not exist or cannot be written,
-    a path that is a folder or whose extension matplotlib cannot write
+def check_plot_path(path: str) -> str:
+    """The file ``--plot path`` will write (``path``, with ``.png`` added
+    when it has no extension, as matplotlib does), refused before any work
+    when it could not be written: matplotlib missing, a folder that does
+    not exist, a path that is a folder, an extension matplotlib cannot
+    write, or a file the system will not let us open for writing
     (ConfigError, one line)."""
-    _matplotlib()
+    matplotlib = _matplotlib()
     from matplotlib.backend_bases import FigureCanvasBase
 
     kinds = FigureCanvasBase.get_supported_filetypes()
@@ -163,9 +165,24 @@ def check_plot_path(path: str) -> None:
     if not os.path.isdir(folder):
         raise ConfigError(f"--plot {path!r}: the folder {folder!r} does not "
                           f"exist")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"--plot {path!r}: the folder {folder!r} cannot "
-                          f"be written")
+    target = path if extension else \
+        f"{path}.{matplotlib.rcParams['savefig.format']}"
+    _check_writable(target)
+    return target
+
+
+def _check_writable(path: str) -> None:
+    """Opens ``path`` for appending (so an existing file is left as it
+    is), and removes it again if that created it."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--plot {path!r} cannot be written: "
+                          f"{error.strerror}") from None
+    if not existed:
+        os.remove(path)
 
 
 def _matplotlib():
@@ -178,7 +195,8 @@ def _matplotlib():
 
 
 def plot_confusion(metrics: dict, path: str) -> None:
-    """Writes the confusion matrix as a PNG picture (needs matplotlib)."""
+    """Writes the confusion matrix as a picture to ``path`` (the file
+    :func:`check_plot_path` returned; needs matplotlib)."""
     matplotlib = _matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,5 +218,10 @@ def plot_confusion(metrics: dict, path: str) -> None:
                     fontsize=8)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as error:  # a full disk, a folder removed meanwhile
+        raise ConfigError(f"--plot {path!r} could not be written: "
+                          f"{error.strerror or error}") from None
+    finally:
+        plt.close(fig)

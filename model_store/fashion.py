@@ -105,11 +105,11 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
     from model_store.store import save_version, update_metadata
     from model_store.train import best_epoch, fit, load_spec
 
-    split = load_fashion_split()
     spec = load_spec(spec_path)
     if spec["input_shape"] != [1, 28, 28]:
         raise ConfigError(f"Fashion-MNIST images are [1, 28, 28]; spec "
                           f"{spec_path} takes {spec['input_shape']}")
+    split = load_fashion_split()
     images, labels = split.train_images, split.train_labels
     if limit is not None:
         images, labels = images[:limit], labels[:limit]

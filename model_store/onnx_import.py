@@ -18,9 +18,11 @@ before it when that layer feeds nothing else, and otherwise becomes a 1x1
 depthwise convolution (4-D) or a diagonal dense layer (2-D);
 ``x * HardSigmoid(x)`` (alpha 1/6, beta 1/2) becomes one hard_swish;
 a Flatten or Reshape of an (N, K) tensor is no layer. Anything else
-raises :class:`UnsupportedModelError` naming the op and the node, and a
-constant holding a NaN or an infinity one naming the tensor, before
-anything is written.
+raises :class:`UnsupportedModelError` naming the op and the node (a
+BatchNormalization whose ``var + epsilon`` is not positive names the
+channel too), and a constant holding a NaN or an infinity one naming the
+tensor, before anything is written; so do an op of a custom domain, an
+opset newer than the installed ``onnx`` knows and a single output class.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Pad")
+_STANDARD_DOMAINS = ("", "ai.onnx")  # the default domain's two names
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -90,8 +93,7 @@ class _Converter:
         import onnx
         from onnx import numpy_helper
 
-        self.opset = max((o.version for o in model.opset_import
-                          if o.domain in ("", "ai.onnx")), default=1)
+        self.opset = _default_opset(model)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
         self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
@@ -159,8 +161,11 @@ class _Converter:
                 "layers": self.layers}
 
     def _convert_node(self, node: _Node) -> None:
-        if node.op not in SUPPORTED_OPS or node.proto.domain not in (
-                "", "ai.onnx"):
+        if node.proto.domain not in _STANDARD_DOMAINS:
+            raise UnsupportedModelError(
+                f"custom domain {node.proto.domain} op {node.op} (node "
+                f"{node.label}) is not supported: only standard ONNX ops")
+        if node.op not in SUPPORTED_OPS:
             raise node.fail(f"not supported; supported ops: "
                             f"{', '.join(SUPPORTED_OPS)}")
         unknown = set(node.attrs) - _ATTRIBUTES.get(node.op, set())
@@ -338,10 +343,11 @@ class _Converter:
             raise node.fail("training_mode=1 (export the model for inference)")
         gamma, beta, mean, var = (self._const(node, i, what) for i, what in
                                   enumerate(("scale", "B", "mean", "var"), 1))
+        # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
+        epsilon = float(str(np.float32(node.attr("epsilon", 1e-5))))
+        _check_normalization(node, gamma, beta, mean, var, epsilon)
         self._add(node, "batch_norm", [self._input(node)],
-                  output=self._single_output(node),
-                  # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
-                  epsilon=float(str(np.float32(node.attr("epsilon", 1e-5)))),
+                  output=self._single_output(node), epsilon=epsilon,
                   params={"gamma": gamma, "beta": beta, "mean": mean,
                           "var": var})
 
@@ -586,8 +592,17 @@ class _Converter:
     def _op_Gather(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")
         indices = self._const(node, 1, "the indices")
-        self.consts[self._single_output(node)] = np.take(
-            data, indices, axis=node.attr("axis", 0))
+        axis = node.attr("axis", 0)
+        if not -data.ndim <= axis < data.ndim:
+            raise node.fail(f"axis {axis} of data of rank {data.ndim}")
+        size = data.shape[axis]
+        outside = indices[(indices < -size) | (indices >= size)]
+        if outside.size:
+            raise node.fail(f"index {int(outside.flat[0])} is out of range "
+                            f"for axis {axis} of size {size} (valid: "
+                            f"{-size} to {size - 1})")
+        self.consts[self._single_output(node)] = np.take(data, indices,
+                                                         axis=axis)
 
     def _op_Unsqueeze(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")
@@ -635,6 +650,34 @@ def _finite(name: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _check_normalization(node: _Node, gamma, beta, mean, var,
+                         epsilon: float) -> None:
+    """Refuses a BatchNormalization some channel of which would output NaN
+    or infinity for every image: ``var + epsilon`` not positive, or a
+    scale or shift beyond float32 (an epsilon of NaN included)."""
+    gamma, beta, mean, var = (np.asarray(a, np.float64).reshape(-1)
+                              for a in (gamma, beta, mean, var))
+    if len({gamma.size, beta.size, mean.size, var.size}) != 1:
+        raise node.fail(f"scale, B, mean and var of sizes {gamma.size}, "
+                        f"{beta.size}, {mean.size} and {var.size}: one "
+                        f"value per channel each")
+    with np.errstate(all="ignore"):
+        spread = var + epsilon
+        scale = gamma / np.sqrt(spread)
+        finite = np.isfinite(np.float32(scale)) & np.isfinite(
+            np.float32(beta - mean * scale))
+    bad = np.flatnonzero(~(spread > 0) | ~finite)
+    if not bad.size:
+        return
+    c = int(bad[0])
+    problem = (f"variance {var[c]:g} + epsilon {epsilon:g} is not positive"
+               if not spread[c] > 0 else f"scale {gamma[c]:g} / sqrt("
+               f"variance {var[c]:g} + epsilon {epsilon:g}) overflows float32")
+    more = f" ({bad.size} channels are)" if bad.size > 1 else ""
+    raise node.fail(f"channel {c}: {problem}{more}; export the model again "
+                    f"from sound running statistics")
+
+
 def _known(shape: tuple | None) -> bool:
     """Whether all but the batch dimension of ``shape`` are known."""
     return shape is not None and None not in shape[1:]
@@ -680,6 +723,23 @@ def _per_channel(const: np.ndarray, shape: tuple) -> np.ndarray | None:
     if len(padded) != len(shape) or padded[1] != channels:
         return None
     return squeezed
+
+
+def _default_opset(model) -> int:
+    """The model's opset of the standard ops (1 when it names none);
+    UnsupportedModelError above the newest the installed ``onnx`` knows,
+    whose operator schemas the import reads."""
+    import onnx
+
+    opset = max((o.version for o in model.opset_import
+                 if o.domain in _STANDARD_DOMAINS), default=1)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"the ONNX model uses opset {opset}; the highest supported is "
+            f"{newest} (that of onnx {onnx.__version__}): export it with "
+            f"opset {newest} or lower")
+    return opset
 
 
 def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
@@ -842,6 +902,11 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         raise UnsupportedModelError(
             f"the ONNX graph's output has shape {network.output_shape}; an "
             f"image classifier outputs (N, classes)")
+    if network.output_shape[1] < 2:
+        raise UnsupportedModelError(
+            f"the ONNX graph outputs {network.output_shape[1]} score per "
+            f"image; a classifier needs at least 2 classes (export a "
+            f"binary classifier with one output per class)")
     softmax_added = spec["layers"][-1]["type"] != "softmax"
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
@@ -857,8 +922,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         "description": f"imported from ONNX file {os.path.basename(path)}",
         "source": {"format": "onnx", "file": os.path.basename(path),
                    "sha256": digest, "producer": model.producer_name,
-                   "opset": max((o.version for o in model.opset_import
-                                 if o.domain in ("", "ai.onnx")), default=0),
+                   "opset": _default_opset(model),
                    "softmax_appended": softmax_added},
     }
     return save_version(network, name=name, metadata=metadata, root=root,

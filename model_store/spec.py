@@ -94,6 +94,21 @@ def validate_spec(spec: Any) -> dict:
     return dict(spec)
 
 
+def check_probabilities(spec: Mapping) -> None:
+    """SpecError unless the (validated) spec's output is a probability
+    distribution: its last layer a softmax layer, or one whose
+    nonlinearity is softmax. Training minimises cross-entropy on it, and
+    ``classify`` writes it as confidences in [0, 1]."""
+    last = spec["layers"][-1]
+    if last["type"] == "softmax" or last.get("nonlinearity") == "softmax":
+        return
+    what = last["type"] + (f", nonlinearity {last['nonlinearity']}"
+                           if "nonlinearity" in last else "")
+    raise SpecError(f"the last layer {last['name']!r} ({what}) does not "
+                    f"output class probabilities: end the spec with "
+                    f'{{"type": "softmax", "name": "prob"}}')
+
+
 def _validate_layer(index: int, layer_spec: Any, earlier: set) -> None:
     if not isinstance(layer_spec, Mapping):
         raise SpecError(f"spec layer {index} must be an object, got "

@@ -563,8 +563,12 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
     the weights' shapes and the metadata agree; else ModelIntegrityError
     naming ``where`` (metadata) or ``weights_path``. Used on loading and,
     before anything is written, on saving."""
-    from model_store.spec import set_weights, weights_from_bytes
+    from model_store.spec import check_probabilities, set_weights, weights_from_bytes
 
+    try:
+        check_probabilities(spec)
+    except SpecError as error:
+        raise ModelIntegrityError(f"model {info.ref}: {error}") from None
     digest = hashlib.sha256(data).hexdigest()
     expected = metadata.get("weights_sha256")
     if digest != expected:

@@ -14,9 +14,9 @@ import numpy as np
 from model_store import layers as L
 from model_store.datasets import DATASETS
 from model_store.engine import T, floatX, function, shared
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, SpecError
 from model_store.preprocessing import Preprocessing
-from model_store.spec import build_network
+from model_store.spec import build_network, check_probabilities, validate_spec
 from model_store.train_config import TrainConfig  # Theano-free, for --help
 from model_store.updates import OPTIMIZERS
 
@@ -24,7 +24,17 @@ SPECS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "specs")
 
 
 def load_spec(path: str) -> dict:
-    """Reads a JSON network spec."""
+    """Reads a JSON network spec and checks its structure and that it ends
+    in a softmax (SpecError naming the file), before any training work."""
+    spec = _read_spec(path)
+    try:
+        check_probabilities(validate_spec(spec))
+        return spec
+    except SpecError as error:
+        raise SpecError(f"spec file {path}: {error}") from None
+
+
+def _read_spec(path: str):
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)

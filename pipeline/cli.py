@@ -325,8 +325,7 @@ def _evaluate(args) -> int:
     if args.data and args.dataset:
         raise ConfigError("give --data (your labelled folders) or --dataset "
                           "(built-in test images), not both")
-    if args.plot:
-        check_plot_path(args.plot)
+    plot = check_plot_path(args.plot) if args.plot else None
     stored = load_model(args.model, root=args.store)
     if args.data:
         metrics = evaluate_on_folder(stored, args.data)
@@ -339,14 +338,16 @@ def _evaluate(args) -> int:
         from model_store.datasets import load_digits_split
         metrics = evaluate_on_split(stored, load_digits_split())
         what = "held-out digits"
-    if args.plot:
-        plot_confusion(metrics, args.plot)
+    # The metrics first: a plot that cannot be written after all (a full
+    # disk) does not lose them.
     if args.json:
-        print(json.dumps(metrics))
-        return EXIT_OK
-    _print_metrics(stored.ref, metrics, what)
-    if args.plot:
-        print(f"wrote {args.plot}")
+        print(json.dumps(metrics), flush=True)
+    else:
+        _print_metrics(stored.ref, metrics, what)
+    if plot:
+        plot_confusion(metrics, plot)
+        if not args.json:
+            print(f"wrote {plot}")
     return EXIT_OK
 
 

@@ -42,8 +42,10 @@ class GraphBuilder:
             [helper.make_tensor_value_info(output, TensorProto.FLOAT,
                                            [None] * output_rank)],
             self.inits)
+        custom = sorted({n.domain for n in self.nodes} - {""})
         model = helper.make_model(graph, opset_imports=[
-            helper.make_opsetid("", self.opset)])
+            helper.make_opsetid("", self.opset),
+            *(helper.make_opsetid(domain, 1) for domain in custom)])
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model
@@ -59,10 +61,12 @@ def _flat(g, x):
     return g.node("Flatten", [g.node("GlobalAveragePool", [x])])
 
 
-def view_flatten(g, x="x"):
-    """``x.view(x.size(0), -1)`` as PyTorch exports it."""
+def view_flatten(g, x="x", batch_index=0, gather_name=None):
+    """``x.view(x.size(0), -1)`` as PyTorch exports it (the batch size
+    gathered at ``batch_index`` of the shape: 0, or -4 of 4-D)."""
     batch = g.node("Gather", [g.node("Shape", [x]),
-                              g.const(0, dtype=np.int64)], axis=0)
+                              g.const(batch_index, dtype=np.int64)],
+                   name=gather_name, axis=0)
     batch = g.node("Unsqueeze", [batch, g.const([0], dtype=np.int64)])
     target = g.node("Concat", [batch, g.const([-1], dtype=np.int64)], axis=0)
     return g.node("Reshape", [x, target])

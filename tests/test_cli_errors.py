@@ -173,6 +173,36 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_plot_path_without_extension_reports_the_file_written(
+        cli, tmp_path):
+    """--plot DIR/cm writes cm.png, as matplotlib names it, and says so."""
+    code, out, err = cli("evaluate", "--plot", tmp_path / "cm")
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == f"wrote {tmp_path / 'cm.png'}"
+    assert os.listdir(tmp_path) == ["cm.png"]
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("json_option", [[], ["--json"]])
+def test_a_plot_the_disk_cannot_hold_keeps_the_metrics(cli, tmp_path,
+                                                       json_option):
+    """A plot that passes the early check and fails to write (a full disk:
+    a link to /dev/full) is one line, exit 2, after the metrics were
+    printed."""
+    plot = tmp_path / "confusion.png"
+    plot.symlink_to("/dev/full")
+    code, out, err = cli("evaluate", "--plot", plot, *json_option)
+    assert code == 2
+    assert err == (f"imgclass: error: --plot {str(plot)!r} could not be "
+                   f"written: No space left on device\n")
+    if json_option:
+        assert json.loads(out)["n_test"] == 360
+    else:
+        assert out.startswith("digits-cnn@1: accuracy ")
+        assert "wrote" not in out
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--dataset", "digits", "--name", "x", "--base",
       "efficientnet-lite0"], "--base applies to --data (your labelled "
@@ -202,6 +232,8 @@ def test_evaluate_json_reports_the_required_accuracy(cli, tmp_path):
      "--plot '/no/such/folder/confusion.png': the folder '/no/such/folder' "
      "does not exist"),
     (["evaluate", "--plot", "samples"], "--plot 'samples' is a folder"),
+    (["evaluate", "--plot", "/proc/x.png"], "--plot '/proc/x.png' cannot "
+     "be written: No such file or directory"),
     (["evaluate", "--plot", "confusion.txt"], "--plot 'confusion.txt': "
      "matplotlib cannot write .txt files; use one of .eps, .jpeg"),
     (["evaluate", "--plot", "confusion.png.gz"], "cannot write .gz files"),
@@ -393,3 +425,87 @@ def test_a_seed_numpy_cannot_take_is_refused_before_any_work(cli, tmp_path):
     assert code == 2 and err.count("\n") == 1, err
     assert "--seed must be an integer from 0 to 4294967295" in err
     assert not (tmp_path / "store").exists()
+
+
+DIGITS_LAYERS = json.load(open(os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "model_store", "specs", "digits-cnn.json")))["layers"]
+SHAPE_MESSAGE = ("spec 'input_shape' must be [channels, height, width] of "
+                 "positive integers, got ")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ([{"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS}],
+     "a network spec must be a JSON object, got list"),
+    ("digits", "a network spec must be a JSON object, got str"),
+    ({"input_shape": [1, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32]"),
+    ({"input_shape": [1, 32, 32, 1], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32, 32, 1]"),
+    ({"input_shape": [1, 32.5, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, 32.5, 32]"),
+    ({"input_shape": ["1", 32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "['1', 32, 32]"),
+    ({"input_shape": [0, 32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[0, 32, 32]"),
+    ({"input_shape": [1, -32, 32], "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "[1, -32, 32]"),
+    ({"input_shape": "1x32x32", "layers": DIGITS_LAYERS},
+     SHAPE_MESSAGE + "'1x32x32'"),
+    ({"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS[:-1]},
+     "the last layer 'fc2' (dense, nonlinearity identity) does not output "
+     'class probabilities: end the spec with {"type": "softmax", "name": '
+     '"prob"}'),
+    ({"input_shape": [1, 32, 32], "layers": DIGITS_LAYERS[:-1] + [
+        {"type": "activation", "name": "p", "nonlinearity": "sigmoid"}]},
+     "the last layer 'p' (activation, nonlinearity sigmoid) does not "
+     "output class probabilities"),
+])
+@pytest.mark.parametrize("data", [["--data", "samples/digits"],
+                                  ["--dataset", "digits"]])
+def test_a_malformed_spec_is_refused_in_one_line_before_training(
+        cli, tmp_path, spec, message, data):
+    """A spec whose top level is not an object, or whose input_shape is not
+    three positive integers, was a traceback with --data; one that does not
+    end in a softmax trained, and classify wrote confidences above 1."""
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    store = tmp_path / "store"
+    code, out, err = cli("--store", store, "train", *data, "--name", "x",
+                         "--spec", path)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"spec file {path}: {message}" in err
+    assert not store.exists()
+
+
+def test_a_stored_model_without_a_final_softmax_is_refused(cli, tmp_path):
+    """A version whose spec.json does not end in a softmax (edited, or
+    saved before this was checked): classify wrote its scores as
+    confidences above 1; now it stops before any work, verify reports it
+    and no new version like it can be saved."""
+    from model_store.errors import ConfigError
+    from model_store.spec import build_network
+    from model_store.store import save_model
+    from tests.test_cli import save_three_class_model
+
+    root = str(tmp_path / "store")
+    spec_path = os.path.join(save_three_class_model(root, weight=1.0)
+                             .location, "spec.json")
+    spec = json.load(open(spec_path))
+    spec["layers"].pop()  # the softmax
+    json.dump(spec, open(spec_path, "w"))
+    message = ("model three@1: the last layer 'out' (dense, nonlinearity "
+               "identity) does not output class probabilities")
+    code, out, err = cli("--store", root, "classify", "-q", "--model",
+                         "three", "--input", "samples/digits/more",
+                         "--output", tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1 and out.startswith("FAILED  three@1") and message in out
+    with pytest.raises(ConfigError, match="model three@2: the last layer"):
+        save_model(build_network(spec), name="three", root=root, metadata={
+            "class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
+            "color_mode": "L", "resize": "bilinear",
+            "normalization": {"mean": [0.0], "std": [1.0]}})

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import onnx
 import onnxruntime
+import pyarrow.parquet as pq
 import pytest
 
 from model_store.compile import compile_predictor
@@ -107,6 +108,27 @@ def test_logits_output_gets_a_softmax(tmp_path):
                                rtol=1e-4, atol=1e-6)
 
 
+def test_classify_writes_probabilities_for_a_graph_ending_in_logits(
+        cli, tmp_path):
+    """Large logits (a graph without a softmax): the softmax appended at
+    import makes every confidence classify writes a probability, and the
+    top-k scores of a row sum to at most 1."""
+    g = GraphBuilder((1, 8, 8), seed=8)
+    logits = g.node("Gemm", [g.node("Flatten", ["x"]),
+                             g.const(g.rng.randn(64, 4) * 5)])
+    stored = _import_via_cli(cli, tmp_path, g.model(logits, 2))
+    assert stored.metadata["source"]["softmax_appended"]
+    code, _, err = cli("--store", tmp_path / "store", "classify", "-q",
+                       "--model", "m", "--input", "samples/digits/more",
+                       "--output", tmp_path / "out", "--top-k", "3")
+    assert code == 0, err
+    rows = pq.read_table(str(tmp_path / "out" / "predictions")).to_pylist()
+    assert len(rows) == 7
+    assert all(0 <= row["confidence"] <= 1 for row in rows)
+    assert all(sum(e["score"] for e in row["top_k"]) <= 1 + 1e-5
+               for row in rows)
+
+
 def _import_via_cli(cli, tmp_path, model, *options):
     """Saves ``model``, imports it with the command line; the stored
     version."""
@@ -164,6 +186,24 @@ def test_pytorch_view_then_gemm_matches_onnxruntime(cli, tmp_path, between):
         _import_via_cli(cli, tmp_path, model), model, (4, 3, 7, 7))
 
 
+def test_negative_gather_index_counts_from_the_end(cli, tmp_path):
+    """Gather at index -4 of a 4-D shape is the batch size, as at 0: the
+    view imports and predicts like onnxruntime."""
+    g = GraphBuilder((3, 4, 4), seed=7)
+    logits = g.node("Gemm", [view_flatten(g, batch_index=-4),
+                             g.const(g.rng.randn(48, 5))])
+    model = g.model(g.node("Softmax", [logits], axis=1), 2)
+    _assert_ends_in_softmax_like_onnxruntime(
+        _import_via_cli(cli, tmp_path, model), model, (2, 3, 4, 4))
+
+
+def _batch_norm(g, *, var, gamma=(1, 1, 1), epsilon=1e-5):
+    """A BatchNormalization 'bn' of the input with these statistics."""
+    return g.node("BatchNormalization", [
+        "x", g.const(gamma), g.const(np.zeros(3)), g.const(np.zeros(3)),
+        g.const(var)], name="bn", epsilon=epsilon)
+
+
 def _refused(builder):
     g = GraphBuilder((3, 8, 8))
     out, rank = builder(g)
@@ -171,6 +211,15 @@ def _refused(builder):
 
 
 REFUSALS = {
+    "custom_domain_op": (lambda g: (g.node("Relu", ["x"], name="act1",
+                                           domain="com.example"), 4),
+                         "custom domain com.example op Relu (node 'act1') "
+                         "is not supported"),
+    "single_class": (lambda g: (g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 1)))]), 2),
+        "the ONNX graph outputs 1 score per image; a classifier needs at "
+        "least 2 classes"),
     "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
                                   4), "ONNX op LeakyRelu (node 'act1'): not "
                                       "supported"),
@@ -202,6 +251,25 @@ REFUSALS = {
         "Gather", ["x", g.const(0, dtype=np.int64)], name="g")]), 4),
         "ONNX op Gather (node 'g'): the data (only shape arithmetic) must "
         "be a constant"),
+    "gather_index_past_the_end": (lambda g: (view_flatten(
+        g, batch_index=4, gather_name="g"), 2),
+        "ONNX op Gather (node 'g'): index 4 is out of range for axis 0 of "
+        "size 4 (valid: -4 to 3)"),
+    "gather_index_before_the_start": (lambda g: (view_flatten(
+        g, batch_index=-5, gather_name="g"), 2),
+        "ONNX op Gather (node 'g'): index -5 is out of range"),
+    "batch_norm_negative_variance": (lambda g: (_batch_norm(
+        g, var=[1, -1, 1]), 4), "ONNX op BatchNormalization (node 'bn'): "
+        "channel 1: variance -1 + epsilon 1e-05 is not positive"),
+    "batch_norm_variance_cancelling_epsilon": (lambda g: (_batch_norm(
+        g, var=[1, 1, -1e-3], epsilon=1e-3), 4),
+        "ONNX op BatchNormalization (node 'bn'): channel 2: variance -0.001 "
+        "+ epsilon 0.001 is not positive"),
+    "batch_norm_scale_beyond_float32": (lambda g: (_batch_norm(
+        g, var=[1e-30, 1e-30, 1], gamma=[1e30, 1e30, 1], epsilon=0.0), 4),
+        "ONNX op BatchNormalization (node 'bn'): channel 0: scale 1e+30 / "
+        "sqrt(variance 1e-30 + epsilon 0) overflows float32 (2 channels "
+        "are)"),
     "nan_weight": (lambda g: (g.node("Conv", ["x", g.const(np.where(
         np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
         4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
@@ -216,8 +284,25 @@ REFUSALS = {
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_unsupported_graph_exits_2_and_writes_nothing(cli, tmp_path, case):
     builder, message = REFUSALS[case]
+    _assert_refused(cli, tmp_path, _refused(builder), message)
+
+
+def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
+    """Opset 99: the ops' meaning may have changed; the message names the
+    newest opset the installed onnx package (and so the import) reads."""
+    newest = onnx.defs.onnx_opset_version()
+    g = GraphBuilder((3, 8, 8), opset=99)
+    model = g.model(g.node("Relu", ["x"]), 4)
+    _assert_refused(cli, tmp_path, model,
+                    f"the ONNX model uses opset 99; the highest supported is "
+                    f"{newest}")
+
+
+def _assert_refused(cli, tmp_path, model, message):
+    """Importing ``model`` exits 2 with ``message`` in one line, and writes
+    nothing to the store."""
     path = tmp_path / "m.onnx"
-    onnx.save(_refused(builder), str(path))
+    onnx.save(model, str(path))
     store = tmp_path / "store"
     code, out, err = cli("--store", store, "models", "import", "onnx", path,
                          "--name", "m")
