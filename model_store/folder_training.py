@@ -32,7 +32,7 @@ from model_store.folders import (
     scan_folder,
     stratified_split,
 )
-from model_store.fs import printable
+from model_store.fs import one_line, printable
 from model_store.preprocessing import Preprocessing
 from model_store.train import best_epoch, fit, load_spec
 from model_store.train_config import TrainConfig
@@ -78,7 +78,7 @@ def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
 
 def report_broken(broken: list, stream: TextIO) -> None:
     for path, reason in broken:
-        stream.write(f"skipped {printable(path)}: {reason}\n")
+        stream.write(f"skipped {one_line(printable(path))}: {reason}\n")
 
 
 def check_decoded(folders: FolderData, class_names: list, y_train, y_val,

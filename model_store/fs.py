@@ -45,6 +45,16 @@ def printable(path: str) -> str:
     return path if is_uri(path) else escape_path(path)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def one_line(shown: str) -> str:
+    """A :func:`printable` path as a message line shows it: control
+    characters (a newline in a file name) as ``%XX`` too, so that one path
+    never splits a line."""
+    return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", shown)
+
+
 def os_path(path: str) -> str:
     """The inverse of :func:`escape_path`: the name ``os`` functions take."""
     if "%" not in path:

@@ -342,3 +342,18 @@ def test_evaluate_on_a_folder_of_only_broken_files_says_which(tmp_path, cli):
     assert len(err.strip().splitlines()) == 1
     assert f"has no usable image: {len(bad)} file(s) could not be read" in err
     assert f"the first: {bad[0]}: " in err
+
+
+def test_a_newline_in_a_broken_files_name_does_not_split_its_line():
+    """``skipped PATH: reason`` stays one line per file (a script counts
+    them); the name shows as the escaped form rows use, ``%0A``."""
+    import io
+
+    from model_store.folder_training import report_broken
+
+    stream = io.StringIO()
+    report_broken([("/d/cat/two\nlines.png", "cannot identify image"),
+                   ("/d/cat/100%41\t.png", "truncated")], stream)
+    assert stream.getvalue().splitlines() == [
+        "skipped /d/cat/two%0Alines.png: cannot identify image",
+        "skipped /d/cat/100%2541%09.png: truncated"]
