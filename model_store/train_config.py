@@ -22,6 +22,10 @@ OPTIMIZER_NAMES = ("adam", "momentum", "sgd")
 MAX_SEED = 2**32 - 1  # the largest seed NumPy's RandomState takes
 
 
+# Augmented copies are made up front and held in memory with the images.
+MAX_AUGMENT_COPIES = 100
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training settings; recorded in the model's metadata. The defaults
@@ -54,6 +58,12 @@ class TrainConfig:
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
                                   f"{kind} integer, got {value!r}")
+        if self.augment_copies > MAX_AUGMENT_COPIES:
+            raise ConfigError(f"--augment-copies must be at most "
+                              f"{MAX_AUGMENT_COPIES} (every copy of every "
+                              f"image is held in memory), got "
+                              f"{self.augment_copies}; train more --epochs "
+                              f"instead")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) \
                 or not 0 <= self.seed <= MAX_SEED:  # NumPy's RandomState
             raise ConfigError(f"--seed must be an integer from 0 to "

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from model_store import DEFAULT_MODEL
+from model_store import DEFAULT_MODEL, fs
 from model_store.datasets import DATASETS
 from model_store.errors import ConfigError, ImgclassError, StoreWriteError
 from model_store.folders import VAL_FRACTION
@@ -29,6 +29,7 @@ from model_store.train_config import (
     DIGITS_DEFAULTS,
     FASHION_DEFAULTS,
     LR_SCHEDULES,
+    MAX_AUGMENT_COPIES,
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
@@ -369,7 +370,8 @@ def _print_metrics(ref: str, metrics: dict, what: str) -> None:
             print(f"  {row['confidence']:.4f} {row['predicted']} (true "
                   f"{row['true']}): {row['path']}")
     for row in metrics.get("broken", []):
-        print(f"skipped {row['path']}: {row['error']}", file=sys.stderr)
+        print(f"skipped {fs.one_line(row['path'])}: {row['error']}",
+              file=sys.stderr)
 
 
 _IMPORTED = time.monotonic()
@@ -756,7 +758,8 @@ def _add_train_settings(train) -> None:
                             f"size, filter, shift, JPEG for --dataset digits "
                             f"(default {digits.augment_copies}); random "
                             f"resized crop and horizontal flip for --data "
-                            f"(default {SPEC_DEFAULTS.augment_copies})")
+                            f"(default {SPEC_DEFAULTS.augment_copies}); at "
+                            f"most {MAX_AUGMENT_COPIES}")
     train.add_argument("--no-augment", action="store_true",
                        help="with --data: train on the plain images")
 

@@ -110,6 +110,9 @@ def test_training_is_deterministic_for_a_seed_and_learns():
     ({"seed": 2**32}, "--seed must be an integer from 0 to 4294967295"),
     ({"lr_schedule": "step"}, "--lr-schedule must be one of constant, "
                               "cosine, got 'step'"),
+    ({"augment_copies": 10**9}, "--augment-copies must be at most 100 "
+                                r"\(every copy of every image is held in "
+                                r"memory\), got 1000000000"),
 ])
 def test_bad_training_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
