@@ -38,6 +38,7 @@ once per window, not once per ``interval``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -66,8 +67,8 @@ from pipeline.run import (
     validate,
 )
 from transforms.defaults import DEFAULT_INTERVAL, DEFAULT_SETTLE, DEFAULT_WINDOW, top_k_for
-from transforms.files import list_pattern
-from transforms.read import is_settled
+from transforms.files import list_identified
+from transforms.read import is_settled, one_per_file
 from transforms.skip import file_key
 
 HOUR = 3600
@@ -405,12 +406,16 @@ def _new_files(patterns, settle: float, done: dict, exclude,
                now: float) -> list[str]:
     """Files settled at ``now`` that no published run classified with this
     model."""
-    found = set()
+    by_file = collections.defaultdict(list)
     for pattern in patterns:  # what cannot be listed, the run reports
-        for m in list_pattern(pattern, exclude=exclude):
-            if (isinstance(m, FileMetadata) and is_settled(m, settle, now)
-                    and file_key(m) not in done.get(m.path, ())):
-                found.add(m.path)
+        for real, item in list_identified(pattern, exclude=exclude):
+            by_file[real].append(item)
+    found = set()
+    for real, items in by_file.items():  # as the run will list them
+        m = one_per_file(real, items)
+        if (isinstance(m, FileMetadata) and is_settled(m, settle, now)
+                and file_key(m) not in done.get(m.path, ())):
+            found.add(m.path)
     return sorted(found)
 
 

@@ -441,3 +441,25 @@ def test_a_backslash_in_a_name_does_not_hide_it_from_a_glob(tmp_path, split,
     assert not errors
     assert {real_path(p) for p in predicted} == {
         str(folder / n) for n in names}
+
+
+def test_a_file_reached_through_symlinks_is_classified_once(tmp_path, split):
+    """A symlinked folder beside the real one, and the link given as an
+    input as well: one row per file, under its real path; a file only a
+    link reaches keeps the link's path."""
+    folder = tmp_path / "in"
+    real = write_digits(str(folder / "real"), split, 3, nested=False)
+    os.symlink(folder / "real", folder / "alias")
+    os.symlink(folder / "real" / os.path.basename(next(iter(real))),
+               folder / "one-link.png")
+    outside = write_digits(str(tmp_path / "outside"), split, 1, seed=4,
+                           nested=False)
+    os.symlink(tmp_path / "outside", folder / "linked")
+    output = str(tmp_path / "out")
+    assert main(["classify", "--input", str(folder), "--input",
+                 str(folder / "alias"), "--output", output]) == 0
+    predicted, errors = check_exactly_once(output)
+    assert not errors
+    assert predicted == set(real) | {
+        str(folder / "linked" / os.path.basename(p)) for p in outside}
+    assert manifest(output)["counts"]["matched"] == 4

@@ -459,3 +459,22 @@ def test_a_watched_folder_that_goes_away_for_a_while_is_waited_for(
         advance_until(clock, lambda: set(truth) <= set(
             published_paths(output)), log, "the files once back")
     assert sorted(check_contract(output)) == sorted(truth)
+
+
+def test_files_a_symlink_also_reaches_are_published_once(tmp_path, split):
+    """A watched folder holding a symlink to one of its own folders: each
+    file once, under its real path, and no window runs again for the
+    link's paths."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder / "real"), split, 3, nested=False)
+    old = time.time() - 600
+    for path in truth:
+        os.utime(path, (old, old))
+    os.symlink(folder / "real", folder / "alias")
+    with watching(folder, output) as (log, clock):
+        advance_until(clock, lambda: set(truth) <= set(
+            published_paths(output)), log, "the files")
+        runs = len(manifests(output))
+        clock.advance(3 * WINDOW, log)
+        assert len(manifests(output)) == runs, log.getvalue()[-3000:]
+    assert sorted(check_contract(output)) == sorted(truth)

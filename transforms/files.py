@@ -161,7 +161,18 @@ def read_bytes(path: str, *, size: Optional[int], max_bytes: int) -> bytes:
 
 def list_pattern(pattern: str, *, exclude: Iterable[str] = ()):
     """Everything ``pattern`` matches: ``FileMetadata`` of files (escaped
-    paths) and :class:`ListingError` of what cannot be listed or read.
+    paths) and :class:`ListingError` of what cannot be listed or read (see
+    :func:`list_identified`)."""
+    for _, item in list_identified(pattern, exclude=exclude):
+        yield item
+
+
+def list_identified(pattern: str, *, exclude: Iterable[str] = ()):
+    """``(identity, item)`` for everything ``pattern`` matches: ``item`` a
+    ``FileMetadata`` of a file (escaped path) or a :class:`ListingError` of
+    what cannot be listed or read; ``identity`` the file it is, whatever
+    symlinks led to it: the escaped path with every symlink resolved
+    (local) or the URI. Two paths with one identity are one file.
 
     Args:
         pattern: as :func:`pipeline.inputs.input_patterns` makes them: Beam's
@@ -173,7 +184,8 @@ def list_pattern(pattern: str, *, exclude: Iterable[str] = ()):
     from apache_beam.io.filesystem import FileMetadata
 
     if is_uri(pattern):
-        yield from _list_uri(pattern, exclude)
+        for item in _list_uri(pattern, exclude):
+            yield item.path, item
         return
     excluded = set()
     for folder in exclude:
@@ -190,17 +202,18 @@ def list_pattern(pattern: str, *, exclude: Iterable[str] = ()):
         root, regex, depth = literal, None, None
     else:
         root, regex, depth = _glob_root(pattern)
-    for path, info, always in _walk(os_path(root), excluded, depth):
+    for path, info, always, real in _walk(os_path(root), excluded, depth):
         escaped = escape_path(path)
         if not always and regex is not None and not regex.match(escaped):
             continue
         if isinstance(info, ListingError):
-            yield info
+            item = info
         elif not stat.S_ISREG(info.st_mode):
             error = _not_regular(info.st_mode)
-            yield ListingError(escaped, type(error).__name__, str(error))
+            item = ListingError(escaped, type(error).__name__, str(error))
         else:
-            yield FileMetadata(escaped, info.st_size, info.st_mtime)
+            item = FileMetadata(escaped, info.st_size, info.st_mtime)
+        yield escape_path(real), item
 
 
 def _list_uri(pattern: str, exclude: Iterable[str]):
@@ -260,43 +273,50 @@ def _local_regex(pattern: str) -> str:
 
 
 def _walk(root: str, excluded: set, depth: Optional[int]):
-    """``(path, stat_result | ListingError, always)`` of every non-folder
-    below ``root`` (itself, if it is not a folder), following symlinks;
-    folders deeper than ``depth`` are not entered. ``always``: a folder that
-    cannot be listed, reported whatever the pattern."""
+    """``(path, stat_result | ListingError, always, real path)`` of every
+    non-folder below ``root`` (itself, if it is not a folder), following
+    symlinks; folders deeper than ``depth`` are not entered. ``always``: a
+    folder that cannot be listed, reported whatever the pattern. The real
+    path resolves every symlink (``os.path.realpath`` only where a symlink
+    was met)."""
+    real_root = os.path.realpath(root)
     try:
         info = os.stat(root)
     except OSError as error:
-        yield root, _listing_error(root, error), True
+        yield root, _listing_error(root, error), True, real_root
         return
     if not stat.S_ISDIR(info.st_mode):
-        yield root, info, False
+        yield root, info, False, real_root
         return
     ancestors: set = set()
-    stack = [(root, (info.st_dev, info.st_ino), 0)]
+    stack = [(root, real_root, (info.st_dev, info.st_ino), 0)]
     while stack:
-        folder, key, level = stack.pop()
+        folder, real, key, level = stack.pop()
         if folder is None:  # leaving a folder
             ancestors.discard(key)
             continue
         if key in excluded:
             continue
         ancestors.add(key)
-        stack.append((None, key, level))
+        stack.append((None, None, key, level))
         try:
             with os.scandir(folder) as entries:
-                names = sorted((e.name, e.path) for e in entries)
+                names = sorted((e.name, e.path, e.is_symlink())
+                               for e in entries)
         except OSError as error:
-            yield folder, _listing_error(folder, error, listing=True), True
+            yield folder, _listing_error(folder, error, listing=True), \
+                True, real
             continue
-        for _, path in reversed(names):
+        for name, path, linked in reversed(names):
+            child_real = os.path.realpath(path) if linked else \
+                os.path.join(real, name)
             try:
                 child = os.stat(path)
             except OSError as error:
-                yield path, _listing_error(path, error), False
+                yield path, _listing_error(path, error), False, child_real
                 continue
             if not stat.S_ISDIR(child.st_mode):
-                yield path, child, False
+                yield path, child, False, child_real
                 continue
             child_key = (child.st_dev, child.st_ino)
             if child_key in ancestors:
@@ -304,9 +324,9 @@ def _walk(root: str, excluded: set, depth: Optional[int]):
                     "symlink loop: this folder leads back to one of its "
                     "parents; not followed")
                 yield path, ListingError(escape_path(path), type(
-                    error).__name__, str(error)), True
+                    error).__name__, str(error)), True, child_real
             elif depth is None or level + 1 < depth:
-                stack.append((path, child_key, level + 1))
+                stack.append((path, child_real, child_key, level + 1))
 
 
 def _listing_error(path: str, error: OSError, *,

@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 
 from model_store.fs import basename
 from transforms.common import METRICS_NAMESPACE, described_error_row
-from transforms.files import ListingError, list_pattern
+from transforms.files import ListingError, list_identified
 from transforms.schema import ERRORS_TAG
 
 # Names that mark a file as still being written (``imgclass watch``): write
@@ -37,13 +37,22 @@ def is_settled(metadata: FileMetadata, settle_seconds: float,
         now - settle_seconds)
 
 
+def one_per_file(real: str, items):
+    """What stands for one file that one or more paths reach (several
+    patterns, or symlinks to one file; ``real`` its real path, as
+    :func:`transforms.files.list_identified` gives it): its real path if
+    that was listed (a link added later changes nothing), else the first
+    path in sorted order; a file before what could not be read."""
+    return min(items, key=lambda i: (isinstance(i, ListingError),
+                                     i.path != real, i.path))
+
+
 class _ListFn(beam.DoFn):
     def __init__(self, exclude):
         self._exclude = tuple(exclude)
 
     def process(self, pattern: str):
-        for item in list_pattern(pattern, exclude=self._exclude):
-            yield item.path, item
+        yield from list_identified(pattern, exclude=self._exclude)
 
 
 class _SplitFn(beam.DoFn):
@@ -60,8 +69,7 @@ class _SplitFn(beam.DoFn):
         self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed_read")
 
     def process(self, keyed):
-        _, items = keyed
-        item = next(iter(items))
+        item = one_per_file(*keyed)
         if isinstance(item, ListingError):
             self._matched.inc()
             self._failed.inc()
@@ -80,10 +88,13 @@ class MatchFiles(beam.PTransform):
     A pattern matching nothing is not an error here (``imgclass classify``
     refuses it before the pipeline, unless ``--allow-empty``:
     ``pipeline.inputs.unmatched``).
-    A file several patterns match is listed once (a Beam group by path, so
-    it scales with the bucket). What a pattern matches but cannot be listed
-    or read (an unreadable folder, a dangling symlink, a symlink loop, a
-    FIFO, socket or device) is an error row (stage ``read``).
+    A file several patterns match, or several paths lead to (symlinks), is
+    listed once, under its real path if that was listed, else the first of
+    its paths in sorted order (a Beam group by the file's real path, so it
+    scales with the bucket; hard links are separate files). What a pattern
+    matches but cannot be listed or read (an unreadable folder, a dangling
+    symlink, a symlink loop, a FIFO, socket or device) is an error row
+    (stage ``read``).
 
     Returns: ``files`` (main) and ``errors`` outputs.
 
@@ -111,7 +122,7 @@ class MatchFiles(beam.PTransform):
     def expand(self, patterns):
         return (patterns
                 | "List" >> beam.ParDo(_ListFn(self._exclude))
-                | "OncePerPath" >> beam.GroupByKey()
+                | "OncePerFile" >> beam.GroupByKey()
                 | "Split" >> beam.ParDo(
                     _SplitFn(self._settle, self._listed_at, self._run_id))
                 .with_outputs(ERRORS_TAG, main="files"))
