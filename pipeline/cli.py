@@ -418,9 +418,8 @@ def _classify(args) -> int:
             print(f"imgclass: run failed: {error}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt as error:
-            print(f"imgclass: interrupted: {str(error) or 'nothing published'}",
-                  file=sys.stderr)
-            return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
+            return _interrupted(
+                received, f": {str(error) or 'nothing published'}")
     if args.summary_json:
         print(json.dumps(summary(manifest)), flush=True)
     return EXIT_OK
@@ -964,25 +963,38 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     logs.configure()
     parser = build_parser()
-    try:
-        args, extra = parser.parse_known_args(argv)
-        if extra and not getattr(args, "accepts_beam_options", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.beam_args = extra
-        _set_verbosity(quiet=args.quiet, verbose=args.verbose)
-        return args.func(args)
-    except StoreWriteError as error:  # a full disk: not a mistake
-        print(f"imgclass: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except ImgclassError as error:
-        print(f"imgclass: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokenPipeError:  # e.g. '| head': the reader has what it wanted
-        sys.stdout = open(os.devnull, "w")
-        return EXIT_OK
-    except KeyboardInterrupt:
-        print("imgclass: interrupted", file=sys.stderr)
-        return EXIT_SIGINT
+    # Ctrl-C or SIGTERM: KeyboardInterrupt, and recorded, so that a stop a
+    # library swallowed and turned into another error (an interrupted
+    # import of scipy inside Theano's) is still reported as a stop.
+    with signals.stopping() as received:
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra and not getattr(args, "accepts_beam_options", False):
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.beam_args = extra
+            _set_verbosity(quiet=args.quiet, verbose=args.verbose)
+            return args.func(args)
+        except StoreWriteError as error:  # a full disk: not a mistake
+            print(f"imgclass: error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        except ImgclassError as error:
+            print(f"imgclass: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+        except BrokenPipeError:  # '| head': the reader has what it wanted
+            sys.stdout = open(os.devnull, "w")
+            return EXIT_OK
+        except KeyboardInterrupt:
+            return _interrupted(received)
+        except Exception:
+            if received:
+                return _interrupted(received)
+            raise
+
+
+def _interrupted(received: list[int], what: str = "") -> int:
+    """Says the command was stopped; its exit code (130, SIGTERM 143)."""
+    print(f"imgclass: interrupted{what}", file=sys.stderr)
+    return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
 
 
 def run() -> None:

@@ -184,3 +184,46 @@ def test_a_stop_a_library_swallows_still_publishes_nothing(
     assert err.strip().splitlines()[-1] == \
         "imgclass: interrupted: nothing published"
     assert not os.path.exists(output)
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130),
+                                           (signal.SIGTERM, 143)])
+def test_a_stop_a_library_turns_into_another_error_is_one_line(
+        cli, tmp_path, monkeypatch, signum, status):
+    """An import interrupted inside a library can surface later as another
+    error (Theano's ``scipy.linalg.blas`` AttributeError after Ctrl-C
+    during its import): the command reports the stop, in one line, with
+    the stop's exit code, for every command (here ``models list``)."""
+    from model_store import store
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            pass  # swallowed, as an import machinery's clean-up may
+        raise AttributeError("module 'scipy.linalg' has no attribute 'blas'")
+
+    monkeypatch.setattr(store, "list_models", interrupted_import)
+    with ctrl_c_as_at_a_prompt():
+        code, out, err = cli("--store", tmp_path, "models", "list")
+    assert (code, out, err) == (status, "", "imgclass: interrupted\n")
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line():
+    """The ``imgclass`` script's entry point imports the command line
+    itself: a Ctrl-C during those imports is not a traceback."""
+    script = (
+        "import builtins, signal, pipeline\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "real = builtins.__import__\n"
+        "def loading(name, *args, **kwargs):\n"
+        "    if name == 'model_store.datasets':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = loading\n"
+        "pipeline.command()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=120,
+                          cwd=os.path.join(os.path.dirname(__file__),
+                                           os.pardir))
+    assert (done.returncode, done.stderr) == (130, "imgclass: interrupted\n")
