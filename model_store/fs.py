@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import urllib.parse
 import uuid
 
@@ -87,6 +88,42 @@ def match(pattern: str) -> list[str]:
     ``*`` within a folder, ``**`` across folders)."""
     found = _filesystems().match([pattern])[0].metadata_list
     return sorted(m.path for m in found)
+
+
+def file_kind(mode: int) -> str:
+    """What a file whose ``st_mode`` is ``mode`` is, e.g. ``a FIFO``."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class NotRegularError(OSError):
+    """A FIFO, socket, device or folder where a regular file was expected;
+    ``mode`` is its ``st_mode``."""
+
+    def __init__(self, path: str, mode: int):
+        super().__init__(f"{printable(path)} is {file_kind(mode)}, not a "
+                         f"regular file")
+        self.mode = mode
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY,
+                 ) -> tuple[int, os.stat_result]:
+    """``(file descriptor, its stat)`` of the local file ``path`` opened
+    with ``flags`` (add ``os.O_CREAT`` to make it, mode 0o666 less the
+    umask); NotRegularError, nothing left open, unless it is a regular
+    file. Opening never waits: a FIFO is opened non-blocking (it would wait
+    for a writer) and refused."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotRegularError(path, info.st_mode)
+    return fd, info
 
 
 def create(path: str, data: bytes) -> None:

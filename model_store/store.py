@@ -228,8 +228,12 @@ def _read(path: str) -> bytes:
         if fs.is_uri(path):
             with _filesystems().open(path) as handle:
                 return handle.read()
-        with open(path, "rb") as handle:
+        fd, _ = fs.open_regular(path)  # a FIFO would block open() forever
+        with os.fdopen(fd, "rb") as handle:
             return handle.read()
+    except fs.NotRegularError as error:
+        raise ModelIntegrityError(f"{error}: replace it with the file, or "
+                                  f"remove it") from None
     except FileNotFoundError:
         raise ModelFileMissingError(f"model file {path} is missing") from None
     except OSError as error:

@@ -1,5 +1,6 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -9,6 +10,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import threading
 
 import numpy as np
@@ -754,3 +756,48 @@ def test_base_and_spec_together_are_refused_as_not_both(root, cli):
     code, _, err = cli("--store", root, "train", "--data", root, "--name",
                        "x", "--base", "tiny", "--spec", "some.json")
     _one_line_exit_2(code, err, "give --base MODEL or --spec PATH, not both")
+
+
+# Special files where the store expects its files ---------------------------
+
+class _Hung(BaseException):
+    """Not an OSError: the code under test must not catch it."""
+
+
+@contextlib.contextmanager
+def _within(seconds):
+    """Fails (rather than hangs) when the block takes longer."""
+    def timeout(*args):
+        signal.alarm(1)  # again, should something catch it
+        raise _Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("file", [store.ALIASES_FILE, store.VERSIONS_FILE,
+                                  os.path.join("1", store.METADATA_FILE)])
+def test_a_fifo_where_a_store_file_is_expected_is_reported(root, cli, file):
+    save(root, name="good")
+    save(root)
+    path = os.path.join(root, "tiny", file)
+    if os.path.exists(path):
+        os.remove(path)
+    os.mkfifo(path)
+    message = f"{path} is a FIFO, not a regular file"
+    with _within(20):
+        code, out, _ = cli("--store", root, "models", "list")
+        assert code == 0
+        rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+        if file != store.VERSIONS_FILE:  # list does not read that one
+            assert "BROKEN" in rows["tiny"] and "BROKEN" not in rows["good"]
+        code, out, _ = cli("--store", root, "models", "verify")
+        assert code == 1 and message in out and "ok      good@1" in out
+        code, _, err = cli("--store", root, "models", "show", "tiny")
+        if file != store.VERSIONS_FILE:  # show reads no versions file
+            _one_line_exit_2(code, err, message)
