@@ -2,19 +2,22 @@
 
 The one place for the small operations the store, the pipeline and the
 watcher share: telling a URI from a local path, joining and splitting paths,
-listing a pattern, writing a file whole or not at all, and the JSON the
-project writes. It lives in ``model_store`` (the lower layer) so that the
-store can use it without importing the pipeline; Beam's ``FileSystems`` is
-imported only when a function needs it (no Beam pipeline code here).
+listing a pattern, opening only regular files, locking a local file,
+writing a file whole or not at all, and the JSON the project writes. It
+lives in ``model_store`` (the lower layer) so that the store can use it
+without importing the pipeline; Beam's ``FileSystems`` is imported only
+when a function needs it (no Beam pipeline code here).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import stat
+import threading
 import urllib.parse
 import uuid
 
@@ -124,6 +127,34 @@ def open_regular(path: str, flags: int = os.O_RDONLY,
         os.close(fd)
         raise NotRegularError(path, info.st_mode)
     return fd, info
+
+
+_held = threading.local()  # the lock files this thread holds
+
+
+@contextlib.contextmanager
+def locked(path: str):
+    """Holds an exclusive lock (``flock``) on the local file ``path`` (made
+    if missing, with its folder) for the block: other processes and
+    threads that lock it wait their turn. Locking it again in the same
+    thread, inside the block, does not wait on itself. Object stores
+    (``gs://``, ``s3://``) have no locks: a no-op there."""
+    key = os.path.abspath(path) if not is_uri(path) else None
+    held = _held.__dict__.setdefault("paths", set())
+    if key is None or key in held:
+        yield
+        return
+    os.makedirs(os.path.dirname(key), exist_ok=True)
+    fd, _ = open_regular(key, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+    finally:
+        os.close(fd)
 
 
 def create(path: str, data: bytes) -> None:

@@ -397,6 +397,10 @@ ALIASES_FILE = "aliases.json"
 # ``<root>/<name>/versions.json``: ``{"highest": N}``, the highest version
 # number ever given, so that a deleted version's number is not given again.
 VERSIONS_FILE = "versions.json"
+# ``<root>/<name>/.lock``: held (flock) while aliases.json or versions.json
+# is read, changed and written back, so that two commands at once never
+# lose each other's change. Local stores only: object stores have no locks.
+LOCK_FILE = ".lock"
 LATEST = "latest"
 # fullmatch: '$' alone would take a trailing newline; as long as a name.
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_NAME_LENGTH - 1))
@@ -447,20 +451,45 @@ def _read_optional_json(path: str) -> dict | None:
 
 def set_alias(name: str, alias: str, version: int, *,
               root: str | None = None) -> None:
-    """Points ``NAME@alias`` at an existing version (atomically on local
-    disks: the file is written aside and renamed). ConfigError, before
-    anything is written, when the store cannot be written."""
+    """Points ``NAME@alias`` at an existing version (see
+    :func:`_update_aliases`). ConfigError, before anything is written, when
+    the store cannot be written."""
     if not _ALIAS.fullmatch(alias):
         raise UnknownModelError(f"invalid alias {alias[:40]!r}: start with a "
                                 f"letter, then letters, digits, '_' or '-', "
                                 f"at most {MAX_NAME_LENGTH} in all")
     root = store_root(root)
     resolve(f"{name}@{version}", root=root)  # the version must exist
-    aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
     _check_writable(root, name)
+    _update_aliases(name, root, f"alias {name}@{alias} not set",
+                    lambda aliases: aliases.update({alias: int(version)}))
+
+
+def _update_aliases(name: str, root: str, where: str, change) -> None:
+    """Reads the aliases of ``name``, lets ``change`` edit the dict and
+    writes it back, holding the model's lock (:data:`LOCK_FILE`) so that
+    commands changing aliases at once each see the other's change (object
+    stores have no lock: there the last write wins). The file is written
+    aside and renamed, so readers see the old or the new file whole."""
     path = fs.join(root, name, ALIASES_FILE)
-    with _writing(path, f"alias {name}@{alias} not set"):
-        fs.write_atomic(path, _json_bytes(aliases))
+    with _model_locked(name, root, where):
+        aliases = dict(read_aliases(name, root=root))
+        before = dict(aliases)
+        change(aliases)
+        if aliases != before:
+            with _writing(path, where):
+                fs.write_atomic(path, _json_bytes(aliases))
+
+
+@contextlib.contextmanager
+def _model_locked(name: str, root: str, where: str):
+    """Holds the lock of model ``name`` (see :data:`LOCK_FILE`); a lock
+    file that cannot be made is a StoreWriteError starting with ``where``."""
+    path = fs.join(root, name, LOCK_FILE)
+    with contextlib.ExitStack() as stack:
+        with _writing(path, where):
+            stack.enter_context(fs.locked(path))
+        yield
 
 
 def version_in_store(ref: str, *, root: str | None = None) -> ModelInfo:
@@ -509,10 +538,19 @@ def save_version(network, *, name: str, metadata: Mapping[str, Any],
         # is "first".
         earlier = [i.version for i in list_models(root)
                    if i.name == name and i.version < model.version]
-        if LATEST not in read_aliases(name, root=root):
-            set_alias(name, LATEST, max(earlier, default=model.version),
-                      root=root)
+        _pin_latest(name, max(earlier, default=model.version), root)
     return model, not earlier
+
+
+def _pin_latest(name: str, version: int, root: str) -> None:
+    """Points ``latest`` at ``version`` unless it names a stored version
+    (checked and written holding the model's lock: a promote at the same
+    moment is neither lost nor undone)."""
+    def pin(aliases):
+        stored = {i.version for i in list_models(root) if i.name == name}
+        if aliases.get(LATEST) not in stored:
+            aliases[LATEST] = version
+    _update_aliases(name, root, f"alias {name}@{LATEST} not set", pin)
 
 
 @contextlib.contextmanager
@@ -721,11 +759,16 @@ def _highest_given(name: str, root: str) -> int:
 
 def _record_version(name: str, version: int, root: str, where: str) -> None:
     """Records ``version`` as given before its folder is written: a save
-    that then fails leaves the number unused, never reused."""
-    if version > _highest_given(name, root):
-        path = fs.join(root, name, VERSIONS_FILE)
-        with _writing(path, where):
-            fs.write_atomic(path, _json_bytes({"highest": version}))
+    that then fails leaves the number unused, never reused. The record
+    only grows, also when saves record at once (the model's lock is held
+    from reading to writing it)."""
+    with _model_locked(name, root, where):
+        if version > _highest_given(name, root):
+            path = fs.join(root, name, VERSIONS_FILE)
+            with _writing(path, where):
+                fs.write_atomic(path, _json_bytes({"highest": version}))
+
+
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,

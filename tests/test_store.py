@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -167,7 +168,7 @@ def test_a_failed_save_leaves_no_version(root, monkeypatch):
         save(root)
     assert [i.version for i in store.list_models(root)] == [1]
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]
 
 
 def test_shipped_default_model_verifies():
@@ -353,7 +354,7 @@ def test_save_model_refuses_metadata_that_would_not_load(root, edit,
         store.save_model(build_network(SPEC, seed=1), name="tiny",
                          metadata=metadata, root=root)
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -468,7 +469,7 @@ def test_two_saves_at_once_get_two_versions(root, monkeypatch):
     [t.join() for t in threads]
     assert sorted(results, key=str) == [2, 3], results
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", "2", "3", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", "2", "3", store.VERSIONS_FILE]
     assert all(e is None for _, e in store.verify(root=root))
 
 
@@ -647,8 +648,8 @@ def _visible(root):
     return ([i.ref for i in store.list_models(root)],
             store.resolve("pp", root=root).ref,
             store.read_aliases("pp", root=root),
-            [n for n in os.listdir(folder)
-             if n.startswith(".") or n.endswith(".tmp")])
+            [n for n in os.listdir(folder) if n != store.LOCK_FILE
+             and (n.startswith(".") or n.endswith(".tmp"))])
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -699,7 +700,8 @@ def test_a_full_disk_while_promoting_changes_no_alias(root, cli,
                    f"write {path}: No space left on device\n")
     assert code == 1
     assert sorted(os.listdir(os.path.dirname(path))) == [
-        "1", store.VERSIONS_FILE]  # no aliases file, nor a temporary one
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]  # no aliases file, nor
+    # a temporary one
     assert cli("--store", root, "models", "promote", "tiny@1",
                "--alias", "prod")[0] == 0
 
@@ -756,6 +758,103 @@ def test_base_and_spec_together_are_refused_as_not_both(root, cli):
     code, _, err = cli("--store", root, "train", "--data", root, "--name",
                        "x", "--base", "tiny", "--spec", "some.json")
     _one_line_exit_2(code, err, "give --base MODEL or --spec PATH, not both")
+
+
+# Commands changing aliases or versions at once lose nothing -----------------
+
+def _race(monkeypatch, file_name, first, second):
+    """Runs ``first()``, then, while it is about to write ``file_name`` (it
+    has read it), ``second()``; ``first``'s write waits until ``second`` has
+    finished or is waiting on the model's lock. Returns their errors."""
+    first_writing, second_moved = threading.Event(), threading.Event()
+    write, flock = store.fs.write_atomic, fcntl.flock
+
+    def held_write(path, data):
+        if threading.current_thread().name == "first" and path.endswith(
+                file_name) and not first_writing.is_set():
+            first_writing.set()
+            assert second_moved.wait(30), "second neither ran nor waited"
+        write(path, data)
+
+    def signalling_flock(fd, operation):
+        if threading.current_thread().name == "second":
+            second_moved.set()  # about to wait for the lock
+        return flock(fd, operation)
+
+    monkeypatch.setattr(store.fs, "write_atomic", held_write)
+    monkeypatch.setattr(fcntl, "flock", signalling_flock)
+    errors = []
+
+    def run(work):
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+        finally:
+            second_moved.set()
+
+    one = threading.Thread(target=run, args=(first,), name="first")
+    one.start()
+    assert first_writing.wait(30)
+    two = threading.Thread(target=run, args=(second,), name="second")
+    two.start()
+    one.join(30)
+    two.join(30)
+    assert not (one.is_alive() or two.is_alive())
+    return errors
+
+
+def test_two_promotes_at_once_keep_both_aliases(root, monkeypatch):
+    save(root)
+    save(root, seed=1)
+    errors = _race(monkeypatch, store.ALIASES_FILE,
+                   lambda: store.set_alias("tiny", "prod", 2, root=root),
+                   lambda: store.set_alias("tiny", "staging", 1, root=root))
+    assert errors == []
+    assert store.read_aliases("tiny", root=root) == {"prod": 2,
+                                                     "staging": 1}
+
+
+def test_a_promote_racing_an_import_leaves_latest_pinned(root, monkeypatch):
+    """A store whose latest was never pinned: the save pins it at 2 before
+    writing 3, while a promote of prod is writing; latest must stay."""
+    save(root)
+    save(root, seed=1)
+    saved = []
+    errors = _race(monkeypatch, store.ALIASES_FILE,
+                   lambda: store.set_alias("tiny", "prod", 1, root=root),
+                   lambda: saved.append(store.save_version(
+                       build_network(SPEC, seed=2), name="tiny",
+                       metadata=METADATA, promote=False, root=root)))
+    assert errors == []
+    assert [(m.version, latest) for m, latest in saved] == [(3, False)]
+    assert store.read_aliases("tiny", root=root) == {"prod": 1, "latest": 2}
+    assert store.resolve("tiny", root=root).version == 2
+
+
+def test_the_highest_version_given_never_goes_back(root, monkeypatch):
+    """Two saves record their numbers at once: the lower one, written last,
+    must not replace the higher (its number could be given again)."""
+    save(root)
+    errors = _race(
+        monkeypatch, store.VERSIONS_FILE,
+        lambda: store._record_version("tiny", 5, root, "first"),
+        lambda: store._record_version("tiny", 7, root, "second"))
+    assert errors == []
+    assert store._highest_given("tiny", root) == 7
+
+
+def test_the_store_lock_taken_again_in_one_thread_does_not_wait(tmp_path):
+    path = str(tmp_path / "model" / store.LOCK_FILE)
+    done = threading.Event()
+
+    def nested():
+        with store.fs.locked(path), store.fs.locked(path):
+            done.set()
+
+    thread = threading.Thread(target=nested, daemon=True)
+    thread.start()
+    assert done.wait(10), "a nested lock waited on itself"
 
 
 # Special files where the store expects its files ---------------------------
