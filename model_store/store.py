@@ -465,6 +465,21 @@ def set_alias(name: str, alias: str, version: int, *,
                     lambda aliases: aliases.update({alias: int(version)}))
 
 
+def promote(ref: str, alias: str = "latest", *,
+            root: str | None = None) -> StoredModel:
+    """Points ``NAME@alias`` at the version ``ref`` names, once it loads
+    (checksum, shapes, metadata that agrees with its folder): an alias
+    never moves to a version that would not load. Returns that version."""
+    info = version_in_store(ref, root=root)
+    try:
+        model = load_model(info.ref, root=root)
+    except (ModelIntegrityError, ModelFileMissingError) as error:
+        raise type(error)(f"alias {info.name}@{alias} not moved: "
+                          f"{error}") from None
+    set_alias(model.name, alias, model.version, root=root)
+    return model
+
+
 def _update_aliases(name: str, root: str, where: str, change) -> None:
     """Reads the aliases of ``name``, lets ``change`` edit the dict and
     writes it back, holding the model's lock (:data:`LOCK_FILE`) so that

@@ -857,6 +857,41 @@ def test_the_store_lock_taken_again_in_one_thread_does_not_wait(tmp_path):
     assert done.wait(10), "a nested lock waited on itself"
 
 
+# Promote moves an alias only to a version that loads ------------------------
+
+def _flip_a_weights_byte(model):
+    path = os.path.join(model.location, store.WEIGHTS_FILE)
+    data = bytearray(open(path, "rb").read())
+    data[-100] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    return "tiny@2", "has sha256"
+
+
+def _rename_the_folder(model):
+    os.rename(model.location, os.path.join(root_of(model), "5"))
+    return "tiny@5", "version 2 differs from the folder's 5"
+
+
+def root_of(model):
+    return os.path.dirname(model.location)
+
+
+@pytest.mark.parametrize("damage", [_flip_a_weights_byte, _rename_the_folder])
+@pytest.mark.parametrize("alias", ["prod", "latest"])
+def test_promote_refuses_a_version_that_would_not_load(root, cli, damage,
+                                                       alias):
+    save(root)
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", alias)[0] == 0
+    ref, message = damage(save(root, seed=1))
+    before = store.read_aliases("tiny", root=root)
+    code, out, err = cli("--store", root, "models", "promote", ref,
+                         "--alias", alias)
+    _one_line_exit_2(code, err, f"alias tiny@{alias} not moved: ")
+    assert message in err and out == ""
+    assert store.read_aliases("tiny", root=root) == before == {alias: 1}
+
+
 # Special files where the store expects its files ---------------------------
 
 class _Hung(BaseException):
