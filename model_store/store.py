@@ -42,6 +42,7 @@ from model_store import fs
 from model_store.errors import (
     ChecksumMismatchError,
     ConfigError,
+    DanglingAliasError,
     ImgclassError,
     ModelFileMissingError,
     ModelIntegrityError,
@@ -112,6 +113,11 @@ def check_new_version(name: str, root: str | None = None) -> str:
         resolve(name, root=root)
     except UnknownModelError:
         pass  # no version yet: this is the first
+    except DanglingAliasError:
+        # latest names a deleted version: refused while versions are left
+        # (promote one); with none left, the new version replaces it.
+        if any(info.name == name for info in list_models(root)):
+            raise
     return root
 
 
@@ -373,10 +379,10 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
 
 
 def _dangling(name: str, alias: str, version: int, versions: list,
-              root: str) -> ModelIntegrityError:
+              root: str) -> DanglingAliasError:
     """The error for an alias that points at a version not in the store (it
     never resolves to another model: version numbers are not reused)."""
-    return ModelIntegrityError(
+    return DanglingAliasError(
         f"alias {name}@{alias} points at version {version}, but model "
         f"{name!r} has no version {version} in {root} (versions: "
         f"{', '.join(str(i.version) for i in versions) or 'none'}): point "
@@ -536,13 +542,17 @@ def save_version(network, *, name: str, metadata: Mapping[str, Any],
     ``latest`` is pinned to the current version *before* the new one is
     written, so that no reader ever sees an unpromoted version as latest.
 
+    A ``latest`` left pointing at a deleted version when no version is
+    stored any more is replaced by the new version (it is the first).
+
     Returns:
         ``(the saved model, whether it is now latest)``.
     """
+    root = check_new_version(name, root)
     versions = [i.version for i in list_models(root) if i.name == name]
     with _reworded(f"model {name} not saved: {{}}"):
-        if versions and LATEST not in read_aliases(name, root=root):
-            set_alias(name, LATEST, max(versions), root=root)
+        if versions:
+            _pin_latest(name, max(versions), root)
     model = save_model(network, name=name, metadata=metadata, root=root)
     with _reworded(f"saved {model.ref}, but {{}}"):
         if promote:
@@ -666,7 +676,9 @@ def verify(ref: str | None = None, *,
     """Verifies one model (or every stored version): ``[(ref, error)]``.
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
-    not a version) or whose versions file is damaged. A ``ref`` that names
+    not a version) or whose versions file is damaged, and as
+    ``(NAME@ALIAS, error)`` each alias that names a version not stored
+    (also of a model whose versions were all deleted). A ``ref`` that names
     no stored model or version raises UnknownModelError; one that does not
     name a version (``NAME``, ``NAME@ALIAS``, a path) is reported as
     ``REF -> NAME@V``, the version checked."""
@@ -675,12 +687,8 @@ def verify(ref: str | None = None, *,
         refs = [ref]
     else:
         infos = list_models(root)
-        for name in sorted({info.name for info in infos}):
-            try:
-                resolve(name, root=root)
-                _highest_given(name, store_root(root))
-            except ImgclassError as error:
-                results.append((name, error))
+        for name in _model_names(store_root(root)):
+            results.extend(_name_failures(name, store_root(root)))
         refs = [info.ref for info in infos]
     for item in refs:
         try:
@@ -694,6 +702,41 @@ def verify(ref: str | None = None, *,
         except ImgclassError as error:
             results.append((item, error))
     return results
+
+
+def _model_names(root: str) -> list[str]:
+    """Every model name with a version or an aliases file under ``root``."""
+    names = {info.name for info in list_models(root)}
+    if fs.is_uri(root):
+        names.update(fs.split(fs.split(path)[0])[1] for path in
+                     fs.match(fs.join(root, "*", ALIASES_FILE)))
+    elif os.path.isdir(root):
+        names.update(name for name in os.listdir(root) if os.path.lexists(
+            os.path.join(root, name, ALIASES_FILE)))
+    return sorted(name for name in names if _NAME.fullmatch(name))
+
+
+def _name_failures(name: str, root: str) -> list[tuple[str, ImgclassError]]:
+    """What :func:`verify` reports about model ``name`` as a whole: its
+    store files, what ``NAME`` resolves to (``latest``) and every other
+    alias."""
+    failures: list[tuple[str, ImgclassError]] = []
+    try:
+        aliases = read_aliases(name, root=root)
+        _highest_given(name, root)
+        resolve(name, root=root)
+    except UnknownModelError:
+        pass  # no version and no latest: only other aliases to check
+    except DanglingAliasError as error:
+        failures.append((name, error))
+    except ImgclassError as error:
+        return [(name, error)]  # damaged files, folders that are not versions
+    for alias in sorted(set(aliases) - {LATEST}):
+        try:
+            resolve(f"{name}@{alias}", root=root)
+        except ImgclassError as error:
+            failures.append((f"{name}@{alias}", error))
+    return failures
 
 
 def save_model(network, *, name: str, metadata: Mapping[str, Any],

@@ -583,17 +583,24 @@ def test_an_alias_of_a_deleted_version_fails_instead_of_moving(root, cli,
 
 # Damaged store files are refused before any work ---------------------------
 
-@pytest.mark.parametrize("file,text,message", [
+DAMAGED_STORE_FILES = [
     (store.ALIASES_FILE, '{"latest": 1,', "aliases.json is not valid JSON"),
     (store.ALIASES_FILE, '{"prod": "1"}',
      "must map alias names to version numbers"),
     (store.ALIASES_FILE, '{"latest": 7}',
      "alias tiny@latest points at version 7"),
-    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')])
-@pytest.mark.parametrize("stored", [True, False], ids=["versions", "none"])
+    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')]
+
+
+@pytest.mark.parametrize("file,text,message,stored", [
+    (*damaged, stored) for damaged in DAMAGED_STORE_FILES
+    for stored in (True, False)
+    # A stale latest with no version left does not block: see
+    # test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced.
+    if stored or damaged[1] != '{"latest": 7}'])
 def test_a_damaged_store_file_is_refused_before_any_work(
         root, cli, tmp_path, monkeypatch, file, text, message, stored):
-    """Also for a model whose versions were all deleted (none)."""
+    """Also for a model whose versions were all deleted (stored=False)."""
     from model_store import onnx_import, train
 
     def no_work(*args, **kwargs):
@@ -890,6 +897,58 @@ def test_promote_refuses_a_version_that_would_not_load(root, cli, damage,
     _one_line_exit_2(code, err, f"alias tiny@{alias} not moved: ")
     assert message in err and out == ""
     assert store.read_aliases("tiny", root=root) == before == {alias: 1}
+
+
+# Whole-store verify checks every alias --------------------------------------
+
+def test_verify_reports_each_alias_of_a_deleted_version(root, cli):
+    for seed in range(3):
+        save(root, seed=seed)
+    for ref, alias in (("tiny@2", "prod"), ("tiny@3", "staging")):
+        assert cli("--store", root, "models", "promote", ref,
+                   "--alias", alias)[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "2"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1
+    assert "FAILED  tiny@prod: alias tiny@prod points at version 2" in out
+    assert "FAILED  tiny@staging" not in out and "FAILED  tiny:" not in out
+    assert out.count("FAILED") == 1 and "ok      tiny@3" in out
+
+
+def test_verify_reports_the_aliases_of_a_model_with_no_versions_left(
+        root, cli):
+    save(root, name="other")
+    save(root)
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", "prod")[0] == 0
+    assert cli("--store", root, "models", "promote", "tiny@1")[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "1"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1, out
+    assert "FAILED  tiny: alias tiny@latest points at version 1" in out
+    assert "FAILED  tiny@prod: alias tiny@prod points at version 1" in out
+    assert "ok      other@1" in out
+    shutil.rmtree(os.path.join(root, "other"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1 and "no models to verify" not in out
+
+
+def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
+        root, cli, tmp_path):
+    """Decision: with no version left, a latest naming a deleted version
+    does not block saving; the new (first) version becomes latest, under a
+    number above the deleted ones."""
+    for seed in range(2):
+        save(root, seed=seed)
+    assert cli("--store", root, "models", "promote", "tiny@2")[0] == 0
+    for version in ("1", "2"):
+        shutil.rmtree(os.path.join(root, "tiny", version))
+    code, out, err = cli("--store", root, "models", "import", "onnx",
+                         _onnx_file(tmp_path), "--name", "tiny")
+    assert code == 0, err
+    assert "saved tiny@3" in out and "tiny@latest is now tiny@3" in out
+    assert store.read_aliases("tiny", root=root) == {"latest": 3}
+    assert cli("--store", root, "models", "verify")[0] == 0
 
 
 # Special files where the store expects its files ---------------------------
