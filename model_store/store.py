@@ -136,9 +136,42 @@ def check_store_to_read(root: str | None = None) -> str:
     root = store_root(root)
     _check_not_a_file(root)
     if not fs.is_uri(root) and not os.path.isdir(root):
+        _check_links(root, root)
         raise ConfigError(f"{_store_named(root)} does not exist: give the "
                           f"folder of a model store")
     return root
+
+
+def _check_links(root: str, path: str) -> None:
+    """ConfigError (one line) when ``path``, or a folder above it, is a
+    symbolic link whose target does not exist (an unmounted disk) or that
+    loops: a store there could be neither read nor written."""
+    path = os.path.abspath(path)
+    while True:
+        reason = _broken_link(path)
+        if reason:
+            raise ConfigError(f"{_store_named(root)} cannot be used: "
+                              f"{fs.one_line(fs.printable(path))} is a "
+                              f"symbolic link that {reason}")
+        if os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
+
+
+def _broken_link(path: str) -> str | None:
+    """Why the symbolic link ``path`` cannot be followed, or None."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "loops (it leads back to itself)"
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be followed: {error.strerror}"
+        return (f"points at {fs.one_line(fs.printable(os.readlink(path)))}"
+                f", which does not exist (an unmounted disk?)")
 
 
 def _check_writable(root: str, name: str) -> None:
@@ -149,6 +182,7 @@ def _check_writable(root: str, name: str) -> None:
         return
     _check_not_a_file(root)
     folder = os.path.abspath(os.path.join(root, name))
+    _check_links(root, folder)
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:

@@ -951,6 +951,38 @@ def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
     assert cli("--store", root, "models", "verify")[0] == 0
 
 
+# A store (or model folder) behind a broken symbolic link --------------------
+
+@pytest.mark.parametrize("where,link_to,message", [
+    ("store", "/nonexistent/nas/models", "points at /nonexistent/nas/models, "
+                                         "which does not exist"),
+    ("store", "store", "loops"),
+    ("store/tiny", "/nonexistent/nas/tiny", "points at /nonexistent/nas/"
+                                            "tiny, which does not exist")])
+def test_a_broken_symlink_store_is_refused_before_any_work(
+        tmp_path, cli, monkeypatch, where, link_to, message):
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    root = tmp_path / "store"
+    link = tmp_path / where
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(link_to)
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, f"--store {root} cannot be used: {link} "
+                                    f"is a symbolic link that {message}")
+    if where == "store":
+        code, _, err = cli("--store", root, "models", "list")
+        _one_line_exit_2(code, err, f"{link} is a symbolic link that "
+                                    f"{message}")
+
+
 # Special files where the store expects its files ---------------------------
 
 class _Hung(BaseException):
