@@ -11,11 +11,14 @@ any Beam filesystem such as ``gs://bucket/models``)::
     <root>/<name>/aliases.json              NAME@ALIAS -> version (below)
     <root>/<name>/versions.json             the highest version number
                                             given: never given again
+    <root>/<name>/.lock                     held while either file above is
+                                            changed (local stores)
 
-Versions are positive integers written in ASCII digits without leading
-zeros (``1``, ``12``; not ``01`` or full-width digits); ``latest`` (or no
-version) is the highest. A folder of a model that is not such a version is
-refused when that model is loaded, rather than skipped.
+Versions are positive integers up to :data:`MAX_VERSION` written in ASCII
+digits without leading zeros (``1``, ``12``; not ``01`` or full-width
+digits); ``latest`` (or no version) is the highest. A folder of a model
+that is not such a version is refused when that model is loaded, rather
+than skipped.
 A model is named ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or by the path of
 a version folder. Loading always verifies the weights' checksum and shapes.
 """
@@ -63,6 +66,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
 _VERSION = re.compile(r"[1-9][0-9]*")
+# The highest version number: a short folder name, and digits int() reads
+# (a number of 4301 digits is a ValueError there).
+MAX_VERSION = 10 ** 9 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SAVE_ATTEMPTS = 20  # versions tried when other saves take the next ones
 # An .npz file is a zip archive (an empty one has only the end record).
@@ -108,7 +114,9 @@ def check_new_version(name: str, root: str | None = None) -> str:
     check_model_name(name)
     root = store_root(root)
     _check_writable(root, name)
-    _next_version(name, root)  # reads the aliases and versions files
+    # Reads the aliases and versions files.
+    _check_version_left(name, _next_version(name, root),
+                        f"model {name} not saved")
     try:
         resolve(name, root=root)
     except UnknownModelError:
@@ -334,7 +342,14 @@ def _list_versions(root: str) -> list[tuple[str, int, str]]:
     """(name, version, folder) of every version folder under ``root``."""
     return sorted((name, int(version), folder)
                   for name, version, folder in _list_folders(root)
-                  if _VERSION.fullmatch(version))
+                  if _is_version_name(version))
+
+
+def _is_version_name(text: str) -> bool:
+    """Whether ``text`` writes a version number (see :data:`MAX_VERSION`);
+    its length is checked before ``int()`` reads it."""
+    return bool(_VERSION.fullmatch(text)) and (
+        len(text) <= len(str(MAX_VERSION)) and int(text) <= MAX_VERSION)
 
 
 # Public API --------------------------------------------------------------------
@@ -352,6 +367,11 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
                                 f"digits, '.', '_' or '-', e.g. digits-cnn@1")
     if (not at) or version == "latest":
         return name, None
+    if _VERSION.fullmatch(version) and not _is_version_name(version):
+        shown = version if len(version) <= 20 else (
+            f"{version[:20]}... ({len(version)} digits)")
+        raise UnknownModelError(f"invalid model version {shown} of model "
+                                f"{name!r}: versions go up to {MAX_VERSION}")
     if not _VERSION.fullmatch(version):
         raise UnknownModelError(f"invalid model version {version!r} in "
                                 f"{ref!r}: use a positive integer written "
@@ -378,19 +398,21 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             raise ModelIntegrityError(f"{where}: name must be a model name "
                                       f"(letters, digits, '.', '_', '-'), "
                                       f"got {name!r}")
-        if not _is_positive_int(version):
+        if not _is_version(version):
             raise ModelIntegrityError(f"{where}: version must be a positive "
-                                      f"integer, got {version!r}")
+                                      f"integer up to {MAX_VERSION}, got "
+                                      f"{version!r:.40}")
         return ModelInfo(name, version, folder)
     root = store_root(root)
     name, version, alias = _parse_alias(ref, root)
     odd = sorted(v for n, v, _ in _list_folders(root)
-                 if n == name and not _VERSION.fullmatch(v))
+                 if n == name and not _is_version_name(v))
     if odd:
         raise ModelIntegrityError(
             f"model {name!r} in {root} has folder(s) {', '.join(odd)} that "
-            f"are not versions (positive integers in ASCII digits without "
-            f"leading zeros, e.g. 1); rename or remove them")
+            f"are not versions (positive integers up to {MAX_VERSION} in "
+            f"ASCII digits without leading zeros, e.g. 1); rename or remove "
+            f"them")
     versions = [info for info in list_models(root) if info.name == name]
     if version is None:
         version = read_aliases(name, root=root).get(LATEST)
@@ -472,10 +494,13 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
     """
     path = fs.join(store_root(root), name, ALIASES_FILE)
     aliases = _read_optional_json(path) or {}
-    if not all(isinstance(k, str) and _is_positive_int(v)
-               for k, v in aliases.items()):
-        raise ModelIntegrityError(f"{path} must map alias names to version "
-                                  f"numbers, e.g. {{\"prod\": 2}}")
+    for alias, version in aliases.items():
+        if not (_ALIAS.fullmatch(alias) and _is_version(version)):
+            raise ModelIntegrityError(
+                f"{path} must map alias names to version numbers, e.g. "
+                f"{{\"prod\": 2}} (a name: a letter, then letters, digits, "
+                f"'_' or '-'; a number: 1 to {MAX_VERSION}); got "
+                f"{alias!r:.40}: {version!r:.40}")
     return aliases
 
 
@@ -841,11 +866,11 @@ def _highest_given(name: str, root: str) -> int:
     if record is None:
         return 0
     if not (record.keys() == {"highest"}
-            and _is_positive_int(record["highest"])):
+            and _is_version(record["highest"])):
         raise ModelIntegrityError(
             f"{path} must hold {{\"highest\": N}}, the highest version "
-            f"number ever given: fix it, or remove it (numbers then "
-            f"continue after the highest version stored)")
+            f"number ever given (at most {MAX_VERSION}): fix it, or remove "
+            f"it (numbers then continue after the highest version stored)")
     return record["highest"]
 
 
@@ -854,6 +879,7 @@ def _record_version(name: str, version: int, root: str, where: str) -> None:
     that then fails leaves the number unused, never reused. The record
     only grows, also when saves record at once (the model's lock is held
     from reading to writing it)."""
+    _check_version_left(name, version, where)
     with _model_locked(name, root, where):
         if version > _highest_given(name, root):
             path = fs.join(root, name, VERSIONS_FILE)
@@ -861,6 +887,12 @@ def _record_version(name: str, version: int, root: str, where: str) -> None:
                 fs.write_atomic(path, _json_bytes({"highest": version}))
 
 
+def _check_version_left(name: str, version: int, where: str) -> None:
+    """ConfigError when ``version`` is above :data:`MAX_VERSION`."""
+    if version > MAX_VERSION:
+        raise ConfigError(f"{where}: model {name} has used every version "
+                          f"number up to {MAX_VERSION}; save it under "
+                          f"another name")
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
@@ -1006,6 +1038,11 @@ def _json_bytes(value) -> bytes:
 
 def _is_positive_int(value) -> bool:
     return type(value) is int and value >= 1
+
+
+def _is_version(value) -> bool:
+    """Whether a JSON value is a version number (see :data:`MAX_VERSION`)."""
+    return _is_positive_int(value) and value <= MAX_VERSION
 
 
 def _is_number(value) -> bool:

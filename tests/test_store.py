@@ -476,7 +476,10 @@ def test_two_saves_at_once_get_two_versions(root, monkeypatch):
 @pytest.mark.parametrize("text,message", [
     ('{"latest": 1,', "aliases.json is not valid JSON"),
     ('{"latest": true}', "must map alias names to version numbers"),
-    ('{"latest": 7}', "has no version 7")])
+    ('{"latest": 7}', "has no version 7"),
+    ('{"": 1}', "must map alias names to version numbers"),
+    ('{"pr od": 1}', "must map alias names to version numbers"),
+    ('{"latest": 1000000000}', "must map alias names to version numbers")])
 def test_a_damaged_aliases_file_breaks_only_its_model(root, cli, text,
                                                       message):
     save(root, name="good")
@@ -981,6 +984,65 @@ def test_a_broken_symlink_store_is_refused_before_any_work(
         code, _, err = cli("--store", root, "models", "list")
         _one_line_exit_2(code, err, f"{link} is a symbolic link that "
                                     f"{message}")
+
+
+# Version numbers are bounded ----------------------------------------------
+
+@pytest.mark.parametrize("digits", ["1000000000", "9" * 4301])
+def test_a_version_over_the_maximum_is_one_line_exit_2(root, cli, digits):
+    save(root)
+    ref = f"tiny@{digits}"
+    for command in (["models", "show", ref], ["models", "verify", ref],
+                    ["models", "promote", ref, "--alias", "prod"],
+                    ["classify", "--model", ref, "--input", "samples/digits",
+                     "--output", root + "-out"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"versions go up to {store.MAX_VERSION}")
+        assert len(err) < 300
+
+
+@pytest.mark.parametrize("file,record,message", [
+    (store.ALIASES_FILE, {"prod": 10 ** 300},
+     "must map alias names to version numbers"),
+    (store.ALIASES_FILE, {"latest": store.MAX_VERSION + 1},
+     "must map alias names to version numbers"),
+    (store.VERSIONS_FILE, {"highest": 10 ** 300},
+     'must hold {"highest": N}'),
+    (store.VERSIONS_FILE, {"highest": store.MAX_VERSION},
+     f"model tiny has used every version number up to "
+     f"{store.MAX_VERSION}")])
+def test_a_version_over_the_maximum_in_a_store_file_is_refused(
+        root, cli, tmp_path, monkeypatch, file, record, message):
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    save(root)
+    path = os.path.join(root, "tiny", file)
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+    before = open(path).read()
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, message)
+    assert open(path).read() == before
+    assert [i.ref for i in store.list_models(root)] == ["tiny@1"]
+    if record != {"highest": store.MAX_VERSION}:
+        code, out, _ = cli("--store", root, "models", "verify")
+        assert code == 1 and message in out
+
+
+def test_a_version_folder_over_the_maximum_is_not_a_version(root, cli):
+    saved = save(root)
+    shutil.copytree(saved.location, os.path.join(root, "tiny", "1" * 12))
+    assert [i.version for i in store.list_models(root)] == [1]
+    code, _, err = cli("--store", root, "models", "show", "tiny")
+    _one_line_exit_2(code, err, f"are not versions (positive integers up "
+                                f"to {store.MAX_VERSION}")
 
 
 # Special files where the store expects its files ---------------------------
