@@ -39,6 +39,10 @@ class ChecksumMismatchError(ModelIntegrityError):
     """The weights file's sha256 differs from the one in the metadata."""
 
 
+class DanglingAliasError(ModelIntegrityError):
+    """An alias (``latest`` included) names a version that is not stored."""
+
+
 class WeightShapeError(ModelIntegrityError):
     """A stored weight array's shape differs from what the spec builds."""
 

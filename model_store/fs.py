@@ -2,18 +2,22 @@
 
 The one place for the small operations the store, the pipeline and the
 watcher share: telling a URI from a local path, joining and splitting paths,
-listing a pattern, writing a file whole or not at all, and the JSON the
-project writes. It lives in ``model_store`` (the lower layer) so that the
-store can use it without importing the pipeline; Beam's ``FileSystems`` is
-imported only when a function needs it (no Beam pipeline code here).
+listing a pattern, opening only regular files, locking a local file,
+writing a file whole or not at all, and the JSON the project writes. It
+lives in ``model_store`` (the lower layer) so that the store can use it
+without importing the pipeline; Beam's ``FileSystems`` is imported only
+when a function needs it (no Beam pipeline code here).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import stat
+import threading
 import urllib.parse
 import uuid
 
@@ -87,6 +91,70 @@ def match(pattern: str) -> list[str]:
     ``*`` within a folder, ``**`` across folders)."""
     found = _filesystems().match([pattern])[0].metadata_list
     return sorted(m.path for m in found)
+
+
+def file_kind(mode: int) -> str:
+    """What a file whose ``st_mode`` is ``mode`` is, e.g. ``a FIFO``."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class NotRegularError(OSError):
+    """A FIFO, socket, device or folder where a regular file was expected;
+    ``mode`` is its ``st_mode``."""
+
+    def __init__(self, path: str, mode: int):
+        super().__init__(f"{printable(path)} is {file_kind(mode)}, not a "
+                         f"regular file")
+        self.mode = mode
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY,
+                 ) -> tuple[int, os.stat_result]:
+    """``(file descriptor, its stat)`` of the local file ``path`` opened
+    with ``flags`` (add ``os.O_CREAT`` to make it, mode 0o666 less the
+    umask); NotRegularError, nothing left open, unless it is a regular
+    file. Opening never waits: a FIFO is opened non-blocking (it would wait
+    for a writer) and refused."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise NotRegularError(path, info.st_mode)
+    return fd, info
+
+
+_held = threading.local()  # the lock files this thread holds
+
+
+@contextlib.contextmanager
+def locked(path: str):
+    """Holds an exclusive lock (``flock``) on the local file ``path`` (made
+    if missing, with its folder) for the block: other processes and
+    threads that lock it wait their turn. Locking it again in the same
+    thread, inside the block, does not wait on itself. Object stores
+    (``gs://``, ``s3://``) have no locks: a no-op there."""
+    key = os.path.abspath(path) if not is_uri(path) else None
+    held = _held.__dict__.setdefault("paths", set())
+    if key is None or key in held:
+        yield
+        return
+    os.makedirs(os.path.dirname(key), exist_ok=True)
+    fd, _ = open_regular(key, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+    finally:
+        os.close(fd)
 
 
 def create(path: str, data: bytes) -> None:

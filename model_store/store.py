@@ -11,11 +11,14 @@ any Beam filesystem such as ``gs://bucket/models``)::
     <root>/<name>/aliases.json              NAME@ALIAS -> version (below)
     <root>/<name>/versions.json             the highest version number
                                             given: never given again
+    <root>/<name>/.lock                     held while either file above is
+                                            changed (local stores)
 
-Versions are positive integers written in ASCII digits without leading
-zeros (``1``, ``12``; not ``01`` or full-width digits); ``latest`` (or no
-version) is the highest. A folder of a model that is not such a version is
-refused when that model is loaded, rather than skipped.
+Versions are positive integers up to :data:`MAX_VERSION` written in ASCII
+digits without leading zeros (``1``, ``12``; not ``01`` or full-width
+digits); ``latest`` (or no version) is the highest. A folder of a model
+that is not such a version is refused when that model is loaded, rather
+than skipped.
 A model is named ``NAME``, ``NAME@VERSION``, ``NAME@latest`` or by the path of
 a version folder. Loading always verifies the weights' checksum and shapes.
 """
@@ -42,6 +45,7 @@ from model_store import fs
 from model_store.errors import (
     ChecksumMismatchError,
     ConfigError,
+    DanglingAliasError,
     ImgclassError,
     ModelFileMissingError,
     ModelIntegrityError,
@@ -62,6 +66,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME_LENGTH = 100  # well below the 255 bytes a file name may have
 # ASCII only: str.isdigit() and int() also accept full-width digits ("１").
 _VERSION = re.compile(r"[1-9][0-9]*")
+# The highest version number: a short folder name, and digits int() reads
+# (a number of 4301 digits is a ValueError there).
+MAX_VERSION = 10 ** 9 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SAVE_ATTEMPTS = 20  # versions tried when other saves take the next ones
 # An .npz file is a zip archive (an empty one has only the end record).
@@ -107,11 +114,18 @@ def check_new_version(name: str, root: str | None = None) -> str:
     check_model_name(name)
     root = store_root(root)
     _check_writable(root, name)
-    _next_version(name, root)  # reads the aliases and versions files
+    # Reads the aliases and versions files.
+    _check_version_left(name, _next_version(name, root),
+                        f"model {name} not saved")
     try:
         resolve(name, root=root)
     except UnknownModelError:
         pass  # no version yet: this is the first
+    except DanglingAliasError:
+        # latest names a deleted version: refused while versions are left
+        # (promote one); with none left, the new version replaces it.
+        if any(info.name == name for info in list_models(root)):
+            raise
     return root
 
 
@@ -130,9 +144,42 @@ def check_store_to_read(root: str | None = None) -> str:
     root = store_root(root)
     _check_not_a_file(root)
     if not fs.is_uri(root) and not os.path.isdir(root):
+        _check_links(root, root)
         raise ConfigError(f"{_store_named(root)} does not exist: give the "
                           f"folder of a model store")
     return root
+
+
+def _check_links(root: str, path: str) -> None:
+    """ConfigError (one line) when ``path``, or a folder above it, is a
+    symbolic link whose target does not exist (an unmounted disk) or that
+    loops: a store there could be neither read nor written."""
+    path = os.path.abspath(path)
+    while True:
+        reason = _broken_link(path)
+        if reason:
+            raise ConfigError(f"{_store_named(root)} cannot be used: "
+                              f"{fs.one_line(fs.printable(path))} is a "
+                              f"symbolic link that {reason}")
+        if os.path.dirname(path) == path:
+            return
+        path = os.path.dirname(path)
+
+
+def _broken_link(path: str) -> str | None:
+    """Why the symbolic link ``path`` cannot be followed, or None."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "loops (it leads back to itself)"
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be followed: {error.strerror}"
+        return (f"points at {fs.one_line(fs.printable(os.readlink(path)))}"
+                f", which does not exist (an unmounted disk?)")
 
 
 def _check_writable(root: str, name: str) -> None:
@@ -143,6 +190,7 @@ def _check_writable(root: str, name: str) -> None:
         return
     _check_not_a_file(root)
     folder = os.path.abspath(os.path.join(root, name))
+    _check_links(root, folder)
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     try:
@@ -228,8 +276,12 @@ def _read(path: str) -> bytes:
         if fs.is_uri(path):
             with _filesystems().open(path) as handle:
                 return handle.read()
-        with open(path, "rb") as handle:
+        fd, _ = fs.open_regular(path)  # a FIFO would block open() forever
+        with os.fdopen(fd, "rb") as handle:
             return handle.read()
+    except fs.NotRegularError as error:
+        raise ModelIntegrityError(f"{error}: replace it with the file, or "
+                                  f"remove it") from None
     except FileNotFoundError:
         raise ModelFileMissingError(f"model file {path} is missing") from None
     except OSError as error:
@@ -290,7 +342,14 @@ def _list_versions(root: str) -> list[tuple[str, int, str]]:
     """(name, version, folder) of every version folder under ``root``."""
     return sorted((name, int(version), folder)
                   for name, version, folder in _list_folders(root)
-                  if _VERSION.fullmatch(version))
+                  if _is_version_name(version))
+
+
+def _is_version_name(text: str) -> bool:
+    """Whether ``text`` writes a version number (see :data:`MAX_VERSION`);
+    its length is checked before ``int()`` reads it."""
+    return bool(_VERSION.fullmatch(text)) and (
+        len(text) <= len(str(MAX_VERSION)) and int(text) <= MAX_VERSION)
 
 
 # Public API --------------------------------------------------------------------
@@ -308,6 +367,11 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
                                 f"digits, '.', '_' or '-', e.g. digits-cnn@1")
     if (not at) or version == "latest":
         return name, None
+    if _VERSION.fullmatch(version) and not _is_version_name(version):
+        shown = version if len(version) <= 20 else (
+            f"{version[:20]}... ({len(version)} digits)")
+        raise UnknownModelError(f"invalid model version {shown} of model "
+                                f"{name!r}: versions go up to {MAX_VERSION}")
     if not _VERSION.fullmatch(version):
         raise UnknownModelError(f"invalid model version {version!r} in "
                                 f"{ref!r}: use a positive integer written "
@@ -334,19 +398,21 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
             raise ModelIntegrityError(f"{where}: name must be a model name "
                                       f"(letters, digits, '.', '_', '-'), "
                                       f"got {name!r}")
-        if not _is_positive_int(version):
+        if not _is_version(version):
             raise ModelIntegrityError(f"{where}: version must be a positive "
-                                      f"integer, got {version!r}")
+                                      f"integer up to {MAX_VERSION}, got "
+                                      f"{version!r:.40}")
         return ModelInfo(name, version, folder)
     root = store_root(root)
     name, version, alias = _parse_alias(ref, root)
     odd = sorted(v for n, v, _ in _list_folders(root)
-                 if n == name and not _VERSION.fullmatch(v))
+                 if n == name and not _is_version_name(v))
     if odd:
         raise ModelIntegrityError(
             f"model {name!r} in {root} has folder(s) {', '.join(odd)} that "
-            f"are not versions (positive integers in ASCII digits without "
-            f"leading zeros, e.g. 1); rename or remove them")
+            f"are not versions (positive integers up to {MAX_VERSION} in "
+            f"ASCII digits without leading zeros, e.g. 1); rename or remove "
+            f"them")
     versions = [info for info in list_models(root) if info.name == name]
     if version is None:
         version = read_aliases(name, root=root).get(LATEST)
@@ -369,10 +435,10 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
 
 
 def _dangling(name: str, alias: str, version: int, versions: list,
-              root: str) -> ModelIntegrityError:
+              root: str) -> DanglingAliasError:
     """The error for an alias that points at a version not in the store (it
     never resolves to another model: version numbers are not reused)."""
-    return ModelIntegrityError(
+    return DanglingAliasError(
         f"alias {name}@{alias} points at version {version}, but model "
         f"{name!r} has no version {version} in {root} (versions: "
         f"{', '.join(str(i.version) for i in versions) or 'none'}): point "
@@ -393,6 +459,10 @@ ALIASES_FILE = "aliases.json"
 # ``<root>/<name>/versions.json``: ``{"highest": N}``, the highest version
 # number ever given, so that a deleted version's number is not given again.
 VERSIONS_FILE = "versions.json"
+# ``<root>/<name>/.lock``: held (flock) while aliases.json or versions.json
+# is read, changed and written back, so that two commands at once never
+# lose each other's change. Local stores only: object stores have no locks.
+LOCK_FILE = ".lock"
 LATEST = "latest"
 # fullmatch: '$' alone would take a trailing newline; as long as a name.
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}" % (MAX_NAME_LENGTH - 1))
@@ -424,10 +494,13 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
     """
     path = fs.join(store_root(root), name, ALIASES_FILE)
     aliases = _read_optional_json(path) or {}
-    if not all(isinstance(k, str) and _is_positive_int(v)
-               for k, v in aliases.items()):
-        raise ModelIntegrityError(f"{path} must map alias names to version "
-                                  f"numbers, e.g. {{\"prod\": 2}}")
+    for alias, version in aliases.items():
+        if not (_ALIAS.fullmatch(alias) and _is_version(version)):
+            raise ModelIntegrityError(
+                f"{path} must map alias names to version numbers, e.g. "
+                f"{{\"prod\": 2}} (a name: a letter, then letters, digits, "
+                f"'_' or '-'; a number: 1 to {MAX_VERSION}); got "
+                f"{alias!r:.40}: {version!r:.40}")
     return aliases
 
 
@@ -443,20 +516,60 @@ def _read_optional_json(path: str) -> dict | None:
 
 def set_alias(name: str, alias: str, version: int, *,
               root: str | None = None) -> None:
-    """Points ``NAME@alias`` at an existing version (atomically on local
-    disks: the file is written aside and renamed). ConfigError, before
-    anything is written, when the store cannot be written."""
+    """Points ``NAME@alias`` at an existing version (see
+    :func:`_update_aliases`). ConfigError, before anything is written, when
+    the store cannot be written."""
     if not _ALIAS.fullmatch(alias):
         raise UnknownModelError(f"invalid alias {alias[:40]!r}: start with a "
                                 f"letter, then letters, digits, '_' or '-', "
                                 f"at most {MAX_NAME_LENGTH} in all")
     root = store_root(root)
     resolve(f"{name}@{version}", root=root)  # the version must exist
-    aliases = dict(read_aliases(name, root=root), **{alias: int(version)})
     _check_writable(root, name)
+    _update_aliases(name, root, f"alias {name}@{alias} not set",
+                    lambda aliases: aliases.update({alias: int(version)}))
+
+
+def promote(ref: str, alias: str = "latest", *,
+            root: str | None = None) -> StoredModel:
+    """Points ``NAME@alias`` at the version ``ref`` names, once it loads
+    (checksum, shapes, metadata that agrees with its folder): an alias
+    never moves to a version that would not load. Returns that version."""
+    info = version_in_store(ref, root=root)
+    try:
+        model = load_model(info.ref, root=root)
+    except (ModelIntegrityError, ModelFileMissingError) as error:
+        raise type(error)(f"alias {info.name}@{alias} not moved: "
+                          f"{error}") from None
+    set_alias(model.name, alias, model.version, root=root)
+    return model
+
+
+def _update_aliases(name: str, root: str, where: str, change) -> None:
+    """Reads the aliases of ``name``, lets ``change`` edit the dict and
+    writes it back, holding the model's lock (:data:`LOCK_FILE`) so that
+    commands changing aliases at once each see the other's change (object
+    stores have no lock: there the last write wins). The file is written
+    aside and renamed, so readers see the old or the new file whole."""
     path = fs.join(root, name, ALIASES_FILE)
-    with _writing(path, f"alias {name}@{alias} not set"):
-        fs.write_atomic(path, _json_bytes(aliases))
+    with _model_locked(name, root, where):
+        aliases = dict(read_aliases(name, root=root))
+        before = dict(aliases)
+        change(aliases)
+        if aliases != before:
+            with _writing(path, where):
+                fs.write_atomic(path, _json_bytes(aliases))
+
+
+@contextlib.contextmanager
+def _model_locked(name: str, root: str, where: str):
+    """Holds the lock of model ``name`` (see :data:`LOCK_FILE`); a lock
+    file that cannot be made is a StoreWriteError starting with ``where``."""
+    path = fs.join(root, name, LOCK_FILE)
+    with contextlib.ExitStack() as stack:
+        with _writing(path, where):
+            stack.enter_context(fs.locked(path))
+        yield
 
 
 def version_in_store(ref: str, *, root: str | None = None) -> ModelInfo:
@@ -488,13 +601,17 @@ def save_version(network, *, name: str, metadata: Mapping[str, Any],
     ``latest`` is pinned to the current version *before* the new one is
     written, so that no reader ever sees an unpromoted version as latest.
 
+    A ``latest`` left pointing at a deleted version when no version is
+    stored any more is replaced by the new version (it is the first).
+
     Returns:
         ``(the saved model, whether it is now latest)``.
     """
+    root = check_new_version(name, root)
     versions = [i.version for i in list_models(root) if i.name == name]
     with _reworded(f"model {name} not saved: {{}}"):
-        if versions and LATEST not in read_aliases(name, root=root):
-            set_alias(name, LATEST, max(versions), root=root)
+        if versions:
+            _pin_latest(name, max(versions), root)
     model = save_model(network, name=name, metadata=metadata, root=root)
     with _reworded(f"saved {model.ref}, but {{}}"):
         if promote:
@@ -505,10 +622,19 @@ def save_version(network, *, name: str, metadata: Mapping[str, Any],
         # is "first".
         earlier = [i.version for i in list_models(root)
                    if i.name == name and i.version < model.version]
-        if LATEST not in read_aliases(name, root=root):
-            set_alias(name, LATEST, max(earlier, default=model.version),
-                      root=root)
+        _pin_latest(name, max(earlier, default=model.version), root)
     return model, not earlier
+
+
+def _pin_latest(name: str, version: int, root: str) -> None:
+    """Points ``latest`` at ``version`` unless it names a stored version
+    (checked and written holding the model's lock: a promote at the same
+    moment is neither lost nor undone)."""
+    def pin(aliases):
+        stored = {i.version for i in list_models(root) if i.name == name}
+        if aliases.get(LATEST) not in stored:
+            aliases[LATEST] = version
+    _update_aliases(name, root, f"alias {name}@{LATEST} not set", pin)
 
 
 @contextlib.contextmanager
@@ -609,7 +735,9 @@ def verify(ref: str | None = None, *,
     """Verifies one model (or every stored version): ``[(ref, error)]``.
     Checking the whole store also reports, as ``(NAME, error)``, a model
     that its name does not resolve (a damaged aliases file, a folder that is
-    not a version) or whose versions file is damaged. A ``ref`` that names
+    not a version) or whose versions file is damaged, and as
+    ``(NAME@ALIAS, error)`` each alias that names a version not stored
+    (also of a model whose versions were all deleted). A ``ref`` that names
     no stored model or version raises UnknownModelError; one that does not
     name a version (``NAME``, ``NAME@ALIAS``, a path) is reported as
     ``REF -> NAME@V``, the version checked."""
@@ -618,12 +746,8 @@ def verify(ref: str | None = None, *,
         refs = [ref]
     else:
         infos = list_models(root)
-        for name in sorted({info.name for info in infos}):
-            try:
-                resolve(name, root=root)
-                _highest_given(name, store_root(root))
-            except ImgclassError as error:
-                results.append((name, error))
+        for name in _model_names(store_root(root)):
+            results.extend(_name_failures(name, store_root(root)))
         refs = [info.ref for info in infos]
     for item in refs:
         try:
@@ -637,6 +761,41 @@ def verify(ref: str | None = None, *,
         except ImgclassError as error:
             results.append((item, error))
     return results
+
+
+def _model_names(root: str) -> list[str]:
+    """Every model name with a version or an aliases file under ``root``."""
+    names = {info.name for info in list_models(root)}
+    if fs.is_uri(root):
+        names.update(fs.split(fs.split(path)[0])[1] for path in
+                     fs.match(fs.join(root, "*", ALIASES_FILE)))
+    elif os.path.isdir(root):
+        names.update(name for name in os.listdir(root) if os.path.lexists(
+            os.path.join(root, name, ALIASES_FILE)))
+    return sorted(name for name in names if _NAME.fullmatch(name))
+
+
+def _name_failures(name: str, root: str) -> list[tuple[str, ImgclassError]]:
+    """What :func:`verify` reports about model ``name`` as a whole: its
+    store files, what ``NAME`` resolves to (``latest``) and every other
+    alias."""
+    failures: list[tuple[str, ImgclassError]] = []
+    try:
+        aliases = read_aliases(name, root=root)
+        _highest_given(name, root)
+        resolve(name, root=root)
+    except UnknownModelError:
+        pass  # no version and no latest: only other aliases to check
+    except DanglingAliasError as error:
+        failures.append((name, error))
+    except ImgclassError as error:
+        return [(name, error)]  # damaged files, folders that are not versions
+    for alias in sorted(set(aliases) - {LATEST}):
+        try:
+            resolve(f"{name}@{alias}", root=root)
+        except ImgclassError as error:
+            failures.append((f"{name}@{alias}", error))
+    return failures
 
 
 def save_model(network, *, name: str, metadata: Mapping[str, Any],
@@ -707,21 +866,33 @@ def _highest_given(name: str, root: str) -> int:
     if record is None:
         return 0
     if not (record.keys() == {"highest"}
-            and _is_positive_int(record["highest"])):
+            and _is_version(record["highest"])):
         raise ModelIntegrityError(
             f"{path} must hold {{\"highest\": N}}, the highest version "
-            f"number ever given: fix it, or remove it (numbers then "
-            f"continue after the highest version stored)")
+            f"number ever given (at most {MAX_VERSION}): fix it, or remove "
+            f"it (numbers then continue after the highest version stored)")
     return record["highest"]
 
 
 def _record_version(name: str, version: int, root: str, where: str) -> None:
     """Records ``version`` as given before its folder is written: a save
-    that then fails leaves the number unused, never reused."""
-    if version > _highest_given(name, root):
-        path = fs.join(root, name, VERSIONS_FILE)
-        with _writing(path, where):
-            fs.write_atomic(path, _json_bytes({"highest": version}))
+    that then fails leaves the number unused, never reused. The record
+    only grows, also when saves record at once (the model's lock is held
+    from reading to writing it)."""
+    _check_version_left(name, version, where)
+    with _model_locked(name, root, where):
+        if version > _highest_given(name, root):
+            path = fs.join(root, name, VERSIONS_FILE)
+            with _writing(path, where):
+                fs.write_atomic(path, _json_bytes({"highest": version}))
+
+
+def _check_version_left(name: str, version: int, where: str) -> None:
+    """ConfigError when ``version`` is above :data:`MAX_VERSION`."""
+    if version > MAX_VERSION:
+        raise ConfigError(f"{where}: model {name} has used every version "
+                          f"number up to {MAX_VERSION}; save it under "
+                          f"another name")
 
 
 def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
@@ -867,6 +1038,11 @@ def _json_bytes(value) -> bytes:
 
 def _is_positive_int(value) -> bool:
     return type(value) is int and value >= 1
+
+
+def _is_version(value) -> bool:
+    """Whether a JSON value is a version number (see :data:`MAX_VERSION`)."""
+    return _is_positive_int(value) and value <= MAX_VERSION
 
 
 def _is_number(value) -> bool:

@@ -306,11 +306,10 @@ def _print_promotion(stored, store) -> int:
 
 
 def _models_promote(args) -> int:
-    from model_store.store import set_alias, version_in_store
+    from model_store.store import promote
 
-    info = version_in_store(args.model, root=args.store)
-    set_alias(info.name, args.alias, info.version, root=args.store)
-    print(f"{info.name}@{args.alias} -> {info.ref}")
+    model = promote(args.model, args.alias, root=args.store)
+    print(f"{model.name}@{args.alias} -> {model.ref}")
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -9,6 +11,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import threading
 
 import numpy as np
@@ -165,7 +168,7 @@ def test_a_failed_save_leaves_no_version(root, monkeypatch):
         save(root)
     assert [i.version for i in store.list_models(root)] == [1]
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]
 
 
 def test_shipped_default_model_verifies():
@@ -351,7 +354,7 @@ def test_save_model_refuses_metadata_that_would_not_load(root, edit,
         store.save_model(build_network(SPEC, seed=1), name="tiny",
                          metadata=metadata, root=root)
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
@@ -466,14 +469,17 @@ def test_two_saves_at_once_get_two_versions(root, monkeypatch):
     [t.join() for t in threads]
     assert sorted(results, key=str) == [2, 3], results
     assert sorted(os.listdir(os.path.join(root, "tiny"))) == [
-        "1", "2", "3", store.VERSIONS_FILE]
+        store.LOCK_FILE, "1", "2", "3", store.VERSIONS_FILE]
     assert all(e is None for _, e in store.verify(root=root))
 
 
 @pytest.mark.parametrize("text,message", [
     ('{"latest": 1,', "aliases.json is not valid JSON"),
     ('{"latest": true}', "must map alias names to version numbers"),
-    ('{"latest": 7}', "has no version 7")])
+    ('{"latest": 7}', "has no version 7"),
+    ('{"": 1}', "must map alias names to version numbers"),
+    ('{"pr od": 1}', "must map alias names to version numbers"),
+    ('{"latest": 1000000000}', "must map alias names to version numbers")])
 def test_a_damaged_aliases_file_breaks_only_its_model(root, cli, text,
                                                       message):
     save(root, name="good")
@@ -580,17 +586,24 @@ def test_an_alias_of_a_deleted_version_fails_instead_of_moving(root, cli,
 
 # Damaged store files are refused before any work ---------------------------
 
-@pytest.mark.parametrize("file,text,message", [
+DAMAGED_STORE_FILES = [
     (store.ALIASES_FILE, '{"latest": 1,', "aliases.json is not valid JSON"),
     (store.ALIASES_FILE, '{"prod": "1"}',
      "must map alias names to version numbers"),
     (store.ALIASES_FILE, '{"latest": 7}',
      "alias tiny@latest points at version 7"),
-    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')])
-@pytest.mark.parametrize("stored", [True, False], ids=["versions", "none"])
+    (store.VERSIONS_FILE, '{"highest": 0}', 'must hold {"highest": N}')]
+
+
+@pytest.mark.parametrize("file,text,message,stored", [
+    (*damaged, stored) for damaged in DAMAGED_STORE_FILES
+    for stored in (True, False)
+    # A stale latest with no version left does not block: see
+    # test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced.
+    if stored or damaged[1] != '{"latest": 7}'])
 def test_a_damaged_store_file_is_refused_before_any_work(
         root, cli, tmp_path, monkeypatch, file, text, message, stored):
-    """Also for a model whose versions were all deleted (none)."""
+    """Also for a model whose versions were all deleted (stored=False)."""
     from model_store import onnx_import, train
 
     def no_work(*args, **kwargs):
@@ -645,8 +658,8 @@ def _visible(root):
     return ([i.ref for i in store.list_models(root)],
             store.resolve("pp", root=root).ref,
             store.read_aliases("pp", root=root),
-            [n for n in os.listdir(folder)
-             if n.startswith(".") or n.endswith(".tmp")])
+            [n for n in os.listdir(folder) if n != store.LOCK_FILE
+             and (n.startswith(".") or n.endswith(".tmp"))])
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -697,7 +710,8 @@ def test_a_full_disk_while_promoting_changes_no_alias(root, cli,
                    f"write {path}: No space left on device\n")
     assert code == 1
     assert sorted(os.listdir(os.path.dirname(path))) == [
-        "1", store.VERSIONS_FILE]  # no aliases file, nor a temporary one
+        store.LOCK_FILE, "1", store.VERSIONS_FILE]  # no aliases file, nor
+    # a temporary one
     assert cli("--store", root, "models", "promote", "tiny@1",
                "--alias", "prod")[0] == 0
 
@@ -754,3 +768,323 @@ def test_base_and_spec_together_are_refused_as_not_both(root, cli):
     code, _, err = cli("--store", root, "train", "--data", root, "--name",
                        "x", "--base", "tiny", "--spec", "some.json")
     _one_line_exit_2(code, err, "give --base MODEL or --spec PATH, not both")
+
+
+# Commands changing aliases or versions at once lose nothing -----------------
+
+def _race(monkeypatch, file_name, first, second):
+    """Runs ``first()``, then, while it is about to write ``file_name`` (it
+    has read it), ``second()``; ``first``'s write waits until ``second`` has
+    finished or is waiting on the model's lock. Returns their errors."""
+    first_writing, second_moved = threading.Event(), threading.Event()
+    write, flock = store.fs.write_atomic, fcntl.flock
+
+    def held_write(path, data):
+        if threading.current_thread().name == "first" and path.endswith(
+                file_name) and not first_writing.is_set():
+            first_writing.set()
+            assert second_moved.wait(30), "second neither ran nor waited"
+        write(path, data)
+
+    def signalling_flock(fd, operation):
+        if threading.current_thread().name == "second":
+            second_moved.set()  # about to wait for the lock
+        return flock(fd, operation)
+
+    monkeypatch.setattr(store.fs, "write_atomic", held_write)
+    monkeypatch.setattr(fcntl, "flock", signalling_flock)
+    errors = []
+
+    def run(work):
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+        finally:
+            second_moved.set()
+
+    one = threading.Thread(target=run, args=(first,), name="first")
+    one.start()
+    assert first_writing.wait(30)
+    two = threading.Thread(target=run, args=(second,), name="second")
+    two.start()
+    one.join(30)
+    two.join(30)
+    assert not (one.is_alive() or two.is_alive())
+    return errors
+
+
+def test_two_promotes_at_once_keep_both_aliases(root, monkeypatch):
+    save(root)
+    save(root, seed=1)
+    errors = _race(monkeypatch, store.ALIASES_FILE,
+                   lambda: store.set_alias("tiny", "prod", 2, root=root),
+                   lambda: store.set_alias("tiny", "staging", 1, root=root))
+    assert errors == []
+    assert store.read_aliases("tiny", root=root) == {"prod": 2,
+                                                     "staging": 1}
+
+
+def test_a_promote_racing_an_import_leaves_latest_pinned(root, monkeypatch):
+    """A store whose latest was never pinned: the save pins it at 2 before
+    writing 3, while a promote of prod is writing; latest must stay."""
+    save(root)
+    save(root, seed=1)
+    saved = []
+    errors = _race(monkeypatch, store.ALIASES_FILE,
+                   lambda: store.set_alias("tiny", "prod", 1, root=root),
+                   lambda: saved.append(store.save_version(
+                       build_network(SPEC, seed=2), name="tiny",
+                       metadata=METADATA, promote=False, root=root)))
+    assert errors == []
+    assert [(m.version, latest) for m, latest in saved] == [(3, False)]
+    assert store.read_aliases("tiny", root=root) == {"prod": 1, "latest": 2}
+    assert store.resolve("tiny", root=root).version == 2
+
+
+def test_the_highest_version_given_never_goes_back(root, monkeypatch):
+    """Two saves record their numbers at once: the lower one, written last,
+    must not replace the higher (its number could be given again)."""
+    save(root)
+    errors = _race(
+        monkeypatch, store.VERSIONS_FILE,
+        lambda: store._record_version("tiny", 5, root, "first"),
+        lambda: store._record_version("tiny", 7, root, "second"))
+    assert errors == []
+    assert store._highest_given("tiny", root) == 7
+
+
+def test_the_store_lock_taken_again_in_one_thread_does_not_wait(tmp_path):
+    path = str(tmp_path / "model" / store.LOCK_FILE)
+    done = threading.Event()
+
+    def nested():
+        with store.fs.locked(path), store.fs.locked(path):
+            done.set()
+
+    thread = threading.Thread(target=nested, daemon=True)
+    thread.start()
+    assert done.wait(10), "a nested lock waited on itself"
+
+
+# Promote moves an alias only to a version that loads ------------------------
+
+def _flip_a_weights_byte(model):
+    path = os.path.join(model.location, store.WEIGHTS_FILE)
+    data = bytearray(open(path, "rb").read())
+    data[-100] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    return "tiny@2", "has sha256"
+
+
+def _rename_the_folder(model):
+    os.rename(model.location, os.path.join(root_of(model), "5"))
+    return "tiny@5", "version 2 differs from the folder's 5"
+
+
+def root_of(model):
+    return os.path.dirname(model.location)
+
+
+@pytest.mark.parametrize("damage", [_flip_a_weights_byte, _rename_the_folder])
+@pytest.mark.parametrize("alias", ["prod", "latest"])
+def test_promote_refuses_a_version_that_would_not_load(root, cli, damage,
+                                                       alias):
+    save(root)
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", alias)[0] == 0
+    ref, message = damage(save(root, seed=1))
+    before = store.read_aliases("tiny", root=root)
+    code, out, err = cli("--store", root, "models", "promote", ref,
+                         "--alias", alias)
+    _one_line_exit_2(code, err, f"alias tiny@{alias} not moved: ")
+    assert message in err and out == ""
+    assert store.read_aliases("tiny", root=root) == before == {alias: 1}
+
+
+# Whole-store verify checks every alias --------------------------------------
+
+def test_verify_reports_each_alias_of_a_deleted_version(root, cli):
+    for seed in range(3):
+        save(root, seed=seed)
+    for ref, alias in (("tiny@2", "prod"), ("tiny@3", "staging")):
+        assert cli("--store", root, "models", "promote", ref,
+                   "--alias", alias)[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "2"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1
+    assert "FAILED  tiny@prod: alias tiny@prod points at version 2" in out
+    assert "FAILED  tiny@staging" not in out and "FAILED  tiny:" not in out
+    assert out.count("FAILED") == 1 and "ok      tiny@3" in out
+
+
+def test_verify_reports_the_aliases_of_a_model_with_no_versions_left(
+        root, cli):
+    save(root, name="other")
+    save(root)
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", "prod")[0] == 0
+    assert cli("--store", root, "models", "promote", "tiny@1")[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "1"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1, out
+    assert "FAILED  tiny: alias tiny@latest points at version 1" in out
+    assert "FAILED  tiny@prod: alias tiny@prod points at version 1" in out
+    assert "ok      other@1" in out
+    shutil.rmtree(os.path.join(root, "other"))
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 1 and "no models to verify" not in out
+
+
+def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
+        root, cli, tmp_path):
+    """Decision: with no version left, a latest naming a deleted version
+    does not block saving; the new (first) version becomes latest, under a
+    number above the deleted ones."""
+    for seed in range(2):
+        save(root, seed=seed)
+    assert cli("--store", root, "models", "promote", "tiny@2")[0] == 0
+    for version in ("1", "2"):
+        shutil.rmtree(os.path.join(root, "tiny", version))
+    code, out, err = cli("--store", root, "models", "import", "onnx",
+                         _onnx_file(tmp_path), "--name", "tiny")
+    assert code == 0, err
+    assert "saved tiny@3" in out and "tiny@latest is now tiny@3" in out
+    assert store.read_aliases("tiny", root=root) == {"latest": 3}
+    assert cli("--store", root, "models", "verify")[0] == 0
+
+
+# A store (or model folder) behind a broken symbolic link --------------------
+
+@pytest.mark.parametrize("where,link_to,message", [
+    ("store", "/nonexistent/nas/models", "points at /nonexistent/nas/models, "
+                                         "which does not exist"),
+    ("store", "store", "loops"),
+    ("store/tiny", "/nonexistent/nas/tiny", "points at /nonexistent/nas/"
+                                            "tiny, which does not exist")])
+def test_a_broken_symlink_store_is_refused_before_any_work(
+        tmp_path, cli, monkeypatch, where, link_to, message):
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    root = tmp_path / "store"
+    link = tmp_path / where
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(link_to)
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, f"--store {root} cannot be used: {link} "
+                                    f"is a symbolic link that {message}")
+    if where == "store":
+        code, _, err = cli("--store", root, "models", "list")
+        _one_line_exit_2(code, err, f"{link} is a symbolic link that "
+                                    f"{message}")
+
+
+# Version numbers are bounded ----------------------------------------------
+
+@pytest.mark.parametrize("digits", ["1000000000", "9" * 4301])
+def test_a_version_over_the_maximum_is_one_line_exit_2(root, cli, digits):
+    save(root)
+    ref = f"tiny@{digits}"
+    for command in (["models", "show", ref], ["models", "verify", ref],
+                    ["models", "promote", ref, "--alias", "prod"],
+                    ["classify", "--model", ref, "--input", "samples/digits",
+                     "--output", root + "-out"]):
+        code, _, err = cli("--store", root, *command)
+        _one_line_exit_2(code, err, f"versions go up to {store.MAX_VERSION}")
+        assert len(err) < 300
+
+
+@pytest.mark.parametrize("file,record,message", [
+    (store.ALIASES_FILE, {"prod": 10 ** 300},
+     "must map alias names to version numbers"),
+    (store.ALIASES_FILE, {"latest": store.MAX_VERSION + 1},
+     "must map alias names to version numbers"),
+    (store.VERSIONS_FILE, {"highest": 10 ** 300},
+     'must hold {"highest": N}'),
+    (store.VERSIONS_FILE, {"highest": store.MAX_VERSION},
+     f"model tiny has used every version number up to "
+     f"{store.MAX_VERSION}")])
+def test_a_version_over_the_maximum_in_a_store_file_is_refused(
+        root, cli, tmp_path, monkeypatch, file, record, message):
+    from model_store import onnx_import, train
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train, "train_model", no_work)
+    monkeypatch.setattr(onnx_import, "_read_onnx", no_work)
+    save(root)
+    path = os.path.join(root, "tiny", file)
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+    before = open(path).read()
+    for command in (["train", "--dataset", "digits"],
+                    ["models", "import", "onnx", _onnx_file(tmp_path)]):
+        code, _, err = cli("--store", root, *command, "--name", "tiny")
+        _one_line_exit_2(code, err, message)
+    assert open(path).read() == before
+    assert [i.ref for i in store.list_models(root)] == ["tiny@1"]
+    if record != {"highest": store.MAX_VERSION}:
+        code, out, _ = cli("--store", root, "models", "verify")
+        assert code == 1 and message in out
+
+
+def test_a_version_folder_over_the_maximum_is_not_a_version(root, cli):
+    saved = save(root)
+    shutil.copytree(saved.location, os.path.join(root, "tiny", "1" * 12))
+    assert [i.version for i in store.list_models(root)] == [1]
+    code, _, err = cli("--store", root, "models", "show", "tiny")
+    _one_line_exit_2(code, err, f"are not versions (positive integers up "
+                                f"to {store.MAX_VERSION}")
+
+
+# Special files where the store expects its files ---------------------------
+
+class _Hung(BaseException):
+    """Not an OSError: the code under test must not catch it."""
+
+
+@contextlib.contextmanager
+def _within(seconds):
+    """Fails (rather than hangs) when the block takes longer."""
+    def timeout(*args):
+        signal.alarm(1)  # again, should something catch it
+        raise _Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("file", [store.ALIASES_FILE, store.VERSIONS_FILE,
+                                  os.path.join("1", store.METADATA_FILE)])
+def test_a_fifo_where_a_store_file_is_expected_is_reported(root, cli, file):
+    save(root, name="good")
+    save(root)
+    path = os.path.join(root, "tiny", file)
+    if os.path.exists(path):
+        os.remove(path)
+    os.mkfifo(path)
+    message = f"{path} is a FIFO, not a regular file"
+    with _within(20):
+        code, out, _ = cli("--store", root, "models", "list")
+        assert code == 0
+        rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+        if file != store.VERSIONS_FILE:  # list does not read that one
+            assert "BROKEN" in rows["tiny"] and "BROKEN" not in rows["good"]
+        code, out, _ = cli("--store", root, "models", "verify")
+        assert code == 1 and message in out and "ok      good@1" in out
+        code, _, err = cli("--store", root, "models", "show", "tiny")
+        if file != store.VERSIONS_FILE:  # show reads no versions file
+            _one_line_exit_2(code, err, message)

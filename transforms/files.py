@@ -34,7 +34,14 @@ import stat
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 from model_store.errors import ImgclassError
-from model_store.fs import escape_path, is_uri, os_path  # noqa: F401 (re-exported)
+from model_store.fs import (  # noqa: F401 (escape_path, os_path re-exported)
+    NotRegularError,
+    escape_path,
+    file_kind,
+    is_uri,
+    open_regular,
+    os_path,
+)
 
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 _CHUNK = 1 << 20
@@ -80,18 +87,8 @@ def literal_of(pattern: str) -> Optional[str]:
     return _ESCAPED_CHAR.sub(r"\1", pattern)
 
 
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a folder")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def _not_regular(mode: int) -> NotRegularFileError:
-    return NotRegularFileError(f"{_kind(mode)}, not a regular file: only "
+    return NotRegularFileError(f"{file_kind(mode)}, not a regular file: only "
                                f"regular files are read")
 
 
@@ -122,12 +119,11 @@ def iter_chunks(path: str, *, size: Optional[int],
                 path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             yield from _capped(handle.read, max_bytes)
         return
-    # O_NONBLOCK: opening a FIFO must not wait for a writer.
-    fd = os.open(os_path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:  # a FIFO is refused, not waited on
+        fd, info = open_regular(os_path(path))
+    except NotRegularError as error:
+        raise _not_regular(error.mode) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _not_regular(info.st_mode)
         if info.st_size > max_bytes:
             raise _too_large(f"{info.st_size:,}", max_bytes)
         # One read of the listed size (+1 to see growth): a single buffer,
