@@ -189,16 +189,27 @@ def _check_names(root: str, names: list) -> None:
 def read_image(item: ImageFile, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """One listed file read and decoded as the pipeline reads and decodes
-    it (before resizing): what could not be listed raises FileReadError with
-    the listing's reason, a FIFO, device or socket is refused unopened
-    (NotRegularFileError), and so is a file over the pipeline's default
-    size limit."""
+    it (before resizing): :func:`read_bytes`, then :func:`decode_bytes`."""
+    return decode_bytes(read_bytes(item), prep, max_pixels=max_pixels)
+
+
+def read_bytes(item: ImageFile) -> bytes:
+    """One listed file's bytes, read as the pipeline reads them: what could
+    not be listed raises FileReadError with the listing's reason, a FIFO,
+    device or socket is refused unopened (NotRegularFileError), and so is a
+    file over the pipeline's default size limit."""
     from transforms.files import DEFAULT_MAX_FILE_BYTES, FileReadError, iter_chunks
 
     if item.unreadable:
         raise FileReadError(item.unreadable)
-    data = b"".join(iter_chunks(printable(item.path), size=None,
+    return b"".join(iter_chunks(printable(item.path), size=None,
                                 max_bytes=DEFAULT_MAX_FILE_BYTES))
+
+
+def decode_bytes(data: bytes, prep: Preprocessing, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A file's bytes decoded as the pipeline decodes them, for ``prep``
+    (before resizing)."""
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,
                         background=prep.background).image

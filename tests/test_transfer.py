@@ -12,7 +12,7 @@ from model_store import store
 from model_store.folder_training import FolderData, train_transfer
 from model_store.spec import build_network
 from model_store.train import TrainConfig
-from model_store.transfer import FeatureCache, compile_features
+from model_store.transfer import FeatureCache, FileContent, compile_features
 from tests.folder_data import write_broken, write_photo_crops, write_shapes
 
 # A small RGB "backbone": its features are the 16 outputs of 'feat'.
@@ -104,18 +104,74 @@ def test_the_same_folder_elsewhere_trains_the_same_model(
 
 
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
-    from model_store.folders import ImageFile
-
-    item = ImageFile("/x/a.png", 10, 1.0, 0)
+    item = FileContent.of("/x/a.png", b"old bytes")
     cache = FeatureCache("w1", str(tmp_path))
     cache.put(item, "plain", np.arange(3.0))
     np.testing.assert_array_equal(cache.get(item, "plain"), [0, 1, 2])
-    assert cache.get(ImageFile("/x/a.png", 10, 2.0, 0), "plain") is None
+    # Other bytes of the same size: a miss.
+    assert cache.get(FileContent.of("/x/a.png", b"new bytes"),
+                     "plain") is None
     assert cache.get(item, "aug0.0") is None
     assert FeatureCache("w2", str(tmp_path)).get(item, "plain") is None
     # Same weights, other preprocessing (another mean/std, size, colours).
     assert FeatureCache("w1", str(tmp_path), inputs='{"mean": [0.9]}').get(
         item, "plain") is None
+
+
+def write_colour_bmps(root, per_class=10):
+    """``per_class`` BMPs (fixed size whatever the pixels) per class, red
+    and blue with a little noise, all with the same modification time."""
+    rng = np.random.RandomState(0)
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        os.makedirs(root / name)
+        for n in range(per_class):
+            noise = rng.randint(-20, 21, size=(24, 24, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255)
+            path = root / name / f"{n:02d}.bmp"
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(path, "BMP")
+            os.utime(path, (1767225600, 1767225600))  # 2026-01-01
+
+
+def swap_contents_keeping_size_and_mtime(root):
+    """The red files get the blue files' bytes and the other way round, as
+    a copy that keeps modification times (rsync -t, cp -p) would leave
+    them."""
+    for red, blue in zip(sorted((root / "red").iterdir()),
+                         sorted((root / "blue").iterdir())):
+        red_bytes, blue_bytes = red.read_bytes(), blue.read_bytes()
+        red.write_bytes(blue_bytes)
+        blue.write_bytes(red_bytes)
+        for path in (red, blue):
+            os.utime(path, (1767225600, 1767225600))
+
+
+def test_files_replaced_with_the_same_size_and_mtime_are_computed_again(
+        backbone_store, tmp_path):
+    """Swapped contents with the old sizes and modification times reused
+    the old features before: the head learnt the old labels (validation
+    accuracy 1.0 reported, 0.0 on evaluation). The second run must train
+    exactly as a run without any cache does."""
+    data = tmp_path / "colours"
+    write_colour_bmps(data)
+    base = store.load_model("tiny", root=backbone_store)
+    config = TrainConfig(epochs=30, lr=0.01, augment_copies=0, seed=5)
+
+    def train(cache):
+        features, calls = counting(compile_features(base))
+        network, metadata = train_transfer(
+            FolderData(str(data)), name="f", base=base, config=config,
+            features=features, cache_directory=str(tmp_path / cache))
+        return metadata, sum(calls)
+
+    assert train("cache")[1] == 20
+    sizes = sorted(p.stat().st_size for p in data.rglob("*.bmp"))
+    swap_contents_keeping_size_and_mtime(data)
+    assert sorted(p.stat().st_size for p in data.rglob("*.bmp")) == sizes
+    cached, computed = train("cache")
+    reference, _ = train("empty-cache")
+    assert computed == 20  # every file changed: none taken from the cache
+    assert cached["training"]["history"] == reference["training"]["history"]
+    assert cached["metrics"]["accuracy"] == 1.0
 
 
 def test_a_base_with_the_same_weights_and_other_pixels_computes_its_own(
