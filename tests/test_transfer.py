@@ -259,6 +259,28 @@ def test_bad_folders_stop_training_in_one_line(tmp_path, cli, layout,
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
+@pytest.mark.parametrize("target, message", [
+    ("red", "class folder 'pink' in DATA is class folder 'red' (through a "
+            "symlink): its images would be learnt as two classes; remove the "
+            "link, or give each class its own images"),
+    ("red/more", "class folder 'pink' in DATA lies inside class folder "
+                 "'red'")])
+@pytest.mark.parametrize("how", ["base", "spec"])
+def test_a_class_folder_linked_to_another_stops_training_in_one_line(
+        backbone_store, tmp_path, cli, target, message, how):
+    """pink -> red trained the same images as pink and as red, silently."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=6)  # 2 in each class's "more" folder
+    (data / "pink").symlink_to(data / target)
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path, n_classes=4)]
+    code, out, err = cli("--store", backbone_store, "train", "--data", data,
+                         "--name", "x", *model)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert message.replace("DATA", str(data)) in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
 def test_a_new_version_becomes_latest_only_when_promoted(
         backbone_store, shapes, cli):
     train = ["--store", backbone_store, "train", "--data", shapes, "--name",
