@@ -60,28 +60,42 @@ CACHE_KEY_FORMAT = 2
 
 # The backbone ---------------------------------------------------------------
 
-def feature_layer(spec: dict) -> int:
-    """Index in ``spec["layers"]`` of the layer whose output feeds the last
-    ``dense`` layer (dropout skipped): the backbone's features."""
-    layers = spec["layers"]
+def feature_layer(model: StoredModel) -> int:
+    """Index in ``model.spec["layers"]`` of the layer whose output feeds the
+    last ``dense`` layer (dropout skipped): the backbone's features.
+
+    Raises:
+        ConfigError: ``model`` has no dense layer, or none below it.
+    """
+    layers = model.spec["layers"]
     index = {layer["name"]: i for i, layer in enumerate(layers)}
     dense = [i for i, layer in enumerate(layers) if layer["type"] == "dense"]
     if not dense:
-        raise ConfigError("--base must be a model with a dense classifier "
-                          "layer, whose input are its features")
+        raise ConfigError(f"--base {model.ref} has no dense classifier "
+                          f"layer, whose input would be its features; "
+                          f"{_GOOD_BASE}")
     i = dense[-1]
     while True:
         inputs = layers[i].get("inputs")
-        i = index[inputs[0]] if inputs else i - 1
+        i = index.get(inputs[0], -1) if inputs else i - 1
+        if i < 0:
+            raise ConfigError(f"--base {model.ref} has no layers to keep "
+                              f"below its classifier (its last dense layer "
+                              f"takes the input itself); {_GOOD_BASE}")
         if layers[i]["type"] != "dropout":
             return i
+
+
+_GOOD_BASE = ("give a base whose last dense layer sits on feature layers "
+              "(convolutions, pooling or another dense layer), such as "
+              "digits-cnn or efficientnet-lite0")
 
 
 def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
     """``model`` cut after layer index ``cut`` (default: its feature layer):
     a stored-model object whose "predictions" are that layer's output (not
     saved anywhere)."""
-    cut = feature_layer(model.spec) if cut is None else cut
+    cut = feature_layer(model) if cut is None else cut
     spec = dict(model.spec, layers=model.spec["layers"][:cut + 1])
     kept = {layer["name"] for layer in spec["layers"]}
     weights = {key: value for key, value in model.weights.items()

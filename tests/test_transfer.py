@@ -281,6 +281,27 @@ def test_a_class_folder_linked_to_another_stops_training_in_one_line(
     assert not os.path.exists(os.path.join(backbone_store, "x"))
 
 
+@pytest.mark.parametrize("layers", [[], [{"type": "dropout", "name": "d",
+                                          "p": 0.5}]])
+def test_a_base_with_no_layers_below_its_classifier_is_refused(
+        backbone_store, shapes, cli, layers):
+    """A single dense layer as --base failed with "spec 'layers' must be a
+    non-empty list", naming neither the base nor what would work."""
+    flat = {"input_shape": [3, 24, 24], "layers": layers + [
+        {"type": "dense", "name": "out", "num_units": 5,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "prob"}]}
+    store.save_model(build_network(flat, seed=1), name="flat",
+                     metadata=dict(PREP, class_names=list("abcde")),
+                     root=backbone_store)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--name", "x", "--base", "flat@1")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert ("--base flat@1 has no layers to keep below its classifier (its "
+            "last dense layer takes the input itself); give a base whose "
+            "last dense layer sits on feature layers") in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
 def test_a_new_version_becomes_latest_only_when_promoted(
         backbone_store, shapes, cli):
     train = ["--store", backbone_store, "train", "--data", shapes, "--name",
