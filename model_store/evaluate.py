@@ -4,6 +4,7 @@ matrix (scikit-learn's metrics), most confident mistakes."""
 from __future__ import annotations
 
 import os
+import stat
 
 import numpy as np
 
@@ -172,17 +173,32 @@ def check_plot_path(path: str) -> str:
 
 
 def _check_writable(path: str) -> None:
-    """Opens ``path`` for appending (so an existing file is left as it
-    is), and removes it again if that created it."""
+    """Opens ``path`` for appending (so an existing file is left as it is)
+    without blocking (O_NONBLOCK: a FIFO must not wait for a reader), and
+    removes it again if that created it; ConfigError unless it is a new
+    path or a regular file (a FIFO, device or socket is refused)."""
     existed = os.path.lexists(path)
     try:
-        with open(path, "ab"):
-            pass
+        if os.path.exists(path):  # a FIFO: refused before opening it
+            _check_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as error:
         raise ConfigError(f"--plot {path!r} cannot be written: "
                           f"{error.strerror}") from None
+    try:
+        _check_regular(path, os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
     if not existed:
         os.remove(path)
+
+
+def _check_regular(path: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"--plot {path!r} is not a regular file (a FIFO, "
+                          f"device or socket); give the name of a new or "
+                          f"regular file")
 
 
 def _matplotlib():

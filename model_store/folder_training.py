@@ -193,8 +193,10 @@ def train_transfer(folders: FolderData, *, name: str, base,
         block_cut,
         combine,
         compile_features,
+        feature_layer,
     )
 
+    feature_layer(base)  # a base with no features stops before any work
     train_set, val_set = split_folders(folders)
     cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
         else None

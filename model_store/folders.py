@@ -88,8 +88,9 @@ def scan_folder(root: str) -> FolderDataset:
 
     Raises:
         ConfigError: ``root`` holds no file, a file lies directly in
-            ``root`` (not one folder per class), or a class folder's name is
-            not valid UTF-8.
+            ``root`` (not one folder per class), a class folder's name is
+            not valid UTF-8, or a class folder is another one (or lies in
+            it) through a symlink.
     """
     root = folder_root(root)
     by_class: dict[str, list] = {name: [] for name in _local_folders(root)}
@@ -111,6 +112,7 @@ def scan_folder(root: str) -> FolderDataset:
                           f"sub-folder of images per class")
     names = sorted(by_class)
     _check_names(root, names)
+    _check_distinct(root, names)
     files = [dataclasses.replace(f, label=label)
              for label, name in enumerate(names) for f in by_class[name]]
     return FolderDataset(root, files, names)
@@ -186,19 +188,48 @@ def _check_names(root: str, names: list) -> None:
                 f"%XX): rename it, class names are stored as text") from None
 
 
+def _check_distinct(root: str, names: list) -> None:
+    """ConfigError if a local class folder is another class folder, or lies
+    inside one, through a symlink (``pink -> red``): its images would be
+    learnt under two classes."""
+    if is_uri(root):
+        return
+    real = {name: os.path.realpath(os.path.join(root, name)) + os.sep
+            for name in names}
+    for name, other in ((a, b) for a in names for b in names if a != b):
+        if real[name].startswith(real[other]):
+            where = "is" if real[name] == real[other] else "lies inside"
+            raise ConfigError(
+                f"class folder {escape_path(name)!r} in {escape_path(root)} "
+                f"{where} class folder {escape_path(other)!r} (through a "
+                f"symlink): its images would be learnt as two classes; "
+                f"remove the link, or give each class its own images")
+
+
 def read_image(item: ImageFile, prep: Preprocessing, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """One listed file read and decoded as the pipeline reads and decodes
-    it (before resizing): what could not be listed raises FileReadError with
-    the listing's reason, a FIFO, device or socket is refused unopened
-    (NotRegularFileError), and so is a file over the pipeline's default
-    size limit."""
+    it (before resizing): :func:`read_bytes`, then :func:`decode_bytes`."""
+    return decode_bytes(read_bytes(item), prep, max_pixels=max_pixels)
+
+
+def read_bytes(item: ImageFile) -> bytes:
+    """One listed file's bytes, read as the pipeline reads them: what could
+    not be listed raises FileReadError with the listing's reason, a FIFO,
+    device or socket is refused unopened (NotRegularFileError), and so is a
+    file over the pipeline's default size limit."""
     from transforms.files import DEFAULT_MAX_FILE_BYTES, FileReadError, iter_chunks
 
     if item.unreadable:
         raise FileReadError(item.unreadable)
-    data = b"".join(iter_chunks(printable(item.path), size=None,
+    return b"".join(iter_chunks(printable(item.path), size=None,
                                 max_bytes=DEFAULT_MAX_FILE_BYTES))
+
+
+def decode_bytes(data: bytes, prep: Preprocessing, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A file's bytes decoded as the pipeline decodes them, for ``prep``
+    (before resizing)."""
     return decode_image(data, mode=prep.color_mode,
                         target_size=prep.decode_size, max_pixels=max_pixels,
                         background=prep.background).image

@@ -25,6 +25,12 @@ MAX_SEED = 2**32 - 1  # the largest seed NumPy's RandomState takes
 # Augmented copies are made up front and held in memory with the images.
 MAX_AUGMENT_COPIES = 100
 
+# Every epoch is a line on stderr and a row of the version's metadata
+# (training.history), and the shipped models train 12 to 40; 10,000 leaves
+# room for tiny data while a typo (10^20) stops at once instead of running
+# for ever and writing a history of millions of rows.
+MAX_EPOCHS = 10_000
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -58,6 +64,10 @@ class TrainConfig:
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a "
                                   f"{kind} integer, got {value!r}")
+        if self.epochs > MAX_EPOCHS:
+            raise ConfigError(f"--epochs must be at most {MAX_EPOCHS} (each "
+                              f"epoch is a row of the model's training "
+                              f"history), got {self.epochs}")
         if self.augment_copies > MAX_AUGMENT_COPIES:
             raise ConfigError(f"--augment-copies must be at most "
                               f"{MAX_AUGMENT_COPIES} (every copy of every "

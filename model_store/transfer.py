@@ -5,9 +5,9 @@ The *backbone* is a stored model (e.g. ``efficientnet-lite0``) cut before
 its classifier: its features are the input of its last ``dense`` layer (for
 Lite0 the 1280-d global average pool). The backbone is frozen, so the
 features of one file never change: :class:`FeatureCache` keeps them on disk
-keyed by the backbone weights' sha256 and the file's path, size and
-modification time (and the augmentation variant), and a second training run
-on the same data computes none again.
+keyed by the backbone weights' sha256 and the file's path and content (the
+sha256 of its bytes; and the augmentation variant), and a second training
+run on the same data computes none again.
 
 Augmentation with a frozen backbone: each training image gets
 ``augment_copies`` fixed random variants (random resized crop + horizontal
@@ -36,7 +36,12 @@ from PIL import Image
 
 from model_store.cache import cache_dir
 from model_store.errors import ConfigError
-from model_store.folders import FolderDataset, describe_error, read_image
+from model_store.folders import (
+    FolderDataset,
+    decode_bytes,
+    describe_error,
+    read_bytes,
+)
 from model_store.preprocessing import Preprocessing
 from model_store.store import StoredModel
 
@@ -46,32 +51,51 @@ FEATURE_BATCH = 32
 CROP_AREA = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
+# The feature cache's key format, hashed into every key: 2 hashes the file's
+# content; 1 hashed its size and modification time, which a copy that keeps
+# modification times (rsync -t, cp -p, tar x) reproduces for other bytes.
+# Entries of another format are never found again (their keys differ).
+CACHE_KEY_FORMAT = 2
 
 
 # The backbone ---------------------------------------------------------------
 
-def feature_layer(spec: dict) -> int:
-    """Index in ``spec["layers"]`` of the layer whose output feeds the last
-    ``dense`` layer (dropout skipped): the backbone's features."""
-    layers = spec["layers"]
+def feature_layer(model: StoredModel) -> int:
+    """Index in ``model.spec["layers"]`` of the layer whose output feeds the
+    last ``dense`` layer (dropout skipped): the backbone's features.
+
+    Raises:
+        ConfigError: ``model`` has no dense layer, or none below it.
+    """
+    layers = model.spec["layers"]
     index = {layer["name"]: i for i, layer in enumerate(layers)}
     dense = [i for i, layer in enumerate(layers) if layer["type"] == "dense"]
     if not dense:
-        raise ConfigError("--base must be a model with a dense classifier "
-                          "layer, whose input are its features")
+        raise ConfigError(f"--base {model.ref} has no dense classifier "
+                          f"layer, whose input would be its features; "
+                          f"{_GOOD_BASE}")
     i = dense[-1]
     while True:
         inputs = layers[i].get("inputs")
-        i = index[inputs[0]] if inputs else i - 1
+        i = index.get(inputs[0], -1) if inputs else i - 1
+        if i < 0:
+            raise ConfigError(f"--base {model.ref} has no layers to keep "
+                              f"below its classifier (its last dense layer "
+                              f"takes the input itself); {_GOOD_BASE}")
         if layers[i]["type"] != "dropout":
             return i
+
+
+_GOOD_BASE = ("give a base whose last dense layer sits on feature layers "
+              "(convolutions, pooling or another dense layer), such as "
+              "digits-cnn or efficientnet-lite0")
 
 
 def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
     """``model`` cut after layer index ``cut`` (default: its feature layer):
     a stored-model object whose "predictions" are that layer's output (not
     saved anywhere)."""
-    cut = feature_layer(model.spec) if cut is None else cut
+    cut = feature_layer(model) if cut is None else cut
     spec = dict(model.spec, layers=model.spec["layers"][:cut + 1])
     kept = {layer["name"] for layer in spec["layers"]}
     weights = {key: value for key, value in model.weights.items()
@@ -222,15 +246,28 @@ def _name_bytes(text: str) -> bytes:
 
 # The feature cache ----------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class FileContent:
+    """What the feature cache knows a file by: its path (augmented variants
+    are drawn from it) and the sha256 of its bytes."""
+    path: str
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str, data: bytes) -> "FileContent":
+        return cls(path, hashlib.sha256(data).hexdigest())
+
+
 class FeatureCache:
     """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``
     (another layer's outputs, for fine-tuning: ``.../<layer>/<key>.npy``).
 
-    The key hashes the file's path, size and modification time, the
-    variant (``"plain"`` or ``"aug<seed>.<copy>"``) and ``inputs`` (how a
-    file becomes the network's input: the base's preprocessing): a changed
-    file, other weights, another preprocessing of the same weights or
-    another variant never reuse old features. Writes are atomic
+    The key hashes ``CACHE_KEY_FORMAT``, the file's :class:`FileContent`
+    (path and content sha256), the variant (``"plain"`` or
+    ``"aug<seed>.<copy>"``) and ``inputs`` (how a file becomes the network's
+    input: the base's preprocessing): a changed file (even with its old size
+    and modification time), other weights, another preprocessing of the
+    same weights or another variant never reuse old features. Writes are atomic
     (a temporary file renamed), so a killed run leaves no half-written entry.
     """
 
@@ -242,24 +279,25 @@ class FeatureCache:
         self.inputs = inputs
         self.hits = self.misses = 0
 
-    def _path(self, item, variant: str) -> str:
-        key = hashlib.sha256(_name_bytes(f"{item.path}\0{item.size}\0"
-                                         f"{item.mtime!r}\0{variant}\0"
+    def _path(self, file: FileContent, variant: str) -> str:
+        key = hashlib.sha256(_name_bytes(f"{CACHE_KEY_FORMAT}\0{file.path}"
+                                         f"\0{file.sha256}\0{variant}\0"
                                          f"{self.inputs}")
                              ).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".npy")
 
-    def get(self, item, variant: str) -> np.ndarray | None:
+    def get(self, file: FileContent, variant: str) -> np.ndarray | None:
         try:
-            value = np.load(self._path(item, variant), allow_pickle=False)
+            value = np.load(self._path(file, variant), allow_pickle=False)
         except (OSError, ValueError):
             self.misses += 1
             return None
         self.hits += 1
         return value
 
-    def put(self, item, variant: str, value: np.ndarray) -> None:
-        path = self._path(item, variant)
+    def put(self, file: FileContent, variant: str,
+            value: np.ndarray) -> None:
+        path = self._path(file, variant)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
                                              suffix=".tmp")
@@ -278,7 +316,8 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
                      features: Callable, cache: FeatureCache, *,
                      copies: int = 0, seed: int = 0):
     """Features of every file: the plain image when ``copies`` is 0, else
-    ``copies`` augmented variants of each.
+    ``copies`` augmented variants of each. Every file is read (its content
+    is the cache's key), and decoded only if a variant is not cached.
 
     Returns:
         ``(features float32 (M, D), labels (M,), broken)``; ``broken`` lists
@@ -287,15 +326,12 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
     variants = ["plain"] if copies == 0 else [f"aug{seed}.{c}"
                                               for c in range(copies)]
     rows: list = []  # [label, features or None]
-    pending: list = []  # (row index, item, variant, pixels)
+    pending: list = []  # (row index, file content, variant, pixels)
     broken = []
     for item in dataset.files:
-        cached = {variant: cache.get(item, variant) for variant in variants}
         try:
-            computed = [(variant, _variant_pixels(image, prep, variant,
-                                                  dataset.name_of(item), seed))
-                        for image in _read_if(item, prep, cached)
-                        for variant in variants if cached[variant] is None]
+            content, cached, computed = _file_variants(
+                item, dataset.name_of(item), prep, cache, variants, seed)
         except Exception as error:  # a bad file is skipped, never fatal
             broken.append((item.path, describe_error(error)))
             continue
@@ -303,12 +339,12 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
                     if cached[v] is not None)
         for variant, pixels in computed:
             rows.append([item.label, None])
-            pending.append((len(rows) - 1, item, variant, pixels))
+            pending.append((len(rows) - 1, content, variant, pixels))
     for start in range(0, len(pending), FEATURE_BATCH):
         chunk = pending[start:start + FEATURE_BATCH]
         out = features(prep.normalize(np.stack([c[3] for c in chunk])))
-        for (row, item, variant, _), value in zip(chunk, out):
-            cache.put(item, variant, value)
+        for (row, content, variant, _), value in zip(chunk, out):
+            cache.put(content, variant, value)
             rows[row][1] = value
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), broken
@@ -316,11 +352,18 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
             np.array([label for label, _ in rows], np.int32), broken)
 
 
-def _read_if(item, prep, cached) -> list:
-    """The decoded image in a list if a variant needs computing, else []."""
-    if all(value is not None for value in cached.values()):
-        return []
-    return [read_image(item, prep)]
+def _file_variants(item, name, prep, cache, variants, seed):
+    """One file read once: ``(its FileContent, {variant: cached features or
+    None}, [(variant, pixels) of the variants to compute]``); decoded only
+    if a variant is not cached."""
+    data = read_bytes(item)
+    content = FileContent.of(item.path, data)
+    cached = {variant: cache.get(content, variant) for variant in variants}
+    missing = [variant for variant in variants if cached[variant] is None]
+    image = decode_bytes(data, prep) if missing else None
+    return content, cached, [
+        (variant, _variant_pixels(image, prep, variant, name, seed))
+        for variant in missing]
 
 
 def _variant_pixels(image, prep, variant, name, seed) -> np.ndarray:

@@ -30,6 +30,7 @@ from model_store.train_config import (
     FASHION_DEFAULTS,
     LR_SCHEDULES,
     MAX_AUGMENT_COPIES,
+    MAX_EPOCHS,
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
@@ -731,7 +732,8 @@ def _add_train_settings(train) -> None:
     train.add_argument("--epochs", type=_positive_int,
                        help=f"passes over the training set (default: "
                             f"{digits.epochs}; {BASE_DEFAULTS.epochs} with "
-                            f"--base; {fashion.epochs} for fashion-mnist)")
+                            f"--base; {fashion.epochs} for fashion-mnist); "
+                            f"at most {MAX_EPOCHS}")
     train.add_argument("--batch-size", type=_positive_int,
                        help=f"examples per update (default: "
                             f"{digits.batch_size}; {fashion.batch_size} for "

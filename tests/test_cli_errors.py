@@ -183,15 +183,22 @@ def test_a_plot_path_without_extension_reports_the_file_written(
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 @pytest.mark.parametrize("json_option", [[], ["--json"]])
 def test_a_plot_the_disk_cannot_hold_keeps_the_metrics(cli, tmp_path,
-                                                       json_option):
-    """A plot that passes the early check and fails to write (a full disk:
-    a link to /dev/full) is one line, exit 2, after the metrics were
-    printed."""
+                                                       json_option,
+                                                       monkeypatch):
+    """A plot that passes the early check and fails to write (a full disk,
+    made by matplotlib's write failing with ENOSPC; a link to /dev/full is
+    refused early now, as a device) is one line, exit 2, after the metrics
+    were printed."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(Figure, "savefig", full_disk)
     plot = tmp_path / "confusion.png"
-    plot.symlink_to("/dev/full")
     code, out, err = cli("evaluate", "--plot", plot, *json_option)
     assert code == 2
     assert err == (f"imgclass: error: --plot {str(plot)!r} could not be "
@@ -201,6 +208,35 @@ def test_a_plot_the_disk_cannot_hold_keeps_the_metrics(cli, tmp_path,
     else:
         assert out.startswith("digits-cnn@1: accuracy ")
         assert "wrote" not in out
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device"])
+def test_a_plot_path_that_is_no_regular_file_is_refused_at_once(
+        cli, tmp_path, kind):
+    """A FIFO blocked the writability check forever (opened to append,
+    waiting for a reader); a FIFO, a link to one or to a device is refused
+    in one line before evaluating. An alarm makes a hang a failure."""
+    import signal
+
+    fifo = tmp_path / "confusion.png"
+    os.mkfifo(fifo)
+    plot = fifo if kind == "fifo" else tmp_path / "link.png"
+    if kind != "fifo":
+        plot.symlink_to(fifo if kind == "link to a fifo" else "/dev/null")
+
+    def hung(*_):
+        raise TimeoutError("the --plot check blocked")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        code, out, err = cli("evaluate", "--plot", plot)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert (code, out) == (2, "")
+    assert err == (f"imgclass: error: --plot {str(plot)!r} is not a regular "
+                   f"file (a FIFO, device or socket); give the name of a new "
+                   f"or regular file\n")
 
 
 @pytest.mark.parametrize("args,message", [

@@ -103,6 +103,9 @@ def test_training_is_deterministic_for_a_seed_and_learns():
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
+    ({"epochs": 10**23}, r"--epochs must be at most 10000 \(each epoch is "
+                         r"a row of the model's training history\), got "
+                         r"100000000000000000000000"),
     ({"lr": -1.0}, "--lr must be positive and finite, got -1.0"),
     ({"lr": float("inf")}, "--lr must be positive and finite, got inf"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),

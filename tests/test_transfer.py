@@ -12,7 +12,7 @@ from model_store import store
 from model_store.folder_training import FolderData, train_transfer
 from model_store.spec import build_network
 from model_store.train import TrainConfig
-from model_store.transfer import FeatureCache, compile_features
+from model_store.transfer import FeatureCache, FileContent, compile_features
 from tests.folder_data import write_broken, write_photo_crops, write_shapes
 
 # A small RGB "backbone": its features are the 16 outputs of 'feat'.
@@ -104,18 +104,74 @@ def test_the_same_folder_elsewhere_trains_the_same_model(
 
 
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
-    from model_store.folders import ImageFile
-
-    item = ImageFile("/x/a.png", 10, 1.0, 0)
+    item = FileContent.of("/x/a.png", b"old bytes")
     cache = FeatureCache("w1", str(tmp_path))
     cache.put(item, "plain", np.arange(3.0))
     np.testing.assert_array_equal(cache.get(item, "plain"), [0, 1, 2])
-    assert cache.get(ImageFile("/x/a.png", 10, 2.0, 0), "plain") is None
+    # Other bytes of the same size: a miss.
+    assert cache.get(FileContent.of("/x/a.png", b"new bytes"),
+                     "plain") is None
     assert cache.get(item, "aug0.0") is None
     assert FeatureCache("w2", str(tmp_path)).get(item, "plain") is None
     # Same weights, other preprocessing (another mean/std, size, colours).
     assert FeatureCache("w1", str(tmp_path), inputs='{"mean": [0.9]}').get(
         item, "plain") is None
+
+
+def write_colour_bmps(root, per_class=10):
+    """``per_class`` BMPs (fixed size whatever the pixels) per class, red
+    and blue with a little noise, all with the same modification time."""
+    rng = np.random.RandomState(0)
+    for name, colour in (("red", (220, 40, 40)), ("blue", (40, 60, 220))):
+        os.makedirs(root / name)
+        for n in range(per_class):
+            noise = rng.randint(-20, 21, size=(24, 24, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255)
+            path = root / name / f"{n:02d}.bmp"
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(path, "BMP")
+            os.utime(path, (1767225600, 1767225600))  # 2026-01-01
+
+
+def swap_contents_keeping_size_and_mtime(root):
+    """The red files get the blue files' bytes and the other way round, as
+    a copy that keeps modification times (rsync -t, cp -p) would leave
+    them."""
+    for red, blue in zip(sorted((root / "red").iterdir()),
+                         sorted((root / "blue").iterdir())):
+        red_bytes, blue_bytes = red.read_bytes(), blue.read_bytes()
+        red.write_bytes(blue_bytes)
+        blue.write_bytes(red_bytes)
+        for path in (red, blue):
+            os.utime(path, (1767225600, 1767225600))
+
+
+def test_files_replaced_with_the_same_size_and_mtime_are_computed_again(
+        backbone_store, tmp_path):
+    """Swapped contents with the old sizes and modification times reused
+    the old features before: the head learnt the old labels (validation
+    accuracy 1.0 reported, 0.0 on evaluation). The second run must train
+    exactly as a run without any cache does."""
+    data = tmp_path / "colours"
+    write_colour_bmps(data)
+    base = store.load_model("tiny", root=backbone_store)
+    config = TrainConfig(epochs=30, lr=0.01, augment_copies=0, seed=5)
+
+    def train(cache):
+        features, calls = counting(compile_features(base))
+        network, metadata = train_transfer(
+            FolderData(str(data)), name="f", base=base, config=config,
+            features=features, cache_directory=str(tmp_path / cache))
+        return metadata, sum(calls)
+
+    assert train("cache")[1] == 20
+    sizes = sorted(p.stat().st_size for p in data.rglob("*.bmp"))
+    swap_contents_keeping_size_and_mtime(data)
+    assert sorted(p.stat().st_size for p in data.rglob("*.bmp")) == sizes
+    cached, computed = train("cache")
+    reference, _ = train("empty-cache")
+    assert computed == 20  # every file changed: none taken from the cache
+    assert cached["training"]["history"] == reference["training"]["history"]
+    assert cached["metrics"]["accuracy"] == 1.0
 
 
 def test_a_base_with_the_same_weights_and_other_pixels_computes_its_own(
@@ -201,6 +257,49 @@ def test_bad_folders_stop_training_in_one_line(tmp_path, cli, layout,
     code, out, err = cli("train", "--data", data, "--name", "x", "--spec",
                          "model_store/specs/digits-cnn.json")
     assert code == 2 and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("target, message", [
+    ("red", "class folder 'pink' in DATA is class folder 'red' (through a "
+            "symlink): its images would be learnt as two classes; remove the "
+            "link, or give each class its own images"),
+    ("red/more", "class folder 'pink' in DATA lies inside class folder "
+                 "'red'")])
+@pytest.mark.parametrize("how", ["base", "spec"])
+def test_a_class_folder_linked_to_another_stops_training_in_one_line(
+        backbone_store, tmp_path, cli, target, message, how):
+    """pink -> red trained the same images as pink and as red, silently."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=6)  # 2 in each class's "more" folder
+    (data / "pink").symlink_to(data / target)
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path, n_classes=4)]
+    code, out, err = cli("--store", backbone_store, "train", "--data", data,
+                         "--name", "x", *model)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert message.replace("DATA", str(data)) in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
+@pytest.mark.parametrize("layers", [[], [{"type": "dropout", "name": "d",
+                                          "p": 0.5}]])
+def test_a_base_with_no_layers_below_its_classifier_is_refused(
+        backbone_store, shapes, cli, layers):
+    """A single dense layer as --base failed with "spec 'layers' must be a
+    non-empty list", naming neither the base nor what would work."""
+    flat = {"input_shape": [3, 24, 24], "layers": layers + [
+        {"type": "dense", "name": "out", "num_units": 5,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "prob"}]}
+    store.save_model(build_network(flat, seed=1), name="flat",
+                     metadata=dict(PREP, class_names=list("abcde")),
+                     root=backbone_store)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--name", "x", "--base", "flat@1")
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert ("--base flat@1 has no layers to keep below its classifier (its "
+            "last dense layer takes the input itself); give a base whose "
+            "last dense layer sits on feature layers") in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
 
 
 def test_a_new_version_becomes_latest_only_when_promoted(
