@@ -3,13 +3,13 @@ matrix (scikit-learn's metrics), most confident mistakes."""
 
 from __future__ import annotations
 
+import errno
 import os
-import stat
 
 import numpy as np
 
 from model_store.errors import ConfigError
-from model_store.fs import printable
+from model_store.fs import NotRegularError, open_regular, printable
 from model_store.store import StoredModel, update_metadata
 
 EVAL_BATCH = 256
@@ -174,31 +174,23 @@ def check_plot_path(path: str) -> str:
 
 def _check_writable(path: str) -> None:
     """Opens ``path`` for appending (so an existing file is left as it is)
-    without blocking (O_NONBLOCK: a FIFO must not wait for a reader), and
-    removes it again if that created it; ConfigError unless it is a new
-    path or a regular file (a FIFO, device or socket is refused)."""
+    without waiting (:func:`model_store.fs.open_regular`: a FIFO must not
+    block), and removes it again if that created it; ConfigError unless it
+    is a new path or a regular file (a FIFO, device or socket is refused)."""
     existed = os.path.lexists(path)
     try:
-        if os.path.exists(path):  # a FIFO: refused before opening it
-            _check_regular(path, os.stat(path).st_mode)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT
-                     | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        fd, _ = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     except OSError as error:
+        # ENXIO: a FIFO or socket, which cannot be opened without a reader
+        if isinstance(error, NotRegularError) or error.errno == errno.ENXIO:
+            raise ConfigError(f"--plot {path!r} is not a regular file (a "
+                              f"FIFO, device or socket); give the name of "
+                              f"a new or regular file") from None
         raise ConfigError(f"--plot {path!r} cannot be written: "
                           f"{error.strerror}") from None
-    try:
-        _check_regular(path, os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
+    os.close(fd)
     if not existed:
         os.remove(path)
-
-
-def _check_regular(path: str, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"--plot {path!r} is not a regular file (a FIFO, "
-                          f"device or socket); give the name of a new or "
-                          f"regular file")
 
 
 def _matplotlib():
