@@ -281,6 +281,24 @@ def test_a_class_folder_linked_to_another_stops_training_in_one_line(
     assert not os.path.exists(os.path.join(backbone_store, "x"))
 
 
+@pytest.mark.parametrize("how", ["base", "spec"])
+def test_one_file_linked_into_two_class_folders_stops_training_in_one_line(
+        backbone_store, tmp_path, cli, how):
+    """blue/red000.png -> red/red000.png trained one image under both
+    labels, silently."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=6)
+    (data / "blue" / "red000.png").symlink_to(data / "red" / "red000.png")
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path)]
+    code, out, err = cli("--store", backbone_store, "train", "--data", data,
+                         "--name", "x", *model)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert (f"{data}/blue/red000.png (class 'blue') and {data}/red/"
+            f"red000.png (class 'red') are one file") in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
 @pytest.mark.parametrize("layers", [[], [{"type": "dropout", "name": "d",
                                           "p": 0.5}]])
 def test_a_base_with_no_layers_below_its_classifier_is_refused(
