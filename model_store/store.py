@@ -746,7 +746,7 @@ def verify(ref: str | None = None, *,
         refs = [ref]
     else:
         infos = list_models(root)
-        for name in _model_names(store_root(root)):
+        for name in model_names(root):
             results.extend(_name_failures(name, store_root(root)))
         refs = [info.ref for info in infos]
     for item in refs:
@@ -763,8 +763,10 @@ def verify(ref: str | None = None, *,
     return results
 
 
-def _model_names(root: str) -> list[str]:
-    """Every model name with a version or an aliases file under ``root``."""
+def model_names(root: str | None = None) -> list[str]:
+    """Every model name with a version or an aliases file in the store (a
+    model whose versions were all deleted keeps its aliases file)."""
+    root = store_root(root)
     names = {info.name for info in list_models(root)}
     if fs.is_uri(root):
         names.update(fs.split(fs.split(path)[0])[1] for path in

@@ -49,28 +49,57 @@ def _models_list(args) -> int:
     check_store_to_read(args.store)
     infos = list_models(args.store)
     aliases, damage = _aliases_by_version(infos, args.store)
-    rows = [_listing(info, args.store, damage.get(info.name))
-            for info in infos]
+    rows = [(_listing(info, args.store, damage.get(info.name)),
+             aliases.get(info.ref, [])) for info in infos]
+    rows = sorted(rows + _alias_only_listings(infos, args.store),
+                  key=lambda item: (item[0]["name"], item[0]["version"] or 0))
     if args.json:
-        for info, row in zip(infos, rows):
-            print(json.dumps(dict(row, aliases=aliases.get(info.ref, []))))
+        for row, names in rows:
+            print(json.dumps(dict(row, aliases=names)))
         return EXIT_OK
-    if not infos:
+    if not rows:
         print(f"no models in {store_root(args.store)}")
         return EXIT_OK
     print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  {'ALIASES':<14} "
           f"CREATED")
-    for info, row in zip(infos, rows):
+    for row, names in rows:
         if row["ok"]:
             accuracy = row["accuracy"]
             accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
             created = row["created_at"] or "-"
+        elif row["version"] is None:  # no versions: what the aliases name
+            accuracy, created = "-", row["error"]
         else:
             accuracy, created = "BROKEN", row["error"].split(":")[0]
-        names = ",".join(aliases.get(info.ref, [])) or "-"
-        print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  "
-              f"{names:<14} {created}")
+        version = "-" if row["version"] is None else row["version"]
+        print(f"{row['name']:<24} {version:>7}  {accuracy:>8}  "
+              f"{','.join(names) or '-':<14} {created}")
     return EXIT_OK
+
+
+def _alias_only_listings(infos, store) -> list[tuple[dict, list]]:
+    """``(row, alias names)`` of each model whose versions were all deleted
+    while its aliases file remains: every alias names a missing version
+    (what ``models verify`` reports as a DanglingAliasError), e.g. ``no
+    versions; aliases: prod -> 3 (missing)``, or why the file cannot be
+    read."""
+    from model_store.store import model_names, read_aliases, store_root
+
+    listed = {info.name for info in infos}
+    rows = []
+    for name in (n for n in model_names(store) if n not in listed):
+        row = {"name": name, "version": None, "ok": False,
+               "location": fs.join(store_root(store), name)}
+        try:
+            aliases = read_aliases(name, root=store)
+        except ImgclassError as error:
+            rows.append((dict(row, error=str(error)), []))
+            continue
+        shown = ", ".join(f"{alias} -> {version} (missing)"
+                          for alias, version in sorted(aliases.items()))
+        rows.append((dict(row, error=f"no versions; aliases: "
+                                     f"{shown or 'none'}"), sorted(aliases)))
+    return rows
 
 
 def _aliases_by_version(infos, store):
