@@ -991,12 +991,15 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model_store.store import saves_recorded
+
     logs.configure()
     parser = build_parser()
     # Ctrl-C or SIGTERM: KeyboardInterrupt, and recorded, so that a stop a
     # library swallowed and turned into another error (an interrupted
-    # import of scipy inside Theano's) is still reported as a stop.
-    with signals.stopping() as received:
+    # import of scipy inside Theano's) is still reported as a stop; the
+    # versions saved before it are named.
+    with signals.stopping() as received, saves_recorded() as saved:
         try:
             args, extra = parser.parse_known_args(argv)
             if extra and not getattr(args, "accepts_beam_options", False):
@@ -1014,10 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")
             return EXIT_OK
         except KeyboardInterrupt:
-            return _interrupted(received)
+            return _interrupted(received, _after_saving(saved))
         except Exception:
             if received:
-                return _interrupted(received)
+                return _interrupted(received, _after_saving(saved))
             raise
 
 
@@ -1025,6 +1028,29 @@ def _interrupted(received: list[int], what: str = "") -> int:
     """Says the command was stopped; its exit code (130, SIGTERM 143)."""
     print(f"imgclass: interrupted{what}", file=sys.stderr)
     return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
+
+
+def _after_saving(saved: list) -> str:
+    """What a command stopped after saving versions (``train``, ``models
+    import``) adds to "interrupted": they are stored whole, and where
+    ``latest`` is, as the stop may have come before it was pinned or
+    moved (``--promote``)."""
+    if not saved:
+        return ""
+    refs = ", ".join(info.ref for info in saved)
+    return (f" after saving {refs}; the store is consistent"
+            f"{_latest_now(saved[-1])}")
+
+
+def _latest_now(info) -> str:
+    """`` (NAME@latest is NAME@V)``, or nothing if the store cannot say."""
+    from model_store.store import resolve
+
+    root = fs.split(fs.split(info.location)[0])[0]
+    try:
+        return f" ({info.name}@latest is {resolve(info.name, root=root).ref})"
+    except (ImgclassError, OSError):
+        return ""
 
 
 def run() -> None:
