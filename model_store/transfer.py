@@ -56,13 +56,13 @@ HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
 # content; 1 hashed its size and modification time, which a copy that keeps
 # modification times (rsync -t, cp -p, tar x) reproduces for other bytes.
 # Entries of another format are never found again (their keys differ): each
-# format has its folder, ``features/v<format>/``, and the others are removed
-# (FeatureCache.remove_stale).
+# format has its folder, ``features/v<format>/``, and those of older formats
+# are removed (FeatureCache.remove_stale; a newer imgclass's are left alone).
 CACHE_KEY_FORMAT = 2
-# Names in ``features/`` of the folders of other formats: ``v<N>``, and a
-# weights sha256 (formats 1 and 2 were kept there before formats had
-# folders); and of an entry file in them, in its ``<2 hex>/`` folder.
-_FORMAT_FOLDER = re.compile(r"v[0-9]+|[0-9a-f]{64}")
+# Names in ``features/`` of the folders of a format (``v<N>``, or a weights
+# sha256: formats 1 and 2 were kept there before formats had folders), and
+# of an entry file in them, in its ``<2 hex>/`` folder.
+_FORMAT_FOLDER = re.compile(r"v([0-9]{1,9})|[0-9a-f]{64}")
 _ENTRY_FILE = re.compile(r"([0-9a-f]{2})[0-9a-f]{62}\.npy")
 
 
@@ -290,7 +290,7 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def remove_stale(self) -> int:
-        """Removes the entries of other key formats, which are never found
+        """Removes the entries of older key formats, which are never found
         again (see ``_FORMAT_FOLDER``), then the folders they leave empty;
         the number removed. Only entry files (``<2 hex>/<64 hex>.npy``, not
         symlinks) are removed: anything else there stays. Another training
@@ -300,8 +300,7 @@ class FeatureCache:
             with os.scandir(self.root) as found:
                 stale = [entry.path for entry in found
                          if entry.is_dir(follow_symlinks=False)
-                         and _FORMAT_FOLDER.fullmatch(entry.name)
-                         and entry.name != f"v{CACHE_KEY_FORMAT}"]
+                         and _older_format(entry.name)]
         except FileNotFoundError:
             return 0
         return sum(_remove_entries(folder) for folder in stale)
@@ -337,6 +336,14 @@ class FeatureCache:
             if os.path.exists(temporary):
                 os.remove(temporary)
             raise
+
+
+def _older_format(name: str) -> bool:
+    """Whether ``name`` in ``features/`` is the folder of a key format
+    older than ``CACHE_KEY_FORMAT``."""
+    match = _FORMAT_FOLDER.fullmatch(name)
+    return bool(match) and (match.group(1) is None
+                            or int(match.group(1)) < CACHE_KEY_FORMAT)
 
 
 def _remove_entries(folder: str) -> int:

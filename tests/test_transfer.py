@@ -144,7 +144,8 @@ def files_below(folder):
 def test_entries_of_older_key_formats_are_removed_and_nothing_else(
         tmp_path):
     """Format-1 entries (and those kept in features/<weights sha256>/
-    before formats had folders) were never found again, nor removed."""
+    before formats had folders) were never found again, nor removed. A
+    newer format's folder (v3/, of a newer imgclass) is left alone."""
     key, other = "ab" + "1" * 62, "cd" + "2" * 62
     features = tmp_path / "features"
     outside = tmp_path / "mine.npy"
@@ -154,7 +155,8 @@ def test_entries_of_older_key_formats_are_removed_and_nothing_else(
     kept = [f"{WEIGHTS}/notes.txt", f"{WEIGHTS}/ab/tmpq1w2e3.tmp",
             f"{WEIGHTS}/ab/{'ab' + '3' * 62}.npy -> {outside}",
             f"{WEIGHTS}/cd/{key}.npy",  # not in its key's folder
-            f"v2/{WEIGHTS}/ab/{key}.npy", f"photos/ab/{key}.npy",
+            f"v2/{WEIGHTS}/ab/{key}.npy", f"v3/{WEIGHTS}/ab/{key}.npy",
+            f"photos/ab/{key}.npy",
             f"{'5' * 63}/ab/{key}.npy"]
     write_cache_files(features, stale + kept)
     (features / "linked").symlink_to(features / WEIGHTS)
