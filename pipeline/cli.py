@@ -67,7 +67,7 @@ def _models_list(args) -> int:
             accuracy = row["accuracy"]
             accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
             created = row["created_at"] or "-"
-        elif row["version"] is None:  # no versions: what the aliases name
+        elif row["error"].startswith(_NO_VERSIONS):
             accuracy, created = "-", row["error"]
         else:
             accuracy, created = "BROKEN", row["error"].split(":")[0]
@@ -75,6 +75,9 @@ def _models_list(args) -> int:
         print(f"{row['name']:<24} {version:>7}  {accuracy:>8}  "
               f"{','.join(names) or '-':<14} {created}")
     return EXIT_OK
+
+
+_NO_VERSIONS = "no versions; aliases: "
 
 
 def _alias_only_listings(infos, store) -> list[tuple[dict, list]]:
@@ -97,8 +100,8 @@ def _alias_only_listings(infos, store) -> list[tuple[dict, list]]:
             continue
         shown = ", ".join(f"{alias} -> {version} (missing)"
                           for alias, version in sorted(aliases.items()))
-        rows.append((dict(row, error=f"no versions; aliases: "
-                                     f"{shown or 'none'}"), sorted(aliases)))
+        rows.append((dict(row, error=_NO_VERSIONS + (shown or "none")),
+                     sorted(aliases)))
     return rows
 
 

@@ -961,6 +961,12 @@ def test_models_list_shows_a_model_with_only_aliases_left(root, cli):
         {"name": "tiny", "version": None, "ok": False,
          "location": os.path.join(root, "tiny"), "error": note,
          "aliases": ["latest", "prod"]}]
+    with open(os.path.join(root, "tiny", store.ALIASES_FILE), "w") as handle:
+        handle.write("[]")
+    code, out, _ = cli("--store", root, "models", "list")
+    assert out.splitlines()[2].split(None, 4)[:4] == [
+        "tiny", "-", "BROKEN", "-"]
+    assert "aliases.json must hold a JSON object" in out
 
 
 def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
