@@ -206,6 +206,10 @@ def train_transfer(folders: FolderData, *, name: str, base,
         base.weights_sha256, cache_directory,
         layer=None if cut is None else base.spec["layers"][cut]["name"],
         inputs=json.dumps(base.preprocessing.to_metadata(), sort_keys=True))
+    removed = cache.remove_stale()
+    if removed:
+        stream.write(f"removed {removed} feature cache entries of an older "
+                     f"format from {one_line(printable(cache.root))}\n")
     started = time.monotonic()
     (x_train, y_train, x_val, y_val), broken, broken_val = _features(
         folders, train_set, val_set, base, features, cache, config, stream)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.fs import escape_path, is_uri, join, os_path, printable
+from model_store.fs import escape_path, is_uri, join, one_line, os_path, printable
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 
@@ -89,8 +89,8 @@ def scan_folder(root: str) -> FolderDataset:
     Raises:
         ConfigError: ``root`` holds no file, a file lies directly in
             ``root`` (not one folder per class), a class folder's name is
-            not valid UTF-8, or a class folder is another one (or lies in
-            it) through a symlink.
+            not valid UTF-8, a class folder is another one (or lies in
+            it) through a symlink, or one file is in two class folders.
     """
     root = folder_root(root)
     by_class: dict[str, list] = {name: [] for name in _local_folders(root)}
@@ -113,6 +113,7 @@ def scan_folder(root: str) -> FolderDataset:
     names = sorted(by_class)
     _check_names(root, names)
     _check_distinct(root, names)
+    _check_files_distinct(root, names, by_class)
     files = [dataclasses.replace(f, label=label)
              for label, name in enumerate(names) for f in by_class[name]]
     return FolderDataset(root, files, names)
@@ -204,6 +205,40 @@ def _check_distinct(root: str, names: list) -> None:
                 f"{where} class folder {escape_path(other)!r} (through a "
                 f"symlink): its images would be learnt as two classes; "
                 f"remove the link, or give each class its own images")
+
+
+def _check_files_distinct(root: str, names: list, by_class: dict) -> None:
+    """ConfigError if one local file is in two class folders: the same
+    file through symlinks (``blue/a.jpg -> ../red/a.jpg``, the rule of
+    :func:`_check_distinct` for single files) or a hard link, both the same
+    ``(st_dev, st_ino)``; its image would be learnt under two classes.
+    Two files with the same bytes, each its own, are not refused."""
+    if is_uri(root):
+        return
+    seen: dict[tuple, tuple[str, str]] = {}
+    for name in names:
+        for item in by_class[name]:
+            first_path, first_class = seen.setdefault(
+                _identity(item.path), (item.path, name))
+            if first_class != name:
+                raise ConfigError(
+                    f"{one_line(printable(first_path))} (class "
+                    f"{escape_path(first_class)!r}) and "
+                    f"{one_line(printable(item.path))} (class "
+                    f"{escape_path(name)!r}) are one file (a symlink or a "
+                    f"hard link): its image would be learnt as two "
+                    f"classes; remove it from the class it does not belong "
+                    f"to")
+
+
+def _identity(path: str) -> tuple[int, int] | tuple[str]:
+    """``(st_dev, st_ino)`` of the file ``path`` leads to; ``(path,)`` if
+    it cannot be read (a dangling symlink: listed as broken later)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (path,)
+    return info.st_dev, info.st_ino
 
 
 def read_image(item: ImageFile, prep: Preprocessing, *,

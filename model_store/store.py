@@ -746,7 +746,7 @@ def verify(ref: str | None = None, *,
         refs = [ref]
     else:
         infos = list_models(root)
-        for name in _model_names(store_root(root)):
+        for name in model_names(root):
             results.extend(_name_failures(name, store_root(root)))
         refs = [info.ref for info in infos]
     for item in refs:
@@ -763,8 +763,10 @@ def verify(ref: str | None = None, *,
     return results
 
 
-def _model_names(root: str) -> list[str]:
-    """Every model name with a version or an aliases file under ``root``."""
+def model_names(root: str | None = None) -> list[str]:
+    """Every model name with a version or an aliases file in the store (a
+    model whose versions were all deleted keeps its aliases file)."""
+    root = store_root(root)
     names = {info.name for info in list_models(root)}
     if fs.is_uri(root):
         names.update(fs.split(fs.split(path)[0])[1] for path in
@@ -840,9 +842,10 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
         _record_version(name, full["version"], root, where)
-        if _write_version(fs.join(root, name, str(full["version"])), files,
-                          where):
-            return load_model(f"{name}@{full['version']}", root=root)
+        info = ModelInfo(name, full["version"],
+                         fs.join(root, name, str(full["version"])))
+        if _write_version(info, files, where):
+            return load_model(info.ref, root=root)
         # Another save took this version first: take the next one.
         full["version"] = max(full["version"] + 1, _next_version(name, root))
     raise ImgclassError(f"{where}: {_SAVE_ATTEMPTS} other saves took the "
@@ -947,14 +950,42 @@ def _non_finite(value, path: str = "") -> str | None:
     return None
 
 
-def _write_version(folder: str, files: dict[str, bytes], where: str) -> bool:
-    """Writes a version folder whole; False (nothing written) when another
-    save made that folder first. On local disks the files are written in a
-    hidden folder that is renamed, so a version appears whole or not. An
-    OSError (a full disk) is a StoreWriteError starting with ``where`` and
-    naming the file; nothing is left behind."""
+# The lists of saves_recorded() blocks running now.
+_recorders: list[list[ModelInfo]] = []
+
+
+@contextlib.contextmanager
+def saves_recorded():
+    """Yields a list that gets the :class:`ModelInfo` of each version this
+    process saves while the block runs, as soon as its folder is in place
+    (before it is loaded back and ``latest`` pinned or moved), also when a
+    stop (KeyboardInterrupt) comes right after: what a command stopped
+    after saving names."""
+    saved: list[ModelInfo] = []
+    _recorders.append(saved)
+    try:
+        yield saved
+    finally:
+        _recorders.remove(saved)
+
+
+def _note_saved(info: ModelInfo) -> None:
+    for saved in _recorders:
+        if info not in saved:
+            saved.append(info)
+
+
+def _write_version(info: ModelInfo, files: dict[str, bytes],
+                   where: str) -> bool:
+    """Writes the version folder ``info.location`` whole; False (nothing
+    written) when another save made that folder first. On local disks the
+    files are written in a hidden folder that is renamed, so a version
+    appears whole or not. An OSError (a full disk) is a StoreWriteError
+    starting with ``where`` and naming the file; nothing is left behind.
+    The version is noted (:func:`saves_recorded`) once in place."""
+    folder = info.location
     if fs.is_uri(folder):
-        return _write_objects(folder, files, where)
+        return _write_objects(info, files, where)
     model_dir, version = os.path.split(folder)
     target, staging = model_dir, None
     try:
@@ -966,8 +997,12 @@ def _write_version(folder: str, files: dict[str, bytes], where: str) -> bool:
             _create(os.path.join(staging, file_name), data)
         target = folder
         os.rename(staging, folder)
+        _note_saved(info)
         return True
     except BaseException as error:
+        if staging and not os.path.lexists(staging):
+            _note_saved(info)  # renamed into place, then a stop came
+            raise
         if staging:
             shutil.rmtree(staging, ignore_errors=True)
         if not isinstance(error, OSError):
@@ -978,13 +1013,14 @@ def _write_version(folder: str, files: dict[str, bytes], where: str) -> bool:
         raise _write_error(target, error, where) from None
 
 
-def _write_objects(folder: str, files: dict[str, bytes], where: str) -> bool:
+def _write_objects(info: ModelInfo, files: dict[str, bytes],
+                   where: str) -> bool:
     """:func:`_write_version` on an object store: ``metadata.json`` last,
     as it marks a version done; the objects written are deleted again when
     one fails."""
     written = []
     for file_name, data in files.items():
-        target = fs.join(folder, file_name)
+        target = fs.join(info.location, file_name)
         try:
             _create(target, data)
         except OSError as error:
@@ -992,6 +1028,7 @@ def _write_objects(folder: str, files: dict[str, bytes], where: str) -> bool:
                 _filesystems().delete(written)
             raise _write_error(target, error, where) from None
         written.append(target)
+    _note_saved(info)
     return True
 
 

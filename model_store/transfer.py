@@ -23,6 +23,7 @@ other model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -54,8 +55,15 @@ HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
 # The feature cache's key format, hashed into every key: 2 hashes the file's
 # content; 1 hashed its size and modification time, which a copy that keeps
 # modification times (rsync -t, cp -p, tar x) reproduces for other bytes.
-# Entries of another format are never found again (their keys differ).
+# Entries of another format are never found again (their keys differ): each
+# format has its folder, ``features/v<format>/``, and those of older formats
+# are removed (FeatureCache.remove_stale; a newer imgclass's are left alone).
 CACHE_KEY_FORMAT = 2
+# Names in ``features/`` of the folders of a format (``v<N>``, or a weights
+# sha256: formats 1 and 2 were kept there before formats had folders), and
+# of an entry file in them, in its ``<2 hex>/`` folder.
+_FORMAT_FOLDER = re.compile(r"v([0-9]{1,9})|[0-9a-f]{64}")
+_ENTRY_FILE = re.compile(r"([0-9a-f]{2})[0-9a-f]{62}\.npy")
 
 
 # The backbone ---------------------------------------------------------------
@@ -259,8 +267,9 @@ class FileContent:
 
 
 class FeatureCache:
-    """Features on disk: ``<dir>/features/<weights sha256>/<key>.npy``
-    (another layer's outputs, for fine-tuning: ``.../<layer>/<key>.npy``).
+    """Features on disk: ``<dir>/features/v<CACHE_KEY_FORMAT>/<weights
+    sha256>/<key[:2]>/<key>.npy`` (another layer's outputs, for
+    fine-tuning: ``.../<weights sha256>/<layer>/...``).
 
     The key hashes ``CACHE_KEY_FORMAT``, the file's :class:`FileContent`
     (path and content sha256), the variant (``"plain"`` or
@@ -273,11 +282,28 @@ class FeatureCache:
 
     def __init__(self, weights_sha256: str, directory: str | None = None,
                  *, layer: str | None = None, inputs: str = ""):
-        self.folder = os.path.join(directory or cache_dir(), "features",
+        self.root = os.path.join(directory or cache_dir(), "features")
+        self.folder = os.path.join(self.root, f"v{CACHE_KEY_FORMAT}",
                                    weights_sha256, *([layer] if layer
                                                      else []))
         self.inputs = inputs
         self.hits = self.misses = 0
+
+    def remove_stale(self) -> int:
+        """Removes the entries of older key formats, which are never found
+        again (see ``_FORMAT_FOLDER``), then the folders they leave empty;
+        the number removed. Only entry files (``<2 hex>/<64 hex>.npy``, not
+        symlinks) are removed: anything else there stays. Another training
+        removing them at the same moment is no trouble (what is already
+        gone is skipped)."""
+        try:
+            with os.scandir(self.root) as found:
+                stale = [entry.path for entry in found
+                         if entry.is_dir(follow_symlinks=False)
+                         and _older_format(entry.name)]
+        except FileNotFoundError:
+            return 0
+        return sum(_remove_entries(folder) for folder in stale)
 
     def _path(self, file: FileContent, variant: str) -> str:
         key = hashlib.sha256(_name_bytes(f"{CACHE_KEY_FORMAT}\0{file.path}"
@@ -310,6 +336,32 @@ class FeatureCache:
             if os.path.exists(temporary):
                 os.remove(temporary)
             raise
+
+
+def _older_format(name: str) -> bool:
+    """Whether ``name`` in ``features/`` is the folder of a key format
+    older than ``CACHE_KEY_FORMAT``."""
+    match = _FORMAT_FOLDER.fullmatch(name)
+    return bool(match) and (match.group(1) is None
+                            or int(match.group(1)) < CACHE_KEY_FORMAT)
+
+
+def _remove_entries(folder: str) -> int:
+    """Removes the feature cache entry files below ``folder`` and the
+    folders left empty (bottom-up); the number of entries removed."""
+    removed = 0
+    for parent, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            path = os.path.join(parent, name)
+            match = _ENTRY_FILE.fullmatch(name)
+            if match and match.group(1) == os.path.basename(parent) \
+                    and not os.path.islink(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            os.rmdir(parent)
+    return removed
 
 
 def dataset_features(dataset: FolderDataset, prep: Preprocessing,

@@ -49,28 +49,60 @@ def _models_list(args) -> int:
     check_store_to_read(args.store)
     infos = list_models(args.store)
     aliases, damage = _aliases_by_version(infos, args.store)
-    rows = [_listing(info, args.store, damage.get(info.name))
-            for info in infos]
+    rows = [(_listing(info, args.store, damage.get(info.name)),
+             aliases.get(info.ref, [])) for info in infos]
+    rows = sorted(rows + _alias_only_listings(infos, args.store),
+                  key=lambda item: (item[0]["name"], item[0]["version"] or 0))
     if args.json:
-        for info, row in zip(infos, rows):
-            print(json.dumps(dict(row, aliases=aliases.get(info.ref, []))))
+        for row, names in rows:
+            print(json.dumps(dict(row, aliases=names)))
         return EXIT_OK
-    if not infos:
+    if not rows:
         print(f"no models in {store_root(args.store)}")
         return EXIT_OK
     print(f"{'MODEL':<24} {'VERSION':>7}  {'ACCURACY':>8}  {'ALIASES':<14} "
           f"CREATED")
-    for info, row in zip(infos, rows):
+    for row, names in rows:
         if row["ok"]:
             accuracy = row["accuracy"]
             accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
             created = row["created_at"] or "-"
+        elif row["error"].startswith(_NO_VERSIONS):
+            accuracy, created = "-", row["error"]
         else:
             accuracy, created = "BROKEN", row["error"].split(":")[0]
-        names = ",".join(aliases.get(info.ref, [])) or "-"
-        print(f"{info.name:<24} {info.version:>7}  {accuracy:>8}  "
-              f"{names:<14} {created}")
+        version = "-" if row["version"] is None else row["version"]
+        print(f"{row['name']:<24} {version:>7}  {accuracy:>8}  "
+              f"{','.join(names) or '-':<14} {created}")
     return EXIT_OK
+
+
+_NO_VERSIONS = "no versions; aliases: "
+
+
+def _alias_only_listings(infos, store) -> list[tuple[dict, list]]:
+    """``(row, alias names)`` of each model whose versions were all deleted
+    while its aliases file remains: every alias names a missing version
+    (what ``models verify`` reports as a DanglingAliasError), e.g. ``no
+    versions; aliases: prod -> 3 (missing)``, or why the file cannot be
+    read."""
+    from model_store.store import model_names, read_aliases, store_root
+
+    listed = {info.name for info in infos}
+    rows = []
+    for name in (n for n in model_names(store) if n not in listed):
+        row = {"name": name, "version": None, "ok": False,
+               "location": fs.join(store_root(store), name)}
+        try:
+            aliases = read_aliases(name, root=store)
+        except ImgclassError as error:
+            rows.append((dict(row, error=str(error)), []))
+            continue
+        shown = ", ".join(f"{alias} -> {version} (missing)"
+                          for alias, version in sorted(aliases.items()))
+        rows.append((dict(row, error=_NO_VERSIONS + (shown or "none")),
+                     sorted(aliases)))
+    return rows
 
 
 def _aliases_by_version(infos, store):
@@ -962,12 +994,15 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model_store.store import saves_recorded
+
     logs.configure()
     parser = build_parser()
     # Ctrl-C or SIGTERM: KeyboardInterrupt, and recorded, so that a stop a
     # library swallowed and turned into another error (an interrupted
-    # import of scipy inside Theano's) is still reported as a stop.
-    with signals.stopping() as received:
+    # import of scipy inside Theano's) is still reported as a stop; the
+    # versions saved before it are named.
+    with signals.stopping() as received, saves_recorded() as saved:
         try:
             args, extra = parser.parse_known_args(argv)
             if extra and not getattr(args, "accepts_beam_options", False):
@@ -985,10 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = open(os.devnull, "w")
             return EXIT_OK
         except KeyboardInterrupt:
-            return _interrupted(received)
+            return _interrupted(received, _after_saving(saved))
         except Exception:
             if received:
-                return _interrupted(received)
+                return _interrupted(received, _after_saving(saved))
             raise
 
 
@@ -996,6 +1031,29 @@ def _interrupted(received: list[int], what: str = "") -> int:
     """Says the command was stopped; its exit code (130, SIGTERM 143)."""
     print(f"imgclass: interrupted{what}", file=sys.stderr)
     return EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT
+
+
+def _after_saving(saved: list) -> str:
+    """What a command stopped after saving versions (``train``, ``models
+    import``) adds to "interrupted": they are stored whole, and where
+    ``latest`` is, as the stop may have come before it was pinned or
+    moved (``--promote``)."""
+    if not saved:
+        return ""
+    refs = ", ".join(info.ref for info in saved)
+    return (f" after saving {refs}; the store is consistent"
+            f"{_latest_now(saved[-1])}")
+
+
+def _latest_now(info) -> str:
+    """`` (NAME@latest is NAME@V)``, or nothing if the store cannot say."""
+    from model_store.store import resolve
+
+    root = fs.split(fs.split(info.location)[0])[0]
+    try:
+        return f" ({info.name}@latest is {resolve(info.name, root=root).ref})"
+    except (ImgclassError, OSError):
+        return ""
 
 
 def run() -> None:

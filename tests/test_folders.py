@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -316,6 +317,49 @@ def test_symlinked_class_folders_are_followed_and_loops_are_listed_broken(
     assert metrics["n_test"] == 60
     assert [row["path"] for row in metrics["broken"]] == [
         f"{linked}/3/alias"]
+
+
+def _second_path(data, how):
+    """``blue/more/also.png``, made from ``red/red000.png`` as ``how``
+    says; both paths."""
+    real, other = data / "red" / "red000.png", data / "blue" / "more" / \
+        "also.png"
+    if how == "symlink":
+        other.symlink_to(os.path.relpath(real, other.parent))
+    elif how == "hard link":
+        os.link(real, other)
+    else:
+        shutil.copy(real, other)
+    return real, other
+
+
+@pytest.mark.parametrize("how", ["symlink", "hard link"])
+def test_one_file_in_two_class_folders_is_refused_naming_both(tmp_path,
+                                                              how):
+    """blue/more/also.png -> red/red000.png trained one image as blue and
+    as red; only whole class folders linked to each other were refused."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    real, other = _second_path(data, how)
+    with pytest.raises(ConfigError) as caught:
+        scan_folder(str(data))
+    assert str(caught.value) == (
+        f"{other} (class 'blue') and {real} (class 'red') are one file (a "
+        f"symlink or a hard link): its image would be learnt as two "
+        f"classes; remove it from the class it does not belong to")
+
+
+def test_the_same_bytes_in_two_classes_or_one_file_twice_in_a_class_pass(
+        tmp_path):
+    """A copy (its own inode) is not refused, nor is a link within one
+    class."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3)
+    _second_path(data, "copy")
+    (data / "red" / "more" / "again.png").symlink_to(data / "red" /
+                                                     "red000.png")
+    dataset = scan_folder(str(data))
+    assert len(dataset.files) == 11
 
 
 @pytest.mark.parametrize("what", ["missing", "a file", "dangling class"])

@@ -227,3 +227,51 @@ def test_ctrl_c_while_the_command_line_loads_is_one_line():
                           cwd=os.path.join(os.path.dirname(__file__),
                                            os.pardir))
     assert (done.returncode, done.stderr) == (130, "imgclass: interrupted\n")
+
+
+def signal_after(monkeypatch, target, name, signum, *, when=lambda *a: True):
+    """Makes ``target.name`` do its work, then send ``signum`` to this
+    process (if ``when(*args)``)."""
+    real = getattr(target, name)
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if when(*args):
+            os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(target, name, interrupted)
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130),
+                                           (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("at", ["rename", "save_model", "save_version"])
+def test_a_stop_after_the_version_is_saved_names_it(
+        cli, tmp_path, monkeypatch, signum, status, at):
+    """'models import onnx' stopped once its version was in place said only
+    "interrupted". Stopped right after the folder is renamed into place,
+    after it is saved (before latest is pinned) or after save_version."""
+    from model_store import store
+    from tests.test_store import _onnx_file
+
+    root = str(tmp_path / "store")
+    command = ("--store", root, "models", "import", "onnx",
+               _onnx_file(tmp_path), "--name", "tiny")
+    assert cli(*command)[0] == 0
+    if at == "rename":
+        signal_after(monkeypatch, os, "rename", signum,
+                     when=lambda src, dst: dst == os.path.join(root, "tiny",
+                                                               "2"))
+    else:
+        signal_after(monkeypatch, store, at, signum)
+    with ctrl_c_as_at_a_prompt():
+        code, out, err = cli(*command)
+    monkeypatch.undo()
+    assert (code, out) == (status, "")
+    assert err.splitlines()[-1] == (
+        "imgclass: interrupted after saving tiny@2; the store is consistent "
+        "(tiny@latest is tiny@1)")
+    code, out, _ = cli("--store", root, "models", "verify")
+    assert code == 0 and "ok      tiny@2" in out
+    assert not [name for name in os.listdir(os.path.join(root, "tiny"))
+                if name.startswith(".") and name != ".lock"]

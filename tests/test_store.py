@@ -936,6 +936,39 @@ def test_verify_reports_the_aliases_of_a_model_with_no_versions_left(
     assert code == 1 and "no models to verify" not in out
 
 
+def test_models_list_shows_a_model_with_only_aliases_left(root, cli):
+    """Its versions all deleted, a model whose aliases.json remains was
+    missing from the list, though its aliases dangle (models verify fails
+    them)."""
+    save(root)
+    for alias in ("prod", "latest"):
+        assert cli("--store", root, "models", "promote", "tiny@1",
+                   "--alias", alias)[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "1"))
+    note = "no versions; aliases: latest -> 1 (missing), prod -> 1 (missing)"
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0
+    assert out.splitlines()[1].split(None, 4) == [
+        "tiny", "-", "-", "latest,prod", note]
+    save(root, name="other")
+    code, out, _ = cli("--store", root, "models", "list", "--json")
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"name": "other", "version": 1, "ok": True,
+         "location": os.path.join(root, "other", "1"), "accuracy": None,
+         "created_at": store.load_model("other", root=root).metadata[
+             "created_at"], "classes": 4, "aliases": ["latest"]},
+        {"name": "tiny", "version": None, "ok": False,
+         "location": os.path.join(root, "tiny"), "error": note,
+         "aliases": ["latest", "prod"]}]
+    with open(os.path.join(root, "tiny", store.ALIASES_FILE), "w") as handle:
+        handle.write("[]")
+    code, out, _ = cli("--store", root, "models", "list")
+    assert out.splitlines()[2].split(None, 4)[:4] == [
+        "tiny", "-", "BROKEN", "-"]
+    assert "aliases.json must hold a JSON object" in out
+
+
 def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
         root, cli, tmp_path):
     """Decision: with no version left, a latest naming a deleted version

@@ -1,6 +1,7 @@
 """Training on image folders: transfer learning on cached features, from
 a spec, promotion of new versions and aliases."""
 
+import io
 import json
 import os
 
@@ -116,6 +117,95 @@ def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
     # Same weights, other preprocessing (another mean/std, size, colours).
     assert FeatureCache("w1", str(tmp_path), inputs='{"mean": [0.9]}').get(
         item, "plain") is None
+
+
+WEIGHTS = "5" * 64  # a weights sha256
+
+
+def write_cache_files(features, names):
+    """Files below ``features`` (``name`` or ``name -> target``); an
+    entry's name is its key, in the folder of its first two digits."""
+    for name in names:
+        path = features / name.split(" -> ")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if " -> " in name:
+            path.symlink_to(name.split(" -> ")[1])
+        else:
+            path.write_bytes(b"x")
+
+
+def files_below(folder):
+    return sorted(os.path.relpath(os.path.join(parent, name), folder)
+                  for parent, folders, names in os.walk(folder)
+                  for name in names + [f for f in folders if os.path.islink(
+                      os.path.join(parent, f))])
+
+
+def test_entries_of_older_key_formats_are_removed_and_nothing_else(
+        tmp_path):
+    """Format-1 entries (and those kept in features/<weights sha256>/
+    before formats had folders) were never found again, nor removed. A
+    newer format's folder (v3/, of a newer imgclass) is left alone."""
+    key, other = "ab" + "1" * 62, "cd" + "2" * 62
+    features = tmp_path / "features"
+    outside = tmp_path / "mine.npy"
+    outside.write_bytes(b"not the cache's")
+    stale = [f"{WEIGHTS}/ab/{key}.npy", f"{WEIGHTS}/b3_conv/cd/{other}.npy",
+             f"v1/{WEIGHTS}/ab/{key}.npy"]
+    kept = [f"{WEIGHTS}/notes.txt", f"{WEIGHTS}/ab/tmpq1w2e3.tmp",
+            f"{WEIGHTS}/ab/{'ab' + '3' * 62}.npy -> {outside}",
+            f"{WEIGHTS}/cd/{key}.npy",  # not in its key's folder
+            f"v2/{WEIGHTS}/ab/{key}.npy", f"v3/{WEIGHTS}/ab/{key}.npy",
+            f"photos/ab/{key}.npy",
+            f"{'5' * 63}/ab/{key}.npy"]
+    write_cache_files(features, stale + kept)
+    (features / "linked").symlink_to(features / WEIGHTS)
+    cache = FeatureCache(WEIGHTS, str(tmp_path))
+    assert cache.folder == str(features / "v2" / WEIGHTS)
+    assert cache.remove_stale() == 3
+    assert files_below(features) == sorted(
+        [name.split(" -> ")[0] for name in kept] + ["linked"])
+    assert not (features / WEIGHTS / "b3_conv").exists()
+    assert not (features / "v1").exists()
+    assert outside.read_bytes() == b"not the cache's"
+    assert cache.remove_stale() == 0
+
+
+def test_removing_stale_entries_skips_what_another_training_removed(
+        tmp_path, monkeypatch):
+    """Two trainings cleaning up at once: a file or folder the other one
+    removed first is no error."""
+    keys = [f"{n:02x}" + "0" * 62 for n in range(3)]
+    features = tmp_path / "features"
+    write_cache_files(features, [f"{WEIGHTS}/{k[:2]}/{k}.npy" for k in keys])
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+
+    def other_first(real):
+        def call(path, *args, **kwargs):
+            real(path)  # the other training
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "unlink", other_first(real_unlink))
+    monkeypatch.setattr(os, "rmdir", other_first(real_rmdir))
+    assert FeatureCache(WEIGHTS, str(tmp_path)).remove_stale() == 0
+    monkeypatch.undo()
+    assert os.listdir(features) == []
+
+
+def test_training_removes_stale_feature_entries_and_says_so(
+        backbone_store, shapes, tmp_path):
+    base = store.load_model("tiny", root=backbone_store)
+    key = "ab" + "1" * 62
+    features = tmp_path / "cache" / "features"
+    write_cache_files(features, [f"{base.weights_sha256}/ab/{key}.npy"])
+    stream = io.StringIO()
+    train_transfer(FolderData(shapes), name="shapes", base=base,
+                   config=TrainConfig(epochs=1, augment_copies=0),
+                   stream=stream, cache_directory=str(tmp_path / "cache"))
+    assert (f"removed 1 feature cache entries of an older format from "
+            f"{features}\n") in stream.getvalue()
+    assert os.listdir(features) == ["v2"]
 
 
 def write_colour_bmps(root, per_class=10):
@@ -278,6 +368,24 @@ def test_a_class_folder_linked_to_another_stops_training_in_one_line(
                          "--name", "x", *model)
     assert (code, out) == (2, "") and err.count("\n") == 1
     assert message.replace("DATA", str(data)) in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
+@pytest.mark.parametrize("how", ["base", "spec"])
+def test_one_file_linked_into_two_class_folders_stops_training_in_one_line(
+        backbone_store, tmp_path, cli, how):
+    """blue/red000.png -> red/red000.png trained one image under both
+    labels, silently."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=6)
+    (data / "blue" / "red000.png").symlink_to(data / "red" / "red000.png")
+    model = ["--base", "tiny"] if how == "base" else [
+        "--spec", tiny_spec(tmp_path)]
+    code, out, err = cli("--store", backbone_store, "train", "--data", data,
+                         "--name", "x", *model)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert (f"{data}/blue/red000.png (class 'blue') and {data}/red/"
+            f"red000.png (class 'red') are one file") in err
     assert not os.path.exists(os.path.join(backbone_store, "x"))
 
 
