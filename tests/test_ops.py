@@ -8,9 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from model_store.engine import T, function, grad, shared
+from model_store.engine import T, function, grad, pool_2d, shared
 from model_store.ops import (
     DenseBiasAct,
+    DenseConv2dBiasAct,
     DepthwiseConv2dBiasAct,
     ExpandDepthwiseConv2dBiasAct,
     PointwiseConv2dBiasAct,
@@ -142,17 +143,133 @@ def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+# (input channels, kernel, stride, padding rule, activation, input H x W):
+# dense convolutions of 1 or more than 4 input channels (digits-cnn's two,
+# an imported VGG-style 3x3), strides 1-3, TF-same and asymmetric padding,
+# odd sizes, a padding wider than the kernel's reach on one side.
+DENSE_CONV = [
+    (1, 3, 1, "valid", "relu", (32, 32)),     # digits-cnn's conv1
+    (32, 3, 1, "valid", "relu", (15, 15)),    # and its conv2
+    (6, 3, 2, "same", "relu6", (17, 19)),
+    (5, 5, 1, "same", "identity", (9, 12)),
+    (8, (2, 3), 3, ((1, 0), (2, 1)), "relu", (10, 11)),
+    (1, 3, 2, ((0, 2), (3, 0)), "identity", (7, 5)),
+]
+
+
+def numpy_max_pool(x, window, stride):
+    """Max over windows wholly inside each plane."""
+    (ph, pw), (sh, sw) = window, stride
+    n, c, h, w = x.shape
+    hp, wp = (h - ph) // sh + 1, (w - pw) // sw + 1
+    out = np.full((n, c, hp, wp), -np.inf)
+    for a in range(ph):
+        for bb in range(pw):
+            out = np.maximum(out, x[:, :, a:a + sh * (hp - 1) + 1:sh,
+                                    bb:bb + sw * (wp - 1) + 1:sw])
+    return out
+
+
+@pytest.mark.parametrize("channels,kernel,stride,rule,activation,size",
+                         DENSE_CONV)
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_dense_conv_matches_numpy(channels, kernel, stride, rule, activation,
+                                  size, batch):
+    rng = np.random.RandomState(batch + channels)
+    kh, kw, padding = geometry(kernel, stride, rule, size)
+    x = rand(rng, batch, channels, *size)
+    w = rand(rng, 7, channels, kh, kw) / np.sqrt(channels)
+    b = rand(rng, 7)
+    got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
+                   activation=activation)
+    want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+# (window, stride, input H x W of the pooling): digits-cnn's 2x2 over odd
+# planes (the last row and column dropped), overlapping 3x3 windows every
+# 2, a window as large as the plane, a non-square window and stride.
+POOLS = [((2, 2), (2, 2), (13, 13)), ((3, 3), (2, 2), (12, 11)),
+         ((5, 4), (1, 1), (5, 4)), ((2, 3), (3, 1), (10, 9))]
+
+
+@pytest.mark.parametrize("window,stride,size", POOLS)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_max_pooling_of_a_dense_conv_is_folded_into_it(window, stride, size,
+                                                       batch):
+    """A predictor's conv2d layer followed by max_pool2d (no padding) runs
+    one op: the unpooled planes never go through memory."""
+    rng = np.random.RandomState(batch)
+    x = rand(rng, batch, 5, size[0] + 2, size[1] + 2)
+    w = rand(rng, 9, 5, 3, 3) / 3
+    b = rand(rng, 9)
+    xs = T.tensor4("x")
+    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
+                                input_shape=x.shape[1:], stride=1,
+                                padding=((0, 0), (0, 0)), groups=1,
+                                activation="relu")
+    fn = function([xs], pool_2d(conv, ws=window, stride=stride,
+                                ignore_border=True, mode="max"))
+    assert [node.op for node in fn.maker.fgraph.toposort()] == [
+        DenseConv2dBiasAct(kernel=(3, 3), stride=1, padding=((0, 0), (0, 0)),
+                           activation="relu", pool=window + stride)]
+    want = numpy_max_pool(numpy_grouped_conv(
+        x, w, b, 1, ((0, 0), (0, 0)), 1, "relu"), window, stride)
+    got = fn(x)
+    assert got.shape == want.shape == (batch, 9, *((np.subtract(
+        size, window)) // stride + 1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["read elsewhere", "padded", "border kept",
+                                  "average"])
+def test_a_pooling_that_cannot_be_folded_stays_theanos(case):
+    """The fold applies only when the pooling is all that reads the
+    convolution and it pools whole windows without padding; otherwise
+    Theano's Pool runs, and the results are the same."""
+    rng = np.random.RandomState(2)
+    x = rand(rng, 2, 5, 9, 9)
+    w, b = rand(rng, 4, 5, 3, 3) / 3, rand(rng, 4)
+    xs = T.tensor4("x")
+    conv = fast_conv2d_bias_act(xs, shared(w), shared(b), input_shape=(5, 9, 9),
+                                stride=1, padding=((0, 0), (0, 0)), groups=1,
+                                activation="identity")
+    # conv: 7x7 planes
+    kwargs = dict(ws=(2, 2), stride=(2, 2), ignore_border=True, mode="max")
+    if case == "padded":
+        kwargs["pad"] = (1, 1)
+    elif case == "border kept":
+        kwargs["ignore_border"] = False
+    elif case == "average":
+        kwargs["mode"] = "average_exc_pad"
+    outputs = [pool_2d(conv, **kwargs)]
+    if case == "read elsewhere":
+        outputs.append(conv)
+    fn = function([xs], outputs)
+    ops = [node.op for node in fn.maker.fgraph.toposort()]
+    assert DenseConv2dBiasAct(kernel=(3, 3), stride=1,
+                              padding=((0, 0), (0, 0)),
+                              activation="identity") in ops
+    assert any(type(op).__name__ == "Pool" for op in ops)
+    plain = function([xs], pool_2d(T.as_tensor_variable(numpy_grouped_conv(
+        x, w, b, 1, ((0, 0), (0, 0)), 1, "identity").astype(np.float32)),
+        **kwargs), on_unused_input="ignore")
+    np.testing.assert_allclose(fn(x)[0], plain(x), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("groups,kernel,stride,activation", [
     ("depthwise", 3, 1, "relu6"), ("depthwise", 5, 2, "relu"),
     ("depthwise", 3, 2, "identity"), ("stem", 3, 2, "relu6"),
     ("stem", 5, 1, "relu"), ("pointwise", 1, 1, "relu6"),
-    ("pointwise", 1, 1, "identity")])
+    ("pointwise", 1, 1, "identity"), ("dense", 3, 1, "relu"),
+    ("dense", 3, 2, "relu6")])
 def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
                                                 activation):
     """Activations propagate NaN (NumPy's maximum and clip do): a broken
     input or weight shows as NaN in the outputs it reaches, not as 0."""
     rng = np.random.RandomState(11)
-    channels = {"depthwise": 4, "stem": 3, "pointwise": 6}[groups]
+    channels = {"depthwise": 4, "stem": 3, "pointwise": 6, "dense": 6}[groups]
     x = rand(rng, 2, channels, 20, 37)
     x[1, 0, 9, 17] = np.nan
     filters = 7 if groups != "depthwise" else channels
@@ -316,10 +433,8 @@ def test_an_expansion_read_elsewhere_is_not_fused():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(shape=(4, 8, 3, 3), groups=1, stride=1, activation="relu"),  # dense
-    dict(shape=(32, 1, 3, 3), groups=1, stride=1, activation="relu",
-         input_shape=(1, 8, 8)),  # digits-cnn's first convolution
-    dict(shape=(4, 8, 1, 1), groups=1, stride=2, activation="relu"),  # 1x1 s2
+    dict(shape=(4, 8, 3, 3), groups=1, stride=1, activation="swish"),
+    dict(shape=(4, 8, 3, 3), groups=1, stride=(1, 2), activation="relu"),
     dict(shape=(4, 1, 3, 3), groups=4, stride=1, activation="swish"),
     dict(shape=(8, 1, 3, 3), groups=4, stride=1, activation="relu"),  # x2
     dict(shape=(4, 2, 3, 3), groups=2, stride=1, activation="relu"),

@@ -3,16 +3,19 @@
 ``fast_conv2d_bias_act`` has the signature of
 ``model_store.kernels.conv2d_bias_act`` and returns the graph built from these
 ops when one applies (depthwise convolution, 1x1 stride-1 dense convolution,
-or a dense convolution of an input with 2 to 4 channels such as an RGB stem,
-with an identity/relu/relu6 activation, float32), else None: the
+a dense convolution of an input with 2 to 4 channels such as an RGB stem, or
+any other dense convolution (im2col and sgemm per image), with an
+identity/relu/relu6 activation, float32, the same stride on both axes), else
+None (grouped convolutions, other activations): the
 caller then builds the plain Theano graph; ``fast_dense_bias_act`` does the
 same for ``model_store.kernels.dense_bias_act`` (a dense layer). The ops are
 inference-only (their ``grad`` raises), so training graphs keep the plain
 ops.
 
 Importing this package also registers the graph rewrites of ``fusion.py``:
-a residual ``add`` folded into the pointwise op that feeds it, and an
-expansion fused with the depthwise convolution it feeds.
+a residual ``add`` folded into the pointwise op that feeds it, an expansion
+fused with the depthwise convolution it feeds, and a max pooling folded
+into the dense convolution it reads.
 """
 
 from __future__ import annotations
@@ -22,17 +25,19 @@ import numpy as np
 from model_store.engine import T
 from model_store.ops import fusion  # noqa: F401  (registers the rewrites)
 from model_store.ops.base import ACTIVATIONS
+from model_store.ops.conv import DenseConv2dBiasAct
 from model_store.ops.dense import DenseBiasAct
 from model_store.ops.depthwise import DepthwiseConv2dBiasAct, StemConv2dBiasAct
 from model_store.ops.expand import ExpandDepthwiseConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
 
-__all__ = ["ACTIVATIONS", "DenseBiasAct", "DepthwiseConv2dBiasAct",
+__all__ = ["ACTIVATIONS", "DenseBiasAct", "DenseConv2dBiasAct",
+           "DepthwiseConv2dBiasAct",
            "ExpandDepthwiseConv2dBiasAct", "PointwiseConv2dBiasAct",
            "StemConv2dBiasAct", "fast_conv2d_bias_act", "fast_dense_bias_act"]
 
-#: Input channels for which a dense convolution uses the stem op. One-channel
-#: inputs (digits-cnn) keep Theano's convolution.
+#: Input channels for which a dense convolution uses the stem op (others use
+#: ``DenseConv2dBiasAct``).
 STEM_CHANNELS = range(2, 5)
 
 
@@ -77,6 +82,10 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
     if (groups == 1 and (kh, kw) == (1, 1) and step == 1
             and padding == ((0, 0), (0, 0)) and per_group == channels):
         return PointwiseConv2dBiasAct(activation=activation)(x, W, b)
+    if groups == 1 and per_group == channels:
+        op = DenseConv2dBiasAct(kernel=(kh, kw), stride=step, padding=padding,
+                                activation=activation)
+        return op(x, W, b)
     return None
 
 

@@ -51,8 +51,8 @@ _CODE = """
             "this padding is smaller than the %%dx%%d kernel",
             (long)xd[2], (long)xd[3], kh, kw);
         bad = 1;
-    }
-    npy_intp dims[4] = {xd[0], wd[0], ho, wo};
+    }%(more_checks)s
+    npy_intp dims[4] = {xd[0], wd[0], %(out_h)s, %(out_w)s};
     if (!bad && imgclass_output(&%(out)s, dims) != 0) bad = 1;
     if (!bad) {
         int failed;
@@ -109,9 +109,11 @@ class PlaneConvOp(InferenceOp):
         kh, kw = self.kernel
         return self.params_type.get_params(
             kh=kh, kw=kw, s=self.stride, pt=pt, pb=pb, pl=pl, pr=pr,
-            **self._activation_params())
+            **self._more_params())
 
-    def _activation_params(self) -> dict:
+    def _more_params(self) -> dict:
+        """The params besides the geometry: the activation's code, and
+        whatever a subclass adds to ``params_type``."""
         return {"act": ACTIVATIONS[self.activation]}
 
     def output_size(self, h, w):
@@ -125,6 +127,14 @@ class PlaneConvOp(InferenceOp):
         n, _, h, w = shapes[0]
         return [(n, shapes[1][0], *self.output_size(h, w))]
 
+    def _c_shapes(self, params: str) -> dict:
+        """C expressions of the filters W must have (``filters``) and of
+        its inputs per filter (``per_filter``); a subclass may add checks
+        (``more_checks``, an ``else if`` chain) and the output's height and
+        width (``out_h``, ``out_w``; default the convolution's ``ho`` and
+        ``wo``), which may read the params struct ``params``."""
+        raise NotImplementedError
+
     def _c_call(self) -> str:
         raise NotImplementedError
 
@@ -133,8 +143,9 @@ class PlaneConvOp(InferenceOp):
         out, = outputs
         values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
                       geometry=GEOMETRY_C % dict(params=sub["params"]),
-                      name=type(self).__name__)
-        values.update(self._c_shapes())
+                      name=type(self).__name__, more_checks="",
+                      out_h="ho", out_w="wo")
+        values.update(self._c_shapes(sub["params"]))
         values["call"] = self._c_call() % dict(values, args=_ARGS % values)
         return _CODE % values
 
@@ -149,7 +160,7 @@ class DepthwiseConv2dBiasAct(PlaneConvOp):
 
     _c_files = ("depthwise.c",)
 
-    def _c_shapes(self):
+    def _c_shapes(self, params: str):
         return dict(filters="xd[1]", per_filter="1")
 
     def _c_call(self):
@@ -167,7 +178,7 @@ class StemConv2dBiasAct(PlaneConvOp):
 
     _c_files = ("depthwise.c", "stem.c")
 
-    def _c_shapes(self):
+    def _c_shapes(self, params: str):
         return dict(filters="wd[0]", per_filter="xd[1]")
 
     def _c_call(self):

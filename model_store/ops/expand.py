@@ -38,7 +38,7 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
                              f"{expand_activation!r}")
         self.expand_activation = expand_activation
 
-    def _activation_params(self) -> dict:
+    def _more_params(self) -> dict:
         return {"act": ACTIVATIONS[self.activation],
                 "act_e": ACTIVATIONS[self.expand_activation]}
 

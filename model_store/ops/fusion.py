@@ -9,11 +9,17 @@
 * ``depthwise(pointwise(x))`` -> one ``ExpandDepthwiseConv2dBiasAct``, when
   the expansion feeds nothing else (and adds no residual): its output, the
   block's largest tensor, then never goes through memory whole.
+* ``max_pool(dense_conv(x))`` -> one ``DenseConv2dBiasAct`` that pools, when
+  the convolution feeds nothing else and the pooling has no padding and
+  ignores the border (what ``max_pool2d`` layers without padding build).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from model_store.engine import T, theano
+from model_store.ops.conv import NO_POOL, DenseConv2dBiasAct
 from model_store.ops.depthwise import DepthwiseConv2dBiasAct
 from model_store.ops.expand import ExpandDepthwiseConv2dBiasAct
 from model_store.ops.pointwise import PointwiseConv2dBiasAct
@@ -62,3 +68,35 @@ def fuse_expand_depthwise(node):
 
 theano.tensor.opt.register_specialize(fuse_expand_depthwise,
                                       "imgclass_fuse_expand_depthwise")
+
+
+def _constant_ints(variable):
+    """The ints of a constant vector variable, or None."""
+    if not isinstance(variable, T.TensorConstant) or variable.ndim != 1:
+        return None
+    return tuple(int(v) for v in np.asarray(variable.data))
+
+
+@theano.gof.local_optimizer([theano.tensor.signal.pool.Pool])
+def fuse_conv_max_pool(node):
+    op = node.op
+    if not (isinstance(op, theano.tensor.signal.pool.Pool)
+            and op.mode == "max" and op.ignore_border and op.ndim == 2):
+        return False
+    conv = node.inputs[0]
+    owner = conv.owner
+    window, stride, pad = (_constant_ints(v) for v in node.inputs[1:4])
+    if (owner is None or not isinstance(owner.op, DenseConv2dBiasAct)
+            or owner.op.pool != NO_POOL or len(conv.clients) != 1
+            or None in (window, stride, pad) or len(window) != 2
+            or len(stride) != 2 or pad != (0, 0)):
+        return False
+    fused = DenseConv2dBiasAct(
+        kernel=owner.op.kernel, stride=owner.op.stride,
+        padding=owner.op.padding, activation=owner.op.activation,
+        pool=window + stride)
+    return [fused(*owner.inputs)]
+
+
+theano.tensor.opt.register_specialize(fuse_conv_max_pool,
+                                      "imgclass_fuse_conv_max_pool")
