@@ -13,6 +13,7 @@ of each, and the median gap between a batch's decoding and its network call
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
@@ -26,6 +27,7 @@ def _timed(owner, name: str, label: str, spans: list, generator: bool):
     """Wraps ``owner.name`` to append ``(label, start, end)`` to spans."""
     original = getattr(owner, name)
 
+    @functools.wraps(original)  # Beam reads process's DoFn parameters
     def wrapper(*args, **kwargs):
         start = time.perf_counter()
         result = original(*args, **kwargs)

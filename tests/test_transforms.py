@@ -2,6 +2,7 @@
 
 import io
 import os
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -10,6 +11,8 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 from PIL import Image
 
 from model_store.datasets import digit_image
@@ -141,6 +144,100 @@ def test_predict_batches_writes_sorted_top_k_rows(model, split):
         assert_that(tables.rows | beam.FlatMap(check),
                     equal_to(list(zip([e.path for e in examples], labels))))
         assert_that(tables.errors, equal_to([]), label="no errors")
+
+
+class _HeldPredictor:
+    """A predictor whose calls wait until ``release`` is set, and fail for
+    batches of ``fail_size`` examples."""
+
+    def __init__(self, predictor, fail_size=None):
+        self._predictor = predictor
+        self.stored = predictor.stored
+        self.started, self.release = threading.Event(), threading.Event()
+        self._fail_size = fail_size
+
+    def predict(self, batch):
+        self.started.set()
+        assert self.release.wait(60)
+        if len(batch) == self._fail_size:
+            raise RuntimeError("the network failed")
+        return self._predictor.predict(batch)
+
+
+def digit_examples(model, split, count):
+    prep = model.preprocessing
+    return [Example(f"d{i}", prep.to_pixels(digit_image(split.test_images[i])),
+                    8, 8) for i in range(count)]
+
+
+def test_predict_hands_beams_thread_back_while_the_network_runs(model, split):
+    """While one batch is in the network, Beam's thread returns to decode
+    the next; each batch's rows come out once, in order, in the batch's
+    own window and timestamp, the last at the end of the bundle."""
+    examples = digit_examples(model, split, 6)
+    fn = PredictBatchesFn(model.ref, store=None,
+                          expected_sha256=model.weights_sha256, top_k=1,
+                          run_id="r")
+    fn.setup()
+    held = fn._predictor = _HeldPredictor(fn._predictor)
+    fn.start_bundle()
+    first, second = IntervalWindow(0, 10), IntervalWindow(10, 20)
+    assert list(fn.process(examples[:4], first, Timestamp(1))) == []
+    assert held.started.wait(60) and not held.release.is_set()
+    held.release.set()
+    out = list(fn.process(examples[4:], second, Timestamp(12)))
+    out += list(fn.finish_bundle())
+    fn.teardown()
+    assert [(v.windows, v.timestamp, v.value.column("path").to_pylist())
+            for v in out] == [
+        ((first,), Timestamp(1), ["d0", "d1", "d2", "d3"]),
+        ((second,), Timestamp(12), ["d4", "d5"])]
+    labels = [label for v in out for label in v.value.column("label")
+              .to_pylist()]
+    assert labels == [str(split.test_labels[i]) for i in range(6)]
+
+
+def test_a_failed_network_call_makes_error_rows_of_its_batch_only(model,
+                                                                  split):
+    examples = digit_examples(model, split, 5)
+    fn = PredictBatchesFn(model.ref, store=None,
+                          expected_sha256=model.weights_sha256, top_k=1,
+                          run_id="r")
+    fn.setup()
+    held = fn._predictor = _HeldPredictor(fn._predictor, fail_size=2)
+    held.release.set()
+    fn.start_bundle()
+    window = IntervalWindow(0, 10)
+    out = list(fn.process(examples[:2], window, Timestamp(3)))
+    out += list(fn.process(examples[2:], window, Timestamp(4)))
+    out += list(fn.finish_bundle())
+    fn.teardown()
+    errors = [o for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [(e.tag, e.value.value["path"], e.value.value["stage"],
+             e.value.timestamp) for e in errors] == [
+        (schema.ERRORS_TAG, path, "predict", Timestamp(3))
+        for path in ("d0", "d1")]
+    assert errors[0].value.value["message"] == "the network failed"
+    tables = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [t.value.column("path").to_pylist() for t in tables] == [
+        ["d2", "d3", "d4"]]
+
+
+def test_predicted_rows_stay_in_their_batchs_window_in_a_pipeline(model,
+                                                                  split):
+    examples = digit_examples(model, split, 9)
+    fn = PredictBatchesFn(model.ref, store=None,
+                          expected_sha256=model.weights_sha256, top_k=1,
+                          run_id="r")
+    batches = [TimestampedValue(examples[i:i + 3], 10 * i) for i in (0, 3, 6)]
+    with beam_pipeline() as p:
+        rows = (p | beam.Create(batches) | beam.WindowInto(FixedWindows(10))
+                | beam.ParDo(fn).with_outputs("errors", main="rows"))
+        assert_that(rows.rows | beam.Map(
+            lambda t, w=beam.DoFn.WindowParam: (int(w.start),
+                                                t.column("path").to_pylist())),
+            equal_to([(0, ["d0", "d1", "d2"]), (30, ["d3", "d4", "d5"]),
+                      (60, ["d6", "d7", "d8"])]))
 
 
 def test_predict_leaves_unsure_rows_unlabelled_but_keeps_top_k(model):

@@ -12,10 +12,18 @@ Two ways in:
 Both load and compile in ``DoFn.setup`` through :func:`load_predictor`, held
 by Beam's ``Shared`` so that every DoFn instance in a worker process uses the
 same compiled function.
+
+:class:`PredictBatchesFn` runs the network on a thread of its own, one batch
+behind: while batch k is in the network (whose C ops release the GIL),
+Beam's thread returns to decode batch k+1 (decoding and the network run in
+the same fused stage). Each batch's rows are emitted when the next batch
+arrives, or at the end of the bundle, in the batch's own window.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import datetime
 import time
 from typing import Any, Iterable, Optional, Sequence
@@ -26,6 +34,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
@@ -121,19 +130,55 @@ class PredictBatchesFn(beam.DoFn):
         self._name, self._version = stored.name, str(stored.version)
         self._progress = progress.counter(self._run_id,
                                           self._progress_folder)
+        self._network = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="imgclass-network")
+        self._pending: Optional[_InFlight] = None
+
+    def teardown(self):
+        self._network.shutdown(wait=True)
+
+    def start_bundle(self):
+        self._pending = None  # a failed bundle's batch is retried whole
 
     def finish_bundle(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            yield from self._rows(pending)
         self._progress.flush()
 
-    def process(self, batch: Sequence) -> Iterable:
+    def process(self, batch: Sequence, window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam) -> Iterable:
+        submitted = _InFlight(batch, self._network.submit(self._run, batch),
+                              window, timestamp)
+        if self._pending is not None:
+            yield from self._rows(self._pending)
+        self._pending = submitted
+
+    def _run(self, batch: Sequence):
+        """On the network thread: ``(outputs, milliseconds)``."""
+        pixels = np.stack([example.pixels for example in batch])
+        started = time.perf_counter()
+        outputs = self._predictor.predict(self._prep.normalize(pixels))
+        return outputs, int(1000 * (time.perf_counter() - started))
+
+    def _rows(self, pending: "_InFlight") -> Iterable:
+        """A batch's outputs once its network call is done, in its window
+        (metrics are counted here, in Beam's thread: a counter updated from
+        another thread is not recorded)."""
+        for output in self._outputs(pending.batch, pending.future):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag,
+                                               pending.windowed(output.value))
+            else:
+                yield pending.windowed(output)
+
+    def _outputs(self, batch: Sequence, future) -> Iterable:
         try:
-            pixels = np.stack([example.pixels for example in batch])
-            started = time.perf_counter()
-            outputs = self._predictor.predict(self._prep.normalize(pixels))
-            self._latency.update(int(1000 * (time.perf_counter() - started)))
+            outputs, milliseconds = future.result()
         except Exception as error:  # one bad batch must not stop the run
             yield from self._error_rows(batch, error)
             return
+        self._latency.update(milliseconds)
         finite = np.isfinite(outputs[0] if self._embeddings
                              else outputs).all(axis=1)
         if not finite.all():
@@ -194,6 +239,20 @@ class PredictBatchesFn(beam.DoFn):
                 pa.array(embeddings.ravel().astype(np.float32)))
         return pa.Table.from_pydict(
             columns, schema=schema.predictions_schema(self._embeddings))
+
+
+@dataclasses.dataclass(frozen=True)
+class _InFlight:
+    """A batch whose network call runs on the network thread, and the
+    window and timestamp its rows belong to."""
+
+    batch: Sequence
+    future: concurrent.futures.Future
+    window: Any
+    timestamp: Any
+
+    def windowed(self, value) -> WindowedValue:
+        return WindowedValue(value, self.timestamp, (self.window,))
 
 
 INPUT_KINDS = ("arrays", "images")
