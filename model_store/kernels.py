@@ -43,8 +43,9 @@ def conv2d_bias_act(x, W, b, *, input_shape, stride, padding: Padding,
     arguments. ``b`` is a shared vector of ``F`` biases and ``activation`` a
     name from :mod:`model_store.nonlinearities`.
 
-    Inference only: where one applies (depthwise, 1x1 and RGB-stem
-    convolutions), a fast C op of :mod:`model_store.ops` computes it all in
+    Inference only: where one applies (depthwise and dense convolutions
+    with the same stride on both axes and an identity/relu/relu6
+    activation), a fast C op of :mod:`model_store.ops` computes it all in
     one pass; other convolutions are plain Theano."""
     from model_store.ops import fast_conv2d_bias_act
 

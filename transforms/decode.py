@@ -45,8 +45,10 @@ def decoding_threads() -> int:
     """Threads that decode a batch's files together: one per core this
     process may use (``OMP_NUM_THREADS`` when set, as local multi-process
     runs set it to the cores per worker). Pillow and file reads release the
-    GIL, and the network only runs between batches, so decoding then has
-    the cores to itself."""
+    GIL. The network call of the batch before runs meanwhile, on its own
+    thread (``PredictBatchesFn``): on 2 cores Lite0's photos took as long
+    with one decoding thread as with two (bench/README.md), but a machine
+    whose cores one decoding thread cannot keep busy needs them all."""
     try:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
