@@ -112,11 +112,12 @@ def test_depthwise_matches_numpy(kernel, stride, rule, activation, size,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
-# (input channels, kernel, stride, padding rule, activation, input H x W).
-# Outputs wider than 8 with a 3x3 or 5x5 kernel take the kernel that
-# computes 8 filters at once with AVX-512, 4 with AVX2 (its last 16-column
-# tile partly outside the row: widths 11, 23, 19, 33); the others go filter
-# by filter. 9 filters: blocks of 8 or 4 and one left over.
+# The stem op's cases (2 to 4 input channels): (input channels, kernel,
+# stride, padding rule, activation, input H x W). Outputs wider than 8 with
+# a 3x3 or 5x5 kernel take the kernel that computes 8 filters at once with
+# AVX-512, 4 with AVX2 (its last 16-column tile partly outside the row:
+# widths 11, 23, 19, 33); the others go filter by filter. 9 filters:
+# blocks of 8 or 4 and one left over.
 STEM = [
     (3, 3, 2, "same", "relu6", (7, 9)),
     (2, 5, 1, "same", "relu", (6, 11)),
@@ -125,22 +126,6 @@ STEM = [
     (3, 5, 2, "valid", "identity", (30, 41)),
     (2, 3, 1, "same", "relu", (20, 33)),
 ]
-
-
-@pytest.mark.parametrize("channels,kernel,stride,rule,activation,size", STEM)
-@pytest.mark.parametrize("batch", [1, 3, 64])
-def test_stem_matches_numpy(channels, kernel, stride, rule, activation, size,
-                            batch):
-    rng = np.random.RandomState(batch + channels)
-    kh, kw, padding = geometry(kernel, stride, rule, size)
-    x = rand(rng, batch, channels, *size)
-    w = rand(rng, 9, channels, kh, kw)
-    b = rand(rng, 9)
-    got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
-                   activation=activation)
-    want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 # (input channels, kernel, stride, padding rule, activation, input H x W):
@@ -171,15 +156,17 @@ def numpy_max_pool(x, window, stride):
 
 
 @pytest.mark.parametrize("channels,kernel,stride,rule,activation,size",
-                         DENSE_CONV)
+                         STEM + DENSE_CONV)
 @pytest.mark.parametrize("batch", [1, 3, 64])
-def test_dense_conv_matches_numpy(channels, kernel, stride, rule, activation,
-                                  size, batch):
+def test_dense_convolution_matches_numpy(channels, kernel, stride, rule,
+                                         activation, size, batch):
+    """The stem op (2 to 4 input channels) and DenseConv2dBiasAct (the
+    others)."""
     rng = np.random.RandomState(batch + channels)
     kh, kw, padding = geometry(kernel, stride, rule, size)
     x = rand(rng, batch, channels, *size)
-    w = rand(rng, 7, channels, kh, kw) / np.sqrt(channels)
-    b = rand(rng, 7)
+    w = rand(rng, 9, channels, kh, kw) / np.sqrt(channels)
+    b = rand(rng, 9)
     got = run_fast(x, w, b, stride=stride, padding=padding, groups=1,
                    activation=activation)
     want = numpy_grouped_conv(x, w, b, stride, padding, 1, activation)

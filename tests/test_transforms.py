@@ -164,6 +164,18 @@ class _HeldPredictor:
         return self._predictor.predict(batch)
 
 
+def held_predict_fn(model, **held):
+    """A set-up PredictBatchesFn in a bundle, whose predictor is a
+    :class:`_HeldPredictor`."""
+    fn = PredictBatchesFn(model.ref, store=None,
+                          expected_sha256=model.weights_sha256, top_k=1,
+                          run_id="r")
+    fn.setup()
+    fn._predictor = _HeldPredictor(fn._predictor, **held)
+    fn.start_bundle()
+    return fn, fn._predictor
+
+
 def digit_examples(model, split, count):
     prep = model.preprocessing
     return [Example(f"d{i}", prep.to_pixels(digit_image(split.test_images[i])),
@@ -175,12 +187,7 @@ def test_predict_hands_beams_thread_back_while_the_network_runs(model, split):
     the next; each batch's rows come out once, in order, in the batch's
     own window and timestamp, the last at the end of the bundle."""
     examples = digit_examples(model, split, 6)
-    fn = PredictBatchesFn(model.ref, store=None,
-                          expected_sha256=model.weights_sha256, top_k=1,
-                          run_id="r")
-    fn.setup()
-    held = fn._predictor = _HeldPredictor(fn._predictor)
-    fn.start_bundle()
+    fn, held = held_predict_fn(model)
     first, second = IntervalWindow(0, 10), IntervalWindow(10, 20)
     assert list(fn.process(examples[:4], first, Timestamp(1))) == []
     assert held.started.wait(60) and not held.release.is_set()
@@ -200,13 +207,8 @@ def test_predict_hands_beams_thread_back_while_the_network_runs(model, split):
 def test_a_failed_network_call_makes_error_rows_of_its_batch_only(model,
                                                                   split):
     examples = digit_examples(model, split, 5)
-    fn = PredictBatchesFn(model.ref, store=None,
-                          expected_sha256=model.weights_sha256, top_k=1,
-                          run_id="r")
-    fn.setup()
-    held = fn._predictor = _HeldPredictor(fn._predictor, fail_size=2)
+    fn, held = held_predict_fn(model, fail_size=2)
     held.release.set()
-    fn.start_bundle()
     window = IntervalWindow(0, 10)
     out = list(fn.process(examples[:2], window, Timestamp(3)))
     out += list(fn.process(examples[2:], window, Timestamp(4)))
