@@ -68,16 +68,14 @@ class TableSpec:
 
 def table_spec(table_format: str, output: str, *,
                catalog: Optional[str] = None,
-               namespace: str = DEFAULT_NAMESPACE,
+               namespace: Optional[str] = None,
                partition: Optional[str] = None) -> Optional[TableSpec]:
-    """Checks the options; None for the plain Parquet layout."""
+    """Checks the options; None for the plain Parquet layout. ``catalog``
+    and ``namespace`` are None when not given (the defaults)."""
     if table_format not in FORMATS:
         raise ConfigError(f"--table-format must be one of "
                           f"{', '.join(FORMATS)}, got {table_format!r}")
-    if table_format != "iceberg" and (catalog is not None
-                                      or namespace != DEFAULT_NAMESPACE):
-        raise ConfigError("--iceberg-catalog and --iceberg-namespace "
-                          "only apply with --table-format iceberg")
+    _check_iceberg_options_given(table_format, catalog, namespace)
     if table_format == "parquet":
         return None
     if partition is not None and partition_values(partition) is None:
@@ -85,6 +83,7 @@ def table_spec(table_format: str, output: str, *,
                           f"run_date only, got partition {partition!r}")
     if table_format == "delta":
         return TableSpec("delta", output)
+    namespace = DEFAULT_NAMESPACE if namespace is None else namespace
     if not namespace or not all(part.isidentifier()
                                 for part in namespace.split(".")):
         raise ConfigError(f"--iceberg-namespace must be a name such as "
@@ -95,6 +94,16 @@ def table_spec(table_format: str, output: str, *,
                           f"postgresql://host/db, got {catalog!r}")
     return TableSpec("iceberg", output, catalog or default_catalog(output),
                      namespace)
+
+
+def _check_iceberg_options_given(table_format: str, catalog: Optional[str],
+                                 namespace: Optional[str]) -> None:
+    """The Iceberg options given (even with their default value) without
+    ``--table-format iceberg`` are a mistake."""
+    if table_format != "iceberg" and (catalog, namespace) != (None, None):
+        raise ConfigError("--iceberg-catalog and --iceberg-namespace only "
+                          "apply with --table-format iceberg: drop them, "
+                          "or give --table-format iceberg")
 
 
 def default_catalog(output: str) -> str:

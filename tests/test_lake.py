@@ -151,6 +151,22 @@ def test_table_options_are_checked_before_any_work(tmp_path, split, cli):
     assert not os.path.exists(os.path.join(out, "predictions"))
 
 
+@pytest.mark.parametrize("table_format", ["parquet", "delta"])
+@pytest.mark.parametrize("option", [
+    ["--iceberg-namespace", tables.DEFAULT_NAMESPACE],
+    ["--iceberg-catalog", "sqlite:///{out}/_catalog.db"]])
+def test_iceberg_options_given_with_their_default_value_are_refused_without_iceberg(
+        tmp_path, split, cli, table_format, option):
+    folder, out = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    code, _, err = cli("classify", "--input", folder, "--output", out,
+                       "--table-format", table_format, option[0],
+                       option[1].format(out=out))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "only apply with --table-format iceberg" in err
+    assert not os.path.exists(out)
+
+
 @pytest.mark.parametrize("table_format", FORMATS)
 def test_a_table_written_without_embeddings_gains_the_column(
         tmp_path, split, table_format):
