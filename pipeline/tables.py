@@ -25,7 +25,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
+import urllib.parse
 from typing import Callable, Optional
 
 from model_store.errors import ConfigError
@@ -82,6 +84,7 @@ def table_spec(table_format: str, output: str, *,
         raise ConfigError(f"--table-format {table_format} partitions by "
                           f"run_date only, got partition {partition!r}")
     if table_format == "delta":
+        _check_delta_path(output)
         return TableSpec("delta", output)
     namespace = DEFAULT_NAMESPACE if namespace is None else namespace
     if not namespace or not all(part.isidentifier()
@@ -106,12 +109,34 @@ def _check_iceberg_options_given(table_format: str, catalog: Optional[str],
                           "or give --table-format iceberg")
 
 
+# '%' and two hex digits: deltalake (delta-rs 1.x) decodes them in a local
+# table path once too often, and looks for another folder (%41 -> A).
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _check_delta_path(output: str) -> None:
+    """Refuses a local output whose path deltalake cannot open a table in."""
+    if is_uri(output):
+        return
+    path = os.path.realpath(output)
+    escape = _PERCENT_ESCAPE.search(path)
+    if escape:
+        raise ConfigError(
+            f"--table-format delta cannot use output {output!r}: deltalake "
+            f"reads {escape.group()!r} in its path {path!r} as an escaped "
+            f"character and cannot open a table there; give an --output "
+            f"whose path has no '%' followed by two hex digits")
+
+
 def default_catalog(output: str) -> str:
-    """The SQLite catalog file kept in the output folder."""
+    """The SQLite catalog file kept in the output folder, as a URI (its
+    path percent-encoded: SQLAlchemy decodes it, so '%', '?' and '#' in a
+    folder name are kept)."""
     if is_uri(output):
         raise ConfigError(f"output {output!r} is not a local folder: give "
                           f"--iceberg-catalog (a SQL catalog URI)")
-    return f"sqlite:///{os.path.join(os.path.abspath(output), CATALOG_FILE)}"
+    path = os.path.join(os.path.abspath(output), CATALOG_FILE)
+    return f"sqlite:///{urllib.parse.quote(path)}"
 
 
 def partition_values(partition: Optional[str]) -> Optional[dict]:
@@ -319,10 +344,24 @@ def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
 
 def _new_sqlite_file(uri: str) -> Optional[str]:
     """The file of a ``sqlite:///PATH`` catalog that does not exist yet."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = _sqlite_file(uri)
     return path if path and not os.path.exists(path) else None
+
+
+def _sqlite_file(uri: str) -> Optional[str]:
+    """The file of a ``sqlite:///PATH`` catalog (PATH percent-decoded, as
+    SQLAlchemy reads it), or None (another database, or in memory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:  # open_catalog reports it
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (
+            None, "", ":memory:") or url.database.startswith("file:"):
+        return None
+    return url.database
 
 
 def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
