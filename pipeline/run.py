@@ -427,8 +427,7 @@ def _run(config, options, runner, log, output_locked, started,
 
     patterns, partition = validate(config)
     spec = table_spec(config, partition)  # its mistakes, before any work
-    if config.iceberg_catalog is not None:
-        tables.open_catalog(spec)
+    tables.open_catalog(spec)
     check_matches(config)
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(now)

@@ -303,28 +303,55 @@ def _with_connect_timeout(uri: str) -> str:
             hide_password=False)
 
 
-def open_catalog(spec: TableSpec) -> None:
-    """Connects to the Iceberg catalog of ``spec`` (an explicit
-    ``--iceberg-catalog``) before any work; ConfigError if it cannot be
-    opened. A SQLite file that does not exist yet, in a folder that does,
-    is a new catalog and is created."""
+def open_catalog(spec: Optional[TableSpec]) -> None:
+    """Connects to the Iceberg catalog of ``spec``, given or the default,
+    before any work; ConfigError if it cannot be opened (a SQLite path that
+    is not a regular file is not opened: a FIFO would block). A SQLite file
+    that does not exist yet is a new catalog, made by the first commit: in
+    a folder that exists, or (the default) in the output folder."""
     from pipeline.outputs import error_line
 
-    new = _new_sqlite_file(spec.catalog)
-    if new is not None:  # made by the first commit, not by checks
-        folder = os.path.dirname(os.path.abspath(new))
-        if not os.path.isdir(folder):
-            raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot "
-                              f"be opened (its folder {folder} does not "
-                              f"exist); fix the URI or make the folder")
+    if spec is None or spec.format != "iceberg":
+        return
+    name, advice = _catalog_words(spec)
+    path = _sqlite_file(spec.catalog)
+    if path is not None and os.path.exists(path) and \
+            not os.path.isfile(path):
+        raise ConfigError(f"{name} cannot be opened ({path} is not a "
+                          f"regular file); {advice}")
+    if path is not None and not os.path.exists(path):
+        _check_new_catalog_folder(spec, name, path)
         return
     try:
         iceberg_catalog(spec)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy, drivers, I/O
-        raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot be "
-                          f"opened ({type(error).__name__}: "
-                          f"{error_line(error)}); fix the URI, start the "
-                          f"database or install its driver") from None
+        raise ConfigError(f"{name} cannot be opened ({type(error).__name__}"
+                          f": {error_line(error)}); {advice}") from None
+
+
+def _catalog_words(spec: TableSpec) -> tuple[str, str]:
+    """How messages name the catalog of ``spec``, and the way out."""
+    if _is_default_catalog(spec):
+        return (f"the Iceberg catalog {_sqlite_file(spec.catalog)} (the "
+                f"default, in --output)", "restore it from a backup, give "
+                "the --iceberg-catalog that lists this output's tables, "
+                "or use another --output")
+    return (f"--iceberg-catalog {spec.catalog!r}",
+            "fix the URI, start the database or install its driver")
+
+
+def _is_default_catalog(spec: TableSpec) -> bool:
+    return not is_uri(spec.output) and \
+        spec.catalog == default_catalog(spec.output)
+
+
+def _check_new_catalog_folder(spec: TableSpec, name: str, path: str) -> None:
+    """A new SQLite catalog's folder must exist, unless it is the output
+    folder of the default catalog (the run makes it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) and not _is_default_catalog(spec):
+        raise ConfigError(f"{name} cannot be opened (its folder {folder} "
+                          f"does not exist); fix the URI or make the folder")
 
 
 def check_catalog_lists(spec: Optional[TableSpec], names) -> None:

@@ -229,3 +229,25 @@ def test_delta_refuses_an_output_path_deltalake_reads_as_escaped(
     err = refused(cli, folder, output, "--table-format", "delta")
     assert "'%41'" in err and "no '%' followed by two hex digits" in err
     assert not os.path.exists(output)
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("damage", ["truncated", "fifo"])
+def test_a_damaged_iceberg_catalog_stops_the_run_in_one_line(
+        tmp_path, split, cli, monkeypatch, damage, given):
+    """The default catalog, DIR/_catalog.db, is checked as a given one is;
+    a FIFO is not opened (it would block)."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    assert classify(folder, output, "iceberg") == 0
+    catalog = os.path.join(output, tables.CATALOG_FILE)
+    if damage == "truncated":
+        os.truncate(catalog, 100)
+    else:
+        os.remove(catalog)
+        os.mkfifo(catalog)
+    forbid_work(monkeypatch)
+    explicit = ["--iceberg-catalog", f"sqlite:///{catalog}"] if given else []
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--skip-done", "-q", *explicit)
+    assert "cannot be opened" in err and catalog in err
