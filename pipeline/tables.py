@@ -420,10 +420,13 @@ def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
 
 
 def _place(location: str) -> str:
-    """A table location without ``file://`` and a trailing slash."""
+    """A table location without ``file://`` and a trailing slash; a local
+    one with its symbolic links resolved (the same folder, however
+    reached)."""
     if location.startswith("file://"):
         location = location[len("file://"):]
-    return location.rstrip("/")
+    location = location.rstrip("/")
+    return location if is_uri(location) else os.path.realpath(location)
 
 
 def iceberg_table(spec: TableSpec, name: str, schema=None):

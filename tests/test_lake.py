@@ -251,3 +251,19 @@ def test_a_damaged_iceberg_catalog_stops_the_run_in_one_line(
     err = refused(cli, folder, output, "--table-format", "iceberg",
                   "--skip-done", "-q", *explicit)
     assert "cannot be opened" in err and catalog in err
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_an_output_reached_through_a_symlink_is_the_same_table(
+        tmp_path, split, table_format):
+    folder = str(tmp_path / "bucket")
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    truth = write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    assert classify(folder, str(link), table_format) == 0
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 3, seed=2))
+    assert classify(folder, str(real), table_format) == 0
+    paths = read_independently(str(real), table_format).column("path")
+    assert sorted(paths.to_pylist()) == sorted(truth)
+    assert len(commits(str(real), table_format)) == 2
