@@ -267,3 +267,15 @@ def test_an_output_reached_through_a_symlink_is_the_same_table(
     paths = read_independently(str(real), table_format).column("path")
     assert sorted(paths.to_pylist()) == sorted(truth)
     assert len(commits(str(real), table_format)) == 2
+
+
+def test_a_table_output_laid_out_otherwise_offers_two_ways_out(
+        tmp_path, split, cli):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    assert classify(folder, output, "delta") == 0  # run_date partitions
+    err = refused(cli, folder, output, "--table-format", "delta",
+                  "--skip-done")
+    assert err.rstrip().endswith(
+        "readers cannot query both together: use the same layout or "
+        "another output folder"), err
