@@ -6,7 +6,8 @@ and then :func:`commit_run` adds them to the table as they are (no rewrite):
 
 * ``delta`` (``deltalake``, delta-rs): one commit per table per run, whose
   commit info holds the run id, model and counts, and whose application
-  transaction ``imgclass/<run_id>`` marks the run as committed;
+  transaction ``imgclass/<run_id>`` marks the run as committed (a run that
+  adds columns adds them first, in a commit with the same info);
 * ``iceberg`` (``pyiceberg``, SQL catalog): one ``add_files`` snapshot per
   table per run, with the run id, model and counts in its summary.
 
@@ -191,7 +192,8 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
                  partition: dict, manifest: dict, *,
                  clock: Callable[[], float] = time.time) -> bool:
     """Adds ``paths`` (inside the table folder) to the Delta table ``name``
-    in one commit; False if the run was committed before."""
+    in one commit (after one adding the columns the table lacks); False if
+    the run was committed before."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
     from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
@@ -204,11 +206,13 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     actions = [_add_action(root, path, partition) for path in paths]
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
 
-    def properties(**retries):
+    def properties(*, marks_run=True, **retries):
+        """The run's commit info; ``marks_run``: and the transaction
+        ``imgclass/<run_id>`` (only on the commit that adds its files)."""
+        marks = [Transaction(app_id, 1, int(clock() * 1000))]
         return CommitProperties(
             custom_metadata=commit_properties(manifest, rows),
-            app_transactions=[Transaction(app_id, 1, int(clock() * 1000))],
-            **retries)
+            app_transactions=marks if marks_run else None, **retries)
     error = None
     for _ in range(COMMIT_ATTEMPTS):
         try:
@@ -228,7 +232,7 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
         if table.transaction_version(app_id) is not None:
             return False
         try:
-            _evolve_delta(table, schema)
+            _evolve_delta(table, schema, properties(marks_run=False))
             table.create_write_transaction(
                 actions, mode="append", schema=table.schema(),
                 partition_by=list(partition) or None,
@@ -258,8 +262,10 @@ def _add_action(root: str, path: str, partition: dict):
         stats=json.dumps({"numRecords": count_rows([path])}))
 
 
-def _evolve_delta(table, schema) -> None:
-    """Adds the columns ``schema`` (pyarrow) has and the table lacks."""
+def _evolve_delta(table, schema, properties) -> None:
+    """Adds the columns ``schema`` (pyarrow) has and the table lacks, in a
+    commit of its own with the run's commit ``properties``: deltalake's
+    ``create_write_transaction`` keeps the table's schema when appending."""
     import pyarrow as pa
     from deltalake import Schema
 
@@ -267,7 +273,7 @@ def _evolve_delta(table, schema) -> None:
     new = [field for field in schema if field.name not in have]
     if new:
         fields = Schema.from_arrow(pa.schema(new)).fields
-        table.alter.add_columns(fields)
+        table.alter.add_columns(fields, commit_properties=properties)
 
 
 def _delta_schema(schema):
