@@ -908,9 +908,8 @@ def _add_table_options(parser) -> None:
                              "SQLAlchemy URI (default: sqlite:///"
                              f"OUTPUT/{tables.CATALOG_FILE})")
     parser.add_argument("--iceberg-namespace", metavar="NAME",
-                        default=tables.DEFAULT_NAMESPACE,
                         help="namespace of the Iceberg tables "
-                             "(default: %(default)s)")
+                             f"(default: {tables.DEFAULT_NAMESPACE})")
     parser.add_argument("--emit-embeddings", action="store_true",
                         help="add an 'embedding' column: the model's "
                              "penultimate features (256 floats for "

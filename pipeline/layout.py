@@ -124,13 +124,13 @@ def check(output: str, layout: str, table_format: str, *,
             f"output folder")
     existing = recorded(output)
     if existing is not None and existing != layout:
-        replace = "" if existing_format in _TABLE_TOOLS else \
-            ", or --overwrite to replace the earlier runs"
+        ways = "the same layout or another output folder" \
+            if existing_format in _TABLE_TOOLS else "the same layout, " \
+            "another output folder, or --overwrite to replace the earlier runs"
         raise ConfigError(
             f"output {output!r} is laid out as {_describe(existing)}, this "
             f"run would write {_describe(layout)}; readers cannot query "
-            f"both together: use the same layout, another output "
-            f"folder{replace}")
+            f"both together: use {ways}")
 
 
 def overwritable(output: str) -> bool:

@@ -86,7 +86,7 @@ class ClassifyConfig:
     emit_embeddings: bool = False
     table_format: str = tables.DEFAULT_FORMAT
     iceberg_catalog: Optional[str] = None
-    iceberg_namespace: str = tables.DEFAULT_NAMESPACE
+    iceberg_namespace: Optional[str] = None  # None: the default
     # Used by ``imgclass watch`` (pipeline/watch.py); unset for ``classify``.
     # An explicit Hive partition path, e.g. "date=2026-11-26/hour=13"
     # (overrides partition_by); leave out files modified less than
@@ -427,8 +427,7 @@ def _run(config, options, runner, log, output_locked, started,
 
     patterns, partition = validate(config)
     spec = table_spec(config, partition)  # its mistakes, before any work
-    if config.iceberg_catalog is not None:
-        tables.open_catalog(spec)
+    tables.open_catalog(spec)
     check_matches(config)
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(now)

@@ -6,7 +6,8 @@ and then :func:`commit_run` adds them to the table as they are (no rewrite):
 
 * ``delta`` (``deltalake``, delta-rs): one commit per table per run, whose
   commit info holds the run id, model and counts, and whose application
-  transaction ``imgclass/<run_id>`` marks the run as committed;
+  transaction ``imgclass/<run_id>`` marks the run as committed (a run that
+  adds columns adds them first, in a commit with the same info);
 * ``iceberg`` (``pyiceberg``, SQL catalog): one ``add_files`` snapshot per
   table per run, with the run id, model and counts in its summary.
 
@@ -25,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
+import urllib.parse
 from typing import Callable, Optional
 
 from model_store.errors import ConfigError
@@ -68,23 +71,23 @@ class TableSpec:
 
 def table_spec(table_format: str, output: str, *,
                catalog: Optional[str] = None,
-               namespace: str = DEFAULT_NAMESPACE,
+               namespace: Optional[str] = None,
                partition: Optional[str] = None) -> Optional[TableSpec]:
-    """Checks the options; None for the plain Parquet layout."""
+    """Checks the options; None for the plain Parquet layout. ``catalog``
+    and ``namespace`` are None when not given (the defaults)."""
     if table_format not in FORMATS:
         raise ConfigError(f"--table-format must be one of "
                           f"{', '.join(FORMATS)}, got {table_format!r}")
-    if table_format != "iceberg" and (catalog is not None
-                                      or namespace != DEFAULT_NAMESPACE):
-        raise ConfigError("--iceberg-catalog and --iceberg-namespace "
-                          "only apply with --table-format iceberg")
+    _check_iceberg_options_given(table_format, catalog, namespace)
     if table_format == "parquet":
         return None
     if partition is not None and partition_values(partition) is None:
         raise ConfigError(f"--table-format {table_format} partitions by "
                           f"run_date only, got partition {partition!r}")
     if table_format == "delta":
+        _check_delta_path(output)
         return TableSpec("delta", output)
+    namespace = DEFAULT_NAMESPACE if namespace is None else namespace
     if not namespace or not all(part.isidentifier()
                                 for part in namespace.split(".")):
         raise ConfigError(f"--iceberg-namespace must be a name such as "
@@ -97,12 +100,44 @@ def table_spec(table_format: str, output: str, *,
                      namespace)
 
 
+def _check_iceberg_options_given(table_format: str, catalog: Optional[str],
+                                 namespace: Optional[str]) -> None:
+    """The Iceberg options given (even with their default value) without
+    ``--table-format iceberg`` are a mistake."""
+    if table_format != "iceberg" and (catalog, namespace) != (None, None):
+        raise ConfigError("--iceberg-catalog and --iceberg-namespace only "
+                          "apply with --table-format iceberg: drop them, "
+                          "or give --table-format iceberg")
+
+
+# '%' and two hex digits: deltalake (delta-rs 1.x) decodes them in a local
+# table path once too often, and looks for another folder (%41 -> A).
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def _check_delta_path(output: str) -> None:
+    """Refuses a local output whose path deltalake cannot open a table in."""
+    if is_uri(output):
+        return
+    path = os.path.realpath(output)
+    escape = _PERCENT_ESCAPE.search(path)
+    if escape:
+        raise ConfigError(
+            f"--table-format delta cannot use output {output!r}: deltalake "
+            f"reads {escape.group()!r} in its path {path!r} as an escaped "
+            f"character and cannot open a table there; give an --output "
+            f"whose path has no '%' followed by two hex digits")
+
+
 def default_catalog(output: str) -> str:
-    """The SQLite catalog file kept in the output folder."""
+    """The SQLite catalog file kept in the output folder, as a URI (its
+    path percent-encoded: SQLAlchemy decodes it, so '%', '?' and '#' in a
+    folder name are kept)."""
     if is_uri(output):
         raise ConfigError(f"output {output!r} is not a local folder: give "
                           f"--iceberg-catalog (a SQL catalog URI)")
-    return f"sqlite:///{os.path.join(os.path.abspath(output), CATALOG_FILE)}"
+    path = os.path.join(os.path.abspath(output), CATALOG_FILE)
+    return f"sqlite:///{urllib.parse.quote(path)}"
 
 
 def partition_values(partition: Optional[str]) -> Optional[dict]:
@@ -157,7 +192,8 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
                  partition: dict, manifest: dict, *,
                  clock: Callable[[], float] = time.time) -> bool:
     """Adds ``paths`` (inside the table folder) to the Delta table ``name``
-    in one commit; False if the run was committed before."""
+    in one commit (after one adding the columns the table lacks); False if
+    the run was committed before."""
     from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
     from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
@@ -170,11 +206,13 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     actions = [_add_action(root, path, partition) for path in paths]
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
 
-    def properties(**retries):
+    def properties(*, marks_run=True, **retries):
+        """The run's commit info; ``marks_run``: and the transaction
+        ``imgclass/<run_id>`` (only on the commit that adds its files)."""
+        marks = [Transaction(app_id, 1, int(clock() * 1000))]
         return CommitProperties(
             custom_metadata=commit_properties(manifest, rows),
-            app_transactions=[Transaction(app_id, 1, int(clock() * 1000))],
-            **retries)
+            app_transactions=marks if marks_run else None, **retries)
     error = None
     for _ in range(COMMIT_ATTEMPTS):
         try:
@@ -194,7 +232,7 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
         if table.transaction_version(app_id) is not None:
             return False
         try:
-            _evolve_delta(table, schema)
+            _evolve_delta(table, schema, properties(marks_run=False))
             table.create_write_transaction(
                 actions, mode="append", schema=table.schema(),
                 partition_by=list(partition) or None,
@@ -224,8 +262,10 @@ def _add_action(root: str, path: str, partition: dict):
         stats=json.dumps({"numRecords": count_rows([path])}))
 
 
-def _evolve_delta(table, schema) -> None:
-    """Adds the columns ``schema`` (pyarrow) has and the table lacks."""
+def _evolve_delta(table, schema, properties) -> None:
+    """Adds the columns ``schema`` (pyarrow) has and the table lacks, in a
+    commit of its own with the run's commit ``properties``: deltalake's
+    ``create_write_transaction`` keeps the table's schema when appending."""
     import pyarrow as pa
     from deltalake import Schema
 
@@ -233,7 +273,7 @@ def _evolve_delta(table, schema) -> None:
     new = [field for field in schema if field.name not in have]
     if new:
         fields = Schema.from_arrow(pa.schema(new)).fields
-        table.alter.add_columns(fields)
+        table.alter.add_columns(fields, commit_properties=properties)
 
 
 def _delta_schema(schema):
@@ -269,28 +309,55 @@ def _with_connect_timeout(uri: str) -> str:
             hide_password=False)
 
 
-def open_catalog(spec: TableSpec) -> None:
-    """Connects to the Iceberg catalog of ``spec`` (an explicit
-    ``--iceberg-catalog``) before any work; ConfigError if it cannot be
-    opened. A SQLite file that does not exist yet, in a folder that does,
-    is a new catalog and is created."""
+def open_catalog(spec: Optional[TableSpec]) -> None:
+    """Connects to the Iceberg catalog of ``spec``, given or the default,
+    before any work; ConfigError if it cannot be opened (a SQLite path that
+    is not a regular file is not opened: a FIFO would block). A SQLite file
+    that does not exist yet is a new catalog, made by the first commit: in
+    a folder that exists, or (the default) in the output folder."""
     from pipeline.outputs import error_line
 
-    new = _new_sqlite_file(spec.catalog)
-    if new is not None:  # made by the first commit, not by checks
-        folder = os.path.dirname(os.path.abspath(new))
-        if not os.path.isdir(folder):
-            raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot "
-                              f"be opened (its folder {folder} does not "
-                              f"exist); fix the URI or make the folder")
+    if spec is None or spec.format != "iceberg":
+        return
+    name, advice = _catalog_words(spec)
+    path = _sqlite_file(spec.catalog)
+    if path is not None and os.path.exists(path) and \
+            not os.path.isfile(path):
+        raise ConfigError(f"{name} cannot be opened ({path} is not a "
+                          f"regular file); {advice}")
+    if path is not None and not os.path.exists(path):
+        _check_new_catalog_folder(spec, name, path)
         return
     try:
         iceberg_catalog(spec)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy, drivers, I/O
-        raise ConfigError(f"--iceberg-catalog {spec.catalog!r} cannot be "
-                          f"opened ({type(error).__name__}: "
-                          f"{error_line(error)}); fix the URI, start the "
-                          f"database or install its driver") from None
+        raise ConfigError(f"{name} cannot be opened ({type(error).__name__}"
+                          f": {error_line(error)}); {advice}") from None
+
+
+def _catalog_words(spec: TableSpec) -> tuple[str, str]:
+    """How messages name the catalog of ``spec``, and the way out."""
+    if _is_default_catalog(spec):
+        return (f"the Iceberg catalog {_sqlite_file(spec.catalog)} (the "
+                f"default, in --output)", "restore it from a backup, give "
+                "the --iceberg-catalog that lists this output's tables, "
+                "or use another --output")
+    return (f"--iceberg-catalog {spec.catalog!r}",
+            "fix the URI, start the database or install its driver")
+
+
+def _is_default_catalog(spec: TableSpec) -> bool:
+    return not is_uri(spec.output) and \
+        spec.catalog == default_catalog(spec.output)
+
+
+def _check_new_catalog_folder(spec: TableSpec, name: str, path: str) -> None:
+    """A new SQLite catalog's folder must exist, unless it is the output
+    folder of the default catalog (the run makes it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) and not _is_default_catalog(spec):
+        raise ConfigError(f"{name} cannot be opened (its folder {folder} "
+                          f"does not exist); fix the URI or make the folder")
 
 
 def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
@@ -310,10 +377,24 @@ def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
 
 def _new_sqlite_file(uri: str) -> Optional[str]:
     """The file of a ``sqlite:///PATH`` catalog that does not exist yet."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = _sqlite_file(uri)
     return path if path and not os.path.exists(path) else None
+
+
+def _sqlite_file(uri: str) -> Optional[str]:
+    """The file of a ``sqlite:///PATH`` catalog (PATH percent-decoded, as
+    SQLAlchemy reads it), or None (another database, or in memory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:  # open_catalog reports it
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (
+            None, "", ":memory:") or url.database.startswith("file:"):
+        return None
+    return url.database
 
 
 def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
@@ -345,10 +426,13 @@ def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
 
 
 def _place(location: str) -> str:
-    """A table location without ``file://`` and a trailing slash."""
+    """A table location without ``file://`` and a trailing slash; a local
+    one with its symbolic links resolved (the same folder, however
+    reached)."""
     if location.startswith("file://"):
         location = location[len("file://"):]
-    return location.rstrip("/")
+    location = location.rstrip("/")
+    return location if is_uri(location) else os.path.realpath(location)
 
 
 def iceberg_table(spec: TableSpec, name: str, schema=None):

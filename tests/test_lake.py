@@ -5,6 +5,7 @@ once, across nights, --skip-done and runs killed around the commit."""
 import glob
 import json
 import os
+import urllib.parse
 
 import pyarrow.compute as pc
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from pipeline import outputs, tables
 from pipeline.cli import main
 from tests.conftest import write_bad_files, write_digits
+from tests.test_output_formats import forbid_work, refused
 
 FORMATS = ["delta", "iceberg"]
 
@@ -151,6 +153,22 @@ def test_table_options_are_checked_before_any_work(tmp_path, split, cli):
     assert not os.path.exists(os.path.join(out, "predictions"))
 
 
+@pytest.mark.parametrize("table_format", ["parquet", "delta"])
+@pytest.mark.parametrize("option", [
+    ["--iceberg-namespace", tables.DEFAULT_NAMESPACE],
+    ["--iceberg-catalog", "sqlite:///{out}/_catalog.db"]])
+def test_iceberg_options_given_with_their_default_value_are_refused_without_iceberg(
+        tmp_path, split, cli, table_format, option):
+    folder, out = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    code, _, err = cli("classify", "--input", folder, "--output", out,
+                       "--table-format", table_format, option[0],
+                       option[1].format(out=out))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "only apply with --table-format iceberg" in err
+    assert not os.path.exists(out)
+
+
 @pytest.mark.parametrize("table_format", FORMATS)
 def test_a_table_written_without_embeddings_gains_the_column(
         tmp_path, split, table_format):
@@ -165,3 +183,99 @@ def test_a_table_written_without_embeddings_gains_the_column(
     assert sorted(rows) == sorted({**old, **new})
     assert all(rows[p] is None for p in old)
     assert all(len(rows[p]) == 256 for p in new)
+
+
+# Folder names that a file URI or a SQLAlchemy URL would read otherwise.
+URI_LOOKALIKES = ["pq%41", "just%", "h#sh", "sp ace", "q?x"]
+
+
+def read_independently(output, table_format):
+    """The predictions, through the format's own reader given the path as
+    its users would (not through pipeline.tables)."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        return DeltaTable(os.path.join(output, "predictions")) \
+            .to_pyarrow_table()
+    from pyiceberg.catalog.sql import SqlCatalog
+    catalog = os.path.join(output, tables.CATALOG_FILE)
+    return SqlCatalog("imgclass", uri="sqlite:///" + urllib.parse.quote(
+        catalog)).load_table("imgclass.predictions").scan().to_arrow()
+
+
+@pytest.mark.parametrize("table_format,name", [
+    (table_format, name) for table_format in FORMATS
+    for name in URI_LOOKALIKES
+    if (table_format, name) != ("delta", "pq%41")])  # refused, see below
+def test_an_output_named_like_a_uri_escape_is_committed_in_that_folder(
+        tmp_path, split, table_format, name):
+    folder, runs = str(tmp_path / "bucket"), tmp_path / "runs"
+    output = str(runs / f"o_{name}")
+    truth = write_digits(os.path.join(folder, "n1"), split, 3, seed=1)
+    assert classify(folder, output, table_format) == 0
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 2, seed=2))
+    assert classify(folder, output, table_format) == 0  # and every later run
+    paths = read_independently(output, table_format).column("path")
+    assert sorted(paths.to_pylist()) == sorted(truth)
+    assert os.listdir(runs) == [f"o_{name}"]  # no catalog beside it
+    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+
+
+def test_delta_refuses_an_output_path_deltalake_reads_as_escaped(
+        tmp_path, split, cli, monkeypatch):
+    folder = str(tmp_path / "in")
+    write_digits(folder, split, 2, nested=False)
+    output = str(tmp_path / "o_delta_pq%41")
+    forbid_work(monkeypatch)
+    err = refused(cli, folder, output, "--table-format", "delta")
+    assert "'%41'" in err and "no '%' followed by two hex digits" in err
+    assert not os.path.exists(output)
+
+
+@pytest.mark.parametrize("given", [False, True])
+@pytest.mark.parametrize("damage", ["truncated", "fifo"])
+def test_a_damaged_iceberg_catalog_stops_the_run_in_one_line(
+        tmp_path, split, cli, monkeypatch, damage, given):
+    """The default catalog, DIR/_catalog.db, is checked as a given one is;
+    a FIFO is not opened (it would block)."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    assert classify(folder, output, "iceberg") == 0
+    catalog = os.path.join(output, tables.CATALOG_FILE)
+    if damage == "truncated":
+        os.truncate(catalog, 100)
+    else:
+        os.remove(catalog)
+        os.mkfifo(catalog)
+    forbid_work(monkeypatch)
+    explicit = ["--iceberg-catalog", f"sqlite:///{catalog}"] if given else []
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--skip-done", "-q", *explicit)
+    assert "cannot be opened" in err and catalog in err
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_an_output_reached_through_a_symlink_is_the_same_table(
+        tmp_path, split, table_format):
+    folder = str(tmp_path / "bucket")
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    truth = write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    assert classify(folder, str(link), table_format) == 0
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 3, seed=2))
+    assert classify(folder, str(real), table_format) == 0
+    paths = read_independently(str(real), table_format).column("path")
+    assert sorted(paths.to_pylist()) == sorted(truth)
+    assert len(commits(str(real), table_format)) == 2
+
+
+def test_a_table_output_laid_out_otherwise_offers_two_ways_out(
+        tmp_path, split, cli):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 2, nested=False)
+    assert classify(folder, output, "delta") == 0  # run_date partitions
+    err = refused(cli, folder, output, "--table-format", "delta",
+                  "--skip-done")
+    assert err.rstrip().endswith(
+        "readers cannot query both together: use the same layout or "
+        "another output folder"), err

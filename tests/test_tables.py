@@ -2,6 +2,7 @@
 (pipeline/tables.py), read back with the formats' own readers."""
 
 import datetime
+import json
 import os
 import threading
 
@@ -204,3 +205,42 @@ def test_options_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="give --iceberg-catalog"):
         tables.table_spec("iceberg", "gs://bucket/out")
 
+
+
+def delta_log(output):
+    """Each commit's actions, oldest first, as the Delta log holds them."""
+    log = os.path.join(output, "predictions", "_delta_log")
+    return [[json.loads(line) for line in open(os.path.join(log, name))]
+            for name in sorted(os.listdir(log)) if name.endswith(".json")]
+
+
+def test_a_delta_run_that_adds_a_column_names_itself_in_every_commit(
+        tmp_path, monkeypatch):
+    """deltalake appends files under the table's schema, so the column is
+    added by a commit of its own: it carries the run's commit info, and
+    only the commit adding the files marks the run as committed, so a run
+    stopped between the two is still committed once."""
+    from deltalake import DeltaTable
+    output = str(tmp_path)
+    spec = spec_for("delta", output)
+    tables.commit_run(spec, *stage_run(output, "old", [2]))
+    files, manifest = stage_run(output, "new", [3], embedding=4)
+    real_write = DeltaTable.create_write_transaction
+    monkeypatch.setattr(DeltaTable, "create_write_transaction",
+                        lambda *a, **k: (_ for _ in ()).throw(
+                            SystemExit("killed after the schema commit")))
+    with pytest.raises(SystemExit):
+        tables.commit_run(spec, files, manifest)
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", real_write)
+    assert tables.commit_run(spec, files, manifest) == ["predictions"]
+    assert tables.commit_run(spec, files, manifest) == []  # recognised
+    commits = delta_log(output)
+    infos = [next(a["commitInfo"] for a in c if "commitInfo" in a)
+             for c in commits]
+    assert [i[tables.RUN_ID_KEY] for i in infos] == ["old", "new", "new"]
+    assert [i["operation"] for i in infos[1:]] == ["ADD COLUMN", "WRITE"]
+    assert infos[1]["imgclass.model"] == infos[2]["imgclass.model"]
+    marks = [[a["txn"]["appId"] for a in c if "txn" in a] for c in commits]
+    assert marks == [["imgclass/old"], [], ["imgclass/new"]]
+    table = DeltaTable(os.path.join(output, "predictions"))
+    assert table.to_pyarrow_table().num_rows == 5
