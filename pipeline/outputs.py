@@ -272,8 +272,7 @@ def _read_lock(path: str):
     """``(owner dict or None if unreadable, raw bytes or None if absent,
     modification time)``."""
     try:
-        with FileSystems.open(path) as handle:
-            raw = handle.read()
+        raw = _lock_bytes(path)
         modified = (FileSystems.last_updated(path) if is_uri(path)
                     else os.stat(path).st_mtime)
     except Exception:  # noqa: BLE001 - gone meanwhile
@@ -286,6 +285,16 @@ def _read_lock(path: str):
     except ValueError:
         held = None
     return held, raw, modified
+
+
+def _lock_bytes(path: str) -> bytes:
+    """What the lock ``path`` holds; a FIFO, socket or folder there holds
+    nothing readable (b"": a lock that cannot be read), and is never
+    waited on."""
+    try:
+        return fs.read_bytes(path)
+    except fs.NotRegularError:
+        return b""
 
 
 def _lock_is_stale(held: Optional[dict], modified: float, now: float) -> bool:
@@ -324,10 +333,9 @@ def _take_over(path: str, stale: bytes) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    with open(aside, "rb") as handle:
-        if handle.read() != stale:
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)
+    if _lock_bytes(aside) != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
     os.unlink(aside)
 
 
@@ -477,9 +485,8 @@ def _record_bytes(record: dict) -> bytes:
 
 def _read_record(path: str) -> Optional[dict]:
     """The publish record at ``path``; None if it is torn or altered."""
-    try:
-        with FileSystems.open(path) as handle:
-            stored = json.loads(handle.read())
+    try:  # a FIFO is not waited on: NotRegularError, a torn record
+        stored = json.loads(fs.read_bytes(path))
         record = stored["record"]
         if stored["sha256"] != _digest(record) or not isinstance(
                 record["manifest"]["run_id"], str):

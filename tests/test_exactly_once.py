@@ -383,3 +383,57 @@ def test_a_run_whose_matched_count_is_lost_publishes_nothing(
     assert code == 1
     assert "counts cannot be established; nothing was published" in err
     assert not os.path.exists(output)  # created by the run, removed again
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def classify_apart(output, *args, seconds=120):
+    """``imgclass classify -q`` in a process of its own: ``(exit code,
+    stderr)``; one that waits on a FIFO is killed after ``seconds`` and
+    fails the test instead of hanging it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "classify", "-q", "--output",
+         output, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True, text=True, timeout=seconds)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("name", ["_layout.json", "_lock", "_publish.json"])
+def test_a_fifo_where_the_output_keeps_a_record_is_damage_not_a_hang(
+        cli, images, tmp_path, name):
+    """A damaged layout file (read from the folders), a lock that cannot be
+    read (a minute old: taken over), a torn publish record (the run never
+    started publishing): a FIFO in their place is read as such."""
+    first, _ = images
+    output = str(tmp_path / "out")
+    assert classify(cli, [first], output)[0] == 0
+    fifo = {"_layout.json": os.path.join(output, name),
+            "_lock": os.path.join(output, name),
+            "_publish.json": os.path.join(output, "_staging", "killed-run",
+                                          name)}[name]
+    if os.path.exists(fifo):
+        os.remove(fifo)
+    os.makedirs(os.path.dirname(fifo), exist_ok=True)
+    os.mkfifo(fifo)
+    os.utime(fifo, (0, os.stat(fifo).st_mtime - 120))
+    code, err = classify_apart(output, "--input", first, "--skip-done")
+    assert code == 0, err
+    assert lake_paths(output) == sorted(
+        os.path.join(first, n) for n in files_in(first))
+    assert not os.path.exists(os.path.join(output, "_staging"))
+    assert not os.path.exists(os.path.join(output, "_lock"))
+    with open(os.path.join(output, "_layout.json")) as handle:
+        assert json.load(handle)["layout"] == "none"
+
+
+def test_a_fresh_fifo_lock_is_a_lock_that_cannot_be_read(images, tmp_path):
+    first, _ = images
+    output = tmp_path / "out"
+    output.mkdir()
+    os.mkfifo(output / "_lock")
+    code, err = classify_apart(str(output), "--input", first)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"imgclass: error: output {str(output)!r} is in "
+                           f"use by a run whose lock cannot be read; ")
