@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, LostFileError
 from model_store.fs import is_uri, join
 from transforms import schema
 
@@ -458,6 +458,7 @@ def _complete(output: str, staging: str, record: dict) -> None:
     from pipeline import layout  # it reads outputs' names
 
     manifest = record["manifest"]
+    moves = _moves_left(record)  # before any step: a lost file stops it
     done = join(output, SUCCESS)
     for path in [done, *record["deletes"]]:
         if FileSystems.exists(path):
@@ -465,18 +466,43 @@ def _complete(output: str, staging: str, record: dict) -> None:
     # Before any of the run's files is visible, so that no published file
     # is ever in an output whose layout and format are not recorded.
     _write_file(join(output, layout.LAYOUT_FILE), layout.record_bytes(manifest))
-    for src, dst in record["moves"]:
-        if FileSystems.exists(src):
-            folder = fs.split(dst)[0]
-            if not is_uri(folder):
-                os.makedirs(folder, exist_ok=True)
-            _move([src], [dst])
+    for src, dst in moves:
+        folder = fs.split(dst)[0]
+        if not is_uri(folder):
+            os.makedirs(folder, exist_ok=True)
+        _move([src], [dst])
     _commit_tables(manifest)
     body = fs.json_bytes(manifest)
     _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
     _write_file(join(output, MANIFEST), body)
     _write_file(done, b"")
     _remove_staging(output, staging)
+
+
+def _moves_left(record: dict) -> list:
+    """The moves of ``record`` still to make: those whose source is still
+    staged. A source that is gone was moved by the run that wrote the
+    record or by an earlier recovery, so its destination must exist; when
+    neither exists the file is lost (e.g. a record of an earlier release
+    whose paths are relative to the folder that run started in), and
+    LostFileError stops publishing before any step: the run is not
+    recorded as published without the file, and its staging stays."""
+    left = []
+    for src, dst in record["moves"]:
+        if FileSystems.exists(src):
+            left.append((src, dst))
+        elif not FileSystems.exists(dst):
+            raise LostFileError(_lost(record["manifest"]["run_id"], src, dst))
+    return left
+
+
+def _lost(run_id: str, src: str, dst: str) -> str:
+    where = "" if is_uri(src) or os.path.isabs(src) else (
+        " (its record names it relative to the folder that run started "
+        "in: run again from there)")
+    return (f"run {run_id}: its file {fs.one_line(fs.printable(src))} is "
+            f"neither staged nor published as "
+            f"{fs.one_line(fs.printable(dst))}{where}")
 
 
 def _record_bytes(record: dict) -> bytes:

@@ -284,9 +284,11 @@ def _set_local_worker_environment(direct: DirectOptions) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
-def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
-    """Every check that can fail before work starts: ``(patterns,
-    partition)``."""
+def validate(config: ClassifyConfig,
+             ) -> tuple[ClassifyConfig, list[str], Optional[str]]:
+    """Every check that can fail before work starts: ``(config with a local
+    output made absolute, patterns, partition)``."""
+    config = _with_absolute_output(config)
     if not config.inputs:
         raise ConfigError("give at least one --input")
     if config.partition_by not in PARTITIONS:
@@ -311,7 +313,17 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
-    return patterns, _partition(config)
+    return config, patterns, _partition(config)
+
+
+def _with_absolute_output(config: ClassifyConfig) -> ClassifyConfig:
+    """``config`` with a local output as an absolute path (symbolic links
+    kept): whatever a run records (the publish record, manifests) then
+    names the same files from any working directory, so that a run killed
+    while publishing is completed by a run started elsewhere."""
+    if fs.is_uri(config.output):
+        return config
+    return dataclasses.replace(config, output=os.path.abspath(config.output))
 
 
 def _check_run_date(config: ClassifyConfig) -> None:
@@ -425,7 +437,7 @@ def _run(config, options, runner, log, output_locked, started,
     """run_classify's work, once the Beam options are known."""
     from model_store.store import load_model
 
-    patterns, partition = validate(config)
+    config, patterns, partition = validate(config)
     spec = table_spec(config, partition)  # its mistakes, before any work
     if config.iceberg_catalog is not None:
         tables.open_catalog(spec)
