@@ -547,8 +547,9 @@ def _execute(config, options, runner, stored, patterns, paths, what, log,
         pipeline = beam.Pipeline(runner=runner, options=options)
         _build(pipeline, config, stored, patterns, paths,  # checks settings
                progress_folder=folder)
-        print(f"imgclass: run {paths.run_id}: classifying "
-              f"{', '.join(config.inputs)} {what}", file=log)
+        shown = ", ".join(fs.one_line(fs.printable(i)) for i in config.inputs)
+        print(f"imgclass: run {paths.run_id}: classifying {shown} {what}",
+              file=log)
         clock = time.monotonic()
         with (Monitor(paths, folder, every=every, log=log) if folder
               else contextlib.nullcontext()):

@@ -545,3 +545,22 @@ def test_a_stored_model_without_a_final_softmax_is_refused(cli, tmp_path):
             "class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
             "color_mode": "L", "resize": "bilinear",
             "normalization": {"mean": [0.0], "std": [1.0]}})
+
+
+@pytest.mark.parametrize("quiet", [["-q"], []])
+def test_an_input_whose_name_is_not_utf8_runs_with_and_without_q(
+        cli, images, tmp_path, quiet):
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(str(tmp_path), os.fsdecode(b"dir\xe9"))
+    shutil.copytree(images, folder)
+    output = str(tmp_path / "out")
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       *quiet)
+    assert code == 0, err
+    if quiet:
+        assert err == ""
+    else:  # the start line shows the name as rows store it
+        assert f"classifying {tmp_path}/dir%E9 with " in err
+    rows = pq.read_table(os.path.join(output, "predictions")).num_rows
+    assert rows == len(os.listdir(images))
