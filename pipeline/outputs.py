@@ -45,6 +45,7 @@ from model_store import fs
 from model_store.errors import ConfigError, LostFileError
 from model_store.fs import is_uri, join
 from transforms import schema
+from transforms.files import GLOB_CHARS
 
 PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
 LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
@@ -116,6 +117,7 @@ def error_line(error: BaseException) -> str:
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
+    _check_output_name(output)
     if not is_uri(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output!r} is a file; give a folder")
@@ -128,11 +130,39 @@ def check_output(output: str) -> None:
     try:
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
-        FileSystems.delete([probe])
+        _remove_probe(probe)
     except Exception as error:  # any filesystem's refusal means unwritable
         message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+def _check_output_name(output: str) -> None:
+    """Refuses a path Beam's Parquet writers cannot take: one holding ``*``,
+    ``?`` or ``[`` (they match the files they wrote as a pattern, and find
+    none) or that is not UTF-8 (they carry it as UTF-8 text)."""
+    shown = fs.one_line(fs.printable(output))
+    glob = sorted(set(output) & set(GLOB_CHARS))
+    if glob:
+        raise ConfigError(f"output {shown!r} holds {' and '.join(glob)}, "
+                          f"which Beam's file writers read as a pattern; "
+                          f"give a folder whose path holds no *, ? or [")
+    try:
+        output.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"output {shown!r} is not a UTF-8 name (its bad "
+                          f"bytes shown as %XX), which Beam's file writers "
+                          f"cannot carry; give a folder with a UTF-8 "
+                          f"name") from None
+
+
+def _remove_probe(probe: str) -> None:
+    """Removes exactly ``probe`` (Beam's delete matches a local path as a
+    pattern)."""
+    if is_uri(probe):
+        FileSystems.delete([probe])
+    else:
+        os.remove(probe)
 
 
 @contextlib.contextmanager

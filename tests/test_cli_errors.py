@@ -564,3 +564,22 @@ def test_an_input_whose_name_is_not_utf8_runs_with_and_without_q(
         assert f"classifying {tmp_path}/dir%E9 with " in err
     rows = pq.read_table(os.path.join(output, "predictions")).num_rows
     assert rows == len(os.listdir(images))
+
+
+@pytest.mark.parametrize("name,says", [
+    ("o_br[a]", "holds [, which Beam's file writers read as a pattern"),
+    ("o_q?", "holds ?, which Beam's file writers read as a pattern"),
+    ("o_s*", "holds *, which Beam's file writers read as a pattern"),
+    (os.fsdecode(b"nb_\xe9"), "is not a UTF-8 name (its bad bytes shown as "
+                              "%XX)"),
+])
+def test_an_output_name_beam_cannot_write_is_refused_leaving_nothing(
+        cli, images, tmp_path, name, says):
+    before = sorted(os.listdir(tmp_path))
+    output = os.path.join(str(tmp_path), name, "labels")
+    code, _, err = cli("classify", "--input", images, "--output", output)
+    assert code == 2
+    (line,) = err.splitlines()
+    shown = output.replace("\udce9", "%E9")
+    assert line.startswith(f"imgclass: error: output {shown!r} {says}")
+    assert sorted(os.listdir(tmp_path)) == before  # no folder, no probe
