@@ -602,6 +602,25 @@ def error_files(output: str) -> list[str]:
     return fs.match(join(output, ERRORS_DIR, "**.parquet"))
 
 
+def check_done_files(output: str) -> None:
+    """Refuses, before any work, an output whose ledger or error files
+    (what ``--skip-done`` reads to tell the files done before) are not
+    readable Parquet (their footers are read: e.g. a truncated file)."""
+    for kind, paths in ((LEDGER_DIR, ledger_files(output)),
+                        (ERRORS_DIR, error_files(output))):
+        for path in paths:
+            try:
+                _metadata(path)
+            except Exception as error:  # noqa: BLE001 - pyarrow's or I/O
+                raise ConfigError(
+                    f"output {output!r}: {kind} file "
+                    f"{fs.one_line(fs.printable(path))} is damaged "
+                    f"({error_line(error)}), so --skip-done cannot tell "
+                    f"the files done before; restore it from a backup, or "
+                    f"replace the earlier runs with --overwrite instead of "
+                    f"--skip-done") from None
+
+
 def count_rows(paths: Iterable[str]) -> int:
     """Rows in Parquet files, from their footers only."""
     return sum(_metadata(p).num_rows for p in paths)

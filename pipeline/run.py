@@ -455,6 +455,8 @@ def _run(config, options, runner, log, output_locked, started,
             config.output, overwrite=config.overwrite,
             incremental=config.skip_done,
             overwritable=layout.overwritable(config.output))
+        if config.skip_done:
+            outputs.check_done_files(config.output)
         stored = load_model(config.model_ref, root=config.store)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
