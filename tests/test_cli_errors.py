@@ -583,3 +583,33 @@ def test_an_output_name_beam_cannot_write_is_refused_leaving_nothing(
     shown = output.replace("\udce9", "%E9")
     assert line.startswith(f"imgclass: error: output {shown!r} {says}")
     assert sorted(os.listdir(tmp_path)) == before  # no folder, no probe
+
+
+@pytest.mark.parametrize("level", ["ERROR", "INFO"])
+def test_a_library_error_with_a_traceback_is_imgclass_lines(
+        capsys, monkeypatch, level):
+    """Beam logs a failed pipeline's error with its traceback: one line
+    (the command says the rest), or with -v (INFO) every line, each
+    starting with imgclass:."""
+    import logging
+
+    from pipeline import logs
+
+    monkeypatch.setenv(logs.BEAM_LOG_LEVEL_ENV, level)
+    logs.configure()
+    try:
+        try:
+            raise OSError("Couldn't deserialize thrift\npage header failed")
+        except OSError:
+            logging.getLogger("apache_beam.runners").exception("it failed")
+    finally:
+        monkeypatch.undo()
+        logs.configure()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "imgclass: ERROR: it failed"
+    assert all(line.startswith("imgclass:") for line in lines)
+    if level == "ERROR":
+        assert len(lines) == 1
+    else:
+        assert "imgclass:   Traceback (most recent call last):" in lines
+        assert lines[-1] == "imgclass:   page header failed"
