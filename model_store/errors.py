@@ -54,6 +54,13 @@ class StoreWriteError(ImgclassError, OSError):
     command line exits 1, as for a run that failed."""
 
 
+class LostFileError(ImgclassError, FileNotFoundError):
+    """A file a run's publish record moves is neither in its staging folder
+    nor where it was to go: publishing stops before it changes anything,
+    rather than record the run as published without it. Not a mistake in
+    the command: the command line exits 1, as for publishing that failed."""
+
+
 class UnsupportedModelError(ImgclassError, ValueError):
     """An imported model file uses an op, attribute or shape that imgclass
     cannot express; the message names the op and the node."""

@@ -129,6 +129,18 @@ def open_regular(path: str, flags: int = os.O_RDONLY,
     return fd, info
 
 
+def read_bytes(path: str) -> bytes:
+    """The whole file ``path``: local files through :func:`open_regular`
+    (NotRegularError for a FIFO, socket, device or folder, without
+    waiting), others through Beam's ``FileSystems``."""
+    if is_uri(path):
+        with _filesystems().open(path) as handle:
+            return handle.read()
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 _held = threading.local()  # the lock files this thread holds
 
 

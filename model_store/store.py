@@ -273,12 +273,7 @@ def _filesystems():
 
 def _read(path: str) -> bytes:
     try:
-        if fs.is_uri(path):
-            with _filesystems().open(path) as handle:
-                return handle.read()
-        fd, _ = fs.open_regular(path)  # a FIFO would block open() forever
-        with os.fdopen(fd, "rb") as handle:
-            return handle.read()
+        return fs.read_bytes(path)  # a FIFO would block open() forever
     except fs.NotRegularError as error:
         raise ModelIntegrityError(f"{error}: replace it with the file, or "
                                   f"remove it") from None

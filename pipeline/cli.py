@@ -528,8 +528,11 @@ def _stop_quietly() -> None:
 
 
 def _log(args):
-    """Where run messages go: stderr, or nowhere with -q."""
-    return open(os.devnull, "w") if args.quiet else sys.stderr
+    """Where run messages go: stderr, or nowhere with -q; either takes any
+    path (a name that is not UTF-8), as stderr does: backslashreplace."""
+    if not args.quiet:
+        return sys.stderr
+    return open(os.devnull, "w", errors="backslashreplace")
 
 
 def _version() -> str:

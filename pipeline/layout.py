@@ -60,14 +60,14 @@ def record_bytes(manifest: dict) -> bytes:
 
 
 def _record(output: str) -> dict:
-    """``DIR/_layout.json``, or {} (none yet, or torn: read the disk)."""
+    """``DIR/_layout.json``, or {} (none yet, or damaged: read the disk;
+    a FIFO or folder in its place is damaged too, and never waited on)."""
     path = fs.join(output, LAYOUT_FILE)
     if not FileSystems.exists(path):
         return {}
     try:
-        with FileSystems.open(path) as handle:
-            record = json.loads(handle.read())
-    except ValueError:
+        record = json.loads(fs.read_bytes(path))
+    except (ValueError, fs.NotRegularError):
         return {}
     return record if isinstance(record, dict) else {}
 

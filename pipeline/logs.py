@@ -40,8 +40,9 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
         os.environ[BEAM_LOG_LEVEL_ENV] = "INFO"
     level = os.environ.get(BEAM_LOG_LEVEL_ENV, DEFAULT_LIBRARY_LEVEL).upper()
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("imgclass: %(levelname)s: "
-                                           "%(message)s"))
+    handler.setFormatter(_Lines(
+        "imgclass: %(levelname)s: %(message)s",
+        details=logging.getLevelName(level) < logging.ERROR))
     handler.addFilter(_shown)
     # The handler's level, not the root logger's: other handlers (a test's
     # log capture) keep seeing warnings.
@@ -54,6 +55,26 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     if logging.getLevelName(level) == logging.ERROR and not sys.warnoptions:
         warnings.simplefilter("ignore")
     threading.excepthook = _thread_failed
+
+
+class _Lines(logging.Formatter):
+    """A record as imgclass's lines: its first line only (a library's
+    traceback, e.g. Beam's for a failed pipeline, is said again in one line
+    by the command), or with ``details`` (-v) every line, each starting
+    with ``imgclass:`` too."""
+
+    def __init__(self, fmt: str, *, details: bool):
+        super().__init__(fmt)
+        self.details = details
+
+    def formatException(self, exc_info) -> str:
+        return super().formatException(exc_info) if self.details else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).splitlines() or [""]
+        if not self.details:
+            return first
+        return "\n".join([first, *(f"imgclass:   {line}" for line in rest)])
 
 
 def stopped() -> None:

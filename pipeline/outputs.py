@@ -42,9 +42,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, LostFileError
 from model_store.fs import is_uri, join
 from transforms import schema
+from transforms.files import GLOB_CHARS
 
 PREDICTIONS_DIR, ERRORS_DIR = "predictions", "errors"
 LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
@@ -116,6 +117,7 @@ def error_line(error: BaseException) -> str:
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
+    _check_output_name(output)
     if not is_uri(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ConfigError(f"output {output!r} is a file; give a folder")
@@ -128,11 +130,39 @@ def check_output(output: str) -> None:
     try:
         with FileSystems.create(probe) as handle:
             handle.write(b"ok")
-        FileSystems.delete([probe])
+        _remove_probe(probe)
     except Exception as error:  # any filesystem's refusal means unwritable
         message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+def _check_output_name(output: str) -> None:
+    """Refuses a path Beam's Parquet writers cannot take: one holding ``*``,
+    ``?`` or ``[`` (they match the files they wrote as a pattern, and find
+    none) or that is not UTF-8 (they carry it as UTF-8 text)."""
+    shown = fs.one_line(fs.printable(output))
+    glob = sorted(set(output) & set(GLOB_CHARS))
+    if glob:
+        raise ConfigError(f"output {shown!r} holds {' and '.join(glob)}, "
+                          f"which Beam's file writers read as a pattern; "
+                          f"give a folder whose path holds no *, ? or [")
+    try:
+        output.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"output {shown!r} is not a UTF-8 name (its bad "
+                          f"bytes shown as %XX), which Beam's file writers "
+                          f"cannot carry; give a folder with a UTF-8 "
+                          f"name") from None
+
+
+def _remove_probe(probe: str) -> None:
+    """Removes exactly ``probe`` (Beam's delete matches a local path as a
+    pattern)."""
+    if is_uri(probe):
+        FileSystems.delete([probe])
+    else:
+        os.remove(probe)
 
 
 @contextlib.contextmanager
@@ -272,8 +302,7 @@ def _read_lock(path: str):
     """``(owner dict or None if unreadable, raw bytes or None if absent,
     modification time)``."""
     try:
-        with FileSystems.open(path) as handle:
-            raw = handle.read()
+        raw = _lock_bytes(path)
         modified = (FileSystems.last_updated(path) if is_uri(path)
                     else os.stat(path).st_mtime)
     except Exception:  # noqa: BLE001 - gone meanwhile
@@ -286,6 +315,16 @@ def _read_lock(path: str):
     except ValueError:
         held = None
     return held, raw, modified
+
+
+def _lock_bytes(path: str) -> bytes:
+    """What the lock ``path`` holds; a FIFO, socket or folder there holds
+    nothing readable (b"": a lock that cannot be read), and is never
+    waited on."""
+    try:
+        return fs.read_bytes(path)
+    except fs.NotRegularError:
+        return b""
 
 
 def _lock_is_stale(held: Optional[dict], modified: float, now: float) -> bool:
@@ -324,10 +363,9 @@ def _take_over(path: str, stale: bytes) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    with open(aside, "rb") as handle:
-        if handle.read() != stale:
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, path)
+    if _lock_bytes(aside) != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(aside, path)
     os.unlink(aside)
 
 
@@ -450,6 +488,7 @@ def _complete(output: str, staging: str, record: dict) -> None:
     from pipeline import layout  # it reads outputs' names
 
     manifest = record["manifest"]
+    moves = _moves_left(record)  # before any step: a lost file stops it
     done = join(output, SUCCESS)
     for path in [done, *record["deletes"]]:
         if FileSystems.exists(path):
@@ -457,12 +496,11 @@ def _complete(output: str, staging: str, record: dict) -> None:
     # Before any of the run's files is visible, so that no published file
     # is ever in an output whose layout and format are not recorded.
     _write_file(join(output, layout.LAYOUT_FILE), layout.record_bytes(manifest))
-    for src, dst in record["moves"]:
-        if FileSystems.exists(src):
-            folder = fs.split(dst)[0]
-            if not is_uri(folder):
-                os.makedirs(folder, exist_ok=True)
-            _move([src], [dst])
+    for src, dst in moves:
+        folder = fs.split(dst)[0]
+        if not is_uri(folder):
+            os.makedirs(folder, exist_ok=True)
+        _move([src], [dst])
     _commit_tables(manifest)
     body = fs.json_bytes(manifest)
     _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
@@ -471,15 +509,40 @@ def _complete(output: str, staging: str, record: dict) -> None:
     _remove_staging(output, staging)
 
 
+def _moves_left(record: dict) -> list:
+    """The moves of ``record`` still to make: those whose source is still
+    staged. A source that is gone was moved by the run that wrote the
+    record or by an earlier recovery, so its destination must exist; when
+    neither exists the file is lost (e.g. a record of an earlier release
+    whose paths are relative to the folder that run started in), and
+    LostFileError stops publishing before any step: the run is not
+    recorded as published without the file, and its staging stays."""
+    left = []
+    for src, dst in record["moves"]:
+        if FileSystems.exists(src):
+            left.append((src, dst))
+        elif not FileSystems.exists(dst):
+            raise LostFileError(_lost(record["manifest"]["run_id"], src, dst))
+    return left
+
+
+def _lost(run_id: str, src: str, dst: str) -> str:
+    where = "" if is_uri(src) or os.path.isabs(src) else (
+        " (its record names it relative to the folder that run started "
+        "in: run again from there)")
+    return (f"run {run_id}: its file {fs.one_line(fs.printable(src))} is "
+            f"neither staged nor published as "
+            f"{fs.one_line(fs.printable(dst))}{where}")
+
+
 def _record_bytes(record: dict) -> bytes:
     return fs.json_bytes({"sha256": _digest(record), "record": record})
 
 
 def _read_record(path: str) -> Optional[dict]:
     """The publish record at ``path``; None if it is torn or altered."""
-    try:
-        with FileSystems.open(path) as handle:
-            stored = json.loads(handle.read())
+    try:  # a FIFO is not waited on: NotRegularError, a torn record
+        stored = json.loads(fs.read_bytes(path))
         record = stored["record"]
         if stored["sha256"] != _digest(record) or not isinstance(
                 record["manifest"]["run_id"], str):
@@ -537,6 +600,25 @@ def ledger_files(output: str) -> list[str]:
 def error_files(output: str) -> list[str]:
     """Error tables of the runs published in ``output``."""
     return fs.match(join(output, ERRORS_DIR, "**.parquet"))
+
+
+def check_done_files(output: str) -> None:
+    """Refuses, before any work, an output whose ledger or error files
+    (what ``--skip-done`` reads to tell the files done before) are not
+    readable Parquet (their footers are read: e.g. a truncated file)."""
+    for kind, paths in ((LEDGER_DIR, ledger_files(output)),
+                        (ERRORS_DIR, error_files(output))):
+        for path in paths:
+            try:
+                _metadata(path)
+            except Exception as error:  # noqa: BLE001 - pyarrow's or I/O
+                raise ConfigError(
+                    f"output {output!r}: {kind} file "
+                    f"{fs.one_line(fs.printable(path))} is damaged "
+                    f"({error_line(error)}), so --skip-done cannot tell "
+                    f"the files done before; restore it from a backup, or "
+                    f"replace the earlier runs with --overwrite instead of "
+                    f"--skip-done") from None
 
 
 def count_rows(paths: Iterable[str]) -> int:

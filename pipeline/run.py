@@ -284,9 +284,11 @@ def _set_local_worker_environment(direct: DirectOptions) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
-def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
-    """Every check that can fail before work starts: ``(patterns,
-    partition)``."""
+def validate(config: ClassifyConfig,
+             ) -> tuple[ClassifyConfig, list[str], Optional[str]]:
+    """Every check that can fail before work starts: ``(config with a local
+    output made absolute, patterns, partition)``."""
+    config = _with_absolute_output(config)
     if not config.inputs:
         raise ConfigError("give at least one --input")
     if config.partition_by not in PARTITIONS:
@@ -311,7 +313,17 @@ def validate(config: ClassifyConfig) -> tuple[list[str], Optional[str]]:
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
-    return patterns, _partition(config)
+    return config, patterns, _partition(config)
+
+
+def _with_absolute_output(config: ClassifyConfig) -> ClassifyConfig:
+    """``config`` with a local output as an absolute path (symbolic links
+    kept): whatever a run records (the publish record, manifests) then
+    names the same files from any working directory, so that a run killed
+    while publishing is completed by a run started elsewhere."""
+    if fs.is_uri(config.output):
+        return config
+    return dataclasses.replace(config, output=os.path.abspath(config.output))
 
 
 def _check_run_date(config: ClassifyConfig) -> None:
@@ -425,7 +437,7 @@ def _run(config, options, runner, log, output_locked, started,
     """run_classify's work, once the Beam options are known."""
     from model_store.store import load_model
 
-    patterns, partition = validate(config)
+    config, patterns, partition = validate(config)
     spec = table_spec(config, partition)  # its mistakes, before any work
     tables.open_catalog(spec)
     check_matches(config)
@@ -442,6 +454,8 @@ def _run(config, options, runner, log, output_locked, started,
             config.output, overwrite=config.overwrite,
             incremental=config.skip_done,
             overwritable=layout.overwritable(config.output))
+        if config.skip_done:
+            outputs.check_done_files(config.output)
         stored = load_model(config.model_ref, root=config.store)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
@@ -534,8 +548,9 @@ def _execute(config, options, runner, stored, patterns, paths, what, log,
         pipeline = beam.Pipeline(runner=runner, options=options)
         _build(pipeline, config, stored, patterns, paths,  # checks settings
                progress_folder=folder)
-        print(f"imgclass: run {paths.run_id}: classifying "
-              f"{', '.join(config.inputs)} {what}", file=log)
+        shown = ", ".join(fs.one_line(fs.printable(i)) for i in config.inputs)
+        print(f"imgclass: run {paths.run_id}: classifying {shown} {what}",
+              file=log)
         clock = time.monotonic()
         with (Monitor(paths, folder, every=every, log=log) if folder
               else contextlib.nullcontext()):

@@ -158,7 +158,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     stop = stop_event if stop_event is not None else threading.Event()
     wait = stop.wait if wait is None else wait
     base = _window_config(config, settle)
-    patterns, _ = validate(base)
+    base, patterns, _ = validate(base)
     with outputs.locked(base.output, f"watch-{os.getpid()}"):
         recover(base.output, log)
         # Judged on the output as recovery left it, before any work.

@@ -545,3 +545,71 @@ def test_a_stored_model_without_a_final_softmax_is_refused(cli, tmp_path):
             "class_names": ["a", "b", "c"], "input_shape": [1, 8, 8],
             "color_mode": "L", "resize": "bilinear",
             "normalization": {"mean": [0.0], "std": [1.0]}})
+
+
+@pytest.mark.parametrize("quiet", [["-q"], []])
+def test_an_input_whose_name_is_not_utf8_runs_with_and_without_q(
+        cli, images, tmp_path, quiet):
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(str(tmp_path), os.fsdecode(b"dir\xe9"))
+    shutil.copytree(images, folder)
+    output = str(tmp_path / "out")
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       *quiet)
+    assert code == 0, err
+    if quiet:
+        assert err == ""
+    else:  # the start line shows the name as rows store it
+        assert f"classifying {tmp_path}/dir%E9 with " in err
+    rows = pq.read_table(os.path.join(output, "predictions")).num_rows
+    assert rows == len(os.listdir(images))
+
+
+@pytest.mark.parametrize("name,says", [
+    ("o_br[a]", "holds [, which Beam's file writers read as a pattern"),
+    ("o_q?", "holds ?, which Beam's file writers read as a pattern"),
+    ("o_s*", "holds *, which Beam's file writers read as a pattern"),
+    (os.fsdecode(b"nb_\xe9"), "is not a UTF-8 name (its bad bytes shown as "
+                              "%XX)"),
+])
+def test_an_output_name_beam_cannot_write_is_refused_leaving_nothing(
+        cli, images, tmp_path, name, says):
+    before = sorted(os.listdir(tmp_path))
+    output = os.path.join(str(tmp_path), name, "labels")
+    code, _, err = cli("classify", "--input", images, "--output", output)
+    assert code == 2
+    (line,) = err.splitlines()
+    shown = output.replace("\udce9", "%E9")
+    assert line.startswith(f"imgclass: error: output {shown!r} {says}")
+    assert sorted(os.listdir(tmp_path)) == before  # no folder, no probe
+
+
+@pytest.mark.parametrize("level", ["ERROR", "INFO"])
+def test_a_library_error_with_a_traceback_is_imgclass_lines(
+        capsys, monkeypatch, level):
+    """Beam logs a failed pipeline's error with its traceback: one line
+    (the command says the rest), or with -v (INFO) every line, each
+    starting with imgclass:."""
+    import logging
+
+    from pipeline import logs
+
+    monkeypatch.setenv(logs.BEAM_LOG_LEVEL_ENV, level)
+    logs.configure()
+    try:
+        try:
+            raise OSError("Couldn't deserialize thrift\npage header failed")
+        except OSError:
+            logging.getLogger("apache_beam.runners").exception("it failed")
+    finally:
+        monkeypatch.undo()
+        logs.configure()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "imgclass: ERROR: it failed"
+    assert all(line.startswith("imgclass:") for line in lines)
+    if level == "ERROR":
+        assert len(lines) == 1
+    else:
+        assert "imgclass:   Traceback (most recent call last):" in lines
+        assert lines[-1] == "imgclass:   page header failed"

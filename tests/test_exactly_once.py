@@ -383,3 +383,144 @@ def test_a_run_whose_matched_count_is_lost_publishes_nothing(
     assert code == 1
     assert "counts cannot be established; nothing was published" in err
     assert not os.path.exists(output)  # created by the run, removed again
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+
+
+def classify_apart(output, *args, seconds=120):
+    """``imgclass classify -q`` in a process of its own: ``(exit code,
+    stderr)``; one that waits on a FIFO is killed after ``seconds`` and
+    fails the test instead of hanging it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "classify", "-q", "--output",
+         output, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True, text=True, timeout=seconds)
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize("name", ["_layout.json", "_lock", "_publish.json"])
+def test_a_fifo_where_the_output_keeps_a_record_is_damage_not_a_hang(
+        cli, images, tmp_path, name):
+    """A damaged layout file (read from the folders), a lock that cannot be
+    read (a minute old: taken over), a torn publish record (the run never
+    started publishing): a FIFO in their place is read as such."""
+    first, _ = images
+    output = str(tmp_path / "out")
+    assert classify(cli, [first], output)[0] == 0
+    fifo = {"_layout.json": os.path.join(output, name),
+            "_lock": os.path.join(output, name),
+            "_publish.json": os.path.join(output, "_staging", "killed-run",
+                                          name)}[name]
+    if os.path.exists(fifo):
+        os.remove(fifo)
+    os.makedirs(os.path.dirname(fifo), exist_ok=True)
+    os.mkfifo(fifo)
+    os.utime(fifo, (0, os.stat(fifo).st_mtime - 120))
+    code, err = classify_apart(output, "--input", first, "--skip-done")
+    assert code == 0, err
+    assert lake_paths(output) == sorted(
+        os.path.join(first, n) for n in files_in(first))
+    assert not os.path.exists(os.path.join(output, "_staging"))
+    assert not os.path.exists(os.path.join(output, "_lock"))
+    with open(os.path.join(output, "_layout.json")) as handle:
+        assert json.load(handle)["layout"] == "none"
+
+
+def test_a_fresh_fifo_lock_is_a_lock_that_cannot_be_read(images, tmp_path):
+    first, _ = images
+    output = tmp_path / "out"
+    output.mkdir()
+    os.mkfifo(output / "_lock")
+    code, err = classify_apart(str(output), "--input", first)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith(f"imgclass: error: output {str(output)!r} is in "
+                           f"use by a run whose lock cannot be read; ")
+
+
+def rows_by_pyarrow(output):
+    """``(path, run id)`` of the rows below predictions/ and errors/, with
+    repeats, as pyarrow reads the files."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for kind in ("predictions", "errors"):
+        for name in glob.glob(f"{output}/{kind}/**/*.parquet",
+                              recursive=True):
+            table = pq.read_table(name, columns=["path", "run_id"])
+            rows += zip(*(table.column(c).to_pylist() for c in table.column_names))
+    return sorted(rows)
+
+
+def kill_after_the_record(cli, monkeypatch, inputs, output, folder):
+    """A run started in ``folder`` on ``output`` (as typed), killed right
+    after its publish record was written."""
+    monkeypatch.chdir(folder)
+    crash_at(monkeypatch, "_write_file",
+             lambda p: p.endswith(outputs.PUBLISH))
+    with pytest.raises(Killed):
+        classify(cli, inputs, output)
+
+
+@pytest.mark.parametrize("named", ["relative", "absolute"])
+def test_a_run_killed_while_publishing_is_completed_from_another_folder(
+        cli, images, tmp_path, monkeypatch, named):
+    first, _ = images
+    started, elsewhere = tmp_path / "a", tmp_path / "b"
+    started.mkdir()
+    elsewhere.mkdir()
+    kill_after_the_record(cli, monkeypatch, [first], "out", started)
+
+    (killed,) = os.listdir(started / "out" / "_staging")
+
+    monkeypatch.chdir(elsewhere)
+    output = {"relative": os.path.join(os.pardir, "a", "out"),
+              "absolute": str(started / "out")}[named]
+    code, _, err = classify(cli, [first], output, "--skip-done")
+    assert code == 0, err
+    assert f"finished publishing interrupted run(s) {killed}" in err
+    # Each file's row once, the killed run's: the next one skipped them.
+    assert rows_by_pyarrow(started / "out") == sorted(
+        (os.path.join(first, n), killed) for n in files_in(first))
+    assert len(runs(started / "out")) == 2
+
+
+def test_a_record_whose_files_cannot_be_found_is_not_published_without_them(
+        cli, images, tmp_path, monkeypatch, capsys):
+    """A record of an earlier release named the files relative to the
+    folder its run started in: from another folder they are neither staged
+    nor published, and recovery stops (one line, exit 1) rather than
+    record the run without them."""
+    from pipeline import run
+
+    first, _ = images
+    started, elsewhere = tmp_path / "a", tmp_path / "b"
+    started.mkdir()
+    elsewhere.mkdir()
+    output = str(started / "out")
+    monkeypatch.setattr(run, "_with_absolute_output", lambda config: config)
+    kill_after_the_record(cli, monkeypatch, [first], "out", started)
+    monkeypatch.undo()
+    capsys.readouterr()  # what the killed run printed
+
+    monkeypatch.chdir(elsewhere)
+    (staging,) = glob.glob(os.path.join(output, "_staging", "*"))
+    code, _, err = classify(cli, [first], output, "--skip-done")
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"imgclass: run failed: could not complete the "
+                           f"interrupted publishing in {output}: "
+                           f"LostFileError: run ")
+    assert "is neither staged nor published as" in line
+    assert "relative to the folder that run started in" in line
+    assert os.path.exists(os.path.join(staging, outputs.PUBLISH))
+    for name in ("_SUCCESS", "_manifest.json", "_runs"):
+        assert not os.path.exists(os.path.join(output, name))
+
+    monkeypatch.chdir(started)  # where that run started: completed
+    code, _, err = classify(cli, [first], "out", "--skip-done")
+    assert code == 0, err
+    killed = os.path.basename(staging)
+    assert rows_by_pyarrow(output) == sorted(
+        (os.path.join(first, n), killed) for n in files_in(first))

@@ -282,3 +282,28 @@ def test_content_mode_takes_a_path_mode_ledger_as_done(tmp_path, split, cli):
     assert by_run[second["run_id"]] == [] and by_run[third["run_id"]] == [
         changed]
     assert sorted(by_run[first["run_id"]]) == sorted({**truth, **bad})
+
+
+@pytest.mark.parametrize("kind", ["_ledger", "errors"])
+def test_a_damaged_ledger_or_error_file_is_one_line_naming_it(
+        tmp_path, split, cli, kind):
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 3, nested=False)
+    write_bad_files(os.path.join(folder, "bad"))  # an error file too
+    assert cli("classify", "--input", folder, "--output", output,
+               "-q")[0] == 0
+    (damaged,) = (outputs.ledger_files(output) if kind == "_ledger"
+                  else outputs.error_files(output))
+    os.truncate(damaged, 20)
+    for extra in (["-q"], []):
+        code, _, err = cli("classify", "--input", folder, "--output", output,
+                           "--skip-done", *extra)
+        assert code == 2
+        (line,) = err.splitlines()
+        assert line.startswith(
+            f"imgclass: error: output {output!r}: {kind} file {damaged} is "
+            f"damaged (Parquet magic bytes not found")
+        assert line.endswith("restore it from a backup, or replace the "
+                             "earlier runs with --overwrite instead of "
+                             "--skip-done")
+    assert not os.path.exists(os.path.join(output, "_staging"))
