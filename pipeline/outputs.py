@@ -602,10 +602,15 @@ def error_files(output: str) -> list[str]:
     return fs.match(join(output, ERRORS_DIR, "**.parquet"))
 
 
-def check_done_files(output: str) -> None:
+def check_done_files(output: str, *, reader: str = "--skip-done",
+                     remedy: str = "replace the earlier runs with "
+                                   "--overwrite instead of --skip-done"
+                     ) -> None:
     """Refuses, before any work, an output whose ledger or error files
-    (what ``--skip-done`` reads to tell the files done before) are not
-    readable Parquet (their footers are read: e.g. a truncated file)."""
+    (what ``reader``, ``--skip-done`` or ``watch``, reads to tell the files
+    done before) are not readable Parquet (their footers are read: e.g. a
+    truncated file); the message ends with "restore it from a backup, or "
+    and ``remedy``."""
     for kind, paths in ((LEDGER_DIR, ledger_files(output)),
                         (ERRORS_DIR, error_files(output))):
         for path in paths:
@@ -615,10 +620,9 @@ def check_done_files(output: str) -> None:
                 raise ConfigError(
                     f"output {output!r}: {kind} file "
                     f"{fs.one_line(fs.printable(path))} is damaged "
-                    f"({error_line(error)}), so --skip-done cannot tell "
-                    f"the files done before; restore it from a backup, or "
-                    f"replace the earlier runs with --overwrite instead of "
-                    f"--skip-done") from None
+                    f"({error_line(error)}), so {reader} cannot tell the "
+                    f"files done before; restore it from a backup, or "
+                    f"{remedy}") from None
 
 
 def count_rows(paths: Iterable[str]) -> int:

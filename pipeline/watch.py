@@ -165,6 +165,8 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
         _check_layout(base.output)
         layout.check(base.output, layout.layout_of(hour_partition(0)),
                      base.table_format)
+        outputs.check_done_files(base.output, reader="watch",
+                                 remedy="watch into another output folder")
         base, stored = _with_model(base)
         current = _resume(base.output, seconds, clock)
         watcher = _Watcher(base, patterns, stored, log=log, clock=clock)

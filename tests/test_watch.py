@@ -408,6 +408,25 @@ def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
     assert code == 2 and "output folder of its own" in err
 
 
+def test_a_damaged_ledger_stops_the_watcher_in_one_line(tmp_path, split,
+                                                        cli):
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    write_digits(str(folder), split, 2, nested=False)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: ledger_paths(output), log,
+                      "the first files in the ledger")
+    (ledger,) = glob.glob(str(output / "_ledger" / "**" / "*.parquet"),
+                          recursive=True)
+    os.truncate(ledger, 20)
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"_ledger file {ledger} is damaged" in line
+    assert line.endswith("so watch cannot tell the files done before; "
+                         "restore it from a backup, or watch into another "
+                         "output folder")
+
+
 def test_hours_and_windows_are_marked(tmp_path):
     """A finished hour gets _SUCCESS in both tables; a run published by a
     watcher that was killed before marking its window gets its marker."""
