@@ -185,8 +185,10 @@ def test_a_table_written_without_embeddings_gains_the_column(
     assert all(len(rows[p]) == 256 for p in new)
 
 
-# Folder names that a file URI or a SQLAlchemy URL would read otherwise.
-URI_LOOKALIKES = ["pq%41", "just%", "h#sh", "sp ace", "q?x"]
+# Folder names that a file URI or a SQLAlchemy URL would read otherwise
+# ('?' too, but an output path holding it is refused for every format:
+# Beam's Parquet sink matches its own files as a pattern; test_cli_errors).
+URI_LOOKALIKES = ["pq%41", "just%", "h#sh", "sp ace"]
 
 
 def read_independently(output, table_format):
