@@ -51,8 +51,9 @@ def _models_list(args) -> int:
     aliases, damage = _aliases_by_version(infos, args.store)
     rows = [(_listing(info, args.store, damage.get(info.name)),
              aliases.get(info.ref, [])) for info in infos]
-    rows = sorted(rows + _alias_only_listings(infos, args.store),
-                  key=lambda item: (item[0]["name"], item[0]["version"] or 0))
+    rows += _alias_only_listings(infos, args.store)
+    rows += _dangling_listings(infos, aliases, args.store)
+    rows.sort(key=lambda item: (item[0]["name"], item[0]["version"] or 0))
     if args.json:
         for row, names in rows:
             print(json.dumps(dict(row, aliases=names)))
@@ -67,7 +68,8 @@ def _models_list(args) -> int:
             accuracy = row["accuracy"]
             accuracy = f"{accuracy:.4f}" if accuracy is not None else "-"
             created = row["created_at"] or "-"
-        elif row["error"].startswith(_NO_VERSIONS):
+        elif row["error"].startswith(_NO_VERSIONS) \
+                or row["error"] == _MISSING_VERSION:
             accuracy, created = "-", row["error"]
         else:
             accuracy, created = "BROKEN", row["error"].split(":")[0]
@@ -78,6 +80,25 @@ def _models_list(args) -> int:
 
 
 _NO_VERSIONS = "no versions; aliases: "
+_MISSING_VERSION = "missing: deleted, but aliases still name it"
+
+
+def _dangling_listings(infos, aliases, store) -> list[tuple[dict, list]]:
+    """``(row, alias names)`` of each version that aliases name but the
+    store no longer holds, beside the model's other versions (what
+    ``models verify`` reports as a DanglingAliasError)."""
+    from model_store.store import store_root
+
+    listed = {info.ref for info in infos}
+    rows = []
+    for ref, names in aliases.items():
+        if ref not in listed:
+            name, version = ref.rsplit("@", 1)
+            rows.append(({"name": name, "version": int(version), "ok": False,
+                          "location": fs.join(store_root(store), name,
+                                              version),
+                          "error": _MISSING_VERSION}, names))
+    return rows
 
 
 def _alias_only_listings(infos, store) -> list[tuple[dict, list]]:

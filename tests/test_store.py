@@ -969,6 +969,27 @@ def test_models_list_shows_a_model_with_only_aliases_left(root, cli):
     assert "aliases.json must hold a JSON object" in out
 
 
+def test_models_list_shows_a_deleted_version_that_an_alias_still_names(
+        root, cli):
+    for seed in range(2):
+        save(root, seed=seed)
+    assert cli("--store", root, "models", "promote", "tiny@1",
+               "--alias", "prod")[0] == 0
+    shutil.rmtree(os.path.join(root, "tiny", "1"))
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0
+    assert [line.split(None, 4)[:4] for line in out.splitlines()[1:]] == [
+        ["tiny", "1", "-", "prod"], ["tiny", "2", "-", "latest"]]
+    assert out.splitlines()[1].endswith(
+        "missing: deleted, but aliases still name it")
+    code, out, _ = cli("--store", root, "models", "list", "--json")
+    first = json.loads(out.splitlines()[0])
+    assert first == {"name": "tiny", "version": 1, "ok": False,
+                     "location": os.path.join(root, "tiny", "1"),
+                     "error": "missing: deleted, but aliases still name it",
+                     "aliases": ["prod"]}
+
+
 def test_a_stale_latest_of_a_model_with_no_versions_left_is_replaced(
         root, cli, tmp_path):
     """Decision: with no version left, a latest naming a deleted version
