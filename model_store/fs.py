@@ -141,6 +141,28 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+@contextlib.contextmanager
+def open_ranges(path: str):
+    """``path`` open for reading by ranges (seek, then read), as pyarrow
+    wants a Parquet file: it reads the footer, then only the column chunks
+    asked for, never the whole file (on GCS or S3 a few ranged requests,
+    not a download). Yields a ``pyarrow.PythonFile``. Local files go
+    through :func:`open_regular` (NotRegularError for a FIFO, without
+    waiting); others through Beam's ``FileSystems``, uncompressed whatever
+    the name."""
+    import pyarrow as pa
+
+    if is_uri(path):
+        from apache_beam.io.filesystem import CompressionTypes
+        handle = _filesystems().open(
+            path, compression_type=CompressionTypes.UNCOMPRESSED)
+    else:
+        fd, _ = open_regular(path)
+        handle = os.fdopen(fd, "rb")
+    with handle, pa.PythonFile(handle, mode="r") as source:
+        yield source
+
+
 _held = threading.local()  # the lock files this thread holds
 
 

@@ -31,6 +31,7 @@ import time
 import urllib.parse
 from typing import Callable, Optional
 
+from model_store import fs
 from model_store.errors import ConfigError
 from model_store.fs import is_uri, join
 
@@ -512,9 +513,7 @@ def _iceberg_path(path: str) -> str:
 
 
 def _read_schema(path: str):
-    import pyarrow as pa
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
 
-    with FileSystems.open(path) as handle:
-        return pq.read_schema(pa.BufferReader(handle.read()))
+    with fs.open_ranges(path) as source:
+        return pq.read_schema(source)

@@ -9,6 +9,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from model_store.errors import ConfigError
 from model_store.store import DEFAULT_ROOT, load_model, save_model
 from pipeline import outputs
 from pipeline.cli import main
@@ -307,3 +308,103 @@ def test_a_damaged_ledger_or_error_file_is_one_line_naming_it(
                              "earlier runs with --overwrite instead of "
                              "--skip-done")
     assert not os.path.exists(os.path.join(output, "_staging"))
+
+
+def test_a_fifo_in_place_of_a_ledger_file_is_refused_without_waiting(
+        tmp_path, split, cli):
+    """Opening a FIFO waits for a writer that never comes (the run hung,
+    deaf to SIGTERM, inside pyarrow); it is refused instead."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(folder, split, 3, nested=False)
+    assert cli("classify", "--input", folder, "--output", output,
+               "-q")[0] == 0
+    fifo = os.path.join(output, "_ledger", "zz.parquet")
+    os.mkfifo(fifo)
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--skip-done", "-q")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"_ledger file {fifo} is damaged ({fifo} is a FIFO, not a " \
+           f"regular file)" in line
+
+
+def _ledger_objects(store, files, rows):
+    """``files`` ledger files of ``rows`` rows each, and two error files,
+    in ``store`` below ``memstore://b/out``: ``{path: bytes}``."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+
+    from transforms import schema
+
+    rng = np.random.default_rng(0)
+    objects = {}
+    for n in range(files):
+        table = pa.Table.from_pydict({
+            "path": [f"gs://in/{n}/{i}.jpg" for i in range(rows)],
+            "size": rng.integers(1, 10**6, rows),
+            "mtime": rng.random(rows) * 1e9,
+            "model_name": ["digits-cnn"] * rows,
+            "model_version": ["1"] * rows,
+            "run_id": [f"run-{n}"] * rows,
+            "sha256": [rng.bytes(32).hex() for _ in range(rows)],
+            "retried_stage": [None] * rows}, schema=schema.LEDGER)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        objects[f"memstore://b/out/_ledger/part-{n:03d}.parquet"] = \
+            buffer.getvalue()
+    for n in range(2):
+        table = pa.Table.from_pydict(
+            {name: [None] * rows for name in schema.ERRORS.names},
+            schema=schema.ERRORS)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        objects[f"memstore://b/out/errors/run_date=2026-11-2{n}/"
+                f"part-{n}.parquet"] = buffer.getvalue()
+    store.reset(objects)
+    return objects
+
+
+def test_on_object_stores_done_files_are_checked_by_footer_several_at_once():
+    """A nightly output on GCS or S3 gathers thousands of ledger files:
+    --skip-done checks each one's footer before any work, several at once,
+    never downloading the files; counting rows and reading one column
+    read only what they need too."""
+    from tests.object_store import Bucket
+
+    objects = _ledger_objects(Bucket, files=12, rows=20000)
+    total = sum(map(len, objects.values()))
+    Bucket.open_together = True
+    outputs.check_done_files("memstore://b/out")
+    assert Bucket.most_open > 1
+    assert Bucket.bytes_read < total / 10, (Bucket.bytes_read, total)
+
+    ledger = outputs.ledger_files("memstore://b/out")
+    assert len(ledger) == 12
+    Bucket.reset(objects)
+    assert outputs.count_rows(ledger) == sum(
+        pq.read_metadata(pa_reader(objects[p])).num_rows for p in ledger)
+    assert Bucket.bytes_read < total / 10
+    Bucket.reset(objects)
+    runs = outputs.read_table(ledger, ["run_id"]).column("run_id")
+    assert runs.to_pylist() == [f"run-{n}" for n in range(12)
+                                for _ in range(20000)]
+    assert Bucket.bytes_read < total / 4
+
+
+def test_on_object_stores_a_damaged_done_file_is_named():
+    from tests.object_store import Bucket
+
+    objects = _ledger_objects(Bucket, files=5, rows=10)
+    damaged = "memstore://b/out/_ledger/part-003.parquet"
+    objects[damaged] = objects[damaged][:-20]
+    Bucket.reset(objects)
+    with pytest.raises(ConfigError, match=f"_ledger file {damaged} is "
+                                          f"damaged"):
+        outputs.check_done_files("memstore://b/out")
+
+
+def pa_reader(data):
+    import pyarrow as pa
+    return pa.BufferReader(data)

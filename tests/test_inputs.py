@@ -342,65 +342,11 @@ def test_reading_a_file_holds_it_in_memory_once(tmp_path):
     assert peak < 1.2 * size, peak
 
 
-class _Bucket:
-    """The objects of an object store: {path: bytes}; counts what is
-    listed."""
-    objects: dict = {}
-    listed = 0
-
-
-def _object_store():
-    """A FileSystem for ``memstore://``, an object store in a dict: no
-    folders, listing by prefix, lazily (as GCS and S3 page through)."""
-    from apache_beam.io.filesystem import FileMetadata, FileSystem
-
-    class MemStore(FileSystem):
-        @classmethod
-        def scheme(cls):
-            return "memstore"
-
-        def join(self, base, *paths):
-            return "/".join([base.rstrip("/"), *paths])
-
-        def split(self, path):
-            return tuple(path.rsplit("/", 1))
-
-        def has_dirs(self):
-            return False
-
-        def _list(self, prefix):
-            for path in sorted(_Bucket.objects):
-                if path.startswith(prefix):
-                    _Bucket.listed += 1
-                    yield FileMetadata(path, len(_Bucket.objects[path]), 0.0)
-
-        def exists(self, path):
-            return path in _Bucket.objects
-
-        def size(self, path):
-            return len(_Bucket.objects[path])
-
-        def metadata(self, path):
-            return FileMetadata(path, self.size(path), 0.0)
-
-        def last_updated(self, path):
-            return 0.0
-
-        def mkdirs(self, path):
-            pass
-
-        def create(self, *args, **kwargs):
-            raise NotImplementedError
-
-        open = copy = rename = delete = checksum = create
-
-    return MemStore
-
-
 @pytest.fixture(scope="module")
 def memstore():
-    _object_store()  # registered by being defined
-    return _Bucket
+    from tests.object_store import Bucket
+    Bucket.reset({})
+    return Bucket
 
 
 def test_on_object_stores_the_empty_input_check_lists_one_match(memstore):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -37,6 +36,7 @@ from apache_beam.io import parquetio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
+from model_store import fs
 from model_store.errors import ConfigError
 from transforms import schema
 from transforms.common import METRICS_NAMESPACE
@@ -239,12 +239,10 @@ def ledger_table(batch, *, model_name: str, model_version: str,
 def count_retried(ledger_files: Sequence[str]) -> dict:
     """``{stage: files}`` retried by the run that wrote these ledger files."""
     import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
 
     counts = collections.Counter()
     for path in ledger_files:
-        with FileSystems.open(path) as handle:
-            column = pq.read_table(io.BytesIO(handle.read()),
-                                   columns=["retried_stage"]).column(0)
+        with fs.open_ranges(path) as source:
+            column = pq.read_table(source, columns=["retried_stage"]).column(0)
         counts.update(column.drop_null().to_pylist())
     return dict(counts)
