@@ -484,6 +484,66 @@ def test_depthwise_rejects_weights_of_another_shape():
         fn(np.ones((1, 2, 5, 5), np.float32))
 
 
+# (op, input channels, groups, what cannot be allocated): the contiguous
+# copy of a non-contiguous input (the template shared by the plane ops), or
+# DenseConv2dBiasAct's per-thread im2col buffer.
+OUT_OF_MEMORY = [("dense", 8, 1, "input copy"),
+                 ("depthwise", 8, 8, "input copy"),
+                 ("stem", 3, 1, "input copy"),
+                 ("dense", 8, 1, "column buffer")]
+
+
+@pytest.mark.parametrize("op,channels,groups,what", OUT_OF_MEMORY)
+def test_an_op_that_cannot_allocate_raises_memory_error(op, channels, groups,
+                                                        what):
+    """Out of memory inside a fast op is a MemoryError that leaves the
+    function usable, not a crash of the worker: run in a process whose
+    address space is limited just before the call."""
+    script = textwrap.dedent(f"""
+        import re, resource
+        import numpy as np
+        from model_store.engine import T, function, shared
+        from model_store.ops import fast_conv2d_bias_act
+        c, groups = {channels}, {groups}
+        # the input copy: 96 MB and more; the columns: 9 x 32 MB per thread
+        h = w = 1024 if "{what}" == "column buffer" else 2048
+        filters = 8 if groups > 1 else 2
+        x = T.tensor4("x")
+        fn = function([x], fast_conv2d_bias_act(
+            x, shared(np.ones((filters, c // groups, 3, 3), np.float32)),
+            shared(np.zeros(filters, np.float32)), input_shape=(c, h, w),
+            stride=1, padding=((1, 1), (1, 1)), groups=groups,
+            activation="relu"))
+        assert type(fn.maker.fgraph.toposort()[0].op).__name__.lower() \
+            .startswith("{op}"), fn.maker.fgraph.toposort()
+        small = np.ones((2, c, 4, 4), np.float32)
+        want = fn(small).copy()  # compiled, its threads started
+        if "{what}" == "input copy":  # every other column: a copy is made
+            big = np.empty((2, c, h, 2 * w), np.float32)[..., ::2]
+        else:  # 9x the input per thread for the im2col columns
+            big = np.empty((2, c, h, w), np.float32)
+        size = int(re.search(r"VmSize:\\s+(\\d+)",
+                             open("/proc/self/status").read()).group(1))
+        limit = size * 1024 + (40 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        try:
+            fn(big)
+            print("result: no error")
+        except MemoryError:
+            print("result: MemoryError")
+        resource.setrlimit(resource.RLIMIT_AS,
+                           (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert np.array_equal(fn(small), want)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines()
+            if line.startswith("result:")] == ["result: MemoryError"]
+
+
 def test_second_process_compiles_nothing(tmp_path):
     """The compiled modules live in Theano's cache: with an empty cache the
     first process runs g++, a second process building the same graph runs it
