@@ -273,6 +273,37 @@ def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("window,stride", [((2, 2), (2, 2)),
+                                           ((3, 3), (2, 2)), ((2, 3), (3, 1))])
+def test_a_nan_reaches_the_folded_max_pooling_output_as_numpy_max(window,
+                                                                  stride):
+    """A NaN in any cell of a pooling window makes that window's maximum
+    NaN, as NumPy's maximum does (and the unfolded ops before the
+    pooling), wherever the NaN lies in the window: the not-finite check
+    of the predictions then sees it."""
+    rng = np.random.RandomState(5)
+    x = rand(rng, 2, 5, 14, 15)
+    # NaN pixels, each reaching the 3x3 block of cells around it: windows
+    # with NaN in their first cell, and others with NaN only in later ones.
+    x[0, 2, 3, 4] = x[0, 1, 6, 9] = x[1, 0, 10, 13] = x[1, 4, 1, 1] = np.nan
+    w, b = rand(rng, 4, 5, 3, 3), rand(rng, 4)
+    xs = T.tensor4("x")
+    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
+                                input_shape=x.shape[1:], stride=1,
+                                padding=((1, 1), (1, 1)), groups=1,
+                                activation="relu")
+    fn = function([xs], pool_2d(conv, ws=window, stride=stride,
+                                ignore_border=True, mode="max"))
+    assert [type(node.op) for node in fn.maker.fgraph.toposort()] == [
+        DenseConv2dBiasAct]
+    want = numpy_max_pool(numpy_grouped_conv(
+        x, w, b, 1, ((1, 1), (1, 1)), 1, "relu"), window, stride)
+    got = fn(x)
+    assert np.isnan(want).sum() > 4 * 2  # several windows, each filter
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 # (batch, input H x W, input channels, output channels): C up to 128 runs
 # the direct kernel (40 x 41 with 100 outputs: in 3 tiles of columns), more
 # runs sgemm, per image or, for several images of up to 64 pixels, over the
