@@ -139,6 +139,11 @@ DENSE_CONV = [
     (5, 5, 1, "same", "identity", (9, 12)),
     (8, (2, 3), 3, ((1, 0), (2, 1)), "relu", (10, 11)),
     (1, 3, 2, ((0, 2), (3, 0)), "identity", (7, 5)),
+    # a stride larger than the kernel (input pixels no window reads),
+    # padding larger than the kernel (output rows and columns of bias only)
+    (5, 2, 3, ((0, 1), (1, 0)), "relu", (11, 10)),
+    (6, 2, 1, ((3, 4), (5, 2)), "relu6", (5, 4)),
+    (7, 1, 4, ((2, 2), (2, 2)), "identity", (9, 9)),
 ]
 
 
