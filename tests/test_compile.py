@@ -188,3 +188,57 @@ def test_digits_cnn_predictor_pools_in_its_convolutions_and_training_keeps_plain
     want = ref.forward(spec, L.get_param_values(network), x)
     np.testing.assert_allclose(plain(x), want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(predictor(x), want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_predictor_without_a_linked_blas_runs_the_plain_ops(tmp_path):
+    """With Theano's ``blas.ldflags`` empty (no scipy-openblas32, or a
+    user's THEANO_FLAGS), Theano's sgemm_ goes through NumPy's C API, which
+    needs the GIL the BLAS ops release: digits-cnn's predictor then keeps
+    Theano's convolution and dot (no op that calls sgemm_ without the
+    GIL) and gives the NumPy reference's probabilities, instead of
+    aborting the process."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json
+        import numpy as np
+        from model_store import layers as L
+        from model_store.compile import compile_predictor
+        from model_store.engine import theano
+        from model_store.store import load_model
+        assert theano.config.blas.ldflags == ""
+        stored = load_model("digits-cnn")
+        predictor = compile_predictor(stored)
+        x = np.random.RandomState(4).normal(size=(6, 1, 32, 32))
+        np.save("x.npy", x)
+        np.save("got.npy", predictor(x.astype("float32")))
+        np.savez("weights.npz", **L.get_param_values(stored.build()))
+        print("uses_blas:", sorted({type(n.op).__name__ for n in
+              predictor._fn.maker.fgraph.toposort()
+              if getattr(n.op, "uses_blas", False)}))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    work = str(tmp_path)
+    # What the engine configures without scipy-openblas32: no BLAS, and
+    # OpenMP off (Theano's CorrMM calls sgemm_ in OpenMP threads).
+    flags = os.environ.get("THEANO_FLAGS", "")
+    ours = "blas.ldflags=,openmp=False"
+    env = dict(os.environ, PYTHONPATH=root,
+               THEANO_FLAGS=f"{flags},{ours}" if flags else ours)
+    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "uses_blas: []" in done.stdout.splitlines()
+    from model_store.store import load_model
+
+    stored = load_model("digits-cnn")
+    with open(os.path.join(stored.location, "spec.json")) as handle:
+        spec = json.load(handle)
+    weights = dict(np.load(os.path.join(work, "weights.npz")))
+    x = np.load(os.path.join(work, "x.npy"))
+    want = ref.forward(spec, weights, x)
+    np.testing.assert_allclose(np.load(os.path.join(work, "got.npy")), want,
+                               rtol=1e-4, atol=1e-6)
