@@ -280,8 +280,7 @@ def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
 
 @pytest.mark.parametrize("window,stride", [((2, 2), (2, 2)),
                                            ((3, 3), (2, 2)), ((2, 3), (3, 1))])
-def test_a_nan_reaches_the_folded_max_pooling_output_as_numpy_max(window,
-                                                                  stride):
+def test_a_nan_in_a_folded_max_pooling_window_matches_numpy(window, stride):
     """A NaN in any cell of a pooling window makes that window's maximum
     NaN, as NumPy's maximum does (and the unfolded ops before the
     pooling), wherever the NaN lies in the window: the not-finite check
