@@ -519,18 +519,20 @@ def test_depthwise_rejects_weights_of_another_shape():
         fn(np.ones((1, 2, 5, 5), np.float32))
 
 
-# (op, input channels, groups, what cannot be allocated): the contiguous
-# copy of a non-contiguous input (the template shared by the plane ops), or
-# DenseConv2dBiasAct's per-thread im2col buffer.
-OUT_OF_MEMORY = [("dense", 8, 1, "input copy"),
-                 ("depthwise", 8, 8, "input copy"),
-                 ("stem", 3, 1, "input copy"),
-                 ("dense", 8, 1, "column buffer")]
+# (op, what cannot be allocated): the contiguous copy of a non-contiguous
+# input (every op's C template), or DenseConv2dBiasAct's per-thread im2col
+# buffer.
+OUT_OF_MEMORY = [("DenseConv2dBiasAct", "input copy"),
+                 ("DepthwiseConv2dBiasAct", "input copy"),
+                 ("StemConv2dBiasAct", "input copy"),
+                 ("PointwiseConv2dBiasAct", "input copy"),
+                 ("ExpandDepthwiseConv2dBiasAct", "input copy"),
+                 ("DenseBiasAct", "input copy"),
+                 ("DenseConv2dBiasAct", "column buffer")]
 
 
-@pytest.mark.parametrize("op,channels,groups,what", OUT_OF_MEMORY)
-def test_an_op_that_cannot_allocate_raises_memory_error(op, channels, groups,
-                                                        what):
+@pytest.mark.parametrize("op,what", OUT_OF_MEMORY)
+def test_an_op_that_cannot_allocate_raises_memory_error(op, what):
     """Out of memory inside a fast op is a MemoryError that leaves the
     function usable, not a crash of the worker: run in a process whose
     address space is limited just before the call."""
@@ -538,25 +540,42 @@ def test_an_op_that_cannot_allocate_raises_memory_error(op, channels, groups,
         import re, resource
         import numpy as np
         from model_store.engine import T, function, shared
-        from model_store.ops import fast_conv2d_bias_act
-        c, groups = {channels}, {groups}
-        # the input copy: 96 MB and more; the columns: 9 x 32 MB per thread
-        h = w = 1024 if "{what}" == "column buffer" else 2048
-        filters = 8 if groups > 1 else 2
-        x = T.tensor4("x")
-        fn = function([x], fast_conv2d_bias_act(
-            x, shared(np.ones((filters, c // groups, 3, 3), np.float32)),
-            shared(np.zeros(filters, np.float32)), input_shape=(c, h, w),
-            stride=1, padding=((1, 1), (1, 1)), groups=groups,
-            activation="relu"))
-        assert type(fn.maker.fgraph.toposort()[0].op).__name__.lower() \
-            .startswith("{op}"), fn.maker.fgraph.toposort()
-        small = np.ones((2, c, 4, 4), np.float32)
+        from model_store.ops import fast_conv2d_bias_act, fast_dense_bias_act
+        op, what = "{op}", "{what}"
+
+        def ones(*shape):
+            return shared(np.ones(shape, np.float32))
+
+        def conv(x, c, f, k, groups, size):
+            return fast_conv2d_bias_act(
+                x, ones(f, c // groups, k, k), ones(f), input_shape=(c,) + size,
+                stride=1, padding=((k // 2, k // 2),) * 2, groups=groups,
+                activation="relu")
+
+        if op == "DenseBiasAct":  # the copy: 64 MB
+            x, k = T.matrix("x"), 8192
+            out = fast_dense_bias_act(x, ones(k, 8), ones(8), activation="relu")
+            small, shape = np.ones((2, k), np.float32), (2048, k)
+        else:  # the copy: 96 MB and more; the columns: 9 x 32 MB per thread
+            x = T.tensor4("x")
+            c = 3 if op == "StemConv2dBiasAct" else 8
+            size = (1024, 1024) if what == "column buffer" else (2048, 2048)
+            f, k, groups = {{"DepthwiseConv2dBiasAct": (c, 3, c),
+                             "PointwiseConv2dBiasAct": (2, 1, 1)}}.get(
+                op, (2, 3, 1))
+            if op == "ExpandDepthwiseConv2dBiasAct":
+                out = conv(conv(x, c, 16, 1, 1, size), 16, 16, 3, 16, size)
+            else:
+                out = conv(x, c, f, k, groups, size)
+            small, shape = np.ones((2, c, 4, 4), np.float32), (2, c) + size
+        fn = function([x], out)
+        ops = [type(node.op).__name__ for node in fn.maker.fgraph.toposort()]
+        assert ops == [op], ops
         want = fn(small).copy()  # compiled, its threads started
-        if "{what}" == "input copy":  # every other column: a copy is made
-            big = np.empty((2, c, h, 2 * w), np.float32)[..., ::2]
-        else:  # 9x the input per thread for the im2col columns
-            big = np.empty((2, c, h, w), np.float32)
+        if what == "input copy":  # every other column: a copy is made
+            big = np.empty(shape[:-1] + (2 * shape[-1],), np.float32)[..., ::2]
+        else:
+            big = np.empty(shape, np.float32)
         size = int(re.search(r"VmSize:\\s+(\\d+)",
                              open("/proc/self/status").read()).group(1))
         limit = size * 1024 + (40 << 20)
