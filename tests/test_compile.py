@@ -1,6 +1,8 @@
 """The compiled predictor folds batch norm and fuses activations, and gives
 what the unfolded graph and the NumPy reference give."""
 
+import os
+
 import numpy as np
 
 from model_store import compile as C
@@ -142,3 +144,101 @@ def test_one_predictor_serves_many_threads_each_its_own_answer():
     for expected, got in zip(alone, results):
         for probs in got:
             np.testing.assert_array_equal(probs, expected)
+
+
+def test_digits_cnn_predictor_pools_in_its_convolutions_and_training_keeps_plain_ops():
+    """digits-cnn's predictor runs each conv2d + max_pool2d pair as one
+    DenseConv2dBiasAct that pools; its training graph (the forward pass
+    and the gradients of a loss) has none of the inference-only ops, only
+    Theano's convolution and pooling; the predictor's probabilities are
+    the training graph's deterministic ones, and the NumPy reference's."""
+    import json
+
+    from model_store.compile import compile_predictor
+    from model_store.ops import DenseConv2dBiasAct
+    from model_store.ops.base import InferenceOp
+    from model_store.store import load_model
+
+    stored = load_model("digits-cnn")
+    predictor = compile_predictor(stored)
+    kinds = [node.op for node in predictor._fn.maker.fgraph.toposort()]
+    assert [op.pool for op in kinds if isinstance(op, DenseConv2dBiasAct)] \
+        == [(2, 2, 2, 2)] * 2
+    assert not [op for op in kinds if type(op).__name__ in ("Pool", "CorrMM")]
+
+    network = stored.build()
+    images, labels = T.tensor4(dtype=floatX), T.ivector()
+    loss = T.nnet.categorical_crossentropy(
+        L.get_output(network, images), labels).mean()
+    gradients = theano.grad(loss, L.get_all_params(network, trainable=True))
+    train = function([images, labels], [loss] + gradients)
+    plain = function([images], L.get_output(network, images,
+                                            deterministic=True))
+    for fn in (train, plain):
+        names = {type(node.op).__name__ for node in fn.maker.fgraph.toposort()}
+        assert not [node for node in fn.maker.fgraph.toposort()
+                    if isinstance(node.op, InferenceOp)], names
+        assert "Pool" in names and "CorrMM" in names, names
+
+    x = np.random.RandomState(4).normal(size=(6, 1, 32, 32)).astype(floatX)
+    outputs = train(x, np.arange(6, dtype=np.int32))
+    assert all(np.isfinite(g).all() for g in outputs)
+    with open(os.path.join(stored.location, "spec.json")) as handle:
+        spec = json.load(handle)
+    want = ref.forward(spec, L.get_param_values(network), x)
+    np.testing.assert_allclose(plain(x), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predictor(x), want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_predictor_without_a_linked_blas_runs_the_plain_ops(tmp_path):
+    """With Theano's ``blas.ldflags`` empty (no scipy-openblas32, or a
+    user's THEANO_FLAGS), Theano's sgemm_ goes through NumPy's C API, which
+    needs the GIL the BLAS ops release: digits-cnn's predictor then keeps
+    Theano's convolution and dot (no op that calls sgemm_ without the
+    GIL) and gives the NumPy reference's probabilities, instead of
+    aborting the process."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import json
+        import numpy as np
+        from model_store import layers as L
+        from model_store.compile import compile_predictor
+        from model_store.engine import theano
+        from model_store.store import load_model
+        assert theano.config.blas.ldflags == ""
+        stored = load_model("digits-cnn")
+        predictor = compile_predictor(stored)
+        x = np.random.RandomState(4).normal(size=(6, 1, 32, 32))
+        np.save("x.npy", x)
+        np.save("got.npy", predictor(x.astype("float32")))
+        np.savez("weights.npz", **L.get_param_values(stored.build()))
+        print("uses_blas:", sorted({type(n.op).__name__ for n in
+              predictor._fn.maker.fgraph.toposort()
+              if getattr(n.op, "uses_blas", False)}))
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    work = str(tmp_path)
+    # What the engine configures without scipy-openblas32: no BLAS, and
+    # OpenMP off (Theano's CorrMM calls sgemm_ in OpenMP threads).
+    flags = os.environ.get("THEANO_FLAGS", "")
+    ours = "blas.ldflags=,openmp=False"
+    env = dict(os.environ, PYTHONPATH=root,
+               THEANO_FLAGS=f"{flags},{ours}" if flags else ours)
+    done = subprocess.run([sys.executable, "-c", script], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "uses_blas: []" in done.stdout.splitlines()
+    from model_store.store import load_model
+
+    stored = load_model("digits-cnn")
+    with open(os.path.join(stored.location, "spec.json")) as handle:
+        spec = json.load(handle)
+    weights = dict(np.load(os.path.join(work, "weights.npz")))
+    x = np.load(os.path.join(work, "x.npy"))
+    want = ref.forward(spec, weights, x)
+    np.testing.assert_allclose(np.load(os.path.join(work, "got.npy")), want,
+                               rtol=1e-4, atol=1e-6)

@@ -139,6 +139,11 @@ DENSE_CONV = [
     (5, 5, 1, "same", "identity", (9, 12)),
     (8, (2, 3), 3, ((1, 0), (2, 1)), "relu", (10, 11)),
     (1, 3, 2, ((0, 2), (3, 0)), "identity", (7, 5)),
+    # a stride larger than the kernel (input pixels no window reads),
+    # padding larger than the kernel (output rows and columns of bias only)
+    (5, 2, 3, ((0, 1), (1, 0)), "relu", (11, 10)),
+    (6, 2, 1, ((3, 4), (5, 2)), "relu6", (5, 4)),
+    (7, 1, 4, ((2, 2), (2, 2)), "identity", (9, 9)),
 ]
 
 
@@ -269,6 +274,36 @@ def test_a_nan_input_gives_nan_where_numpy_does(groups, kernel, stride,
                    activation=activation)
     want = numpy_grouped_conv(x, w, b, stride, padding, g, activation)
     assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("window,stride", [((2, 2), (2, 2)),
+                                           ((3, 3), (2, 2)), ((2, 3), (3, 1))])
+def test_a_nan_in_a_folded_max_pooling_window_matches_numpy(window, stride):
+    """A NaN in any cell of a pooling window makes that window's maximum
+    NaN, as NumPy's maximum does (and the unfolded ops before the
+    pooling), wherever the NaN lies in the window: the not-finite check
+    of the predictions then sees it."""
+    rng = np.random.RandomState(5)
+    x = rand(rng, 2, 5, 14, 15)
+    # NaN pixels, each reaching the 3x3 block of cells around it: windows
+    # with NaN in their first cell, and others with NaN only in later ones.
+    x[0, 2, 3, 4] = x[0, 1, 6, 9] = x[1, 0, 10, 13] = x[1, 4, 1, 1] = np.nan
+    w, b = rand(rng, 4, 5, 3, 3), rand(rng, 4)
+    xs = T.tensor4("x")
+    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
+                                input_shape=x.shape[1:], stride=1,
+                                padding=((1, 1), (1, 1)), groups=1,
+                                activation="relu")
+    fn = function([xs], pool_2d(conv, ws=window, stride=stride,
+                                ignore_border=True, mode="max"))
+    assert [type(node.op) for node in fn.maker.fgraph.toposort()] == [
+        DenseConv2dBiasAct]
+    want = numpy_max_pool(numpy_grouped_conv(
+        x, w, b, 1, ((1, 1), (1, 1)), 1, "relu"), window, stride)
+    got = fn(x)
+    assert np.isnan(want).sum() > 4 * 2  # several windows, each filter
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
@@ -482,6 +517,85 @@ def test_depthwise_rejects_weights_of_another_shape():
         activation="relu")(x, w, b))
     with pytest.raises(ValueError, match="needs W"):
         fn(np.ones((1, 2, 5, 5), np.float32))
+
+
+# (op, what cannot be allocated): the contiguous copy of a non-contiguous
+# input (every op's C template), or DenseConv2dBiasAct's per-thread im2col
+# buffer.
+OUT_OF_MEMORY = [("DenseConv2dBiasAct", "input copy"),
+                 ("DepthwiseConv2dBiasAct", "input copy"),
+                 ("StemConv2dBiasAct", "input copy"),
+                 ("PointwiseConv2dBiasAct", "input copy"),
+                 ("ExpandDepthwiseConv2dBiasAct", "input copy"),
+                 ("DenseBiasAct", "input copy"),
+                 ("DenseConv2dBiasAct", "column buffer")]
+
+
+@pytest.mark.parametrize("op,what", OUT_OF_MEMORY)
+def test_an_op_that_cannot_allocate_raises_memory_error(op, what):
+    """Out of memory inside a fast op is a MemoryError that leaves the
+    function usable, not a crash of the worker: run in a process whose
+    address space is limited just before the call."""
+    script = textwrap.dedent(f"""
+        import re, resource
+        import numpy as np
+        from model_store.engine import T, function, shared
+        from model_store.ops import fast_conv2d_bias_act, fast_dense_bias_act
+        op, what = "{op}", "{what}"
+
+        def ones(*shape):
+            return shared(np.ones(shape, np.float32))
+
+        def conv(x, c, f, k, groups, size):
+            return fast_conv2d_bias_act(
+                x, ones(f, c // groups, k, k), ones(f), input_shape=(c,) + size,
+                stride=1, padding=((k // 2, k // 2),) * 2, groups=groups,
+                activation="relu")
+
+        if op == "DenseBiasAct":  # the copy: 64 MB
+            x, k = T.matrix("x"), 8192
+            out = fast_dense_bias_act(x, ones(k, 8), ones(8), activation="relu")
+            small, shape = np.ones((2, k), np.float32), (2048, k)
+        else:  # the copy: 96 MB and more; the columns: 9 x 32 MB per thread
+            x = T.tensor4("x")
+            c = 3 if op == "StemConv2dBiasAct" else 8
+            size = (1024, 1024) if what == "column buffer" else (2048, 2048)
+            f, k, groups = {{"DepthwiseConv2dBiasAct": (c, 3, c),
+                             "PointwiseConv2dBiasAct": (2, 1, 1)}}.get(
+                op, (2, 3, 1))
+            if op == "ExpandDepthwiseConv2dBiasAct":
+                out = conv(conv(x, c, 16, 1, 1, size), 16, 16, 3, 16, size)
+            else:
+                out = conv(x, c, f, k, groups, size)
+            small, shape = np.ones((2, c, 4, 4), np.float32), (2, c) + size
+        fn = function([x], out)
+        ops = [type(node.op).__name__ for node in fn.maker.fgraph.toposort()]
+        assert ops == [op], ops
+        want = fn(small).copy()  # compiled, its threads started
+        if what == "input copy":  # every other column: a copy is made
+            big = np.empty(shape[:-1] + (2 * shape[-1],), np.float32)[..., ::2]
+        else:
+            big = np.empty(shape, np.float32)
+        size = int(re.search(r"VmSize:\\s+(\\d+)",
+                             open("/proc/self/status").read()).group(1))
+        limit = size * 1024 + (40 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        try:
+            fn(big)
+            print("result: no error")
+        except MemoryError:
+            print("result: MemoryError")
+        resource.setrlimit(resource.RLIMIT_AS,
+                           (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        assert np.array_equal(fn(small), want)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root,
+                          env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines()
+            if line.startswith("result:")] == ["result: MemoryError"]
 
 
 def test_second_process_compiles_nothing(tmp_path):

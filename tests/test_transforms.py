@@ -225,6 +225,31 @@ def test_a_failed_network_call_makes_error_rows_of_its_batch_only(model,
         ["d2", "d3", "d4"]]
 
 
+def test_a_bundle_retried_after_failing_with_a_batch_in_flight_gives_each_row_once(
+        model, split):
+    """A runner that retries a failed bundle on the same DoFn instance
+    (its outputs discarded) gets each batch's rows once from the retry:
+    the batch left in flight by the failed attempt is neither emitted
+    into the retry nor lost."""
+    examples = digit_examples(model, split, 6)
+    fn, held = held_predict_fn(model)
+    held.release.set()
+    window = IntervalWindow(0, 10)
+    list(fn.process(examples[:3], window, Timestamp(1)))
+    list(fn.process(examples[3:], window, Timestamp(2)))  # batch 1's rows
+    # ... and the bundle fails here, batch 2 in flight: Beam retries it.
+    fn.start_bundle()
+    out = list(fn.process(examples[:3], window, Timestamp(1)))
+    out += list(fn.process(examples[3:], window, Timestamp(2)))
+    out += list(fn.finish_bundle())
+    fn.teardown()
+    paths = [path for v in out for path in v.value.column("path").to_pylist()]
+    assert paths == [f"d{i}" for i in range(6)]
+    labels = [label for v in out for label in v.value.column("label")
+              .to_pylist()]
+    assert labels == [str(split.test_labels[i]) for i in range(6)]
+
+
 def test_predicted_rows_stay_in_their_batchs_window_in_a_pipeline(model,
                                                                   split):
     examples = digit_examples(model, split, 9)

@@ -6,7 +6,8 @@ ops when one applies (depthwise convolution, 1x1 stride-1 dense convolution,
 a dense convolution of an input with 2 to 4 channels such as an RGB stem, or
 any other dense convolution (im2col and sgemm per image), with an
 identity/relu/relu6 activation, float32, the same stride on both axes), else
-None (grouped convolutions, other activations): the
+None (grouped convolutions, other activations; the ops that call BLAS when
+Theano links none, see ``blas_linked``): the
 caller then builds the plain Theano graph; ``fast_dense_bias_act`` does the
 same for ``model_store.kernels.dense_bias_act`` (a dense layer). The ops are
 inference-only (their ``grad`` raises), so training graphs keep the plain
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model_store.engine import T
+from model_store.engine import T, theano
 from model_store.ops import fusion  # noqa: F401  (registers the rewrites)
 from model_store.ops.base import ACTIVATIONS
 from model_store.ops.conv import DenseConv2dBiasAct
@@ -39,6 +40,15 @@ __all__ = ["ACTIVATIONS", "DenseBiasAct", "DenseConv2dBiasAct",
 #: Input channels for which a dense convolution uses the stem op (others use
 #: ``DenseConv2dBiasAct``).
 STEM_CHANNELS = range(2, 5)
+
+
+def blas_linked() -> bool:
+    """Whether Theano links a BLAS library (``blas.ldflags``). Without one,
+    Theano's ``sgemm_`` is its fallback through NumPy's C API, which needs
+    the GIL: the ops that call it with the GIL released (``uses_blas``:
+    pointwise, dense, dense convolution, expansion) would abort the
+    process, so they are not used and the plain Theano graph runs."""
+    return bool(theano.config.blas.ldflags)
 
 
 def _square_stride(stride):
@@ -79,6 +89,8 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
         op = StemConv2dBiasAct(kernel=(kh, kw), stride=step, padding=padding,
                                activation=activation)
         return op(x, W, b)
+    if not blas_linked():
+        return None
     if (groups == 1 and (kh, kw) == (1, 1) and step == 1
             and padding == ((0, 0), (0, 0)) and per_group == channels):
         return PointwiseConv2dBiasAct(activation=activation)(x, W, b)
@@ -91,7 +103,8 @@ def fast_conv2d_bias_act(x, W, b, *, input_shape, stride, padding, groups,
 
 def fast_dense_bias_act(x, W, b, *, activation):
     """``act(x @ W + b)`` with :class:`DenseBiasAct`, or None (the caller
-    builds the plain graph) for other dtypes or activations.
+    builds the plain graph) for other dtypes or activations, or when
+    Theano links no BLAS (:func:`blas_linked`).
 
     Args:
         x: 2-D float32 Theano variable (M, K).
@@ -99,7 +112,8 @@ def fast_dense_bias_act(x, W, b, *, activation):
         activation: a nonlinearity name.
     """
     weights = W.get_value(borrow=True)
-    if (activation not in ACTIVATIONS or x.ndim != 2 or x.dtype != "float32"
+    if (not blas_linked() or activation not in ACTIVATIONS or x.ndim != 2
+            or x.dtype != "float32"
             or weights.dtype != np.float32 or weights.ndim != 2
             or b.dtype != "float32"):
         return None

@@ -16,7 +16,8 @@ class DenseConv2dBiasAct(PlaneConvOp):
     stride and zero padding as for ``DepthwiseConv2dBiasAct``. ``pool`` is
     ``(ph, pw, psh, psw)``: max over windows of ph x pw every psh rows and
     psw columns, windows wholly inside the plane (Theano's
-    ``ignore_border=True``); :data:`NO_POOL` for none. Per image: im2col
+    ``ignore_border=True``), a window holding a NaN giving NaN (NumPy's
+    maximum); :data:`NO_POOL` for none. Per image: im2col
     into a per-thread buffer, one sgemm, bias and activation in cache, then
     the pooling (c/conv.c); the images split over the OpenMP threads.
     ``fusion.py`` folds a max pooling that reads only this op into it.

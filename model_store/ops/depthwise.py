@@ -31,6 +31,13 @@ _CODE = """
     PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
     PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
     PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
+    if (!xc || !wc || !bc) {
+        /* A copy NumPy could not allocate (it set MemoryError). */
+        Py_XDECREF(xc);
+        Py_XDECREF(wc);
+        Py_XDECREF(bc);
+        %(fail)s
+    }
     const npy_intp* xd = PyArray_DIMS(xc);
     const npy_intp* wd = PyArray_DIMS(wc);
     const npy_intp ho = (xd[2] + pt + pb - kh) / s + 1;

@@ -64,6 +64,11 @@ _CODE = """
         PyArray_GETCONTIGUOUS(%(x)s), PyArray_GETCONTIGUOUS(%(We)s),
         PyArray_GETCONTIGUOUS(%(be)s), PyArray_GETCONTIGUOUS(%(Wd)s),
         PyArray_GETCONTIGUOUS(%(bd)s)};
+    if (!in[0] || !in[1] || !in[2] || !in[3] || !in[4]) {
+        /* A copy NumPy could not allocate (it set MemoryError). */
+        for (int i = 0; i < 5; ++i) Py_XDECREF(in[i]);
+        %(fail)s
+    }
     const npy_intp* xd = PyArray_DIMS(in[0]);
     const npy_intp* ed = PyArray_DIMS(in[1]);
     const npy_intp* dd = PyArray_DIMS(in[3]);

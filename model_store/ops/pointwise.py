@@ -63,6 +63,14 @@ class PointwiseConv2dBiasAct(InferenceOp):
             PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
             PyArrayObject* rc = %(has_res)s ?
                 PyArray_GETCONTIGUOUS((PyArrayObject*)%(res)s) : NULL;
+            if (!xc || !wc || !bc || (%(has_res)s && !rc)) {
+                /* A copy NumPy could not allocate (it set MemoryError). */
+                Py_XDECREF(xc);
+                Py_XDECREF(wc);
+                Py_XDECREF(bc);
+                Py_XDECREF(rc);
+                %(fail)s
+            }
             const npy_intp* xd = PyArray_DIMS(xc);
             const npy_intp* wd = PyArray_DIMS(wc);
             npy_intp dims[4] = {xd[0], wd[0], xd[2], xd[3]};
