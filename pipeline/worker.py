@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 
@@ -48,6 +49,9 @@ STOP_GRACE_SECONDS = 5.0
 
 
 _stop_timer: list[threading.Timer] = []
+_stop_lock = threading.Lock()
+# The write end of the wakeup socket (see _watch_stop_signals), kept open.
+_wakeup: list = []
 
 
 def _exit_unless_stopped(signum, frame) -> None:
@@ -55,12 +59,37 @@ def _exit_unless_stopped(signum, frame) -> None:
     stops its workers. One it fails to stop (Beam's runner can miss a worker
     that was still starting, then waits on it forever) exits by itself
     after :data:`STOP_GRACE_SECONDS`."""
-    if _stop_timer:  # a second signal (Ctrl-C, then the command's SIGTERM)
-        return
-    _stop_timer.append(threading.Timer(STOP_GRACE_SECONDS, os._exit,
-                                       (128 + signum,)))
-    _stop_timer[0].daemon = True
-    _stop_timer[0].start()
+    with _stop_lock:
+        if _stop_timer:  # a second signal (Ctrl-C, then the command's SIGTERM)
+            return
+        _stop_timer.append(threading.Timer(STOP_GRACE_SECONDS, os._exit,
+                                           (128 + signum,)))
+        _stop_timer[0].daemon = True
+        _stop_timer[0].start()
+
+
+def _watch_stop_signals() -> None:
+    """Acts on SIGINT and SIGTERM whichever thread the kernel delivers them
+    to. Python runs a handler in the main thread only, when it next runs
+    Python code; a signal delivered to one of gRPC's threads while the main
+    thread waits without a timeout (Beam's harness waits so for its
+    channels) would never be acted on. Python's C handler also writes the
+    signal's number to the wakeup socket, from any thread; a thread of our
+    own reads it."""
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _exit_unless_stopped)
+    readable, writable = socket.socketpair()
+    writable.setblocking(False)
+    signal.set_wakeup_fd(writable.fileno(), warn_on_full_buffer=False)
+    _wakeup.append(writable)
+
+    def watch():
+        while signals := readable.recv(64):
+            for signum in signals:
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    _exit_unless_stopped(signum, None)
+
+    threading.Thread(target=watch, name="imgclass-stop", daemon=True).start()
 
 
 def stop_local_workers() -> None:
@@ -99,8 +128,7 @@ def _children(parent: int) -> list[int]:
 
 
 def main(argv) -> int:
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, _exit_unless_stopped)
+    _watch_stop_signals()
     logs.configure()
     from apache_beam.runners.worker import sdk_worker_main
 

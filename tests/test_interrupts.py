@@ -198,6 +198,27 @@ def test_a_worker_left_running_exits_after_ctrl_c(stuck_worker):
     assert time.monotonic() - started >= STOP_GRACE_SECONDS - 0.5
 
 
+def test_a_ctrl_c_the_kernel_gives_to_another_thread_still_stops_a_worker(
+        stuck_worker):
+    """The kernel hands a process's signal to any of its threads. One given
+    to a gRPC thread while the worker's main thread waited, without a
+    timeout, for its channel left the worker running for good (Python runs
+    handlers in the main thread only): about one run in six under load."""
+    import ctypes
+
+    from pipeline.worker import STOP_GRACE_SECONDS
+
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    if tgkill is None:
+        pytest.skip("no tgkill in this C library")
+    pid = stuck_worker.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")
+                    if int(t) != pid)
+    assert others, "the worker runs gRPC threads"
+    assert tgkill(pid, others[0], signal.SIGINT) == 0
+    assert exits_within(stuck_worker, STOP_GRACE_SECONDS + 20) == 130
+
+
 def test_a_stop_sent_to_the_command_alone_reaches_its_workers(stuck_worker):
     """A scheduler's SIGTERM reaches the command only; the command passes
     it on to its local worker processes (the worker is this test
