@@ -111,7 +111,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
                for a in beam_args):
         # Worker processes log every gRPC channel at INFO; keep the terminal
         # for warnings, progress and the summary.
-        beam_args.append("--default_sdk_harness_log_level=WARNING")
+        beam_args.insert(0, "--default_sdk_harness_log_level=WARNING")
     options = PipelineOptions(beam_args)
     known = _parse(options, retain_unknown_options=False)
     every = _parse(options, retain_unknown_options=True)
@@ -124,6 +124,12 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
                           f"{', '.join(given.get(u, '--' + u) for u in unknown)}"
                           f"; see the command's --help and Beam's pipeline "
                           f"options")
+    stray = _parse(options, add_extra_args_fn=_catch_stray).get(_STRAY)
+    if stray:
+        raise ConfigError(f"unrecognized argument(s) {' '.join(stray)!r}: "
+                          f"not an option, nor the value of one (e.g. "
+                          f"--summary-json takes none); see the command's "
+                          f"--help")
     direct = options.view_as(DirectOptions)
     if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
         raise ConfigError(f"--direct_num_workers must be >= 0, got "
@@ -144,6 +150,15 @@ def offline_options(*beam_args: str) -> PipelineOptions:
     if standard.runner in _LOCAL_RUNNERS:
         standard.runner = "FnApiRunner"
     return options
+
+
+# Beam's option parser drops words that are neither an option nor the value
+# of one; a catch-all positional argument collects them.
+_STRAY = "imgclass_stray_arguments"
+
+
+def _catch_stray(parser) -> None:
+    parser.add_argument(_STRAY, nargs="*")
 
 
 def _parse(options: PipelineOptions, **kwargs) -> dict:

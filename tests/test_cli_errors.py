@@ -47,6 +47,14 @@ def tampered_store(tmp_path):
     (["--no-such-option"], "unknown option(s) --no-such-option; see the "
                            "command's --help"),
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
+    # A word that is no option nor the value of one (Beam's parser drops
+    # it): '--summary-json' takes no file, so the run must not go on and
+    # leave the user waiting for a file it never writes.
+    (["--summary-json", "summary.json"], "unrecognized argument(s) "
+                                         "'summary.json': not an option"),
+    (["--direct_num_workers", "1", "stray"], "unrecognized argument(s) "
+                                             "'stray'"),
+    (["--", "stray"], "unrecognized argument(s) 'stray'"),
     (["--environment_type=bogus"], "--environment_type=bogus is not an "
                                    "environment Beam knows; use DOCKER"),
 ])
@@ -613,3 +621,15 @@ def test_a_library_error_with_a_traceback_is_imgclass_lines(
     else:
         assert "imgclass:   Traceback (most recent call last):" in lines
         assert lines[-1] == "imgclass:   page header failed"
+
+
+def test_beam_option_values_may_follow_as_separate_words(cli, images,
+                                                         tmp_path):
+    """'--temp_location DIR', as Beam's own docs write options, is not a
+    stray word."""
+    output = tmp_path / "out"
+    code, _, err = cli("classify", "--input", images, "--output", output,
+                       "--temp_location", str(tmp_path / "temp"),
+                       "--direct_num_workers", "1", "-q")
+    assert (code, err) == (0, "")
+    assert (output / "_SUCCESS").exists()
