@@ -303,6 +303,8 @@ def validate(config: ClassifyConfig,
              ) -> tuple[ClassifyConfig, list[str], Optional[str]]:
     """Every check that can fail before work starts: ``(config with a local
     output made absolute, patterns, partition)``."""
+    if not config.output:  # '' would be the working folder
+        raise ConfigError("--output is empty; give an output folder")
     config = _with_absolute_output(config)
     if not config.inputs:
         raise ConfigError("give at least one --input")

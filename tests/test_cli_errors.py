@@ -70,6 +70,18 @@ def test_option_mistakes_exit_2_before_any_work(cli, images, tmp_path, args,
     assert not output.exists()
 
 
+def test_an_empty_output_is_refused_not_taken_as_the_working_folder(
+        cli, images, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, _, err = cli("classify", "--input", images, "--output", "")
+    assert code == 2
+    assert err == "imgclass: error: --output is empty; give an output " \
+                  "folder\n"
+    assert os.listdir(here) == []
+
+
 def test_missing_input_exits_2(cli, tmp_path):
     code, _, err = cli("classify", "--input", tmp_path / "missing",
                        "--output", tmp_path / "out")
