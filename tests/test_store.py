@@ -1,6 +1,5 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -11,7 +10,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import threading
 
 import numpy as np
@@ -28,6 +26,7 @@ from model_store.errors import (
     WeightShapeError,
 )
 from model_store.spec import build_network
+from tests.conftest import within
 
 SPEC = {"input_shape": [1, 10, 10], "layers": [
     {"type": "conv2d", "name": "conv1", "num_filters": 3, "filter_size": 3},
@@ -1101,25 +1100,6 @@ def test_a_version_folder_over_the_maximum_is_not_a_version(root, cli):
 
 # Special files where the store expects its files ---------------------------
 
-class _Hung(BaseException):
-    """Not an OSError: the code under test must not catch it."""
-
-
-@contextlib.contextmanager
-def _within(seconds):
-    """Fails (rather than hangs) when the block takes longer."""
-    def timeout(*args):
-        signal.alarm(1)  # again, should something catch it
-        raise _Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
 
 @pytest.mark.parametrize("file", [store.ALIASES_FILE, store.VERSIONS_FILE,
                                   os.path.join("1", store.METADATA_FILE)])
@@ -1131,7 +1111,7 @@ def test_a_fifo_where_a_store_file_is_expected_is_reported(root, cli, file):
         os.remove(path)
     os.mkfifo(path)
     message = f"{path} is a FIFO, not a regular file"
-    with _within(20):
+    with within(20):
         code, out, _ = cli("--store", root, "models", "list")
         assert code == 0
         rows = {line.split()[0]: line for line in out.splitlines()[1:]}
