@@ -141,6 +141,15 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+def open_text(path: str, encoding: str = "utf-8"):
+    """The local file ``path`` open for reading as text (``\\r\\n`` and
+    ``\\r`` read as ``\\n``), through :func:`open_regular`:
+    NotRegularError for a FIFO, socket, device or folder, without
+    waiting."""
+    fd, _ = open_regular(path)
+    return open(fd, encoding=encoding)
+
+
 _held = threading.local()  # the lock files this thread holds
 
 

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from model_store import fs
 from model_store.errors import ConfigError, UnsupportedModelError
 
 SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
@@ -91,12 +92,11 @@ class _Converter:
 
     def __init__(self, model):
         import onnx
-        from onnx import numpy_helper
 
         self.opset = _default_opset(model)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
-        self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
+        self.consts = {t.name: _tensor_values(t.name, t)
                        for t in graph.initializer}
         self.shapes = {v.name: _static_shape(v.type)
                        for v in list(graph.value_info) + list(graph.input)
@@ -268,13 +268,11 @@ class _Converter:
 
     # -- ops ----------------------------------------------------------------
     def _op_Constant(self, node: _Node) -> None:
-        from onnx import numpy_helper
-
         value = node.proto.attribute[0] if node.proto.attribute else None
         if value is None or value.name != "value":
             raise node.fail("only the 'value' form is supported")
-        self.consts[node.proto.output[0]] = _finite(
-            node.proto.output[0], numpy_helper.to_array(value.t))
+        self.consts[node.proto.output[0]] = _tensor_values(
+            node.proto.output[0], value.t)
 
     def _op_Identity(self, node: _Node) -> None:
         self.layer_of[self._single_output(node)] = self._input(node)
@@ -637,6 +635,24 @@ def _static_shape(value_type) -> tuple | None:
                  for d in tensor.shape.dim)
 
 
+def _tensor_values(name: str, tensor) -> np.ndarray:
+    """The values of the ONNX ``TensorProto`` ``tensor`` (the tensor
+    ``name``), unless its data does not fill exactly its declared shape
+    (the checker refuses too little data, not too much) or it holds a NaN
+    or an infinity."""
+    from onnx import numpy_helper
+
+    try:
+        array = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as error:
+        raise UnsupportedModelError(
+            f"the ONNX tensor {name!r} does not hold the data of its "
+            f"declared shape {list(tensor.dims)} "
+            f"({' '.join(str(error).split())[:200]}): export the model "
+            f"again") from None
+    return _finite(name, array)
+
+
 def _finite(name: str, array: np.ndarray) -> np.ndarray:
     """``array``, the constant tensor ``name``, unless it holds a NaN or an
     infinity (the model would classify nothing)."""
@@ -751,26 +767,45 @@ def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _read_onnx(path: str):
+    """(the model in the local file ``path``, with its external data, and
+    the sha256 of the file's bytes)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
+    if fs.is_uri(path):
+        raise ConfigError(f"ONNX file {path}: give a local file (its "
+                          f"external data, if any, is read beside it)")
     try:
-        model = onnx.load(path)
-        onnx.checker.check_model(model)
+        data = fs.read_bytes(path)  # a FIFO is refused, not waited on
     except FileNotFoundError:
         raise ConfigError(f"ONNX file {path} does not exist") from None
+    except fs.NotRegularError as error:
+        raise ConfigError(f"ONNX file {error}: give the .onnx file") \
+            from None
+    except OSError as error:
+        raise ConfigError(f"cannot read ONNX file {path}: "
+                          f"{error.strerror}") from None
+    try:
+        model = onnx.load_model_from_string(data)
+        # As onnx.load does, with its checks that every location stays in
+        # the model's folder (no "..", absolute path or symbolic link).
+        load_external_data_for_model(model, os.path.dirname(path))
+        onnx.checker.check_model(model)
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{path} is not a valid ONNX model: "
             f"{' '.join(str(error).split())[:300]}") from None
-    return model
+    return model, hashlib.sha256(data).hexdigest()
 
 
 def _read_text(path: str, what: str) -> str:
     """The text of the UTF-8 file ``path`` (``what`` names it in errors),
     without a byte-order mark, line ends read as ``\\n``."""
     try:
-        with open(path, encoding="utf-8-sig") as handle:
+        with fs.open_text(path, encoding="utf-8-sig") as handle:
             return handle.read()
+    except fs.NotRegularError as error:
+        raise ConfigError(f"{what} {error}: give a text file") from None
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: "
                           f"{error.strerror}") from None
@@ -894,7 +929,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     from model_store.store import parse_ref, save_version
 
     parse_ref(name)
-    model = _read_onnx(path)
+    model, digest = _read_onnx(path)
     spec, weights = onnx_to_spec(model)
     network = build_network(spec, initialize=False)
     set_weights(network, weights, source=path)
@@ -914,8 +949,6 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         network = build_network(spec, initialize=False)
         set_weights(network, weights, source=path)
     count = network.output_shape[1]
-    with open(path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
     metadata = {
         "class_names": _class_names(classes, count),
         **_preprocessing(preprocessing, spec["input_shape"]),

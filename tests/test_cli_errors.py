@@ -453,6 +453,30 @@ def test_a_spec_that_is_a_folder_is_refused_in_one_line(cli, tmp_path):
     assert f"--spec {tmp_path} is a folder" in err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink loop"])
+def test_a_spec_that_cannot_be_read_is_refused_in_one_line(
+        cli, tmp_path, kind):
+    """A FIFO hung the command (open() waits for a writer); a symlink loop
+    was an OSError traceback (exit 1)."""
+    from tests.conftest import within
+
+    spec = tmp_path / "spec.json"
+    if kind == "fifo":
+        os.mkfifo(spec)
+        message = f"--spec {spec} is a FIFO, not a regular file"
+    else:
+        spec.symlink_to(spec)
+        message = (f"cannot read spec file {spec}: Too many levels of "
+                   f"symbolic links")
+    with within(20):
+        code, _, err = cli("--store", tmp_path / "store", "train",
+                           "--dataset", "digits", "--name", "x", "--spec",
+                           spec)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "store").exists()
+
+
 def test_a_seed_numpy_cannot_take_is_refused_before_any_work(cli, tmp_path):
     """--seed -1 was a NumPy traceback (exit 1), with --base only after the
     features of every image had been computed."""

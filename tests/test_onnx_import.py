@@ -13,6 +13,7 @@ import pytest
 from model_store.compile import compile_predictor
 from model_store.onnx_import import onnx_to_spec
 from model_store.store import StoredModel, list_models, load_model
+from tests.conftest import within
 from tests.onnx_graphs import GraphBuilder, single_op_graphs, view_flatten
 
 GRAPHS = single_op_graphs()
@@ -310,6 +311,40 @@ def _assert_refused(cli, tmp_path, model, message):
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list_models(str(store)) == []
+    assert not store.exists() or os.listdir(store) == []
+
+
+@pytest.mark.parametrize("extra", [b"\0" * 4, b"\0" * 2],
+                         ids=["one value more", "half a value more"])
+def test_an_initializer_holding_more_data_than_its_shape_is_refused(
+        cli, tmp_path, extra):
+    """onnx's checker refuses too little data, not too much: NumPy's
+    reshape was a traceback (exit 1)."""
+    g = GraphBuilder((3, 8, 8))
+    model = g.model(g.node("Conv", ["x", g.const(np.ones((2, 3, 3, 3)),
+                                                 "conv1.W")]), 4)
+    model.graph.initializer[0].raw_data += extra
+    _assert_refused(cli, tmp_path, model,
+                    "the ONNX tensor 'conv1.W' does not hold the data of "
+                    "its declared shape [2, 3, 3, 3]")
+
+
+@pytest.mark.parametrize("given", ["FILE", "--classes"])
+def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
+        cli, tmp_path, given):
+    """open() of a FIFO waits for a writer: the import hung for ever."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_example().build(), str(path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = [fifo, "--name", "m"] if given == "FILE" else \
+        [path, "--name", "m", "--classes", fifo]
+    store = tmp_path / "store"
+    with within(20):
+        code, _, err = cli("--store", store, "models", "import", "onnx",
+                           *args)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{fifo} is a FIFO, not a regular file" in err
     assert not store.exists() or os.listdir(store) == []
 
 
