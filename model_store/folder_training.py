@@ -28,11 +28,12 @@ from model_store.folders import (
     check_sides,
     check_usable,
     folder_root,
+    listed,
     load_pixels,
     scan_folder,
     stratified_split,
 )
-from model_store.fs import one_line, printable
+from model_store.fs import printable, shown
 from model_store.preprocessing import Preprocessing
 from model_store.train import best_epoch, fit, load_spec
 from model_store.train_config import TrainConfig
@@ -78,7 +79,7 @@ def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
 
 def report_broken(broken: list, stream: TextIO) -> None:
     for path, reason in broken:
-        stream.write(f"skipped {one_line(printable(path))}: {reason}\n")
+        stream.write(f"skipped {shown(path)}: {reason}\n")
 
 
 def check_decoded(folders: FolderData, class_names: list, y_train, y_val,
@@ -145,7 +146,7 @@ def _spec_network(spec: dict, spec_path: str, class_names: list, seed: int):
     if outputs != n_classes:
         raise ConfigError(
             f"spec {spec_path} has {outputs} outputs but --data has "
-            f"{n_classes} classes ({', '.join(class_names)}): set num_units "
+            f"{n_classes} classes ({listed(class_names)}): set num_units "
             f"of its last dense layer to {n_classes}")
     return network
 
@@ -209,7 +210,7 @@ def train_transfer(folders: FolderData, *, name: str, base,
     removed = cache.remove_stale()
     if removed:
         stream.write(f"removed {removed} feature cache entries of an older "
-                     f"format from {one_line(printable(cache.root))}\n")
+                     f"format from {shown(cache.root)}\n")
     started = time.monotonic()
     (x_train, y_train, x_val, y_val), broken, broken_val = _features(
         folders, train_set, val_set, base, features, cache, config, stream)

@@ -59,6 +59,12 @@ def one_line(shown: str) -> str:
     return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", shown)
 
 
+def shown(path: str) -> str:
+    """A local path or URI as a message line shows it: :func:`printable`,
+    then :func:`one_line`."""
+    return one_line(printable(path))
+
+
 def os_path(path: str) -> str:
     """The inverse of :func:`escape_path`: the name ``os`` functions take."""
     if "%" not in path:

@@ -226,6 +226,26 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
     assert not store.exists() or not any(store.iterdir())
 
 
+@pytest.mark.parametrize("odd, where, shown", [
+    (b"da\nta", "data folder", "da%0Ata"),
+    (b"da\xffta", "data folder", "da%FFta"),
+    (b"bi\nrd", "class folder", "bi%0Ard"),
+])
+def test_odd_bytes_in_a_refused_folder_are_shown_escaped_on_one_line(
+        tmp_path, cli, odd, where, shown):
+    """A newline in the data folder's or a class folder's name split the
+    error in two lines; a byte that is not UTF-8 showed as '\\udcff'."""
+    name = os.fsdecode(odd)
+    data = tmp_path / (name if where == "data folder" else "data")
+    write_shapes(data, per_class=3, classes={"red": (220, 40, 40)})
+    if where == "class folder":  # a second class, of one image
+        (data / name).mkdir()
+        Image.new("RGB", (8, 8)).save(data / name / "0.png")
+    code, _, err = train_cli(cli, data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert shown in err and "\\udc" not in err
+
+
 def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
         tmp_path, cli):
     data = tmp_path / "data"
