@@ -401,9 +401,9 @@ def align_classes(val: FolderDataset, class_names: list, *,
 
 
 def listed(names) -> str:
-    """Class names as a message lists them, on one line (a control
-    character, like a byte that is not UTF-8, as ``%XX``)."""
-    return ", ".join(one_line(escape_path(name)) for name in names)
+    """Class names (text, see :func:`_check_names`) as a message lists
+    them: on one line, a control character as ``%XX``."""
+    return ", ".join(one_line(name) for name in names)
 
 
 def describe_error(error: BaseException) -> str:
