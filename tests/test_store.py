@@ -53,12 +53,17 @@ def rewrite_weights(model, arrays):
     """Replaces weights.npz and fixes the checksum, as a careless user might."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
+    rewrite_weights_file(model, buffer.getvalue())
+
+
+def rewrite_weights_file(model, data: bytes):
+    """Replaces weights.npz with ``data`` and fixes the checksum."""
     path = os.path.join(model.location, store.WEIGHTS_FILE)
     with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
     meta_path = os.path.join(model.location, store.METADATA_FILE)
     meta = json.load(open(meta_path))
-    meta["weights_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
     json.dump(meta, open(meta_path, "w"))
 
 
@@ -155,6 +160,38 @@ def test_a_model_never_unpickles(root, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     with pytest.raises(ModelIntegrityError, match="never unpickles"):
         store.load_model("tiny@1", root=root)
+
+
+def test_an_array_declaring_more_bytes_than_it_holds_is_damage(root, cli):
+    """NumPy allocates what an .npy header declares before reading it: a
+    weights.npz whose header claimed petabytes was a MemoryError traceback
+    in models list, show and verify (and classify)."""
+    import zipfile
+
+    saved = save(root)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, array in saved.weights.items():
+            member = io.BytesIO()
+            if name == "conv1.W":
+                np.lib.format.write_array_header_1_0(member, {
+                    "descr": "<f4", "fortran_order": False,
+                    "shape": (10 ** 5,) * 3})
+                member.write(bytes(16))
+            else:
+                np.save(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    rewrite_weights_file(saved, buffer.getvalue())
+    message = ("weights.npz: array 'conv1.W.npy' declares shape (100000, "
+               "100000, 100000) (4,000,000,000,000,000 bytes) but holds 16 "
+               "bytes; the file is damaged")
+    code, out, err = cli("--store", root, "models", "verify")
+    assert (code, err) == (1, "") and "FAILED  tiny@1: " in out
+    assert message in out
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0 and "BROKEN" in out
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    assert code == 2 and err.count("\n") == 1 and message in err
 
 
 def test_a_failed_save_leaves_no_version(root, monkeypatch):
