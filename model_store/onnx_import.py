@@ -240,17 +240,34 @@ class _Converter:
                             f"tensor where a computed one is needed")
         return self.layer_of[tensor]
 
-    def _const(self, node: _Node, position: int, what: str) -> np.ndarray:
+    def _const(self, node: _Node, position: int, what: str, *,
+               ndim: int | None = None) -> np.ndarray:
+        """The node's ``position``-th input, a constant (of ``ndim``
+        dimensions if given: onnx's checker does not check them all)."""
         inputs = node.proto.input
         if position >= len(inputs) or inputs[position] not in self.consts:
             raise node.fail(f"{what} must be a constant (an initializer)")
-        return self.consts[inputs[position]]
+        value = self.consts[inputs[position]]
+        if ndim is not None and value.ndim != ndim:
+            raise node.fail(f"{what} must be a {ndim}-D tensor, got shape "
+                            f"{value.shape}")
+        return value
 
     def _optional_const(self, node: _Node, position: int):
         inputs = node.proto.input
         if position >= len(inputs) or not inputs[position]:
             return None
         return self._const(node, position, f"input {position}")
+
+    def _optional_scalar(self, node: _Node, position: int,
+                         what: str) -> float | None:
+        value = self._optional_const(node, position)
+        if value is None:
+            return None
+        if value.size != 1:
+            raise node.fail(f"{what} must be a scalar, got shape "
+                            f"{value.shape}")
+        return float(value.reshape(()))
 
     def _shape(self, node: _Node, tensor: str) -> tuple:
         shape = self.shapes.get(tensor)
@@ -320,11 +337,10 @@ class _Converter:
         else:
             if len(node.proto.input) > 3 and node.proto.input[3]:
                 raise node.fail("the axes input is not supported")
-            pads = self._const(node, 1, "pads")
-            value = self._optional_const(node, 2)
+            pads = self._const(node, 1, "pads", ndim=1)
+            value = self._optional_scalar(node, 2, "the constant value")
         pads = [int(p) for p in pads]
-        value = 0.0 if value is None else float(np.asarray(value).reshape(-1)
-                                                [0])
+        value = 0.0 if value is None else float(value)
         out = self._single_output(node)
         readers = self.consumers[out]
         if (len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5))
@@ -357,8 +373,8 @@ class _Converter:
         if self.opset < 11:
             low, high = node.attr("min"), node.attr("max")
         else:
-            low, high = (None if c is None else float(c) for c in (
-                self._optional_const(node, 1), self._optional_const(node, 2)))
+            low, high = (self._optional_scalar(node, 1, "min"),
+                         self._optional_scalar(node, 2, "max"))
         if low == 0 and high == 6:
             self._activation(node, "relu6")
         elif low == 0 and high is None:
@@ -520,7 +536,7 @@ class _Converter:
     def _op_Reshape(self, node: _Node) -> None:
         if node.attr("allowzero", 0):
             raise node.fail("allowzero=1 (only 0)")
-        target = [int(d) for d in self._const(node, 1, "the shape")]
+        target = [int(d) for d in self._const(node, 1, "the shape", ndim=1)]
         shape = self._shape(node, node.proto.input[0])
         features = int(np.prod(shape[1:]))
         if (len(target) != 2 or target[0] not in (0, -1)
@@ -605,7 +621,7 @@ class _Converter:
     def _op_Unsqueeze(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")
         axes = (node.attr("axes") if self.opset < 13 else
-                self._const(node, 1, "axes"))
+                self._const(node, 1, "axes", ndim=1))
         value = data
         for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
             value = np.expand_dims(value, axis)
@@ -790,7 +806,10 @@ def _read_onnx(path: str):
         # As onnx.load does, with its checks that every location stays in
         # the model's folder (no "..", absolute path or symbolic link).
         load_external_data_for_model(model, os.path.dirname(path))
-        onnx.checker.check_model(model)
+        # full_check: with strict shape inference, which refuses a wrong
+        # rank, type or attribute size (a shape input of floats, strides
+        # of 0) naming the node, before the conversion reads them.
+        onnx.checker.check_model(model, full_check=True)
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{path} is not a valid ONNX model: "

@@ -275,6 +275,29 @@ REFUSALS = {
         np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
         4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
             "(of 54): export the model again from finite weights"),
+    # Constants of the wrong rank (onnx's checker lets them through) were
+    # NumPy tracebacks (exit 1).
+    "clip_min_not_a_scalar": (lambda g: (g.node("Clip", [
+        "x", g.const([0.0, 0.0]), g.const([6.0, 6.0])], name="clip"), 4),
+        "ONNX op Clip (node 'clip'): min must be a scalar, got shape (2,)"),
+    "pad_value_not_a_scalar": (lambda g: (g.node("Conv", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64),
+        g.const(np.zeros(0))], name="pad"), g.const(np.ones((2, 3, 3, 3)))]),
+        4), "ONNX op Pad (node 'pad'): the constant value must be a scalar, "
+            "got shape (0,)"),
+    "reshape_to_a_2d_shape": (lambda g: (g.node("Reshape", [
+        "x", g.const([[0, -1]], dtype=np.int64)], name="r"), 2),
+        "ONNX op Reshape (node 'r'): the shape must be a 1-D tensor, got "
+        "shape (1, 2)"),
+    "unsqueeze_by_scalar_axes": (lambda g: (view_flatten(
+        g, unsqueeze_axes=0), 2), "ONNX op Unsqueeze (node 'u'): axes must "
+                                  "be a 1-D tensor, got shape ()"),
+    # What onnx's full check (strict shape inference) refuses.
+    "concat_of_shapes_on_a_missing_axis": (lambda g: (g.node("Reshape", [
+        "x", g.node("Concat", [g.const([0], dtype=np.int64), g.const(
+            [-1], dtype=np.int64)], name="cat", axis=5)]), 2),
+        "(op_type:Concat, node name: cat): [ShapeInferenceError] axis must "
+        "be in [-rank, rank-1]"),
     "infinite_constant_node": (lambda g: (g.node("Mul", ["x", g.node(
         "Constant", [], value=onnx.numpy_helper.from_array(np.array(
             [1, np.inf, 1], np.float32).reshape(3, 1, 1)))]), 4),
