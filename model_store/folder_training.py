@@ -277,7 +277,7 @@ def _features(folders, train_set, val_set, base, features, cache, config,
     check_decoded(folders, train_set.class_names, y_train, y_val, broken,
                   broken_val)
     stream.write(f"features of {len(x_train) + len(x_val)} images from "
-                 f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
+                 f"{base.ref} ({cache.hits} cached, {cache.computed} computed)"
                  f" in {time.monotonic() - started:.1f}s; training on "
                  f"{len(x_train)}, validating on {len(x_val)}\n")
     return (x_train, y_train, x_val, y_val), broken, broken_val

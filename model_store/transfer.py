@@ -287,7 +287,9 @@ class FeatureCache:
                                    weights_sha256, *([layer] if layer
                                                      else []))
         self.inputs = inputs
-        self.hits = self.misses = 0
+        # Features found, and features computed and stored (a file that
+        # turns out broken is neither).
+        self.hits = self.computed = 0
 
     def remove_stale(self) -> int:
         """Removes the entries of older key formats, which are never found
@@ -316,7 +318,6 @@ class FeatureCache:
         try:
             value = np.load(self._path(file, variant), allow_pickle=False)
         except (OSError, ValueError):
-            self.misses += 1
             return None
         self.hits += 1
         return value
@@ -332,6 +333,7 @@ class FeatureCache:
                 np.save(out, np.asarray(value, np.float32),
                         allow_pickle=False)
             os.replace(temporary, path)
+            self.computed += 1
         except BaseException:
             if os.path.exists(temporary):
                 os.remove(temporary)

@@ -82,6 +82,25 @@ def test_transfer_learns_and_the_second_run_computes_no_feature(
     assert meta_a["resize_shorter"] == 28  # the backbone's preprocessing
 
 
+def test_the_second_run_says_it_computed_none_despite_broken_files(
+        backbone_store, shapes, tmp_path):
+    """The broken files (in red/) have no features to find: each of their
+    variants was counted as computed on every run, though none was."""
+    base = store.load_model("tiny", root=backbone_store)
+    config = TrainConfig(epochs=1, augment_copies=2)
+    lines = []
+    for _ in range(2):
+        stream = io.StringIO()
+        train_transfer(FolderData(shapes), name="shapes", base=base,
+                       config=config, stream=stream,
+                       features=compile_features(base),
+                       cache_directory=str(tmp_path / "cache"))
+        lines.append(next(line for line in stream.getvalue().splitlines()
+                          if line.startswith("features of ")))
+    assert "(0 cached, 54 computed)" in lines[0]  # 24 x 2 variants + 6
+    assert "(54 cached, 0 computed)" in lines[1]
+
+
 def test_the_same_folder_elsewhere_trains_the_same_model(
         backbone_store, shapes, tmp_path):
     """Augmentation is seeded by each file's path below the folder, not by
