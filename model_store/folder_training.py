@@ -280,6 +280,10 @@ def _features(folders, train_set, val_set, base, features, cache, config,
                  f"{base.ref} ({cache.hits} cached, {cache.computed} computed)"
                  f" in {time.monotonic() - started:.1f}s; training on "
                  f"{len(x_train)}, validating on {len(x_val)}\n")
+    if cache.unwritable:
+        stream.write(f"the feature cache {shown(cache.folder)} could not be "
+                     f"written ({cache.unwritable}): these features will be "
+                     f"computed again next time\n")
     return (x_train, y_train, x_val, y_val), broken, broken_val
 
 

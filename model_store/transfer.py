@@ -287,9 +287,10 @@ class FeatureCache:
                                    weights_sha256, *([layer] if layer
                                                      else []))
         self.inputs = inputs
-        # Features found, and features computed and stored (a file that
-        # turns out broken is neither).
+        # Features found, and features computed (a file that turns out
+        # broken is neither); why the last could not be stored, if so.
         self.hits = self.computed = 0
+        self.unwritable = ""
 
     def remove_stale(self) -> int:
         """Removes the entries of older key formats, which are never found
@@ -303,7 +304,7 @@ class FeatureCache:
                 stale = [entry.path for entry in found
                          if entry.is_dir(follow_symlinks=False)
                          and _older_format(entry.name)]
-        except FileNotFoundError:
+        except OSError:  # none yet, or not a folder: nothing to remove
             return 0
         return sum(_remove_entries(folder) for folder in stale)
 
@@ -324,7 +325,17 @@ class FeatureCache:
 
     def put(self, file: FileContent, variant: str,
             value: np.ndarray) -> None:
-        path = self._path(file, variant)
+        """Stores computed features; a cache that cannot be written (not a
+        folder, a full disk) is noted in ``unwritable``, not fatal: the
+        features are only computed again next time."""
+        self.computed += 1
+        try:
+            self._write(self._path(file, variant), value)
+        except OSError as error:
+            self.unwritable = error.strerror or str(error)
+
+    @staticmethod
+    def _write(path: str, value: np.ndarray) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
                                              suffix=".tmp")
@@ -333,7 +344,6 @@ class FeatureCache:
                 np.save(out, np.asarray(value, np.float32),
                         allow_pickle=False)
             os.replace(temporary, path)
-            self.computed += 1
         except BaseException:
             if os.path.exists(temporary):
                 os.remove(temporary)

@@ -101,6 +101,29 @@ def test_the_second_run_says_it_computed_none_despite_broken_files(
     assert "(54 cached, 0 computed)" in lines[1]
 
 
+def test_a_feature_cache_that_cannot_be_written_does_not_stop_training(
+        backbone_store, shapes, tmp_path):
+    """A file where the cache's folder goes was a NotADirectoryError
+    traceback (exit 1): the cache only saves work, so one line says so
+    and the training goes on."""
+    base = store.load_model("tiny", root=backbone_store)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "features").write_text("not a folder")
+    stream = io.StringIO()
+    network, metadata = train_transfer(
+        FolderData(shapes), name="shapes", base=base,
+        config=TrainConfig(epochs=1, augment_copies=0), stream=stream,
+        features=compile_features(base), cache_directory=str(cache_dir))
+    assert metadata["metrics"]["n_test"] == 6
+    unwritable = [line for line in stream.getvalue().splitlines()
+                  if "could not be written" in line]
+    assert len(unwritable) == 1
+    assert unwritable[0].startswith(f"the feature cache {cache_dir}/")
+    assert "(Not a directory): these features will be computed again" in \
+        unwritable[0]
+
+
 def test_the_same_folder_elsewhere_trains_the_same_model(
         backbone_store, shapes, tmp_path):
     """Augmentation is seeded by each file's path below the folder, not by
