@@ -134,7 +134,9 @@ def evaluate_on_split(model: StoredModel, split, *,
 
 def _names(names) -> str:
     """A few class names for a message."""
-    shown = ", ".join(str(n) for n in list(names)[:5])
+    from model_store.folders import listed
+
+    shown = listed(str(n) for n in list(names)[:5])
     return shown + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
 
 

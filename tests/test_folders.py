@@ -246,6 +246,25 @@ def test_odd_bytes_in_a_refused_folder_are_shown_escaped_on_one_line(
     assert shown in err and "\\udc" not in err
 
 
+def test_a_model_class_holding_a_newline_is_named_on_one_line(
+        tmp_path, cli):
+    """Class folder names become the model's classes: 'evaluate' refusing
+    such a model on the digits split named them over two lines."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    write_shapes(data, per_class=3, classes={"bi\nrd": (220, 40, 40),
+                                             "red": (200, 40, 60)})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "fc", "num_units": 2,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]}))
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", spec, "--epochs", "1")
+    assert code == 0, err
+    code, _, err = cli("--store", store, "evaluate", "--model", "x")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "x@1 classifies bi%0Ard, red, not the dataset's" in err
+
+
 def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
         tmp_path, cli):
     data = tmp_path / "data"
