@@ -194,6 +194,22 @@ def test_an_array_declaring_more_bytes_than_it_holds_is_damage(root, cli):
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
+@pytest.mark.parametrize("odd, shown", [(b"st\nre", "st%0Are"),
+                                         (b"st\xffre", "st%FFre")])
+def test_a_store_path_with_odd_bytes_is_shown_escaped_on_one_line(
+        tmp_path, cli, odd, shown):
+    """A newline in --store split the error in two lines; a byte that is
+    not UTF-8 showed as '\\udcff'."""
+    store_path = os.path.join(str(tmp_path), os.fsdecode(odd))
+    for stored in (False, True):  # missing, then holding a model
+        if stored:
+            save(store_path)
+        ref = "tiny@7" if stored else "tiny"
+        code, _, err = cli("--store", store_path, "models", "show", ref)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{tmp_path}/{shown}" in err and "\\udc" not in err
+
+
 def test_a_failed_save_leaves_no_version(root, monkeypatch):
     save(root)
     monkeypatch.setattr(store.os, "rename", lambda *a: (_ for _ in ()).throw(
