@@ -968,11 +968,12 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         network = build_network(spec, initialize=False)
         set_weights(network, weights, source=path)
     count = network.output_shape[1]
+    file_name = fs.printable(os.path.basename(path))  # valid UTF-8 JSON
     metadata = {
         "class_names": _class_names(classes, count),
         **_preprocessing(preprocessing, spec["input_shape"]),
-        "description": f"imported from ONNX file {os.path.basename(path)}",
-        "source": {"format": "onnx", "file": os.path.basename(path),
+        "description": f"imported from ONNX file {file_name}",
+        "source": {"format": "onnx", "file": file_name,
                    "sha256": digest, "producer": model.producer_name,
                    "opset": _default_opset(model),
                    "softmax_appended": softmax_added},

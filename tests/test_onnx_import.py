@@ -2,6 +2,7 @@
 small residual network through the command line, and refusals."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -435,6 +436,22 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
         assert len(err.strip().splitlines()) == 1, err
     assert list_models(str(store)) == []
     assert not store.exists() or os.listdir(store) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
+    """The metadata held the name's lone surrogate ('\\udce9'), which
+    strict JSON readers refuse; it is written %XX, as paths are."""
+    path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.onnx")
+    onnx.save(_example().build(), os.fsdecode(path))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx",
+                       os.fsdecode(path), "--name", "m")
+    assert code == 0, err
+    raw = (store / "m" / "1" / "metadata.json").read_bytes()
+    metadata = json.loads(raw.decode("utf-8"))
+    assert metadata["source"]["file"] == "caf%E9.onnx"
+    assert metadata["description"] == "imported from ONNX file caf%E9.onnx"
+    json.dumps(metadata, ensure_ascii=False).encode("utf-8")  # no surrogate
 
 
 def test_classes_file_with_bom_crlf_and_final_blank_lines(cli, tmp_path):
