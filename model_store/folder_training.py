@@ -121,7 +121,8 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     prep = dataclasses.replace(
         neutral, mean=tuple(round(float(m), 6) for m in means),
         std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
-    stream.write(f"training {name} from {os.path.basename(spec_path)} on "
+    spec_file = shown(os.path.basename(spec_path))  # valid UTF-8 JSON
+    stream.write(f"training {name} from {spec_file} on "
                  f"{len(x_train)} images, validating on {len(x_val)}\n")
     history = fit(network, prep.normalize(x_train), y_train, config,
                   validation=(prep.normalize(x_val), kept_val.labels),
@@ -129,7 +130,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     metadata = dict(prep.to_metadata(), class_names=train_set.class_names,
                     training=_training_record(
                         folders, config, history, started,
-                        spec=os.path.basename(spec_path),
+                        spec=spec_file,
                         n_train=len(train_set.files) - len(broken),
                         broken=broken + broken_val),
                     metrics=_val_metrics(history, len(x_val), folders))

@@ -265,6 +265,27 @@ def test_a_model_class_holding_a_newline_is_named_on_one_line(
     assert "x@1 classifies bi%0Ard, red, not the dataset's" in err
 
 
+def test_a_spec_file_name_that_is_not_utf8_is_recorded_escaped(
+        tmp_path, cli):
+    """training.spec held the name's lone surrogate, which strict JSON
+    readers refuse; it is written %XX, as paths are."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    write_shapes(data, per_class=3, classes=TWO)
+    spec = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"sp\xe9c.json"))
+    with open(spec, "w") as handle:
+        json.dump({"input_shape": [1, 8, 8], "layers": [
+            {"type": "dense", "name": "fc", "num_units": 2,
+             "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]},
+            handle)
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", spec, "--epochs", "1")
+    assert code == 0, err
+    assert "training x from sp%E9c.json on " in err
+    raw = (store / "x" / "1" / "metadata.json").read_bytes()
+    assert json.loads(raw.decode("utf-8"))["training"]["spec"] == \
+        "sp%E9c.json"
+
+
 def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
         tmp_path, cli):
     data = tmp_path / "data"
