@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from typing import Callable, TextIO
@@ -35,7 +34,7 @@ from model_store.folders import (
 )
 from model_store.fs import printable, shown
 from model_store.preprocessing import Preprocessing
-from model_store.train import best_epoch, fit, load_spec
+from model_store.train import best_epoch, fit, load_spec, spec_file_name
 from model_store.train_config import TrainConfig
 
 _MODES = {1: "L", 3: "RGB"}
@@ -121,7 +120,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     prep = dataclasses.replace(
         neutral, mean=tuple(round(float(m), 6) for m in means),
         std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
-    spec_file = shown(os.path.basename(spec_path))  # valid UTF-8 JSON
+    spec_file = spec_file_name(spec_path)
     stream.write(f"training {name} from {spec_file} on "
                  f"{len(x_train)} images, validating on {len(x_val)}\n")
     history = fit(network, prep.normalize(x_train), y_train, config,

@@ -35,6 +35,12 @@ def load_spec(path: str) -> dict:
         raise SpecError(f"spec file {path}: {error}") from None
 
 
+def spec_file_name(path: str) -> str:
+    """The spec file's name as messages show it and the metadata records
+    it (valid UTF-8: a byte that is not, or a control character, %XX)."""
+    return fs.shown(os.path.basename(path))
+
+
 def _read_spec(path: str):
     try:  # a FIFO is refused, not waited on
         with fs.open_text(path) as handle:
@@ -267,7 +273,7 @@ def train_model(*, dataset: str, name: str, spec_path: str,
                     description="CNN for the UCI handwritten digits: light "
                                 "strokes on a dark background",
                     training={
-                        "dataset": dataset, "spec": os.path.basename(spec_path),
+                        "dataset": dataset, "spec": spec_file_name(spec_path),
                         "n_train": int(len(split.train_images)),
                         "n_train_augmented": int(len(pixels)),
                         "settings": dataclasses.asdict(config),
