@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -35,6 +36,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from model_store import fs
 from model_store.cache import cache_dir
 from model_store.errors import ConfigError
 from model_store.folders import (
@@ -316,8 +318,9 @@ class FeatureCache:
         return os.path.join(self.folder, key[:2], key + ".npy")
 
     def get(self, file: FileContent, variant: str) -> np.ndarray | None:
-        try:
-            value = np.load(self._path(file, variant), allow_pickle=False)
+        try:  # a FIFO there is refused (an OSError), not waited on
+            value = np.load(io.BytesIO(fs.read_bytes(self._path(
+                file, variant))), allow_pickle=False)
         except (OSError, ValueError):
             return None
         self.hits += 1

@@ -146,6 +146,22 @@ def test_the_same_folder_elsewhere_trains_the_same_model(
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
 
 
+def test_a_fifo_as_a_cache_entry_is_a_miss_not_waited_on(tmp_path):
+    """np.load opened the entry and waited for a FIFO's writer."""
+    from tests.conftest import within
+
+    item = FileContent.of("/x/a.png", b"bytes")
+    cache = FeatureCache("w1", str(tmp_path))
+    cache.put(item, "plain", np.arange(3.0))
+    path = cache._path(item, "plain")
+    os.remove(path)
+    os.mkfifo(path)
+    with within(20):
+        assert cache.get(item, "plain") is None
+    cache.put(item, "plain", np.arange(3.0))  # replaces it
+    np.testing.assert_array_equal(cache.get(item, "plain"), np.arange(3.0))
+
+
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
     item = FileContent.of("/x/a.png", b"old bytes")
     cache = FeatureCache("w1", str(tmp_path))
