@@ -135,6 +135,15 @@ def open_regular(path: str, flags: int = os.O_RDONLY,
     return fd, info
 
 
+def open_text(path: str, encoding: str = "utf-8"):
+    """The local file ``path`` open for reading as text (``\\r\\n`` and
+    ``\\r`` read as ``\\n``), through :func:`open_regular`:
+    NotRegularError for a FIFO, socket, device or folder, without
+    waiting."""
+    fd, _ = open_regular(path)
+    return open(fd, encoding=encoding)
+
+
 def read_bytes(path: str) -> bytes:
     """The whole file ``path``: local files through :func:`open_regular`
     (NotRegularError for a FIFO, socket, device or folder, without
@@ -145,15 +154,6 @@ def read_bytes(path: str) -> bytes:
     fd, _ = open_regular(path)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
-
-
-def open_text(path: str, encoding: str = "utf-8"):
-    """The local file ``path`` open for reading as text (``\\r\\n`` and
-    ``\\r`` read as ``\\n``), through :func:`open_regular`:
-    NotRegularError for a FIFO, socket, device or folder, without
-    waiting."""
-    fd, _ = open_regular(path)
-    return open(fd, encoding=encoding)
 
 
 _held = threading.local()  # the lock files this thread holds
