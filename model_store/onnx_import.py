@@ -950,6 +950,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     parse_ref(name)
     model, digest = _read_onnx(path)
     spec, weights = onnx_to_spec(model)
+    _check_finite_weights(weights)
     network = build_network(spec, initialize=False)
     set_weights(network, weights, source=path)
     if len(network.output_shape) != 2:
@@ -980,6 +981,21 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     }
     return save_version(network, name=name, metadata=metadata, root=root,
                         promote=False)[0]
+
+
+def _check_finite_weights(weights: Mapping[str, np.ndarray]) -> None:
+    """UnsupportedModelError for weights that came out NaN or infinite
+    from finite constants and the attributes folded into them (a Gemm
+    alpha of infinity, a HardSigmoid alpha of NaN): the store would refuse
+    them as a training that diverged."""
+    bad = sorted(key for key, array in weights.items()
+                 if not np.isfinite(array).all())
+    if bad:
+        raise UnsupportedModelError(
+            f"the ONNX graph's constants with the attributes folded into "
+            f"them (e.g. Gemm alpha and beta) give NaN or infinite weights "
+            f"for {', '.join(bad)}: export the model again from finite "
+            f"values")
 
 
 def _free_name(spec: dict, base: str) -> str:

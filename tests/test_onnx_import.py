@@ -299,6 +299,12 @@ REFUSALS = {
             [-1], dtype=np.int64)], name="cat", axis=5)]), 2),
         "(op_type:Concat, node name: cat): [ShapeInferenceError] axis must "
         "be in [-rank, rank-1]"),
+    "infinite_gemm_alpha": (lambda g: (g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 2)))], name="fc", alpha=float("inf")), 2),
+        "the ONNX graph's constants with the attributes folded into them "
+        "(e.g. Gemm alpha and beta) give NaN or infinite weights for "
+        "fc.W"),
     "infinite_constant_node": (lambda g: (g.node("Mul", ["x", g.node(
         "Constant", [], value=onnx.numpy_helper.from_array(np.array(
             [1, np.inf, 1], np.float32).reshape(3, 1, 1)))]), 4),
