@@ -77,8 +77,12 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
-    folder shipped in this package."""
-    return root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
+    folder shipped in this package; ConfigError (one line) for a URI whose
+    filesystem is not installed (``gs://`` without the GCP extra)."""
+    root = root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
+    fs.check_filesystem(root, "--store" if root != os.environ.get(
+        STORE_VARIABLE) else f"${STORE_VARIABLE}")
+    return root
 
 
 def _store_named(root: str) -> str:
@@ -389,6 +393,7 @@ def looks_like_path(ref: str) -> bool:
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
     if looks_like_path(ref):
+        fs.check_filesystem(ref, "model")
         folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)
         where = fs.join(folder, METADATA_FILE)
         metadata = _read_json(where)
