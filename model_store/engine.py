@@ -351,8 +351,8 @@ def _cache_compiler_probes() -> None:
         gcc_version_str, theano.config.gcc.cxxflags, theano.__version__,
         cpu)).encode()).hexdigest()[:24]
     path = os.path.join(cache_dir(), "compiler", f"{key}.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
+    try:  # a FIFO there is refused (an OSError), not waited on
+        with fs.open_text(path) as handle:
             probes = json.load(handle)
         GCC_compiler.march_flags = [str(f) for f in probes["march_flags"]]
         OpenMPOp.gxx_support_openmp = bool(probes["openmp"])

@@ -9,7 +9,7 @@ import os
 import numpy as np
 
 from model_store.errors import ConfigError
-from model_store.fs import NotRegularError, open_regular, printable
+from model_store.fs import NotRegularError, open_regular, printable, shown
 from model_store.store import StoredModel, update_metadata
 
 EVAL_BATCH = 256
@@ -83,9 +83,9 @@ def evaluate_on_folder(model: StoredModel, data: str, *, predictor=None,
     kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
     pixels, dataset, broken = load_pixels(dataset, prep, **kwargs)
     if not dataset.files:
-        first = (f"; the first: {printable(broken[0][0])}: {broken[0][1]}"
+        first = (f"; the first: {shown(broken[0][0])}: {broken[0][1]}"
                  if broken else "")
-        raise ConfigError(f"--data {printable(data)} has no usable image: "
+        raise ConfigError(f"--data {shown(data)} has no usable image: "
                           f"{len(broken)} file(s) could not be read or "
                           f"decoded{first}")
     predictor = predictor or compile_predictor(model)
@@ -134,7 +134,9 @@ def evaluate_on_split(model: StoredModel, split, *,
 
 def _names(names) -> str:
     """A few class names for a message."""
-    shown = ", ".join(str(n) for n in list(names)[:5])
+    from model_store.folders import listed
+
+    shown = listed(str(n) for n in list(names)[:5])
     return shown + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
 
 

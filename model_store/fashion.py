@@ -103,7 +103,7 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
     from model_store.folders import stratified_split
     from model_store.spec import build_network
     from model_store.store import save_version, update_metadata
-    from model_store.train import best_epoch, fit, load_spec
+    from model_store.train import best_epoch, fit, load_spec, spec_file_name
 
     spec = load_spec(spec_path)
     if spec["input_shape"] != [1, 28, 28]:
@@ -135,7 +135,7 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
         description="CNN for Fashion-MNIST: 28x28 grayscale photos of "
                     "clothing, light objects on a black background",
         training={"dataset": "fashion-mnist", "spec":
-                  os.path.basename(spec_path), "n_train": int(len(train)),
+                  spec_file_name(spec_path), "n_train": int(len(train)),
                   "n_val": int(len(val)), "augment": f"shift <= {MAX_SHIFT} px, flip"
                   if config.augment_copies else None,
                   "settings": dataclasses.asdict(config), "history": history,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from typing import Callable, TextIO
@@ -28,13 +27,14 @@ from model_store.folders import (
     check_sides,
     check_usable,
     folder_root,
+    listed,
     load_pixels,
     scan_folder,
     stratified_split,
 )
-from model_store.fs import one_line, printable
+from model_store.fs import printable, shown
 from model_store.preprocessing import Preprocessing
-from model_store.train import best_epoch, fit, load_spec
+from model_store.train import best_epoch, fit, load_spec, spec_file_name
 from model_store.train_config import TrainConfig
 
 _MODES = {1: "L", 3: "RGB"}
@@ -78,7 +78,7 @@ def epoch_reporter(stream: TextIO, epochs: int) -> Callable:
 
 def report_broken(broken: list, stream: TextIO) -> None:
     for path, reason in broken:
-        stream.write(f"skipped {one_line(printable(path))}: {reason}\n")
+        stream.write(f"skipped {shown(path)}: {reason}\n")
 
 
 def check_decoded(folders: FolderData, class_names: list, y_train, y_val,
@@ -120,7 +120,8 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     prep = dataclasses.replace(
         neutral, mean=tuple(round(float(m), 6) for m in means),
         std=tuple(round(max(float(s), 1e-3), 6) for s in stds))
-    stream.write(f"training {name} from {os.path.basename(spec_path)} on "
+    spec_file = spec_file_name(spec_path)
+    stream.write(f"training {name} from {spec_file} on "
                  f"{len(x_train)} images, validating on {len(x_val)}\n")
     history = fit(network, prep.normalize(x_train), y_train, config,
                   validation=(prep.normalize(x_val), kept_val.labels),
@@ -128,7 +129,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     metadata = dict(prep.to_metadata(), class_names=train_set.class_names,
                     training=_training_record(
                         folders, config, history, started,
-                        spec=os.path.basename(spec_path),
+                        spec=spec_file,
                         n_train=len(train_set.files) - len(broken),
                         broken=broken + broken_val),
                     metrics=_val_metrics(history, len(x_val), folders))
@@ -145,7 +146,7 @@ def _spec_network(spec: dict, spec_path: str, class_names: list, seed: int):
     if outputs != n_classes:
         raise ConfigError(
             f"spec {spec_path} has {outputs} outputs but --data has "
-            f"{n_classes} classes ({', '.join(class_names)}): set num_units "
+            f"{n_classes} classes ({listed(class_names)}): set num_units "
             f"of its last dense layer to {n_classes}")
     return network
 
@@ -209,7 +210,7 @@ def train_transfer(folders: FolderData, *, name: str, base,
     removed = cache.remove_stale()
     if removed:
         stream.write(f"removed {removed} feature cache entries of an older "
-                     f"format from {one_line(printable(cache.root))}\n")
+                     f"format from {shown(cache.root)}\n")
     started = time.monotonic()
     (x_train, y_train, x_val, y_val), broken, broken_val = _features(
         folders, train_set, val_set, base, features, cache, config, stream)
@@ -276,9 +277,13 @@ def _features(folders, train_set, val_set, base, features, cache, config,
     check_decoded(folders, train_set.class_names, y_train, y_val, broken,
                   broken_val)
     stream.write(f"features of {len(x_train) + len(x_val)} images from "
-                 f"{base.ref} ({cache.hits} cached, {cache.misses} computed)"
+                 f"{base.ref} ({cache.hits} cached, {cache.computed} computed)"
                  f" in {time.monotonic() - started:.1f}s; training on "
                  f"{len(x_train)}, validating on {len(x_val)}\n")
+    if cache.unwritable:
+        stream.write(f"the feature cache {shown(cache.folder)} could not be "
+                     f"written ({cache.unwritable}): these features will be "
+                     f"computed again next time\n")
     return (x_train, y_train, x_val, y_val), broken, broken_val
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.fs import escape_path, is_uri, join, one_line, os_path, printable
+from model_store.fs import escape_path, is_uri, join, one_line, os_path, printable, shown
 from model_store.images import DEFAULT_MAX_PIXELS, decode_image
 from model_store.preprocessing import Preprocessing
 
@@ -99,17 +99,18 @@ def scan_folder(root: str) -> FolderDataset:
         if any(part.startswith(".") for part in parts):
             continue
         if len(parts) < 2:
-            shown = printable(listed.path)
             if listed.unreadable:
-                raise ConfigError(f"{shown}: {listed.unreadable}")
+                raise ConfigError(f"{shown(listed.path)}: "
+                                  f"{listed.unreadable}")
             raise ConfigError(
-                f"{shown} lies directly in {root}: a folder dataset has "
-                f"one sub-folder per class (e.g. {root}/cat/1.jpg, "
-                f"{root}/dog/2.jpg); move it into its class folder")
+                f"{shown(listed.path)} lies directly in {shown(root)}: a "
+                f"folder dataset has one sub-folder per class (e.g. "
+                f"{shown(root)}/cat/1.jpg, {shown(root)}/dog/2.jpg); move "
+                f"it into its class folder")
         by_class.setdefault(parts[0], []).append(listed)
     if not by_class:
-        raise ConfigError(f"{root} holds no files: a folder dataset has one "
-                          f"sub-folder of images per class")
+        raise ConfigError(f"{shown(root)} holds no files: a folder dataset "
+                          f"has one sub-folder of images per class")
     names = sorted(by_class)
     _check_names(root, names)
     _check_distinct(root, names)
@@ -137,8 +138,8 @@ def _list_files(root: str) -> list:
     try:
         found = fs.match([fs.join(root, "**")])[0].metadata_list
     except Exception as error:  # Beam raises its own types per filesystem
-        raise ConfigError(f"cannot list {root}: {str(error).splitlines()[0]}")\
-            from None
+        raise ConfigError(f"cannot list {shown(root)}: "
+                          f"{str(error).splitlines()[0]}") from None
     return [ImageFile(m.path, int(m.size_in_bytes),
                       float(m.last_updated_in_seconds or 0.0), -1)
             for m in found]
@@ -150,7 +151,7 @@ def _list_local(root: str) -> list:
     if not os.path.isdir(root):
         what = "does not exist" if not os.path.lexists(root) else \
             "is not a folder"
-        raise ConfigError(f"{printable(root)} {what}: give a folder with one "
+        raise ConfigError(f"{shown(root)} {what}: give a folder with one "
                           f"sub-folder of images per class")
     files = []
     for listed in list_pattern(escape_glob(escape_path(root)) + "/**"):
@@ -159,7 +160,7 @@ def _list_local(root: str) -> list:
             files.append(ImageFile(path, int(listed.size_in_bytes),
                                    float(listed.last_updated_in_seconds), -1))
         elif path == root:
-            raise ConfigError(f"cannot list {printable(root)}: "
+            raise ConfigError(f"cannot list {shown(root)}: "
                               f"{listed.message}")
         else:
             files.append(ImageFile(path, 0, 0.0, -1,
@@ -184,7 +185,7 @@ def _check_names(root: str, names: list) -> None:
             name.encode("utf-8")
         except UnicodeEncodeError:
             raise ConfigError(
-                f"class folder {escape_path(name)!r} in {escape_path(root)} "
+                f"class folder {escape_path(name)!r} in {shown(root)} "
                 f"has a name that is not valid UTF-8 (bad bytes shown as "
                 f"%XX): rename it, class names are stored as text") from None
 
@@ -201,7 +202,7 @@ def _check_distinct(root: str, names: list) -> None:
         if real[name].startswith(real[other]):
             where = "is" if real[name] == real[other] else "lies inside"
             raise ConfigError(
-                f"class folder {escape_path(name)!r} in {escape_path(root)} "
+                f"class folder {escape_path(name)!r} in {shown(root)} "
                 f"{where} class folder {escape_path(other)!r} (through a "
                 f"symlink): its images would be learnt as two classes; "
                 f"remove the link, or give each class its own images")
@@ -222,9 +223,9 @@ def _check_files_distinct(root: str, names: list, by_class: dict) -> None:
                 _identity(item.path), (item.path, name))
             if first_class != name:
                 raise ConfigError(
-                    f"{one_line(printable(first_path))} (class "
+                    f"{shown(first_path)} (class "
                     f"{escape_path(first_class)!r}) and "
-                    f"{one_line(printable(item.path))} (class "
+                    f"{shown(item.path)} (class "
                     f"{escape_path(name)!r}) are one file (a symlink or a "
                     f"hard link): its image would be learnt as two "
                     f"classes; remove it from the class it does not belong "
@@ -306,21 +307,24 @@ def check_classes(dataset: FolderDataset, what: str = "the data", *,
     names = dataset.class_names
     if len(names) < MIN_CLASSES:
         raise ConfigError(
-            f"{what} ({dataset.root}) has {len(names)} class folder(s) "
-            f"({', '.join(names)}); training needs at least {MIN_CLASSES} "
+            f"{what} ({shown(dataset.root)}) has {len(names)} class "
+            f"folder(s) ({listed(names)}); training needs at least "
+            f"{MIN_CLASSES} "
             f"class folders: add one sub-folder of images per class")
     counts = np.bincount(dataset.labels, minlength=len(names))
-    empty = [escape_path(join(dataset.root, name))
+    empty = [join(dataset.root, name)
              for name, count in zip(names, counts) if count == 0]
     if empty:
         raise ConfigError(
-            f"{what}: class folder(s) {', '.join(empty)} hold no image "
+            f"{what}: class folder(s) {', '.join(map(shown, empty))} hold "
+            f"no image "
             f"file; add images or remove the folder(s)")
-    small = [f"{name} ({count})" for name, count in zip(names, counts)
-             if count < least]
+    small = [f"{listed([name])} ({count})"
+             for name, count in zip(names, counts) if count < least]
     if small:
         raise ConfigError(
-            f"{what} ({dataset.root}): class(es) {', '.join(small)} have "
+            f"{what} ({shown(dataset.root)}): class(es) {', '.join(small)} "
+            f"have "
             f"fewer than {least} images; add images or remove the folder")
 
 
@@ -330,11 +334,11 @@ def check_same_classes(val: FolderDataset, class_names: list, *,
     missing = sorted(set(class_names) - set(val.class_names))
     extra = sorted(set(val.class_names) - set(class_names))
     if missing or extra:
-        found = [f"{label} {', '.join(names)}" for label, names
+        found = [f"{label} {listed(names)}" for label, names
                  in (("missing", missing), ("extra", extra)) if names]
         raise ConfigError(
-            f"{what} {val.root} must have the class folders of --data "
-            f"({', '.join(class_names)}): {'; '.join(found)}")
+            f"{what} {shown(val.root)} must have the class folders of "
+            f"--data ({listed(class_names)}): {'; '.join(found)}")
 
 
 def check_usable(labels, class_names: list, n_broken: int, what: str, *,
@@ -346,7 +350,7 @@ def check_usable(labels, class_names: list, n_broken: int, what: str, *,
     lost = [name for i, name in enumerate(class_names) if i not in left]
     if lost and (every_class or len(lost) == len(class_names)):
         raise ConfigError(
-            f"{what}: class(es) {', '.join(lost)} have no usable image "
+            f"{what}: class(es) {listed(lost)} have no usable image "
             f"({n_broken} broken file(s), listed above as 'skipped'); "
             f"replace the broken files or add readable images")
 
@@ -387,13 +391,19 @@ def align_classes(val: FolderDataset, class_names: list, *,
     has a class folder they lack."""
     unknown = sorted(set(val.class_names) - set(class_names))
     if unknown:
-        raise ConfigError(f"{what} {val.root} has class folder(s) "
-                          f"{', '.join(unknown)} that are not classes of "
-                          f"the model; classes: {', '.join(class_names)}")
+        raise ConfigError(f"{what} {shown(val.root)} has class folder(s) "
+                          f"{listed(unknown)} that are not classes of "
+                          f"the model; classes: {listed(class_names)}")
     ids = {name: i for i, name in enumerate(class_names)}
     files = [dataclasses.replace(f, label=ids[val.class_names[f.label]])
              for f in val.files]
     return FolderDataset(val.root, files, list(class_names))
+
+
+def listed(names) -> str:
+    """Class names (text, see :func:`_check_names`) as a message lists
+    them: on one line, a control character as ``%XX``."""
+    return ", ".join(one_line(name) for name in names)
 
 
 def describe_error(error: BaseException) -> str:

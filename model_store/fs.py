@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib
 import json
 import os
 import re
@@ -20,6 +21,8 @@ import stat
 import threading
 import urllib.parse
 import uuid
+
+from model_store.errors import ConfigError
 
 _SCHEME = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
 _TO_ESCAPE = re.compile("[\udc80-\udcff]|%(?=[0-9A-Fa-f]{2})")
@@ -59,6 +62,12 @@ def one_line(shown: str) -> str:
     return _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", shown)
 
 
+def shown(path: str) -> str:
+    """A local path or URI as a message line shows it: :func:`printable`,
+    then :func:`one_line`."""
+    return one_line(printable(path))
+
+
 def os_path(path: str) -> str:
     """The inverse of :func:`escape_path`: the name ``os`` functions take."""
     if "%" not in path:
@@ -91,6 +100,35 @@ def match(pattern: str) -> list[str]:
     ``*`` within a folder, ``**`` across folders)."""
     found = _filesystems().match([pattern])[0].metadata_list
     return sorted(m.path for m in found)
+
+
+# Beam filesystems that need an extra package: (module, extra to install).
+_FILESYSTEM_CLIENTS = {"gs": ("apache_beam.io.gcp.gcsfilesystem", "gcp"),
+                       "s3": ("boto3", "aws"), "hdfs": ("hdfs", "hadoop"),
+                       "azfs": ("azure.storage.blob", "azure")}
+
+
+def check_filesystem(path: str, option: str) -> None:
+    """Refuses, in one line, a path whose Beam filesystem is not installed
+    (``foo://x``, or ``gs://`` without Beam's GCP extra)."""
+    if not is_uri(path):
+        return
+    scheme = path.split("://", 1)[0].lower()
+    module, extra = _FILESYSTEM_CLIENTS.get(scheme, (None, None))
+    try:
+        _filesystems().get_filesystem(path)
+        if module:
+            importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - Beam raises ValueError or ImportError
+        if extra:
+            package = (f"imgclass[{extra}]" if extra in ("gcp", "aws")
+                       else f"apache-beam[{extra}]")
+            raise ConfigError(f"{option} {path!r}: {scheme}:// needs Beam's "
+                              f"{extra} extra; install it with pip install "
+                              f"'{package}'") from None
+        raise ConfigError(f"{option} {path!r}: no filesystem for {scheme}:// "
+                          f"(give a local path, or gs://, s3://, hdfs://, "
+                          f"azfs://)") from None
 
 
 def file_kind(mode: int) -> str:
@@ -127,6 +165,15 @@ def open_regular(path: str, flags: int = os.O_RDONLY,
         os.close(fd)
         raise NotRegularError(path, info.st_mode)
     return fd, info
+
+
+def open_text(path: str, encoding: str = "utf-8"):
+    """The local file ``path`` open for reading as text (``\\r\\n`` and
+    ``\\r`` read as ``\\n``), through :func:`open_regular`:
+    NotRegularError for a FIFO, socket, device or folder, without
+    waiting."""
+    fd, _ = open_regular(path)
+    return open(fd, encoding=encoding)
 
 
 def read_bytes(path: str) -> bytes:

@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from model_store import fs
 from model_store.errors import ConfigError, UnsupportedModelError
 
 SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
@@ -91,12 +92,11 @@ class _Converter:
 
     def __init__(self, model):
         import onnx
-        from onnx import numpy_helper
 
         self.opset = _default_opset(model)
         graph = onnx.shape_inference.infer_shapes(model).graph
         self.graph = graph
-        self.consts = {t.name: _finite(t.name, numpy_helper.to_array(t))
+        self.consts = {t.name: _tensor_values(t.name, t)
                        for t in graph.initializer}
         self.shapes = {v.name: _static_shape(v.type)
                        for v in list(graph.value_info) + list(graph.input)
@@ -240,17 +240,34 @@ class _Converter:
                             f"tensor where a computed one is needed")
         return self.layer_of[tensor]
 
-    def _const(self, node: _Node, position: int, what: str) -> np.ndarray:
+    def _const(self, node: _Node, position: int, what: str, *,
+               ndim: int | None = None) -> np.ndarray:
+        """The node's ``position``-th input, a constant (of ``ndim``
+        dimensions if given: onnx's checker does not check them all)."""
         inputs = node.proto.input
         if position >= len(inputs) or inputs[position] not in self.consts:
             raise node.fail(f"{what} must be a constant (an initializer)")
-        return self.consts[inputs[position]]
+        value = self.consts[inputs[position]]
+        if ndim is not None and value.ndim != ndim:
+            raise node.fail(f"{what} must be a {ndim}-D tensor, got shape "
+                            f"{value.shape}")
+        return value
 
     def _optional_const(self, node: _Node, position: int):
         inputs = node.proto.input
         if position >= len(inputs) or not inputs[position]:
             return None
         return self._const(node, position, f"input {position}")
+
+    def _optional_scalar(self, node: _Node, position: int,
+                         what: str) -> float | None:
+        value = self._optional_const(node, position)
+        if value is None:
+            return None
+        if value.size != 1:
+            raise node.fail(f"{what} must be a scalar, got shape "
+                            f"{value.shape}")
+        return float(value.reshape(()))
 
     def _shape(self, node: _Node, tensor: str) -> tuple:
         shape = self.shapes.get(tensor)
@@ -268,13 +285,11 @@ class _Converter:
 
     # -- ops ----------------------------------------------------------------
     def _op_Constant(self, node: _Node) -> None:
-        from onnx import numpy_helper
-
         value = node.proto.attribute[0] if node.proto.attribute else None
         if value is None or value.name != "value":
             raise node.fail("only the 'value' form is supported")
-        self.consts[node.proto.output[0]] = _finite(
-            node.proto.output[0], numpy_helper.to_array(value.t))
+        self.consts[node.proto.output[0]] = _tensor_values(
+            node.proto.output[0], value.t)
 
     def _op_Identity(self, node: _Node) -> None:
         self.layer_of[self._single_output(node)] = self._input(node)
@@ -322,11 +337,10 @@ class _Converter:
         else:
             if len(node.proto.input) > 3 and node.proto.input[3]:
                 raise node.fail("the axes input is not supported")
-            pads = self._const(node, 1, "pads")
-            value = self._optional_const(node, 2)
+            pads = self._const(node, 1, "pads", ndim=1)
+            value = self._optional_scalar(node, 2, "the constant value")
         pads = [int(p) for p in pads]
-        value = 0.0 if value is None else float(np.asarray(value).reshape(-1)
-                                                [0])
+        value = 0.0 if value is None else float(value)
         out = self._single_output(node)
         readers = self.consumers[out]
         if (len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5))
@@ -359,8 +373,8 @@ class _Converter:
         if self.opset < 11:
             low, high = node.attr("min"), node.attr("max")
         else:
-            low, high = (None if c is None else float(c) for c in (
-                self._optional_const(node, 1), self._optional_const(node, 2)))
+            low, high = (self._optional_scalar(node, 1, "min"),
+                         self._optional_scalar(node, 2, "max"))
         if low == 0 and high == 6:
             self._activation(node, "relu6")
         elif low == 0 and high is None:
@@ -522,7 +536,7 @@ class _Converter:
     def _op_Reshape(self, node: _Node) -> None:
         if node.attr("allowzero", 0):
             raise node.fail("allowzero=1 (only 0)")
-        target = [int(d) for d in self._const(node, 1, "the shape")]
+        target = [int(d) for d in self._const(node, 1, "the shape", ndim=1)]
         shape = self._shape(node, node.proto.input[0])
         features = int(np.prod(shape[1:]))
         if (len(target) != 2 or target[0] not in (0, -1)
@@ -607,7 +621,7 @@ class _Converter:
     def _op_Unsqueeze(self, node: _Node) -> None:
         data = self._const(node, 0, "the data (only shape arithmetic)")
         axes = (node.attr("axes") if self.opset < 13 else
-                self._const(node, 1, "axes"))
+                self._const(node, 1, "axes", ndim=1))
         value = data
         for axis in sorted(int(a) % (data.ndim + len(axes)) for a in axes):
             value = np.expand_dims(value, axis)
@@ -635,6 +649,24 @@ def _static_shape(value_type) -> tuple | None:
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in tensor.shape.dim)
+
+
+def _tensor_values(name: str, tensor) -> np.ndarray:
+    """The values of the ONNX ``TensorProto`` ``tensor`` (the tensor
+    ``name``), unless its data does not fill exactly its declared shape
+    (the checker refuses too little data, not too much) or it holds a NaN
+    or an infinity."""
+    from onnx import numpy_helper
+
+    try:
+        array = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as error:
+        raise UnsupportedModelError(
+            f"the ONNX tensor {name!r} does not hold the data of its "
+            f"declared shape {list(tensor.dims)} "
+            f"({' '.join(str(error).split())[:200]}): export the model "
+            f"again") from None
+    return _finite(name, array)
 
 
 def _finite(name: str, array: np.ndarray) -> np.ndarray:
@@ -751,26 +783,48 @@ def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def _read_onnx(path: str):
+    """(the model in the local file ``path``, with its external data, and
+    the sha256 of the file's bytes)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
+    if fs.is_uri(path):
+        raise ConfigError(f"ONNX file {path}: give a local file (its "
+                          f"external data, if any, is read beside it)")
     try:
-        model = onnx.load(path)
-        onnx.checker.check_model(model)
+        data = fs.read_bytes(path)  # a FIFO is refused, not waited on
     except FileNotFoundError:
         raise ConfigError(f"ONNX file {path} does not exist") from None
+    except fs.NotRegularError as error:
+        raise ConfigError(f"ONNX file {error}: give the .onnx file") \
+            from None
+    except OSError as error:
+        raise ConfigError(f"cannot read ONNX file {path}: "
+                          f"{error.strerror}") from None
+    try:
+        model = onnx.load_model_from_string(data)
+        # As onnx.load does, with its checks that every location stays in
+        # the model's folder (no "..", absolute path or symbolic link).
+        load_external_data_for_model(model, os.path.dirname(path))
+        # full_check: with strict shape inference, which refuses a wrong
+        # rank, type or attribute size (a shape input of floats, strides
+        # of 0) naming the node, before the conversion reads them.
+        onnx.checker.check_model(model, full_check=True)
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{path} is not a valid ONNX model: "
             f"{' '.join(str(error).split())[:300]}") from None
-    return model
+    return model, hashlib.sha256(data).hexdigest()
 
 
 def _read_text(path: str, what: str) -> str:
     """The text of the UTF-8 file ``path`` (``what`` names it in errors),
     without a byte-order mark, line ends read as ``\\n``."""
     try:
-        with open(path, encoding="utf-8-sig") as handle:
+        with fs.open_text(path, encoding="utf-8-sig") as handle:
             return handle.read()
+    except fs.NotRegularError as error:
+        raise ConfigError(f"{what} {error}: give a text file") from None
     except OSError as error:
         raise ConfigError(f"cannot read {what} {path}: "
                           f"{error.strerror}") from None
@@ -894,8 +948,9 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     from model_store.store import parse_ref, save_version
 
     parse_ref(name)
-    model = _read_onnx(path)
+    model, digest = _read_onnx(path)
     spec, weights = onnx_to_spec(model)
+    _check_finite_weights(weights)
     network = build_network(spec, initialize=False)
     set_weights(network, weights, source=path)
     if len(network.output_shape) != 2:
@@ -914,19 +969,33 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         network = build_network(spec, initialize=False)
         set_weights(network, weights, source=path)
     count = network.output_shape[1]
-    with open(path, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
+    file_name = fs.printable(os.path.basename(path))  # valid UTF-8 JSON
     metadata = {
         "class_names": _class_names(classes, count),
         **_preprocessing(preprocessing, spec["input_shape"]),
-        "description": f"imported from ONNX file {os.path.basename(path)}",
-        "source": {"format": "onnx", "file": os.path.basename(path),
+        "description": f"imported from ONNX file {file_name}",
+        "source": {"format": "onnx", "file": file_name,
                    "sha256": digest, "producer": model.producer_name,
                    "opset": _default_opset(model),
                    "softmax_appended": softmax_added},
     }
     return save_version(network, name=name, metadata=metadata, root=root,
                         promote=False)[0]
+
+
+def _check_finite_weights(weights: Mapping[str, np.ndarray]) -> None:
+    """UnsupportedModelError for weights that came out NaN or infinite
+    from finite constants and the attributes folded into them (a Gemm
+    alpha of infinity, a HardSigmoid alpha of NaN): the store would refuse
+    them as a training that diverged."""
+    bad = sorted(key for key, array in weights.items()
+                 if not np.isfinite(array).all())
+    if bad:
+        raise UnsupportedModelError(
+            f"the ONNX graph's constants with the attributes folded into "
+            f"them (e.g. Gemm alpha and beta) give NaN or infinite weights "
+            f"for {', '.join(bad)}: export the model again from finite "
+            f"values")
 
 
 def _free_name(spec: dict, base: str) -> str:

@@ -30,6 +30,7 @@ import pickle
 import tempfile
 from typing import Optional
 
+from model_store import fs
 from model_store.cache import cache_dir
 
 _FOLDER = "predictors"
@@ -82,9 +83,8 @@ def load(model, *, embeddings: bool) -> Optional[dict]:
     """``model``'s entry, or None when there is none or it is unreadable,
     corrupt or written for another key (it is then rebuilt)."""
     path = entry_path(model, embeddings=embeddings)
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
+    try:  # a FIFO there is refused (an OSError), not waited on
+        data = fs.read_bytes(path)
     except OSError:
         return None
     checksum, payload = _split(data)

@@ -32,6 +32,7 @@ from typing import Mapping
 
 import numpy as np
 
+from model_store import fs
 from model_store.cache import cache_dir
 from model_store.errors import ChecksumMismatchError, ModelFileMissingError, ModelIntegrityError
 
@@ -188,9 +189,8 @@ def weights_bytes(metadata: Mapping, spec: Mapping, *, where: str) -> bytes:
     """
     expected = str(metadata.get("weights_sha256"))
     cached = _cache_path(expected)
-    try:
-        with open(cached, "rb") as handle:
-            data = handle.read()
+    try:  # a FIFO there is refused (an OSError), not waited on
+        data = fs.read_bytes(cached)
         if hashlib.sha256(data).hexdigest() == expected:
             return data
     except OSError:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import math
 import weakref
 from typing import Any, Mapping
 
@@ -273,10 +274,14 @@ def weights_to_bytes(network) -> bytes:
 
 
 def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
-    """Reads ``.npz`` bytes; object arrays are refused, never unpickled."""
+    """Reads ``.npz`` bytes; object arrays are refused, never unpickled,
+    and so is an array whose header declares more bytes than it holds."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            _check_declared_sizes(archive, source)
             return {key: archive[key] for key in archive.files}
+    except ModelIntegrityError:  # a ValueError too: already says it all
+        raise
     except ValueError as error:  # numpy refuses object arrays this way
         raise ModelIntegrityError(
             f"{source}: not a plain .npz of numeric arrays ({error}); "
@@ -284,6 +289,29 @@ def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
     except (OSError, EOFError) as error:
         raise ModelIntegrityError(
             f"{source}: not a readable .npz file ({error})") from None
+
+
+def _check_declared_sizes(archive, source: str) -> None:
+    """ModelIntegrityError if an array of the ``.npz`` ``archive`` declares
+    in its header more bytes than its member holds: NumPy allocates what
+    the header declares before reading (a damaged file asking for
+    petabytes was a MemoryError). ValueError for a member that is no
+    ``.npy`` array."""
+    from numpy.lib import format as npy
+
+    for info in archive.zip.infolist():
+        with archive.zip.open(info) as member:
+            read_header = npy.read_array_header_1_0 if \
+                npy.read_magic(member) == (1, 0) else \
+                npy.read_array_header_2_0
+            shape, _, dtype = read_header(member)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size - member.tell():
+                raise ModelIntegrityError(
+                    f"{source}: array {info.filename!r} declares shape "
+                    f"{shape} ({declared:,} bytes) but holds "
+                    f"{info.file_size - member.tell():,} bytes; the file is "
+                    f"damaged")
 
 
 def _keyword_arguments(cls: type) -> set[str]:

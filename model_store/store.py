@@ -77,15 +77,19 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
-    folder shipped in this package."""
-    return root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
+    folder shipped in this package; ConfigError (one line) for a URI whose
+    filesystem is not installed (``gs://`` without the GCP extra)."""
+    root = root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
+    fs.check_filesystem(root, "--store" if root != os.environ.get(
+        STORE_VARIABLE) else f"${STORE_VARIABLE}")
+    return root
 
 
 def _store_named(root: str) -> str:
     """The store in use, named in messages as the user chose it."""
     if root == os.environ.get(STORE_VARIABLE):
-        return f"the store {root} (from ${STORE_VARIABLE})"
-    return f"--store {root}"
+        return f"the store {fs.shown(root)} (from ${STORE_VARIABLE})"
+    return f"--store {fs.shown(root)}"
 
 
 def check_model_name(name: str) -> str:
@@ -199,7 +203,8 @@ def _check_writable(root: str, name: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".writable.", dir=folder))
     except OSError as error:
         raise ConfigError(f"{_store_named(root)} is not writable: "
-                          f"{folder}: {error.strerror or error}") from None
+                          f"{fs.shown(folder)}: {error.strerror or error}") \
+            from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,13 +283,15 @@ def _read(path: str) -> bytes:
         raise ModelIntegrityError(f"{error}: replace it with the file, or "
                                   f"remove it") from None
     except FileNotFoundError:
-        raise ModelFileMissingError(f"model file {path} is missing") from None
+        raise ModelFileMissingError(f"model file {fs.shown(path)} is "
+                                    f"missing") from None
     except OSError as error:
         if fs.is_uri(path) and not _filesystems().exists(path):
             raise ModelFileMissingError(
-                f"model file {path} is missing") from None
+                f"model file {fs.shown(path)} is missing") from None
         raise ModelFileMissingError(
-            f"model file {path} cannot be read: {error}") from None
+            f"model file {fs.shown(path)} cannot be read: "
+            f"{_one_line(error)}") from None
 
 
 def _read_json(path: str) -> dict:
@@ -294,13 +301,15 @@ def _read_json(path: str) -> dict:
     try:
         value = json.loads(_read(path), parse_constant=refuse)
     except (ValueError, UnicodeDecodeError) as error:
-        raise ModelIntegrityError(f"{path} is not valid JSON: "
+        raise ModelIntegrityError(f"{fs.shown(path)} is not valid JSON: "
                                   f"{_one_line(error)}") from None
     except RecursionError:
-        raise ModelIntegrityError(f"{path} nests JSON too deeply to be a "
+        raise ModelIntegrityError(f"{fs.shown(path)} nests JSON too deeply "
+                                  f"to be a "
                                   f"model file") from None
     if not isinstance(value, dict):
-        raise ModelIntegrityError(f"{path} must hold a JSON object, not a "
+        raise ModelIntegrityError(f"{fs.shown(path)} must hold a JSON "
+                                  f"object, not a "
                                   f"{type(value).__name__}")
     return value
 
@@ -384,6 +393,7 @@ def looks_like_path(ref: str) -> bool:
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
     if looks_like_path(ref):
+        fs.check_filesystem(ref, "model")
         folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)
         where = fs.join(folder, METADATA_FILE)
         metadata = _read_json(where)
@@ -404,7 +414,8 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
                  if n == name and not _is_version_name(v))
     if odd:
         raise ModelIntegrityError(
-            f"model {name!r} in {root} has folder(s) {', '.join(odd)} that "
+            f"model {name!r} in {fs.shown(root)} has folder(s) "
+            f"{', '.join(map(fs.shown, odd))} that "
             f"are not versions (positive integers up to {MAX_VERSION} in "
             f"ASCII digits without leading zeros, e.g. 1); rename or remove "
             f"them")
@@ -420,12 +431,14 @@ def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     if not versions:
         known = sorted({info.name for info in list_models(root)})
         raise UnknownModelError(
-            f"no model named {name!r} in the store {root}; stored models: "
+            f"no model named {name!r} in the store {fs.shown(root)}; stored "
+            f"models: "
             f"{', '.join(known) or 'none'} (see 'imgclass models list')")
     if version is None:
         return versions[-1]
     raise UnknownModelError(
-        f"model {name!r} has no version {version} in {root}; versions: "
+        f"model {name!r} has no version {version} in {fs.shown(root)}; "
+        f"versions: "
         f"{', '.join(str(i.version) for i in versions)}")
 
 
@@ -435,7 +448,7 @@ def _dangling(name: str, alias: str, version: int, versions: list,
     never resolves to another model: version numbers are not reused)."""
     return DanglingAliasError(
         f"alias {name}@{alias} points at version {version}, but model "
-        f"{name!r} has no version {version} in {root} (versions: "
+        f"{name!r} has no version {version} in {fs.shown(root)} (versions: "
         f"{', '.join(str(i.version) for i in versions) or 'none'}): point "
         f"it at a stored version with 'imgclass models promote "
         f"{name}@VERSION --alias {alias}', or remove it from "
@@ -474,7 +487,8 @@ def _parse_alias(ref: str,
     aliases = read_aliases(name, root=root)
     if alias not in aliases:
         raise UnknownModelError(
-            f"model {name!r} has no alias {alias!r} in {root}; aliases: "
+            f"model {name!r} has no alias {alias!r} in {fs.shown(root)}; "
+            f"aliases: "
             f"{', '.join(sorted(aliases)) or 'none'} (set one with "
             f"'imgclass models promote {name}@VERSION --alias {alias}')")
     return name, aliases[alias], alias

@@ -11,6 +11,7 @@ from typing import Callable, TextIO
 
 import numpy as np
 
+from model_store import fs
 from model_store import layers as L
 from model_store.datasets import DATASETS
 from model_store.engine import T, floatX, function, shared
@@ -34,15 +35,24 @@ def load_spec(path: str) -> dict:
         raise SpecError(f"spec file {path}: {error}") from None
 
 
+def spec_file_name(path: str) -> str:
+    """The spec file's name as messages show it and the metadata records
+    it (valid UTF-8: a byte that is not, or a control character, %XX)."""
+    return fs.shown(os.path.basename(path))
+
+
 def _read_spec(path: str):
-    try:
-        with open(path, encoding="utf-8") as handle:
+    try:  # a FIFO is refused, not waited on
+        with fs.open_text(path) as handle:
             return json.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"spec file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--spec {path} is a folder: give the spec's JSON "
-                          f"file") from None
+    except fs.NotRegularError as error:
+        raise ConfigError(f"--spec {error}: give the spec's JSON file") \
+            from None
+    except OSError as error:
+        raise ConfigError(f"cannot read spec file {path}: "
+                          f"{error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"spec file {path} is not UTF-8 text (a JSON "
                           f"network spec)") from None
@@ -263,7 +273,7 @@ def train_model(*, dataset: str, name: str, spec_path: str,
                     description="CNN for the UCI handwritten digits: light "
                                 "strokes on a dark background",
                     training={
-                        "dataset": dataset, "spec": os.path.basename(spec_path),
+                        "dataset": dataset, "spec": spec_file_name(spec_path),
                         "n_train": int(len(split.train_images)),
                         "n_train_augmented": int(len(pixels)),
                         "settings": dataclasses.asdict(config),

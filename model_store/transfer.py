@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -35,6 +36,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from model_store import fs
 from model_store.cache import cache_dir
 from model_store.errors import ConfigError
 from model_store.folders import (
@@ -287,7 +289,10 @@ class FeatureCache:
                                    weights_sha256, *([layer] if layer
                                                      else []))
         self.inputs = inputs
-        self.hits = self.misses = 0
+        # Features found, and features computed (a file that turns out
+        # broken is neither); why the last could not be stored, if so.
+        self.hits = self.computed = 0
+        self.unwritable = ""
 
     def remove_stale(self) -> int:
         """Removes the entries of older key formats, which are never found
@@ -301,7 +306,7 @@ class FeatureCache:
                 stale = [entry.path for entry in found
                          if entry.is_dir(follow_symlinks=False)
                          and _older_format(entry.name)]
-        except FileNotFoundError:
+        except OSError:  # none yet, or not a folder: nothing to remove
             return 0
         return sum(_remove_entries(folder) for folder in stale)
 
@@ -313,17 +318,27 @@ class FeatureCache:
         return os.path.join(self.folder, key[:2], key + ".npy")
 
     def get(self, file: FileContent, variant: str) -> np.ndarray | None:
-        try:
-            value = np.load(self._path(file, variant), allow_pickle=False)
+        try:  # a FIFO there is refused (an OSError), not waited on
+            value = np.load(io.BytesIO(fs.read_bytes(self._path(
+                file, variant))), allow_pickle=False)
         except (OSError, ValueError):
-            self.misses += 1
             return None
         self.hits += 1
         return value
 
     def put(self, file: FileContent, variant: str,
             value: np.ndarray) -> None:
-        path = self._path(file, variant)
+        """Stores computed features; a cache that cannot be written (not a
+        folder, a full disk) is noted in ``unwritable``, not fatal: the
+        features are only computed again next time."""
+        self.computed += 1
+        try:
+            self._write(self._path(file, variant), value)
+        except OSError as error:
+            self.unwritable = error.strerror or str(error)
+
+    @staticmethod
+    def _write(path: str, value: np.ndarray) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path),
                                              suffix=".tmp")

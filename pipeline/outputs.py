@@ -28,7 +28,6 @@ import concurrent.futures
 import contextlib
 import datetime
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -44,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
 from model_store.errors import ConfigError, LostFileError
-from model_store.fs import is_uri, join
+from model_store.fs import check_filesystem, is_uri, join
 from transforms import schema
 from transforms.files import GLOB_CHARS
 
@@ -58,37 +57,10 @@ TO_CLASSIFY = "_to_classify.json"
 # LOCK_STALE_SECONDS (a killed run on another host or in another container);
 # one that cannot be read (its owner died creating it) once a minute old.
 LOCK_REFRESH_SECONDS, LOCK_STALE_SECONDS, TORN_LOCK_SECONDS = 60, 600, 60
-# Beam filesystems that need an extra package: (module, extra to install).
-_FILESYSTEM_CLIENTS = {"gs": ("apache_beam.io.gcp.gcsfilesystem", "gcp"),
-                       "s3": ("boto3", "aws"), "hdfs": ("hdfs", "hadoop"),
-                       "azfs": ("azure.storage.blob", "azure")}
 SCHEMAS = {PREDICTIONS_DIR: schema.PREDICTIONS, ERRORS_DIR: schema.ERRORS,
            LEDGER_DIR: schema.LEDGER, SKIPPED_DIR: schema.SKIPPED}
 # The tables readers query are partitioned; the bookkeeping is not.
 PARTITIONED = (PREDICTIONS_DIR, ERRORS_DIR)
-
-
-def check_filesystem(path: str, option: str) -> None:
-    """Refuses, in one line, a path whose Beam filesystem is not installed
-    (``foo://x``, or ``gs://`` without Beam's GCP extra)."""
-    if not is_uri(path):
-        return
-    scheme = path.split("://", 1)[0].lower()
-    module, extra = _FILESYSTEM_CLIENTS.get(scheme, (None, None))
-    try:
-        FileSystems.get_filesystem(path)
-        if module:
-            importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - Beam raises ValueError or ImportError
-        if extra:
-            package = (f"imgclass[{extra}]" if extra in ("gcp", "aws")
-                       else f"apache-beam[{extra}]")
-            raise ConfigError(f"{option} {path!r}: {scheme}:// needs Beam's "
-                              f"{extra} extra; install it with pip install "
-                              f"'{package}'") from None
-        raise ConfigError(f"{option} {path!r}: no filesystem for {scheme}:// "
-                          f"(give a local path, or gs://, s3://, hdfs://, "
-                          f"azfs://)") from None
 
 
 def holds_earlier_run(output: str) -> bool:

@@ -1,6 +1,7 @@
 """Shared fixtures: image folders made from held-out digits, and a runner for
 the command line that captures its exit code and messages."""
 
+import contextlib
 import io
 import os
 import signal
@@ -105,6 +106,26 @@ def write_bad_files(folder):
             handle.write(data)
         stages[path] = "decode"
     return stages
+
+
+class _Hung(BaseException):
+    """Not an OSError: the code under test must not catch it."""
+
+
+@contextlib.contextmanager
+def within(seconds):
+    """Fails (rather than hangs) when the block takes longer."""
+    def timeout(*args):
+        signal.alarm(1)  # again, should something catch it
+        raise _Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -61,13 +61,16 @@ def _flat(g, x):
     return g.node("Flatten", [g.node("GlobalAveragePool", [x])])
 
 
-def view_flatten(g, x="x", batch_index=0, gather_name=None):
+def view_flatten(g, x="x", batch_index=0, gather_name=None,
+                 unsqueeze_axes=(0,)):
     """``x.view(x.size(0), -1)`` as PyTorch exports it (the batch size
-    gathered at ``batch_index`` of the shape: 0, or -4 of 4-D)."""
+    gathered at ``batch_index`` of the shape: 0, or -4 of 4-D; the
+    Unsqueeze, named 'u', by ``unsqueeze_axes``)."""
     batch = g.node("Gather", [g.node("Shape", [x]),
                               g.const(batch_index, dtype=np.int64)],
                    name=gather_name, axis=0)
-    batch = g.node("Unsqueeze", [batch, g.const([0], dtype=np.int64)])
+    batch = g.node("Unsqueeze", [batch, g.const(unsqueeze_axes,
+                                                dtype=np.int64)], name="u")
     target = g.node("Concat", [batch, g.const([-1], dtype=np.int64)], axis=0)
     return g.node("Reshape", [x, target])
 

@@ -473,6 +473,51 @@ def test_a_spec_that_is_a_folder_is_refused_in_one_line(cli, tmp_path):
     assert f"--spec {tmp_path} is a folder" in err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink loop"])
+def test_a_spec_that_cannot_be_read_is_refused_in_one_line(
+        cli, tmp_path, kind):
+    """A FIFO hung the command (open() waits for a writer); a symlink loop
+    was an OSError traceback (exit 1)."""
+    from tests.conftest import within
+
+    spec = tmp_path / "spec.json"
+    if kind == "fifo":
+        os.mkfifo(spec)
+        message = f"--spec {spec} is a FIFO, not a regular file"
+    else:
+        spec.symlink_to(spec)
+        message = (f"cannot read spec file {spec}: Too many levels of "
+                   f"symbolic links")
+    with within(20):
+        code, _, err = cli("--store", tmp_path / "store", "train",
+                           "--dataset", "digits", "--name", "x", "--spec",
+                           spec)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["models", "list"], ["models", "verify"], ["models", "show", "x"],
+    ["models", "promote", "x@1"],
+    ["models", "import", "onnx", "m.onnx", "--name", "x"],
+    ["train", "--dataset", "digits", "--name", "x"],
+    ["evaluate", "--model", "x"]])
+def test_a_store_whose_filesystem_is_not_installed_is_refused_in_one_line(
+        cli, command):
+    """--store foo:// (or gs:// without Beam's GCP extra) was a ValueError
+    traceback (exit 1) from Beam, in every model command."""
+    code, out, err = cli("--store", "foo://bucket/models", *command)
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert "--store 'foo://bucket/models': no filesystem for foo://" in err
+
+
+def test_a_model_folder_whose_filesystem_is_not_installed_is_refused(cli):
+    code, _, err = cli("models", "show", "foo://bucket/models/x/1")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "model 'foo://bucket/models/x/1': no filesystem for foo://" in err
+
+
 def test_a_seed_numpy_cannot_take_is_refused_before_any_work(cli, tmp_path):
     """--seed -1 was a NumPy traceback (exit 1), with --base only after the
     features of every image had been computed."""

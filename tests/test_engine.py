@@ -41,6 +41,11 @@ def test_compiler_probes_are_kept_per_machine_and_read_back(tmp_path):
     saved.write_text("{not json")
     assert _probes(tmp_path) == [flags, openmp]
     assert json.loads(saved.read_text())["march_flags"] == flags
+    # So is a FIFO (open() waited for a writer: every command hung).
+    saved.unlink()
+    os.mkfifo(saved)
+    assert _probes(tmp_path) == [flags, openmp]
+    assert json.loads(saved.read_text())["march_flags"] == flags
 
 
 START_UP_IMPORTS = """

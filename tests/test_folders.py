@@ -226,6 +226,66 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
     assert not store.exists() or not any(store.iterdir())
 
 
+@pytest.mark.parametrize("odd, where, shown", [
+    (b"da\nta", "data folder", "da%0Ata"),
+    (b"da\xffta", "data folder", "da%FFta"),
+    (b"bi\nrd", "class folder", "bi%0Ard"),
+])
+def test_odd_bytes_in_a_refused_folder_are_shown_escaped_on_one_line(
+        tmp_path, cli, odd, where, shown):
+    """A newline in the data folder's or a class folder's name split the
+    error in two lines; a byte that is not UTF-8 showed as '\\udcff'."""
+    name = os.fsdecode(odd)
+    data = tmp_path / (name if where == "data folder" else "data")
+    write_shapes(data, per_class=3, classes={"red": (220, 40, 40)})
+    if where == "class folder":  # a second class, of one image
+        (data / name).mkdir()
+        Image.new("RGB", (8, 8)).save(data / name / "0.png")
+    code, _, err = train_cli(cli, data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert shown in err and "\\udc" not in err
+
+
+def test_a_model_class_holding_a_newline_is_named_on_one_line(
+        tmp_path, cli):
+    """Class folder names become the model's classes: 'evaluate' refusing
+    such a model on the digits split named them over two lines."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    write_shapes(data, per_class=3, classes={"bi\nrd": (220, 40, 40),
+                                             "red": (200, 40, 60)})
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "fc", "num_units": 2,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]}))
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", spec, "--epochs", "1")
+    assert code == 0, err
+    code, _, err = cli("--store", store, "evaluate", "--model", "x")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "x@1 classifies bi%0Ard, red, not the dataset's" in err
+
+
+def test_a_spec_file_name_that_is_not_utf8_is_recorded_escaped(
+        tmp_path, cli):
+    """training.spec held the name's lone surrogate, which strict JSON
+    readers refuse; it is written %XX, as paths are."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    write_shapes(data, per_class=3, classes=TWO)
+    spec = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"sp\xe9c.json"))
+    with open(spec, "w") as handle:
+        json.dump({"input_shape": [1, 8, 8], "layers": [
+            {"type": "dense", "name": "fc", "num_units": 2,
+             "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]},
+            handle)
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", spec, "--epochs", "1")
+    assert code == 0, err
+    assert "training x from sp%E9c.json on " in err
+    raw = (store / "x" / "1" / "metadata.json").read_bytes()
+    assert json.loads(raw.decode("utf-8"))["training"]["spec"] == \
+        "sp%E9c.json"
+
+
 def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
         tmp_path, cli):
     data = tmp_path / "data"

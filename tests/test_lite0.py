@@ -4,6 +4,7 @@ independent float64 NumPy forward pass on real photos."""
 
 import collections
 import io
+import json
 import os
 import shutil
 
@@ -73,6 +74,23 @@ def test_first_load_converts_then_reads_the_cache(fresh_cache, monkeypatch):
     cached.write_bytes(b"garbage")
     load_model("efficientnet-lite0")
     assert cached.stat().st_size > 18_000_000
+
+
+def test_a_fifo_in_the_weights_cache_is_converted_past_not_waited_on(
+        fresh_cache):
+    """The cache is read with open(), which waits for a FIFO's writer:
+    every load (each classify worker's) hung. It is damage: the weights
+    are converted again and the FIFO replaced."""
+    from tests.conftest import within
+
+    with open(os.path.join(FOLDER, "metadata.json")) as handle:
+        sha256 = json.load(handle)["weights_sha256"]
+    fresh_cache.mkdir(parents=True)
+    cached = fresh_cache / f"{sha256}.npz"
+    os.mkfifo(cached)
+    with within(120):
+        assert load_model("efficientnet-lite0").weights_sha256 == sha256
+    assert cached.is_file() and cached.stat().st_size > 18_000_000
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 small residual network through the command line, and refusals."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from model_store.compile import compile_predictor
 from model_store.onnx_import import onnx_to_spec
 from model_store.store import StoredModel, list_models, load_model
+from tests.conftest import within
 from tests.onnx_graphs import GraphBuilder, single_op_graphs, view_flatten
 
 GRAPHS = single_op_graphs()
@@ -274,6 +276,35 @@ REFUSALS = {
         np.arange(54).reshape(2, 3, 3, 3) % 7, 1.0, np.nan), "conv1.W")]),
         4), "the ONNX tensor 'conv1.W' holds 8 NaN or infinite value(s) "
             "(of 54): export the model again from finite weights"),
+    # Constants of the wrong rank (onnx's checker lets them through) were
+    # NumPy tracebacks (exit 1).
+    "clip_min_not_a_scalar": (lambda g: (g.node("Clip", [
+        "x", g.const([0.0, 0.0]), g.const([6.0, 6.0])], name="clip"), 4),
+        "ONNX op Clip (node 'clip'): min must be a scalar, got shape (2,)"),
+    "pad_value_not_a_scalar": (lambda g: (g.node("Conv", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64),
+        g.const(np.zeros(0))], name="pad"), g.const(np.ones((2, 3, 3, 3)))]),
+        4), "ONNX op Pad (node 'pad'): the constant value must be a scalar, "
+            "got shape (0,)"),
+    "reshape_to_a_2d_shape": (lambda g: (g.node("Reshape", [
+        "x", g.const([[0, -1]], dtype=np.int64)], name="r"), 2),
+        "ONNX op Reshape (node 'r'): the shape must be a 1-D tensor, got "
+        "shape (1, 2)"),
+    "unsqueeze_by_scalar_axes": (lambda g: (view_flatten(
+        g, unsqueeze_axes=0), 2), "ONNX op Unsqueeze (node 'u'): axes must "
+                                  "be a 1-D tensor, got shape ()"),
+    # What onnx's full check (strict shape inference) refuses.
+    "concat_of_shapes_on_a_missing_axis": (lambda g: (g.node("Reshape", [
+        "x", g.node("Concat", [g.const([0], dtype=np.int64), g.const(
+            [-1], dtype=np.int64)], name="cat", axis=5)]), 2),
+        "(op_type:Concat, node name: cat): [ShapeInferenceError] axis must "
+        "be in [-rank, rank-1]"),
+    "infinite_gemm_alpha": (lambda g: (g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 2)))], name="fc", alpha=float("inf")), 2),
+        "the ONNX graph's constants with the attributes folded into them "
+        "(e.g. Gemm alpha and beta) give NaN or infinite weights for "
+        "fc.W"),
     "infinite_constant_node": (lambda g: (g.node("Mul", ["x", g.node(
         "Constant", [], value=onnx.numpy_helper.from_array(np.array(
             [1, np.inf, 1], np.float32).reshape(3, 1, 1)))]), 4),
@@ -310,6 +341,40 @@ def _assert_refused(cli, tmp_path, model, message):
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list_models(str(store)) == []
+    assert not store.exists() or os.listdir(store) == []
+
+
+@pytest.mark.parametrize("extra", [b"\0" * 4, b"\0" * 2],
+                         ids=["one value more", "half a value more"])
+def test_an_initializer_holding_more_data_than_its_shape_is_refused(
+        cli, tmp_path, extra):
+    """onnx's checker refuses too little data, not too much: NumPy's
+    reshape was a traceback (exit 1)."""
+    g = GraphBuilder((3, 8, 8))
+    model = g.model(g.node("Conv", ["x", g.const(np.ones((2, 3, 3, 3)),
+                                                 "conv1.W")]), 4)
+    model.graph.initializer[0].raw_data += extra
+    _assert_refused(cli, tmp_path, model,
+                    "the ONNX tensor 'conv1.W' does not hold the data of "
+                    "its declared shape [2, 3, 3, 3]")
+
+
+@pytest.mark.parametrize("given", ["FILE", "--classes"])
+def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
+        cli, tmp_path, given):
+    """open() of a FIFO waits for a writer: the import hung for ever."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_example().build(), str(path))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args = [fifo, "--name", "m"] if given == "FILE" else \
+        [path, "--name", "m", "--classes", fifo]
+    store = tmp_path / "store"
+    with within(20):
+        code, _, err = cli("--store", store, "models", "import", "onnx",
+                           *args)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{fifo} is a FIFO, not a regular file" in err
     assert not store.exists() or os.listdir(store) == []
 
 
@@ -377,6 +442,22 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
         assert len(err.strip().splitlines()) == 1, err
     assert list_models(str(store)) == []
     assert not store.exists() or os.listdir(store) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
+    """The metadata held the name's lone surrogate ('\\udce9'), which
+    strict JSON readers refuse; it is written %XX, as paths are."""
+    path = os.path.join(os.fsencode(tmp_path), b"caf\xe9.onnx")
+    onnx.save(_example().build(), os.fsdecode(path))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx",
+                       os.fsdecode(path), "--name", "m")
+    assert code == 0, err
+    raw = (store / "m" / "1" / "metadata.json").read_bytes()
+    metadata = json.loads(raw.decode("utf-8"))
+    assert metadata["source"]["file"] == "caf%E9.onnx"
+    assert metadata["description"] == "imported from ONNX file caf%E9.onnx"
+    json.dumps(metadata, ensure_ascii=False).encode("utf-8")  # no surrogate
 
 
 def test_classes_file_with_bom_crlf_and_final_blank_lines(cli, tmp_path):

@@ -106,6 +106,21 @@ def test_a_corrupt_entry_is_ignored_and_rebuilt(cache, digits, damage):
     assert _entries() == [os.path.basename(path)]  # no temporary left
 
 
+def test_a_fifo_as_the_entry_is_rebuilt_not_waited_on(cache, digits):
+    """Reading the entry with open() waited for a FIFO's writer: every
+    compile (each classify worker's) hung."""
+    from tests.conftest import within
+
+    model, batch, want = digits
+    path = predictor_cache.entry_path(model, embeddings=False)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.mkfifo(path)
+    with within(120):
+        rebuilt = C.compile_predictor(model, cached=True)
+    np.testing.assert_array_equal(rebuilt(batch), want)
+    assert len(cache) == 1 and os.path.isfile(path)  # replaced
+
+
 def test_other_weights_miss_and_replace_the_entry(cache, digits):
     model, batch, want = digits
     C.compile_predictor(model, cached=True)

@@ -1,6 +1,5 @@
 """The versioned model store: round trips, integrity errors, no pickles."""
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -11,7 +10,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import threading
 
 import numpy as np
@@ -28,6 +26,7 @@ from model_store.errors import (
     WeightShapeError,
 )
 from model_store.spec import build_network
+from tests.conftest import within
 
 SPEC = {"input_shape": [1, 10, 10], "layers": [
     {"type": "conv2d", "name": "conv1", "num_filters": 3, "filter_size": 3},
@@ -54,12 +53,17 @@ def rewrite_weights(model, arrays):
     """Replaces weights.npz and fixes the checksum, as a careless user might."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
+    rewrite_weights_file(model, buffer.getvalue())
+
+
+def rewrite_weights_file(model, data: bytes):
+    """Replaces weights.npz with ``data`` and fixes the checksum."""
     path = os.path.join(model.location, store.WEIGHTS_FILE)
     with open(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+        handle.write(data)
     meta_path = os.path.join(model.location, store.METADATA_FILE)
     meta = json.load(open(meta_path))
-    meta["weights_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
     json.dump(meta, open(meta_path, "w"))
 
 
@@ -156,6 +160,54 @@ def test_a_model_never_unpickles(root, monkeypatch):
     monkeypatch.setattr(pickle, "load", refuse)
     with pytest.raises(ModelIntegrityError, match="never unpickles"):
         store.load_model("tiny@1", root=root)
+
+
+def test_an_array_declaring_more_bytes_than_it_holds_is_damage(root, cli):
+    """NumPy allocates what an .npy header declares before reading it: a
+    weights.npz whose header claimed petabytes was a MemoryError traceback
+    in models list, show and verify (and classify)."""
+    import zipfile
+
+    saved = save(root)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, array in saved.weights.items():
+            member = io.BytesIO()
+            if name == "conv1.W":
+                np.lib.format.write_array_header_1_0(member, {
+                    "descr": "<f4", "fortran_order": False,
+                    "shape": (10 ** 5,) * 3})
+                member.write(bytes(16))
+            else:
+                np.save(member, array)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    rewrite_weights_file(saved, buffer.getvalue())
+    message = ("weights.npz: array 'conv1.W.npy' declares shape (100000, "
+               "100000, 100000) (4,000,000,000,000,000 bytes) but holds 16 "
+               "bytes; the file is damaged")
+    code, out, err = cli("--store", root, "models", "verify")
+    assert (code, err) == (1, "") and "FAILED  tiny@1: " in out
+    assert message in out
+    code, out, _ = cli("--store", root, "models", "list")
+    assert code == 0 and "BROKEN" in out
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("odd, shown", [(b"st\nre", "st%0Are"),
+                                         (b"st\xffre", "st%FFre")])
+def test_a_store_path_with_odd_bytes_is_shown_escaped_on_one_line(
+        tmp_path, cli, odd, shown):
+    """A newline in --store split the error in two lines; a byte that is
+    not UTF-8 showed as '\\udcff'."""
+    store_path = os.path.join(str(tmp_path), os.fsdecode(odd))
+    for stored in (False, True):  # missing, then holding a model
+        if stored:
+            save(store_path)
+        ref = "tiny@7" if stored else "tiny"
+        code, _, err = cli("--store", store_path, "models", "show", ref)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"{tmp_path}/{shown}" in err and "\\udc" not in err
 
 
 def test_a_failed_save_leaves_no_version(root, monkeypatch):
@@ -1101,25 +1153,6 @@ def test_a_version_folder_over_the_maximum_is_not_a_version(root, cli):
 
 # Special files where the store expects its files ---------------------------
 
-class _Hung(BaseException):
-    """Not an OSError: the code under test must not catch it."""
-
-
-@contextlib.contextmanager
-def _within(seconds):
-    """Fails (rather than hangs) when the block takes longer."""
-    def timeout(*args):
-        signal.alarm(1)  # again, should something catch it
-        raise _Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
 
 @pytest.mark.parametrize("file", [store.ALIASES_FILE, store.VERSIONS_FILE,
                                   os.path.join("1", store.METADATA_FILE)])
@@ -1131,7 +1164,7 @@ def test_a_fifo_where_a_store_file_is_expected_is_reported(root, cli, file):
         os.remove(path)
     os.mkfifo(path)
     message = f"{path} is a FIFO, not a regular file"
-    with _within(20):
+    with within(20):
         code, out, _ = cli("--store", root, "models", "list")
         assert code == 0
         rows = {line.split()[0]: line for line in out.splitlines()[1:]}

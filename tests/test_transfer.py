@@ -82,6 +82,48 @@ def test_transfer_learns_and_the_second_run_computes_no_feature(
     assert meta_a["resize_shorter"] == 28  # the backbone's preprocessing
 
 
+def test_the_second_run_says_it_computed_none_despite_broken_files(
+        backbone_store, shapes, tmp_path):
+    """The broken files (in red/) have no features to find: each of their
+    variants was counted as computed on every run, though none was."""
+    base = store.load_model("tiny", root=backbone_store)
+    config = TrainConfig(epochs=1, augment_copies=2)
+    lines = []
+    for _ in range(2):
+        stream = io.StringIO()
+        train_transfer(FolderData(shapes), name="shapes", base=base,
+                       config=config, stream=stream,
+                       features=compile_features(base),
+                       cache_directory=str(tmp_path / "cache"))
+        lines.append(next(line for line in stream.getvalue().splitlines()
+                          if line.startswith("features of ")))
+    assert "(0 cached, 54 computed)" in lines[0]  # 24 x 2 variants + 6
+    assert "(54 cached, 0 computed)" in lines[1]
+
+
+def test_a_feature_cache_that_cannot_be_written_does_not_stop_training(
+        backbone_store, shapes, tmp_path):
+    """A file where the cache's folder goes was a NotADirectoryError
+    traceback (exit 1): the cache only saves work, so one line says so
+    and the training goes on."""
+    base = store.load_model("tiny", root=backbone_store)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "features").write_text("not a folder")
+    stream = io.StringIO()
+    network, metadata = train_transfer(
+        FolderData(shapes), name="shapes", base=base,
+        config=TrainConfig(epochs=1, augment_copies=0), stream=stream,
+        features=compile_features(base), cache_directory=str(cache_dir))
+    assert metadata["metrics"]["n_test"] == 6
+    unwritable = [line for line in stream.getvalue().splitlines()
+                  if "could not be written" in line]
+    assert len(unwritable) == 1
+    assert unwritable[0].startswith(f"the feature cache {cache_dir}/")
+    assert "(Not a directory): these features will be computed again" in \
+        unwritable[0]
+
+
 def test_the_same_folder_elsewhere_trains_the_same_model(
         backbone_store, shapes, tmp_path):
     """Augmentation is seeded by each file's path below the folder, not by
@@ -102,6 +144,22 @@ def test_the_same_folder_elsewhere_trains_the_same_model(
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         np.testing.assert_array_equal(weights[0][name], weights[1][name])
+
+
+def test_a_fifo_as_a_cache_entry_is_a_miss_not_waited_on(tmp_path):
+    """np.load opened the entry and waited for a FIFO's writer."""
+    from tests.conftest import within
+
+    item = FileContent.of("/x/a.png", b"bytes")
+    cache = FeatureCache("w1", str(tmp_path))
+    cache.put(item, "plain", np.arange(3.0))
+    path = cache._path(item, "plain")
+    os.remove(path)
+    os.mkfifo(path)
+    with within(20):
+        assert cache.get(item, "plain") is None
+    cache.put(item, "plain", np.arange(3.0))  # replaces it
+    np.testing.assert_array_equal(cache.get(item, "plain"), np.arange(3.0))
 
 
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
