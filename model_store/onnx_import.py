@@ -806,6 +806,11 @@ def _read_onnx(path: str):
         # As onnx.load does, with its checks that every location stays in
         # the model's folder (no "..", absolute path or symbolic link).
         load_external_data_for_model(model, os.path.dirname(path))
+        # The shapes of inner tensors come from ONNX's shape inference
+        # alone: exporters' hints for them (value_info) can be stale after
+        # an edit of the graph, which strict inference refuses and plain
+        # inference believes, although the graph computes.
+        del model.graph.value_info[:]
         # full_check: with strict shape inference, which refuses a wrong
         # rank, type or attribute size (a shape input of floats, strides
         # of 0) naming the node, before the conversion reads them.

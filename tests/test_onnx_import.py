@@ -514,3 +514,22 @@ def test_hard_sigmoid_times_input_becomes_one_hard_swish():
     assert [(layer["type"], layer.get("nonlinearity"))
             for layer in spec["layers"]] == [("activation", "hard_swish")]
     assert weights == {}
+
+
+def test_a_stale_shape_hint_for_an_inner_tensor_does_not_stop_an_import(
+        cli, tmp_path):
+    """Exporters record shapes of intermediate tensors (value_info) that
+    later edits of the graph can leave stale; the graph still computes, as
+    onnxruntime shows, so the import's strict check ignores those hints."""
+    g = GraphBuilder((3, 6, 6), seed=7)
+    hidden = g.node("Relu", [g.node("Conv", ["x", g.const(
+        g.rng.randn(4, 3, 3, 3))], kernel_shape=[3, 3])])
+    logits = g.node("Gemm", [g.node("Flatten", [hidden]),
+                             g.const(g.rng.randn(64, 5))])
+    model = g.model(g.node("Softmax", [logits], axis=1), 2)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        hidden, onnx.TensorProto.FLOAT, ["N", 4, 5, 5]))  # it is 4 x 4
+    with pytest.raises(Exception, match="ShapeInferenceError"):
+        onnx.checker.check_model(model, full_check=True)
+    _assert_ends_in_softmax_like_onnxruntime(
+        _import_via_cli(cli, tmp_path, model), model, (2, 3, 6, 6))
