@@ -186,6 +186,18 @@ POOLS = [((2, 2), (2, 2), (13, 13)), ((3, 3), (2, 2), (12, 11)),
          ((5, 4), (1, 1), (5, 4)), ((2, 3), (3, 1), (10, 9))]
 
 
+def _relu_conv_then_max_pool(x, w, b, padding, window, stride):
+    """A compiled predictor graph: a 3x3 relu conv2d layer of ``w`` and
+    ``b`` (stride 1) on images shaped as ``x``, then max_pool2d."""
+    xs = T.tensor4("x")
+    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
+                                input_shape=x.shape[1:], stride=1,
+                                padding=padding, groups=1,
+                                activation="relu")
+    return function([xs], pool_2d(conv, ws=window, stride=stride,
+                                  ignore_border=True, mode="max"))
+
+
 @pytest.mark.parametrize("window,stride,size", POOLS)
 @pytest.mark.parametrize("batch", [1, 5])
 def test_max_pooling_of_a_dense_conv_is_folded_into_it(window, stride, size,
@@ -196,13 +208,7 @@ def test_max_pooling_of_a_dense_conv_is_folded_into_it(window, stride, size,
     x = rand(rng, batch, 5, size[0] + 2, size[1] + 2)
     w = rand(rng, 9, 5, 3, 3) / 3
     b = rand(rng, 9)
-    xs = T.tensor4("x")
-    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
-                                input_shape=x.shape[1:], stride=1,
-                                padding=((0, 0), (0, 0)), groups=1,
-                                activation="relu")
-    fn = function([xs], pool_2d(conv, ws=window, stride=stride,
-                                ignore_border=True, mode="max"))
+    fn = _relu_conv_then_max_pool(x, w, b, ((0, 0), (0, 0)), window, stride)
     assert [node.op for node in fn.maker.fgraph.toposort()] == [
         DenseConv2dBiasAct(kernel=(3, 3), stride=1, padding=((0, 0), (0, 0)),
                            activation="relu", pool=window + stride)]
@@ -291,13 +297,7 @@ def test_a_nan_in_a_folded_max_pooling_window_matches_numpy(window, stride):
     # with NaN in their first cell, and others with NaN only in later ones.
     x[0, 2, 3, 4] = x[0, 1, 6, 9] = x[1, 0, 10, 13] = x[1, 4, 1, 1] = np.nan
     w, b = rand(rng, 4, 5, 3, 3), rand(rng, 4)
-    xs = T.tensor4("x")
-    conv = fast_conv2d_bias_act(xs, shared(w), shared(b),
-                                input_shape=x.shape[1:], stride=1,
-                                padding=((1, 1), (1, 1)), groups=1,
-                                activation="relu")
-    fn = function([xs], pool_2d(conv, ws=window, stride=stride,
-                                ignore_border=True, mode="max"))
+    fn = _relu_conv_then_max_pool(x, w, b, ((1, 1), (1, 1)), window, stride)
     assert [type(node.op) for node in fn.maker.fgraph.toposort()] == [
         DenseConv2dBiasAct]
     want = numpy_max_pool(numpy_grouped_conv(
