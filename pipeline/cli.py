@@ -408,20 +408,24 @@ def _evaluate(args) -> int:
 def _print_metrics(ref: str, metrics: dict, what: str) -> None:
     print(f"{ref}: accuracy {metrics['accuracy']:.4f} on "
           f"{metrics['n_test']} {what}")
-    width = max(6, *(len(name) for name in metrics["per_class"]))
+    # Class names (from folder names, a --classes file) and paths as a
+    # terminal may show them: a control character (ESC, a newline) %XX.
+    names = [fs.one_line(name) for name in metrics["per_class"]]
+    width = max(6, *(len(name) for name in names))
     print(f"{'class':>{width}} {'precision':>9} {'recall':>7} {'f1':>7} "
           f"{'support':>7}")
-    for name, row in metrics["per_class"].items():
+    for name, row in zip(names, metrics["per_class"].values()):
         print(f"{name:>{width}} {row['precision']:>9.4f} "
               f"{row['recall']:>7.4f} {row['f1']:>7.4f} {row['support']:>7}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    for name, row in zip(metrics["per_class"], metrics["confusion_matrix"]):
+    for name, row in zip(names, metrics["confusion_matrix"]):
         print(f"{name:>{width}} " + " ".join(f"{c:>4}" for c in row))
     if metrics.get("mistakes"):
         print("most confident mistakes:")
         for row in metrics["mistakes"]:
-            print(f"  {row['confidence']:.4f} {row['predicted']} (true "
-                  f"{row['true']}): {row['path']}")
+            print(f"  {row['confidence']:.4f} {fs.one_line(row['predicted'])}"
+                  f" (true {fs.one_line(row['true'])}): "
+                  f"{fs.one_line(row['path'])}")
     for row in metrics.get("broken", []):
         print(f"skipped {fs.one_line(row['path'])}: {row['error']}",
               file=sys.stderr)

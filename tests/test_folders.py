@@ -265,6 +265,33 @@ def test_a_model_class_holding_a_newline_is_named_on_one_line(
     assert "x@1 classifies bi%0Ard, red, not the dataset's" in err
 
 
+def test_evaluate_shows_control_characters_in_class_names_escaped(
+        tmp_path, cli):
+    """A class folder's name holding ESC (a terminal escape sequence) or a
+    newline is printed %XX in evaluate's tables, never raw to the
+    terminal; --json keeps the names exactly."""
+    data, store = tmp_path / "data", tmp_path / "store"
+    classes = {"bi\x1b[2Jrd": (220, 40, 40), "re\nd": (40, 40, 200)}
+    write_shapes(data, per_class=4, classes=classes)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "fc", "num_units": 2,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]}))
+    code, _, err = cli("--store", store, "train", "--data", data, "--name",
+                       "x", "--spec", spec, "--epochs", "1")
+    assert code == 0, err
+    code, out, err = cli("--store", store, "evaluate", "--model", "x",
+                         "--data", data)
+    assert code == 0, err
+    assert "\x1b" not in out and "re\nd" not in out
+    rows = [line.split()[0] for line in out.splitlines()
+            if line.split()[0] in ("bi%1B[2Jrd", "re%0Ad")]
+    assert rows == ["bi%1B[2Jrd", "re%0Ad"] * 2  # metrics, confusion
+    code, out, _ = cli("--store", store, "evaluate", "--model", "x",
+                       "--data", data, "--json")
+    assert sorted(json.loads(out)["per_class"]) == sorted(classes)
+
+
 def test_a_spec_file_name_that_is_not_utf8_is_recorded_escaped(
         tmp_path, cli):
     """training.spec held the name's lone surrogate, which strict JSON
