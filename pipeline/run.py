@@ -35,7 +35,7 @@ from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
 from transforms.common import METRICS_NAMESPACE
-from transforms.defaults import DEFAULT_BATCH_SIZE, PARTITIONS, top_k_for
+from transforms.defaults import DEFAULT_BATCH_SIZE, PARTITIONS, check_batch_size, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
@@ -476,6 +476,8 @@ def _run(config, options, runner, log, output_locked, started,
         stored = load_model(config.model_ref, root=config.store)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
+        check_batch_size(config.batch_size, stored.preprocessing.input_shape,
+                         stored.ref)
         paths = outputs.RunOutputs(config.output, run_id, partition)
         try:  # until publishing starts, any way out removes the staging
             staged, manifest = _stage(config, options, runner, stored,

@@ -66,7 +66,13 @@ from pipeline.run import (
     run_classify,
     validate,
 )
-from transforms.defaults import DEFAULT_INTERVAL, DEFAULT_SETTLE, DEFAULT_WINDOW, top_k_for
+from transforms.defaults import (
+    DEFAULT_INTERVAL,
+    DEFAULT_SETTLE,
+    DEFAULT_WINDOW,
+    check_batch_size,
+    top_k_for,
+)
 from transforms.files import list_identified
 from transforms.read import is_settled, one_per_file
 from transforms.skip import file_key
@@ -195,11 +201,13 @@ def _window_config(config: ClassifyConfig, settle: float) -> ClassifyConfig:
 
 
 def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
-    """Loads the model once and checks ``top_k`` against it; ``(base with
-    the model resolved, the StoredModel)``."""
+    """Loads the model once and checks ``top_k`` and the batch size against
+    it; ``(base with the model resolved, the StoredModel)``."""
     from model_store.store import load_model, looks_like_path
 
     stored = load_model(base.model_ref, root=base.store)
+    check_batch_size(base.batch_size, stored.preprocessing.input_shape,
+                     stored.ref)
     # "latest" is resolved once: every window uses the same version, and the
     # ledger check is for that version (restart to change models).
     base = dataclasses.replace(

@@ -40,6 +40,10 @@ def tampered_store(tmp_path):
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
     (["--partition-by", "hour"], "invalid choice: 'hour'"),
     (["--batch-size", "many"], "expected a positive integer, got 'many'"),
+    (["--batch-size", "1000000"], "--batch-size 1,000,000 would hold 6.1 GB "
+                                  "of pixels per batch for model "
+                                  "digits-cnn@1 (1x32x32 per image); give at "
+                                  "most 349,525 (the default is 256)"),
     (["--min-confidence", "1.5"], "expected a probability from 0 to 1, "
                                   "got '1.5'"),
     (["--min-confidence", "nan"], "expected a probability from 0 to 1"),

@@ -400,6 +400,10 @@ def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
     code, _, err = cli("watch", "--input", folder, "--output",
                        tmp_path / "out", "--streaming")
     assert code == 2 and "--streaming" in err
+    # Refused at start, not when the first window ends (an hour later).
+    code, _, err = cli("watch", "--input", folder, "--output",
+                       tmp_path / "out", "--batch-size", "1000000")
+    assert code == 2 and "--batch-size 1,000,000 would hold" in err
     classified = tmp_path / "classified"
     (classified / "predictions").mkdir(parents=True)
     pq.write_table(schema.PREDICTIONS.empty_table(),

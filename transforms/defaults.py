@@ -9,6 +9,11 @@ DEFAULT_TOP_K = 5          # best classes listed per row (fewer when the
                            # model has fewer classes: see top_k_for)
 DEFAULT_BATCH_SIZE = 256   # files per batch: read and decoded together, one
                            # Theano call
+# The most a batch's pixels may take in memory: the decoded uint8 images,
+# their stacked copy and the float32 network input, 6 bytes per input value
+# (while the network runs one batch, the next is decoded). A --batch-size
+# above it is a mistake, stopped before any work (see check_batch_size).
+MAX_BATCH_BYTES = 2 * 1024 ** 3
 PARTITIONS = ("none", "run_date")   # --partition-by
 SKIP_BY = ("mtime", "content")      # --skip-done-by: what makes a file done
 
@@ -30,3 +35,20 @@ def top_k_for(requested, classes: int, model: str) -> int:
         raise ConfigError(f"top_k {requested} exceeds the {classes} classes "
                           f"of model {model}")
     return requested
+
+
+def check_batch_size(batch_size: int, input_shape, model: str) -> None:
+    """ConfigError, naming ``model``, when batches of ``batch_size`` images
+    of ``input_shape`` (C, H, W) would take more than MAX_BATCH_BYTES."""
+    import math
+
+    from model_store.errors import ConfigError
+
+    per_image = 6 * math.prod(input_shape)
+    most = max(1, MAX_BATCH_BYTES // per_image)
+    if batch_size > most:
+        raise ConfigError(
+            f"--batch-size {batch_size:,} would hold "
+            f"{batch_size * per_image / 1e9:.1f} GB of pixels per batch for "
+            f"model {model} ({'x'.join(map(str, input_shape))} per image); "
+            f"give at most {most:,} (the default is {DEFAULT_BATCH_SIZE})")
