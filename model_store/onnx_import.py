@@ -881,7 +881,9 @@ def _given_preprocessing(text: str) -> dict:
     """The ``--preprocessing`` JSON object, inline or in a UTF-8 file, once
     its keys and the JSON types of its values are right (the values are
     checked by :class:`Preprocessing`)."""
-    if os.path.isfile(text):
+    # A file unless it is an inline object: a FIFO or a folder given as the
+    # file is refused as such, not read as JSON text.
+    if not text.lstrip().startswith("{") and os.path.lexists(text):
         text = _read_text(text, "the preprocessing file")
     try:
         given = json.loads(text)

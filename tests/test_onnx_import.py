@@ -359,7 +359,7 @@ def test_an_initializer_holding_more_data_than_its_shape_is_refused(
                     "its declared shape [2, 3, 3, 3]")
 
 
-@pytest.mark.parametrize("given", ["FILE", "--classes"])
+@pytest.mark.parametrize("given", ["FILE", "--classes", "--preprocessing"])
 def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
         cli, tmp_path, given):
     """open() of a FIFO waits for a writer: the import hung for ever."""
@@ -367,8 +367,10 @@ def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
     onnx.save(_example().build(), str(path))
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    args = [fifo, "--name", "m"] if given == "FILE" else \
-        [path, "--name", "m", "--classes", fifo]
+    args = {"FILE": [fifo, "--name", "m"],
+            "--classes": [path, "--name", "m", "--classes", fifo],
+            "--preprocessing": [path, "--name", "m", "--preprocessing",
+                                fifo]}[given]
     store = tmp_path / "store"
     with within(20):
         code, _, err = cli("--store", store, "models", "import", "onnx",
