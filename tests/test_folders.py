@@ -367,6 +367,25 @@ def test_a_fifo_in_a_class_folder_is_skipped_not_waited_on(tmp_path):
     assert len(kept.files) == len(pixels) == len(truth)
 
 
+def test_a_file_over_the_size_limit_is_skipped_unread_naming_the_limit(
+        tmp_path):
+    """A 300 MB file (sparse: never written, never read) in a class folder
+    is listed as broken with the limit, which train has no option for."""
+    from transforms.files import DEFAULT_MAX_FILE_BYTES
+
+    truth = write_shapes(tmp_path, per_class=3)
+    huge = tmp_path / "red" / "huge.png"
+    with open(huge, "wb") as handle:
+        handle.truncate(DEFAULT_MAX_FILE_BYTES + 1)
+    pixels, kept, broken = load_pixels(scan_folder(str(tmp_path)), PREP)
+    assert broken == [(str(huge), f"FileTooLargeError: "
+                       f"{DEFAULT_MAX_FILE_BYTES + 1:,} bytes, "
+                       f"over the limit of {DEFAULT_MAX_FILE_BYTES:,} bytes "
+                       f"per file (classify's and watch's "
+                       f"--max-file-bytes)")]
+    assert len(kept.files) == len(pixels) == len(truth)
+
+
 def test_symlinked_class_folders_are_followed_and_loops_are_listed_broken(
         tmp_path, split, cli):
     """``data/cat -> /mnt/photos/cats`` is a class like any other (Beam's

@@ -93,8 +93,11 @@ def _not_regular(mode: int) -> NotRegularFileError:
 
 
 def _too_large(size: str, max_bytes: int) -> FileTooLargeError:
-    return FileTooLargeError(f"{size} bytes, over the --max-file-bytes "
-                             f"limit of {max_bytes:,}")
+    # Training and evaluation read with the default limit; only classify
+    # and watch have the option.
+    return FileTooLargeError(f"{size} bytes, over the limit of "
+                             f"{max_bytes:,} bytes per file (classify's and "
+                             f"watch's --max-file-bytes)")
 
 
 def iter_chunks(path: str, *, size: Optional[int],
