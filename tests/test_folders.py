@@ -246,13 +246,11 @@ def test_odd_bytes_in_a_refused_folder_are_shown_escaped_on_one_line(
     assert shown in err and "\\udc" not in err
 
 
-def test_a_model_class_holding_a_newline_is_named_on_one_line(
-        tmp_path, cli):
-    """Class folder names become the model's classes: 'evaluate' refusing
-    such a model on the digits split named them over two lines."""
+def _train_two_classes(cli, tmp_path, classes):
+    """Trains model ``x`` (one dense layer, one epoch) on 4 images of each
+    of the two ``classes`` ({folder name: colour}); ``(store, data)``."""
     data, store = tmp_path / "data", tmp_path / "store"
-    write_shapes(data, per_class=3, classes={"bi\nrd": (220, 40, 40),
-                                             "red": (200, 40, 60)})
+    write_shapes(data, per_class=4, classes=classes)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
         {"type": "dense", "name": "fc", "num_units": 2,
@@ -260,6 +258,15 @@ def test_a_model_class_holding_a_newline_is_named_on_one_line(
     code, _, err = cli("--store", store, "train", "--data", data, "--name",
                        "x", "--spec", spec, "--epochs", "1")
     assert code == 0, err
+    return store, data
+
+
+def test_a_model_class_holding_a_newline_is_named_on_one_line(
+        tmp_path, cli):
+    """Class folder names become the model's classes: 'evaluate' refusing
+    such a model on the digits split named them over two lines."""
+    store, _ = _train_two_classes(cli, tmp_path, {"bi\nrd": (220, 40, 40),
+                                                  "red": (200, 40, 60)})
     code, _, err = cli("--store", store, "evaluate", "--model", "x")
     assert code == 2 and err.count("\n") == 1, err
     assert "x@1 classifies bi%0Ard, red, not the dataset's" in err
@@ -270,16 +277,8 @@ def test_evaluate_shows_control_characters_in_class_names_escaped(
     """A class folder's name holding ESC (a terminal escape sequence) or a
     newline is printed %XX in evaluate's tables, never raw to the
     terminal; --json keeps the names exactly."""
-    data, store = tmp_path / "data", tmp_path / "store"
     classes = {"bi\x1b[2Jrd": (220, 40, 40), "re\nd": (40, 40, 200)}
-    write_shapes(data, per_class=4, classes=classes)
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
-        {"type": "dense", "name": "fc", "num_units": 2,
-         "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]}))
-    code, _, err = cli("--store", store, "train", "--data", data, "--name",
-                       "x", "--spec", spec, "--epochs", "1")
-    assert code == 0, err
+    store, data = _train_two_classes(cli, tmp_path, classes)
     code, out, err = cli("--store", store, "evaluate", "--model", "x",
                          "--data", data)
     assert code == 0, err
