@@ -604,8 +604,13 @@ def count_rows(paths: Iterable[str]) -> int:
 def read_table(paths: Iterable[str], columns=None) -> pa.Table:
     """Reads Parquet files into one table, only the ``columns`` asked for
     (for what fits in memory: errors, one column, the ledger's keys)."""
-    tables = _map_files(lambda p: _read_columns(p, columns), paths)
+    tables = read_tables(paths, columns)
     return pa.concat_tables(tables) if tables else None
+
+
+def read_tables(paths: Iterable[str], columns=None) -> list[pa.Table]:
+    """Reads Parquet files, one table each (see :func:`read_table`)."""
+    return _map_files(lambda p: _read_columns(p, columns), paths)
 
 
 #: Files read at once from an object store, where each read of a footer or

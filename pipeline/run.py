@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import (
 from model_store import DEFAULT_MODEL, fs
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, layout, outputs, signals, tables
+from pipeline import inputs, layout, ledger, outputs, signals, tables
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
@@ -509,6 +509,13 @@ def recover(output: str, log) -> None:
     if recovered:
         print(f"imgclass: finished publishing interrupted run(s) "
               f"{', '.join(recovered)}", file=log)
+    try:
+        ledger.compact(output)
+    except Exception as error:  # the ledger is whole, in more files
+        print(f"imgclass: warning: the ledger files in {output} were not "
+              f"merged ({type(error).__name__}: "
+              f"{outputs.error_line(error)}); the next run tries again",
+              file=log)
 
 
 def _stage(config, options, runner, stored, patterns, paths, started, log):

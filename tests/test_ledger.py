@@ -1,0 +1,252 @@
+"""The ledger stays a few files: many small ledger files are merged into one
+with the same rows, and a kill, a write error or a torn write at any step
+of the merge loses no row and, once the next run has finished the merge,
+leaves each row once."""
+
+import collections
+import glob
+import io
+import json
+import os
+import tempfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import ledger, outputs, run
+from tests.conftest import write_digits
+from tests.test_publishing import Faults, Killed, stage_run
+from transforms import schema
+
+
+def write_ledgers(output, files, rows=3, *, old=False):
+    """``files`` ledger files as published runs leave them (``old``: as an
+    earlier release wrote them, without sha256 and retried_stage)."""
+    folder = os.path.join(output, outputs.LEDGER_DIR)
+    os.makedirs(folder, exist_ok=True)
+    for n in range(files):
+        run_id = f"20260101T{n:06d}Z-{n:08x}"
+        table = pa.Table.from_pylist(
+            [{"path": f"/in/{n}/{i}.jpg", "size": 100 + i, "mtime": n + 0.5,
+              "model_name": "digits-cnn", "model_version": "1",
+              "run_id": run_id, "sha256": f"{n:x}{i}" if i % 2 else None,
+              "retried_stage": "read" if i == 1 else None}
+             for i in range(rows)], schema=schema.LEDGER)
+        if old:
+            table = table.drop(["sha256", "retried_stage"])
+        pq.write_table(table, os.path.join(
+            folder, f"part-{run_id}-00000-of-00001.parquet"))
+
+
+def ledger_rows(output):
+    """Every ledger row, with repeats, as an outside reader (pyarrow's
+    dataset over the folder) sees them."""
+    table = pq.read_table(os.path.join(output, outputs.LEDGER_DIR))
+    return collections.Counter(tuple(sorted(r.items()))
+                               for r in table.to_pylist())
+
+
+def ledger_names(output):
+    return sorted(os.listdir(os.path.join(output, outputs.LEDGER_DIR)))
+
+
+def test_many_small_ledger_files_become_one_with_the_same_rows(tmp_path):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES + 6)
+    before = ledger_rows(output)
+    assert ledger.compact(output) == ledger.COMPACT_FILES + 6
+    (merged,) = ledger_names(output)
+    assert merged.startswith("compacted-") and merged.endswith(".parquet")
+    assert ledger_rows(output) == before
+    assert sum(before.values()) == 3 * (ledger.COMPACT_FILES + 6)
+    # What --skip-done reads: the file names, then their rows.
+    assert outputs.count_rows(outputs.ledger_files(output)) == \
+        sum(before.values())
+    assert ledger.compact(output) == 0  # one file: nothing more to do
+
+
+def test_fewer_small_files_than_the_threshold_are_left_as_they_are(tmp_path):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES - 1)
+    names = ledger_names(output)
+    assert ledger.compact(output) == 0
+    assert ledger_names(output) == names
+
+
+def test_large_ledger_files_are_left_and_groups_stay_bounded(tmp_path,
+                                                            monkeypatch):
+    output = str(tmp_path / "out")
+    write_ledgers(output, 70, rows=40)
+    sizes = {p: os.path.getsize(p) for p in outputs.ledger_files(output)}
+    big = sorted(sizes)[:3]
+    for path in big:  # three files of a big run, written after the others
+        table = pq.read_table(path)
+        pq.write_table(pa.concat_tables([table] * 200), path)
+    monkeypatch.setattr(ledger, "SMALL_BYTES", max(sizes.values()) + 1)
+    monkeypatch.setattr(ledger, "GROUP_BYTES", 20 * max(sizes.values()))
+    before = ledger_rows(output)
+    assert ledger.compact(output) == 67
+    names = ledger_names(output)
+    assert all(os.path.basename(p) in names for p in big)
+    merged = [n for n in names if n.startswith("compacted-")]
+    assert len(merged) == 4  # 67 files in groups of at most 20
+    assert ledger_rows(output) == before
+
+
+def test_an_older_ledger_without_the_newer_columns_is_merged_with_nulls(
+        tmp_path):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES, old=True)
+    paths = sorted(r for f in outputs.ledger_files(output)
+                   for r in pq.read_table(f).column("path").to_pylist())
+    ledger.compact(output)
+    (merged,) = outputs.ledger_files(output)
+    table = pq.read_table(merged)
+    assert table.schema.remove_metadata() == schema.LEDGER
+    assert sorted(table.column("path").to_pylist()) == paths
+    assert table.column("sha256").null_count == table.num_rows
+
+
+def test_no_merge_while_a_publishing_is_pending(tmp_path):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES)
+    paths, staged, manifest = stage_run(output, "20260301T000000Z-pending",
+                                        predicted=["p1"], failed=[])
+    outputs._write_file(os.path.join(paths.staging, outputs.PUBLISH),
+                        outputs._record_bytes({"moves": [], "deletes": [],
+                                               "manifest": manifest}))
+    names = ledger_names(output)
+    assert ledger.compact(output) == 0
+    assert ledger_names(output) == names
+
+
+# --- a fault at every step --------------------------------------------------
+
+FILES = 8
+
+
+def prepared(output, monkeypatch):
+    """A ledger of FILES small files, merged (with the threshold lowered to
+    keep the cases few) in two groups."""
+    monkeypatch.setattr(ledger, "COMPACT_FILES", FILES - 2)
+    write_ledgers(output, FILES)
+    size = max(os.path.getsize(p) for p in outputs.ledger_files(output))
+    monkeypatch.setattr(ledger, "GROUP_BYTES", size * (FILES // 2))
+
+
+def compaction_steps():
+    with tempfile.TemporaryDirectory() as folder, \
+            pytest.MonkeyPatch.context() as monkeypatch:
+        output = os.path.join(folder, "out")
+        prepared(output, monkeypatch)
+        faults = Faults(monkeypatch, output)
+        ledger.compact(output)
+        return faults.steps
+
+
+STEPS = compaction_steps()
+CASES = [(index, label, when, fault)
+         for index, label in enumerate(STEPS)
+         for when, fault in (("before", "kill"), ("after", "kill"),
+                             ("before", "error"), ("before", "torn"))
+         if fault == "kill" or label.startswith("write:")]
+
+
+def test_the_merge_writes_aside_moves_into_place_then_deletes_its_sources():
+    kinds = [label.split(":")[0] for label in STEPS]
+    group = ["write", "move"] + ["delete"] * (FILES // 2)
+    assert kinds == group * 2
+    assert STEPS[0].startswith("write:_ledger/_compacting-")
+    assert STEPS[1].startswith("move:_ledger/compacted-")
+
+
+@pytest.mark.parametrize("index,label,when,fault", CASES,
+                         ids=[f"{i:02d}-{label.split(':')[0]}-{w}-{f}"
+                              for i, label, w, f in CASES])
+def test_a_fault_at_any_step_of_a_merge_loses_no_row_and_the_next_run_ends_it(
+        tmp_path, monkeypatch, index, label, when, fault):
+    output = str(tmp_path / "out")
+    prepared(output, monkeypatch)
+    before = ledger_rows(output)
+    with pytest.MonkeyPatch.context() as faulty:
+        Faults(faulty, output, at=index, when=when, fault=fault)
+        with pytest.raises((OSError, Killed)):
+            ledger.compact(output)
+    # Meanwhile (before the next run): every row is there, some twice; the
+    # files --skip-done reads all have a footer.
+    assert set(ledger_rows(output)) == set(before)
+    outputs.check_done_files(output)
+
+    # The next run ends the merge: each row once.
+    ledger.compact(output)
+    assert ledger_rows(output) == before
+    assert not glob.glob(os.path.join(output, "_ledger", "_*"))
+
+
+def test_a_damaged_merged_file_is_named_and_nothing_is_deleted(tmp_path):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES)
+    ledger.compact(output)
+    (merged,) = outputs.ledger_files(output)
+    with open(merged, "r+b") as handle:
+        handle.truncate(os.path.getsize(merged) // 2)
+    write_ledgers(output, 3)
+    names = ledger_names(output)
+    ledger.compact(output)
+    assert ledger_names(output) == names
+    with pytest.raises(outputs.ConfigError, match="compacted-.* is damaged"):
+        outputs.check_done_files(output)
+
+
+def test_nightly_skip_done_runs_merge_the_ledger_and_still_skip_done_files(
+        tmp_path, split, monkeypatch, cli):
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    folder, output = tmp_path / "bucket", tmp_path / "out"
+    seen = {}
+    for night in range(4):
+        seen.update(write_digits(str(folder / f"n{night}"), split, 3,
+                                 seed=night))
+        code, _, err = cli("classify", "--input", folder, "--output",
+                           output, "--skip-done", "-q")
+        assert code == 0, err
+    # Runs 1-3 left three ledger files, merged when the fourth started.
+    names = ledger_names(str(output))
+    assert len(names) == 2 and names[0].startswith("compacted-"), names
+    predicted = pq.read_table(str(output / "predictions")).column("path")
+    assert sorted(predicted.to_pylist()) == sorted(seen)  # each file once
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--skip-done", "-q")
+    assert code == 0, err
+    counts = json.load(open(output / "_manifest.json"))["counts"]
+    assert (counts["predicted"], counts["skipped"]) == (0, len(seen))
+
+
+def test_a_merge_that_fails_is_one_warning_and_the_run_goes_on(
+        tmp_path, monkeypatch):
+    output = str(tmp_path / "out")
+    write_ledgers(output, ledger.COMPACT_FILES)
+    names, before = ledger_names(output), ledger_rows(output)
+    write = outputs._write_file
+
+    def full_disk(path, data):
+        if "_compacting-" in path:
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(outputs, "_write_file", full_disk)
+    log = io.StringIO()
+    run.recover(output, log)  # what every run and watch window does first
+    (line,) = log.getvalue().splitlines()
+    assert line == (f"imgclass: warning: the ledger files in {output} were "
+                    f"not merged (OSError: [Errno 28] No space left on "
+                    f"device); the next run tries again")
+    assert ledger_names(output) == names and ledger_rows(output) == before
+
+
+def test_the_readme_states_the_merge_thresholds():
+    readme = " ".join(open(os.path.join(os.path.dirname(__file__), "..",
+                                        "README.md")).read().split())
+    assert (f"finds {ledger.COMPACT_FILES} ledger files under "
+            f"{ledger.SMALL_BYTES >> 20} MiB, it first merges them, at most "
+            f"{ledger.GROUP_BYTES >> 20} MiB") in readme
