@@ -51,6 +51,10 @@ APP_PREFIX = "imgclass/"          # Delta application transaction id prefix
 RUN_ID_KEY = "imgclass.run_id"    # in Delta commit info / Iceberg summaries
 PARTITION_COLUMNS = ("run_date",)
 COMMIT_ATTEMPTS = 20
+# Iceberg properties of the tables imgclass creates (and sets on older ones
+# at their next commit): each run adds a manifest, and without merging them
+# every commit and every scan reads them all (bench/table_growth.py).
+ICEBERG_PROPERTIES = {"commit.manifest-merge.enabled": "true"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -460,7 +464,8 @@ def iceberg_table(spec: TableSpec, name: str, schema=None):
     try:
         return catalog.create_table(
             identifier, schema=schema,
-            location=table_location(spec.output, name))
+            location=table_location(spec.output, name),
+            properties=ICEBERG_PROPERTIES)
     except (TableAlreadyExistsError, IntegrityError):  # likewise
         return catalog.load_table(identifier)
 
@@ -495,6 +500,8 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
             if iceberg_snapshot_of(table, manifest["run_id"]) is not None:
                 return False
             with table.transaction() as transaction:
+                if ICEBERG_PROPERTIES.items() - table.properties.items():
+                    transaction.set_properties(ICEBERG_PROPERTIES)
                 if set(schema.names) - set(table.schema().column_names):
                     with transaction.update_schema() as update:
                         update.union_by_name(schema)

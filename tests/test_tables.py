@@ -139,6 +139,38 @@ def test_iceberg_snapshots_carry_the_run(tmp_path):
         table.location() == os.path.join(output, "predictions")
 
 
+def test_iceberg_runs_manifests_are_merged_so_scans_read_few(tmp_path,
+                                                            monkeypatch):
+    # Merging starts at 100 manifests by default; 3 keeps the test short.
+    monkeypatch.setattr(tables, "ICEBERG_PROPERTIES", {
+        **tables.ICEBERG_PROPERTIES, "commit.manifest.min-count-to-merge": "3"})
+    output = str(tmp_path)
+    spec = spec_for("iceberg", output)
+    for n in range(6):
+        tables.commit_run(spec, *stage_run(output, f"run{n}", [2]))
+    table = tables.iceberg_table(spec, "predictions", None)
+    manifests = table.current_snapshot().manifests(table.io)
+    assert len(manifests) < 3  # one per run without merging: 6
+    assert table.scan().to_arrow().num_rows == 12
+    assert [s.summary[tables.RUN_ID_KEY] for s in table.snapshots()] == [
+        f"run{n}" for n in range(6)]
+
+
+def test_an_iceberg_table_made_without_merging_gains_it_at_its_next_run(
+        tmp_path, monkeypatch):
+    output = str(tmp_path)
+    spec = spec_for("iceberg", output)
+    with monkeypatch.context() as plain:  # as an earlier release made it
+        plain.setattr(tables, "ICEBERG_PROPERTIES", {})
+        tables.commit_run(spec, *stage_run(output, "old", [2]))
+    table = tables.iceberg_table(spec, "predictions", None)
+    assert "commit.manifest-merge.enabled" not in table.properties
+    tables.commit_run(spec, *stage_run(output, "new", [3]))
+    table = tables.iceberg_table(spec, "predictions", None)
+    assert table.properties["commit.manifest-merge.enabled"] == "true"
+    assert table.scan().to_arrow().num_rows == 5
+
+
 @pytest.mark.parametrize("table_format", FORMATS)
 def test_an_old_table_gains_the_embedding_column(tmp_path, table_format):
     output = str(tmp_path)
