@@ -250,3 +250,21 @@ def test_the_readme_states_the_merge_thresholds():
     assert (f"finds {ledger.COMPACT_FILES} ledger files under "
             f"{ledger.SMALL_BYTES >> 20} MiB, it first merges them, at most "
             f"{ledger.GROUP_BYTES >> 20} MiB") in readme
+
+
+def test_an_overwrite_replaces_merged_ledger_files_too(tmp_path, split,
+                                                       monkeypatch, cli):
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 2)
+    folder, output = tmp_path / "bucket", tmp_path / "out"
+    for night in range(3):
+        write_digits(str(folder / f"n{night}"), split, 2, seed=night)
+        assert cli("classify", "--input", folder, "--output", output,
+                   "--skip-done", "-q")[0] == 0
+    assert any(n.startswith("compacted-") for n in ledger_names(str(output)))
+    code, _, err = cli("classify", "--input", folder / "n0", "--output",
+                       output, "--overwrite", "-q")
+    assert code == 0, err
+    rows = ledger_rows(str(output))
+    assert sorted(dict(r)["path"] for r in rows) == sorted(
+        glob.glob(str(folder / "n0" / "**" / "*.*"), recursive=True))
+    assert sum(rows.values()) == len(rows)
