@@ -1,5 +1,5 @@
 """What a Delta or Iceberg table that gets one commit per run costs as the
-runs add up (an hourly ``watch`` makes 8,760 a year), and what expiring
+runs add up (an hourly ``classify`` makes 8,760 a year), and what expiring
 old Iceberg snapshots buys back.
 
 Each run, one Parquet file of one row, is committed by imgclass's own
