@@ -1,7 +1,7 @@
 """An object store in memory for tests: a Beam ``FileSystem`` for
 ``memstore://`` paths, kept in :class:`Bucket` (no folders, listing by
-prefix and lazily, as GCS and S3 page through), that counts what callers
-list and read. Importing this module registers the filesystem."""
+prefix and lazily, as GCS and S3 page through; an object written appears
+whole when closed), that counts what callers list and read. Importing this module registers the filesystem."""
 
 from __future__ import annotations
 
@@ -128,7 +128,31 @@ class MemStore(FileSystem):
              compression_type=None):
         return io.BufferedReader(_Reader(Bucket.objects[path]))
 
-    def create(self, *args, **kwargs):
+    def create(self, path, mime_type="application/octet-stream",
+               compression_type=None):
+        """An object appears whole when its writer closes, as on GCS."""
+        return _Writer(path)
+
+    def rename(self, sources, destinations):
+        for source, destination in zip(sources, destinations):
+            Bucket.objects[destination] = Bucket.objects.pop(source)
+
+    def delete(self, paths):
+        for path in paths:
+            Bucket.objects.pop(path)
+
+    def copy(self, *args, **kwargs):
         raise NotImplementedError
 
-    copy = rename = delete = checksum = create
+    checksum = copy
+
+
+class _Writer(io.BytesIO):
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def close(self):
+        if not self.closed:
+            Bucket.objects[self._path] = self.getvalue()
+        super().close()

@@ -268,3 +268,18 @@ def test_an_overwrite_replaces_merged_ledger_files_too(tmp_path, split,
     assert sorted(dict(r)["path"] for r in rows) == sorted(
         glob.glob(str(folder / "n0" / "**" / "*.*"), recursive=True))
     assert sum(rows.values()) == len(rows)
+
+
+def test_on_object_stores_ledger_files_are_merged_the_same_way():
+    from tests.object_store import Bucket
+    from tests.test_incremental import _ledger_objects
+
+    objects = _ledger_objects(Bucket, files=ledger.COMPACT_FILES + 1, rows=5)
+    output = "memstore://b/out"
+    before = outputs.read_table(outputs.ledger_files(output))
+    assert ledger.compact(output) == ledger.COMPACT_FILES + 1
+    (merged,) = outputs.ledger_files(output)
+    assert merged.startswith(f"{output}/_ledger/compacted-")
+    assert outputs.read_table([merged]).equals(before)
+    assert sorted(Bucket.objects) == sorted(
+        [merged, *(p for p in objects if "/errors/" in p)])
