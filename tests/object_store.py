@@ -1,7 +1,8 @@
 """An object store in memory for tests: a Beam ``FileSystem`` for
 ``memstore://`` paths, kept in :class:`Bucket` (no folders, listing by
 prefix and lazily, as GCS and S3 page through; an object written appears
-whole when closed), that counts what callers list and read. Importing this module registers the filesystem."""
+whole when closed), that counts what callers list and read. Importing
+this module registers the filesystem."""
 
 from __future__ import annotations
 
