@@ -25,7 +25,8 @@ parameter, keyed ``<layer>.<param>``; it is always read with
 ``allow_pickle=False``.
 
 Sizes are checked from the shapes before any weight is allocated: at most
-:data:`MAX_LAYERS` layers, :data:`MAX_PARAMETERS` parameter values and
+:data:`MAX_LAYERS` layers, :data:`MAX_ELEMENTWISE_CHAIN` elementwise layers
+in a chain, :data:`MAX_PARAMETERS` parameter values and
 :data:`MAX_ACTIVATIONS` values output per example (all layers together).
 """
 
@@ -59,9 +60,24 @@ LAYER_TYPES: dict[str, type] = {
 }
 
 INPUT = "input"  # the name ``inputs`` use for the network's input
-# A chain of 2,000 layers took 190 s and 416 MB to compile here (Theano's
-# optimiser is superlinear in depth); ResNet-152 is about 520 layers.
+# Compiling a predictor, measured here (2 cores; seconds and peak RSS):
+# chains of 1,995 conv2d layers 51 s, 381 MB; of 1,995 dense layers 8 s,
+# 220 MB; of 665 conv2d+batch_norm+activation blocks 8 s, 225 MB. What is
+# superlinear is a chain of elementwise layers, which Theano fuses into one
+# operation: activations 250 / 500 / 1,000 deep 6.5 s, 203 MB / 20 s,
+# 532 MB / 69 s, 1.7 GB (1,994 deep: 366 s, 7 GB); batch_norm layers that
+# follow no conv2d (not folded) 30 / 60 / 120 / 250 deep 12 s / 41 s /
+# 98 s, 486 MB / over 300 s. Such chains are capped instead (below): with
+# chains of 16 between 1x1 convolutions, 1,992 layers took 52 s, 536 MB.
+# ResNet-152 has 515 layers, EfficientNet-Lite0 143.
 MAX_LAYERS = 2_000
+# Layer types that compile to elementwise operations, which Theano fuses
+# when each is the only reader of the one before (see
+# _check_elementwise_chains); real networks chain at most 3 (ResNet's
+# batch_norm, add, relu; Lite0 2).
+ELEMENTWISE = frozenset({"activation", "batch_norm", "add", "multiply",
+                         "dropout", "flatten"})
+MAX_ELEMENTWISE_CHAIN = 16
 MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
 MAX_ACTIVATIONS = 250_000_000  # 1 GB of float32 per example, all layers
 _RESERVED = {"type", "name", "inputs"}
@@ -92,7 +108,38 @@ def validate_spec(spec: Any) -> dict:
     for index, layer_spec in enumerate(layer_specs):
         _validate_layer(index, layer_spec, names)
         names.add(layer_spec["name"])
+    _check_elementwise_chains(layer_specs)
     return dict(spec)
+
+
+def _check_elementwise_chains(layer_specs: list) -> None:
+    """SpecError for a chain of more than :data:`MAX_ELEMENTWISE_CHAIN`
+    layers of :data:`ELEMENTWISE` types, each the only reader of the one
+    before: Theano fuses such a chain into one operation, and its optimiser
+    takes time and memory quadratic in the chain's length. A layer read by
+    several layers ends a chain (Theano does not fuse it into its readers),
+    as does a layer of any other type."""
+    readers: dict[str, int] = {}
+    previous = INPUT
+    for layer_spec in layer_specs:
+        for name in layer_spec.get("inputs", [previous]):
+            readers[name] = readers.get(name, 0) + 1
+        previous = layer_spec["name"]
+    chain, previous = {INPUT: 0}, INPUT
+    for layer_spec in layer_specs:
+        name = layer_spec["name"]
+        chain[name] = 0 if layer_spec["type"] not in ELEMENTWISE else 1 + max(
+            chain[i] if readers[i] == 1 else 0
+            for i in layer_spec.get("inputs", [previous]))
+        if chain[name] > MAX_ELEMENTWISE_CHAIN:
+            raise SpecError(
+                f"spec layer {name!r} ends a chain of more than "
+                f"{MAX_ELEMENTWISE_CHAIN} elementwise layers "
+                f"({', '.join(sorted(ELEMENTWISE))}) in a row, the limit: "
+                f"Theano fuses such a chain into one operation that takes "
+                f"minutes and gigabytes to compile; put a conv2d, dense or "
+                f"pooling layer between them")
+        previous = name
 
 
 def check_probabilities(spec: Mapping) -> None:
