@@ -320,12 +320,16 @@ def weights_to_bytes(network) -> bytes:
     return buffer.getvalue()
 
 
-def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
-    """Reads ``.npz`` bytes; object arrays are refused, never unpickled,
-    and so is an array whose header declares more bytes than it holds."""
+def weights_from_bytes(data: bytes, *, source: str,
+                       shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """Reads ``.npz`` bytes holding the parameters ``shapes`` (keyed
+    ``<layer>.<param>``, as :func:`model_store.layers.get_param_shapes`
+    gives them). Every member's header is checked before any array is
+    decompressed or allocated (see :func:`_check_members`); object arrays
+    are refused, never unpickled."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            _check_declared_sizes(archive, source)
+            _check_members(archive, source, shapes)
             return {key: archive[key] for key in archive.files}
     except ModelIntegrityError:  # a ValueError too: already says it all
         raise
@@ -338,27 +342,69 @@ def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
             f"{source}: not a readable .npz file ({error})") from None
 
 
-def _check_declared_sizes(archive, source: str) -> None:
-    """ModelIntegrityError if an array of the ``.npz`` ``archive`` declares
-    in its header more bytes than its member holds: NumPy allocates what
-    the header declares before reading (a damaged file asking for
-    petabytes was a MemoryError). ValueError for a member that is no
-    ``.npy`` array."""
+# The longest ``.npy`` header read (NumPy's own default limit): a header's
+# length is checked before it is read, as a 2.0 header may declare 4 GiB.
+MAX_NPY_HEADER_BYTES = 10_000
+_NPY_HEADER_LENGTH = {(1, 0): "<H", (2, 0): "<I"}
+
+
+def _check_members(archive, source: str, shapes: Mapping[str, tuple]) -> None:
+    """ModelIntegrityError (WeightShapeError for a shape) unless every member
+    of the ``.npz`` ``archive`` is a header-checked array of a parameter of
+    ``shapes``, once: NumPy allocates what a member's header declares and
+    zipfile inflates what the archive declares, so a hostile file (a small
+    deflated member declaring gigabytes, with a consistent header and zip
+    size) is refused from its header alone, before anything is inflated.
+    Each array must hold the bytes its header declares and have its
+    parameter's shape. ValueError for a member that is no ``.npy`` array of
+    plain numbers (at most 8 bytes each: no objects, strings or records)."""
+    import struct
+
     from numpy.lib import format as npy
 
+    seen = set()
     for info in archive.zip.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in seen:
+            raise ModelIntegrityError(f"{source}: array {info.filename!r} "
+                                      f"appears twice; the file is damaged")
+        if key not in shapes:
+            raise ModelIntegrityError(
+                f"{source}: array {info.filename!r} matches no parameter of "
+                f"the spec; the weights do not belong to this spec")
+        seen.add(key)
         with archive.zip.open(info) as member:
-            read_header = npy.read_array_header_1_0 if \
-                npy.read_magic(member) == (1, 0) else \
-                npy.read_array_header_2_0
-            shape, _, dtype = read_header(member)
-            declared = math.prod(shape) * dtype.itemsize
-            if declared > info.file_size - member.tell():
+            version = npy.read_magic(member)
+            if version not in _NPY_HEADER_LENGTH:
+                raise ValueError(f"array {info.filename!r} has .npy format "
+                                 f"version {version}")
+            layout = _NPY_HEADER_LENGTH[version]
+            length_bytes = member.read(struct.calcsize(layout))
+            if len(length_bytes) < struct.calcsize(layout):
+                raise ValueError(f"array {info.filename!r} ends in its "
+                                 f"header")
+            length, = struct.unpack(layout, length_bytes)
+            if length > MAX_NPY_HEADER_BYTES:
                 raise ModelIntegrityError(
-                    f"{source}: array {info.filename!r} declares shape "
-                    f"{shape} ({declared:,} bytes) but holds "
-                    f"{info.file_size - member.tell():,} bytes; the file is "
-                    f"damaged")
+                    f"{source}: array {info.filename!r} declares a header of "
+                    f"{length:,} bytes, more than the limit of "
+                    f"{MAX_NPY_HEADER_BYTES:,}; the file is damaged")
+            header = io.BytesIO(length_bytes + member.read(length))
+            shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0)
+                               else npy.read_array_header_2_0)(header)
+            declared = math.prod(shape) * dtype.itemsize
+            held = info.file_size - member.tell()
+        if declared > held:
+            raise ModelIntegrityError(
+                f"{source}: array {info.filename!r} declares shape {shape} "
+                f"({declared:,} bytes) but holds {held:,} bytes; the file is "
+                f"damaged")
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise ValueError(f"array {info.filename!r} has dtype {dtype}")
+        if shape != tuple(shapes[key]):
+            raise WeightShapeError(
+                f"{source}: layer {key.split('.')[0]!r} parameter {key!r} "
+                f"has shape {shape} but the spec needs {tuple(shapes[key])}")
 
 
 def _keyword_arguments(cls: type) -> set[str]:

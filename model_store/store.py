@@ -698,6 +698,7 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
     the weights' shapes and the metadata agree; else ModelIntegrityError
     naming ``where`` (metadata) or ``weights_path``. Used on loading and,
     before anything is written, on saving."""
+    from model_store.layers import get_param_shapes
     from model_store.spec import check_probabilities, set_weights, weights_from_bytes
 
     try:
@@ -717,7 +718,9 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
             f"single .npy array, or another format?); save the model with "
             f"imgclass so that it holds one array per parameter")
     model = StoredModel(info.name, info.version, info.location, metadata,
-                        spec, weights_from_bytes(data, source=weights_path))
+                        spec, weights_from_bytes(
+                            data, source=weights_path,
+                            shapes=get_param_shapes(network)))
     _check_metadata(model, where)
     set_weights(network, model.weights, source=weights_path)  # checks shapes
     if network.output_shape[-1] != len(model.class_names):

@@ -194,6 +194,85 @@ def test_an_array_declaring_more_bytes_than_it_holds_is_damage(root, cli):
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
+def _deflated_weights(saved, name, write_member):
+    """saved's arrays in a deflated .npz whose member ``name``.npy (added,
+    or replacing that parameter) is what ``write_member(member)`` writes."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, array in saved.weights.items():
+            if key != name:
+                member = io.BytesIO()
+                np.save(member, array)
+                archive.writestr(f"{key}.npy", member.getvalue())
+        with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+            write_member(member)
+    return buffer.getvalue()
+
+
+def _zeros_after_header(header, megabytes):
+    """A member: an .npy 1.0 header, then that many MiB of zeros."""
+    def write(member):
+        np.lib.format.write_array_header_1_0(member, header)
+        for _ in range(megabytes):
+            member.write(bytes(2 ** 20))
+    return write
+
+
+def _long_header(megabytes):
+    """A member: an .npy 2.0 header of that many MiB (spaces)."""
+    def write(member):
+        member.write(np.lib.format.magic(2, 0))
+        member.write((megabytes * 2 ** 20).to_bytes(4, "little"))
+        for _ in range(megabytes):
+            member.write(b" " * 2 ** 20)
+    return write
+
+
+# 400 MB of float32 zeros, deflated to under 1 MB; the header and the zip
+# directory both declare the true size, so no size check catches them.
+WEIGHT_BOMBS = {
+    "a parameter's shape": ("out.W", _zeros_after_header(
+        {"descr": "<f4", "fortran_order": False, "shape": (10 ** 8,)}, 382),
+        "parameter 'out.W' has shape (100000000,) but the spec needs (48, "
+        "4)"),
+    "an array the spec does not name": ("extra", _zeros_after_header(
+        {"descr": "<f4", "fortran_order": False, "shape": (10 ** 8,)}, 382),
+        "array 'extra.npy' matches no parameter of the spec"),
+    "a 100 MiB header": ("out.b", _long_header(100),
+                         "array 'out.b.npy' declares a header of "
+                         "104,857,600 bytes, more than the limit of 10,000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHT_BOMBS))
+def test_a_deflated_weights_bomb_is_refused_before_it_is_inflated(
+        root, cli, case):
+    """A hostile weights.npz (checksum fixed) with a small deflated member
+    that declares, consistently in its .npy header and the zip directory,
+    hundreds of MB: refused from the member's header and the spec's
+    shapes, before anything is inflated or allocated (it was allocated,
+    then refused by its shape, or not at all for an extra array)."""
+    import tracemalloc
+
+    name, write_member, message = WEIGHT_BOMBS[case]
+    saved = save(root)
+    data = _deflated_weights(saved, name, write_member)
+    assert len(data) < 2 ** 19
+    rewrite_weights_file(saved, data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelIntegrityError, match=re.escape(message)):
+            store.load_model("tiny@1", root=root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, peak
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
 @pytest.mark.parametrize("odd, shown", [(b"st\nre", "st%0Are"),
                                          (b"st\xffre", "st%FFre")])
 def test_a_store_path_with_odd_bytes_is_shown_escaped_on_one_line(
