@@ -404,6 +404,54 @@ def test_a_version_folder_that_is_not_an_integer_is_refused(root, cli,
     assert "are not versions" in err and folder in err
 
 
+def test_folders_the_store_ignores_are_named_by_list_and_failed_by_verify(
+        root, cli):
+    """A model copied in by hand under a name that is not a model name, as
+    a version that is not a number, or as a bare version folder: list and
+    verify saw nothing. list still lists the valid models and warns once
+    per ignored folder on stderr; verify reports each as FAILED, exit 1.
+    Hidden folders, empty ones and a model whose versions were all deleted
+    (its versions.json remains) are not warned about."""
+    saved = save(root)
+    copies = {"my model": os.path.join(root, "my model", "1"),
+              "01": os.path.join(root, "other", "01"),
+              "bare": os.path.join(root, "bare")}
+    for copy in copies.values():
+        shutil.copytree(saved.location, copy)
+    os.makedirs(os.path.join(root, ".trash", "x", "1"))
+    os.makedirs(os.path.join(root, "empty"))
+    os.makedirs(os.path.join(root, "gone"))
+    shutil.copy(os.path.join(root, "tiny", store.VERSIONS_FILE),
+                os.path.join(root, "gone"))
+    why = {"my model": "not a model name (letters, digits, '.', '_' or "
+                       "'-', starting with a letter or digit), so the store "
+                       "ignores it: rename it",
+           "01": "not a version (a positive integer up to 999999999 in "
+                 "ASCII digits without leading zeros, e.g. 1), so the "
+                 "store ignores it: rename it",
+           "bare": f"holds a version's files (metadata.json) but no "
+                   f"version folder, so the store ignores it: move them "
+                   f"into {os.path.join(root, 'bare', '1')}"}
+    shown = {"my model": os.path.join(root, "my model"),
+             "01": copies["01"], "bare": copies["bare"]}
+    code, out, err = cli("--store", root, "models", "list")
+    assert code == 0 and "tiny" in out and len(out.splitlines()) == 2
+    assert sorted(err.splitlines()) == sorted(
+        f"imgclass: warning: {shown[k]}: {why[k]}" for k in why)
+    code, out, err = cli("--store", root, "models", "verify")
+    assert code == 1 and err == ""
+    assert sorted(out.splitlines()) == sorted(
+        [f"FAILED  {shown[k]}: {why[k]}" for k in why] + ["ok      tiny@1"])
+    # The fixes suggested make them models the store sees.
+    os.rename(copies["01"], os.path.join(root, "other", "1"))
+    os.rename(os.path.join(root, "my model"), os.path.join(root, "mine"))
+    os.makedirs(os.path.join(root, "bare2"))
+    os.rename(os.path.join(root, "bare"), os.path.join(root, "bare2", "1"))
+    assert store.ignored_folders(root) == []
+    assert [i.ref for i in store.list_models(root)] == [
+        "bare2@1", "mine@1", "other@1", "tiny@1"]
+
+
 @pytest.mark.parametrize("version", ["1", 1.5, True, 0, None])
 def test_a_version_folder_whose_metadata_version_is_not_an_integer(
         root, cli, version):
