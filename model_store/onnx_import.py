@@ -30,8 +30,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 from typing import Any, Mapping
 
 import numpy as np
@@ -786,7 +788,6 @@ def _read_onnx(path: str):
     """(the model in the local file ``path``, with its external data, and
     the sha256 of the file's bytes)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
     if fs.is_uri(path):
         raise ConfigError(f"ONNX file {path}: give a local file (its "
@@ -805,7 +806,7 @@ def _read_onnx(path: str):
         model = onnx.load_model_from_string(data)
         # As onnx.load does, with its checks that every location stays in
         # the model's folder (no "..", absolute path or symbolic link).
-        load_external_data_for_model(model, os.path.dirname(path))
+        _load_external_data(model, os.path.dirname(path))
         # The shapes of inner tensors come from ONNX's shape inference
         # alone: exporters' hints for them (value_info) can be stale after
         # an edit of the graph, which strict inference refuses and plain
@@ -815,11 +816,111 @@ def _read_onnx(path: str):
         # rank, type or attribute size (a shape input of floats, strides
         # of 0) naming the node, before the conversion reads them.
         onnx.checker.check_model(model, full_check=True)
+    except UnsupportedModelError:  # external data: already says it all
+        raise
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{path} is not a valid ONNX model: "
             f"{' '.join(str(error).split())[:300]}") from None
     return model, hashlib.sha256(data).hexdigest()
+
+
+def _load_external_data(model, folder: str) -> None:
+    """Reads into ``model`` the data of its tensors stored in external
+    files of ``folder``, as ``onnx.load`` does, but only the bytes each
+    tensor's shape and type declare: onnx reads from the offset to the end
+    of the file when no length is given, and the length given otherwise,
+    before anything compares them with the tensor (a 2 GiB file behind an
+    80-byte tensor took 16 s and 6 GB). UnsupportedModelError naming the
+    tensor and the file, before anything is read, for external data whose
+    length (given, or to the end of the file) is not the tensor's size,
+    that runs past the file's end or is no regular file, or for more
+    values than a spec may hold."""
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_tensor,
+        uses_external_data,
+    )
+
+    from model_store.spec import MAX_PARAMETERS
+
+    tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    values = sum(math.prod(t.dims) for t in tensors)
+    if values > MAX_PARAMETERS:
+        raise UnsupportedModelError(
+            f"the ONNX model's external tensors declare {values:,} values, "
+            f"more than the limit of {MAX_PARAMETERS:,} parameter values")
+    for tensor in tensors:
+        info = ExternalDataInfo(tensor)
+        file = os.path.join(folder, info.location)
+        declared = _declared_bytes(tensor)
+        what = (f"the ONNX tensor {tensor.name!r} (shape "
+                f"{list(tensor.dims)}, {declared:,} bytes) stored in "
+                f"{fs.shown(file)}")
+        try:
+            status = os.stat(file)
+        except OSError as error:
+            raise UnsupportedModelError(
+                f"{what}: {error.strerror}; external data is read from "
+                f"the model's folder") from None
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsupportedModelError(
+                f"{what}: the file is {fs.file_kind(status.st_mode)}")
+        offset = info.offset or 0
+        if info.length is not None and info.length != declared:
+            raise UnsupportedModelError(
+                f"{what}: its external data has length {info.length:,}, "
+                f"not the tensor's size; export the model again")
+        if info.length is None and status.st_size - offset != declared:
+            raise UnsupportedModelError(
+                f"{what}: the file holds {max(status.st_size - offset, 0):,} "
+                f"bytes from offset {offset:,} and no length is given (the "
+                f"data runs to the end), not the tensor's size; export the "
+                f"model again")
+        if offset + declared > status.st_size:
+            raise UnsupportedModelError(
+                f"{what}: the file holds {status.st_size:,} bytes, too few "
+                f"from offset {offset:,}; export the model again")
+        for entry in tensor.external_data:
+            if entry.key == "length":
+                entry.value = str(declared)
+                break
+        else:
+            tensor.external_data.add(key="length", value=str(declared))
+        if declared:
+            load_external_data_for_tensor(tensor, folder)
+        else:  # older onnx reads to the end of the file for a length of 0
+            tensor.raw_data = b""
+            tensor.data_location = tensor.DEFAULT
+            del tensor.external_data[:]
+
+
+# ONNX element types stored several to a byte (onnx.TensorProto names).
+_PACKED_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}
+
+
+def _declared_bytes(tensor) -> int:
+    """The bytes of the raw data of the ONNX ``tensor``'s declared shape and
+    element type; UnsupportedModelError for a type without a fixed size."""
+    from onnx import TensorProto, helper
+
+    bits = next((size for name, size in _PACKED_BITS.items()
+                 if getattr(TensorProto, name, None) == tensor.data_type),
+                None)
+    if bits is None:
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(
+                tensor.data_type))
+        except (KeyError, TypeError, ValueError):
+            dtype = np.dtype(object)
+        bits = dtype.itemsize * 8 if dtype.kind in "biufc" else None
+    if bits is None or any(size < 0 for size in tensor.dims):
+        raise UnsupportedModelError(
+            f"the ONNX tensor {tensor.name!r} (shape {list(tensor.dims)}, "
+            f"type {tensor.data_type}) is stored in an external file, but "
+            f"has no fixed size in bytes; export the model again")
+    return -(-math.prod(tensor.dims) * bits // 8)
 
 
 def _read_text(path: str, what: str) -> str:

@@ -25,7 +25,8 @@ parameter, keyed ``<layer>.<param>``; it is always read with
 ``allow_pickle=False``.
 
 Sizes are checked from the shapes before any weight is allocated: at most
-:data:`MAX_LAYERS` layers, :data:`MAX_PARAMETERS` parameter values and
+:data:`MAX_LAYERS` layers, :data:`MAX_ELEMENTWISE_CHAIN` elementwise layers
+in a chain, :data:`MAX_PARAMETERS` parameter values and
 :data:`MAX_ACTIVATIONS` values output per example (all layers together).
 """
 
@@ -59,9 +60,24 @@ LAYER_TYPES: dict[str, type] = {
 }
 
 INPUT = "input"  # the name ``inputs`` use for the network's input
-# A chain of 2,000 layers took 190 s and 416 MB to compile here (Theano's
-# optimiser is superlinear in depth); ResNet-152 is about 520 layers.
+# Compiling a predictor, measured here (2 cores; seconds and peak RSS):
+# chains of 1,995 conv2d layers 51 s, 381 MB; of 1,995 dense layers 8 s,
+# 220 MB; of 665 conv2d+batch_norm+activation blocks 8 s, 225 MB. What is
+# superlinear is a chain of elementwise layers, which Theano fuses into one
+# operation: activations 250 / 500 / 1,000 deep 6.5 s, 203 MB / 20 s,
+# 532 MB / 69 s, 1.7 GB (1,994 deep: 366 s, 7 GB); batch_norm layers that
+# follow no conv2d (not folded) 30 / 60 / 120 / 250 deep 12 s / 41 s /
+# 98 s, 486 MB / over 300 s. Such chains are capped instead (below): with
+# chains of 16 between 1x1 convolutions, 1,992 layers took 52 s, 536 MB.
+# ResNet-152 has 515 layers, EfficientNet-Lite0 143.
 MAX_LAYERS = 2_000
+# Layer types that compile to elementwise operations, which Theano fuses
+# when each is the only reader of the one before (see
+# _check_elementwise_chains); real networks chain at most 3 (ResNet's
+# batch_norm, add, relu; Lite0 2).
+ELEMENTWISE = frozenset({"activation", "batch_norm", "add", "multiply",
+                         "dropout", "flatten"})
+MAX_ELEMENTWISE_CHAIN = 16
 MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
 MAX_ACTIVATIONS = 250_000_000  # 1 GB of float32 per example, all layers
 _RESERVED = {"type", "name", "inputs"}
@@ -92,7 +108,38 @@ def validate_spec(spec: Any) -> dict:
     for index, layer_spec in enumerate(layer_specs):
         _validate_layer(index, layer_spec, names)
         names.add(layer_spec["name"])
+    _check_elementwise_chains(layer_specs)
     return dict(spec)
+
+
+def _check_elementwise_chains(layer_specs: list) -> None:
+    """SpecError for a chain of more than :data:`MAX_ELEMENTWISE_CHAIN`
+    layers of :data:`ELEMENTWISE` types, each the only reader of the one
+    before: Theano fuses such a chain into one operation, and its optimiser
+    takes time and memory quadratic in the chain's length. A layer read by
+    several layers ends a chain (Theano does not fuse it into its readers),
+    as does a layer of any other type."""
+    readers: dict[str, int] = {}
+    previous = INPUT
+    for layer_spec in layer_specs:
+        for name in layer_spec.get("inputs", [previous]):
+            readers[name] = readers.get(name, 0) + 1
+        previous = layer_spec["name"]
+    chain, previous = {INPUT: 0}, INPUT
+    for layer_spec in layer_specs:
+        name = layer_spec["name"]
+        chain[name] = 0 if layer_spec["type"] not in ELEMENTWISE else 1 + max(
+            chain[i] if readers[i] == 1 else 0
+            for i in layer_spec.get("inputs", [previous]))
+        if chain[name] > MAX_ELEMENTWISE_CHAIN:
+            raise SpecError(
+                f"spec layer {name!r} ends a chain of more than "
+                f"{MAX_ELEMENTWISE_CHAIN} elementwise layers "
+                f"({', '.join(sorted(ELEMENTWISE))}) in a row, the limit: "
+                f"Theano fuses such a chain into one operation that takes "
+                f"minutes and gigabytes to compile; put a conv2d, dense or "
+                f"pooling layer between them")
+        previous = name
 
 
 def check_probabilities(spec: Mapping) -> None:
@@ -273,12 +320,16 @@ def weights_to_bytes(network) -> bytes:
     return buffer.getvalue()
 
 
-def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
-    """Reads ``.npz`` bytes; object arrays are refused, never unpickled,
-    and so is an array whose header declares more bytes than it holds."""
+def weights_from_bytes(data: bytes, *, source: str,
+                       shapes: Mapping[str, tuple]) -> dict[str, np.ndarray]:
+    """Reads ``.npz`` bytes holding the parameters ``shapes`` (keyed
+    ``<layer>.<param>``, as :func:`model_store.layers.get_param_shapes`
+    gives them). Every member's header is checked before any array is
+    decompressed or allocated (see :func:`_check_members`); object arrays
+    are refused, never unpickled."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            _check_declared_sizes(archive, source)
+            _check_members(archive, source, shapes)
             return {key: archive[key] for key in archive.files}
     except ModelIntegrityError:  # a ValueError too: already says it all
         raise
@@ -291,27 +342,69 @@ def weights_from_bytes(data: bytes, *, source: str) -> dict[str, np.ndarray]:
             f"{source}: not a readable .npz file ({error})") from None
 
 
-def _check_declared_sizes(archive, source: str) -> None:
-    """ModelIntegrityError if an array of the ``.npz`` ``archive`` declares
-    in its header more bytes than its member holds: NumPy allocates what
-    the header declares before reading (a damaged file asking for
-    petabytes was a MemoryError). ValueError for a member that is no
-    ``.npy`` array."""
+# The longest ``.npy`` header read (NumPy's own default limit): a header's
+# length is checked before it is read, as a 2.0 header may declare 4 GiB.
+MAX_NPY_HEADER_BYTES = 10_000
+_NPY_HEADER_LENGTH = {(1, 0): "<H", (2, 0): "<I"}
+
+
+def _check_members(archive, source: str, shapes: Mapping[str, tuple]) -> None:
+    """ModelIntegrityError (WeightShapeError for a shape) unless every member
+    of the ``.npz`` ``archive`` is a header-checked array of a parameter of
+    ``shapes``, once: NumPy allocates what a member's header declares and
+    zipfile inflates what the archive declares, so a hostile file (a small
+    deflated member declaring gigabytes, with a consistent header and zip
+    size) is refused from its header alone, before anything is inflated.
+    Each array must hold the bytes its header declares and have its
+    parameter's shape. ValueError for a member that is no ``.npy`` array of
+    plain numbers (at most 8 bytes each: no objects, strings or records)."""
+    import struct
+
     from numpy.lib import format as npy
 
+    seen = set()
     for info in archive.zip.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key in seen:
+            raise ModelIntegrityError(f"{source}: array {info.filename!r} "
+                                      f"appears twice; the file is damaged")
+        if key not in shapes:
+            raise ModelIntegrityError(
+                f"{source}: array {info.filename!r} matches no parameter of "
+                f"the spec; the weights do not belong to this spec")
+        seen.add(key)
         with archive.zip.open(info) as member:
-            read_header = npy.read_array_header_1_0 if \
-                npy.read_magic(member) == (1, 0) else \
-                npy.read_array_header_2_0
-            shape, _, dtype = read_header(member)
-            declared = math.prod(shape) * dtype.itemsize
-            if declared > info.file_size - member.tell():
+            version = npy.read_magic(member)
+            if version not in _NPY_HEADER_LENGTH:
+                raise ValueError(f"array {info.filename!r} has .npy format "
+                                 f"version {version}")
+            layout = _NPY_HEADER_LENGTH[version]
+            length_bytes = member.read(struct.calcsize(layout))
+            if len(length_bytes) < struct.calcsize(layout):
+                raise ValueError(f"array {info.filename!r} ends in its "
+                                 f"header")
+            length, = struct.unpack(layout, length_bytes)
+            if length > MAX_NPY_HEADER_BYTES:
                 raise ModelIntegrityError(
-                    f"{source}: array {info.filename!r} declares shape "
-                    f"{shape} ({declared:,} bytes) but holds "
-                    f"{info.file_size - member.tell():,} bytes; the file is "
-                    f"damaged")
+                    f"{source}: array {info.filename!r} declares a header of "
+                    f"{length:,} bytes, more than the limit of "
+                    f"{MAX_NPY_HEADER_BYTES:,}; the file is damaged")
+            header = io.BytesIO(length_bytes + member.read(length))
+            shape, _, dtype = (npy.read_array_header_1_0 if version == (1, 0)
+                               else npy.read_array_header_2_0)(header)
+            declared = math.prod(shape) * dtype.itemsize
+            held = info.file_size - member.tell()
+        if declared > held:
+            raise ModelIntegrityError(
+                f"{source}: array {info.filename!r} declares shape {shape} "
+                f"({declared:,} bytes) but holds {held:,} bytes; the file is "
+                f"damaged")
+        if dtype.kind not in "biuf" or dtype.itemsize > 8:
+            raise ValueError(f"array {info.filename!r} has dtype {dtype}")
+        if shape != tuple(shapes[key]):
+            raise WeightShapeError(
+                f"{source}: layer {key.split('.')[0]!r} parameter {key!r} "
+                f"has shape {shape} but the spec needs {tuple(shapes[key])}")
 
 
 def _keyword_arguments(cls: type) -> set[str]:

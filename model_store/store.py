@@ -698,6 +698,7 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
     the weights' shapes and the metadata agree; else ModelIntegrityError
     naming ``where`` (metadata) or ``weights_path``. Used on loading and,
     before anything is written, on saving."""
+    from model_store.layers import get_param_shapes
     from model_store.spec import check_probabilities, set_weights, weights_from_bytes
 
     try:
@@ -717,7 +718,9 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
             f"single .npy array, or another format?); save the model with "
             f"imgclass so that it holds one array per parameter")
     model = StoredModel(info.name, info.version, info.location, metadata,
-                        spec, weights_from_bytes(data, source=weights_path))
+                        spec, weights_from_bytes(
+                            data, source=weights_path,
+                            shapes=get_param_shapes(network)))
     _check_metadata(model, where)
     set_weights(network, model.weights, source=weights_path)  # checks shapes
     if network.output_shape[-1] != len(model.class_names):
@@ -746,7 +749,8 @@ def verify(ref: str | None = None, *,
     that its name does not resolve (a damaged aliases file, a folder that is
     not a version) or whose versions file is damaged, and as
     ``(NAME@ALIAS, error)`` each alias that names a version not stored
-    (also of a model whose versions were all deleted). A ``ref`` that names
+    (also of a model whose versions were all deleted), and as ``(FOLDER,
+    error)`` each of :func:`ignored_folders`. A ``ref`` that names
     no stored model or version raises UnknownModelError; one that does not
     name a version (``NAME``, ``NAME@ALIAS``, a path) is reported as
     ``REF -> NAME@V``, the version checked."""
@@ -757,6 +761,8 @@ def verify(ref: str | None = None, *,
         infos = list_models(root)
         for name in model_names(root):
             results.extend(_name_failures(name, store_root(root)))
+        results.extend((fs.shown(folder), ModelIntegrityError(why))
+                       for folder, why in ignored_folders(root))
         refs = [info.ref for info in infos]
     for item in refs:
         try:
@@ -784,6 +790,70 @@ def model_names(root: str | None = None) -> list[str]:
         names.update(name for name in os.listdir(root) if os.path.lexists(
             os.path.join(root, name, ALIASES_FILE)))
     return sorted(name for name in names if _NAME.fullmatch(name))
+
+
+def ignored_folders(root: str | None = None) -> list[tuple[str, str]]:
+    """``(folder, why)`` for each folder of the store that holds nothing
+    the store sees, e.g. a model folder copied in by hand under another
+    name: a folder whose name is not a model name; in a folder that is no
+    model (no version, aliases or versions file), each folder whose name is
+    not a version, and the folder itself when it holds a version's files
+    (``metadata.json``). ``why`` says how to fix it. Names starting with
+    ``.`` (hidden, or a save's staging) are skipped, as are folders that
+    hold nothing of a model. A model with versions and a folder that is not
+    one is not listed here: loading it fails (see :func:`resolve`)."""
+    root = store_root(root)
+    _check_not_a_file(root)
+    models = set(model_names(root))
+    ignored = []
+    for name, (subfolders, files) in sorted(_store_tree(root).items()):
+        folder = fs.join(root, name)
+        if not _NAME.fullmatch(name):
+            ignored.append((folder, "not a model name (letters, digits, "
+                            "'.', '_' or '-', starting with a letter or "
+                            "digit), so the store ignores it: rename it"))
+        elif name not in models and VERSIONS_FILE not in files:
+            ignored.extend(
+                (fs.join(folder, version),
+                 f"not a version (a positive integer up to {MAX_VERSION} in "
+                 f"ASCII digits without leading zeros, e.g. 1), so the "
+                 f"store ignores it: rename it")
+                for version in sorted(subfolders))
+            if METADATA_FILE in files:
+                ignored.append((folder, f"holds a version's files "
+                                f"({METADATA_FILE}) but no version folder, "
+                                f"so the store ignores it: move them into "
+                                f"{fs.shown(fs.join(folder, '1'))}"))
+    return ignored
+
+
+def _store_tree(root: str) -> dict[str, tuple[set[str], set[str]]]:
+    """``{name: (its folders, which of metadata.json and versions.json it
+    holds)}`` for every folder of the store root; names starting with
+    ``.`` are left out at both levels. On an object store only folders
+    holding one of those files, or a version folder with a metadata.json,
+    are seen."""
+    tree: dict[str, tuple[set[str], set[str]]] = {}
+    if fs.is_uri(root):
+        for path in fs.match(fs.join(root, "*", "*", METADATA_FILE)):
+            name, version = fs.split(path)[0].rstrip("/").split("/")[-2:]
+            tree.setdefault(name, (set(), set()))[0].add(version)
+        for file in (METADATA_FILE, VERSIONS_FILE):
+            for path in fs.match(fs.join(root, "*", file)):
+                name = fs.split(fs.split(path)[0])[1]
+                tree.setdefault(name, (set(), set()))[1].add(file)
+    elif os.path.isdir(root):
+        for name in os.listdir(root):
+            folder = os.path.join(root, name)
+            if os.path.isdir(folder):
+                entries = os.listdir(folder)
+                tree[name] = (
+                    {entry for entry in entries
+                     if os.path.isdir(os.path.join(folder, entry))},
+                    {METADATA_FILE, VERSIONS_FILE} & set(entries))
+    return {name: ({v for v in folders if not v.startswith(".")}, files)
+            for name, (folders, files) in tree.items()
+            if not name.startswith(".")}
 
 
 def _name_failures(name: str, root: str) -> list[tuple[str, ImgclassError]]:

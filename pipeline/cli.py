@@ -44,10 +44,18 @@ EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 def _models_list(args) -> int:
-    from model_store.store import check_store_to_read, list_models, store_root
+    from model_store.store import (
+        check_store_to_read,
+        ignored_folders,
+        list_models,
+        store_root,
+    )
 
     check_store_to_read(args.store)
     infos = list_models(args.store)
+    for folder, why in ignored_folders(args.store):
+        print(f"imgclass: warning: {fs.shown(folder)}: {why}",
+              file=sys.stderr)
     aliases, damage = _aliases_by_version(infos, args.store)
     rows = [(_listing(info, args.store, damage.get(info.name)),
              aliases.get(info.ref, [])) for info in infos]

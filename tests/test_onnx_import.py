@@ -359,6 +359,79 @@ def test_an_initializer_holding_more_data_than_its_shape_is_refused(
                     "its declared shape [2, 3, 3, 3]")
 
 
+def _external_weight_model(folder, *, offset, length, size, before=b""):
+    """A small classifier whose Gemm weight 'fc.W' (shape [4, 5], 80 bytes)
+    is stored in ``folder``/weights.bin after ``before``, with that offset
+    and length (None: none given); the file is then made ``size`` bytes
+    long (sparse: no disk used). Returns the model and the weight."""
+    from onnx.external_data_helper import set_external_data
+
+    g = GraphBuilder((3, 8, 8))
+    x = g.node("Conv", ["x", g.const(g.rng.randn(4, 3, 3, 3), "conv.W")])
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    model = g.model(g.node("Gemm", [x, g.const(g.rng.randn(4, 5), "fc.W")]),
+                    2)
+    tensor = next(t for t in model.graph.initializer if t.name == "fc.W")
+    weight = onnx.numpy_helper.to_array(tensor)
+    data = folder / "weights.bin"
+    data.write_bytes(before + tensor.raw_data)
+    os.truncate(data, size)
+    set_external_data(tensor, "weights.bin", offset=offset, length=length)
+    tensor.ClearField("raw_data")
+    return model, weight
+
+
+EXTERNAL = 2 ** 29  # a sparse 512 MiB file: onnx read it all, then refused
+BAD_EXTERNAL_DATA = {
+    "a big file, no length": (dict(offset=None, length=None, size=EXTERNAL),
+                              "the file holds 536,870,912 bytes from offset "
+                              "0 and no length is given"),
+    "a length past the tensor": (dict(offset=0, length=EXTERNAL,
+                                      size=EXTERNAL),
+                                 "its external data has length 536,870,912, "
+                                 "not the tensor's size"),
+    "an offset past the file": (dict(offset=EXTERNAL, length=80, size=1024),
+                                "the file holds 1,024 bytes, too few from "
+                                "offset 536,870,912"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXTERNAL_DATA))
+def test_external_data_that_does_not_fit_its_tensor_is_refused_unread(
+        cli, tmp_path, case):
+    """onnx read an external tensor's data whole (to the end of the file
+    without a length, or the length given) before anything compared it
+    with the tensor's shape: a 2 GiB file behind 80 bytes of weights took
+    16 s and 6 GB. Refused from the sizes alone, in one line naming the
+    tensor and the file."""
+    import tracemalloc
+
+    options, message = BAD_EXTERNAL_DATA[case]
+    model, _ = _external_weight_model(tmp_path, **options)
+    tracemalloc.start()
+    try:
+        _assert_refused(cli, tmp_path, model, message)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2 ** 20, peak
+    _, _, err = cli("--store", tmp_path / "store", "models", "import",
+                    "onnx", tmp_path / "m.onnx", "--name", "m")
+    assert (f"the ONNX tensor 'fc.W' (shape [4, 5], 80 bytes) stored in "
+            f"{tmp_path / 'weights.bin'}: ") in err
+
+
+def test_external_data_is_read_from_its_offset_for_its_length(cli, tmp_path):
+    """One file shared by tensors (as onnx writes it): only the tensor's
+    own 80 bytes are read, from its offset, whatever follows them."""
+    model, weight = _external_weight_model(
+        tmp_path, offset=1024, length=80, size=EXTERNAL,
+        before=b"\xff" * 1024)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert [array.tolist() for array in stored.weights.values()
+            if array.shape == (4, 5)] == [weight.tolist()]
+
+
 @pytest.mark.parametrize("given", ["FILE", "--classes", "--preprocessing"])
 def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
         cli, tmp_path, given):

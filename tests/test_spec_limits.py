@@ -44,6 +44,11 @@ HOSTILE = {
                        "250,000,000"),
     "100k layers": (json.dumps(many_layers()),
                     "100,000 layers, more than the limit of 2,000"),
+    # Under MAX_LAYERS, but Theano fuses the chain into one operation:
+    # 366 s and 7 GB to compile (QA), where the limit reports it at once.
+    "1,994-layer activation chain": (
+        json.dumps(many_layers(1_994)),
+        "spec layer 'a16' ends a chain of more than 16 elementwise layers"),
     "100k-deep nesting": ('{"input_shape": [1, 32, 32], "layers": '
                           + "[" * 100_000 + "]" * 100_000 + "}",
                           "nests JSON too deeply"),
@@ -105,6 +110,45 @@ def test_the_limits_leave_room_for_real_networks():
     net = S.build_network(architectures.resnet(50))
     assert L.count_params(net) < S.MAX_PARAMETERS / 10
     assert L.count_activations(net) < S.MAX_ACTIVATIONS / 4
-    S.build_network(many_layers(S.MAX_LAYERS))
+    S.build_network(conv_chain(S.MAX_LAYERS))
     with pytest.raises(SpecError, match="2,001 layers"):
-        S.validate_spec(many_layers(S.MAX_LAYERS + 1))
+        S.validate_spec(conv_chain(S.MAX_LAYERS + 1))
+    # The deepest networks written here (their longest elementwise chain:
+    # 3 layers) are well within the limits.
+    for spec in (architectures.resnet(152), architectures.mobilenet_v2(),
+                 architectures.efficientnet_lite0()):
+        S.validate_spec(spec)
+    assert len(architectures.resnet(152)["layers"]) < S.MAX_LAYERS / 3
+
+
+def conv_chain(count):
+    return {"input_shape": [1, 4, 4], "layers": [
+        {"type": "conv2d", "name": f"c{i}", "num_filters": 1,
+         "filter_size": 1} for i in range(count)]}
+
+
+def test_elementwise_chains_are_limited_where_theano_would_fuse_them():
+    """Theano fuses a chain of elementwise layers (each the only reader of
+    the one before) into one operation, in time and memory quadratic in its
+    length: an activation chain of 1,000 layers took 69 s and 1.7 GB to
+    compile. A chain is refused past MAX_ELEMENTWISE_CHAIN layers; a layer
+    of another kind, or one read by two layers, ends it."""
+    limit = S.MAX_ELEMENTWISE_CHAIN
+    S.validate_spec(many_layers(limit))
+    with pytest.raises(SpecError, match=f"'a{limit}' ends a chain of more "
+                                        f"than {limit} elementwise"):
+        S.validate_spec(many_layers(limit + 1))
+    layers = many_layers(limit)["layers"] + [
+        {"type": "conv2d", "name": "c", "num_filters": 1, "filter_size": 1}
+    ] + many_layers(limit)["layers"]
+    for i, layer in enumerate(layers[limit + 1:]):
+        layer["name"] = f"b{i}"
+    S.validate_spec({"input_shape": [1, 4, 4], "layers": layers})
+    # Residual blocks: the input of each add is read twice.
+    blocks = [{"type": "activation", "name": "r0", "nonlinearity": "relu"}]
+    for i in range(1, 3 * limit):
+        blocks += [{"type": "batch_norm", "name": f"n{i}",
+                    "inputs": [f"r{i - 1}"]},
+                   {"type": "add", "name": f"r{i}",
+                    "inputs": [f"r{i - 1}", f"n{i}"]}]
+    S.validate_spec({"input_shape": [1, 4, 4], "layers": blocks})

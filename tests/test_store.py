@@ -194,6 +194,85 @@ def test_an_array_declaring_more_bytes_than_it_holds_is_damage(root, cli):
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
+def _deflated_weights(saved, name, write_member):
+    """saved's arrays in a deflated .npz whose member ``name``.npy (added,
+    or replacing that parameter) is what ``write_member(member)`` writes."""
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, array in saved.weights.items():
+            if key != name:
+                member = io.BytesIO()
+                np.save(member, array)
+                archive.writestr(f"{key}.npy", member.getvalue())
+        with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+            write_member(member)
+    return buffer.getvalue()
+
+
+def _zeros_after_header(header, megabytes):
+    """A member: an .npy 1.0 header, then that many MiB of zeros."""
+    def write(member):
+        np.lib.format.write_array_header_1_0(member, header)
+        for _ in range(megabytes):
+            member.write(bytes(2 ** 20))
+    return write
+
+
+def _long_header(megabytes):
+    """A member: an .npy 2.0 header of that many MiB (spaces)."""
+    def write(member):
+        member.write(np.lib.format.magic(2, 0))
+        member.write((megabytes * 2 ** 20).to_bytes(4, "little"))
+        for _ in range(megabytes):
+            member.write(b" " * 2 ** 20)
+    return write
+
+
+# 400 MB of float32 zeros, deflated to under 1 MB; the header and the zip
+# directory both declare the true size, so no size check catches them.
+WEIGHT_BOMBS = {
+    "a parameter's shape": ("out.W", _zeros_after_header(
+        {"descr": "<f4", "fortran_order": False, "shape": (10 ** 8,)}, 382),
+        "parameter 'out.W' has shape (100000000,) but the spec needs (48, "
+        "4)"),
+    "an array the spec does not name": ("extra", _zeros_after_header(
+        {"descr": "<f4", "fortran_order": False, "shape": (10 ** 8,)}, 382),
+        "array 'extra.npy' matches no parameter of the spec"),
+    "a 100 MiB header": ("out.b", _long_header(100),
+                         "array 'out.b.npy' declares a header of "
+                         "104,857,600 bytes, more than the limit of 10,000"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHT_BOMBS))
+def test_a_deflated_weights_bomb_is_refused_before_it_is_inflated(
+        root, cli, case):
+    """A hostile weights.npz (checksum fixed) with a small deflated member
+    that declares, consistently in its .npy header and the zip directory,
+    hundreds of MB: refused from the member's header and the spec's
+    shapes, before anything is inflated or allocated (it was allocated,
+    then refused by its shape, or not at all for an extra array)."""
+    import tracemalloc
+
+    name, write_member, message = WEIGHT_BOMBS[case]
+    saved = save(root)
+    data = _deflated_weights(saved, name, write_member)
+    assert len(data) < 2 ** 19
+    rewrite_weights_file(saved, data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelIntegrityError, match=re.escape(message)):
+            store.load_model("tiny@1", root=root)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2 ** 20, peak
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
 @pytest.mark.parametrize("odd, shown", [(b"st\nre", "st%0Are"),
                                          (b"st\xffre", "st%FFre")])
 def test_a_store_path_with_odd_bytes_is_shown_escaped_on_one_line(
@@ -323,6 +402,54 @@ def test_a_version_folder_that_is_not_an_integer_is_refused(root, cli,
     code, _, err = cli("--store", root, "models", "show", "tiny")
     assert code == 2 and err.count("\n") == 1
     assert "are not versions" in err and folder in err
+
+
+def test_folders_the_store_ignores_are_named_by_list_and_failed_by_verify(
+        root, cli):
+    """A model copied in by hand under a name that is not a model name, as
+    a version that is not a number, or as a bare version folder: list and
+    verify saw nothing. list still lists the valid models and warns once
+    per ignored folder on stderr; verify reports each as FAILED, exit 1.
+    Hidden folders, empty ones and a model whose versions were all deleted
+    (its versions.json remains) are not warned about."""
+    saved = save(root)
+    copies = {"my model": os.path.join(root, "my model", "1"),
+              "01": os.path.join(root, "other", "01"),
+              "bare": os.path.join(root, "bare")}
+    for copy in copies.values():
+        shutil.copytree(saved.location, copy)
+    os.makedirs(os.path.join(root, ".trash", "x", "1"))
+    os.makedirs(os.path.join(root, "empty"))
+    os.makedirs(os.path.join(root, "gone"))
+    shutil.copy(os.path.join(root, "tiny", store.VERSIONS_FILE),
+                os.path.join(root, "gone"))
+    why = {"my model": "not a model name (letters, digits, '.', '_' or "
+                       "'-', starting with a letter or digit), so the store "
+                       "ignores it: rename it",
+           "01": "not a version (a positive integer up to 999999999 in "
+                 "ASCII digits without leading zeros, e.g. 1), so the "
+                 "store ignores it: rename it",
+           "bare": f"holds a version's files (metadata.json) but no "
+                   f"version folder, so the store ignores it: move them "
+                   f"into {os.path.join(root, 'bare', '1')}"}
+    shown = {"my model": os.path.join(root, "my model"),
+             "01": copies["01"], "bare": copies["bare"]}
+    code, out, err = cli("--store", root, "models", "list")
+    assert code == 0 and "tiny" in out and len(out.splitlines()) == 2
+    assert sorted(err.splitlines()) == sorted(
+        f"imgclass: warning: {shown[k]}: {why[k]}" for k in why)
+    code, out, err = cli("--store", root, "models", "verify")
+    assert code == 1 and err == ""
+    assert sorted(out.splitlines()) == sorted(
+        [f"FAILED  {shown[k]}: {why[k]}" for k in why] + ["ok      tiny@1"])
+    # The fixes suggested make them models the store sees.
+    os.rename(copies["01"], os.path.join(root, "other", "1"))
+    os.rename(os.path.join(root, "my model"), os.path.join(root, "mine"))
+    os.makedirs(os.path.join(root, "bare2"))
+    os.rename(os.path.join(root, "bare"), os.path.join(root, "bare2", "1"))
+    assert store.ignored_folders(root) == []
+    assert [i.ref for i in store.list_models(root)] == [
+        "bare2@1", "mine@1", "other@1", "tiny@1"]
 
 
 @pytest.mark.parametrize("version", ["1", 1.5, True, 0, None])
