@@ -121,10 +121,10 @@ def _finish(folder: str) -> None:
         outputs._delete_file(partial)
     present = dict(_sizes(folder))
     names = {fs.basename(path): path for path in present}
-    for merged in [p for p in present
-                   if fs.basename(p).startswith(MERGED_PREFIX)]:
-        for name in _sources(merged):
-            if name in names and names[name] != merged:
+    merged = [p for p in present if fs.basename(p).startswith(MERGED_PREFIX)]
+    for path, sources in zip(merged, outputs.map_files(_sources, merged)):
+        for name in sources:
+            if name in names and names[name] != path:
                 outputs._delete_file(names.pop(name))
 
 
@@ -132,7 +132,7 @@ def _sources(merged: str) -> list[str]:
     """The names a merged file's footer lists; none if it is unreadable
     (``outputs.check_done_files`` then names the damage)."""
     try:
-        metadata = outputs._metadata(merged).metadata or {}
+        metadata = outputs.footer(merged).metadata or {}
         names = json.loads(metadata.get(SOURCES_KEY, b"[]"))
     except Exception:  # noqa: BLE001 - damage is reported by the checks
         return []

@@ -586,7 +586,7 @@ def check_done_files(output: str, *, reader: str = "--skip-done",
     backup, or " and ``remedy``."""
     for kind, paths in ((LEDGER_DIR, ledger_files(output)),
                         (ERRORS_DIR, error_files(output))):
-        for path, error in zip(paths, _map_files(_footer_error, paths)):
+        for path, error in zip(paths, map_files(_footer_error, paths)):
             if error is not None:
                 raise ConfigError(
                     f"output {output!r}: {kind} file "
@@ -598,7 +598,7 @@ def check_done_files(output: str, *, reader: str = "--skip-done",
 
 def count_rows(paths: Iterable[str]) -> int:
     """Rows in Parquet files, from their footers only."""
-    return sum(m.num_rows for m in _map_files(_metadata, paths))
+    return sum(m.num_rows for m in map_files(footer, paths))
 
 
 def read_table(paths: Iterable[str], columns=None) -> pa.Table:
@@ -610,7 +610,7 @@ def read_table(paths: Iterable[str], columns=None) -> pa.Table:
 
 def read_tables(paths: Iterable[str], columns=None) -> list[pa.Table]:
     """Reads Parquet files, one table each (see :func:`read_table`)."""
-    return _map_files(lambda p: _read_columns(p, columns), paths)
+    return map_files(lambda p: _read_columns(p, columns), paths)
 
 
 #: Files read at once from an object store, where each read of a footer or
@@ -619,7 +619,7 @@ def read_tables(paths: Iterable[str], columns=None) -> list[pa.Table]:
 PARALLEL_READS = 16
 
 
-def _map_files(function: Callable, paths: Iterable[str]) -> list:
+def map_files(function: Callable, paths: Iterable[str]) -> list:
     """``[function(path) for path in paths]``, several at once when the
     files are on an object store (Beam filesystems are thread-safe)."""
     paths = list(paths)
@@ -631,14 +631,15 @@ def _map_files(function: Callable, paths: Iterable[str]) -> list:
         return list(pool.map(function, paths))
 
 
-def _metadata(path: str):
+def footer(path: str) -> pq.FileMetaData:
+    """The Parquet footer of ``path`` (read by ranges)."""
     with fs.open_ranges(path) as source:
         return pq.read_metadata(source)
 
 
 def _footer_error(path: str) -> Optional[Exception]:
     try:
-        _metadata(path)
+        footer(path)
     except Exception as error:  # noqa: BLE001 - pyarrow's or I/O
         return error
     return None

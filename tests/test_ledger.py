@@ -8,6 +8,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import tempfile
 
 import pyarrow as pa
@@ -20,12 +21,13 @@ from tests.test_publishing import Faults, Killed, stage_run
 from transforms import schema
 
 
-def write_ledgers(output, files, rows=3, *, old=False):
-    """``files`` ledger files as published runs leave them (``old``: as an
-    earlier release wrote them, without sha256 and retried_stage)."""
+def write_ledgers(output, files, rows=3, *, old=False, first=0):
+    """``files`` ledger files as published runs leave them, of runs
+    ``first``, ``first + 1``... (``old``: as an earlier release wrote them,
+    without sha256 and retried_stage)."""
     folder = os.path.join(output, outputs.LEDGER_DIR)
     os.makedirs(folder, exist_ok=True)
-    for n in range(files):
+    for n in range(first, first + files):
         run_id = f"20260101T{n:06d}Z-{n:08x}"
         table = pa.Table.from_pylist(
             [{"path": f"/in/{n}/{i}.jpg", "size": 100 + i, "mtime": n + 0.5,
@@ -283,3 +285,32 @@ def test_on_object_stores_ledger_files_are_merged_the_same_way():
     assert outputs.read_table([merged]).equals(before)
     assert sorted(Bucket.objects) == sorted(
         [merged, *(p for p in objects if "/errors/" in p)])
+
+
+def test_a_merged_file_merged_again_is_recovered_at_every_step(tmp_path,
+                                                              monkeypatch):
+    """A small merged file goes into the next merge with the files that
+    came after it: a kill at any step of that merge loses no row either."""
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 4)
+    output = str(tmp_path / "template")
+    write_ledgers(output, 4)
+    ledger.compact(output)
+    write_ledgers(output, 8, first=4)
+    before = ledger_rows(output)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(output, copy)
+    with pytest.MonkeyPatch.context() as counting:
+        faults = Faults(counting, copy)
+        ledger.compact(copy)
+    steps = [s.split(":")[0] for s in faults.steps]
+    assert steps == ["write", "move"] + ["delete"] * 9
+    for index in range(len(steps)):
+        case = str(tmp_path / f"case{index}")
+        shutil.copytree(output, case)
+        with pytest.MonkeyPatch.context() as faulty:
+            Faults(faulty, case, at=index, when="after", fault="kill")
+            with pytest.raises(Killed):
+                ledger.compact(case)
+        assert set(ledger_rows(case)) == set(before)
+        ledger.compact(case)
+        assert ledger_rows(case) == before, index
