@@ -238,7 +238,7 @@ def test_a_merge_that_fails_is_one_warning_and_the_run_goes_on(
 
     monkeypatch.setattr(outputs, "_write_file", full_disk)
     log = io.StringIO()
-    run.recover(output, log)  # what every run and watch window does first
+    run.merge_ledger(output, log)  # what every run and watch window does
     (line,) = log.getvalue().splitlines()
     assert line == (f"imgclass: warning: the ledger files in {output} were "
                     f"not merged (OSError: [Errno 28] No space left on "
@@ -355,6 +355,29 @@ def test_on_object_stores_published_runs_leave_no_staging_so_their_ledger_is_mer
     log = io.StringIO()
     run.recover(output, log)
     assert log.getvalue() == ""  # nothing to finish: nothing re-published
+    run.merge_ledger(output, log)
     (merged,) = outputs.ledger_files(output)
     assert merged.startswith(f"{output}/_ledger/compacted-")
     assert outputs.read_table([merged]).num_rows == 3
+
+
+def test_a_damaged_ledger_file_is_refused_in_one_line_before_any_merge(
+        tmp_path, split, monkeypatch, cli):
+    """A refused run (exit 2) does no work: the ledger is merged only once
+    the output passed the checks, so a damaged file among many small ones
+    is the one line --skip-done promises, and nothing was merged."""
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    folder, output = tmp_path / "in", str(tmp_path / "out")
+    write_digits(str(folder), split, 2)
+    write_ledgers(output, 6)
+    size = max(os.path.getsize(p) for p in outputs.ledger_files(output))
+    monkeypatch.setattr(ledger, "GROUP_BYTES", 3 * size)  # two groups
+    damaged = outputs.ledger_files(output)[-1]
+    os.truncate(damaged, 20)
+    names = ledger_names(output)
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--skip-done")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"_ledger file {damaged} is damaged" in line
+    assert ledger_names(output) == names
