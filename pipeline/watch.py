@@ -302,6 +302,10 @@ class _Watcher:
             if self.failures >= MAX_FAILURES:
                 raise
             return True
+        if self.failures:  # this run may have completed a failed one's
+            self.done.clear()  # publishing: its files are done too
+            _add_ledger(self.done, outputs.ledger_files(self.config.output),
+                        self.stored)
         self.failures = 0
         self.counts["windows"] += 1
         if manifest is not None and manifest["deferred_signals"] and \
