@@ -670,7 +670,14 @@ def _iso(t: float) -> str:
 
 def _delete_quietly(path: str) -> None:
     try:
-        if is_uri(path) or os.path.exists(path):
+        if is_uri(path):
+            # No folders on object stores: Beam's GCS and S3 delete a
+            # "folder" path without a trailing slash as the one object of
+            # that name (none), leaving a _publish.json pending for ever.
+            found = fs.match(join(path, "**"))
+            if found:
+                FileSystems.delete(found)
+        elif os.path.exists(path):
             FileSystems.delete([path])
     except Exception:  # noqa: BLE001 - leftovers below "_" are harmless
         pass

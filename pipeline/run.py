@@ -473,6 +473,8 @@ def _run(config, options, runner, log, output_locked, started,
             overwritable=layout.overwritable(config.output))
         if config.skip_done:
             outputs.check_done_files(config.output)
+        if not config.overwrite:  # --overwrite deletes the ledger files
+            merge_ledger(config.output, log)
         stored = load_model(config.model_ref, root=config.store)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
@@ -509,6 +511,12 @@ def recover(output: str, log) -> None:
     if recovered:
         print(f"imgclass: finished publishing interrupted run(s) "
               f"{', '.join(recovered)}", file=log)
+
+
+def merge_ledger(output: str, log) -> None:
+    """Merges the small ledger files of ``output`` (``pipeline/ledger.py``),
+    holding its lock, once :func:`recover` is done and the output passed
+    the checks (a refused run changes nothing); a failure is one warning."""
     try:
         ledger.compact(output)
     except Exception as error:  # the ledger is whole, in more files

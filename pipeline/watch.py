@@ -61,6 +61,7 @@ from pipeline.run import (
     ClassifyConfig,
     RunFailed,
     make_runner,
+    merge_ledger,
     pipeline_options,
     recover,
     run_classify,
@@ -173,6 +174,7 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
                      base.table_format)
         outputs.check_done_files(base.output, reader="watch",
                                  remedy="watch into another output folder")
+        merge_ledger(base.output, log)
         base, stored = _with_model(base)
         current = _resume(base.output, seconds, clock)
         watcher = _Watcher(base, patterns, stored, log=log, clock=clock)
@@ -300,6 +302,10 @@ class _Watcher:
             if self.failures >= MAX_FAILURES:
                 raise
             return True
+        if self.failures:  # this run may have completed a failed one's
+            self.done.clear()  # publishing: its files are done too
+            _add_ledger(self.done, outputs.ledger_files(self.config.output),
+                        self.stored)
         self.failures = 0
         self.counts["windows"] += 1
         if manifest is not None and manifest["deferred_signals"] and \

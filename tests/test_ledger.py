@@ -238,7 +238,7 @@ def test_a_merge_that_fails_is_one_warning_and_the_run_goes_on(
 
     monkeypatch.setattr(outputs, "_write_file", full_disk)
     log = io.StringIO()
-    run.recover(output, log)  # what every run and watch window does first
+    run.merge_ledger(output, log)  # what every run and watch window does
     (line,) = log.getvalue().splitlines()
     assert line == (f"imgclass: warning: the ledger files in {output} were "
                     f"not merged (OSError: [Errno 28] No space left on "
@@ -314,3 +314,70 @@ def test_a_merged_file_merged_again_is_recovered_at_every_step(tmp_path,
         assert set(ledger_rows(case)) == set(before)
         ledger.compact(case)
         assert ledger_rows(case) == before, index
+
+
+def _publish_on_store(output, run_id):
+    """Stages a one-file run below ``output`` (an object store) as the
+    pipeline does, then publishes it."""
+    from tests.object_store import Bucket
+
+    paths = outputs.RunOutputs(output, run_id, None)
+    for kind, kind_schema in outputs.SCHEMAS.items():
+        row = {"path": f"gs://in/{run_id}.jpg", "run_id": run_id}
+        if kind == outputs.LEDGER_DIR:
+            row.update(size=1, mtime=1.0, model_name="m", model_version="1")
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist([row], schema=kind_schema), sink)
+        Bucket.objects[f"{paths.staging_prefix(kind)}-00000-of-00001"
+                       f".parquet"] = sink.getvalue()
+    staged = paths.staged_files()
+    paths.publish(staged, {"run_id": run_id, "partition": None,
+                           "table": None, "layout": "none",
+                           "files": paths.destinations(staged)},
+                  overwrite=False)
+
+
+def test_on_object_stores_published_runs_leave_no_staging_so_their_ledger_is_merged(
+        monkeypatch):
+    """GCS and S3 have no folders: deleting ``_staging/<run_id>`` must
+    delete the objects below it. A ``_publish.json`` left there is a
+    publishing pending for ever: every run completed it again, and the
+    ledger was never merged."""
+    from tests.object_store import Bucket
+
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    Bucket.reset({})
+    output = "memstore://b/out"
+    for n in range(3):
+        _publish_on_store(output, f"2026010{n}T000000Z-run{n}")
+    assert not [p for p in Bucket.objects if "/_staging/" in p]
+    assert outputs.pending_publishes(output) == []
+    log = io.StringIO()
+    run.recover(output, log)
+    assert log.getvalue() == ""  # nothing to finish: nothing re-published
+    run.merge_ledger(output, log)
+    (merged,) = outputs.ledger_files(output)
+    assert merged.startswith(f"{output}/_ledger/compacted-")
+    assert outputs.read_table([merged]).num_rows == 3
+
+
+def test_a_damaged_ledger_file_is_refused_in_one_line_before_any_merge(
+        tmp_path, split, monkeypatch, cli):
+    """A refused run (exit 2) does no work: the ledger is merged only once
+    the output passed the checks, so a damaged file among many small ones
+    is the one line --skip-done promises, and nothing was merged."""
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    folder, output = tmp_path / "in", str(tmp_path / "out")
+    write_digits(str(folder), split, 2)
+    write_ledgers(output, 6)
+    size = max(os.path.getsize(p) for p in outputs.ledger_files(output))
+    monkeypatch.setattr(ledger, "GROUP_BYTES", 3 * size)  # two groups
+    damaged = outputs.ledger_files(output)[-1]
+    os.truncate(damaged, 20)
+    names = ledger_names(output)
+    code, _, err = cli("classify", "--input", folder, "--output", output,
+                       "--skip-done")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"_ledger file {damaged} is damaged" in line
+    assert ledger_names(output) == names

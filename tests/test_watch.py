@@ -501,3 +501,37 @@ def test_files_a_symlink_also_reaches_are_published_once(tmp_path, split):
         clock.advance(3 * WINDOW, log)
         assert len(manifests(output)) == runs, log.getvalue()[-3000:]
     assert sorted(check_contract(output)) == sorted(truth)
+
+
+def test_a_window_whose_publishing_a_later_window_completed_is_not_run_again(
+        tmp_path, split, monkeypatch):
+    """A window's publishing fails part way (a full disk): the next
+    window's run completes it. Its files are then done, and the windows
+    after that do not run (and publish) again for them."""
+    from pipeline import outputs
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder), split, 3, nested=False)
+    old = time.time() - 600
+    for path in truth:
+        os.utime(path, (old, old))
+    write, failed = outputs._write_file, []
+
+    def full_once(path, data):
+        if f"{os.sep}_runs{os.sep}" in path and not failed:
+            failed.append(path)
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(outputs, "_write_file", full_once)
+    with watching(folder, output) as (log, clock):
+        advance_until(clock, lambda: set(truth) <= set(
+            published_paths(output)) and manifests(output), log,
+            "the interrupted window, completed")
+        assert failed and "finished publishing interrupted run(s)" in \
+            log.getvalue()
+        clock.advance(WINDOW, log)  # at most one more run, then none
+        runs = len(manifests(output))
+        clock.advance(3 * WINDOW, log)
+        assert len(manifests(output)) == runs, log.getvalue()[-3000:]
+    assert sorted(published_paths(output)) == sorted(truth)
