@@ -102,8 +102,13 @@ def _merge(folder: str, sources: list[str]) -> None:
     partial = fs.join(folder, f"{PARTIAL_PREFIX}{name}.tmp")
     outputs._write_file(partial, sink.getvalue())
     outputs._move([partial], [fs.join(folder, f"{MERGED_PREFIX}{name}.parquet")])
-    for path in sources:
-        outputs._delete_file(path)
+    _delete(sources)
+
+
+def _delete(paths: list[str]) -> None:
+    """Deletes ``paths``, several at once on object stores (where each is a
+    round trip: an output's first merge may delete thousands)."""
+    outputs.map_files(outputs._delete_file, paths)
 
 
 def _as_ledger(table: pa.Table) -> pa.Table:
@@ -122,10 +127,11 @@ def _finish(folder: str) -> None:
     present = dict(_sizes(folder))
     names = {fs.basename(path): path for path in present}
     merged = [p for p in present if fs.basename(p).startswith(MERGED_PREFIX)]
+    covered = []
     for path, sources in zip(merged, outputs.map_files(_sources, merged)):
-        for name in sources:
-            if name in names and names[name] != path:
-                outputs._delete_file(names.pop(name))
+        covered += [names.pop(name) for name in sources
+                    if name in names and names[name] != path]
+    _delete(covered)
 
 
 def _sources(merged: str) -> list[str]:
