@@ -139,8 +139,14 @@ class MemStore(FileSystem):
             Bucket.objects[destination] = Bucket.objects.pop(source)
 
     def delete(self, paths):
+        """As Beam's GCS filesystem: a path ending in ``/`` deletes every
+        object below it; any other, the object of that name if there is
+        one (a "folder" without the slash is no object)."""
         for path in paths:
-            Bucket.objects.pop(path)
+            below = [p for p in Bucket.objects if p.startswith(path)] \
+                if path.endswith("/") else [path]
+            for name in below:
+                Bucket.objects.pop(name, None)
 
     def copy(self, *args, **kwargs):
         raise NotImplementedError

@@ -408,3 +408,43 @@ def test_on_object_stores_a_damaged_done_file_is_named():
 def pa_reader(data):
     import pyarrow as pa
     return pa.BufferReader(data)
+
+
+def test_nightly_runs_to_an_object_store_publish_once_and_leave_no_staging(
+        monkeypatch, cli):
+    """Four --skip-done runs of the samples into memstore:// (objects, no
+    folders: a folder's path deletes nothing, as on GCS and S3): each file
+    once in the outputs, read back with pyarrow; no run left pending in
+    _staging (every later run would complete it again, and the ledger
+    would never be merged)."""
+    import io
+
+    from pipeline import ledger
+    from tests.object_store import Bucket
+
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    samples = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "samples", "digits")
+    Bucket.reset({})
+    output = "memstore://b/out"
+    for _ in range(4):
+        code, _, err = cli("classify", "--input", samples, "--output",
+                           output, "--skip-done", "-q")
+        assert code == 0, err
+    names = sorted(Bucket.objects)
+    assert not [n for n in names if "/_staging/" in n], names
+
+    def rows(kind):
+        return sorted(path for name in names
+                      if name.startswith(f"{output}/{kind}/")
+                      and name.endswith(".parquet")
+                      for path in pq.read_table(io.BytesIO(
+                          Bucket.objects[name])).column("path").to_pylist())
+
+    matched = sorted(os.path.join(folder, name)
+                     for folder, _, files in os.walk(samples)
+                     for name in files)
+    assert sorted(rows("predictions") + rows("errors")) == matched
+    ledger_files = [n for n in names if n.startswith(f"{output}/_ledger/")]
+    assert len(ledger_files) == 2  # 3 runs' merged at the 4th, and the 4th's
+    assert rows("_ledger") == matched
