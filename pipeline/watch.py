@@ -306,6 +306,7 @@ class _Watcher:
             self.done.clear()  # publishing: its files are done too
             _add_ledger(self.done, outputs.ledger_files(self.config.output),
                         self.stored)
+            _mark_runs(self.config.output, self.failures + 1, self.clock())
         self.failures = 0
         self.counts["windows"] += 1
         if manifest is not None and manifest["deferred_signals"] and \
@@ -397,17 +398,7 @@ def _reconcile(output: str, current: Window, now: float) -> None:
     """Writes the markers an earlier watcher could not (killed between
     publishing a run and marking its window, or stopped in an hour that has
     ended since); ``now`` is when, for the markers."""
-    runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
-    if runs:
-        with FileSystems.open(runs[-1]) as handle:  # run ids sort by time
-            manifest = json.loads(handle.read())
-        spec = manifest.get("window")
-        if spec:
-            start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
-            window = Window(int(start), int(spec["seconds"]))
-            if not FileSystems.exists(fs.join(
-                    output, WINDOWS_DIR, window.marker_name)):
-                _write_marker(output, window, manifest, now)
+    _mark_runs(output, 1, now)
     markers = fs.match(fs.join(output, WINDOWS_DIR, "*.json"))
     if markers:
         name = fs.basename(markers[-1])
@@ -416,6 +407,22 @@ def _reconcile(output: str, current: Window, now: float) -> None:
                 tzinfo=datetime.timezone.utc).timestamp()
         hour = int(last // HOUR) * HOUR
         _complete_hours(output, hour, min(current.start, hour + HOUR))
+
+
+def _mark_runs(output: str, last: int, now: float) -> None:
+    """Writes the markers the ``last`` published runs' windows lack (a run
+    published by the recovery of a later one never wrote its own)."""
+    runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
+    for path in runs[-last:]:  # run ids sort by time
+        with FileSystems.open(path) as handle:
+            manifest = json.loads(handle.read())
+        spec = manifest.get("window")
+        if spec:
+            start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
+            window = Window(int(start), int(spec["seconds"]))
+            if not FileSystems.exists(fs.join(
+                    output, WINDOWS_DIR, window.marker_name)):
+                _write_marker(output, window, manifest, now)
 
 
 def _new_files(patterns, settle: float, done: dict, exclude,

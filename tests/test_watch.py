@@ -535,3 +535,7 @@ def test_a_window_whose_publishing_a_later_window_completed_is_not_run_again(
         clock.advance(3 * WINDOW, log)
         assert len(manifests(output)) == runs, log.getvalue()[-3000:]
     assert sorted(published_paths(output)) == sorted(truth)
+    # Every published window has its marker, the completed one too.
+    markers = {json.load(open(m))["run_id"] for m in glob.glob(
+        os.path.join(str(output), "_windows", "*.json"))}
+    assert set(manifests(output)) <= markers
