@@ -11,6 +11,7 @@ line with real pipelines at the steps that matter most.
 """
 
 import glob
+import io
 import json
 import os
 import tempfile
@@ -19,12 +20,80 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from model_store.fs import is_uri
 from pipeline import outputs
+from tests.object_store import Bucket
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
 RERUN = "20260103T000000Z-rerun"
 # The publishing operations (outputs.py routes every one through these).
 OPERATIONS = ("_write_file", "_delete_file", "_move", "_remove_staging")
+
+
+# Where outputs go: a local folder, and an object store (Beam's GCS and S3
+# filesystems: objects listed by prefix, no folders, rename = copy + delete).
+ROOTS = ("local", "memstore")
+
+
+def new_output(root, folder):
+    """A fresh output of ``root`` (the store emptied), below the local
+    ``folder`` for a local one."""
+    if root == "memstore":
+        Bucket.reset({})
+        return "memstore://b/out"
+    return os.path.join(folder, "out")
+
+
+# An outside reader's view of an output, local files or objects (without
+# imgclass's or Beam's listing).
+def exists(path):
+    """Whether the file ``path`` exists (on object stores, the object)."""
+    return path in Bucket.objects if is_uri(path) else os.path.exists(path)
+
+
+def anything_below(folder):
+    """Whether the local folder exists, or any object is named below it."""
+    if is_uri(folder):
+        return any(p.startswith(folder + "/") for p in Bucket.objects)
+    return os.path.exists(folder)
+
+
+def files_below(folder, suffix):
+    """The files at any depth below ``folder`` whose names end in
+    ``suffix``, sorted."""
+    if is_uri(folder):
+        return sorted(p for p in Bucket.objects
+                      if p.startswith(folder + "/") and p.endswith(suffix))
+    return sorted(glob.glob(os.path.join(folder, "**", f"*{suffix}"),
+                            recursive=True))
+
+
+def read_bytes(path):
+    if is_uri(path):
+        return Bucket.objects[path]
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_json(path):
+    return json.loads(read_bytes(path))
+
+
+def read_paths(path):
+    """The ``path`` column of the Parquet file ``path``."""
+    return pq.read_table(io.BytesIO(read_bytes(path))).column(
+        "path").to_pylist()
+
+
+def put_bytes(path, data):
+    """Writes ``path`` as the pipeline's writers do (an object appears
+    whole when closed)."""
+    if is_uri(path):
+        Bucket.objects[path] = data
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
 
 
 class Killed(BaseException):
@@ -55,9 +124,10 @@ def stage_run(output, run_id, predicted, failed, skipped=(), partition=None):
         for n, shard in enumerate(shards):
             path = (f"{paths.staging_prefix(kind)}-{n:05d}-of-"
                     f"{len(shards):05d}.parquet")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            buffer = io.BytesIO()
             pq.write_table(pa.Table.from_pylist(
-                shard, schema=outputs.SCHEMAS[kind]), path)
+                shard, schema=outputs.SCHEMAS[kind]), buffer)
+            put_bytes(path, buffer.getvalue())
     staged = paths.staged_files()
     manifest = {"run_id": run_id, "files": paths.destinations(staged),
                 "partition": partition, "table": None,
@@ -93,8 +163,10 @@ def prepare(output, variant):
 class Faults:
     """Wraps the publishing operations; at step ``at``, ``before`` or
     ``after`` it runs, raises ``fault``: "error" (OSError, a full disk),
-    "kill" (Killed) or "torn" (half the bytes land where a write goes, as
-    on a store without atomic writes, then Killed)."""
+    "kill" (Killed), "torn" (half the bytes land where a write goes, as
+    on a store without atomic writes, then Killed) or "copied" (a move's
+    copies land and its sources stay, as when GCS's or S3's rename, a copy
+    then a delete, is killed between the two; then Killed)."""
 
     def __init__(self, monkeypatch, output, at=None, when=None, fault=None):
         self.output, self.at, self.when, self.fault = output, at, when, fault
@@ -120,9 +192,10 @@ class Faults:
             raise OSError(28, "No space left on device")
         if self.fault == "torn" and name == "_write_file":
             path, data = args
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(data[: len(data) // 2])
+            put_bytes(path, data[: len(data) // 2])
+        if self.fault == "copied" and name == "_move":
+            for source, destination in zip(*args):
+                Bucket.objects[destination] = Bucket.objects[source]
         raise Killed(f"killed at step {self.at}")
 
     def _label(self, name, args):
@@ -132,57 +205,70 @@ class Faults:
             return "remove-staging"
         else:
             target = args[0]
-        relative = os.path.relpath(target, self.output)
+        relative = (target[len(self.output) + 1:] if is_uri(target)
+                    else os.path.relpath(target, self.output))
         return f"{name.strip('_').split('_')[0]}:{relative}"
 
 
-def steps_of(variant):
+def steps_of(variant, root="local"):
     """The operations a variant's publishing makes, found by publishing it
     once without faults."""
     with tempfile.TemporaryDirectory() as folder, \
             pytest.MonkeyPatch.context() as monkeypatch:
-        output = os.path.join(folder, "out")
+        output = new_output(root, folder)
         publish = prepare(output, variant)
         faults = Faults(monkeypatch, output)
         publish()
         return faults.steps
 
 
-# Every step of every variant: a kill before and after it; before each
-# write, also a write error (a full disk) and a torn write. (A write error
-# after a step completed leaves what a kill there leaves.)
-CASES = [(variant, index, label, when, fault)
+def faults_of(root, label):
+    """The faults tried at a step: a kill before and after it; before each
+    write, also a write error (a full disk). (A write error after a step
+    completed leaves what a kill there leaves.) On a local disk, before
+    each write, a torn write too; an object appears whole when its writer
+    closes (GCS, S3), so a killed write there is a kill before it. On an
+    object store, before each move, a rename killed between its copy and
+    its delete."""
+    faults = [("before", "kill"), ("after", "kill")]
+    if label.startswith("write:"):
+        faults.append(("before", "error"))
+        if root == "local":
+            faults.append(("before", "torn"))
+    if label.startswith("move:") and root != "local":
+        faults.append(("before", "copied"))
+    return faults
+
+
+# Every step of every variant, on each root.
+CASES = [(root, variant, index, label, when, fault)
+         for root in ROOTS
          for variant in VARIANTS
-         for index, label in enumerate(steps_of(variant))
-         for when, fault in (("before", "kill"), ("after", "kill"),
-                             ("before", "error"), ("before", "torn"))
-         if fault == "kill" or label.startswith("write:")]
+         for index, label in enumerate(steps_of(variant, root))
+         for when, fault in faults_of(root, label)]
 
 
 def parquet_files(output):
     return sorted(p for kind in outputs.PARTITIONED
-                  for p in glob.glob(os.path.join(output, kind, "**",
-                                                  "*.parquet"),
-                                     recursive=True))
+                  for p in files_below(f"{output}/{kind}", ".parquet"))
 
 
 def visible_rows(output):
     """Paths of the rows where readers look, with repeats."""
     return sorted(path for f in parquet_files(output)
-                  for path in pq.read_table(f).column("path").to_pylist())
+                  for path in read_paths(f))
 
 
 def ledger_rows(output):
-    return sorted(path for f in outputs.ledger_files(output)
-                  for path in pq.read_table(f).column("path").to_pylist())
+    return sorted(path for f in files_below(f"{output}/_ledger", ".parquet")
+                  for path in read_paths(f))
 
 
 def listed_files(output):
     """The Parquet files the published runs' manifests list."""
     listed = []
-    for path in glob.glob(os.path.join(output, "_runs", "*.json")):
-        with open(path) as handle:
-            manifest = json.load(handle)
+    for path in files_below(f"{output}/_runs", ".json"):
+        manifest = read_json(path)
         listed += [p for kind in outputs.PARTITIONED
                    for p in manifest["files"][kind]]
     return sorted(listed)
@@ -203,8 +289,7 @@ def layouts(variant):
 
 
 def recorded_layout(output):
-    with open(os.path.join(output, "_layout.json")) as handle:
-        return json.load(handle)
+    return read_json(f"{output}/_layout.json")
 
 
 def check_published(output, rows, layout):
@@ -213,7 +298,7 @@ def check_published(output, rows, layout):
     list exactly the files readers see; the ledger matches (else
     --skip-done would skip or redo files); ``_layout.json`` records the
     ``layout`` of the last published run."""
-    assert os.path.exists(os.path.join(output, "_SUCCESS"))
+    assert exists(f"{output}/_SUCCESS")
     assert recorded_layout(output) == {"layout": layout,
                                        "table_format": "parquet"}
     assert visible_rows(output) == rows
@@ -222,11 +307,11 @@ def check_published(output, rows, layout):
 
 
 @pytest.mark.parametrize(
-    "variant,index,label,when,fault", CASES,
-    ids=[f"{v}-{i:02d}-{label}-{w}-{f}" for v, i, label, w, f in CASES])
+    "root,variant,index,label,when,fault", CASES,
+    ids=[f"{r}-{v}-{i:02d}-{label}-{w}-{f}" for r, v, i, label, w, f in CASES])
 def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
-        tmp_path, monkeypatch, variant, index, label, when, fault):
-    output = str(tmp_path / "out")
+        tmp_path, monkeypatch, root, variant, index, label, when, fault):
+    output = new_output(root, str(tmp_path))
     publish = prepare(output, variant)
     Faults(monkeypatch, output, at=index, when=when, fault=fault)
     with pytest.raises((OSError, Killed)):
@@ -235,7 +320,7 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     before, after = states(variant)
 
     # An outside reader now: _SUCCESS vouches for one whole state.
-    if os.path.exists(os.path.join(output, "_SUCCESS")):
+    if exists(f"{output}/_SUCCESS"):
         assert visible_rows(output) in (before, after)
         assert listed_files(output) == parquet_files(output)
 
@@ -249,11 +334,11 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
         check_published(output, after if durable else before,
                         layout_after if durable else layout_before)
     else:
-        assert visible_rows(output) == [] and not os.path.exists(
-            os.path.join(output, "_SUCCESS"))
-        assert not os.path.exists(os.path.join(output, "_layout.json"))
-    assert not os.path.exists(os.path.join(output, "_staging"))
-    latest = json.load(open(os.path.join(output, "_manifest.json"))) \
+        assert visible_rows(output) == [] and not exists(
+            f"{output}/_SUCCESS")
+        assert not exists(f"{output}/_layout.json")
+    assert not anything_below(f"{output}/_staging")
+    latest = read_json(f"{output}/_manifest.json") \
         if durable or before else None
     if latest:
         assert latest["run_id"] == (NEW if durable else EARLIER)
@@ -285,9 +370,11 @@ def rerun(output, variant):
     check_published(output, sorted(after), layouts(variant)[1])
 
 
-def test_the_publish_record_is_the_first_step_and_success_the_last_write():
+@pytest.mark.parametrize("root", ROOTS)
+def test_the_publish_record_is_the_first_step_and_success_the_last_write(
+        root):
     for variant in VARIANTS:
-        steps = steps_of(variant)
+        steps = steps_of(variant, root)
         assert steps[0] == f"write:_staging/{NEW}/_publish.json"
         assert steps[-2:] == ["write:_SUCCESS", "remove-staging"]
         # Readers trusting _SUCCESS: it goes before any file moves.
@@ -298,29 +385,29 @@ def test_the_publish_record_is_the_first_step_and_success_the_last_write():
         # The layout is a step of publishing, recorded before any file of
         # the run becomes visible (and redone by recovery).
         assert steps.index("write:_layout.json") < min(moves)
-    overwrite = steps_of("overwrite")
+    overwrite = steps_of("overwrite", root)
     assert f"delete:_runs/{EARLIER}.json" in overwrite
     assert any(s.startswith("delete:predictions/run_date=2026-01-01/part-")
                for s in overwrite)
 
 
+@pytest.mark.parametrize("root", ROOTS)
 @pytest.mark.parametrize("damage", [b"", b'{"sha256": "', b"\x00" * 64,
                                     "altered"])
 def test_a_torn_or_altered_record_means_the_run_never_started_publishing(
-        tmp_path, damage):
-    output = str(tmp_path / "out")
+        tmp_path, damage, root):
+    output = new_output(root, str(tmp_path))
     paths, staged, manifest = stage_run(output, EARLIER, **EARLY)
     paths.publish(staged, manifest, overwrite=False)
     paths, staged, manifest = stage_run(output, NEW, predicted=["b1"],
                                         failed=[])
-    record = os.path.join(paths.staging, outputs.PUBLISH)
+    record = f"{paths.staging}/{outputs.PUBLISH}"
     if damage == "altered":  # one byte changed: the checksum disagrees
         data = outputs._record_bytes({"moves": [], "deletes": [],
                                       "manifest": manifest})
         damage = data.replace(NEW.encode(), NEW.upper().encode(), 1)
-    with open(record, "wb") as handle:
-        handle.write(damage)
+    put_bytes(record, damage)
     assert outputs.recover(output) == []
     check_published(output, sorted(EARLY["predicted"] + EARLY["failed"]),
                     "run_date")
-    assert not os.path.exists(os.path.join(output, "_staging"))
+    assert not anything_below(f"{output}/_staging")
