@@ -352,7 +352,9 @@ class RunOutputs:
     visible has changed. Then :func:`_complete` removes ``_SUCCESS``,
     deletes, writes ``_layout.json`` (the run's layout and table format,
     ``pipeline/layout.py``), moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
-    ``_SUCCESS``, and removes the staging folder. Each step can be done
+    ``_SUCCESS``, deletes the record (an error there is not ignored: a record
+    left behind would be completed again after newer runs) and removes the
+    staging folder. Each step can be done
     again, so if the process dies part way, the next run on the same output
     (:func:`recover`) completes it: a run is published whole or not at all,
     and an ``--overwrite`` never loses both runs.
@@ -479,6 +481,10 @@ def _complete(output: str, staging: str, record: dict) -> None:
     _write_file(join(output, RUNS_DIR, f"{manifest['run_id']}.json"), body)
     _write_file(join(output, MANIFEST), body)
     _write_file(done, b"")
+    # Not quietly: a record left behind would be completed again by every
+    # later recovery, after newer runs (their _manifest.json, _layout.json
+    # rewritten to this run's; after an --overwrite, its files lost).
+    _delete_file(join(staging, PUBLISH))
     _remove_staging(output, staging)
 
 

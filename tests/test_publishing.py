@@ -327,7 +327,9 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     # The next run on the output recovers first.
     recovered = outputs.recover(output)
     durable = index > 0 or when == "after"
-    finished = label == "remove-staging" and when == "after"
+    record_gone = f"delete:_staging/{NEW}/_publish.json"
+    finished = label == "remove-staging" or (label == record_gone
+                                             and when == "after")
     assert recovered == ([NEW] if durable and not finished else [])
     layout_before, layout_after = layouts(variant)
     if durable or before:
@@ -376,11 +378,15 @@ def test_the_publish_record_is_the_first_step_and_success_the_last_write(
     for variant in VARIANTS:
         steps = steps_of(variant, root)
         assert steps[0] == f"write:_staging/{NEW}/_publish.json"
-        assert steps[-2:] == ["write:_SUCCESS", "remove-staging"]
+        # The record is deleted on its own (not quietly), then the rest.
+        assert steps[-3:] == ["write:_SUCCESS",
+                              f"delete:_staging/{NEW}/_publish.json",
+                              "remove-staging"]
         # Readers trusting _SUCCESS: it goes before any file moves.
         assert steps[1] == "delete:_SUCCESS" or variant == "first"
         moves = [i for i, s in enumerate(steps) if s.startswith("move:")]
-        deletes = [i for i, s in enumerate(steps) if s.startswith("delete:")]
+        deletes = [i for i, s in enumerate(steps) if s.startswith("delete:")
+                   and not s.endswith("/_publish.json")]
         assert moves and all(d < min(moves) for d in deletes)
         # The layout is a step of publishing, recorded before any file of
         # the run becomes visible (and redone by recovery).
@@ -411,3 +417,33 @@ def test_a_torn_or_altered_record_means_the_run_never_started_publishing(
     check_published(output, sorted(EARLY["predicted"] + EARLY["failed"]),
                     "run_date")
     assert not anything_below(f"{output}/_staging")
+
+
+def test_a_record_that_cannot_be_deleted_is_not_completed_again_later(
+        tmp_path, monkeypatch):
+    """Deleting the publish record fails (twice): publishing says so, and
+    the next recovery fails too rather than leaving it pending; once it
+    can, the record goes, and a newer run's manifest is never rewritten to
+    the older run's (as every later recovery did while it stayed)."""
+    output = str(tmp_path / "out")
+    delete = outputs._delete_file
+
+    def refused(path):
+        if path.endswith(outputs.PUBLISH):
+            raise OSError(13, "Permission denied")
+        delete(path)
+
+    monkeypatch.setattr(outputs, "_delete_file", refused)
+    paths, staged, manifest = stage_run(output, EARLIER, **EARLY)
+    with pytest.raises(OSError):
+        paths.publish(staged, manifest, overwrite=False)
+    with pytest.raises(OSError):
+        outputs.recover(output)
+    monkeypatch.setattr(outputs, "_delete_file", delete)
+    assert outputs.recover(output) == [EARLIER]
+    paths, staged, manifest = stage_run(output, NEW, predicted=["b1"],
+                                        failed=[])
+    paths.publish(staged, manifest, overwrite=False)
+    assert outputs.recover(output) == []
+    with open(os.path.join(output, outputs.MANIFEST)) as handle:
+        assert json.load(handle)["run_id"] == NEW
