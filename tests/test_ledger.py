@@ -203,16 +203,16 @@ def test_a_damaged_merged_file_is_named_and_nothing_is_deleted(tmp_path):
 
 def test_nightly_skip_done_runs_merge_the_ledger_and_still_skip_done_files(
         tmp_path, split, monkeypatch, cli):
-    monkeypatch.setattr(ledger, "COMPACT_FILES", 3)
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 2)
     folder, output = tmp_path / "bucket", tmp_path / "out"
     seen = {}
-    for night in range(4):
+    for night in range(3):
         seen.update(write_digits(str(folder / f"n{night}"), split, 3,
                                  seed=night))
         code, _, err = cli("classify", "--input", folder, "--output",
                            output, "--skip-done", "-q")
         assert code == 0, err
-    # Runs 1-3 left three ledger files, merged when the fourth started.
+    # Runs 1-2 left two ledger files, merged when the third started.
     names = ledger_names(str(output))
     assert len(names) == 2 and names[0].startswith("compacted-"), names
     predicted = pq.read_table(str(output / "predictions")).column("path")
@@ -258,7 +258,7 @@ def test_an_overwrite_replaces_merged_ledger_files_too(tmp_path, split,
                                                        monkeypatch, cli):
     monkeypatch.setattr(ledger, "COMPACT_FILES", 2)
     folder, output = tmp_path / "bucket", tmp_path / "out"
-    for night in range(3):
+    for night in range(3):  # the third merges the first two's
         write_digits(str(folder / f"n{night}"), split, 2, seed=night)
         assert cli("classify", "--input", folder, "--output", output,
                    "--skip-done", "-q")[0] == 0
