@@ -62,11 +62,12 @@ def compact(output: str) -> int:
         return 0  # their moves may name ledger files: leave those be
     folder = fs.join(output, outputs.LEDGER_DIR)
     _finish(folder)
-    small = [path for path, size in _sizes(folder) if size < SMALL_BYTES]
+    sizes = dict(_sizes(folder))
+    small = [path for path, size in sizes.items() if size < SMALL_BYTES]
     if len(small) < COMPACT_FILES:
         return 0
     merged = 0
-    for group in _groups(small, dict(_sizes(folder))):
+    for group in _groups(small, sizes):
         _merge(folder, group)
         merged += len(group)
     return merged

@@ -53,7 +53,8 @@ PARTITION_COLUMNS = ("run_date",)
 COMMIT_ATTEMPTS = 20
 # Iceberg properties of the tables imgclass creates (and sets on older ones
 # at their next commit): each run adds a manifest, and without merging them
-# every commit and every scan reads them all (bench/table_growth.py).
+# every scan reads them all (bench/table_growth.py: a read at 400 runs
+# 0.78 s, 0.46 s merged).
 ICEBERG_PROPERTIES = {"commit.manifest-merge.enabled": "true"}
 
 
