@@ -35,7 +35,6 @@ from model_store.train_config import (
     SPEC_DEFAULTS,
 )
 from pipeline import logs, signals, tables, worker
-from pipeline.signals import STOPPING
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -1092,14 +1091,9 @@ def _latest_now(info) -> str:
 
 
 def run() -> None:
-    """The ``imgclass`` command: :func:`main`, then exit with its code.
-    Once main has returned, its outcome is reported (and a run published):
-    Ctrl-C or SIGTERM while the interpreter shuts down (Theano's cache
-    clean-up) changes neither the exit code nor stderr."""
-    code = main()
-    for signum in STOPPING:
-        signal.signal(signum, signal.SIG_IGN)
-    sys.exit(code)
+    """The ``imgclass`` command: :func:`main`, then exit with its code
+    (:func:`signals.exit_process`)."""
+    signals.exit_process(main())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 
-from pipeline import logs
+from pipeline import logs, signals
 
 # How the runner starts a worker (Beam's own: ``-m
 # apache_beam.runners.worker.sdk_worker_main``); ``exec``: the worker is the
@@ -142,4 +142,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    signals.exit_process(main(sys.argv))
