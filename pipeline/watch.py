@@ -57,6 +57,7 @@ from apache_beam.io.filesystems import FileSystems
 from model_store import fs
 from model_store.errors import ConfigError
 from pipeline import inputs, layout, outputs, worker
+from pipeline.done_files import DoneFiles
 from pipeline.run import (
     ClassifyConfig,
     RunFailed,
@@ -76,7 +77,6 @@ from transforms.defaults import (
 )
 from transforms.files import list_identified
 from transforms.read import is_settled, one_per_file
-from transforms.skip import file_key
 
 HOUR = 3600
 WINDOWS_DIR = "_windows"
@@ -259,8 +259,8 @@ class _Watcher:
                  clock):
         self.config, self.patterns, self.stored = config, patterns, stored
         self.log, self.clock = log, clock
-        self.done: dict = {}
-        _add_ledger(self.done, outputs.ledger_files(config.output), stored)
+        self.done = DoneFiles()
+        self.done.add_ledger(outputs.ledger_files(config.output), stored)
         self.counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
                        "failed_runs": 0}
         self.failures = 0
@@ -304,8 +304,8 @@ class _Watcher:
             return True
         if self.failures:  # this run may have completed a failed one's
             self.done.clear()  # publishing: its files are done too
-            _add_ledger(self.done, outputs.ledger_files(self.config.output),
-                        self.stored)
+            self.done.add_ledger(outputs.ledger_files(self.config.output),
+                                 self.stored)
             _mark_runs(self.config.output, self.failures + 1, self.clock())
         self.failures = 0
         self.counts["windows"] += 1
@@ -321,7 +321,8 @@ class _Watcher:
 
 
 def _publish_window(config: ClassifyConfig, patterns, window: Window,
-                    done: dict, stored, log, clock) -> Optional[dict]:
+                    done: DoneFiles, stored, log,
+                    clock) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
@@ -345,8 +346,8 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window,
                     _reconcile(output, window_at(clock(), window.seconds),
                                clock())
             raise
-        _add_ledger(done, manifest["files"].get(outputs.LEDGER_DIR, []),
-                    stored)
+        done.add_ledger(manifest["files"].get(outputs.LEDGER_DIR, []),
+                        stored)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
     _write_marker(output, window, manifest, clock())
@@ -425,7 +426,7 @@ def _mark_runs(output: str, last: int, now: float) -> None:
                 _write_marker(output, window, manifest, now)
 
 
-def _new_files(patterns, settle: float, done: dict, exclude,
+def _new_files(patterns, settle: float, done: DoneFiles, exclude,
                now: float) -> list[str]:
     """Files settled at ``now`` that no published run classified with this
     model."""
@@ -433,28 +434,12 @@ def _new_files(patterns, settle: float, done: dict, exclude,
     for pattern in patterns:  # what cannot be listed, the run reports
         for real, item in list_identified(pattern, exclude=exclude):
             by_file[real].append(item)
-    found = set()
+    settled = []
     for real, items in by_file.items():  # as the run will list them
         m = one_per_file(real, items)
-        if (isinstance(m, FileMetadata) and is_settled(m, settle, now)
-                and file_key(m) not in done.get(m.path, ())):
-            found.add(m.path)
-    return sorted(found)
-
-
-def _add_ledger(done: dict, files, stored) -> None:
-    """Adds to ``done`` the ledger rows of ``files`` made with ``stored``
-    (a StoredModel): ``{path: {(size, mtime), ...}}``."""
-    table = outputs.read_table(files, ["path", "size", "mtime", "model_name",
-                                       "model_version"])
-    if table is None:
-        return
-    version = str(stored.version)
-    for row in table.to_pylist():
-        if (row["model_name"], row["model_version"]) == (stored.name,
-                                                         version):
-            done.setdefault(row["path"], set()).add(
-                (int(row["size"]), float(row["mtime"])))
+        if isinstance(m, FileMetadata) and is_settled(m, settle, now):
+            settled.append(m)
+    return sorted({m.path for m in done.new(settled)})
 
 
 def _check_layout(output: str) -> None:
