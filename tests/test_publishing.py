@@ -1,8 +1,9 @@
-"""Exactly-once publishing under faults: a write error, a kill or a torn
-write before and after EVERY filesystem operation publishing makes, then the
-recovery the next run does and that run (plain, --skip-done or --overwrite,
-as the variant); an outside reader (pyarrow) checks that no run is lost,
-none is duplicated, and that ``_SUCCESS`` vouches for the files.
+"""Exactly-once publishing under faults: a kill before and after EVERY
+filesystem operation publishing makes, an error (a full disk, a refused
+move or delete) or a torn write before it, then the recovery the next run
+does and that run (plain, --skip-done or --overwrite, as the variant); an
+outside reader (pyarrow) checks that no run is lost, none is duplicated,
+and that ``_SUCCESS`` vouches for the files.
 
 The runs here are staged by hand (Parquet files with the contract's schemas,
 as the pipeline writes them), so each of the few hundred cases takes
@@ -19,9 +20,10 @@ import tempfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import BeamIOError
 
 from model_store.fs import is_uri
-from pipeline import outputs
+from pipeline import outputs, run
 from tests.object_store import Bucket
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
@@ -157,14 +159,16 @@ def prepare(output, variant):
         paths, staged, manifest = stage_run(output, EARLIER, **earlier)
         paths.publish(staged, manifest, overwrite=False)
     paths, staged, manifest = stage_run(output, NEW, **new)
-    return lambda: paths.publish(staged, manifest, overwrite=overwrite)
+    # As the run publishes: an error is its one line (RunFailed).
+    return lambda: run._publish(paths, staged, manifest, overwrite=overwrite)
 
 
 class Faults:
     """Wraps the publishing operations; at step ``at``, ``before`` or
-    ``after`` it runs, raises ``fault``: "error" (OSError, a full disk),
-    "kill" (Killed), "torn" (half the bytes land where a write goes, as
-    on a store without atomic writes, then Killed) or "copied" (a move's
+    ``after`` it runs, raises ``fault``: "error" (a write: OSError, a full
+    disk; a move or a delete: the filesystem's refusal as Beam reports it,
+    :func:`refusal`), "kill" (Killed), "torn" (half the bytes land where a
+    write goes, as on a store without atomic writes, then Killed) or "copied" (a move's
     copies land and its sources stay, as when GCS's or S3's rename, a copy
     then a delete, is killed between the two; then Killed)."""
 
@@ -188,6 +192,8 @@ class Faults:
         return step
 
     def _fail(self, name, args):
+        if self.fault == "error" and name in ("_move", "_delete_file"):
+            raise refusal(name, args)
         if self.fault == "error":
             raise OSError(28, "No space left on device")
         if self.fault == "torn" and name == "_write_file":
@@ -210,6 +216,20 @@ class Faults:
         return f"{name.strip('_').split('_')[0]}:{relative}"
 
 
+def refusal(name, args):
+    """What Beam raises when the filesystem refuses a move or a delete: a
+    local disk a permission error, an object store a transient error (its
+    details keyed by the files, as Beam's local, GCS and S3 filesystems
+    report them)."""
+    paths = list(zip(*args)) if name == "_move" else list(args)
+    cause = (OSError("503 Service Unavailable: backend error")
+             if is_uri(paths[0][0] if name == "_move" else paths[0])
+             else OSError(PermissionError(13, "Permission denied")))
+    operation = "Rename" if name == "_move" else "Delete"
+    return BeamIOError(f"{operation} operation failed",
+                       {path: cause for path in paths})
+
+
 def steps_of(variant, root="local"):
     """The operations a variant's publishing makes, found by publishing it
     once without faults."""
@@ -224,17 +244,19 @@ def steps_of(variant, root="local"):
 
 def faults_of(root, label):
     """The faults tried at a step: a kill before and after it; before each
-    write, also a write error (a full disk). (A write error after a step
-    completed leaves what a kill there leaves.) On a local disk, before
-    each write, a torn write too; an object appears whole when its writer
-    closes (GCS, S3), so a killed write there is a kill before it. On an
+    write, also a write error (a full disk), and before each move and
+    delete, the filesystem refusing it (a permission error, a transient
+    object-store error). (An error after a step completed leaves what a
+    kill there leaves.) On a local disk, before each write, a torn write
+    too; an object appears whole when its writer closes (GCS, S3), so a
+    killed write there is a kill before it. On an
     object store, before each move, a rename killed between its copy and
     its delete."""
     faults = [("before", "kill"), ("after", "kill")]
-    if label.startswith("write:"):
+    if label.split(":")[0] in ("write", "move", "delete"):
         faults.append(("before", "error"))
-        if root == "local":
-            faults.append(("before", "torn"))
+    if label.startswith("write:") and root == "local":
+        faults.append(("before", "torn"))
     if label.startswith("move:") and root != "local":
         faults.append(("before", "copied"))
     return faults
@@ -314,9 +336,11 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     output = new_output(root, str(tmp_path))
     publish = prepare(output, variant)
     Faults(monkeypatch, output, at=index, when=when, fault=fault)
-    with pytest.raises((OSError, Killed)):
+    with pytest.raises((run.RunFailed, Killed)) as failed:
         publish()
     monkeypatch.undo()
+    if fault == "error":
+        check_error_line(str(failed.value), output, label)
     before, after = states(variant)
 
     # An outside reader now: _SUCCESS vouches for one whole state.
@@ -345,6 +369,17 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     if latest:
         assert latest["run_id"] == (NEW if durable else EARLIER)
     rerun(output, variant)
+
+
+def check_error_line(message, output, label):
+    """A failed publishing is one line: the run, the reason the filesystem
+    gave and the way out (the next run)."""
+    (line,) = message.splitlines()
+    reason = ("No space left on device" if label.startswith("write:")
+              else "503 Service Unavailable" if is_uri(output)
+              else "Permission denied")
+    assert line.startswith(f"run {NEW}: publishing failed (") and \
+        reason in line and f"the next run on {output} completes it" in line
 
 
 def rerun(output, variant):
