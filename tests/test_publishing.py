@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -175,14 +176,18 @@ class Faults:
     def __init__(self, monkeypatch, output, at=None, when=None, fault=None):
         self.output, self.at, self.when, self.fault = output, at, when, fault
         self.steps = []
+        # One step, one index: on object stores the ledger merge deletes
+        # several files at once (outputs.map_files).
+        self._counting = threading.Lock()
         for name in OPERATIONS:
             monkeypatch.setattr(outputs, name,
                                 self._wrap(name, getattr(outputs, name)))
 
     def _wrap(self, name, real):
         def step(*args):
-            index = len(self.steps)
-            self.steps.append(self._label(name, args))
+            with self._counting:
+                index = len(self.steps)
+                self.steps.append(self._label(name, args))
             if index == self.at and self.when == "before":
                 self._fail(name, args)
             result = real(*args)
