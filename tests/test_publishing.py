@@ -173,15 +173,18 @@ class Faults:
     copies land and its sources stay, as when GCS's or S3's rename, a copy
     then a delete, is killed between the two; then Killed)."""
 
-    def __init__(self, monkeypatch, output, at=None, when=None, fault=None):
+    def __init__(self, monkeypatch, output, at=None, when=None, fault=None,
+                 *, also=()):
+        """``also``: more steps, ``(module, function name)`` pairs (e.g.
+        the table commits)."""
         self.output, self.at, self.when, self.fault = output, at, when, fault
         self.steps = []
         # One step, one index: on object stores the ledger merge deletes
         # several files at once (outputs.map_files).
         self._counting = threading.Lock()
-        for name in OPERATIONS:
-            monkeypatch.setattr(outputs, name,
-                                self._wrap(name, getattr(outputs, name)))
+        for module, name in [*((outputs, n) for n in OPERATIONS), *also]:
+            monkeypatch.setattr(module, name,
+                                self._wrap(name, getattr(module, name)))
 
     def _wrap(self, name, real):
         def step(*args):
@@ -214,6 +217,8 @@ class Faults:
             target = args[1][0]
         elif name == "_remove_staging":
             return "remove-staging"
+        elif name.startswith("commit_"):  # tables.commit_delta(spec, name..
+            return f"commit:{args[1]}"
         else:
             target = args[0]
         relative = (target[len(self.output) + 1:] if is_uri(target)
