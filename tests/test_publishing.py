@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import BeamIOError
 
 from model_store.fs import is_uri
 from pipeline import outputs, run
-from tests.object_store import Bucket
+from tests.object_store import Bucket, MemStore
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
 RERUN = "20260103T000000Z-rerun"
@@ -492,3 +492,42 @@ def test_a_record_that_cannot_be_deleted_is_not_completed_again_later(
     assert outputs.recover(output) == []
     with open(os.path.join(output, outputs.MANIFEST)) as handle:
         assert json.load(handle)["run_id"] == NEW
+
+
+def unavailable(store, prefix):
+    """An object store that answers no listing (an outage, or listing
+    permission revoked): Beam reports it as a failed match."""
+    raise OSError("503 Service Unavailable")
+    yield  # a generator, as listings are
+
+
+@pytest.mark.parametrize("pending", [True, False],
+                         ids=["publishing-pending", "nothing-pending"])
+def test_a_store_that_cannot_list_stops_the_next_runs_recovery_in_one_line(
+        monkeypatch, pending):
+    """Recovery lists the output first; when the store cannot list, the
+    run stops with the one line that says so and how to get out, and the
+    run after it, once the store lists again, recovers exactly once."""
+    output = new_output("memstore", None)
+    publish = prepare(output, "skip-done")
+    if pending:  # killed at its first move
+        with pytest.MonkeyPatch.context() as faulty:
+            Faults(faulty, output, at=3, when="before", fault="kill")
+            with pytest.raises(Killed):
+                publish()
+    with pytest.MonkeyPatch.context() as down:
+        down.setattr(MemStore, "_list", unavailable)
+        with pytest.raises(run.RunFailed) as failed:
+            run.recover(output, io.StringIO())
+    (line,) = str(failed.value).splitlines()
+    assert line.startswith(f"could not complete the interrupted publishing "
+                           f"in {output}: BeamIOError: ")
+    assert "503 Service Unavailable" in line and "run again" in line
+    assert line.endswith(f"move {output}/_staging out of {output} (files "
+                         f"it already moved stay, listed in its "
+                         f"{outputs.PUBLISH})")
+    log = io.StringIO()
+    run.recover(output, log)
+    before, after = states("skip-done")
+    check_published(output, after if pending else before, "run_date")
+    assert (NEW in log.getvalue()) == pending
