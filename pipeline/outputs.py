@@ -327,9 +327,11 @@ def _pid_alive(pid: int) -> bool:
 
 def _take_over(path: str, stale: bytes) -> None:
     """Removes the stale lock ``path``, unless another run replaced it
-    meanwhile (then it is put back)."""
+    meanwhile (then it is put back; on object stores, left: read again
+    just before its delete, which narrows the race to those two calls)."""
     if is_uri(path):
-        FileSystems.delete([path])
+        if _read_lock(path)[1] == stale:
+            FileSystems.delete([path])
         return
     aside = f"{path}.stale-{uuid.uuid4().hex}"
     try:

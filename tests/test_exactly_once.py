@@ -3,6 +3,7 @@ crashes while publishing, --overwrite, the output lock, Ctrl-C and SIGTERM,
 and runs whose counts cannot be established. An outside reader (DuckDB)
 checks what a data lake would see."""
 
+import contextlib
 import datetime
 import glob
 import json
@@ -585,3 +586,33 @@ def test_a_record_whose_files_cannot_be_found_is_not_published_without_them(
     killed = os.path.basename(staging)
     assert rows_by_pyarrow(output) == sorted(
         (os.path.join(first, n), killed) for n in files_in(first))
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(
+        tmp_path, monkeypatch, root):
+    """Two runs find the same stale lock (a killed run's); the first takes
+    it over while the second is deciding so. The second then finds the
+    first's lock, not the stale one: it stops, as for any held lock, and
+    does not remove the first's."""
+    output = lock_output(root, str(tmp_path))
+    write_lock(output, owner="killed-run", host="other-host", pid=1,
+               created_at=iso(0), refreshed_at=iso(0))
+    first, started = contextlib.ExitStack(), []
+    judge = outputs._lock_is_stale
+
+    def first_run_wins_meanwhile(*args):
+        stale = judge(*args)
+        if stale and not started:
+            started.append(True)
+            first.enter_context(outputs.locked(output, "first-run"))
+        return stale
+
+    monkeypatch.setattr(outputs, "_lock_is_stale", first_run_wins_meanwhile)
+    with first:
+        with pytest.raises(outputs.ConfigError, match="in use by run "
+                                                      "first-run"):
+            with outputs.locked(output, "second-run"):
+                pass
+        assert read_json(f"{output}/_lock")["owner"] == "first-run"
+    assert not exists(f"{output}/_lock")
