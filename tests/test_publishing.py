@@ -385,7 +385,8 @@ def check_error_line(message, output, label):
     """A failed publishing is one line: the run, the reason the filesystem
     gave and the way out (the next run)."""
     (line,) = message.splitlines()
-    reason = ("No space left on device" if label.startswith("write:")
+    reason = ("No space left on device"
+              if not label.startswith(("move:", "delete:"))
               else "503 Service Unavailable" if is_uri(output)
               else "Permission denied")
     assert line.startswith(f"run {NEW}: publishing failed (") and \

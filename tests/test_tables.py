@@ -388,9 +388,11 @@ def test_a_fault_at_a_table_commit_loses_and_doubles_no_row(
     publish = prepare_table_run(output, table_format, variant)
     publishing.Faults(monkeypatch, output, at=index, when=when, fault=fault,
                       also=COMMITS[table_format])
-    with pytest.raises((run.RunFailed, publishing.Killed)):
+    with pytest.raises((run.RunFailed, publishing.Killed)) as failed:
         publish()
     monkeypatch.undo()
+    if fault == "error":
+        publishing.check_error_line(str(failed.value), output, label)
     # Meanwhile each table holds the earlier runs, or the new one too.
     for name in outputs.PARTITIONED:
         assert table_rows(table_format, output, name) in \
