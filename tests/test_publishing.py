@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import threading
+import urllib.parse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,7 +44,7 @@ def new_output(root, folder):
     ``folder`` for a local one."""
     if root == "memstore":
         Bucket.reset({})
-        return "memstore://b/out"
+        return "memstore://acme-lake/vision/imgclass/labels/nightly"
     return os.path.join(folder, "out")
 
 
@@ -232,12 +233,33 @@ def refusal(name, args):
     details keyed by the files, as Beam's local, GCS and S3 filesystems
     report them)."""
     paths = list(zip(*args)) if name == "_move" else list(args)
-    cause = (OSError("503 Service Unavailable: backend error")
-             if is_uri(paths[0][0] if name == "_move" else paths[0])
-             else OSError(PermissionError(13, "Permission denied")))
     operation = "Rename" if name == "_move" else "Delete"
+    if not is_uri(args[0][0] if name == "_move" else args[0]):
+        cause = OSError(PermissionError(13, "Permission denied"))
+        return BeamIOError(f"{operation} operation failed",
+                           {path: cause for path in paths})
     return BeamIOError(f"{operation} operation failed",
-                       {path: cause for path in paths})
+                       {path: ServiceUnavailable.of(path) for path in paths})
+
+
+class ServiceUnavailable(Exception):
+    """A transient error of GCS, as google-api-core words it: the status,
+    the request (the objects' names in it), then the reason."""
+
+    @classmethod
+    def of(cls, path):
+        """The error of a copy (``path``: ``(source, destination)``, the
+        first half of a rename) or of a delete of ``path``."""
+        def url(name):
+            bucket, _, key = name[len("memstore://"):].partition("/")
+            return f"b/{bucket}/o/{urllib.parse.quote(key, safe='')}"
+        request = (f"POST https://storage.googleapis.com/storage/v1/"
+                   f"{url(path[0])}/rewriteTo/{url(path[1])}"
+                   if isinstance(path, tuple) else
+                   f"DELETE https://storage.googleapis.com/storage/v1/"
+                   f"{url(path)}")
+        return cls(f"503 {request}?prettyPrint=false: We encountered an "
+                   f"internal error. Please try again.")
 
 
 def steps_of(variant, root="local"):
@@ -387,7 +409,7 @@ def check_error_line(message, output, label):
     (line,) = message.splitlines()
     reason = ("No space left on device"
               if not label.startswith(("move:", "delete:"))
-              else "503 Service Unavailable" if is_uri(output)
+              else "internal error. Please try again" if is_uri(output)
               else "Permission denied")
     assert line.startswith(f"run {NEW}: publishing failed (") and \
         reason in line and f"the next run on {output} completes it" in line
