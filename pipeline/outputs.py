@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
@@ -79,12 +80,28 @@ def error_line(error: BaseException) -> str:
     """The one line of ``error`` that says what failed: the first (pyiceberg,
     deltalake and SQLAlchemy add lines of background), or the last of a
     message holding a traceback (Beam wraps a worker's error in one)."""
-    lines = [line.strip() for line in str(error).splitlines()
+    lines = [line.strip() for line in _described(error).splitlines()
              if line.strip()]
     if any(line.startswith("Traceback (most recent call last)")
            for line in lines):
         lines = lines[-1:]
     return lines[0][:500] if lines else ""
+
+
+def _described(error: BaseException) -> str:
+    """``error`` as text. A Beam filesystem's batch error (a move, delete
+    or listing that failed) holds a dict of every file and its error,
+    whose paths (two per move) pushed the reason out of the line: it is
+    told as the operation and the first file's own error (which names the
+    file: the local path, the object store's request)."""
+    details = getattr(error, "exception_details", None)
+    if not isinstance(error, BeamIOError) or not isinstance(details, dict) \
+            or not details:
+        return str(error)
+    cause, more = next(iter(details.values())), len(details) - 1
+    operation = str(error).split(" with exceptions ", 1)[0]
+    return (f"{operation}: {type(cause).__name__}: {error_line(cause)}"
+            f"{f' (and {more} more files)' if more else ''}")
 
 
 def check_output(output: str) -> None:
@@ -327,9 +344,11 @@ def _pid_alive(pid: int) -> bool:
 
 def _take_over(path: str, stale: bytes) -> None:
     """Removes the stale lock ``path``, unless another run replaced it
-    meanwhile (then it is put back)."""
+    meanwhile (then it is put back; on object stores, left: read again
+    just before its delete, which narrows the race to those two calls)."""
     if is_uri(path):
-        FileSystems.delete([path])
+        if _read_lock(path)[1] == stale:
+            FileSystems.delete([path])
         return
     aside = f"{path}.stale-{uuid.uuid4().hex}"
     try:

@@ -500,17 +500,26 @@ def recover(output: str, log) -> None:
     try:
         recovered = outputs.recover(output)
     except Exception as error:  # e.g. a full disk: the next run retries
-        pending = ", ".join(outputs.pending_publishes(output)) or \
-            fs.join(output, outputs.STAGING)
         raise RunFailed(
             f"could not complete the interrupted publishing in {output}: "
             f"{type(error).__name__}: {outputs.error_line(error)}; fix that "
             f"and run again (each run retries it), or, to abandon that run, "
-            f"move {pending} out of {output} (files it already moved stay, "
-            f"listed in its {outputs.PUBLISH})") from error
+            f"move {_pending(output)} out of {output} (files it already "
+            f"moved stay, listed in its {outputs.PUBLISH})") from error
     if recovered:
         print(f"imgclass: finished publishing interrupted run(s) "
               f"{', '.join(recovered)}", file=log)
+
+
+def _pending(output: str) -> str:
+    """The staging folders of the runs recovery could not complete; all of
+    staging when there are none or they cannot be listed (the store that
+    failed recovery may fail this listing too)."""
+    try:
+        pending = outputs.pending_publishes(output)
+    except Exception:  # noqa: BLE001 - the error being reported is the cause
+        pending = []
+    return ", ".join(pending) or fs.join(output, outputs.STAGING)
 
 
 def merge_ledger(output: str, log) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 from apache_beam.io.filesystem import FileMetadata, FileSystem
 
@@ -17,6 +18,9 @@ SCHEME = "memstore"
 class Bucket:
     """The objects ``{path: bytes}`` and what was done with them."""
     objects: dict = {}
+    # When objects written through the filesystem were last written (GCS
+    # and S3 keep it; objects put in ``objects`` directly have none: 0).
+    written: dict = {}
     listed = 0  # listing entries returned
     bytes_read = 0  # bytes returned by reads of opened objects
     most_open = 0  # the most objects open for reading at the same time
@@ -32,6 +36,7 @@ class Bucket:
     @classmethod
     def reset(cls, objects: dict) -> None:
         cls.objects = dict(objects)
+        cls.written = {}
         cls.listed = cls.bytes_read = cls.most_open = cls._open = 0
         cls.open_together = False
 
@@ -120,7 +125,9 @@ class MemStore(FileSystem):
         return FileMetadata(path, self.size(path), 0.0)
 
     def last_updated(self, path):
-        return 0.0
+        if path not in Bucket.objects:
+            raise FileNotFoundError(path)
+        return Bucket.written.get(path, 0.0)
 
     def mkdirs(self, path):
         pass
@@ -137,6 +144,7 @@ class MemStore(FileSystem):
     def rename(self, sources, destinations):
         for source, destination in zip(sources, destinations):
             Bucket.objects[destination] = Bucket.objects.pop(source)
+            Bucket.written[destination] = time.time()  # a copy: new
 
     def delete(self, paths):
         """As Beam's GCS filesystem: a path ending in ``/`` deletes every
@@ -162,4 +170,5 @@ class _Writer(io.BytesIO):
     def close(self):
         if not self.closed:
             Bucket.objects[self._path] = self.getvalue()
+            Bucket.written[self._path] = time.time()
         super().close()

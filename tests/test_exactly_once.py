@@ -3,6 +3,7 @@ crashes while publishing, --overwrite, the output lock, Ctrl-C and SIGTERM,
 and runs whose counts cannot be established. An outside reader (DuckDB)
 checks what a data lake would see."""
 
+import contextlib
 import datetime
 import glob
 import json
@@ -16,9 +17,18 @@ import threading
 
 import duckdb
 import pytest
+from apache_beam.io.filesystems import FileSystems
 
+from model_store import fs
 from pipeline import outputs
 from pipeline.run import ClassifyConfig
+from tests.test_publishing import (
+    ROOTS,
+    exists,
+    new_output,
+    put_bytes,
+    read_json,
+)
 
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
                        "digits")
@@ -259,8 +269,9 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(cli, images, tmp_path):
 
 
 def write_lock(output, **fields):
-    with open(os.path.join(output, "_lock"), "w") as handle:
-        json.dump(fields, handle)
+    """A lock as a run writes it (a dict of ``fields``), local or on an
+    object store."""
+    put_bytes(f"{output}/_lock", json.dumps(fields).encode())
 
 
 def iso(t):
@@ -268,19 +279,33 @@ def iso(t):
                                            ).isoformat()
 
 
-def test_a_lock_not_refreshed_for_the_timeout_is_stale(tmp_path):
-    output, then = str(tmp_path), 1_800_000_000.0
+def lock_output(root, folder):
+    """An output of ``root`` with nothing in it (a local one made)."""
+    output = new_output(root, folder)
+    if root == "local":
+        os.makedirs(output)
+    return output
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_a_lock_not_refreshed_for_the_timeout_is_stale(tmp_path, root):
+    output, then = lock_output(root, str(tmp_path)), 1_800_000_000.0
+    lock = f"{output}/_lock"
     stale_at = then + outputs.LOCK_STALE_SECONDS
     # A run on another host (or container) that was killed.
     write_lock(output, owner="elsewhere", host="other-host", pid=1,
                created_at=iso(then - 3600), refreshed_at=iso(then))
-    with pytest.raises(outputs.ConfigError, match="in use by run elsewhere"):
+    with pytest.raises(outputs.ConfigError) as refused:
         with outputs.locked(output, "mine", clock=lambda: stale_at - 60):
             pass
+    (line,) = str(refused.value).splitlines()  # and the way out
+    assert line == (f"output {output!r} is in use by run elsewhere (pid 1 "
+                    f"on other-host, since {iso(then - 3600)}); wait for it "
+                    f"to finish, or delete {lock} if that run is gone")
     with outputs.locked(output, "mine", clock=lambda: stale_at + 60):
-        held = json.load(open(os.path.join(output, "_lock")))
+        held = read_json(lock)
         assert (held["owner"], held["pid"]) == ("mine", os.getpid())
-    assert not os.path.exists(os.path.join(output, "_lock"))
+    assert not exists(lock)
 
     # Same host, the pid now someone else's: alive, but never refreshed.
     write_lock(output, owner="old", host=socket.gethostname(),
@@ -291,15 +316,52 @@ def test_a_lock_not_refreshed_for_the_timeout_is_stale(tmp_path):
     with outputs.locked(output, "mine", clock=lambda: stale_at + 1):
         pass
 
-    # A lock its owner died writing: held for a minute, then stale.
-    lock = os.path.join(output, "_lock")
-    open(lock, "w").close()
-    written = os.stat(lock).st_mtime
+    # A lock its owner died writing (on an object store: one a store
+    # returned damaged): held for a minute, then stale.
+    fs.create(lock, b"")
+    written = FileSystems.last_updated(lock)  # the store's time of writing
     with pytest.raises(outputs.ConfigError, match="cannot be read"):
-        with outputs.locked(output, "mine", clock=lambda: written + 5):
+        with outputs.locked(output, "mine"):  # now
             pass
     with outputs.locked(output, "mine", clock=lambda: written + 61):
         pass
+    assert not exists(lock)
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_a_lock_left_by_a_run_killed_on_this_host_is_taken_over_at_once(
+        tmp_path, root):
+    """SIGKILL runs no ``finally``: the lock stays, naming a process that
+    is gone, and the next run takes it over (no waiting for a timeout)."""
+    output = lock_output(root, str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    write_lock(output, owner="killed-run", host=socket.gethostname(),
+               pid=dead.pid, created_at=iso(now), refreshed_at=iso(now))
+    with outputs.locked(output, "next-run") as owner:
+        assert read_json(f"{output}/_lock")["owner"] == owner["owner"] == \
+            "next-run"
+    assert not exists(f"{output}/_lock")
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_a_lock_kept_fresh_by_its_running_owner_is_not_taken_over(
+        tmp_path, root):
+    """A long run refreshes its lock: past LOCK_STALE_SECONDS from its
+    start, another run (another host's, here) still stops."""
+    output, then = lock_output(root, str(tmp_path)), 1_800_000_000.0
+    lock = f"{output}/_lock"
+    later = then + 3 * outputs.LOCK_STALE_SECONDS
+    with outputs.locked(output, "long-run", clock=lambda: then,
+                        refresh_seconds=3600) as owner:
+        assert outputs.refresh_lock(lock, owner, lambda: later)
+        with pytest.raises(outputs.ConfigError, match="in use by run "
+                                                      "long-run"):
+            with outputs.locked(output, "other", clock=lambda: later + 60):
+                pass
+        assert read_json(lock)["owner"] == "long-run"
+    assert not exists(lock)
 
 
 def test_a_running_owner_keeps_its_lock_fresh_and_only_its_own(tmp_path):
@@ -524,3 +586,33 @@ def test_a_record_whose_files_cannot_be_found_is_not_published_without_them(
     killed = os.path.basename(staging)
     assert rows_by_pyarrow(output) == sorted(
         (os.path.join(first, n), killed) for n in files_in(first))
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_two_runs_taking_over_one_stale_lock_do_not_both_hold_it(
+        tmp_path, monkeypatch, root):
+    """Two runs find the same stale lock (a killed run's); the first takes
+    it over while the second is deciding so. The second then finds the
+    first's lock, not the stale one: it stops, as for any held lock, and
+    does not remove the first's."""
+    output = lock_output(root, str(tmp_path))
+    write_lock(output, owner="killed-run", host="other-host", pid=1,
+               created_at=iso(0), refreshed_at=iso(0))
+    first, started = contextlib.ExitStack(), []
+    judge = outputs._lock_is_stale
+
+    def first_run_wins_meanwhile(*args):
+        stale = judge(*args)
+        if stale and not started:
+            started.append(True)
+            first.enter_context(outputs.locked(output, "first-run"))
+        return stale
+
+    monkeypatch.setattr(outputs, "_lock_is_stale", first_run_wins_meanwhile)
+    with first:
+        with pytest.raises(outputs.ConfigError, match="in use by run "
+                                                      "first-run"):
+            with outputs.locked(output, "second-run"):
+                pass
+        assert read_json(f"{output}/_lock")["owner"] == "first-run"
+    assert not exists(f"{output}/_lock")

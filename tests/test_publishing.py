@@ -1,8 +1,9 @@
-"""Exactly-once publishing under faults: a write error, a kill or a torn
-write before and after EVERY filesystem operation publishing makes, then the
-recovery the next run does and that run (plain, --skip-done or --overwrite,
-as the variant); an outside reader (pyarrow) checks that no run is lost,
-none is duplicated, and that ``_SUCCESS`` vouches for the files.
+"""Exactly-once publishing under faults: a kill before and after EVERY
+filesystem operation publishing makes, an error (a full disk, a refused
+move or delete) or a torn write before it, then the recovery the next run
+does and that run (plain, --skip-done or --overwrite, as the variant); an
+outside reader (pyarrow) checks that no run is lost, none is duplicated,
+and that ``_SUCCESS`` vouches for the files.
 
 The runs here are staged by hand (Parquet files with the contract's schemas,
 as the pipeline writes them), so each of the few hundred cases takes
@@ -15,14 +16,17 @@ import io
 import json
 import os
 import tempfile
+import threading
+import urllib.parse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import BeamIOError
 
 from model_store.fs import is_uri
-from pipeline import outputs
-from tests.object_store import Bucket
+from pipeline import outputs, run
+from tests.object_store import Bucket, MemStore
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
 RERUN = "20260103T000000Z-rerun"
@@ -40,7 +44,7 @@ def new_output(root, folder):
     ``folder`` for a local one."""
     if root == "memstore":
         Bucket.reset({})
-        return "memstore://b/out"
+        return "memstore://acme-lake/vision/imgclass/labels/nightly"
     return os.path.join(folder, "out")
 
 
@@ -157,28 +161,37 @@ def prepare(output, variant):
         paths, staged, manifest = stage_run(output, EARLIER, **earlier)
         paths.publish(staged, manifest, overwrite=False)
     paths, staged, manifest = stage_run(output, NEW, **new)
-    return lambda: paths.publish(staged, manifest, overwrite=overwrite)
+    # As the run publishes: an error is its one line (RunFailed).
+    return lambda: run._publish(paths, staged, manifest, overwrite=overwrite)
 
 
 class Faults:
     """Wraps the publishing operations; at step ``at``, ``before`` or
-    ``after`` it runs, raises ``fault``: "error" (OSError, a full disk),
-    "kill" (Killed), "torn" (half the bytes land where a write goes, as
-    on a store without atomic writes, then Killed) or "copied" (a move's
+    ``after`` it runs, raises ``fault``: "error" (a write: OSError, a full
+    disk; a move or a delete: the filesystem's refusal as Beam reports it,
+    :func:`refusal`), "kill" (Killed), "torn" (half the bytes land where a
+    write goes, as on a store without atomic writes, then Killed) or "copied" (a move's
     copies land and its sources stay, as when GCS's or S3's rename, a copy
     then a delete, is killed between the two; then Killed)."""
 
-    def __init__(self, monkeypatch, output, at=None, when=None, fault=None):
+    def __init__(self, monkeypatch, output, at=None, when=None, fault=None,
+                 *, also=()):
+        """``also``: more steps, ``(module, function name)`` pairs (e.g.
+        the table commits)."""
         self.output, self.at, self.when, self.fault = output, at, when, fault
         self.steps = []
-        for name in OPERATIONS:
-            monkeypatch.setattr(outputs, name,
-                                self._wrap(name, getattr(outputs, name)))
+        # One step, one index: on object stores the ledger merge deletes
+        # several files at once (outputs.map_files).
+        self._counting = threading.Lock()
+        for module, name in [*((outputs, n) for n in OPERATIONS), *also]:
+            monkeypatch.setattr(module, name,
+                                self._wrap(name, getattr(module, name)))
 
     def _wrap(self, name, real):
         def step(*args):
-            index = len(self.steps)
-            self.steps.append(self._label(name, args))
+            with self._counting:
+                index = len(self.steps)
+                self.steps.append(self._label(name, args))
             if index == self.at and self.when == "before":
                 self._fail(name, args)
             result = real(*args)
@@ -188,6 +201,8 @@ class Faults:
         return step
 
     def _fail(self, name, args):
+        if self.fault == "error" and name in ("_move", "_delete_file"):
+            raise refusal(name, args)
         if self.fault == "error":
             raise OSError(28, "No space left on device")
         if self.fault == "torn" and name == "_write_file":
@@ -203,11 +218,48 @@ class Faults:
             target = args[1][0]
         elif name == "_remove_staging":
             return "remove-staging"
+        elif name.startswith("commit_"):  # tables.commit_delta(spec, name..
+            return f"commit:{args[1]}"
         else:
             target = args[0]
         relative = (target[len(self.output) + 1:] if is_uri(target)
                     else os.path.relpath(target, self.output))
         return f"{name.strip('_').split('_')[0]}:{relative}"
+
+
+def refusal(name, args):
+    """What Beam raises when the filesystem refuses a move or a delete: a
+    local disk a permission error, an object store a transient error (its
+    details keyed by the files, as Beam's local, GCS and S3 filesystems
+    report them)."""
+    paths = list(zip(*args)) if name == "_move" else list(args)
+    operation = "Rename" if name == "_move" else "Delete"
+    if not is_uri(args[0][0] if name == "_move" else args[0]):
+        cause = OSError(PermissionError(13, "Permission denied"))
+        return BeamIOError(f"{operation} operation failed",
+                           {path: cause for path in paths})
+    return BeamIOError(f"{operation} operation failed",
+                       {path: ServiceUnavailable.of(path) for path in paths})
+
+
+class ServiceUnavailable(Exception):
+    """A transient error of GCS, as google-api-core words it: the status,
+    the request (the objects' names in it), then the reason."""
+
+    @classmethod
+    def of(cls, path):
+        """The error of a copy (``path``: ``(source, destination)``, the
+        first half of a rename) or of a delete of ``path``."""
+        def url(name):
+            bucket, _, key = name[len("memstore://"):].partition("/")
+            return f"b/{bucket}/o/{urllib.parse.quote(key, safe='')}"
+        request = (f"POST https://storage.googleapis.com/storage/v1/"
+                   f"{url(path[0])}/rewriteTo/{url(path[1])}"
+                   if isinstance(path, tuple) else
+                   f"DELETE https://storage.googleapis.com/storage/v1/"
+                   f"{url(path)}")
+        return cls(f"503 {request}?prettyPrint=false: We encountered an "
+                   f"internal error. Please try again.")
 
 
 def steps_of(variant, root="local"):
@@ -224,17 +276,19 @@ def steps_of(variant, root="local"):
 
 def faults_of(root, label):
     """The faults tried at a step: a kill before and after it; before each
-    write, also a write error (a full disk). (A write error after a step
-    completed leaves what a kill there leaves.) On a local disk, before
-    each write, a torn write too; an object appears whole when its writer
-    closes (GCS, S3), so a killed write there is a kill before it. On an
+    write, also a write error (a full disk), and before each move and
+    delete, the filesystem refusing it (a permission error, a transient
+    object-store error). (An error after a step completed leaves what a
+    kill there leaves.) On a local disk, before each write, a torn write
+    too; an object appears whole when its writer closes (GCS, S3), so a
+    killed write there is a kill before it. On an
     object store, before each move, a rename killed between its copy and
     its delete."""
     faults = [("before", "kill"), ("after", "kill")]
-    if label.startswith("write:"):
+    if label.split(":")[0] in ("write", "move", "delete"):
         faults.append(("before", "error"))
-        if root == "local":
-            faults.append(("before", "torn"))
+    if label.startswith("write:") and root == "local":
+        faults.append(("before", "torn"))
     if label.startswith("move:") and root != "local":
         faults.append(("before", "copied"))
     return faults
@@ -314,9 +368,11 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     output = new_output(root, str(tmp_path))
     publish = prepare(output, variant)
     Faults(monkeypatch, output, at=index, when=when, fault=fault)
-    with pytest.raises((OSError, Killed)):
+    with pytest.raises((run.RunFailed, Killed)) as failed:
         publish()
     monkeypatch.undo()
+    if fault == "error":
+        check_error_line(str(failed.value), output, label)
     before, after = states(variant)
 
     # An outside reader now: _SUCCESS vouches for one whole state.
@@ -345,6 +401,18 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
     if latest:
         assert latest["run_id"] == (NEW if durable else EARLIER)
     rerun(output, variant)
+
+
+def check_error_line(message, output, label):
+    """A failed publishing is one line: the run, the reason the filesystem
+    gave and the way out (the next run)."""
+    (line,) = message.splitlines()
+    reason = ("No space left on device"
+              if not label.startswith(("move:", "delete:"))
+              else "internal error. Please try again" if is_uri(output)
+              else "Permission denied")
+    assert line.startswith(f"run {NEW}: publishing failed (") and \
+        reason in line and f"the next run on {output} completes it" in line
 
 
 def rerun(output, variant):
@@ -447,3 +515,42 @@ def test_a_record_that_cannot_be_deleted_is_not_completed_again_later(
     assert outputs.recover(output) == []
     with open(os.path.join(output, outputs.MANIFEST)) as handle:
         assert json.load(handle)["run_id"] == NEW
+
+
+def unavailable(store, prefix):
+    """An object store that answers no listing (an outage, or listing
+    permission revoked): Beam reports it as a failed match."""
+    raise OSError("503 Service Unavailable")
+    yield  # a generator, as listings are
+
+
+@pytest.mark.parametrize("pending", [True, False],
+                         ids=["publishing-pending", "nothing-pending"])
+def test_a_store_that_cannot_list_stops_the_next_runs_recovery_in_one_line(
+        monkeypatch, pending):
+    """Recovery lists the output first; when the store cannot list, the
+    run stops with the one line that says so and how to get out, and the
+    run after it, once the store lists again, recovers exactly once."""
+    output = new_output("memstore", None)
+    publish = prepare(output, "skip-done")
+    if pending:  # killed at its first move
+        with pytest.MonkeyPatch.context() as faulty:
+            Faults(faulty, output, at=3, when="before", fault="kill")
+            with pytest.raises(Killed):
+                publish()
+    with pytest.MonkeyPatch.context() as down:
+        down.setattr(MemStore, "_list", unavailable)
+        with pytest.raises(run.RunFailed) as failed:
+            run.recover(output, io.StringIO())
+    (line,) = str(failed.value).splitlines()
+    assert line.startswith(f"could not complete the interrupted publishing "
+                           f"in {output}: BeamIOError: ")
+    assert "503 Service Unavailable" in line and "run again" in line
+    assert line.endswith(f"move {output}/_staging out of {output} (files "
+                         f"it already moved stay, listed in its "
+                         f"{outputs.PUBLISH})")
+    log = io.StringIO()
+    run.recover(output, log)
+    before, after = states("skip-done")
+    check_published(output, after if pending else before, "run_date")
+    assert (NEW in log.getvalue()) == pending

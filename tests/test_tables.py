@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from model_store.errors import ConfigError
-from pipeline import tables
+from pipeline import outputs, run, tables
+from tests import test_publishing as publishing
 from transforms import schema
 
 PARTITION = "run_date=2026-11-26"
@@ -276,3 +277,131 @@ def test_a_delta_run_that_adds_a_column_names_itself_in_every_commit(
     assert marks == [["imgclass/old"], [], ["imgclass/new"]]
     table = DeltaTable(os.path.join(output, "predictions"))
     assert table.to_pyarrow_table().num_rows == 5
+
+
+# --- a kill or an error at a table commit while publishing -----------------
+
+def table_run(output, table_format, run_id, **files):
+    """A run staged by hand (tests/test_publishing.py) whose publishing
+    commits to ``table_format`` tables; ``(RunOutputs, staged, manifest)``."""
+    paths, staged, manifest = publishing.stage_run(output, run_id, **files)
+    spec = tables.table_spec(table_format, output,
+                             partition=files.get("partition"))
+    predicted, failed = len(files["predicted"]), len(files["failed"])
+    manifest.update(table=spec.to_dict(),
+                    model={"name": "digits-cnn", "version": "1"},
+                    counts={"matched": predicted + failed,
+                            "predicted": predicted, "failed": failed})
+    return paths, staged, manifest
+
+
+def table_steps(table_format, variant):
+    """The steps of the variant's publishing, the table commits among
+    them, found by publishing it once without faults."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder, \
+            pytest.MonkeyPatch.context() as monkeypatch:
+        output = os.path.join(folder, "out")
+        publish = prepare_table_run(output, table_format, variant)
+        faults = publishing.Faults(monkeypatch, output,
+                                   also=COMMITS[table_format])
+        publish()
+        return faults.steps
+
+
+def prepare_table_run(output, table_format, variant):
+    """Publishes the variant's earlier run (if any); returns publishing
+    the new one as the run does (outputs.py and run.py)."""
+    earlier, new, overwrite, _ = publishing.VARIANTS[variant]
+    if earlier:
+        paths, staged, manifest = table_run(output, table_format,
+                                            publishing.EARLIER, **earlier)
+        paths.publish(staged, manifest, overwrite=False)
+    paths, staged, manifest = table_run(output, table_format,
+                                        publishing.NEW, **new)
+    return lambda: run._publish(paths, staged, manifest,
+                                overwrite=overwrite)
+
+
+def table_rows(table_format, output, name):
+    """``(paths, run ids of its commits)`` of the table ``name``, read with
+    the format's own library (not imgclass's): what a lake's readers see;
+    no rows and no commits before the table is made."""
+    if table_format == "delta":
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+        try:
+            table = DeltaTable(os.path.join(output, name))
+        except TableNotFoundError:
+            return [], []
+        rows = table.to_pyarrow_table(columns=["path"])
+        commits = [h.get(tables.RUN_ID_KEY) for h in table.history()
+                   if h["operation"] != "ADD COLUMN"]
+    else:
+        from pyiceberg.catalog.sql import SqlCatalog
+        from pyiceberg.exceptions import NoSuchTableError
+        catalog = SqlCatalog("imgclass", uri=f"sqlite:///{output}/"
+                             f"{tables.CATALOG_FILE}")  # as the README
+        try:
+            table = catalog.load_table(f"imgclass.{name}")
+        except NoSuchTableError:
+            return [], []
+        rows = table.scan(selected_fields=("path",)).to_arrow()
+        commits = [s.summary[tables.RUN_ID_KEY] for s in table.snapshots()]
+    return sorted(rows.column("path").to_pylist()), sorted(commits)
+
+
+# Which rows each table holds, before and once the new run is published.
+def table_states(variant, name):
+    earlier, new, _, _ = publishing.VARIANTS[variant]
+    key = "predicted" if name == "predictions" else "failed"
+    before = sorted(earlier[key]) if earlier else []
+    runs_before = [publishing.EARLIER] if earlier else []
+    return (before, runs_before), (sorted(before + new[key]),
+                                   sorted(runs_before + [publishing.NEW]))
+
+
+COMMITS = {"delta": [(tables, "commit_delta")],
+           "iceberg": [(tables, "commit_iceberg")]}
+TABLE_VARIANTS = ("first", "skip-done")  # --overwrite refuses tables
+# At each table's commit (a run commits predictions, then errors): a kill
+# before and after it, and an error before it (a full disk under the Delta
+# log, a catalog that refuses). A kill before the first commit leaves what
+# a kill after the last move leaves, and one after the last commit what a
+# kill before writing _runs/ leaves: the publishing matrix's states.
+TABLE_CASES = [(table_format, variant, index, label, when, fault)
+               for table_format in FORMATS for variant in TABLE_VARIANTS
+               for index, label in enumerate(table_steps(table_format,
+                                                         variant))
+               if label.startswith("commit:")
+               for when, fault in (("before", "kill"), ("after", "kill"),
+                                   ("before", "error"))]
+
+
+@pytest.mark.parametrize(
+    "table_format,variant,index,label,when,fault", TABLE_CASES,
+    ids=[f"{t}-{v}-{label}-{w}-{f}" for t, v, _, label, w, f in TABLE_CASES])
+def test_a_fault_at_a_table_commit_loses_and_doubles_no_row(
+        tmp_path, monkeypatch, table_format, variant, index, label, when,
+        fault):
+    output = str(tmp_path / "out")
+    publish = prepare_table_run(output, table_format, variant)
+    publishing.Faults(monkeypatch, output, at=index, when=when, fault=fault,
+                      also=COMMITS[table_format])
+    with pytest.raises((run.RunFailed, publishing.Killed)) as failed:
+        publish()
+    monkeypatch.undo()
+    if fault == "error":
+        publishing.check_error_line(str(failed.value), output, label)
+    # Meanwhile each table holds the earlier runs, or the new one too.
+    for name in outputs.PARTITIONED:
+        assert table_rows(table_format, output, name) in \
+            table_states(variant, name)
+
+    # The next run recovers: each row once, one commit per run and table.
+    assert outputs.recover(output) == [publishing.NEW]
+    for name in outputs.PARTITIONED:
+        assert table_rows(table_format, output, name) == \
+            table_states(variant, name)[1]
+    assert sorted(os.listdir(os.path.join(output, outputs.RUNS_DIR))) == \
+        sorted(f"{r}.json" for r in table_states(variant, "errors")[1][1])
