@@ -95,11 +95,12 @@ def deferrable(signals=STOPPING):
         yield hold
 
 
-def exit_process(code: int) -> None:
-    """Exits with ``code`` once a command (or a worker) is done: its
-    outcome is reported, so Ctrl-C or SIGTERM while the interpreter shuts
-    down (Theano's cache clean-up) changes neither the exit code nor
-    stderr.
+def exit_process(code: int, *, ignore_stops: bool = True) -> None:
+    """Exits with ``code`` once a command (or a worker) is done. With
+    ``ignore_stops`` (a command: its outcome is reported), Ctrl-C or
+    SIGTERM while the interpreter shuts down (Theano's cache clean-up)
+    changes neither the exit code nor stderr; a worker leaves them as they
+    are, so that its parent can still stop it.
 
     The objects left are frozen first (``gc.freeze``), so that the
     collections of the interpreter's shut-down skip them: after a run they
@@ -108,7 +109,8 @@ def exit_process(code: int) -> None:
     (bench/startup.py). Nothing is skipped: finalizers and ``atexit``
     handlers still run, and the memory goes back to the system with the
     process."""
-    for signum in STOPPING:
-        signal.signal(signum, signal.SIG_IGN)
+    if ignore_stops:
+        for signum in STOPPING:
+            signal.signal(signum, signal.SIG_IGN)
     gc.freeze()
     sys.exit(code)

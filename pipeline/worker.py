@@ -142,4 +142,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    signals.exit_process(main(sys.argv))
+    signals.exit_process(main(sys.argv), ignore_stops=False)
