@@ -335,6 +335,32 @@ def test_missing_compiler_is_one_clear_line(tmp_path):
     assert "apt-get install g++" in lines[-1]
 
 
+@pytest.mark.parametrize("variable,value,message", [
+    ("OMP_NUM_THREADS", "abc", "OMP_NUM_THREADS should be a number, got "
+                               "'abc'"),
+    ("THEANO_FLAGS", "mode=bogus", "Expected one of those string 'Mode'"),
+    ("XDG_CACHE_HOME", "FILE", "Unable to create the compiledir directory"),
+    ("THEANO_FLAGS", "floatX=float16", "floatX=float16, which Theano cannot "
+                                       "run on the CPU"),
+    ("THEANO_FLAGS", "cxx=/no/such/g++", "cxx=/no/such/g++, which was not "
+                                         "found"),
+])
+def test_an_environment_theano_cannot_run_with_is_one_line(
+        tmp_path, variable, value, message):
+    import subprocess
+    import sys
+    if value == "FILE":  # a cache folder that is a file
+        value = str(tmp_path / "file")
+        open(value, "w").close()
+    env = dict(os.environ, **{variable: value})
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "models",
+                           "show", "digits-cnn"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert done.stderr.startswith("imgclass: error: ")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--runner=NoSuchRunner"], "--runner=NoSuchRunner is not supported; "
                                 "use one of DirectRunner, PortableRunner"),
