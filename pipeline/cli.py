@@ -1031,14 +1031,14 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     from model_store.store import saves_recorded
 
-    logs.configure()
-    parser = build_parser()
     # Ctrl-C or SIGTERM: KeyboardInterrupt, and recorded, so that a stop a
     # library swallowed and turned into another error (an interrupted
     # import of scipy inside Theano's) is still reported as a stop; the
     # versions saved before it are named.
     with signals.stopping() as received, saves_recorded() as saved:
         try:
+            logs.configure()
+            parser = build_parser()
             args, extra = parser.parse_known_args(argv)
             if extra and not getattr(args, "accepts_beam_options", False):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")

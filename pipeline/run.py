@@ -330,6 +330,7 @@ def validate(config: ClassifyConfig,
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
+    progress_seconds()
     return config, patterns, _partition(config)
 
 

@@ -720,3 +720,25 @@ def test_beam_option_values_may_follow_as_separate_words(cli, images,
                        "--direct_num_workers", "1", "-q")
     assert (code, err) == (0, "")
     assert (output / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("IMGCLASS_BEAM_LOG_LEVEL", "LOUD", "IMGCLASS_BEAM_LOG_LEVEL='LOUD' is "
+                                        "not a log level"),
+    ("IMGCLASS_PROGRESS_SECONDS", "soon", "IMGCLASS_PROGRESS_SECONDS='soon' "
+                                          "is not a number of seconds >= 0"),
+    ("IMGCLASS_PROGRESS_SECONDS", "-1", "IMGCLASS_PROGRESS_SECONDS='-1' is "
+                                        "not a number of seconds >= 0"),
+])
+@pytest.mark.parametrize("command", ["classify", "watch"])
+def test_an_imgclass_variable_without_meaning_is_one_line_before_any_work(
+        cli, images, tmp_path, monkeypatch, variable, value, message,
+        command):
+    output = tmp_path / "out"
+    monkeypatch.setenv(variable, value)
+    code, out, err = cli(command, "--input", images, "--output", output)
+    monkeypatch.undo()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"imgclass: error: "
+                                        f"{err.split('error: ', 1)[1].strip()}"]
+    assert message in err and not output.exists()
