@@ -165,6 +165,15 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     stop = stop_event if stop_event is not None else threading.Event()
     wait = stop.wait if wait is None else wait
     base = _window_config(config, settle)
+    # A watcher refused before watching leaves no folder behind.
+    with outputs.removed_unless_used(config.output):
+        return _watch_output(config, base, interval, seconds, settle, stop,
+                             wait, log, clock)
+
+
+def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
+                  clock) -> dict:
+    """watch's work, once its settings are checked."""
     base, patterns, _ = validate(base)
     with outputs.locked(base.output, f"watch-{os.getpid()}"):
         recover(base.output, log)

@@ -722,6 +722,15 @@ def test_beam_option_values_may_follow_as_separate_words(cli, images,
     assert (output / "_SUCCESS").exists()
 
 
+@pytest.mark.parametrize("args", [["--top-k", "11"], ["--model", "nope"]])
+def test_a_refused_watch_leaves_no_folder_behind(cli, images, tmp_path,
+                                                 args):
+    output = tmp_path / "new" / "out"
+    code, _, err = cli("watch", "--input", images, "--output", output, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("variable,value,message", [
     ("IMGCLASS_BEAM_LOG_LEVEL", "LOUD", "IMGCLASS_BEAM_LOG_LEVEL='LOUD' is "
                                         "not a log level"),
