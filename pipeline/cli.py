@@ -520,6 +520,15 @@ def _store_path(text: str) -> str:
     return text
 
 
+def _given(text: str) -> str:
+    """A path option given empty (a script's unset "$DATA") is a mistake,
+    not the option left out, nor the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty: give a value, or leave the option out")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -724,10 +733,10 @@ def _add_models_command(commands) -> None:
     from_onnx.add_argument("file", metavar="FILE", help="the .onnx file")
     from_onnx.add_argument("--name", required=True,
                            help="model name; the version is the next free one")
-    from_onnx.add_argument("--classes", metavar="FILE",
+    from_onnx.add_argument("--classes", metavar="FILE", type=_given,
                            help="class names, one per line in output order "
                                 "(default: 0, 1, ...)")
-    from_onnx.add_argument("--preprocessing", metavar="JSON",
+    from_onnx.add_argument("--preprocessing", metavar="JSON", type=_given,
                            help="JSON object or file with color_mode, resize, "
                                 "mean, std (0..1 scale), background, "
                                 "resize_shorter (default: bilinear resize to "
@@ -756,11 +765,11 @@ def _add_train_command(commands) -> None:
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="with --dataset fashion-mnist: use only the "
                             "first N training images (a quick check)")
-    train.add_argument("--data", metavar="PATH",
+    train.add_argument("--data", metavar="PATH", type=_given,
                        help="training images: one sub-folder per class "
                             "(local or any Beam filesystem); unreadable "
                             "files are listed and skipped")
-    train.add_argument("--val-data", metavar="PATH",
+    train.add_argument("--val-data", metavar="PATH", type=_given,
                        help="validation images, laid out as --data "
                             "(default: a stratified --val-fraction of "
                             "--data)")
@@ -768,7 +777,7 @@ def _add_train_command(commands) -> None:
                        help=f"share of each class of --data held out for "
                             f"validation when there is no --val-data, with "
                             f"a fixed seed (default: {VAL_FRACTION})")
-    train.add_argument("--base", metavar="MODEL",
+    train.add_argument("--base", metavar="MODEL", type=_given,
                        help="transfer learning: a stored model (e.g. "
                             "efficientnet-lite0) whose frozen features "
                             "feed a new dense + softmax head; features are "
@@ -781,7 +790,7 @@ def _add_train_command(commands) -> None:
                             "instead of the features); try a smaller --lr")
     train.add_argument("--name", required=True,
                        help="model name; the version is the next free one")
-    train.add_argument("--spec", metavar="PATH",
+    train.add_argument("--spec", metavar="PATH", type=_given,
                        help="JSON network spec (default with --dataset: "
                             "model_store/specs/DATASET-cnn.json)")
     train.add_argument("--promote", action="store_true",
@@ -849,7 +858,7 @@ def _add_evaluate_command(commands) -> None:
                                "given: the held-out digits, or "
                                "Fashion-MNIST's 10,000 test images "
                                "(default: digits)")
-    evaluate.add_argument("--data", metavar="PATH",
+    evaluate.add_argument("--data", metavar="PATH", type=_given,
                           help="labelled images: one sub-folder per class, "
                                "named as the model's classes (local or any "
                                "Beam filesystem); unreadable files are "
@@ -859,7 +868,7 @@ def _add_evaluate_command(commands) -> None:
                                "model, version, per_class, "
                                "confusion_matrix; with --data also "
                                "mistakes and broken)")
-    evaluate.add_argument("--plot", metavar="PNG",
+    evaluate.add_argument("--plot", metavar="PNG", type=_given,
                           help="also write the confusion matrix as a picture")
     evaluate.set_defaults(func=_evaluate)
 

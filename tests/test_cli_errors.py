@@ -297,6 +297,19 @@ def test_a_plot_path_that_is_no_regular_file_is_refused_at_once(
     (["evaluate", "--plot", "confusion.txt"], "--plot 'confusion.txt': "
      "matplotlib cannot write .txt files; use one of .eps, .jpeg"),
     (["evaluate", "--plot", "confusion.png.gz"], "cannot write .gz files"),
+    # An empty value (a script's unset "$VAR") is not the option left out
+    # (--base "" was a traceback), nor the working folder (--data "").
+    (["train", "--data", "samples/digits", "--name", "x", "--base", ""],
+     "argument --base: is empty: give a value, or leave the option out"),
+    (["train", "--data", "", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json"], "argument --data: is empty"),
+    (["train", "--data", "samples/digits", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json", "--val-data", " "],
+     "argument --val-data: is empty"),
+    (["evaluate", "--data", ""], "argument --data: is empty"),
+    (["evaluate", "--plot", ""], "argument --plot: is empty"),
+    (["models", "import", "onnx", "x.onnx", "--name", "x", "--classes", ""],
+     "argument --classes: is empty"),
 ])
 def test_train_and_evaluate_mistakes_stop_before_any_work(
         cli, tmp_path, args, message):
