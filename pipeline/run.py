@@ -345,14 +345,15 @@ def _with_absolute_output(config: ClassifyConfig) -> ClassifyConfig:
 
 
 def _check_run_date(config: ClassifyConfig) -> None:
+    # The digits' pattern first: Python 3.11 also reads ISO week dates
+    # ('2026-W01-1'), which no partition reader (nor Delta) takes as a date.
     try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", config.run_date):
+            raise ValueError
         datetime.date.fromisoformat(config.run_date)
     except ValueError:
         raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                           f"{config.run_date!r}") from None
-    if len(config.run_date) != 10:
-        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                          f"{config.run_date!r}")
     if config.partition_by != "run_date":
         raise ConfigError("--run-date only applies with --partition-by "
                           "run_date")

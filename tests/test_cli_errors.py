@@ -38,6 +38,10 @@ def tampered_store(tmp_path):
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
+    # An ISO week date Python reads, but no reader takes as a date (a
+    # Delta commit failed on it, after the work, and at every later run).
+    (["--partition-by", "run_date", "--run-date", "2026-W01-1"],
+     "--run-date must be YYYY-MM-DD, got '2026-W01-1'"),
     (["--partition-by", "hour"], "invalid choice: 'hour'"),
     (["--batch-size", "many"], "expected a positive integer, got 'many'"),
     (["--batch-size", "1000000"], "--batch-size 1,000,000 would hold 6.1 GB "
