@@ -768,3 +768,28 @@ def test_an_imgclass_variable_without_meaning_is_one_line_before_any_work(
     assert err.strip().splitlines() == [f"imgclass: error: "
                                         f"{err.split('error: ', 1)[1].strip()}"]
     assert message in err and not output.exists()
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "cut short", "wrong size"])
+def test_a_damaged_fashion_mnist_install_is_one_line(cli, tmp_path,
+                                                     monkeypatch, damage):
+    import gzip
+
+    from model_store import fashion
+
+    idx = b"\x00\x00\x08\x03" + b"\x00\x00\x00\x1c" * 3 + b"\x00" * 100
+    data = {"not gzip": b"junk", "cut short": gzip.compress(idx)[:20],
+            "wrong size": gzip.compress(idx)}[damage]
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.setattr(fashion, "FASHION_DIR", str(tmp_path))
+    code, out, err = cli("evaluate", "--model", "fashion-cnn", "--dataset",
+                         "fashion-mnist")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclass: error: Fashion-MNIST file "
+        f"{tmp_path}/train-images-idx3-ubyte.gz cannot be read "
+        f"{err.split(' cannot be read ', 1)[1].strip()}"]
+    assert err.strip().endswith("apt-get install --reinstall "
+                                "dataset-fashion-mnist")
