@@ -10,6 +10,7 @@ publishing has started, it completes it and exits 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -1044,7 +1045,8 @@ def main(argv: list[str] | None = None) -> int:
     # library swallowed and turned into another error (an interrupted
     # import of scipy inside Theano's) is still reported as a stop; the
     # versions saved before it are named.
-    with signals.stopping() as received, saves_recorded() as saved:
+    with signals.stopping() as received, saves_recorded() as saved, \
+            _checked_stdout():
         try:
             logs.configure()
             parser = build_parser()
@@ -1063,12 +1065,58 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # '| head': the reader has what it wanted
             sys.stdout = open(os.devnull, "w")
             return EXIT_OK
+        except _StdoutError as error:  # '> file' on a full disk
+            # What the command did is done (a run is published); what it
+            # printed is lost.
+            print(f"imgclass: error: cannot write the standard output: "
+                  f"{error.strerror}", file=sys.stderr)
+            return EXIT_FAILED
         except KeyboardInterrupt:
             return _interrupted(received, _after_saving(saved))
         except Exception:
             if received:
                 return _interrupted(received, _after_saving(saved))
             raise
+
+
+class _StdoutError(OSError):
+    """Writing the standard output failed (not a closed pipe)."""
+
+
+class _CheckedStdout:
+    """``sys.stdout`` whose write errors (a full disk) are _StdoutError,
+    so that the command can tell them from other OSErrors."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._checked(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self._stream.flush)
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _StdoutError(error.errno, error.strerror) from error
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _checked_stdout():
+    stream = sys.stdout
+    sys.stdout = _CheckedStdout(stream) if stream is not None else None
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _CheckedStdout):
+            sys.stdout = stream
 
 
 def _interrupted(received: list[int], what: str = "") -> int:

@@ -798,3 +798,24 @@ def test_a_damaged_fashion_mnist_install_is_one_line(cli, tmp_path,
     assert err.strip().endswith("apt-get install --reinstall "
                                 "dataset-fashion-mnist")
 
+
+def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(
+        capsys, monkeypatch):
+    """'imgclass models list --json > models.jsonl' on a full disk."""
+    import errno
+    import io
+    import sys
+
+    from pipeline.cli import main
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    code = main(["models", "list", "--json"])
+    monkeypatch.undo()
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "imgclass: error: cannot write the standard output: No space left "
+        "on device"]
