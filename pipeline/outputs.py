@@ -110,6 +110,25 @@ def check_output(output: str) -> None:
                           f"{message}") from None
 
 
+def check_outside_model(output: str, stored) -> None:
+    """Refuses an ``output`` in the folder that holds the versions of the
+    model ``stored`` (a StoredModel): every worker loading the model would
+    find the run's folders there and refuse the model, after the work."""
+    models = fs.split(stored.location)[0]
+    if is_uri(output) != is_uri(models):
+        return
+    if is_uri(output):
+        out, models = output.rstrip("/"), models.rstrip("/")
+    else:
+        out, models = os.path.realpath(output), os.path.realpath(models)
+    if out == models or out.startswith(models.rstrip("/") + "/"):
+        raise ConfigError(
+            f"output {fs.one_line(fs.printable(output))!r} lies in the "
+            f"folder of the versions of model {stored.name} "
+            f"({fs.shown(models)}), which would read its folders as "
+            f"versions; give an --output outside the model store")
+
+
 def _check_output_name(output: str) -> None:
     """Refuses a path Beam's Parquet writers cannot take: one holding ``*``,
     ``?`` or ``[`` (they match the files they wrote as a pattern, and find

@@ -478,6 +478,7 @@ def _run(config, options, runner, log, output_locked, started,
         if not config.overwrite:  # --overwrite deletes the ledger files
             merge_ledger(config.output, log)
         stored = load_model(config.model_ref, root=config.store)
+        outputs.check_outside_model(config.output, stored)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
         check_batch_size(config.batch_size, stored.preprocessing.input_shape,

@@ -819,3 +819,23 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(
     assert capsys.readouterr().err.splitlines() == [
         "imgclass: error: cannot write the standard output: No space left "
         "on device"]
+
+
+@pytest.mark.parametrize("command", ["classify", "watch"])
+def test_an_output_in_the_models_folder_is_refused_before_any_work(
+        cli, images, tmp_path, command):
+    """The run's folders there would be read as versions of the model: the
+    workers refused the model, and the run failed after the work."""
+    store = tmp_path / "store"
+    shutil.copytree(os.path.join(DEFAULT_ROOT, "digits-cnn"),
+                    store / "digits-cnn")
+    for output in (store / "digits-cnn", store / "digits-cnn" / "1" / "out"):
+        code, _, err = cli("--store", store, command, "--input", images,
+                           "--output", output)
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"imgclass: error: output '{output}' lies in the folder of the "
+            f"versions of model digits-cnn ({store / 'digits-cnn'}), which "
+            f"would read its folders as versions; give an --output outside "
+            f"the model store"]
+    assert sorted(os.listdir(store / "digits-cnn")) == ["1", "aliases.json"]
