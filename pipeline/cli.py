@@ -501,7 +501,7 @@ def _watch(args) -> int:
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         min_confidence=args.min_confidence,
         beam_args=args.beam_args)
-    with stop_on_signals(threading.Event()) as stop:
+    with stop_on_signals(threading.Event(), quiet=args.quiet) as stop:
         try:
             watch(config, interval=args.interval, window=args.window,
                   settle=args.settle, stop_event=stop, log=_log(args))

@@ -485,16 +485,18 @@ STOPPING = ("imgclass: stopping after the window being published, if any "
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event):
-    """Ctrl-C or SIGTERM sets ``stop``; a second one raises
-    KeyboardInterrupt (aborting a run in progress, which publishes nothing).
+def stop_on_signals(stop: threading.Event, *, quiet: bool = False):
+    """Ctrl-C or SIGTERM sets ``stop`` (and says so, unless ``quiet``: -q);
+    a second one raises KeyboardInterrupt (aborting a run in progress,
+    which publishes nothing).
     """
     def handler(signum, frame):
         if stop.is_set():
             worker.stop_local_workers()
             raise KeyboardInterrupt
         stop.set()
-        os.write(2, f"{STOPPING}\n".encode())
+        if not quiet:
+            os.write(2, f"{STOPPING}\n".encode())
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, handler) for s in signals}
