@@ -97,6 +97,7 @@ def check_output(output: str) -> None:
         try:
             os.makedirs(output, exist_ok=True)
         except OSError as error:
+            _check_links(output)
             raise ConfigError(f"output {output!r} cannot be created: "
                               f"{error.strerror}") from None
     probe = join(output, f"_write_test_{uuid.uuid4().hex}")
@@ -108,6 +109,20 @@ def check_output(output: str) -> None:
         message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+def _check_links(output: str) -> None:
+    """ConfigError (one line) when ``output``, or a folder above it, is a
+    symbolic link that cannot be followed (its target does not exist: an
+    unmounted disk; or it loops)."""
+    path = os.path.abspath(output)
+    while os.path.dirname(path) != path:
+        reason = fs.broken_link(path)
+        if reason:
+            raise ConfigError(f"output {output!r} cannot be created: "
+                              f"{fs.one_line(fs.printable(path))} is a "
+                              f"symbolic link that {reason}")
+        path = os.path.dirname(path)
 
 
 def check_outside_model(output: str, stored) -> None:

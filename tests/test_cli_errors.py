@@ -839,3 +839,24 @@ def test_an_output_in_the_models_folder_is_refused_before_any_work(
             f"would read its folders as versions; give an --output outside "
             f"the model store"]
     assert sorted(os.listdir(store / "digits-cnn")) == ["1", "aliases.json"]
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_an_output_through_a_broken_symlink_names_the_link(
+        cli, images, tmp_path, link):
+    """It said 'cannot be created: File exists', which tells no way out."""
+    out = tmp_path / "out"
+    if link == "dangling":
+        out.symlink_to(tmp_path / "unmounted" / "labels")
+        why = (f"points at {tmp_path}/unmounted/labels, which does not "
+               f"exist (an unmounted disk?)")
+    else:
+        out.symlink_to(tmp_path / "back")
+        (tmp_path / "back").symlink_to(out)
+        why = "loops (it leads back to itself)"
+    for output in (out, out / "night"):
+        code, _, err = cli("classify", "--input", images, "--output", output)
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"imgclass: error: output '{output}' cannot be created: {out} "
+            f"is a symbolic link that {why}"]
