@@ -239,6 +239,9 @@ _configure()
 _short_openmp_waits()
 _keep_freed_memory()
 
+_SETTINGS = ("fix or unset THEANO_FLAGS and OMP_NUM_THREADS, and give "
+             "XDG_CACHE_HOME a folder that can be written")
+
 with warnings.catch_warnings(), _lighter_theano_imports():
     # Theano 1.0.5 uses APIs that newer Python and NumPy deprecate.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -247,11 +250,37 @@ with warnings.catch_warnings(), _lighter_theano_imports():
     # "Using NumPy C-API based implementation for BLAS functions" is the
     # intended set-up (see the module docstring), not something to warn about.
     logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
-    import theano  # noqa: E402
+    try:
+        import theano  # noqa: E402
+    except (ValueError, TypeError) as error:
+        # Theano checks its settings as it is imported: a THEANO_FLAGS
+        # value it rejects, OMP_NUM_THREADS=abc, a compile folder it
+        # cannot create (XDG_CACHE_HOME a file).
+        raise EnvironmentProblem(
+            f"Theano cannot start with this environment: "
+            f"{' '.join(str(error).split())} ({_SETTINGS})") from None
     import theano.tensor as T  # noqa: E402
     from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402
     from theano.tensor.nnet import conv2d  # noqa: E402
     from theano.tensor.signal.pool import pool_2d  # noqa: E402
+
+
+def _check_theano_settings() -> None:
+    """Settings Theano accepts but cannot run a network with (its
+    convolutions have no float16 on the CPU; a ``cxx`` it cannot find),
+    refused now rather than when the first network is compiled."""
+    if theano.config.floatX == "float16":
+        raise EnvironmentProblem(
+            "THEANO_FLAGS sets floatX=float16, which Theano cannot run on "
+            "the CPU: use float32 (the default) or float64")
+    cxx = theano.config.cxx
+    if cxx and shutil.which(cxx) is None:
+        raise EnvironmentProblem(
+            f"THEANO_FLAGS sets cxx={cxx}, which was not found: give the "
+            f"path of a C++ compiler, or leave cxx out")
+
+
+_check_theano_settings()
 
 
 

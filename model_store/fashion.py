@@ -17,10 +17,12 @@ import os
 import struct
 import sys
 import time
+import zlib
 from typing import TextIO
 
 import numpy as np
 
+from model_store import fs
 from model_store.datasets import Split
 from model_store.errors import ConfigError
 from model_store.preprocessing import Preprocessing
@@ -35,15 +37,22 @@ MAX_SHIFT = 1  # pixels of random translation during training
 
 
 def _read_idx(path: str, kind: int) -> np.ndarray:
-    """An IDX file (gzip): ``kind`` 1 (labels) or 3 (images)."""
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    magic, = struct.unpack(">I", data[:4])
-    if magic != 0x800 + kind:
-        raise ConfigError(f"{path} is not an IDX file of {kind} dimension(s)")
-    dims = struct.unpack(f">{kind}I", data[4:4 + 4 * kind])
-    array = np.frombuffer(data, np.uint8, offset=4 + 4 * kind)
-    return array.reshape(dims)
+    """An IDX file (gzip): ``kind`` 1 (labels) or 3 (images). A file that
+    is not one (damaged, cut short, a FIFO) is a ConfigError."""
+    try:
+        data = gzip.decompress(fs.read_bytes(path))
+        magic, = struct.unpack(">I", data[:4])
+        if magic != 0x800 + kind:
+            raise ValueError(f"not an IDX file of {kind} dimension(s)")
+        dims = struct.unpack(f">{kind}I", data[4:4 + 4 * kind])
+        array = np.frombuffer(data, np.uint8, offset=4 + 4 * kind)
+        return array.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigError(
+            f"Fashion-MNIST file {fs.shown(path)} cannot be read ({reason}): "
+            f"reinstall it: apt-get install --reinstall "
+            f"{DEBIAN_PACKAGE}") from None
 
 
 def load_fashion_split(directory: str | None = None) -> Split:

@@ -12,6 +12,7 @@ when a function needs it (no Beam pipeline code here).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib
 import json
@@ -129,6 +130,22 @@ def check_filesystem(path: str, option: str) -> None:
         raise ConfigError(f"{option} {path!r}: no filesystem for {scheme}:// "
                           f"(give a local path, or gs://, s3://, hdfs://, "
                           f"azfs://)") from None
+
+
+def broken_link(path: str) -> str | None:
+    """Why the symbolic link ``path`` cannot be followed, or None."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "loops (it leads back to itself)"
+        if error.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be followed: {error.strerror}"
+        return (f"points at {one_line(printable(os.readlink(path)))}"
+                f", which does not exist (an unmounted disk?)")
 
 
 def file_kind(mode: int) -> str:

@@ -160,7 +160,7 @@ def _check_links(root: str, path: str) -> None:
     loops: a store there could be neither read nor written."""
     path = os.path.abspath(path)
     while True:
-        reason = _broken_link(path)
+        reason = fs.broken_link(path)
         if reason:
             raise ConfigError(f"{_store_named(root)} cannot be used: "
                               f"{fs.one_line(fs.printable(path))} is a "
@@ -168,22 +168,6 @@ def _check_links(root: str, path: str) -> None:
         if os.path.dirname(path) == path:
             return
         path = os.path.dirname(path)
-
-
-def _broken_link(path: str) -> str | None:
-    """Why the symbolic link ``path`` cannot be followed, or None."""
-    if not os.path.islink(path):
-        return None
-    try:
-        os.stat(path)
-        return None
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "loops (it leads back to itself)"
-        if error.errno not in (errno.ENOENT, errno.ENOTDIR):
-            return f"cannot be followed: {error.strerror}"
-        return (f"points at {fs.one_line(fs.printable(os.readlink(path)))}"
-                f", which does not exist (an unmounted disk?)")
 
 
 def _check_writable(root: str, name: str) -> None:

@@ -10,6 +10,7 @@ publishing has started, it completes it and exits 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -499,7 +500,7 @@ def _watch(args) -> int:
         max_pixels=args.max_pixels, max_file_bytes=args.max_file_bytes,
         min_confidence=args.min_confidence,
         beam_args=args.beam_args)
-    with stop_on_signals(threading.Event()) as stop:
+    with stop_on_signals(threading.Event(), quiet=args.quiet) as stop:
         try:
             watch(config, interval=args.interval, window=args.window,
                   settle=args.settle, stop_event=stop, log=_log(args))
@@ -516,6 +517,15 @@ def _store_path(text: str) -> str:
         raise argparse.ArgumentTypeError(
             "is empty: give a folder or a Beam filesystem path, or leave "
             "the option out for the default store")
+    return text
+
+
+def _given(text: str) -> str:
+    """A path option given empty (a script's unset "$DATA") is a mistake,
+    not the option left out, nor the working folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "is empty: give a value, or leave the option out")
     return text
 
 
@@ -723,10 +733,10 @@ def _add_models_command(commands) -> None:
     from_onnx.add_argument("file", metavar="FILE", help="the .onnx file")
     from_onnx.add_argument("--name", required=True,
                            help="model name; the version is the next free one")
-    from_onnx.add_argument("--classes", metavar="FILE",
+    from_onnx.add_argument("--classes", metavar="FILE", type=_given,
                            help="class names, one per line in output order "
                                 "(default: 0, 1, ...)")
-    from_onnx.add_argument("--preprocessing", metavar="JSON",
+    from_onnx.add_argument("--preprocessing", metavar="JSON", type=_given,
                            help="JSON object or file with color_mode, resize, "
                                 "mean, std (0..1 scale), background, "
                                 "resize_shorter (default: bilinear resize to "
@@ -755,11 +765,11 @@ def _add_train_command(commands) -> None:
     train.add_argument("--limit", type=_positive_int, metavar="N",
                        help="with --dataset fashion-mnist: use only the "
                             "first N training images (a quick check)")
-    train.add_argument("--data", metavar="PATH",
+    train.add_argument("--data", metavar="PATH", type=_given,
                        help="training images: one sub-folder per class "
                             "(local or any Beam filesystem); unreadable "
                             "files are listed and skipped")
-    train.add_argument("--val-data", metavar="PATH",
+    train.add_argument("--val-data", metavar="PATH", type=_given,
                        help="validation images, laid out as --data "
                             "(default: a stratified --val-fraction of "
                             "--data)")
@@ -767,7 +777,7 @@ def _add_train_command(commands) -> None:
                        help=f"share of each class of --data held out for "
                             f"validation when there is no --val-data, with "
                             f"a fixed seed (default: {VAL_FRACTION})")
-    train.add_argument("--base", metavar="MODEL",
+    train.add_argument("--base", metavar="MODEL", type=_given,
                        help="transfer learning: a stored model (e.g. "
                             "efficientnet-lite0) whose frozen features "
                             "feed a new dense + softmax head; features are "
@@ -780,7 +790,7 @@ def _add_train_command(commands) -> None:
                             "instead of the features); try a smaller --lr")
     train.add_argument("--name", required=True,
                        help="model name; the version is the next free one")
-    train.add_argument("--spec", metavar="PATH",
+    train.add_argument("--spec", metavar="PATH", type=_given,
                        help="JSON network spec (default with --dataset: "
                             "model_store/specs/DATASET-cnn.json)")
     train.add_argument("--promote", action="store_true",
@@ -848,7 +858,7 @@ def _add_evaluate_command(commands) -> None:
                                "given: the held-out digits, or "
                                "Fashion-MNIST's 10,000 test images "
                                "(default: digits)")
-    evaluate.add_argument("--data", metavar="PATH",
+    evaluate.add_argument("--data", metavar="PATH", type=_given,
                           help="labelled images: one sub-folder per class, "
                                "named as the model's classes (local or any "
                                "Beam filesystem); unreadable files are "
@@ -858,7 +868,7 @@ def _add_evaluate_command(commands) -> None:
                                "model, version, per_class, "
                                "confusion_matrix; with --data also "
                                "mistakes and broken)")
-    evaluate.add_argument("--plot", metavar="PNG",
+    evaluate.add_argument("--plot", metavar="PNG", type=_given,
                           help="also write the confusion matrix as a picture")
     evaluate.set_defaults(func=_evaluate)
 
@@ -1030,14 +1040,15 @@ def _set_verbosity(*, quiet: bool, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     from model_store.store import saves_recorded
 
-    logs.configure()
-    parser = build_parser()
     # Ctrl-C or SIGTERM: KeyboardInterrupt, and recorded, so that a stop a
     # library swallowed and turned into another error (an interrupted
     # import of scipy inside Theano's) is still reported as a stop; the
     # versions saved before it are named.
-    with signals.stopping() as received, saves_recorded() as saved:
+    with signals.stopping() as received, saves_recorded() as saved, \
+            _checked_stdout():
         try:
+            logs.configure()
+            parser = build_parser()
             args, extra = parser.parse_known_args(argv)
             if extra and not getattr(args, "accepts_beam_options", False):
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -1053,12 +1064,58 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # '| head': the reader has what it wanted
             sys.stdout = open(os.devnull, "w")
             return EXIT_OK
+        except _StdoutError as error:  # '> file' on a full disk
+            # What the command did is done (a run is published); what it
+            # printed is lost.
+            print(f"imgclass: error: cannot write the standard output: "
+                  f"{error.strerror}", file=sys.stderr)
+            return EXIT_FAILED
         except KeyboardInterrupt:
             return _interrupted(received, _after_saving(saved))
         except Exception:
             if received:
                 return _interrupted(received, _after_saving(saved))
             raise
+
+
+class _StdoutError(OSError):
+    """Writing the standard output failed (not a closed pipe)."""
+
+
+class _CheckedStdout:
+    """``sys.stdout`` whose write errors (a full disk) are _StdoutError,
+    so that the command can tell them from other OSErrors."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._checked(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self._stream.flush)
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as error:
+            raise _StdoutError(error.errno, error.strerror) from error
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _checked_stdout():
+    stream = sys.stdout
+    sys.stdout = _CheckedStdout(stream) if stream is not None else None
+    try:
+        yield
+    finally:
+        if isinstance(sys.stdout, _CheckedStdout):
+            sys.stdout = stream
 
 
 def _interrupted(received: list[int], what: str = "") -> int:

@@ -38,7 +38,7 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
         os.environ[QUIET_ENV] = "1"
     if verbose:
         os.environ[BEAM_LOG_LEVEL_ENV] = "INFO"
-    level = os.environ.get(BEAM_LOG_LEVEL_ENV, DEFAULT_LIBRARY_LEVEL).upper()
+    level = library_level()
     handler = logging.StreamHandler()
     handler.setFormatter(_Lines(
         "imgclass: %(levelname)s: %(message)s",
@@ -55,6 +55,19 @@ def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     if logging.getLevelName(level) == logging.ERROR and not sys.warnoptions:
         warnings.simplefilter("ignore")
     threading.excepthook = _thread_failed
+
+
+def library_level() -> str:
+    """``$IMGCLASS_BEAM_LOG_LEVEL`` (any case), else ERROR; a value that
+    is no log level is a ConfigError."""
+    level = (os.environ.get(BEAM_LOG_LEVEL_ENV)
+             or DEFAULT_LIBRARY_LEVEL).upper()
+    if not isinstance(logging.getLevelName(level), int):
+        from model_store.errors import ConfigError
+        raise ConfigError(
+            f"{BEAM_LOG_LEVEL_ENV}={level!r} is not a log level: set it to "
+            f"DEBUG, INFO, WARNING, ERROR or CRITICAL, or unset it")
+    return level
 
 
 class _Lines(logging.Formatter):

@@ -114,6 +114,7 @@ def check_output(output: str) -> None:
         try:
             os.makedirs(output, exist_ok=True)
         except OSError as error:
+            _check_links(output)
             raise ConfigError(f"output {output!r} cannot be created: "
                               f"{error.strerror}") from None
     probe = join(output, f"_write_test_{uuid.uuid4().hex}")
@@ -125,6 +126,39 @@ def check_output(output: str) -> None:
         message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None
+
+
+def _check_links(output: str) -> None:
+    """ConfigError (one line) when ``output``, or a folder above it, is a
+    symbolic link that cannot be followed (its target does not exist: an
+    unmounted disk; or it loops)."""
+    path = os.path.abspath(output)
+    while os.path.dirname(path) != path:
+        reason = fs.broken_link(path)
+        if reason:
+            raise ConfigError(f"output {output!r} cannot be created: "
+                              f"{fs.one_line(fs.printable(path))} is a "
+                              f"symbolic link that {reason}")
+        path = os.path.dirname(path)
+
+
+def check_outside_model(output: str, stored) -> None:
+    """Refuses an ``output`` in the folder that holds the versions of the
+    model ``stored`` (a StoredModel): every worker loading the model would
+    find the run's folders there and refuse the model, after the work."""
+    models = fs.split(stored.location)[0]
+    if is_uri(output) != is_uri(models):
+        return
+    if is_uri(output):
+        out, models = output.rstrip("/"), models.rstrip("/")
+    else:
+        out, models = os.path.realpath(output), os.path.realpath(models)
+    if out == models or out.startswith(models.rstrip("/") + "/"):
+        raise ConfigError(
+            f"output {fs.one_line(fs.printable(output))!r} lies in the "
+            f"folder of the versions of model {stored.name} "
+            f"({fs.shown(models)}), which would read its folders as "
+            f"versions; give an --output outside the model store")
 
 
 def _check_output_name(output: str) -> None:

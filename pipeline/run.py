@@ -330,6 +330,7 @@ def validate(config: ClassifyConfig,
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
                           f"{config.settle!r}")
+    progress_seconds()
     return config, patterns, _partition(config)
 
 
@@ -344,14 +345,15 @@ def _with_absolute_output(config: ClassifyConfig) -> ClassifyConfig:
 
 
 def _check_run_date(config: ClassifyConfig) -> None:
+    # The digits' pattern first: Python 3.11 also reads ISO week dates
+    # ('2026-W01-1'), which no partition reader (nor Delta) takes as a date.
     try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", config.run_date):
+            raise ValueError
         datetime.date.fromisoformat(config.run_date)
     except ValueError:
         raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
                           f"{config.run_date!r}") from None
-    if len(config.run_date) != 10:
-        raise ConfigError(f"--run-date must be YYYY-MM-DD, got "
-                          f"{config.run_date!r}")
     if config.partition_by != "run_date":
         raise ConfigError("--run-date only applies with --partition-by "
                           "run_date")
@@ -476,6 +478,7 @@ def _run(config, options, runner, log, output_locked, started,
         if not config.overwrite:  # --overwrite deletes the ledger files
             merge_ledger(config.output, log)
         stored = load_model(config.model_ref, root=config.store)
+        outputs.check_outside_model(config.output, stored)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
         check_batch_size(config.batch_size, stored.preprocessing.input_shape,

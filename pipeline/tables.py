@@ -326,6 +326,11 @@ def open_catalog(spec: Optional[TableSpec]) -> None:
     if spec is None or spec.format != "iceberg":
         return
     name, advice = _catalog_words(spec)
+    if _in_memory(spec.catalog):
+        raise ConfigError(f"{name} is an in-memory database, lost when the "
+                          f"run ends, leaving the tables in no catalog: give "
+                          f"a file, e.g. sqlite:////path/catalog.db, or leave "
+                          f"the option out for {CATALOG_FILE} in --output")
     path = _sqlite_file(spec.catalog)
     if path is not None and os.path.exists(path) and \
             not os.path.isfile(path):
@@ -385,6 +390,21 @@ def _new_sqlite_file(uri: str) -> Optional[str]:
     """The file of a ``sqlite:///PATH`` catalog that does not exist yet."""
     path = _sqlite_file(uri)
     return path if path and not os.path.exists(path) else None
+
+
+def _in_memory(uri: str) -> bool:
+    """Whether ``uri`` is an in-memory SQLite database (``sqlite://``,
+    ``sqlite:///:memory:``, a ``file:`` URI with ``mode=memory``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:  # open_catalog reports it
+        return False
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:")
+        or "mode=memory" in uri)
 
 
 def _sqlite_file(uri: str) -> Optional[str]:

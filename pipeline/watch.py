@@ -165,6 +165,15 @@ def watch(config: ClassifyConfig, *, interval: float = DEFAULT_INTERVAL,
     stop = stop_event if stop_event is not None else threading.Event()
     wait = stop.wait if wait is None else wait
     base = _window_config(config, settle)
+    # A watcher refused before watching leaves no folder behind.
+    with outputs.removed_unless_used(config.output):
+        return _watch_output(config, base, interval, seconds, settle, stop,
+                             wait, log, clock)
+
+
+def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
+                  clock) -> dict:
+    """watch's work, once its settings are checked."""
     base, patterns, _ = validate(base)
     with outputs.locked(base.output, f"watch-{os.getpid()}"):
         recover(base.output, log)
@@ -208,6 +217,7 @@ def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
     from model_store.store import load_model, looks_like_path
 
     stored = load_model(base.model_ref, root=base.store)
+    outputs.check_outside_model(base.output, stored)
     check_batch_size(base.batch_size, stored.preprocessing.input_shape,
                      stored.ref)
     # "latest" is resolved once: every window uses the same version, and the
@@ -460,16 +470,18 @@ STOPPING = ("imgclass: stopping after the window being published, if any "
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event):
-    """Ctrl-C or SIGTERM sets ``stop``; a second one raises
-    KeyboardInterrupt (aborting a run in progress, which publishes nothing).
+def stop_on_signals(stop: threading.Event, *, quiet: bool = False):
+    """Ctrl-C or SIGTERM sets ``stop`` (and says so, unless ``quiet``: -q);
+    a second one raises KeyboardInterrupt (aborting a run in progress,
+    which publishes nothing).
     """
     def handler(signum, frame):
         if stop.is_set():
             worker.stop_local_workers()
             raise KeyboardInterrupt
         stop.set()
-        os.write(2, f"{STOPPING}\n".encode())
+        if not quiet:
+            os.write(2, f"{STOPPING}\n".encode())
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, handler) for s in signals}

@@ -38,6 +38,10 @@ def tampered_store(tmp_path):
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
+    # An ISO week date Python reads, but no reader takes as a date (a
+    # Delta commit failed on it, after the work, and at every later run).
+    (["--partition-by", "run_date", "--run-date", "2026-W01-1"],
+     "--run-date must be YYYY-MM-DD, got '2026-W01-1'"),
     (["--partition-by", "hour"], "invalid choice: 'hour'"),
     (["--batch-size", "many"], "expected a positive integer, got 'many'"),
     (["--batch-size", "1000000"], "--batch-size 1,000,000 would hold 6.1 GB "
@@ -297,6 +301,19 @@ def test_a_plot_path_that_is_no_regular_file_is_refused_at_once(
     (["evaluate", "--plot", "confusion.txt"], "--plot 'confusion.txt': "
      "matplotlib cannot write .txt files; use one of .eps, .jpeg"),
     (["evaluate", "--plot", "confusion.png.gz"], "cannot write .gz files"),
+    # An empty value (a script's unset "$VAR") is not the option left out
+    # (--base "" was a traceback), nor the working folder (--data "").
+    (["train", "--data", "samples/digits", "--name", "x", "--base", ""],
+     "argument --base: is empty: give a value, or leave the option out"),
+    (["train", "--data", "", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json"], "argument --data: is empty"),
+    (["train", "--data", "samples/digits", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json", "--val-data", " "],
+     "argument --val-data: is empty"),
+    (["evaluate", "--data", ""], "argument --data: is empty"),
+    (["evaluate", "--plot", ""], "argument --plot: is empty"),
+    (["models", "import", "onnx", "x.onnx", "--name", "x", "--classes", ""],
+     "argument --classes: is empty"),
 ])
 def test_train_and_evaluate_mistakes_stop_before_any_work(
         cli, tmp_path, args, message):
@@ -333,6 +350,36 @@ def test_missing_compiler_is_one_clear_line(tmp_path):
                                 "compiler for Theano and "
                                 "'no-such-compiler-g++' was not found")
     assert "apt-get install g++" in lines[-1]
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("OMP_NUM_THREADS", "abc", "OMP_NUM_THREADS should be a number, got "
+                               "'abc'"),
+    ("THEANO_FLAGS", "mode=bogus", "Expected one of those string 'Mode'"),
+    ("XDG_CACHE_HOME", "FILE", "Unable to create the compiledir directory"),
+    ("THEANO_FLAGS", "floatX=float16", "floatX=float16, which Theano cannot "
+                                       "run on the CPU"),
+    ("THEANO_FLAGS", "cxx=/no/such/g++", "cxx=/no/such/g++, which was not "
+                                         "found"),
+])
+def test_an_environment_theano_cannot_run_with_is_one_line(
+        tmp_path, variable, value, message):
+    import subprocess
+    import sys
+    if value == "FILE":  # a cache folder that is a file
+        value = str(tmp_path / "file")
+        open(value, "w").close()
+    # Without the THEANO_FLAGS an in-process import of the engine left
+    # (its compile folder, which would win over XDG_CACHE_HOME's).
+    env = {key: text for key, text in os.environ.items()
+           if key != "THEANO_FLAGS"}
+    env[variable] = value
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "models",
+                           "show", "digits-cnn"],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert done.stderr.startswith("imgclass: error: ")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -694,3 +741,122 @@ def test_beam_option_values_may_follow_as_separate_words(cli, images,
                        "--direct_num_workers", "1", "-q")
     assert (code, err) == (0, "")
     assert (output / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("args", [["--top-k", "11"], ["--model", "nope"]])
+def test_a_refused_watch_leaves_no_folder_behind(cli, images, tmp_path,
+                                                 args):
+    output = tmp_path / "new" / "out"
+    code, _, err = cli("watch", "--input", images, "--output", output, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("IMGCLASS_BEAM_LOG_LEVEL", "LOUD", "IMGCLASS_BEAM_LOG_LEVEL='LOUD' is "
+                                        "not a log level"),
+    ("IMGCLASS_PROGRESS_SECONDS", "soon", "IMGCLASS_PROGRESS_SECONDS='soon' "
+                                          "is not a number of seconds >= 0"),
+    ("IMGCLASS_PROGRESS_SECONDS", "-1", "IMGCLASS_PROGRESS_SECONDS='-1' is "
+                                        "not a number of seconds >= 0"),
+])
+@pytest.mark.parametrize("command", ["classify", "watch"])
+def test_an_imgclass_variable_without_meaning_is_one_line_before_any_work(
+        cli, images, tmp_path, monkeypatch, variable, value, message,
+        command):
+    output = tmp_path / "out"
+    monkeypatch.setenv(variable, value)
+    code, out, err = cli(command, "--input", images, "--output", output)
+    monkeypatch.undo()
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"imgclass: error: "
+                                        f"{err.split('error: ', 1)[1].strip()}"]
+    assert message in err and not output.exists()
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "cut short", "wrong size"])
+def test_a_damaged_fashion_mnist_install_is_one_line(cli, tmp_path,
+                                                     monkeypatch, damage):
+    import gzip
+
+    from model_store import fashion
+
+    idx = b"\x00\x00\x08\x03" + b"\x00\x00\x00\x1c" * 3 + b"\x00" * 100
+    data = {"not gzip": b"junk", "cut short": gzip.compress(idx)[:20],
+            "wrong size": gzip.compress(idx)}[damage]
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.setattr(fashion, "FASHION_DIR", str(tmp_path))
+    code, out, err = cli("evaluate", "--model", "fashion-cnn", "--dataset",
+                         "fashion-mnist")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclass: error: Fashion-MNIST file "
+        f"{tmp_path}/train-images-idx3-ubyte.gz cannot be read "
+        f"{err.split(' cannot be read ', 1)[1].strip()}"]
+    assert err.strip().endswith("apt-get install --reinstall "
+                                "dataset-fashion-mnist")
+
+
+def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(
+        capsys, monkeypatch):
+    """'imgclass models list --json > models.jsonl' on a full disk."""
+    import errno
+    import io
+    import sys
+
+    from pipeline.cli import main
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    code = main(["models", "list", "--json"])
+    monkeypatch.undo()
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "imgclass: error: cannot write the standard output: No space left "
+        "on device"]
+
+
+@pytest.mark.parametrize("command", ["classify", "watch"])
+def test_an_output_in_the_models_folder_is_refused_before_any_work(
+        cli, images, tmp_path, command):
+    """The run's folders there would be read as versions of the model: the
+    workers refused the model, and the run failed after the work."""
+    store = tmp_path / "store"
+    shutil.copytree(os.path.join(DEFAULT_ROOT, "digits-cnn"),
+                    store / "digits-cnn")
+    for output in (store / "digits-cnn", store / "digits-cnn" / "1" / "out"):
+        code, _, err = cli("--store", store, command, "--input", images,
+                           "--output", output)
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"imgclass: error: output '{output}' lies in the folder of the "
+            f"versions of model digits-cnn ({store / 'digits-cnn'}), which "
+            f"would read its folders as versions; give an --output outside "
+            f"the model store"]
+    assert sorted(os.listdir(store / "digits-cnn")) == ["1", "aliases.json"]
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop"])
+def test_an_output_through_a_broken_symlink_names_the_link(
+        cli, images, tmp_path, link):
+    """It said 'cannot be created: File exists', which tells no way out."""
+    out = tmp_path / "out"
+    if link == "dangling":
+        out.symlink_to(tmp_path / "unmounted" / "labels")
+        why = (f"points at {tmp_path}/unmounted/labels, which does not "
+               f"exist (an unmounted disk?)")
+    else:
+        out.symlink_to(tmp_path / "back")
+        (tmp_path / "back").symlink_to(out)
+        why = "loops (it leads back to itself)"
+    for output in (out, out / "night"):
+        code, _, err = cli("classify", "--input", images, "--output", output)
+        assert code == 2
+        assert err.strip().splitlines() == [
+            f"imgclass: error: output '{output}' cannot be created: {out} "
+            f"is a symbolic link that {why}"]

@@ -138,6 +138,20 @@ def test_an_iceberg_catalog_that_cannot_be_opened_is_refused_before_work(
     assert not os.path.exists(output)
 
 
+@pytest.mark.parametrize("uri", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_iceberg_catalog_is_refused_before_work(
+        tmp_path, images, cli, monkeypatch, uri):
+    """It would be lost when the run ends: the run's tables in no catalog,
+    and every later run on the output refused."""
+    folder, _ = images
+    forbid_work(monkeypatch)
+    output = str(tmp_path / "out")
+    err = refused(cli, folder, output, "--table-format", "iceberg",
+                  "--iceberg-catalog", uri)
+    assert f"--iceberg-catalog {uri!r} is an in-memory database" in err
+    assert not os.path.exists(output)
+
+
 def test_a_catalog_server_that_never_answers_stops_the_run_in_one_line(
         tmp_path, images, cli, monkeypatch):
     """A PostgreSQL catalog that accepts the connection and never answers

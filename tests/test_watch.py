@@ -539,3 +539,15 @@ def test_a_window_whose_publishing_a_later_window_completed_is_not_run_again(
     markers = {json.load(open(m))["run_id"] for m in glob.glob(
         os.path.join(str(output), "_windows", "*.json"))}
     assert set(manifests(output)) <= markers
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_first_stop_is_said_unless_quiet(capfd, quiet):
+    """-q prints only errors: not the note that the watcher stops after
+    the window being published."""
+    from pipeline.watch import STOPPING, stop_on_signals
+
+    with stop_on_signals(threading.Event(), quiet=quiet) as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.is_set()
+    assert capfd.readouterr().err == ("" if quiet else f"{STOPPING}\n")

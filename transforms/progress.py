@@ -16,12 +16,15 @@ window) starts again from zero.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import threading
 import time
 import uuid
 from typing import Callable, Optional
+
+from model_store.errors import ConfigError
 
 # How often progress is reported, in seconds (default 10); 0 turns it off.
 PROGRESS_ENV = "IMGCLASS_PROGRESS_SECONDS"
@@ -31,12 +34,19 @@ FLUSH_SECONDS = 1.0
 
 
 def progress_seconds() -> float:
-    """``$IMGCLASS_PROGRESS_SECONDS``, else the default; 0 means off."""
+    """``$IMGCLASS_PROGRESS_SECONDS``, else the default; 0 means off. A
+    value that is not a number of seconds >= 0 is a ConfigError (the
+    command checks it before any work)."""
+    text = os.environ.get(PROGRESS_ENV) or None  # empty: unset
     try:
-        return max(0.0, float(os.environ.get(PROGRESS_ENV,
-                                             DEFAULT_PROGRESS_SECONDS)))
+        seconds = DEFAULT_PROGRESS_SECONDS if text is None else float(text)
     except ValueError:
-        return DEFAULT_PROGRESS_SECONDS
+        seconds = math.nan
+    if not seconds >= 0:
+        raise ConfigError(f"{PROGRESS_ENV}={text!r} is not a number of "
+                          f"seconds >= 0: set it to the seconds between "
+                          f"progress lines (0: none), or unset it")
+    return seconds
 
 
 class Counter:
