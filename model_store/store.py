@@ -711,7 +711,22 @@ def _checked_model(info: ModelInfo, metadata: dict, spec: dict, network,
         raise ModelIntegrityError(
             f"{where}: the network has {network.output_shape[-1]} outputs "
             f"but class_names has {len(model.class_names)} names")
+    _check_named_embedding_layer(model, network, where)
     return model
+
+
+def _check_named_embedding_layer(model: StoredModel, network,
+                                 where: str) -> None:
+    """An ``embedding_layer`` the metadata names must be in the network
+    (otherwise ``--embeddings`` is refused only when a run asks for it)."""
+    from model_store.layers import embedding_layer
+
+    if model.embedding_layer is None:
+        return
+    try:
+        embedding_layer(network, model.embedding_layer)
+    except SpecError as error:
+        raise ModelIntegrityError(f"{where}: {error}") from None
 
 
 def _weights_data(path: str, metadata: dict, spec: dict) -> bytes:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from model_store.compile import compile_predictor
 from model_store.datasets import digit_image
-from model_store.errors import SpecError
+from model_store.errors import ModelIntegrityError
 from model_store.images import decode_image
 from model_store.store import DEFAULT_ROOT, load_model
 from pipeline.cli import main
@@ -69,31 +69,34 @@ def test_the_metadata_names_the_embedding_layer(model, tmp_path):
     json.dump(metadata, open(path, "w"))
     assert compile_predictor(load_model("digits-cnn@1", root=store),
                              embeddings=True).embedding_size == 64 * 6 * 6
-    metadata["embedding_layer"] = "fc9"
+    metadata["embedding_layer"] = "fc9"  # damaged: refused on loading
     json.dump(metadata, open(path, "w"))
-    with pytest.raises(SpecError, match="'fc9' is not in the network"):
-        compile_predictor(load_model("digits-cnn@1", root=store),
-                          embeddings=True)
+    with pytest.raises(ModelIntegrityError,
+                       match="metadata.json: embedding layer 'fc9' is not "
+                             "in the network"):
+        load_model("digits-cnn@1", root=store)
 
 
-def test_a_model_without_an_embedding_layer_is_refused_before_any_work(
+def test_a_model_naming_a_missing_embedding_layer_fails_verification(
         tmp_path, capsys):
-    """--emit-embeddings with a metadata "embedding_layer" the network lacks
-    stops in the driver (exit 2, one line, no output folder), not in every
-    worker after the run started."""
+    """A metadata "embedding_layer" the network lacks is damage: ``models
+    verify`` reports it (exit 1), and a run stops in the driver (exit 2,
+    one line, no output folder), not in every worker after it started."""
     store = str(tmp_path / "store")
     shutil.copytree(DEFAULT_ROOT, store)
     path = os.path.join(store, "digits-cnn", "1", "metadata.json")
     metadata = json.load(open(path))
     metadata["embedding_layer"] = "fc9"
     json.dump(metadata, open(path, "w"))
+    why = (f"{path}: embedding layer 'fc9' is not in the network (layers: "
+           f"input, conv1, pool1, conv2, pool2, fc1, drop1, fc2, prob)")
+    assert main(["--store", store, "models", "verify"]) == 1
+    assert why in capsys.readouterr().out
     output = tmp_path / "out"
     assert main(["--store", store, "classify", "--input", "samples/digits",
                  "--output", str(output), "--emit-embeddings"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [
-        "imgclass: error: embedding layer 'fc9' is not in the network "
-        "(layers: input, conv1, pool1, conv2, pool2, fc1, drop1, fc2, prob)"]
+    assert err.strip().splitlines() == [f"imgclass: error: {why}"]
     assert not output.exists()
 
 
