@@ -130,12 +130,27 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
                           f"not an option, nor the value of one (e.g. "
                           f"--summary-json takes none); see the command's "
                           f"--help")
-    direct = options.view_as(DirectOptions)
-    if direct.direct_num_workers is not None and direct.direct_num_workers < 0:
-        raise ConfigError(f"--direct_num_workers must be >= 0, got "
-                          f"{direct.direct_num_workers}")
+    _check_local_workers(options.view_as(DirectOptions))
     _check_runner(options)
     return options
+
+
+# Local workers per core at most: each worker of a multi-processing run is
+# a process holding Beam, Theano and the model (about 350 MB for
+# digits-cnn), and more workers than cores only share them.
+MAX_LOCAL_WORKERS_PER_CORE = 4
+
+
+def _check_local_workers(direct: DirectOptions) -> None:
+    workers, cores = direct.direct_num_workers, os.cpu_count() or 1
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--direct_num_workers must be >= 0, got {workers}")
+    if workers is not None and workers > MAX_LOCAL_WORKERS_PER_CORE * cores:
+        raise ConfigError(
+            f"--direct_num_workers {workers} is more than "
+            f"{MAX_LOCAL_WORKERS_PER_CORE} per core of this machine's "
+            f"{cores}; give at most {MAX_LOCAL_WORKERS_PER_CORE * cores} "
+            f"(0: one per core), or run on a distributed runner")
 
 
 def offline_options(*beam_args: str) -> PipelineOptions:

@@ -55,6 +55,8 @@ def tampered_store(tmp_path):
     (["--no-such-option"], "unknown option(s) --no-such-option; see the "
                            "command's --help"),
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
+    (["--direct_num_workers=100000"], "--direct_num_workers 100000 is more "
+                                      "than 4 per core of this machine's "),
     # A word that is no option nor the value of one (Beam's parser drops
     # it): '--summary-json' takes no file, so the run must not go on and
     # leave the user waiting for a file it never writes.
