@@ -92,10 +92,14 @@ class ClassifyConfig:
     # (overrides partition_by); leave out files modified less than
     # ``settle`` seconds ago or named as in progress (transforms.read.
     # is_settled) at ``listed_at`` (the watcher's clock; default: when the
-    # pipeline is built); the time window recorded in the manifest.
+    # pipeline is built), unless ``settled_files`` holds their
+    # transforms.read.file_version (the watcher settled them by its own
+    # clock: modified in the future); the time window recorded in the
+    # manifest.
     partition: Optional[str] = None
     settle: Optional[float] = None
     listed_at: Optional[float] = None
+    settled_files: Sequence[tuple] = ()
     window: Optional[dict] = None
 
 
@@ -815,7 +819,7 @@ def _match(pipeline, config: ClassifyConfig, patterns, paths):
               | "MatchFiles" >> MatchFiles(
                   exclude=inputs.excluded(config.output),
                   settle_seconds=config.settle, listed_at=config.listed_at,
-                  run_id=paths.run_id))
+                  settled=config.settled_files, run_id=paths.run_id))
     # Counted where they are matched (listing errors included), not from
     # what is written, so a runner that loses rows cannot hide it.
     counted = ((listed.files, listed[ERRORS_TAG])

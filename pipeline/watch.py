@@ -18,6 +18,10 @@ pipeline, with the same output contract:
   (``.name``, ``*.tmp``, ``*.part``, ``*.partial``, ``*.crdownload``) and it
   was last modified at least ``settle`` seconds ago
   (``transforms.read.is_settled``). Other files wait for a later window.
+  A file modified in the future (a skewed clock) settles once unchanged
+  for ``settle`` seconds of the watcher's clock since it first saw it so,
+  and the watcher warns once (``_FutureFiles``); the window's run is given
+  those files (``settled_files``), as its own filter would leave them out.
 * Inputs that match no file are not refused (a watched folder may start
   empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
   so when it starts.
@@ -76,7 +80,13 @@ from transforms.defaults import (
     top_k_for,
 )
 from transforms.files import list_identified
-from transforms.read import is_settled, one_per_file
+from transforms.read import (
+    file_version,
+    is_settled,
+    modified_in_future,
+    one_per_file,
+)
+from transforms.skip import file_key
 
 HOUR = 3600
 WINDOWS_DIR = "_windows"
@@ -275,11 +285,13 @@ class _Watcher:
                        "failed_runs": 0}
         self.failures = 0
         self._waiting = 0
+        self.future = _FutureFiles(log)
 
     def report_new(self, window: Window) -> None:
         """Says how many new files wait for ``window``, when it changes."""
         new = _new_files(self.patterns, self.config.settle, self.done,
-                         inputs.excluded(self.config.output), self.clock())
+                         inputs.excluded(self.config.output), self.clock(),
+                         self.future)
         if len(new) != self._waiting:
             self._waiting = len(new)
             if self._waiting:
@@ -297,7 +309,7 @@ class _Watcher:
         try:
             manifest = _publish_window(self.config, self.patterns, window,
                                        self.done, self.stored, self.log,
-                                       self.clock)
+                                       self.clock, self.future)
         except RunFailed as error:
             if stopping.is_set():
                 print(f"imgclass: window {window} was not published "
@@ -331,20 +343,24 @@ class _Watcher:
 
 
 def _publish_window(config: ClassifyConfig, patterns, window: Window,
-                    done: DoneFiles, stored, log,
-                    clock) -> Optional[dict]:
+                    done: DoneFiles, stored, log, clock,
+                    future: _FutureFiles) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
     output = config.output
     now = clock()
     new = _new_files(patterns, config.settle, done,
-                     inputs.excluded(output), now)
+                     inputs.excluded(output), now, future)
     manifest = None
     present = _present_inputs(config.inputs, log)
     if present and (new or not outputs.holds_earlier_run(output)):
+        # The run's own filter (is_settled) would leave these out.
+        early = tuple(file_version(m) for m in new
+                      if not is_settled(m, config.settle, now))
         run = dataclasses.replace(config, inputs=present,
                                   partition=window.partition,
-                                  window=window.as_dict(), listed_at=now)
+                                  window=window.as_dict(), listed_at=now,
+                                  settled_files=early)
         try:
             manifest = run_classify(run, log=log, output_locked=True)
         except BaseException as error:
@@ -437,19 +453,63 @@ def _mark_runs(output: str, last: int, now: float) -> None:
 
 
 def _new_files(patterns, settle: float, done: DoneFiles, exclude,
-               now: float) -> list[str]:
-    """Files settled at ``now`` that no published run classified with this
-    model."""
+               now: float, future: _FutureFiles) -> list[FileMetadata]:
+    """Files settled at ``now`` (or by ``future``) that no published run
+    classified with this model, by path."""
     by_file = collections.defaultdict(list)
     for pattern in patterns:  # what cannot be listed, the run reports
         for real, item in list_identified(pattern, exclude=exclude):
             by_file[real].append(item)
-    settled = []
+    listed = []
     for real, items in by_file.items():  # as the run will list them
         m = one_per_file(real, items)
-        if isinstance(m, FileMetadata) and is_settled(m, settle, now):
-            settled.append(m)
-    return sorted({m.path for m in done.new(settled)})
+        if isinstance(m, FileMetadata):
+            listed.append(m)
+    new = done.new(listed)
+    settled = [m for m in new if is_settled(m, settle, now)]
+    settled += future.settled(
+        [m for m in new if modified_in_future(m, now)], settle, now)
+    return sorted(settled, key=lambda m: m.path)
+
+
+class _FutureFiles:
+    """The files modified in the future a watcher sees (a camera or server
+    with a skewed clock, ``cp -p`` from one): :func:`is_settled` would not
+    hold for them until the clock passes that time, maybe a year. Each
+    settles once unchanged (size and time) for ``settle`` seconds of the
+    watcher's clock since it was first seen so; the watcher says so once."""
+
+    def __init__(self, log):
+        self._log = log
+        # path -> ((size, mtime), first seen so at, said); only the files
+        # the last look found modified in the future, and not done.
+        self._seen: dict[str, tuple] = {}
+
+    def settled(self, files, settle: float, now: float) -> list:
+        """Those of ``files`` (new, modified after ``now``) that settled."""
+        seen, ready = {}, []
+        for m in files:
+            key = file_key(m)
+            was = self._seen.get(m.path)
+            since = was[1] if was and was[0] == key else now
+            said = bool(was and was[2])
+            if now - since >= settle:
+                ready.append(m)
+                if not said:
+                    self._say(m.path, key[1], settle)
+                    said = True
+            seen[m.path] = (key, since, said)
+        self._seen = seen
+        return ready
+
+    def _say(self, path: str, mtime: float, settle: float) -> None:
+        try:
+            when = _iso(mtime)
+        except (OverflowError, OSError, ValueError):  # after the year 9999
+            when = f"{mtime:.0f}s after 1970"
+        print(f"imgclass: warning: {fs.shown(path)} was modified in the "
+              f"future (mtime {when}); read once unchanged for {settle:g}s "
+              f"of this watcher's clock", file=self._log)
 
 
 def _check_layout(output: str) -> None:

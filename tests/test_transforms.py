@@ -3,6 +3,7 @@
 import io
 import os
 import threading
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -416,3 +417,30 @@ def test_offline_options_never_use_the_downloading_direct_runner():
                            "--job_endpoint=embed").view_as(
         beam.options.pipeline_options.StandardOptions).runner == \
         "PortableRunner"
+
+
+def test_match_files_takes_files_settled_elsewhere_only_as_they_were(
+        tmp_path):
+    """``settled`` (the watcher settled them by its own clock: modified in
+    the future) takes those files as they were then, not once changed; the
+    others still settle by their time."""
+    from transforms.read import file_version
+
+    now = int(time.time())
+    paths = {}
+    for name, mtime in (("kept.png", now + 3600), ("changed.png", now + 3600),
+                        ("ahead.png", now + 3600), ("old.png", now - 600)):
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        os.utime(path, (mtime, mtime))
+        paths[name] = str(path)
+    settled = [file_version(FileMetadata(paths[n], 1, now + 3600))
+               for n in ("kept.png", "changed.png")]
+    (tmp_path / "changed.png").write_bytes(b"xy")
+    os.utime(paths["changed.png"], (now + 3600, now + 3600))
+    with beam_pipeline() as p:
+        found = (p | beam.Create([str(tmp_path / "*")])
+                 | MatchFiles(settle_seconds=30, listed_at=now,
+                              settled=settled)).files | beam.Map(
+                                  lambda m: m.path)
+        assert_that(found, equal_to([paths["kept.png"], paths["old.png"]]))

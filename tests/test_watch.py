@@ -551,3 +551,80 @@ def test_a_first_stop_is_said_unless_quiet(capfd, quiet):
         signal.raise_signal(signal.SIGTERM)
         assert stop.is_set()
     assert capfd.readouterr().err == ("" if quiet else f"{STOPPING}\n")
+
+
+YEAR = 365 * 24 * 3600
+FUTURE_WARNING = "was modified in the future"
+
+
+def marker_end(output, path):
+    """When the window that published ``path`` ended (Unix seconds)."""
+    (run_id,) = {r["run_id"] for kind in ("predictions", "errors")
+                 for r in rows(output, kind, ["path", "run_id"])
+                 if r["path"] == path}
+    (marker,) = [m for m in markers(output) if m["run_id"] == run_id]
+    return datetime.datetime.fromisoformat(marker["window"]["end"]).timestamp()
+
+
+def test_a_file_modified_in_the_future_is_classified_once_it_stayed_unchanged(
+        tmp_path, split):
+    """A skewed clock (or ``cp -p`` from one) dates a file a year ahead: it
+    settles once unchanged for --settle seconds of the watcher's clock, is
+    classified once, and the watcher warns once; a file modified in the
+    past is published in the first window, as ever, without a warning."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    settle = 90  # longer than a window: one window ends before it settled
+    (past,) = write_digits(str(folder), split, 1, nested=False)
+    old = time.time() - 600
+    os.utime(past, (old, old))
+    with watching(folder, output, settle=settle) as (log, clock):
+        advance_until(clock, lambda: markers(output), log, "the first window")
+        assert published_paths(output) == [past]
+        dropped = clock()
+        (future,) = write_digits(str(folder / "skewed"), split, 1, seed=5)
+        os.utime(future, (dropped + YEAR, dropped + YEAR))
+        advance_until(clock, lambda: future in published_paths(output), log,
+                      "the file modified in the future", windows=5)
+        assert dropped + settle <= marker_end(output, future) <= (
+            dropped + settle + WINDOW + INTERVAL + 1.0)
+        clock.advance(3 * WINDOW, log)  # done: not classified again
+    assert sorted(check_contract(output)) == sorted([past, future])
+    assert [r["path"] for r in rows(output, "predictions")].count(future) == 1
+    (line,) = [line for line in log.getvalue().splitlines()
+               if FUTURE_WARNING in line]
+    assert line.startswith(f"imgclass: warning: {future} {FUTURE_WARNING}")
+    assert f"unchanged for {settle}s of this watcher's clock" in line
+
+
+def test_a_file_modified_in_the_future_is_not_read_while_it_keeps_changing(
+        tmp_path, split):
+    """Its size or its (future) time changes at every look: it is not read,
+    and not warned about, until it stays unchanged for --settle seconds of
+    the watcher's clock."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    folder.mkdir()
+    path = str(folder / "skewed.png")
+    digit_image(split.test_images[0], 32, Image.Resampling.BICUBIC).save(
+        path, "PNG")
+    mtime = [time.time() + YEAR]
+    os.utime(path, (mtime[0], mtime[0]))
+    with watching(folder, output) as (log, clock):
+        for step in range(3 * WINDOW // INTERVAL):  # three window ends
+            if step % 2:  # a byte more, the same time
+                with open(path, "ab") as handle:
+                    handle.write(b"\0")
+            else:  # another time, the same size
+                mtime[0] += 1
+            os.utime(path, (mtime[0], mtime[0]))
+            clock.advance(INTERVAL, log)
+        assert len(markers(output)) >= 2, log.getvalue()[-3000:]
+        assert path not in published_paths(output)
+        assert path not in ledger_paths(output)
+        assert FUTURE_WARNING not in log.getvalue()
+        stopped = clock()
+        advance_until(clock, lambda: path in published_paths(output), log,
+                      "the file once unchanged")
+        assert marker_end(output, path) >= stopped + SETTLE
+        clock.advance(2 * WINDOW, log)
+    assert check_contract(output) == [path]
+    assert log.getvalue().count(FUTURE_WARNING) == 1

@@ -7,7 +7,7 @@ Beam filesystems (gs://, s3://, ...) by Beam's own matcher."""
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
@@ -17,6 +17,7 @@ from model_store.fs import basename
 from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_identified
 from transforms.schema import ERRORS_TAG
+from transforms.skip import file_key
 
 # Names that mark a file as still being written (``imgclass watch``): write
 # to such a name, then rename the finished file.
@@ -24,17 +25,33 @@ IN_PROGRESS_PREFIXES = (".",)
 IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
+def in_progress(path: str) -> bool:
+    """Whether a file's name marks it as still being written."""
+    name = basename(path)
+    return name.startswith(IN_PROGRESS_PREFIXES) or name.lower().endswith(
+        IN_PROGRESS_SUFFIXES)
+
+
 def is_settled(metadata: FileMetadata, settle_seconds: float,
                now: float) -> bool:
     """Whether a file looks finished at ``now`` (Unix seconds): its name
     does not mark it as in progress, and it was last modified at least
     ``settle_seconds`` before."""
-    name = basename(metadata.path)
-    if name.startswith(IN_PROGRESS_PREFIXES) or name.lower().endswith(
-            IN_PROGRESS_SUFFIXES):
-        return False
-    return float(metadata.last_updated_in_seconds or 0.0) <= (
-        now - settle_seconds)
+    return not in_progress(metadata.path) and float(
+        metadata.last_updated_in_seconds or 0.0) <= now - settle_seconds
+
+
+def modified_in_future(metadata: FileMetadata, now: float) -> bool:
+    """Whether a file named as finished was last modified after ``now`` (a
+    skewed clock where it was written, ``cp -p`` from there):
+    :func:`is_settled` holds for it only once the clock passes that time."""
+    return not in_progress(metadata.path) and float(
+        metadata.last_updated_in_seconds or 0.0) > now
+
+
+def file_version(metadata: FileMetadata) -> tuple:
+    """``(path, size, mtime)``: a file as listed; a change makes another."""
+    return (metadata.path, *file_key(metadata))
 
 
 def one_per_file(real: str, items):
@@ -57,13 +74,15 @@ class _ListFn(beam.DoFn):
 
 class _SplitFn(beam.DoFn):
     """One of the items listed under a path; files that are not settled
-    (``imgclass watch``) are left out, what cannot be read is an error row;
-    the rest is counted as matched."""
+    (``imgclass watch``) are left out, unless ``settled`` holds their
+    :func:`file_version`; what cannot be read is an error row; the rest is
+    counted as matched."""
 
     def __init__(self, settle_seconds: Optional[float], listed_at: float,
-                 run_id: str):
+                 run_id: str, settled: frozenset = frozenset()):
         self._settle = settle_seconds
         self._listed_at = listed_at
+        self._settled = settled
         self._run_id = run_id
         self._matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed_read")
@@ -76,8 +95,9 @@ class _SplitFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, described_error_row(
                 item.path, "read", item.error_type, item.message,
                 self._run_id))
-        elif self._settle is None or is_settled(item, self._settle,
-                                                     self._listed_at):
+        elif (self._settle is None
+              or is_settled(item, self._settle, self._listed_at)
+              or file_version(item) in self._settled):
             self._matched.inc()
             yield item
 
@@ -107,16 +127,21 @@ class MatchFiles(beam.PTransform):
         listed_at: the instant (Unix seconds) settling is measured from,
             the same for every worker. Default: when this transform is
             made.
+        settled: :func:`file_version` of files taken as settled whatever
+            their modification time (``imgclass watch`` settled them by its
+            own clock: they were modified in the future), while unchanged.
         run_id: written in the error rows.
     """
 
     def __init__(self, *, exclude: Sequence[str] = (),
                  settle_seconds: Optional[float] = None,
-                 listed_at: Optional[float] = None, run_id: str = ""):
+                 listed_at: Optional[float] = None,
+                 settled: Iterable[tuple] = (), run_id: str = ""):
         super().__init__()
         self._exclude = tuple(exclude)
         self._settle = settle_seconds
         self._listed_at = time.time() if listed_at is None else listed_at
+        self._settled = frozenset(settled)
         self._run_id = run_id
 
     def expand(self, patterns):
@@ -124,7 +149,8 @@ class MatchFiles(beam.PTransform):
                 | "List" >> beam.ParDo(_ListFn(self._exclude))
                 | "OncePerFile" >> beam.GroupByKey()
                 | "Split" >> beam.ParDo(
-                    _SplitFn(self._settle, self._listed_at, self._run_id))
+                    _SplitFn(self._settle, self._listed_at, self._run_id,
+                             self._settled))
                 .with_outputs(ERRORS_TAG, main="files"))
 
 
