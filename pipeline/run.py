@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
     PortableOptions,
+    PrismRunnerOptions,
     StandardOptions,
 )
 
@@ -240,6 +241,13 @@ def _check_runner(options: PipelineOptions) -> None:
                           "PORT (a running job service) or --job_endpoint="
                           "embed; or name the engine: --runner=FlinkRunner "
                           "or SparkRunner")
+    if runner == "PrismRunner" and not endpoint and not options.view_as(
+            PrismRunnerOptions).prism_location:
+        raise ConfigError("--runner=PrismRunner would download the Prism "
+                          "binary (imgclass downloads nothing at run time): "
+                          "give --prism_location=PATH of a Prism binary, or "
+                          "--job_endpoint=HOST:PORT of a running Prism; or "
+                          "leave --runner unset for the in-process runner")
     if runner in ("PortableRunner", "FlinkRunner", "SparkRunner") and \
             endpoint and endpoint != "embed":
         _check_endpoint(endpoint)

@@ -57,6 +57,8 @@ def tampered_store(tmp_path):
     (["--direct_num_workers=-1"], "--direct_num_workers must be >= 0"),
     (["--direct_num_workers=100000"], "--direct_num_workers 100000 is more "
                                       "than 4 per core of this machine's "),
+    (["--runner=PrismRunner"], "--runner=PrismRunner would download the "
+                               "Prism binary (imgclass downloads nothing"),
     # A word that is no option nor the value of one (Beam's parser drops
     # it): '--summary-json' takes no file, so the run must not go on and
     # leave the user waiting for a file it never writes.
