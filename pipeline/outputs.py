@@ -581,11 +581,15 @@ def write_count(count: int, path: str, key: str = "matched") -> None:
 
 
 def _read_count(path: str, key: str) -> Optional[int]:
-    """A count :func:`write_count` wrote, or None (missing or damaged)."""
+    """A count :func:`write_count` wrote, or None (missing or damaged); an
+    error reading it (an object store's 503) is raised, not taken for a
+    runner that lost it."""
+    if not FileSystems.exists(path):
+        return None
     try:
-        with FileSystems.open(path) as handle:
-            count = json.loads(handle.read())[key]
-    except Exception:  # noqa: BLE001 - missing or damaged: unknown
+        count = json.loads(fs.read_bytes(path))[key]
+    except (ValueError, LookupError, TypeError, FileNotFoundError,
+            fs.NotRegularError):  # damaged, or gone meanwhile: unknown
         return None
     return count if isinstance(count, int) and count >= 0 else None
 
