@@ -667,9 +667,17 @@ def footer(path: str) -> pq.FileMetaData:
 
 
 def _footer_error(path: str) -> Optional[Exception]:
+    """What makes ``path`` unreadable Parquet (a FIFO, bytes pyarrow
+    refuses), or None. An error opening it (an object store's 503, a lost
+    connection) says nothing of the file, and is raised: the run fails,
+    rather than have the file restored or the earlier runs replaced."""
     try:
-        footer(path)
-    except Exception as error:  # noqa: BLE001 - pyarrow's or I/O
+        with fs.open_ranges(path) as source:
+            try:
+                pq.read_metadata(source)
+            except Exception as error:  # noqa: BLE001 - pyarrow's refusal
+                return error
+    except fs.NotRegularError as error:
         return error
     return None
 
