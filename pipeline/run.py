@@ -420,7 +420,8 @@ def run_classify(config: ClassifyConfig, *, log=None,
     # Once publishing starts (``_run`` calls ``hold``), Ctrl-C and SIGTERM
     # wait until the run is published and reported: it then succeeds.
     with signals.deferrable() as hold:
-        with outputs.removed_unless_used(config.output):
+        with outputs.removed_unless_used(config.output), \
+                _unpublished_on_errors(config.output):
             manifest = _run(config, options, runner, log, output_locked,
                             started, hold)
         # Not in the published manifest: publishing is part of the wall time.
@@ -433,6 +434,23 @@ def run_classify(config: ClassifyConfig, *, log=None,
                   f"{manifest['run_id']} was being published; it was "
                   f"completed (published whole)", file=log)
     return dict(manifest, deferred_signals=held)
+
+
+@contextlib.contextmanager
+def _unpublished_on_errors(output: str):
+    """A file system error that ends the run outside recovery and
+    publishing (which say their own): the lock, the checks, the ledger
+    listing, reading the staged files (an object store's 503, a full
+    disk), as RunFailed: nothing was published, so running again is safe."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, ImgclassError):  # e.g. the model store's
+            raise
+        raise RunFailed(f"{fs.shown(output)}: {type(error).__name__}: "
+                        f"{outputs.error_line(error)}; nothing was "
+                        f"published: run again once that is fixed"
+                        ) from error
 
 
 def check_matches(config: ClassifyConfig) -> None:
