@@ -421,7 +421,9 @@ def run_classify(config: ClassifyConfig, *, log=None,
     # wait until the run is published and reported: it then succeeds.
     with signals.deferrable() as hold:
         with outputs.removed_unless_used(config.output), \
-                _unpublished_on_errors(config.output):
+                failing_on_store_errors(config.output, "nothing was "
+                                        "published: run again once that "
+                                        "is fixed"):
             manifest = _run(config, options, runner, log, output_locked,
                             started, hold)
         # Not in the published manifest: publishing is part of the wall time.
@@ -437,20 +439,19 @@ def run_classify(config: ClassifyConfig, *, log=None,
 
 
 @contextlib.contextmanager
-def _unpublished_on_errors(output: str):
-    """A file system error that ends the run outside recovery and
-    publishing (which say their own): the lock, the checks, the ledger
-    listing, reading the staged files (an object store's 503, a full
-    disk), as RunFailed: nothing was published, so running again is safe."""
+def failing_on_store_errors(output: str, then: str):
+    """A file system error (an object store's 503, a full disk) that
+    escapes the block, as RunFailed: ``OUTPUT: Type: error line; then``.
+    For what recovery and publishing do not report themselves: the lock,
+    the checks, the ledger listing, reading the staged files, a watcher's
+    markers. Errors of imgclass's own (the model store's) pass."""
     try:
         yield
     except OSError as error:
-        if isinstance(error, ImgclassError):  # e.g. the model store's
+        if isinstance(error, ImgclassError):
             raise
         raise RunFailed(f"{fs.shown(output)}: {type(error).__name__}: "
-                        f"{outputs.error_line(error)}; nothing was "
-                        f"published: run again once that is fixed"
-                        ) from error
+                        f"{outputs.error_line(error)}; {then}") from error
 
 
 def check_matches(config: ClassifyConfig) -> None:

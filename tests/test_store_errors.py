@@ -342,3 +342,89 @@ def test_a_replayed_run_makes_the_calls_of_a_real_one(cli, harness, inputs):
         made.append([(operation, re.sub("[0-9a-f]{32}", "*", path))
                      for operation, path in harness.calls])
     assert made[0] == made[1]
+
+
+class Ticks:
+    """A watcher's clock and wait, on fake time from ``start``: a wait
+    moves the clock on; the first wait once the first window has ended
+    (it was published, or failed) stops the watcher."""
+
+    def __init__(self, start: float, stop: threading.Event):
+        from pipeline.watch import window_at
+
+        self.now, self.stop = start, stop
+        self.first_end = window_at(start, WINDOW).end
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        if self.now >= self.first_end:
+            self.stop.set()
+        self.now += seconds
+        return self.stop.is_set()
+
+
+WINDOW = 60
+
+
+def watch_once(folder, run_id, start):
+    """``imgclass watch`` on ``folder`` into OUTPUT for one window from
+    ``start`` (fake time); what it raised, or None."""
+    from pipeline.watch import watch
+
+    stop = threading.Event()
+    ticks = Ticks(start, stop)
+    previous = run.new_run_id
+    run.new_run_id = lambda now: run_id
+    try:
+        watch(run.ClassifyConfig(inputs=[folder], output=OUTPUT),
+              interval=WINDOW, window=WINDOW, settle=0, stop_event=stop,
+              log=io.StringIO(), clock=ticks, wait=ticks.wait)
+    except Exception as error:  # noqa: BLE001 - judged by the caller
+        return error
+    finally:
+        run.new_run_id = previous
+    return None
+
+
+def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
+        harness, inputs):
+    """A watcher meeting a store error at any call outside the pipelines:
+    before watching it stops with RunFailed ('imgclass: watch failed:
+    ...', exit 1; the output's write probe: ConfigError, exit 2); in a
+    window, the window fails and its files wait; the next watcher
+    publishes every input once."""
+    start = (int(os.path.getmtime(inputs)) // WINDOW + 2) * WINDOW
+    Bucket.reset({})
+    assert watch_once(inputs, FAULTY, start) is None
+    assert sorted(rows("predictions") + rows("errors")) == samples(inputs)
+    clean = list(harness.calls)
+    failures, checked = [], {}
+    for k in range(1, len(clean) + 1):
+        Bucket.reset({})
+        harness.calls.clear()
+        harness.fail_at = k
+        try:
+            error = watch_once(inputs, FAULTY, start)
+        finally:
+            harness.fail_at = None
+        call = harness.calls[k - 1] if len(harness.calls) >= k else None
+        found = []
+        if error is not None and not (
+                isinstance(error, run.RunFailed) and "503" in str(error)
+                or "cannot be written" in str(error)):
+            found.append(f"raised {error!r}")
+        state_before = state()
+        if state_before not in checked:
+            error = watch_once(inputs, NEXT, start + 3600)
+            got = sorted(rows("predictions") + rows("errors"))
+            checked[state_before] = (
+                [f"the next watcher raised {error!r}"] if error else []) + (
+                [f"the next watcher: outputs hold {got}"]
+                if got != samples(inputs) else [])
+        found += checked[state_before]
+        if found:
+            failures.append(f"k={k} {call}: {'; '.join(found)}")
+    assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
+                          + "\n".join(failures))
