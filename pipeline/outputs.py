@@ -615,11 +615,15 @@ def write_count(count: int, path: str, key: str = "matched") -> None:
 
 
 def _read_count(path: str, key: str) -> Optional[int]:
-    """A count :func:`write_count` wrote, or None (missing or damaged)."""
+    """A count :func:`write_count` wrote, or None (missing or damaged); an
+    error reading it (an object store's 503) is raised, not taken for a
+    runner that lost it."""
+    if not FileSystems.exists(path):
+        return None
     try:
-        with FileSystems.open(path) as handle:
-            count = json.loads(handle.read())[key]
-    except Exception:  # noqa: BLE001 - missing or damaged: unknown
+        count = json.loads(fs.read_bytes(path))[key]
+    except (ValueError, LookupError, TypeError, FileNotFoundError,
+            fs.NotRegularError):  # damaged, or gone meanwhile: unknown
         return None
     return count if isinstance(count, int) and count >= 0 else None
 
@@ -697,9 +701,17 @@ def footer(path: str) -> pq.FileMetaData:
 
 
 def _footer_error(path: str) -> Optional[Exception]:
+    """What makes ``path`` unreadable Parquet (a FIFO, bytes pyarrow
+    refuses), or None. An error opening it (an object store's 503, a lost
+    connection) says nothing of the file, and is raised: the run fails,
+    rather than have the file restored or the earlier runs replaced."""
     try:
-        footer(path)
-    except Exception as error:  # noqa: BLE001 - pyarrow's or I/O
+        with fs.open_ranges(path) as source:
+            try:
+                pq.read_metadata(source)
+            except Exception as error:  # noqa: BLE001 - pyarrow's refusal
+                return error
+    except fs.NotRegularError as error:
         return error
     return None
 

@@ -102,10 +102,13 @@ class Monitor:
     def _announce(self) -> None:
         if self._todo is not None:
             return
-        if self._matched is None:
-            self._matched = self._paths.matched_count()
-        if self._matched is not None:
-            self._todo = self._paths.todo_count()
+        try:
+            if self._matched is None:
+                self._matched = self._paths.matched_count()
+            if self._matched is not None:
+                self._todo = self._paths.todo_count()
+        except OSError:  # the store failed this look: the next one retries
+            return
         if self._todo is None:
             return
         line = f"imgclass: matched {self._matched} files"

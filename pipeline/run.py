@@ -449,7 +449,10 @@ def run_classify(config: ClassifyConfig, *, log=None,
     # Once publishing starts (``_run`` calls ``hold``), Ctrl-C and SIGTERM
     # wait until the run is published and reported: it then succeeds.
     with signals.deferrable() as hold:
-        with outputs.removed_unless_used(config.output):
+        with outputs.removed_unless_used(config.output), \
+                failing_on_store_errors(config.output, "nothing was "
+                                        "published: run again once that "
+                                        "is fixed"):
             manifest = _run(config, options, runner, log, output_locked,
                             started, hold)
         # Not in the published manifest: publishing is part of the wall time.
@@ -462,6 +465,22 @@ def run_classify(config: ClassifyConfig, *, log=None,
                   f"{manifest['run_id']} was being published; it was "
                   f"completed (published whole)", file=log)
     return dict(manifest, deferred_signals=held)
+
+
+@contextlib.contextmanager
+def failing_on_store_errors(output: str, then: str):
+    """A file system error (an object store's 503, a full disk) that
+    escapes the block, as RunFailed: ``OUTPUT: Type: error line; then``.
+    For what recovery and publishing do not report themselves: the lock,
+    the checks, the ledger listing, reading the staged files, a watcher's
+    markers. Errors of imgclass's own (the model store's) pass."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, ImgclassError):
+            raise
+        raise RunFailed(f"{fs.shown(output)}: {type(error).__name__}: "
+                        f"{outputs.error_line(error)}; {then}") from error
 
 
 def check_matches(config: ClassifyConfig) -> None:

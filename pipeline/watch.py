@@ -65,6 +65,7 @@ from pipeline.done_files import DoneFiles
 from pipeline.run import (
     ClassifyConfig,
     RunFailed,
+    failing_on_store_errors,
     make_runner,
     merge_ledger,
     pipeline_options,
@@ -185,7 +186,8 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
                   clock) -> dict:
     """watch's work, once its settings are checked."""
     base, patterns, _ = validate(base)
-    with outputs.locked(base.output, f"watch-{os.getpid()}"):
+    with failing_on_store_errors(base.output, _RESTART), \
+            outputs.locked(base.output, f"watch-{os.getpid()}"):
         recover(base.output, log)
         # Judged on the output as recovery left it, before any work.
         _check_layout(base.output)
@@ -209,6 +211,10 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
         print(f"imgclass: stopped; window {current} was not published: its "
               f"files wait for the next run", file=log)
     return watcher.counts
+
+
+_RESTART = ("the windows published stay; start the watcher again once that "
+            "is fixed (it completes what this one left)")
 
 
 def _window_config(config: ClassifyConfig, settle: float) -> ClassifyConfig:
@@ -347,6 +353,14 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window,
                     future: _FutureFiles) -> Optional[dict]:
     """Publishes the window that just ended (one run, or none when nothing
     is new), then its marker; returns the run's manifest or None."""
+    with failing_on_store_errors(config.output,
+                                 "its files wait for the next window"):
+        return _run_window(config, patterns, window, done, stored, log,
+                           clock)
+
+
+def _run_window(config, patterns, window, done, stored, log, clock):
+    """:func:`_publish_window`'s work."""
     output = config.output
     now = clock()
     new = _new_files(patterns, config.settle, done,

@@ -142,3 +142,28 @@ def test_a_rerun_with_nothing_new_is_not_matching_nothing(
         counts = json.load(handle)["counts"]
     assert (counts["matched"], counts["skipped"], counts["predicted"]) == (
         4, 4, 0)
+
+
+def test_a_store_error_reading_the_counts_is_retried_at_the_next_look(
+        tmp_path, monkeypatch):
+    """The counts are on the output (an object store's 503): a look that
+    cannot read them prints nothing, and the next one does (the thread
+    must not die with a traceback, nor the run's end)."""
+    paths = outputs.RunOutputs(str(tmp_path / "out"), "run1", None)
+    folder = str(tmp_path / "progress")
+    os.makedirs(folder)
+    outputs.write_count(3, paths.matched_count_path)
+    outputs.write_count(3, paths.todo_count_path, key="to_classify")
+    log = io.StringIO()
+    monitor = Monitor(paths, folder, every=10, log=log, clock=Clock())
+    real = outputs.RunOutputs.todo_count
+
+    def unavailable(self):
+        raise OSError("503 Service Unavailable")
+
+    monkeypatch.setattr(outputs.RunOutputs, "todo_count", unavailable)
+    monitor.tick()
+    assert log.getvalue() == ""
+    monkeypatch.setattr(outputs.RunOutputs, "todo_count", real)
+    monitor.tick()
+    assert log.getvalue() == "imgclass: matched 3 files\n"

@@ -1,0 +1,451 @@
+"""A store error (a GCS 503) at EVERY call a run makes to the output's
+object store outside the Beam pipeline: the lock, recovery, the checks,
+the ledger merge, reading the staged counts, publishing, removing the
+staging and the lock.
+
+Each scenario (a plain run into an empty output, a ``--skip-done`` run
+that also merges the ledger, an ``--overwrite``) is run once cleanly,
+counting the calls its driver makes to Beam's ``FileSystems`` on
+``memstore://`` paths; then, for each k of them, the same run again with
+the k-th call raising, and the next run (``--skip-done``, no faults)
+after it. The failed run must say so in one line and the documented exit
+code, never a traceback; the next run must leave every input exactly once
+in predictions and errors (read back with pyarrow) and a manifest whose
+counts add up to what it matched.
+
+The pipeline itself (Beam's workers and their retries) is another path:
+its calls are not counted, and it is run for real once per distinct
+input state (what the output's ledger and errors hold), then replayed
+from what it staged (see :class:`Pipelines`), so that the few hundred
+runs take seconds.
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import ledger, outputs, run
+from tests.object_store import Bucket
+
+SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
+                       "digits")
+OUTPUT = "memstore://acme-lake/vision/labels"
+# The FileSystems operations that reach a store.
+OPERATIONS = ("match", "exists", "open", "create", "rename", "delete",
+              "last_updated", "checksum", "copy", "mkdirs")
+# What Beam's filesystems raise for a store that fails a request.
+BATCHED = {"match": "Match", "rename": "Rename", "delete": "Delete",
+           "copy": "Copy", "checksum": "Checksum"}
+
+
+def store_error(operation: str, path: str) -> OSError:
+    """A GCS 503 for ``operation`` on ``path``, as Beam raises it."""
+    cause = OSError(f"503 {operation.upper()} https://storage.googleapis.com"
+                    f"/{path.split('://', 1)[1]}: We encountered an internal "
+                    f"error. Please try again.")
+    if operation in BATCHED:
+        return BeamIOError(f"{BATCHED[operation]} operation failed",
+                           {path: cause})
+    return cause
+
+
+def _first_path(args, kwargs):
+    value = args[0] if args else next(iter(kwargs.values()), None)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+class StoreFaults:
+    """Counts the calls to ``FileSystems`` on ``memstore://`` paths made
+    outside the pipeline (``calls``: ``(operation, path)``), and makes
+    call number ``fail_at`` (from 1) raise :func:`store_error`."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.fail_at, self.in_pipeline = [], None, False
+        self._lock = threading.Lock()
+        for name in OPERATIONS:
+            monkeypatch.setattr(FileSystems, name, staticmethod(
+                self._counted(name, getattr(FileSystems, name))))
+
+    def _counted(self, name, real):
+        def call(*args, **kwargs):
+            path = _first_path(args, kwargs)
+            if path and path.startswith("memstore://") \
+                    and not self.in_pipeline:
+                with self._lock:
+                    self.calls.append((name, path))
+                    failing = len(self.calls) == self.fail_at
+                if failing:
+                    raise store_error(name, path)
+            return real(*args, **kwargs)
+        return call
+
+
+class Pipelines:
+    """Runs each distinct pipeline once for real (its calls not counted),
+    then replays it: what it staged is put back in the run's staging,
+    after the same listings ``_build`` makes on the output (the ledger
+    and errors with --skip-done), so the counted calls are those of a
+    real run (checked by :func:`test_a_replayed_run_makes_the_calls_of_a_real_one`).
+    A pipeline depends on the run (its id, inputs, options) and on what
+    the output's ledger and errors hold; nothing else it reads."""
+
+    def __init__(self, monkeypatch, faults: StoreFaults):
+        self.faults, self.recorded = faults, {}
+        self.real = run._execute
+        monkeypatch.setattr(run, "_execute", self.execute)
+        real_wait = run._wait
+
+        def wait(*args):
+            faults.in_pipeline = True
+            try:
+                return real_wait(*args)
+            finally:
+                faults.in_pipeline = False
+        monkeypatch.setattr(run, "_wait", wait)
+
+    def _key(self, config, paths):
+        """The run, and with --skip-done the rows of the output's ledger
+        and errors (not their files: a merge renames them)."""
+        done = sorted({str(row) for name, data in list(Bucket.objects.items())
+                      if config.skip_done
+                      and name.startswith((f"{config.output}/_ledger/",
+                                           f"{config.output}/errors/"))
+                      and name.endswith(".parquet")
+                      for row in pq.read_table(io.BytesIO(data)).to_pylist()})
+        return (paths.run_id, tuple(config.inputs), config.skip_done,
+                tuple(done))
+
+    def execute(self, config, options, runner, stored, patterns, paths,
+                *args):
+        key = self._key(config, paths)
+        if key not in self.recorded:
+            before = set(Bucket.objects)
+            result = self.real(config, options, runner, stored, patterns,
+                               paths, *args)
+            staged = {name: data for name, data in Bucket.objects.items()
+                      if name not in before
+                      and name.startswith(paths.staging + "/")}
+            self.recorded[key] = (result, staged)
+            return result
+        result, staged = self.recorded[key]
+        if config.skip_done:  # what _build lists
+            outputs.ledger_files(config.output)
+            outputs.error_files(config.output)
+        Bucket.objects.update(staged)
+        return result
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of four sample digits."""
+    folder = tmp_path_factory.mktemp("in")
+    for name in sorted(os.listdir(SAMPLES))[:4]:
+        shutil.copy(os.path.join(SAMPLES, name), folder / name)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    """Recorded pipelines, shared by the module's tests."""
+    return {}
+
+
+@pytest.fixture
+def harness(monkeypatch, pipelines):
+    faults = StoreFaults(monkeypatch)
+    faults.pipelines = Pipelines(monkeypatch, faults)
+    faults.pipelines.recorded = pipelines
+    # The next run is another process: a lock the failed run could not
+    # remove is its dead owner's.
+    monkeypatch.setattr(outputs, "_pid_alive", lambda pid: False)
+    # Reads one after the other: the k-th call is the same in every run.
+    monkeypatch.setattr(outputs, "PARALLEL_READS", 1)
+    monkeypatch.setattr(ledger, "COMPACT_FILES", 2)  # a merge to fail
+    return faults
+
+
+def classify(cli, run_id, inputs, *extra):
+    """``imgclass classify`` into OUTPUT with the run id ``run_id``."""
+    args = ["classify", "--output", OUTPUT, "-q", *extra]
+    for path in inputs:
+        args += ["--input", path]
+    previous = run.new_run_id
+    run.new_run_id = lambda now: run_id
+    try:
+        return cli(*args)
+    finally:
+        run.new_run_id = previous
+
+
+def samples(folder):
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder))
+
+
+# Scenarios: (the inputs of the runs that set the output up, the faulty
+# run's options); the faulty run classifies the whole folder. The runs
+# share what they can (a pipeline run for real takes over a second).
+def scenarios(folder):
+    files = samples(folder)
+    return {
+        "plain": ([], []),
+        # Two earlier runs: two ledger files, merged by the faulty run.
+        "skip-done": ([files[:2], files[2:3]], ["--skip-done"]),
+        "overwrite": ([files[:2]], ["--overwrite"]),
+    }
+
+
+def set_up(cli, earlier):
+    Bucket.reset({})
+    for n, paths in enumerate(earlier):
+        code, _, err = classify(cli, f"20260101T00000{n}Z-earlier{n}", paths,
+                                "--skip-done")
+        assert code == 0, err
+    return dict(Bucket.objects)
+
+
+FAULTY, NEXT = "20260102T000000Z-faulty", "20260103T000000Z-next"
+
+
+def rows(kind):
+    return [path for name, data in sorted(Bucket.objects.items())
+            if name.startswith(f"{OUTPUT}/{kind}/")
+            and name.endswith(".parquet")
+            for path in pq.read_table(io.BytesIO(data)).column(
+                "path").to_pylist()]
+
+
+def problems(code, err):
+    """What is wrong with how a run that met a store error ended (its exit
+    code and stderr); [] if nothing."""
+    found = []
+    lines = err.strip().splitlines()
+    said = [line for line in lines if line.startswith("imgclass:")]
+    if "Traceback" in err:
+        found.append(f"a traceback: {lines[-1] if lines else ''}")
+    elif code == 1:
+        if len(said) != 1 or said != lines or "run failed" not in said[0] \
+                or "503" not in said[0]:
+            found.append(f"exit 1 with {lines}")
+    elif code == 2:
+        # The probe of check_output: "cannot be written" (documented).
+        if len(lines) != 1 or "cannot be written" not in lines[0] \
+                or "503" not in lines[0]:
+            found.append(f"exit 2 with {lines}")
+    elif code == 0:
+        # Harmless: the lock or staging left behind, the merge postponed
+        # (a warning that names the cause).
+        if [line for line in lines if "warning" not in line
+                or "503" not in line]:
+            found.append(f"exit 0 with {lines}")
+    else:
+        found.append(f"exit {code}: {lines}")
+    return found
+
+
+def state():
+    """What the output holds, to tell outputs left alike (the lock by its
+    presence only: it holds the time it was taken)."""
+    return tuple(sorted((name, name.endswith("/_lock") or data)
+                        for name, data in Bucket.objects.items()))
+
+
+def check_next_run(cli, folder, extra, checked):
+    """The next run, without faults: its problems, [] if none. Runs are
+    deterministic (their ids fixed), so an output left as one already
+    ``checked`` (e.g. by a failure before the run changed anything) is
+    recovered from in the same way: not run again."""
+    before = state()
+    if before in checked:
+        return checked[before]
+    checked[before] = found = _next_run(cli, folder, extra)
+    return found
+
+
+def left_a_run(output, run_id):
+    """Whether run ``run_id`` left anything but its lock and a staging
+    that recovery discards (one without a publish record)."""
+    staging = f"{output}/{outputs.STAGING}/{run_id}/"
+    return f"{staging}{outputs.PUBLISH}" in Bucket.objects or any(
+        run_id in name for name in Bucket.objects
+        if not name.startswith(staging) and not name.endswith("/_lock"))
+
+
+def _next_run(cli, folder, extra):
+    """When the failed run left nothing that counts, the same command
+    again, as if it had never run (its id too, so that its pipeline is
+    replayed); else a --skip-done run."""
+    if left_a_run(OUTPUT, FAULTY):
+        code, _, err = classify(cli, NEXT, [folder], "--skip-done")
+    else:
+        code, _, err = classify(cli, FAULTY, [folder], *extra)
+    if code != 0:
+        return [f"the next run: exit {code}: {err.strip()[-300:]}"]
+    found = []
+    got = sorted(rows("predictions") + rows("errors"))
+    if got != samples(folder):
+        found.append(f"the next run: outputs hold {got}")
+    manifest = json.loads(Bucket.objects[f"{OUTPUT}/_manifest.json"])
+    counts = manifest["counts"]
+    if counts["matched"] != len(samples(folder)) or counts["matched"] != \
+            counts["predicted"] + counts["failed"] + counts["skipped"]:
+        found.append(f"the next run: counts {counts}")
+    return found
+
+
+def calls_of(faults, start, clean_run):
+    """The store calls ``clean_run`` makes on the output ``start``. When
+    its pipeline ran for real, it is run again, replayed: the calls must
+    be the same (the replays of :class:`Pipelines` are faithful)."""
+    recorded = len(faults.pipelines.recorded)
+    made = _calls(faults, start, clean_run)
+    if len(faults.pipelines.recorded) > recorded:
+        assert _calls(faults, start, clean_run) == made, "a replay differs"
+    assert made, "no store call counted"
+    return made
+
+
+def _calls(faults, start, clean_run):
+    Bucket.reset(start)
+    faults.calls.clear()
+    clean_run()
+    # A merged ledger file's name is random.
+    return [(operation, re.sub("[0-9a-f]{32}", "*", path))
+            for operation, path in faults.calls]
+
+
+def run_scenario(cli, faults, folder, name):
+    earlier, extra = scenarios(folder)[name]
+    inputs = [folder]
+    start = set_up(cli, earlier)
+
+    def clean_run():
+        code, _, err = classify(cli, FAULTY, inputs, *extra)
+        assert code == 0, err
+    clean = calls_of(faults, start, clean_run)
+    failures, checked = [], {}
+    for k in range(1, len(clean) + 1):
+        Bucket.reset(start)
+        faults.calls.clear()
+        faults.fail_at = k
+        try:
+            code, _, err = classify(cli, FAULTY, inputs, *extra)
+        except Exception as error:  # noqa: BLE001 - a traceback
+            code, err = None, f"Traceback: raised {error!r}"
+        finally:
+            faults.fail_at = None
+        if len(faults.calls) < k:
+            failures.append(f"k={k}: not reached (runs differ)")
+            continue
+        call = faults.calls[k - 1]
+        found = problems(code, err) + check_next_run(cli, folder, extra,
+                                                     checked)
+        if found:
+            failures.append(f"k={k} {call}: {'; '.join(found)}")
+    return clean, failures
+
+
+@pytest.mark.parametrize("name", ["plain", "skip-done", "overwrite"])
+def test_a_store_error_at_any_call_is_one_line_and_the_next_run_recovers(
+        cli, harness, inputs, name):
+    clean, failures = run_scenario(cli, harness, inputs, name)
+    assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
+                          + "\n".join(failures))
+
+
+class Ticks:
+    """A watcher's clock and wait, on fake time from ``start``: a wait
+    moves the clock on; the first wait once the first window has ended
+    (it was published, or failed) stops the watcher."""
+
+    def __init__(self, start: float, stop: threading.Event):
+        from pipeline.watch import window_at
+
+        self.now, self.stop = start, stop
+        self.first_end = window_at(start, WINDOW).end
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, seconds: float) -> bool:
+        if self.now >= self.first_end:
+            self.stop.set()
+        self.now += seconds
+        return self.stop.is_set()
+
+
+WINDOW = 60
+
+
+def watch_once(folder, run_id, start):
+    """``imgclass watch`` on ``folder`` into OUTPUT for one window from
+    ``start`` (fake time); what it raised, or None."""
+    from pipeline.watch import watch
+
+    stop = threading.Event()
+    ticks = Ticks(start, stop)
+    previous = run.new_run_id
+    run.new_run_id = lambda now: run_id
+    try:
+        watch(run.ClassifyConfig(inputs=[folder], output=OUTPUT),
+              interval=WINDOW, window=WINDOW, settle=0, stop_event=stop,
+              log=io.StringIO(), clock=ticks, wait=ticks.wait)
+    except Exception as error:  # noqa: BLE001 - judged by the caller
+        return error
+    finally:
+        run.new_run_id = previous
+    return None
+
+
+def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
+        harness, inputs):
+    """A watcher meeting a store error at any call outside the pipelines:
+    before watching it stops with RunFailed ('imgclass: watch failed:
+    ...', exit 1; the output's write probe: ConfigError, exit 2); in a
+    window, the window fails and its files wait; the next watcher
+    publishes every input once."""
+    start = (int(os.path.getmtime(inputs)) // WINDOW + 2) * WINDOW
+
+    def clean_run():
+        assert watch_once(inputs, FAULTY, start) is None
+        assert sorted(rows("predictions") + rows("errors")) == \
+            samples(inputs)
+    clean = calls_of(harness, {}, clean_run)
+    failures, checked = [], {}
+    for k in range(1, len(clean) + 1):
+        Bucket.reset({})
+        harness.calls.clear()
+        harness.fail_at = k
+        try:
+            error = watch_once(inputs, FAULTY, start)
+        finally:
+            harness.fail_at = None
+        call = harness.calls[k - 1] if len(harness.calls) >= k else None
+        found = []
+        if error is not None and not (
+                isinstance(error, run.RunFailed) and "503" in str(error)
+                or "cannot be written" in str(error)):
+            found.append(f"raised {error!r}")
+        state_before = state()
+        if state_before not in checked:  # as _next_run
+            error = watch_once(inputs, NEXT if left_a_run(OUTPUT, FAULTY)
+                               else FAULTY, start + 3600)
+            got = sorted(rows("predictions") + rows("errors"))
+            checked[state_before] = (
+                [f"the next watcher raised {error!r}"] if error else []) + (
+                [f"the next watcher: outputs hold {got}"]
+                if got != samples(inputs) else [])
+        found += checked[state_before]
+        if found:
+            failures.append(f"k={k} {call}: {'; '.join(found)}")
+    assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
+                          + "\n".join(failures))
