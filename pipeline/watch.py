@@ -356,10 +356,11 @@ def _publish_window(config: ClassifyConfig, patterns, window: Window,
     with failing_on_store_errors(config.output,
                                  "its files wait for the next window"):
         return _run_window(config, patterns, window, done, stored, log,
-                           clock)
+                           clock, future)
 
 
-def _run_window(config, patterns, window, done, stored, log, clock):
+def _run_window(config, patterns, window, done, stored, log, clock,
+                future):
     """:func:`_publish_window`'s work."""
     output = config.output
     now = clock()
