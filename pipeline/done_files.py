@@ -6,9 +6,9 @@ and modification time (``transforms.skip.file_key``; the run's own skip
 check is the Beam join of ``transforms.skip``, this only tells the watcher
 whether a window has anything new). Each such key is kept as its BLAKE2b
 digest of 128 bits, in one sorted NumPy array: a watcher of ten million
-files holds 160 MB, where a dictionary of paths held about 0.4 KB per file
+files holds 160 MB, where a dictionary of paths held about 460 bytes per file
 (bench/watch_listing.py ``--done-memory``). Two different keys share a
-digest with a probability of about n^2 / 2^129 (1e-24 for ten million).
+digest with a probability of about n^2 / 2^129 (1.5e-25 for ten million).
 """
 
 from __future__ import annotations
