@@ -230,7 +230,7 @@ def check_earlier_run(output: str, *, overwrite: bool, incremental: bool,
 @contextlib.contextmanager
 def locked(output: str, owner_id: str, *,
            clock: Callable[[], float] = time.time,
-           refresh_seconds: float = LOCK_REFRESH_SECONDS):
+           refresh_seconds: float = LOCK_REFRESH_SECONDS, log=None):
     """Holds ``DIR/_lock`` (owner id, host, pid, creation and refresh
     times; the block gets this dict) while the block runs: a second run or
     watcher on ``output`` stops with one line.
@@ -242,7 +242,9 @@ def locked(output: str, owner_id: str, *,
     process is gone (same host), when it was not refreshed for
     ``LOCK_STALE_SECONDS``, or when it cannot be read and is older than
     ``TORN_LOCK_SECONDS``. It is removed on every way out of the block; a
-    SIGKILL leaves it, and a later run takes it over.
+    SIGKILL leaves it, and a later run takes it over. A lock that cannot
+    be removed (an object store's 503) is said in one warning line on
+    ``log``: the block's outcome stands.
     """
     path = join(output, LOCK)
     now = _iso(clock())
@@ -259,9 +261,20 @@ def locked(output: str, owner_id: str, *,
     finally:
         stop.set()
         keeper.join()
-        with contextlib.suppress(Exception):
-            if _same_owner(_read_lock(path)[0], owner):
-                FileSystems.delete([path])
+        _release(path, owner, log)
+
+
+def _release(path: str, owner: dict, log) -> None:
+    try:
+        if _same_owner(_read_lock(path)[0], owner):
+            FileSystems.delete([path])
+    except Exception as error:  # noqa: BLE001 - the run's outcome stands
+        if log is not None:
+            print(f"imgclass: warning: could not remove the lock {path} "
+                  f"({type(error).__name__}: {error_line(error)}); a run "
+                  f"on this host takes it over, one on another host waits "
+                  f"{LOCK_STALE_SECONDS // 60} minutes for it to go stale, "
+                  f"unless you delete it", file=log)
 
 
 def _keep_fresh(path, owner, clock, stop, seconds) -> None:

@@ -509,7 +509,7 @@ def _run(config, options, runner, log, output_locked, started,
     now = datetime.datetime.now(datetime.timezone.utc)
     run_id = new_run_id(now)
     with (contextlib.nullcontext() if output_locked
-          else outputs.locked(config.output, run_id)):
+          else outputs.locked(config.output, run_id, log=log)):
         recover(config.output, log)
         # Judged on the output as recovery left it, before any work.
         layout.check(config.output, layout.layout_of(partition),

@@ -187,7 +187,7 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
     """watch's work, once its settings are checked."""
     base, patterns, _ = validate(base)
     with failing_on_store_errors(base.output, _RESTART), \
-            outputs.locked(base.output, f"watch-{os.getpid()}"):
+            outputs.locked(base.output, f"watch-{os.getpid()}", log=log):
         recover(base.output, log)
         # Judged on the output as recovery left it, before any work.
         _check_layout(base.output)
