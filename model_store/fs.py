@@ -206,14 +206,16 @@ def read_bytes(path: str) -> bytes:
 
 
 @contextlib.contextmanager
-def open_ranges(path: str):
+def open_ranges(path: str, *, io_errors: list | None = None):
     """``path`` open for reading by ranges (seek, then read), as pyarrow
     wants a Parquet file: it reads the footer, then only the column chunks
     asked for, never the whole file (on GCS or S3 a few ranged requests,
     not a download). Yields a ``pyarrow.PythonFile``. Local files go
     through :func:`open_regular` (NotRegularError for a FIFO, without
     waiting); others through Beam's ``FileSystems``, uncompressed whatever
-    the name."""
+    the name. ``io_errors``: a list that receives each error the file's
+    reads and seeks raise (an object store's 503 on a ranged read), so
+    that a caller can tell them from pyarrow's refusal of the bytes."""
     import pyarrow as pa
 
     if is_uri(path):
@@ -223,8 +225,43 @@ def open_ranges(path: str):
     else:
         fd, _ = open_regular(path)
         handle = os.fdopen(fd, "rb")
-    with handle, pa.PythonFile(handle, mode="r") as source:
+    reader = handle if io_errors is None else _Recording(handle, io_errors)
+    with handle, pa.PythonFile(reader, mode="r") as source:
         yield source
+
+
+class _Recording:
+    """A readable file whose read and seek errors are also put in a list
+    (see :func:`open_ranges`)."""
+
+    def __init__(self, handle, errors: list):
+        self._handle, self._errors = handle, errors
+        self.closed = False
+
+    def _recorded(self, method, *args):
+        try:
+            return method(*args)
+        except Exception as error:
+            self._errors.append(error)
+            raise
+
+    def read(self, *args):
+        return self._recorded(self._handle.read, *args)
+
+    def seek(self, *args):
+        return self._recorded(self._handle.seek, *args)
+
+    def tell(self):
+        return self._recorded(self._handle.tell)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def close(self):
+        self.closed = True  # the handle is the caller's to close
 
 
 _held = threading.local()  # the lock files this thread holds

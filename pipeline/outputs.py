@@ -715,14 +715,18 @@ def footer(path: str) -> pq.FileMetaData:
 
 def _footer_error(path: str) -> Optional[Exception]:
     """What makes ``path`` unreadable Parquet (a FIFO, bytes pyarrow
-    refuses), or None. An error opening it (an object store's 503, a lost
-    connection) says nothing of the file, and is raised: the run fails,
-    rather than have the file restored or the earlier runs replaced."""
+    refuses), or None. An error opening or reading it (an object store's
+    503, a lost connection) says nothing of the file, and is raised: the
+    run fails, rather than have the file restored or the earlier runs
+    replaced."""
+    store_errors: list = []
     try:
-        with fs.open_ranges(path) as source:
+        with fs.open_ranges(path, io_errors=store_errors) as source:
             try:
                 pq.read_metadata(source)
             except Exception as error:  # noqa: BLE001 - pyarrow's refusal
+                if store_errors:  # the store failed, not the file
+                    raise store_errors[0] from None
                 return error
     except fs.NotRegularError as error:
         return error

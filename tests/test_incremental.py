@@ -411,6 +411,25 @@ def test_on_object_stores_a_damaged_done_file_is_named():
         outputs.check_done_files("memstore://b/out")
 
 
+def test_on_object_stores_a_read_that_fails_is_not_taken_for_damage(
+        monkeypatch):
+    """A 503 on a ranged read of a footer, after the object opened, says
+    nothing of the file: it is raised (the run fails, exit 1), not told as
+    damage (exit 2, with advice to restore the file or replace the runs)."""
+    from tests import object_store
+    from tests.object_store import Bucket
+
+    _ledger_objects(Bucket, files=3, rows=10)
+
+    def readinto(self, buffer):  # the object opened; its reads fail
+        raise OSError(5, "503 Service Unavailable")
+
+    monkeypatch.setattr(object_store._Reader, "readinto", readinto)
+    with pytest.raises(OSError, match="503 Service Unavailable") as raised:
+        outputs.check_done_files("memstore://b/out")
+    assert not isinstance(raised.value, ConfigError)
+
+
 def pa_reader(data):
     import pyarrow as pa
     return pa.BufferReader(data)
