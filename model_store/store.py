@@ -1200,6 +1200,16 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
                 and all(_is_number(v) for v in values)):
             fail(f"normalization {key} must be a list of finite numbers",
                  values)
+    crop = metadata.get("crop")
+    if crop is not None and not (isinstance(crop, list)
+                                 and all(_is_positive_int(n) for n in crop)):
+        fail("crop must be a list of positive integers (height, width)", crop)
+    for key in ("metrics", "training"):
+        if not isinstance(metadata.get(key, {}), dict):
+            fail(f"{key} must be an object", metadata[key])
+    accuracy = metadata.get("metrics", {}).get("accuracy")
+    if accuracy is not None and not _is_number(accuracy):
+        fail("metrics accuracy must be a finite number", accuracy)
     background = metadata.get("background", 0)
     if not (type(background) is int and 0 <= background <= 255):
         fail("background must be a gray level, an integer from 0 to 255",

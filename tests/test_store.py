@@ -355,6 +355,12 @@ BROKEN_METADATA = [
      "background must be a gray"),
     ("input_shape of strings", _set("input_shape", ["1", "10", "10"]),
      "input_shape must be three positive integers"),
+    ("crop as a number", _set("crop", 10), "crop must be a list of positive"),
+    ("metrics as a number", _set("metrics", 5), "metrics must be an object"),
+    ("training as a string", _set("training", "x"),
+     "training must be an object"),
+    ("accuracy as a string", _set("metrics", {"accuracy": "high"}),
+     "metrics accuracy must be a finite number"),
 ]
 
 
@@ -369,6 +375,16 @@ def test_metadata_of_the_wrong_type_is_one_line_exit_2(root, cli, edit,
         assert code == 2, (ref, err)
         assert err.startswith("imgclass: error: ") and err.count("\n") == 1
         assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit", [_set("metrics", 5),
+                                  _set("metrics", {"accuracy": "high"})])
+def test_models_list_shows_metrics_of_the_wrong_type_as_broken(root, cli,
+                                                              edit):
+    _edit_metadata(save(root), edit)
+    code, out, err = cli("--store", root, "models", "list")
+    assert code == 0 and err == "", err
+    assert "BROKEN" in out and "metrics" in out
 
 
 def test_npy_where_npz_is_expected_is_one_line_exit_2(root, cli):
