@@ -38,6 +38,9 @@ COLOR_MODES = {"L": 1, "RGB": 3}
 # The smallest std accepted: below it (x - mean) / std is a blow-up, not a
 # normalisation (one level of an 8-bit pixel is 1/255 on this scale).
 MIN_STD = 1e-6
+# A larger shorter side leaves a centre crop too small a part of the image
+# for the resampler's float box (every file would fail at preprocess).
+MAX_RESIZE_SHORTER = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +96,12 @@ class Preprocessing:
                               f"from 0 to 255, got {self.background!r}")
         if self.resize_shorter is not None and not (
                 isinstance(self.resize_shorter, int)
-                and self.resize_shorter >= max(self.input_shape[1:])):
-            raise ConfigError(f"resize_shorter must be an integer at least "
-                              f"the crop size {list(self.input_shape[1:])}, "
-                              f"got {self.resize_shorter!r}")
+                and max(self.input_shape[1:]) <= self.resize_shorter
+                <= MAX_RESIZE_SHORTER):
+            raise ConfigError(f"resize_shorter must be an integer from the "
+                              f"crop size {list(self.input_shape[1:])} to "
+                              f"{MAX_RESIZE_SHORTER:,}, got "
+                              f"{self.resize_shorter!r:.100}")
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "Preprocessing":

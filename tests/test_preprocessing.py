@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.preprocessing import Preprocessing
+from model_store.preprocessing import MAX_RESIZE_SHORTER, Preprocessing
 
 
 def test_resizes_with_the_model_filter_and_normalises():
@@ -127,6 +127,20 @@ def test_photo_metadata_round_trip_and_crop_check():
         Preprocessing.from_metadata(dict(meta, crop=[200, 200]))
     with pytest.raises(ConfigError, match="resize_shorter"):
         Preprocessing.from_metadata(dict(meta, resize_shorter=200))
+
+
+def test_a_resize_shorter_too_large_to_crop_from_is_refused():
+    """10**30 was accepted, and then every file of a run failed at
+    preprocess ("resample: inconsistent sizes or box")."""
+    meta = _photo_prep().to_metadata()
+    for value in (10**30, MAX_RESIZE_SHORTER + 1):
+        with pytest.raises(ConfigError, match="resize_shorter must be an "
+                                              "integer from the crop size"):
+            Preprocessing.from_metadata(dict(meta, resize_shorter=value))
+    prep = Preprocessing.from_metadata(
+        dict(meta, resize_shorter=MAX_RESIZE_SHORTER))
+    image = Image.new("RGB", (3, 1000), (200, 100, 50))
+    assert prep.to_pixels(image)[:, 0, 0].tolist() == [200, 100, 50]
 
 
 def test_jpeg_draft_never_reduces_below_the_shorter_side():
