@@ -1204,6 +1204,11 @@ def _check_metadata_types(metadata: dict, where: str) -> None:
     if crop is not None and not (isinstance(crop, list)
                                  and all(_is_positive_int(n) for n in crop)):
         fail("crop must be a list of positive integers (height, width)", crop)
+    source = metadata.get(SOURCE_KEY, {})
+    if not (isinstance(source, dict)
+            and all(isinstance(v, str) for v in source.values())):
+        fail(f"{SOURCE_KEY} must be an object of strings (package, version, "
+             f"file, format, sha256)", source)
     for key in ("metrics", "training"):
         if not isinstance(metadata.get(key, {}), dict):
             fail(f"{key} must be an object", metadata[key])

@@ -361,6 +361,11 @@ BROKEN_METADATA = [
      "training must be an object"),
     ("accuracy as a string", _set("metrics", {"accuracy": "high"}),
      "metrics accuracy must be a finite number"),
+    ("weights_source as a string", _set("weights_source", "pypi"),
+     "weights_source must be an object of strings"),
+    ("weights_source with a numeric sha256",
+     _set("weights_source", {"format": "torch-legacy", "sha256": 5}),
+     "weights_source must be an object of strings"),
 ]
 
 
