@@ -193,16 +193,33 @@ def open_text(path: str, encoding: str = "utf-8"):
     return open(fd, encoding=encoding)
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
     """The whole file ``path``: local files through :func:`open_regular`
     (NotRegularError for a FIFO, socket, device or folder, without
-    waiting), others through Beam's ``FileSystems``."""
+    waiting), others through Beam's ``FileSystems``. With ``max_bytes``, at
+    most that many bytes and one more: a longer file is told by its length,
+    without being read whole."""
     if is_uri(path):
         with _filesystems().open(path) as handle:
-            return handle.read()
+            return _read_up_to(handle, max_bytes)
     fd, _ = open_regular(path)
     with os.fdopen(fd, "rb") as handle:
+        return _read_up_to(handle, max_bytes)
+
+
+def _read_up_to(handle, max_bytes: int | None) -> bytes:
+    """All of ``handle``, or its first ``max_bytes + 1`` bytes, read by the
+    MiB (``read(n)`` would allocate ``n`` bytes even for a short file)."""
+    if max_bytes is None:
         return handle.read()
+    chunks, size = [], 0
+    while size <= max_bytes:
+        chunk = handle.read(min(2**20, max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 @contextlib.contextmanager

@@ -70,6 +70,10 @@ _VERSION = re.compile(r"[1-9][0-9]*")
 # (a number of 4301 digits is a ValueError there).
 MAX_VERSION = 10 ** 9 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The largest spec.json, metadata.json or aliases file read (the shipped ones
+# are at most 21 kB; a million class names fit): a larger one is damaged,
+# and is refused before it is read whole.
+MAX_JSON_BYTES = 16 * 2**20
 _SAVE_ATTEMPTS = 20  # versions tried when other saves take the next ones
 # An .npz file is a zip archive (an empty one has only the end record).
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
@@ -260,9 +264,9 @@ def _filesystems():
     return FileSystems
 
 
-def _read(path: str) -> bytes:
-    try:
-        return fs.read_bytes(path)  # a FIFO would block open() forever
+def _read(path: str, max_bytes: int | None = None) -> bytes:
+    try:  # a FIFO would block open() forever
+        return fs.read_bytes(path, max_bytes)
     except fs.NotRegularError as error:
         raise ModelIntegrityError(f"{error}: replace it with the file, or "
                                   f"remove it") from None
@@ -282,8 +286,13 @@ def _read_json(path: str) -> dict:
     """A JSON object; NaN and Infinity are refused (not JSON)."""
     def refuse(constant):
         raise ValueError(f"{constant} is not a JSON number")
+    data = _read(path, MAX_JSON_BYTES)
+    if len(data) > MAX_JSON_BYTES:
+        raise ModelIntegrityError(
+            f"{fs.shown(path)} is larger than {MAX_JSON_BYTES // 2**20} MiB,"
+            f" the limit for a model's JSON file: it is damaged, restore it")
     try:
-        value = json.loads(_read(path), parse_constant=refuse)
+        value = json.loads(data, parse_constant=refuse)
     except (ValueError, UnicodeDecodeError) as error:
         raise ModelIntegrityError(f"{fs.shown(path)} is not valid JSON: "
                                   f"{_one_line(error)}") from None

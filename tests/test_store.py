@@ -392,6 +392,22 @@ def test_models_list_shows_metrics_of_the_wrong_type_as_broken(root, cli,
     assert "BROKEN" in out and "metrics" in out
 
 
+@pytest.mark.parametrize("file", ["1/metadata.json", "1/spec.json",
+                                  "aliases.json"])
+def test_a_huge_json_file_is_refused_without_reading_it_whole(root, cli,
+                                                              file):
+    """A 6 GB sparse metadata.json took 8 GB of memory and 35 s to refuse
+    as invalid JSON (a larger one exhausted the machine)."""
+    save(root)
+    path = os.path.join(root, "tiny", file)
+    with open(path, "ab") as handle:
+        handle.truncate(4 * 2**30)  # sparse: no disk used
+    code, _, err = cli("--store", root, "models", "show", "tiny@1"
+                       if file != "aliases.json" else "tiny@latest")
+    _one_line_exit_2(code, err, "is larger than 16 MiB, the limit for a "
+                                "model's JSON file")
+
+
 def test_npy_where_npz_is_expected_is_one_line_exit_2(root, cli):
     saved = save(root)
     buffer = io.BytesIO()
