@@ -204,7 +204,15 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
             return _read_up_to(handle, max_bytes)
     fd, _ = open_regular(path)
     with os.fdopen(fd, "rb") as handle:
-        return _read_up_to(handle, max_bytes)
+        if max_bytes is None:
+            return handle.read()
+        # read(n) allocates n bytes, even for a shorter file: n is the
+        # size, and what a file that grew (or /proc's, of size 0) has more.
+        size = os.fstat(fd).st_size
+        data = handle.read(min(size, max_bytes) + 1)
+        if size < len(data) <= max_bytes:
+            data += _read_up_to(handle, max_bytes - len(data))
+        return data
 
 
 def _read_up_to(handle, max_bytes: int | None) -> bytes:

@@ -677,7 +677,7 @@ def load_model(ref: str, *, root: str | None = None) -> StoredModel:
     # Checks the spec, its sizes included, before the weights are read.
     network = build_network(spec, initialize=False)
     weights_path = fs.join(info.location, WEIGHTS_FILE)
-    data = _weights_data(weights_path, metadata, spec)
+    data = _weights_data(weights_path, metadata, spec, network)
     return _checked_model(info, metadata, spec, network, data, where=where,
                           weights_path=weights_path)
 
@@ -738,12 +738,27 @@ def _check_named_embedding_layer(model: StoredModel, network,
         raise ModelIntegrityError(f"{where}: {error}") from None
 
 
-def _weights_data(path: str, metadata: dict, spec: dict) -> bytes:
+def _weights_data(path: str, metadata: dict, spec: dict, network) -> bytes:
     """The bytes of ``weights.npz``; for a version whose metadata names a
     ``weights_source`` and that has no such file, converted from the
-    installed package (see :mod:`model_store.pretrained`)."""
+    installed package (see :mod:`model_store.pretrained`). A file larger
+    than the parameters of ``network`` can take is refused without being
+    read whole."""
+    from model_store.layers import get_param_shapes
+    from model_store.spec import MAX_NPY_HEADER_BYTES
+
+    # At most 8 bytes a value, a header and zip records an array, and a
+    # margin for deflate's worst case.
+    limit = 2**20 + sum(math.prod(shape) * 8 * 1.01 + MAX_NPY_HEADER_BYTES
+                        + 2**16 for shape in get_param_shapes(network).values())
     try:
-        return _read(path)
+        data = _read(path, int(limit))
+        if len(data) > limit:
+            raise ModelIntegrityError(
+                f"{fs.shown(path)} is larger than the {int(limit):,} bytes "
+                f"the spec's parameters can take: it is damaged, restore it "
+                f"or save a new version")
+        return data
     except ModelFileMissingError:
         if SOURCE_KEY not in metadata:
             raise

@@ -408,6 +408,17 @@ def test_a_huge_json_file_is_refused_without_reading_it_whole(root, cli,
                                 "model's JSON file")
 
 
+def test_a_weights_file_larger_than_its_parameters_is_not_read_whole(root,
+                                                                      cli):
+    """A 6 GB sparse weights.npz took 6 GB of memory and 30 s before its
+    checksum refused it."""
+    save(root)
+    path = os.path.join(root, "tiny", "1", store.WEIGHTS_FILE)
+    os.truncate(path, 4 * 2**30)  # sparse: no disk used
+    code, _, err = cli("--store", root, "models", "show", "tiny@1")
+    _one_line_exit_2(code, err, "bytes the spec's parameters can take")
+
+
 def test_npy_where_npz_is_expected_is_one_line_exit_2(root, cli):
     saved = save(root)
     buffer = io.BytesIO()
