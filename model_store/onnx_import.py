@@ -784,6 +784,11 @@ def onnx_to_spec(model) -> tuple[dict, dict[str, np.ndarray]]:
     return spec, converter.weights
 
 
+# Protobuf's limit for one message: a larger .onnx file is not a model,
+# and is refused without being read whole.
+MAX_ONNX_BYTES = 2**31 - 1
+
+
 def _read_onnx(path: str):
     """(the model in the local file ``path``, with its external data, and
     the sha256 of the file's bytes)."""
@@ -792,8 +797,8 @@ def _read_onnx(path: str):
     if fs.is_uri(path):
         raise ConfigError(f"ONNX file {path}: give a local file (its "
                           f"external data, if any, is read beside it)")
-    try:
-        data = fs.read_bytes(path)  # a FIFO is refused, not waited on
+    try:  # a FIFO is refused, not waited on
+        data = fs.read_bytes(path, MAX_ONNX_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"ONNX file {path} does not exist") from None
     except fs.NotRegularError as error:
@@ -802,6 +807,11 @@ def _read_onnx(path: str):
     except OSError as error:
         raise ConfigError(f"cannot read ONNX file {path}: "
                           f"{error.strerror}") from None
+    if len(data) > MAX_ONNX_BYTES:
+        raise UnsupportedModelError(
+            f"{path} is not a valid ONNX model: it is larger than 2 GiB, "
+            f"the most a protobuf message holds (a larger model keeps its "
+            f"weights in external data files)")
     try:
         model = onnx.load_model_from_string(data)
         # As onnx.load does, with its checks that every location stays in

@@ -453,6 +453,24 @@ def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
     assert not store.exists() or os.listdir(store) == []
 
 
+def test_an_onnx_file_over_protobufs_limit_is_refused_unparsed(
+        cli, tmp_path, monkeypatch):
+    """A 6 GB (sparse) file took 6 GB of memory and 25 s to fail parsing;
+    protobuf holds at most 2 GiB (the limit is lowered here)."""
+    from model_store import onnx_import
+
+    monkeypatch.setattr(onnx_import, "MAX_ONNX_BYTES", 1000)
+    path = tmp_path / "big.onnx"
+    onnx.save(_example().build(), str(path))
+    assert path.stat().st_size > 1000
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "larger than 2 GiB, the most a protobuf message holds" in err
+    assert not store.exists() or os.listdir(store) == []
+
+
 def test_bad_inputs_exit_2(cli, tmp_path):
     store = tmp_path / "store"
     junk = tmp_path / "junk.onnx"
