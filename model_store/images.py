@@ -48,6 +48,8 @@ FORMATS = ("BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP")
 _MODES = ("L", "RGB")
 # EXIF orientations 5-8 turn the picture by a quarter: width and height swap.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# Orientations 2-8 mirror or turn it; 1 (or none) is upright.
+_TRANSPOSED = frozenset(range(2, 9))
 # Integer modes whose samples are 16-bit (0..65535). Pillow opens 16-bit PNG
 # and TIFF as "I;16"/"I;16B" (older versions: "I"), so "I" is read the same way.
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -155,7 +157,8 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
                     f"over the limit of {max_pixels:,}")
             if img.format in ("JPEG", "MPO"):
                 _check_jpeg_data(data, img)
-            turned = img.getexif().get(ExifTags.Base.Orientation, 1) in _QUARTER_TURNS
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+            turned = orientation in _QUARTER_TURNS
             if turned:
                 width, height = height, width
             if target_size is not None:
@@ -164,7 +167,10 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
                 draft_width, draft_height = target_size
                 img.draft(mode, (draft_height, draft_width) if turned else target_size)
             img.load()
-            upright = ImageOps.exif_transpose(img)  # a new image, even when not turned
+            # Leaving the with block closes only the file, not the loaded
+            # pixels. exif_transpose copies even an upright image (0.27 ms
+            # of 1.6 for a 361x510 photo), so it runs only where it turns.
+            upright = ImageOps.exif_transpose(img) if orientation in _TRANSPOSED else img
     except (ImageDecodeError, Image.DecompressionBombError, MemoryError):
         raise
     except Image.UnidentifiedImageError as exc:

@@ -8,6 +8,7 @@ another Pillow conversion.
 from __future__ import annotations
 
 import io
+import pickle
 import struct
 import zlib
 
@@ -231,8 +232,10 @@ def test_formats_decode(fmt, params, tolerance):
     decoded = decode_image(encode(Image.fromarray(rgb), fmt, **params), mode="RGB")
     assert (decoded.width, decoded.height) == (32, 32)
     assert_close(pixels(decoded), rgb, tolerance)
-    # Detached from the file: a plain, loaded image, not a lazy ImageFile.
-    assert not isinstance(decoded.image, ImageFile.ImageFile)
+    # Loaded and detached from the file: no file left to read, and its
+    # pixels survive a round trip through pickle (Beam's hand-over).
+    assert getattr(decoded.image, "fp", None) is None
+    assert_close(np.asarray(pickle.loads(pickle.dumps(decoded.image))), rgb, tolerance)
 
 
 @pytest.mark.parametrize("fmt, params", [
