@@ -1045,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
     # import of scipy inside Theano's) is still reported as a stop; the
     # versions saved before it are named.
     with signals.stopping() as received, saves_recorded() as saved, \
-            _checked_stdout():
+            _console():
         try:
             logs.configure()
             parser = build_parser()
@@ -1108,14 +1108,29 @@ class _CheckedStdout:
 
 
 @contextlib.contextmanager
-def _checked_stdout():
-    stream = sys.stdout
-    sys.stdout = _CheckedStdout(stream) if stream is not None else None
+def _console():
+    """stdout and stderr while a command runs: what their encoding cannot
+    show (``PYTHONIOENCODING=ascii``: a class or file name with ``é``) is
+    written as a backslash escape, not a UnicodeEncodeError; stdout's
+    write errors are :class:`_CheckedStdout`'s."""
+    out = sys.stdout
+    for stream in (out, sys.stderr):
+        _escape_unencodable(stream)
+    sys.stdout = _CheckedStdout(out) if out is not None else None
     try:
         yield
     finally:
         if isinstance(sys.stdout, _CheckedStdout):
-            sys.stdout = stream
+            sys.stdout = out
+
+
+def _escape_unencodable(stream) -> None:
+    """``errors="backslashreplace"`` for ``stream`` (for the rest of the
+    process) if it was ``strict``; other handlers were chosen: they stay."""
+    if getattr(stream, "errors", None) == "strict" and \
+            hasattr(stream, "reconfigure"):
+        with contextlib.suppress(OSError):  # it flushes what is pending
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _interrupted(received: list[int], what: str = "") -> int:

@@ -1,6 +1,7 @@
 """Configuration mistakes stop the run before any work, with exit code 2 and
 one line that names the problem; the model commands' exit codes."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -864,3 +865,61 @@ def test_an_output_through_a_broken_symlink_names_the_link(
         assert err.strip().splitlines() == [
             f"imgclass: error: output '{output}' cannot be created: {out} "
             f"is a symbolic link that {why}"]
+
+
+def _run_command(*args, env=None, stderr=None):
+    """``imgclass ARGS`` in a process of its own: ``(exit code, stdout,
+    stderr or "")``, with ``env`` added to the environment and stderr
+    sent to the file ``stderr`` if given."""
+    import subprocess
+    import sys
+
+    with open(stderr, "w") if stderr else contextlib.nullcontext() as err:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", *map(str, args)],
+            env=dict(os.environ, **(env or {})), stdout=subprocess.PIPE,
+            stderr=err or subprocess.PIPE, timeout=300)
+    return (done.returncode, done.stdout.decode("ascii", "replace"),
+            (done.stderr or b"").decode("ascii", "replace"))
+
+
+def _store_with_class_names(store, names):
+    """A store holding digits-cnn@1 whose classes are called ``names``."""
+    shutil.copytree(os.path.join(DEFAULT_ROOT, "digits-cnn"),
+                    store / "digits-cnn")
+    path = store / "digits-cnn" / "1" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["class_names"] = names
+    path.write_text(json.dumps(metadata, ensure_ascii=False))
+
+
+@pytest.mark.parametrize("command", ["models list", "evaluate"])
+def test_what_the_output_encoding_cannot_show_is_escaped_not_a_traceback(
+        tmp_path, split, command):
+    """PYTHONIOENCODING=ascii with a store path or class names holding
+    'ö', '—', '×': a UnicodeEncodeError traceback, exit 1, after printing
+    part of the output."""
+    from tests.conftest import write_digits
+
+    store = tmp_path / "stö—re"
+    store.mkdir()
+    args = ["--store", store, "models", "list"]
+    escaped = f"no models in {tmp_path}/st\\xf6\\u2014re"
+    if command == "evaluate":
+        names = [f"{digit}\u00e9\u2014\u00d7" for digit in range(10)]
+        _store_with_class_names(store, names)
+        truth = write_digits(str(tmp_path / "flat"), split, 20,
+                             nested=False)
+        for path, label in truth.items():
+            folder = tmp_path / "data" / names[int(label)]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, folder)
+        args = ["--store", store, "evaluate", "--model", "digits-cnn",
+                "--data", tmp_path / "data"]
+        escaped = "7\\xe9\\u2014\\xd7"
+    code, out, err = _run_command(*args, env={"PYTHONIOENCODING": "ascii"})
+    assert (code, err) == (0, "")
+    assert escaped in out
+    if command == "evaluate":
+        assert "confusion matrix" in out  # printed to the end
+
