@@ -1107,21 +1107,47 @@ class _CheckedStdout:
         return getattr(self._stream, name)
 
 
+class _LossyStderr:
+    """``sys.stderr`` whose write errors (``2>/dev/full``) are ignored: its
+    messages are lost, the command's outcome and exit code are not
+    (stdout's are the command's output: :class:`_CheckedStdout`)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, UnicodeEncodeError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 @contextlib.contextmanager
 def _console():
     """stdout and stderr while a command runs: what their encoding cannot
     show (``PYTHONIOENCODING=ascii``: a class or file name with ``é``) is
     written as a backslash escape, not a UnicodeEncodeError; stdout's
-    write errors are :class:`_CheckedStdout`'s."""
-    out = sys.stdout
-    for stream in (out, sys.stderr):
+    write errors are :class:`_CheckedStdout`'s, stderr's are ignored
+    (:class:`_LossyStderr`)."""
+    out, err = sys.stdout, sys.stderr
+    for stream in (out, err):
         _escape_unencodable(stream)
     sys.stdout = _CheckedStdout(out) if out is not None else None
+    sys.stderr = _LossyStderr(err) if err is not None else None
     try:
         yield
     finally:
         if isinstance(sys.stdout, _CheckedStdout):
             sys.stdout = out
+        if isinstance(sys.stderr, _LossyStderr):  # not logs.stopped()'s
+            sys.stderr = err
 
 
 def _escape_unencodable(stream) -> None:

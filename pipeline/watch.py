@@ -555,8 +555,9 @@ def stop_on_signals(stop: threading.Event, *, quiet: bool = False):
             worker.stop_local_workers()
             raise KeyboardInterrupt
         stop.set()
-        if not quiet:
-            os.write(2, f"{STOPPING}\n".encode())
+        if not quiet:  # a stderr that cannot be written (2>/dev/full)
+            with contextlib.suppress(OSError):  # loses the note, no more
+                os.write(2, f"{STOPPING}\n".encode())
 
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {s: signal.signal(s, handler) for s in signals}

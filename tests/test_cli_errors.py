@@ -923,3 +923,23 @@ def test_what_the_output_encoding_cannot_show_is_escaped_not_a_traceback(
     if command == "evaluate":
         assert "confusion matrix" in out  # printed to the end
 
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's full "
+                    "device")
+@pytest.mark.parametrize("case", ["a run", "a mistake"])
+def test_a_stderr_that_cannot_be_written_changes_no_outcome(images, tmp_path,
+                                                            case):
+    """'imgclass classify ... 2>/dev/full': the first message failed the
+    run (exit 1, nothing published), and a mistake exited 1, not 2."""
+    output = tmp_path / "out"
+    args = ["classify", "--input", images, "--output", output,
+            "--summary-json"] + (["--top-k", "0"] if case == "a mistake"
+                                 else [])
+    code, out, _ = _run_command(*args, stderr="/dev/full")
+    if case == "a mistake":
+        assert (code, out) == (2, "")
+        assert not output.exists()
+        return
+    assert code == 0
+    assert json.loads(out)["counts"]["predicted"] == 4
+    assert (output / "_SUCCESS").exists()

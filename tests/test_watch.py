@@ -628,3 +628,23 @@ def test_a_file_modified_in_the_future_is_not_read_while_it_keeps_changing(
         clock.advance(2 * WINDOW, log)
     assert check_contract(output) == [path]
     assert log.getvalue().count(FUTURE_WARNING) == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="Linux's full "
+                    "device")
+def test_a_stop_is_taken_when_stderr_cannot_be_written():
+    """2>/dev/full: the note that the watcher stops was an OSError raised
+    in the signal handler, which failed the watcher (exit 1)."""
+    from pipeline.watch import stop_on_signals
+
+    full = os.open("/dev/full", os.O_WRONLY)
+    saved = os.dup(2)
+    os.dup2(full, 2)
+    try:
+        with stop_on_signals(threading.Event()) as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.is_set()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(full)
