@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import importlib
+import io
 import json
 import os
 import re
@@ -193,6 +194,21 @@ def open_text(path: str, encoding: str = "utf-8"):
     return open(fd, encoding=encoding)
 
 
+class TooLargeError(ValueError):
+    """A file is larger than its reader's limit (:func:`read_text`)."""
+
+
+def read_text(path: str, max_bytes: int, encoding: str = "utf-8") -> str:
+    """The local file ``path`` as :func:`open_text` reads it (``\\r\\n``
+    and ``\\r`` read as ``\\n``; NotRegularError without waiting), if it
+    holds at most ``max_bytes``; else TooLargeError, ``is larger than N
+    MiB``, without reading more than the limit."""
+    data = _read_local(path, max_bytes)
+    if len(data) > max_bytes:
+        raise TooLargeError(f"is larger than {max_bytes / 2**20:g} MiB")
+    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding).read()
+
+
 def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
     """The whole file ``path``: local files through :func:`open_regular`
     (NotRegularError for a FIFO, socket, device or folder, without
@@ -202,6 +218,11 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
     if is_uri(path):
         with _filesystems().open(path) as handle:
             return _read_up_to(handle, max_bytes)
+    return _read_local(path, max_bytes)
+
+
+def _read_local(path: str, max_bytes: int | None) -> bytes:
+    """:func:`read_bytes` of a local file."""
     fd, _ = open_regular(path)
     with os.fdopen(fd, "rb") as handle:
         if max_bytes is None:

@@ -935,10 +935,15 @@ def _declared_bytes(tensor) -> int:
 
 def _read_text(path: str, what: str) -> str:
     """The text of the UTF-8 file ``path`` (``what`` names it in errors),
-    without a byte-order mark, line ends read as ``\\n``."""
+    without a byte-order mark, line ends read as ``\\n``; a file over
+    MAX_JSON_BYTES is refused without being read whole."""
+    from model_store.store import MAX_JSON_BYTES
+
     try:
-        with fs.open_text(path, encoding="utf-8-sig") as handle:
-            return handle.read()
+        return fs.read_text(path, MAX_JSON_BYTES, encoding="utf-8-sig")
+    except fs.TooLargeError as error:
+        raise ConfigError(f"{what} {path} {error}, the limit for it: give "
+                          f"the right file") from None
     except fs.NotRegularError as error:
         raise ConfigError(f"{what} {error}: give a text file") from None
     except OSError as error:
@@ -950,12 +955,12 @@ def _read_text(path: str, what: str) -> str:
             f"{error.object[error.start]:#x}): save it as UTF-8") from None
 
 
-def _class_names(path: str | None, count: int) -> list[str]:
-    """The ``count`` class names of the ``--classes`` file ``path``, one a
-    line in output order, spaces around each dropped; blank lines only at
-    the end. Default: "0", "1", ..."""
+def _read_classes(path: str | None) -> list[str] | None:
+    """The class names of the ``--classes`` file ``path``, one a line in
+    output order, spaces around each dropped; blank lines only at the end.
+    None without the option."""
     if path is None:
-        return [str(i) for i in range(count)]
+        return None
     names = [line.strip() for line in
              _read_text(path, "the classes file").split("\n")]
     while names and not names[-1]:
@@ -964,6 +969,15 @@ def _class_names(path: str | None, count: int) -> list[str]:
         raise ConfigError(f"{path} line {names.index('') + 1} is blank: one "
                           f"class name per line, in output order, with no "
                           f"blank line between")
+    return names
+
+
+def _class_names(names: list[str] | None, path: str | None,
+                 count: int) -> list[str]:
+    """``names`` (:func:`_read_classes` of ``path``) if they are ``count``;
+    default: "0", "1", ..."""
+    if names is None:
+        return [str(i) for i in range(count)]
     if len(names) != count:
         raise ConfigError(f"{path} names {len(names)} classes but the model "
                           f"has {count} outputs: one name per line, in "
@@ -1012,18 +1026,17 @@ def _given_preprocessing(text: str) -> dict:
     return given
 
 
-def _preprocessing(text: str | None, input_shape: list[int]) -> dict:
+def _preprocessing(given: dict, input_shape: list[int]) -> dict:
     """Preprocessing metadata: defaults (colour mode from the channels,
     bilinear resize to the input size, pixels scaled to [0, 1]) overridden
-    by a JSON object given inline or as a file path."""
+    by ``given`` (:func:`_given_preprocessing`)."""
     from model_store.preprocessing import Preprocessing
 
     channels = input_shape[0]
     values: dict[str, Any] = {"color_mode": {1: "L", 3: "RGB"}.get(
         channels), "resize": "bilinear", "mean": [0.0] * channels,
         "std": [1.0] * channels, "background": 0, "resize_shorter": None}
-    if text:
-        values.update(_given_preprocessing(text))
+    values.update(given)
     if values["color_mode"] is None:
         raise ConfigError(f"the model takes {channels} channels; imgclass "
                           f"feeds 1 (L) or 3 (RGB)")
@@ -1066,6 +1079,10 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     from model_store.store import parse_ref, save_version
 
     parse_ref(name)
+    # The options' files before the model (a 2 GiB read): their mistakes
+    # cost nothing.
+    class_names = _read_classes(classes)
+    given = _given_preprocessing(preprocessing) if preprocessing else {}
     model, digest = _read_onnx(path)
     spec, weights = onnx_to_spec(model)
     _check_finite_weights(weights)
@@ -1089,8 +1106,8 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     count = network.output_shape[1]
     file_name = fs.printable(os.path.basename(path))  # valid UTF-8 JSON
     metadata = {
-        "class_names": _class_names(classes, count),
-        **_preprocessing(preprocessing, spec["input_shape"]),
+        "class_names": _class_names(class_names, classes, count),
+        **_preprocessing(given, spec["input_shape"]),
         "description": f"imported from ONNX file {file_name}",
         "source": {"format": "onnx", "file": file_name,
                    "sha256": digest, "producer": model.producer_name,

@@ -42,11 +42,16 @@ def spec_file_name(path: str) -> str:
 
 
 def _read_spec(path: str):
-    try:  # a FIFO is refused, not waited on
-        with fs.open_text(path) as handle:
-            return json.load(handle)
+    from model_store.store import MAX_JSON_BYTES
+
+    try:  # a FIFO is refused, not waited on; a 6 GB file not read whole
+        return json.loads(fs.read_text(path, MAX_JSON_BYTES))
     except FileNotFoundError:
         raise ConfigError(f"spec file {path} does not exist") from None
+    except fs.TooLargeError as error:
+        raise ConfigError(f"spec file {path} {error}, the limit for a "
+                          f"spec file: give the network spec's JSON file") \
+            from None
     except fs.NotRegularError as error:
         raise ConfigError(f"--spec {error}: give the spec's JSON file") \
             from None

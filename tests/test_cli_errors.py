@@ -553,6 +553,33 @@ def test_a_spec_that_cannot_be_read_is_refused_in_one_line(
     assert not (tmp_path / "store").exists()
 
 
+
+def test_a_spec_over_the_json_limit_is_refused_unread(cli, tmp_path):
+    """train --spec with a 6 GB sparse file took 49 s and 12 GB of memory
+    to say it is not valid JSON. Refused from its first 16 MiB now (1 GiB
+    here), as the store's JSON files are."""
+    import tracemalloc
+
+    import model_store.train  # noqa: F401 - its imports are not the read
+
+    spec = tmp_path / "spec.json"
+    with open(spec, "wb") as handle:
+        handle.truncate(2**30)
+    tracemalloc.start()
+    try:
+        code, _, err = cli("--store", tmp_path / "store", "train",
+                           "--dataset", "digits", "--name", "x", "--spec",
+                           spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, peak
+    assert code == 2
+    assert err.splitlines() == [
+        f"imgclass: error: spec file {spec} is larger than 16 MiB, the "
+        f"limit for a spec file: give the network spec's JSON file"]
+    assert not (tmp_path / "store").exists()
+
 @pytest.mark.parametrize("command", [
     ["models", "list"], ["models", "verify"], ["models", "show", "x"],
     ["models", "promote", "x@1"],

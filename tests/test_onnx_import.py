@@ -453,6 +453,40 @@ def test_a_fifo_given_as_a_file_to_read_is_refused_without_waiting(
     assert not store.exists() or os.listdir(store) == []
 
 
+
+@pytest.mark.parametrize("given", ["--classes", "--preprocessing"])
+def test_an_options_file_over_the_json_limit_is_refused_unread(
+        cli, tmp_path, monkeypatch, given):
+    """A 6 GB sparse --classes or --preprocessing file was read whole after
+    the ONNX file (12 GB of memory, 20-26 s), then refused for what it
+    held. Refused from its first 16 MiB now (1 GiB here), before the
+    model is read."""
+    import tracemalloc
+
+    from model_store import onnx_import
+
+    def read_onnx(path):
+        raise AssertionError("the ONNX file was read first")
+
+    monkeypatch.setattr(onnx_import, "_read_onnx", read_onnx)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as handle:
+        handle.truncate(2**30)
+    store = tmp_path / "store"
+    tracemalloc.start()
+    try:
+        code, _, err = cli("--store", store, "models", "import", "onnx",
+                           tmp_path / "m.onnx", "--name", "m", given, big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, peak
+    assert code == 2
+    assert err.splitlines() == [
+        f"imgclass: error: the {given[2:]} file {big} is larger than 16 "
+        f"MiB, the limit for it: give the right file"]
+    assert not store.exists() or os.listdir(store) == []
+
 def test_an_onnx_file_over_protobufs_limit_is_refused_unparsed(
         cli, tmp_path, monkeypatch):
     """A 6 GB (sparse) file took 6 GB of memory and 25 s to fail parsing;
