@@ -13,6 +13,7 @@ Layout of ``DIR`` (the output contract, documented in the README)::
     DIR/_ledger/                   files each run claimed (for --skip-done)
     DIR/_skipped/                  files --skip-done runs did not redo
     DIR/_lock                      while a run or a watcher uses the output
+    DIR/_windows/                  a watcher's windows (pipeline/watch.py)
 
 While the pipeline runs, everything is written below ``DIR/_staging/<run_id>``
 (Hive, Spark, Trino, DuckDB globs and Polars skip names starting with ``_``).
@@ -53,6 +54,7 @@ LEDGER_DIR, SKIPPED_DIR, RUNS_DIR = "_ledger", "_skipped", "_runs"
 MANIFEST, SUCCESS, STAGING = "_manifest.json", "_SUCCESS", "_staging"
 PUBLISH, LOCK, MATCHED = "_publish.json", "_lock", "_matched.json"
 TO_CLASSIFY = "_to_classify.json"
+WINDOWS_DIR = "_windows"  # imgclass watch's record of each window
 # A run refreshes its lock every LOCK_REFRESH_SECONDS; a lock is taken over
 # once its owner's process is gone (same host) or it was not refreshed for
 # LOCK_STALE_SECONDS (a killed run on another host or in another container);
@@ -416,7 +418,8 @@ class RunOutputs:
     run's manifest, with its sha256) is written to
     ``_staging/<run_id>/_publish.json`` atomically; until it is, nothing
     visible has changed. Then :func:`_complete` removes ``_SUCCESS``,
-    deletes, writes ``_layout.json`` (the run's layout and table format,
+    deletes (and removes the local folders that leaves empty), writes
+    ``_layout.json`` (the run's layout and table format,
     ``pipeline/layout.py``), moves, writes ``_runs/<run_id>.json``, ``_manifest.json`` and
     ``_SUCCESS``, deletes the record (an error there is not ignored: a record
     left behind would be completed again after newer runs) and removes the
@@ -493,9 +496,29 @@ class RunOutputs:
 
 
 def _published_files(output: str) -> list[str]:
-    """Every file of the runs published in ``output`` (for --overwrite)."""
-    return [path for name in (*SCHEMAS, RUNS_DIR)
+    """Every file of the runs published in ``output`` (for --overwrite),
+    a watcher's window markers included."""
+    return [path for name in (*SCHEMAS, RUNS_DIR, WINDOWS_DIR)
             for path in fs.match(join(output, name, "**"))]
+
+
+def _remove_emptied_folders(output: str, deleted: list[str]) -> None:
+    """Removes the local folders below ``output`` that the ``deleted``
+    files left empty (a watcher's ``date=/hour=`` partitions and
+    ``_windows/``, after an --overwrite), deepest first: the output is
+    then as a first run leaves it. A folder holding anything else stays;
+    object stores have no folders."""
+    if is_uri(output):
+        return
+    root, folders = os.path.abspath(output), set()
+    for path in deleted:
+        folder = os.path.dirname(os.path.abspath(path))
+        while folder.startswith(root + os.sep):
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    for folder in sorted(folders, key=len, reverse=True):
+        with contextlib.suppress(OSError):  # not empty, or gone
+            os.rmdir(folder)
 
 
 def recover(output: str) -> list[str]:
@@ -534,6 +557,7 @@ def _complete(output: str, staging: str, record: dict) -> None:
     for path in [done, *record["deletes"]]:
         if FileSystems.exists(path):
             _delete_file(path)
+    _remove_emptied_folders(output, record["deletes"])
     # Before any of the run's files is visible, so that no published file
     # is ever in an output whose layout and format are not recorded.
     _write_file(join(output, layout.LAYOUT_FILE), layout.record_bytes(manifest))

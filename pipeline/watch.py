@@ -90,7 +90,6 @@ from transforms.read import (
 from transforms.skip import file_key
 
 HOUR = 3600
-WINDOWS_DIR = "_windows"
 # A run that fails is retried at the end of the next window; after this many
 # failures in a row the watcher gives up (exit code 1).
 MAX_FAILURES = 3
@@ -419,8 +418,9 @@ def _write_marker(output: str, window: Window, manifest: Optional[dict],
                          "failed": counts.get("failed", 0)},
               "closed_at": _iso(closed_at)}
     # Written whole or not at all: a reader never sees half a marker.
-    fs.write_atomic(fs.join(output, WINDOWS_DIR, window.marker_name),
-                    fs.json_bytes(record))
+    fs.write_atomic(
+        fs.join(output, outputs.WINDOWS_DIR, window.marker_name),
+        fs.json_bytes(record))
 
 
 def _complete_hours(output: str, since: float, until: float) -> None:
@@ -441,7 +441,7 @@ def _reconcile(output: str, current: Window, now: float) -> None:
     publishing a run and marking its window, or stopped in an hour that has
     ended since); ``now`` is when, for the markers."""
     _mark_runs(output, 1, now)
-    markers = fs.match(fs.join(output, WINDOWS_DIR, "*.json"))
+    markers = fs.match(fs.join(output, outputs.WINDOWS_DIR, "*.json"))
     if markers:
         name = fs.basename(markers[-1])
         last = datetime.datetime.strptime(
@@ -463,7 +463,7 @@ def _mark_runs(output: str, last: int, now: float) -> None:
             start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
             window = Window(int(start), int(spec["seconds"]))
             if not FileSystems.exists(fs.join(
-                    output, WINDOWS_DIR, window.marker_name)):
+                    output, outputs.WINDOWS_DIR, window.marker_name)):
                 _write_marker(output, window, manifest, now)
 
 

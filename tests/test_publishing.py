@@ -25,11 +25,13 @@ import pytest
 from apache_beam.io.filesystem import BeamIOError
 
 from model_store.fs import is_uri
-from pipeline import outputs, run
+from pipeline import outputs, run, watch
+from pipeline.layout import layout_of
 from tests.object_store import Bucket, MemStore
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
 RERUN = "20260103T000000Z-rerun"
+WINDOW = watch.Window(1_767_243_600, 60)  # 2026-01-01 05:00:00-05:01:00Z
 # The publishing operations (outputs.py routes every one through these).
 OPERATIONS = ("_write_file", "_delete_file", "_move", "_remove_staging")
 
@@ -135,12 +137,15 @@ def stage_run(output, run_id, predicted, failed, skipped=(), partition=None):
     staged = paths.staged_files()
     manifest = {"run_id": run_id, "files": paths.destinations(staged),
                 "partition": partition, "table": None,
-                "layout": "run_date" if partition else "none"}
+                "layout": layout_of(partition)}
     return paths, staged, manifest
 
 
 EARLY = {"predicted": ["a1", "a2", "a3"], "failed": ["a4"],
          "partition": "run_date=2026-01-01"}
+# A watcher's window (its marker and its hour's _SUCCESS files with it).
+WATCHED = {"predicted": ["a1", "a2", "a3"], "failed": ["a4"],
+           "partition": watch.hour_partition(WINDOW.start)}
 # variant: (earlier run or None, the new run, overwrite?, rows once the new
 # run is published)
 VARIANTS = {
@@ -152,6 +157,8 @@ VARIANTS = {
                   ["a1", "a2", "a3", "a4", "b1", "b2", "b3"]),
     "overwrite": (EARLY, {"predicted": ["a1", "a2", "b1"], "failed": ["b3"]},
                   True, ["a1", "a2", "b1", "b3"]),
+    "overwrite-watch": (WATCHED, {"predicted": ["a1", "b1"],
+                                  "failed": ["b3"]}, True, ["a1", "b1", "b3"]),
 }
 
 
@@ -160,6 +167,10 @@ def prepare(output, variant):
     if earlier:
         paths, staged, manifest = stage_run(output, EARLIER, **earlier)
         paths.publish(staged, manifest, overwrite=False)
+    if earlier is WATCHED:  # as the watcher marks its window and hour
+        watch._write_marker(output, WINDOW, dict(manifest, counts={
+            "predicted": 3, "failed": 1}), WINDOW.end)
+        watch._complete_hours(output, WINDOW.start, WINDOW.start + 3600)
     paths, staged, manifest = stage_run(output, NEW, **new)
     # As the run publishes: an error is its one line (RunFailed).
     return lambda: run._publish(paths, staged, manifest, overwrite=overwrite)
@@ -338,12 +349,23 @@ def states(variant):
 def layouts(variant):
     """The layouts recorded before and after the new run."""
     earlier, new, _, _ = VARIANTS[variant]
-    return (earlier and ("run_date" if earlier.get("partition") else "none"),
-            "run_date" if new.get("partition") else "none")
+    return (earlier and layout_of(earlier.get("partition")),
+            layout_of(new.get("partition")))
 
 
 def recorded_layout(output):
     return read_json(f"{output}/_layout.json")
+
+
+def earlier_leftovers(output):
+    """What an --overwrite left of the earlier runs besides their files: a
+    watcher's window markers and (locally) the folders their files were
+    in, left empty (a fresh output has neither)."""
+    left = files_below(f"{output}/{outputs.WINDOWS_DIR}", ".json")
+    if not is_uri(output):
+        left += [folder for folder, subfolders, files in os.walk(output)
+                 if not subfolders and not files]
+    return left
 
 
 def check_published(output, rows, layout):
@@ -400,6 +422,8 @@ def test_a_fault_at_any_publishing_step_loses_and_duplicates_nothing(
         if durable or before else None
     if latest:
         assert latest["run_id"] == (NEW if durable else EARLIER)
+    if durable and VARIANTS[variant][2]:  # an --overwrite published
+        assert earlier_leftovers(output) == []
     rerun(output, variant)
 
 
@@ -438,6 +462,8 @@ def rerun(output, variant):
                                         partition=partition)
     paths.publish(staged, manifest, overwrite=overwrite)
     check_published(output, sorted(after), layouts(variant)[1])
+    if overwrite:
+        assert earlier_leftovers(output) == []
 
 
 @pytest.mark.parametrize("root", ROOTS)
@@ -463,6 +489,11 @@ def test_the_publish_record_is_the_first_step_and_success_the_last_write(
     assert f"delete:_runs/{EARLIER}.json" in overwrite
     assert any(s.startswith("delete:predictions/run_date=2026-01-01/part-")
                for s in overwrite)
+    # A watcher's marker goes with its run's files, before any move.
+    steps = steps_of("overwrite-watch", root)
+    marker = f"delete:{outputs.WINDOWS_DIR}/{WINDOW.marker_name}"
+    assert steps.index(marker) < min(i for i, s in enumerate(steps)
+                                     if s.startswith("move:"))
 
 
 @pytest.mark.parametrize("root", ROOTS)

@@ -648,3 +648,46 @@ def test_a_stop_is_taken_when_stderr_cannot_be_written():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(full)
+
+
+def output_tree(output, run_id):
+    """The names of the files and folders below ``output``, relative,
+    with ``run_id`` written RUN."""
+    found = []
+    for folder, subfolders, files in os.walk(str(output)):
+        for name in subfolders + files:
+            path = os.path.relpath(os.path.join(folder, name), str(output))
+            found.append(path.replace(run_id, "RUN"))
+    return sorted(found)
+
+
+def test_an_overwrite_of_a_watch_output_leaves_a_fresh_classify_output(
+        tmp_path, split, cli):
+    """classify --overwrite into a watcher's output left its _windows/
+    markers (naming a run whose files it had deleted) and its emptied
+    date=/hour= folders."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    write_digits(str(folder), split, 4, nested=False)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: ledger_paths(output), log,
+                      "the first files in the ledger")
+    assert markers(output)
+    other = tmp_path / "other"
+    truth = write_digits(str(other), split, 3, seed=5, nested=False)
+    code, _, err = cli("classify", "--input", other, "--output", output,
+                       "--overwrite", "-q")
+    assert code == 0, err
+    (run_id,) = manifests(output)
+    assert sorted((r["path"], r["run_id"]) for r in rows(
+        output, "predictions", ["path", "run_id"])) == sorted(
+            (path, run_id) for path in truth)
+    assert rows(output, "errors") == []
+    fresh = tmp_path / "fresh"
+    code, _, err = cli("classify", "--input", other, "--output", fresh, "-q")
+    assert code == 0, err
+    (fresh_id,) = manifests(fresh)
+    assert output_tree(output, run_id) == output_tree(fresh, fresh_id)
+    # As on any classify output (README, "Watching a folder"): refused.
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2
+    assert "give 'imgclass watch' an output folder of its own" in err
