@@ -18,6 +18,12 @@ its calls are not counted, and it is run for real once per distinct
 input state (what the output's ledger and errors hold), then replayed
 from what it staged (see :class:`Pipelines`), so that the few hundred
 runs take seconds.
+
+The same sweeps run again (fewer scenarios, see :data:`CLIENT_SWEEPS`)
+with what an object-store client raises where Beam lets it through
+unwrapped (:data:`FLAVORS`: google-api-core's ServiceUnavailable, Beam's
+S3ClientError, azure-core's HttpResponseError; none is an OSError), at
+the calls that raise it on that store.
 """
 
 import io
@@ -33,6 +39,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import ledger, outputs, run
+from tests import client_errors
 from tests.object_store import Bucket
 
 SAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "samples",
@@ -57,6 +64,53 @@ def store_error(operation: str, path: str) -> OSError:
     return cause
 
 
+class Flavor:
+    """How one kind of store fails a request: ``error(operation, path)``
+    is what it raises; ``raises``, the operations that raise it as it is
+    (the sweeps fail only those); ``on_close``, those whose request is
+    made when the returned file is closed (an upload: nothing is written);
+    ``marker``, what the one line must show of it; ``named``, the type a
+    failed run's line must name ("": any, e.g. OSError or BeamIOError)."""
+
+    def __init__(self, error, raises=OPERATIONS, on_close=(), marker="503",
+                 named=""):
+        self.error, self.raises = error, raises
+        self.on_close, self.marker, self.named = on_close, marker, named
+
+
+# What Beam lets through unwrapped, per store (model_store.fs.is_store_error
+# lists where): on GCS the object is written when its file is closed.
+_S3_OPERATIONS = {"open": "HeadObject", "create": "CreateMultipartUpload"}
+FLAVORS = {
+    "OSError": Flavor(store_error),
+    "gcs": Flavor(lambda operation, path: client_errors.gcs_unavailable(
+        "POST" if operation in ("create", "rename") else "GET", path),
+        raises=("open", "create", "exists", "last_updated", "delete",
+                "rename"), on_close=("create",), named="ServiceUnavailable"),
+    "s3": Flavor(lambda operation, path: client_errors.s3_slow_down(
+        _S3_OPERATIONS[operation]), raises=("open", "create"),
+        marker="SlowDown", named="S3ClientError"),
+    "azure": Flavor(lambda operation, path: client_errors.azure_server_busy(),
+                    raises=("open", "create", "delete", "rename"),
+                    on_close=("create",), marker="ServerBusy",
+                    named="HttpResponseError"),
+}
+
+
+class _FailsOnClose(io.BytesIO):
+    """A file being written whose upload, on close, fails: nothing is
+    written."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self._error = error
+
+    def close(self):
+        if not self.closed:
+            super().close()
+            raise self._error
+
+
 def _first_path(args, kwargs):
     value = args[0] if args else next(iter(kwargs.values()), None)
     if isinstance(value, (list, tuple)):
@@ -67,10 +121,12 @@ def _first_path(args, kwargs):
 class StoreFaults:
     """Counts the calls to ``FileSystems`` on ``memstore://`` paths made
     outside the pipeline (``calls``: ``(operation, path)``), and makes
-    call number ``fail_at`` (from 1) raise :func:`store_error`."""
+    call number ``fail_at`` (from 1) fail as ``flavor`` says (default:
+    raise :func:`store_error`)."""
 
     def __init__(self, monkeypatch):
         self.calls, self.fail_at, self.in_pipeline = [], None, False
+        self.flavor = FLAVORS["OSError"]
         self._lock = threading.Lock()
         for name in OPERATIONS:
             monkeypatch.setattr(FileSystems, name, staticmethod(
@@ -85,7 +141,10 @@ class StoreFaults:
                     self.calls.append((name, path))
                     failing = len(self.calls) == self.fail_at
                 if failing:
-                    raise store_error(name, path)
+                    error = self.flavor.error(name, path)
+                    if name in self.flavor.on_close:
+                        return _FailsOnClose(error)
+                    raise error
             return real(*args, **kwargs)
         return call
 
@@ -224,9 +283,11 @@ def rows(kind):
                 "path").to_pylist()]
 
 
-def problems(code, err):
+def problems(code, err, marker="503", named=""):
     """What is wrong with how a run that met a store error ended (its exit
-    code and stderr); [] if nothing."""
+    code and stderr); [] if nothing. ``marker``: what the line must show
+    of the store's error; ``named``: the error's type, that a run failed
+    by it must name."""
     found = []
     lines = err.strip().splitlines()
     said = [line for line in lines if line.startswith("imgclass:")]
@@ -234,18 +295,18 @@ def problems(code, err):
         found.append(f"a traceback: {lines[-1] if lines else ''}")
     elif code == 1:
         if len(said) != 1 or said != lines or "run failed" not in said[0] \
-                or "503" not in said[0]:
+                or marker not in said[0] or named not in said[0]:
             found.append(f"exit 1 with {lines}")
     elif code == 2:
         # The probe of check_output: "cannot be written" (documented).
         if len(lines) != 1 or "cannot be written" not in lines[0] \
-                or "503" not in lines[0]:
+                or marker not in lines[0]:
             found.append(f"exit 2 with {lines}")
     elif code == 0:
         # Harmless: the lock or staging left behind, the merge postponed
         # (a warning that names the cause).
         if [line for line in lines if "warning" not in line
-                or "503" not in line]:
+                or marker not in line]:
             found.append(f"exit 0 with {lines}")
     else:
         found.append(f"exit {code}: {lines}")
@@ -323,7 +384,16 @@ def _calls(faults, start, clean_run):
             for operation, path in faults.calls]
 
 
+def faulty_calls(clean, flavor):
+    """The numbers (from 1) of the calls of ``clean`` that ``flavor``
+    fails."""
+    return [k for k, (operation, _) in enumerate(clean, 1)
+            if operation in flavor.raises]
+
+
 def run_scenario(cli, faults, folder, name):
+    """Sweeps scenario ``name`` with ``faults.flavor``: ``(the clean run's
+    calls, the calls failed, what went wrong)``."""
     earlier, extra = scenarios(folder)[name]
     inputs = [folder]
     start = set_up(cli, earlier)
@@ -332,8 +402,8 @@ def run_scenario(cli, faults, folder, name):
         code, _, err = classify(cli, FAULTY, inputs, *extra)
         assert code == 0, err
     clean = calls_of(faults, start, clean_run)
-    failures, checked = [], {}
-    for k in range(1, len(clean) + 1):
+    failures, checked, swept = [], {}, faulty_calls(clean, faults.flavor)
+    for k in swept:
         Bucket.reset(start)
         faults.calls.clear()
         faults.fail_at = k
@@ -347,18 +417,36 @@ def run_scenario(cli, faults, folder, name):
             failures.append(f"k={k}: not reached (runs differ)")
             continue
         call = faults.calls[k - 1]
-        found = problems(code, err) + check_next_run(cli, folder, extra,
-                                                     checked)
+        found = problems(code, err, faults.flavor.marker,
+                         faults.flavor.named) + check_next_run(
+            cli, folder, extra, checked)
         if found:
             failures.append(f"k={k} {call}: {'; '.join(found)}")
-    return clean, failures
+    return clean, swept, failures
 
 
 @pytest.mark.parametrize("name", ["plain", "skip-done", "overwrite"])
 def test_a_store_error_at_any_call_is_one_line_and_the_next_run_recovers(
         cli, harness, inputs, name):
-    clean, failures = run_scenario(cli, harness, inputs, name)
+    clean, _, failures = run_scenario(cli, harness, inputs, name)
     assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
+                          + "\n".join(failures))
+
+
+# A client's error (not an OSError), each scenario with one store's.
+CLIENT_SWEEPS = [("gcs", "plain"), ("s3", "skip-done"),
+                 ("azure", "overwrite")]
+
+
+@pytest.mark.parametrize("flavor,name", CLIENT_SWEEPS)
+def test_a_client_error_at_any_call_is_one_line_and_the_next_run_recovers(
+        cli, harness, inputs, flavor, name):
+    """As an OSError: the client's type and message in one line, the same
+    exit code, and the next run recovers exactly once."""
+    harness.flavor = FLAVORS[flavor]
+    clean, swept, failures = run_scenario(cli, harness, inputs, name)
+    assert swept, "no call fails"
+    assert not failures, (f"{len(failures)} of {len(swept)} calls:\n"
                           + "\n".join(failures))
 
 
@@ -406,13 +494,15 @@ def watch_once(folder, run_id, start):
     return None
 
 
+@pytest.mark.parametrize("flavor", ["OSError", "gcs"])
 def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
-        harness, inputs):
-    """A watcher meeting a store error at any call outside the pipelines:
-    before watching it stops with RunFailed ('imgclass: watch failed:
-    ...', exit 1; the output's write probe: ConfigError, exit 2); in a
-    window, the window fails and its files wait; the next watcher
-    publishes every input once."""
+        harness, inputs, flavor):
+    """A watcher meeting a store error (an OSError, or a client's error) at
+    any call outside the pipelines: before watching it stops with
+    RunFailed ('imgclass: watch failed: ...', exit 1; the output's write
+    probe: ConfigError, exit 2); in a window, the window fails and its
+    files wait; the next watcher publishes every input once."""
+    harness.flavor = FLAVORS[flavor]
     start = (int(os.path.getmtime(inputs)) // WINDOW + 2) * WINDOW
 
     def clean_run():
@@ -421,7 +511,7 @@ def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
             samples(inputs)
     clean = calls_of(harness, {}, clean_run)
     failures, checked = [], {}
-    for k in range(1, len(clean) + 1):
+    for k in faulty_calls(clean, harness.flavor):
         Bucket.reset({})
         harness.calls.clear()
         harness.fail_at = k
@@ -432,7 +522,9 @@ def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
         call = harness.calls[k - 1] if len(harness.calls) >= k else None
         found = []
         if error is not None and not (
-                isinstance(error, run.RunFailed) and "503" in str(error)
+                isinstance(error, run.RunFailed)
+                and harness.flavor.marker in str(error)
+                and harness.flavor.named in str(error)
                 or "cannot be written" in str(error)):
             found.append(f"raised {error!r}")
         state_before = state()
@@ -447,5 +539,6 @@ def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
         found += checked[state_before]
         if found:
             failures.append(f"k={k} {call}: {'; '.join(found)}")
-    assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
-                          + "\n".join(failures))
+    assert not failures, (f"{len(failures)} of "
+                          f"{len(faulty_calls(clean, harness.flavor))} "
+                          f"calls:\n" + "\n".join(failures))
