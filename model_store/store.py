@@ -273,13 +273,26 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
     except FileNotFoundError:
         raise ModelFileMissingError(f"model file {fs.shown(path)} is "
                                     f"missing") from None
-    except OSError as error:
-        if fs.is_uri(path) and not _filesystems().exists(path):
+    except Exception as error:  # GCS's client raises NotFound when missing
+        if not fs.is_store_error(error):
+            raise
+        if fs.is_uri(path) and _missing(path):
             raise ModelFileMissingError(
                 f"model file {fs.shown(path)} is missing") from None
         raise ModelFileMissingError(
             f"model file {fs.shown(path)} cannot be read: "
-            f"{_one_line(error)}") from None
+            f"{_reason(error)}") from None
+
+
+def _missing(path: str) -> bool:
+    """Whether the object ``path`` is known not to exist (not when the
+    store fails that look too)."""
+    try:
+        return not _filesystems().exists(path)
+    except Exception as error:
+        if not fs.is_store_error(error):
+            raise
+        return False
 
 
 def _read_json(path: str) -> dict:
@@ -309,6 +322,14 @@ def _read_json(path: str) -> dict:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def _reason(error: BaseException) -> str:
+    """A store error in one line: an OSError as it says itself, an object
+    store client's error after its type (``ServiceUnavailable: 503 ...``)."""
+    if isinstance(error, OSError):
+        return _one_line(error)
+    return f"{type(error).__name__}: {_one_line(error)}"
 
 
 def _list_folders(root: str) -> list[tuple[str, str, str]]:
@@ -1125,7 +1146,9 @@ def _write_objects(info: ModelInfo, files: dict[str, bytes],
         target = fs.join(info.location, file_name)
         try:
             _create(target, data)
-        except OSError as error:
+        except Exception as error:
+            if not fs.is_store_error(error):
+                raise
             with contextlib.suppress(Exception):
                 _filesystems().delete(written)
             raise _write_error(target, error, where) from None
@@ -1143,20 +1166,21 @@ def _create(path: str, data: bytes) -> None:
         handle.write(data)
 
 
-def _write_error(path: str, error: OSError, where: str) -> StoreWriteError:
+def _write_error(path: str, error: Exception, where: str) -> StoreWriteError:
+    reason = getattr(error, "strerror", None) or _reason(error)
     return StoreWriteError(f"{where}: cannot write {fs.printable(path)}: "
-                           f"{error.strerror or _one_line(error)}")
+                           f"{reason}")
 
 
 @contextlib.contextmanager
 def _writing(path: str, where: str):
-    """An OSError in the block becomes a StoreWriteError (one line: what
-    was not done, the file, the system's reason)."""
+    """A store error (``fs.is_store_error``) in the block becomes a
+    StoreWriteError (one line: what was not done, the file, the reason)."""
     try:
         yield
-    except StoreWriteError:
-        raise
-    except OSError as error:
+    except Exception as error:
+        if not fs.is_store_error(error):
+            raise
         raise _write_error(path, error, where) from None
 
 

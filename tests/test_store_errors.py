@@ -542,3 +542,87 @@ def test_a_store_error_at_any_call_of_a_watcher_stops_it_in_one_line_or_waits(
     assert not failures, (f"{len(failures)} of "
                           f"{len(faulty_calls(clean, harness.flavor))} "
                           f"calls:\n" + "\n".join(failures))
+
+
+# The models commands on a model store in memstore://. Listing (a match)
+# is wrapped by Beam on every store, so these fail opens, creates, exists.
+MODELS = "memstore://acme-models/store"
+MODEL_COMMANDS = {"list": ["models", "list"], "show": ["models", "show",
+                                                       "tiny"],
+                  "verify": ["models", "verify", "tiny@1"],
+                  "promote": ["models", "promote", "tiny@1", "--alias",
+                              "prod"]}
+
+
+def models_command(cli, faults, start, command, k, flavor):
+    """``imgclass --store MODELS command`` on the store ``start`` with its
+    ``k``-th call failing as ``flavor`` says: ``(exit code, stderr
+    lines)``; a traceback's exit code is None."""
+    Bucket.reset(start)
+    faults.calls.clear()
+    faults.flavor, faults.fail_at = flavor, k
+    try:
+        code, _, err = cli("--store", MODELS, *command)
+    except Exception as error:  # noqa: BLE001 - a traceback
+        code, err = None, f"Traceback: raised {error!r}"
+    finally:
+        faults.fail_at = None
+    return code, err.strip().splitlines()
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_a_client_error_in_a_models_command_ends_it_as_an_oserror_does(
+        cli, monkeypatch, command):
+    """At every call that GCS's, S3's or Azure's client fails unwrapped, a
+    models command ends as with Beam's OSError at that call: the same exit
+    code, no traceback, at most one line, naming the client's error."""
+    from tests.test_store import save
+
+    Bucket.reset({})
+    save(MODELS)
+    start = dict(Bucket.objects)
+    faults = StoreFaults(monkeypatch)
+    assert cli("--store", MODELS, *MODEL_COMMANDS[command])[0] == 0
+    clean, failures, swept = list(faults.calls), [], 0
+    for flavor in ("gcs", "s3", "azure"):
+        for k in faulty_calls(clean, FLAVORS[flavor]):
+            swept += 1
+            code, lines = models_command(cli, faults, start,
+                                         MODEL_COMMANDS[command], k,
+                                         FLAVORS[flavor])
+            expected, _ = models_command(cli, faults, start,
+                                         MODEL_COMMANDS[command], k,
+                                         FLAVORS["OSError"])
+            if code is None or code != expected or len(lines) > 1 or (
+                    lines and FLAVORS[flavor].marker not in lines[0]):
+                failures.append(f"{flavor} k={k} {clean[k - 1]}: exit "
+                                f"{code} (OSError: {expected}): {lines}")
+    assert swept, "no call fails"
+    assert not failures, (f"{len(failures)} of {swept} calls:\n"
+                          + "\n".join(failures))
+
+
+def test_a_model_file_gcs_says_is_not_found_is_missing(cli, monkeypatch):
+    """GCS's client opens a missing object with NotFound (not an OSError):
+    a model store's first save (no aliases.json yet) and a version without
+    its weights read it as missing, as on other stores."""
+    from tests.object_store import MemStore
+    from tests.test_store import save
+
+    real = MemStore.open
+
+    def gcs_open(self, path, *args, **kwargs):
+        if path not in Bucket.objects:
+            name = path.split("://", 1)[1]
+            raise client_errors.NotFound(f"GET https://storage.googleapis.com"
+                                         f"/{name}: No such object: {name}")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(MemStore, "open", gcs_open)
+    Bucket.reset({})
+    save(MODELS)
+    assert cli("--store", MODELS, "models", "show", "tiny")[0] == 0
+    del Bucket.objects[f"{MODELS}/tiny/1/weights.npz"]
+    code, _, err = cli("--store", MODELS, "models", "show", "tiny@1")
+    assert code == 2 and err == (f"imgclass: error: model file {MODELS}/"
+                                 f"tiny/1/weights.npz is missing\n"), err
