@@ -173,9 +173,30 @@ def is_store_error(error: BaseException) -> bool:
     """
     if isinstance(error, ImgclassError):
         return False
-    return isinstance(error, OSError) or any(
-        f"{cls.__module__}.{cls.__qualname__}" in STORE_CLIENT_ERRORS
-        for cls in type(error).__mro__)
+    return isinstance(error, OSError) or _named(error, STORE_CLIENT_ERRORS)
+
+
+def _named(error: BaseException, names) -> bool:
+    """Whether a class along ``error``'s MRO is one of ``names``
+    (``module.name``)."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in names
+               for cls in type(error).__mro__)
+
+
+# Beam's S3 and Azure client errors: their message and HTTP status are
+# attributes, and their str is the tuple of both.
+_MESSAGE_AND_CODE = ("apache_beam.io.aws.clients.s3.messages.S3ClientError",
+                     "apache_beam.io.azure.blobstorageio.BlobStorageError")
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``; for Beam's S3 and Azure client errors, ``HTTP 503:
+    <message>`` (their str is ``('<message>', 503)``)."""
+    if _named(error, _MESSAGE_AND_CODE) and isinstance(
+            getattr(error, "message", None), str):
+        code = getattr(error, "code", None)
+        return f"HTTP {code}: {error.message}" if code else error.message
+    return str(error)
 
 
 def broken_link(path: str) -> str | None:

@@ -327,9 +327,9 @@ def _one_line(error: BaseException) -> str:
 def _reason(error: BaseException) -> str:
     """A store error in one line: an OSError as it says itself, an object
     store client's error after its type (``ServiceUnavailable: 503 ...``)."""
-    if isinstance(error, OSError):
-        return _one_line(error)
-    return f"{type(error).__name__}: {_one_line(error)}"
+    text = " ".join(fs.error_text(error).split())
+    return text if isinstance(error, OSError) else \
+        f"{type(error).__name__}: {text}"
 
 
 def _list_folders(root: str) -> list[tuple[str, str, str]]:

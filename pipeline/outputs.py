@@ -89,18 +89,21 @@ def error_line(error: BaseException) -> str:
 
 
 def _described(error: BaseException) -> str:
-    """``error`` as text. A Beam filesystem's batch error (a move, delete
-    or listing that failed) holds a dict of every file and its error,
-    whose paths (two per move) pushed the reason out of the line: it is
-    told as the operation and the first file's own error (which names the
-    file: the local path, the object store's request)."""
+    """``error`` as text (``fs.error_text``). A Beam filesystem's batch
+    error (a move, delete or listing that failed) holds a dict of every
+    file and its error, whose paths (two per move) pushed the reason out
+    of the line: it is told as the operation and the first file's own
+    error (which names the file: the local path, the object store's
+    request; GCS's batch moves and deletes give only an HTTP status)."""
     details = getattr(error, "exception_details", None)
     if not isinstance(error, BeamIOError) or not isinstance(details, dict) \
             or not details:
-        return str(error)
+        return fs.error_text(error)
     cause, more = next(iter(details.values())), len(details) - 1
     operation = str(error).split(" with exceptions ", 1)[0]
-    return (f"{operation}: {type(cause).__name__}: {error_line(cause)}"
+    told = (f"{type(cause).__name__}: {error_line(cause)}"
+            if isinstance(cause, BaseException) else f"HTTP {cause}")
+    return (f"{operation}: {told}"
             f"{f' (and {more} more files)' if more else ''}")
 
 

@@ -89,7 +89,8 @@ FLAVORS = {
                 "rename"), on_close=("create",), named="ServiceUnavailable"),
     "s3": Flavor(lambda operation, path: client_errors.s3_slow_down(
         _S3_OPERATIONS[operation]), raises=("open", "create"),
-        marker="SlowDown", named="S3ClientError"),
+        marker="HTTP 503: An error occurred (SlowDown)",
+        named="S3ClientError"),
     "azure": Flavor(lambda operation, path: client_errors.azure_server_busy(),
                     raises=("open", "create", "delete", "rename"),
                     on_close=("create",), marker="ServerBusy",
