@@ -48,6 +48,7 @@ from model_store.errors import (
     DanglingAliasError,
     ImgclassError,
     ModelFileMissingError,
+    ModelFileUnreadableError,
     ModelIntegrityError,
     SpecError,
     StoreWriteError,
@@ -279,7 +280,7 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
         if fs.is_uri(path) and _missing(path):
             raise ModelFileMissingError(
                 f"model file {fs.shown(path)} is missing") from None
-        raise ModelFileMissingError(
+        raise ModelFileUnreadableError(
             f"model file {fs.shown(path)} cannot be read: "
             f"{_reason(error)}") from None
 
@@ -528,13 +529,18 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
 
 
 def _read_optional_json(path: str) -> dict | None:
-    """:func:`_read_json`, or None when there is no such file."""
+    """:func:`_read_json`, or None when there is no such file. One that is
+    there but cannot be read (a folder, no permission, an object store's
+    503) is raised: taken for none, its aliases would be lost by the next
+    change, or a version number given again."""
     try:
         return _read_json(path)
+    except ModelFileUnreadableError:
+        raise
     except ModelFileMissingError:
         if fs.is_uri(path) or not os.path.lexists(path):
             return None
-        raise  # there, but cannot be read (a folder, no permission)
+        raise  # there, but cannot be followed (a dangling symlink)
 
 
 def set_alias(name: str, alias: str, version: int, *,
@@ -780,6 +786,8 @@ def _weights_data(path: str, metadata: dict, spec: dict, network) -> bytes:
                 f"the spec's parameters can take: it is damaged, restore it "
                 f"or save a new version")
         return data
+    except ModelFileUnreadableError:
+        raise  # there: not converted again
     except ModelFileMissingError:
         if SOURCE_KEY not in metadata:
             raise

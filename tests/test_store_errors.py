@@ -627,3 +627,30 @@ def test_a_model_file_gcs_says_is_not_found_is_missing(cli, monkeypatch):
     code, _, err = cli("--store", MODELS, "models", "show", "tiny@1")
     assert code == 2 and err == (f"imgclass: error: model file {MODELS}/"
                                  f"tiny/1/weights.npz is missing\n"), err
+
+
+@pytest.mark.parametrize("flavor", ["OSError", "gcs"])
+def test_an_aliases_file_the_store_fails_to_read_is_not_taken_for_none(
+        cli, monkeypatch, flavor):
+    """models promote reads aliases.json, adds the alias and writes it
+    back: a 503 reading it stops promote in one line, the file and its
+    other aliases as they were (it was taken for no file, and rewritten
+    with the new alias alone); the next promote adds the alias."""
+    from tests.test_store import save
+
+    Bucket.reset({})
+    save(MODELS)
+    assert cli("--store", MODELS, "models", "promote", "tiny@1", "--alias",
+               "prod")[0] == 0
+    start, aliases = dict(Bucket.objects), f"{MODELS}/tiny/aliases.json"
+    faults = StoreFaults(monkeypatch)
+    staging = ["models", "promote", "tiny@1", "--alias", "staging"]
+    assert cli("--store", MODELS, *staging)[0] == 0
+    k = faults.calls.index(("open", aliases)) + 1
+    code, lines = models_command(cli, faults, start, staging, k,
+                                 FLAVORS[flavor])
+    assert code == 2 and len(lines) == 1 and "503" in lines[0], lines
+    assert f"{aliases} cannot be read" in lines[0]
+    assert Bucket.objects[aliases] == start[aliases]
+    assert cli("--store", MODELS, *staging)[0] == 0
+    assert json.loads(Bucket.objects[aliases]) == {"prod": 1, "staging": 1}
