@@ -588,9 +588,16 @@ def _record_bytes(record: dict) -> bytes:
 
 
 def _read_record(path: str) -> Optional[dict]:
-    """The publish record at ``path``; None if it is torn or altered."""
+    """The publish record at ``path``; None if it is torn or altered (or
+    gone). A store error reading it (an object store's 503) is raised:
+    taken for "never started", the run's staging would be discarded with
+    the run part published."""
     try:  # a FIFO is not waited on: NotRegularError, a torn record
-        stored = json.loads(fs.read_bytes(path))
+        data = fs.read_bytes(path)
+    except (FileNotFoundError, fs.NotRegularError):
+        return None
+    try:
+        stored = json.loads(data)
         record = stored["record"]
         if stored["sha256"] != _digest(record) or not isinstance(
                 record["manifest"]["run_id"], str):
