@@ -31,6 +31,13 @@ class ModelFileMissingError(ImgclassError, FileNotFoundError):
     """A file a stored model needs is missing."""
 
 
+class ModelFileUnreadableError(ModelFileMissingError):
+    """A file a stored model needs is there, or may be, but cannot be read
+    (no permission, an object store's 503): callers that take a missing
+    file for a broken model take this one too; those to which a missing
+    file means "none yet" (aliases.json) must not."""
+
+
 class ModelIntegrityError(ImgclassError, ValueError):
     """A stored model's files disagree with its metadata or spec."""
 

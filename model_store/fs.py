@@ -24,7 +24,7 @@ import threading
 import urllib.parse
 import uuid
 
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, ImgclassError
 
 _SCHEME = re.compile(r"^[A-Za-z][-A-Za-z0-9+.]*://")
 _TO_ESCAPE = re.compile("[\udc80-\udcff]|%(?=[0-9A-Fa-f]{2})")
@@ -131,6 +131,73 @@ def check_filesystem(path: str, option: str) -> None:
         raise ConfigError(f"{option} {path!r}: no filesystem for {scheme}:// "
                           f"(give a local path, or gs://, s3://, hdfs://, "
                           f"azfs://)") from None
+
+
+# The base classes of the errors object-store clients raise, by module and
+# name (see is_store_error).
+STORE_CLIENT_ERRORS = frozenset({
+    # GoogleAPICallError (ServiceUnavailable, TooManyRequests, Forbidden,
+    # NotFound...) and RetryError (the client's retries ran out).
+    "google.api_core.exceptions.GoogleAPIError",
+    "google.auth.exceptions.GoogleAuthError",  # RefreshError, TransportError
+    # A resumable upload's failed request (GCS writes an object on close).
+    "google.cloud.storage.exceptions.InvalidResponse",
+    "google.cloud.storage.exceptions.DataCorruption",
+    "google.resumable_media.common.InvalidResponse",
+    "google.resumable_media.common.DataCorruption",
+    # A lost connection in a raw download (requests' own are OSErrors).
+    "urllib3.exceptions.HTTPError",
+    "botocore.exceptions.BotoCoreError",
+    "botocore.exceptions.ClientError",
+    "apache_beam.io.aws.clients.s3.messages.S3ClientError",
+    "azure.core.exceptions.AzureError",
+    "apache_beam.io.azure.blobstorageio.BlobStorageError",
+})
+
+
+def is_store_error(error: BaseException) -> bool:
+    """Whether ``error`` is a store's failure (an object store's 503 or
+    403, a lost connection, a full disk), to be reported in one line,
+    rather than a bug (a traceback) or a refusal of imgclass's own (an
+    ImgclassError, even one that is an OSError: it says its own fix).
+
+    A store error is an OSError (Beam's BeamIOError is one), or an error of
+    an object-store client: Beam's filesystems wrap some calls' errors in
+    BeamIOError but let the client's own through others (GCS: open, create,
+    exists, last_updated, delete, rename; S3: open, create; Azure: open,
+    create, delete, rename) and through the files they return (read,
+    write, close). Those clients are optional extras, so their classes are
+    matched by module and name along the error's MRO
+    (:data:`STORE_CLIENT_ERRORS`): nothing needs them installed, nothing is
+    imported to tell an error (Beam's own S3 and Azure wrappers are named
+    too), and a base class takes all its subclasses.
+    """
+    if isinstance(error, ImgclassError):
+        return False
+    return isinstance(error, OSError) or _named(error, STORE_CLIENT_ERRORS)
+
+
+def _named(error: BaseException, names) -> bool:
+    """Whether a class along ``error``'s MRO is one of ``names``
+    (``module.name``)."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in names
+               for cls in type(error).__mro__)
+
+
+# Beam's S3 and Azure client errors: their message and HTTP status are
+# attributes, and their str is the tuple of both.
+_MESSAGE_AND_CODE = ("apache_beam.io.aws.clients.s3.messages.S3ClientError",
+                     "apache_beam.io.azure.blobstorageio.BlobStorageError")
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``; for Beam's S3 and Azure client errors, ``HTTP 503:
+    <message>`` (their str is ``('<message>', 503)``)."""
+    if _named(error, _MESSAGE_AND_CODE) and isinstance(
+            getattr(error, "message", None), str):
+        code = getattr(error, "code", None)
+        return f"HTTP {code}: {error.message}" if code else error.message
+    return str(error)
 
 
 def broken_link(path: str) -> str | None:

@@ -48,6 +48,7 @@ from model_store.errors import (
     DanglingAliasError,
     ImgclassError,
     ModelFileMissingError,
+    ModelFileUnreadableError,
     ModelIntegrityError,
     SpecError,
     StoreWriteError,
@@ -273,13 +274,26 @@ def _read(path: str, max_bytes: int | None = None) -> bytes:
     except FileNotFoundError:
         raise ModelFileMissingError(f"model file {fs.shown(path)} is "
                                     f"missing") from None
-    except OSError as error:
-        if fs.is_uri(path) and not _filesystems().exists(path):
+    except Exception as error:  # GCS's client raises NotFound when missing
+        if not fs.is_store_error(error):
+            raise
+        if fs.is_uri(path) and _missing(path):
             raise ModelFileMissingError(
                 f"model file {fs.shown(path)} is missing") from None
-        raise ModelFileMissingError(
+        raise ModelFileUnreadableError(
             f"model file {fs.shown(path)} cannot be read: "
-            f"{_one_line(error)}") from None
+            f"{_reason(error)}") from None
+
+
+def _missing(path: str) -> bool:
+    """Whether the object ``path`` is known not to exist (not when the
+    store fails that look too)."""
+    try:
+        return not _filesystems().exists(path)
+    except Exception as error:
+        if not fs.is_store_error(error):
+            raise
+        return False
 
 
 def _read_json(path: str) -> dict:
@@ -309,6 +323,14 @@ def _read_json(path: str) -> dict:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
+
+
+def _reason(error: BaseException) -> str:
+    """A store error in one line: an OSError as it says itself, an object
+    store client's error after its type (``ServiceUnavailable: 503 ...``)."""
+    text = " ".join(fs.error_text(error).split())
+    return text if isinstance(error, OSError) else \
+        f"{type(error).__name__}: {text}"
 
 
 def _list_folders(root: str) -> list[tuple[str, str, str]]:
@@ -507,13 +529,18 @@ def read_aliases(name: str, *, root: str | None = None) -> dict[str, int]:
 
 
 def _read_optional_json(path: str) -> dict | None:
-    """:func:`_read_json`, or None when there is no such file."""
+    """:func:`_read_json`, or None when there is no such file. One that is
+    there but cannot be read (a folder, no permission, an object store's
+    503) is raised: taken for none, its aliases would be lost by the next
+    change, or a version number given again."""
     try:
         return _read_json(path)
+    except ModelFileUnreadableError:
+        raise
     except ModelFileMissingError:
         if fs.is_uri(path) or not os.path.lexists(path):
             return None
-        raise  # there, but cannot be read (a folder, no permission)
+        raise  # there, but cannot be followed (a dangling symlink)
 
 
 def set_alias(name: str, alias: str, version: int, *,
@@ -759,6 +786,8 @@ def _weights_data(path: str, metadata: dict, spec: dict, network) -> bytes:
                 f"the spec's parameters can take: it is damaged, restore it "
                 f"or save a new version")
         return data
+    except ModelFileUnreadableError:
+        raise  # there: not converted again
     except ModelFileMissingError:
         if SOURCE_KEY not in metadata:
             raise
@@ -1125,7 +1154,9 @@ def _write_objects(info: ModelInfo, files: dict[str, bytes],
         target = fs.join(info.location, file_name)
         try:
             _create(target, data)
-        except OSError as error:
+        except Exception as error:
+            if not fs.is_store_error(error):
+                raise
             with contextlib.suppress(Exception):
                 _filesystems().delete(written)
             raise _write_error(target, error, where) from None
@@ -1143,20 +1174,21 @@ def _create(path: str, data: bytes) -> None:
         handle.write(data)
 
 
-def _write_error(path: str, error: OSError, where: str) -> StoreWriteError:
+def _write_error(path: str, error: Exception, where: str) -> StoreWriteError:
+    reason = getattr(error, "strerror", None) or _reason(error)
     return StoreWriteError(f"{where}: cannot write {fs.printable(path)}: "
-                           f"{error.strerror or _one_line(error)}")
+                           f"{reason}")
 
 
 @contextlib.contextmanager
 def _writing(path: str, where: str):
-    """An OSError in the block becomes a StoreWriteError (one line: what
-    was not done, the file, the system's reason)."""
+    """A store error (``fs.is_store_error``) in the block becomes a
+    StoreWriteError (one line: what was not done, the file, the reason)."""
     try:
         yield
-    except StoreWriteError:
-        raise
-    except OSError as error:
+    except Exception as error:
+        if not fs.is_store_error(error):
+            raise
         raise _write_error(path, error, where) from None
 
 

@@ -1184,8 +1184,10 @@ def _latest_now(info) -> str:
     root = fs.split(fs.split(info.location)[0])[0]
     try:
         return f" ({info.name}@latest is {resolve(info.name, root=root).ref})"
-    except (ImgclassError, OSError):
-        return ""
+    except Exception as error:
+        if isinstance(error, ImgclassError) or fs.is_store_error(error):
+            return ""
+        raise
 
 
 def run() -> None:

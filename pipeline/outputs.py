@@ -91,18 +91,21 @@ def error_line(error: BaseException) -> str:
 
 
 def _described(error: BaseException) -> str:
-    """``error`` as text. A Beam filesystem's batch error (a move, delete
-    or listing that failed) holds a dict of every file and its error,
-    whose paths (two per move) pushed the reason out of the line: it is
-    told as the operation and the first file's own error (which names the
-    file: the local path, the object store's request)."""
+    """``error`` as text (``fs.error_text``). A Beam filesystem's batch
+    error (a move, delete or listing that failed) holds a dict of every
+    file and its error, whose paths (two per move) pushed the reason out
+    of the line: it is told as the operation and the first file's own
+    error (which names the file: the local path, the object store's
+    request; GCS's batch moves and deletes give only an HTTP status)."""
     details = getattr(error, "exception_details", None)
     if not isinstance(error, BeamIOError) or not isinstance(details, dict) \
             or not details:
-        return str(error)
+        return fs.error_text(error)
     cause, more = next(iter(details.values())), len(details) - 1
     operation = str(error).split(" with exceptions ", 1)[0]
-    return (f"{operation}: {type(cause).__name__}: {error_line(cause)}"
+    told = (f"{type(cause).__name__}: {error_line(cause)}"
+            if isinstance(cause, BaseException) else f"HTTP {cause}")
+    return (f"{operation}: {told}"
             f"{f' (and {more} more files)' if more else ''}")
 
 
@@ -609,9 +612,16 @@ def _record_bytes(record: dict) -> bytes:
 
 
 def _read_record(path: str) -> Optional[dict]:
-    """The publish record at ``path``; None if it is torn or altered."""
+    """The publish record at ``path``; None if it is torn or altered (or
+    gone). A store error reading it (an object store's 503) is raised:
+    taken for "never started", the run's staging would be discarded with
+    the run part published."""
     try:  # a FIFO is not waited on: NotRegularError, a torn record
-        stored = json.loads(fs.read_bytes(path))
+        data = fs.read_bytes(path)
+    except (FileNotFoundError, fs.NotRegularError):
+        return None
+    try:
+        stored = json.loads(data)
         record = stored["record"]
         if stored["sha256"] != _digest(record) or not isinstance(
                 record["manifest"]["run_id"], str):

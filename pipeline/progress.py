@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from model_store import fs
 from transforms.progress import read_done
 
 
@@ -107,8 +108,10 @@ class Monitor:
                 self._matched = self._paths.matched_count()
             if self._matched is not None:
                 self._todo = self._paths.todo_count()
-        except OSError:  # the store failed this look: the next one retries
-            return
+        except Exception as error:
+            if not fs.is_store_error(error):
+                raise
+            return  # the store failed this look: the next one retries
         if self._todo is None:
             return
         line = f"imgclass: matched {self._matched} files"

@@ -469,15 +469,16 @@ def run_classify(config: ClassifyConfig, *, log=None,
 
 @contextlib.contextmanager
 def failing_on_store_errors(output: str, then: str):
-    """A file system error (an object store's 503, a full disk) that
-    escapes the block, as RunFailed: ``OUTPUT: Type: error line; then``.
-    For what recovery and publishing do not report themselves: the lock,
-    the checks, the ledger listing, reading the staged files, a watcher's
-    markers. Errors of imgclass's own (the model store's) pass."""
+    """A store error (``fs.is_store_error``: an object store's 503, its
+    client's own error or Beam's OSError, a full disk) that escapes the
+    block, as RunFailed: ``OUTPUT: Type: error line; then``. For what
+    recovery and publishing do not report themselves: the lock, the
+    checks, the ledger listing, reading the staged files, a watcher's
+    markers. Errors of imgclass's own (the model store's) and bugs pass."""
     try:
         yield
-    except OSError as error:
-        if isinstance(error, ImgclassError):
+    except Exception as error:
+        if not fs.is_store_error(error):
             raise
         raise RunFailed(f"{fs.shown(output)}: {type(error).__name__}: "
                         f"{outputs.error_line(error)}; {then}") from error

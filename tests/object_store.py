@@ -134,6 +134,8 @@ class MemStore(FileSystem):
 
     def open(self, path, mime_type="application/octet-stream",
              compression_type=None):
+        if path not in Bucket.objects:  # as Beam's S3 and Azure, and local
+            raise FileNotFoundError(f"Not found: {path}")
         return io.BufferedReader(_Reader(Bucket.objects[path]))
 
     def create(self, path, mime_type="application/octet-stream",

@@ -5,8 +5,13 @@ import json
 import os
 
 import pytest
+from apache_beam.io.aws.clients.s3.messages import S3ClientError
+from apache_beam.io.azure.blobstorageio import BlobStorageError
+from apache_beam.io.filesystem import BeamIOError
 
 from model_store import fs
+from model_store.errors import ConfigError, StoreWriteError
+from tests import client_errors as clients
 
 
 def test_uris_are_told_from_local_paths_by_their_scheme():
@@ -45,3 +50,27 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(
 def test_json_is_indented_with_one_final_newline():
     assert fs.json_bytes({"b": 1, "a": [2]}, sort_keys=True) == (
         b'{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n')
+
+
+def test_a_store_error_is_an_oserror_or_an_object_store_clients_error():
+    """Matched by module and name along the MRO, without the clients'
+    libraries: their subclasses too; Beam's own S3 and Azure wrappers by
+    their real classes. Bugs and imgclass's own refusals are not."""
+    store_errors = [
+        OSError("503"), BeamIOError("Match operation failed", {}),
+        clients.gcs_unavailable("GET", "gs://b/k"), clients.Forbidden("no"),
+        clients.TooManyRequests("slow down"), clients.NotFound("gone"),
+        clients.RetryError("Timeout of 120.0s exceeded", OSError()),
+        clients.RefreshError("metadata server: 503"),
+        clients.BotoClientError({"Error": {"Code": "SlowDown"}}, "GetObject"),
+        clients.EndpointConnectionError(), S3ClientError("SlowDown", 503),
+        clients.azure_server_busy(), BlobStorageError("busy", 503)]
+    for error in store_errors:
+        assert fs.is_store_error(error), repr(error)
+    for error in (TypeError("x"), AttributeError("x"), KeyError("x"),
+                  ValueError("x"), RuntimeError("x"), ConfigError("x"),
+                  StoreWriteError("disk full")):
+        assert not fs.is_store_error(error), repr(error)
+    # A class of another module with a client's name is not one.
+    assert not fs.is_store_error(type("ServiceUnavailable", (Exception,),
+                                      {})())

@@ -9,6 +9,9 @@ import sqlite3
 
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.aws.clients.s3.messages import S3ClientError
+from apache_beam.io.azure.blobstorageio import BlobStorageError
+from apache_beam.io.filesystem import BeamIOError
 
 from pipeline import outputs, tables
 from tests.conftest import write_digits
@@ -207,6 +210,26 @@ def test_error_line_is_the_line_that_says_what_failed():
         "\"x.py\", line 1\nValueError: bad pixels [while running 'X']\n")) \
         == "ValueError: bad pixels [while running 'X']"
     assert outputs.error_line(RuntimeError("")) == ""
+
+
+def test_error_line_tells_beams_object_store_errors_by_their_reason():
+    """Beam's S3 and Azure client errors print as the tuple of their
+    arguments; GCS's batch moves and deletes give an HTTP status, not an
+    error."""
+    slow_down = S3ClientError("An error occurred (SlowDown) when calling "
+                              "the HeadObject operation: Please reduce "
+                              "your request rate.", 503)
+    assert outputs.error_line(slow_down) == (
+        "HTTP 503: An error occurred (SlowDown) when calling the HeadObject "
+        "operation: Please reduce your request rate.")
+    assert outputs.error_line(BlobStorageError("busy", None)) == "busy"
+    assert outputs.error_line(BeamIOError("Delete operation failed", {
+        "s3://b/k": slow_down})).startswith(
+        "Delete operation failed: S3ClientError: HTTP 503: An error")
+    assert outputs.error_line(BeamIOError("Rename operation failed", {
+        ("gs://b/_staging/r/a", "gs://b/a"): 503,
+        ("gs://b/_staging/r/b", "gs://b/b"): 503})) == (
+        "Rename operation failed: HTTP 503 (and 1 more files)")
 
 
 @pytest.mark.parametrize("mistake", ["mistyped catalog", "other namespace",

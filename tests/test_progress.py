@@ -8,9 +8,12 @@ import json
 import os
 import re
 
+import pytest
+
 from pipeline import outputs
 from pipeline.cli import main
 from pipeline.progress import Monitor
+from tests import client_errors
 from tests.conftest import write_digits
 from transforms import progress
 
@@ -144,11 +147,16 @@ def test_a_rerun_with_nothing_new_is_not_matching_nothing(
         4, 4, 0)
 
 
+@pytest.mark.parametrize("error", [
+    OSError("503 Service Unavailable"),
+    client_errors.gcs_unavailable("GET", "gs://b/out/_staging/run1/x")],
+    ids=["OSError", "ServiceUnavailable"])
 def test_a_store_error_reading_the_counts_is_retried_at_the_next_look(
-        tmp_path, monkeypatch):
-    """The counts are on the output (an object store's 503): a look that
-    cannot read them prints nothing, and the next one does (the thread
-    must not die with a traceback, nor the run's end)."""
+        tmp_path, monkeypatch, error):
+    """The counts are on the output (an object store's 503, as Beam's
+    OSError or as the client's own error): a look that cannot read them
+    prints nothing, and the next one does (the thread must not die with a
+    traceback, nor the run's end)."""
     paths = outputs.RunOutputs(str(tmp_path / "out"), "run1", None)
     folder = str(tmp_path / "progress")
     os.makedirs(folder)
@@ -159,7 +167,7 @@ def test_a_store_error_reading_the_counts_is_retried_at_the_next_look(
     real = outputs.RunOutputs.todo_count
 
     def unavailable(self):
-        raise OSError("503 Service Unavailable")
+        raise error
 
     monkeypatch.setattr(outputs.RunOutputs, "todo_count", unavailable)
     monitor.tick()

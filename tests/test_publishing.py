@@ -27,6 +27,7 @@ from apache_beam.io.filesystem import BeamIOError
 from model_store.fs import is_uri
 from pipeline import outputs, run, watch
 from pipeline.layout import layout_of
+from tests import client_errors
 from tests.object_store import Bucket, MemStore
 
 EARLIER, NEW = "20260101T000000Z-earlier", "20260102T000000Z-new"
@@ -546,6 +547,44 @@ def test_a_record_that_cannot_be_deleted_is_not_completed_again_later(
     assert outputs.recover(output) == []
     with open(os.path.join(output, outputs.MANIFEST)) as handle:
         assert json.load(handle)["run_id"] == NEW
+
+
+@pytest.mark.parametrize("error", [
+    OSError("503 Service Unavailable"),
+    client_errors.gcs_unavailable("GET", "gs://b/_staging/run/_publish.json")],
+    ids=["OSError", "ServiceUnavailable"])
+def test_a_publish_record_the_store_fails_to_read_is_not_taken_for_torn(
+        monkeypatch, error):
+    """A run killed while publishing leaves its record; when the next run's
+    recovery cannot read it (an object store's 503), it stops in one line
+    with the staging kept (taken for a torn record, the staging was
+    discarded with the run part published), and the run after it
+    completes the publishing exactly once."""
+    output = new_output("memstore", None)
+    publish = prepare(output, "skip-done")
+    with pytest.MonkeyPatch.context() as faulty:  # killed at its first move
+        Faults(faulty, output, at=3, when="before", fault="kill")
+        with pytest.raises(Killed):
+            publish()
+    real = MemStore.open
+
+    def failing(self, path, *args, **kwargs):
+        if path.endswith(f"/{outputs.PUBLISH}"):
+            raise error
+        return real(self, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as down:
+        down.setattr(MemStore, "open", failing)
+        with pytest.raises(run.RunFailed) as failed:
+            run.recover(output, io.StringIO())
+    (line,) = str(failed.value).splitlines()
+    assert line.startswith(f"could not complete the interrupted publishing "
+                           f"in {output}: {type(error).__name__}: 503 ")
+    assert outputs.pending_publishes(output) == [f"{output}/_staging/{NEW}"]
+    log = io.StringIO()
+    run.recover(output, log)
+    check_published(output, states("skip-done")[1], "run_date")
+    assert NEW in log.getvalue()
 
 
 def unavailable(store, prefix):
