@@ -31,7 +31,14 @@ class ModelFileMissingError(ImgclassError, FileNotFoundError):
     """A file a stored model needs is missing."""
 
 
-class ModelFileUnreadableError(ModelFileMissingError):
+class StoreReadError(ImgclassError, OSError):
+    """Reading or listing the model store failed (an object store's 503, a
+    lost connection, no permission): the message names the file or folder
+    and the store's reason. Not a mistake in the command: the command line
+    exits 1, as for a run that failed, so that a scheduler tries again."""
+
+
+class ModelFileUnreadableError(ModelFileMissingError, StoreReadError):
     """A file a stored model needs is there, or may be, but cannot be read
     (no permission, an object store's 503): callers that take a missing
     file for a broken model take this one too; those to which a missing

@@ -200,6 +200,39 @@ def error_text(error: BaseException) -> str:
     return str(error)
 
 
+def error_line(error: BaseException) -> str:
+    """The one line of ``error`` that says what failed: the first (pyiceberg,
+    deltalake and SQLAlchemy add lines of background), or the last of a
+    message holding a traceback (Beam wraps a worker's error in one)."""
+    lines = [line.strip() for line in _described(error).splitlines()
+             if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)")
+           for line in lines):
+        lines = lines[-1:]
+    return lines[0][:500] if lines else ""
+
+
+def _described(error: BaseException) -> str:
+    """``error`` as text (:func:`error_text`). A Beam filesystem's batch
+    error (a move, delete or listing that failed) holds a dict of every
+    file and its error, whose paths (two per move) pushed the reason out
+    of the line: it is told as the operation and the first file's own
+    error (which names the file: the local path, the object store's
+    request; GCS's batch moves and deletes give only an HTTP status)."""
+    from apache_beam.io.filesystem import BeamIOError
+
+    details = getattr(error, "exception_details", None)
+    if not isinstance(error, BeamIOError) or not isinstance(details, dict) \
+            or not details:
+        return error_text(error)
+    cause, more = next(iter(details.values())), len(details) - 1
+    operation = str(error).split(" with exceptions ", 1)[0]
+    told = (f"{type(cause).__name__}: {error_line(cause)}"
+            if isinstance(cause, BaseException) else f"HTTP {cause}")
+    return (f"{operation}: {told}"
+            f"{f' (and {more} more files)' if more else ''}")
+
+
 def broken_link(path: str) -> str | None:
     """Why the symbolic link ``path`` cannot be followed, or None."""
     if not os.path.islink(path):

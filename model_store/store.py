@@ -51,6 +51,7 @@ from model_store.errors import (
     ModelFileUnreadableError,
     ModelIntegrityError,
     SpecError,
+    StoreReadError,
     StoreWriteError,
     UnknownModelError,
 )
@@ -326,11 +327,25 @@ def _one_line(error: BaseException) -> str:
 
 
 def _reason(error: BaseException) -> str:
-    """A store error in one line: an OSError as it says itself, an object
-    store client's error after its type (``ServiceUnavailable: 503 ...``)."""
-    text = " ".join(fs.error_text(error).split())
+    """A store error in one line: an OSError as it says itself (a failed
+    listing as its first file's error), an object store client's error
+    after its type (``ServiceUnavailable: 503 ...``)."""
+    text = " ".join(fs.error_line(error).split())
     return text if isinstance(error, OSError) else \
         f"{type(error).__name__}: {text}"
+
+
+def _match(pattern: str) -> list[str]:
+    """:func:`fs.match`; a store that fails the listing raises
+    StoreReadError."""
+    try:
+        return fs.match(pattern)
+    except Exception as error:
+        if not fs.is_store_error(error):
+            raise
+        raise StoreReadError(f"the model store cannot be listed "
+                             f"({fs.shown(pattern)}): {_reason(error)}: "
+                             f"run again once it answers") from None
 
 
 def _list_folders(root: str) -> list[tuple[str, str, str]]:
@@ -340,7 +355,7 @@ def _list_folders(root: str) -> list[tuple[str, str, str]]:
     _check_not_a_file(root)
     if fs.is_uri(root):
         pattern = fs.join(root, "*", "*", METADATA_FILE)
-        for path in fs.match(pattern):
+        for path in _match(pattern):
             folder = fs.split(path)[0]
             name, version = folder.rstrip("/").split("/")[-2:]
             found.append((name, version, folder))
@@ -837,7 +852,7 @@ def model_names(root: str | None = None) -> list[str]:
     names = {info.name for info in list_models(root)}
     if fs.is_uri(root):
         names.update(fs.split(fs.split(path)[0])[1] for path in
-                     fs.match(fs.join(root, "*", ALIASES_FILE)))
+                     _match(fs.join(root, "*", ALIASES_FILE)))
     elif os.path.isdir(root):
         names.update(name for name in os.listdir(root) if os.path.lexists(
             os.path.join(root, name, ALIASES_FILE)))
@@ -887,11 +902,11 @@ def _store_tree(root: str) -> dict[str, tuple[set[str], set[str]]]:
     are seen."""
     tree: dict[str, tuple[set[str], set[str]]] = {}
     if fs.is_uri(root):
-        for path in fs.match(fs.join(root, "*", "*", METADATA_FILE)):
+        for path in _match(fs.join(root, "*", "*", METADATA_FILE)):
             name, version = fs.split(path)[0].rstrip("/").split("/")[-2:]
             tree.setdefault(name, (set(), set()))[0].add(version)
         for file in (METADATA_FILE, VERSIONS_FILE):
-            for path in fs.match(fs.join(root, "*", file)):
+            for path in _match(fs.join(root, "*", file)):
                 name = fs.split(fs.split(path)[0])[1]
                 tree.setdefault(name, (set(), set()))[1].add(file)
     elif os.path.isdir(root):

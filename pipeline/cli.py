@@ -22,7 +22,12 @@ import time
 
 from model_store import DEFAULT_MODEL, fs
 from model_store.datasets import DATASETS
-from model_store.errors import ConfigError, ImgclassError, StoreWriteError
+from model_store.errors import (
+    ConfigError,
+    ImgclassError,
+    StoreReadError,
+    StoreWriteError,
+)
 from model_store.folders import VAL_FRACTION
 from model_store.images import DEFAULT_MAX_PIXELS
 from model_store.train_config import (
@@ -80,7 +85,7 @@ def _models_list(args) -> int:
                 or row["error"] == _MISSING_VERSION:
             accuracy, created = "-", row["error"]
         else:
-            accuracy, created = "BROKEN", row["error"].split(":")[0]
+            accuracy, created = "BROKEN", row["error"].split(": ")[0]
         version = "-" if row["version"] is None else row["version"]
         print(f"{row['name']:<24} {version:>7}  {accuracy:>8}  "
               f"{','.join(names) or '-':<14} {created}")
@@ -1055,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
             args.beam_args = extra
             _set_verbosity(quiet=args.quiet, verbose=args.verbose)
             return args.func(args)
-        except StoreWriteError as error:  # a full disk: not a mistake
+        except (StoreWriteError, StoreReadError) as error:  # not a mistake
             print(f"imgclass: error: {error}", file=sys.stderr)
             return EXIT_FAILED
         except ImgclassError as error:

@@ -40,12 +40,11 @@ from typing import Callable, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
 from model_store.errors import ConfigError, LostFileError
-from model_store.fs import check_filesystem, is_uri, join
+from model_store.fs import check_filesystem, error_line, is_uri, join
 from transforms import schema
 from transforms.files import GLOB_CHARS
 
@@ -76,37 +75,6 @@ def holds_earlier_run(output: str) -> bool:
         if match.metadata_list:
             return True
     return False
-
-
-def error_line(error: BaseException) -> str:
-    """The one line of ``error`` that says what failed: the first (pyiceberg,
-    deltalake and SQLAlchemy add lines of background), or the last of a
-    message holding a traceback (Beam wraps a worker's error in one)."""
-    lines = [line.strip() for line in _described(error).splitlines()
-             if line.strip()]
-    if any(line.startswith("Traceback (most recent call last)")
-           for line in lines):
-        lines = lines[-1:]
-    return lines[0][:500] if lines else ""
-
-
-def _described(error: BaseException) -> str:
-    """``error`` as text (``fs.error_text``). A Beam filesystem's batch
-    error (a move, delete or listing that failed) holds a dict of every
-    file and its error, whose paths (two per move) pushed the reason out
-    of the line: it is told as the operation and the first file's own
-    error (which names the file: the local path, the object store's
-    request; GCS's batch moves and deletes give only an HTTP status)."""
-    details = getattr(error, "exception_details", None)
-    if not isinstance(error, BeamIOError) or not isinstance(details, dict) \
-            or not details:
-        return fs.error_text(error)
-    cause, more = next(iter(details.values())), len(details) - 1
-    operation = str(error).split(" with exceptions ", 1)[0]
-    told = (f"{type(cause).__name__}: {error_line(cause)}"
-            if isinstance(cause, BaseException) else f"HTTP {cause}")
-    return (f"{operation}: {told}"
-            f"{f' (and {more} more files)' if more else ''}")
 
 
 def check_output(output: str) -> None:

@@ -603,6 +603,51 @@ def test_a_client_error_in_a_models_command_ends_it_as_an_oserror_does(
                           + "\n".join(failures))
 
 
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_a_store_error_at_any_call_of_a_models_command_is_one_line(
+        cli, monkeypatch, command):
+    """At every call a models command makes on the store, listings
+    included, a 503 ends it in one line naming the 503 and exit code 1 (a
+    failure, not a mistake: a scheduler tries again), never a traceback;
+    or list and verify report the version that cannot be read as they
+    report a broken one; or, where the command can tell that the file it
+    failed to open is not there (an alias file a model lacks), it prints
+    what it prints without the 503."""
+    from tests.test_store import save
+
+    Bucket.reset({})
+    save(MODELS)
+    start = dict(Bucket.objects)
+    faults = StoreFaults(monkeypatch)
+    args = ("--store", MODELS, *MODEL_COMMANDS[command])
+    clean_code, clean_out, _ = cli(*args)
+    assert clean_code == 0
+    clean, failures = list(faults.calls), []
+    assert any(operation == "match" for operation, _ in clean)
+    for k in range(1, len(clean) + 1):
+        Bucket.reset(start)
+        faults.calls.clear()
+        faults.fail_at = k
+        try:
+            code, out, err = cli(*args)
+        except Exception as error:  # noqa: BLE001 - a traceback
+            code, out, err = None, "", f"Traceback: raised {error!r}"
+        finally:
+            faults.fail_at = None
+        lines = err.strip().splitlines()
+        if (code, out, lines) == (0, clean_out, []):
+            continue
+        if lines:  # the command stopped: one line, exit 1
+            told = code == 1 and len(lines) == 1 and "503" in lines[0]
+        else:  # list and verify report a version that cannot be read
+            told = code is not None and "cannot be " in out
+        if not told:
+            failures.append(f"k={k} {clean[k - 1]}: exit {code}: {lines} "
+                            f"{out!r:.300}")
+    assert not failures, (f"{len(failures)} of {len(clean)} calls:\n"
+                          + "\n".join(failures))
+
+
 def test_a_model_file_gcs_says_is_not_found_is_missing(cli, monkeypatch):
     """GCS's client opens a missing object with NotFound (not an OSError):
     a model store's first save (no aliases.json yet) and a version without
@@ -649,7 +694,7 @@ def test_an_aliases_file_the_store_fails_to_read_is_not_taken_for_none(
     k = faults.calls.index(("open", aliases)) + 1
     code, lines = models_command(cli, faults, start, staging, k,
                                  FLAVORS[flavor])
-    assert code == 2 and len(lines) == 1 and "503" in lines[0], lines
+    assert code == 1 and len(lines) == 1 and "503" in lines[0], lines
     assert f"{aliases} cannot be read" in lines[0]
     assert Bucket.objects[aliases] == start[aliases]
     assert cli("--store", MODELS, *staging)[0] == 0
