@@ -335,17 +335,30 @@ def _reason(error: BaseException) -> str:
         f"{type(error).__name__}: {text}"
 
 
-def _match(pattern: str) -> list[str]:
-    """:func:`fs.match`; a store that fails the listing raises
-    StoreReadError."""
+@contextlib.contextmanager
+def _listing(where: str):
+    """Listing ``where`` (a folder, or a pattern on an object store): a
+    store that fails it (a 503, no permission) raises StoreReadError."""
     try:
-        return fs.match(pattern)
+        yield
     except Exception as error:
         if not fs.is_store_error(error):
             raise
         raise StoreReadError(f"the model store cannot be listed "
-                             f"({fs.shown(pattern)}): {_reason(error)}: "
-                             f"run again once it answers") from None
+                             f"({fs.shown(where)}): {_reason(error)}: "
+                             f"run again once that is fixed") from None
+
+
+def _match(pattern: str) -> list[str]:
+    """:func:`fs.match`, failing as :func:`_listing` says."""
+    with _listing(pattern):
+        return fs.match(pattern)
+
+
+def _listdir(folder: str) -> list[str]:
+    """``os.listdir``, failing as :func:`_listing` says."""
+    with _listing(folder):
+        return os.listdir(folder)
 
 
 def _list_folders(root: str) -> list[tuple[str, str, str]]:
@@ -360,11 +373,11 @@ def _list_folders(root: str) -> list[tuple[str, str, str]]:
             name, version = folder.rstrip("/").split("/")[-2:]
             found.append((name, version, folder))
     elif os.path.isdir(root):
-        for name in os.listdir(root):
+        for name in _listdir(root):
             model_dir = os.path.join(root, name)
             if not os.path.isdir(model_dir):
                 continue
-            for version in os.listdir(model_dir):
+            for version in _listdir(model_dir):
                 folder = os.path.join(model_dir, version)
                 if os.path.isdir(folder):
                     found.append((name, version, folder))
@@ -854,7 +867,7 @@ def model_names(root: str | None = None) -> list[str]:
         names.update(fs.split(fs.split(path)[0])[1] for path in
                      _match(fs.join(root, "*", ALIASES_FILE)))
     elif os.path.isdir(root):
-        names.update(name for name in os.listdir(root) if os.path.lexists(
+        names.update(name for name in _listdir(root) if os.path.lexists(
             os.path.join(root, name, ALIASES_FILE)))
     return sorted(name for name in names if _NAME.fullmatch(name))
 
@@ -910,10 +923,10 @@ def _store_tree(root: str) -> dict[str, tuple[set[str], set[str]]]:
                 name = fs.split(fs.split(path)[0])[1]
                 tree.setdefault(name, (set(), set()))[1].add(file)
     elif os.path.isdir(root):
-        for name in os.listdir(root):
+        for name in _listdir(root):
             folder = os.path.join(root, name)
             if os.path.isdir(folder):
-                entries = os.listdir(folder)
+                entries = _listdir(folder)
                 tree[name] = (
                     {entry for entry in entries
                      if os.path.isdir(os.path.join(folder, entry))},

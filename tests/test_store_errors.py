@@ -26,6 +26,7 @@ S3ClientError, azure-core's HttpResponseError; none is an OSError), at
 the calls that raise it on that store.
 """
 
+import errno
 import io
 import json
 import os
@@ -699,3 +700,31 @@ def test_an_aliases_file_the_store_fails_to_read_is_not_taken_for_none(
     assert Bucket.objects[aliases] == start[aliases]
     assert cli("--store", MODELS, *staging)[0] == 0
     assert json.loads(Bucket.objects[aliases]) == {"prod": 1, "staging": 1}
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_a_local_store_folder_that_cannot_be_listed_is_one_line(
+        cli, monkeypatch, tmp_path, command):
+    """A local model store whose folders cannot be listed (no permission,
+    an NFS mount's EIO) ends a models command in one line naming the
+    folder and the reason, exit 1, never a traceback (verify: its report
+    of the model)."""
+    from tests.test_store import save
+
+    root = str(tmp_path / "store")
+    save(root)
+    listdir = os.listdir
+
+    def refused(path="."):
+        if os.fspath(path).startswith(root):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    code, out, err = cli("--store", root, *MODEL_COMMANDS[command])
+    told = (f"the model store cannot be listed ({root}): [Errno 13] "
+            f"Permission denied: '{root}': run again once that is fixed\n")
+    # verify reports each model it checks on stdout: FAILED, the reason
+    expected = ("", f"imgclass: error: {told}") if command != "verify" \
+        else (f"FAILED  tiny@1: {told}", "")
+    assert (code, out, err) == (1, *expected)
