@@ -14,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from model_store.errors import ImgclassError
 from model_store.images import (
@@ -319,6 +319,120 @@ def test_target_size_is_ignored_by_other_formats():
     decoded = decode_image(encode(Image.new("RGB", (300, 200)), "PNG"), mode="RGB",
                            target_size=(10, 10))
     assert decoded.image.size == (300, 200)
+
+
+def pillow_reference(data: bytes, mode: str, target_size) -> np.ndarray:
+    """What Pillow alone makes of a JPEG: draft to the target, load,
+    convert (the reference for the simplejpeg path)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if target_size is not None:
+            img.draft(mode, target_size)
+        img.load()
+        return np.asarray(img.convert(mode), dtype=np.int64)
+
+
+@pytest.fixture
+def simplejpeg_calls(monkeypatch):
+    """The calls decode_image makes to simplejpeg.decode_jpeg."""
+    import simplejpeg
+
+    calls = []
+    real = simplejpeg.decode_jpeg
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", counted)
+    return calls
+
+
+def photo(width: int, height: int, gray: bool = False) -> Image.Image:
+    """Smooth gradients and noise: JPEG content with detail at every scale."""
+    rng = np.random.default_rng(width * 7 + height)
+    y, x = np.mgrid[0:height, 0:width]
+    planes = [(x * 255 // max(1, width - 1)), (y * 255 // max(1, height - 1)),
+              ((x + y) * 3) % 256]
+    rgb = np.stack(planes, -1) + rng.integers(-20, 20, (height, width, 3))
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    return image.convert("L") if gray else image
+
+
+@pytest.mark.parametrize("size", [(37, 23), (256, 256), (1001, 601)])
+@pytest.mark.parametrize("params", [
+    {"quality": 90}, {"quality": 75, "subsampling": 0},
+    {"quality": 95, "subsampling": 1}, {"quality": 80, "progressive": True},
+    {"gray": True}])
+def test_a_plain_jpeg_decodes_to_pillows_own_pixels(simplejpeg_calls, size,
+                                                    params):
+    """Plain JPEGs take libjpeg-turbo through simplejpeg: at every scale
+    Pillow's draft picks (1, 1/2, 1/4, 1/8, and a target larger than the
+    image) and in both modes, the pixels and sizes are Pillow's own."""
+    params = dict(params)
+    image = photo(*size, gray=params.pop("gray", False))
+    data = encode(image, "JPEG", **params)
+    targets = [(8, 8), (size[0] // 4, size[1] // 4), (size[0] // 2 + 1, 8),
+               size, (2 * size[0], 2 * size[1])]
+    for mode in ("L", "RGB"):
+        for target in targets:
+            decoded = decode_image(data, mode=mode, target_size=target)
+            expected = pillow_reference(data, mode, target)
+            assert (decoded.width, decoded.height) == size
+            assert np.array_equal(pixels(decoded), expected), (mode, target)
+    assert len(simplejpeg_calls) == 2 * len(targets)
+    rgb = decode_image(data, mode="RGB")
+    assert np.array_equal(pixels(rgb), pillow_reference(data, "RGB", None))
+    assert len(simplejpeg_calls) == 2 * len(targets) + 1
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 30), (5, 3)])
+def test_a_jpeg_under_8_pixels_is_decoded_as_pillow_decodes_it(
+        simplejpeg_calls, size):
+    """Below 8 pixels libjpeg's scales are ambiguous (1/8 and 1/1 both give
+    1x1): such JPEGs take Pillow's path."""
+    data = encode(photo(*size), "JPEG", quality=90)
+    for target in ((1, 1), (8, 8)):
+        decoded = decode_image(data, mode="RGB", target_size=target)
+        assert np.array_equal(pixels(decoded),
+                              pillow_reference(data, "RGB", target))
+    assert not simplejpeg_calls
+
+
+def test_a_jpeg_libjpeg_warns_about_is_decoded_as_pillow_decodes_it(
+        simplejpeg_calls):
+    """Extraneous bytes before a marker: libjpeg warns, simplejpeg refuses
+    it, and Pillow's path decodes it as Pillow does."""
+    data = encode(photo(64, 48), "JPEG", quality=90)
+    sos = data.index(b"\xff\xda")
+    damaged = data[:sos] + b"\x00\x00\x00" + data[sos:]
+    decoded = decode_image(damaged, mode="RGB", target_size=(16, 16))
+    assert simplejpeg_calls, "simplejpeg was not tried"
+    assert np.array_equal(pixels(decoded),
+                          pillow_reference(damaged, "RGB", (16, 16)))
+
+
+@pytest.mark.parametrize("image_mode, mode, target, exif", [
+    ("RGB", "RGB", (8, 8), True), ("CMYK", "RGB", (8, 8), False),
+    ("RGB", "L", None, False)])
+def test_jpegs_simplejpeg_would_read_otherwise_take_pillows_path(
+        simplejpeg_calls, image_mode, mode, target, exif):
+    """EXIF (an orientation to apply), CMYK (Adobe's colour transform) and
+    a colour JPEG to "L" without a target (Pillow's luma of the RGB, not
+    libjpeg's Y) go Pillow's way, with Pillow's pixels."""
+    params = {}
+    if exif:
+        params["exif"] = Image.Exif()
+        params["exif"][0x0112] = 6  # turned a quarter
+    data = encode(photo(40, 30).convert(image_mode), "JPEG", **params)
+    decoded = decode_image(data, mode=mode, target_size=target)
+    assert not simplejpeg_calls
+    with Image.open(io.BytesIO(data)) as img:  # CMYK converts through RGB
+        if target is not None:
+            img.draft(mode, target)
+        img.load()
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    expected = np.asarray(rgb.convert(mode), dtype=np.int64)
+    assert np.array_equal(pixels(decoded), expected)
 
 
 # --- decompression bombs -------------------------------------------------------
