@@ -8,7 +8,7 @@ tested and reused on its own. :func:`decode_image` is the single entry point:
 * the pixel count is checked from the header, before any pixel is decoded,
   against the caller's ``max_pixels`` (the decompression-bomb guard);
 * large JPEGs are reduced while decoding when a target size is given;
-* a plain JPEG (no EXIF, no Adobe colour transform, 1 or 3 components,
+* a plain JPEG (upright, no Adobe colour transform, 1 or 3 components,
   Huffman-coded) is decoded by libjpeg-turbo through ``simplejpeg``, which
   skips Pillow's marker parsing in Python (55 us of 200 per 256x256 JPEG):
   the same library at the same scale, so the same pixels; anything else,
@@ -266,10 +266,24 @@ def _jpeg_segments(data: bytes):
             i = end
 
 
-# Huffman-coded frames simplejpeg takes (baseline, extended, progressive);
-# APP1 "Exif" (an orientation to apply) and APP14 "Adobe" (a colour
-# transform) send a file to Pillow's path.
+# Huffman-coded frames simplejpeg takes (baseline, extended, progressive).
+# An EXIF orientation other than upright, any other APP1 (XMP, which may
+# hold an orientation too) and APP14 "Adobe" (a colour transform) send a
+# file to Pillow's path.
 _PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+
+
+def _upright_exif(payload: bytes) -> bool:
+    """Whether an APP1 segment is EXIF whose orientation (if any) is
+    upright; False for anything Pillow should read (XMP, damaged EXIF)."""
+    if not payload.startswith(b"Exif\x00\x00"):
+        return False
+    exif = Image.Exif()
+    try:
+        exif.load(payload)
+        return exif.get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED
+    except Exception:  # noqa: BLE001 - Pillow's path tells what is wrong
+        return False
 
 
 def _plain_layout(data: bytes) -> tuple[int, int, int, int] | None:
@@ -277,11 +291,12 @@ def _plain_layout(data: bytes) -> tuple[int, int, int, int] | None:
     Pillow does (see :data:`_PLAIN_FRAMES`), else None."""
     if simplejpeg is None or data[:3] != b"\xff\xd8\xff":
         return None
-    frame = None
+    frame, exif_seen = None, False
     for marker, payload in _jpeg_segments(data):
-        if (marker == 0xE1 and payload.startswith(b"Exif")) or (
-                marker == 0xEE and payload.startswith(b"Adobe")):
+        if (marker == 0xE1 and (exif_seen or not _upright_exif(payload))) \
+                or (marker == 0xEE and payload.startswith(b"Adobe")):
             return None
+        exif_seen = exif_seen or marker == 0xE1
         if _is_frame(marker):
             if marker not in _PLAIN_FRAMES or frame is not None:
                 return None

@@ -362,14 +362,21 @@ def photo(width: int, height: int, gray: bool = False) -> Image.Image:
 @pytest.mark.parametrize("params", [
     {"quality": 90}, {"quality": 75, "subsampling": 0},
     {"quality": 95, "subsampling": 1}, {"quality": 80, "progressive": True},
-    {"gray": True}])
+    {"gray": True}, {"orientation": 1}, {"orientation": None}])
 def test_a_plain_jpeg_decodes_to_pillows_own_pixels(simplejpeg_calls, size,
                                                     params):
-    """Plain JPEGs take libjpeg-turbo through simplejpeg: at every scale
-    Pillow's draft picks (1, 1/2, 1/4, 1/8, and a target larger than the
-    image) and in both modes, the pixels and sizes are Pillow's own."""
+    """Plain JPEGs (upright EXIF included) take libjpeg-turbo through
+    simplejpeg: at every scale Pillow's draft picks (1, 1/2, 1/4, 1/8, and
+    a target larger than the image) and in both modes, the pixels and
+    sizes are Pillow's own."""
     params = dict(params)
     image = photo(*size, gray=params.pop("gray", False))
+    if "orientation" in params:  # a camera's EXIF, upright
+        exif = Image.Exif()
+        exif[0x010F] = "Camera"
+        if params["orientation"] is not None:
+            exif[0x0112] = params["orientation"]
+        params = {"exif": exif}
     data = encode(image, "JPEG", **params)
     targets = [(8, 8), (size[0] // 4, size[1] // 4), (size[0] // 2 + 1, 8),
                size, (2 * size[0], 2 * size[1])]
@@ -412,17 +419,24 @@ def test_a_jpeg_libjpeg_warns_about_is_decoded_as_pillow_decodes_it(
 
 
 @pytest.mark.parametrize("image_mode, mode, target, exif", [
-    ("RGB", "RGB", (8, 8), True), ("CMYK", "RGB", (8, 8), False),
-    ("RGB", "L", None, False)])
+    ("RGB", "RGB", (8, 8), "exif"), ("RGB", "RGB", (8, 8), "xmp"),
+    ("CMYK", "RGB", (8, 8), None), ("RGB", "L", None, None)])
 def test_jpegs_simplejpeg_would_read_otherwise_take_pillows_path(
         simplejpeg_calls, image_mode, mode, target, exif):
-    """EXIF (an orientation to apply), CMYK (Adobe's colour transform) and
-    a colour JPEG to "L" without a target (Pillow's luma of the RGB, not
-    libjpeg's Y) go Pillow's way, with Pillow's pixels."""
+    """An orientation to apply (EXIF, or XMP's, which Pillow reads too),
+    CMYK (Adobe's colour transform) and a colour JPEG to "L" without a
+    target (Pillow's luma of the RGB, not libjpeg's Y) go Pillow's way,
+    with Pillow's pixels."""
     params = {}
-    if exif:
+    if exif == "exif":
         params["exif"] = Image.Exif()
         params["exif"][0x0112] = 6  # turned a quarter
+    elif exif == "xmp":
+        params["xmp"] = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+                         b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-synt'
+                         b'ax-ns#"><rdf:Description xmlns:tiff="http://ns.'
+                         b'adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+                         b'</rdf:RDF></x:xmpmeta>')
     data = encode(photo(40, 30).convert(image_mode), "JPEG", **params)
     decoded = decode_image(data, mode=mode, target_size=target)
     assert not simplejpeg_calls
