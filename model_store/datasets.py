@@ -102,5 +102,5 @@ def augmented_pixels(images: np.ndarray, prep: Preprocessing, *,
             decoded = decode_image(buffer.getvalue(), mode=prep.color_mode,
                                    target_size=prep.decode_size,
                                    background=prep.background)
-            out.append(prep.to_pixels(decoded.image))
+            out.append(prep.pixels_of(decoded))
     return np.stack(out)

@@ -35,7 +35,6 @@ Pillow only warns (``DecompressionBombWarning``); with the default
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import threading
 
@@ -82,7 +81,6 @@ class ImageTooLargeError(ImageDecodeError):
     """The image has more pixels than the limit (decompression-bomb guard)."""
 
 
-@dataclasses.dataclass(frozen=True)
 class DecodedImage:
     """A decoded image and the size of its source.
 
@@ -93,11 +91,44 @@ class DecodedImage:
         width: Width of the source image as displayed (EXIF orientation
             applied), before any reduction while decoding.
         height: Height of the source image, likewise.
+        samples: The same pixels as a C-contiguous ``uint8`` array in the
+            layout the resize kernel reads (:func:`image_of_samples`), when
+            the decoder made them so (a plain JPEG); else None. ``image``
+            is then made from them the first time it is asked for.
     """
 
-    image: Image.Image
-    width: int
-    height: int
+    __slots__ = ("width", "height", "samples", "_image")
+
+    def __init__(self, image: Image.Image | None, width: int, height: int,
+                 *, samples: np.ndarray | None = None):
+        if (image is None) == (samples is None):
+            raise ValueError("give the image or its samples, not both")
+        self._image, self.samples = image, samples
+        self.width, self.height = width, height
+
+    @property
+    def image(self) -> Image.Image:
+        if self._image is None:
+            self._image = image_of_samples(self.samples)
+        return self._image
+
+    def __repr__(self) -> str:
+        return (f"DecodedImage({self.width}x{self.height}, "
+                f"{'samples' if self.samples is not None else 'image'})")
+
+
+#: The mode of decoded samples, by their last dimension (DecodedImage).
+SAMPLES_MODES = {1: "L", 4: "RGB"}
+
+
+def image_of_samples(samples: np.ndarray) -> Image.Image:
+    """The Pillow image of ``samples``: ``uint8 (H, W, 1)`` is an "L"
+    image, ``(H, W, 4)`` an "RGB" one stored as RGBX (Pillow's own
+    layout of RGB, which the resize kernel reads without a copy)."""
+    height, width, channels = samples.shape
+    if channels == 1:
+        return Image.fromarray(samples[:, :, 0], "L")
+    return Image.frombytes("RGB", (width, height), samples, "raw", "RGBX")
 
 
 def decode_image(data: bytes, *, mode: str, target_size: tuple[int, int] | None = None,
@@ -339,15 +370,14 @@ def _plain_jpeg(data: bytes, mode: str, target_size: tuple[int, int] | None,
         scale = next((s for s in (8, 4, 2, 1) if fits >= s), 1)
     size = (-(-height // scale), -(-width // scale))
     try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="GRAY" if mode == "L" else "RGB",
+        samples = simplejpeg.decode_jpeg(
+            data, colorspace="GRAY" if mode == "L" else "RGBX",
             min_height=size[0], min_width=size[1])
     except Exception:  # noqa: BLE001 - Pillow's path tells what is wrong
         return None
-    if pixels.shape[:2] != size:  # libjpeg took an M/8 scale Pillow lacks
+    if samples.shape[:2] != size:  # libjpeg took an M/8 scale Pillow lacks
         return None  # (from 8 pixels up, each scale gives its own size)
-    image = Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode)
-    return DecodedImage(image=image, width=width, height=height)
+    return DecodedImage(None, width, height, samples=samples)
 
 
 def _convert(img: Image.Image, mode: str, background: int) -> Image.Image:

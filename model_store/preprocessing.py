@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from model_store.errors import ConfigError
-from model_store.resample import resize_planar
+from model_store.images import SAMPLES_MODES, DecodedImage
+from model_store.resample import resize_planar, resize_samples
 
 RESIZE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -153,6 +154,19 @@ class Preprocessing:
             return resize_planar(image, self.size, RESIZE_FILTERS[self.resize],
                                  self._centre_crop_box(image.size))
         return resize_planar(image, self.size, RESIZE_FILTERS[self.resize])
+
+    def pixels_of(self, decoded: DecodedImage) -> np.ndarray:
+        """:meth:`to_pixels` of a decoded image: from the samples the
+        decoder kept, when it kept them in this mode (no copy into Pillow
+        and back), else from its Pillow image."""
+        samples = decoded.samples
+        if samples is None or SAMPLES_MODES[samples.shape[2]] != \
+                self.color_mode:
+            return self.to_pixels(decoded.image)
+        box = None if self.resize_shorter is None else \
+            self._centre_crop_box((samples.shape[1], samples.shape[0]))
+        return resize_samples(samples, self.size, RESIZE_FILTERS[self.resize],
+                              box)
 
     def _centre_crop_box(self, image_size: tuple[int, int]
                          ) -> tuple[float, float, float, float]:

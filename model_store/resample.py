@@ -30,6 +30,8 @@ import threading
 import numpy as np
 from PIL import Image
 
+from model_store.images import image_of_samples
+
 _LOG = logging.getLogger(__name__)
 
 #: Pillow filter -> the code resample.c switches on.
@@ -75,10 +77,43 @@ def resize_planar(image: Image.Image, size: tuple[int, int], resample: int,
     if module is None:
         return _planar(image.resize(size, resample, box=box))
     elem, raw_mode, channels = layout
+    return _kernel(module, image.tobytes("raw", raw_mode), elem, channels,
+                   (image.width, image.height), size, resample, box)
+
+
+def resize_samples(samples: np.ndarray, size: tuple[int, int], resample: int,
+                   box: tuple[float, float, float, float] | None = None
+                   ) -> np.ndarray:
+    """:func:`resize_planar` of ``image_of_samples(samples)`` (see
+    ``model_store.images``): the kernel reads the samples where they are,
+    without the copy into Pillow and ``tobytes``' copy back."""
+    height, width, elem = samples.shape
+    channels = 1 if elem == 1 else 3
+    if box is None:
+        box = (0.0, 0.0, float(width), float(height))
+    left, top, right, bottom = box
+    if (right - left, bottom - top) == size and all(
+            float(v).is_integer() for v in box):
+        # Whole pixels at scale 1: what every filter gives is the crop.
+        crop = samples[int(top):int(bottom), int(left):int(right), :channels]
+        return np.ascontiguousarray(crop.transpose(2, 0, 1))
+    module = compiled() if resample in _FILTERS else None
+    if module is None:
+        return resize_planar(image_of_samples(samples), size, resample, box)
+    return _kernel(module, samples, elem, channels, (width, height), size,
+                   resample, box)
+
+
+def _kernel(module, source, elem: int, channels: int,
+            source_size: tuple[int, int], size: tuple[int, int],
+            resample: int, box) -> np.ndarray:
+    """The compiled kernel's resampling of ``source`` (rows of ``elem``
+    bytes per pixel) into planes ``(channels, height, width)``."""
+    width, height = size
     out = np.empty((channels, height, width), np.uint8)
-    module.resample(image.tobytes("raw", raw_mode), image.height,
-                    image.width, elem, *map(float, box), height, width,
-                    _FILTERS[resample], channels, out)
+    module.resample(source, source_size[1], source_size[0], elem,
+                    *map(float, box), height, width, _FILTERS[resample],
+                    channels, out)
     return out
 
 

@@ -164,3 +164,45 @@ def test_jpeg_draft_never_reduces_below_the_shorter_side():
         assert min(decoded.image.size) >= 256
         assert max(decoded.image.size) < max(size)  # it did reduce
         assert prep.to_pixels(decoded.image).shape == (3, 224, 224)
+
+
+def _jpeg(size, gray=False):
+    import io
+
+    rng = np.random.RandomState(size[0] + size[1])
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    rgb = np.stack([x % 256, y % 256, (x * y) % 256], -1) + rng.randint(
+        -30, 30, (size[1], size[0], 3))
+    image = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    (image.convert("L") if gray else image).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("prep, sizes", [
+    (_photo_prep(), [(640, 480), (300, 900), (256, 256), (1001, 257),
+                     (256, 300)]),
+    (Preprocessing((1, 32, 32), "L", "bicubic", (0.1,), (0.3,)),
+     [(256, 256), (32, 32), (33, 47), (100, 60)]),
+    (Preprocessing((3, 32, 32), "RGB", "bilinear", (0.1,) * 3, (0.3,) * 3),
+     [(256, 256), (32, 32), (64, 40)])])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_pixels_from_the_decoders_samples_equal_those_of_its_image(
+        prep, sizes, kernel, monkeypatch):
+    """A plain JPEG keeps the decoder's samples; resizing them (with the
+    kernel, or through Pillow where it did not compile; whole pixels at
+    scale 1 as a crop) gives the pixels the Pillow image gives."""
+    from model_store import resample
+    from model_store.images import decode_image
+
+    if not kernel:
+        monkeypatch.setattr(resample, "compiled", lambda: None)
+    for size in sizes:
+        for gray in (False, True):
+            decoded = decode_image(_jpeg(size, gray), mode=prep.color_mode,
+                                   target_size=prep.decode_size)
+            assert decoded.samples is not None
+            from_samples = prep.pixels_of(decoded)
+            assert from_samples.flags["C_CONTIGUOUS"]
+            assert np.array_equal(from_samples,
+                                  prep.to_pixels(decoded.image)), size

@@ -157,7 +157,7 @@ class DecodeBatchFn(beam.DoFn):
                 max_pixels=self._max_pixels,
                 background=self._prep.background)
             stage = "preprocess"
-            pixels = self._prep.to_pixels(decoded.image)
+            pixels = self._prep.pixels_of(decoded)
         except Exception as error:  # one bad file must not stop the run
             return None, stage, error
         return Example(path, pixels, decoded.width, decoded.height), "", None
