@@ -196,16 +196,29 @@ def _check_distinct(root: str, names: list) -> None:
     learnt under two classes."""
     if is_uri(root):
         return
-    real = {name: os.path.realpath(os.path.join(root, name)) + os.sep
+    real = {name: os.path.realpath(os.path.join(root, name))
             for name in names}
-    for name, other in ((a, b) for a in names for b in names if a != b):
-        if real[name].startswith(real[other]):
-            where = "is" if real[name] == real[other] else "lies inside"
-            raise ConfigError(
-                f"class folder {escape_path(name)!r} in {shown(root)} "
-                f"{where} class folder {escape_path(other)!r} (through a "
-                f"symlink): its images would be learnt as two classes; "
-                f"remove the link, or give each class its own images")
+    # Each folder's own path and those above it, looked up among the
+    # others' (a loop over every pair took 16 s for 10,000 classes).
+    owners: dict[str, list] = {}
+    for name in names:
+        owners.setdefault(real[name], []).append(name)
+    for name in names:
+        path, where = real[name], "is"
+        while True:
+            other = next((o for o in owners.get(path, ()) if o != name),
+                         None)
+            if other is not None:
+                raise ConfigError(
+                    f"class folder {escape_path(name)!r} in {shown(root)} "
+                    f"{where} class folder {escape_path(other)!r} (through "
+                    f"a symlink): its images would be learnt as two "
+                    f"classes; remove the link, or give each class its own "
+                    f"images")
+            parent, where = os.path.dirname(path), "lies inside"
+            if parent == path:
+                break
+            path = parent
 
 
 def _check_files_distinct(root: str, names: list, by_class: dict) -> None:
