@@ -114,13 +114,14 @@ def evaluate_on_split(model: StoredModel, split, *,
     """
     from model_store.compile import compile_predictor
     from model_store.datasets import plain_pixels
+    from model_store.folders import listed
 
     if [str(c) for c in model.class_names] != [str(c) for c in
                                                split.class_names]:
         raise ConfigError(
-            f"{model.ref} classifies {_names(model.class_names)}, not the "
-            f"dataset's {_names(split.class_names)}: evaluate it on labelled "
-            f"folders of its classes with --data")
+            f"{model.ref} classifies {listed(map(str, model.class_names))}, "
+            f"not the dataset's {listed(map(str, split.class_names))}: "
+            f"evaluate it on labelled folders of its classes with --data")
     prep = model.preprocessing
     predictor = predictor or compile_predictor(model)
     probs = predict_pixels(predictor, prep,
@@ -130,14 +131,6 @@ def evaluate_on_split(model: StoredModel, split, *,
     metrics.update(model=model.name, version=model.version,
                    dataset="digits (held-out 20%)")
     return metrics
-
-
-def _names(names) -> str:
-    """A few class names for a message."""
-    from model_store.folders import listed
-
-    shown = listed(str(n) for n in list(names)[:5])
-    return shown + (f", ... ({len(names)} classes)" if len(names) > 5 else "")
 
 
 def record_metrics(model: StoredModel, metrics: dict) -> StoredModel:

@@ -37,6 +37,7 @@ VAL_FRACTION = 0.2
 SPLIT_SEED = 20240611
 MIN_PER_CLASS = 2
 MIN_CLASSES = 2
+NAMES_SHOWN = 5  # class names a message lists before "... (N classes)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,14 +330,14 @@ def check_classes(dataset: FolderDataset, what: str = "the data", *,
              for name, count in zip(names, counts) if count == 0]
     if empty:
         raise ConfigError(
-            f"{what}: class folder(s) {', '.join(map(shown, empty))} hold "
+            f"{what}: class folder(s) {listed(map(shown, empty))} hold "
             f"no image "
             f"file; add images or remove the folder(s)")
-    small = [f"{listed([name])} ({count})"
+    small = [f"{name} ({count})"
              for name, count in zip(names, counts) if count < least]
     if small:
         raise ConfigError(
-            f"{what} ({shown(dataset.root)}): class(es) {', '.join(small)} "
+            f"{what} ({shown(dataset.root)}): class(es) {listed(small)} "
             f"have "
             f"fewer than {least} images; add images or remove the folder")
 
@@ -413,10 +414,13 @@ def align_classes(val: FolderDataset, class_names: list, *,
     return FolderDataset(val.root, files, list(class_names))
 
 
-def listed(names) -> str:
+def listed(names, *, most: int = NAMES_SHOWN) -> str:
     """Class names (text, see :func:`_check_names`) as a message lists
-    them: on one line, a control character as ``%XX``."""
-    return ", ".join(one_line(name) for name in names)
+    them: on one line, a control character as ``%XX``, the first ``most``
+    and how many there are (10,000 classes made a line of 120 kB)."""
+    names = list(names)
+    more = f", ... ({len(names)} classes)" if len(names) > most else ""
+    return ", ".join(one_line(name) for name in names[:most]) + more
 
 
 def describe_error(error: BaseException) -> str:

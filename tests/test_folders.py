@@ -321,6 +321,23 @@ def test_a_spec_whose_outputs_are_not_the_classes_is_refused_before_work(
     assert "10 outputs" in err and "3 classes" in err
 
 
+@pytest.mark.parametrize("images", [1, 2])
+def test_a_refusal_about_many_classes_names_a_few_and_counts_them(
+        tmp_path, cli, images):
+    """With 10,000 class folders, the one line naming them (each class of
+    too few images, or every class of a spec of too few outputs) was
+    120 kB long: the first few are named, with how many there are."""
+    data = tmp_path / "data"
+    for n in range(12):
+        (data / f"c{n:02d}").mkdir(parents=True)
+        for i in range(images):
+            Image.new("RGB", (8, 8)).save(data / f"c{n:02d}" / f"{i}.png")
+    code, _, err = train_cli(cli, data)  # digits-cnn: 10 outputs
+    assert code == 2 and err.count("\n") == 1, err
+    assert "c00" in err and "c04" in err and "c05" not in err, err
+    assert ", ... (12 classes)" in err
+
+
 def test_the_symlink_check_of_many_class_folders_takes_linear_time(
         tmp_path):
     """Each class folder's real path was compared with every other's:
