@@ -180,7 +180,8 @@ def _local_folders(root: str) -> list[str]:
 
 def _check_names(root: str, names: list) -> None:
     """ConfigError for a class folder whose name is not valid UTF-8 (a class
-    name is text in the model's metadata)."""
+    name is text in the model's metadata), or two whose names are one
+    written two ways (:func:`alike`)."""
     for name in names:
         try:
             name.encode("utf-8")
@@ -189,6 +190,28 @@ def _check_names(root: str, names: list) -> None:
                 f"class folder {escape_path(name)!r} in {shown(root)} "
                 f"has a name that is not valid UTF-8 (bad bytes shown as "
                 f"%XX): rename it, class names are stored as text") from None
+    pair = alike(names)
+    if pair:
+        first, second = (names[i] for i in pair)
+        raise ConfigError(
+            f"class folders {first!a} and {second!a} in {shown(root)} "
+            f"are one name written two ways (Unicode NFC and NFD, as "
+            f"Linux and macOS write it): they would be two classes that "
+            f"print the same; move the images into one of them")
+
+
+def alike(names) -> tuple[int, int] | None:
+    """The positions of the first two of ``names`` that are the same text
+    in Unicode's normal form NFC (``café`` with ``é`` as one code point, or
+    as ``e`` and a combining accent; or the same name twice), else None."""
+    import unicodedata
+
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        first = seen.setdefault(unicodedata.normalize("NFC", name), index)
+        if first != index:
+            return first, index
+    return None
 
 
 def _check_distinct(root: str, names: list) -> None:

@@ -957,8 +957,11 @@ def _read_text(path: str, what: str) -> str:
 
 def _read_classes(path: str | None) -> list[str] | None:
     """The class names of the ``--classes`` file ``path``, one a line in
-    output order, spaces around each dropped; blank lines only at the end.
-    None without the option."""
+    output order, spaces around each dropped; blank lines only at the end,
+    and no name twice (:func:`model_store.folders.alike`: checked before
+    the model is read). None without the option."""
+    from model_store.folders import alike
+
     if path is None:
         return None
     names = [line.strip() for line in
@@ -969,6 +972,12 @@ def _read_classes(path: str | None) -> list[str] | None:
         raise ConfigError(f"{path} line {names.index('') + 1} is blank: one "
                           f"class name per line, in output order, with no "
                           f"blank line between")
+    pair = alike(names)
+    if pair:
+        first, second = pair
+        raise ConfigError(f"{path} lines {first + 1} and {second + 1} name "
+                          f"one class ({names[first]!a}, {names[second]!a}):"
+                          f" class names must differ")
     return names
 
 

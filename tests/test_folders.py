@@ -226,6 +226,20 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
     assert not store.exists() or not any(store.iterdir())
 
 
+def test_class_folders_named_alike_in_nfc_and_nfd_are_refused(
+        tmp_path, cli):
+    """'café' with 'é' as one code point (Linux) and as 'e' and an accent
+    (macOS) are two folders: they were learnt as two classes that print
+    the same ('café (true café)' in evaluate's mistakes)."""
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3, classes={"caf\u00e9": (220, 40, 40),
+                                             "cafe\u0301": (40, 200, 60)})
+    code, _, err = train_cli(cli, data)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "class folders 'cafe\\u0301' and 'caf\\xe9' in " in err
+    assert "Unicode NFC and NFD" in err
+
+
 @pytest.mark.parametrize("odd, where, shown", [
     (b"da\nta", "data folder", "da%0Ata"),
     (b"da\xffta", "data folder", "da%FFta"),
