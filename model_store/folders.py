@@ -78,8 +78,14 @@ def _filesystems():
 
 
 def _relative_parts(root: str, path: str) -> list[str]:
-    prefix = root.rstrip("/\\") + "/"
-    return path.replace("\\", "/")[len(prefix.replace("\\", "/")):].split("/")
+    """``path``'s names below ``root``, split at the separators of where
+    it lies: a URI's ``/``, the system's for a local path (``AC\\DC`` is
+    one folder on Linux; it was taken for a class ``AC``)."""
+    sep = "/" if is_uri(root) else os.sep
+    if not is_uri(root) and os.altsep:  # Windows: "/" is "\\" too
+        root, path = (p.replace(os.altsep, sep) for p in (root, path))
+    prefix = root.rstrip(sep) + sep
+    return path[len(prefix):].split(sep)
 
 
 def scan_folder(root: str) -> FolderDataset:
@@ -124,9 +130,10 @@ def scan_folder(root: str) -> FolderDataset:
 def folder_root(root: str) -> str:
     """A dataset folder as recorded and listed: local paths absolute, no
     trailing separator (``.`` or ``photos/`` would mean nothing later)."""
-    if not is_uri(root):
-        root = os.path.abspath(root)
-    return root.rstrip("/\\") or "/"
+    if not is_uri(root):  # abspath drops a trailing separator ("\\" is a
+        # character of a name on Linux, not one to strip)
+        return os.path.abspath(root)
+    return root.rstrip("/") or "/"
 
 
 def _list_files(root: str) -> list:

@@ -226,6 +226,26 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_escaped(
     assert not store.exists() or not any(store.iterdir())
 
 
+@pytest.mark.parametrize("data_name, class_name", [
+    ("data", "AC\\DC"), ("data\\", "red"), ("da\\ta", "red\\")])
+def test_a_backslash_in_a_folder_name_is_a_character_of_it(
+        tmp_path, data_name, class_name):
+    """'\\' was taken for a separator on Linux: 'AC\\DC' made a class 'AC'
+    of its images and was refused as an empty class folder, and a data
+    folder named 'data\\' was read as 'data'."""
+    data = tmp_path / data_name
+    (tmp_path / "data").mkdir()  # what 'data\\' was taken for
+    write_shapes(data, per_class=2, classes={class_name: (220, 40, 40),
+                                             "x": (40, 200, 60)})
+    dataset = scan_folder(str(data))
+    assert dataset.root == str(data)
+    assert dataset.class_names == sorted([class_name, "x"])
+    assert sorted(dataset.name_of(f) for f in dataset.files
+                  if f.label == dataset.class_names.index(class_name)) == \
+        [f"{class_name}/{class_name}000.png",
+         f"{class_name}/{class_name}001.jpg"]
+
+
 def test_class_folders_named_alike_in_nfc_and_nfd_are_refused(
         tmp_path, cli):
     """'café' with 'é' as one code point (Linux) and as 'e' and an accent
