@@ -206,25 +206,29 @@ def plot_confusion(metrics: dict, path: str) -> None:
 
     confusion = np.asarray(metrics["confusion_matrix"])
     names = list(metrics["per_class"])
-    fig, ax = plt.subplots(figsize=(6, 5))
-    image = ax.imshow(confusion, cmap="Blues")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)),
-           xticklabels=names, yticklabels=names, xlabel="predicted",
-           ylabel="true",
-           title=f"{metrics['model']}@{metrics['version']}: accuracy "
-                 f"{metrics['accuracy']:.4f} (n={metrics['n_test']})")
-    threshold = confusion.max() / 2
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center",
-                    color="white" if confusion[i, j] > threshold else "black",
-                    fontsize=8)
-    fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as error:  # a full disk, a folder removed meanwhile
-        raise ConfigError(f"--plot {path!r} could not be written: "
-                          f"{error.strerror or error}") from None
-    finally:
-        plt.close(fig)
+    # Class names are plain text: matplotlib took "$...$" in one for
+    # mathematics, and an unbalanced "$" or "\frac{" raised a traceback
+    # after the metrics were printed.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        fig, ax = plt.subplots(figsize=(6, 5))
+        image = ax.imshow(confusion, cmap="Blues")
+        ax.set(xticks=range(len(names)), yticks=range(len(names)),
+               xticklabels=names, yticklabels=names, xlabel="predicted",
+               ylabel="true",
+               title=f"{metrics['model']}@{metrics['version']}: accuracy "
+                     f"{metrics['accuracy']:.4f} (n={metrics['n_test']})")
+        threshold = confusion.max() / 2
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center",
+                        color="white" if confusion[i, j] > threshold else "black",
+                        fontsize=8)
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        try:
+            fig.savefig(path, dpi=100)
+        except OSError as error:  # a full disk, a folder removed meanwhile
+            raise ConfigError(f"--plot {path!r} could not be written: "
+                              f"{error.strerror or error}") from None
+        finally:
+            plt.close(fig)

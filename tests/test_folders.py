@@ -325,6 +325,21 @@ def test_evaluate_shows_control_characters_in_class_names_escaped(
     assert sorted(json.loads(out)["per_class"]) == sorted(classes)
 
 
+def test_evaluate_plots_class_names_holding_dollars_as_plain_text(
+        tmp_path, cli):
+    """matplotlib read '$...$' in a tick label as mathematics: a class
+    folder named '$\\frac{$' made 'evaluate --plot' end in a traceback
+    (exit 1) after printing the metrics."""
+    store, data = _train_two_classes(cli, tmp_path, {
+        "a$b": (220, 40, 40), "$\\frac{$": (40, 40, 200)})
+    plot = tmp_path / "cm.png"
+    code, out, err = cli("--store", store, "evaluate", "--model", "x",
+                         "--data", data, "--plot", plot)
+    assert code == 0 and err == "", err
+    assert out.endswith(f"wrote {plot}\n")
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_spec_file_name_that_is_not_utf8_is_recorded_escaped(
         tmp_path, cli):
     """training.spec held the name's lone surrogate, which strict JSON
