@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from model_store.store import DEFAULT_ROOT
@@ -214,6 +215,29 @@ def test_a_plot_path_without_extension_reports_the_file_written(
     assert out.strip().splitlines()[-1] == f"wrote {tmp_path / 'cm.png'}"
     assert os.listdir(tmp_path) == ["cm.png"]
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("classes, counts", [(30, 900), (31, 0)])
+def test_a_plot_of_many_classes_leaves_the_counts_out(
+        tmp_path, monkeypatch, classes, counts):
+    """Each cell's count was a text to lay out: 150 classes took 13 s and
+    ImageNet's 1,000 (efficientnet-lite0's) many minutes, for digits no
+    one could read. Above PLOT_COUNTS_UP_TO classes the cells are left
+    without them."""
+    from matplotlib.axes import Axes
+
+    from model_store.evaluate import PLOT_COUNTS_UP_TO, plot_confusion
+
+    assert PLOT_COUNTS_UP_TO == 30
+    drawn = []
+    monkeypatch.setattr(Axes, "text", lambda self, *a, **k: drawn.append(a))
+    plot = tmp_path / "cm.png"
+    plot_confusion({"confusion_matrix": np.eye(classes, dtype=int).tolist(),
+                    "per_class": {f"c{n}": {} for n in range(classes)},
+                    "model": "m", "version": 1, "accuracy": 1.0,
+                    "n_test": classes}, str(plot))
+    assert len(drawn) == counts
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("json_option", [[], ["--json"]])
