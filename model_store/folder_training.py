@@ -23,6 +23,7 @@ from model_store.folders import (
     FolderDataset,
     align_classes,
     check_classes,
+    check_disjoint,
     check_same_classes,
     check_sides,
     check_usable,
@@ -63,6 +64,7 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
     val = scan_folder(folders.val_data)
     check_same_classes(val, dataset.class_names)
     check_classes(val, "--val-data", least=1)
+    check_disjoint(dataset, val)
     return dataset, align_classes(val, dataset.class_names)
 
 

@@ -276,6 +276,26 @@ def _check_files_distinct(root: str, names: list, by_class: dict) -> None:
                     f"to")
 
 
+def check_disjoint(data: FolderDataset, val: FolderDataset) -> None:
+    """ConfigError if a local file of ``val`` (``--val-data``) is one of
+    ``data``: the same path, a symlink or a hard link (the same
+    ``(st_dev, st_ino)``, as :func:`_check_files_distinct` tells); the
+    validation accuracy would be measured on images the model learns."""
+    if is_uri(data.root) or is_uri(val.root):
+        return
+    learnt = {_identity(item.path): item.path for item in data.files}
+    for item in val.files:
+        first = learnt.get(_identity(item.path))
+        if first is not None:
+            raise ConfigError(
+                f"--val-data {shown(val.root)} holds {shown(item.path)}, "
+                f"which is {shown(first)} of --data (the same file, a "
+                f"symlink or a hard link): validation would measure "
+                f"images the model learns; give --val-data images that "
+                f"are not in --data, or leave it out to hold out "
+                f"--val-fraction of --data")
+
+
 def _identity(path: str) -> tuple[int, int] | tuple[str]:
     """``(st_dev, st_ino)`` of the file ``path`` leads to; ``(path,)`` if
     it cannot be read (a dangling symlink: listed as broken later)."""

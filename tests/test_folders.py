@@ -57,6 +57,37 @@ def test_pixels_are_the_pipelines_decode_and_preprocessing(tmp_path):
         np.testing.assert_array_equal(row, expected)
 
 
+@pytest.mark.parametrize("how", ["the same folder", "hard links",
+                                 "a symlinked class folder"])
+def test_val_data_holding_files_of_data_is_refused(tmp_path, cli, how):
+    """--val-data naming --data (or linking to its files) was taken: the
+    'validation accuracy' stored as the version's metrics, and the best
+    epoch chosen by it, were measured on the training images."""
+    data, val = tmp_path / "data", tmp_path / "val"
+    write_shapes(data, per_class=3, classes=TWO)
+    if how == "the same folder":
+        val = data
+    elif how == "hard links":
+        shutil.copytree(data, val, copy_function=os.link)
+    else:
+        write_shapes(val, per_class=1, classes={"red": (220, 40, 40)})
+        (val / "green").symlink_to(data / "green")
+    code, _, err = train_cli(cli, data, "--val-data", val)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"--val-data {val} holds {val}/green/" in err
+    assert f"which is {data}/green/" in err and "of --data" in err
+    copies = tmp_path / "copies"  # each its own file: accepted
+    shutil.copytree(data, copies)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": [
+        {"type": "dense", "name": "fc", "num_units": 2,
+         "nonlinearity": "identity"}, {"type": "softmax", "name": "p"}]}))
+    code, _, err = cli("--store", tmp_path / "store", "train", "--data",
+                       data, "--val-data", copies, "--name", "x", "--spec",
+                       spec, "--epochs", "1")
+    assert code == 0, err
+
+
 @pytest.mark.parametrize("layout, message", [
     ("empty", "holds no files"),
     ("loose file", "lies directly in"),
