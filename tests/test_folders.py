@@ -88,6 +88,29 @@ def test_val_data_holding_files_of_data_is_refused(tmp_path, cli, how):
     assert code == 0, err
 
 
+def test_the_pixel_statistics_of_a_spec_training_take_no_copy_of_all():
+    """The per-channel mean and std that a training from a spec stores as
+    the model's normalization were computed on a float64 copy of every
+    training pixel: 16 times the pixels' memory at the peak (22 GB for
+    2,000 photos of 224x224, 3 variants each). Same values, in chunks."""
+    import tracemalloc
+
+    from model_store.folder_training import channel_statistics
+
+    pixels = np.random.RandomState(0).randint(
+        0, 256, (4000, 3, 8, 8)).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        mean, std = channel_statistics(pixels)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < pixels.nbytes / 2, peak
+    scaled = pixels.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, scaled.mean((0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std, scaled.std((0, 2, 3)), rtol=1e-12)
+
+
 @pytest.mark.parametrize("layout, message", [
     ("empty", "holds no files"),
     ("loose file", "lies directly in"),
