@@ -211,14 +211,20 @@ def alike(names) -> tuple[int, int] | None:
     """The positions of the first two of ``names`` that are the same text
     in Unicode's normal form NFC (``café`` with ``é`` as one code point, or
     as ``e`` and a combining accent; or the same name twice), else None."""
-    import unicodedata
-
     seen: dict[str, int] = {}
     for index, name in enumerate(names):
-        first = seen.setdefault(unicodedata.normalize("NFC", name), index)
+        first = seen.setdefault(same_text(name), index)
         if first != index:
             return first, index
     return None
+
+
+def same_text(name: str) -> str:
+    """``name`` in Unicode's normal form NFC: what two names written two
+    ways (NFC and NFD, as Linux and macOS write ``café``) have alike."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name)
 
 
 def _check_distinct(root: str, names: list) -> None:
@@ -395,8 +401,10 @@ def check_classes(dataset: FolderDataset, what: str = "the data", *,
 def check_same_classes(val: FolderDataset, class_names: list, *,
                        what: str = "--val-data") -> None:
     """ConfigError unless ``val`` has exactly the classes ``class_names``."""
-    missing = sorted(set(class_names) - set(val.class_names))
-    extra = sorted(set(val.class_names) - set(class_names))
+    given = {same_text(name) for name in val.class_names}
+    wanted = {same_text(name) for name in class_names}
+    missing = sorted(n for n in class_names if same_text(n) not in given)
+    extra = sorted(n for n in val.class_names if same_text(n) not in wanted)
     if missing or extra:
         found = [f"{label} {listed(names)}" for label, names
                  in (("missing", missing), ("extra", extra)) if names]
@@ -452,15 +460,18 @@ def align_classes(val: FolderDataset, class_names: list, *,
                   what: str = "--val-data") -> FolderDataset:
     """Relabels a folder (validation or test data) with the ids of
     ``class_names`` (the training data's or the model's); ConfigError if it
-    has a class folder they lack."""
-    unknown = sorted(set(val.class_names) - set(class_names))
+    has a class folder they lack. A folder name is a class's in any
+    Unicode form (:func:`same_text`: macOS writes ``café`` in NFD)."""
+    ids: dict[str, int] = {}
+    for i, name in enumerate(class_names):
+        ids.setdefault(same_text(name), i)
+    unknown = sorted(n for n in val.class_names if same_text(n) not in ids)
     if unknown:
         raise ConfigError(f"{what} {shown(val.root)} has class folder(s) "
                           f"{listed(unknown)} that are not classes of "
                           f"the model; classes: {listed(class_names)}")
-    ids = {name: i for i, name in enumerate(class_names)}
-    files = [dataclasses.replace(f, label=ids[val.class_names[f.label]])
-             for f in val.files]
+    files = [dataclasses.replace(
+        f, label=ids[same_text(val.class_names[f.label])]) for f in val.files]
     return FolderDataset(val.root, files, list(class_names))
 
 

@@ -394,6 +394,34 @@ def test_evaluate_plots_class_names_holding_dollars_as_plain_text(
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_class_folder_is_its_class_in_either_unicode_form(tmp_path, cli):
+    """A model trained on 'café' in NFC (Linux) and test or validation
+    images copied from macOS, which writes it in NFD: evaluate refused
+    'café that are not classes of the model; classes: café, tea', and
+    --val-data 'missing café; extra café'."""
+    from model_store.store import load_model
+
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    store, data = _train_two_classes(cli, tmp_path, {
+        nfc: (220, 40, 40), "tea": (40, 40, 200)})
+    copied = tmp_path / "copied"
+    shutil.copytree(data, copied)
+    (copied / nfc).rename(copied / nfd)
+    code, out, err = cli("--store", store, "evaluate", "--model", "x",
+                         "--data", copied, "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n_test"] == 8 and list(metrics["per_class"]) == [
+        nfc, "tea"]
+    assert [row["support"] for row in metrics["per_class"].values()] == \
+        [4, 4]
+    code, _, err = cli("--store", store, "train", "--data", data,
+                       "--val-data", copied, "--name", "x", "--spec",
+                       tmp_path / "spec.json", "--epochs", "1")
+    assert code == 0, err
+    assert load_model("x@2", root=str(store)).class_names == [nfc, "tea"]
+
+
 def test_a_spec_file_name_that_is_not_utf8_is_recorded_escaped(
         tmp_path, cli):
     """training.spec held the name's lone surrogate, which strict JSON
