@@ -190,6 +190,33 @@ def test_evaluate_on_a_folder_matches_scikit_learn(tmp_path, split, cli):
     assert len(metrics["broken"]) == 2
 
 
+def test_evaluate_decodes_a_folder_a_batch_at_a_time(tmp_path, split, cli,
+                                                    monkeypatch):
+    """The pixels of every file were decoded and held at once (7.5 GB for
+    ImageNet's 50,000 validation images) before any was predicted. A batch
+    at a time gives the same metrics, broken files and all."""
+    from model_store import evaluate, folders
+
+    data = tmp_path / "data"
+    write_digit_folder(data, split, 30)
+    write_broken(data / "3")
+    code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                         data, "--json")
+    assert code == 0, err
+    sizes, load_pixels = [], folders.load_pixels
+
+    def counted(dataset, *args, **kwargs):
+        sizes.append(len(dataset.files))
+        return load_pixels(dataset, *args, **kwargs)
+    monkeypatch.setattr(folders, "load_pixels", counted)
+    monkeypatch.setattr(evaluate, "EVAL_BATCH", 7)
+    code, batched, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
+                             data, "--json")
+    assert code == 0, err
+    assert json.loads(batched) == json.loads(out)
+    assert max(sizes) == 7 and sum(sizes) == 32
+
+
 def test_evaluate_reports_a_class_the_model_lacks_in_one_line(tmp_path, cli):
     write_shapes(tmp_path, per_class=2)
     code, out, err = cli("evaluate", "--model", "digits-cnn@1", "--data",
