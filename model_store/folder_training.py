@@ -104,7 +104,7 @@ def train_from_spec(folders: FolderData, *, name: str, spec_path: str,
     spec = load_spec(spec_path)
     channels = spec["input_shape"][0]
     if channels not in _MODES:
-        raise ConfigError(f"spec {spec_path} takes {channels} channels; "
+        raise ConfigError(f"spec {shown(spec_path)} takes {channels} channels; "
                           f"folder images are read as 1 (gray) or 3 (RGB)")
     train_set, val_set = split_folders(folders)
     network = _spec_network(spec, spec_path, train_set.class_names,
@@ -164,7 +164,7 @@ def _spec_network(spec: dict, spec_path: str, class_names: list, seed: int):
     outputs, n_classes = network.output_shape[-1], len(class_names)
     if outputs != n_classes:
         raise ConfigError(
-            f"spec {spec_path} has {outputs} outputs but --data has "
+            f"spec {shown(spec_path)} has {outputs} outputs but --data has "
             f"{n_classes} classes ({listed(class_names)}): set num_units "
             f"of its last dense layer to {n_classes}")
     return network

@@ -994,3 +994,36 @@ def test_a_stderr_that_cannot_be_written_changes_no_outcome(images, tmp_path,
     assert code == 0
     assert json.loads(out)["counts"]["predicted"] == 4
     assert (output / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("case", ["onnx missing", "onnx not a model",
+                                  "classes blank line", "spec missing",
+                                  "spec a fifo", "spec not json"])
+def test_a_newline_in_a_file_name_given_is_shown_escaped_on_one_line(
+        cli, tmp_path, case):
+    """The ONNX file, --classes file and --spec file were named raw in
+    their errors: a newline in the name split the one line in two (and a
+    byte that is not UTF-8 showed as '\\udcXX'); they are %XX, as data
+    paths are."""
+    odd = tmp_path / "a\nb"
+    store = tmp_path / "store"
+    if case == "spec a fifo":
+        os.mkfifo(odd)
+    elif case != "onnx missing" and case != "spec missing":
+        odd.write_text("a\n\nb\n" if case == "classes blank line"
+                       else "not json")
+    if case.startswith("spec"):
+        data = tmp_path / "data"
+        for name in ("x", "y"):
+            (data / name).mkdir(parents=True)
+            for n in range(2):
+                (data / name / f"{n}.png").write_bytes(b"")
+        args = ["train", "--data", data, "--name", "m", "--spec", odd]
+    elif case == "classes blank line":
+        args = ["models", "import", "onnx", tmp_path / "m.onnx", "--name",
+                "m", "--classes", odd]
+    else:
+        args = ["models", "import", "onnx", odd, "--name", "m"]
+    code, _, err = cli("--store", store, *args)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path}/a%0Ab" in err
