@@ -117,7 +117,7 @@ def train_fashion(*, name: str, spec_path: str, config, root=None,
     spec = load_spec(spec_path)
     if spec["input_shape"] != [1, 28, 28]:
         raise ConfigError(f"Fashion-MNIST images are [1, 28, 28]; spec "
-                          f"{spec_path} takes {spec['input_shape']}")
+                          f"{fs.shown(spec_path)} takes {spec['input_shape']}")
     split = load_fashion_split()
     images, labels = split.train_images, split.train_labels
     if limit is not None:

@@ -265,7 +265,7 @@ class NotRegularError(OSError):
     ``mode`` is its ``st_mode``."""
 
     def __init__(self, path: str, mode: int):
-        super().__init__(f"{printable(path)} is {file_kind(mode)}, not a "
+        super().__init__(f"{shown(path)} is {file_kind(mode)}, not a "
                          f"regular file")
         self.mode = mode
 

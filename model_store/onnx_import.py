@@ -795,21 +795,21 @@ def _read_onnx(path: str):
     import onnx
 
     if fs.is_uri(path):
-        raise ConfigError(f"ONNX file {path}: give a local file (its "
+        raise ConfigError(f"ONNX file {fs.shown(path)}: give a local file (its "
                           f"external data, if any, is read beside it)")
     try:  # a FIFO is refused, not waited on
         data = fs.read_bytes(path, MAX_ONNX_BYTES)
     except FileNotFoundError:
-        raise ConfigError(f"ONNX file {path} does not exist") from None
+        raise ConfigError(f"ONNX file {fs.shown(path)} does not exist") from None
     except fs.NotRegularError as error:
         raise ConfigError(f"ONNX file {error}: give the .onnx file") \
             from None
     except OSError as error:
-        raise ConfigError(f"cannot read ONNX file {path}: "
+        raise ConfigError(f"cannot read ONNX file {fs.shown(path)}: "
                           f"{error.strerror}") from None
     if len(data) > MAX_ONNX_BYTES:
         raise UnsupportedModelError(
-            f"{path} is not a valid ONNX model: it is larger than 2 GiB, "
+            f"{fs.shown(path)} is not a valid ONNX model: it is larger than 2 GiB, "
             f"the most a protobuf message holds (a larger model keeps its "
             f"weights in external data files)")
     try:
@@ -830,7 +830,7 @@ def _read_onnx(path: str):
         raise
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
-            f"{path} is not a valid ONNX model: "
+            f"{fs.shown(path)} is not a valid ONNX model: "
             f"{' '.join(str(error).split())[:300]}") from None
     return model, hashlib.sha256(data).hexdigest()
 
@@ -942,23 +942,26 @@ def _read_text(path: str, what: str) -> str:
     try:
         return fs.read_text(path, MAX_JSON_BYTES, encoding="utf-8-sig")
     except fs.TooLargeError as error:
-        raise ConfigError(f"{what} {path} {error}, the limit for it: give "
+        raise ConfigError(f"{what} {fs.shown(path)} {error}, the limit for it: give "
                           f"the right file") from None
     except fs.NotRegularError as error:
         raise ConfigError(f"{what} {error}: give a text file") from None
     except OSError as error:
-        raise ConfigError(f"cannot read {what} {path}: "
+        raise ConfigError(f"cannot read {what} {fs.shown(path)}: "
                           f"{error.strerror}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(
-            f"{what} {path} is not UTF-8 text (it has the byte "
+            f"{what} {fs.shown(path)} is not UTF-8 text (it has the byte "
             f"{error.object[error.start]:#x}): save it as UTF-8") from None
 
 
 def _read_classes(path: str | None) -> list[str] | None:
     """The class names of the ``--classes`` file ``path``, one a line in
-    output order, spaces around each dropped; blank lines only at the end.
-    None without the option."""
+    output order, spaces around each dropped; blank lines only at the end,
+    and no name twice (:func:`model_store.folders.alike`: checked before
+    the model is read). None without the option."""
+    from model_store.folders import alike
+
     if path is None:
         return None
     names = [line.strip() for line in
@@ -966,9 +969,15 @@ def _read_classes(path: str | None) -> list[str] | None:
     while names and not names[-1]:
         names.pop()
     if "" in names:
-        raise ConfigError(f"{path} line {names.index('') + 1} is blank: one "
+        raise ConfigError(f"{fs.shown(path)} line {names.index('') + 1} is blank: one "
                           f"class name per line, in output order, with no "
                           f"blank line between")
+    pair = alike(names)
+    if pair:
+        first, second = pair
+        raise ConfigError(f"{fs.shown(path)} lines {first + 1} and {second + 1} name "
+                          f"one class ({names[first]!a}, {names[second]!a}):"
+                          f" class names must differ")
     return names
 
 
@@ -979,7 +988,7 @@ def _class_names(names: list[str] | None, path: str | None,
     if names is None:
         return [str(i) for i in range(count)]
     if len(names) != count:
-        raise ConfigError(f"{path} names {len(names)} classes but the model "
+        raise ConfigError(f"{fs.shown(path)} names {len(names)} classes but the model "
                           f"has {count} outputs: one name per line, in "
                           f"output order")
     return names

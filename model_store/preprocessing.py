@@ -91,6 +91,15 @@ class Preprocessing:
         if not all(MIN_STD < s < math.inf for s in self.std):
             raise ConfigError(f"std must be positive and finite (above "
                               f"{MIN_STD}), got {self.std}")
+        with np.errstate(all="ignore"):  # normalize's float32 arithmetic
+            std = np.float32(self.std) * np.float32(255.0)
+            offset = np.float32(self.mean) / np.float32(self.std)
+        if not (np.isfinite(std).all() and np.isfinite(offset).all()):
+            # A mean of 1e308 made every input -inf, every prediction NaN;
+            # a std of 1e39 every input 0.
+            raise ConfigError(f"mean and std must keep (x / 255 - mean) / "
+                              f"std finite in float32, in which the network "
+                              f"runs; got mean {self.mean}, std {self.std}")
         if type(self.background) is not int or not 0 <= self.background \
                 <= 255:
             raise ConfigError(f"background must be a gray level, an integer "

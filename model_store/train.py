@@ -32,7 +32,7 @@ def load_spec(path: str) -> dict:
         check_probabilities(validate_spec(spec))
         return spec
     except SpecError as error:
-        raise SpecError(f"spec file {path}: {error}") from None
+        raise SpecError(f"spec file {fs.shown(path)}: {error}") from None
 
 
 def spec_file_name(path: str) -> str:
@@ -47,25 +47,25 @@ def _read_spec(path: str):
     try:  # a FIFO is refused, not waited on; a 6 GB file not read whole
         return json.loads(fs.read_text(path, MAX_JSON_BYTES))
     except FileNotFoundError:
-        raise ConfigError(f"spec file {path} does not exist") from None
+        raise ConfigError(f"spec file {fs.shown(path)} does not exist") from None
     except fs.TooLargeError as error:
-        raise ConfigError(f"spec file {path} {error}, the limit for a "
+        raise ConfigError(f"spec file {fs.shown(path)} {error}, the limit for a "
                           f"spec file: give the network spec's JSON file") \
             from None
     except fs.NotRegularError as error:
         raise ConfigError(f"--spec {error}: give the spec's JSON file") \
             from None
     except OSError as error:
-        raise ConfigError(f"cannot read spec file {path}: "
+        raise ConfigError(f"cannot read spec file {fs.shown(path)}: "
                           f"{error.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"spec file {path} is not UTF-8 text (a JSON "
+        raise ConfigError(f"spec file {fs.shown(path)} is not UTF-8 text (a JSON "
                           f"network spec)") from None
     except json.JSONDecodeError as error:
-        raise ConfigError(f"spec file {path} is not valid JSON: {error}") \
+        raise ConfigError(f"spec file {fs.shown(path)} is not valid JSON: {error}") \
             from None
     except RecursionError:
-        raise ConfigError(f"spec file {path} nests JSON too deeply to be a "
+        raise ConfigError(f"spec file {fs.shown(path)} nests JSON too deeply to be a "
                           f"network spec") from None
 
 
@@ -260,7 +260,7 @@ def train_model(*, dataset: str, name: str, spec_path: str,
     channels = spec["input_shape"][0]
     if channels != 1:
         raise ConfigError(f"the digits dataset is grayscale; spec "
-                          f"{spec_path} takes {channels} channels")
+                          f"{fs.shown(spec_path)} takes {channels} channels")
     # Statistics come from the augmented pixels, so build them with a neutral
     # normalisation first, then record the measured mean and std.
     neutral = Preprocessing(tuple(spec["input_shape"]), "L", "bilinear",

@@ -31,6 +31,11 @@ MAX_AUGMENT_COPIES = 100
 # for ever and writing a history of millions of rows.
 MAX_EPOCHS = 10_000
 
+# The network trains in float32 (Theano's floatX), where a smaller --lr is
+# 0 (or a subnormal: the weights barely move) and a larger one infinity:
+# training nothing, or diverging after every epoch has run.
+LR_RANGE = (float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max))
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -81,6 +86,10 @@ class TrainConfig:
         if not 0 < self.lr < np.inf:
             raise ConfigError(f"--lr must be positive and finite, got "
                               f"{self.lr!r}")
+        if not LR_RANGE[0] <= self.lr <= LR_RANGE[1]:
+            raise ConfigError(f"--lr must be from {LR_RANGE[0]:.3g} to "
+                              f"{LR_RANGE[1]:.3g} (the network trains in "
+                              f"float32), got {self.lr!r}")
         if self.optimizer not in OPTIMIZER_NAMES:
             raise ConfigError(f"--optimizer must be one of "
                               f"{', '.join(OPTIMIZER_NAMES)}, got "

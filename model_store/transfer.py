@@ -318,10 +318,16 @@ class FeatureCache:
         return os.path.join(self.folder, key[:2], key + ".npy")
 
     def get(self, file: FileContent, variant: str) -> np.ndarray | None:
+        """The features stored for ``file``'s ``variant``; None if there are
+        none, or none usable: what is not a finite float32 vector (a
+        damaged entry, which ``put`` replaces) is computed again."""
         try:  # a FIFO there is refused (an OSError), not waited on
             value = np.load(io.BytesIO(fs.read_bytes(self._path(
                 file, variant))), allow_pickle=False)
         except (OSError, ValueError):
+            return None
+        if value.dtype != np.float32 or value.ndim != 1 or \
+                not np.isfinite(value).all():
             return None
         self.hits += 1
         return value
@@ -415,6 +421,12 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
             rows[row][1] = value
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), broken
+    sizes = sorted({len(value) for _, value in rows})
+    if len(sizes) > 1:  # a cached entry of other features
+        raise ConfigError(f"the feature cache {fs.shown(cache.folder)} "
+                          f"holds features of {sizes[0]:,} and of "
+                          f"{sizes[-1]:,} values for these images: delete "
+                          f"it and train again")
     return (np.stack([value for _, value in rows]).astype(np.float32),
             np.array([label for label, _ in rows], np.int32), broken)
 

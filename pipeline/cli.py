@@ -34,6 +34,7 @@ from model_store.train_config import (
     BASE_DEFAULTS,
     DIGITS_DEFAULTS,
     FASHION_DEFAULTS,
+    LR_RANGE,
     LR_SCHEDULES,
     MAX_AUGMENT_COPIES,
     MAX_EPOCHS,
@@ -823,7 +824,8 @@ def _add_train_settings(train) -> None:
     train.add_argument("--lr", type=_positive_float,
                        help=f"learning rate (default: {digits.lr:g}; "
                             f"{BASE_DEFAULTS.lr:g} with --base; "
-                            f"{fashion.lr:g} for fashion-mnist)")
+                            f"{fashion.lr:g} for fashion-mnist); from "
+                            f"{LR_RANGE[0]:.3g} to {LR_RANGE[1]:.3g}")
     train.add_argument("--lr-schedule", metavar="|".join(LR_SCHEDULES),
                        help=f"learning rate over the epochs: constant, or "
                             f"cosine decay to 0 (default: "

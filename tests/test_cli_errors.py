@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from model_store.store import DEFAULT_ROOT
@@ -214,6 +215,29 @@ def test_a_plot_path_without_extension_reports_the_file_written(
     assert out.strip().splitlines()[-1] == f"wrote {tmp_path / 'cm.png'}"
     assert os.listdir(tmp_path) == ["cm.png"]
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("classes, counts", [(30, 900), (31, 0)])
+def test_a_plot_of_many_classes_leaves_the_counts_out(
+        tmp_path, monkeypatch, classes, counts):
+    """Each cell's count was a text to lay out: 150 classes took 13 s and
+    ImageNet's 1,000 (efficientnet-lite0's) many minutes, for digits no
+    one could read. Above PLOT_COUNTS_UP_TO classes the cells are left
+    without them."""
+    from matplotlib.axes import Axes
+
+    from model_store.evaluate import PLOT_COUNTS_UP_TO, plot_confusion
+
+    assert PLOT_COUNTS_UP_TO == 30
+    drawn = []
+    monkeypatch.setattr(Axes, "text", lambda self, *a, **k: drawn.append(a))
+    plot = tmp_path / "cm.png"
+    plot_confusion({"confusion_matrix": np.eye(classes, dtype=int).tolist(),
+                    "per_class": {f"c{n}": {} for n in range(classes)},
+                    "model": "m", "version": 1, "accuracy": 1.0,
+                    "n_test": classes}, str(plot))
+    assert len(drawn) == counts
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("json_option", [[], ["--json"]])
@@ -970,3 +994,36 @@ def test_a_stderr_that_cannot_be_written_changes_no_outcome(images, tmp_path,
     assert code == 0
     assert json.loads(out)["counts"]["predicted"] == 4
     assert (output / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("case", ["onnx missing", "onnx not a model",
+                                  "classes blank line", "spec missing",
+                                  "spec a fifo", "spec not json"])
+def test_a_newline_in_a_file_name_given_is_shown_escaped_on_one_line(
+        cli, tmp_path, case):
+    """The ONNX file, --classes file and --spec file were named raw in
+    their errors: a newline in the name split the one line in two (and a
+    byte that is not UTF-8 showed as '\\udcXX'); they are %XX, as data
+    paths are."""
+    odd = tmp_path / "a\nb"
+    store = tmp_path / "store"
+    if case == "spec a fifo":
+        os.mkfifo(odd)
+    elif case != "onnx missing" and case != "spec missing":
+        odd.write_text("a\n\nb\n" if case == "classes blank line"
+                       else "not json")
+    if case.startswith("spec"):
+        data = tmp_path / "data"
+        for name in ("x", "y"):
+            (data / name).mkdir(parents=True)
+            for n in range(2):
+                (data / name / f"{n}.png").write_bytes(b"")
+        args = ["train", "--data", data, "--name", "m", "--spec", odd]
+    elif case == "classes blank line":
+        args = ["models", "import", "onnx", tmp_path / "m.onnx", "--name",
+                "m", "--classes", odd]
+    else:
+        args = ["models", "import", "onnx", odd, "--name", "m"]
+    code, _, err = cli("--store", store, *args)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{tmp_path}/a%0Ab" in err

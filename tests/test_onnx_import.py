@@ -571,6 +571,44 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
     assert not store.exists() or os.listdir(store) == []
 
 
+@pytest.mark.parametrize("names, lines", [
+    ("a\nb\na\nc\n", "lines 1 and 3 name one class ('a', 'a')"),
+    ("a\ncaf\u00e9\ncafe\u0301\nd\n",
+     "lines 2 and 3 name one class ('caf\\xe9', 'cafe\\u0301')"),
+])
+def test_a_classes_file_naming_a_class_twice_is_refused_before_the_model(
+        cli, tmp_path, names, lines):
+    """A name given twice was refused by the store after the model (up to
+    2 GiB) was read and converted, without naming the file or the lines;
+    'café' written in NFC and in NFD was taken as two classes that print
+    the same."""
+    classes = tmp_path / "classes.txt"
+    classes.write_text(names, encoding="utf-8")
+    code, _, err = cli("--store", tmp_path / "store", "models", "import",
+                       "onnx", tmp_path / "not-read.onnx", "--name", "m",
+                       "--classes", classes)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{classes} {lines}: class names must differ" in err
+
+
+@pytest.mark.parametrize("given", [
+    '{"mean": [1e308, 0, 0]}', '{"std": [1e39, 1, 1]}',
+    '{"mean": [1e38, 0, 0], "std": [0.001, 1, 1]}'])
+def test_a_normalization_float32_cannot_hold_is_refused(cli, tmp_path, given):
+    """Finite in Python, not in the float32 the network runs in: a mean of
+    1e308 made every input -inf (classify failed every file on NaN), a std
+    of 1e39 made every input 0; the model was saved all the same."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_example().build(), str(path))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", "--preprocessing", given)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "mean and std must keep (x / 255 - mean) / std finite in " \
+        "float32" in err
+    assert list_models(str(store)) == []
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""

@@ -553,7 +553,9 @@ def _one_line_exit_2(code, err, message):
      "background must be a gray level, an integer from 0 to 255, got 300"),
     (["--preprocessing", '{"mean": [NaN, 0, 0]}'],
      "mean must be finite, got (nan, 0, 0)"),
-    (["--classes", "DUPLICATES"], "class names must differ, got ['a']")])
+    # Refused as the --classes file is read, before the model is.
+    (["--classes", "DUPLICATES"], "classes.txt lines 1 and 2 name one class "
+                                  "('a', 'a'): class names must differ")])
 def test_an_import_with_bad_metadata_writes_nothing(root, cli, tmp_path,
                                                     option, message):
     classes = tmp_path / "classes.txt"

@@ -108,6 +108,11 @@ def test_training_is_deterministic_for_a_seed_and_learns():
                          r"100000000000000000000000"),
     ({"lr": -1.0}, "--lr must be positive and finite, got -1.0"),
     ({"lr": float("inf")}, "--lr must be positive and finite, got inf"),
+    # 0 and infinity in float32: nothing was learnt, or every epoch ran
+    # before the diverged weights were refused.
+    ({"lr": 1e-50}, r"--lr must be from 1.18e-38 to 3.4e\+38 \(the network "
+                    r"trains in float32\), got 1e-50"),
+    ({"lr": 1e39}, r"--lr must be from 1.18e-38 to 3.4e\+38 .*, got 1e\+39"),
     ({"optimizer": "rmsprop"}, "--optimizer must be one of"),
     ({"seed": -1}, "--seed must be an integer from 0 to 4294967295, got -1"),
     ({"seed": 2**32}, "--seed must be an integer from 0 to 4294967295"),

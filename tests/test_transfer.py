@@ -1,6 +1,7 @@
 """Training on image folders: transfer learning on cached features, from
 a spec, promotion of new versions and aliases."""
 
+import glob
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from model_store import store
+from model_store.errors import ConfigError
 from model_store.folder_training import FolderData, train_transfer
 from model_store.spec import build_network
 from model_store.train import TrainConfig
@@ -160,6 +162,42 @@ def test_a_fifo_as_a_cache_entry_is_a_miss_not_waited_on(tmp_path):
         assert cache.get(item, "plain") is None
     cache.put(item, "plain", np.arange(3.0))  # replaces it
     np.testing.assert_array_equal(cache.get(item, "plain"), np.arange(3.0))
+
+
+@pytest.mark.parametrize("damage", ["NaN", "float64", "other size"])
+def test_a_damaged_feature_cache_entry_is_computed_again_or_named(
+        backbone_store, shapes, tmp_path, damage):
+    """An entry whose bytes hold a valid array of other values (a NaN, as
+    bit rot may leave) was used as is, and one of another size ended the
+    training in a numpy traceback (exit 1). An entry that is no finite
+    float32 vector is computed again; one of another size stops in one
+    line naming the cache to delete."""
+    base = store.load_model("tiny", root=backbone_store)
+    cache_dir = str(tmp_path / "cache")
+
+    def train(stream=None):
+        return train_transfer(
+            FolderData(shapes), name="shapes", base=base,
+            config=TrainConfig(epochs=1, augment_copies=0),
+            stream=stream or io.StringIO(), features=compile_features(base),
+            cache_directory=cache_dir)
+    train()
+    entries = sorted(glob.glob(os.path.join(cache_dir, "**", "*.npy"),
+                               recursive=True))
+    value = np.load(entries[0])
+    np.save(entries[0], {"NaN": np.full_like(value, np.nan),
+                         "float64": value.astype(np.float64),
+                         "other size": value[:3]}[damage])
+    if damage == "other size":
+        with pytest.raises(ConfigError, match=r"^the feature cache .* holds "
+                           r"features of 3 and of \d+ values for these "
+                           r"images: delete it and train again$"):
+            train()
+        return
+    stream = io.StringIO()
+    train(stream)
+    assert "(29 cached, 1 computed)" in stream.getvalue()
+    np.testing.assert_array_equal(np.load(entries[0]), value)
 
 
 def test_changed_file_or_other_weights_miss_the_cache(tmp_path):
