@@ -496,18 +496,6 @@ def test_a_refusal_about_many_classes_names_a_few_and_counts_them(
     assert ", ... (12 classes)" in err
 
 
-def test_the_symlink_check_of_many_class_folders_takes_linear_time(
-        tmp_path):
-    """Each class folder's real path was compared with every other's:
-    16 s for 10,000 classes, before any work."""
-    from tests.conftest import within
-
-    for n in range(8000):
-        (tmp_path / f"c{n:04d}").mkdir()
-    with within(3):
-        assert len(scan_folder(str(tmp_path)).class_names) == 8000
-
-
 def test_evaluate_json_escapes_names_that_are_not_utf8(tmp_path, cli):
     """--json must be valid UTF-8 for any reader: names with other bytes
     are written %XX, as classify and train write them."""
