@@ -112,6 +112,19 @@ class _Hung(BaseException):
     """Not an OSError: the code under test must not catch it."""
 
 
+def traced_peak(call):
+    """``(call(), the peak of the memory Python allocated during it)``
+    (tracemalloc: allocations by NumPy and Python, not by C libraries)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @contextlib.contextmanager
 def within(seconds):
     """Fails (rather than hangs) when the block takes longer."""

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from model_store.store import DEFAULT_ROOT
+from tests.conftest import traced_peak
 
 
 @pytest.fixture
@@ -582,21 +583,14 @@ def test_a_spec_over_the_json_limit_is_refused_unread(cli, tmp_path):
     """train --spec with a 6 GB sparse file took 49 s and 12 GB of memory
     to say it is not valid JSON. Refused from its first 16 MiB now (1 GiB
     here), as the store's JSON files are."""
-    import tracemalloc
-
     import model_store.train  # noqa: F401 - its imports are not the read
 
     spec = tmp_path / "spec.json"
     with open(spec, "wb") as handle:
         handle.truncate(2**30)
-    tracemalloc.start()
-    try:
-        code, _, err = cli("--store", tmp_path / "store", "train",
-                           "--dataset", "digits", "--name", "x", "--spec",
-                           spec)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (code, _, err), peak = traced_peak(lambda: cli(
+        "--store", tmp_path / "store", "train", "--dataset", "digits",
+        "--name", "x", "--spec", spec))
     assert peak < 64 * 2**20, peak
     assert code == 2
     assert err.splitlines() == [

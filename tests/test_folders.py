@@ -19,6 +19,7 @@ from model_store.folders import (
     stratified_split,
 )
 from model_store.preprocessing import Preprocessing
+from tests.conftest import traced_peak
 from tests.folder_data import write_broken, write_shapes
 
 PREP = Preprocessing((3, 16, 16), "RGB", "bilinear", (0.5,) * 3, (0.25,) * 3)
@@ -93,18 +94,11 @@ def test_the_pixel_statistics_of_a_spec_training_take_no_copy_of_all():
     the model's normalization were computed on a float64 copy of every
     training pixel: 16 times the pixels' memory at the peak (22 GB for
     2,000 photos of 224x224, 3 variants each). Same values, in chunks."""
-    import tracemalloc
-
     from model_store.folder_training import channel_statistics
 
     pixels = np.random.RandomState(0).randint(
         0, 256, (4000, 3, 8, 8)).astype(np.uint8)
-    tracemalloc.start()
-    try:
-        mean, std = channel_statistics(pixels)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    (mean, std), peak = traced_peak(lambda: channel_statistics(pixels))
     assert peak < pixels.nbytes / 2, peak
     scaled = pixels.astype(np.float64) / 255.0
     np.testing.assert_allclose(mean, scaled.mean((0, 2, 3)), rtol=1e-12)

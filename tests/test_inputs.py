@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from tests.conftest import write_digits
+from tests.conftest import traced_peak, write_digits
 from tests.test_images import jpeg_claiming
 from transforms import files, schema
 from transforms.files import FileTooLargeError, escape_path, os_path, read_bytes
@@ -327,17 +327,11 @@ def test_a_name_that_is_not_utf8_is_skipped_by_the_next_run(tmp_path, split):
 def test_reading_a_file_holds_it_in_memory_once(tmp_path):
     """Peak memory per file is its size, not twice it (a 256 MB file must
     not cost 512 MB on top of the batch)."""
-    import tracemalloc
-
     path = tmp_path / "large.bin"
     size = 20 * 2**20
     path.write_bytes(os.urandom(size))
-    tracemalloc.start()
-    try:
-        data = read_bytes(str(path), size=size, max_bytes=size)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    data, peak = traced_peak(
+        lambda: read_bytes(str(path), size=size, max_bytes=size))
     assert len(data) == size
     assert peak < 1.2 * size, peak
 

@@ -14,7 +14,7 @@ import pytest
 from model_store.compile import compile_predictor
 from model_store.onnx_import import onnx_to_spec
 from model_store.store import StoredModel, list_models, load_model
-from tests.conftest import within
+from tests.conftest import traced_peak, within
 from tests.onnx_graphs import GraphBuilder, single_op_graphs, view_flatten
 
 GRAPHS = single_op_graphs()
@@ -404,16 +404,10 @@ def test_external_data_that_does_not_fit_its_tensor_is_refused_unread(
     with the tensor's shape: a 2 GiB file behind 80 bytes of weights took
     16 s and 6 GB. Refused from the sizes alone, in one line naming the
     tensor and the file."""
-    import tracemalloc
-
     options, message = BAD_EXTERNAL_DATA[case]
     model, _ = _external_weight_model(tmp_path, **options)
-    tracemalloc.start()
-    try:
-        _assert_refused(cli, tmp_path, model, message)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = traced_peak(
+        lambda: _assert_refused(cli, tmp_path, model, message))
     assert peak < 64 * 2 ** 20, peak
     _, _, err = cli("--store", tmp_path / "store", "models", "import",
                     "onnx", tmp_path / "m.onnx", "--name", "m")
@@ -461,8 +455,6 @@ def test_an_options_file_over_the_json_limit_is_refused_unread(
     the ONNX file (12 GB of memory, 20-26 s), then refused for what it
     held. Refused from its first 16 MiB now (1 GiB here), before the
     model is read."""
-    import tracemalloc
-
     from model_store import onnx_import
 
     def read_onnx(path):
@@ -473,13 +465,9 @@ def test_an_options_file_over_the_json_limit_is_refused_unread(
     with open(big, "wb") as handle:
         handle.truncate(2**30)
     store = tmp_path / "store"
-    tracemalloc.start()
-    try:
-        code, _, err = cli("--store", store, "models", "import", "onnx",
-                           tmp_path / "m.onnx", "--name", "m", given, big)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (code, _, err), peak = traced_peak(lambda: cli(
+        "--store", store, "models", "import", "onnx", tmp_path / "m.onnx",
+        "--name", "m", given, big))
     assert peak < 64 * 2**20, peak
     assert code == 2
     assert err.splitlines() == [
