@@ -127,7 +127,7 @@ def image_of_samples(samples: np.ndarray) -> Image.Image:
     layout of RGB, which the resize kernel reads without a copy)."""
     height, width, channels = samples.shape
     if channels == 1:
-        return Image.fromarray(samples[:, :, 0], "L")
+        return Image.fromarray(samples[:, :, 0])
     return Image.frombytes("RGB", (width, height), samples, "raw", "RGBX")
 
 

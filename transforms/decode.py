@@ -61,9 +61,10 @@ class DecodeBatchFn(beam.DoFn):
 
     Per file: read the bytes as they are (stage ``read``: only regular
     files, never decompressed by extension, at most ``max_file_bytes``; see
-    ``transforms.files.read_bytes``), decode
-    with Pillow (``decode``: JPEGs reduced while decoding to the model's
-    input size), then resize with the model's own preprocessing
+    ``transforms.files.read_bytes``), decode (``decode``:
+    ``model_store.images.decode_image``, Pillow or, for plain JPEGs,
+    libjpeg-turbo; JPEGs reduced while decoding to the model's input size),
+    then resize with the model's own preprocessing
     (``preprocess``). Scaling and mean/std normalisation run once per batch
     in the predict step (:meth:`Preprocessing.normalize`), vectorised, so
     that examples stay small ``uint8`` arrays until then. When files take
