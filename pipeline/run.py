@@ -481,7 +481,7 @@ def failing_on_store_errors(output: str, then: str):
         if not fs.is_store_error(error):
             raise
         raise RunFailed(f"{fs.shown(output)}: {type(error).__name__}: "
-                        f"{outputs.error_line(error)}; {then}") from error
+                        f"{fs.error_line(error)}; {then}") from error
 
 
 def check_matches(config: ClassifyConfig) -> None:
@@ -552,7 +552,7 @@ def recover(output: str, log) -> None:
     except Exception as error:  # e.g. a full disk: the next run retries
         raise RunFailed(
             f"could not complete the interrupted publishing in {output}: "
-            f"{type(error).__name__}: {outputs.error_line(error)}; fix that "
+            f"{type(error).__name__}: {fs.error_line(error)}; fix that "
             f"and run again (each run retries it), or, to abandon that run, "
             f"move {_pending(output)} out of {output} (files it already "
             f"moved stay, listed in its {outputs.PUBLISH})") from error
@@ -581,7 +581,7 @@ def merge_ledger(output: str, log) -> None:
     except Exception as error:  # the ledger is whole, in more files
         print(f"imgclass: warning: the ledger files in {output} were not "
               f"merged ({type(error).__name__}: "
-              f"{outputs.error_line(error)}); the next run tries again",
+              f"{fs.error_line(error)}); the next run tries again",
               file=log)
 
 
@@ -668,7 +668,7 @@ def _wait(pipeline, paths):
             raise KeyboardInterrupt from None
         raise RunFailed(f"run {paths.run_id}: the pipeline failed, nothing "
                         f"was published: {type(error).__name__}: "
-                        f"{outputs.error_line(error)}") from error
+                        f"{fs.error_line(error)}") from error
 
 
 def _stop(result) -> None:
@@ -766,7 +766,7 @@ def _publish(paths: outputs.RunOutputs, staged: dict, manifest: dict, *,
         paths.publish(staged, manifest, overwrite=overwrite)
     except Exception as error:
         raise RunFailed(f"run {paths.run_id}: publishing failed "
-                        f"({type(error).__name__}: {outputs.error_line(error)}); "
+                        f"({type(error).__name__}: {fs.error_line(error)}); "
                         f"{later}") from error
 
 

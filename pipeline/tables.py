@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 from model_store import fs
 from model_store.errors import ConfigError
-from model_store.fs import is_uri, join
+from model_store.fs import error_line, is_uri, join
 
 # pyarrow, Beam and the table libraries are imported where they are used:
 # the command line imports this module for its option names and defaults.
@@ -204,8 +204,6 @@ def commit_delta(spec: TableSpec, name: str, paths: list[str],
     from deltalake.exceptions import CommitFailedError, TableNotFoundError
     from deltalake.transaction import CommitProperties, Transaction, create_table_with_add_actions
 
-    from pipeline.outputs import error_line
-
     root = table_location(spec.output, name)
     app_id = APP_PREFIX + manifest["run_id"]
     schema = table_schema(paths, partition)
@@ -321,8 +319,6 @@ def open_catalog(spec: Optional[TableSpec]) -> None:
     is not a regular file is not opened: a FIFO would block). A SQLite file
     that does not exist yet is a new catalog, made by the first commit: in
     a folder that exists, or (the default) in the output folder."""
-    from pipeline.outputs import error_line
-
     if spec is None or spec.format != "iceberg":
         return
     name, advice = _catalog_words(spec)
@@ -508,7 +504,7 @@ def commit_iceberg(spec: TableSpec, name: str, paths: list[str],
     from pyiceberg.exceptions import CommitFailedException
     from sqlalchemy.exc import OperationalError
 
-    from pipeline.outputs import count_rows, error_line
+    from pipeline.outputs import count_rows
 
     schema = _read_schema(paths[0]).remove_metadata()
     rows = count_rows(paths)

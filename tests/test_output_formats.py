@@ -13,7 +13,8 @@ from apache_beam.io.aws.clients.s3.messages import S3ClientError
 from apache_beam.io.azure.blobstorageio import BlobStorageError
 from apache_beam.io.filesystem import BeamIOError
 
-from pipeline import outputs, tables
+from model_store import fs
+from pipeline import tables
 from tests.conftest import write_digits
 
 TABLE_FORMATS = ["delta", "iceberg"]
@@ -198,18 +199,18 @@ def test_an_explicit_sqlite_catalog_is_created_on_first_use(
 
 
 def test_error_line_is_the_line_that_says_what_failed():
-    assert outputs.error_line(OSError(28, "No space left on device")) == \
+    assert fs.error_line(OSError(28, "No space left on device")) == \
         "[Errno 28] No space left on device"
-    assert outputs.error_line(RuntimeError(
+    assert fs.error_line(RuntimeError(
         "(sqlite3.OperationalError) database is locked\n(Background on "
         "this error at: https://sqlalche.me/e/20/e3q8)")) == \
         "(sqlite3.OperationalError) database is locked"
     # Beam wraps a worker's error in the traceback; its last line says it.
-    assert outputs.error_line(RuntimeError(
+    assert fs.error_line(RuntimeError(
         "Pipeline failed\nTraceback (most recent call last):\n  File "
         "\"x.py\", line 1\nValueError: bad pixels [while running 'X']\n")) \
         == "ValueError: bad pixels [while running 'X']"
-    assert outputs.error_line(RuntimeError("")) == ""
+    assert fs.error_line(RuntimeError("")) == ""
 
 
 def test_error_line_tells_beams_object_store_errors_by_their_reason():
@@ -219,14 +220,14 @@ def test_error_line_tells_beams_object_store_errors_by_their_reason():
     slow_down = S3ClientError("An error occurred (SlowDown) when calling "
                               "the HeadObject operation: Please reduce "
                               "your request rate.", 503)
-    assert outputs.error_line(slow_down) == (
+    assert fs.error_line(slow_down) == (
         "HTTP 503: An error occurred (SlowDown) when calling the HeadObject "
         "operation: Please reduce your request rate.")
-    assert outputs.error_line(BlobStorageError("busy", None)) == "busy"
-    assert outputs.error_line(BeamIOError("Delete operation failed", {
+    assert fs.error_line(BlobStorageError("busy", None)) == "busy"
+    assert fs.error_line(BeamIOError("Delete operation failed", {
         "s3://b/k": slow_down})).startswith(
         "Delete operation failed: S3ClientError: HTTP 503: An error")
-    assert outputs.error_line(BeamIOError("Rename operation failed", {
+    assert fs.error_line(BeamIOError("Rename operation failed", {
         ("gs://b/_staging/r/a", "gs://b/a"): 503,
         ("gs://b/_staging/r/b", "gs://b/b"): 503})) == (
         "Rename operation failed: HTTP 503 (and 1 more files)")
