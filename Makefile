@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m pipeline.demo
 
+# Two test processes (pytest-xdist): most tests wait on the runs they start,
+# so two halve the suite's time on 2 cores (705 -> 357 s, 2026-11-29).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench-install: $(BENCH_STAMP)
 
