@@ -106,6 +106,32 @@ class InferenceOp(theano.gof.OpenMPOp):
             if self.uses_blas else []
 
 
+def c_contiguous_inputs(arrays: dict, fail: str) -> str:
+    """C that declares ``PyArrayObject* NAME`` for each ``NAME: input`` of
+    ``arrays``: a C-contiguous reference to Theano's input array (a copy
+    when it is strided), or NULL for an input of None (an optional input
+    the op does not take); when NumPy cannot make a copy (MemoryError set),
+    releases what it took and runs ``fail``. :func:`c_release_inputs`
+    releases them at the end."""
+    taken = {name: value for name, value in arrays.items() if value is not None}
+    lines = [f"PyArrayObject* {name} = "
+             f"PyArray_GETCONTIGUOUS((PyArrayObject*){value});"
+             for name, value in taken.items()]
+    lines += [f"PyArrayObject* {name} = NULL;" for name, value in arrays.items()
+              if value is None]
+    lines.append(f"if ({' || '.join('!' + name for name in taken)}) {{")
+    lines.append("    /* A copy NumPy could not allocate (it set MemoryError). */")
+    lines.append(f"    {c_release_inputs(arrays)}")
+    lines.append(f"    {fail}")
+    lines.append("}")
+    return "\n    ".join(lines)
+
+
+def c_release_inputs(arrays) -> str:
+    """C that releases the references :func:`c_contiguous_inputs` took."""
+    return " ".join(f"Py_XDECREF({name});" for name in arrays)
+
+
 def int_params(*names: str):
     """A Theano ``ParamsType`` of int32 fields: settings of an op that its
     C code reads at run time instead of having them written in."""

@@ -4,7 +4,16 @@ OpenMP threads (c/dense.c)."""
 from __future__ import annotations
 
 from model_store.engine import T, theano
-from model_store.ops.base import ACTIVATIONS, InferenceOp, float32_tensor, int_params
+from model_store.ops.base import (
+    ACTIVATIONS,
+    InferenceOp,
+    c_contiguous_inputs,
+    c_release_inputs,
+    float32_tensor,
+    int_params,
+)
+
+_INPUTS = ("xc", "wc", "bc")
 
 
 class DenseBiasAct(InferenceOp):
@@ -38,22 +47,16 @@ class DenseBiasAct(InferenceOp):
     def c_code(self, node, name, inputs, outputs, sub):
         x, W, b = inputs
         out, = outputs
-        return _CODE % dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
-                            act=f"{sub['params']}->act")
+        return _CODE % dict(
+            inputs=c_contiguous_inputs(dict(zip(_INPUTS, (x, W, b))),
+                                       sub["fail"]),
+            release=c_release_inputs(_INPUTS), out=out, fail=sub["fail"],
+            act=f"{sub['params']}->act")
 
 
 _CODE = """
 {
-    PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
-    PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
-    PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
-    if (!xc || !wc || !bc) {
-        /* A copy NumPy could not allocate (it set MemoryError). */
-        Py_XDECREF(xc);
-        Py_XDECREF(wc);
-        Py_XDECREF(bc);
-        %(fail)s
-    }
+    %(inputs)s
     const npy_intp* xd = PyArray_DIMS(xc);
     const npy_intp* wd = PyArray_DIMS(wc);
     npy_intp dims[2] = {xd[0], wd[1]};
@@ -77,9 +80,7 @@ _CODE = """
                        (int)xd[1], (int)wd[1], %(act)s);
         Py_END_ALLOW_THREADS
     }
-    Py_DECREF(xc);
-    Py_DECREF(wc);
-    Py_DECREF(bc);
+    %(release)s
     if (bad) { %(fail)s }
 }
 """

@@ -11,6 +11,8 @@ from model_store.engine import theano
 from model_store.ops.base import (
     ACTIVATIONS,
     InferenceOp,
+    c_contiguous_inputs,
+    c_release_inputs,
     float32_tensor,
     int_params,
     output_type,
@@ -28,16 +30,7 @@ GEOMETRY_C = """
 _CODE = """
 {
 %(geometry)s
-    PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
-    PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
-    PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
-    if (!xc || !wc || !bc) {
-        /* A copy NumPy could not allocate (it set MemoryError). */
-        Py_XDECREF(xc);
-        Py_XDECREF(wc);
-        Py_XDECREF(bc);
-        %(fail)s
-    }
+    %(inputs)s
     const npy_intp* xd = PyArray_DIMS(xc);
     const npy_intp* wd = PyArray_DIMS(wc);
     const npy_intp ho = (xd[2] + pt + pb - kh) / s + 1;
@@ -72,12 +65,12 @@ _CODE = """
             bad = 1;
         }
     }
-    Py_DECREF(xc);
-    Py_DECREF(wc);
-    Py_DECREF(bc);
+    %(release)s
     if (bad) { %(fail)s }
 }
 """
+
+_INPUTS = ("xc", "wc", "bc")
 
 _ARGS = """(const float*)PyArray_DATA(xc), (const float*)PyArray_DATA(wc),
             (const float*)PyArray_DATA(bc), (float*)PyArray_DATA(%(out)s)"""
@@ -148,8 +141,10 @@ class PlaneConvOp(InferenceOp):
     def c_code(self, node, name, inputs, outputs, sub):
         x, W, b = inputs
         out, = outputs
-        values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
-                      geometry=GEOMETRY_C % dict(params=sub["params"]),
+        values = dict(inputs=c_contiguous_inputs(
+                          dict(zip(_INPUTS, (x, W, b))), sub["fail"]),
+                      release=c_release_inputs(_INPUTS), out=out,
+                      fail=sub["fail"], geometry=GEOMETRY_C % dict(params=sub["params"]),
                       name=type(self).__name__, more_checks="",
                       out_h="ho", out_w="wo")
         values.update(self._c_shapes(sub["params"]))

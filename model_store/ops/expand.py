@@ -9,7 +9,14 @@ only a depthwise op into this one.
 from __future__ import annotations
 
 from model_store.engine import theano
-from model_store.ops.base import ACTIVATIONS, float32_tensor, int_params, output_type
+from model_store.ops.base import (
+    ACTIVATIONS,
+    c_contiguous_inputs,
+    c_release_inputs,
+    float32_tensor,
+    int_params,
+    output_type,
+)
 from model_store.ops.depthwise import GEOMETRY_C, PlaneConvOp
 
 
@@ -49,37 +56,31 @@ class ExpandDepthwiseConv2dBiasAct(PlaneConvOp):
         return theano.gof.Apply(self, inputs, [output_type(x)])
 
     def c_code(self, node, name, inputs, outputs, sub):
-        x, We, be, Wd, bd = inputs
         return _CODE % dict(
-            x=x, We=We, be=be, Wd=Wd, bd=bd, out=outputs[0], fail=sub["fail"],
+            inputs=c_contiguous_inputs(dict(zip(_INPUTS, inputs)), sub["fail"]),
+            release=c_release_inputs(_INPUTS), out=outputs[0], fail=sub["fail"],
             geometry=GEOMETRY_C % dict(params=sub["params"]),
             params=sub["params"])
 
+
+_INPUTS = ("xc", "wec", "bec", "wdc", "bdc")
 
 _CODE = """
 {
 %(geometry)s
     const int act_e = %(params)s->act_e;
-    PyArrayObject* in[5] = {
-        PyArray_GETCONTIGUOUS(%(x)s), PyArray_GETCONTIGUOUS(%(We)s),
-        PyArray_GETCONTIGUOUS(%(be)s), PyArray_GETCONTIGUOUS(%(Wd)s),
-        PyArray_GETCONTIGUOUS(%(bd)s)};
-    if (!in[0] || !in[1] || !in[2] || !in[3] || !in[4]) {
-        /* A copy NumPy could not allocate (it set MemoryError). */
-        for (int i = 0; i < 5; ++i) Py_XDECREF(in[i]);
-        %(fail)s
-    }
-    const npy_intp* xd = PyArray_DIMS(in[0]);
-    const npy_intp* ed = PyArray_DIMS(in[1]);
-    const npy_intp* dd = PyArray_DIMS(in[3]);
+    %(inputs)s
+    const npy_intp* xd = PyArray_DIMS(xc);
+    const npy_intp* ed = PyArray_DIMS(wec);
+    const npy_intp* dd = PyArray_DIMS(wdc);
     const npy_intp f = ed[0];
     const npy_intp ho = (xd[2] + pt + pb - kh) / s + 1;
     const npy_intp wo = (xd[3] + pl + pr - kw) / s + 1;
     int bad = 0;
     if (ed[1] != xd[1] || ed[2] != 1 || ed[3] != 1
-            || PyArray_DIMS(in[2])[0] != f || dd[0] != f || dd[1] != 1
+            || PyArray_DIMS(bec)[0] != f || dd[0] != f || dd[1] != 1
             || dd[2] != kh || dd[3] != kw
-            || PyArray_DIMS(in[4])[0] != f) {
+            || PyArray_DIMS(bdc)[0] != f) {
         PyErr_Format(PyExc_ValueError,
             "ExpandDepthwiseConv2dBiasAct: x (%%ld, %%ld, %%ld, %%ld) needs "
             "We (F, %%ld, 1, 1), be (F,), Wd (F, 1, %%d, %%d) and bd "
@@ -101,11 +102,11 @@ _CODE = """
         /* Plain C on buffers only: other Python threads (decoding) run. */
         Py_BEGIN_ALLOW_THREADS
         failed = imgclass_expand_depthwise(
-                (const float*)PyArray_DATA(in[0]),
-                (const float*)PyArray_DATA(in[1]),
-                (const float*)PyArray_DATA(in[2]),
-                (const float*)PyArray_DATA(in[3]),
-                (const float*)PyArray_DATA(in[4]),
+                (const float*)PyArray_DATA(xc),
+                (const float*)PyArray_DATA(wec),
+                (const float*)PyArray_DATA(bec),
+                (const float*)PyArray_DATA(wdc),
+                (const float*)PyArray_DATA(bdc),
                 (float*)PyArray_DATA(%(out)s), (int)xd[0], (int)xd[1], (int)f,
                 (int)xd[2], (int)xd[3], kh, kw, s, pt, pb, pl, pr, act_e,
                 act);
@@ -115,7 +116,7 @@ _CODE = """
             bad = 1;
         }
     }
-    for (int i = 0; i < 5; ++i) Py_DECREF(in[i]);
+    %(release)s
     if (bad) { %(fail)s }
 }
 """

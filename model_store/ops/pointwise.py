@@ -6,6 +6,8 @@ from model_store.engine import theano
 from model_store.ops.base import (
     ACTIVATIONS,
     InferenceOp,
+    c_contiguous_inputs,
+    c_release_inputs,
     float32_tensor,
     int_params,
     output_type,
@@ -52,25 +54,14 @@ class PointwiseConv2dBiasAct(InferenceOp):
     def c_code(self, node, name, inputs, outputs, sub):
         x, W, b = inputs[:3]
         out, = outputs
-        values = dict(x=x, W=W, b=b, out=out, fail=sub["fail"],
-                      act=f"{sub['params']}->act",
-                      res=inputs[3] if self.residual else "NULL",
-                      has_res=int(self.residual))
+        arrays = dict(xc=x, wc=W, bc=b,
+                      rc=inputs[3] if self.residual else None)
+        values = dict(inputs=c_contiguous_inputs(arrays, sub["fail"]),
+                      release=c_release_inputs(arrays), out=out,
+                      fail=sub["fail"], act=f"{sub['params']}->act")
         return """
         {
-            PyArrayObject* xc = PyArray_GETCONTIGUOUS(%(x)s);
-            PyArrayObject* wc = PyArray_GETCONTIGUOUS(%(W)s);
-            PyArrayObject* bc = PyArray_GETCONTIGUOUS(%(b)s);
-            PyArrayObject* rc = %(has_res)s ?
-                PyArray_GETCONTIGUOUS((PyArrayObject*)%(res)s) : NULL;
-            if (!xc || !wc || !bc || (%(has_res)s && !rc)) {
-                /* A copy NumPy could not allocate (it set MemoryError). */
-                Py_XDECREF(xc);
-                Py_XDECREF(wc);
-                Py_XDECREF(bc);
-                Py_XDECREF(rc);
-                %(fail)s
-            }
+            %(inputs)s
             const npy_intp* xd = PyArray_DIMS(xc);
             const npy_intp* wd = PyArray_DIMS(wc);
             npy_intp dims[4] = {xd[0], wd[0], xd[2], xd[3]};
@@ -101,10 +92,7 @@ class PointwiseConv2dBiasAct(InferenceOp):
                     (int)(xd[2] * xd[3]), (int)wd[0], %(act)s);
                 Py_END_ALLOW_THREADS
             }
-            Py_DECREF(xc);
-            Py_DECREF(wc);
-            Py_DECREF(bc);
-            Py_XDECREF(rc);
+            %(release)s
             if (bad) { %(fail)s }
         }
         """ % values
