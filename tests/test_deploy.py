@@ -486,7 +486,9 @@ def test_crontab_local_line_adds_only_new_files_to_one_output(tmp_path,
     bin_dir = os.path.dirname(imgclass)
 
     def night() -> dict:
-        result = run_bash(["-c", command], {}, bin_dir)
+        # cron's bare environment, but the suite's compile cache (conftest)
+        result = run_bash(["-c", command], {
+            "XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}, bin_dir)
         logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
         assert result.returncode == 0, logs
         with open(output / "_manifest.json") as handle:
