@@ -77,6 +77,15 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
+def holds_published_run(output: str) -> bool:
+    """Whether a run was published in ``output`` (its manifest is there):
+    unlike :func:`holds_earlier_run`, not for files alone (a publish
+    abandoned by moving its staging folder away leaves the files it had
+    moved)."""
+    return FileSystems.exists(join(output, MANIFEST)) or bool(
+        fs.match(join(output, RUNS_DIR, "*.json")))
+
+
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
