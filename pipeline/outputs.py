@@ -658,8 +658,15 @@ def ledger_files(output: str) -> list[str]:
 
 
 def error_files(output: str) -> list[str]:
-    """Error tables of the runs published in ``output``."""
-    return fs.match(join(output, ERRORS_DIR, "**.parquet"))
+    """Error tables of the runs published in ``output``: the Parquet files
+    below ``errors/`` but not below a folder or name starting with ``_`` or
+    ``.``, which readers skip (a Delta table's ``_delta_log/`` holds its
+    checkpoints, Parquet files of another schema, written every 100
+    commits)."""
+    root = join(output, ERRORS_DIR)
+    return [path for path in fs.match(join(root, "**.parquet"))
+            if not any(part.startswith(("_", "."))
+                       for part in path[len(root):].split("/"))]
 
 
 def check_done_files(output: str, *, reader: str = "--skip-done",

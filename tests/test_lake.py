@@ -332,3 +332,29 @@ def test_a_table_damaged_between_runs_stops_the_next_one_before_any_work(
     assert "restore it from a backup, or give a new --output" in err
     assert len(os.listdir(os.path.join(output, "_runs"))) == 1
     assert not os.path.exists(os.path.join(output, "_staging"))
+
+
+def test_a_delta_table_with_checkpoints_takes_more_skip_done_runs(
+        tmp_path, split):
+    """delta-rs writes a checkpoint, a Parquet file in _delta_log/, every
+    100 commits (here: after each one): a nightly --skip-done run must not
+    read it as error rows."""
+    from deltalake import DeltaTable
+
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    write_bad_files(os.path.join(folder, "bad"))
+    assert classify(folder, output, "delta") == 0
+    first = manifest(output)["counts"]
+    for name in outputs.PARTITIONED:
+        DeltaTable(os.path.join(output, name)).alter.set_table_properties(
+            {"delta.checkpointInterval": "1"})
+    assert glob.glob(os.path.join(output, "errors", "_delta_log",
+                                  "*.checkpoint.parquet"))
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 3, seed=2))
+    assert classify(folder, output, "delta") == 0
+    second = manifest(output)["counts"]
+    assert second["skipped"] == first["matched"]
+    paths = read_table(output, "delta").column("path").to_pylist()
+    assert sorted(paths) == sorted(truth)
+    assert read_table(output, "delta", "errors").num_rows == first["failed"]
