@@ -77,6 +77,15 @@ def holds_earlier_run(output: str) -> bool:
     return False
 
 
+def holds_published_run(output: str) -> bool:
+    """Whether a run was published in ``output`` (its manifest is there):
+    unlike :func:`holds_earlier_run`, not for files alone (a publish
+    abandoned by moving its staging folder away leaves the files it had
+    moved)."""
+    return FileSystems.exists(join(output, MANIFEST)) or bool(
+        fs.match(join(output, RUNS_DIR, "*.json")))
+
+
 def check_output(output: str) -> None:
     """Fails before any work if ``output`` cannot be written."""
     check_filesystem(output, "--output")
@@ -649,8 +658,15 @@ def ledger_files(output: str) -> list[str]:
 
 
 def error_files(output: str) -> list[str]:
-    """Error tables of the runs published in ``output``."""
-    return fs.match(join(output, ERRORS_DIR, "**.parquet"))
+    """Error tables of the runs published in ``output``: the Parquet files
+    below ``errors/`` but not below a folder or name starting with ``_`` or
+    ``.``, which readers skip (a Delta table's ``_delta_log/`` holds its
+    checkpoints, Parquet files of another schema, written every 100
+    commits)."""
+    root = join(output, ERRORS_DIR)
+    return [path for path in fs.match(join(root, "**.parquet"))
+            if not any(part.startswith(("_", "."))
+                       for part in path[len(root):].split("/"))]
 
 
 def check_done_files(output: str, *, reader: str = "--skip-done",

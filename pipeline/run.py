@@ -516,6 +516,9 @@ def _run(config, options, runner, log, output_locked, started,
         layout.check(config.output, layout.layout_of(partition),
                      config.table_format, overwrite=config.overwrite)
         tables.check_catalog_lists(spec, outputs.PARTITIONED)
+        tables.check_tables(spec, outputs.PARTITIONED,
+                            published=outputs.holds_published_run(
+                                config.output))
         outputs.check_earlier_run(
             config.output, overwrite=config.overwrite,
             incremental=config.skip_done,

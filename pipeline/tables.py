@@ -23,6 +23,7 @@ evolution: older files read them as null), e.g. ``embedding``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -382,6 +383,105 @@ def check_catalog_lists(spec: Optional[TableSpec], names) -> None:
         _check_table_place(catalog, spec, name)
 
 
+def check_tables(spec: Optional[TableSpec], names, *,
+                 published: bool) -> None:
+    """ConfigError unless each table ``name`` of the output is whole: its
+    log (Delta) or metadata (Iceberg) can be read, every data file it
+    lists is there, and it exists if the output holds ``published`` runs.
+    Otherwise the run's commit would fail after all the work, or start a
+    new table without the earlier runs' rows (which ``--skip-done`` then
+    skips), or leave a table that readers fail on. A store's failure (an
+    object store's 503) is raised as it is. Call it after
+    :func:`check_catalog_lists`."""
+    if spec is None:
+        return
+    for name in names:
+        _check_table_whole(spec, name, published)
+
+
+def _check_table_whole(spec: TableSpec, name: str, published: bool) -> None:
+    root = table_location(spec.output, name)
+    with _damage_reported(spec, name):
+        listed = _table_files(spec, name)
+    kind, log, damaged = _damage_words(spec)
+    if listed is None:
+        if published:
+            raise ConfigError(f"{fs.shown(spec.output)} holds earlier runs "
+                              f"but no {kind} {fs.shown(root)} (its {log} "
+                              f"is gone); "
+                              f"{damaged}")
+        return
+    here = set(fs.match(join(root, "**"))) if is_uri(root) else None
+    missing = [path for path in listed if not (
+        path in here if here is not None else os.path.isfile(path))]
+    if missing:
+        raise ConfigError(f"the {kind} {fs.shown(root)} lists "
+                          f"{len(missing)} data file(s) that are gone, e.g. "
+                          f"{fs.shown(missing[0])}; "
+                          f"{damaged}")
+
+
+def _damage_words(spec: TableSpec) -> tuple[str, str, str]:
+    """How messages name a damaged table of ``spec``'s format, its log,
+    and the way out."""
+    if spec.format == "delta":
+        kind, log = "Delta table", "_delta_log"
+    else:
+        kind, log = "Iceberg table", "metadata"
+    return kind, log, ("restore it from a backup, or give a new --output "
+                       "for a new table (this output's ledger would skip "
+                       "the files whose rows it lost)")
+
+
+@contextlib.contextmanager
+def _damage_reported(spec: TableSpec, name: str, passing=()):
+    """A table's log or metadata that cannot be read (missing, truncated,
+    not what the format expects), as ConfigError; a store's failure (an
+    object store's 503: exit 1, run again) and ``passing`` pass as they
+    are."""
+    try:
+        yield
+    except (ConfigError, *passing):
+        raise
+    except Exception as error:  # noqa: BLE001 - each library's own errors
+        if fs.is_store_error(error) and \
+                not isinstance(error, FileNotFoundError):
+            raise
+        kind, log, damaged = _damage_words(spec)
+        raise ConfigError(
+            f"the {kind} {fs.shown(table_location(spec.output, name))} is "
+            f"damaged, "
+            f"its {log} cannot be read ({type(error).__name__}: "
+            f"{error_line(error)}); {damaged}") from None
+
+
+def _table_files(spec: TableSpec, name: str) -> Optional[list[str]]:
+    """The data files of the table's current version (local ones as
+    paths), or None if there is no table."""
+    if spec.format == "delta":
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(table_location(spec.output, name))
+        except TableNotFoundError:
+            return None
+        # delta-rs gives them percent-encoded (a space as %20, '%' as %25)
+        uris = [urllib.parse.unquote(uri) for uri in table.file_uris()]
+    else:
+        from pyiceberg.exceptions import NoSuchTableError
+
+        if _new_sqlite_file(spec.catalog):
+            return None
+        try:
+            table = iceberg_table(spec, name)
+        except NoSuchTableError:
+            return None
+        uris = [task.file.file_path for task in table.scan().plan_files()]
+    return [uri[len("file://"):] if uri.startswith("file://") else uri
+            for uri in uris]
+
+
 def _new_sqlite_file(uri: str) -> Optional[str]:
     """The file of a ``sqlite:///PATH`` catalog that does not exist yet."""
     path = _sqlite_file(uri)
@@ -428,7 +528,8 @@ def _check_table_place(catalog, spec: TableSpec, name: str) -> None:
     try:
         if catalog is None:
             raise NoSuchTableError(identifier)
-        there = catalog.load_table(identifier).location()
+        with _damage_reported(spec, name, passing=(NoSuchTableError,)):
+            there = catalog.load_table(identifier).location()
     except NoSuchTableError:
         if FileSystems.match([join(here, "metadata", "*.metadata.json")]
                              )[0].metadata_list:

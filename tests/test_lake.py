@@ -5,6 +5,7 @@ once, across nights, --skip-done and runs killed around the commit."""
 import glob
 import json
 import os
+import shutil
 import urllib.parse
 
 import pyarrow.compute as pc
@@ -281,3 +282,79 @@ def test_a_table_output_laid_out_otherwise_offers_two_ways_out(
     assert err.rstrip().endswith(
         "readers cannot query both together: use the same layout or "
         "another output folder"), err
+
+
+def _truncate(path):
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _damage(output, damage):
+    """Damages the predictions table as by hand between two runs."""
+    table = os.path.join(output, "predictions")
+    log = glob.glob(os.path.join(table, "_delta_log", "*.json")) or sorted(
+        glob.glob(os.path.join(table, "metadata", "*.metadata.json")))
+    if damage == "data file deleted":
+        for path in glob.glob(os.path.join(table, "**", "*.parquet"),
+                              recursive=True):
+            os.remove(path)
+    elif damage == "log truncated":
+        _truncate(log[-1])
+    elif damage == "log deleted":
+        for path in log:
+            os.remove(path)
+    elif damage == "table deleted":
+        shutil.rmtree(table)
+    elif damage == "manifest deleted":
+        for path in glob.glob(os.path.join(table, "metadata", "*.avro")):
+            os.remove(path)
+
+
+@pytest.mark.parametrize("table_format,damage", [
+    ("delta", "data file deleted"), ("delta", "log truncated"),
+    ("delta", "log deleted"), ("delta", "table deleted"),
+    ("iceberg", "data file deleted"), ("iceberg", "log truncated"),
+    ("iceberg", "log deleted"), ("iceberg", "manifest deleted"),
+    ("iceberg", "table deleted")])
+def test_a_table_damaged_between_runs_stops_the_next_one_before_any_work(
+        tmp_path, split, cli, monkeypatch, table_format, damage):
+    """A run on a damaged table would fail at its commit after all the
+    work, or start a new table over the old one's files (their rows lost:
+    --skip-done skips those files), or leave a table readers fail on."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    assert classify(folder, output, table_format) == 0
+    write_digits(os.path.join(folder, "n2"), split, 2, seed=2)
+    _damage(output, damage)
+    forbid_work(monkeypatch)
+    err = refused(cli, folder, output, "--table-format", table_format,
+                  "--skip-done", "--partition-by", "run_date", "-q")
+    assert os.path.join(output, "predictions") in err, err
+    assert "restore it from a backup, or give a new --output" in err
+    assert len(os.listdir(os.path.join(output, "_runs"))) == 1
+    assert not os.path.exists(os.path.join(output, "_staging"))
+
+
+def test_a_delta_table_with_checkpoints_takes_more_skip_done_runs(
+        tmp_path, split):
+    """delta-rs writes a checkpoint, a Parquet file in _delta_log/, every
+    100 commits (here: after each one): a nightly --skip-done run must not
+    read it as error rows."""
+    from deltalake import DeltaTable
+
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    truth = write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    write_bad_files(os.path.join(folder, "bad"))
+    assert classify(folder, output, "delta") == 0
+    first = manifest(output)["counts"]
+    for name in outputs.PARTITIONED:
+        DeltaTable(os.path.join(output, name)).alter.set_table_properties(
+            {"delta.checkpointInterval": "1"})
+    assert glob.glob(os.path.join(output, "errors", "_delta_log",
+                                  "*.checkpoint.parquet"))
+    truth.update(write_digits(os.path.join(folder, "n2"), split, 3, seed=2))
+    assert classify(folder, output, "delta") == 0
+    second = manifest(output)["counts"]
+    assert second["skipped"] == first["matched"]
+    paths = read_table(output, "delta").column("path").to_pylist()
+    assert sorted(paths) == sorted(truth)
+    assert read_table(output, "delta", "errors").num_rows == first["failed"]
