@@ -302,6 +302,10 @@ def _jpeg_segments(data: bytes):
 # hold an orientation too) and APP14 "Adobe" (a colour transform) send a
 # file to Pillow's path.
 _PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+# TEM, a marker without a length: libjpeg skips it, but Pillow's marker
+# parser refuses a header holding it, so such a file takes Pillow's path
+# (and is refused whatever the mode and target).
+_TEM = 0x01
 
 
 def _upright_exif(payload: bytes) -> bool:
@@ -325,7 +329,8 @@ def _plain_layout(data: bytes) -> tuple[int, int, int, int] | None:
     frame, exif_seen = None, False
     for marker, payload in _jpeg_segments(data):
         if (marker == 0xE1 and (exif_seen or not _upright_exif(payload))) \
-                or (marker == 0xEE and payload.startswith(b"Adobe")):
+                or (marker == 0xEE and payload.startswith(b"Adobe")) \
+                or marker == _TEM:
             return None
         exif_seen = exif_seen or marker == 0xE1
         if _is_frame(marker):

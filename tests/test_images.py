@@ -449,6 +449,21 @@ def test_jpegs_simplejpeg_would_read_otherwise_take_pillows_path(
     assert np.array_equal(pixels(decoded), expected)
 
 
+@pytest.mark.parametrize("mode, target", [
+    ("RGB", None), ("RGB", (16, 16)), ("L", (16, 16)), ("L", None)])
+def test_a_jpeg_with_a_marker_pillow_cannot_parse_is_refused_in_every_mode(
+        simplejpeg_calls, mode, target):
+    """A TEM marker (FF01, no length) right after SOI: libjpeg skips it,
+    Pillow's marker parser does not know it and refuses the file. The
+    file takes Pillow's path, so whether it is an error does not depend
+    on the mode or target ("L" without a target always went that way)."""
+    data = encode(photo(64, 48), "JPEG", quality=90)
+    damaged = data[:2] + b"\xff\x01" + data[2:]
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(damaged, mode=mode, target_size=target)
+    assert not simplejpeg_calls
+
+
 # --- decompression bombs -------------------------------------------------------
 
 def png_header_only(width: int, height: int) -> bytes:
