@@ -449,16 +449,22 @@ def test_jpegs_simplejpeg_would_read_otherwise_take_pillows_path(
     assert np.array_equal(pixels(decoded), expected)
 
 
+@pytest.mark.parametrize("segment", [
+    b"\xff\x01",  # TEM: a marker without a length
+    b"\xff\xe0\x00\x08JFIF\x00\x01",  # JFIF without its version's 2nd byte
+    b"\xff\xe2\x00\x0fICC_PROFILE\x00\x01",  # ICC chunk without its count
+    b"\xff\xed\x00\x16Photoshop 3.0\x008BIM\x03\xed",  # resource cut at its name
+], ids=["tem", "jfif", "icc", "photoshop"])
 @pytest.mark.parametrize("mode, target", [
     ("RGB", None), ("RGB", (16, 16)), ("L", (16, 16)), ("L", None)])
-def test_a_jpeg_with_a_marker_pillow_cannot_parse_is_refused_in_every_mode(
-        simplejpeg_calls, mode, target):
-    """A TEM marker (FF01, no length) right after SOI: libjpeg skips it,
-    Pillow's marker parser does not know it and refuses the file. The
-    file takes Pillow's path, so whether it is an error does not depend
-    on the mode or target ("L" without a target always went that way)."""
+def test_a_jpeg_header_pillow_cannot_parse_is_refused_in_every_mode(
+        simplejpeg_calls, segment, mode, target):
+    """A segment right after SOI that libjpeg skips but Pillow's marker
+    parser refuses the file for. The file takes Pillow's path, so whether
+    it is an error does not depend on the mode or target ("L" without a
+    target always went that way)."""
     data = encode(photo(64, 48), "JPEG", quality=90)
-    damaged = data[:2] + b"\xff\x01" + data[2:]
+    damaged = data[:2] + segment + data[2:]
     with pytest.raises(ImageDecodeError, match="not an image"):
         decode_image(damaged, mode=mode, target_size=target)
     assert not simplejpeg_calls
