@@ -310,15 +310,27 @@ _TEM = 0x01
 
 def _upright_exif(payload: bytes) -> bool:
     """Whether an APP1 segment is EXIF whose orientation (if any) is
-    upright; False for anything Pillow should read (XMP, damaged EXIF)."""
+    upright; False for anything Pillow should read (XMP, damaged EXIF,
+    a resolution Pillow's parser fails on)."""
     if not payload.startswith(b"Exif\x00\x00"):
         return False
     exif = Image.Exif()
     try:
         exif.load(payload)
-        return exif.get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED
+        return exif.get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED \
+            and not _short_resolution(exif)
     except Exception:  # noqa: BLE001 - Pillow's path tells what is wrong
         return False
+
+
+def _short_resolution(exif: Image.Exif) -> bool:
+    """Whether an EXIF's XResolution is text, bytes or a tuple shorter
+    than the (numerator, denominator) pair Pillow's JPEG parser indexes
+    it as when a ResolutionUnit is there too (to read the DPI): Pillow
+    then refuses the file (IndexError), though libjpeg never reads EXIF."""
+    resolution = exif.get(ExifTags.Base.XResolution)
+    return ExifTags.Base.ResolutionUnit in exif \
+        and isinstance(resolution, (str, bytes, tuple)) and len(resolution) < 2
 
 
 def _pillow_refuses(marker: int, payload: bytes) -> bool:
