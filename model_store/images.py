@@ -12,7 +12,8 @@ tested and reused on its own. :func:`decode_image` is the single entry point:
   Huffman-coded) is decoded by libjpeg-turbo through ``simplejpeg``, which
   skips Pillow's marker parsing in Python (55 us of 200 per 256x256 JPEG):
   the same library at the same scale, so the same pixels; anything else,
-  and any JPEG libjpeg has a warning about, takes Pillow's path;
+  any JPEG libjpeg has a warning about and any header Pillow's marker
+  parser refuses, takes Pillow's path;
 * a JPEG whose header claims more pixels than its data can hold (libjpeg
   would fill the missing part with gray and report success) is refused
   (see :func:`_check_jpeg_data`); Pillow's ``LOAD_TRUNCATED_IMAGES`` stays
@@ -302,19 +303,66 @@ def _jpeg_segments(data: bytes):
 # hold an orientation too) and APP14 "Adobe" (a colour transform) send a
 # file to Pillow's path.
 _PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+# TEM, a marker without a length: libjpeg skips it, Pillow's marker parser
+# refuses it (see _pillow_refuses).
+_TEM = 0x01
 
 
 def _upright_exif(payload: bytes) -> bool:
     """Whether an APP1 segment is EXIF whose orientation (if any) is
-    upright; False for anything Pillow should read (XMP, damaged EXIF)."""
+    upright; False for anything Pillow should read (XMP, damaged EXIF,
+    a resolution Pillow's parser fails on)."""
     if not payload.startswith(b"Exif\x00\x00"):
         return False
     exif = Image.Exif()
     try:
         exif.load(payload)
-        return exif.get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED
+        return exif.get(ExifTags.Base.Orientation, 1) not in _TRANSPOSED \
+            and not _short_resolution(exif)
     except Exception:  # noqa: BLE001 - Pillow's path tells what is wrong
         return False
+
+
+def _short_resolution(exif: Image.Exif) -> bool:
+    """Whether an EXIF's XResolution is text, bytes or a tuple shorter
+    than the (numerator, denominator) pair Pillow's JPEG parser indexes
+    it as when a ResolutionUnit is there too (to read the DPI): Pillow
+    then refuses the file (IndexError), though libjpeg never reads EXIF."""
+    resolution = exif.get(ExifTags.Base.XResolution)
+    return ExifTags.Base.ResolutionUnit in exif \
+        and isinstance(resolution, (str, bytes, tuple)) and len(resolution) < 2
+
+
+def _pillow_refuses(marker: int, payload: bytes) -> bool:
+    """Whether Pillow's marker parser may refuse a segment that libjpeg
+    reads without a warning: TEM, and APP segments too short for the
+    fields Pillow reads from them (a JFIF version, an ICC chunk's marker
+    count, a Photoshop resource's name length). Such a file takes
+    Pillow's path, so that it is refused whatever the mode and target."""
+    if marker == 0xE0 and payload.startswith(b"JFIF"):
+        return len(payload) < 7
+    if marker == 0xE2 and payload.startswith(b"ICC_PROFILE\x00"):
+        return len(payload) < 14
+    if marker == 0xED and payload.startswith(b"Photoshop 3.0\x00"):
+        return _photoshop_resource_cut_at_name(payload)
+    return marker == _TEM
+
+
+def _photoshop_resource_cut_at_name(payload: bytes) -> bool:
+    """Whether an APP13 "Photoshop 3.0" segment's chain of 8BIM
+    resources ends just before a resource's name length, the one place
+    where Pillow's walk of it fails (it stops quietly anywhere else)."""
+    offset = 14
+    while payload[offset:offset + 4] == b"8BIM":
+        if len(payload) <= offset + 6:  # type and resource id
+            return len(payload) == offset + 6
+        offset += 7 + payload[offset + 6]  # name length, then the name
+        offset += offset & 1
+        if len(payload) < offset + 4:
+            return False
+        offset += 4 + int.from_bytes(payload[offset:offset + 4], "big")
+        offset += offset & 1
+    return False
 
 
 def _plain_layout(data: bytes) -> tuple[int, int, int, int] | None:
@@ -325,7 +373,8 @@ def _plain_layout(data: bytes) -> tuple[int, int, int, int] | None:
     frame, exif_seen = None, False
     for marker, payload in _jpeg_segments(data):
         if (marker == 0xE1 and (exif_seen or not _upright_exif(payload))) \
-                or (marker == 0xEE and payload.startswith(b"Adobe")):
+                or (marker == 0xEE and payload.startswith(b"Adobe")) \
+                or _pillow_refuses(marker, payload):
             return None
         exif_seen = exif_seen or marker == 0xE1
         if _is_frame(marker):

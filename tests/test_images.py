@@ -449,6 +449,54 @@ def test_jpegs_simplejpeg_would_read_otherwise_take_pillows_path(
     assert np.array_equal(pixels(decoded), expected)
 
 
+@pytest.mark.parametrize("segment", [
+    b"\xff\x01",  # TEM: a marker without a length
+    b"\xff\xe0\x00\x08JFIF\x00\x01",  # JFIF without its version's 2nd byte
+    b"\xff\xe2\x00\x0fICC_PROFILE\x00\x01",  # ICC chunk without its count
+    b"\xff\xed\x00\x16Photoshop 3.0\x008BIM\x03\xed",  # resource cut at its name
+], ids=["tem", "jfif", "icc", "photoshop"])
+@pytest.mark.parametrize("mode, target", [
+    ("RGB", None), ("RGB", (16, 16)), ("L", (16, 16)), ("L", None)])
+def test_a_jpeg_header_pillow_cannot_parse_is_refused_in_every_mode(
+        simplejpeg_calls, segment, mode, target):
+    """A segment right after SOI that libjpeg skips but Pillow's marker
+    parser refuses the file for. The file takes Pillow's path, so whether
+    it is an error does not depend on the mode or target ("L" without a
+    target always went that way)."""
+    data = encode(photo(64, 48), "JPEG", quality=90)
+    damaged = data[:2] + segment + data[2:]
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(damaged, mode=mode, target_size=target)
+    assert not simplejpeg_calls
+
+
+def exif_segment(entries) -> bytes:
+    """An APP1 EXIF segment of one little-endian IFD: ``(tag, type, count,
+    4-byte value)`` entries, written as given (even where Pillow's own
+    writer would refuse them)."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", *entry[:3]) + entry[3] for entry in entries)
+    payload = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + ifd + b"\x00" * 4
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+@pytest.mark.parametrize("mode, target", [
+    ("RGB", None), ("RGB", (16, 16)), ("L", (16, 16)), ("L", None)])
+def test_a_jpeg_whose_exif_resolution_pillow_cannot_read_is_refused_in_every_mode(
+        simplejpeg_calls, mode, target):
+    """An upright EXIF with a ResolutionUnit and an empty text XResolution:
+    Pillow's parser, reading the DPI from it, refuses the file (it indexes
+    the value as a fraction). libjpeg does not read EXIF; the file takes
+    Pillow's path so that the outcome does not depend on mode or target."""
+    data = encode(photo(64, 48), "JPEG", quality=90)
+    exif = exif_segment([(0x011A, 2, 1, b"\x00" * 4),  # XResolution: ""
+                         (0x0128, 3, 1, b"\x02\x00\x00\x00")])  # inches
+    damaged = data[:2] + exif + data[2:]
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(damaged, mode=mode, target_size=target)
+    assert not simplejpeg_calls
+
+
 # --- decompression bombs -------------------------------------------------------
 
 def png_header_only(width: int, height: int) -> bytes:
