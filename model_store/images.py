@@ -14,6 +14,8 @@ tested and reused on its own. :func:`decode_image` is the single entry point:
   the same library at the same scale, so the same pixels; anything else,
   any JPEG libjpeg has a warning about and any header Pillow's marker
   parser refuses, takes Pillow's path;
+* a JPEG of more than :data:`MAX_JPEG_SCANS` scans is refused before any
+  decoding (a "scan bomb": see :func:`_check_jpeg_scans`);
 * a JPEG whose header claims more pixels than its data can hold (libjpeg
   would fill the missing part with gray and report success) is refused
   (see :func:`_check_jpeg_data`); Pillow's ``LOAD_TRUNCATED_IMAGES`` stays
@@ -50,6 +52,13 @@ except ImportError:  # a dependency; without it every JPEG takes Pillow's path
 from model_store.errors import ImgclassError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# Scans one JPEG may hold: encoders write 1 (baseline) or about 10
+# (progressive). libjpeg decodes every scan it is given, each over the
+# whole image, so a small file of many tiny scans costs CPU without bound:
+# 10,000 scans of 17 bytes over a 1024x1024 image (359 kB) took 0.8 s to
+# decode, 5,000 over 2048x2048 (1.1 MB) 1.6 s, and the time grows with
+# scans x pixels up to the pixel limit.
+MAX_JPEG_SCANS = 1_000
 # The Pillow formats decode_image reads (JPEG includes the multi-picture
 # JPEGs of many cameras, which Pillow opens as MPO; PPM includes PGM and
 # PBM); any other file is "not an image" for imgclass.
@@ -158,6 +167,7 @@ def decode_image(data: bytes, *, mode: str, target_size: tuple[int, int] | None 
     _check_arguments(mode, target_size, max_pixels, background)
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    _check_jpeg_scans(data)
     plain = _plain_jpeg(data, mode, target_size, max_pixels)
     if plain is not None:
         return plain
@@ -264,6 +274,33 @@ def _check_jpeg_data(data: bytes, img: Image.Image) -> None:
             f"truncated or inconsistent JPEG: its header claims "
             f"{width}x{height} pixels, which need at least {mcus // 8:,} "
             f"bytes of image data, but the file has {len(data):,} bytes")
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Refuses a progressive JPEG (or MPO) of more than
+    :data:`MAX_JPEG_SCANS` scans before anything is decoded. Only
+    progressive scans can skip blocks by the thousand (an end-of-band run)
+    over a buffer of the whole image; a sequential scan codes every block
+    it covers, so its cost follows the file's size. A JPEG whose frame this
+    module's parser cannot find is counted too (libjpeg skips garbage that
+    stops it). The count of start-of-scan markers in the file is an upper
+    bound of its scans: inside entropy-coded data a 0xFF byte is followed
+    by 0x00 (stuffing) or by a marker; counting costs about 50 us per
+    60 kB, so sequential JPEGs, most of them, are not counted."""
+    if data[:2] != b"\xff\xd8" or _jpeg_frame_marker(data) in _SEQUENTIAL_FRAMES:
+        return
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise ImageDecodeError(
+            f"JPEG of {scans:,} scans, over the limit of {MAX_JPEG_SCANS:,} "
+            f"(encoders write about 10): a decompression bomb, refused "
+            f"before decoding")
+
+
+# SOFn markers of sequential (not progressive) frames, Huffman or
+# arithmetic coded, lossless included.
+_SEQUENTIAL_FRAMES = frozenset({0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD,
+                                0xCF})
 
 
 def _jpeg_frame_marker(data: bytes) -> int | None:

@@ -19,6 +19,7 @@ from PIL import Image, ImageFile, ImageOps
 from model_store.errors import ImgclassError
 from model_store.images import (
     DEFAULT_MAX_PIXELS,
+    MAX_JPEG_SCANS,
     DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
@@ -517,6 +518,32 @@ def test_bomb_is_rejected_from_the_header():
     assert "20000x20000" in message and "400,000,000" in message
     assert f"{DEFAULT_MAX_PIXELS:,}" in message
     assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's global left as it was
+
+
+def _with_last_scan_repeated(data: bytes, copies: int) -> bytes:
+    """A JPEG whose last scan (its SOS segment and entropy-coded data, up
+    to EOI) is written ``copies`` times: libjpeg decodes each one again."""
+    last = data.rindex(b"\xff\xda")
+    assert data.endswith(b"\xff\xd9")
+    return data[:last] + data[last:-2] * copies + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("mode,target", [("RGB", None), ("L", (8, 8))])
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(mode, target):
+    """A scan bomb (a small file whose scans libjpeg decodes one after the
+    other, each over the whole image) is refused from its marker count, on
+    both decoding paths; as many scans as the limit still decode."""
+    photo = Image.fromarray(np.random.RandomState(3).randint(
+        0, 256, (64, 48, 3), dtype=np.uint8))
+    data = encode(photo, "JPEG", progressive=True, quality=80)
+    scans = data.count(b"\xff\xda")
+    at_limit = _with_last_scan_repeated(data, MAX_JPEG_SCANS - scans + 1)
+    assert decode_image(at_limit, mode=mode, target_size=target).width == 48
+    with pytest.raises(ImageDecodeError, match=(
+            rf"JPEG of {MAX_JPEG_SCANS + 1:,} scans, over the limit of "
+            rf"{MAX_JPEG_SCANS:,}")):
+        decode_image(_with_last_scan_repeated(data, MAX_JPEG_SCANS - scans + 2),
+                     mode=mode, target_size=target)
 
 
 def test_max_pixels_argument_is_the_limit():
