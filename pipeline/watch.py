@@ -26,7 +26,9 @@ pipeline, with the same output contract:
   empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
   so when it starts.
 * After a window is published, ``_windows/<start>.json`` records it (run id,
-  counts; no run when there was nothing new). When no later window can write
+  counts; no run when there was nothing new). Windows never overlap: a
+  restarted watcher (longer windows, a clock set back) begins its first
+  window where the last marked one ended. When no later window can write
   into an hour partition any more, ``_SUCCESS`` is written into
   ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
 * Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
@@ -206,7 +208,8 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
                 continue
             if not watcher.publish(current, stopping=stop):
                 break
-            current = _next_window(base.output, current, clock(), log)
+            current = _next_window(base.output, current, seconds, clock(),
+                                   log)
         print(f"imgclass: stopped; window {current} was not published: its "
               f"files wait for the next run", file=log)
     return watcher.counts
@@ -247,9 +250,17 @@ def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
 
 def _resume(output: str, seconds: int, clock) -> Window:
     """Finishes what an earlier watcher left (markers, ``_SUCCESS``; the
-    caller completed interrupted publishing); the window open now."""
-    current = window_at(clock(), seconds)
-    _reconcile(output, current, clock())
+    caller completed interrupted publishing); the first window to publish:
+    the one open now, begun where the last published window ended when
+    that is later (an earlier watcher with longer windows, or a clock set
+    back), so that no window is published twice under one marker."""
+    now = clock()
+    _mark_runs(output, 1, now)
+    last = _last_window(output)
+    current = window_at(now if last is None else max(now, last.end), seconds)
+    if last is not None and current.start < last.end:
+        current = Window(last.end, current.end - last.end)
+    _complete_last_hour(output, last, current)
     return current
 
 
@@ -265,10 +276,11 @@ def _announce(config: ClassifyConfig, output: str, stored, interval: float,
           f"date=.../hour=...; Ctrl-C or SIGTERM stops", file=log)
 
 
-def _next_window(output: str, ended: Window, now: float, log) -> Window:
-    """The window open at ``now``, once ``ended`` is published; completes
-    the hours no later window writes into."""
-    following = window_at(now, ended.seconds)
+def _next_window(output: str, ended: Window, seconds: int, now: float,
+                 log) -> Window:
+    """The window of ``seconds`` open at ``now``, once ``ended`` is
+    published; completes the hours no later window writes into."""
+    following = window_at(now, seconds)
     if following.start > ended.end:
         print(f"imgclass: the run took longer than the window; new "
               f"files go to window {following}", file=log)
@@ -441,14 +453,31 @@ def _reconcile(output: str, current: Window, now: float) -> None:
     publishing a run and marking its window, or stopped in an hour that has
     ended since); ``now`` is when, for the markers."""
     _mark_runs(output, 1, now)
-    markers = fs.match(fs.join(output, outputs.WINDOWS_DIR, "*.json"))
-    if markers:
-        name = fs.basename(markers[-1])
-        last = datetime.datetime.strptime(
-            name, "%Y%m%dT%H%M%SZ.json").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
-        hour = int(last // HOUR) * HOUR
+    _complete_last_hour(output, _last_window(output), current)
+
+
+def _complete_last_hour(output: str, last: Optional[Window],
+                        current: Window) -> None:
+    """``_SUCCESS`` in the hour of the ``last`` window published, once the
+    ``current`` one starts after it."""
+    if last is not None:
+        hour = int(last.start // HOUR) * HOUR
         _complete_hours(output, hour, min(current.start, hour + HOUR))
+
+
+def _last_window(output: str) -> Optional[Window]:
+    """The latest window a marker records (names sort by start), or None."""
+    markers = fs.match(fs.join(output, outputs.WINDOWS_DIR, "*.json"))
+    if not markers:
+        return None
+    with FileSystems.open(markers[-1]) as handle:
+        return _window_of(json.loads(handle.read())["window"])
+
+
+def _window_of(spec: dict) -> Window:
+    """The :class:`Window` a manifest or marker records (``as_dict``)."""
+    start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
+    return Window(int(start), int(spec["seconds"]))
 
 
 def _mark_runs(output: str, last: int, now: float) -> None:
@@ -458,10 +487,8 @@ def _mark_runs(output: str, last: int, now: float) -> None:
     for path in runs[-last:]:  # run ids sort by time
         with FileSystems.open(path) as handle:
             manifest = json.loads(handle.read())
-        spec = manifest.get("window")
-        if spec:
-            start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
-            window = Window(int(start), int(spec["seconds"]))
+        if manifest.get("window"):
+            window = _window_of(manifest["window"])
             if not FileSystems.exists(fs.join(
                     output, outputs.WINDOWS_DIR, window.marker_name)):
                 _write_marker(output, window, manifest, now)

@@ -22,6 +22,7 @@ from model_store.datasets import digit_image
 from pipeline.run import ClassifyConfig
 from pipeline.watch import (
     _complete_hours,
+    _iso,
     _reconcile,
     check_settings,
     hour_partition,
@@ -117,17 +118,17 @@ def advance_until(clock, condition, log, what, windows=4):
 
 
 @contextlib.contextmanager
-def watching(folder, output, *, settle=SETTLE):
-    """Runs the watcher in a thread on a fake clock until the block ends;
-    yields ``(log, clock)``."""
+def watching(folder, output, *, settle=SETTLE, window=WINDOW, start=None):
+    """Runs the watcher in a thread on a fake clock (from ``start``, or
+    now) until the block ends; yields ``(log, clock)``."""
     stop, failures, log = threading.Event(), [], io.StringIO()
-    clock = FakeClock(time.time(), stop)
+    clock = FakeClock(time.time() if start is None else start, stop)
     config = ClassifyConfig(inputs=[str(folder)], output=str(output),
                             batch_size=16)
 
     def target():
         try:
-            watch(config, interval=INTERVAL, window=WINDOW, settle=settle,
+            watch(config, interval=INTERVAL, window=window, settle=settle,
                   stop_event=stop, log=log, clock=clock, wait=clock.wait)
         except BaseException as error:  # noqa: BLE001 - reported below
             failures.append(error)
@@ -459,6 +460,34 @@ def test_hours_and_windows_are_marked(tmp_path):
     # Its hour ended before the current window: no window will add to it.
     assert os.path.exists(os.path.join(
         output, "errors", *window.partition.split("/"), "_SUCCESS"))
+
+
+def test_a_restart_with_longer_windows_begins_where_the_last_one_ended(
+        tmp_path, split):
+    """A watcher restarted with longer windows (or on a clock set back) in
+    a window an earlier one published part of: its first window begins
+    where the last published one ended, so no marker is overwritten and
+    each file is published once."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    minute = int(time.time()) // WINDOW * WINDOW
+    first = write_digits(str(folder / "a"), split, 6, seed=1)
+    with watching(folder, output, window=1, settle=0, start=minute) as (
+            log, clock):
+        clock.advance(3, log)  # [minute, minute + 1) holds a run, then two
+    assert set(first) <= set(published_paths(output))
+    restarted = clock()
+    second = write_digits(str(folder / "b"), split, 6, seed=2)
+    with watching(folder, output, settle=0, start=restarted) as (log, clock):
+        advance_until(clock, lambda: set(second) <= set(
+            published_paths(output)), log, "the restarted watcher's window")
+    assert sorted(check_contract(output)) == sorted({**first, **second})
+    windows = sorted((m["window"]["start"], m["window"]["end"])
+                     for m in markers(output))
+    assert all(end <= following for (_, end), (following, _)
+               in zip(windows, windows[1:]))
+    last_short = max(end for start, end in windows
+                     if start < _iso(minute + 3))
+    assert (last_short, _iso(minute + WINDOW)) in windows
 
 
 def test_a_watched_folder_that_goes_away_for_a_while_is_waited_for(
