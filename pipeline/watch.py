@@ -26,9 +26,9 @@ pipeline, with the same output contract:
   empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
   so when it starts.
 * After a window is published, ``_windows/<start>.json`` records it (run id,
-  counts; no run when there was nothing new). Windows never overlap: a
-  restarted watcher (longer windows, a clock set back) begins its first
-  window where the last marked one ended. When no later window can write
+  counts; no run when there was nothing new). Windows never overlap: after a
+  restart with longer windows, or a clock set back, the next window
+  begins where the last published one ended (``_window_after``). When no later window can write
   into an hour partition any more, ``_SUCCESS`` is written into
   ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
 * Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
@@ -198,7 +198,7 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
                                  remedy="watch into another output folder")
         merge_ledger(base.output, log)
         base, stored = _with_model(base)
-        current = _resume(base.output, seconds, clock)
+        current = _resume(base.output, seconds, clock, log)
         watcher = _Watcher(base, patterns, stored, log=log, clock=clock)
         _announce(config, base.output, stored, interval, settle, seconds, log)
         while not stop.is_set():
@@ -248,7 +248,7 @@ def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
     return base, stored
 
 
-def _resume(output: str, seconds: int, clock) -> Window:
+def _resume(output: str, seconds: int, clock, log) -> Window:
     """Finishes what an earlier watcher left (markers, ``_SUCCESS``; the
     caller completed interrupted publishing); the first window to publish:
     the one open now, begun where the last published window ended when
@@ -257,9 +257,10 @@ def _resume(output: str, seconds: int, clock) -> Window:
     now = clock()
     _mark_runs(output, 1, now)
     last = _last_window(output)
-    current = window_at(now if last is None else max(now, last.end), seconds)
-    if last is not None and current.start < last.end:
-        current = Window(last.end, current.end - last.end)
+    current = window_at(now, seconds) if last is None else \
+        _window_after(last, now, seconds)
+    if last is not None and now < last.end:
+        _say_clock_went_back(now, last, current, log)
     _complete_last_hour(output, last, current)
     return current
 
@@ -279,9 +280,12 @@ def _announce(config: ClassifyConfig, output: str, stored, interval: float,
 def _next_window(output: str, ended: Window, seconds: int, now: float,
                  log) -> Window:
     """The window of ``seconds`` open at ``now``, once ``ended`` is
-    published; completes the hours no later window writes into."""
-    following = window_at(now, seconds)
-    if following.start > ended.end:
+    published (or the one after ``ended``, if the clock was set back);
+    completes the hours no later window writes into."""
+    following = _window_after(ended, now, seconds)
+    if now < ended.end:
+        _say_clock_went_back(now, ended, following, log)
+    elif following.start > ended.end:
         print(f"imgclass: the run took longer than the window; new "
               f"files go to window {following}", file=log)
     _complete_hours(output, ended.start, following.start)
@@ -357,6 +361,24 @@ class _Watcher:
             self.counts["predicted"] += manifest["counts"]["predicted"]
             self.counts["failed"] += manifest["counts"]["failed"]
         return True
+
+
+def _window_after(ended: Window, now: float, seconds: int) -> Window:
+    """The window of ``seconds`` open at ``now``, begun no earlier than
+    ``ended`` ends: a clock set back, or windows longer than ``ended``'s,
+    would otherwise publish a window again under the same marker. Begun
+    at ``ended.end`` inside a longer window, it ends where that one does."""
+    following = window_at(max(now, ended.end), seconds)
+    if following.start < ended.end:
+        following = Window(ended.end, following.end - ended.end)
+    return following
+
+
+def _say_clock_went_back(now: float, published: Window, following: Window,
+                         log) -> None:
+    print(f"imgclass: warning: the clock reads {_iso(now)}, before the end "
+          f"of window {published}, published already (was the clock set "
+          f"back?); new files go to window {following}", file=log)
 
 
 def _publish_window(config: ClassifyConfig, patterns, window: Window,

@@ -21,9 +21,13 @@ from PIL import Image
 from model_store.datasets import digit_image
 from pipeline.run import ClassifyConfig
 from pipeline.watch import (
+    Window,
     _complete_hours,
     _iso,
+    _next_window,
     _reconcile,
+    _resume,
+    _write_marker,
     check_settings,
     hour_partition,
     watch,
@@ -488,6 +492,33 @@ def test_a_restart_with_longer_windows_begins_where_the_last_one_ended(
     last_short = max(end for start, end in windows
                      if start < _iso(minute + 3))
     assert (last_short, _iso(minute + WINDOW)) in windows
+
+
+def test_a_clock_set_back_does_not_open_a_published_window_again(tmp_path):
+    """The clock goes back during a run, or before a restart: the next
+    window begins where the published one ended (the window open at the
+    clock's time was published already, and its marker would be replaced),
+    and the watcher says why it waits."""
+    output, log = str(tmp_path / "out"), io.StringIO()
+    published = window_at(1_800_000_000, WINDOW)
+    back = published.start - 10  # a step back of a window and more
+    following = _next_window(output, published, WINDOW, back, log)
+    assert following == Window(published.end, WINDOW)
+    assert "before the end of window" in log.getvalue()
+    assert "was the clock set back?" in log.getvalue()
+
+    _write_marker(output, published, None, published.end)
+    log = io.StringIO()
+    assert _resume(output, WINDOW, lambda: back, log) == following
+    assert "was the clock set back?" in log.getvalue()
+    # A clock that is right opens the window it reads, and says nothing.
+    log = io.StringIO()
+    later = published.end + 3 * WINDOW + 5
+    assert _resume(output, WINDOW, lambda: later, log) == window_at(
+        later, WINDOW)
+    assert _next_window(output, published, WINDOW, later, log) == window_at(
+        later, WINDOW)
+    assert "clock" not in log.getvalue()
 
 
 def test_a_watched_folder_that_goes_away_for_a_while_is_waited_for(
