@@ -26,10 +26,11 @@ pipeline, with the same output contract:
   empty; ``classify`` needs ``--allow-empty`` for that); the watcher says
   so when it starts.
 * After a window is published, ``_windows/<start>.json`` records it (run id,
-  counts; no run when there was nothing new). Windows never overlap: after a
-  restart with longer windows, or a clock set back, the next window
-  begins where the last published one ended (``_window_after``). When no later window can write
-  into an hour partition any more, ``_SUCCESS`` is written into
+  counts; no run when there was nothing new). Windows never overlap:
+  after a restart with longer windows, or a clock set back, the next
+  window begins where the last published one ended (``_window_after``).
+  When no later window can write into an hour partition any more,
+  ``_SUCCESS`` is written into
   ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
 * Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
   finishes the window being published, if any, and leaves the open window
