@@ -41,7 +41,7 @@ from model_store.train_config import (
     OPTIMIZER_NAMES,
     SPEC_DEFAULTS,
 )
-from pipeline import logs, signals, tables, worker
+from pipeline import collection, logs, signals, tables, worker
 from transforms import defaults
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 
@@ -914,7 +914,8 @@ def _add_classify_command(commands) -> None:
                           help="with --skip-done, also classify again files "
                                "that failed to decode or preprocess (read "
                                "and predict errors are always retried)")
-    classify.set_defaults(func=_classify, accepts_beam_options=True)
+    classify.set_defaults(func=_classify, accepts_beam_options=True,
+                          builds_pipelines=True)
 
 
 def _add_run_options(parser) -> None:
@@ -1008,7 +1009,8 @@ def _add_watch_command(commands) -> None:
                             "this long ago; names starting with '.' or "
                             "ending .tmp, .part, .partial, .crdownload are "
                             "never read (default: %(default)g)")
-    watch.set_defaults(func=_watch, accepts_beam_options=True)
+    watch.set_defaults(func=_watch, accepts_beam_options=True,
+                       builds_pipelines=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1061,6 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(extra)}")
             args.beam_args = extra
             _set_verbosity(quiet=args.quiet, verbose=args.verbose)
+            if not getattr(args, "builds_pipelines", False):
+                collection.resume()  # classify and watch: once built
             return args.func(args)
         except (StoreWriteError, StoreReadError) as error:  # not a mistake
             print(f"imgclass: error: {error}", file=sys.stderr)
@@ -1083,6 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
             if received:
                 return _interrupted(received, _after_saving(saved))
             raise
+        finally:
+            collection.resume()
 
 
 class _StdoutError(OSError):
@@ -1198,8 +1204,10 @@ def _latest_now(info) -> str:
 
 
 def run() -> None:
-    """The ``imgclass`` command: :func:`main`, then exit with its code
+    """The ``imgclass`` command: :func:`main` with no garbage collections
+    during start-up (:mod:`pipeline.collection`), then exit with its code
     (:func:`signals.exit_process`)."""
+    collection.pause()
     signals.exit_process(main())
 
 

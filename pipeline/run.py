@@ -31,7 +31,15 @@ from apache_beam.options.pipeline_options import (
 from model_store import DEFAULT_MODEL, fs
 from model_store.errors import ConfigError, ImgclassError
 from model_store.images import DEFAULT_MAX_PIXELS
-from pipeline import inputs, layout, ledger, outputs, signals, tables
+from pipeline import (
+    collection,
+    inputs,
+    layout,
+    ledger,
+    outputs,
+    signals,
+    tables,
+)
 from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
@@ -647,6 +655,7 @@ def _execute(config, options, runner, stored, patterns, paths, what, log,
         shown = ", ".join(fs.one_line(fs.printable(i)) for i in config.inputs)
         print(f"imgclass: run {paths.run_id}: classifying {shown} {what}",
               file=log)
+        collection.resume()  # start-up is over (pipeline.collection)
         clock = time.monotonic()
         with (Monitor(paths, folder, every=every, log=log) if folder
               else contextlib.nullcontext()):

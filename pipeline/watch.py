@@ -63,7 +63,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from model_store import fs
 from model_store.errors import ConfigError
-from pipeline import inputs, layout, outputs, worker
+from pipeline import collection, inputs, layout, outputs, worker
 from pipeline.done_files import DoneFiles
 from pipeline.run import (
     ClassifyConfig,
@@ -202,6 +202,7 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
         current = _resume(base.output, seconds, clock, log)
         watcher = _Watcher(base, patterns, stored, log=log, clock=clock)
         _announce(config, base.output, stored, interval, settle, seconds, log)
+        collection.resume()  # start-up is over (pipeline.collection)
         while not stop.is_set():
             if clock() < current.end:
                 watcher.report_new(current)
