@@ -9,7 +9,8 @@ command (:func:`pause`, from ``pipeline.cli.run``) starts without
 collections; once a run's pipeline is built, or a command that runs none is
 chosen, :func:`resume` freezes what start-up made (``gc.freeze``: out of
 every later collection, never freed before the process ends) and turns
-collection back on.
+collection back on. The local runner's worker processes
+(``pipeline.worker``) do the same for their first seconds.
 
 Only the first :func:`resume` of a process freezes: a later one (``watch``
 runs one pipeline per window) would keep the garbage of the runs before it

@@ -94,3 +94,31 @@ def test_library_code_is_left_as_it_was():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_local_worker_starts_without_collections_then_collects():
+    """A worker process of the local runner (``pipeline.worker``) has no
+    moment its harness announces as the end of start-up: collections
+    resume, with start-up's objects frozen, once its timer has run."""
+    script = textwrap.dedent("""
+        import gc, time
+        from apache_beam.runners.worker import sdk_worker_main
+        from pipeline import worker
+        seen = {}
+        def harness(argv):
+            seen["starting"] = gc.isenabled()
+            deadline = time.monotonic() + 60
+            while not gc.isenabled() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen["later"] = gc.isenabled()
+            seen["frozen"] = gc.get_freeze_count()
+        sdk_worker_main.main = harness
+        worker.WORKER_STARTUP_SECONDS = 0.2
+        assert worker.main(["worker"]) == 0
+        assert seen["starting"] is False, seen
+        assert seen["later"] is True, seen
+        assert seen["frozen"] > 10_000, seen
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
