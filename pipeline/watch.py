@@ -492,16 +492,30 @@ def _complete_last_hour(output: str, last: Optional[Window],
 def _last_window(output: str) -> Optional[Window]:
     """The latest window a marker records (names sort by start), or None."""
     markers = fs.match(fs.join(output, outputs.WINDOWS_DIR, "*.json"))
-    if not markers:
-        return None
-    with FileSystems.open(markers[-1]) as handle:
-        return _window_of(json.loads(handle.read())["window"])
+    return _read_record(output, markers[-1], marker=True)[1] if markers \
+        else None
 
 
-def _window_of(spec: dict) -> Window:
-    """The :class:`Window` a manifest or marker records (``as_dict``)."""
-    start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
-    return Window(int(start), int(spec["seconds"]))
+def _read_record(output: str, path: str, *, marker: bool = False
+                 ) -> tuple[dict, Optional[Window]]:
+    """A run's manifest or (``marker``) a window's marker, and the
+    :class:`Window` it records (``Window.as_dict``; None for a run of no
+    window: a marker always has one); ConfigError, before any work, when it
+    is damaged."""
+    try:
+        record = json.loads(fs.read_bytes(path))
+        spec = record.get("window")
+        if not spec and not marker:
+            return record, None
+        start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
+        return record, Window(int(start), int(spec["seconds"]))
+    except (ValueError, TypeError, KeyError, AttributeError,
+            fs.NotRegularError) as error:
+        raise ConfigError(
+            f"output {output!r}: {fs.one_line(fs.printable(path))} is "
+            f"damaged ({fs.error_line(error)}), so watch cannot tell which "
+            f"windows were published; restore it from a backup, or watch "
+            f"into another output folder") from None
 
 
 def _mark_runs(output: str, last: int, now: float) -> None:
@@ -509,10 +523,8 @@ def _mark_runs(output: str, last: int, now: float) -> None:
     published by the recovery of a later one never wrote its own)."""
     runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
     for path in runs[-last:]:  # run ids sort by time
-        with FileSystems.open(path) as handle:
-            manifest = json.loads(handle.read())
-        if manifest.get("window"):
-            window = _window_of(manifest["window"])
+        manifest, window = _read_record(output, path)
+        if window is not None:
             if not FileSystems.exists(fs.join(
                     output, outputs.WINDOWS_DIR, window.marker_name)):
                 _write_marker(output, window, manifest, now)

@@ -436,6 +436,43 @@ def test_a_damaged_ledger_stops_the_watcher_in_one_line(tmp_path, split,
                          "output folder")
 
 
+@pytest.mark.parametrize("damage", ["truncated", "no window", "bad start",
+                                    "fifo"])
+@pytest.mark.parametrize("record", ["_windows", "_runs"])
+def test_a_damaged_marker_or_manifest_stops_the_watcher_in_one_line(
+        tmp_path, split, cli, record, damage):
+    """The last window's marker and the last run's manifest tell a watcher
+    where to begin: damaged, they stop it before any work (exit 2), naming
+    the file, instead of a traceback."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    write_digits(str(folder), split, 2, nested=False)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: markers(output), log, "a first window")
+    path = sorted(glob.glob(str(output / record / "*.json")))[-1]
+    good = json.loads(open(path).read())
+    os.remove(path)
+    if damage == "fifo":
+        os.mkfifo(path)
+    else:
+        broken = {"truncated": None, "no window": {**good, "window": {}},
+                  "bad start": {**good, "window": {**good["window"],
+                                                   "start": "soon"}}}[damage]
+        if broken is not None and record == "_runs" and damage == "no window":
+            broken["window"] = {"start": good["window"]["start"]}
+        with open(path, "w") as handle:
+            handle.write(json.dumps(good)[:25] if broken is None
+                         else json.dumps(broken))
+    before = sorted(os.listdir(output / record))
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert f"{path} is damaged (" in line
+    assert line.endswith("so watch cannot tell which windows were "
+                         "published; restore it from a backup, or watch "
+                         "into another output folder")
+    assert sorted(os.listdir(output / record)) == before
+
+
 def test_hours_and_windows_are_marked(tmp_path):
     """A finished hour gets _SUCCESS in both tables; a run published by a
     watcher that was killed before marking its window gets its marker."""
