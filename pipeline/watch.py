@@ -447,16 +447,22 @@ def _present_inputs(paths, log) -> list[str]:
 
 def _write_marker(output: str, window: Window, manifest: Optional[dict],
                   closed_at: float) -> None:
-    counts = manifest["counts"] if manifest else {}
-    record = {"window": window.as_dict(), "partition": window.partition,
-              "run_id": manifest["run_id"] if manifest else None,
-              "counts": {"predicted": counts.get("predicted", 0),
-                         "failed": counts.get("failed", 0)},
-              "closed_at": _iso(closed_at)}
     # Written whole or not at all: a reader never sees half a marker.
     fs.write_atomic(
         fs.join(output, outputs.WINDOWS_DIR, window.marker_name),
-        fs.json_bytes(record))
+        fs.json_bytes(_marker_record(window, manifest, closed_at)))
+
+
+def _marker_record(window: Window, manifest: Optional[dict],
+                   closed_at: float) -> dict:
+    """What ``window``'s marker holds; KeyError, TypeError, ValueError or
+    AttributeError when ``manifest`` lacks what it needs (damaged)."""
+    counts = manifest["counts"] if manifest else {}
+    return {"window": window.as_dict(), "partition": window.partition,
+            "run_id": manifest["run_id"] if manifest else None,
+            "counts": {"predicted": int(counts.get("predicted", 0)),
+                       "failed": int(counts.get("failed", 0))},
+            "closed_at": _iso(closed_at)}
 
 
 def _complete_hours(output: str, since: float, until: float) -> None:
@@ -508,7 +514,10 @@ def _read_record(output: str, path: str, *, marker: bool = False
         if not spec and not marker:
             return record, None
         start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
-        return record, Window(int(start), int(spec["seconds"]))
+        window = Window(int(start), int(spec["seconds"]))
+        if not marker:  # a run's window may need its marker written
+            _marker_record(window, record, 0)
+        return record, window
     except (ValueError, TypeError, KeyError, AttributeError,
             fs.NotRegularError) as error:
         raise ConfigError(

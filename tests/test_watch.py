@@ -473,6 +473,36 @@ def test_a_damaged_marker_or_manifest_stops_the_watcher_in_one_line(
     assert sorted(os.listdir(output / record)) == before
 
 
+@pytest.mark.parametrize("damage", ["no counts", "counts not a dict",
+                                    "no run id"])
+def test_a_damaged_manifest_whose_marker_is_missing_stops_the_watcher(
+        tmp_path, split, cli, damage):
+    """A watcher killed between publishing a run and marking its window
+    leaves the marker to the next one, which writes it from the run's
+    manifest: a manifest without the run id or the counts the marker
+    copies stopped it with a traceback, not one line naming the file."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    write_digits(str(folder), split, 2, nested=False)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: markers(output), log, "a first window")
+    for marker in glob.glob(str(output / "_windows" / "*.json")):
+        os.remove(marker)
+    (path,) = glob.glob(str(output / "_runs" / "*.json"))
+    manifest = json.loads(open(path).read())
+    if damage == "counts not a dict":
+        manifest["counts"] = None
+    else:
+        del manifest[{"no counts": "counts", "no run id": "run_id"}[damage]]
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert f"{path} is damaged (" in line
+    assert "restore it from a backup, or watch into another output" in line
+    assert not os.listdir(output / "_windows")
+
+
 def test_hours_and_windows_are_marked(tmp_path):
     """A finished hour gets _SUCCESS in both tables; a run published by a
     watcher that was killed before marking its window gets its marker."""
