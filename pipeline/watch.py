@@ -211,7 +211,7 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
             if not watcher.publish(current, stopping=stop):
                 break
             current = _next_window(base.output, current, seconds, clock(),
-                                   log)
+                                   log, complete=watcher.unfinished is None)
         print(f"imgclass: stopped; window {current} was not published: its "
               f"files wait for the next run", file=log)
     return watcher.counts
@@ -280,17 +280,19 @@ def _announce(config: ClassifyConfig, output: str, stored, interval: float,
 
 
 def _next_window(output: str, ended: Window, seconds: int, now: float,
-                 log) -> Window:
+                 log, *, complete: bool = True) -> Window:
     """The window of ``seconds`` open at ``now``, once ``ended`` is
     published (or the one after ``ended``, if the clock was set back);
-    completes the hours no later window writes into."""
+    completes the hours no later window writes into (unless not
+    ``complete``: a run's publishing is yet to be completed)."""
     following = _window_after(ended, now, seconds)
     if now < ended.end:
         _say_clock_went_back(now, ended, following, log)
     elif following.start > ended.end:
         print(f"imgclass: the run took longer than the window; new "
               f"files go to window {following}", file=log)
-    _complete_hours(output, ended.start, following.start)
+    if complete:
+        _complete_hours(output, ended.start, following.start)
     return following
 
 
@@ -307,6 +309,10 @@ class _Watcher:
         self.counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
                        "failed_runs": 0}
         self.failures = 0
+        # The start of the first window whose run failed part way through
+        # publishing: the run that completes it writes into its hour, which
+        # is not final until then.
+        self.unfinished: Optional[int] = None
         self._waiting = 0
         self.future = _FutureFiles(log)
 
@@ -340,6 +346,9 @@ class _Watcher:
                 return False
             self.failures += 1
             self.counts["failed_runs"] += 1
+            if self.unfinished is None and outputs.pending_publishes(
+                    self.config.output):
+                self.unfinished = window.start
             print(f"imgclass: window {window} was not published, its "
                   f"files wait for the next window "
                   f"({self.failures}/{MAX_FAILURES} failures in a row): "
@@ -352,6 +361,10 @@ class _Watcher:
             self.done.add_ledger(outputs.ledger_files(self.config.output),
                                  self.stored)
             _mark_runs(self.config.output, self.failures + 1, self.clock())
+        if self.unfinished is not None and not outputs.pending_publishes(
+                self.config.output):  # this window's run completed it
+            _complete_hours(self.config.output, self.unfinished, window.start)
+            self.unfinished = None
         self.failures = 0
         self.counts["windows"] += 1
         if manifest is not None and manifest["deferred_signals"] and \

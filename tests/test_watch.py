@@ -668,6 +668,48 @@ def test_a_window_whose_publishing_a_later_window_completed_is_not_run_again(
     assert set(manifests(output)) <= markers
 
 
+def test_an_hour_is_not_final_while_a_window_of_it_is_half_published(
+        tmp_path, split, monkeypatch):
+    """The last window of an hour fails part way through publishing (an
+    object store's 503 on a move): its other files land in its hour when
+    the next window's run completes it, so the hour's _SUCCESS waits for
+    that; it was written as the failed window ended."""
+    from pipeline import outputs
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder), split, 3, nested=False)
+    write_bad_files(str(folder / "bad"))  # rows in errors/ too
+    old = time.time() - 600
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (old, old))
+    hour = int(time.time()) // 3600 * 3600
+    move, failed = outputs._move, []
+
+    def unavailable_once(sources, destinations):
+        if f"{os.sep}errors{os.sep}" in destinations[0] and not failed:
+            failed.append(destinations[0])
+            raise OSError(5, "503 Service Unavailable")
+        move(sources, destinations)
+
+    monkeypatch.setattr(outputs, "_move", unavailable_once)
+    success = [os.path.join(str(output), kind, *hour_partition(hour).split(
+        "/"), "_SUCCESS") for kind in ("predictions", "errors")]
+    with watching(folder, output, start=hour + 3600 - WINDOW + 1) as (
+            log, clock):
+        clock.advance(WINDOW, log)  # the hour's last window, failed
+        assert failed, log.getvalue()[-3000:]
+        assert not any(os.path.exists(p) for p in success)
+        advance_until(clock, lambda: all(os.path.exists(p) for p in success),
+                      log, "the hour completed, then final")
+    paths = check_contract(output)
+    assert set(truth) <= set(paths)
+    assert all(f"/{hour_partition(hour)}/" in p  # the failed window's
+               for kind in ("predictions", "errors")
+               for p in parquet_files(output, kind)
+               if pq.read_metadata(p).num_rows)
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_a_first_stop_is_said_unless_quiet(capfd, quiet):
     """-q prints only errors: not the note that the watcher stops after
