@@ -426,6 +426,10 @@ def _run_window(config, patterns, window, done, stored, log, clock,
                                   settled_files=early)
         try:
             manifest = run_classify(run, log=log, output_locked=True)
+        except ConfigError as error:
+            # Found by the run's own checks since the watcher started (a
+            # disk full, an output no longer writable): a failed window.
+            raise RunFailed(str(error)) from error
         except BaseException as error:
             if not isinstance(error, Exception):
                 # A second Ctrl-C or SIGTERM: a run that had started

@@ -710,6 +710,52 @@ def test_an_hour_is_not_final_while_a_window_of_it_is_half_published(
                if pq.read_metadata(p).num_rows)
 
 
+def test_a_disk_full_for_a_window_fails_that_window_and_leaves_no_probe(
+        tmp_path, split, monkeypatch):
+    """A window's run finds its output cannot be written (the disk filled
+    up since the watcher started): that window fails and its files wait
+    for the next, as for any failed run; it stopped the watcher with exit
+    2 (a configuration mistake, though work was done), and the write probe
+    stayed in the output."""
+    from apache_beam.io.filesystems import FileSystems
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder), split, 3, nested=False)
+    create, full = FileSystems.create, threading.Event()
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    def filling(path, *args, **kwargs):
+        handle = create(path, *args, **kwargs)
+        return Full(handle) if full.is_set() else handle
+
+    monkeypatch.setattr(FileSystems, "create", staticmethod(filling))
+    with watching(folder, output, settle=0) as (log, clock):
+        wait_for(lambda: "imgclass: watching" in log.getvalue(), log=log,
+                 what="the watch to start")
+        full.set()
+        clock.advance(WINDOW, log)
+        assert not clock.finished, log.getvalue()[-3000:]
+        assert "(1/3 failures in a row)" in log.getvalue()
+        assert "No space left on device" in log.getvalue()
+        assert not glob.glob(str(output / "_write_test_*"))
+        full.clear()
+        advance_until(clock, lambda: set(truth) <= set(
+            published_paths(output)), log, "the files, once there is room")
+    assert sorted(check_contract(output)) == sorted(truth)
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_a_first_stop_is_said_unless_quiet(capfd, quiet):
     """-q prints only errors: not the note that the watcher stops after
