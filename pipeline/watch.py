@@ -31,7 +31,9 @@ pipeline, with the same output contract:
   window begins where the last published one ended (``_window_after``).
   When no later window can write into an hour partition any more,
   ``_SUCCESS`` is written into
-  ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
+  ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``
+  (a run that failed part way through publishing is completed by the
+  next one, into its window's hour: that hour waits for it).
 * Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
   finishes the window being published, if any, and leaves the open window
   unpublished: its files are classified by the next run. A second signal
