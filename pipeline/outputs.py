@@ -105,6 +105,8 @@ def check_output(output: str) -> None:
             handle.write(b"ok")
         _remove_probe(probe)
     except Exception as error:  # any filesystem's refusal means unwritable
+        with contextlib.suppress(Exception):  # created, then not written
+            _remove_probe(probe)
         message = getattr(error, "strerror", None) or error_line(error)
         raise ConfigError(f"output {output!r} cannot be written: "
                           f"{message}") from None

@@ -31,7 +31,9 @@ pipeline, with the same output contract:
   window begins where the last published one ended (``_window_after``).
   When no later window can write into an hour partition any more,
   ``_SUCCESS`` is written into
-  ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``.
+  ``predictions/date=.../hour=.../`` and ``errors/date=.../hour=.../``
+  (a run that failed part way through publishing is completed by the
+  next one, into its window's hour: that hour waits for it).
 * Stopping (``stop_event``; the command line sets it on Ctrl-C or SIGTERM)
   finishes the window being published, if any, and leaves the open window
   unpublished: its files are classified by the next run. A second signal
@@ -211,7 +213,7 @@ def _watch_output(config, base, interval, seconds, settle, stop, wait, log,
             if not watcher.publish(current, stopping=stop):
                 break
             current = _next_window(base.output, current, seconds, clock(),
-                                   log)
+                                   log, complete=watcher.unfinished is None)
         print(f"imgclass: stopped; window {current} was not published: its "
               f"files wait for the next run", file=log)
     return watcher.counts
@@ -280,17 +282,19 @@ def _announce(config: ClassifyConfig, output: str, stored, interval: float,
 
 
 def _next_window(output: str, ended: Window, seconds: int, now: float,
-                 log) -> Window:
+                 log, *, complete: bool = True) -> Window:
     """The window of ``seconds`` open at ``now``, once ``ended`` is
     published (or the one after ``ended``, if the clock was set back);
-    completes the hours no later window writes into."""
+    completes the hours no later window writes into (unless not
+    ``complete``: a run's publishing is yet to be completed)."""
     following = _window_after(ended, now, seconds)
     if now < ended.end:
         _say_clock_went_back(now, ended, following, log)
     elif following.start > ended.end:
         print(f"imgclass: the run took longer than the window; new "
               f"files go to window {following}", file=log)
-    _complete_hours(output, ended.start, following.start)
+    if complete:
+        _complete_hours(output, ended.start, following.start)
     return following
 
 
@@ -307,6 +311,10 @@ class _Watcher:
         self.counts = {"windows": 0, "runs": 0, "predicted": 0, "failed": 0,
                        "failed_runs": 0}
         self.failures = 0
+        # The start of the first window whose run failed part way through
+        # publishing: the run that completes it writes into its hour, which
+        # is not final until then.
+        self.unfinished: Optional[int] = None
         self._waiting = 0
         self.future = _FutureFiles(log)
 
@@ -340,6 +348,9 @@ class _Watcher:
                 return False
             self.failures += 1
             self.counts["failed_runs"] += 1
+            if self.unfinished is None and outputs.pending_publishes(
+                    self.config.output):
+                self.unfinished = window.start
             print(f"imgclass: window {window} was not published, its "
                   f"files wait for the next window "
                   f"({self.failures}/{MAX_FAILURES} failures in a row): "
@@ -352,6 +363,10 @@ class _Watcher:
             self.done.add_ledger(outputs.ledger_files(self.config.output),
                                  self.stored)
             _mark_runs(self.config.output, self.failures + 1, self.clock())
+        if self.unfinished is not None and not outputs.pending_publishes(
+                self.config.output):  # this window's run completed it
+            _complete_hours(self.config.output, self.unfinished, window.start)
+            self.unfinished = None
         self.failures = 0
         self.counts["windows"] += 1
         if manifest is not None and manifest["deferred_signals"] and \
@@ -413,6 +428,10 @@ def _run_window(config, patterns, window, done, stored, log, clock,
                                   settled_files=early)
         try:
             manifest = run_classify(run, log=log, output_locked=True)
+        except ConfigError as error:
+            # Found by the run's own checks since the watcher started (a
+            # disk full, an output no longer writable): a failed window.
+            raise RunFailed(str(error)) from error
         except BaseException as error:
             if not isinstance(error, Exception):
                 # A second Ctrl-C or SIGTERM: a run that had started
@@ -447,16 +466,22 @@ def _present_inputs(paths, log) -> list[str]:
 
 def _write_marker(output: str, window: Window, manifest: Optional[dict],
                   closed_at: float) -> None:
-    counts = manifest["counts"] if manifest else {}
-    record = {"window": window.as_dict(), "partition": window.partition,
-              "run_id": manifest["run_id"] if manifest else None,
-              "counts": {"predicted": counts.get("predicted", 0),
-                         "failed": counts.get("failed", 0)},
-              "closed_at": _iso(closed_at)}
     # Written whole or not at all: a reader never sees half a marker.
     fs.write_atomic(
         fs.join(output, outputs.WINDOWS_DIR, window.marker_name),
-        fs.json_bytes(record))
+        fs.json_bytes(_marker_record(window, manifest, closed_at)))
+
+
+def _marker_record(window: Window, manifest: Optional[dict],
+                   closed_at: float) -> dict:
+    """What ``window``'s marker holds; KeyError, TypeError, ValueError or
+    AttributeError when ``manifest`` lacks what it needs (damaged)."""
+    counts = manifest["counts"] if manifest else {}
+    return {"window": window.as_dict(), "partition": window.partition,
+            "run_id": manifest["run_id"] if manifest else None,
+            "counts": {"predicted": int(counts.get("predicted", 0)),
+                       "failed": int(counts.get("failed", 0))},
+            "closed_at": _iso(closed_at)}
 
 
 def _complete_hours(output: str, since: float, until: float) -> None:
@@ -508,7 +533,10 @@ def _read_record(output: str, path: str, *, marker: bool = False
         if not spec and not marker:
             return record, None
         start = datetime.datetime.fromisoformat(spec["start"]).timestamp()
-        return record, Window(int(start), int(spec["seconds"]))
+        window = Window(int(start), int(spec["seconds"]))
+        if not marker:  # a run's window may need its marker written
+            _marker_record(window, record, 0)
+        return record, window
     except (ValueError, TypeError, KeyError, AttributeError,
             fs.NotRegularError) as error:
         raise ConfigError(

@@ -473,6 +473,36 @@ def test_a_damaged_marker_or_manifest_stops_the_watcher_in_one_line(
     assert sorted(os.listdir(output / record)) == before
 
 
+@pytest.mark.parametrize("damage", ["no counts", "counts not a dict",
+                                    "no run id"])
+def test_a_damaged_manifest_whose_marker_is_missing_stops_the_watcher(
+        tmp_path, split, cli, damage):
+    """A watcher killed between publishing a run and marking its window
+    leaves the marker to the next one, which writes it from the run's
+    manifest: a manifest without the run id or the counts the marker
+    copies stopped it with a traceback, not one line naming the file."""
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    write_digits(str(folder), split, 2, nested=False)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: markers(output), log, "a first window")
+    for marker in glob.glob(str(output / "_windows" / "*.json")):
+        os.remove(marker)
+    (path,) = glob.glob(str(output / "_runs" / "*.json"))
+    manifest = json.loads(open(path).read())
+    if damage == "counts not a dict":
+        manifest["counts"] = None
+    else:
+        del manifest[{"no counts": "counts", "no run id": "run_id"}[damage]]
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert f"{path} is damaged (" in line
+    assert "restore it from a backup, or watch into another output" in line
+    assert not os.listdir(output / "_windows")
+
+
 def test_hours_and_windows_are_marked(tmp_path):
     """A finished hour gets _SUCCESS in both tables; a run published by a
     watcher that was killed before marking its window gets its marker."""
@@ -636,6 +666,94 @@ def test_a_window_whose_publishing_a_later_window_completed_is_not_run_again(
     markers = {json.load(open(m))["run_id"] for m in glob.glob(
         os.path.join(str(output), "_windows", "*.json"))}
     assert set(manifests(output)) <= markers
+
+
+def test_an_hour_is_not_final_while_a_window_of_it_is_half_published(
+        tmp_path, split, monkeypatch):
+    """The last window of an hour fails part way through publishing (an
+    object store's 503 on a move): its other files land in its hour when
+    the next window's run completes it, so the hour's _SUCCESS waits for
+    that; it was written as the failed window ended."""
+    from pipeline import outputs
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder), split, 3, nested=False)
+    write_bad_files(str(folder / "bad"))  # rows in errors/ too
+    old = time.time() - 600
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (old, old))
+    hour = int(time.time()) // 3600 * 3600
+    move, failed = outputs._move, []
+
+    def unavailable_once(sources, destinations):
+        if f"{os.sep}errors{os.sep}" in destinations[0] and not failed:
+            failed.append(destinations[0])
+            raise OSError(5, "503 Service Unavailable")
+        move(sources, destinations)
+
+    monkeypatch.setattr(outputs, "_move", unavailable_once)
+    success = [os.path.join(str(output), kind, *hour_partition(hour).split(
+        "/"), "_SUCCESS") for kind in ("predictions", "errors")]
+    with watching(folder, output, start=hour + 3600 - WINDOW + 1) as (
+            log, clock):
+        clock.advance(WINDOW, log)  # the hour's last window, failed
+        assert failed, log.getvalue()[-3000:]
+        assert not any(os.path.exists(p) for p in success)
+        advance_until(clock, lambda: all(os.path.exists(p) for p in success),
+                      log, "the hour completed, then final")
+    paths = check_contract(output)
+    assert set(truth) <= set(paths)
+    assert all(f"/{hour_partition(hour)}/" in p  # the failed window's
+               for kind in ("predictions", "errors")
+               for p in parquet_files(output, kind)
+               if pq.read_metadata(p).num_rows)
+
+
+def test_a_disk_full_for_a_window_fails_that_window_and_leaves_no_probe(
+        tmp_path, split, monkeypatch):
+    """A window's run finds its output cannot be written (the disk filled
+    up since the watcher started): that window fails and its files wait
+    for the next, as for any failed run; it stopped the watcher with exit
+    2 (a configuration mistake, though work was done), and the write probe
+    stayed in the output."""
+    from apache_beam.io.filesystems import FileSystems
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    truth = write_digits(str(folder), split, 3, nested=False)
+    create, full = FileSystems.create, threading.Event()
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    def filling(path, *args, **kwargs):
+        handle = create(path, *args, **kwargs)
+        return Full(handle) if full.is_set() else handle
+
+    monkeypatch.setattr(FileSystems, "create", staticmethod(filling))
+    with watching(folder, output, settle=0) as (log, clock):
+        wait_for(lambda: "imgclass: watching" in log.getvalue(), log=log,
+                 what="the watch to start")
+        full.set()
+        clock.advance(WINDOW, log)
+        assert not clock.finished, log.getvalue()[-3000:]
+        assert "(1/3 failures in a row)" in log.getvalue()
+        assert "No space left on device" in log.getvalue()
+        assert not glob.glob(str(output / "_write_test_*"))
+        full.clear()
+        advance_until(clock, lambda: set(truth) <= set(
+            published_paths(output)), log, "the files, once there is room")
+    assert sorted(check_contract(output)) == sorted(truth)
 
 
 @pytest.mark.parametrize("quiet", [False, True])
