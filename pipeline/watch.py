@@ -342,22 +342,7 @@ class _Watcher:
                                        self.done, self.stored, self.log,
                                        self.clock, self.future)
         except RunFailed as error:
-            if stopping.is_set():
-                print(f"imgclass: window {window} was not published "
-                      f"(stopping): {error}", file=self.log)
-                return False
-            self.failures += 1
-            self.counts["failed_runs"] += 1
-            if self.unfinished is None and outputs.pending_publishes(
-                    self.config.output):
-                self.unfinished = window.start
-            print(f"imgclass: window {window} was not published, its "
-                  f"files wait for the next window "
-                  f"({self.failures}/{MAX_FAILURES} failures in a row): "
-                  f"{error}", file=self.log)
-            if self.failures >= MAX_FAILURES:
-                raise
-            return True
+            return self._failed(window, error, stopping)
         if self.failures:  # this run may have completed a failed one's
             self.done.clear()  # publishing: its files are done too
             self.done.add_ledger(outputs.ledger_files(self.config.output),
@@ -373,11 +358,52 @@ class _Watcher:
                 not stopping.is_set():  # held back while publishing
             stopping.set()
             print(STOPPING, file=self.log)
+        self._count_run(manifest)
+        return True
+
+    def _failed(self, window: Window, error: RunFailed,
+                stopping: threading.Event) -> bool:
+        """:meth:`publish` for a window that failed: says what became of
+        it; False when the watch stops; the error again on the
+        MAX_FAILURES-th failure in a row."""
+        unmarked = error.manifest if isinstance(error, _UnmarkedWindow) \
+            else None
+        self._count_run(unmarked)
+        what = (f"was published (run {unmarked['run_id']}) but not marked"
+                if unmarked else "was not published")
+        if stopping.is_set():
+            print(f"imgclass: window {window} {what} (stopping): {error}",
+                  file=self.log)
+            return False
+        self.failures += 1
+        self.counts["failed_runs"] += 1
+        if self.unfinished is None and outputs.pending_publishes(
+                self.config.output):
+            self.unfinished = window.start
+        then = ("the next window that publishes marks it" if unmarked
+                else "its files wait for the next window")
+        print(f"imgclass: window {window} {what}, {then} "
+              f"({self.failures}/{MAX_FAILURES} failures in a row): "
+              f"{error}", file=self.log)
+        if self.failures >= MAX_FAILURES:
+            raise error
+        return True
+
+    def _count_run(self, manifest: Optional[dict]) -> None:
         if manifest is not None:
             self.counts["runs"] += 1
             self.counts["predicted"] += manifest["counts"]["predicted"]
             self.counts["failed"] += manifest["counts"]["failed"]
-        return True
+
+
+class _UnmarkedWindow(RunFailed):
+    """A window's run is published, but its marker could not be written
+    (a store error): the window counts as failed, so that the next one
+    that publishes writes the marker (:func:`_mark_runs`)."""
+
+    def __init__(self, message: str, manifest: dict):
+        super().__init__(message)
+        self.manifest = manifest
 
 
 def _window_after(ended: Window, now: float, seconds: int) -> Window:
@@ -445,7 +471,13 @@ def _run_window(config, patterns, window, done, stored, log, clock,
                         stored)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
-    _write_marker(output, window, manifest, clock())
+    try:
+        _write_marker(output, window, manifest, clock())
+    except Exception as error:
+        if manifest is None or not fs.is_store_error(error):
+            raise
+        raise _UnmarkedWindow(f"{fs.shown(output)}: {type(error).__name__}:"
+                              f" {fs.error_line(error)}", manifest) from error
     return manifest
 
 

@@ -756,6 +756,42 @@ def test_a_disk_full_for_a_window_fails_that_window_and_leaves_no_probe(
     assert sorted(check_contract(output)) == sorted(truth)
 
 
+def test_a_published_window_whose_marker_fails_is_said_so_and_marked_later(
+        tmp_path, split, monkeypatch):
+    """The run is published, then writing its window's marker fails (an
+    object store's 503): the watcher says the window was published, not
+    that its files wait (they are done: the next run leaves them), and the
+    next window that publishes writes the missing marker."""
+    from pipeline import watch as watch_module
+
+    folder, output = tmp_path / "inbox", tmp_path / "out"
+    first = write_digits(str(folder / "a"), split, 3, seed=1)
+    write_marker, failed = watch_module._write_marker, []
+
+    def unavailable_once(output_, window, manifest, closed_at):
+        if manifest is not None and not failed:
+            failed.append(manifest["run_id"])
+            raise OSError(5, "503 Service Unavailable")
+        write_marker(output_, window, manifest, closed_at)
+
+    monkeypatch.setattr(watch_module, "_write_marker", unavailable_once)
+    with watching(folder, output, settle=0) as (log, clock):
+        advance_until(clock, lambda: failed, log, "the first run")
+        (run_id,) = failed
+        said = log.getvalue()
+        assert f"was published (run {run_id}) but not marked, the next " \
+               f"window that publishes marks it (1/3 failures in a row)" \
+               in said
+        assert "its files wait" not in said
+        assert set(first) <= set(published_paths(output))
+        assert run_id not in {m["run_id"] for m in markers(output)}
+        second = write_digits(str(folder / "b"), split, 3, seed=2)
+        advance_until(clock, lambda: set(second) <= set(
+            published_paths(output)), log, "the next window's files")
+    assert run_id in {m["run_id"] for m in markers(output)}
+    assert sorted(check_contract(output)) == sorted({**first, **second})
+
+
 @pytest.mark.parametrize("quiet", [False, True])
 def test_a_first_stop_is_said_unless_quiet(capfd, quiet):
     """-q prints only errors: not the note that the watcher stops after
