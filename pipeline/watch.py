@@ -448,37 +448,48 @@ def _run_window(config, patterns, window, done, stored, log, clock,
         # The run's own filter (is_settled) would leave these out.
         early = tuple(file_version(m) for m in new
                       if not is_settled(m, config.settle, now))
-        run = dataclasses.replace(config, inputs=present,
-                                  partition=window.partition,
-                                  window=window.as_dict(), listed_at=now,
-                                  settled_files=early)
-        try:
-            manifest = run_classify(run, log=log, output_locked=True)
-        except ConfigError as error:
-            # Found by the run's own checks since the watcher started (a
-            # disk full, an output no longer writable): a failed window.
-            raise RunFailed(str(error)) from error
-        except BaseException as error:
-            if not isinstance(error, Exception):
-                # A second Ctrl-C or SIGTERM: a run that had started
-                # publishing is finished, any other leaves nothing behind.
-                with contextlib.suppress(Exception):
-                    outputs.recover(output)
-                    _reconcile(output, window_at(clock(), window.seconds),
-                               clock())
-            raise
+        manifest = _classify_window(dataclasses.replace(
+            config, inputs=present, partition=window.partition,
+            window=window.as_dict(), listed_at=now, settled_files=early),
+            window, log, clock)
         done.add_ledger(manifest["files"].get(outputs.LEDGER_DIR, []),
                         stored)
     else:
         print(f"imgclass: window {window}: no new files", file=log)
+    _mark_window(output, window, manifest, clock())
+    return manifest
+
+
+def _classify_window(run: ClassifyConfig, window: Window, log, clock) -> dict:
+    """The window's run (``run_classify``); its manifest."""
     try:
-        _write_marker(output, window, manifest, clock())
+        return run_classify(run, log=log, output_locked=True)
+    except ConfigError as error:
+        # Found by the run's own checks since the watcher started (a
+        # disk full, an output no longer writable): a failed window.
+        raise RunFailed(str(error)) from error
+    except BaseException as error:
+        if not isinstance(error, Exception):
+            # A second Ctrl-C or SIGTERM: a run that had started
+            # publishing is finished, any other leaves nothing behind.
+            with contextlib.suppress(Exception):
+                outputs.recover(run.output)
+                _reconcile(run.output, window_at(clock(), window.seconds),
+                           clock())
+        raise
+
+
+def _mark_window(output: str, window: Window, manifest: Optional[dict],
+                 closed_at: float) -> None:
+    """Writes ``window``'s marker; _UnmarkedWindow when a store error
+    stops it after the window's run was published."""
+    try:
+        _write_marker(output, window, manifest, closed_at)
     except Exception as error:
         if manifest is None or not fs.is_store_error(error):
             raise
         raise _UnmarkedWindow(f"{fs.shown(output)}: {type(error).__name__}:"
                               f" {fs.error_line(error)}", manifest) from error
-    return manifest
 
 
 def _present_inputs(paths, log) -> list[str]:
