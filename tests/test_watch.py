@@ -417,6 +417,15 @@ def test_settings_and_outputs_are_checked_before_watching(tmp_path, cli):
     assert code == 2 and "output folder of its own" in err
 
 
+def refused_in_one_line(cli, folder, output) -> str:
+    """``imgclass watch`` stopping before any work (exit 2, one line on
+    stderr): that line."""
+    code, _, err = cli("watch", "--input", folder, "--output", output)
+    assert code == 2, err
+    (line,) = err.splitlines()
+    return line
+
+
 def test_a_damaged_ledger_stops_the_watcher_in_one_line(tmp_path, split,
                                                         cli):
     folder, output = tmp_path / "inbox", tmp_path / "out"
@@ -427,16 +436,14 @@ def test_a_damaged_ledger_stops_the_watcher_in_one_line(tmp_path, split,
     (ledger,) = glob.glob(str(output / "_ledger" / "**" / "*.parquet"),
                           recursive=True)
     os.truncate(ledger, 20)
-    code, _, err = cli("watch", "--input", folder, "--output", output)
-    assert code == 2
-    (line,) = err.splitlines()
+    line = refused_in_one_line(cli, folder, output)
     assert f"_ledger file {ledger} is damaged" in line
     assert line.endswith("so watch cannot tell the files done before; "
                          "restore it from a backup, or watch into another "
                          "output folder")
 
 
-@pytest.mark.parametrize("damage", ["truncated", "no window", "bad start",
+@pytest.mark.parametrize("damage", ["truncated", "no length", "bad start",
                                     "fifo"])
 @pytest.mark.parametrize("record", ["_windows", "_runs"])
 def test_a_damaged_marker_or_manifest_stops_the_watcher_in_one_line(
@@ -454,18 +461,16 @@ def test_a_damaged_marker_or_manifest_stops_the_watcher_in_one_line(
     if damage == "fifo":
         os.mkfifo(path)
     else:
-        broken = {"truncated": None, "no window": {**good, "window": {}},
-                  "bad start": {**good, "window": {**good["window"],
+        window = good["window"]
+        broken = {"truncated": None,
+                  "no length": {**good, "window": {"start": window["start"]}},
+                  "bad start": {**good, "window": {**window,
                                                    "start": "soon"}}}[damage]
-        if broken is not None and record == "_runs" and damage == "no window":
-            broken["window"] = {"start": good["window"]["start"]}
         with open(path, "w") as handle:
             handle.write(json.dumps(good)[:25] if broken is None
                          else json.dumps(broken))
     before = sorted(os.listdir(output / record))
-    code, _, err = cli("watch", "--input", folder, "--output", output)
-    assert code == 2
-    (line,) = err.splitlines()
+    line = refused_in_one_line(cli, folder, output)
     assert f"{path} is damaged (" in line
     assert line.endswith("so watch cannot tell which windows were "
                          "published; restore it from a backup, or watch "
@@ -495,9 +500,7 @@ def test_a_damaged_manifest_whose_marker_is_missing_stops_the_watcher(
         del manifest[{"no counts": "counts", "no run id": "run_id"}[damage]]
     with open(path, "w") as handle:
         json.dump(manifest, handle)
-    code, _, err = cli("watch", "--input", folder, "--output", output)
-    assert code == 2, err
-    (line,) = err.splitlines()
+    line = refused_in_one_line(cli, folder, output)
     assert f"{path} is damaged (" in line
     assert "restore it from a backup, or watch into another output" in line
     assert not os.listdir(output / "_windows")
