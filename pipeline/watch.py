@@ -259,13 +259,16 @@ def _resume(output: str, seconds: int, clock, log) -> Window:
     that is later (an earlier watcher with longer windows, or a clock set
     back), so that no window is published twice under one marker."""
     now = clock()
-    _mark_runs(output, 1, now)
+    runs = _mark_runs(output, 1, now)
     last = _last_window(output)
     current = window_at(now, seconds) if last is None else \
         _window_after(last, now, seconds)
     if last is not None and now < last.end:
         _say_clock_went_back(now, last, current, log)
-    _complete_last_hour(output, last, current)
+    # The last run's window may lie in an earlier hour than the last
+    # marker's (a run whose publishing recovery has just completed).
+    for window in {last, *runs}:
+        _complete_last_hour(output, window, current)
     return current
 
 
@@ -589,16 +592,20 @@ def _read_record(output: str, path: str, *, marker: bool = False
             f"into another output folder") from None
 
 
-def _mark_runs(output: str, last: int, now: float) -> None:
+def _mark_runs(output: str, last: int, now: float) -> list[Window]:
     """Writes the markers the ``last`` published runs' windows lack (a run
-    published by the recovery of a later one never wrote its own)."""
+    published by the recovery of a later one never wrote its own); those
+    runs' windows."""
     runs = fs.match(fs.join(output, outputs.RUNS_DIR, "*.json"))
+    windows = []
     for path in runs[-last:]:  # run ids sort by time
         manifest, window = _read_record(output, path)
         if window is not None:
+            windows.append(window)
             if not FileSystems.exists(fs.join(
                     output, outputs.WINDOWS_DIR, window.marker_name)):
                 _write_marker(output, window, manifest, now)
+    return windows
 
 
 def _new_files(patterns, settle: float, done: DoneFiles, exclude,

@@ -591,6 +591,37 @@ def test_a_clock_set_back_does_not_open_a_published_window_again(tmp_path):
     assert "clock" not in log.getvalue()
 
 
+def test_a_restart_marks_final_the_hour_of_a_run_its_recovery_completed(
+        tmp_path):
+    """A window's run failed part way through publishing, a later window
+    of another hour had nothing new and was marked, then the watcher
+    stopped: the next watcher's recovery completes the run, and both
+    hours, which no later window writes into, get _SUCCESS (only the last
+    marker's did)."""
+    output, log = str(tmp_path / "out"), io.StringIO()
+    hour = 1_700_000_000 // 3600 * 3600
+    completed = window_at(hour + 10, WINDOW)
+    empty = window_at(hour + 2 * 3600 + 10, WINDOW)
+    os.makedirs(os.path.join(output, "_runs"))
+    with open(os.path.join(output, "_runs", "20231114T220000Z-abc.json"),
+              "w") as handle:
+        json.dump({"run_id": "20231114T220000Z-abc", "window":
+                   completed.as_dict(), "counts": {"predicted": 2,
+                                                    "failed": 0}}, handle)
+    _write_marker(output, empty, None, empty.end)
+    now = hour + 3 * 3600 + 5
+    assert _resume(output, WINDOW, lambda: now, log) == window_at(now, WINDOW)
+
+    def final(window):
+        return all(os.path.exists(os.path.join(
+            output, kind, *window.partition.split("/"), "_SUCCESS"))
+            for kind in ("predictions", "errors"))
+
+    assert final(completed) and final(empty)
+    assert {m["run_id"] for m in markers(output)} == {
+        None, "20231114T220000Z-abc"}
+
+
 def test_a_watched_folder_that_goes_away_for_a_while_is_waited_for(
         tmp_path, split):
     """A remount or a rotation takes the watched folder away between two
