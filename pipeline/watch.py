@@ -259,16 +259,13 @@ def _resume(output: str, seconds: int, clock, log) -> Window:
     that is later (an earlier watcher with longer windows, or a clock set
     back), so that no window is published twice under one marker."""
     now = clock()
-    runs = _mark_runs(output, 1, now)
-    last = _last_window(output)
+    recorded = _recorded_windows(output, now)
+    last = max(recorded, key=lambda w: w.start, default=None)
     current = window_at(now, seconds) if last is None else \
         _window_after(last, now, seconds)
     if last is not None and now < last.end:
         _say_clock_went_back(now, last, current, log)
-    # The last run's window may lie in an earlier hour than the last
-    # marker's (a run whose publishing recovery has just completed).
-    for window in {last, *runs}:
-        _complete_last_hour(output, window, current)
+    _complete_their_hours(output, recorded, current)
     return current
 
 
@@ -547,16 +544,24 @@ def _reconcile(output: str, current: Window, now: float) -> None:
     """Writes the markers an earlier watcher could not (killed between
     publishing a run and marking its window, or stopped in an hour that has
     ended since); ``now`` is when, for the markers."""
-    _mark_runs(output, 1, now)
-    _complete_last_hour(output, _last_window(output), current)
+    _complete_their_hours(output, _recorded_windows(output, now), current)
 
 
-def _complete_last_hour(output: str, last: Optional[Window],
-                        current: Window) -> None:
-    """``_SUCCESS`` in the hour of the ``last`` window published, once the
+def _recorded_windows(output: str, now: float) -> set[Window]:
+    """The last run's window (its marker written now if an earlier watcher
+    could not) and the last marker's: the latest published windows. The
+    run's may lie in an earlier hour (a run whose publishing recovery has
+    just completed, after a later window with no run)."""
+    recorded = set(_mark_runs(output, 1, now))
+    last = _last_window(output)
+    return recorded | {last} if last is not None else recorded
+
+
+def _complete_their_hours(output: str, windows, current: Window) -> None:
+    """``_SUCCESS`` in the hour of each of ``windows`` (published), once the
     ``current`` one starts after it."""
-    if last is not None:
-        hour = int(last.start // HOUR) * HOUR
+    for window in windows:
+        hour = int(window.start // HOUR) * HOUR
         _complete_hours(output, hour, min(current.start, hour + HOUR))
 
 
