@@ -311,6 +311,42 @@ def test_match_files_is_recursive_and_globs_cross_folders(tmp_path):
                     label="png")
 
 
+def test_batched_files_arrive_as_listed_with_what_the_skip_check_learnt(
+        tmp_path):
+    """Between stages files travel as plain tuples (no pickling): what
+    reaches the batches is still each file's ``FileMetadata`` (size and
+    modification time as listed), what cannot be read an error row, and a
+    ``MatchedFile``'s ledger facts survive the spread."""
+    from transforms.read import BatchFiles
+    from transforms.skip import MatchedFile
+
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(b"x" * i)
+        os.utime(tmp_path / f"{i}.png", (1.5e9 + i / 4, 1.5e9 + i / 4))
+    os.mkfifo(tmp_path / "pipe.png")
+    listed = [FileMetadata(str(tmp_path / f"{i}.png"), i, 1.5e9 + i / 4)
+              for i in range(5)]
+    learnt = [MatchedFile(m, sha256=f"{i:064x}", retried_stage="read")
+              for i, m in enumerate(listed)]
+
+    def described(batch):
+        return sorted((type(m).__name__, m.path, m.size_in_bytes,
+                       m.last_updated_in_seconds,
+                       getattr(m, "sha256", None)) for m in batch)
+
+    with beam_pipeline() as p:
+        found = (p | beam.Create([str(tmp_path / "*")]) | MatchFiles())
+        batches = found.files | "files" >> BatchFiles(10)
+        assert_that(batches | "d1" >> beam.Map(described), equal_to(
+            [described(listed)]), label="files")
+        assert_that(found.errors | beam.Map(lambda r: r["path"]),
+                    equal_to([str(tmp_path / "pipe.png")]), label="errors")
+        wrapped = (p | "learnt" >> beam.Create(learnt)
+                   | "matched" >> BatchFiles(10))
+        assert_that(wrapped | "d2" >> beam.Map(described), equal_to(
+            [described(learnt)]), label="matched")
+
+
 def test_classify_images_turns_patterns_into_rows_and_error_rows(
         model, split, tmp_path):
     """The README's composite transform: patterns in (overlapping ones

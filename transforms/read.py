@@ -17,7 +17,7 @@ from model_store.fs import basename
 from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_identified
 from transforms.schema import ERRORS_TAG
-from transforms.skip import file_key
+from transforms.skip import file_key, packed, unpacked
 
 # Names that mark a file as still being written (``imgclass watch``): write
 # to such a name, then rename the finished file.
@@ -69,7 +69,8 @@ class _ListFn(beam.DoFn):
         self._exclude = tuple(exclude)
 
     def process(self, pattern: str):
-        yield from list_identified(pattern, exclude=self._exclude)
+        for identity, item in list_identified(pattern, exclude=self._exclude):
+            yield identity, packed(item)
 
 
 class _SplitFn(beam.DoFn):
@@ -88,7 +89,8 @@ class _SplitFn(beam.DoFn):
         self._failed = Metrics.counter(METRICS_NAMESPACE, "files_failed_read")
 
     def process(self, keyed):
-        item = one_per_file(*keyed)
+        real, values = keyed
+        item = one_per_file(real, map(unpacked, values))
         if isinstance(item, ListingError):
             self._matched.inc()
             self._failed.inc()
@@ -174,4 +176,7 @@ class BatchFiles(beam.PTransform):
                 | "Batch" >> beam.BatchElements(
                     min_batch_size=self._batch_size,
                     max_batch_size=self._batch_size)
-                | "Spread" >> beam.Reshuffle())
+                | "Pack" >> beam.Map(lambda batch: [packed(m) for m in batch])
+                | "Spread" >> beam.Reshuffle()
+                | "Unpack" >> beam.Map(
+                    lambda batch: [unpacked(m) for m in batch]))
