@@ -455,6 +455,35 @@ def test_offline_options_never_use_the_downloading_direct_runner():
         "PortableRunner"
 
 
+def test_options_views_share_their_values_as_beams_do():
+    """The options' views are made once per class (Beam asks for one about
+    350 times a run): a value set through one view is what every other view
+    and a pickled copy read, and the flags given are parsed."""
+    import pickle
+
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        DirectOptions,
+        PipelineOptions,
+        StandardOptions,
+    )
+
+    from pipeline.run import offline_options
+
+    options = offline_options("--direct_num_workers=3",
+                              "--experiments=a", "--experiments=b")
+    assert options.view_as(DirectOptions).direct_num_workers == 3
+    options.view_as(StandardOptions).streaming = True
+    options.view_as(DebugOptions).add_experiment("c")
+    for copy in (options, pickle.loads(pickle.dumps(options))):
+        assert copy.view_as(StandardOptions).streaming is True
+        assert copy.view_as(StandardOptions).runner == "FnApiRunner"
+        assert copy.view_as(DebugOptions).experiments == ["a", "b", "c"]
+        assert copy.get_all_options()["direct_num_workers"] == 3
+    fresh = PipelineOptions(["--experiments=a"])
+    assert fresh.view_as(DebugOptions).experiments == ["a"]
+
+
 def test_match_files_takes_files_settled_elsewhere_only_as_they_were(
         tmp_path):
     """``settled`` (the watcher settled them by its own clock: modified in
