@@ -856,15 +856,17 @@ def _load_external_data(model, folder: str) -> None:
     from model_store.spec import MAX_PARAMETERS
 
     tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    # Every shape is checked before the values are summed: a tensor of
+    # negative dimensions took the place of another's in the sum.
+    sizes = [_declared_bytes(t) for t in tensors]
     values = sum(math.prod(t.dims) for t in tensors)
     if values > MAX_PARAMETERS:
         raise UnsupportedModelError(
             f"the ONNX model's external tensors declare {values:,} values, "
             f"more than the limit of {MAX_PARAMETERS:,} parameter values")
-    for tensor in tensors:
+    for tensor, declared in zip(tensors, sizes):
         info = ExternalDataInfo(tensor)
         file = os.path.join(folder, info.location)
-        declared = _declared_bytes(tensor)
         what = (f"the ONNX tensor {tensor.name!r} (shape "
                 f"{list(tensor.dims)}, {declared:,} bytes) stored in "
                 f"{fs.shown(file)}")

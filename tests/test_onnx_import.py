@@ -415,6 +415,34 @@ def test_external_data_that_does_not_fit_its_tensor_is_refused_unread(
             f"{tmp_path / 'weights.bin'}: ") in err
 
 
+def test_external_tensors_of_negative_dimensions_do_not_lift_the_limit(
+        cli, tmp_path, monkeypatch):
+    """The values of external tensors were summed before any shape was
+    checked: a tensor of dimensions [-1, N] cancelled one of [N], whose
+    data (512 MiB here, any size in a hostile file) was then read whole,
+    before the other was refused."""
+    import model_store.spec
+
+    monkeypatch.setattr(model_store.spec, "MAX_PARAMETERS", 1000)
+    model, _ = _external_weight_model(tmp_path, offset=None, length=None,
+                                      size=80)
+    values = EXTERNAL // 4
+    with open(tmp_path / "big.bin", "wb") as handle:
+        handle.truncate(EXTERNAL)
+    (tmp_path / "negative.bin").write_bytes(b"")
+    for name, dims in (("big", [values]), ("negative", [-1, values])):
+        tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT,
+                                  dims=dims,
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        tensor.external_data.add(key="location", value=f"{name}.bin")
+        model.graph.initializer.append(tensor)
+    _, peak = traced_peak(lambda: _assert_refused(
+        cli, tmp_path, model, "the ONNX tensor 'negative' (shape [-1, "
+        "134217728], type 1) is stored in an external file, but has no "
+        "fixed size in bytes"))
+    assert peak < 64 * 2 ** 20, peak
+
+
 def test_external_data_is_read_from_its_offset_for_its_length(cli, tmp_path):
     """One file shared by tensors (as onnx writes it): only the tensor's
     own 80 bytes are read, from its offset, whatever follows them."""
