@@ -1023,9 +1023,10 @@ def _given_preprocessing(text: str) -> dict:
         text = _read_text(text, "the preprocessing file")
     try:
         given = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
-            from None
+    except (ValueError, RecursionError) as error:  # an integer of more
+        # than 4300 digits, lists nested 100,000 deep: not only JSONDecodeError
+        raise ConfigError(f"--preprocessing is not valid JSON: "
+                          f"{' '.join(str(error).split())[:200]}") from None
     if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
         raise ConfigError(f"--preprocessing must be a JSON object with "
                           f"keys among {', '.join(PREPROCESSING_KEYS)}")

@@ -625,6 +625,29 @@ def test_a_normalization_float32_cannot_hold_is_refused(cli, tmp_path, given):
     assert list_models(str(store)) == []
 
 
+@pytest.mark.parametrize("given, message", [
+    ('{"mean": [1' + "0" * 400 + ', 0, 0]}', "mean must be finite"),
+    ('{"std": [1' + "0" * 400 + ', 1, 1]}', "std must be positive and finite"),
+    ('{"background": 1' + "0" * 5000 + '}', "--preprocessing is not valid JSON"),
+    ('{"mean": ' + "[" * 100000 + "]" * 100000 + '}',
+     "--preprocessing is not valid JSON"),
+], ids=["mean beyond float", "std beyond float", "integer of 5001 digits",
+        "nested too deeply"])
+def test_a_preprocessing_number_python_cannot_convert_is_refused_in_one_line(
+        cli, tmp_path, given, message):
+    """An integer beyond float's range was an OverflowError traceback, one
+    of more than 4300 digits or lists nested 100,000 deep a ValueError or
+    RecursionError traceback from json (exit 1)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_example().build(), str(path))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", "--preprocessing", given)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert list_models(str(store)) == []
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""
