@@ -866,6 +866,13 @@ def _load_external_data(model, folder: str) -> None:
             f"more than the limit of {MAX_PARAMETERS:,} parameter values")
     for tensor, declared in zip(tensors, sizes):
         info = ExternalDataInfo(tensor)
+        if not _inside(folder, info.location):
+            raise UnsupportedModelError(
+                f"the ONNX tensor {tensor.name!r} (shape "
+                f"{list(tensor.dims)}, {declared:,} bytes) is stored in "
+                f"{info.location!r}, outside the model's folder "
+                f"{fs.shown(folder or os.curdir)}: external data is read "
+                f"only from files in it")
         file = os.path.join(folder, info.location)
         what = (f"the ONNX tensor {tensor.name!r} (shape "
                 f"{list(tensor.dims)}, {declared:,} bytes) stored in "
@@ -906,6 +913,19 @@ def _load_external_data(model, folder: str) -> None:
             tensor.raw_data = b""
             tensor.data_location = tensor.DEFAULT
             del tensor.external_data[:]
+
+
+def _inside(folder: str, location: str) -> bool:
+    """Whether the external data ``location`` names a file in ``folder``:
+    not an absolute path, not one that leaves it by ".." or by a symbolic
+    link (checked before anything outside is looked at, which onnx's own
+    check, when the data is read, comes after)."""
+    if os.path.isabs(location) or os.path.normpath(location).split(
+            os.sep)[0] == os.pardir:
+        return False
+    base = os.path.realpath(folder or os.curdir)
+    real = os.path.realpath(os.path.join(base, location))
+    return real == base or real.startswith(os.path.join(base, ""))
 
 
 # ONNX element types stored several to a byte (onnx.TensorProto names).

@@ -443,6 +443,34 @@ def test_external_tensors_of_negative_dimensions_do_not_lift_the_limit(
     assert peak < 64 * 2 ** 20, peak
 
 
+@pytest.mark.parametrize("location", ["../secret.bin", "ABSOLUTE",
+                                      "link.bin", "linked/secret.bin"])
+def test_external_data_outside_the_models_folder_is_refused_unlooked_at(
+        cli, tmp_path, location):
+    """A location outside the model's folder (a "..", an absolute path, a
+    symbolic link to a file or a folder outside) was looked up before
+    onnx's check: its size was reported ("the file holds 7 bytes"), with
+    "export the model again" for a fix, of any file on the machine."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"secret!")
+    (folder / "link.bin").symlink_to(secret)
+    (folder / "linked").symlink_to(tmp_path)
+    model, _ = _external_weight_model(folder, offset=None, length=None,
+                                      size=80)
+    tensor = next(t for t in model.graph.initializer if t.name == "fc.W")
+    where = str(secret) if location == "ABSOLUTE" else location
+    next(e for e in tensor.external_data if e.key == "location").value = where
+    _assert_refused(cli, folder, model,
+                    f"the ONNX tensor 'fc.W' (shape [4, 5], 80 bytes) is "
+                    f"stored in {where!r}, outside the model's folder "
+                    f"{folder}: external data is read only from files in it")
+    _, _, err = cli("--store", folder / "store", "models", "import", "onnx",
+                    folder / "m.onnx", "--name", "m")
+    assert "7 bytes" not in err
+
+
 def test_external_data_is_read_from_its_offset_for_its_length(cli, tmp_path):
     """One file shared by tensors (as onnx writes it): only the tensor's
     own 80 bytes are read, from its offset, whatever follows them."""
