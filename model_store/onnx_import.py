@@ -1129,6 +1129,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
             f"the ONNX graph outputs {network.output_shape[1]} score per "
             f"image; a classifier needs at least 2 classes (export a "
             f"binary classifier with one output per class)")
+    _check_not_sigmoid(spec["layers"][-1])
     softmax_added = spec["layers"][-1]["type"] != "softmax"
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
@@ -1148,6 +1149,18 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
     }
     return save_version(network, name=name, metadata=metadata, root=root,
                         promote=False)[0]
+
+
+def _check_not_sigmoid(last: dict) -> None:
+    """UnsupportedModelError for a graph that ends with a Sigmoid: its
+    scores are independent per-class probabilities, which the softmax
+    appended to logits would squash towards 1 / classes."""
+    if last.get("nonlinearity") == "sigmoid":
+        raise UnsupportedModelError(
+            f"the ONNX graph ends with a Sigmoid (layer {last['name']!r}): "
+            f"per-class probabilities, not logits; imgclass writes one "
+            f"probability distribution over the classes: export the model "
+            f"without the final Sigmoid (ending with logits or a Softmax)")
 
 
 def _check_finite_weights(weights: Mapping[str, np.ndarray]) -> None:

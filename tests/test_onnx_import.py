@@ -222,6 +222,14 @@ REFUSALS = {
         g.const(np.ones((3, 1)))]), 2),
         "the ONNX graph outputs 1 score per image; a classifier needs at "
         "least 2 classes"),
+    # Independent per-class probabilities: a softmax appended to them
+    # squashed them towards 1/classes (0.99 and four 0.05 came out 0.39 and
+    # 0.15).
+    "sigmoid_output": (lambda g: (g.node("Sigmoid", [g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 5)))])], name="sig"), 2),
+        "the ONNX graph ends with a Sigmoid (layer 'sig'): per-class "
+        "probabilities, not logits"),
     "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
                                   4), "ONNX op LeakyRelu (node 'act1'): not "
                                       "supported"),
