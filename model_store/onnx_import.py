@@ -128,8 +128,8 @@ class _Converter:
         if len(inputs) != 1:
             raise UnsupportedModelError(
                 f"the ONNX graph has {len(inputs)} inputs "
-                f"({', '.join(v.name for v in inputs)}); an image classifier "
-                f"takes one NCHW image batch")
+                f"({fs.one_line(', '.join(v.name for v in inputs))}); an "
+                f"image classifier takes one NCHW image batch")
         value = inputs[0]
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None
@@ -165,8 +165,9 @@ class _Converter:
     def _convert_node(self, node: _Node) -> None:
         if node.proto.domain not in _STANDARD_DOMAINS:
             raise UnsupportedModelError(
-                f"custom domain {node.proto.domain} op {node.op} (node "
-                f"{node.label}) is not supported: only standard ONNX ops")
+                f"custom domain {fs.one_line(node.proto.domain)} op "
+                f"{fs.one_line(node.op)} (node {node.label}) is not "
+                f"supported: only standard ONNX ops")
         if node.op not in SUPPORTED_OPS:
             raise node.fail(f"not supported; supported ops: "
                             f"{', '.join(SUPPORTED_OPS)}")
@@ -333,7 +334,8 @@ class _Converter:
         """A zero Pad of height and width that only convolutions read is
         folded into their padding (exporters write TensorFlow's "same" so)."""
         if node.attr("mode", "constant") != "constant":
-            raise node.fail(f"mode={node.attr('mode')} (only constant)")
+            raise node.fail(f"mode={fs.one_line(node.attr('mode'))} (only "
+                            f"constant)")
         if self.opset < 11:
             pads, value = node.attr("pads"), node.attr("value", 0.0)
         else:
@@ -733,7 +735,7 @@ def _padding(node: _Node, size, kernel, strides) -> list:
             raise node.fail(f"pads {pads}: four non-negative numbers")
         return [[pads[0], pads[2]], [pads[1], pads[3]]]
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        raise node.fail(f"auto_pad={auto}")
+        raise node.fail(f"auto_pad={fs.one_line(auto)}")
     out = []
     for n, k, s in zip(size, kernel, strides):
         total = max((-(-n // s) - 1) * s + k - n, 0)

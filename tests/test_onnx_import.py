@@ -326,6 +326,42 @@ def test_unsupported_graph_exits_2_and_writes_nothing(cli, tmp_path, case):
     _assert_refused(cli, tmp_path, _refused(builder), message)
 
 
+CONTROL_CHARACTERS = {
+    "a custom domain": (lambda g: (g.node("Relu", ["x"], name="r", domain=
+                                          "com.ex\nample\x1b[31m"), 4),
+                        "custom domain com.ex%0Aample%1B[31m op Relu"),
+    "a custom op": (lambda g: (g.node("Re\nlu", ["x"], name="r",
+                                      domain="com.example"), 4),
+                    "custom domain com.example op Re%0Alu (node 'r')"),
+    "an auto_pad": (lambda g: (g.node("Conv", ["x", g.const(np.ones((
+        2, 3, 3, 3)))], name="c", auto_pad="SAME\nX"), 4),
+        "ONNX op Conv (node 'c'): auto_pad=SAME%0AX"),
+    "a Pad mode": (lambda g: (g.node("Conv", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)],
+        name="pad", mode="refl\nect"), g.const(np.ones((2, 3, 3, 3)))]), 4),
+        "ONNX op Pad (node 'pad'): mode=refl%0Aect (only constant)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTROL_CHARACTERS))
+def test_control_characters_of_the_model_file_do_not_split_the_error_line(
+        cli, tmp_path, case):
+    """A domain, an op type or a string attribute holding a newline (or a
+    terminal escape) was printed as it is: the one line of error became
+    two (names of nodes and tensors were already shown escaped)."""
+    builder, message = CONTROL_CHARACTERS[case]
+    _assert_refused(cli, tmp_path, _refused(builder), message)
+
+
+def test_control_characters_of_input_names_do_not_split_the_error_line(
+        cli, tmp_path):
+    model = _refused(lambda g: (g.node("Relu", ["x"]), 4))
+    model.graph.input.append(onnx.helper.make_tensor_value_info(
+        "evil\nname", onnx.TensorProto.FLOAT, [1, 3, 8, 8]))
+    _assert_refused(cli, tmp_path, model, "the ONNX graph has 2 inputs (x, "
+                                          "evil%0Aname)")
+
+
 def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
     """Opset 99: the ops' meaning may have changed; the message names the
     newest opset the installed onnx package (and so the import) reads."""
