@@ -833,7 +833,7 @@ def _read_onnx(path: str):
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{fs.shown(path)} is not a valid ONNX model: "
-            f"{' '.join(str(error).split())[:300]}") from None
+            f"{fs.one_line(' '.join(str(error).split())[:300])}") from None
     return model, hashlib.sha256(data).hexdigest()
 
 

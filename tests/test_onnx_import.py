@@ -353,6 +353,17 @@ def test_control_characters_of_the_model_file_do_not_split_the_error_line(
     _assert_refused(cli, tmp_path, _refused(builder), message)
 
 
+def test_a_terminal_escape_in_onnxs_own_error_is_shown_escaped(cli,
+                                                               tmp_path):
+    """onnx's checker names the node as the file does: its whitespace was
+    joined into one line, but a terminal escape (ESC) went to the
+    terminal as it was."""
+    model = _refused(lambda g: (g.node("Reshape", [
+        "x", g.node("Concat", [g.const([0], dtype=np.int64), g.const(
+            [-1], dtype=np.int64)], name="c\x1b[2Jat", axis=5)]), 2))
+    _assert_refused(cli, tmp_path, model, "node name: c%1B[2Jat")
+
+
 def test_control_characters_of_input_names_do_not_split_the_error_line(
         cli, tmp_path):
     model = _refused(lambda g: (g.node("Relu", ["x"]), 4))
