@@ -460,7 +460,7 @@ class _Converter:
             raise node.fail(
                 f"inputs of shapes {shapes[0]} and {shapes[1]}; only equal "
                 f"shapes" + ("" if kind == "add" else ", or (N, C, H, W) and "
-                             "a (N, C, 1, 1) or (N, C) gate"))
+                             "a (N, C, 1, 1) gate"))
         self._add(node, kind, [self.layer_of[n] for n in names],
                   output=output)
 
@@ -720,9 +720,10 @@ def _known(shape: tuple | None) -> bool:
 
 
 def _is_gate(gate: tuple, full: tuple) -> bool:
-    """(N, C, 1, 1) or (N, C) scaling each channel of (N, C, H, W)."""
-    return (len(full) == 4 and gate[1:2] == full[1:2]
-            and gate[2:] in ((), (1, 1)))
+    """(N, C, 1, 1) scaling each channel of (N, C, H, W); not (N, C), which
+    ONNX broadcasts from the right, over the width."""
+    return (len(full) == 4 and len(gate) == 4 and gate[1:2] == full[1:2]
+            and gate[2:] == (1, 1))
 
 
 def _padding(node: _Node, size, kernel, strides) -> list:

@@ -373,6 +373,21 @@ def test_control_characters_of_input_names_do_not_split_the_error_line(
                                           "evil%0Aname)")
 
 
+def test_a_mul_by_an_n_by_c_tensor_is_not_taken_for_a_channel_gate(
+        cli, tmp_path):
+    """ONNX broadcasts a (N, C) tensor against (N, C, H, W) from the right,
+    over the width: it is no channel gate. It was imported as one, and
+    classified unlike onnxruntime (by 0.7 here); only a (N, C, 1, 1) gate
+    is one."""
+    g = GraphBuilder((3, 1, 3))
+    gate = g.node("Sigmoid", [g.node("Flatten", [
+        g.node("GlobalAveragePool", ["x"])])])
+    model = g.model(g.node("Mul", ["x", gate], name="m"), 4)
+    _assert_refused(cli, tmp_path, model, "ONNX op Mul (node 'm'): inputs "
+                                          "of shapes (None, 3, 1, 3) and "
+                                          "(None, 3); only equal shapes")
+
+
 def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
     """Opset 99: the ops' meaning may have changed; the message names the
     newest opset the installed onnx package (and so the import) reads."""
