@@ -746,6 +746,37 @@ def test_a_preprocessing_number_python_cannot_convert_is_refused_in_one_line(
     assert list_models(str(store)) == []
 
 
+def test_class_names_too_many_for_a_metadata_file_are_refused_unwritten(
+        cli, tmp_path, monkeypatch):
+    """A classes file under the 16 MiB limit (11.5 MiB: 100,000 names of
+    38 CJK characters, escaped as \\uXXXX and indented in the JSON) made a
+    metadata.json of 23 MiB: the version was written, then failed to load
+    back ("larger than 16 MiB ... it is damaged"), and stayed in the store
+    as latest, BROKEN. Refused before anything is written now (the limit
+    is lowered here)."""
+    from model_store import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_JSON_BYTES", 8192)
+    g = GraphBuilder((3, 8, 8))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((3, 40)))]), 2)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    classes = tmp_path / "classes.txt"
+    name = "\u6f22" * 38
+    classes.write_text("".join(f"{name}{i:02d}\n" for i in range(40)),
+                       encoding="utf-8")
+    assert classes.stat().st_size < 8192
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", "--classes", classes)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its metadata.json would be" in err, err
+    assert list_models(str(store)) == []
+    assert not (store / "m").exists() or not [
+        n for n in os.listdir(store / "m") if not n.startswith(".")]
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""
