@@ -997,7 +997,9 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         weights_sha256=hashlib.sha256(weights).hexdigest())
     where = f"model {name} not saved"
     _check_new_files(full, spec, weights, where=where)
-    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
+    files = {SPEC_FILE: _within_limit(
+        _json_bytes(spec), SPEC_FILE, where, f"{len(spec['layers']):,} "
+        f"layers: give them shorter names"), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
         _record_version(name, full["version"], root, where)
@@ -1089,12 +1091,19 @@ def _metadata_bytes(metadata: dict, where: str) -> bytes:
     except ValueError:
         raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
                           f"NaN or infinite, which JSON cannot hold") from None
+    classes = len(metadata["class_names"])
+    return _within_limit(data, METADATA_FILE, where, f"{classes:,} class "
+                         f"names: give fewer or shorter class names")
+
+
+def _within_limit(data: bytes, file: str, where: str, cause: str) -> bytes:
+    """``data``, the version's JSON ``file``, unless it is larger than
+    :data:`MAX_JSON_BYTES` (the version would not load): ConfigError
+    naming ``cause``."""
     if len(data) > MAX_JSON_BYTES:
         raise ConfigError(
-            f"{where}: its {METADATA_FILE} would be {len(data):,} bytes, "
-            f"more than the {MAX_JSON_BYTES:,} a model's JSON file may hold "
-            f"({len(metadata['class_names']):,} class names): give fewer or "
-            f"shorter class names")
+            f"{where}: its {file} would be {len(data):,} bytes, more than "
+            f"the {MAX_JSON_BYTES:,} a model's JSON file may hold ({cause})")
     return data
 
 

@@ -777,6 +777,40 @@ def test_class_names_too_many_for_a_metadata_file_are_refused_unwritten(
         n for n in os.listdir(store / "m") if not n.startswith(".")]
 
 
+def _named_convs(count, length):
+    """A classifier of ``count`` 1x1 convolutions whose node names are
+    ``length`` characters long."""
+    g = GraphBuilder((3, 8, 8))
+    x = "x"
+    for i in range(count):
+        x = g.node("Conv", [x, g.const(np.eye(3).reshape(3, 3, 1, 1))],
+                   name=f"{i}_".ljust(length, "n"))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    return g.model(g.node("Gemm", [flat, g.const(np.ones((3, 4)))]), 2)
+
+
+def test_a_spec_too_large_for_a_json_file_is_refused_unwritten(
+        cli, tmp_path, monkeypatch):
+    """200 convolutions named by 50,000 characters each made a spec.json
+    of 20 MB: the version was written, then failed to load back ("larger
+    than 16 MiB ... it is damaged") and stayed in the store as latest,
+    BROKEN. Refused before anything is written now (the limit is lowered
+    here)."""
+    from model_store import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_JSON_BYTES", 8192)
+    store = tmp_path / "store"
+    path = tmp_path / "m.onnx"
+    onnx.save(_named_convs(40, 100), str(path))
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its spec.json would be" in err, err
+    assert list_models(str(store)) == []
+    assert not (store / "m").exists() or not [
+        n for n in os.listdir(store / "m") if not n.startswith(".")]
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""
