@@ -47,6 +47,10 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Pad")
 _STANDARD_DOMAINS = ("", "ai.onnx")  # the default domain's two names
+# The longest layer name made of a node's name: some exporters name nodes
+# by their whole path, and a hostile file by megabytes (a spec.json of
+# 20 MB, too large to load).
+MAX_LAYER_NAME = 64
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -215,7 +219,8 @@ class _Converter:
     def _name(self, node: _Node, suffix: str = "") -> str:
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", node.proto.name).strip("_") \
             or node.op.lower()
-        base += suffix
+        # Room for the number that tells names alike apart (_2000 at most).
+        base = base[:MAX_LAYER_NAME - len(suffix) - 5] + suffix
         name, count = base, 1
         while name in self.used_names:
             count += 1

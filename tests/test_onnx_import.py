@@ -811,6 +811,15 @@ def test_a_spec_too_large_for_a_json_file_is_refused_unwritten(
         n for n in os.listdir(store / "m") if not n.startswith(".")]
 
 
+def test_layers_of_nodes_with_very_long_names_get_short_names(cli, tmp_path):
+    """A layer was named by its node's whole name (50,000 characters:
+    a 20 MB spec.json, and weights.npz as large for its keys)."""
+    stored = _import_via_cli(cli, tmp_path, _named_convs(3, 50000))
+    names = [layer["name"] for layer in stored.spec["layers"]]
+    assert max(map(len, names)) <= 64 and len(set(names)) == len(names)
+    assert names[:3] == ["0_" + "n" * 57, "1_" + "n" * 57, "2_" + "n" * 57]
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""
