@@ -1047,8 +1047,13 @@ def _given_preprocessing(text: str) -> dict:
     checked by :class:`Preprocessing`)."""
     # A file unless it is an inline object: a FIFO or a folder given as the
     # file is refused as such, not read as JSON text.
-    if not text.lstrip().startswith("{") and os.path.lexists(text):
+    inline = text.lstrip().startswith("{")
+    if not inline and os.path.lexists(text):
         text = _read_text(text, "the preprocessing file")
+    elif not inline and not text.lstrip().startswith(("[", '"')):
+        raise ConfigError(f"--preprocessing {fs.shown(text)}: no such file, "
+                          f"and not a JSON object ({{...}}): give the file "
+                          f"or the object")
     try:
         given = json.loads(text)
     except (ValueError, RecursionError) as error:  # an integer of more

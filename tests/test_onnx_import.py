@@ -660,6 +660,10 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
                                     f"text (it has the byte 0xe9)"),
             (["--classes", blank], f"{blank} line 3 is blank"),
             (["--preprocessing", "{bad json"], "not valid JSON"),
+            # A mistyped file name was "not valid JSON: Expecting value".
+            (["--preprocessing", tmp_path / "mistyped.json"],
+             f"--preprocessing {tmp_path / 'mistyped.json'}: no such file, "
+             f"and not a JSON object"),
             (["--preprocessing", '{"gamma": 2}'], "keys among"),
             (["--preprocessing", '{"color_mode": "L"}'], "does not fit"),
             (["--preprocessing", '{"background": "x"}'],
