@@ -51,6 +51,9 @@ _STANDARD_DOMAINS = ("", "ai.onnx")  # the default domain's two names
 # by their whole path, and a hostile file by megabytes (a spec.json of
 # 20 MB, too large to load).
 MAX_LAYER_NAME = 64
+# The most of the file's producer_name recorded (a name of megabytes made
+# a metadata.json too large to load).
+MAX_PRODUCER = 100
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -1156,7 +1159,8 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         **_preprocessing(given, spec["input_shape"]),
         "description": f"imported from ONNX file {file_name}",
         "source": {"format": "onnx", "file": file_name,
-                   "sha256": digest, "producer": model.producer_name,
+                   "sha256": digest,
+                   "producer": model.producer_name[:MAX_PRODUCER],
                    "opset": _default_opset(model),
                    "softmax_appended": softmax_added},
     }

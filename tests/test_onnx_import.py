@@ -824,6 +824,15 @@ def test_layers_of_nodes_with_very_long_names_get_short_names(cli, tmp_path):
     assert names[:3] == ["0_" + "n" * 57, "1_" + "n" * 57, "2_" + "n" * 57]
 
 
+def test_a_long_producer_name_is_recorded_cut_short(cli, tmp_path):
+    """The file's producer_name was recorded whole: one of 17 MiB made the
+    import fail, blaming the class names for the metadata's size."""
+    model = _named_convs(1, 10)
+    model.producer_name = "exporter " * (2 * 2**20)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert stored.metadata["source"]["producer"] == ("exporter " * 12)[:100]
+
+
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):
     """The metadata held the name's lone surrogate ('\\udce9'), which
     strict JSON readers refuse; it is written %XX, as paths are."""
