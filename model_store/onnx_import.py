@@ -367,6 +367,9 @@ class _Converter:
     def _op_BatchNormalization(self, node: _Node) -> None:
         if node.attr("training_mode", 0):
             raise node.fail("training_mode=1 (export the model for inference)")
+        if not node.attr("spatial", 1):  # opsets 7 and 8
+            raise node.fail("spatial=0 (only 1): statistics per activation, "
+                            "not per channel")
         gamma, beta, mean, var = (self._const(node, i, what) for i, what in
                                   enumerate(("scale", "B", "mean", "var"), 1))
         # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.

@@ -388,6 +388,22 @@ def test_a_mul_by_an_n_by_c_tensor_is_not_taken_for_a_channel_gate(
                                           "(None, 3); only equal shapes")
 
 
+def test_a_batch_normalization_over_each_activation_is_refused(cli,
+                                                               tmp_path):
+    """spatial=0 (opsets 7 and 8: statistics per activation, not per
+    channel) was imported as per channel: statistics of one value per
+    channel made a model onnxruntime refuses, of (C, H, W) values a
+    message about weight shapes."""
+    g = GraphBuilder((3, 8, 8), opset=7)
+    stats = [g.const(np.ones(3)) for _ in range(4)]
+    x = g.node("BatchNormalization", ["x", *stats], name="bn", spatial=0)
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((3, 4))),
+                                    g.const(np.zeros(4))]), 2)
+    _assert_refused(cli, tmp_path, model, "ONNX op BatchNormalization (node "
+                                          "'bn'): spatial=0 (only 1)")
+
+
 def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
     """Opset 99: the ops' meaning may have changed; the message names the
     newest opset the installed onnx package (and so the import) reads."""
