@@ -858,8 +858,9 @@ def _load_external_data(model, folder: str) -> None:
     80-byte tensor took 16 s and 6 GB). UnsupportedModelError naming the
     tensor and the file, before anything is read, for external data whose
     length (given, or to the end of the file) is not the tensor's size,
-    that runs past the file's end or is no regular file, or for more
-    values than a spec may hold."""
+    that runs past the file's end, is no regular file or lies outside
+    ``folder`` (:func:`_inside`), or for more values than a spec may
+    hold."""
     from onnx.external_data_helper import (
         ExternalDataInfo,
         _get_all_tensors,
