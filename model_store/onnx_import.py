@@ -303,7 +303,13 @@ class _Converter:
             node.proto.output[0], value.t)
 
     def _op_Identity(self, node: _Node) -> None:
-        self.layer_of[self._single_output(node)] = self._input(node)
+        """A no-op; of a constant, that constant (PyTorch's exporter writes
+        an Identity of a weight used twice)."""
+        source, output = node.proto.input[0], self._single_output(node)
+        if source in self.consts:
+            self.consts[output] = self.consts[source]
+        else:
+            self.layer_of[output] = self._input(node)
 
     _op_Dropout = _op_Identity
 
