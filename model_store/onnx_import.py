@@ -93,7 +93,13 @@ class _Node:
 
     def attr(self, name: str, default=None):
         value = self.attrs.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
+        if not isinstance(value, bytes):
+            return value
+        try:  # an attribute's text is bytes in the protobuf
+            return value.decode()
+        except UnicodeDecodeError:
+            raise self.fail(f"attribute {name} {value[:60]!r} is not UTF-8 "
+                            f"text") from None
 
 
 class _Converter:
@@ -834,6 +840,7 @@ def _read_onnx(path: str):
             f"weights in external data files)")
     try:
         model = onnx.load_model_from_string(data)
+        _check_utf8(model)
         # As onnx.load does, with its checks that every location stays in
         # the model's folder (no "..", absolute path or symbolic link).
         _load_external_data(model, os.path.dirname(path))
@@ -853,6 +860,25 @@ def _read_onnx(path: str):
             f"{fs.shown(path)} is not a valid ONNX model: "
             f"{fs.one_line(' '.join(str(error).split())[:300])}") from None
     return model, hashlib.sha256(data).hexdigest()
+
+
+def _check_utf8(message) -> None:
+    """ValueError (the model is not valid) for a string field of the ONNX
+    protobuf ``message``, at any depth, that is not UTF-8: protobuf gives
+    it as bytes, which onnx's checker lets through (a node name, the
+    producer's; an attribute's text is bytes anyway: :meth:`_Node.attr`)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in values:
+                _check_utf8(item)
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in values:
+                if isinstance(item, bytes):
+                    raise ValueError(f"{field.full_name} {item[:60]!r} is "
+                                     f"not UTF-8")
 
 
 def _load_external_data(model, folder: str) -> None:

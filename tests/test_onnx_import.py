@@ -430,6 +430,40 @@ def _assert_refused(cli, tmp_path, model, message):
     assert not store.exists() or os.listdir(store) == []
 
 
+@pytest.mark.parametrize("field", ["node name", "producer name",
+                                   "attribute"])
+def test_text_of_a_model_file_that_is_not_utf8_is_refused_in_one_line(
+        cli, tmp_path, field):
+    """protobuf gives a string field that is not UTF-8 as bytes, which
+    onnx's checker let through: a node name made a TypeError traceback
+    (exit 1), a producer name one when the metadata was written, an
+    auto_pad a UnicodeDecodeError."""
+    g = GraphBuilder((3, 8, 8))
+    conv = g.node("Conv", ["x", g.const(np.ones((2, 3, 3, 3)))],
+                  name="nodeAAAA", auto_pad="SAME_UPPAAAA")
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [conv])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((2, 4)))]), 2)
+    model.producer_name = "prodAAAA"
+    marker = {"node name": b"nodeAAAA", "producer name": b"prodAAAA",
+              "attribute": b"SAME_UPPAAAA"}[field]
+    data = model.SerializeToString()
+    assert data.count(marker) == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(marker, marker[:-4] + b"\xff\xfeAA"))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert {"node name": f"{path} is not a valid ONNX model: "
+                         f"onnx.NodeProto.name b'node\\xff\\xfeAA' is not "
+                         f"UTF-8",
+            "producer name": f"{path} is not a valid ONNX model: "
+                             f"onnx.ModelProto.producer_name",
+            "attribute": "ONNX op Conv (node 'nodeAAAA'): attribute auto_pad "
+                         "b'SAME_UPP\\xff\\xfeAA' is not UTF-8 text"}[field] in err
+    assert list_models(str(store)) == []
+
+
 @pytest.mark.parametrize("extra", [b"\0" * 4, b"\0" * 2],
                          ids=["one value more", "half a value more"])
 def test_an_initializer_holding_more_data_than_its_shape_is_refused(
