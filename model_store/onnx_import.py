@@ -656,9 +656,13 @@ class _Converter:
 
     def _op_Concat(self, node: _Node) -> None:
         if all(name in self.consts for name in node.proto.input):
+            values = [np.atleast_1d(self.consts[n]) for n in node.proto.input]
+            axis, rank = node.attr("axis"), values[0].ndim
+            if not -rank <= axis < rank:  # onnx's checker reads an axis
+                # beyond int32 cut short
+                raise node.fail(f"axis {axis} of inputs of rank {rank}")
             self.consts[self._single_output(node)] = np.concatenate(
-                [np.atleast_1d(self.consts[n]) for n in node.proto.input],
-                axis=node.attr("axis"))
+                values, axis=axis)
             return
         rank = len(self._shape(node, node.proto.input[0]))
         if node.attr("axis") not in (1, 1 - rank):

@@ -307,6 +307,14 @@ REFUSALS = {
             [-1], dtype=np.int64)], name="cat", axis=5)]), 2),
         "(op_type:Concat, node name: cat): [ShapeInferenceError] axis must "
         "be in [-rank, rank-1]"),
+    # An axis beyond int32, which onnx's checker reads cut short (in
+    # range), was a NumPy traceback (exit 1).
+    "concat_of_shapes_on_an_axis_beyond_int32": (lambda g: (g.node(
+        "Reshape", ["x", g.node("Concat", [g.const([0], dtype=np.int64),
+                                           g.const([-1], dtype=np.int64)],
+                                name="cat", axis=2**62)]), 2),
+        "ONNX op Concat (node 'cat'): axis 4611686018427387904 of inputs of "
+        "rank 1"),
     "infinite_gemm_alpha": (lambda g: (g.node("Gemm", [
         g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
         g.const(np.ones((3, 2)))], name="fc", alpha=float("inf")), 2),
