@@ -47,6 +47,13 @@ SUPPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid",
                  "Gemm", "MatMul", "Softmax", "Concat", "Dropout", "Identity",
                  "Constant", "Shape", "Gather", "Unsqueeze", "Pad")
 _STANDARD_DOMAINS = ("", "ai.onnx")  # the default domain's two names
+# The longest layer name made of a node's name: some exporters name nodes
+# by their whole path, and a hostile file by megabytes (a spec.json of
+# 20 MB, too large to load).
+MAX_LAYER_NAME = 64
+# The most of the file's producer_name recorded (a name of megabytes made
+# a metadata.json too large to load).
+MAX_PRODUCER = 100
 _ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid",
                 "HardSwish": "hard_swish"}
 # Attributes each op may carry; any other attribute is refused.
@@ -86,7 +93,13 @@ class _Node:
 
     def attr(self, name: str, default=None):
         value = self.attrs.get(name, default)
-        return value.decode() if isinstance(value, bytes) else value
+        if not isinstance(value, bytes):
+            return value
+        try:  # an attribute's text is bytes in the protobuf
+            return value.decode()
+        except UnicodeDecodeError:
+            raise self.fail(f"attribute {name} {value[:60]!r} is not UTF-8 "
+                            f"text") from None
 
 
 class _Converter:
@@ -128,8 +141,8 @@ class _Converter:
         if len(inputs) != 1:
             raise UnsupportedModelError(
                 f"the ONNX graph has {len(inputs)} inputs "
-                f"({', '.join(v.name for v in inputs)}); an image classifier "
-                f"takes one NCHW image batch")
+                f"({fs.one_line(', '.join(v.name for v in inputs))}); an "
+                f"image classifier takes one NCHW image batch")
         value = inputs[0]
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None
@@ -165,8 +178,9 @@ class _Converter:
     def _convert_node(self, node: _Node) -> None:
         if node.proto.domain not in _STANDARD_DOMAINS:
             raise UnsupportedModelError(
-                f"custom domain {node.proto.domain} op {node.op} (node "
-                f"{node.label}) is not supported: only standard ONNX ops")
+                f"custom domain {fs.one_line(node.proto.domain)} op "
+                f"{fs.one_line(node.op)} (node {node.label}) is not "
+                f"supported: only standard ONNX ops")
         if node.op not in SUPPORTED_OPS:
             raise node.fail(f"not supported; supported ops: "
                             f"{', '.join(SUPPORTED_OPS)}")
@@ -214,7 +228,8 @@ class _Converter:
     def _name(self, node: _Node, suffix: str = "") -> str:
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", node.proto.name).strip("_") \
             or node.op.lower()
-        base += suffix
+        # Room for the number that tells names alike apart (_2000 at most).
+        base = base[:MAX_LAYER_NAME - len(suffix) - 5] + suffix
         name, count = base, 1
         while name in self.used_names:
             count += 1
@@ -294,7 +309,13 @@ class _Converter:
             node.proto.output[0], value.t)
 
     def _op_Identity(self, node: _Node) -> None:
-        self.layer_of[self._single_output(node)] = self._input(node)
+        """A no-op; of a constant, that constant (PyTorch's exporter writes
+        an Identity of a weight used twice)."""
+        source, output = node.proto.input[0], self._single_output(node)
+        if source in self.consts:
+            self.consts[output] = self.consts[source]
+        else:
+            self.layer_of[output] = self._input(node)
 
     _op_Dropout = _op_Identity
 
@@ -333,7 +354,8 @@ class _Converter:
         """A zero Pad of height and width that only convolutions read is
         folded into their padding (exporters write TensorFlow's "same" so)."""
         if node.attr("mode", "constant") != "constant":
-            raise node.fail(f"mode={node.attr('mode')} (only constant)")
+            raise node.fail(f"mode={fs.one_line(node.attr('mode'))} (only "
+                            f"constant)")
         if self.opset < 11:
             pads, value = node.attr("pads"), node.attr("value", 0.0)
         else:
@@ -357,6 +379,9 @@ class _Converter:
     def _op_BatchNormalization(self, node: _Node) -> None:
         if node.attr("training_mode", 0):
             raise node.fail("training_mode=1 (export the model for inference)")
+        if not node.attr("spatial", 1):  # opsets 7 and 8
+            raise node.fail("spatial=0 (only 1): statistics per activation, "
+                            "not per channel")
         gamma, beta, mean, var = (self._const(node, i, what) for i, what in
                                   enumerate(("scale", "B", "mean", "var"), 1))
         # ONNX floats are float32: 1e-5 is stored as 9.99999e-6.
@@ -458,7 +483,7 @@ class _Converter:
             raise node.fail(
                 f"inputs of shapes {shapes[0]} and {shapes[1]}; only equal "
                 f"shapes" + ("" if kind == "add" else ", or (N, C, H, W) and "
-                             "a (N, C, 1, 1) or (N, C) gate"))
+                             "a (N, C, 1, 1) gate"))
         self._add(node, kind, [self.layer_of[n] for n in names],
                   output=output)
 
@@ -631,9 +656,13 @@ class _Converter:
 
     def _op_Concat(self, node: _Node) -> None:
         if all(name in self.consts for name in node.proto.input):
+            values = [np.atleast_1d(self.consts[n]) for n in node.proto.input]
+            axis, rank = node.attr("axis"), values[0].ndim
+            if not -rank <= axis < rank:  # onnx's checker reads an axis
+                # beyond int32 cut short
+                raise node.fail(f"axis {axis} of inputs of rank {rank}")
             self.consts[self._single_output(node)] = np.concatenate(
-                [np.atleast_1d(self.consts[n]) for n in node.proto.input],
-                axis=node.attr("axis"))
+                values, axis=axis)
             return
         rank = len(self._shape(node, node.proto.input[0]))
         if node.attr("axis") not in (1, 1 - rank):
@@ -718,9 +747,10 @@ def _known(shape: tuple | None) -> bool:
 
 
 def _is_gate(gate: tuple, full: tuple) -> bool:
-    """(N, C, 1, 1) or (N, C) scaling each channel of (N, C, H, W)."""
-    return (len(full) == 4 and gate[1:2] == full[1:2]
-            and gate[2:] in ((), (1, 1)))
+    """(N, C, 1, 1) scaling each channel of (N, C, H, W); not (N, C), which
+    ONNX broadcasts from the right, over the width."""
+    return (len(full) == 4 and len(gate) == 4 and gate[1:2] == full[1:2]
+            and gate[2:] == (1, 1))
 
 
 def _padding(node: _Node, size, kernel, strides) -> list:
@@ -733,7 +763,7 @@ def _padding(node: _Node, size, kernel, strides) -> list:
             raise node.fail(f"pads {pads}: four non-negative numbers")
         return [[pads[0], pads[2]], [pads[1], pads[3]]]
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        raise node.fail(f"auto_pad={auto}")
+        raise node.fail(f"auto_pad={fs.one_line(auto)}")
     out = []
     for n, k, s in zip(size, kernel, strides):
         total = max((-(-n // s) - 1) * s + k - n, 0)
@@ -814,6 +844,7 @@ def _read_onnx(path: str):
             f"weights in external data files)")
     try:
         model = onnx.load_model_from_string(data)
+        _check_utf8(model)
         # As onnx.load does, with its checks that every location stays in
         # the model's folder (no "..", absolute path or symbolic link).
         _load_external_data(model, os.path.dirname(path))
@@ -831,8 +862,27 @@ def _read_onnx(path: str):
     except Exception as error:  # protobuf and checker errors vary
         raise UnsupportedModelError(
             f"{fs.shown(path)} is not a valid ONNX model: "
-            f"{' '.join(str(error).split())[:300]}") from None
+            f"{fs.one_line(' '.join(str(error).split())[:300])}") from None
     return model, hashlib.sha256(data).hexdigest()
+
+
+def _check_utf8(message) -> None:
+    """ValueError (the model is not valid) for a string field of the ONNX
+    protobuf ``message``, at any depth, that is not UTF-8: protobuf gives
+    it as bytes, which onnx's checker lets through (a node name, the
+    producer's; an attribute's text is bytes anyway: :meth:`_Node.attr`)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for field, value in message.ListFields():
+        values = value if field.is_repeated else [value]
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in values:
+                _check_utf8(item)
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in values:
+                if isinstance(item, bytes):
+                    raise ValueError(f"{field.full_name} {item[:60]!r} is "
+                                     f"not UTF-8")
 
 
 def _load_external_data(model, folder: str) -> None:
@@ -844,8 +894,9 @@ def _load_external_data(model, folder: str) -> None:
     80-byte tensor took 16 s and 6 GB). UnsupportedModelError naming the
     tensor and the file, before anything is read, for external data whose
     length (given, or to the end of the file) is not the tensor's size,
-    that runs past the file's end or is no regular file, or for more
-    values than a spec may hold."""
+    that runs past the file's end, is no regular file or lies outside
+    ``folder`` (:func:`_inside`), or for more values than a spec may
+    hold."""
     from onnx.external_data_helper import (
         ExternalDataInfo,
         _get_all_tensors,
@@ -856,15 +907,24 @@ def _load_external_data(model, folder: str) -> None:
     from model_store.spec import MAX_PARAMETERS
 
     tensors = [t for t in _get_all_tensors(model) if uses_external_data(t)]
+    # Every shape is checked before the values are summed: a tensor of
+    # negative dimensions took the place of another's in the sum.
+    sizes = [_declared_bytes(t) for t in tensors]
     values = sum(math.prod(t.dims) for t in tensors)
     if values > MAX_PARAMETERS:
         raise UnsupportedModelError(
             f"the ONNX model's external tensors declare {values:,} values, "
             f"more than the limit of {MAX_PARAMETERS:,} parameter values")
-    for tensor in tensors:
+    for tensor, declared in zip(tensors, sizes):
         info = ExternalDataInfo(tensor)
+        if not _inside(folder, info.location):
+            raise UnsupportedModelError(
+                f"the ONNX tensor {tensor.name!r} (shape "
+                f"{list(tensor.dims)}, {declared:,} bytes) is stored in "
+                f"{info.location!r}, outside the model's folder "
+                f"{fs.shown(folder or os.curdir)}: external data is read "
+                f"only from files in it")
         file = os.path.join(folder, info.location)
-        declared = _declared_bytes(tensor)
         what = (f"the ONNX tensor {tensor.name!r} (shape "
                 f"{list(tensor.dims)}, {declared:,} bytes) stored in "
                 f"{fs.shown(file)}")
@@ -904,6 +964,19 @@ def _load_external_data(model, folder: str) -> None:
             tensor.raw_data = b""
             tensor.data_location = tensor.DEFAULT
             del tensor.external_data[:]
+
+
+def _inside(folder: str, location: str) -> bool:
+    """Whether the external data ``location`` names a file in ``folder``:
+    not an absolute path, not one that leaves it by ".." or by a symbolic
+    link (checked before anything outside is looked at, which onnx's own
+    check, when the data is read, comes after)."""
+    if os.path.isabs(location) or os.path.normpath(location).split(
+            os.sep)[0] == os.pardir:
+        return False
+    base = os.path.realpath(folder or os.curdir)
+    real = os.path.realpath(os.path.join(base, location))
+    return real == base or real.startswith(os.path.join(base, ""))
 
 
 # ONNX element types stored several to a byte (onnx.TensorProto names).
@@ -1017,13 +1090,19 @@ def _given_preprocessing(text: str) -> dict:
     checked by :class:`Preprocessing`)."""
     # A file unless it is an inline object: a FIFO or a folder given as the
     # file is refused as such, not read as JSON text.
-    if not text.lstrip().startswith("{") and os.path.lexists(text):
+    inline = text.lstrip().startswith("{")
+    if not inline and os.path.lexists(text):
         text = _read_text(text, "the preprocessing file")
+    elif not inline and not text.lstrip().startswith(("[", '"')):
+        raise ConfigError(f"--preprocessing {fs.shown(text)}: no such file, "
+                          f"and not a JSON object ({{...}}): give the file "
+                          f"or the object")
     try:
         given = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--preprocessing is not valid JSON: {error}") \
-            from None
+    except (ValueError, RecursionError) as error:  # an integer of more
+        # than 4300 digits, lists nested 100,000 deep: not only JSONDecodeError
+        raise ConfigError(f"--preprocessing is not valid JSON: "
+                          f"{' '.join(str(error).split())[:200]}") from None
     if not isinstance(given, dict) or set(given) - set(PREPROCESSING_KEYS):
         raise ConfigError(f"--preprocessing must be a JSON object with "
                           f"keys among {', '.join(PREPROCESSING_KEYS)}")
@@ -1106,6 +1185,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
             f"the ONNX graph outputs {network.output_shape[1]} score per "
             f"image; a classifier needs at least 2 classes (export a "
             f"binary classifier with one output per class)")
+    _check_not_sigmoid(spec["layers"][-1])
     softmax_added = spec["layers"][-1]["type"] != "softmax"
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
@@ -1119,12 +1199,25 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
         **_preprocessing(given, spec["input_shape"]),
         "description": f"imported from ONNX file {file_name}",
         "source": {"format": "onnx", "file": file_name,
-                   "sha256": digest, "producer": model.producer_name,
+                   "sha256": digest,
+                   "producer": model.producer_name[:MAX_PRODUCER],
                    "opset": _default_opset(model),
                    "softmax_appended": softmax_added},
     }
     return save_version(network, name=name, metadata=metadata, root=root,
                         promote=False)[0]
+
+
+def _check_not_sigmoid(last: dict) -> None:
+    """UnsupportedModelError for a graph that ends with a Sigmoid: its
+    scores are independent per-class probabilities, which the softmax
+    appended to logits would squash towards 1 / classes."""
+    if last.get("nonlinearity") == "sigmoid":
+        raise UnsupportedModelError(
+            f"the ONNX graph ends with a Sigmoid (layer {last['name']!r}): "
+            f"per-class probabilities, not logits; imgclass writes one "
+            f"probability distribution over the classes: export the model "
+            f"without the final Sigmoid (ending with logits or a Softmax)")
 
 
 def _check_finite_weights(weights: Mapping[str, np.ndarray]) -> None:

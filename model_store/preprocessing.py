@@ -44,6 +44,15 @@ MIN_STD = 1e-6
 MAX_RESIZE_SHORTER = 65_536
 
 
+def _finite(value) -> bool:
+    """Whether the number ``value`` is finite as a float (a JSON integer
+    beyond float's range is not: math.isfinite raised OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """How a model wants its input.
@@ -86,11 +95,11 @@ class Preprocessing:
             if len(getattr(self, name)) != channels:
                 raise ConfigError(f"{name} needs {channels} value(s), got "
                                   f"{getattr(self, name)}")
-        if not all(math.isfinite(m) for m in self.mean):
-            raise ConfigError(f"mean must be finite, got {self.mean}")
-        if not all(MIN_STD < s < math.inf for s in self.std):
+        if not all(_finite(m) for m in self.mean):
+            raise ConfigError(f"mean must be finite, got {self.mean!r:.200}")
+        if not all(_finite(s) and s > MIN_STD for s in self.std):
             raise ConfigError(f"std must be positive and finite (above "
-                              f"{MIN_STD}), got {self.std}")
+                              f"{MIN_STD}), got {self.std!r:.200}")
         with np.errstate(all="ignore"):  # normalize's float32 arithmetic
             std = np.float32(self.std) * np.float32(255.0)
             offset = np.float32(self.mean) / np.float32(self.std)

@@ -997,7 +997,9 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
         weights_sha256=hashlib.sha256(weights).hexdigest())
     where = f"model {name} not saved"
     _check_new_files(full, spec, weights, where=where)
-    files = {SPEC_FILE: _json_bytes(spec), WEIGHTS_FILE: weights}
+    files = {SPEC_FILE: _within_limit(
+        _json_bytes(spec), SPEC_FILE, where, f"{len(spec['layers']):,} "
+        f"layers: give them shorter names"), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
         _record_version(name, full["version"], root, where)
@@ -1082,12 +1084,27 @@ def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
 
 def _metadata_bytes(metadata: dict, where: str) -> bytes:
     """``metadata.json``; ConfigError when a value is NaN or infinite (not
-    JSON: the version would not load)."""
+    JSON) or when it is larger than :data:`MAX_JSON_BYTES`: the version
+    would not load."""
     try:
-        return _json_bytes(metadata)
+        data = _json_bytes(metadata)
     except ValueError:
         raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
                           f"NaN or infinite, which JSON cannot hold") from None
+    classes = len(metadata["class_names"])
+    return _within_limit(data, METADATA_FILE, where, f"{classes:,} class "
+                         f"names: give fewer or shorter class names")
+
+
+def _within_limit(data: bytes, file: str, where: str, cause: str) -> bytes:
+    """``data``, the version's JSON ``file``, unless it is larger than
+    :data:`MAX_JSON_BYTES` (the version would not load): ConfigError
+    naming ``cause``."""
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(
+            f"{where}: its {file} would be {len(data):,} bytes, more than "
+            f"the {MAX_JSON_BYTES:,} a model's JSON file may hold ({cause})")
+    return data
 
 
 def _non_finite(value, path: str = "") -> str | None:
@@ -1245,8 +1262,14 @@ def _is_version(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A finite JSON number (an integer beyond float's range is not:
+    math.isfinite raised OverflowError)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _check_metadata_types(metadata: dict, where: str) -> None:

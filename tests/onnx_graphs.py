@@ -151,5 +151,8 @@ def single_op_graphs() -> dict:
         _flat(g, "x"), g.const(g.rng.randn(3, 5) * 3)])], axis=-1), rank=2)
     add("concat", lambda g: g.node("Concat", [
         "x", g.node("Relu", ["x"])], axis=1))
+    # PyTorch's exporter writes an Identity of a weight used twice.
+    add("identity_of_a_weight", lambda g: g.node("Conv", [
+        "x", g.node("Identity", [g.const(g.rng.randn(4, 3, 3, 3))])]))
     return graphs
 

@@ -222,6 +222,14 @@ REFUSALS = {
         g.const(np.ones((3, 1)))]), 2),
         "the ONNX graph outputs 1 score per image; a classifier needs at "
         "least 2 classes"),
+    # Independent per-class probabilities: a softmax appended to them
+    # squashed them towards 1/classes (0.99 and four 0.05 came out 0.39 and
+    # 0.15).
+    "sigmoid_output": (lambda g: (g.node("Sigmoid", [g.node("Gemm", [
+        g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+        g.const(np.ones((3, 5)))])], name="sig"), 2),
+        "the ONNX graph ends with a Sigmoid (layer 'sig'): per-class "
+        "probabilities, not logits"),
     "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
                                   4), "ONNX op LeakyRelu (node 'act1'): not "
                                       "supported"),
@@ -299,6 +307,14 @@ REFUSALS = {
             [-1], dtype=np.int64)], name="cat", axis=5)]), 2),
         "(op_type:Concat, node name: cat): [ShapeInferenceError] axis must "
         "be in [-rank, rank-1]"),
+    # An axis beyond int32, which onnx's checker reads cut short (in
+    # range), was a NumPy traceback (exit 1).
+    "concat_of_shapes_on_an_axis_beyond_int32": (lambda g: (g.node(
+        "Reshape", ["x", g.node("Concat", [g.const([0], dtype=np.int64),
+                                           g.const([-1], dtype=np.int64)],
+                                name="cat", axis=2**62)]), 2),
+        "ONNX op Concat (node 'cat'): axis 4611686018427387904 of inputs of "
+        "rank 1"),
     "infinite_gemm_alpha": (lambda g: (g.node("Gemm", [
         g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
         g.const(np.ones((3, 2)))], name="fc", alpha=float("inf")), 2),
@@ -316,6 +332,84 @@ REFUSALS = {
 def test_unsupported_graph_exits_2_and_writes_nothing(cli, tmp_path, case):
     builder, message = REFUSALS[case]
     _assert_refused(cli, tmp_path, _refused(builder), message)
+
+
+CONTROL_CHARACTERS = {
+    "a custom domain": (lambda g: (g.node("Relu", ["x"], name="r", domain=
+                                          "com.ex\nample\x1b[31m"), 4),
+                        "custom domain com.ex%0Aample%1B[31m op Relu"),
+    "a custom op": (lambda g: (g.node("Re\nlu", ["x"], name="r",
+                                      domain="com.example"), 4),
+                    "custom domain com.example op Re%0Alu (node 'r')"),
+    "an auto_pad": (lambda g: (g.node("Conv", ["x", g.const(np.ones((
+        2, 3, 3, 3)))], name="c", auto_pad="SAME\nX"), 4),
+        "ONNX op Conv (node 'c'): auto_pad=SAME%0AX"),
+    "a Pad mode": (lambda g: (g.node("Conv", [g.node("Pad", [
+        "x", g.const([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64)],
+        name="pad", mode="refl\nect"), g.const(np.ones((2, 3, 3, 3)))]), 4),
+        "ONNX op Pad (node 'pad'): mode=refl%0Aect (only constant)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTROL_CHARACTERS))
+def test_control_characters_of_the_model_file_do_not_split_the_error_line(
+        cli, tmp_path, case):
+    """A domain, an op type or a string attribute holding a newline (or a
+    terminal escape) was printed as it is: the one line of error became
+    two (names of nodes and tensors were already shown escaped)."""
+    builder, message = CONTROL_CHARACTERS[case]
+    _assert_refused(cli, tmp_path, _refused(builder), message)
+
+
+def test_a_terminal_escape_in_onnxs_own_error_is_shown_escaped(cli,
+                                                               tmp_path):
+    """onnx's checker names the node as the file does: its whitespace was
+    joined into one line, but a terminal escape (ESC) went to the
+    terminal as it was."""
+    model = _refused(lambda g: (g.node("Reshape", [
+        "x", g.node("Concat", [g.const([0], dtype=np.int64), g.const(
+            [-1], dtype=np.int64)], name="c\x1b[2Jat", axis=5)]), 2))
+    _assert_refused(cli, tmp_path, model, "node name: c%1B[2Jat")
+
+
+def test_control_characters_of_input_names_do_not_split_the_error_line(
+        cli, tmp_path):
+    model = _refused(lambda g: (g.node("Relu", ["x"]), 4))
+    model.graph.input.append(onnx.helper.make_tensor_value_info(
+        "evil\nname", onnx.TensorProto.FLOAT, [1, 3, 8, 8]))
+    _assert_refused(cli, tmp_path, model, "the ONNX graph has 2 inputs (x, "
+                                          "evil%0Aname)")
+
+
+def test_a_mul_by_an_n_by_c_tensor_is_not_taken_for_a_channel_gate(
+        cli, tmp_path):
+    """ONNX broadcasts a (N, C) tensor against (N, C, H, W) from the right,
+    over the width: it is no channel gate. It was imported as one, and
+    classified unlike onnxruntime (by 0.7 here); only a (N, C, 1, 1) gate
+    is one."""
+    g = GraphBuilder((3, 1, 3))
+    gate = g.node("Sigmoid", [g.node("Flatten", [
+        g.node("GlobalAveragePool", ["x"])])])
+    model = g.model(g.node("Mul", ["x", gate], name="m"), 4)
+    _assert_refused(cli, tmp_path, model, "ONNX op Mul (node 'm'): inputs "
+                                          "of shapes (None, 3, 1, 3) and "
+                                          "(None, 3); only equal shapes")
+
+
+def test_a_batch_normalization_over_each_activation_is_refused(cli,
+                                                               tmp_path):
+    """spatial=0 (opsets 7 and 8: statistics per activation, not per
+    channel) was imported as per channel: statistics of one value per
+    channel made a model onnxruntime refuses, of (C, H, W) values a
+    message about weight shapes."""
+    g = GraphBuilder((3, 8, 8), opset=7)
+    stats = [g.const(np.ones(3)) for _ in range(4)]
+    x = g.node("BatchNormalization", ["x", *stats], name="bn", spatial=0)
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((3, 4))),
+                                    g.const(np.zeros(4))]), 2)
+    _assert_refused(cli, tmp_path, model, "ONNX op BatchNormalization (node "
+                                          "'bn'): spatial=0 (only 1)")
 
 
 def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
@@ -342,6 +436,40 @@ def _assert_refused(cli, tmp_path, model, message):
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list_models(str(store)) == []
     assert not store.exists() or os.listdir(store) == []
+
+
+@pytest.mark.parametrize("field", ["node name", "producer name",
+                                   "attribute"])
+def test_text_of_a_model_file_that_is_not_utf8_is_refused_in_one_line(
+        cli, tmp_path, field):
+    """protobuf gives a string field that is not UTF-8 as bytes, which
+    onnx's checker let through: a node name made a TypeError traceback
+    (exit 1), a producer name one when the metadata was written, an
+    auto_pad a UnicodeDecodeError."""
+    g = GraphBuilder((3, 8, 8))
+    conv = g.node("Conv", ["x", g.const(np.ones((2, 3, 3, 3)))],
+                  name="nodeAAAA", auto_pad="SAME_UPPAAAA")
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [conv])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((2, 4)))]), 2)
+    model.producer_name = "prodAAAA"
+    marker = {"node name": b"nodeAAAA", "producer name": b"prodAAAA",
+              "attribute": b"SAME_UPPAAAA"}[field]
+    data = model.SerializeToString()
+    assert data.count(marker) == 1
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data.replace(marker, marker[:-4] + b"\xff\xfeAA"))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert {"node name": f"{path} is not a valid ONNX model: "
+                         f"onnx.NodeProto.name b'node\\xff\\xfeAA' is not "
+                         f"UTF-8",
+            "producer name": f"{path} is not a valid ONNX model: "
+                             f"onnx.ModelProto.producer_name",
+            "attribute": "ONNX op Conv (node 'nodeAAAA'): attribute auto_pad "
+                         "b'SAME_UPP\\xff\\xfeAA' is not UTF-8 text"}[field] in err
+    assert list_models(str(store)) == []
 
 
 @pytest.mark.parametrize("extra", [b"\0" * 4, b"\0" * 2],
@@ -413,6 +541,62 @@ def test_external_data_that_does_not_fit_its_tensor_is_refused_unread(
                     "onnx", tmp_path / "m.onnx", "--name", "m")
     assert (f"the ONNX tensor 'fc.W' (shape [4, 5], 80 bytes) stored in "
             f"{tmp_path / 'weights.bin'}: ") in err
+
+
+def test_external_tensors_of_negative_dimensions_do_not_lift_the_limit(
+        cli, tmp_path, monkeypatch):
+    """The values of external tensors were summed before any shape was
+    checked: a tensor of dimensions [-1, N] cancelled one of [N], whose
+    data (512 MiB here, any size in a hostile file) was then read whole,
+    before the other was refused."""
+    import model_store.spec
+
+    monkeypatch.setattr(model_store.spec, "MAX_PARAMETERS", 1000)
+    model, _ = _external_weight_model(tmp_path, offset=None, length=None,
+                                      size=80)
+    values = EXTERNAL // 4
+    with open(tmp_path / "big.bin", "wb") as handle:
+        handle.truncate(EXTERNAL)
+    (tmp_path / "negative.bin").write_bytes(b"")
+    for name, dims in (("big", [values]), ("negative", [-1, values])):
+        tensor = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT,
+                                  dims=dims,
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        tensor.external_data.add(key="location", value=f"{name}.bin")
+        model.graph.initializer.append(tensor)
+    _, peak = traced_peak(lambda: _assert_refused(
+        cli, tmp_path, model, "the ONNX tensor 'negative' (shape [-1, "
+        "134217728], type 1) is stored in an external file, but has no "
+        "fixed size in bytes"))
+    assert peak < 64 * 2 ** 20, peak
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "ABSOLUTE",
+                                      "link.bin", "linked/secret.bin"])
+def test_external_data_outside_the_models_folder_is_refused_unlooked_at(
+        cli, tmp_path, location):
+    """A location outside the model's folder (a "..", an absolute path, a
+    symbolic link to a file or a folder outside) was looked up before
+    onnx's check: its size was reported ("the file holds 7 bytes"), with
+    "export the model again" for a fix, of any file on the machine."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"secret!")
+    (folder / "link.bin").symlink_to(secret)
+    (folder / "linked").symlink_to(tmp_path)
+    model, _ = _external_weight_model(folder, offset=None, length=None,
+                                      size=80)
+    tensor = next(t for t in model.graph.initializer if t.name == "fc.W")
+    where = str(secret) if location == "ABSOLUTE" else location
+    next(e for e in tensor.external_data if e.key == "location").value = where
+    _assert_refused(cli, folder, model,
+                    f"the ONNX tensor 'fc.W' (shape [4, 5], 80 bytes) is "
+                    f"stored in {where!r}, outside the model's folder "
+                    f"{folder}: external data is read only from files in it")
+    _, _, err = cli("--store", folder / "store", "models", "import", "onnx",
+                    folder / "m.onnx", "--name", "m")
+    assert "7 bytes" not in err
 
 
 def test_external_data_is_read_from_its_offset_for_its_length(cli, tmp_path):
@@ -534,6 +718,10 @@ def test_option_mistakes_exit_2_and_write_nothing(cli, tmp_path):
                                     f"text (it has the byte 0xe9)"),
             (["--classes", blank], f"{blank} line 3 is blank"),
             (["--preprocessing", "{bad json"], "not valid JSON"),
+            # A mistyped file name was "not valid JSON: Expecting value".
+            (["--preprocessing", tmp_path / "mistyped.json"],
+             f"--preprocessing {tmp_path / 'mistyped.json'}: no such file, "
+             f"and not a JSON object"),
             (["--preprocessing", '{"gamma": 2}'], "keys among"),
             (["--preprocessing", '{"color_mode": "L"}'], "does not fit"),
             (["--preprocessing", '{"background": "x"}'],
@@ -595,6 +783,112 @@ def test_a_normalization_float32_cannot_hold_is_refused(cli, tmp_path, given):
     assert "mean and std must keep (x / 255 - mean) / std finite in " \
         "float32" in err
     assert list_models(str(store)) == []
+
+
+@pytest.mark.parametrize("given, message", [
+    ('{"mean": [1' + "0" * 400 + ', 0, 0]}', "mean must be finite"),
+    ('{"std": [1' + "0" * 400 + ', 1, 1]}', "std must be positive and finite"),
+    ('{"background": 1' + "0" * 5000 + '}', "--preprocessing is not valid JSON"),
+    ('{"mean": ' + "[" * 100000 + "]" * 100000 + '}',
+     "--preprocessing is not valid JSON"),
+], ids=["mean beyond float", "std beyond float", "integer of 5001 digits",
+        "nested too deeply"])
+def test_a_preprocessing_number_python_cannot_convert_is_refused_in_one_line(
+        cli, tmp_path, given, message):
+    """An integer beyond float's range was an OverflowError traceback, one
+    of more than 4300 digits or lists nested 100,000 deep a ValueError or
+    RecursionError traceback from json (exit 1)."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_example().build(), str(path))
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", "--preprocessing", given)
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert list_models(str(store)) == []
+
+
+def test_class_names_too_many_for_a_metadata_file_are_refused_unwritten(
+        cli, tmp_path, monkeypatch):
+    """A classes file under the 16 MiB limit (11.5 MiB: 100,000 names of
+    38 CJK characters, escaped as \\uXXXX and indented in the JSON) made a
+    metadata.json of 23 MiB: the version was written, then failed to load
+    back ("larger than 16 MiB ... it is damaged"), and stayed in the store
+    as latest, BROKEN. Refused before anything is written now (the limit
+    is lowered here)."""
+    from model_store import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_JSON_BYTES", 8192)
+    g = GraphBuilder((3, 8, 8))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
+    model = g.model(g.node("Gemm", [flat, g.const(np.ones((3, 40)))]), 2)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    classes = tmp_path / "classes.txt"
+    name = "\u6f22" * 38
+    classes.write_text("".join(f"{name}{i:02d}\n" for i in range(40)),
+                       encoding="utf-8")
+    assert classes.stat().st_size < 8192
+    store = tmp_path / "store"
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m", "--classes", classes)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its metadata.json would be" in err, err
+    assert list_models(str(store)) == []
+    assert not (store / "m").exists() or not [
+        n for n in os.listdir(store / "m") if not n.startswith(".")]
+
+
+def _named_convs(count, length):
+    """A classifier of ``count`` 1x1 convolutions whose node names are
+    ``length`` characters long."""
+    g = GraphBuilder((3, 8, 8))
+    x = "x"
+    for i in range(count):
+        x = g.node("Conv", [x, g.const(np.eye(3).reshape(3, 3, 1, 1))],
+                   name=f"{i}_".ljust(length, "n"))
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
+    return g.model(g.node("Gemm", [flat, g.const(np.ones((3, 4)))]), 2)
+
+
+def test_a_spec_too_large_for_a_json_file_is_refused_unwritten(
+        cli, tmp_path, monkeypatch):
+    """200 convolutions named by 50,000 characters each made a spec.json
+    of 20 MB: the version was written, then failed to load back ("larger
+    than 16 MiB ... it is damaged") and stayed in the store as latest,
+    BROKEN. Refused before anything is written now (the limit is lowered
+    here)."""
+    from model_store import store as store_module
+
+    monkeypatch.setattr(store_module, "MAX_JSON_BYTES", 8192)
+    store = tmp_path / "store"
+    path = tmp_path / "m.onnx"
+    onnx.save(_named_convs(40, 100), str(path))
+    code, _, err = cli("--store", store, "models", "import", "onnx", path,
+                       "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "its spec.json would be" in err, err
+    assert list_models(str(store)) == []
+    assert not (store / "m").exists() or not [
+        n for n in os.listdir(store / "m") if not n.startswith(".")]
+
+
+def test_layers_of_nodes_with_very_long_names_get_short_names(cli, tmp_path):
+    """A layer was named by its node's whole name (50,000 characters:
+    a 20 MB spec.json, and weights.npz as large for its keys)."""
+    stored = _import_via_cli(cli, tmp_path, _named_convs(3, 50000))
+    names = [layer["name"] for layer in stored.spec["layers"]]
+    assert max(map(len, names)) <= 64 and len(set(names)) == len(names)
+    assert names[:3] == ["0_" + "n" * 57, "1_" + "n" * 57, "2_" + "n" * 57]
+
+
+def test_a_long_producer_name_is_recorded_cut_short(cli, tmp_path):
+    """The file's producer_name was recorded whole: one of 17 MiB made the
+    import fail, blaming the class names for the metadata's size."""
+    model = _named_convs(1, 10)
+    model.producer_name = "exporter " * (2 * 2**20)
+    stored = _import_via_cli(cli, tmp_path, model)
+    assert stored.metadata["source"]["producer"] == ("exporter " * 12)[:100]
 
 
 def test_a_file_name_that_is_not_utf8_is_recorded_escaped(cli, tmp_path):

@@ -343,6 +343,10 @@ BROKEN_METADATA = [
         '"mean": [0.5]', '"mean": [NaN]'), "NaN is not a JSON number"),
     ("an infinite std", lambda meta: json.dumps(meta).replace(
         '"std": [0.25]', '"std": [1e999]'), "std must be a list of finite"),
+    ("a mean beyond float", _set_norm("mean", [10 ** 400]),
+     "mean must be a list of finite numbers"),
+    ("an accuracy beyond float", _set("metrics", {"accuracy": 10 ** 400}),
+     "metrics accuracy must be a finite number"),
     ("a non-numeric mean", _set_norm("mean", ["half"]),
      "mean must be a list of finite numbers"),
     ("a string std", _set_norm("std", "0.25"),
