@@ -44,7 +44,7 @@ MIN_STD = 1e-6
 MAX_RESIZE_SHORTER = 65_536
 
 
-def _finite(value) -> bool:
+def finite(value) -> bool:
     """Whether the number ``value`` is finite as a float (a JSON integer
     beyond float's range is not: math.isfinite raised OverflowError)."""
     try:
@@ -95,9 +95,9 @@ class Preprocessing:
             if len(getattr(self, name)) != channels:
                 raise ConfigError(f"{name} needs {channels} value(s), got "
                                   f"{getattr(self, name)}")
-        if not all(_finite(m) for m in self.mean):
+        if not all(finite(m) for m in self.mean):
             raise ConfigError(f"mean must be finite, got {self.mean!r:.200}")
-        if not all(_finite(s) and s > MIN_STD for s in self.std):
+        if not all(finite(s) and s > MIN_STD for s in self.std):
             raise ConfigError(f"std must be positive and finite (above "
                               f"{MIN_STD}), got {self.std!r:.200}")
         with np.errstate(all="ignore"):  # normalize's float32 arithmetic

@@ -55,7 +55,7 @@ from model_store.errors import (
     StoreWriteError,
     UnknownModelError,
 )
-from model_store.preprocessing import Preprocessing
+from model_store.preprocessing import Preprocessing, finite
 from model_store.pretrained import SOURCE_KEY, weights_bytes
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -1262,14 +1262,9 @@ def _is_version(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    """A finite JSON number (an integer beyond float's range is not:
-    math.isfinite raised OverflowError)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
+    """A finite JSON number (:func:`finite`)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and finite(value))
 
 
 def _check_metadata_types(metadata: dict, where: str) -> None:
