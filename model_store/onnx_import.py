@@ -1185,7 +1185,7 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
             f"the ONNX graph outputs {network.output_shape[1]} score per "
             f"image; a classifier needs at least 2 classes (export a "
             f"binary classifier with one output per class)")
-    _check_not_sigmoid(spec["layers"][-1])
+    _check_not_sigmoid(model.graph)
     softmax_added = spec["layers"][-1]["type"] != "softmax"
     if softmax_added:
         spec["layers"].append({"type": "softmax", "name": _free_name(
@@ -1208,16 +1208,26 @@ def import_onnx(path: str, *, name: str, classes: str | None = None,
                         promote=False)[0]
 
 
-def _check_not_sigmoid(last: dict) -> None:
-    """UnsupportedModelError for a graph that ends with a Sigmoid: its
-    scores are independent per-class probabilities, which the softmax
-    appended to logits would squash towards 1 / classes."""
-    if last.get("nonlinearity") == "sigmoid":
+# Ops that only reshape: what a graph's output is made of lies before them.
+_RESHAPING_OPS = ("Flatten", "Reshape", "Identity", "Dropout")
+
+
+def _check_not_sigmoid(graph) -> None:
+    """UnsupportedModelError for a graph whose output a Sigmoid or a
+    HardSigmoid makes (reshaped or not): its scores are independent
+    per-class probabilities, which the softmax appended to logits would
+    squash towards 1 / classes."""
+    made_by = {output: node for node in graph.node for output in node.output}
+    node = made_by.get(graph.output[0].name)
+    while node is not None and node.op_type in _RESHAPING_OPS and node.input:
+        node = made_by.get(node.input[0])
+    if node is not None and node.op_type in ("Sigmoid", "HardSigmoid"):
         raise UnsupportedModelError(
-            f"the ONNX graph ends with a Sigmoid (layer {last['name']!r}): "
-            f"per-class probabilities, not logits; imgclass writes one "
-            f"probability distribution over the classes: export the model "
-            f"without the final Sigmoid (ending with logits or a Softmax)")
+            f"the ONNX graph ends with a {node.op_type} (node "
+            f"{fs.one_line(node.name or node.output[0])!r}): per-class "
+            f"probabilities, not logits; imgclass writes one probability "
+            f"distribution over the classes: export the model without the "
+            f"final {node.op_type} (ending with logits or a Softmax)")
 
 
 def _check_finite_weights(weights: Mapping[str, np.ndarray]) -> None:

@@ -228,7 +228,14 @@ REFUSALS = {
     "sigmoid_output": (lambda g: (g.node("Sigmoid", [g.node("Gemm", [
         g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
         g.const(np.ones((3, 5)))])], name="sig"), 2),
-        "the ONNX graph ends with a Sigmoid (layer 'sig'): per-class "
+        "the ONNX graph ends with a Sigmoid (node 'sig'): per-class "
+        "probabilities, not logits"),
+    # The same from a HardSigmoid, and through an op that only reshapes.
+    "hard_sigmoid_output": (lambda g: (g.node("Identity", [g.node(
+        "HardSigmoid", [g.node("Gemm", [
+            g.node("Flatten", [g.node("GlobalAveragePool", ["x"])]),
+            g.const(np.ones((3, 5)))])], name="hs")]), 2),
+        "the ONNX graph ends with a HardSigmoid (node 'hs'): per-class "
         "probabilities, not logits"),
     "unsupported_op": (lambda g: (g.node("LeakyRelu", ["x"], name="act1"),
                                   4), "ONNX op LeakyRelu (node 'act1'): not "
