@@ -997,7 +997,8 @@ def _declared_bytes(tensor) -> int:
                 tensor.data_type))
         except (KeyError, TypeError, ValueError):
             dtype = np.dtype(object)
-        bits = dtype.itemsize * 8 if dtype.kind in "biufc" else None
+        # ml_dtypes' bfloat16 and float8 types are of kind "V", not "f"
+        bits = dtype.itemsize * 8 if dtype.kind in "biufcV" else None
     if bits is None or any(size < 0 for size in tensor.dims):
         raise UnsupportedModelError(
             f"the ONNX tensor {tensor.name!r} (shape {list(tensor.dims)}, "

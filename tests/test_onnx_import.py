@@ -606,6 +606,23 @@ def test_external_data_outside_the_models_folder_is_refused_unlooked_at(
     assert "7 bytes" not in err
 
 
+def test_an_external_tensor_of_a_two_byte_float_is_sized_not_refused_unsized(
+        cli, tmp_path):
+    """bfloat16 (an ml_dtypes type of NumPy kind "V") has 2 bytes a value:
+    it was refused as having "no fixed size in bytes", with "export the
+    model again" for a fix; its data is read and the model is refused for
+    what it is."""
+    model, _ = _external_weight_model(tmp_path, offset=None, length=None,
+                                      size=40)
+    tensor = next(t for t in model.graph.initializer if t.name == "fc.W")
+    tensor.data_type = onnx.TensorProto.BFLOAT16
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    code, _, err = cli("--store", tmp_path / "store", "models", "import",
+                       "onnx", tmp_path / "m.onnx", "--name", "m")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "no fixed size" not in err and "BFLOAT16" in err.upper(), err
+
+
 def test_external_data_is_read_from_its_offset_for_its_length(cli, tmp_path):
     """One file shared by tensors (as onnx writes it): only the tensor's
     own 80 bytes are read, from its offset, whatever follows them."""
