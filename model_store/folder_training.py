@@ -242,7 +242,7 @@ def train_transfer(folders: FolderData, *, name: str, base,
     metadata = dict(
         base.preprocessing.to_metadata(), class_names=train_set.class_names,
         description=f"{base.ref} features with a new head trained on "
-                    f"{folders.data}",
+                    f"{printable(folders.data)}",
         training=_training_record(
             folders, config, history, started,
             base={"model": base.ref, "weights_sha256": base.weights_sha256,
@@ -331,7 +331,8 @@ def _training_record(folders, config, history, started, *, n_train, broken,
 
 
 def _val_metrics(history, n_val: int, folders: FolderData) -> dict:
-    where = folders.val_data or (f"{folders.val_fraction:.0%} of "
-                                 f"{folders.data}, stratified")
+    where = printable(folders.val_data) if folders.val_data else (
+        f"{folders.val_fraction:.0%} of {printable(folders.data)}, "
+        f"stratified")
     return {"accuracy": best_epoch(history)["val_accuracy"],
             "n_test": int(n_val), "dataset": f"validation: {where}"}

@@ -796,3 +796,30 @@ def test_a_run_that_diverges_keeps_its_best_epoch(tmp_path, cli):
                                       in training["history"]]
     code, out, _ = cli("--store", store, "models", "verify", "hot@1")
     assert code == 0 and out.startswith("ok")
+
+
+@pytest.mark.parametrize("validation", ["fraction", "val-data"])
+def test_a_data_folder_named_not_utf8_is_recorded_escaped_everywhere(
+        backbone_store, tmp_path, cli, validation):
+    """The version's description and metrics.dataset held the --data
+    (--val-data) path's lone surrogate, which strict JSON readers refuse,
+    while training.data wrote it %XX."""
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"d\xffata"))
+    val = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"v\xe9l"))
+    write_shapes(data, per_class=3)
+    extra = ["--val-fraction", "0.3"]
+    if validation == "val-data":
+        write_shapes(val, per_class=1, seed=1)
+        extra = ["--val-data", val]
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "u", "--base", "tiny", "--epochs", "1",
+                       "--no-augment", *extra)
+    assert code == 0, err
+    with open(os.path.join(backbone_store, "u", "1", "metadata.json"),
+              encoding="utf-8") as handle:
+        text = handle.read()
+    assert "\\udc" not in text
+    metadata = json.loads(text)
+    assert "d%FFata" in metadata["description"]
+    assert ("v%E9l" if validation == "val-data" else "d%FFata") in \
+        metadata["metrics"]["dataset"]
