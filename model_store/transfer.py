@@ -54,13 +54,17 @@ FEATURE_BATCH = 32
 CROP_AREA = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
-# The feature cache's key format, hashed into every key: 2 hashes the file's
-# content; 1 hashed its size and modification time, which a copy that keeps
-# modification times (rsync -t, cp -p, tar x) reproduces for other bytes.
+# The feature cache's key format, hashed into every key: 3 also hashes the
+# file's path below the dataset's root, from which its augmented variants
+# are drawn (with 2, a training on a folder inside one trained before,
+# photos/animals/ after photos/, took the parent's crops of a file for its
+# own); 2 hashes the file's content; 1 hashed its size and modification
+# time, which a copy that keeps modification times (rsync -t, cp -p, tar x)
+# reproduces for other bytes.
 # Entries of another format are never found again (their keys differ): each
 # format has its folder, ``features/v<format>/``, and those of older formats
 # are removed (FeatureCache.remove_stale; a newer imgclass's are left alone).
-CACHE_KEY_FORMAT = 2
+CACHE_KEY_FORMAT = 3
 # Names in ``features/`` of the folders of a format (``v<N>``, or a weights
 # sha256: formats 1 and 2 were kept there before formats had folders), and
 # of an entry file in them, in its ``<2 hex>/`` folder.
@@ -258,14 +262,16 @@ def _name_bytes(text: str) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class FileContent:
-    """What the feature cache knows a file by: its path (augmented variants
-    are drawn from it) and the sha256 of its bytes."""
+    """What the feature cache knows a file by: its path, the sha256 of its
+    bytes and its path below the dataset's root (``FolderDataset.name_of``:
+    its augmented variants are drawn from it)."""
     path: str
     sha256: str
+    name: str = ""
 
     @classmethod
-    def of(cls, path: str, data: bytes) -> "FileContent":
-        return cls(path, hashlib.sha256(data).hexdigest())
+    def of(cls, path: str, data: bytes, name: str = "") -> "FileContent":
+        return cls(path, hashlib.sha256(data).hexdigest(), name)
 
 
 class FeatureCache:
@@ -274,12 +280,13 @@ class FeatureCache:
     fine-tuning: ``.../<weights sha256>/<layer>/...``).
 
     The key hashes ``CACHE_KEY_FORMAT``, the file's :class:`FileContent`
-    (path and content sha256), the variant (``"plain"`` or
-    ``"aug<seed>.<copy>"``) and ``inputs`` (how a file becomes the network's
-    input: the base's preprocessing): a changed file (even with its old size
-    and modification time), other weights, another preprocessing of the
-    same weights or another variant never reuse old features. Writes are atomic
-    (a temporary file renamed), so a killed run leaves no half-written entry.
+    (path, content sha256 and path below the dataset's root), the variant
+    (``"plain"`` or ``"aug<seed>.<copy>"``) and ``inputs`` (how a file
+    becomes the network's input: the base's preprocessing): a changed file
+    (even with its old size and modification time), other weights, another
+    preprocessing of the same weights or another variant (the same file
+    below another root) never reuse old features. Writes are atomic (a
+    temporary file renamed), so a killed run leaves no half-written entry.
     """
 
     def __init__(self, weights_sha256: str, directory: str | None = None,
@@ -312,8 +319,8 @@ class FeatureCache:
 
     def _path(self, file: FileContent, variant: str) -> str:
         key = hashlib.sha256(_name_bytes(f"{CACHE_KEY_FORMAT}\0{file.path}"
-                                         f"\0{file.sha256}\0{variant}\0"
-                                         f"{self.inputs}")
+                                         f"\0{file.sha256}\0{file.name}\0"
+                                         f"{variant}\0{self.inputs}")
                              ).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".npy")
 
@@ -436,7 +443,7 @@ def _file_variants(item, name, prep, cache, variants, seed):
     None}, [(variant, pixels) of the variants to compute]``); decoded only
     if a variant is not cached."""
     data = read_bytes(item)
-    content = FileContent.of(item.path, data)
+    content = FileContent.of(item.path, data, name)
     cached = {variant: cache.get(content, variant) for variant in variants}
     missing = [variant for variant in variants if cached[variant] is None]
     image = decode_bytes(data, prep) if missing else None

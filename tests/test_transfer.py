@@ -241,28 +241,28 @@ def test_entries_of_older_key_formats_are_removed_and_nothing_else(
         tmp_path):
     """Format-1 entries (and those kept in features/<weights sha256>/
     before formats had folders) were never found again, nor removed. A
-    newer format's folder (v3/, of a newer imgclass) is left alone."""
+    newer format's folder (v4/, of a newer imgclass) is left alone."""
     key, other = "ab" + "1" * 62, "cd" + "2" * 62
     features = tmp_path / "features"
     outside = tmp_path / "mine.npy"
     outside.write_bytes(b"not the cache's")
     stale = [f"{WEIGHTS}/ab/{key}.npy", f"{WEIGHTS}/b3_conv/cd/{other}.npy",
-             f"v1/{WEIGHTS}/ab/{key}.npy"]
+             f"v1/{WEIGHTS}/ab/{key}.npy", f"v2/{WEIGHTS}/ab/{key}.npy"]
     kept = [f"{WEIGHTS}/notes.txt", f"{WEIGHTS}/ab/tmpq1w2e3.tmp",
             f"{WEIGHTS}/ab/{'ab' + '3' * 62}.npy -> {outside}",
             f"{WEIGHTS}/cd/{key}.npy",  # not in its key's folder
-            f"v2/{WEIGHTS}/ab/{key}.npy", f"v3/{WEIGHTS}/ab/{key}.npy",
+            f"v3/{WEIGHTS}/ab/{key}.npy", f"v4/{WEIGHTS}/ab/{key}.npy",
             f"photos/ab/{key}.npy",
             f"{'5' * 63}/ab/{key}.npy"]
     write_cache_files(features, stale + kept)
     (features / "linked").symlink_to(features / WEIGHTS)
     cache = FeatureCache(WEIGHTS, str(tmp_path))
-    assert cache.folder == str(features / "v2" / WEIGHTS)
-    assert cache.remove_stale() == 3
+    assert cache.folder == str(features / "v3" / WEIGHTS)
+    assert cache.remove_stale() == 4
     assert files_below(features) == sorted(
         [name.split(" -> ")[0] for name in kept] + ["linked"])
     assert not (features / WEIGHTS / "b3_conv").exists()
-    assert not (features / "v1").exists()
+    assert not (features / "v1").exists() and not (features / "v2").exists()
     assert outside.read_bytes() == b"not the cache's"
     assert cache.remove_stale() == 0
 
@@ -301,7 +301,7 @@ def test_training_removes_stale_feature_entries_and_says_so(
                    stream=stream, cache_directory=str(tmp_path / "cache"))
     assert (f"removed 1 feature cache entries of an older format from "
             f"{features}\n") in stream.getvalue()
-    assert os.listdir(features) == ["v2"]
+    assert os.listdir(features) == ["v3"]
 
 
 def write_colour_bmps(root, per_class=10):
@@ -823,3 +823,31 @@ def test_a_data_folder_named_not_utf8_is_recorded_escaped_everywhere(
     assert "d%FFata" in metadata["description"]
     assert ("v%E9l" if validation == "val-data" else "d%FFata") in \
         metadata["metrics"]["dataset"]
+
+
+def test_a_folder_inside_one_trained_before_trains_as_with_no_cache(
+        backbone_store, tmp_path):
+    """An augmented variant is drawn from the file's path below --data,
+    but the cache knew it by its full path: after training on photos/,
+    a training on photos/animals/ took the features of photos/'s crops
+    of the same files (same path, content and variant number) for its
+    own, and the same seed trained another model than with no cache."""
+    from model_store import layers as L
+
+    base = store.load_model("tiny", root=backbone_store)
+    photos = tmp_path / "photos"
+    write_shapes(photos / "animals", per_class=4, nested=False)
+    write_shapes(photos / "plants", per_class=4, seed=1, nested=False)
+    config = TrainConfig(epochs=2, lr=0.01, augment_copies=1)
+
+    def weights(folder, cache):
+        network, _ = train_transfer(
+            FolderData(str(folder)), name="x", base=base, config=config,
+            stream=io.StringIO(), cache_directory=str(tmp_path / cache))
+        return L.get_param_values(network)
+
+    weights(photos, "shared")
+    after_photos = weights(photos / "animals", "shared")
+    alone = weights(photos / "animals", "fresh")
+    for name in alone:
+        np.testing.assert_array_equal(after_photos[name], alone[name])
