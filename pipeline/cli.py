@@ -406,7 +406,7 @@ def _evaluate(args) -> int:
     stored = load_model(args.model, root=args.store)
     if args.data:
         metrics = evaluate_on_folder(stored, args.data)
-        what = f"images in {args.data}"
+        what = f"images in {fs.shown(args.data)}"
     elif args.dataset == "fashion-mnist":
         from model_store.fashion import load_fashion_split
         metrics = evaluate_on_split(stored, load_fashion_split())

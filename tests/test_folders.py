@@ -675,3 +675,22 @@ def test_a_newline_in_a_broken_files_name_does_not_split_its_line():
     assert stream.getvalue().splitlines() == [
         "skipped /d/cat/two%0Alines.png: cannot identify image",
         "skipped /d/cat/100%2541%09.png: truncated"]
+
+
+def test_evaluate_shows_a_data_path_with_a_newline_or_bad_bytes_escaped(
+        tmp_path, cli):
+    """The first line of evaluate's report held --data as given: a newline
+    in it split the line, and a byte that is not UTF-8 was written raw,
+    where every other path in the report is %XX."""
+    from tests.test_cli import save_three_class_model
+    store = str(tmp_path / "store")
+    save_three_class_model(store, weight=1.0)
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"new\nl\xffne"))
+    for name in ("a", "b", "c"):
+        os.makedirs(os.path.join(data, name))
+        Image.new("L", (8, 8), 200).save(os.path.join(data, name, "ok.png"))
+    code, out, err = cli("--store", store, "evaluate", "--model", "three",
+                         "--data", data)
+    assert code == 0, err
+    assert out.splitlines()[0].endswith(
+        f" on 3 images in {tmp_path}/new%0Al%FFne")
