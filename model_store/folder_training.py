@@ -27,6 +27,7 @@ from model_store.folders import (
     check_same_classes,
     check_sides,
     check_usable,
+    file_groups,
     folder_root,
     listed,
     load_pixels,
@@ -59,7 +60,8 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
     dataset = scan_folder(folders.data)
     check_classes(dataset, "--data")
     if folders.val_data is None:
-        train, val = stratified_split(dataset.labels, folders.val_fraction)
+        train, val = stratified_split(dataset.labels, folders.val_fraction,
+                                      groups=file_groups(dataset))
         return dataset.subset(train), dataset.subset(val)
     val = scan_folder(folders.val_data)
     check_same_classes(val, dataset.class_names)
