@@ -120,14 +120,28 @@ def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
 def compile_features(model: StoredModel, cut: int | None = None) -> Callable:
     """``float32 (N, C, H, W)`` -> the output of ``model``'s layer ``cut``
     (default: its features), flattened to ``(N, D)``; compiled as any
-    predictor (so with the same folding)."""
+    predictor (so with the same folding), computed in whole batches
+    (:func:`_padded`)."""
     from model_store.compile import compile_predictor
 
     predictor = compile_predictor(backbone_of(model, cut))
 
     def features(batch: np.ndarray) -> np.ndarray:
-        return predictor(batch).reshape(len(batch), -1)
+        return predictor(_padded(batch))[:len(batch)].reshape(len(batch),
+                                                              -1)
     return features
+
+
+def _padded(batch: np.ndarray) -> np.ndarray:
+    """``batch`` with its last example repeated up to a multiple of
+    ``FEATURE_BATCH``: the backbone then always computes as many at once,
+    so that an image's features do not depend on how many others were
+    computed with it (BLAS takes other paths for 1 to 3 rows, whose last
+    bits differ: a training whose cache held some features trained
+    another model than the same data and seed with none)."""
+    missing = -len(batch) % FEATURE_BATCH
+    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)]) \
+        if missing else batch
 
 
 def block_cut(spec: dict, blocks: int) -> int:

@@ -851,3 +851,19 @@ def test_a_folder_inside_one_trained_before_trains_as_with_no_cache(
     alone = weights(photos / "animals", "fresh")
     for name in alone:
         np.testing.assert_array_equal(after_photos[name], alone[name])
+
+
+def test_features_do_not_depend_on_how_many_images_are_computed_at_once():
+    """digits-cnn's features of 1 to 3 images at once differed in their
+    last bits from those of the same images in a larger batch (BLAS takes
+    other paths), so a training whose cache already held some features
+    (a folder trained before, a few images added) trained another model
+    than the same data and seed with no cache."""
+    base = store.load_model("digits-cnn")
+    features = compile_features(base)
+    x = np.random.RandomState(0).randn(
+        40, *base.metadata["input_shape"]).astype(np.float32)
+    together = features(x)
+    for start, stop in ((0, 1), (1, 3), (3, 6), (6, 40)):
+        np.testing.assert_array_equal(features(x[start:stop]),
+                                      together[start:stop])
