@@ -213,12 +213,14 @@ def train_transfer(folders: FolderData, *, name: str, base,
     from model_store.transfer import (
         FeatureCache,
         block_cut,
+        check_head_names,
         combine,
         compile_features,
-        feature_layer,
     )
 
-    feature_layer(base)  # a base with no features stops before any work
+    # A base with no features, or a layer named as the new head, stops
+    # before any work.
+    check_head_names(base)
     train_set, val_set = split_folders(folders)
     cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
         else None

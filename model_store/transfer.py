@@ -196,15 +196,22 @@ def fine_tune_network(model: StoredModel, cut: int, n_classes: int, *,
 
 def combined_spec(model: StoredModel, n_classes: int) -> dict:
     """The backbone's layers up to the features, then the new head."""
+    backbone = check_head_names(model)
+    return dict(backbone, layers=backbone["layers"] + [
+        {"type": "dense", "name": HEAD_LAYER, "num_units": n_classes,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": PROB_LAYER}])
+
+
+def check_head_names(model: StoredModel) -> dict:
+    """The spec of ``model``'s backbone (:func:`backbone_of`); ConfigError
+    if one of its layers has a name of the new head's."""
     backbone = backbone_of(model).spec
     names = {layer["name"] for layer in backbone["layers"]}
     if HEAD_LAYER in names or PROB_LAYER in names:
         raise ConfigError(f"--base {model.ref} already has a layer named "
                           f"{HEAD_LAYER}: train from its own base instead")
-    return dict(backbone, layers=backbone["layers"] + [
-        {"type": "dense", "name": HEAD_LAYER, "num_units": n_classes,
-         "nonlinearity": "identity"},
-        {"type": "softmax", "name": PROB_LAYER}])
+    return backbone
 
 
 def new_head(n_features: int, n_classes: int, *, seed: int):

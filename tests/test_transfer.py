@@ -867,3 +867,24 @@ def test_features_do_not_depend_on_how_many_images_are_computed_at_once():
     for start, stop in ((0, 1), (1, 3), (3, 6), (6, 40)):
         np.testing.assert_array_equal(features(x[start:stop]),
                                       together[start:stop])
+
+
+def test_a_base_with_a_layer_named_as_the_new_head_is_refused_before_work(
+        backbone_store, shapes, cli):
+    """A base whose features lie above a layer named new_head was refused
+    only once its features were computed and the head trained."""
+    spec = dict(BACKBONE, layers=[dict(layer, name="new_head")
+                                  if layer["name"] == "feat" else layer
+                                  for layer in BACKBONE["layers"]])
+    spec["layers"][3] = dict(spec["layers"][3], name="drop")
+    spec["layers"].insert(3, {"type": "dense", "name": "feat2",
+                              "num_units": 8, "inputs": ["new_head"]})
+    store.save_model(build_network(spec, seed=1), name="named",
+                     metadata=dict(PREP, class_names=list("abcde")),
+                     root=backbone_store)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--name", "x", "--base", "named@1",
+                         "--epochs", "1")
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert "--base named@1 already has a layer named new_head" in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
