@@ -1082,12 +1082,18 @@ def _check_new_files(metadata: dict, spec: dict, weights: bytes, *,
 
 def _metadata_bytes(metadata: dict, where: str) -> bytes:
     """``metadata.json``; ConfigError when a value is NaN or infinite (not
-    JSON: the version would not load)."""
+    JSON), or when it is larger than a model's JSON file may be (the
+    version would not load)."""
     try:
-        return _json_bytes(metadata)
+        data = _json_bytes(metadata)
     except ValueError:
         raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
                           f"NaN or infinite, which JSON cannot hold") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ConfigError(f"{where}: its {METADATA_FILE} would be larger "
+                          f"than {MAX_JSON_BYTES // 2**20} MiB, the limit "
+                          f"for a model's JSON file ({len(data):,} bytes)")
+    return data
 
 
 def _non_finite(value, path: str = "") -> str | None:
