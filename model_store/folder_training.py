@@ -40,6 +40,11 @@ from model_store.train import best_epoch, fit, load_spec, spec_file_name
 from model_store.train_config import TrainConfig
 
 _MODES = {1: "L", 3: "RGB"}
+# Skipped files the version's training.skipped names (all are counted in
+# training.n_skipped and listed on stderr): a photo folder with a .json
+# sidecar per photo (Google Takeout) named hundreds of thousands, more
+# than a model's metadata file may hold.
+SKIPPED_RECORDED = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +335,9 @@ def _training_record(folders, config, history, started, *, n_train, broken,
                 folders.val_fraction, n_train=int(n_train),
                 settings=dataclasses.asdict(config), history=history,
                 best_epoch=best_epoch(history)["epoch"],
-                skipped=[printable(path) for path, _ in broken],
+                skipped=[printable(path)
+                         for path, _ in broken[:SKIPPED_RECORDED]],
+                n_skipped=len(broken),
                 seconds=round(time.monotonic() - started, 1))
 
 

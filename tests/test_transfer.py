@@ -888,3 +888,25 @@ def test_a_base_with_a_layer_named_as_the_new_head_is_refused_before_work(
     assert (code, out) == (2, "") and err.count("\n") == 1, err
     assert "--base named@1 already has a layer named new_head" in err
     assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
+def test_a_training_that_skips_very_many_files_is_saved(
+        backbone_store, tmp_path, cli, monkeypatch):
+    """training.skipped named every skipped file: a folder of photos with
+    a .json sidecar each (as Google Takeout exports them) made the
+    metadata larger than a model's JSON file may be, and the training
+    was lost after all its work. The first files are named, all counted."""
+    monkeypatch.setattr(store, "MAX_JSON_BYTES", 32 * 1024)
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3, nested=False)
+    for n in range(400):
+        (data / "red" / f"IMG_{n:05d}.jpg.supplemental-metadata.json"
+         ).write_text("{}")
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "many", "--base", "tiny", "--epochs", "1",
+                       "--no-augment")
+    assert code == 0, err.splitlines()[-1]
+    training = store.load_model("many", root=backbone_store).metadata[
+        "training"]
+    assert training["n_skipped"] == 400
+    assert len(training["skipped"]) == 100
