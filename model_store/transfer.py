@@ -441,12 +441,10 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
         for variant, pixels in computed:
             rows.append([item.label, None])
             pending.append((len(rows) - 1, content, variant, pixels))
-    for start in range(0, len(pending), FEATURE_BATCH):
-        chunk = pending[start:start + FEATURE_BATCH]
-        out = features(prep.normalize(np.stack([c[3] for c in chunk])))
-        for (row, content, variant, _), value in zip(chunk, out):
-            cache.put(content, variant, value)
-            rows[row][1] = value
+            if len(pending) == FEATURE_BATCH:
+                _compute(pending, rows, prep, features, cache)
+    if pending:
+        _compute(pending, rows, prep, features, cache)
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), broken
     sizes = sorted({len(value) for _, value in rows})
@@ -457,6 +455,18 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
                           f"it and train again")
     return (np.stack([value for _, value in rows]).astype(np.float32),
             np.array([label for label, _ in rows], np.int32), broken)
+
+
+def _compute(pending: list, rows: list, prep, features, cache) -> None:
+    """The features of the ``pending`` variants (a batch at most), put in
+    their ``rows`` and the cache; ``pending`` emptied: only a batch of
+    pixels is held at a time (all of them took 9 GB for 20,000 photos of
+    3 variants at Lite0's 224x224)."""
+    out = features(prep.normalize(np.stack([p[3] for p in pending])))
+    for (row, content, variant, _), value in zip(pending, out):
+        cache.put(content, variant, value)
+        rows[row][1] = value
+    pending.clear()
 
 
 def _file_variants(item, name, prep, cache, variants, seed):
