@@ -27,6 +27,7 @@ from model_store.folders import (
     check_same_classes,
     check_sides,
     check_usable,
+    file_groups,
     folder_root,
     listed,
     load_pixels,
@@ -39,6 +40,11 @@ from model_store.train import best_epoch, fit, load_spec, spec_file_name
 from model_store.train_config import TrainConfig
 
 _MODES = {1: "L", 3: "RGB"}
+# Skipped files the version's training.skipped names (all are counted in
+# training.n_skipped and listed on stderr): a photo folder with a .json
+# sidecar per photo (Google Takeout) named hundreds of thousands, more
+# than a model's metadata file may hold.
+SKIPPED_RECORDED = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +65,8 @@ def split_folders(folders: FolderData) -> tuple[FolderDataset, FolderDataset]:
     dataset = scan_folder(folders.data)
     check_classes(dataset, "--data")
     if folders.val_data is None:
-        train, val = stratified_split(dataset.labels, folders.val_fraction)
+        train, val = stratified_split(dataset.labels, folders.val_fraction,
+                                      groups=file_groups(dataset))
         return dataset.subset(train), dataset.subset(val)
     val = scan_folder(folders.val_data)
     check_same_classes(val, dataset.class_names)
@@ -211,12 +218,14 @@ def train_transfer(folders: FolderData, *, name: str, base,
     from model_store.transfer import (
         FeatureCache,
         block_cut,
+        check_head_names,
         combine,
         compile_features,
-        feature_layer,
     )
 
-    feature_layer(base)  # a base with no features stops before any work
+    # A base with no features, or a layer named as the new head, stops
+    # before any work.
+    check_head_names(base)
     train_set, val_set = split_folders(folders)
     cut = block_cut(base.spec, fine_tune_blocks) if fine_tune_blocks \
         else None
@@ -242,7 +251,7 @@ def train_transfer(folders: FolderData, *, name: str, base,
     metadata = dict(
         base.preprocessing.to_metadata(), class_names=train_set.class_names,
         description=f"{base.ref} features with a new head trained on "
-                    f"{folders.data}",
+                    f"{printable(folders.data)}",
         training=_training_record(
             folders, config, history, started,
             base={"model": base.ref, "weights_sha256": base.weights_sha256,
@@ -326,12 +335,15 @@ def _training_record(folders, config, history, started, *, n_train, broken,
                 folders.val_fraction, n_train=int(n_train),
                 settings=dataclasses.asdict(config), history=history,
                 best_epoch=best_epoch(history)["epoch"],
-                skipped=[printable(path) for path, _ in broken],
+                skipped=[printable(path)
+                         for path, _ in broken[:SKIPPED_RECORDED]],
+                n_skipped=len(broken),
                 seconds=round(time.monotonic() - started, 1))
 
 
 def _val_metrics(history, n_val: int, folders: FolderData) -> dict:
-    where = folders.val_data or (f"{folders.val_fraction:.0%} of "
-                                 f"{folders.data}, stratified")
+    where = printable(folders.val_data) if folders.val_data else (
+        f"{folders.val_fraction:.0%} of {printable(folders.data)}, "
+        f"stratified")
     return {"accuracy": best_epoch(history)["val_accuracy"],
             "n_test": int(n_val), "dataset": f"validation: {where}"}

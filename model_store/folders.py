@@ -439,21 +439,50 @@ def check_sides(shape, expected, what: str, fix: str) -> None:
 
 
 def stratified_split(labels: np.ndarray, fraction: float = VAL_FRACTION, *,
-                     seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = SPLIT_SEED,
+                     groups=None) -> tuple[np.ndarray, np.ndarray]:
     """``(train indices, validation indices)``: about ``fraction`` of each
     class (at least one) goes to validation, at least one stays for
-    training; always the same for the same labels and seed."""
+    training; always the same for the same labels and seed. Examples of
+    one group (``groups``, one key per example: links of one file, see
+    :func:`file_groups`) go to one side, so that none is learnt and
+    validated (a class that is one file is learnt only)."""
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got "
                           f"{fraction!r}")
+    groups = list(range(len(labels))) if groups is None else list(groups)
     rng = np.random.RandomState(seed)
     train, val = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
-        val.extend(members[:n_val])
-        train.extend(members[n_val:])
+        taken = _whole_groups(members, groups, n_val)
+        val.extend(i for i in members if groups[i] in taken)
+        train.extend(i for i in members if groups[i] not in taken)
     return np.sort(np.array(train, int)), np.sort(np.array(val, int))
+
+
+def _whole_groups(members, groups: list, n_val: int) -> set:
+    """The groups of ``members`` (in their order) taken for validation:
+    whole, until they hold ``n_val`` examples, never every group."""
+    sizes: dict = {}
+    for i in members:
+        sizes[groups[i]] = sizes.get(groups[i], 0) + 1
+    taken, count = set(), 0
+    for group in dict.fromkeys(groups[i] for i in members):
+        if count >= n_val or len(taken) == len(sizes) - 1:
+            break
+        taken.add(group)
+        count += sizes[group]
+    return taken
+
+
+def file_groups(dataset: FolderDataset) -> list:
+    """One key per file of a local ``dataset``: the same for links of one
+    file (a symlink or a hard link, the same ``(st_dev, st_ino)``)."""
+    if is_uri(dataset.root):
+        return [item.path for item in dataset.files]
+    return [_identity(item.path) for item in dataset.files]
 
 
 def align_classes(val: FolderDataset, class_names: list, *,

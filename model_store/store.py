@@ -1091,9 +1091,9 @@ def _metadata_bytes(metadata: dict, where: str) -> bytes:
     except ValueError:
         raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
                           f"NaN or infinite, which JSON cannot hold") from None
-    classes = len(metadata["class_names"])
-    return _within_limit(data, METADATA_FILE, where, f"{classes:,} class "
-                         f"names: give fewer or shorter class names")
+    largest = max(metadata, key=lambda key: len(_json_bytes(metadata[key])))
+    return _within_limit(data, METADATA_FILE, where, f"most of it is its "
+                         f"{largest}: make that smaller")
 
 
 def _within_limit(data: bytes, file: str, where: str, cause: str) -> bytes:

@@ -148,10 +148,13 @@ def _training_step(network, ndim: int, config: TrainConfig,
 
 
 def _predicted_class(network, ndim: int):
-    """The compiled ``x -> predicted class ids`` (dropout off)."""
+    """The compiled ``x -> predicted class ids`` (dropout off); -1, no
+    class, where the probabilities are not finite (a diverged epoch: the
+    argmax of NaN is class 0, which scored as right on class 0's images)."""
     x = T.TensorType(floatX, (False,) * ndim)("x")
-    return function([x], T.argmax(L.get_output(network, x,
-                                                deterministic=True), axis=1))
+    probs = L.get_output(network, x, deterministic=True)
+    finite = T.all(T.eq(probs, probs) & T.lt(abs(probs), np.inf), axis=1)
+    return function([x], T.switch(finite, T.argmax(probs, axis=1), -1))
 
 
 def _train_epoch(step, inputs: np.ndarray, labels: np.ndarray,

@@ -54,13 +54,17 @@ FEATURE_BATCH = 32
 CROP_AREA = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 HEAD_LAYER, PROB_LAYER = "new_head", "new_head_prob"
-# The feature cache's key format, hashed into every key: 2 hashes the file's
-# content; 1 hashed its size and modification time, which a copy that keeps
-# modification times (rsync -t, cp -p, tar x) reproduces for other bytes.
+# The feature cache's key format, hashed into every key: 3 also hashes the
+# file's path below the dataset's root, from which its augmented variants
+# are drawn (with 2, a training on a folder inside one trained before,
+# photos/animals/ after photos/, took the parent's crops of a file for its
+# own); 2 hashes the file's content; 1 hashed its size and modification
+# time, which a copy that keeps modification times (rsync -t, cp -p, tar x)
+# reproduces for other bytes.
 # Entries of another format are never found again (their keys differ): each
 # format has its folder, ``features/v<format>/``, and those of older formats
 # are removed (FeatureCache.remove_stale; a newer imgclass's are left alone).
-CACHE_KEY_FORMAT = 2
+CACHE_KEY_FORMAT = 3
 # Names in ``features/`` of the folders of a format (``v<N>``, or a weights
 # sha256: formats 1 and 2 were kept there before formats had folders), and
 # of an entry file in them, in its ``<2 hex>/`` folder.
@@ -116,14 +120,28 @@ def backbone_of(model: StoredModel, cut: int | None = None) -> StoredModel:
 def compile_features(model: StoredModel, cut: int | None = None) -> Callable:
     """``float32 (N, C, H, W)`` -> the output of ``model``'s layer ``cut``
     (default: its features), flattened to ``(N, D)``; compiled as any
-    predictor (so with the same folding)."""
+    predictor (so with the same folding), computed in whole batches
+    (:func:`_padded`)."""
     from model_store.compile import compile_predictor
 
     predictor = compile_predictor(backbone_of(model, cut))
 
     def features(batch: np.ndarray) -> np.ndarray:
-        return predictor(batch).reshape(len(batch), -1)
+        return predictor(_padded(batch))[:len(batch)].reshape(len(batch),
+                                                              -1)
     return features
+
+
+def _padded(batch: np.ndarray) -> np.ndarray:
+    """``batch`` with its last example repeated up to a multiple of
+    ``FEATURE_BATCH``: the backbone then always computes as many at once,
+    so that an image's features do not depend on how many others were
+    computed with it (BLAS takes other paths for 1 to 3 rows, whose last
+    bits differ: a training whose cache held some features trained
+    another model than the same data and seed with none)."""
+    missing = -len(batch) % FEATURE_BATCH
+    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)]) \
+        if missing else batch
 
 
 def block_cut(spec: dict, blocks: int) -> int:
@@ -178,15 +196,22 @@ def fine_tune_network(model: StoredModel, cut: int, n_classes: int, *,
 
 def combined_spec(model: StoredModel, n_classes: int) -> dict:
     """The backbone's layers up to the features, then the new head."""
+    backbone = check_head_names(model)
+    return dict(backbone, layers=backbone["layers"] + [
+        {"type": "dense", "name": HEAD_LAYER, "num_units": n_classes,
+         "nonlinearity": "identity"},
+        {"type": "softmax", "name": PROB_LAYER}])
+
+
+def check_head_names(model: StoredModel) -> dict:
+    """The spec of ``model``'s backbone (:func:`backbone_of`); ConfigError
+    if one of its layers has a name of the new head's."""
     backbone = backbone_of(model).spec
     names = {layer["name"] for layer in backbone["layers"]}
     if HEAD_LAYER in names or PROB_LAYER in names:
         raise ConfigError(f"--base {model.ref} already has a layer named "
                           f"{HEAD_LAYER}: train from its own base instead")
-    return dict(backbone, layers=backbone["layers"] + [
-        {"type": "dense", "name": HEAD_LAYER, "num_units": n_classes,
-         "nonlinearity": "identity"},
-        {"type": "softmax", "name": PROB_LAYER}])
+    return backbone
 
 
 def new_head(n_features: int, n_classes: int, *, seed: int):
@@ -258,14 +283,16 @@ def _name_bytes(text: str) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class FileContent:
-    """What the feature cache knows a file by: its path (augmented variants
-    are drawn from it) and the sha256 of its bytes."""
+    """What the feature cache knows a file by: its path, the sha256 of its
+    bytes and its path below the dataset's root (``FolderDataset.name_of``:
+    its augmented variants are drawn from it)."""
     path: str
     sha256: str
+    name: str = ""
 
     @classmethod
-    def of(cls, path: str, data: bytes) -> "FileContent":
-        return cls(path, hashlib.sha256(data).hexdigest())
+    def of(cls, path: str, data: bytes, name: str = "") -> "FileContent":
+        return cls(path, hashlib.sha256(data).hexdigest(), name)
 
 
 class FeatureCache:
@@ -274,12 +301,13 @@ class FeatureCache:
     fine-tuning: ``.../<weights sha256>/<layer>/...``).
 
     The key hashes ``CACHE_KEY_FORMAT``, the file's :class:`FileContent`
-    (path and content sha256), the variant (``"plain"`` or
-    ``"aug<seed>.<copy>"``) and ``inputs`` (how a file becomes the network's
-    input: the base's preprocessing): a changed file (even with its old size
-    and modification time), other weights, another preprocessing of the
-    same weights or another variant never reuse old features. Writes are atomic
-    (a temporary file renamed), so a killed run leaves no half-written entry.
+    (path, content sha256 and path below the dataset's root), the variant
+    (``"plain"`` or ``"aug<seed>.<copy>"``) and ``inputs`` (how a file
+    becomes the network's input: the base's preprocessing): a changed file
+    (even with its old size and modification time), other weights, another
+    preprocessing of the same weights or another variant (the same file
+    below another root) never reuse old features. Writes are atomic (a
+    temporary file renamed), so a killed run leaves no half-written entry.
     """
 
     def __init__(self, weights_sha256: str, directory: str | None = None,
@@ -312,8 +340,8 @@ class FeatureCache:
 
     def _path(self, file: FileContent, variant: str) -> str:
         key = hashlib.sha256(_name_bytes(f"{CACHE_KEY_FORMAT}\0{file.path}"
-                                         f"\0{file.sha256}\0{variant}\0"
-                                         f"{self.inputs}")
+                                         f"\0{file.sha256}\0{file.name}\0"
+                                         f"{variant}\0{self.inputs}")
                              ).hexdigest()
         return os.path.join(self.folder, key[:2], key + ".npy")
 
@@ -413,12 +441,10 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
         for variant, pixels in computed:
             rows.append([item.label, None])
             pending.append((len(rows) - 1, content, variant, pixels))
-    for start in range(0, len(pending), FEATURE_BATCH):
-        chunk = pending[start:start + FEATURE_BATCH]
-        out = features(prep.normalize(np.stack([c[3] for c in chunk])))
-        for (row, content, variant, _), value in zip(chunk, out):
-            cache.put(content, variant, value)
-            rows[row][1] = value
+            if len(pending) == FEATURE_BATCH:
+                _compute(pending, rows, prep, features, cache)
+    if pending:
+        _compute(pending, rows, prep, features, cache)
     if not rows:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int32), broken
     sizes = sorted({len(value) for _, value in rows})
@@ -431,12 +457,24 @@ def dataset_features(dataset: FolderDataset, prep: Preprocessing,
             np.array([label for label, _ in rows], np.int32), broken)
 
 
+def _compute(pending: list, rows: list, prep, features, cache) -> None:
+    """The features of the ``pending`` variants (a batch at most), put in
+    their ``rows`` and the cache; ``pending`` emptied: only a batch of
+    pixels is held at a time (all of them took 9 GB for 20,000 photos of
+    3 variants at Lite0's 224x224)."""
+    out = features(prep.normalize(np.stack([p[3] for p in pending])))
+    for (row, content, variant, _), value in zip(pending, out):
+        cache.put(content, variant, value)
+        rows[row][1] = value
+    pending.clear()
+
+
 def _file_variants(item, name, prep, cache, variants, seed):
     """One file read once: ``(its FileContent, {variant: cached features or
     None}, [(variant, pixels) of the variants to compute]``); decoded only
     if a variant is not cached."""
     data = read_bytes(item)
-    content = FileContent.of(item.path, data)
+    content = FileContent.of(item.path, data, name)
     cached = {variant: cache.get(content, variant) for variant in variants}
     missing = [variant for variant in variants if cached[variant] is None]
     image = decode_bytes(data, prep) if missing else None

@@ -264,6 +264,11 @@ def _train(args) -> int:
                 raise ConfigError(f"--{option.replace('_', '-')} applies "
                                   f"to --data (your labelled folders), not "
                                   f"to --dataset {args.dataset}")
+    if args.no_augment and args.dataset == "digits":
+        raise ConfigError("--no-augment applies to --data and --dataset "
+                          "fashion-mnist, not to --dataset digits (the "
+                          "digits are rendered as files by their "
+                          "augmentation): leave it out")
     if args.limit and args.dataset != "fashion-mnist":
         raise ConfigError("--limit applies to --dataset fashion-mnist only: "
                           "to train on fewer images, give a smaller folder")
@@ -301,6 +306,10 @@ def _train_config(args, defaults):
               "lr_schedule")
              if getattr(args, key) is not None}
     if args.no_augment:
+        if args.augment_copies is not None:
+            raise ConfigError("give --augment-copies N or --no-augment, not "
+                              "both: --no-augment trains on the plain "
+                              "images only")
         given["augment_copies"] = 0
     return dataclasses.replace(defaults, seed=args.seed, **given)
 
@@ -397,7 +406,7 @@ def _evaluate(args) -> int:
     stored = load_model(args.model, root=args.store)
     if args.data:
         metrics = evaluate_on_folder(stored, args.data)
-        what = f"images in {args.data}"
+        what = f"images in {fs.shown(args.data)}"
     elif args.dataset == "fashion-mnist":
         from model_store.fashion import load_fashion_split
         metrics = evaluate_on_split(stored, load_fashion_split())

@@ -309,6 +309,17 @@ def test_a_plot_path_that_is_no_regular_file_is_refused_at_once(
       "0.3"], "--val-fraction applies to --data"),
     (["train", "--dataset", "digits", "--name", "x", "--limit", "100"],
      "--limit applies to --dataset fashion-mnist only"),
+    # --no-augment silently won over --augment-copies; with the digits it
+    # was refused as an --augment-copies that was never given.
+    (["train", "--data", "samples/digits", "--name", "x", "--spec",
+      "model_store/specs/digits-cnn.json", "--augment-copies", "5",
+      "--no-augment"], "give --augment-copies N or --no-augment, not both"),
+    (["train", "--dataset", "fashion-mnist", "--name", "x", "--limit", "10",
+      "--epochs", "1", "--augment-copies", "2", "--no-augment"],
+     "give --augment-copies N or --no-augment, not both"),
+    (["train", "--dataset", "digits", "--name", "x", "--no-augment"],
+     "--no-augment applies to --data and --dataset fashion-mnist, not to "
+     "--dataset digits"),
     (["train", "--data", "samples/digits", "--name", "x", "--spec",
       "model_store/specs/digits-cnn.json", "--limit", "100"],
      "--limit applies to --dataset fashion-mnist only"),

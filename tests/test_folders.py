@@ -133,6 +133,31 @@ def test_stratified_split_is_fixed_and_keeps_every_class_on_both_sides():
     assert set(labels[train]) == {0, 1, 2}
 
 
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_the_split_keeps_links_of_one_file_on_one_side(tmp_path, link):
+    """Links of one file in its class folder (cat/best/ holding links to
+    favourites in cat/) were split as different images: one could be
+    learnt and the other validated, which --val-data refuses."""
+    from model_store.folder_training import FolderData, split_folders
+
+    write_shapes(tmp_path, per_class=5, classes=TWO, nested=False)
+    for name in TWO:
+        (tmp_path / name / "best").mkdir()
+        for original in sorted((tmp_path / name).glob("*.*")):
+            copy = tmp_path / name / "best" / original.name
+            if link == "symlink":
+                copy.symlink_to(original)
+            else:
+                os.link(original, copy)
+    train, val = split_folders(FolderData(str(tmp_path), val_fraction=0.5))
+
+    def files(dataset):
+        return {os.stat(item.path).st_ino for item in dataset.files}
+    assert not files(train) & files(val)
+    assert len(train.files) + len(val.files) == 20
+    assert set(train.labels) == set(val.labels) == {0, 1}
+
+
 def write_digit_folder(root, split, count):
     truth = {}
     for n in range(count):
@@ -675,3 +700,22 @@ def test_a_newline_in_a_broken_files_name_does_not_split_its_line():
     assert stream.getvalue().splitlines() == [
         "skipped /d/cat/two%0Alines.png: cannot identify image",
         "skipped /d/cat/100%2541%09.png: truncated"]
+
+
+def test_evaluate_shows_a_data_path_with_a_newline_or_bad_bytes_escaped(
+        tmp_path, cli):
+    """The first line of evaluate's report held --data as given: a newline
+    in it split the line, and a byte that is not UTF-8 was written raw,
+    where every other path in the report is %XX."""
+    from tests.test_cli import save_three_class_model
+    store = str(tmp_path / "store")
+    save_three_class_model(store, weight=1.0)
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"new\nl\xffne"))
+    for name in ("a", "b", "c"):
+        os.makedirs(os.path.join(data, name))
+        Image.new("L", (8, 8), 200).save(os.path.join(data, name, "ok.png"))
+    code, out, err = cli("--store", store, "evaluate", "--model", "three",
+                         "--data", data)
+    assert code == 0, err
+    assert out.splitlines()[0].endswith(
+        f" on 3 images in {tmp_path}/new%0Al%FFne")

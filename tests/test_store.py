@@ -577,7 +577,13 @@ def test_an_import_with_bad_metadata_writes_nothing(root, cli, tmp_path,
      "the network has 4 outputs but class_names has 2 names"),
     (lambda meta: meta.update(training={"history": [{"loss": math.inf}]}),
      "metadata training.history[0].loss is NaN or infinite"),
-    (lambda meta: meta.update(resize="nearest-ish"), "resize must be one of")])
+    (lambda meta: meta.update(resize="nearest-ish"), "resize must be one of"),
+    # Written, then refused by load_model as damaged: a version that
+    # fails verification was left in the store (a training that skipped
+    # some 200,000 files, each named in training.skipped).
+    (lambda meta: meta.update(description="x" * store.MAX_JSON_BYTES),
+     "JSON file may hold (most of it is its description: make that "
+     "smaller)")])
 def test_save_model_refuses_metadata_that_would_not_load(root, edit,
                                                          message):
     save(root)

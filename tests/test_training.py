@@ -230,3 +230,24 @@ def test_a_digits_spec_file_name_that_is_not_utf8_is_recorded_escaped(
     assert code == 0, err
     raw = (store / "d" / "1" / "metadata.json").read_bytes()
     assert json.loads(raw.decode("utf-8"))["training"]["spec"] == "d%E9.json"
+
+
+def test_an_epoch_that_diverged_is_not_kept_as_the_best():
+    """An epoch whose weights went NaN predicts class 0 for every image
+    (the argmax of NaN), so on validation images of class 0 it scored 1.0
+    and was kept as the best: the good epoch before it was lost, and the
+    save refused the NaN weights after all the training."""
+    from model_store.transfer import new_head
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(20, 4).astype(floatX)
+    y = (x[:, 0] > 0).astype(np.int32)
+    x_val = rng.randn(6, 4).astype(floatX)
+    network = new_head(4, 2, seed=0)
+    history = fit(network, x, y, TrainConfig(epochs=3, batch_size=20,
+                                             lr=3e38, augment_copies=0),
+                  validation=(x_val, np.zeros(6, np.int32)))
+    assert history[1]["loss"] is None  # it did diverge
+    values = L.get_param_values(network)
+    assert all(np.isfinite(value).all() for value in values.values())
+    assert [row["val_accuracy"] for row in history[1:]] == [0.0, 0.0]

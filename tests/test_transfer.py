@@ -241,28 +241,28 @@ def test_entries_of_older_key_formats_are_removed_and_nothing_else(
         tmp_path):
     """Format-1 entries (and those kept in features/<weights sha256>/
     before formats had folders) were never found again, nor removed. A
-    newer format's folder (v3/, of a newer imgclass) is left alone."""
+    newer format's folder (v4/, of a newer imgclass) is left alone."""
     key, other = "ab" + "1" * 62, "cd" + "2" * 62
     features = tmp_path / "features"
     outside = tmp_path / "mine.npy"
     outside.write_bytes(b"not the cache's")
     stale = [f"{WEIGHTS}/ab/{key}.npy", f"{WEIGHTS}/b3_conv/cd/{other}.npy",
-             f"v1/{WEIGHTS}/ab/{key}.npy"]
+             f"v1/{WEIGHTS}/ab/{key}.npy", f"v2/{WEIGHTS}/ab/{key}.npy"]
     kept = [f"{WEIGHTS}/notes.txt", f"{WEIGHTS}/ab/tmpq1w2e3.tmp",
             f"{WEIGHTS}/ab/{'ab' + '3' * 62}.npy -> {outside}",
             f"{WEIGHTS}/cd/{key}.npy",  # not in its key's folder
-            f"v2/{WEIGHTS}/ab/{key}.npy", f"v3/{WEIGHTS}/ab/{key}.npy",
+            f"v3/{WEIGHTS}/ab/{key}.npy", f"v4/{WEIGHTS}/ab/{key}.npy",
             f"photos/ab/{key}.npy",
             f"{'5' * 63}/ab/{key}.npy"]
     write_cache_files(features, stale + kept)
     (features / "linked").symlink_to(features / WEIGHTS)
     cache = FeatureCache(WEIGHTS, str(tmp_path))
-    assert cache.folder == str(features / "v2" / WEIGHTS)
-    assert cache.remove_stale() == 3
+    assert cache.folder == str(features / "v3" / WEIGHTS)
+    assert cache.remove_stale() == 4
     assert files_below(features) == sorted(
         [name.split(" -> ")[0] for name in kept] + ["linked"])
     assert not (features / WEIGHTS / "b3_conv").exists()
-    assert not (features / "v1").exists()
+    assert not (features / "v1").exists() and not (features / "v2").exists()
     assert outside.read_bytes() == b"not the cache's"
     assert cache.remove_stale() == 0
 
@@ -301,7 +301,7 @@ def test_training_removes_stale_feature_entries_and_says_so(
                    stream=stream, cache_directory=str(tmp_path / "cache"))
     assert (f"removed 1 feature cache entries of an older format from "
             f"{features}\n") in stream.getvalue()
-    assert os.listdir(features) == ["v2"]
+    assert os.listdir(features) == ["v3"]
 
 
 def write_colour_bmps(root, per_class=10):
@@ -796,3 +796,143 @@ def test_a_run_that_diverges_keeps_its_best_epoch(tmp_path, cli):
                                       in training["history"]]
     code, out, _ = cli("--store", store, "models", "verify", "hot@1")
     assert code == 0 and out.startswith("ok")
+
+
+@pytest.mark.parametrize("validation", ["fraction", "val-data"])
+def test_a_data_folder_named_not_utf8_is_recorded_escaped_everywhere(
+        backbone_store, tmp_path, cli, validation):
+    """The version's description and metrics.dataset held the --data
+    (--val-data) path's lone surrogate, which strict JSON readers refuse,
+    while training.data wrote it %XX."""
+    data = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"d\xffata"))
+    val = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"v\xe9l"))
+    write_shapes(data, per_class=3)
+    extra = ["--val-fraction", "0.3"]
+    if validation == "val-data":
+        write_shapes(val, per_class=1, seed=1)
+        extra = ["--val-data", val]
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "u", "--base", "tiny", "--epochs", "1",
+                       "--no-augment", *extra)
+    assert code == 0, err
+    with open(os.path.join(backbone_store, "u", "1", "metadata.json"),
+              encoding="utf-8") as handle:
+        text = handle.read()
+    assert "\\udc" not in text
+    metadata = json.loads(text)
+    assert "d%FFata" in metadata["description"]
+    assert ("v%E9l" if validation == "val-data" else "d%FFata") in \
+        metadata["metrics"]["dataset"]
+
+
+def test_a_folder_inside_one_trained_before_trains_as_with_no_cache(
+        backbone_store, tmp_path):
+    """An augmented variant is drawn from the file's path below --data,
+    but the cache knew it by its full path: after training on photos/,
+    a training on photos/animals/ took the features of photos/'s crops
+    of the same files (same path, content and variant number) for its
+    own, and the same seed trained another model than with no cache."""
+    from model_store import layers as L
+
+    base = store.load_model("tiny", root=backbone_store)
+    photos = tmp_path / "photos"
+    write_shapes(photos / "animals", per_class=4, nested=False)
+    write_shapes(photos / "plants", per_class=4, seed=1, nested=False)
+    config = TrainConfig(epochs=2, lr=0.01, augment_copies=1)
+
+    def weights(folder, cache):
+        network, _ = train_transfer(
+            FolderData(str(folder)), name="x", base=base, config=config,
+            stream=io.StringIO(), cache_directory=str(tmp_path / cache))
+        return L.get_param_values(network)
+
+    weights(photos, "shared")
+    after_photos = weights(photos / "animals", "shared")
+    alone = weights(photos / "animals", "fresh")
+    for name in alone:
+        np.testing.assert_array_equal(after_photos[name], alone[name])
+
+
+def test_features_do_not_depend_on_how_many_images_are_computed_at_once():
+    """digits-cnn's features of 1 to 3 images at once differed in their
+    last bits from those of the same images in a larger batch (BLAS takes
+    other paths), so a training whose cache already held some features
+    (a folder trained before, a few images added) trained another model
+    than the same data and seed with no cache."""
+    base = store.load_model("digits-cnn")
+    features = compile_features(base)
+    x = np.random.RandomState(0).randn(
+        40, *base.metadata["input_shape"]).astype(np.float32)
+    together = features(x)
+    for start, stop in ((0, 1), (1, 3), (3, 6), (6, 40)):
+        np.testing.assert_array_equal(features(x[start:stop]),
+                                      together[start:stop])
+
+
+def test_a_base_with_a_layer_named_as_the_new_head_is_refused_before_work(
+        backbone_store, shapes, cli):
+    """A base whose features lie above a layer named new_head was refused
+    only once its features were computed and the head trained."""
+    spec = dict(BACKBONE, layers=[dict(layer, name="new_head")
+                                  if layer["name"] == "feat" else layer
+                                  for layer in BACKBONE["layers"]])
+    spec["layers"][3] = dict(spec["layers"][3], name="drop")
+    spec["layers"].insert(3, {"type": "dense", "name": "feat2",
+                              "num_units": 8, "inputs": ["new_head"]})
+    store.save_model(build_network(spec, seed=1), name="named",
+                     metadata=dict(PREP, class_names=list("abcde")),
+                     root=backbone_store)
+    code, out, err = cli("--store", backbone_store, "train", "--data",
+                         shapes, "--name", "x", "--base", "named@1",
+                         "--epochs", "1")
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert "--base named@1 already has a layer named new_head" in err
+    assert not os.path.exists(os.path.join(backbone_store, "x"))
+
+
+def test_a_training_that_skips_very_many_files_is_saved(
+        backbone_store, tmp_path, cli, monkeypatch):
+    """training.skipped named every skipped file: a folder of photos with
+    a .json sidecar each (as Google Takeout exports them) made the
+    metadata larger than a model's JSON file may be, and the training
+    was lost after all its work. The first files are named, all counted."""
+    monkeypatch.setattr(store, "MAX_JSON_BYTES", 32 * 1024)
+    data = tmp_path / "data"
+    write_shapes(data, per_class=3, nested=False)
+    for n in range(400):
+        (data / "red" / f"IMG_{n:05d}.jpg.supplemental-metadata.json"
+         ).write_text("{}")
+    code, _, err = cli("--store", backbone_store, "train", "--data", data,
+                       "--name", "many", "--base", "tiny", "--epochs", "1",
+                       "--no-augment")
+    assert code == 0, err.splitlines()[-1]
+    training = store.load_model("many", root=backbone_store).metadata[
+        "training"]
+    assert training["n_skipped"] == 400
+    assert len(training["skipped"]) == 100
+
+
+def test_features_are_computed_a_batch_at_a_time_not_after_decoding_all(
+        tmp_path):
+    """The pixels of every variant to compute were held until all files
+    were decoded: 20,000 photos with 3 variants each, 9 GB for Lite0's
+    224x224 inputs. A batch of them is held at a time."""
+    from model_store.folders import scan_folder
+    from model_store.preprocessing import Preprocessing
+    from model_store.transfer import FEATURE_BATCH, dataset_features
+    from tests.conftest import traced_peak
+
+    write_shapes(tmp_path / "data", per_class=150, classes={
+        "red": (220, 40, 40), "green": (40, 200, 60)}, nested=False)
+    prep = Preprocessing((3, 96, 96), "RGB", "bilinear", (0.5,) * 3,
+                         (0.25,) * 3)
+    dataset = scan_folder(str(tmp_path / "data"))
+
+    def features(batch):
+        return np.zeros((len(batch), 4), np.float32)
+    (x, labels, broken), peak = traced_peak(lambda: dataset_features(
+        dataset, prep, features, FeatureCache(WEIGHTS, str(tmp_path)),
+        copies=2))
+    assert x.shape == (600, 4) and not broken
+    one_batch = FEATURE_BATCH * 3 * 96 * 96 * (1 + 4)  # uint8 and float32
+    assert peak < 3 * one_batch, peak
