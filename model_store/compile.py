@@ -20,7 +20,7 @@ import numpy as np
 
 from model_store import kernels, predictor_cache
 from model_store import layers as L
-from model_store.engine import T, floatX, function, shared
+from model_store.engine import T, floatX, function, keep_freed_memory, shared
 from model_store.ops.running import chunk_size, run_in_chunks
 from model_store.store import StoredModel
 
@@ -89,6 +89,7 @@ def compile_predictor(stored: StoredModel, *, embeddings: bool = False,
     (:mod:`model_store.predictor_cache`)."""
     if not cached:
         return Predictor(stored, **_compiled(stored, embeddings))
+    keep_freed_memory()  # a cached function is loaded, not compiled
     entry = predictor_cache.load(stored, embeddings=embeddings)
     if entry is None:
         entry = _compiled(stored, embeddings)

@@ -20,8 +20,9 @@ symbols from here. Defaults:
   no longer reads ``numpy.distutils.__config__.blas_opt_info``, which current
   NumPy builds lack (it would fail to link ``-lblas``).
 
-* glibc's ``malloc`` keeps freed memory for reuse (:func:`_keep_freed_memory`):
-  Theano allocates and frees the same large buffers on every call.
+* glibc's ``malloc`` keeps freed memory for reuse once a network is compiled
+  or loaded (:func:`keep_freed_memory`): Theano allocates and frees the same
+  large buffers on every call.
 * idle OpenMP threads spin briefly before they sleep
   (:func:`_short_openmp_waits`).
 
@@ -139,7 +140,7 @@ def _short_openmp_waits() -> None:
         os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Tells glibc's ``malloc`` to keep freed memory instead of returning it.
 
     Every call of a compiled function allocates its outputs and work
@@ -149,8 +150,13 @@ def _keep_freed_memory() -> None:
     heap is trimmed, so the kernel zeroes fresh pages on every call:
     Fashion-MNIST training spent 11 s of 26 s in the kernel at 500
     images/s, against under 1 s at 720 images/s with these settings. The
-    cost is that a process keeps its peak heap (the same buffers it reuses).
-    Not glibc (macOS, musl): nothing to do.
+    cost is that a process keeps its peak heap from then on, so it is
+    called when a network is compiled or loaded (:func:`function`,
+    ``compile_predictor``), not when Theano is imported: a pipeline's
+    driver, which lists the files and runs no network, then gives back
+    what Beam's buffers and messages freed (100,000 files over 2 worker
+    processes: 478 -> 350 MB, bench/README.md). Not glibc (macOS, musl):
+    nothing to do.
     """
     import ctypes
     import ctypes.util
@@ -237,7 +243,6 @@ def _scipy_has(*path: str) -> bool:
 _check_environment()
 _configure()
 _short_openmp_waits()
-_keep_freed_memory()
 
 _SETTINGS = ("fix or unset THEANO_FLAGS and OMP_NUM_THREADS, and give "
              "XDG_CACHE_HOME a folder that can be written")
@@ -430,7 +435,9 @@ def _room_for_recursion():
 
 
 def function(*args, **kwargs):
-    """``theano.function``, with room for Theano's recursion on deep graphs."""
+    """``theano.function``, with room for Theano's recursion on deep graphs
+    (and :func:`keep_freed_memory` for the calls to come)."""
+    keep_freed_memory()
     with _room_for_recursion():
         return theano.function(*args, **kwargs)
 

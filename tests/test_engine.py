@@ -102,3 +102,48 @@ def test_openmp_threads_spin_briefly_unless_the_user_says_otherwise():
     assert _spin_settings() == ["None", str(OPENMP_SPIN_COUNT)]
     assert _spin_settings(OMP_WAIT_POLICY="PASSIVE") == ["PASSIVE", "None"]
     assert _spin_settings(GOMP_SPINCOUNT="5") == ["None", "5"]
+
+
+
+MALLOPT_CALLS = r"""
+import ctypes
+
+told = []
+
+class LibC:  # records what glibc's malloc is told (and tells it)
+    def __init__(self, real):
+        self.real = real
+
+    def mallopt(self, param, value):
+        told.append((param, value))
+        return self.real.mallopt(param, value)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+real_cdll = ctypes.CDLL
+ctypes.CDLL = lambda *args, **kwargs: LibC(real_cdll(*args, **kwargs))
+
+import model_store.engine
+from model_store.store import load_model
+load_model("digits-cnn")
+print(len(told), end=" ")
+from model_store.compile import compile_predictor
+compile_predictor(load_model("digits-cnn"))
+print(sorted(told))
+"""
+
+
+def test_malloc_keeps_freed_memory_only_once_a_network_is_compiled():
+    """glibc keeps freed memory (Theano reallocates the same buffers on
+    every call) from when a predictor is compiled or loaded; importing the
+    engine and loading a model (a pipeline's driver, which lists the files
+    and runs no network) leave malloc as it was, so what Beam frees goes
+    back to the system."""
+    done = subprocess.run([sys.executable, "-c", MALLOPT_CALLS],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    assert done.stdout.split(" ", 1) == ["0", str(sorted([
+        (m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30),
+        (m_top_pad, 64 << 20)])) + "\n"], done.stdout
