@@ -430,14 +430,14 @@ def test_opset_newer_than_the_onnx_package_knows_is_refused(cli, tmp_path):
                     f"{newest}")
 
 
-def _assert_refused(cli, tmp_path, model, message):
-    """Importing ``model`` exits 2 with ``message`` in one line, and writes
-    nothing to the store."""
+def _assert_refused(cli, tmp_path, model, message, *options):
+    """Importing ``model`` (with ``options``) exits 2 with ``message`` in
+    one line, and writes nothing to the store."""
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     store = tmp_path / "store"
     code, out, err = cli("--store", store, "models", "import", "onnx", path,
-                         "--name", "m")
+                         "--name", "m", *options)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -846,21 +846,13 @@ def test_class_names_too_many_for_a_metadata_file_are_refused_unwritten(
     g = GraphBuilder((3, 8, 8))
     flat = g.node("Flatten", [g.node("GlobalAveragePool", ["x"])])
     model = g.model(g.node("Gemm", [flat, g.const(np.ones((3, 40)))]), 2)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
     classes = tmp_path / "classes.txt"
     name = "\u6f22" * 38
     classes.write_text("".join(f"{name}{i:02d}\n" for i in range(40)),
                        encoding="utf-8")
     assert classes.stat().st_size < 8192
-    store = tmp_path / "store"
-    code, _, err = cli("--store", store, "models", "import", "onnx", path,
-                       "--name", "m", "--classes", classes)
-    assert code == 2 and err.count("\n") == 1, err
-    assert "its metadata.json would be" in err, err
-    assert list_models(str(store)) == []
-    assert not (store / "m").exists() or not [
-        n for n in os.listdir(store / "m") if not n.startswith(".")]
+    _assert_refused(cli, tmp_path, model, "its metadata.json would be",
+                    "--classes", classes)
 
 
 def _named_convs(count, length):
@@ -885,16 +877,8 @@ def test_a_spec_too_large_for_a_json_file_is_refused_unwritten(
     from model_store import store as store_module
 
     monkeypatch.setattr(store_module, "MAX_JSON_BYTES", 8192)
-    store = tmp_path / "store"
-    path = tmp_path / "m.onnx"
-    onnx.save(_named_convs(40, 100), str(path))
-    code, _, err = cli("--store", store, "models", "import", "onnx", path,
-                       "--name", "m")
-    assert code == 2 and err.count("\n") == 1, err
-    assert "its spec.json would be" in err, err
-    assert list_models(str(store)) == []
-    assert not (store / "m").exists() or not [
-        n for n in os.listdir(store / "m") if not n.startswith(".")]
+    _assert_refused(cli, tmp_path, _named_convs(40, 100),
+                    "its spec.json would be")
 
 
 def test_layers_of_nodes_with_very_long_names_get_short_names(cli, tmp_path):
