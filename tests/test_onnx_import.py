@@ -798,15 +798,9 @@ def test_a_normalization_float32_cannot_hold_is_refused(cli, tmp_path, given):
     """Finite in Python, not in the float32 the network runs in: a mean of
     1e308 made every input -inf (classify failed every file on NaN), a std
     of 1e39 made every input 0; the model was saved all the same."""
-    path = tmp_path / "m.onnx"
-    onnx.save(_example().build(), str(path))
-    store = tmp_path / "store"
-    code, _, err = cli("--store", store, "models", "import", "onnx", path,
-                       "--name", "m", "--preprocessing", given)
-    assert code == 2 and err.count("\n") == 1, err
-    assert "mean and std must keep (x / 255 - mean) / std finite in " \
-        "float32" in err
-    assert list_models(str(store)) == []
+    _assert_refused(cli, tmp_path, _example().build(),
+                    "mean and std must keep (x / 255 - mean) / std finite in "
+                    "float32", "--preprocessing", given)
 
 
 @pytest.mark.parametrize("given, message", [
@@ -822,14 +816,8 @@ def test_a_preprocessing_number_python_cannot_convert_is_refused_in_one_line(
     """An integer beyond float's range was an OverflowError traceback, one
     of more than 4300 digits or lists nested 100,000 deep a ValueError or
     RecursionError traceback from json (exit 1)."""
-    path = tmp_path / "m.onnx"
-    onnx.save(_example().build(), str(path))
-    store = tmp_path / "store"
-    code, _, err = cli("--store", store, "models", "import", "onnx", path,
-                       "--name", "m", "--preprocessing", given)
-    assert code == 2 and err.count("\n") == 1, err
-    assert message in err
-    assert list_models(str(store)) == []
+    _assert_refused(cli, tmp_path, _example().build(), message,
+                    "--preprocessing", given)
 
 
 def test_class_names_too_many_for_a_metadata_file_are_refused_unwritten(
