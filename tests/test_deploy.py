@@ -627,3 +627,33 @@ def test_airflow_dag_imports_and_defines_one_dag():
     [task] = dags[0].tasks
     assert isinstance(task, BashOperator)
     assert task.append_env
+
+
+def test_an_installed_copy_holds_every_file_the_code_reads(tmp_path):
+    """What ``pip install .`` (the worker image) copies from a clean source
+    tree: every file of the project's packages, the C sources Theano
+    compiles included. The resizing kernel's source was left out, so
+    installed workers warned and resized with Pillow on every run."""
+    import shutil
+
+    packages = ("pipeline", "transforms", "model_store")
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
+    for package in packages:  # no egg-info: what setuptools decides alone
+        shutil.copytree(os.path.join(ROOT, package), source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q",
+         "build_py", "-d", str(tmp_path / "built")], cwd=source,
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    missing = []
+    for package in packages:
+        for folder, _, files in os.walk(source / package):
+            for name in files:
+                path = os.path.relpath(os.path.join(folder, name), source)
+                if not (tmp_path / "built" / path).exists():
+                    missing.append(path)
+    assert missing == []
