@@ -126,23 +126,39 @@ def _check_links(output: str) -> None:
         path = os.path.dirname(path)
 
 
-def check_outside_model(output: str, stored) -> None:
-    """Refuses an ``output`` in the folder that holds the versions of the
-    model ``stored`` (a StoredModel): every worker loading the model would
-    find the run's folders there and refuse the model, after the work."""
-    models = fs.split(stored.location)[0]
-    if is_uri(output) != is_uri(models):
-        return
-    if is_uri(output):
-        out, models = output.rstrip("/"), models.rstrip("/")
+def check_outside_models(output: str, *, store: str | None,
+                         model_ref: str) -> None:
+    """Refuses an ``output`` in the model store (``store``, as
+    :func:`model_store.store.store_root` resolves it) or, for a model given
+    by its version folder, in the folder of that model's versions: the
+    store would read the run's folders as models or versions (``models
+    verify`` fails, a worker refuses the model). Before the output is
+    locked or made, so that nothing is written there."""
+    from model_store.store import looks_like_path, store_root
+
+    folders = [store_root(store)]
+    if looks_like_path(model_ref):  # .../NAME/VERSION
+        folders.append(fs.split(model_ref.rstrip("/") if is_uri(model_ref)
+                                else os.path.abspath(model_ref))[0])
+    for folder in folders:
+        if _inside(output, folder):
+            raise ConfigError(
+                f"output {fs.one_line(fs.printable(output))!r} lies in "
+                f"{fs.shown(folder)}, which holds models: the store would "
+                f"read its folders as models or versions; give an --output "
+                f"outside it")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it (local paths resolved,
+    URIs compared as written)."""
+    if is_uri(path) != is_uri(folder):
+        return False
+    if is_uri(path):
+        path, folder = path.rstrip("/"), folder.rstrip("/")
     else:
-        out, models = os.path.realpath(output), os.path.realpath(models)
-    if out == models or out.startswith(models.rstrip("/") + "/"):
-        raise ConfigError(
-            f"output {fs.one_line(fs.printable(output))!r} lies in the "
-            f"folder of the versions of model {stored.name} "
-            f"({fs.shown(models)}), which would read its folders as "
-            f"versions; give an --output outside the model store")
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _check_output_name(output: str) -> None:

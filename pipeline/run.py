@@ -377,6 +377,8 @@ def validate(config: ClassifyConfig,
         raise ConfigError("--overwrite and --skip-done contradict each other: "
                           "--skip-done adds to the earlier runs that "
                           "--overwrite would remove")
+    outputs.check_outside_models(config.output, store=config.store,
+                                 model_ref=config.model_ref)
     outputs.check_output(config.output)
     if config.settle is not None and not config.settle >= 0:
         raise ConfigError(f"settle must be >= 0 seconds, got "
@@ -552,7 +554,6 @@ def _run(config, options, runner, log, output_locked, started,
         if not config.overwrite:  # --overwrite deletes the ledger files
             merge_ledger(config.output, log)
         stored = load_model(config.model_ref, root=config.store)
-        outputs.check_outside_model(config.output, stored)
         config = dataclasses.replace(config, top_k=top_k_for(
             config.top_k, len(stored.class_names), stored.ref))
         check_batch_size(config.batch_size, stored.preprocessing.input_shape,

@@ -239,7 +239,6 @@ def _with_model(base: ClassifyConfig) -> tuple[ClassifyConfig, object]:
     from model_store.store import load_model, looks_like_path
 
     stored = load_model(base.model_ref, root=base.store)
-    outputs.check_outside_model(base.output, stored)
     check_batch_size(base.batch_size, stored.preprocessing.input_shape,
                      stored.ref)
     # "latest" is resolved once: every window uses the same version, and the

@@ -883,23 +883,35 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback(
 
 
 @pytest.mark.parametrize("command", ["classify", "watch"])
-def test_an_output_in_the_models_folder_is_refused_before_any_work(
+def test_an_output_in_the_model_store_is_refused_before_any_work(
         cli, images, tmp_path, command):
-    """The run's folders there would be read as versions of the model: the
-    workers refused the model, and the run failed after the work."""
+    """The run's folders there would be read as models or versions: the
+    workers refused the model after the work, or ``models verify`` failed
+    on a folder the run made; a folder inside a model's was made (the lock)
+    before the model was loaded, which then refused a folder it called
+    "not a version"."""
     store = tmp_path / "store"
     shutil.copytree(os.path.join(DEFAULT_ROOT, "digits-cnn"),
                     store / "digits-cnn")
-    for output in (store / "digits-cnn", store / "digits-cnn" / "1" / "out"):
+    copy = tmp_path / "elsewhere" / "digits-cnn"
+    shutil.copytree(store / "digits-cnn", copy)
+    cases = [(store, "digits-cnn", store), (store / "newout", "digits-cnn",
+                                            store),
+             (store / "digits-cnn" / "x", "digits-cnn", store),
+             (store / "digits-cnn" / "1" / "out", "digits-cnn", store),
+             (copy / "out", str(copy / "1"), copy)]
+    for output, model, folder in cases:
         code, _, err = cli("--store", store, command, "--input", images,
-                           "--output", output)
+                           "--output", output, "--model", model)
         assert code == 2
         assert err.strip().splitlines() == [
-            f"imgclass: error: output '{output}' lies in the folder of the "
-            f"versions of model digits-cnn ({store / 'digits-cnn'}), which "
-            f"would read its folders as versions; give an --output outside "
-            f"the model store"]
+            f"imgclass: error: output '{output}' lies in {folder}, which "
+            f"holds models: the store would read its folders as models or "
+            f"versions; give an --output outside it"]
+    assert sorted(os.listdir(store)) == ["digits-cnn"]
     assert sorted(os.listdir(store / "digits-cnn")) == ["1", "aliases.json"]
+    assert sorted(os.listdir(copy)) == ["1", "aliases.json"]
+    assert "out" not in os.listdir(store / "digits-cnn" / "1")
 
 
 @pytest.mark.parametrize("link", ["dangling", "loop"])
