@@ -174,6 +174,8 @@ def check_plot_path(path: str) -> str:
     if not os.path.isdir(folder):
         raise ConfigError(f"--plot {path!r}: the folder {folder!r} does not "
                           f"exist")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise _not_regular(path)  # /dev/null: not taken as /dev/null.png
     target = path if extension else \
         f"{path}.{matplotlib.rcParams['savefig.format']}"
     _check_writable(target)
@@ -191,14 +193,18 @@ def _check_writable(path: str) -> None:
     except OSError as error:
         # ENXIO: a FIFO or socket, which cannot be opened without a reader
         if isinstance(error, NotRegularError) or error.errno == errno.ENXIO:
-            raise ConfigError(f"--plot {path!r} is not a regular file (a "
-                              f"FIFO, device or socket); give the name of "
-                              f"a new or regular file") from None
+            raise _not_regular(path) from None
         raise ConfigError(f"--plot {path!r} cannot be written: "
                           f"{error.strerror}") from None
     os.close(fd)
     if not existed:
         os.remove(path)
+
+
+def _not_regular(path: str) -> ConfigError:
+    return ConfigError(f"--plot {path!r} is not a regular file (a FIFO, "
+                       f"device or socket); give the name of a new or "
+                       f"regular file")
 
 
 def _matplotlib():

@@ -268,17 +268,21 @@ def test_a_plot_the_disk_cannot_hold_keeps_the_metrics(cli, tmp_path,
         assert "wrote" not in out
 
 
-@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device"])
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "device",
+                                  "device without an extension"])
 def test_a_plot_path_that_is_no_regular_file_is_refused_at_once(
         cli, tmp_path, kind):
     """A FIFO blocked the writability check forever (opened to append,
     waiting for a reader); a FIFO, a link to one or to a device is refused
-    in one line before evaluating. An alarm makes a hang a failure."""
+    in one line before evaluating (a device without an extension was taken
+    for the name of a new file: /dev/null wrote /dev/null.png). An alarm
+    makes a hang a failure."""
     import signal
 
     fifo = tmp_path / "confusion.png"
     os.mkfifo(fifo)
-    plot = fifo if kind == "fifo" else tmp_path / "link.png"
+    plot = {"fifo": fifo, "device without an extension": tmp_path / "null"
+            }.get(kind, tmp_path / "link.png")
     if kind != "fifo":
         plot.symlink_to(fifo if kind == "link to a fifo" else "/dev/null")
 
