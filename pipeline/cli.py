@@ -390,6 +390,21 @@ def _models_promote(args) -> int:
     return EXIT_OK
 
 
+def _check_dataset(stored, dataset: str) -> None:
+    """ConfigError naming ``--dataset`` when ``stored`` classifies the
+    classes of another built-in dataset than ``dataset`` (fashion-cnn
+    evaluated on the digits, the default)."""
+    from model_store import datasets, fashion
+
+    classes = [str(name) for name in stored.class_names]
+    for name, names in (("digits", datasets.CLASS_NAMES),
+                        ("fashion-mnist", fashion.CLASS_NAMES)):
+        if name != dataset and classes == list(names):
+            raise ConfigError(f"{stored.ref} classifies the {name} "
+                              f"classes, not the {dataset} ones: give "
+                              f"--dataset {name}")
+
+
 def _evaluate(args) -> int:
     from model_store.evaluate import (
         check_plot_path,
@@ -404,6 +419,8 @@ def _evaluate(args) -> int:
                           "(built-in test images), not both")
     plot = check_plot_path(args.plot) if args.plot else None
     stored = load_model(args.model, root=args.store)
+    if not args.data:
+        _check_dataset(stored, args.dataset or DATASETS[0])  # digits
     if args.data:
         metrics = evaluate_on_folder(stored, args.data)
         what = f"images in {fs.shown(args.data)}"

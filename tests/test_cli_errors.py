@@ -547,6 +547,21 @@ def test_evaluating_a_model_on_a_dataset_of_other_classes_is_refused(
         "its classes with --data"]
 
 
+@pytest.mark.parametrize("model,dataset,given", [
+    ("fashion-cnn", "fashion-mnist", []),
+    ("digits-cnn", "digits", ["--dataset", "fashion-mnist"])])
+def test_evaluating_on_the_other_built_in_dataset_names_the_right_one(
+        cli, model, dataset, given):
+    """fashion-cnn evaluated without --dataset (the digits) was told to
+    give --data, not the --dataset it was made for."""
+    code, out, err = cli("evaluate", "--model", model, *given)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"imgclass: error: {model}@1 classifies the {dataset} classes, not "
+        f"the {'fashion-mnist' if given else 'digits'} ones: give --dataset "
+        f"{dataset}"]
+
+
 @pytest.mark.parametrize("alias", ["prod\n", "a" * 101])
 def test_an_alias_with_a_newline_or_too_long_is_refused(cli, tmp_path, alias):
     """'prod\\n' was stored, broke `models list` rows across lines and was
