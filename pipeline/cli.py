@@ -710,7 +710,7 @@ class _CommandParser(_Parser):
 def _add_models_command(commands) -> None:
     """``models``: list, show, verify, promote and import stored models."""
     models = commands.add_parser(
-        "models", help="list, show and verify stored models",
+        "models", help="list, show, verify, promote and import stored models",
         description="List, show and verify the models in the store.")
     models_commands = models.add_subparsers(dest="models_command",
                                             metavar="ACTION", required=True,

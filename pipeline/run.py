@@ -813,7 +813,8 @@ def _summary(manifest: dict, config: ClassifyConfig, log) -> None:
              if by_stage else "")
           + (f", {skipped} skipped (done before), {counts['retried']} "
              f"retried" if config.skip_done else "")
-          + f"; {rate:.0f} images/s; output {config.output}", file=log)
+          + f"; {rate:.{0 if rate >= 10 else 1}f} images/s; output "
+            f"{config.output}", file=log)
     low, predicted = manifest["low_confidence"], counts["predicted"]
     if predicted and low["rows"] > LOW_CONFIDENCE_SHARE * predicted:
         print(f"imgclass: warning: {low['rows']} of {predicted} predictions "
