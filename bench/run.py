@@ -14,7 +14,8 @@ same run:
    in-process and with one worker process per core;
 5. peak memory (RSS of the command and its children) of every command, and
    with --scale a 100,000-image point;
-6. bench/results/latest.json, latest.md and latest.png.
+6. bench/results/latest.json, latest.md and latest.png (quick_latest.* for
+   another corpus size, --quick's).
 
     python bench/run.py --quick          # 2,000 images, under a minute
     python bench/run.py                  # 20,000 images, a few minutes
@@ -43,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CORPUS = os.path.join(HERE, "corpus")
 RESULTS = os.path.join(HERE, "results")
+FULL_IMAGES, QUICK_IMAGES = 20000, 2000  # make bench, make bench-quick
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins",
           "moon", "immunohistochemistry", "grass", "gravel", "brick",
           "retina", "hubble_deep_field"]
@@ -256,7 +258,7 @@ def classify_args(folder: str, output: str, extra: list[str]) -> list[str]:
 
 def main() -> None:
     args = _parse_args()
-    n = args.images or (2000 if args.quick else 20000)
+    n = args.images or (QUICK_IMAGES if args.quick else FULL_IMAGES)
     repeat = args.repeat or (1 if args.quick else 2)
     info = machine()
     print(f"machine: {info['cores']} cores, {info['cpu']}, {info['mhz']} MHz, "
@@ -332,13 +334,16 @@ def _pipeline_runs(results: dict, folder: str, scratch: str,
 
 
 def _write_results(results: dict) -> None:
-    """bench/results/latest.{json,md,png}, and the table on stdout."""
+    """bench/results/latest.{json,md,png} for a run over the 20,000 images
+    (``quick_latest.*`` for another size, so that ``--quick`` leaves the
+    full run's files as they are), and the table on stdout."""
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as handle:
+    name = "latest" if results["images"] == FULL_IMAGES else "quick_latest"
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as handle:
         json.dump(results, handle, indent=2)
-    with open(os.path.join(RESULTS, "latest.md"), "w") as handle:
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as handle:
         handle.write(markdown(results))
-    chart(results, os.path.join(RESULTS, "latest.png"))
+    chart(results, os.path.join(RESULTS, f"{name}.png"))
     print(markdown(results))
 
 
