@@ -509,3 +509,19 @@ def test_match_files_takes_files_settled_elsewhere_only_as_they_were(
                               settled=settled)).files | beam.Map(
                                   lambda m: m.path)
         assert_that(found, equal_to([paths["kept.png"], paths["old.png"]]))
+
+
+@pytest.mark.parametrize("sharing", [{"large_model": True},
+                                     {"model_copies": 1}])
+def test_model_handler_runs_with_a_model_shared_across_processes(model, split,
+                                                                 sharing):
+    """large_model / model_copies: Beam hands run_inference a proxy to the
+    model in another process, which passes method calls only."""
+    images = [digit_image(split.test_images[i], 24) for i in range(4)]
+    want = [(str(split.test_labels[i]), model.ref) for i in range(4)]
+    handler = TheanoModelHandler("digits-cnn", inputs="images",
+                                 outputs="top_k", top_k=2, **sharing)
+    with beam_pipeline() as p:
+        rows = (p | beam.Create(images) | RunInference(handler)
+                | beam.Map(lambda r: (r.inference["label"], r.model_id)))
+        assert_that(rows, equal_to(want))

@@ -309,22 +309,21 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         self._outputs = outputs
         self._top_k = check_positive("top_k", top_k)
 
-    def load_model(self):
-        return load_predictor(self._model_ref, self._store)
+    def load_model(self) -> "HandlerModel":
+        return HandlerModel(load_predictor(self._model_ref, self._store))
 
     def update_model_path(self, model_path: Optional[str] = None):
         if model_path:
             self._model_ref = model_path
 
-    def run_inference(self, batch: Sequence[Any], predictor,
+    def run_inference(self, batch: Sequence[Any], model: "HandlerModel",
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        probs = predictor(self._network_input(batch, predictor))
-        model_id = predictor.stored.ref
+        model_id, labels, prep = model.model()
+        probs = model.predict(self._network_input(batch, model_id, prep))
         if self._outputs == "probabilities":
             return [PredictionResult(x, p, model_id=model_id)
                     for x, p in zip(batch, probs)]
-        labels = predictor.stored.class_names
         best, scores = top_k_classes(probs, self._top_k)
         return [PredictionResult(x, {
             "label": labels[ids[0]], "class_id": int(ids[0]),
@@ -332,8 +331,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             "top_k": [(labels[i], float(s)) for i, s in zip(ids, row)]},
             model_id=model_id) for x, ids, row in zip(batch, best, scores)]
 
-    def _network_input(self, batch: Sequence[Any], predictor) -> np.ndarray:
-        prep = predictor.stored.preprocessing
+    def _network_input(self, batch: Sequence[Any], model_id: str,
+                       prep) -> np.ndarray:
         if self._inputs == "images":
             return prep([_as_image(x, prep) for x in batch])
         arrays = [np.asarray(x) for x in batch]
@@ -341,7 +340,7 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             raise ConfigError(
                 f"TheanoModelHandler got uint8 pixels, which would be "
                 f"classified un-normalised: pass inputs='images' to normalise "
-                f"them with model {predictor.stored.ref}'s preprocessing")
+                f"them with model {model_id}'s preprocessing")
         return np.stack(arrays)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
@@ -349,6 +348,30 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "imgclass_RunInference"
+
+
+class HandlerModel:
+    """What :meth:`TheanoModelHandler.load_model` returns: a predictor
+    behind methods. With ``large_model`` or ``model_copies``, Beam hands
+    ``run_inference`` a proxy to it in another process, which passes method
+    calls only (not attributes).
+
+    Attributes:
+        stored: the ``StoredModel``, for callers in the same process.
+    """
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+        self.stored = predictor.stored
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)`` of a normalised batch."""
+        return self._predictor(batch)
+
+    def model(self) -> tuple:
+        """``(model_id, class_names, preprocessing)``."""
+        return self.stored.ref, self.stored.class_names, \
+            self.stored.preprocessing
 
 
 def _as_image(example, prep) -> Image.Image:
