@@ -85,3 +85,20 @@ def check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_text(name: str, value, *, fix: str = "") -> str:
+    """``value`` if it is a string, else ConfigError (``fix`` added)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}{fix}")
+    return value
+
+
+def check_fraction(name: str, value) -> float:
+    """``value`` if it is a number (not a bool) between 0 and 1, else
+    ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number between 0 and 1, got "
+                          f"{value!r}")
+    return value

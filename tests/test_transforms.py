@@ -17,7 +17,7 @@ from apache_beam.utils.timestamp import Timestamp
 from PIL import Image
 
 from model_store.datasets import digit_image
-from model_store.errors import ImgclassError
+from model_store.errors import ConfigError, ImgclassError
 from model_store.store import load_model
 from pipeline.run import make_runner, pipeline_options
 from tests.conftest import write_bad_files, write_digits
@@ -525,3 +525,44 @@ def test_model_handler_runs_with_a_model_shared_across_processes(model, split,
         rows = (p | beam.Create(images) | RunInference(handler)
                 | beam.Map(lambda r: (r.inference["label"], r.model_id)))
         assert_that(rows, equal_to(want))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, "8", None, True])
+def test_batch_files_refuses_a_batch_size_that_is_not_a_positive_integer(
+        batch_size):
+    from transforms.read import BatchFiles
+    with pytest.raises(ConfigError, match="batch_size must be a positive"):
+        BatchFiles(batch_size)
+
+
+@pytest.mark.parametrize("argument", [
+    {"store": 5}, {"run_id": 5}, {"run_id": None}, {"progress_folder": 3}])
+def test_classify_images_refuses_non_text_arguments_when_built(argument):
+    (name,) = argument
+    with pytest.raises(ConfigError, match=f"^{name} must be a string"):
+        ClassifyImages("digits-cnn@1", **argument)
+
+
+@pytest.mark.parametrize("model_ref", [5, None, ""])
+def test_classify_images_refuses_a_model_ref_that_is_not_text_when_built(
+        model_ref):
+    with pytest.raises(ConfigError, match="^model_ref must be"):
+        ClassifyImages(model_ref)
+
+
+def test_match_files_refuses_a_run_id_that_is_not_text_when_built():
+    with pytest.raises(ConfigError, match="^run_id must be a string"):
+        MatchFiles(run_id=5)
+
+
+@pytest.mark.parametrize("min_confidence", ["0.5", None, True])
+def test_classify_images_refuses_a_min_confidence_that_is_not_a_number(
+        min_confidence):
+    with pytest.raises(ConfigError, match="^min_confidence must be"):
+        ClassifyImages("digits-cnn@1", min_confidence=min_confidence)
+
+
+def test_match_files_refuses_one_folder_given_as_a_string_to_exclude():
+    """exclude="out" would exclude folders o, u and t, and list "out"."""
+    with pytest.raises(ConfigError, match=r"exclude=\['out'\]"):
+        MatchFiles(exclude="out")

@@ -8,8 +8,9 @@ from typing import Optional
 import apache_beam as beam
 
 from model_store import DEFAULT_MODEL
-from model_store.errors import ConfigError, check_positive
+from model_store.errors import check_fraction, check_positive, check_text
 from model_store.images import DEFAULT_MAX_PIXELS
+from transforms.common import check_model_ref, check_optional_text
 from transforms.decode import DecodeBatchFn
 from transforms.defaults import DEFAULT_BATCH_SIZE, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES
@@ -61,20 +62,19 @@ class ClassifyBatches(beam.PTransform):
                  progress_folder: Optional[str] = None):
         super().__init__()
         self._embeddings = embeddings
-        self._progress_folder = progress_folder
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ConfigError(f"min_confidence must be between 0 and 1, got "
-                              f"{min_confidence!r}")
-        self._min_confidence = min_confidence
-        self._model_ref = model_ref
-        self._store = store
+        self._progress_folder = check_optional_text("progress_folder",
+                                                    progress_folder)
+        self._min_confidence = check_fraction("min_confidence",
+                                              min_confidence)
+        self._model_ref = check_model_ref(model_ref)
+        self._store = check_optional_text("store", store)
         self._top_k = (None if top_k is None
                        else check_positive("top_k", top_k))
         self.batch_size = check_positive("batch_size", batch_size)
         self._max_pixels = check_positive("max_pixels", max_pixels)
         self._max_file_bytes = check_positive("max_file_bytes",
                                               max_file_bytes)
-        self.run_id = run_id
+        self.run_id = check_text("run_id", run_id)
         self.stored = loaded  # the StoredModel, once expanded
 
     def expand(self, batches):

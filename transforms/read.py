@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
+from model_store.errors import ConfigError, check_positive, check_text
 from model_store.fs import basename
 from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_identified
@@ -140,11 +141,14 @@ class MatchFiles(beam.PTransform):
                  listed_at: Optional[float] = None,
                  settled: Iterable[tuple] = (), run_id: str = ""):
         super().__init__()
+        if isinstance(exclude, str):
+            raise ConfigError(f"exclude takes a list of folders, got one "
+                              f"string: give exclude=[{exclude!r}]")
         self._exclude = tuple(exclude)
         self._settle = settle_seconds
         self._listed_at = time.time() if listed_at is None else listed_at
         self._settled = frozenset(settled)
-        self._run_id = run_id
+        self._run_id = check_text("run_id", run_id)
 
     def expand(self, patterns):
         return (patterns
@@ -169,7 +173,7 @@ class BatchFiles(beam.PTransform):
 
     def __init__(self, batch_size: int):
         super().__init__()
-        self._batch_size = batch_size
+        self._batch_size = check_positive("batch_size", batch_size)
 
     def expand(self, matched):
         return (matched
