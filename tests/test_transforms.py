@@ -566,3 +566,57 @@ def test_match_files_refuses_one_folder_given_as_a_string_to_exclude():
     """exclude="out" would exclude folders o, u and t, and list "out"."""
     with pytest.raises(ConfigError, match=r"exclude=\['out'\]"):
         MatchFiles(exclude="out")
+
+
+def test_model_handler_refuses_an_option_beam_does_not_know():
+    """A misspelt Beam option would be ignored: batches of Beam's size."""
+    with pytest.raises(ConfigError, match="max_batch_sise"):
+        TheanoModelHandler("digits-cnn", max_batch_sise=8)
+
+
+@pytest.mark.parametrize("argument", [
+    {"model_ref": 5}, {"model_ref": None}, {"model_ref": ""},
+    {"model_ref": "digits-cnn", "store": 5}])
+def test_model_handler_refuses_non_text_references_when_built(argument):
+    (name, *_) = reversed(argument)
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
+        TheanoModelHandler(**argument)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int8, np.uint16, bool])
+def test_model_handler_refuses_integer_arrays_as_unnormalised(model, dtype):
+    handler = TheanoModelHandler("digits-cnn")
+    pixels = np.zeros((1, 32, 32), dtype)
+    with pytest.raises(ConfigError, match="inputs='images'"):
+        handler.run_inference([pixels], handler.load_model())
+
+
+def test_model_handler_takes_images_with_one_channel_axis(model, split):
+    image = digit_image(split.test_images[0], 24)
+    handler = TheanoModelHandler("digits-cnn", inputs="images")
+    loaded = handler.load_model()
+    (want,) = handler.run_inference([image], loaded)
+    (got,) = handler.run_inference([np.asarray(image)[:, :, None]], loaded)
+    np.testing.assert_allclose(got.inference, want.inference, atol=1e-6)
+
+
+@pytest.mark.parametrize("pixels", [
+    np.zeros((8, 8, 5), np.uint8), np.zeros((0, 0), np.uint8),
+    Image.new("L", (0, 5))])
+def test_model_handler_refuses_images_it_cannot_read_naming_them(model,
+                                                                 pixels):
+    handler = TheanoModelHandler("digits-cnn", inputs="images")
+    with pytest.raises(ConfigError, match="inputs='images'"):
+        handler.run_inference([pixels], handler.load_model())
+
+
+def test_model_handler_lists_at_most_the_models_classes_and_no_more(model):
+    """As ClassifyImages: the default top_k is capped at the classes, a
+    larger top_k asked for is a mistake."""
+    pixels = model.preprocessing([Image.new("L", (8, 8))])
+    (row,) = TheanoModelHandler("digits-cnn", outputs="top_k").run_inference(
+        pixels, TheanoModelHandler("digits-cnn").load_model())
+    assert len(row.inference["top_k"]) == 5
+    handler = TheanoModelHandler("digits-cnn", outputs="top_k", top_k=11)
+    with pytest.raises(ConfigError, match="top_k 11 exceeds the 10 classes"):
+        handler.run_inference(pixels, handler.load_model())

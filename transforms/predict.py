@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import inspect
 import time
 from typing import Any, Iterable, Optional, Sequence
 
@@ -40,8 +41,8 @@ from PIL import Image
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
 from model_store.images import to_mode
 from transforms import progress, schema
-from transforms.common import METRICS_NAMESPACE, error_row
-from transforms.defaults import DEFAULT_TOP_K
+from transforms.common import METRICS_NAMESPACE, check_model_ref, check_optional_text, error_row
+from transforms.defaults import top_k_for
 
 
 def load_predictor(model_ref: str, store: Optional[str],
@@ -273,16 +274,20 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
             shipped models).
         inputs: ``"arrays"``: each example is a normalised ``float32 (C, H,
-            W)`` array, e.g. ``model.preprocessing([image])[0]`` (``uint8``
+            W)`` array, e.g. ``model.preprocessing([image])[0]`` (integer
             arrays are refused: they would be classified un-normalised);
             ``"images"``: each example is a decoded Pillow image or a
-            ``uint8`` array ``(H, W)`` / ``(H, W, C)``, converted, resized
+            ``uint8`` array ``(H, W)`` / ``(H, W, C)`` of 1 to 4 channels,
+            converted, resized
             and normalised here with the model's own preprocessing.
         outputs: ``"probabilities"``: ``inference`` is the class
             probabilities; ``"top_k"``: a dict with ``label``, ``class_id``,
             ``confidence`` and ``top_k`` (``[(label, score)]``, best first).
-        top_k: how many classes ``outputs="top_k"`` lists.
-        **kwargs: Beam's ``ModelHandler`` options, passed through:
+        top_k: how many classes ``outputs="top_k"`` lists; None: 5, or
+            all the classes of a model with fewer (``top_k_for``); more
+            than the model's classes is refused.
+        **kwargs: Beam's ``ModelHandler`` options, passed through (an
+            unknown one is refused):
             ``min_batch_size``, ``max_batch_size``,
             ``max_batch_duration_secs``, ``large_model``, ``model_copies``,
             ``env_vars``, ...
@@ -295,7 +300,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def __init__(self, model_ref: str, *, store: Optional[str] = None,
                  inputs: str = "arrays", outputs: str = "probabilities",
-                 top_k: int = DEFAULT_TOP_K, **kwargs):
+                 top_k: Optional[int] = None, **kwargs):
+        _check_beam_options(kwargs)
         if inputs not in INPUT_KINDS:
             raise ConfigError(f"inputs must be one of {', '.join(INPUT_KINDS)}"
                               f", got {inputs!r}")
@@ -303,11 +309,11 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             raise ConfigError(f"outputs must be one of "
                               f"{', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         super().__init__(**kwargs)
-        self._model_ref = model_ref
-        self._store = store
+        self._model_ref = check_model_ref(model_ref)
+        self._store = check_optional_text("store", store)
         self._inputs = inputs
         self._outputs = outputs
-        self._top_k = check_positive("top_k", top_k)
+        self._top_k = None if top_k is None else check_positive("top_k", top_k)
 
     def load_model(self) -> "HandlerModel":
         return HandlerModel(load_predictor(self._model_ref, self._store))
@@ -324,7 +330,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         if self._outputs == "probabilities":
             return [PredictionResult(x, p, model_id=model_id)
                     for x, p in zip(batch, probs)]
-        best, scores = top_k_classes(probs, self._top_k)
+        best, scores = top_k_classes(
+            probs, top_k_for(self._top_k, len(labels), model_id))
         return [PredictionResult(x, {
             "label": labels[ids[0]], "class_id": int(ids[0]),
             "confidence": float(row[0]),
@@ -336,9 +343,11 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         if self._inputs == "images":
             return prep([_as_image(x, prep) for x in batch])
         arrays = [np.asarray(x) for x in batch]
-        if any(a.dtype == np.uint8 for a in arrays):
+        if not all(np.issubdtype(a.dtype, np.floating) for a in arrays):
+            kind = next(a.dtype for a in arrays
+                        if not np.issubdtype(a.dtype, np.floating))
             raise ConfigError(
-                f"TheanoModelHandler got uint8 pixels, which would be "
+                f"TheanoModelHandler got {kind} pixels, which would be "
                 f"classified un-normalised: pass inputs='images' to normalise "
                 f"them with model {model_id}'s preprocessing")
         return np.stack(arrays)
@@ -377,13 +386,38 @@ class HandlerModel:
 def _as_image(example, prep) -> Image.Image:
     """A Pillow image or a ``uint8`` array, in the model's colour mode."""
     if not isinstance(example, Image.Image):
-        pixels = np.asarray(example)
-        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
-            raise ConfigError(f"inputs='images' takes Pillow images or uint8 "
-                              f"arrays (H, W) or (H, W, C), got "
-                              f"{pixels.dtype} {pixels.shape}")
-        example = Image.fromarray(pixels)
+        example = Image.fromarray(_image_array(example))
+    if 0 in example.size:
+        raise ConfigError(f"inputs='images' got an empty image "
+                          f"({example.width}x{example.height} pixels)")
     return to_mode(example, mode=prep.color_mode, background=prep.background)
+
+
+def _image_array(example) -> np.ndarray:
+    """A ``uint8`` array ``(H, W)`` or ``(H, W, C)`` of 1 to 4 channels, as
+    Pillow takes it (one channel: ``(H, W)``); else ConfigError."""
+    pixels = np.asarray(example)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (
+            pixels.ndim == 3 and pixels.shape[2] > 4):
+        raise ConfigError(f"inputs='images' takes Pillow images or uint8 "
+                          f"arrays (H, W) or (H, W, C) of 1 to 4 channels, "
+                          f"got {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
+def _check_beam_options(options: dict) -> None:
+    """ConfigError naming an option that Beam's ``ModelHandler`` does not
+    take (it would be ignored without a word)."""
+    known = [name for name, parameter in inspect.signature(
+        ModelHandler.__init__).parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY] + ["env_vars"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"TheanoModelHandler got unknown option(s) "
+                          f"{', '.join(unknown)}: Beam's ModelHandler takes "
+                          f"{', '.join(known)}")
 
 
 def _image_bytes(image) -> int:
