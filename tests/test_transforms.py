@@ -620,3 +620,15 @@ def test_model_handler_lists_at_most_the_models_classes_and_no_more(model):
     handler = TheanoModelHandler("digits-cnn", outputs="top_k", top_k=11)
     with pytest.raises(ConfigError, match="top_k 11 exceeds the 10 classes"):
         handler.run_inference(pixels, handler.load_model())
+
+
+@pytest.mark.parametrize("table_schema", ["path: string", None,
+                                          [("path", "string")]])
+def test_writers_refuse_a_schema_that_is_not_a_pyarrow_schema_when_built(
+        tmp_path, table_schema):
+    """It failed in the worker that finalized the write, after the run."""
+    from transforms.write import WriteRows, WriteTables
+    for writer in (WriteTables, WriteRows):
+        with pytest.raises(ConfigError, match="^table_schema must be a "
+                                              "pyarrow.Schema"):
+            writer(str(tmp_path / "out"), table_schema)
