@@ -632,3 +632,12 @@ def test_writers_refuse_a_schema_that_is_not_a_pyarrow_schema_when_built(
         with pytest.raises(ConfigError, match="^table_schema must be a "
                                               "pyarrow.Schema"):
             writer(str(tmp_path / "out"), table_schema)
+
+
+@pytest.mark.parametrize("argument", [["--direct_num_workers=2"], None, 5])
+def test_offline_options_refuse_what_is_not_one_option_string(argument):
+    """A list (Beam's own PipelineOptions takes one) was an AttributeError
+    on 'startswith'."""
+    from pipeline.run import offline_options
+    with pytest.raises(ConfigError, match=r"offline_options\(\*"):
+        offline_options(argument)
