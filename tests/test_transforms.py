@@ -641,3 +641,10 @@ def test_offline_options_refuse_what_is_not_one_option_string(argument):
     from pipeline.run import offline_options
     with pytest.raises(ConfigError, match=r"offline_options\(\*"):
         offline_options(argument)
+
+
+def test_classify_images_refuses_a_loaded_model_that_is_not_one_when_built():
+    """It was an AttributeError on 'class_names' when the pipeline was
+    applied."""
+    with pytest.raises(ConfigError, match="^loaded must be"):
+        ClassifyImages("digits-cnn@1", loaded="digits-cnn@1")

@@ -7,8 +7,8 @@ from typing import Optional
 
 import apache_beam as beam
 
-from model_store import DEFAULT_MODEL
-from model_store.errors import check_fraction, check_positive, check_text
+from model_store import DEFAULT_MODEL, StoredModel
+from model_store.errors import ConfigError, check_fraction, check_positive, check_text
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.common import check_model_ref, check_optional_text
 from transforms.decode import DecodeBatchFn
@@ -75,7 +75,7 @@ class ClassifyBatches(beam.PTransform):
         self._max_file_bytes = check_positive("max_file_bytes",
                                               max_file_bytes)
         self.run_id = check_text("run_id", run_id)
-        self.stored = loaded  # the StoredModel, once expanded
+        self.stored = _check_loaded(loaded)  # the StoredModel, once expanded
 
     def expand(self, batches):
         from model_store.store import load_model, looks_like_path
@@ -134,6 +134,14 @@ class ClassifyImages(beam.PTransform):
         errors = ((matched[ERRORS_TAG], out["errors"])
                   | "AllErrors" >> beam.Flatten())
         return {"predictions": out["predictions"], "errors": errors}
+
+
+def _check_loaded(loaded):
+    """``loaded`` if it is None or a ``StoredModel``, else ConfigError."""
+    if loaded is not None and not isinstance(loaded, StoredModel):
+        raise ConfigError(f"loaded must be a StoredModel (model_store."
+                          f"load_model(model_ref)) or None, got {loaded!r}")
+    return loaded
 
 
 def _check_embedding_layer(stored) -> None:
