@@ -648,3 +648,13 @@ def test_classify_images_refuses_a_loaded_model_that_is_not_one_when_built():
     applied."""
     with pytest.raises(ConfigError, match="^loaded must be"):
         ClassifyImages("digits-cnn@1", loaded="digits-cnn@1")
+
+
+def test_classify_images_refuses_batches_too_large_to_hold_when_applied():
+    """As the command line's --batch-size: a million 32x32 images a batch
+    would hold 6 GB of pixels in each worker."""
+    p = beam.Pipeline(options=pipeline_options([]))
+    with pytest.raises(ConfigError, match=r"^batch_size 1,000,000 would "
+                                          r"hold .* give at most 349,525"):
+        _ = p | beam.Create(["*.png"]) | ClassifyImages("digits-cnn@1",
+                                                        batch_size=10 ** 6)

@@ -12,7 +12,7 @@ from model_store.errors import ConfigError, check_fraction, check_positive, chec
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.common import check_model_ref, check_optional_text
 from transforms.decode import DecodeBatchFn
-from transforms.defaults import DEFAULT_BATCH_SIZE, top_k_for
+from transforms.defaults import DEFAULT_BATCH_SIZE, check_batch_size, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
@@ -35,7 +35,8 @@ class ClassifyBatches(beam.PTransform):
             shipped models). Workers must see the same store.
         top_k: how many of the best classes each row lists; None: 5, or
             all the classes of a model with fewer (``top_k_for``).
-        batch_size: images per Theano call.
+        batch_size: images per Theano call; batches that would hold more
+            than MAX_BATCH_BYTES of pixels are refused (``check_batch_size``).
         max_pixels: images with more pixels are refused (bomb guard).
         max_file_bytes: larger files are refused (an error row, stage read).
         min_confidence: rows whose best probability is lower get a null
@@ -85,6 +86,8 @@ class ClassifyBatches(beam.PTransform):
         stored = self.stored = self.stored or load_model(self._model_ref,
                                                          root=self._store)
         top_k = top_k_for(self._top_k, len(stored.class_names), stored.ref)
+        check_batch_size(self.batch_size, stored.preprocessing.input_shape,
+                         stored.ref, option="batch_size")
         if self._embeddings:  # a model without one: a mistake, found now
             _check_embedding_layer(stored)
         prep = stored.preprocessing
