@@ -658,3 +658,14 @@ def test_classify_images_refuses_batches_too_large_to_hold_when_applied():
                                           r"hold .* give at most 349,525"):
         _ = p | beam.Create(["*.png"]) | ClassifyImages("digits-cnn@1",
                                                         batch_size=10 ** 6)
+
+
+@pytest.mark.parametrize("argument", [
+    {"settle_seconds": "30"}, {"settle_seconds": -1},
+    {"settle_seconds": float("nan")}, {"listed_at": "now"},
+    {"listed_at": True}])
+def test_match_files_refuses_times_that_are_not_numbers_when_built(argument):
+    """settle_seconds='30' failed in the worker listing the files."""
+    (name,) = argument
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
+        MatchFiles(**argument)

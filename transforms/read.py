@@ -15,6 +15,7 @@ from apache_beam.metrics import Metrics
 
 from model_store.errors import ConfigError, check_positive, check_text
 from model_store.fs import basename
+from model_store.preprocessing import finite
 from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_identified
 from transforms.schema import ERRORS_TAG
@@ -145,8 +146,9 @@ class MatchFiles(beam.PTransform):
             raise ConfigError(f"exclude takes a list of folders, got one "
                               f"string: give exclude=[{exclude!r}]")
         self._exclude = tuple(exclude)
-        self._settle = settle_seconds
-        self._listed_at = time.time() if listed_at is None else listed_at
+        self._settle = _check_seconds("settle_seconds", settle_seconds)
+        self._listed_at = time.time() if listed_at is None else \
+            _check_seconds("listed_at", listed_at)
         self._settled = frozenset(settled)
         self._run_id = check_text("run_id", run_id)
 
@@ -158,6 +160,17 @@ class MatchFiles(beam.PTransform):
                     _SplitFn(self._settle, self._listed_at, self._run_id,
                              self._settled))
                 .with_outputs(ERRORS_TAG, main="files"))
+
+
+def _check_seconds(name: str, value):
+    """``value`` if it is None or a finite number of seconds from 0, else
+    ConfigError."""
+    if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+            or not finite(value) or value < 0):
+        raise ConfigError(f"{name} must be a number of seconds from 0, got "
+                          f"{value!r}")
+    return value
 
 
 class BatchFiles(beam.PTransform):
