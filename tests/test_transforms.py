@@ -669,3 +669,13 @@ def test_match_files_refuses_times_that_are_not_numbers_when_built(argument):
     (name,) = argument
     with pytest.raises(ConfigError, match=f"^{name} must be"):
         MatchFiles(**argument)
+
+
+@pytest.mark.parametrize("name", ["metadata.json", "weights.npz"])
+def test_model_handler_follows_an_update_naming_a_file_of_the_version(
+        model, name):
+    """Beam's WatchFilePattern watches files, never folders: an update
+    names e.g. STORE/digits-cnn/*/metadata.json; its version is loaded."""
+    handler = TheanoModelHandler("digits-cnn@1")
+    handler.update_model_path(os.path.join(model.location, name))
+    assert handler.load_model().stored.location == model.location

@@ -293,7 +293,9 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             ``env_vars``, ...
 
     A model update through ``RunInference(model_metadata_pcoll=...)`` (or
-    Beam's ``WatchFilePattern``) names a version folder or ``NAME@VERSION``;
+    Beam's ``WatchFilePattern``) names a version folder, a file in one
+    (``metadata.json``: what ``WatchFilePattern`` can watch) or
+    ``NAME@VERSION``;
     :meth:`update_model_path` switches to it and results carry its
     ``model_id``.
     """
@@ -320,7 +322,7 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def update_model_path(self, model_path: Optional[str] = None):
         if model_path:
-            self._model_ref = model_path
+            self._model_ref = _version_of(model_path)
 
     def run_inference(self, batch: Sequence[Any], model: "HandlerModel",
                       inference_args: Optional[dict[str, Any]] = None
@@ -357,6 +359,17 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def get_metrics_namespace(self) -> str:
         return "imgclass_RunInference"
+
+
+def _version_of(model_path: str) -> str:
+    """The version folder of a file in it (Beam's ``WatchFilePattern``
+    watches files: ``STORE/NAME/*/metadata.json``), else ``model_path``."""
+    from model_store import fs
+    from model_store.store import METADATA_FILE, SPEC_FILE, WEIGHTS_FILE
+
+    folder, name = fs.split(model_path)
+    return folder if name in (METADATA_FILE, SPEC_FILE, WEIGHTS_FILE) \
+        else model_path
 
 
 class HandlerModel:
