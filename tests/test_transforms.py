@@ -679,3 +679,20 @@ def test_model_handler_follows_an_update_naming_a_file_of_the_version(
     handler = TheanoModelHandler("digits-cnn@1")
     handler.update_model_path(os.path.join(model.location, name))
     assert handler.load_model().stored.location == model.location
+
+
+def test_match_files_makes_an_error_row_of_a_pattern_that_names_nothing(
+        tmp_path, monkeypatch):
+    """An empty pattern listed the whole working folder; one that is not a
+    string stopped the run with a TypeError in the worker."""
+    write(str(tmp_path), "a.png", b"x")
+    monkeypatch.chdir(tmp_path)
+    with beam_pipeline() as p:
+        out = p | beam.Create(["", 5, b"a.png"]) | MatchFiles(run_id="r")
+        assert_that(out.files, equal_to([]), label="files")
+        assert_that(out.errors | beam.Map(lambda r: (
+            r["path"], r["stage"], r["error_type"], r["run_id"])),
+            equal_to([("", "read", "ValueError", "r"),
+                      ("5", "read", "TypeError", "r"),
+                      ("b'a.png'", "read", "TypeError", "r")]),
+            label="errors")

@@ -71,8 +71,26 @@ class _ListFn(beam.DoFn):
         self._exclude = tuple(exclude)
 
     def process(self, pattern: str):
+        unusable = _unusable(pattern)
+        if unusable is not None:
+            yield unusable.path, unusable
+            return
         for identity, item in list_identified(pattern, exclude=self._exclude):
             yield identity, packed(item)
+
+
+def _unusable(pattern) -> Optional[ListingError]:
+    """The error row of a pattern that names no file (the empty string
+    would list the working folder), else None."""
+    if not isinstance(pattern, str):
+        return ListingError(repr(pattern), "TypeError",
+                            f"a pattern must be a string, got "
+                            f"{type(pattern).__name__} {pattern!r}")
+    if not pattern:
+        return ListingError("", "ValueError",
+                            "an empty pattern: give a file, a folder or a "
+                            "glob such as 'images/**/*.png'")
+    return None
 
 
 class _SplitFn(beam.DoFn):
@@ -118,7 +136,7 @@ class MatchFiles(beam.PTransform):
     scales with the bucket; hard links are separate files). What a pattern
     matches but cannot be listed or read (an unreadable folder, a dangling
     symlink, a symlink loop, a FIFO, socket or device) is an error row
-    (stage ``read``).
+    (stage ``read``), as is a pattern that is empty or not a string.
 
     Returns: ``files`` (main) and ``errors`` outputs.
 
