@@ -4,6 +4,7 @@ import io
 import os
 import threading
 import time
+import typing
 
 import apache_beam as beam
 import numpy as np
@@ -688,7 +689,10 @@ def test_match_files_makes_an_error_row_of_a_pattern_that_names_nothing(
     write(str(tmp_path), "a.png", b"x")
     monkeypatch.chdir(tmp_path)
     with beam_pipeline() as p:
-        out = p | beam.Create(["", 5, b"a.png"]) | MatchFiles(run_id="r")
+        out = (p | beam.Create(["", 5, b"a.png"])
+               | "Untyped" >> beam.Map(lambda pattern: pattern)
+               .with_output_types(typing.Any)
+               | MatchFiles(run_id="r"))
         assert_that(out.files, equal_to([]), label="files")
         assert_that(out.errors | beam.Map(lambda r: (
             r["path"], r["stage"], r["error_type"], r["run_id"])),
@@ -696,3 +700,18 @@ def test_match_files_makes_an_error_row_of_a_pattern_that_names_nothing(
                       ("5", "read", "TypeError", "r"),
                       ("b'a.png'", "read", "TypeError", "r")]),
             label="errors")
+
+
+def test_classify_transforms_refuse_inputs_of_the_wrong_type_when_applied():
+    """Paths instead of FileMetadata batches, or numbers for patterns,
+    failed in the workers with AttributeError / TypeError."""
+    from apache_beam.typehints.decorators import TypeCheckError
+
+    from transforms.classify import ClassifyBatches
+    for inputs, transform in (([["a.png"]], ClassifyBatches()),
+                              ([FileMetadata("a.png", 1, 0.0)],
+                               ClassifyBatches()),
+                              ([5], ClassifyImages()), ([5], MatchFiles())):
+        p = beam.Pipeline(options=pipeline_options([]))
+        with pytest.raises(TypeCheckError, match="type hint violation"):
+            _ = p | beam.Create(inputs) | transform

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileMetadata
 
 from model_store import DEFAULT_MODEL, StoredModel
 from model_store.errors import ConfigError, check_fraction, check_positive, check_text
@@ -19,6 +20,7 @@ from transforms.read import BatchFiles, MatchFiles
 from transforms.schema import ERRORS_TAG
 
 
+@beam.typehints.with_input_types(list[FileMetadata])
 class ClassifyBatches(beam.PTransform):
     """Classifies batches of matched files.
 
@@ -111,6 +113,7 @@ class ClassifyBatches(beam.PTransform):
         return {"predictions": predicted.predictions, "errors": errors}
 
 
+@beam.typehints.with_input_types(str)
 class ClassifyImages(beam.PTransform):
     """Classifies every image file that the input patterns match.
 

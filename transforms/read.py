@@ -124,6 +124,7 @@ class _SplitFn(beam.DoFn):
             yield item
 
 
+@beam.typehints.with_input_types(str)
 class MatchFiles(beam.PTransform):
     """File patterns -> ``FileMetadata`` of every matched file, once each.
 
