@@ -3,7 +3,7 @@ tables and error rows out."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
@@ -18,9 +18,11 @@ from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 from transforms.schema import ERRORS_TAG
+from transforms.skip import MatchedFile
 
 
-@beam.typehints.with_input_types(list[FileMetadata])
+# MatchedFile: a FileMetadata with what imgclass's skip check learnt.
+@beam.typehints.with_input_types(list[Union[FileMetadata, MatchedFile]])
 class ClassifyBatches(beam.PTransform):
     """Classifies batches of matched files.
 
