@@ -715,3 +715,21 @@ def test_classify_transforms_refuse_inputs_of_the_wrong_type_when_applied():
         p = beam.Pipeline(options=pipeline_options([]))
         with pytest.raises(TypeCheckError, match="type hint violation"):
             _ = p | beam.Create(inputs) | transform
+
+
+def test_model_handler_refuses_images_over_max_pixels_before_decoding(
+        model, tmp_path):
+    """As ClassifyImages' max_pixels: a lazily opened image (Image.open, as
+    the README passes them) was decoded whatever its size."""
+    from model_store.images import ImageTooLargeError
+    path = tmp_path / "big.png"
+    Image.new("L", (400, 300)).save(path)
+    handler = TheanoModelHandler("digits-cnn", inputs="images",
+                                 max_pixels=100_000)
+    loaded = handler.load_model()
+    with Image.open(path) as image:
+        with pytest.raises(ImageTooLargeError, match="400x300 = 120,000 "
+                           "pixels, over the limit of 100,000"):
+            handler.run_inference([image], loaded)
+    with pytest.raises(ConfigError, match="max_pixels must be a positive"):
+        TheanoModelHandler("digits-cnn", inputs="images", max_pixels=0)

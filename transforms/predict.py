@@ -39,7 +39,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
-from model_store.images import to_mode
+from model_store.images import DEFAULT_MAX_PIXELS, check_pixels, to_mode
 from transforms import progress, schema
 from transforms.common import METRICS_NAMESPACE, check_model_ref, check_optional_text, error_row
 from transforms.defaults import top_k_for
@@ -283,6 +283,9 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         outputs: ``"probabilities"``: ``inference`` is the class
             probabilities; ``"top_k"``: a dict with ``label``, ``class_id``,
             ``confidence`` and ``top_k`` (``[(label, score)]``, best first).
+        max_pixels: with ``inputs="images"``, images with more pixels
+            are refused (``ImageTooLargeError``) before they are decoded,
+            as ``ClassifyImages`` refuses them.
         top_k: how many classes ``outputs="top_k"`` lists; None: 5, or
             all the classes of a model with fewer (``top_k_for``); more
             than the model's classes is refused.
@@ -302,7 +305,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
 
     def __init__(self, model_ref: str, *, store: Optional[str] = None,
                  inputs: str = "arrays", outputs: str = "probabilities",
-                 top_k: Optional[int] = None, **kwargs):
+                 top_k: Optional[int] = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs):
         _check_beam_options(kwargs)
         if inputs not in INPUT_KINDS:
             raise ConfigError(f"inputs must be one of {', '.join(INPUT_KINDS)}"
@@ -316,6 +320,7 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         self._inputs = inputs
         self._outputs = outputs
         self._top_k = None if top_k is None else check_positive("top_k", top_k)
+        self._max_pixels = check_positive("max_pixels", max_pixels)
 
     def load_model(self) -> "HandlerModel":
         return HandlerModel(load_predictor(self._model_ref, self._store))
@@ -343,7 +348,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
     def _network_input(self, batch: Sequence[Any], model_id: str,
                        prep) -> np.ndarray:
         if self._inputs == "images":
-            return prep([_as_image(x, prep) for x in batch])
+            return prep([_as_image(x, prep, self._max_pixels)
+                         for x in batch])
         arrays = [np.asarray(x) for x in batch]
         if not all(np.issubdtype(a.dtype, np.floating) for a in arrays):
             kind = next(a.dtype for a in arrays
@@ -396,13 +402,17 @@ class HandlerModel:
             self.stored.preprocessing
 
 
-def _as_image(example, prep) -> Image.Image:
-    """A Pillow image or a ``uint8`` array, in the model's colour mode."""
+def _as_image(example, prep, max_pixels: int) -> Image.Image:
+    """A Pillow image or a ``uint8`` array, in the model's colour mode;
+    an image of more than ``max_pixels`` is refused before it is decoded
+    (``Image.open`` reads the size only)."""
     if not isinstance(example, Image.Image):
         example = Image.fromarray(_image_array(example))
+    width, height = example.size
     if 0 in example.size:
         raise ConfigError(f"inputs='images' got an empty image "
-                          f"({example.width}x{example.height} pixels)")
+                          f"({width}x{height} pixels)")
+    check_pixels(width, height, max_pixels)
     return to_mode(example, mode=prep.color_mode, background=prep.background)
 
 
