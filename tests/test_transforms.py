@@ -733,3 +733,14 @@ def test_model_handler_refuses_images_over_max_pixels_before_decoding(
             handler.run_inference([image], loaded)
     with pytest.raises(ConfigError, match="max_pixels must be a positive"):
         TheanoModelHandler("digits-cnn", inputs="images", max_pixels=0)
+
+
+def test_model_handler_names_the_shape_it_takes_for_arrays_of_another(model):
+    """A batch mixing shapes was numpy's 'all input arrays must have the
+    same shape'."""
+    handler = TheanoModelHandler("digits-cnn")
+    batch = [np.zeros((1, 32, 32), np.float32),
+             np.zeros((1, 16, 16), np.float32)]
+    with pytest.raises(ConfigError, match=r"\(1, 32, 32\) arrays .* got "
+                                          r"\(1, 16, 16\).*inputs='images'"):
+        handler.run_inference(batch, handler.load_model())

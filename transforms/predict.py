@@ -358,6 +358,12 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
                 f"TheanoModelHandler got {kind} pixels, which would be "
                 f"classified un-normalised: pass inputs='images' to normalise "
                 f"them with model {model_id}'s preprocessing")
+        wrong = [a.shape for a in arrays if a.shape != prep.input_shape]
+        if wrong:
+            raise ConfigError(
+                f"model {model_id} takes float {prep.input_shape} arrays "
+                f"(C, H, W), got {wrong[0]}: pass inputs='images' to have "
+                f"images resized by its preprocessing")
         return np.stack(arrays)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
