@@ -744,3 +744,17 @@ def test_model_handler_names_the_shape_it_takes_for_arrays_of_another(model):
     with pytest.raises(ConfigError, match=r"\(1, 32, 32\) arrays .* got "
                                           r"\(1, 16, 16\).*inputs='images'"):
         handler.run_inference(batch, handler.load_model())
+
+
+@pytest.mark.parametrize("inputs", ["arrays", "images"])
+def test_model_handler_returns_nothing_for_an_empty_batch(model, inputs):
+    """Beam hands one over with min_batch_size=0; it stopped the run with
+    numpy's 'need at least one array to stack'."""
+    handler = TheanoModelHandler("digits-cnn", inputs=inputs)
+    assert list(handler.run_inference([], handler.load_model())) == []
+
+
+@pytest.mark.parametrize("option", ["min_batch_size", "max_batch_size"])
+def test_model_handler_refuses_batch_sizes_that_are_not_positive(option):
+    with pytest.raises(ConfigError, match=f"^{option} must be a positive"):
+        TheanoModelHandler("digits-cnn", **{option: 0})

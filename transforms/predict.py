@@ -332,6 +332,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
     def run_inference(self, batch: Sequence[Any], model: "HandlerModel",
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
+        if len(batch) == 0:  # Beam's batching with min_batch_size=0
+            return []
         model_id, labels, prep = model.model()
         probs = model.predict(self._network_input(batch, model_id, prep))
         if self._outputs == "probabilities":
@@ -438,7 +440,11 @@ def _image_array(example) -> np.ndarray:
 
 def _check_beam_options(options: dict) -> None:
     """ConfigError naming an option that Beam's ``ModelHandler`` does not
-    take (it would be ignored without a word)."""
+    take (it would be ignored without a word), or a batch size given that
+    is not a positive integer."""
+    for name in ("min_batch_size", "max_batch_size"):
+        if options.get(name) is not None:
+            check_positive(name, options[name])
     known = [name for name, parameter in inspect.signature(
         ModelHandler.__init__).parameters.items()
         if parameter.kind == parameter.KEYWORD_ONLY] + ["env_vars"]
