@@ -87,10 +87,11 @@ def check_positive(name: str, value) -> int:
     return value
 
 
-def check_text(name: str, value, *, fix: str = "") -> str:
-    """``value`` if it is a string, else ConfigError (``fix`` added)."""
+def check_text(name: str, value, *, what: str = "a string") -> str:
+    """``value`` if it is a string, else ConfigError saying it must be
+    ``what``."""
     if not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}{fix}")
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
     return value
 
 

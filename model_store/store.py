@@ -87,7 +87,7 @@ def store_root(root: str | None = None) -> str:
     folder shipped in this package; ConfigError (one line) for a URI whose
     filesystem is not installed (``gs://`` without the GCP extra)."""
     if root is not None:
-        check_text("root", root, fix=" (or None for the default store)")
+        check_text("root", root, what="a string (None: the default store)")
     root = root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
     fs.check_filesystem(root, "--store" if root != os.environ.get(
         STORE_VARIABLE) else f"${STORE_VARIABLE}")
@@ -438,7 +438,7 @@ def looks_like_path(ref: str) -> bool:
 
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
-    check_text("ref", ref, fix=": NAME, NAME@VERSION or a version folder")
+    check_text("ref", ref, what="a string: NAME, NAME@VERSION or a version folder")
     if looks_like_path(ref):
         fs.check_filesystem(ref, "model")
         folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)

@@ -39,5 +39,5 @@ def check_optional_text(name: str, value):
     """``value`` if it is None or a string, else ConfigError."""
     from model_store.errors import check_text
 
-    return None if value is None else check_text(name, value,
-                                                 fix=" (or None)")
+    return None if value is None else check_text(
+        name, value, what="a string or None")
