@@ -758,3 +758,11 @@ def test_model_handler_returns_nothing_for_an_empty_batch(model, inputs):
 def test_model_handler_refuses_batch_sizes_that_are_not_positive(option):
     with pytest.raises(ConfigError, match=f"^{option} must be a positive"):
         TheanoModelHandler("digits-cnn", **{option: 0})
+
+
+def test_match_files_refuses_excluded_folders_that_are_not_strings():
+    """A pathlib.Path stopped the run with a TypeError in the workers."""
+    import pathlib
+    with pytest.raises(ConfigError, match="^exclude must be folders given "
+                                          "as strings, got PosixPath"):
+        MatchFiles(exclude=[pathlib.Path("out")])

@@ -161,10 +161,7 @@ class MatchFiles(beam.PTransform):
                  listed_at: Optional[float] = None,
                  settled: Iterable[tuple] = (), run_id: str = ""):
         super().__init__()
-        if isinstance(exclude, str):
-            raise ConfigError(f"exclude takes a list of folders, got one "
-                              f"string: give exclude=[{exclude!r}]")
-        self._exclude = tuple(exclude)
+        self._exclude = _check_folders(exclude)
         self._settle = _check_seconds("settle_seconds", settle_seconds)
         self._listed_at = time.time() if listed_at is None else \
             _check_seconds("listed_at", listed_at)
@@ -179,6 +176,20 @@ class MatchFiles(beam.PTransform):
                     _SplitFn(self._settle, self._listed_at, self._run_id,
                              self._settled))
                 .with_outputs(ERRORS_TAG, main="files"))
+
+
+def _check_folders(exclude) -> tuple:
+    """``exclude`` as a tuple of strings, else ConfigError (one string
+    would be taken as a folder per character)."""
+    if isinstance(exclude, str):
+        raise ConfigError(f"exclude takes a list of folders, got one "
+                          f"string: give exclude=[{exclude!r}]")
+    folders = tuple(exclude)
+    for folder in folders:
+        if not isinstance(folder, str):
+            raise ConfigError(f"exclude must be folders given as strings, "
+                              f"got {folder!r}: give str(folder)")
+    return folders
 
 
 def _check_seconds(name: str, value):
