@@ -766,3 +766,14 @@ def test_match_files_refuses_excluded_folders_that_are_not_strings():
     with pytest.raises(ConfigError, match="^exclude must be folders given "
                                           "as strings, got PosixPath"):
         MatchFiles(exclude=[pathlib.Path("out")])
+
+
+def test_model_handler_labels_no_image_whose_probabilities_are_not_finite(
+        model):
+    """As ClassifyImages' error rows: a NaN input got a label with a NaN
+    confidence, which no threshold catches; the batch fails instead (Beam's
+    RunInference(...).with_exception_handling() routes it)."""
+    handler = TheanoModelHandler("digits-cnn", outputs="top_k")
+    batch = [np.full((1, 32, 32), np.nan, np.float32)]
+    with pytest.raises(FloatingPointError, match="not finite"):
+        handler.run_inference(batch, handler.load_model())

@@ -282,7 +282,9 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             and normalised here with the model's own preprocessing.
         outputs: ``"probabilities"``: ``inference`` is the class
             probabilities; ``"top_k"``: a dict with ``label``, ``class_id``,
-            ``confidence`` and ``top_k`` (``[(label, score)]``, best first).
+            ``confidence`` and ``top_k`` (``[(label, score)]``, best first);
+            a batch with probabilities that are not finite fails
+            (``FloatingPointError``) rather than label them.
         max_pixels: with ``inputs="images"``, images with more pixels
             are refused (``ImageTooLargeError``) before they are decoded,
             as ``ClassifyImages`` refuses them.
@@ -339,6 +341,8 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         if self._outputs == "probabilities":
             return [PredictionResult(x, p, model_id=model_id)
                     for x, p in zip(batch, probs)]
+        if not np.isfinite(probs).all():
+            raise FloatingPointError(f"model {model_id}: {NOT_FINITE}")
         best, scores = top_k_classes(
             probs, top_k_for(self._top_k, len(labels), model_id))
         return [PredictionResult(x, {
