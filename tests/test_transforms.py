@@ -777,3 +777,12 @@ def test_model_handler_labels_no_image_whose_probabilities_are_not_finite(
     batch = [np.full((1, 32, 32), np.nan, np.float32)]
     with pytest.raises(FloatingPointError, match="not finite"):
         handler.run_inference(batch, handler.load_model())
+
+
+def test_classify_images_refuses_a_loaded_model_of_another_name():
+    """It classified with the loaded model, whatever model_ref said."""
+    fashion = load_model("fashion-cnn")
+    with pytest.raises(ConfigError, match="loaded is fashion-cnn@1, not "
+                                          "a version of digits-cnn"):
+        ClassifyImages("digits-cnn@1", loaded=fashion)
+    assert ClassifyImages("fashion-cnn", loaded=fashion).stored is fashion

@@ -80,7 +80,8 @@ class ClassifyBatches(beam.PTransform):
         self._max_file_bytes = check_positive("max_file_bytes",
                                               max_file_bytes)
         self.run_id = check_text("run_id", run_id)
-        self.stored = _check_loaded(loaded)  # the StoredModel, once expanded
+        # the StoredModel, once expanded
+        self.stored = _check_loaded(loaded, self._model_ref)
 
     def expand(self, batches):
         from model_store.store import load_model, looks_like_path
@@ -144,11 +145,20 @@ class ClassifyImages(beam.PTransform):
         return {"predictions": out["predictions"], "errors": errors}
 
 
-def _check_loaded(loaded):
-    """``loaded`` if it is None or a ``StoredModel``, else ConfigError."""
+def _check_loaded(loaded, model_ref: str):
+    """``loaded`` if it is None or a ``StoredModel`` that ``model_ref``
+    may name (a name's version or alias; a folder is not checked), else
+    ConfigError."""
+    from model_store.store import looks_like_path
+
     if loaded is not None and not isinstance(loaded, StoredModel):
         raise ConfigError(f"loaded must be a StoredModel (model_store."
                           f"load_model(model_ref)) or None, got {loaded!r}")
+    name = model_ref.split("@", 1)[0]
+    if loaded is not None and not looks_like_path(model_ref) \
+            and name != loaded.name:
+        raise ConfigError(f"loaded is {loaded.ref}, not a version of {name}: "
+                          f"give loaded=load_model({model_ref!r})")
     return loaded
 
 
