@@ -103,3 +103,11 @@ def check_fraction(name: str, value) -> float:
         raise ConfigError(f"{name} must be a number between 0 and 1, got "
                           f"{value!r}")
     return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False, else ConfigError (a string such as
+    'false' would be taken as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -786,3 +786,11 @@ def test_classify_images_refuses_a_loaded_model_of_another_name():
                                           "a version of digits-cnn"):
         ClassifyImages("digits-cnn@1", loaded=fashion)
     assert ClassifyImages("fashion-cnn", loaded=fashion).stored is fashion
+
+
+@pytest.mark.parametrize("embeddings", ["false", 0, None])
+def test_classify_images_refuses_embeddings_that_is_not_a_bool(embeddings):
+    """embeddings='false' added the embedding column."""
+    with pytest.raises(ConfigError, match="^embeddings must be True or "
+                                          "False"):
+        ClassifyImages("digits-cnn@1", embeddings=embeddings)

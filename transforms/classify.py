@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 
 from model_store import DEFAULT_MODEL, StoredModel
-from model_store.errors import ConfigError, check_fraction, check_positive, check_text
+from model_store.errors import ConfigError, check_bool, check_fraction, check_positive, check_text
 from model_store.images import DEFAULT_MAX_PIXELS
 from transforms.common import check_model_ref, check_optional_text
 from transforms.decode import DecodeBatchFn
@@ -66,7 +66,7 @@ class ClassifyBatches(beam.PTransform):
                  min_confidence: float = 0.0, embeddings: bool = False,
                  progress_folder: Optional[str] = None):
         super().__init__()
-        self._embeddings = embeddings
+        self._embeddings = check_bool("embeddings", embeddings)
         self._progress_folder = check_optional_text("progress_folder",
                                                     progress_folder)
         self._min_confidence = check_fraction("min_confidence",
