@@ -85,3 +85,29 @@ def check_positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_text(name: str, value, *, what: str = "a string") -> str:
+    """``value`` if it is a string, else ConfigError saying it must be
+    ``what``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def check_fraction(name: str, value) -> float:
+    """``value`` if it is a number (not a bool) between 0 and 1, else
+    ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number between 0 and 1, got "
+                          f"{value!r}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False, else ConfigError (a string such as
+    'false' would be taken as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value

@@ -206,10 +206,7 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
             width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"image is {width}x{height} = {width * height:,} pixels, "
-                    f"over the limit of {max_pixels:,}")
+            check_pixels(width, height, max_pixels)
             if img.format in ("JPEG", "MPO"):
                 _check_jpeg_data(data, img)
             orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
@@ -244,6 +241,15 @@ def _decode(data: bytes, mode: str, target_size: tuple[int, int] | None, max_pix
         raise ImageDecodeError(
             f"cannot convert pixel mode {upright.mode} to {mode}: {_one_line(exc)}") from exc
     return DecodedImage(image=image, width=width, height=height)
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """ImageTooLargeError when an image of ``width`` x ``height`` has more
+    than ``max_pixels`` pixels (a decompression bomb guard)."""
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height:,} pixels, "
+            f"over the limit of {max_pixels:,}")
 
 
 def to_mode(image: Image.Image, *, mode: str, background: int = 0) -> Image.Image:
@@ -444,10 +450,7 @@ def _plain_jpeg(data: bytes, mode: str, target_size: tuple[int, int] | None,
         # below 8 pixels two of libjpeg's M/8 scales can give the same
         # size, so the size decoded would not tell which one it took
         return None
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height:,} pixels, "
-            f"over the limit of {max_pixels:,}")
+    check_pixels(width, height, max_pixels)
     if len(data) * 8 < -(-width // (8 * h_max)) * -(-height // (8 * v_max)):
         return None  # Pillow's path refuses it (_check_jpeg_data)
     scale = 1

@@ -54,6 +54,7 @@ from model_store.errors import (
     StoreReadError,
     StoreWriteError,
     UnknownModelError,
+    check_text,
 )
 from model_store.preprocessing import Preprocessing, finite
 from model_store.pretrained import SOURCE_KEY, weights_bytes
@@ -85,6 +86,8 @@ def store_root(root: str | None = None) -> str:
     """The store in use: ``root``, else ``$IMGCLASS_MODEL_STORE``, else the
     folder shipped in this package; ConfigError (one line) for a URI whose
     filesystem is not installed (``gs://`` without the GCP extra)."""
+    if root is not None:
+        check_text("root", root, what="a string (None: the default store)")
     root = root or os.environ.get(STORE_VARIABLE) or DEFAULT_ROOT
     fs.check_filesystem(root, "--store" if root != os.environ.get(
         STORE_VARIABLE) else f"${STORE_VARIABLE}")
@@ -435,6 +438,7 @@ def looks_like_path(ref: str) -> bool:
 
 def resolve(ref: str, *, root: str | None = None) -> ModelInfo:
     """Finds the version folder a reference names, without loading it."""
+    check_text("ref", ref, what="a string: NAME, NAME@VERSION or a version folder")
     if looks_like_path(ref):
         fs.check_filesystem(ref, "model")
         folder = ref.rstrip("/") if fs.is_uri(ref) else os.path.abspath(ref)

@@ -189,6 +189,11 @@ def offline_options(*beam_args: str) -> PipelineOptions:
     ``--direct_num_workers``) instead of the ``DirectRunner``, which first
     tries to download Prism. Unknown options are refused, as on the command
     line."""
+    for arg in beam_args:
+        if not isinstance(arg, str):
+            raise ConfigError(f"offline_options takes each Beam option as a "
+                              f"string argument of its own, got {arg!r}: "
+                              f"offline_options(*args) for a list")
     options = pipeline_options(beam_args)
     standard = options.view_as(StandardOptions)
     if standard.runner in _LOCAL_RUNNERS:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import pathlib
 import pickle
 import re
 import shutil
@@ -1362,3 +1363,14 @@ def test_a_fifo_where_a_store_file_is_expected_is_reported(root, cli, file):
         code, _, err = cli("--store", root, "models", "show", "tiny")
         if file != store.VERSIONS_FILE:  # show reads no versions file
             _one_line_exit_2(code, err, message)
+
+
+@pytest.mark.parametrize("arguments", [
+    {"ref": 5}, {"ref": None}, {"ref": "digits-cnn", "root": 5},
+    {"ref": "digits-cnn", "root": pathlib.Path("models")}])
+def test_load_model_refuses_references_that_are_not_strings(arguments):
+    """They were TypeErrors from a regular expression."""
+    from model_store.errors import ConfigError
+    name = "root" if "root" in arguments else "ref"
+    with pytest.raises(ConfigError, match=f"^{name} must be a string"):
+        store.load_model(arguments.pop("ref"), **arguments)

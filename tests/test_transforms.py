@@ -4,6 +4,7 @@ import io
 import os
 import threading
 import time
+import typing
 
 import apache_beam as beam
 import numpy as np
@@ -17,7 +18,7 @@ from apache_beam.utils.timestamp import Timestamp
 from PIL import Image
 
 from model_store.datasets import digit_image
-from model_store.errors import ImgclassError
+from model_store.errors import ConfigError, ImgclassError
 from model_store.store import load_model
 from pipeline.run import make_runner, pipeline_options
 from tests.conftest import write_bad_files, write_digits
@@ -509,3 +510,287 @@ def test_match_files_takes_files_settled_elsewhere_only_as_they_were(
                               settled=settled)).files | beam.Map(
                                   lambda m: m.path)
         assert_that(found, equal_to([paths["kept.png"], paths["old.png"]]))
+
+
+@pytest.mark.parametrize("sharing", [{"large_model": True},
+                                     {"model_copies": 1}])
+def test_model_handler_runs_with_a_model_shared_across_processes(model, split,
+                                                                 sharing):
+    """large_model / model_copies: Beam hands run_inference a proxy to the
+    model in another process, which passes method calls only."""
+    images = [digit_image(split.test_images[i], 24) for i in range(4)]
+    want = [(str(split.test_labels[i]), model.ref) for i in range(4)]
+    handler = TheanoModelHandler("digits-cnn", inputs="images",
+                                 outputs="top_k", top_k=2, **sharing)
+    with beam_pipeline() as p:
+        rows = (p | beam.Create(images) | RunInference(handler)
+                | beam.Map(lambda r: (r.inference["label"], r.model_id)))
+        assert_that(rows, equal_to(want))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, "8", None, True])
+def test_batch_files_refuses_a_batch_size_that_is_not_a_positive_integer(
+        batch_size):
+    from transforms.read import BatchFiles
+    with pytest.raises(ConfigError, match="batch_size must be a positive"):
+        BatchFiles(batch_size)
+
+
+@pytest.mark.parametrize("argument", [
+    {"store": 5}, {"run_id": 5}, {"run_id": None}, {"progress_folder": 3}])
+def test_classify_images_refuses_non_text_arguments_when_built(argument):
+    (name,) = argument
+    with pytest.raises(ConfigError, match=f"^{name} must be a string"):
+        ClassifyImages("digits-cnn@1", **argument)
+
+
+@pytest.mark.parametrize("model_ref", [5, None, ""])
+def test_classify_images_refuses_a_model_ref_that_is_not_text_when_built(
+        model_ref):
+    with pytest.raises(ConfigError, match="^model_ref must be"):
+        ClassifyImages(model_ref)
+
+
+def test_match_files_refuses_a_run_id_that_is_not_text_when_built():
+    with pytest.raises(ConfigError, match="^run_id must be a string"):
+        MatchFiles(run_id=5)
+
+
+@pytest.mark.parametrize("min_confidence", ["0.5", None, True])
+def test_classify_images_refuses_a_min_confidence_that_is_not_a_number(
+        min_confidence):
+    with pytest.raises(ConfigError, match="^min_confidence must be"):
+        ClassifyImages("digits-cnn@1", min_confidence=min_confidence)
+
+
+def test_match_files_refuses_one_folder_given_as_a_string_to_exclude():
+    """exclude="out" would exclude folders o, u and t, and list "out"."""
+    with pytest.raises(ConfigError, match=r"exclude=\['out'\]"):
+        MatchFiles(exclude="out")
+
+
+def test_model_handler_refuses_an_option_beam_does_not_know():
+    """A misspelt Beam option would be ignored: batches of Beam's size."""
+    with pytest.raises(ConfigError, match="max_batch_sise"):
+        TheanoModelHandler("digits-cnn", max_batch_sise=8)
+
+
+@pytest.mark.parametrize("argument", [
+    {"model_ref": 5}, {"model_ref": None}, {"model_ref": ""},
+    {"model_ref": "digits-cnn", "store": 5}])
+def test_model_handler_refuses_non_text_references_when_built(argument):
+    (name, *_) = reversed(argument)
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
+        TheanoModelHandler(**argument)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int8, np.uint16, bool])
+def test_model_handler_refuses_integer_arrays_as_unnormalised(model, dtype):
+    handler = TheanoModelHandler("digits-cnn")
+    pixels = np.zeros((1, 32, 32), dtype)
+    with pytest.raises(ConfigError, match="inputs='images'"):
+        handler.run_inference([pixels], handler.load_model())
+
+
+def test_model_handler_takes_images_with_one_channel_axis(model, split):
+    image = digit_image(split.test_images[0], 24)
+    handler = TheanoModelHandler("digits-cnn", inputs="images")
+    loaded = handler.load_model()
+    (want,) = handler.run_inference([image], loaded)
+    (got,) = handler.run_inference([np.asarray(image)[:, :, None]], loaded)
+    np.testing.assert_allclose(got.inference, want.inference, atol=1e-6)
+
+
+@pytest.mark.parametrize("pixels", [
+    np.zeros((8, 8, 5), np.uint8), np.zeros((0, 0), np.uint8),
+    Image.new("L", (0, 5))])
+def test_model_handler_refuses_images_it_cannot_read_naming_them(model,
+                                                                 pixels):
+    handler = TheanoModelHandler("digits-cnn", inputs="images")
+    with pytest.raises(ConfigError, match="inputs='images'"):
+        handler.run_inference([pixels], handler.load_model())
+
+
+def test_model_handler_lists_at_most_the_models_classes_and_no_more(model):
+    """As ClassifyImages: the default top_k is capped at the classes, a
+    larger top_k asked for is a mistake."""
+    pixels = model.preprocessing([Image.new("L", (8, 8))])
+    (row,) = TheanoModelHandler("digits-cnn", outputs="top_k").run_inference(
+        pixels, TheanoModelHandler("digits-cnn").load_model())
+    assert len(row.inference["top_k"]) == 5
+    handler = TheanoModelHandler("digits-cnn", outputs="top_k", top_k=11)
+    with pytest.raises(ConfigError, match="top_k 11 exceeds the 10 classes"):
+        handler.run_inference(pixels, handler.load_model())
+
+
+@pytest.mark.parametrize("table_schema", ["path: string", None,
+                                          [("path", "string")]])
+def test_writers_refuse_a_schema_that_is_not_a_pyarrow_schema_when_built(
+        tmp_path, table_schema):
+    """It failed in the worker that finalized the write, after the run."""
+    from transforms.write import WriteRows, WriteTables
+    for writer in (WriteTables, WriteRows):
+        with pytest.raises(ConfigError, match="^table_schema must be a "
+                                              "pyarrow.Schema"):
+            writer(str(tmp_path / "out"), table_schema)
+
+
+@pytest.mark.parametrize("argument", [["--direct_num_workers=2"], None, 5])
+def test_offline_options_refuse_what_is_not_one_option_string(argument):
+    """A list (Beam's own PipelineOptions takes one) was an AttributeError
+    on 'startswith'."""
+    from pipeline.run import offline_options
+    with pytest.raises(ConfigError, match=r"offline_options\(\*"):
+        offline_options(argument)
+
+
+def test_classify_images_refuses_a_loaded_model_that_is_not_one_when_built():
+    """It was an AttributeError on 'class_names' when the pipeline was
+    applied."""
+    with pytest.raises(ConfigError, match="^loaded must be"):
+        ClassifyImages("digits-cnn@1", loaded="digits-cnn@1")
+
+
+def test_classify_images_refuses_batches_too_large_to_hold_when_applied():
+    """As the command line's --batch-size: a million 32x32 images a batch
+    would hold 6 GB of pixels in each worker."""
+    p = beam.Pipeline(options=pipeline_options([]))
+    with pytest.raises(ConfigError, match=r"^batch_size 1,000,000 would "
+                                          r"hold .* give at most 349,525"):
+        _ = p | beam.Create(["*.png"]) | ClassifyImages("digits-cnn@1",
+                                                        batch_size=10 ** 6)
+
+
+@pytest.mark.parametrize("argument", [
+    {"settle_seconds": "30"}, {"settle_seconds": -1},
+    {"settle_seconds": float("nan")}, {"listed_at": "now"},
+    {"listed_at": True}])
+def test_match_files_refuses_times_that_are_not_numbers_when_built(argument):
+    """settle_seconds='30' failed in the worker listing the files."""
+    (name,) = argument
+    with pytest.raises(ConfigError, match=f"^{name} must be"):
+        MatchFiles(**argument)
+
+
+@pytest.mark.parametrize("name", ["metadata.json", "weights.npz"])
+def test_model_handler_follows_an_update_naming_a_file_of_the_version(
+        model, name):
+    """Beam's WatchFilePattern watches files, never folders: an update
+    names e.g. STORE/digits-cnn/*/metadata.json; its version is loaded."""
+    handler = TheanoModelHandler("digits-cnn@1")
+    handler.update_model_path(os.path.join(model.location, name))
+    assert handler.load_model().stored.location == model.location
+
+
+def test_match_files_makes_an_error_row_of_a_pattern_that_names_nothing(
+        tmp_path, monkeypatch):
+    """An empty pattern listed the whole working folder; one that is not a
+    string stopped the run with a TypeError in the worker."""
+    write(str(tmp_path), "a.png", b"x")
+    monkeypatch.chdir(tmp_path)
+    with beam_pipeline() as p:
+        out = (p | beam.Create(["", 5, b"a.png"])
+               | "Untyped" >> beam.Map(lambda pattern: pattern)
+               .with_output_types(typing.Any)
+               | MatchFiles(run_id="r"))
+        assert_that(out.files, equal_to([]), label="files")
+        assert_that(out.errors | beam.Map(lambda r: (
+            r["path"], r["stage"], r["error_type"], r["run_id"])),
+            equal_to([("", "read", "ValueError", "r"),
+                      ("5", "read", "TypeError", "r"),
+                      ("b'a.png'", "read", "TypeError", "r")]),
+            label="errors")
+
+
+def test_classify_transforms_refuse_inputs_of_the_wrong_type_when_applied():
+    """Paths instead of FileMetadata batches, or numbers for patterns,
+    failed in the workers with AttributeError / TypeError."""
+    from apache_beam.typehints.decorators import TypeCheckError
+
+    from transforms.classify import ClassifyBatches
+    for inputs, transform in (([["a.png"]], ClassifyBatches()),
+                              ([FileMetadata("a.png", 1, 0.0)],
+                               ClassifyBatches()),
+                              ([5], ClassifyImages()), ([5], MatchFiles())):
+        p = beam.Pipeline(options=pipeline_options([]))
+        with pytest.raises(TypeCheckError, match="type hint violation"):
+            _ = p | beam.Create(inputs) | transform
+
+
+def test_model_handler_refuses_images_over_max_pixels_before_decoding(
+        model, tmp_path):
+    """As ClassifyImages' max_pixels: a lazily opened image (Image.open, as
+    the README passes them) was decoded whatever its size."""
+    from model_store.images import ImageTooLargeError
+    path = tmp_path / "big.png"
+    Image.new("L", (400, 300)).save(path)
+    handler = TheanoModelHandler("digits-cnn", inputs="images",
+                                 max_pixels=100_000)
+    loaded = handler.load_model()
+    with Image.open(path) as image:
+        with pytest.raises(ImageTooLargeError, match="400x300 = 120,000 "
+                           "pixels, over the limit of 100,000"):
+            handler.run_inference([image], loaded)
+    with pytest.raises(ConfigError, match="max_pixels must be a positive"):
+        TheanoModelHandler("digits-cnn", inputs="images", max_pixels=0)
+
+
+def test_model_handler_names_the_shape_it_takes_for_arrays_of_another(model):
+    """A batch mixing shapes was numpy's 'all input arrays must have the
+    same shape'."""
+    handler = TheanoModelHandler("digits-cnn")
+    batch = [np.zeros((1, 32, 32), np.float32),
+             np.zeros((1, 16, 16), np.float32)]
+    with pytest.raises(ConfigError, match=r"\(1, 32, 32\) arrays .* got "
+                                          r"\(1, 16, 16\).*inputs='images'"):
+        handler.run_inference(batch, handler.load_model())
+
+
+@pytest.mark.parametrize("inputs", ["arrays", "images"])
+def test_model_handler_returns_nothing_for_an_empty_batch(model, inputs):
+    """Beam hands one over with min_batch_size=0; it stopped the run with
+    numpy's 'need at least one array to stack'."""
+    handler = TheanoModelHandler("digits-cnn", inputs=inputs)
+    assert list(handler.run_inference([], handler.load_model())) == []
+
+
+@pytest.mark.parametrize("option", ["min_batch_size", "max_batch_size"])
+def test_model_handler_refuses_batch_sizes_that_are_not_positive(option):
+    with pytest.raises(ConfigError, match=f"^{option} must be a positive"):
+        TheanoModelHandler("digits-cnn", **{option: 0})
+
+
+def test_match_files_refuses_excluded_folders_that_are_not_strings():
+    """A pathlib.Path stopped the run with a TypeError in the workers."""
+    import pathlib
+    with pytest.raises(ConfigError, match="^exclude must be folders given "
+                                          "as strings, got PosixPath"):
+        MatchFiles(exclude=[pathlib.Path("out")])
+
+
+def test_model_handler_labels_no_image_whose_probabilities_are_not_finite(
+        model):
+    """As ClassifyImages' error rows: a NaN input got a label with a NaN
+    confidence, which no threshold catches; the batch fails instead (Beam's
+    RunInference(...).with_exception_handling() routes it)."""
+    handler = TheanoModelHandler("digits-cnn", outputs="top_k")
+    batch = [np.full((1, 32, 32), np.nan, np.float32)]
+    with pytest.raises(FloatingPointError, match="not finite"):
+        handler.run_inference(batch, handler.load_model())
+
+
+def test_classify_images_refuses_a_loaded_model_of_another_name():
+    """It classified with the loaded model, whatever model_ref said."""
+    fashion = load_model("fashion-cnn")
+    with pytest.raises(ConfigError, match="loaded is fashion-cnn@1, not "
+                                          "a version of digits-cnn"):
+        ClassifyImages("digits-cnn@1", loaded=fashion)
+    assert ClassifyImages("fashion-cnn", loaded=fashion).stored is fashion
+
+
+@pytest.mark.parametrize("embeddings", ["false", 0, None])
+def test_classify_images_refuses_embeddings_that_is_not_a_bool(embeddings):
+    """embeddings='false' added the embedding column."""
+    with pytest.raises(ConfigError, match="^embeddings must be True or "
+                                          "False"):
+        ClassifyImages("digits-cnn@1", embeddings=embeddings)

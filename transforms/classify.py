@@ -3,21 +3,26 @@ tables and error rows out."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileMetadata
 
-from model_store import DEFAULT_MODEL
-from model_store.errors import ConfigError, check_positive
+from model_store import DEFAULT_MODEL, StoredModel
+from model_store.errors import ConfigError, check_bool, check_fraction, check_positive, check_text
 from model_store.images import DEFAULT_MAX_PIXELS
+from transforms.common import check_model_ref, check_optional_text
 from transforms.decode import DecodeBatchFn
-from transforms.defaults import DEFAULT_BATCH_SIZE, top_k_for
+from transforms.defaults import DEFAULT_BATCH_SIZE, check_batch_size, top_k_for
 from transforms.files import DEFAULT_MAX_FILE_BYTES
 from transforms.predict import PredictBatchesFn
 from transforms.read import BatchFiles, MatchFiles
 from transforms.schema import ERRORS_TAG
+from transforms.skip import MatchedFile
 
 
+# MatchedFile: a FileMetadata with what imgclass's skip check learnt.
+@beam.typehints.with_input_types(list[Union[FileMetadata, MatchedFile]])
 class ClassifyBatches(beam.PTransform):
     """Classifies batches of matched files.
 
@@ -34,7 +39,8 @@ class ClassifyBatches(beam.PTransform):
             shipped models). Workers must see the same store.
         top_k: how many of the best classes each row lists; None: 5, or
             all the classes of a model with fewer (``top_k_for``).
-        batch_size: images per Theano call.
+        batch_size: images per Theano call; batches that would hold more
+            than MAX_BATCH_BYTES of pixels are refused (``check_batch_size``).
         max_pixels: images with more pixels are refused (bomb guard).
         max_file_bytes: larger files are refused (an error row, stage read).
         min_confidence: rows whose best probability is lower get a null
@@ -60,22 +66,22 @@ class ClassifyBatches(beam.PTransform):
                  min_confidence: float = 0.0, embeddings: bool = False,
                  progress_folder: Optional[str] = None):
         super().__init__()
-        self._embeddings = embeddings
-        self._progress_folder = progress_folder
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ConfigError(f"min_confidence must be between 0 and 1, got "
-                              f"{min_confidence!r}")
-        self._min_confidence = min_confidence
-        self._model_ref = model_ref
-        self._store = store
+        self._embeddings = check_bool("embeddings", embeddings)
+        self._progress_folder = check_optional_text("progress_folder",
+                                                    progress_folder)
+        self._min_confidence = check_fraction("min_confidence",
+                                              min_confidence)
+        self._model_ref = check_model_ref(model_ref)
+        self._store = check_optional_text("store", store)
         self._top_k = (None if top_k is None
                        else check_positive("top_k", top_k))
         self.batch_size = check_positive("batch_size", batch_size)
         self._max_pixels = check_positive("max_pixels", max_pixels)
         self._max_file_bytes = check_positive("max_file_bytes",
                                               max_file_bytes)
-        self.run_id = run_id
-        self.stored = loaded  # the StoredModel, once expanded
+        self.run_id = check_text("run_id", run_id)
+        # the StoredModel, once expanded
+        self.stored = _check_loaded(loaded, self._model_ref)
 
     def expand(self, batches):
         from model_store.store import load_model, looks_like_path
@@ -85,6 +91,8 @@ class ClassifyBatches(beam.PTransform):
         stored = self.stored = self.stored or load_model(self._model_ref,
                                                          root=self._store)
         top_k = top_k_for(self._top_k, len(stored.class_names), stored.ref)
+        check_batch_size(self.batch_size, stored.preprocessing.input_shape,
+                         stored.ref, option="batch_size")
         if self._embeddings:  # a model without one: a mistake, found now
             _check_embedding_layer(stored)
         prep = stored.preprocessing
@@ -108,6 +116,7 @@ class ClassifyBatches(beam.PTransform):
         return {"predictions": predicted.predictions, "errors": errors}
 
 
+@beam.typehints.with_input_types(str)
 class ClassifyImages(beam.PTransform):
     """Classifies every image file that the input patterns match.
 
@@ -134,6 +143,23 @@ class ClassifyImages(beam.PTransform):
         errors = ((matched[ERRORS_TAG], out["errors"])
                   | "AllErrors" >> beam.Flatten())
         return {"predictions": out["predictions"], "errors": errors}
+
+
+def _check_loaded(loaded, model_ref: str):
+    """``loaded`` if it is None or a ``StoredModel`` that ``model_ref``
+    may name (a name's version or alias; a folder is not checked), else
+    ConfigError."""
+    from model_store.store import looks_like_path
+
+    if loaded is not None and not isinstance(loaded, StoredModel):
+        raise ConfigError(f"loaded must be a StoredModel (model_store."
+                          f"load_model(model_ref)) or None, got {loaded!r}")
+    name = model_ref.split("@", 1)[0]
+    if loaded is not None and not looks_like_path(model_ref) \
+            and name != loaded.name:
+        raise ConfigError(f"loaded is {loaded.ref}, not a version of {name}: "
+                          f"give loaded=load_model({model_ref!r})")
+    return loaded
 
 
 def _check_embedding_layer(stored) -> None:

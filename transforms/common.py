@@ -23,3 +23,21 @@ def described_error_row(path: str, stage: str, error_type: str,
     message = " ".join(message.split()) or error_type
     return {"path": path, "stage": stage, "error_type": error_type,
             "message": message[:1000], "run_id": run_id}
+
+
+def check_model_ref(model_ref) -> str:
+    """``model_ref`` if it is a non-empty string, else ConfigError."""
+    from model_store.errors import ConfigError
+
+    if not isinstance(model_ref, str) or not model_ref:
+        raise ConfigError(f"model_ref must be NAME, NAME@VERSION or a version "
+                          f"folder, e.g. 'digits-cnn@1', got {model_ref!r}")
+    return model_ref
+
+
+def check_optional_text(name: str, value):
+    """``value`` if it is None or a string, else ConfigError."""
+    from model_store.errors import check_text
+
+    return None if value is None else check_text(
+        name, value, what="a string or None")

@@ -37,9 +37,11 @@ def top_k_for(requested, classes: int, model: str) -> int:
     return requested
 
 
-def check_batch_size(batch_size: int, input_shape, model: str) -> None:
+def check_batch_size(batch_size: int, input_shape, model: str, *,
+                     option: str = "--batch-size") -> None:
     """ConfigError, naming ``model``, when batches of ``batch_size`` images
-    of ``input_shape`` (C, H, W) would take more than MAX_BATCH_BYTES."""
+    of ``input_shape`` (C, H, W) would take more than MAX_BATCH_BYTES;
+    ``option``: the name the user gave it by."""
     import math
 
     from model_store.errors import ConfigError
@@ -48,7 +50,7 @@ def check_batch_size(batch_size: int, input_shape, model: str) -> None:
     most = max(1, MAX_BATCH_BYTES // per_image)
     if batch_size > most:
         raise ConfigError(
-            f"--batch-size {batch_size:,} would hold "
+            f"{option} {batch_size:,} would hold "
             f"{batch_size * per_image / 1e9:.1f} GB of pixels per batch for "
             f"model {model} ({'x'.join(map(str, input_shape))} per image); "
             f"give at most {most:,} (the default is {DEFAULT_BATCH_SIZE})")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
+import inspect
 import time
 from typing import Any, Iterable, Optional, Sequence
 
@@ -38,10 +39,10 @@ from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from model_store.errors import ConfigError, ModelIntegrityError, check_positive
-from model_store.images import to_mode
+from model_store.images import DEFAULT_MAX_PIXELS, check_pixels, to_mode
 from transforms import progress, schema
-from transforms.common import METRICS_NAMESPACE, error_row
-from transforms.defaults import DEFAULT_TOP_K
+from transforms.common import METRICS_NAMESPACE, check_model_ref, check_optional_text, error_row
+from transforms.defaults import top_k_for
 
 
 def load_predictor(model_ref: str, store: Optional[str],
@@ -273,29 +274,42 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         store: model store root (default: ``$IMGCLASS_MODEL_STORE`` or the
             shipped models).
         inputs: ``"arrays"``: each example is a normalised ``float32 (C, H,
-            W)`` array, e.g. ``model.preprocessing([image])[0]`` (``uint8``
+            W)`` array, e.g. ``model.preprocessing([image])[0]`` (integer
             arrays are refused: they would be classified un-normalised);
             ``"images"``: each example is a decoded Pillow image or a
-            ``uint8`` array ``(H, W)`` / ``(H, W, C)``, converted, resized
+            ``uint8`` array ``(H, W)`` / ``(H, W, C)`` of 1 to 4 channels,
+            converted, resized
             and normalised here with the model's own preprocessing.
         outputs: ``"probabilities"``: ``inference`` is the class
             probabilities; ``"top_k"``: a dict with ``label``, ``class_id``,
-            ``confidence`` and ``top_k`` (``[(label, score)]``, best first).
-        top_k: how many classes ``outputs="top_k"`` lists.
-        **kwargs: Beam's ``ModelHandler`` options, passed through:
+            ``confidence`` and ``top_k`` (``[(label, score)]``, best first);
+            a batch with probabilities that are not finite fails
+            (``FloatingPointError``) rather than label them.
+        max_pixels: with ``inputs="images"``, images with more pixels
+            are refused (``ImageTooLargeError``) before they are decoded,
+            as ``ClassifyImages`` refuses them.
+        top_k: how many classes ``outputs="top_k"`` lists; None: 5, or
+            all the classes of a model with fewer (``top_k_for``); more
+            than the model's classes is refused.
+        **kwargs: Beam's ``ModelHandler`` options, passed through (an
+            unknown one is refused):
             ``min_batch_size``, ``max_batch_size``,
             ``max_batch_duration_secs``, ``large_model``, ``model_copies``,
             ``env_vars``, ...
 
     A model update through ``RunInference(model_metadata_pcoll=...)`` (or
-    Beam's ``WatchFilePattern``) names a version folder or ``NAME@VERSION``;
+    Beam's ``WatchFilePattern``) names a version folder, a file in one
+    (``metadata.json``: what ``WatchFilePattern`` can watch) or
+    ``NAME@VERSION``;
     :meth:`update_model_path` switches to it and results carry its
     ``model_id``.
     """
 
     def __init__(self, model_ref: str, *, store: Optional[str] = None,
                  inputs: str = "arrays", outputs: str = "probabilities",
-                 top_k: int = DEFAULT_TOP_K, **kwargs):
+                 top_k: Optional[int] = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs):
+        _check_beam_options(kwargs)
         if inputs not in INPUT_KINDS:
             raise ConfigError(f"inputs must be one of {', '.join(INPUT_KINDS)}"
                               f", got {inputs!r}")
@@ -303,45 +317,59 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
             raise ConfigError(f"outputs must be one of "
                               f"{', '.join(OUTPUT_KINDS)}, got {outputs!r}")
         super().__init__(**kwargs)
-        self._model_ref = model_ref
-        self._store = store
+        self._model_ref = check_model_ref(model_ref)
+        self._store = check_optional_text("store", store)
         self._inputs = inputs
         self._outputs = outputs
-        self._top_k = check_positive("top_k", top_k)
+        self._top_k = None if top_k is None else check_positive("top_k", top_k)
+        self._max_pixels = check_positive("max_pixels", max_pixels)
 
-    def load_model(self):
-        return load_predictor(self._model_ref, self._store)
+    def load_model(self) -> "HandlerModel":
+        return HandlerModel(load_predictor(self._model_ref, self._store))
 
     def update_model_path(self, model_path: Optional[str] = None):
         if model_path:
-            self._model_ref = model_path
+            self._model_ref = _version_of(model_path)
 
-    def run_inference(self, batch: Sequence[Any], predictor,
+    def run_inference(self, batch: Sequence[Any], model: "HandlerModel",
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        probs = predictor(self._network_input(batch, predictor))
-        model_id = predictor.stored.ref
+        if len(batch) == 0:  # Beam's batching with min_batch_size=0
+            return []
+        model_id, labels, prep = model.model()
+        probs = model.predict(self._network_input(batch, model_id, prep))
         if self._outputs == "probabilities":
             return [PredictionResult(x, p, model_id=model_id)
                     for x, p in zip(batch, probs)]
-        labels = predictor.stored.class_names
-        best, scores = top_k_classes(probs, self._top_k)
+        if not np.isfinite(probs).all():
+            raise FloatingPointError(f"model {model_id}: {NOT_FINITE}")
+        best, scores = top_k_classes(
+            probs, top_k_for(self._top_k, len(labels), model_id))
         return [PredictionResult(x, {
             "label": labels[ids[0]], "class_id": int(ids[0]),
             "confidence": float(row[0]),
             "top_k": [(labels[i], float(s)) for i, s in zip(ids, row)]},
             model_id=model_id) for x, ids, row in zip(batch, best, scores)]
 
-    def _network_input(self, batch: Sequence[Any], predictor) -> np.ndarray:
-        prep = predictor.stored.preprocessing
+    def _network_input(self, batch: Sequence[Any], model_id: str,
+                       prep) -> np.ndarray:
         if self._inputs == "images":
-            return prep([_as_image(x, prep) for x in batch])
+            return prep([_as_image(x, prep, self._max_pixels)
+                         for x in batch])
         arrays = [np.asarray(x) for x in batch]
-        if any(a.dtype == np.uint8 for a in arrays):
+        if not all(np.issubdtype(a.dtype, np.floating) for a in arrays):
+            kind = next(a.dtype for a in arrays
+                        if not np.issubdtype(a.dtype, np.floating))
             raise ConfigError(
-                f"TheanoModelHandler got uint8 pixels, which would be "
+                f"TheanoModelHandler got {kind} pixels, which would be "
                 f"classified un-normalised: pass inputs='images' to normalise "
-                f"them with model {predictor.stored.ref}'s preprocessing")
+                f"them with model {model_id}'s preprocessing")
+        wrong = [a.shape for a in arrays if a.shape != prep.input_shape]
+        if wrong:
+            raise ConfigError(
+                f"model {model_id} takes float {prep.input_shape} arrays "
+                f"(C, H, W), got {wrong[0]}: pass inputs='images' to have "
+                f"images resized by its preprocessing")
         return np.stack(arrays)
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
@@ -351,16 +379,84 @@ class TheanoModelHandler(ModelHandler[Any, PredictionResult, Any]):
         return "imgclass_RunInference"
 
 
-def _as_image(example, prep) -> Image.Image:
-    """A Pillow image or a ``uint8`` array, in the model's colour mode."""
+def _version_of(model_path: str) -> str:
+    """The version folder of a file in it (Beam's ``WatchFilePattern``
+    watches files: ``STORE/NAME/*/metadata.json``), else ``model_path``."""
+    from model_store import fs
+    from model_store.store import METADATA_FILE, SPEC_FILE, WEIGHTS_FILE
+
+    folder, name = fs.split(model_path)
+    return folder if name in (METADATA_FILE, SPEC_FILE, WEIGHTS_FILE) \
+        else model_path
+
+
+class HandlerModel:
+    """What :meth:`TheanoModelHandler.load_model` returns: a predictor
+    behind methods. With ``large_model`` or ``model_copies``, Beam hands
+    ``run_inference`` a proxy to it in another process, which passes method
+    calls only (not attributes).
+
+    Attributes:
+        stored: the ``StoredModel``, for callers in the same process.
+    """
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+        self.stored = predictor.stored
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, K)`` of a normalised batch."""
+        return self._predictor(batch)
+
+    def model(self) -> tuple:
+        """``(model_id, class_names, preprocessing)``."""
+        return self.stored.ref, self.stored.class_names, \
+            self.stored.preprocessing
+
+
+def _as_image(example, prep, max_pixels: int) -> Image.Image:
+    """A Pillow image or a ``uint8`` array, in the model's colour mode;
+    an image of more than ``max_pixels`` is refused before it is decoded
+    (``Image.open`` reads the size only)."""
     if not isinstance(example, Image.Image):
-        pixels = np.asarray(example)
-        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
-            raise ConfigError(f"inputs='images' takes Pillow images or uint8 "
-                              f"arrays (H, W) or (H, W, C), got "
-                              f"{pixels.dtype} {pixels.shape}")
-        example = Image.fromarray(pixels)
+        example = Image.fromarray(_image_array(example))
+    width, height = example.size
+    if 0 in example.size:
+        raise ConfigError(f"inputs='images' got an empty image "
+                          f"({width}x{height} pixels)")
+    check_pixels(width, height, max_pixels)
     return to_mode(example, mode=prep.color_mode, background=prep.background)
+
+
+def _image_array(example) -> np.ndarray:
+    """A ``uint8`` array ``(H, W)`` or ``(H, W, C)`` of 1 to 4 channels, as
+    Pillow takes it (one channel: ``(H, W)``); else ConfigError."""
+    pixels = np.asarray(example)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (
+            pixels.ndim == 3 and pixels.shape[2] > 4):
+        raise ConfigError(f"inputs='images' takes Pillow images or uint8 "
+                          f"arrays (H, W) or (H, W, C) of 1 to 4 channels, "
+                          f"got {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
+def _check_beam_options(options: dict) -> None:
+    """ConfigError naming an option that Beam's ``ModelHandler`` does not
+    take (it would be ignored without a word), or a batch size given that
+    is not a positive integer."""
+    for name in ("min_batch_size", "max_batch_size"):
+        if options.get(name) is not None:
+            check_positive(name, options[name])
+    known = [name for name, parameter in inspect.signature(
+        ModelHandler.__init__).parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY] + ["env_vars"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"TheanoModelHandler got unknown option(s) "
+                          f"{', '.join(unknown)}: Beam's ModelHandler takes "
+                          f"{', '.join(known)}")
 
 
 def _image_bytes(image) -> int:

@@ -13,7 +13,9 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 
+from model_store.errors import ConfigError, check_positive, check_text
 from model_store.fs import basename
+from model_store.preprocessing import finite
 from transforms.common import METRICS_NAMESPACE, described_error_row
 from transforms.files import ListingError, list_identified
 from transforms.schema import ERRORS_TAG
@@ -69,8 +71,26 @@ class _ListFn(beam.DoFn):
         self._exclude = tuple(exclude)
 
     def process(self, pattern: str):
+        unusable = _unusable(pattern)
+        if unusable is not None:
+            yield unusable.path, unusable
+            return
         for identity, item in list_identified(pattern, exclude=self._exclude):
             yield identity, packed(item)
+
+
+def _unusable(pattern) -> Optional[ListingError]:
+    """The error row of a pattern that names no file (the empty string
+    would list the working folder), else None."""
+    if not isinstance(pattern, str):
+        return ListingError(repr(pattern), "TypeError",
+                            f"a pattern must be a string, got "
+                            f"{type(pattern).__name__} {pattern!r}")
+    if not pattern:
+        return ListingError("", "ValueError",
+                            "an empty pattern: give a file, a folder or a "
+                            "glob such as 'images/**/*.png'")
+    return None
 
 
 class _SplitFn(beam.DoFn):
@@ -104,6 +124,7 @@ class _SplitFn(beam.DoFn):
             yield item
 
 
+@beam.typehints.with_input_types(str)
 class MatchFiles(beam.PTransform):
     """File patterns -> ``FileMetadata`` of every matched file, once each.
 
@@ -116,7 +137,7 @@ class MatchFiles(beam.PTransform):
     scales with the bucket; hard links are separate files). What a pattern
     matches but cannot be listed or read (an unreadable folder, a dangling
     symlink, a symlink loop, a FIFO, socket or device) is an error row
-    (stage ``read``).
+    (stage ``read``), as is a pattern that is empty or not a string.
 
     Returns: ``files`` (main) and ``errors`` outputs.
 
@@ -140,11 +161,12 @@ class MatchFiles(beam.PTransform):
                  listed_at: Optional[float] = None,
                  settled: Iterable[tuple] = (), run_id: str = ""):
         super().__init__()
-        self._exclude = tuple(exclude)
-        self._settle = settle_seconds
-        self._listed_at = time.time() if listed_at is None else listed_at
+        self._exclude = _check_folders(exclude)
+        self._settle = _check_seconds("settle_seconds", settle_seconds)
+        self._listed_at = time.time() if listed_at is None else \
+            _check_seconds("listed_at", listed_at)
         self._settled = frozenset(settled)
-        self._run_id = run_id
+        self._run_id = check_text("run_id", run_id)
 
     def expand(self, patterns):
         return (patterns
@@ -154,6 +176,31 @@ class MatchFiles(beam.PTransform):
                     _SplitFn(self._settle, self._listed_at, self._run_id,
                              self._settled))
                 .with_outputs(ERRORS_TAG, main="files"))
+
+
+def _check_folders(exclude) -> tuple:
+    """``exclude`` as a tuple of strings, else ConfigError (one string
+    would be taken as a folder per character)."""
+    if isinstance(exclude, str):
+        raise ConfigError(f"exclude takes a list of folders, got one "
+                          f"string: give exclude=[{exclude!r}]")
+    folders = tuple(exclude)
+    for folder in folders:
+        if not isinstance(folder, str):
+            raise ConfigError(f"exclude must be folders given as strings, "
+                              f"got {folder!r}: give str(folder)")
+    return folders
+
+
+def _check_seconds(name: str, value):
+    """``value`` if it is None or a finite number of seconds from 0, else
+    ConfigError."""
+    if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+            or not finite(value) or value < 0):
+        raise ConfigError(f"{name} must be a number of seconds from 0, got "
+                          f"{value!r}")
+    return value
 
 
 class BatchFiles(beam.PTransform):
@@ -169,7 +216,7 @@ class BatchFiles(beam.PTransform):
 
     def __init__(self, batch_size: int):
         super().__init__()
-        self._batch_size = batch_size
+        self._batch_size = check_positive("batch_size", batch_size)
 
     def expand(self, matched):
         return (matched

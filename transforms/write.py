@@ -12,6 +12,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import parquetio
 
+from model_store.errors import ConfigError
+
 # Batch tables per Parquet row group: one predict batch (256 rows) per group
 # would make files slow to scan, so up to this many batch tables are
 # concatenated into one row group (64 x 256 = 16,384 rows at the default
@@ -32,7 +34,7 @@ class WriteTables(beam.PTransform):
                  compliant_lists: bool = False):
         super().__init__()
         self._prefix = file_path_prefix
-        self._schema = table_schema
+        self._schema = _check_schema(table_schema)
         self._compliant = compliant_lists
 
     def expand(self, tables):
@@ -56,9 +58,19 @@ class WriteRows(beam.PTransform):
     def __init__(self, file_path_prefix: str, table_schema: pa.Schema):
         super().__init__()
         self._prefix = file_path_prefix
-        self._schema = table_schema
+        self._schema = _check_schema(table_schema)
 
     def expand(self, rows):
         return rows | "Write" >> parquetio.WriteToParquet(
             self._prefix, schema=self._schema, codec="snappy",
             file_name_suffix=".parquet")
+
+
+def _check_schema(table_schema) -> pa.Schema:
+    """``table_schema`` if it is a ``pyarrow.Schema``, else ConfigError (it
+    would fail in the worker that finalizes the write, after the run)."""
+    if not isinstance(table_schema, pa.Schema):
+        raise ConfigError(f"table_schema must be a pyarrow.Schema, e.g. "
+                          f"transforms.schema.PREDICTIONS, got "
+                          f"{table_schema!r}")
+    return table_schema
