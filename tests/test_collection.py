@@ -48,12 +48,13 @@ def test_a_run_is_built_without_collections_and_runs_with_them(tmp_path):
         assert gc.isenabled()
 
         # A second run in the same process (a watch window) freezes nothing
-        # more: the garbage of the first would be kept for ever.
+        # more: the garbage of the first would be kept for ever. (Frozen
+        # objects that die leave the count: it may only shrink.)
         collection.pause()
         code = cli.main(["classify", "--input", "samples/digits",
                          "--output", {str(tmp_path / "again")!r}, "-q"])
         assert code == 0, code
-        assert gc.get_freeze_count() == seen["frozen"], (
+        assert gc.get_freeze_count() <= seen["frozen"], (
             gc.get_freeze_count(), seen)
         assert gc.isenabled()
     """)
