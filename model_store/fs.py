@@ -92,6 +92,19 @@ def split(path: str) -> tuple[str, str]:
     return os.path.split(path)
 
 
+def lies_in(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies in it: local paths with every
+    symbolic link resolved, URIs as written; a local path never lies in a
+    URI's folder, nor the other way round."""
+    if is_uri(path) != is_uri(folder):
+        return False
+    if is_uri(path):
+        path, folder = path.rstrip("/"), folder.rstrip("/")
+    else:
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def basename(path: str) -> str:
     """The last part of ``path`` (see :func:`split`)."""
     return split(path)[1]

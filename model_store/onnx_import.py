@@ -974,9 +974,8 @@ def _inside(folder: str, location: str) -> bool:
     if os.path.isabs(location) or os.path.normpath(location).split(
             os.sep)[0] == os.pardir:
         return False
-    base = os.path.realpath(folder or os.curdir)
-    real = os.path.realpath(os.path.join(base, location))
-    return real == base or real.startswith(os.path.join(base, ""))
+    base = folder or os.curdir
+    return fs.lies_in(os.path.join(base, location), base)
 
 
 # ONNX element types stored several to a byte (onnx.TensorProto names).

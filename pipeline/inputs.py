@@ -27,7 +27,7 @@ from typing import Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from model_store.errors import ConfigError
-from model_store.fs import is_uri
+from model_store.fs import is_uri, lies_in
 from transforms.files import GLOB_CHARS, escape_glob, escape_path, list_pattern
 
 
@@ -117,19 +117,14 @@ def _static_prefix(pattern: str) -> str:
 
 
 def _check_not_in_output(path: str, output: str) -> None:
-    if is_uri(path) != is_uri(output):
-        return
     if is_uri(path):
-        root, out = path.rstrip("/"), output.rstrip("/")
+        root = path.rstrip("/")
         if _is_glob(root):
             root = _static_prefix(root).rsplit("/", 1)[0]
-        inside = root == out or root.startswith(out + "/")
     else:
         root = path if os.path.lexists(path) or not _is_glob(path) else (
             os.path.dirname(_static_prefix(path)) or ".")
-        root, out = os.path.realpath(root), os.path.realpath(output)
-        inside = root == out or root.startswith(out.rstrip(os.sep) + os.sep)
-    if inside:
+    if lies_in(root, output):
         raise ConfigError(
             f"input {escape_path(path)!r} is the output folder or inside "
             f"it; give an --output outside the inputs (an output inside an "

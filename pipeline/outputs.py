@@ -141,24 +141,12 @@ def check_outside_models(output: str, *, store: str | None,
         folders.append(fs.split(model_ref.rstrip("/") if is_uri(model_ref)
                                 else os.path.abspath(model_ref))[0])
     for folder in folders:
-        if _inside(output, folder):
+        if fs.lies_in(output, folder):
             raise ConfigError(
                 f"output {fs.one_line(fs.printable(output))!r} lies in "
                 f"{fs.shown(folder)}, which holds models: the store would "
                 f"read its folders as models or versions; give an --output "
                 f"outside it")
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or lies in it (local paths resolved,
-    URIs compared as written)."""
-    if is_uri(path) != is_uri(folder):
-        return False
-    if is_uri(path):
-        path, folder = path.rstrip("/"), folder.rstrip("/")
-    else:
-        path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _check_output_name(output: str) -> None:

@@ -74,3 +74,18 @@ def test_a_store_error_is_an_oserror_or_an_object_store_clients_error():
     # A class of another module with a client's name is not one.
     assert not fs.is_store_error(type("ServiceUnavailable", (Exception,),
                                       {})())
+
+
+def test_lies_in_resolves_links_and_never_takes_a_sibling_for_a_child(
+        tmp_path):
+    from model_store.fs import lies_in
+
+    (tmp_path / "store" / "m").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "store")
+    assert lies_in(str(tmp_path / "store"), str(tmp_path / "store"))
+    assert lies_in(str(tmp_path / "link" / "m" / "out"),
+                   str(tmp_path / "store"))
+    assert not lies_in(str(tmp_path / "store2"), str(tmp_path / "store"))
+    assert lies_in("gs://b/store/m/", "gs://b/store")
+    assert not lies_in("gs://b/store2", "gs://b/store/")
+    assert not lies_in(str(tmp_path / "store"), "gs://b" + str(tmp_path))
