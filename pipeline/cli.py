@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -562,11 +563,13 @@ def _given(text: str) -> str:
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
+    """ASCII digits only: Python's int() also reads other scripts' digits
+    and '_' separators, which no other option (a model version, the run
+    date) takes."""
+    if not re.fullmatch(r"[0-9]+", text.strip()):
         raise argparse.ArgumentTypeError(
-            f"expected a positive integer, got {text!r}") from None
+            f"expected a positive integer, got {text!r}")
+    value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(
             f"expected a positive integer, got {value}")

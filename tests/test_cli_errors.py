@@ -40,6 +40,10 @@ def tampered_store(tmp_path):
     (["--model", "digits-cnn@staging"], "model 'digits-cnn' has no alias 'staging'"),
     (["--top-k", "0"], "expected a positive integer, got 0"),
     (["--top-k", "11"], "top_k 11 exceeds the 10 classes"),
+    # Python's int() reads other scripts' digits and '_' separators; the
+    # model versions, the run date and the store take ASCII digits only.
+    (["--top-k", "\u0663"], "expected a positive integer, got '\u0663'"),
+    (["--batch-size", "1_000"], "expected a positive integer, got '1_000'"),
     (["--run-date", "2026-13-01"], "--run-date must be YYYY-MM-DD"),
     # An ISO week date Python reads, but no reader takes as a date (a
     # Delta commit failed on it, after the work, and at every later run).
