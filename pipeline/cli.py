@@ -969,12 +969,11 @@ def _add_run_options(parser) -> None:
                              "size and modification time, or content with "
                              "--skip-done-by content)")
     parser.add_argument("--skip-done-by", choices=defaults.SKIP_BY,
-                        default="mtime",
                         help="what makes a file done: 'mtime' (same size "
                              "and modification time, from the listing) or "
                              "'content' (same sha256, for stores that "
                              "rewrite unchanged files; reads new files "
-                             "twice) (default: %(default)s)")
+                             f"twice) (default: {defaults.DEFAULT_SKIP_BY})")
 
 
 def _add_table_options(parser) -> None:

@@ -44,7 +44,9 @@ from pipeline.progress import Monitor
 from transforms import schema
 from transforms.classify import ClassifyBatches
 from transforms.common import METRICS_NAMESPACE
-from transforms.defaults import DEFAULT_BATCH_SIZE, PARTITIONS, check_batch_size, top_k_for
+from transforms.defaults import (
+    DEFAULT_BATCH_SIZE, DEFAULT_SKIP_BY, PARTITIONS, check_batch_size,
+    top_k_for)
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles
@@ -86,7 +88,8 @@ class ClassifyConfig:
     run_date: Optional[str] = None
     overwrite: bool = False
     skip_done: bool = False
-    skip_done_by: str = "mtime"
+    skip_done_by: Optional[str] = None  # None: DEFAULT_SKIP_BY; given
+    # without skip_done, a mistake (even the default: the user meant it)
     retry_errors: bool = False
     # Inputs that match no file at all are a mistake (a glob typo) unless
     # this is set (a nightly job over a folder that may be empty).
@@ -373,7 +376,7 @@ def validate(config: ClassifyConfig,
     for path in config.inputs:
         outputs.check_filesystem(path, "--input")
     patterns = inputs.input_patterns(config.inputs, config.output)
-    if config.skip_done_by != "mtime" and not config.skip_done:
+    if config.skip_done_by is not None and not config.skip_done:
         raise ConfigError("--skip-done-by only applies with --skip-done")
     if config.retry_errors and not config.skip_done:
         raise ConfigError("--retry-errors only applies with --skip-done "
@@ -647,7 +650,7 @@ def _stage(config, options, runner, stored, patterns, paths, started, log):
         "counts": _counts(paths, staged, retries=config.skip_done),
         "low_confidence": _low_confidence(staged, config.min_confidence),
         "skip_done": config.skip_done,
-        "skip_done_by": config.skip_done_by if config.skip_done else None,
+        "skip_done_by": _skip_done_by(config) if config.skip_done else None,
         "retry_errors": config.retry_errors,
         **({"window": config.window} if config.window is not None else {}),
         "metrics": _metrics(result),
@@ -893,12 +896,16 @@ def _match(pipeline, config: ClassifyConfig, patterns, paths):
     return listed, counted
 
 
+def _skip_done_by(config: ClassifyConfig) -> str:
+    return config.skip_done_by or DEFAULT_SKIP_BY
+
+
 def _skip_done(matched, config: ClassifyConfig, stored, paths):
     """The files no earlier run did; the others are written as skipped."""
     parts = matched | "SkipDone" >> SkipDone(
         outputs.ledger_files(config.output), model_name=stored.name,
         model_version=str(stored.version), run_id=paths.run_id,
-        by=config.skip_done_by, max_file_bytes=config.max_file_bytes,
+        by=_skip_done_by(config), max_file_bytes=config.max_file_bytes,
         error_files=outputs.error_files(config.output),
         retry_errors=config.retry_errors)
     _ = parts[SKIPPED_TAG] | "WriteSkipped" >> WriteRows(

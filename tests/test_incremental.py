@@ -178,13 +178,17 @@ def test_content_mode_skips_rewritten_but_unchanged_files(tmp_path, split):
     assert manifest(output)["counts"]["skipped"] == 5
 
 
-def test_skip_done_by_needs_skip_done(tmp_path, split, capsys):
+@pytest.mark.parametrize("by", ["content", "mtime"])
+def test_skip_done_by_needs_skip_done(tmp_path, split, capsys, by):
+    """Also the default, given: the user meant --skip-done and would
+    otherwise get every file classified again without a word."""
     folder = str(tmp_path / "bucket")
     write_digits(folder, split, 2, nested=False)
     assert main(["classify", "--input", folder, "--output",
-                 str(tmp_path / "out"), "--skip-done-by", "content"]) == 2
+                 str(tmp_path / "out"), "--skip-done-by", by]) == 2
     assert "--skip-done-by only applies with --skip-done" in \
         capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_failed_files_are_retried_per_stage(tmp_path, split, monkeypatch):

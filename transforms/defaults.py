@@ -16,6 +16,7 @@ DEFAULT_BATCH_SIZE = 256   # files per batch: read and decoded together, one
 MAX_BATCH_BYTES = 2 * 1024 ** 3
 PARTITIONS = ("none", "run_date")   # --partition-by
 SKIP_BY = ("mtime", "content")      # --skip-done-by: what makes a file done
+DEFAULT_SKIP_BY = SKIP_BY[0]
 
 # imgclass watch: how often to look (s), the publishing window (s, a divisor
 # of 3600), how long a file must be unmodified before it is read (s).
