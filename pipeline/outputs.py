@@ -137,7 +137,9 @@ def check_outside_models(output: str, *, store: str | None,
     from model_store.store import looks_like_path, store_root
 
     folders = [store_root(store)]
-    if looks_like_path(model_ref):  # .../NAME/VERSION
+    # A mistyped model folder: loading the model names it, and its parent
+    # holds no models.
+    if looks_like_path(model_ref) and not _local_path_missing(model_ref):
         folders.append(fs.split(model_ref.rstrip("/") if is_uri(model_ref)
                                 else os.path.abspath(model_ref))[0])
     for folder in folders:
@@ -147,6 +149,11 @@ def check_outside_models(output: str, *, store: str | None,
                 f"{fs.shown(folder)}, which holds models: the store would "
                 f"read its folders as models or versions; give an --output "
                 f"outside it")
+
+
+def _local_path_missing(model_ref: str) -> bool:
+    """A model path that names no local file or folder (a typo)."""
+    return not is_uri(model_ref) and not os.path.exists(model_ref)
 
 
 def _check_output_name(output: str) -> None:

@@ -937,6 +937,20 @@ def test_an_output_in_the_model_store_is_refused_before_any_work(
     assert "out" not in os.listdir(store / "digits-cnn" / "1")
 
 
+def test_a_mistyped_model_folder_is_named_not_the_output_beside_it(
+        cli, images, tmp_path):
+    """``--model runs/model-2 --output runs/preds`` with no such model
+    folder: the line said the output 'lies in runs, which holds models',
+    sending the user after the wrong option."""
+    code, _, err = cli("classify", "--input", images, "--output",
+                       tmp_path / "preds", "--model", tmp_path / "model-2")
+    assert code == 2
+    assert "holds models" not in err
+    assert str(tmp_path / "model-2") in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "preds").exists()
+
+
 @pytest.mark.parametrize("link", ["dangling", "loop"])
 def test_an_output_through_a_broken_symlink_names_the_link(
         cli, images, tmp_path, link):
