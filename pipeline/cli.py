@@ -577,9 +577,13 @@ def _positive_int(text: str) -> int:
 
 
 def _number_in(accepts, expected: str):
-    """An argparse type: a float that ``accepts`` allows, else one line."""
+    """An argparse type: a float that ``accepts`` allows, else one line.
+    ASCII only, without '_': float() also reads other scripts' digits and
+    digit separators."""
     def parse(text: str) -> float:
         try:
+            if not text.isascii() or "_" in text:
+                raise ValueError
             value = float(text)
         except ValueError:
             value = math.nan

@@ -58,6 +58,11 @@ def tampered_store(tmp_path):
     (["--min-confidence", "1.5"], "expected a probability from 0 to 1, "
                                   "got '1.5'"),
     (["--min-confidence", "nan"], "expected a probability from 0 to 1"),
+    # float() also reads other scripts' digits and '_' separators.
+    (["--min-confidence", "\u0660.\u0665"], "expected a probability from "
+                                           "0 to 1, got '\u0660.\u0665'"),
+    (["--min-confidence", "0.9_9"], "expected a probability from 0 to 1, "
+                                    "got '0.9_9'"),
     (["--no_such_beam_option=1"], "unknown option(s) --no_such_beam_option"),
     (["--no-such-option"], "unknown option(s) --no-such-option; see the "
                            "command's --help"),
