@@ -491,9 +491,18 @@ def process_started() -> float:
     return min(_IMPORTED, time.monotonic() - max(age, 0.0))
 
 
+def _check_summary_json(args) -> None:
+    """``--summary-json >&-``: Python's stdout is None and print() writes
+    nothing; refused before the run, not lost after it."""
+    if args.summary_json and sys.stdout is None:
+        raise ConfigError("--summary-json: the standard output is closed; "
+                          "redirect it to a file, or leave the option out")
+
+
 def _classify(args) -> int:
     from pipeline.run import ClassifyConfig, RunFailed, run_classify, summary
 
+    _check_summary_json(args)
     config = ClassifyConfig(
         inputs=args.input, output=args.output, model_ref=args.model,
         store=args.store, top_k=args.top_k, batch_size=args.batch_size,

@@ -942,6 +942,24 @@ def test_an_output_in_the_model_store_is_refused_before_any_work(
     assert "out" not in os.listdir(store / "digits-cnn" / "1")
 
 
+def test_summary_json_into_a_closed_stdout_is_refused_before_any_work(
+        images, tmp_path, monkeypatch, capsys):
+    """``imgclass classify --summary-json >&-``: Python's stdout is None
+    and print() wrote nothing: the run exited 0 and the scheduler got no
+    summary, without a word."""
+    import sys
+    from pipeline.cli import main
+    output = tmp_path / "out"
+    monkeypatch.setattr(sys, "stdout", None)
+    code = main(["classify", "--input", images, "--output", str(output),
+                 "--summary-json"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "imgclass: error: --summary-json: the standard output is closed; "
+        "redirect it to a file, or leave the option out"]
+    assert not output.exists()
+
+
 def test_a_mistyped_model_folder_is_named_not_the_output_beside_it(
         cli, images, tmp_path):
     """``--model runs/model-2 --output runs/preds`` with no such model
