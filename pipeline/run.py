@@ -45,8 +45,12 @@ from transforms import schema
 from transforms.classify import ClassifyBatches
 from transforms.common import METRICS_NAMESPACE
 from transforms.defaults import (
-    DEFAULT_BATCH_SIZE, DEFAULT_SKIP_BY, PARTITIONS, check_batch_size,
-    top_k_for)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SKIP_BY,
+    PARTITIONS,
+    check_batch_size,
+    top_k_for,
+)
 from transforms.files import DEFAULT_MAX_FILE_BYTES, escape_path
 from transforms.progress import progress_seconds
 from transforms.read import BatchFiles, MatchFiles

@@ -948,6 +948,7 @@ def test_summary_json_into_a_closed_stdout_is_refused_before_any_work(
     and print() wrote nothing: the run exited 0 and the scheduler got no
     summary, without a word."""
     import sys
+
     from pipeline.cli import main
     output = tmp_path / "out"
     monkeypatch.setattr(sys, "stdout", None)
