@@ -462,6 +462,7 @@ def _table_files(spec: TableSpec, name: str) -> Optional[list[str]]:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        _check_delta_commits(table_location(spec.output, name))
         try:
             table = DeltaTable(table_location(spec.output, name))
         except TableNotFoundError:
@@ -480,6 +481,23 @@ def _table_files(spec: TableSpec, name: str) -> Optional[list[str]]:
         uris = [task.file.file_path for task in table.scan().plan_files()]
     return [uri[len("file://"):] if uri.startswith("file://") else uri
             for uri in uris]
+
+
+_DELTA_COMMIT = re.compile(r"[0-9]{20}\.json")
+
+
+def _check_delta_commits(root: str) -> None:
+    """ValueError for a commit file of 0 bytes in the table's _delta_log
+    (a disk that filled, a copy cut short; a FIFO): delta-rs reads it as a
+    commit of nothing, and the rows that commit added would silently
+    vanish (or, the next version, every commit would fail on it)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = join(root, "_delta_log", "*.json")
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        name = fs.basename(metadata.path)
+        if _DELTA_COMMIT.fullmatch(name) and not metadata.size_in_bytes:
+            raise ValueError(f"commit file {name} has 0 bytes")
 
 
 def _new_sqlite_file(uri: str) -> Optional[str]:

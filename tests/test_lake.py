@@ -334,6 +334,36 @@ def test_a_table_damaged_between_runs_stops_the_next_one_before_any_work(
     assert not os.path.exists(os.path.join(output, "_staging"))
 
 
+@pytest.mark.parametrize("damage", ["emptied", "fifo next"])
+def test_an_emptied_delta_commit_stops_the_next_run_before_any_work(
+        tmp_path, split, cli, monkeypatch, damage):
+    """delta-rs reads a commit file of 0 bytes (a disk that filled, a copy
+    cut short) as a commit of nothing: the rows of that run would vanish
+    from the table while --skip-done skips their files. A FIFO as the next
+    commit file it skips, and every commit would then fail on it."""
+    folder, output = str(tmp_path / "bucket"), str(tmp_path / "out")
+    write_digits(os.path.join(folder, "n1"), split, 2, seed=1)
+    assert classify(folder, output, "delta") == 0
+    write_digits(os.path.join(folder, "n2"), split, 2, seed=2)
+    assert classify(folder, output, "delta") == 0
+    write_digits(os.path.join(folder, "n3"), split, 2, seed=3)
+    table = os.path.join(output, "predictions")
+    last = sorted(glob.glob(os.path.join(table, "_delta_log", "*.json")))[-1]
+    if damage == "emptied":
+        os.truncate(last, 0)
+    else:
+        last = os.path.join(table, "_delta_log", "%020d.json" % (
+            int(os.path.basename(last)[:-5]) + 1))
+        os.mkfifo(last)
+    forbid_work(monkeypatch)
+    err = refused(cli, folder, output, "--table-format", "delta",
+                  "--skip-done", "--partition-by", "run_date", "-q")
+    assert f"the Delta table {table} is damaged" in err, err
+    assert f"commit file {os.path.basename(last)} has 0 bytes" in err, err
+    assert "restore it from a backup, or give a new --output" in err
+    assert len(os.listdir(os.path.join(output, "_runs"))) == 2
+
+
 def test_a_delta_table_with_checkpoints_takes_more_skip_done_runs(
         tmp_path, split):
     """delta-rs writes a checkpoint, a Parquet file in _delta_log/, every
