@@ -67,6 +67,8 @@ def _exit_unless_stopped(signum, frame) -> None:
     stops its workers. One it fails to stop (Beam's runner can miss a worker
     that was still starting, then waits on it forever) exits by itself
     after :data:`STOP_GRACE_SECONDS`."""
+    logs.stopped()  # the command says it once; Beam prints tracebacks of
+    # the bundles the stop cuts short to stderr itself
     with _stop_lock:
         if _stop_timer:  # a second signal (Ctrl-C, then the command's SIGTERM)
             return

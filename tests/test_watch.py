@@ -121,6 +121,18 @@ def advance_until(clock, condition, log, what, windows=4):
                          f"{log.getvalue()[-3000:]}")
 
 
+def _away_from_an_hour_end(margin: float = 1200.0) -> float:
+    """Now, or just after the next hour begins when less than ``margin``
+    seconds of this one are left: a test's windows then stay in one hour
+    (an hour's end writes its _SUCCESS markers between windows, where a
+    test's write fault stopped the watcher when run at hh:59). Later than
+    now only, for tests with no settling time: files written now are
+    settled on the fake clock."""
+    now = time.time()
+    left = 3600.0 - now % 3600.0
+    return now if left > margin else now + left + 60.0
+
+
 @contextlib.contextmanager
 def watching(folder, output, *, settle=SETTLE, window=WINDOW, start=None):
     """Runs the watcher in a thread on a fake clock (from ``start``, or
@@ -775,7 +787,8 @@ def test_a_disk_full_for_a_window_fails_that_window_and_leaves_no_probe(
         return Full(handle) if full.is_set() else handle
 
     monkeypatch.setattr(FileSystems, "create", staticmethod(filling))
-    with watching(folder, output, settle=0) as (log, clock):
+    with watching(folder, output, settle=0,
+                  start=_away_from_an_hour_end()) as (log, clock):
         wait_for(lambda: "imgclass: watching" in log.getvalue(), log=log,
                  what="the watch to start")
         full.set()
