@@ -1002,7 +1002,7 @@ def save_model(network, *, name: str, metadata: Mapping[str, Any],
     where = f"model {name} not saved"
     _check_new_files(full, spec, weights, where=where)
     files = {SPEC_FILE: _within_limit(
-        _json_bytes(spec), SPEC_FILE, where, f"{len(spec['layers']):,} "
+        _json_bytes(spec), SPEC_FILE, where, lambda: f"{len(spec['layers']):,} "
         f"layers: give them shorter names"), WEIGHTS_FILE: weights}
     for _ in range(_SAVE_ATTEMPTS):
         files[METADATA_FILE] = _metadata_bytes(full, where)
@@ -1095,19 +1095,23 @@ def _metadata_bytes(metadata: dict, where: str) -> bytes:
     except ValueError:
         raise ConfigError(f"{where}: metadata {_non_finite(metadata)} is "
                           f"NaN or infinite, which JSON cannot hold") from None
-    largest = max(metadata, key=lambda key: len(_json_bytes(metadata[key])))
-    return _within_limit(data, METADATA_FILE, where, f"most of it is its "
-                         f"{largest}: make that smaller")
+    return _within_limit(data, METADATA_FILE, where, lambda: (
+        f"most of it is its {_largest_key(metadata)}: make that smaller"))
 
 
-def _within_limit(data: bytes, file: str, where: str, cause: str) -> bytes:
+def _largest_key(metadata: dict) -> str:
+    return max(metadata, key=lambda key: len(_json_bytes(metadata[key])))
+
+
+def _within_limit(data: bytes, file: str, where: str, cause) -> bytes:
     """``data``, the version's JSON ``file``, unless it is larger than
     :data:`MAX_JSON_BYTES` (the version would not load): ConfigError
-    naming ``cause``."""
+    naming ``cause()`` (worked out only then)."""
     if len(data) > MAX_JSON_BYTES:
         raise ConfigError(
             f"{where}: its {file} would be {len(data):,} bytes, more than "
-            f"the {MAX_JSON_BYTES:,} a model's JSON file may hold ({cause})")
+            f"the {MAX_JSON_BYTES:,} a model's JSON file may hold "
+            f"({cause()})")
     return data
 
 
